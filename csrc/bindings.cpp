@@ -1,0 +1,178 @@
+// pycodec._C: the one place where C++ meets Python. Buffers in, buffers out; no torch.
+// Every non-Ok Status becomes pycodec.CodecError (a ValueError) carrying the core's message.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "codec/codec.h"
+#include "codec/format.h"
+#include "codec/huffman.h"
+#include "codec/rans.h"
+#include "cuda/decode_cuda.h"
+
+namespace py = pybind11;
+using namespace pycodec;
+
+namespace {
+
+struct CodecException : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+void check(Status st, const char* where) {
+  if (st != Status::Ok) throw CodecException(std::string(where) + ": " + status_message(st));
+}
+
+Coder parse_coder(const std::string& name) {
+  if (name == "huffman") return Coder::Huffman;
+  if (name == "rans") return Coder::Rans;
+  throw CodecException("unknown coder '" + name + "' (expected 'huffman' or 'rans')");
+}
+
+const char* coder_name(Coder c) { return c == Coder::Huffman ? "huffman" : "rans"; }
+
+py::buffer_info contiguous_bytes(const py::buffer& b, bool writable, const char* what) {
+  py::buffer_info info = b.request(writable);
+  if (info.itemsize != 1) throw CodecException(std::string(what) + " must be a buffer of bytes (uint8)");
+  // A buffer of one dimension or a C-contiguous array of any shape.
+  py::ssize_t expect = 1;
+  for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
+    if (info.shape[d] != 1 && info.strides[d] != expect) throw CodecException(std::string(what) + " must be C-contiguous");
+    expect *= info.shape[d];
+  }
+  return info;
+}
+
+StreamInfo parse(const py::buffer_info& b) {
+  StreamInfo s;
+  check(parse_header(static_cast<const uint8_t*>(b.ptr), size_t(b.size), &s), "decode");
+  return s;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pycodec native core: chunked, lane-interleaved Huffman and rANS codecs";
+  static py::exception<CodecException> codec_error(m, "CodecError", PyExc_ValueError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const CodecException& e) {
+      py::set_error(codec_error, e.what());
+    }
+  });
+
+  m.attr("FORMAT_VERSION") = kFormatVersion;
+  m.attr("LANES") = kLanes;
+  m.attr("MAX_CHUNK_SYMBOLS") = kMaxChunkSymbols;
+  m.attr("DEFAULT_CHUNK_SYMBOLS") = py::dict(py::arg("huffman") = kDefaultHuffmanChunk, py::arg("rans") = kDefaultRansChunk);
+  m.attr("HUFFMAN_MAX_CODE_LENGTH") = huffman::kMaxCodeLength;
+  m.attr("RANS_PROB_BITS") = rans::kProbBits;
+
+  m.def(
+      "encode",
+      [](py::buffer symbols, std::vector<uint64_t> shape, const std::string& coder, uint32_t chunk_symbols,
+         int threads) {
+        const py::buffer_info in = contiguous_bytes(symbols, false, "symbols");
+        if (shape.size() > size_t(kMaxDims)) throw CodecException("at most 8 dimensions are supported");
+        uint64_t n = 1;
+        for (uint64_t d : shape) n *= d;
+        if (n != uint64_t(in.size)) throw CodecException("shape does not match the number of symbols");
+        EncodeOptions opt;
+        opt.coder = parse_coder(coder);
+        opt.chunk_symbols = chunk_symbols;
+        opt.threads = threads;
+        std::vector<uint8_t> blob;
+        Status st;
+        {
+          py::gil_scoped_release release;
+          st = encode(static_cast<const uint8_t*>(in.ptr), shape.data(), int(shape.size()), opt, &blob);
+        }
+        if (st == Status::BadArgument)
+          throw CodecException("encode: chunk_symbols must be a multiple of 32 in [32, " +
+                               std::to_string(kMaxChunkSymbols) + "]");
+        check(st, "encode");
+        return py::bytes(reinterpret_cast<const char*>(blob.data()), blob.size());
+      },
+      py::arg("symbols"), py::arg("shape"), py::arg("coder"), py::arg("chunk_symbols") = 0, py::arg("threads") = 0,
+      "Encode a C-contiguous uint8 buffer; returns the stream bytes.");
+
+  m.def(
+      "decode_into",
+      [](py::buffer blob, py::buffer out, int threads) {
+        const py::buffer_info b = contiguous_bytes(blob, false, "blob");
+        const py::buffer_info o = contiguous_bytes(out, true, "out");
+        Status st;
+        {
+          py::gil_scoped_release release;
+          st = decode(static_cast<const uint8_t*>(b.ptr), size_t(b.size), static_cast<uint8_t*>(o.ptr),
+                      uint64_t(o.size), threads);
+        }
+        check(st, "decode");
+      },
+      py::arg("blob"), py::arg("out"), py::arg("threads") = 0,
+      "Decode a stream into a writable uint8 buffer of exactly n_symbols bytes.");
+
+  m.def(
+      "info",
+      [](py::buffer blob) {
+        const py::buffer_info b = contiguous_bytes(blob, false, "blob");
+        const StreamInfo s = parse(b);
+        py::dict d;
+        d["coder"] = coder_name(s.coder);
+        d["version"] = kFormatVersion;
+        d["shape"] = py::tuple(py::cast(std::vector<uint64_t>(s.shape, s.shape + s.ndim)));
+        d["n_symbols"] = s.n_symbols;
+        d["chunk_symbols"] = s.chunk_symbols;
+        d["n_chunks"] = s.n_chunks;
+        d["total_bytes"] = s.total_bytes;
+        d["side_bits"] = side_bits(static_cast<const uint8_t*>(b.ptr), s);
+        d["payload_bits"] = 8 * uint64_t(s.total_bytes) - side_bits(static_cast<const uint8_t*>(b.ptr), s);
+        return d;
+      },
+      py::arg("blob"), "Validate a stream's header, table and index and describe it (no decoding).");
+
+  m.def(
+      "histogram",
+      [](py::buffer blob, int threads) {
+        const py::buffer_info b = contiguous_bytes(blob, false, "blob");
+        std::vector<uint64_t> counts(256);
+        Status st;
+        {
+          py::gil_scoped_release release;
+          st = histogram(static_cast<const uint8_t*>(b.ptr), size_t(b.size), counts.data(), threads);
+        }
+        check(st, "decode");
+        return counts;
+      },
+      py::arg("blob"), py::arg("threads") = 0,
+      "Decode chunk by chunk (checksum verified) and return the 256-bin symbol histogram.");
+
+  m.def(
+      "decode_table",
+      [](py::buffer blob) {
+        const py::buffer_info b = contiguous_bytes(blob, false, "blob");
+        std::vector<uint32_t> table(kDecodeTableEntries);
+        check(build_decode_table(static_cast<const uint8_t*>(b.ptr), size_t(b.size), table.data()), "decode_table");
+        return py::bytes(reinterpret_cast<const char*>(table.data()), table.size() * sizeof(uint32_t));
+      },
+      py::arg("blob"), "The stream's 4096-entry uint32 decode table (either coder), for GPU upload.");
+
+  m.def(
+      "cuda_decode",
+      [](int coder, uint64_t n_symbols, uint32_t chunk_symbols, uint64_t n_chunks, uintptr_t index_dev,
+         uintptr_t payload_dev, uint64_t payload_words, uintptr_t table_dev, uintptr_t out_dev, uintptr_t stream) {
+        cuda::DeviceStream s{uint8_t(coder), n_symbols, chunk_symbols, n_chunks,
+                             reinterpret_cast<const uint32_t*>(index_dev), reinterpret_cast<const uint32_t*>(payload_dev),
+                             payload_words, reinterpret_cast<const uint32_t*>(table_dev)};
+        check(cuda::decode_symbols(s, reinterpret_cast<uint8_t*>(out_dev), stream), "cuda_decode");
+      },
+      py::arg("coder"), py::arg("n_symbols"), py::arg("chunk_symbols"), py::arg("n_chunks"), py::arg("index_dev"),
+      py::arg("payload_dev"), py::arg("payload_words"), py::arg("table_dev"), py::arg("out_dev"), py::arg("stream"),
+      "Decode a stream held in device memory (raw pointers) on a CUDA stream.");
+
+  m.def("cuda_compiled", [] { return cuda::compiled(); }, "True when this build contains the CUDA kernels.");
+  m.def("cuda_device_count", [] { return cuda::device_count(); }, "CUDA devices visible (0 without a driver).");
+}

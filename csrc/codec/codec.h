@@ -1,0 +1,51 @@
+// pycodec codec core: whole-stream encode / decode (the simple calls).
+//
+// Layers, simplest first:
+//   encode() / decode()            whole streams, memory owned by std::vector / caller
+//   parse_header() (format.h)      validate a blob and learn its sizes without decoding
+//   huffman:: / rans:: chunk calls symbol-level primitives shared with the CUDA kernels
+//
+// Memory: decode() writes exactly info.n_symbols bytes into the caller's buffer and
+// allocates only its decode table (<= 16 KiB) and one hash per chunk.
+// Threads: chunks are independent, so encode and decode split them across `threads`
+// std::threads (0 = hardware concurrency). Output is identical for any thread count.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "format.h"
+#include "status.h"
+
+namespace pycodec {
+
+// Defaults keep side information (chunk index + per-lane overhead) near 0.5% of the
+// payload at 3-4 coded bits per symbol; see docs/FORMAT.md for the arithmetic.
+// rANS pays 32 x 32-bit lane states per chunk, Huffman only lane tail padding.
+constexpr uint32_t kDefaultHuffmanChunk = 1u << 15;
+constexpr uint32_t kDefaultRansChunk = 1u << 16;
+
+struct EncodeOptions {
+  Coder coder = Coder::Rans;
+  uint32_t chunk_symbols = 0;  // 0 = coder default
+  int threads = 0;             // 0 = hardware concurrency
+};
+
+Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
+              std::vector<uint8_t>* blob);
+
+Status decode(const uint8_t* blob, size_t len, uint8_t* out, uint64_t out_len, int threads = 0);
+
+// Bits of a stream that are not coded symbols: header, table, chunk index, rANS lane states.
+uint64_t side_bits(const uint8_t* blob, const StreamInfo& info);
+
+// Both coders decode through a 4096-entry uint32 table (huffman.h / rans.h); this builds
+// it for a validated stream so a GPU can receive it ready-made.
+constexpr uint32_t kDecodeTableEntries = 4096;
+Status build_decode_table(const uint8_t* blob, size_t len, uint32_t table[kDecodeTableEntries]);
+
+// Symbol histogram of a (validated) stream without materialising the symbols at once.
+Status histogram(const uint8_t* blob, size_t len, uint64_t counts[256], int threads = 0);
+
+}  // namespace pycodec

@@ -1,0 +1,229 @@
+// pycodec codec core: 32-lane interleaved rANS with 16-bit renormalisation.
+//
+// Read me first
+// - rANS is last-in first-out: the encoder walks the chunk BACKWARDS (rounds in
+//   reverse, lanes 31..0) and its output words are reversed, so the decoder walks
+//   forwards. The decoder's initial states are the encoder's final states; they
+//   are stored at the head of each chunk.
+// - Symbol i of a chunk belongs to lane i % kLanes and is its (i / kLanes)-th symbol:
+//   one state per CUDA warp lane, each with a fixed output position; a round of 32
+//   lanes writes 32 contiguous bytes.
+// - State x lives in [kStateLow, 2^32). Decoding one symbol shrinks x by at most
+//   kProbBits bits; one 16-bit read restores the interval, so a lane reads at most
+//   one word per symbol and a warp finds its readers with one ballot + popc.
+// - Words of all lanes share one stream, in the order the decoder reads them:
+//   round by round, lane 0 first.
+// - Integrity for free: the encoder starts every lane at kStateLow, so a correct
+//   decode ends with every state equal to kStateLow and every word consumed.
+//
+// Chunk payload (32-bit words):
+//   [kLanes x uint32 initial decoder states][uint16 words in read order][uint16 0 pad if odd]
+//   (the uint16 stream is little-endian: word 2k is the low half of 32-bit word k)
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "huffman.h"  // kLanes
+#include "status.h"
+
+namespace pycodec {
+namespace rans {
+
+constexpr int kAlphabet = 256;
+constexpr int kProbBits = 12;                      // 4096-slot table (16 KiB): L1 on CPU, cheap in smem
+constexpr uint32_t kProbScale = 1u << kProbBits;
+constexpr int kWordBits = 16;                      // renormalisation unit
+constexpr uint32_t kStateLow = 1u << 16;           // L: states live in [L, L << 16) = [2^16, 2^32)
+constexpr uint64_t kStateHigh = uint64_t(kStateLow) << kWordBits;
+
+static_assert(kStateLow % kProbScale == 0, "rANS needs L to be a multiple of the probability scale");
+static_assert(kStateHigh == (uint64_t(1) << 32), "state must fill a uint32 exactly");
+static_assert(kProbBits <= kWordBits, "a single 16-bit read must renormalise after any symbol");
+static_assert(kAlphabet <= int(kProbScale), "every present symbol needs frequency >= 1");
+
+PYCODEC_HD uint32_t rounds_of_lane(uint32_t n, uint32_t lane) { return lane < n ? (n - lane + kLanes - 1) / kLanes : 0; }
+PYCODEC_HD uint32_t rounds_of(uint32_t n) { return rounds_of_lane(n, 0); }
+
+// Decode table entry, 32 bits:  [31:20] slot - start   [19:8] freq - 1   [7:0] symbol
+PYCODEC_HD uint32_t make_slot(uint32_t symbol, uint32_t freq, uint32_t offset) {
+  return (offset << 20) | ((freq - 1) << 8) | symbol;
+}
+
+// Serialized table: 32-byte bitmap of present symbols (bit s%8 of byte s/8), then one
+// little-endian uint16 frequency per present symbol in symbol order. Frequencies sum
+// to kProbScale exactly.
+constexpr uint32_t kBitmapBytes = kAlphabet / 8;
+
+struct Model {
+  uint32_t freq[kAlphabet];
+  uint32_t start[kAlphabet];
+};
+
+// Quantizes counts to frequencies summing to kProbScale, every present symbol >= 1.
+// Proportional rounding first, then the remaining difference is settled one unit at a
+// time where it costs the fewest coded bits (count * log2 change), which keeps the
+// loss against the empirical entropy to a few hundredths of a percent.
+inline void normalize(const uint64_t counts[kAlphabet], Model& m) {
+  uint64_t total = 0;
+  for (int s = 0; s < kAlphabet; ++s) total += counts[s];
+  std::memset(&m, 0, sizeof(m));
+  if (total == 0) {
+    m.freq[0] = kProbScale;
+  } else {
+    int64_t sum = 0;
+    for (int s = 0; s < kAlphabet; ++s) {
+      if (!counts[s]) continue;
+      const double ideal = double(counts[s]) * kProbScale / double(total);
+      m.freq[s] = std::max<uint32_t>(1, uint32_t(std::llround(ideal)));
+      sum += m.freq[s];
+    }
+    while (sum != kProbScale) {
+      int best = -1;
+      double best_cost = 0;
+      for (int s = 0; s < kAlphabet; ++s) {
+        if (!counts[s]) continue;
+        const double f = m.freq[s];
+        double cost;
+        if (sum > kProbScale) {
+          if (m.freq[s] <= 1) continue;
+          cost = double(counts[s]) * std::log2(f / (f - 1));  // bits gained by removing a unit
+        } else {
+          cost = -double(counts[s]) * std::log2((f + 1) / f);  // bits saved by adding one
+        }
+        if (best < 0 || cost < best_cost) best = s, best_cost = cost;
+      }
+      if (sum > kProbScale) --m.freq[best], --sum;
+      else ++m.freq[best], ++sum;
+    }
+  }
+  uint32_t acc = 0;
+  for (int s = 0; s < kAlphabet; ++s) m.start[s] = acc, acc += m.freq[s];
+}
+
+inline void write_table(const Model& m, std::vector<uint8_t>& out) {
+  uint8_t bitmap[kBitmapBytes] = {0};
+  for (int s = 0; s < kAlphabet; ++s)
+    if (m.freq[s]) bitmap[s / 8] |= uint8_t(1u << (s % 8));
+  out.insert(out.end(), bitmap, bitmap + kBitmapBytes);
+  for (int s = 0; s < kAlphabet; ++s) {
+    if (!m.freq[s]) continue;
+    out.push_back(uint8_t(m.freq[s] & 0xFF));
+    out.push_back(uint8_t(m.freq[s] >> 8));
+  }
+}
+
+inline Status read_table(const uint8_t* p, uint32_t n_bytes, Model& m) {
+  std::memset(&m, 0, sizeof(m));
+  if (n_bytes < kBitmapBytes) return Status::BadTable;
+  uint32_t pos = kBitmapBytes, sum = 0;
+  for (int s = 0; s < kAlphabet; ++s) {
+    if (!(p[s / 8] >> (s % 8) & 1)) continue;
+    if (pos + 2 > n_bytes) return Status::BadTable;
+    const uint32_t f = uint32_t(p[pos]) | (uint32_t(p[pos + 1]) << 8);
+    pos += 2;
+    if (f == 0 || f > kProbScale) return Status::BadTable;
+    m.freq[s] = f;
+    sum += f;
+  }
+  if (pos != n_bytes || sum != kProbScale) return Status::BadTable;
+  uint32_t acc = 0;
+  for (int s = 0; s < kAlphabet; ++s) m.start[s] = acc, acc += m.freq[s];
+  return Status::Ok;
+}
+
+inline void build_decode_table(const Model& m, uint32_t table[kProbScale]) {
+  for (int s = 0; s < kAlphabet; ++s)
+    for (uint32_t k = 0; k < m.freq[s]; ++k) table[m.start[s] + k] = make_slot(s, m.freq[s], k);
+}
+
+// Encodes one chunk and appends its 32-bit words to `out`. Returns the number of words.
+inline size_t encode_chunk(const uint8_t* sym, uint32_t n, const Model& m, std::vector<uint32_t>& out) {
+  uint32_t state[kLanes];
+  for (int l = 0; l < kLanes; ++l) state[l] = kStateLow;
+  std::vector<uint16_t> reversed;
+  reversed.reserve(size_t(n) * kProbBits / kWordBits + kLanes);
+  const uint32_t rounds = rounds_of(n);
+  for (uint32_t r = rounds; r-- > 0;) {
+    for (int l = kLanes - 1; l >= 0; --l) {
+      if (r >= rounds_of_lane(n, l)) continue;
+      const uint32_t s = sym[size_t(r) * kLanes + l];
+      const uint32_t f = m.freq[s];
+      uint32_t x = state[l];
+      // x_max = ((L >> kProbBits) << kWordBits) * f; 64-bit because f = kProbScale gives 2^32.
+      if (uint64_t(x) >= (uint64_t(kStateLow >> kProbBits) << kWordBits) * f) {
+        reversed.push_back(uint16_t(x & 0xFFFF));
+        x >>= kWordBits;
+      }
+      state[l] = ((x / f) << kProbBits) + (x % f) + m.start[s];
+    }
+  }
+  const size_t start = out.size();
+  out.insert(out.end(), state, state + kLanes);
+  for (size_t k = reversed.size(); k > 0; k -= std::min<size_t>(k, 2)) {
+    const uint32_t lo = reversed[k - 1];
+    const uint32_t hi = k >= 2 ? reversed[k - 2] : 0;
+    out.push_back(lo | (hi << 16));
+  }
+  return out.size() - start;
+}
+
+// Decodes one chunk of n symbols from exactly n_words 32-bit words.
+// Never reads outside words[0, n_words) nor writes outside out[0, n).
+inline Status decode_chunk(const uint32_t* table, const uint32_t* words, size_t n_words, uint8_t* out,
+                           uint32_t n) {
+  if (n_words < size_t(kLanes)) return Status::CorruptPayload;
+  uint32_t state[kLanes];
+  std::memcpy(state, words, sizeof(state));
+  const uint8_t* stream = reinterpret_cast<const uint8_t*>(words + kLanes);
+  const size_t n16 = (n_words - kLanes) * 2;
+  auto read16 = [stream](size_t i) { return uint32_t(stream[2 * i]) | (uint32_t(stream[2 * i + 1]) << 8); };
+  size_t pos = 0;
+  const uint32_t full_rounds = n / kLanes;
+  uint32_t r = 0;
+  // Fast path: a round reads at most kLanes words. Two passes per round: decoding is
+  // independent per lane; only the refill pass chains lanes (through the word position),
+  // and that chain is one add per lane instead of a whole decode.
+  for (; r < full_rounds && n16 - pos >= size_t(kLanes); ++r) {
+    uint8_t* o = out + size_t(r) * kLanes;
+    for (int l = 0; l < kLanes; ++l) {
+      const uint32_t x = state[l];
+      const uint32_t e = table[x & (kProbScale - 1)];
+      state[l] = (((e >> 8) & 0xFFF) + 1) * (x >> kProbBits) + (e >> 20);
+      o[l] = uint8_t(e);
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      // Masked, not branched: a refill happens on about a quarter of the symbols, at random.
+      const uint32_t x = state[l];
+      const uint32_t need = uint32_t(x < kStateLow);
+      const uint32_t mask = 0u - need;
+      state[l] = (x & ~mask) | (((x << kWordBits) | read16(pos)) & mask);
+      pos += need;
+    }
+  }
+  const uint32_t rounds = rounds_of(n);
+  for (; r < rounds; ++r) {
+    for (uint32_t l = 0; l < kLanes; ++l) {
+      if (r >= rounds_of_lane(n, l)) continue;
+      uint32_t x = state[l];
+      const uint32_t e = table[x & (kProbScale - 1)];
+      x = (((e >> 8) & 0xFFF) + 1) * (x >> kProbBits) + (e >> 20);
+      if (x < kStateLow) {
+        if (pos >= n16) return Status::CorruptPayload;
+        x = (x << kWordBits) | read16(pos++);
+      }
+      out[size_t(r) * kLanes + l] = uint8_t(e);
+      state[l] = x;
+    }
+  }
+  for (int l = 0; l < kLanes; ++l)
+    if (state[l] != kStateLow) return Status::CorruptPayload;
+  const bool exact = pos == n16 || (pos + 1 == n16 && read16(pos) == 0);
+  return exact ? Status::Ok : Status::CorruptPayload;
+}
+
+}  // namespace rans
+}  // namespace pycodec
