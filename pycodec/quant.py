@@ -1,0 +1,305 @@
+"""Weight quantizers and the packed layout of one compressed weight.
+
+This module owns the packed layout. A packed weight is a flat ``dict[str, Tensor]`` of
+plain dtypes (so it lives in registered buffers, ``state_dict`` and safetensors):
+
+  meta            int64 [8]   [layout version, kind, N, K, group_size, dtype code, n_planes, 0]
+  kind = KIND_AFFINE (int and rate modes), W[n, k] = (q[n, k] - zero[n, g]) * scale[n, g], g = k // group_size,
+  then W.flat[escape_index] = escape_value:
+    symbols       uint8 [B]   pycodec stream of q (uint8 [N, K])
+    scale         fp16 [N, G] G = ceil(K / group_size)
+    zero          fp16 [N, G] or [1, 1] (broadcast: rate mode's zero is the constant 128)
+    escape_index  int64 [E]   flat indices of weights kept exactly (their q is the zero point)
+    escape_value  fp32 [E]
+  kind = KIND_LOSSLESS (bit-exact floats), the float's bits split into byte planes:
+    plane{i}      uint8 [B_i] a pycodec stream, or the plane's raw bytes when coding does not pay
+    plane_coded   uint8 [P]   1 = plane{i} is a stream, 0 = raw
+    bf16: plane0 = exponent (bits 14..7), plane1 = sign << 7 | mantissa (7 bits)
+    fp16: plane0 = high byte (sign, exponent, 2 mantissa bits), plane1 = low byte
+    fp32: plane0 = exponent (bits 30..23), plane1 = sign << 7 | mantissa bits 22..16,
+          plane2 = mantissa bits 15..8, plane3 = mantissa bits 7..0
+  Exponents carry ~2.7 bits of information in 8; the mantissa bytes are near-uniform,
+  which is why each plane decides for itself whether coding pays.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .codec import CodecError, decode, encode, entropy_bits
+
+LAYOUT_VERSION = 1
+KIND_LOSSLESS = 0
+KIND_AFFINE = 1
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
+RATE_ZERO = 128          # rate-mode zero point: symbols 1..255 hold q in [-127, 127]
+RATE_MAX_Q = 127         # |q| beyond this is an escape (kept exactly)
+ESCAPE_BITS = 64 + 32    # int64 index + fp32 value per escaped weight
+
+
+@dataclass
+class LayerStats:
+    """What compressing one weight achieved (all side information counted)."""
+
+    n_weights: int
+    bits: int                 # every buffer's bytes * 8
+    entropy_bits: float       # order-0 entropy bound of the coded symbols, plus side tensors
+    sqnr_db: float            # inf for lossless
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.bits / max(self.n_weights, 1)
+
+    @property
+    def entropy_bits_per_weight(self) -> float:
+        return self.entropy_bits / max(self.n_weights, 1)
+
+
+def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
+    w = w.double()
+    err = (w - w_hat.double()).pow(2).sum().item()
+    sig = w.pow(2).sum().item()
+    return math.inf if err == 0 else 10.0 * math.log10(sig / err)
+
+
+def packed_bits(packed: dict) -> int:
+    return sum(t.numel() * t.element_size() * 8 for k, t in packed.items() if k != "meta")
+
+
+def _meta(kind: int, n: int, k: int, group_size: int, dtype: torch.dtype, n_planes: int = 0) -> torch.Tensor:
+    return torch.tensor([LAYOUT_VERSION, kind, n, k, group_size, DTYPE_CODES[dtype], n_planes, 0], dtype=torch.int64)
+
+
+def _stream(symbols: np.ndarray, coder: str, chunk_symbols: int | None) -> torch.Tensor:
+    return torch.frombuffer(bytearray(encode(symbols, coder=coder, chunk_symbols=chunk_symbols)), dtype=torch.uint8)
+
+
+def _symbol_entropy_bits(symbols: torch.Tensor) -> float:
+    counts = torch.bincount(symbols.reshape(-1).to(torch.int64), minlength=256)
+    return entropy_bits(counts.numpy()) * symbols.numel()
+
+
+# ---------------------------------------------------------------------------- lossless
+
+def _float_planes(w: torch.Tensor) -> list[np.ndarray]:
+    if w.dtype == torch.bfloat16:
+        bits = w.contiguous().view(torch.int16).numpy().view(np.uint16)
+        return [((bits >> 7) & 0xFF).astype(np.uint8), (((bits >> 8) & 0x80) | (bits & 0x7F)).astype(np.uint8)]
+    if w.dtype == torch.float16:
+        bits = w.contiguous().view(torch.int16).numpy().view(np.uint16)
+        return [(bits >> 8).astype(np.uint8), (bits & 0xFF).astype(np.uint8)]
+    if w.dtype == torch.float32:
+        bits = w.contiguous().view(torch.int32).numpy().view(np.uint32)
+        return [((bits >> 23) & 0xFF).astype(np.uint8), (((bits >> 24) & 0x80) | ((bits >> 16) & 0x7F)).astype(np.uint8),
+                ((bits >> 8) & 0xFF).astype(np.uint8), (bits & 0xFF).astype(np.uint8)]
+    raise CodecError(f"lossless mode supports float32, float16 and bfloat16 weights, got {w.dtype}")
+
+
+def _planes_to_float(planes: list[np.ndarray], dtype: torch.dtype, shape: tuple) -> torch.Tensor:
+    p = [x.astype(np.uint32) for x in planes]
+    if dtype == torch.bfloat16:
+        bits = ((p[1] & 0x80) << 8) | (p[0] << 7) | (p[1] & 0x7F)
+        return torch.from_numpy(bits.astype(np.uint16).view(np.int16)).view(torch.bfloat16).reshape(shape)
+    if dtype == torch.float16:
+        bits = (p[0] << 8) | p[1]
+        return torch.from_numpy(bits.astype(np.uint16).view(np.int16)).view(torch.float16).reshape(shape)
+    bits = ((p[1] & 0x80) << 24) | (p[0] << 23) | ((p[1] & 0x7F) << 16) | (p[2] << 8) | p[3]
+    return torch.from_numpy(bits.view(np.int32)).view(torch.float32).reshape(shape)
+
+
+def pack_lossless(w: torch.Tensor, coder: str = "rans", chunk_symbols: int | None = None) -> tuple[dict, LayerStats]:
+    w = w.detach().cpu()
+    if w.dim() != 2:
+        raise CodecError(f"expected a 2-D weight, got shape {tuple(w.shape)}")
+    planes = _float_planes(w)
+    packed = {"meta": _meta(KIND_LOSSLESS, w.shape[0], w.shape[1], 0, w.dtype, len(planes))}
+    coded_flags, entropy = [], 0.0
+    for i, plane in enumerate(planes):
+        stream = _stream(plane, coder, chunk_symbols)
+        coded = stream.numel() < plane.size
+        packed[f"plane{i}"] = stream if coded else torch.from_numpy(plane.reshape(-1).copy())
+        coded_flags.append(int(coded))
+        entropy += _symbol_entropy_bits(torch.from_numpy(plane)) if coded else 8.0 * plane.size
+    packed["plane_coded"] = torch.tensor(coded_flags, dtype=torch.uint8)
+    stats = LayerStats(w.numel(), packed_bits(packed), entropy, math.inf)
+    return packed, stats
+
+
+# ---------------------------------------------------------------------------- affine (int / rate)
+
+def _group_index(k: int, group_size: int) -> torch.Tensor:
+    return torch.arange(k) // group_size
+
+
+def quantize_int(w: torch.Tensor, bits: int, group_size: int, symmetric: bool = False):
+    """Round-to-nearest group quantization. Returns q (uint8 [N, K]), scale, zero (fp16 [N, G])."""
+    w = w.detach().float().cpu()
+    n, k = w.shape
+    g = math.ceil(k / group_size)
+    pad = g * group_size - k
+    wp = torch.nn.functional.pad(w, (0, pad)).reshape(n, g, group_size)
+    valid = torch.nn.functional.pad(torch.ones(k, dtype=torch.bool), (0, pad)).reshape(g, group_size)
+    qmax = (1 << bits) - 1
+    if symmetric:
+        amax = wp.abs().amax(dim=2)
+        half = 1 << (bits - 1)
+        scale = (amax / (half - 1 if bits > 1 else 1)).clamp_min(1e-8)
+        zero = torch.full_like(scale, float(half))
+    else:
+        big = torch.finfo(torch.float32).max
+        wmin = torch.where(valid, wp, torch.full_like(wp, big)).amin(dim=2).clamp(max=0)
+        wmax = torch.where(valid, wp, torch.full_like(wp, -big)).amax(dim=2).clamp(min=0)
+        scale = ((wmax - wmin) / qmax).clamp_min(1e-8)
+        zero = (-wmin / scale).round().clamp(0, qmax)
+    scale = scale.half()
+    zero = zero.half()
+    q = (wp / scale.float().unsqueeze(2)).round() + zero.float().unsqueeze(2)
+    q = q.clamp(0, qmax).reshape(n, g * group_size)[:, :k].to(torch.uint8)
+    return q, scale, zero
+
+
+def dequantize_affine(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+                      escape_index: torch.Tensor | None = None, escape_value: torch.Tensor | None = None) -> torch.Tensor:
+    """The pure-PyTorch reference of the affine layout (fp32 result)."""
+    n, k = q.shape
+    gi = _group_index(k, group_size)
+    z = zero.float().expand(n, scale.shape[1])[:, gi]
+    w = (q.float() - z) * scale.float()[:, gi]
+    if escape_index is not None and escape_index.numel():
+        w.view(-1)[escape_index] = escape_value.float()
+    return w
+
+
+def _prune(w: torch.Tensor, fraction: float) -> torch.Tensor:
+    if fraction <= 0:
+        return w
+    k = int(fraction * w.numel())
+    if k == 0:
+        return w
+    threshold = w.abs().reshape(-1).kthvalue(k).values
+    return torch.where(w.abs() <= threshold, torch.zeros_like(w), w)
+
+
+def _rate_quantize(w: torch.Tensor, c: float):
+    std = w.std(dim=1, keepdim=True, unbiased=False)
+    step = (c * std).clamp_min(1e-8).half()
+    qf = (w / step.float()).round()
+    escaped = qf.abs() > RATE_MAX_Q
+    q = torch.where(escaped, torch.zeros_like(qf), qf) + RATE_ZERO
+    return q.to(torch.uint8), step, escaped
+
+
+def _rate_estimate_bits(w: torch.Tensor, c: float, coder_overhead: float) -> float:
+    q, step, escaped = _rate_quantize(w, c)
+    return (_symbol_entropy_bits(q) * coder_overhead + step.numel() * 16 + 16
+            + int(escaped.sum()) * ESCAPE_BITS) / w.numel()
+
+
+def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "rans", chunk_symbols: int | None = None):
+    """Entropy-constrained uniform quantization to ``target_bits`` per weight, side info included.
+
+    One step per output row, step = c * std(row); c is found by bisection on the coded
+    size (entropy estimate first, then the real encoded size). Returns
+    (q, scale [N,1], zero [1,1], escape_index, escape_value, stream).
+    """
+    w = w.detach().float().cpu()
+    overhead = 1.005 if coder == "rans" else 1.03
+    lo, hi = 1e-3, 64.0  # c: larger step = fewer bits
+    for _ in range(40):
+        mid = math.sqrt(lo * hi)
+        if _rate_estimate_bits(w, mid, overhead) > target_bits:
+            lo = mid
+        else:
+            hi = mid
+    c = hi
+    for _ in range(12):  # the estimate is close; confirm with the real stream and nudge if over
+        q, step, escaped = _rate_quantize(w, c)
+        stream = _stream(q.numpy(), coder, chunk_symbols)
+        n_esc = int(escaped.sum())
+        total = stream.numel() * 8 + step.numel() * 16 + 16 + n_esc * ESCAPE_BITS
+        if total <= target_bits * w.numel():
+            break
+        c *= 1.01
+    else:
+        raise CodecError(f"rate mode could not reach {target_bits} bits per weight on a {tuple(w.shape)} weight")
+    idx = escaped.reshape(-1).nonzero().reshape(-1)
+    return q, step, torch.full((1, 1), float(RATE_ZERO), dtype=torch.float16), idx, w.reshape(-1)[idx].clone(), stream
+
+
+def pack_affine(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int, dtype: torch.dtype,
+                escape_index: torch.Tensor | None = None, escape_value: torch.Tensor | None = None,
+                coder: str = "rans", chunk_symbols: int | None = None, stream: torch.Tensor | None = None) -> dict:
+    """Packs already-quantized integer weights (ours, or GPTQ/AWQ-style ones) losslessly."""
+    if q.dtype != torch.uint8 or q.dim() != 2:
+        raise CodecError(f"integer weights must be a uint8 [N, K] tensor, got {q.dtype} {tuple(q.shape)}")
+    n, k = q.shape
+    g = math.ceil(k / group_size)
+    if tuple(scale.shape) != (n, g) or tuple(zero.shape) not in ((n, g), (1, 1)):
+        raise CodecError(f"scale must be [{n}, {g}] and zero [{n}, {g}] or [1, 1] for group_size {group_size}; "
+                         f"got {tuple(scale.shape)} and {tuple(zero.shape)}")
+    if stream is None:
+        stream = _stream(q.contiguous().numpy(), coder, chunk_symbols)
+    return {
+        "meta": _meta(KIND_AFFINE, n, k, group_size, dtype),
+        "symbols": stream,
+        "scale": scale.to(torch.float16).contiguous(),
+        "zero": zero.to(torch.float16).contiguous(),
+        "escape_index": (escape_index if escape_index is not None else torch.zeros(0)).to(torch.int64),
+        "escape_value": (escape_value if escape_value is not None else torch.zeros(0)).to(torch.float32),
+    }
+
+
+def compress_weight(w: torch.Tensor, config) -> tuple[dict, LayerStats]:
+    """Compress one 2-D weight according to a CompressionConfig."""
+    if config.mode == "lossless":
+        return pack_lossless(w, config.coder, config.chunk_symbols)
+    dtype = w.dtype
+    wf = _prune(w.detach().float().cpu(), config.prune)
+    if config.mode == "int":
+        q, scale, zero = quantize_int(wf, int(config.bits), config.group_size, config.symmetric)
+        packed = pack_affine(q, scale, zero, config.group_size, dtype, coder=config.coder,
+                             chunk_symbols=config.chunk_symbols)
+        side_entropy = (scale.numel() + zero.numel()) * 16
+    else:
+        q, scale, zero, idx, val, stream = quantize_rate(wf, config.bits, config.coder, config.chunk_symbols)
+        packed = pack_affine(q, scale, zero, wf.shape[1], dtype, idx, val, stream=stream)
+        side_entropy = (scale.numel() + zero.numel()) * 16 + idx.numel() * ESCAPE_BITS
+    w_hat = unpack(packed)
+    stats = LayerStats(w.numel(), packed_bits(packed), _symbol_entropy_bits(q) + side_entropy,
+                       sqnr_db(w.detach().float().cpu(), w_hat))
+    return packed, stats
+
+
+def unpack(packed: dict) -> torch.Tensor:
+    """Decode a packed weight on the CPU: original dtype for lossless, fp32 for affine."""
+    meta = packed["meta"].tolist()
+    if meta[0] != LAYOUT_VERSION:
+        raise CodecError(f"packed weight layout version {meta[0]} is not supported (expected {LAYOUT_VERSION})")
+    kind, n, k, group_size, dtype_code, n_planes = meta[1:7]
+    if dtype_code not in CODE_DTYPES:
+        raise CodecError(f"packed weight has unknown dtype code {dtype_code}")
+    if kind == KIND_LOSSLESS:
+        flags = packed["plane_coded"].tolist()
+        if len(flags) != n_planes:
+            raise CodecError("packed weight: plane_coded does not match the plane count")
+        planes = []
+        for i, coded in enumerate(flags):
+            buf = packed[f"plane{i}"].contiguous().numpy()
+            plane = decode(buf).reshape(-1) if coded else buf
+            if plane.size != n * k:
+                raise CodecError(f"packed weight: plane{i} holds {plane.size} values, expected {n * k}")
+            planes.append(plane)
+        return _planes_to_float(planes, CODE_DTYPES[dtype_code], (n, k))
+    if kind == KIND_AFFINE:
+        q = torch.from_numpy(decode(packed["symbols"].contiguous().numpy()))
+        if tuple(q.shape) != (n, k):
+            raise CodecError(f"packed weight: symbols have shape {tuple(q.shape)}, expected {(n, k)}")
+        idx = packed["escape_index"]
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n * k):
+            raise CodecError("packed weight: escape index outside the weight")
+        return dequantize_affine(q, packed["scale"], packed["zero"], group_size, idx, packed["escape_value"])
+    raise CodecError(f"packed weight has unknown kind {kind}")
