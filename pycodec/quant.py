@@ -200,32 +200,50 @@ def _rate_estimate_bits(w: torch.Tensor, c: float, coder_overhead: float) -> flo
 
 
 def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "rans", chunk_symbols: int | None = None):
-    """Entropy-constrained uniform quantization to ``target_bits`` per weight, side info included.
+    """Entropy-constrained uniform quantization to ``target_bits`` per weight.
 
-    One step per output row, step = c * std(row); c is found by bisection on the coded
-    size (entropy estimate first, then the real encoded size). Returns
-    (q, scale [N,1], zero [1,1], escape_index, escape_value, stream).
+    One step per output row, step = c * std(row). c is found by bisection: first on an
+    entropy estimate, then on the real encoded size. The budget is ``target_bits`` per
+    weight for everything that grows with the weight count (coded symbols, scales,
+    escapes) plus the stream's fixed cost (header, table, chunk index, lane states --
+    measured by encoding a constant tensor of the same shape), which only matters for
+    tiny layers. The reported bits per weight always include everything.
+    Returns (q, scale [N,1], zero [1,1], escape_index, escape_value, stream).
     """
     w = w.detach().float().cpu()
+    n = w.numel()
     overhead = 1.005 if coder == "rans" else 1.03
-    lo, hi = 1e-3, 64.0  # c: larger step = fewer bits
+    fixed_bits = 8 * len(encode(np.full(tuple(w.shape), RATE_ZERO, np.uint8), coder=coder, chunk_symbols=chunk_symbols))
+    budget = target_bits * n + fixed_bits
+
+    def real(c):
+        q, step, escaped = _rate_quantize(w, c)
+        stream = _stream(q.numpy(), coder, chunk_symbols)
+        total = stream.numel() * 8 + step.numel() * 16 + 16 + int(escaped.sum()) * ESCAPE_BITS
+        return total, (q, step, escaped, stream)
+
+    lo, hi = 1e-3, 64.0  # larger c = larger step = fewer bits
     for _ in range(40):
         mid = math.sqrt(lo * hi)
-        if _rate_estimate_bits(w, mid, overhead) > target_bits:
+        if _rate_estimate_bits(w, mid, overhead) * n > budget - fixed_bits:
             lo = mid
         else:
             hi = mid
-    c = hi
-    for _ in range(12):  # the estimate is close; confirm with the real stream and nudge if over
-        q, step, escaped = _rate_quantize(w, c)
-        stream = _stream(q.numpy(), coder, chunk_symbols)
-        n_esc = int(escaped.sum())
-        total = stream.numel() * 8 + step.numel() * 16 + 16 + n_esc * ESCAPE_BITS
-        if total <= target_bits * w.numel():
-            break
-        c *= 1.01
-    else:
-        raise CodecError(f"rate mode could not reach {target_bits} bits per weight on a {tuple(w.shape)} weight")
+    lo, hi = hi / 1.2, hi * 1.2
+    total, best = real(hi)
+    while total > budget:
+        if hi > 1e4:
+            raise CodecError(f"rate mode cannot reach {target_bits} bits per weight on a {tuple(w.shape)} weight")
+        lo, hi = hi, hi * 2
+        total, best = real(hi)
+    for _ in range(8):  # the estimate brackets the answer closely; 8 halvings settle it
+        mid = math.sqrt(lo * hi)
+        t, cand = real(mid)
+        if t <= budget:
+            hi, best = mid, cand
+        else:
+            lo = mid
+    q, step, escaped, stream = best
     idx = escaped.reshape(-1).nonzero().reshape(-1)
     return q, step, torch.full((1, 1), float(RATE_ZERO), dtype=torch.float16), idx, w.reshape(-1)[idx].clone(), stream
 

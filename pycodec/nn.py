@@ -1,0 +1,175 @@
+"""CompressedLinear: a drop-in nn.Linear whose weight stays entropy-coded in memory.
+
+State lives in registered buffers of plain dtypes (see pycodec.quant for the packed
+layout), so ``state_dict()`` and safetensors work without pickle. ``forward`` decodes
+the weight each call (the point is memory); ``cache_decoded=True`` keeps the decoded
+weight instead. The forward is the torch.library op ``pycodec::compressed_linear``
+(schema + fake), so ``torch.compile`` traces through it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .codec import CodecError
+from .quant import KIND_AFFINE, KIND_LOSSLESS, LayerStats, compress_weight, unpack
+
+AFFINE_BUFFERS = ("meta", "symbols", "scale", "zero", "escape_index", "escape_value")
+
+
+def buffer_names(meta: torch.Tensor) -> tuple[str, ...]:
+    """The op's fixed order of packed tensors for a layout (meta first)."""
+    kind, n_planes = int(meta[1]), int(meta[6])
+    if kind == KIND_AFFINE:
+        return AFFINE_BUFFERS
+    if kind == KIND_LOSSLESS:
+        return ("meta", "plane_coded") + tuple(f"plane{i}" for i in range(n_planes))
+    raise CodecError(f"unknown packed weight kind {kind}")
+
+
+def _gpu_linear(x: torch.Tensor, packed: dict, bias: torch.Tensor | None) -> torch.Tensor:
+    from . import gpu  # imported lazily: CPU-only installs never touch triton or CUDA
+
+    return gpu.compressed_linear(x, packed, bias)
+
+
+@torch.library.custom_op("pycodec::compressed_linear", mutates_args=())
+def compressed_linear(x: torch.Tensor, packed: list[torch.Tensor], bias: torch.Tensor | None,
+                      out_features: int) -> torch.Tensor:
+    meta = packed[0].cpu()
+    d = dict(zip(buffer_names(meta), packed))
+    if x.is_cuda:
+        return _gpu_linear(x, d, bias)
+    w = unpack({k: v.cpu() for k, v in d.items()}).to(x.dtype)
+    return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+
+
+@compressed_linear.register_fake
+def _(x, packed, bias, out_features):
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+class CompressedLinear(nn.Module):
+    """y = x W^T + b with W held as a pycodec packed weight."""
+
+    def __init__(self, in_features: int, out_features: int, packed: dict, bias: torch.Tensor | None = None,
+                 cache_decoded: bool = False):
+        super().__init__()
+        meta = packed["meta"]
+        if int(meta[2]) != out_features or int(meta[3]) != in_features:
+            raise CodecError(f"packed weight is {int(meta[2])}x{int(meta[3])}, module is {out_features}x{in_features}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self._names = buffer_names(meta)
+        missing = [n for n in self._names if n not in packed]
+        if missing:
+            raise CodecError(f"packed weight lacks tensors {missing}")
+        for name in self._names:
+            self.register_buffer(name, packed[name])
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+        self.cache_decoded = cache_decoded
+        self._decoded: torch.Tensor | None = None
+        self.stats: LayerStats | None = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, config, cache_decoded: bool = False) -> "CompressedLinear":
+        packed, stats = compress_weight(linear.weight, config)
+        device = linear.weight.device
+        packed = {k: v.to(device) for k, v in packed.items()}
+        m = cls(linear.in_features, linear.out_features, packed, linear.bias, cache_decoded)
+        m.stats = stats
+        return m
+
+    def packed(self) -> dict:
+        return {n: getattr(self, n) for n in self._names}
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        from .quant import CODE_DTYPES
+
+        return CODE_DTYPES[int(self.meta[5])]
+
+    def decoded_weight(self) -> torch.Tensor:
+        """The weight as a dense tensor in its original dtype (bit-exact in lossless mode)."""
+        return unpack({k: v.cpu() for k, v in self.packed().items()}).to(self.weight_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cache_decoded:
+            if self._decoded is None or self._decoded.device != x.device:
+                self._decoded = self.decoded_weight().to(x.device)
+            return F.linear(x, self._decoded.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return compressed_linear(x, list(self.packed().values()), self.bias, self.out_features)
+
+    def compressed_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for n, t in self.packed().items() if n != "meta")
+
+    def extra_repr(self) -> str:
+        kind = "lossless" if int(self.meta[1]) == KIND_LOSSLESS else "affine"
+        bpw = 8 * self.compressed_bytes() / (self.in_features * self.out_features)
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"{kind}, {bpw:.3f} bits/weight")
+
+
+def _skipped(name: str, skip) -> bool:
+    return any(name == s or name.endswith("." + s) for s in skip)
+
+
+def compress_(model: nn.Module, config, skip=None, progress: bool = True) -> dict:
+    """Replace every nn.Linear of ``model`` (except ``skip`` names) by a CompressedLinear, in place.
+
+    Returns a report: per-layer bits/weight, entropy bound and SQNR, and the totals.
+    """
+    skip = tuple(config.skip if skip is None else skip)
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and not _skipped(name, skip)]
+    iterator = targets
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(targets, desc=f"pycodec {config.mode}", unit="layer")
+        except ImportError:
+            pass
+    layers = {}
+    for name, linear in iterator:
+        new = CompressedLinear.from_linear(linear, config)
+        _set_submodule(model, name, new)
+        s = new.stats
+        layers[name] = {"shape": [linear.out_features, linear.in_features], "bits_per_weight": s.bits_per_weight,
+                        "entropy_bits_per_weight": s.entropy_bits_per_weight, "sqnr_db": s.sqnr_db}
+    model.pycodec_config = config
+    return summarize(layers, config)
+
+
+def summarize(layers: dict, config) -> dict:
+    n = sum(v["shape"][0] * v["shape"][1] for v in layers.values())
+    bits = sum(v["bits_per_weight"] * v["shape"][0] * v["shape"][1] for v in layers.values())
+    ent = sum(v["entropy_bits_per_weight"] * v["shape"][0] * v["shape"][1] for v in layers.values())
+    finite = [v for v in layers.values() if math.isfinite(v["sqnr_db"])]
+    # Total SQNR weights each layer's error energy equally: 10 log10(sum sig / sum err) would need the
+    # energies; the mean of per-layer dB is what quantization papers report per layer.
+    mean_sqnr = sum(v["sqnr_db"] for v in finite) / len(finite) if finite else math.inf
+    return {"config": config.to_dict(), "layers": layers, "n_weights": n,
+            "bits_per_weight": bits / n if n else math.nan, "entropy_bits_per_weight": ent / n if n else math.nan,
+            "mean_sqnr_db": mean_sqnr, "compressed_bytes": int(round(bits / 8))}
+
+
+def decompress_(model: nn.Module) -> nn.Module:
+    """Replace every CompressedLinear by a plain nn.Linear holding the decoded weight."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, CompressedLinear):
+            dev = m.meta.device
+            lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+            lin.weight = nn.Parameter(m.decoded_weight().to(dev), requires_grad=False)
+            if m.bias is not None:
+                lin.bias = nn.Parameter(m.bias.detach().clone(), requires_grad=False)
+            _set_submodule(model, name, lin)
+    return model
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
