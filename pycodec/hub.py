@@ -1,0 +1,179 @@
+"""Save and load compressed models: safetensors shards + config.json with a quantization_config.
+
+``quantization_config`` holds ``quant_method: "pycodec"``, the CompressionConfig and, per
+compressed module, the shapes of its buffers, so a loader can build the exact modules
+before any tensor is read. Loading never unpickles; every stream's header checksum and
+decoded-symbol checksum is verified, and a failure names the tensor.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from torch import nn
+
+from .codec import CodecError, _C
+from .config import CompressionConfig
+from .nn import CompressedLinear, _set_submodule
+
+QUANT_METHOD = "pycodec"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+STREAM_BUFFERS = ("symbols", "plane0", "plane1", "plane2", "plane3")
+
+
+def _quantization_config(model: nn.Module) -> dict:
+    cfg = getattr(model, "pycodec_config", None)
+    if cfg is None:
+        raise CodecError("model has not been compressed: call pycodec.compress_(model, config) first")
+    modules = {name: {b: list(t.shape) for b, t in m.packed().items()}
+               for name, m in model.named_modules() if isinstance(m, CompressedLinear)}
+    return {"quant_method": QUANT_METHOD, **cfg.to_dict(), "format_version": int(_C.FORMAT_VERSION), "modules": modules}
+
+
+def save_pretrained(model: nn.Module, out_dir: str, tokenizer=None, max_shard_bytes: int = 2 << 30) -> None:
+    """Write a compressed model to ``out_dir`` (safetensors shards, config.json, tokenizer)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    qcfg = _quantization_config(model)
+    state, seen = {}, {}
+    for key, t in model.state_dict().items():
+        ptr = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else None
+        if ptr is not None and ptr in seen:  # tied weights: stored once, re-tied on load
+            continue
+        if ptr is not None:
+            seen[ptr] = key
+        state[key] = t.detach().cpu().contiguous()
+    shards, cur, cur_bytes = [], {}, 0
+    for key, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if cur and cur_bytes + nbytes > max_shard_bytes:
+            shards.append(cur)
+            cur, cur_bytes = {}, 0
+        cur[key] = t
+        cur_bytes += nbytes
+    shards.append(cur)
+    meta = {"format": "pt", "pycodec_format_version": str(_C.FORMAT_VERSION)}
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(out_dir, WEIGHTS_NAME), metadata=meta)
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, os.path.join(out_dir, fname), metadata=meta)
+            weight_map.update({k: fname for k in shard})
+        with open(os.path.join(out_dir, INDEX_NAME), "w") as f:
+            json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
+    config = getattr(model, "config", None)
+    cfg_dict = config.to_dict() if config is not None and hasattr(config, "to_dict") else {}
+    cfg_dict["quantization_config"] = qcfg
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(cfg_dict, f, indent=2, default=str)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and hasattr(gen, "save_pretrained"):
+        gen.save_pretrained(out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+
+
+def _read_state(src: str) -> dict:
+    from safetensors.torch import load_file
+
+    index = os.path.join(src, INDEX_NAME)
+    files = [WEIGHTS_NAME]
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    state = {}
+    for fname in files:
+        path = os.path.join(src, fname)
+        try:
+            state.update(load_file(path))
+        except Exception as e:  # safetensors raises its own types for damaged headers
+            raise CodecError(f"{path}: not a readable safetensors file ({e})") from e
+    return state
+
+
+def verify_streams(state: dict) -> None:
+    """Decode every stream once (chunk by chunk) so a damaged tensor fails at load, by name."""
+    for key, t in state.items():
+        if key.rsplit(".", 1)[-1] not in STREAM_BUFFERS or t.dtype != torch.uint8:
+            continue
+        buf = t.contiguous().numpy()
+        if buf.size >= 4 and bytes(buf[:4]) != b"PYCD":
+            continue  # a raw (uncoded) lossless plane
+        try:
+            _C.histogram(buf, 0)
+        except CodecError as e:
+            raise CodecError(f"tensor {key!r}: {e}") from None
+
+
+def install_modules(model: nn.Module, qcfg: dict, state: dict) -> None:
+    """Replace the listed nn.Linear modules by CompressedLinear modules holding `state`'s tensors."""
+    for name, buffers in qcfg["modules"].items():
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            raise CodecError(f"quantization_config lists module {name!r}, which the model does not have") from None
+        packed = {}
+        for b, shape in buffers.items():
+            key = f"{name}.{b}"
+            if key not in state:
+                raise CodecError(f"checkpoint lacks tensor {key!r}")
+            if list(state[key].shape) != list(shape):
+                raise CodecError(f"tensor {key!r} has shape {list(state[key].shape)}, config says {shape}")
+            packed[b] = state[key]
+        bias = state.get(f"{name}.bias")
+        new = CompressedLinear(old.in_features, old.out_features, packed, bias)
+        _set_submodule(model, name, new)
+
+
+def _tied_keys(model: nn.Module) -> set:
+    """Parameter names that share storage with an earlier name (stored once by save_pretrained)."""
+    seen, tied = set(), set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            tied.add(name)
+        seen.add(id(p))
+    return tied
+
+
+def from_pretrained(src: str, device: str | torch.device = "cpu", verify: bool = True, model_cls=None):
+    """Load a model written by ``save_pretrained`` (a transformers model, built from its config)."""
+    import transformers
+
+    with open(os.path.join(src, "config.json")) as f:
+        cfg_dict = json.load(f)
+    qcfg = cfg_dict.get("quantization_config")
+    if not qcfg or qcfg.get("quant_method") != QUANT_METHOD:
+        raise CodecError(f"{src}/config.json has no pycodec quantization_config")
+    if qcfg.get("format_version") != int(_C.FORMAT_VERSION):
+        raise CodecError(f"checkpoint stream format version {qcfg.get('format_version')} is not supported "
+                         f"(this pycodec reads {int(_C.FORMAT_VERSION)})")
+    config = CompressionConfig.from_dict({k: v for k, v in qcfg.items() if k not in ("modules", "format_version")})
+    hf_config = transformers.AutoConfig.from_pretrained(src)
+    if hasattr(hf_config, "quantization_config"):
+        del hf_config.quantization_config  # ours; keeps transformers from looking for a quantizer
+    state = _read_state(src)
+    if verify:
+        verify_streams(state)
+    cls = model_cls or transformers.AutoModelForCausalLM
+    # Built on the CPU, not on "meta": non-persistent buffers (rotary frequencies) are
+    # computed at construction and are not in the checkpoint. This briefly holds the dense
+    # skeleton; the compressed modules then replace their nn.Linear before loading.
+    model = cls.from_config(hf_config, dtype=getattr(hf_config, "dtype", None) or torch.float32)
+    install_modules(model, qcfg, state)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if unexpected:
+        raise CodecError(f"checkpoint has tensors the model does not use: {sorted(unexpected)[:5]}")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    tied = _tied_keys(model)
+    absent = [k for k in missing if k not in tied]
+    if absent:
+        raise CodecError(f"checkpoint lacks tensors {sorted(absent)[:5]}")
+    model.pycodec_config = config
+    model.eval()
+    return model.to(device)
