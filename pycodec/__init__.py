@@ -8,7 +8,12 @@ Quick use::
 """
 from ._C import FORMAT_VERSION
 from .codec import CODERS, CodecError, decode, encode, entropy_bits, inspect
+from .config import CompressionConfig
+from .hub import from_pretrained, save_pretrained
+from .nn import CompressedLinear, compress_, decompress_
 
 __version__ = "0.1.0"
 
-__all__ = ["CODERS", "CodecError", "FORMAT_VERSION", "decode", "encode", "entropy_bits", "inspect", "__version__"]
+__all__ = ["CODERS", "CodecError", "CompressedLinear", "CompressionConfig", "FORMAT_VERSION", "compress_",
+           "decode", "decompress_", "encode", "entropy_bits", "from_pretrained", "inspect", "save_pretrained",
+           "__version__"]

