@@ -18,6 +18,8 @@ CODERS = ("rans", "huffman")
 
 def _as_uint8_array(symbols: Any) -> np.ndarray:
     if type(symbols).__module__.startswith("torch"):
+        if str(symbols.dtype) != "torch.uint8":
+            raise CodecError(f"encode expects uint8 symbols, got dtype {symbols.dtype}")
         if symbols.device.type != "cpu":
             raise CodecError(f"encode expects a CPU tensor, got one on {symbols.device}")
         symbols = symbols.detach().contiguous().numpy()
@@ -25,7 +27,19 @@ def _as_uint8_array(symbols: Any) -> np.ndarray:
         raise CodecError(f"encode expects a uint8 numpy array or torch tensor, got {type(symbols).__name__}")
     if symbols.dtype != np.uint8:
         raise CodecError(f"encode expects uint8 symbols, got dtype {symbols.dtype}")
-    return np.ascontiguousarray(symbols)
+    # np.ascontiguousarray would turn a 0-d array into shape (1,); keep the shape as given.
+    return symbols if symbols.flags.c_contiguous else symbols.copy(order="C")
+
+
+def _check_chunk_symbols(chunk_symbols: Any) -> int:
+    if chunk_symbols is None:
+        return 0  # the core's per-coder default
+    if isinstance(chunk_symbols, bool) or not isinstance(chunk_symbols, (int, np.integer)):
+        raise CodecError(f"chunk_symbols must be an integer, got {chunk_symbols!r}")
+    c = int(chunk_symbols)
+    if c < 32 or c > _C.MAX_CHUNK_SYMBOLS or c % 32:
+        raise CodecError(f"chunk_symbols must be a multiple of 32 in [32, {_C.MAX_CHUNK_SYMBOLS}], got {c}")
+    return c
 
 
 def _as_buffer(blob: Any) -> Any:
@@ -47,7 +61,7 @@ def encode(symbols: Any, coder: str = "rans", chunk_symbols: int | None = None, 
     if coder not in CODERS:
         raise CodecError(f"unknown coder {coder!r}: expected one of {CODERS}")
     arr = _as_uint8_array(symbols)
-    return _C.encode(arr, list(arr.shape), coder, int(chunk_symbols or 0), int(threads))
+    return _C.encode(arr, list(arr.shape), coder, _check_chunk_symbols(chunk_symbols), int(threads))
 
 
 def decode(blob: Any, threads: int = 0) -> np.ndarray:

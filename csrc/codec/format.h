@@ -114,7 +114,7 @@ inline Status parse_header(const uint8_t* blob, size_t len, StreamInfo* info) {
   s.payload_offset = s.index_offset + 4 * size_t(s.n_chunks);
   if (s.payload_words > (len - s.payload_offset) / 4) return Status::Truncated;
   s.total_bytes = s.payload_offset + 4 * size_t(s.payload_words);
-  if (s.total_bytes != len) return len < s.total_bytes ? Status::Truncated : Status::BadHeader;
+  if (s.total_bytes != len) return len < s.total_bytes ? Status::Truncated : Status::TrailingBytes;
   if (get_le(blob + kFixedHeaderBytes + 8 * s.ndim, 8) != meta_hash(blob, s)) return Status::HeaderChecksum;
   // Shape product must equal n_symbols; overflow-checked.
   uint64_t prod = 1;
@@ -125,11 +125,11 @@ inline Status parse_header(const uint8_t* blob, size_t len, StreamInfo* info) {
   if (prod != s.n_symbols) return Status::BadHeader;
   for (size_t p = s.table_offset + s.table_bytes; p < s.index_offset; ++p)
     if (blob[p] != 0) return Status::BadHeader;
-  // Index: monotone, inside the payload.
+  // Index: starts at 0 (no unread words before the first chunk), monotone, inside the payload.
   uint64_t prev = 0;
   for (uint64_t c = 0; c < s.n_chunks; ++c) {
     const uint64_t off = get_le(blob + s.index_offset + 4 * c, 4);
-    if (off < prev || off > s.payload_words) return Status::BadIndex;
+    if ((c == 0 && off != 0) || off < prev || off > s.payload_words) return Status::BadIndex;
     prev = off;
   }
   if (s.n_chunks == 0 && s.payload_words != 0) return Status::BadIndex;

@@ -18,6 +18,7 @@ namespace pycodec {
 enum class Status : int32_t {
   Ok = 0,
   Truncated,            // blob shorter than its header says
+  TrailingBytes,        // blob longer than its header says
   BadMagic,             // not a pycodec stream
   BadVersion,           // a format version this build cannot read
   BadHeader,            // header fields out of range or inconsistent
@@ -35,6 +36,7 @@ inline const char* status_message(Status s) {
   switch (s) {
     case Status::Ok: return "ok";
     case Status::Truncated: return "blob is truncated: it is shorter than its header declares";
+    case Status::TrailingBytes: return "blob is longer than its header declares (trailing bytes)";
     case Status::BadMagic: return "not a pycodec stream (bad magic bytes)";
     case Status::BadVersion: return "unsupported pycodec stream version";
     case Status::BadHeader: return "header fields are out of range or inconsistent";

@@ -1,0 +1,374 @@
+"""Bit-exact round trips, efficiency bounds, inspect() fields and argument checking.
+
+Both coders (lane-interleaved Huffman and 32-lane rANS) must reproduce every input
+exactly: values, shape and dtype, for any chunk size and thread count.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pycodec
+from pycodec import CodecError
+
+CODERS = ("rans", "huffman")
+MAX_CHUNK = 2**20
+
+
+def np_entropy_bits(x: np.ndarray) -> float:
+    """Empirical order-0 entropy (bits/symbol), computed independently of pycodec."""
+    counts = np.bincount(x.reshape(-1), minlength=256).astype(np.float64)
+    n = counts.sum()
+    if n == 0:
+        return 0.0
+    p = counts[counts > 0] / n
+    return float(-(p * np.log2(p)).sum())
+
+
+def roundtrip(x, coder, chunk_symbols=None, threads=0):
+    blob = pycodec.encode(x, coder=coder, chunk_symbols=chunk_symbols, threads=threads)
+    assert isinstance(blob, bytes)
+    y = pycodec.decode(blob, threads=threads)
+    expect = x.numpy() if not isinstance(x, np.ndarray) else x
+    assert isinstance(y, np.ndarray)
+    assert y.dtype == np.uint8
+    assert y.shape == expect.shape
+    np.testing.assert_array_equal(y, expect)
+    return blob
+
+
+def quantized_gaussian(n, sigma, seed=0, center=128):
+    rng = np.random.default_rng(seed)
+    return np.clip(np.round(rng.normal(center, sigma, n)), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- hypothesis
+
+# 0-d arrays are covered by test_zero_dim_*.
+shapes = st.lists(st.integers(0, 24), min_size=1, max_size=4).map(tuple) | st.sampled_from(
+    [(0,), (5, 0, 3), (1,), (63,), (64,), (65,), (4097,), (3, 1000), (2, 3, 4, 130), (70001,), (300, 401), (2, 2, 2, 40000)]
+)
+chunk_sizes = st.one_of(
+    st.none(),
+    st.sampled_from([32, 64, 96, 128, 1024, 4096, 65536, MAX_CHUNK]),
+    st.integers(1, MAX_CHUNK // 32).map(lambda k: 32 * k),
+)
+distributions = st.sampled_from(["uniform_subset", "geometric", "gaussian", "constant", "all256"])
+
+
+def make_symbols(rng: np.random.Generator, kind: str, n: int) -> np.ndarray:
+    if kind == "uniform_subset":
+        k = int(rng.integers(1, 257))
+        alphabet = rng.choice(256, size=k, replace=False)
+        return alphabet[rng.integers(0, k, n)].astype(np.uint8)
+    if kind == "geometric":
+        p = float(rng.uniform(0.05, 0.99))
+        return np.minimum(rng.geometric(p, n) - 1, 255).astype(np.uint8)
+    if kind == "gaussian":
+        sigma = float(rng.uniform(0.05, 60))
+        return quantized_gaussian(n, sigma, int(rng.integers(2**32)), center=int(rng.integers(0, 256)))
+    if kind == "constant":
+        return np.full(n, int(rng.integers(0, 256)), np.uint8)
+    if kind == "all256":
+        x = rng.integers(0, 256, n).astype(np.uint8)
+        x[: min(n, 256)] = np.arange(min(n, 256), dtype=np.uint8)
+        return rng.permutation(x)
+    raise AssertionError(kind)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=shapes,
+    kind=distributions,
+    seed=st.integers(0, 2**32 - 1),
+    coder=st.sampled_from(CODERS),
+    chunk=chunk_sizes,
+    threads=st.sampled_from([1, 2]),
+)
+def test_roundtrip_hypothesis(shape, kind, seed, coder, chunk, threads):
+    rng = np.random.default_rng(seed)
+    n = math.prod(shape)
+    x = make_symbols(rng, kind, n).reshape(shape)
+    blob = roundtrip(x, coder, chunk, threads)
+    info = pycodec.inspect(blob)
+    assert info["n_symbols"] == n
+    assert tuple(info["shape"]) == shape
+    assert info["coder"] == coder
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(0, 3000),
+    chunk=st.integers(1, 40).map(lambda k: 32 * k),
+    coder=st.sampled_from(CODERS),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_thread_count_does_not_change_stream(n, chunk, coder, seed):
+    x = make_symbols(np.random.default_rng(seed), "gaussian", n)
+    b1 = pycodec.encode(x, coder=coder, chunk_symbols=chunk, threads=1)
+    b2 = pycodec.encode(x, coder=coder, chunk_symbols=chunk, threads=2)
+    assert b1 == b2
+    np.testing.assert_array_equal(pycodec.decode(b1, threads=2), x)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@pytest.mark.parametrize("coder", CODERS)
+def test_torch_tensor_input(coder):
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 17, (33, 65), dtype=torch.uint8, generator=g)
+    blob = pycodec.encode(t, coder=coder, chunk_symbols=64)
+    y = pycodec.decode(blob)
+    assert y.shape == (33, 65)
+    np.testing.assert_array_equal(y, t.numpy())
+    # Non-contiguous tensor: logical order must be kept.
+    tt = t.t()
+    assert not tt.is_contiguous()
+    y = pycodec.decode(pycodec.encode(tt, coder=coder, chunk_symbols=96))
+    assert y.shape == (65, 33)
+    np.testing.assert_array_equal(y, tt.numpy())
+    # Same stream as the numpy array with the same logical content.
+    assert pycodec.encode(t, coder=coder) == pycodec.encode(t.numpy(), coder=coder)
+
+
+@pytest.mark.parametrize("coder", CODERS)
+def test_non_contiguous_numpy_input(coder):
+    rng = np.random.default_rng(1)
+    base = quantized_gaussian(40 * 70, 5.0, 2).reshape(40, 70)
+    for view in (base.T, base[::2, ::3], base[:, ::-1], np.asfortranarray(base)):
+        blob = pycodec.encode(view, coder=coder, chunk_symbols=64)
+        y = pycodec.decode(blob)
+        assert y.shape == view.shape
+        np.testing.assert_array_equal(y, view)
+        assert blob == pycodec.encode(np.ascontiguousarray(view), coder=coder, chunk_symbols=64)
+    x = rng.integers(0, 256, (3, 4, 5, 6), dtype=np.uint8).transpose(2, 0, 3, 1)
+    np.testing.assert_array_equal(pycodec.decode(pycodec.encode(x, coder=coder)), x)
+
+
+@pytest.mark.parametrize("coder", CODERS)
+def test_blob_as_bytearray_memoryview_and_array(coder):
+    x = quantized_gaussian(1000, 3.0)
+    blob = pycodec.encode(x, coder=coder, chunk_symbols=128)
+    for b in (bytearray(blob), memoryview(blob), np.frombuffer(blob, np.uint8)):
+        np.testing.assert_array_equal(pycodec.decode(b), x)
+    # A buffer at an odd address (payload read as 32-bit words must not need alignment).
+    odd = np.frombuffer(b"\x00" + blob, np.uint8)[1:]
+    np.testing.assert_array_equal(pycodec.decode(odd), x)
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+def _edge_cases():
+    rng = np.random.default_rng(42)
+    skew = np.zeros(200_000, np.uint8)
+    hits = rng.random(skew.size) < 1e-3
+    skew[hits] = rng.integers(0, 256, int(hits.sum()))
+    two = np.zeros(5000, np.uint8)
+    two[1234] = 255
+    return {
+        "empty": np.zeros(0, np.uint8),
+        "empty_2d": np.zeros((0, 7), np.uint8),
+        "one_symbol": np.array([42], np.uint8),
+        "one_symbol_4d": np.full((1, 1, 1, 1), 200, np.uint8),
+        "one_distinct": np.full(100_000, 7, np.uint8),
+        "one_distinct_zero": np.zeros((300, 301), np.uint8),
+        "one_distinct_255": np.full(65, 255, np.uint8),
+        "two_distinct_extreme": two,
+        "all_256": (np.arange(256 * 37) * 131 % 256).astype(np.uint8),
+        "all_256_once": rng.permutation(256).astype(np.uint8),
+        "uniform": rng.integers(0, 256, 100_000, dtype=np.uint8),
+        "highly_skewed": skew,
+        "fibonacci_like": np.repeat(np.arange(30, dtype=np.uint8), [int(1.6**k) + 1 for k in range(30)]),
+    }
+
+
+EDGE = _edge_cases()
+
+
+@pytest.mark.parametrize("coder", CODERS)
+@pytest.mark.parametrize("name", sorted(EDGE))
+@pytest.mark.parametrize("chunk", [None, 32, 96])
+def test_edge_cases(name, coder, chunk):
+    x = EDGE[name]
+    blob = roundtrip(x, coder, chunk, threads=2)
+    info = pycodec.inspect(blob)
+    assert info["n_symbols"] == x.size
+    assert tuple(info["shape"]) == x.shape
+    if x.size:
+        assert info["entropy_bits_per_symbol"] == pytest.approx(np_entropy_bits(x), abs=1e-9)
+        assert info["distinct_symbols"] == len(np.unique(x))
+
+
+@pytest.mark.parametrize("coder", CODERS)
+def test_uniform_costs_about_8_bits(coder):
+    x = EDGE["uniform"]
+    info = pycodec.inspect(pycodec.encode(x, coder=coder))
+    assert 7.9 < info["bits_per_symbol"] < 8.2
+
+
+@pytest.mark.parametrize("coder", CODERS)
+def test_constant_is_nearly_free(coder):
+    info = pycodec.inspect(pycodec.encode(EDGE["one_distinct"], coder=coder))
+    # Zero bits per coded symbol; only per-chunk lane words/states and the header remain.
+    assert info["bits_per_symbol"] < 0.1
+
+
+@pytest.mark.parametrize("coder", CODERS)
+def test_zero_dim_scalar_values_roundtrip(coder):
+    x = np.array(9, np.uint8)
+    y = pycodec.decode(pycodec.encode(x, coder=coder))
+    assert y.reshape(()) == 9
+
+
+def test_zero_dim_scalar_keeps_shape():
+    x = np.array(9, np.uint8)
+    assert pycodec.decode(pycodec.encode(x)).shape == ()
+
+
+# --------------------------------------------------------------------------- efficiency
+
+N_EFF = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def gaussian_1m():
+    return quantized_gaussian(N_EFF, 4.0, seed=7)
+
+
+@pytest.mark.parametrize("coder,bound", [("rans", 1.01), ("huffman", 1.04)])
+def test_efficiency_against_entropy(gaussian_1m, coder, bound):
+    x = gaussian_1m
+    h_bytes = np_entropy_bits(x) * x.size / 8
+    blob = pycodec.encode(x, coder=coder)
+    ratio = len(blob) / h_bytes  # whole blob: header, table, index, states, padding
+    assert ratio < bound, f"{coder}: {ratio:.4f} x entropy bound"
+    info = pycodec.inspect(blob)
+    assert info["side_bits"] + info["payload_bits"] == 8 * len(blob)
+    # Default chunk sizes keep side information well under 2% of the payload.
+    assert info["side_bits"] < 0.02 * info["payload_bits"], info
+    assert info["side_bits"] < 0.01 * info["payload_bits"], info
+    np.testing.assert_array_equal(pycodec.decode(blob), x)
+
+
+def test_side_bits_arithmetic(gaussian_1m):
+    """side_bits = 8 * (header + table + pad + index) (+ 32 x 32-bit states per chunk for rANS)."""
+    x = gaussian_1m
+    for coder, default_chunk in (("rans", 65536), ("huffman", 32768)):
+        info = pycodec.inspect(pycodec.encode(x.reshape(1024, 1024), coder=coder))
+        assert info["chunk_symbols"] == default_chunk
+        n_chunks = -(-x.size // default_chunk)
+        assert info["n_chunks"] == n_chunks
+        table = 32 + 2 * len(np.unique(x)) if coder == "rans" else 129
+        header = 40 + 8 * 2 + 8
+        expect = header + (table + 3) // 4 * 4 + 4 * n_chunks
+        if coder == "rans":
+            expect += 32 * 4 * n_chunks
+        assert info["side_bits"] == 8 * expect
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+@pytest.mark.parametrize("coder", CODERS)
+@pytest.mark.parametrize("shape,chunk", [((1000,), 64), ((7, 11, 13), 96), ((2, 3, 4, 5), None)])
+def test_inspect_fields(coder, shape, chunk):
+    x = quantized_gaussian(math.prod(shape), 2.5, seed=3).reshape(shape)
+    blob = pycodec.encode(x, coder=coder, chunk_symbols=chunk)
+    info = pycodec.inspect(blob)
+    n = x.size
+    assert info["coder"] == coder
+    assert info["version"] == pycodec.FORMAT_VERSION == 1
+    assert info["n_symbols"] == n
+    assert tuple(info["shape"]) == shape
+    assert info["total_bytes"] == len(blob)
+    cs = chunk or {"rans": 65536, "huffman": 32768}[coder]
+    assert info["chunk_symbols"] == cs
+    assert info["n_chunks"] == -(-n // cs)
+    assert info["bits_per_symbol"] == pytest.approx(8 * len(blob) / n, rel=1e-12)
+    assert info["side_bits"] + info["payload_bits"] == 8 * len(blob)
+    assert info["side_bits_per_symbol"] == pytest.approx(info["side_bits"] / n)
+    assert info["entropy_bits_per_symbol"] == pytest.approx(np_entropy_bits(x), rel=1e-12, abs=1e-12)
+    assert info["entropy_bits_per_symbol"] == pytest.approx(pycodec.entropy_bits(np.bincount(x.ravel(), minlength=256)))
+    assert info["distinct_symbols"] == len(np.unique(x))
+
+
+def test_inspect_empty():
+    info = pycodec.inspect(pycodec.encode(np.zeros((4, 0), np.uint8)))
+    assert info["n_symbols"] == 0
+    assert tuple(info["shape"]) == (4, 0)
+    assert info["n_chunks"] == 0
+    assert info["entropy_bits_per_symbol"] == 0.0
+    assert math.isnan(info["bits_per_symbol"])
+
+
+# --------------------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [
+        np.zeros(10, np.int16),
+        np.zeros(10, np.float32),
+        np.zeros(10, np.float64),
+        np.zeros(10, np.int8),
+        np.zeros(10, np.uint16),
+        np.zeros(10, bool),
+        [1, 2, 3],
+        b"abc",
+        "abc",
+    ],
+    ids=lambda a: type(a).__name__ + (f"-{a.dtype}" if isinstance(a, np.ndarray) else ""),
+)
+@pytest.mark.parametrize("coder", CODERS)
+def test_bad_dtype_raises(arr, coder):
+    with pytest.raises(CodecError):
+        pycodec.encode(arr, coder=coder)
+
+
+def test_bad_torch_dtype_raises():
+    torch = pytest.importorskip("torch")
+    for dt in (torch.int16, torch.float32, torch.int8, torch.float16, torch.bool):
+        with pytest.raises(CodecError):
+            pycodec.encode(torch.zeros(10, dtype=dt))
+
+
+def test_bfloat16_tensor_raises_codec_error():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(CodecError):
+        pycodec.encode(torch.zeros(10, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("chunk", [1, 31, 33, 48, 100, 2**20 - 1, 2**20 + 32, 2**21, 2**31 - 32])
+@pytest.mark.parametrize("coder", CODERS)
+def test_bad_chunk_symbols_raises(chunk, coder):
+    with pytest.raises(CodecError, match="chunk_symbols"):
+        pycodec.encode(np.zeros(100, np.uint8), coder=coder, chunk_symbols=chunk)
+
+
+@pytest.mark.parametrize("chunk", [-32, 2**32, 2**40])
+def test_out_of_uint32_chunk_symbols_raises_codec_error(chunk):
+    with pytest.raises(CodecError):
+        pycodec.encode(np.zeros(100, np.uint8), chunk_symbols=chunk)
+
+
+@pytest.mark.parametrize("coder", ["zstd", "", "RANS", "Huffman", "ans", None])
+def test_unknown_coder_raises(coder):
+    with pytest.raises(CodecError):
+        pycodec.encode(np.zeros(10, np.uint8), coder=coder)
+
+
+def test_codec_error_is_value_error():
+    assert issubclass(CodecError, ValueError)
+
+
+def test_decode_rejects_non_buffers():
+    for bad in ("PYCD", 123, None, [0, 1, 2]):
+        with pytest.raises(CodecError):
+            pycodec.decode(bad)
