@@ -12,6 +12,11 @@ from .config import CompressionConfig
 from .hub import from_pretrained, save_pretrained
 from .nn import CompressedLinear, compress_, decompress_
 
+try:  # transformers' from_pretrained learns quant_method "pycodec" when transformers is present
+    from . import hf as _hf  # noqa: F401
+except ImportError:
+    pass
+
 __version__ = "0.1.0"
 
 __all__ = ["CODERS", "CodecError", "CompressedLinear", "CompressionConfig", "FORMAT_VERSION", "compress_",

@@ -18,6 +18,14 @@ from .codec import CodecError
 from .quant import KIND_AFFINE, KIND_LOSSLESS, LayerStats, compress_weight, unpack
 
 AFFINE_BUFFERS = ("meta", "symbols", "scale", "zero", "escape_index", "escape_value")
+# dtype of every packed buffer, by name (planes are plane0..plane3): lets a loader build
+# empty modules from shapes alone, before any tensor is read.
+BUFFER_DTYPES = {"meta": torch.int64, "symbols": torch.uint8, "scale": torch.float16, "zero": torch.float16,
+                 "escape_index": torch.int64, "escape_value": torch.float32, "plane_coded": torch.uint8}
+
+
+def buffer_dtype(name: str) -> torch.dtype:
+    return torch.uint8 if name.startswith("plane") else BUFFER_DTYPES[name]
 
 
 def buffer_names(meta: torch.Tensor) -> tuple[str, ...]:
@@ -59,11 +67,15 @@ class CompressedLinear(nn.Module):
                  cache_decoded: bool = False):
         super().__init__()
         meta = packed["meta"]
-        if int(meta[2]) != out_features or int(meta[3]) != in_features:
-            raise CodecError(f"packed weight is {int(meta[2])}x{int(meta[3])}, module is {out_features}x{in_features}")
+        if meta.is_meta:  # shapes only (a loader fills the buffers later): trust the caller's names
+            self._names = tuple(packed)
+        else:
+            if int(meta[2]) != out_features or int(meta[3]) != in_features:
+                raise CodecError(f"packed weight is {int(meta[2])}x{int(meta[3])}, "
+                                 f"module is {out_features}x{in_features}")
+            self._names = buffer_names(meta)
         self.in_features = in_features
         self.out_features = out_features
-        self._names = buffer_names(meta)
         missing = [n for n in self._names if n not in packed]
         if missing:
             raise CodecError(f"packed weight lacks tensors {missing}")
@@ -82,6 +94,14 @@ class CompressedLinear(nn.Module):
         m = cls(linear.in_features, linear.out_features, packed, linear.bias, cache_decoded)
         m.stats = stats
         return m
+
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, buffer_shapes: dict, bias: bool,
+              device: torch.device | str = "meta") -> "CompressedLinear":
+        """A module with uninitialised buffers of the given shapes, for loaders to fill."""
+        packed = {n: torch.empty(shape, dtype=buffer_dtype(n), device=device) for n, shape in buffer_shapes.items()}
+        b = torch.empty(out_features, device=device) if bias else None
+        return cls(in_features, out_features, packed, b)
 
     def packed(self) -> dict:
         return {n: getattr(self, n) for n in self._names}

@@ -1,0 +1,73 @@
+"""transformers integration: ``AutoModelForCausalLM.from_pretrained(dir)`` on a pycodec checkpoint.
+
+Registered at ``import pycodec`` (when transformers is installed) through transformers'
+out-of-tree registration: a QuantizationConfigMixin for ``quant_method: "pycodec"`` and
+an HfQuantizer that, before weights load, swaps each listed nn.Linear for an empty
+CompressedLinear with the checkpoint's buffer shapes, so the loader fills them as is.
+"""
+from __future__ import annotations
+
+from transformers.quantizers import HfQuantizer
+from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
+from transformers.quantizers.auto import register_quantization_config, register_quantizer
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from .config import CompressionConfig
+from .hub import QUANT_METHOD, verify_streams
+from .nn import CompressedLinear, _set_submodule
+
+
+class PycodecHfConfig(QuantizationConfigMixin):
+    def __init__(self, modules: dict | None = None, format_version: int = 1, **kwargs):
+        self.quant_method = QUANT_METHOD
+        self.modules = modules or {}
+        self.format_version = format_version
+        kwargs.pop("quant_method", None)
+        self.compression = CompressionConfig.from_dict(kwargs)
+
+    def to_dict(self) -> dict:
+        return {"quant_method": QUANT_METHOD, **self.compression.to_dict(), "format_version": self.format_version,
+                "modules": self.modules}
+
+
+class PycodecHfQuantizer(HfQuantizer):
+    requires_calibration = True  # checkpoints are compressed already; compress with pycodec.compress_
+
+    def validate_environment(self, *args, **kwargs):
+        from . import _C
+
+        if self.quantization_config.format_version != int(_C.FORMAT_VERSION):
+            raise ValueError(f"checkpoint stream format version {self.quantization_config.format_version} is not "
+                             f"supported by this pycodec (reads {int(_C.FORMAT_VERSION)})")
+
+    def _process_model_before_weight_loading(self, model, **kwargs):
+        for name, shapes in self.quantization_config.modules.items():
+            old = model.get_submodule(name)
+            device = old.weight.device
+            _set_submodule(model, name, CompressedLinear.empty(old.in_features, old.out_features, shapes,
+                                                               old.bias is not None, device=device))
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        state = {f"{n}.{b}": t for n, m in model.named_modules() if isinstance(m, CompressedLinear)
+                 for b, t in m.packed().items()}
+        verify_streams({k: v.cpu() for k, v in state.items()})
+        model.pycodec_config = self.quantization_config.compression
+        return model
+
+    def get_new_dtype(self, converter, param, dtype):
+        # Keep every checkpoint tensor in its stored dtype: streams are bytes, scales fp16,
+        # escapes fp32; casting them to the model dtype would corrupt or degrade them.
+        return None
+
+    def is_serializable(self, safe_serialization=None):
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return False
+
+
+if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+    register_quantization_config(QUANT_METHOD)(PycodecHfConfig)
+if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
+    register_quantizer(QUANT_METHOD)(PycodecHfQuantizer)
