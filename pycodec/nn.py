@@ -60,6 +60,37 @@ def _(x, packed, bias, out_features):
     return x.new_empty((*x.shape[:-1], out_features))
 
 
+@torch.library.custom_op("pycodec::decode_weight", mutates_args=())
+def decode_weight(packed: list[torch.Tensor], out_features: int, in_features: int, dtype: torch.dtype) -> torch.Tensor:
+    """The dense [out_features, in_features] weight of a packed layout (an op, so traces stay opaque)."""
+    d = dict(zip(buffer_names(packed[0].cpu()), packed))
+    return unpack({k: v.cpu() for k, v in d.items()}).to(device=packed[1].device, dtype=dtype)
+
+
+@decode_weight.register_fake
+def _(packed, out_features, in_features, dtype):
+    return packed[1].new_empty((out_features, in_features), dtype=dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    x, packed, bias, out_features = inputs
+    ctx.packed = packed
+    ctx.shape = (out_features, x.shape[-1])
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad):
+    # The weight is frozen (it lives in buffers); gradients flow to the input and the bias,
+    # so a compressed base model can carry trainable adapters.
+    w = decode_weight(ctx.packed, ctx.shape[0], ctx.shape[1], grad.dtype)
+    grad_x = grad @ w
+    grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
+    return grad_x, [None] * len(ctx.packed), grad_bias, None
+
+
+compressed_linear.register_autograd(_backward, setup_context=_setup_context)
+
+
 class CompressedLinear(nn.Module):
     """y = x W^T + b with W held as a pycodec packed weight."""
 
@@ -81,7 +112,7 @@ class CompressedLinear(nn.Module):
             raise CodecError(f"packed weight lacks tensors {missing}")
         for name in self._names:
             self.register_buffer(name, packed[name])
-        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
         self.cache_decoded = cache_decoded
         self._decoded: torch.Tensor | None = None
         self.stats: LayerStats | None = None

@@ -184,17 +184,25 @@ def _prune(w: torch.Tensor, fraction: float) -> torch.Tensor:
     return torch.where(w.abs() <= threshold, torch.zeros_like(w), w)
 
 
-def _rate_quantize(w: torch.Tensor, c: float):
-    std = w.std(dim=1, keepdim=True, unbiased=False)
-    step = (c * std).clamp_min(1e-8).half()
+def _row_sigma(w: torch.Tensor) -> torch.Tensor:
+    # Median absolute deviation (scaled to equal the std of a Gaussian): a few outliers,
+    # which become exact escapes, must not coarsen the step of their whole row.
+    med = w.median(dim=1, keepdim=True).values
+    mad = (w - med).abs().median(dim=1, keepdim=True).values * 1.4826
+    return torch.where(mad > 0, mad, w.std(dim=1, keepdim=True, unbiased=False))
+
+
+def _rate_quantize(w: torch.Tensor, c: float, sigma: torch.Tensor | None = None):
+    sigma = _row_sigma(w) if sigma is None else sigma
+    step = (c * sigma).clamp_min(1e-8).half()
     qf = (w / step.float()).round()
     escaped = qf.abs() > RATE_MAX_Q
     q = torch.where(escaped, torch.zeros_like(qf), qf) + RATE_ZERO
     return q.to(torch.uint8), step, escaped
 
 
-def _rate_estimate_bits(w: torch.Tensor, c: float, coder_overhead: float) -> float:
-    q, step, escaped = _rate_quantize(w, c)
+def _rate_estimate_bits(w: torch.Tensor, c: float, coder_overhead: float, sigma: torch.Tensor) -> float:
+    q, step, escaped = _rate_quantize(w, c, sigma)
     return (_symbol_entropy_bits(q) * coder_overhead + step.numel() * 16 + 16
             + int(escaped.sum()) * ESCAPE_BITS) / w.numel()
 
@@ -202,22 +210,23 @@ def _rate_estimate_bits(w: torch.Tensor, c: float, coder_overhead: float) -> flo
 def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "rans", chunk_symbols: int | None = None):
     """Entropy-constrained uniform quantization to ``target_bits`` per weight.
 
-    One step per output row, step = c * std(row). c is found by bisection: first on an
-    entropy estimate, then on the real encoded size. The budget is ``target_bits`` per
-    weight for everything that grows with the weight count (coded symbols, scales,
-    escapes) plus the stream's fixed cost (header, table, chunk index, lane states --
-    measured by encoding a constant tensor of the same shape), which only matters for
-    tiny layers. The reported bits per weight always include everything.
+    One step per output row, step = c * sigma(row) (a robust std). c is found by
+    bisection, first on an entropy estimate, then on the real encoded size, so that
+    everything stored (coded symbols with header, table, index and lane states; scales;
+    escapes) fits ``target_bits`` per weight. Only a layer too small to ever fit (its
+    fixed stream cost alone exceeds the budget) gets that fixed cost on top; the reported
+    bits per weight always include everything.
     Returns (q, scale [N,1], zero [1,1], escape_index, escape_value, stream).
     """
     w = w.detach().float().cpu()
     n = w.numel()
     overhead = 1.005 if coder == "rans" else 1.03
     fixed_bits = 8 * len(encode(np.full(tuple(w.shape), RATE_ZERO, np.uint8), coder=coder, chunk_symbols=chunk_symbols))
-    budget = target_bits * n + fixed_bits
+    budget = target_bits * n
+    sigma = _row_sigma(w)
 
     def real(c):
-        q, step, escaped = _rate_quantize(w, c)
+        q, step, escaped = _rate_quantize(w, c, sigma)
         stream = _stream(q.numpy(), coder, chunk_symbols)
         total = stream.numel() * 8 + step.numel() * 16 + 16 + int(escaped.sum()) * ESCAPE_BITS
         return total, (q, step, escaped, stream)
@@ -225,15 +234,19 @@ def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "rans", chun
     lo, hi = 1e-3, 64.0  # larger c = larger step = fewer bits
     for _ in range(40):
         mid = math.sqrt(lo * hi)
-        if _rate_estimate_bits(w, mid, overhead) * n > budget - fixed_bits:
+        if _rate_estimate_bits(w, mid, overhead, sigma) * n + fixed_bits > budget:
             lo = mid
         else:
             hi = mid
     lo, hi = hi / 1.2, hi * 1.2
     total, best = real(hi)
+    relaxed = False
     while total > budget:
         if hi > 1e4:
-            raise CodecError(f"rate mode cannot reach {target_bits} bits per weight on a {tuple(w.shape)} weight")
+            if relaxed:
+                raise CodecError(f"rate mode cannot reach {target_bits} bits per weight on a {tuple(w.shape)} weight")
+            relaxed, budget = True, budget + fixed_bits
+            continue
         lo, hi = hi, hi * 2
         total, best = real(hi)
     for _ in range(8):  # the estimate brackets the answer closely; 8 halvings settle it

