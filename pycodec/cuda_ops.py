@@ -1,0 +1,132 @@
+"""GPU decoding of pycodec streams as a torch custom op: ``pycodec::decode_symbols``.
+
+The kernels (csrc/cuda/decode_cuda.cu) take raw device pointers and a CUDA stream and
+never link libtorch; this module is the torch side. ``to_device_stream`` splits a blob
+into the tensors the op needs (chunk index, payload, decode table), uploaded once;
+``decode_symbols`` is a ``torch.library.custom_op`` with a fake (meta) implementation,
+so it traces under ``torch.compile(fullgraph=True)`` as one opaque node.
+
+Importing this module needs neither a GPU nor a CUDA build of torch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _C
+from .codec import CodecError, _as_buffer
+
+__all__ = ["CODER_IDS", "decode_cuda", "decode_symbols", "to_device_stream"]
+
+CODER_IDS = {"huffman": 1, "rans": 2}  # format.h: the coder byte of the header
+_PAYLOAD_WORDS_OFFSET = 24  # format.h: payload_words (u64) in the fixed header
+
+
+def _payload_words(buf: Any, info: dict) -> int:
+    if "payload_words" in info:
+        return int(info["payload_words"])
+    raw = np.frombuffer(buf, dtype=np.uint8, count=8, offset=_PAYLOAD_WORDS_OFFSET)
+    return int.from_bytes(raw.tobytes(), "little")
+
+
+def _words(buf: Any, offset: int, count: int) -> torch.Tensor:
+    """count little-endian uint32 words at byte offset, as an int32 tensor (same bits)."""
+    arr = np.frombuffer(buf, dtype="<i4", count=count, offset=offset) if count else np.empty(0, dtype="<i4")
+    return torch.from_numpy(arr.astype(np.int32, copy=True))
+
+
+def to_device_stream(blob: Any, device: Any = "cuda") -> dict:
+    """Validates ``blob`` (header, table, index) and uploads its pieces to ``device``.
+
+    Returns ``index`` (int32[n_chunks]), ``payload`` (int32[payload_words]) and ``table``
+    (int32[4096]) tensors (uint32 bits held as int32), plus ``coder`` (1 huffman, 2 rans),
+    ``n_symbols``, ``chunk_symbols``, ``n_chunks``, ``payload_words`` and ``shape``.
+    """
+    buf = _as_buffer(blob)
+    if isinstance(buf, np.ndarray):
+        buf = buf.tobytes()
+    info = dict(_C.info(buf))
+    n_chunks = int(info["n_chunks"])
+    payload_words = _payload_words(buf, info)
+    payload_offset = int(info.get("payload_offset", int(info["total_bytes"]) - 4 * payload_words))
+    index_offset = int(info.get("index_offset", payload_offset - 4 * n_chunks))
+    table = np.frombuffer(_C.decode_table(buf), dtype="<i4").astype(np.int32, copy=True)
+    device = torch.device(device)
+    return {
+        "index": _words(buf, index_offset, n_chunks).to(device),
+        "payload": _words(buf, payload_offset, payload_words).to(device),
+        "table": torch.from_numpy(table).to(device),
+        "coder": CODER_IDS[info["coder"]],
+        "n_symbols": int(info["n_symbols"]),
+        "chunk_symbols": int(info["chunk_symbols"]),
+        "n_chunks": n_chunks,
+        "payload_words": payload_words,
+        "shape": tuple(int(d) for d in info["shape"]),
+    }
+
+
+def _check_args(index: torch.Tensor, payload: torch.Tensor, table: torch.Tensor, coder: int, n_symbols: int,
+                chunk_symbols: int) -> int:
+    if coder not in (1, 2):
+        raise CodecError(f"decode_symbols: coder must be 1 (huffman) or 2 (rans), got {coder}")
+    if chunk_symbols < 32 or chunk_symbols % 32 or chunk_symbols > _C.MAX_CHUNK_SYMBOLS:
+        raise CodecError(f"decode_symbols: chunk_symbols must be a multiple of 32 in [32, {_C.MAX_CHUNK_SYMBOLS}]")
+    if n_symbols < 0:
+        raise CodecError("decode_symbols: n_symbols must be >= 0")
+    for name, t in (("index", index), ("payload", payload), ("table", table)):
+        if t.dtype not in (torch.int32, torch.uint32) or t.dim() != 1:
+            raise CodecError(f"decode_symbols: {name} must be a 1-D int32/uint32 tensor")
+    n_chunks = -(-n_symbols // chunk_symbols)
+    if index.numel() != n_chunks:
+        raise CodecError(f"decode_symbols: index has {index.numel()} entries, expected {n_chunks}")
+    if table.numel() != 4096:
+        raise CodecError("decode_symbols: table must have 4096 entries")
+    return n_chunks
+
+
+@torch.library.custom_op("pycodec::decode_symbols", mutates_args=(), device_types="cuda")
+def decode_symbols(index: torch.Tensor, payload: torch.Tensor, table: torch.Tensor, coder: int, n_symbols: int,
+                   chunk_symbols: int) -> torch.Tensor:
+    """Decodes a stream held on a CUDA device into uint8[n_symbols] on that device."""
+    n_chunks = _check_args(index, payload, table, coder, n_symbols, chunk_symbols)
+    device = payload.device
+    if index.device != device or table.device != device:
+        raise CodecError("decode_symbols: index, payload and table must be on the same device")
+    if not _C.cuda_compiled():
+        raise CodecError("decode_symbols: this pycodec build has no CUDA kernels (built without nvcc)")
+    out = torch.empty(n_symbols, dtype=torch.uint8, device=device)
+    if n_symbols == 0:
+        return out
+    index, payload, table = index.contiguous(), payload.contiguous(), table.contiguous()
+    # The extension's own (static) CUDA runtime launches on the thread's current device.
+    with torch.cuda.device(device):
+        stream = torch.cuda.current_stream(device).cuda_stream
+        _C.cuda_decode(coder, n_symbols, chunk_symbols, n_chunks, index.data_ptr(), payload.data_ptr(),
+                       payload.numel(), table.data_ptr(), out.data_ptr(), stream)
+    return out
+
+
+@decode_symbols.register_kernel("cpu")
+def _decode_symbols_cpu(index: torch.Tensor, payload: torch.Tensor, table: torch.Tensor, coder: int, n_symbols: int,
+                        chunk_symbols: int) -> torch.Tensor:
+    raise CodecError("pycodec::decode_symbols runs on CUDA tensors only; "
+                     "use pycodec.decode(blob) to decode on the CPU")
+
+
+@decode_symbols.register_fake
+def _decode_symbols_fake(index: torch.Tensor, payload: torch.Tensor, table: torch.Tensor, coder: int, n_symbols: int,
+                         chunk_symbols: int) -> torch.Tensor:
+    return payload.new_empty((n_symbols,), dtype=torch.uint8)
+
+
+def decode_cuda(blob: Any, device: Any = "cuda") -> torch.Tensor:
+    """Decodes a blob on a CUDA device; returns a uint8 tensor of the stream's shape there.
+
+    Unlike :func:`pycodec.decode` this does not verify the symbol checksum (the GPU path
+    trusts streams verified at load time); header, table and index are still validated.
+    """
+    s = to_device_stream(blob, device)
+    out = decode_symbols(s["index"], s["payload"], s["table"], s["coder"], s["n_symbols"], s["chunk_symbols"])
+    return out.view(s["shape"])
