@@ -1,0 +1,35 @@
+# Two entry points, both self-contained on a fresh machine:
+#   make demo   compress SmolLM2-135M (lossless and rate 3.5 bits), report size, perplexity, generate
+#   make test   the whole test suite (what CI runs)
+# The first run creates .venv with the CPU build of torch (2.13.0, a local wheel here; a plain
+# "torch" would pull a multi-GB CUDA build) and builds the extension (CUDA kernels too when nvcc is on PATH).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+export PATH := $(PATH):/usr/local/cuda/bin
+export HF_HUB_OFFLINE := 1
+
+.PHONY: demo test bench setup clean
+
+$(BIN)/.ready: requirements-dev.txt pyproject.toml CMakeLists.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q --no-build-isolation -e .
+	touch $@
+
+setup: $(BIN)/.ready
+
+demo: setup
+	$(BIN)/pycodec demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/bench_codec.py
+
+clean:
+	rm -rf $(VENV) build
