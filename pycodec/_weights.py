@@ -86,31 +86,28 @@ def bf16_bits(w) -> np.ndarray:
 def bf16_byte_planes(w) -> tuple[np.ndarray, np.ndarray]:
     """Split bf16 weights into (exponent byte, sign+mantissa byte) uint8 planes of ``w``'s shape.
 
-    bf16 bits: sign[15] exponent[14:7] mantissa[6:0];
-    exponent = (bits >> 7) & 0xFF, sign_mantissa = ((bits >> 8) & 0x80) | (bits & 0x7F).
+    The split is lossless mode's own (:func:`pycodec.quant.bf16_planes`).
     """
     bits = bf16_bits(w) if not isinstance(w, np.ndarray) else w
     return planes_from_bits(bits)
 
 
 def planes_from_bits(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    exp = ((bits >> 7) & 0xFF).astype(np.uint8)
-    sm = (((bits >> 8) & 0x80) | (bits & 0x7F)).astype(np.uint8)
+    from .quant import bf16_planes
+
+    exp, sm = bf16_planes(bits)
     return exp, sm
 
 
 def bits_from_planes(exp: np.ndarray, sm: np.ndarray) -> np.ndarray:
     """Inverse of :func:`planes_from_bits`: uint16 bf16 bit patterns."""
-    e = exp.astype(np.uint16)
-    s = sm.astype(np.uint16)
-    return ((s & 0x80) << 8) | (e << 7) | (s & 0x7F)
+    from .quant import bf16_from_planes
+
+    return bf16_from_planes(exp, sm)
 
 
 def entropy_bits_per_symbol(symbols: np.ndarray) -> float:
     """Order-0 empirical entropy of a uint8 array, bits per symbol."""
-    counts = np.bincount(np.asarray(symbols, dtype=np.uint8).reshape(-1), minlength=256)
-    total = counts.sum()
-    if total == 0:
-        return 0.0
-    p = counts[counts > 0] / total
-    return float(-(p * np.log2(p)).sum())
+    from .codec import entropy_bits
+
+    return entropy_bits(np.bincount(np.asarray(symbols, dtype=np.uint8).reshape(-1), minlength=256))

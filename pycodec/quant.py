@@ -85,10 +85,20 @@ def _symbol_entropy_bits(symbols: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------------------- lossless
 
+def bf16_planes(bits: np.ndarray) -> list[np.ndarray]:
+    """bf16 bit patterns (uint16) -> [exponent byte, sign << 7 | 7-bit mantissa] uint8 planes."""
+    return [((bits >> 7) & 0xFF).astype(np.uint8), (((bits >> 8) & 0x80) | (bits & 0x7F)).astype(np.uint8)]
+
+
+def bf16_from_planes(exponent: np.ndarray, sign_mantissa: np.ndarray) -> np.ndarray:
+    """Inverse of bf16_planes: uint16 bf16 bit patterns."""
+    e, sm = exponent.astype(np.uint16), sign_mantissa.astype(np.uint16)
+    return ((sm & 0x80) << 8) | (e << 7) | (sm & 0x7F)
+
+
 def _float_planes(w: torch.Tensor) -> list[np.ndarray]:
     if w.dtype == torch.bfloat16:
-        bits = w.contiguous().view(torch.int16).numpy().view(np.uint16)
-        return [((bits >> 7) & 0xFF).astype(np.uint8), (((bits >> 8) & 0x80) | (bits & 0x7F)).astype(np.uint8)]
+        return bf16_planes(w.contiguous().view(torch.int16).numpy().view(np.uint16))
     if w.dtype == torch.float16:
         bits = w.contiguous().view(torch.int16).numpy().view(np.uint16)
         return [(bits >> 8).astype(np.uint8), (bits & 0xFF).astype(np.uint8)]
@@ -100,10 +110,9 @@ def _float_planes(w: torch.Tensor) -> list[np.ndarray]:
 
 
 def _planes_to_float(planes: list[np.ndarray], dtype: torch.dtype, shape: tuple) -> torch.Tensor:
-    p = [x.astype(np.uint32) for x in planes]
     if dtype == torch.bfloat16:
-        bits = ((p[1] & 0x80) << 8) | (p[0] << 7) | (p[1] & 0x7F)
-        return torch.from_numpy(bits.astype(np.uint16).view(np.int16)).view(torch.bfloat16).reshape(shape)
+        return torch.from_numpy(bf16_from_planes(*planes).view(np.int16)).view(torch.bfloat16).reshape(shape)
+    p = [x.astype(np.uint32) for x in planes]
     if dtype == torch.float16:
         bits = (p[0] << 8) | p[1]
         return torch.from_numpy(bits.astype(np.uint16).view(np.int16)).view(torch.float16).reshape(shape)
@@ -131,8 +140,8 @@ def pack_lossless(w: torch.Tensor, coder: str = "rans", chunk_symbols: int | Non
 
 # ---------------------------------------------------------------------------- affine (int / rate)
 
-def _group_index(k: int, group_size: int) -> torch.Tensor:
-    return torch.arange(k) // group_size
+def _group_index(k: int, group_size: int, device=None) -> torch.Tensor:
+    return torch.arange(k, device=device) // group_size
 
 
 def quantize_int(w: torch.Tensor, bits: int, group_size: int, symmetric: bool = False):
@@ -166,7 +175,7 @@ def dequantize_affine(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
                       escape_index: torch.Tensor | None = None, escape_value: torch.Tensor | None = None) -> torch.Tensor:
     """The pure-PyTorch reference of the affine layout (fp32 result)."""
     n, k = q.shape
-    gi = _group_index(k, group_size)
+    gi = _group_index(k, group_size, q.device)
     z = zero.float().expand(n, scale.shape[1])[:, gi]
     w = (q.float() - z) * scale.float()[:, gi]
     if escape_index is not None and escape_index.numel():

@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._grouping import grouped_tile
+
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -92,17 +94,7 @@ def _affine_matmul_kernel(
     SCALE_PER_BLOCK: tl.constexpr, EVEN_K: tl.constexpr,
     DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    # Grouped program order: GROUP_M row-blocks share each column of q so the symbol tiles
-    # are re-read from L2 rather than HBM when M spans several blocks.
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_rows = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (pid % num_pid_in_group) % group_rows
-    pid_n = (pid % num_pid_in_group) // group_rows
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -214,10 +206,11 @@ def affine_matmul(
 
 
 def affine_dequantize_reference(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
-    layout = AffineLayout.from_tensors(q, scale, zero, group_size)
-    gi = torch.arange(layout.k, device=q.device) // layout.group_size
-    z = zero.float().expand(layout.n, layout.n_groups)[:, gi]
-    return (q.float() - z) * scale.float()[:, gi]
+    """The layout's one definition (pycodec.quant.dequantize_affine), after this kernel's checks."""
+    from pycodec.quant import dequantize_affine
+
+    AffineLayout.from_tensors(q, scale, zero, group_size)
+    return dequantize_affine(q, scale, zero, group_size)
 
 
 def affine_matmul_reference(
