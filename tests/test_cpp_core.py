@@ -4,11 +4,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+from _tools import find_tool
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_TIMEOUT_S = 300  # a sanitizer Debug build of the core takes ~10 s on 2 cores
@@ -22,16 +22,7 @@ def _cxx_compiler() -> str | None:
     return None
 
 
-def _tool(name: str) -> str | None:
-    """cmake/ctest from PATH, else from the interpreter's environment (pip's cmake wheel)."""
-    found = shutil.which(name)
-    if found:
-        return found
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else None
-
-
-CMAKE, CTEST, CXX = _tool("cmake"), _tool("ctest"), _cxx_compiler()
+CMAKE, CTEST, CXX = find_tool("cmake"), find_tool("ctest"), _cxx_compiler()
 
 
 def _run(cmd, cwd, timeout):

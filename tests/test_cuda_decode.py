@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import zlib
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _tools import find_tool
 
 import pycodec
 from pycodec import _C
@@ -19,15 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_TIMEOUT_S = 600  # the two kernels for sm_80 + sm_90 build in ~10 s on 2 cores
 
 
-def _tool(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else None
-
-
-CMAKE, NVCC = _tool("cmake"), shutil.which("nvcc")
+CMAKE, NVCC = find_tool("cmake"), shutil.which("nvcc")
 
 
 def _run(cmd, timeout):
