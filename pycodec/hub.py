@@ -99,13 +99,17 @@ def _read_state(src: str) -> dict:
 def verify_streams(state: dict) -> None:
     """Decode every stream once (chunk by chunk) so a damaged tensor fails at load, by name."""
     for key, t in state.items():
-        if key.rsplit(".", 1)[-1] not in STREAM_BUFFERS or t.dtype != torch.uint8:
+        prefix, _, buffer = key.rpartition(".")
+        if buffer not in STREAM_BUFFERS or t.dtype != torch.uint8:
             continue
-        buf = t.contiguous().numpy()
-        if buf.size >= 4 and bytes(buf[:4]) != b"PYCD":
-            continue  # a raw (uncoded) lossless plane
+        if buffer.startswith("plane"):  # lossless planes are streams only where plane_coded says so
+            flags = state.get(f"{prefix}.plane_coded")
+            if flags is None or int(buffer[5:]) >= flags.numel():
+                raise CodecError(f"tensor {key!r}: its module has no plane_coded entry for it")
+            if not int(flags[int(buffer[5:])]):
+                continue
         try:
-            _C.histogram(buf, 0)
+            _C.histogram(t.contiguous().numpy(), 0)
         except CodecError as e:
             raise CodecError(f"tensor {key!r}: {e}") from None
 

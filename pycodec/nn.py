@@ -44,14 +44,21 @@ def _gpu_linear(x: torch.Tensor, packed: dict, bias: torch.Tensor | None) -> tor
     return gpu.compressed_linear(x, packed, bias)
 
 
+def _as_dict(packed: list[torch.Tensor]) -> dict:
+    return dict(zip(buffer_names(packed[0].cpu()), packed))
+
+
+def _decode_on_cpu(packed: list[torch.Tensor]) -> torch.Tensor:
+    """The dense weight (original dtype for lossless, fp32 for affine), decoded by the C++ core."""
+    return unpack({k: v.cpu() for k, v in _as_dict(packed).items()})
+
+
 @torch.library.custom_op("pycodec::compressed_linear", mutates_args=())
 def compressed_linear(x: torch.Tensor, packed: list[torch.Tensor], bias: torch.Tensor | None,
                       out_features: int) -> torch.Tensor:
-    meta = packed[0].cpu()
-    d = dict(zip(buffer_names(meta), packed))
     if x.is_cuda:
-        return _gpu_linear(x, d, bias)
-    w = unpack({k: v.cpu() for k, v in d.items()}).to(x.dtype)
+        return _gpu_linear(x, _as_dict(packed), bias)
+    w = _decode_on_cpu(packed).to(x.dtype)
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 
@@ -63,8 +70,7 @@ def _(x, packed, bias, out_features):
 @torch.library.custom_op("pycodec::decode_weight", mutates_args=())
 def decode_weight(packed: list[torch.Tensor], out_features: int, in_features: int, dtype: torch.dtype) -> torch.Tensor:
     """The dense [out_features, in_features] weight of a packed layout (an op, so traces stay opaque)."""
-    d = dict(zip(buffer_names(packed[0].cpu()), packed))
-    return unpack({k: v.cpu() for k, v in d.items()}).to(device=packed[1].device, dtype=dtype)
+    return _decode_on_cpu(packed).to(device=packed[1].device, dtype=dtype)
 
 
 @decode_weight.register_fake
@@ -145,7 +151,7 @@ class CompressedLinear(nn.Module):
 
     def decoded_weight(self) -> torch.Tensor:
         """The weight as a dense tensor in its original dtype (bit-exact in lossless mode)."""
-        return unpack({k: v.cpu() for k, v in self.packed().items()}).to(self.weight_dtype)
+        return _decode_on_cpu(list(self.packed().values())).to(self.weight_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cache_decoded:
@@ -199,8 +205,7 @@ def summarize(layers: dict, config) -> dict:
     bits = sum(v["bits_per_weight"] * v["shape"][0] * v["shape"][1] for v in layers.values())
     ent = sum(v["entropy_bits_per_weight"] * v["shape"][0] * v["shape"][1] for v in layers.values())
     finite = [v for v in layers.values() if math.isfinite(v["sqnr_db"])]
-    # Total SQNR weights each layer's error energy equally: 10 log10(sum sig / sum err) would need the
-    # energies; the mean of per-layer dB is what quantization papers report per layer.
+    # The mean of per-layer SQNR in dB (each layer counts once, whatever its size).
     mean_sqnr = sum(v["sqnr_db"] for v in finite) / len(finite) if finite else math.inf
     return {"config": config.to_dict(), "layers": layers, "n_weights": n,
             "bits_per_weight": bits / n if n else math.nan, "entropy_bits_per_weight": ent / n if n else math.nan,

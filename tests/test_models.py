@@ -332,3 +332,19 @@ def test_cli_compress_inspect_generate(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pycodec.cli", "inspect", str(tmp_path / "missing")],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "pycodec: error" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_raw_plane_that_looks_like_a_stream_still_loads():
+    """A raw (uncoded) lossless plane is bytes, whatever they spell; only plane_coded decides."""
+    from pycodec.hub import verify_streams
+
+    w = (torch.randn(64, 128) * 0.02).to(torch.bfloat16)
+    bits = w.view(torch.int16)
+    for i, ch in enumerate(b"PYCD"):  # sign 0, exponent 127, mantissa = the letter: plane1 starts "PYCD"
+        bits.view(-1)[i] = (127 << 7) | ch
+    lin = torch.nn.Linear(128, 64, bias=False, dtype=torch.bfloat16)
+    lin.weight.data.copy_(w)
+    m = CompressedLinear.from_linear(lin, CompressionConfig(mode="lossless"))
+    assert m.plane_coded.tolist() == [1, 0] and bytes(m.plane1[:4].tolist()) == b"PYCD"
+    verify_streams({f"layer.{k}": v for k, v in m.packed().items()})
+    assert torch.equal(m.decoded_weight().view(torch.int16), w.view(torch.int16))

@@ -20,9 +20,10 @@
 
 namespace pycodec {
 
-// Defaults keep side information (chunk index + per-lane overhead) near 0.5% of the
-// payload at 3-4 coded bits per symbol; see docs/FORMAT.md for the arithmetic.
-// rANS pays 32 x 32-bit lane states per chunk, Huffman only lane tail padding.
+// Defaults keep per-chunk overhead under about 1% of the coded size at 3-4 bits per
+// symbol (docs/FORMAT.md has the arithmetic): rANS pays 32 x 32-bit lane states and an
+// index entry per 65536 symbols (~0.45%); Huffman pays an index entry and the zero
+// padding of 32 lane tails per 32768 symbols (~0.8%, counted as payload by inspect()).
 constexpr uint32_t kDefaultHuffmanChunk = 1u << 15;
 constexpr uint32_t kDefaultRansChunk = 1u << 16;
 
