@@ -115,7 +115,8 @@ def cmd_inspect(a) -> None:
         qcfg = json.load(f)["quantization_config"]
     state = _read_state(a.path)
     rows = {}
-    for name, buffers in qcfg["modules"].items():
+    for name, entry in qcfg["modules"].items():
+        buffers = entry["buffers"]
         nbytes = sum(state[f"{name}.{b}"].numel() * state[f"{name}.{b}"].element_size() for b in buffers if b != "meta")
         meta = state[f"{name}.meta"].tolist()
         rows[name] = {"shape": [meta[2], meta[3]], "bits_per_weight": 8 * nbytes / (meta[2] * meta[3])}

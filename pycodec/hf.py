@@ -2,8 +2,8 @@
 
 Registered at ``import pycodec`` (when transformers is installed) through transformers'
 out-of-tree registration: a QuantizationConfigMixin for ``quant_method: "pycodec"`` and
-an HfQuantizer that, before weights load, swaps each listed nn.Linear for an empty
-CompressedLinear with the checkpoint's buffer shapes, so the loader fills them as is.
+an HfQuantizer that, before weights load, swaps each listed module for an empty
+compressed one with the checkpoint's buffer shapes, so the loader fills them as is.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from transformers.quantizers.auto import register_quantization_config, register_
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .config import CompressionConfig
-from .hub import QUANT_METHOD, verify_streams
-from .nn import CompressedLinear, _set_submodule
+from .hub import QUANT_METHOD, install_modules, verify_streams
+from .nn import COMPRESSED_MODULES
 
 
 class PycodecHfConfig(QuantizationConfigMixin):
@@ -41,14 +41,10 @@ class PycodecHfQuantizer(HfQuantizer):
                              f"supported by this pycodec (reads {int(_C.FORMAT_VERSION)})")
 
     def _process_model_before_weight_loading(self, model, **kwargs):
-        for name, shapes in self.quantization_config.modules.items():
-            old = model.get_submodule(name)
-            device = old.weight.device
-            _set_submodule(model, name, CompressedLinear.empty(old.in_features, old.out_features, shapes,
-                                                               old.bias is not None, device=device))
+        install_modules(model, self.quantization_config.to_dict(), device=next(model.parameters()).device)
 
     def _process_model_after_weight_loading(self, model, **kwargs):
-        state = {f"{n}.{b}": t for n, m in model.named_modules() if isinstance(m, CompressedLinear)
+        state = {f"{n}.{b}": t for n, m in model.named_modules() if isinstance(m, tuple(COMPRESSED_MODULES.values()))
                  for b, t in m.packed().items()}
         verify_streams({k: v.cpu() for k, v in state.items()})
         model.pycodec_config = self.quantization_config.compression

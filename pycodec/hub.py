@@ -15,7 +15,7 @@ from torch import nn
 
 from .codec import CodecError, _C
 from .config import CompressionConfig
-from .nn import CompressedLinear, _set_submodule
+from .nn import COMPRESSED_MODULES, CompressedEmbedding, CompressedLinear, _set_submodule, buffer_dtype
 
 QUANT_METHOD = "pycodec"
 WEIGHTS_NAME = "model.safetensors"
@@ -27,8 +27,8 @@ def _quantization_config(model: nn.Module) -> dict:
     cfg = getattr(model, "pycodec_config", None)
     if cfg is None:
         raise CodecError("model has not been compressed: call pycodec.compress_(model, config) first")
-    modules = {name: {b: list(t.shape) for b, t in m.packed().items()}
-               for name, m in model.named_modules() if isinstance(m, CompressedLinear)}
+    modules = {name: {"class": type(m).__name__, "buffers": {b: list(t.shape) for b, t in m.packed().items()}}
+               for name, m in model.named_modules() if isinstance(m, tuple(COMPRESSED_MODULES.values()))}
     return {"quant_method": QUANT_METHOD, **cfg.to_dict(), "format_version": int(_C.FORMAT_VERSION), "modules": modules}
 
 
@@ -114,24 +114,45 @@ def verify_streams(state: dict) -> None:
             raise CodecError(f"tensor {key!r}: {e}") from None
 
 
-def install_modules(model: nn.Module, qcfg: dict, state: dict) -> None:
-    """Replace the listed nn.Linear modules by CompressedLinear modules holding `state`'s tensors."""
-    for name, buffers in qcfg["modules"].items():
-        try:
-            old = model.get_submodule(name)
-        except AttributeError:
-            raise CodecError(f"quantization_config lists module {name!r}, which the model does not have") from None
+def build_module(old: nn.Module, entry: dict, name: str, state: dict | None = None, device=None) -> nn.Module:
+    """The compressed module that replaces ``old``, from a quantization_config modules entry.
+
+    With ``state``, its buffers are the checkpoint's tensors (shapes checked); without, they
+    are empty tensors on ``device`` for a loader to fill.
+    """
+    cls_name, shapes = entry.get("class"), entry.get("buffers")
+    if cls_name not in COMPRESSED_MODULES or not isinstance(shapes, dict):
+        raise CodecError(f"quantization_config entry for {name!r} is malformed: {entry!r:.200}")
+    expected = nn.Linear if cls_name == "CompressedLinear" else nn.Embedding
+    if not isinstance(old, expected):
+        raise CodecError(f"module {name!r} is a {type(old).__name__}, config says {cls_name}")
+    if state is None:
+        packed = {b: torch.empty(shape, dtype=buffer_dtype(b), device=device) for b, shape in shapes.items()}
+    else:
         packed = {}
-        for b, shape in buffers.items():
+        for b, shape in shapes.items():
             key = f"{name}.{b}"
             if key not in state:
                 raise CodecError(f"checkpoint lacks tensor {key!r}")
             if list(state[key].shape) != list(shape):
                 raise CodecError(f"tensor {key!r} has shape {list(state[key].shape)}, config says {shape}")
             packed[b] = state[key]
-        bias = state.get(f"{name}.bias")
-        new = CompressedLinear(old.in_features, old.out_features, packed, bias)
-        _set_submodule(model, name, new)
+    if cls_name == "CompressedEmbedding":
+        return CompressedEmbedding(old.num_embeddings, old.embedding_dim, packed, old.padding_idx)
+    bias = None
+    if old.bias is not None:
+        bias = state.get(f"{name}.bias") if state is not None else torch.empty(old.out_features, device=device)
+    return CompressedLinear(old.in_features, old.out_features, packed, bias)
+
+
+def install_modules(model: nn.Module, qcfg: dict, state: dict | None = None, device=None) -> None:
+    """Replace the modules listed in quantization_config by their compressed counterparts."""
+    for name, entry in qcfg["modules"].items():
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            raise CodecError(f"quantization_config lists module {name!r}, which the model does not have") from None
+        _set_submodule(model, name, build_module(old, entry, name, state, device))
 
 
 def _tied_keys(model: nn.Module) -> set:

@@ -132,14 +132,6 @@ class CompressedLinear(nn.Module):
         m.stats = stats
         return m
 
-    @classmethod
-    def empty(cls, in_features: int, out_features: int, buffer_shapes: dict, bias: bool,
-              device: torch.device | str = "meta") -> "CompressedLinear":
-        """A module with uninitialised buffers of the given shapes, for loaders to fill."""
-        packed = {n: torch.empty(shape, dtype=buffer_dtype(n), device=device) for n, shape in buffer_shapes.items()}
-        b = torch.empty(out_features, device=device) if bias else None
-        return cls(in_features, out_features, packed, b)
-
     def packed(self) -> dict:
         return {n: getattr(self, n) for n in self._names}
 
@@ -170,6 +162,59 @@ class CompressedLinear(nn.Module):
                 f"{kind}, {bpw:.3f} bits/weight")
 
 
+class CompressedEmbedding(nn.Module):
+    """nn.Embedding with a losslessly packed weight (lookups are bit-exact).
+
+    ``forward`` decodes the table and gathers rows; the decode is the opaque op
+    ``pycodec::decode_weight``, so ``torch.compile`` traces through it.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, packed: dict, padding_idx: int | None = None):
+        super().__init__()
+        meta = packed["meta"]
+        if meta.is_meta:
+            self._names = tuple(packed)
+        else:
+            if int(meta[1]) != KIND_LOSSLESS:
+                raise CodecError("CompressedEmbedding holds lossless weights only")
+            if (int(meta[2]), int(meta[3])) != (num_embeddings, embedding_dim):
+                raise CodecError(f"packed weight is {int(meta[2])}x{int(meta[3])}, "
+                                 f"embedding is {num_embeddings}x{embedding_dim}")
+            self._names = buffer_names(meta)
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.padding_idx = padding_idx
+        for name in self._names:
+            self.register_buffer(name, packed[name])
+        self.stats: LayerStats | None = None
+
+    @classmethod
+    def from_embedding(cls, emb: nn.Embedding, config) -> "CompressedEmbedding":
+        packed, stats = compress_weight(emb.weight, config)
+        m = cls(emb.num_embeddings, emb.embedding_dim, {k: v.to(emb.weight.device) for k, v in packed.items()},
+                emb.padding_idx)
+        m.stats = stats
+        return m
+
+    def packed(self) -> dict:
+        return {n: getattr(self, n) for n in self._names}
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        from .quant import CODE_DTYPES
+
+        w = decode_weight(list(self.packed().values()), self.num_embeddings, self.embedding_dim,
+                          CODE_DTYPES[int(self.meta[5])])
+        return F.embedding(idx, w, self.padding_idx)
+
+    def extra_repr(self) -> str:
+        nbytes = sum(t.numel() * t.element_size() for n, t in self.packed().items() if n != "meta")
+        return (f"{self.num_embeddings}, {self.embedding_dim}, lossless, "
+                f"{8 * nbytes / (self.num_embeddings * self.embedding_dim):.3f} bits/weight")
+
+
+COMPRESSED_MODULES = {"CompressedLinear": CompressedLinear, "CompressedEmbedding": CompressedEmbedding}
+
+
 def _skipped(name: str, skip) -> bool:
     return any(name == s or name.endswith("." + s) for s in skip)
 
@@ -177,10 +222,20 @@ def _skipped(name: str, skip) -> bool:
 def compress_(model: nn.Module, config, skip=None, progress: bool = True) -> dict:
     """Replace every nn.Linear of ``model`` (except ``skip`` names) by a CompressedLinear, in place.
 
-    Returns a report: per-layer bits/weight, entropy bound and SQNR, and the totals.
+    In lossless mode nn.Embedding modules become CompressedEmbedding too, unless their table
+    is tied to a module that stays dense. Returns a report: per-layer bits/weight, entropy
+    bound and SQNR, and the totals.
     """
     skip = tuple(config.skip if skip is None else skip)
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and not _skipped(name, skip)]
+    if config.mode == "lossless":
+        # An embedding whose table is shared with a module that stays dense (a tied lm_head)
+        # is left alone: compressing it would store the table twice, not save memory.
+        chosen = {id(m.weight) for _, m in targets}
+        dense = {id(p) for name, m in model.named_modules() if not isinstance(m, nn.Embedding)
+                 for p in m.parameters(recurse=False) if id(p) not in chosen}
+        targets += [(name, m) for name, m in model.named_modules()
+                    if isinstance(m, nn.Embedding) and not _skipped(name, skip) and id(m.weight) not in dense]
     iterator = targets
     if progress:
         try:
@@ -190,11 +245,14 @@ def compress_(model: nn.Module, config, skip=None, progress: bool = True) -> dic
         except ImportError:
             pass
     layers = {}
-    for name, linear in iterator:
-        new = CompressedLinear.from_linear(linear, config)
+    for name, module in iterator:
+        if isinstance(module, nn.Embedding):
+            new = CompressedEmbedding.from_embedding(module, config)
+        else:
+            new = CompressedLinear.from_linear(module, config)
         _set_submodule(model, name, new)
         s = new.stats
-        layers[name] = {"shape": [linear.out_features, linear.in_features], "bits_per_weight": s.bits_per_weight,
+        layers[name] = {"shape": list(module.weight.shape), "bits_per_weight": s.bits_per_weight,
                         "entropy_bits_per_weight": s.entropy_bits_per_weight, "sqnr_db": s.sqnr_db}
     model.pycodec_config = config
     return summarize(layers, config)
@@ -213,9 +271,13 @@ def summarize(layers: dict, config) -> dict:
 
 
 def decompress_(model: nn.Module) -> nn.Module:
-    """Replace every CompressedLinear by a plain nn.Linear holding the decoded weight."""
+    """Replace every CompressedLinear / CompressedEmbedding by the plain module holding the decoded weight."""
     for name, m in list(model.named_modules()):
-        if isinstance(m, CompressedLinear):
+        if isinstance(m, CompressedEmbedding):
+            weight = nn.Parameter(_decode_on_cpu(list(m.packed().values())).to(m.meta.device), requires_grad=False)
+            _set_submodule(model, name, nn.Embedding(m.num_embeddings, m.embedding_dim, m.padding_idx,
+                                                     _weight=weight))
+        elif isinstance(m, CompressedLinear):
             dev = m.meta.device
             lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
             lin.weight = nn.Parameter(m.decoded_weight().to(dev), requires_grad=False)

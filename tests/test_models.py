@@ -348,3 +348,35 @@ def test_raw_plane_that_looks_like_a_stream_still_loads():
     assert m.plane_coded.tolist() == [1, 0] and bytes(m.plane1[:4].tolist()) == b"PYCD"
     verify_streams({f"layer.{k}": v for k, v in m.packed().items()})
     assert torch.equal(m.decoded_weight().view(torch.int16), w.view(torch.int16))
+
+
+def test_lossless_compresses_untied_embeddings_bit_exact(tmp_path):
+    """all-MiniLM-L6-v2 (BERT): word/position embeddings become CompressedEmbedding; outputs identical."""
+    from pycodec._weights import minilm_safetensors_path
+    from pycodec.nn import CompressedEmbedding
+
+    src = minilm_safetensors_path().parent
+    model = transformers.AutoModel.from_pretrained(str(src), dtype=torch.bfloat16).eval()
+    ids = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    ref = model(input_ids=ids).last_hidden_state
+    report = pycodec.compress_(model, CompressionConfig(mode="lossless", skip=()), progress=False)
+    assert isinstance(model.embeddings.word_embeddings, CompressedEmbedding)
+    assert "embeddings.word_embeddings" in report["layers"]
+    assert torch.equal(model(input_ids=ids).last_hidden_state, ref)
+    pycodec.save_pretrained(model, tmp_path)
+    loaded = pycodec.from_pretrained(str(tmp_path), model_cls=transformers.AutoModel)
+    assert torch.equal(loaded(input_ids=ids).last_hidden_state, ref)
+    hf = transformers.AutoModel.from_pretrained(str(tmp_path))
+    assert isinstance(hf.embeddings.word_embeddings, CompressedEmbedding)
+    assert torch.equal(hf(input_ids=ids).last_hidden_state, ref)
+    pycodec.decompress_(model)
+    assert isinstance(model.embeddings.word_embeddings, torch.nn.Embedding)
+    assert torch.equal(model(input_ids=ids).last_hidden_state, ref)
+
+
+def test_tied_embedding_left_dense():
+    model = tiny_llama()  # embed_tokens is tied to lm_head, which compress_ skips
+    report = pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    assert isinstance(model.model.embed_tokens, torch.nn.Embedding)
+    assert "model.embed_tokens" not in report["layers"]
+    assert model.lm_head.weight is model.model.embed_tokens.weight
