@@ -173,6 +173,29 @@ PYBIND11_MODULE(_C, m) {
       py::arg("payload_dev"), py::arg("payload_words"), py::arg("table_dev"), py::arg("out_dev"), py::arg("stream"),
       "Decode a stream held in device memory (raw pointers) on a CUDA stream.");
 
+  m.def(
+      "cuda_gemv_affine",
+      [](int coder, uint64_t n_symbols, uint32_t chunk_symbols, uint64_t n_chunks, uintptr_t index_dev,
+         uintptr_t payload_dev, uint64_t payload_words, uintptr_t table_dev, uintptr_t scale_dev, uintptr_t zero_dev,
+         bool zero_broadcast, uint32_t group_size, uint32_t n_rows, uint32_t k, uintptr_t x_dev, uint32_t batch,
+         uintptr_t y_dev, uintptr_t stream) {
+        cuda::DeviceStream s{uint8_t(coder), n_symbols, chunk_symbols, n_chunks,
+                             reinterpret_cast<const uint32_t*>(index_dev), reinterpret_cast<const uint32_t*>(payload_dev),
+                             payload_words, reinterpret_cast<const uint32_t*>(table_dev)};
+        if (!cuda::gemv_affine_supported(n_symbols, chunk_symbols, group_size, n_rows, k, batch))
+          throw CodecException("cuda_gemv_affine: unsupported shape (needs K % 64 == 0, chunk_symbols % K == 0, "
+                               "n_symbols == N * K, batch 1..8, even group_size >= 64)");
+        check(cuda::gemv_affine(s, reinterpret_cast<const uint16_t*>(scale_dev), reinterpret_cast<const uint16_t*>(zero_dev),
+                                zero_broadcast, group_size, n_rows, k, reinterpret_cast<const uint16_t*>(x_dev), batch,
+                                reinterpret_cast<float*>(y_dev), stream),
+              "cuda_gemv_affine");
+      },
+      py::arg("coder"), py::arg("n_symbols"), py::arg("chunk_symbols"), py::arg("n_chunks"), py::arg("index_dev"),
+      py::arg("payload_dev"), py::arg("payload_words"), py::arg("table_dev"), py::arg("scale_dev"), py::arg("zero_dev"),
+      py::arg("zero_broadcast"), py::arg("group_size"), py::arg("n_rows"), py::arg("k"), py::arg("x_dev"),
+      py::arg("batch"), py::arg("y_dev"), py::arg("stream"),
+      "Fused decode + affine dequant + GEMV (y fp32 [batch, n_rows] = x bf16 [batch, k] @ W.T) on a CUDA stream.");
+
   m.def("cuda_compiled", [] { return cuda::compiled(); }, "True when this build contains the CUDA kernels.");
   m.def("cuda_device_count", [] { return cuda::device_count(); }, "CUDA devices visible (0 without a driver).");
 }

@@ -5,6 +5,8 @@ never link libtorch; this module is the torch side. ``to_device_stream`` splits 
 into the tensors the op needs (chunk index, payload, decode table), uploaded once;
 ``decode_symbols`` is a ``torch.library.custom_op`` with a fake (meta) implementation,
 so it traces under ``torch.compile(fullgraph=True)`` as one opaque node.
+``gemv_affine`` (``pycodec::gemv_affine``) is the fused decode + affine dequant + GEMV for
+batch 1..8: decoded weights stay in registers; ``gemv_affine_supported`` says when it applies.
 
 Importing this module needs neither a GPU nor a CUDA build of torch.
 """
@@ -18,10 +20,13 @@ import torch
 from . import _C
 from .codec import CodecError, _as_buffer
 
-__all__ = ["CODER_IDS", "decode_cuda", "decode_symbols", "to_device_stream"]
+__all__ = ["CODER_IDS", "GEMV_MAX_BATCH", "decode_cuda", "decode_symbols", "gemv_affine", "gemv_affine_supported",
+           "to_device_stream"]
 
 CODER_IDS = {"huffman": 1, "rans": 2}  # format.h: the coder byte of the header
 _PAYLOAD_WORDS_OFFSET = 24  # format.h: payload_words (u64) in the fixed header
+GEMV_MAX_BATCH = 8  # decode_cuda.cu: kGemvMaxBatch
+GEMV_ALIGN = 64     # decode_cuda.cu: kGemvAlign (one Huffman round = 64 symbols)
 
 
 def _payload_words(buf: Any, info: dict) -> int:
@@ -130,3 +135,75 @@ def decode_cuda(blob: Any, device: Any = "cuda") -> torch.Tensor:
     s = to_device_stream(blob, device)
     out = decode_symbols(s["index"], s["payload"], s["table"], s["coder"], s["n_symbols"], s["chunk_symbols"])
     return out.view(s["shape"])
+
+
+def gemv_affine_supported(n_symbols: int, chunk_symbols: int, group_size: int, n_rows: int, k: int,
+                          batch: int) -> bool:
+    """Whether the fused kernel takes this shape (mirrors cuda::gemv_affine_supported)."""
+    return (k >= GEMV_ALIGN and k % GEMV_ALIGN == 0 and chunk_symbols % k == 0 and n_symbols == n_rows * k
+            and 1 <= batch <= GEMV_MAX_BATCH and group_size >= GEMV_ALIGN and group_size % 2 == 0)
+
+
+def _check_gemv_args(index, payload, table, coder, n_symbols, chunk_symbols, scale, zero, group_size, x):
+    _check_args(index, payload, table, coder, n_symbols, chunk_symbols)
+    if x.dtype != torch.bfloat16 or x.dim() != 2:
+        raise CodecError(f"gemv_affine: x must be a 2-D bfloat16 tensor, got {x.dtype} {tuple(x.shape)}")
+    batch, k = x.shape
+    if scale.dtype != torch.float16 or zero.dtype != torch.float16 or scale.dim() != 2 or zero.dim() != 2:
+        raise CodecError("gemv_affine: scale and zero must be 2-D float16 tensors")
+    n_rows = scale.shape[0]
+    groups = -(-k // group_size) if group_size > 0 else -1
+    if scale.shape[1] != groups or tuple(zero.shape) not in ((n_rows, groups), (1, 1)):
+        raise CodecError(f"gemv_affine: scale must be [{n_rows}, {groups}] and zero the same or [1, 1], got "
+                         f"{tuple(scale.shape)} and {tuple(zero.shape)}")
+    if not gemv_affine_supported(n_symbols, chunk_symbols, group_size, n_rows, k, batch):
+        raise CodecError("gemv_affine: unsupported shape (needs K % 64 == 0, chunk_symbols % K == 0, "
+                         "n_symbols == N * K, batch 1..8, even group_size >= 64)")
+    return batch, n_rows, k
+
+
+@torch.library.custom_op("pycodec::gemv_affine", mutates_args=(), device_types="cuda")
+def gemv_affine(index: torch.Tensor, payload: torch.Tensor, table: torch.Tensor, coder: int, n_symbols: int,
+                chunk_symbols: int, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+                x: torch.Tensor) -> torch.Tensor:
+    """y = x @ W.T in fp32 [B, N], W = (q - zero) * scale decoded from the stream inside the kernel.
+
+    x is bf16 [B, K], B <= 8; scale/zero fp16 [N, ceil(K / group_size)] (zero may be [1, 1]).
+    Escapes (exact weights) are not part of the stream and are the caller's to add.
+    """
+    batch, n_rows, k = _check_gemv_args(index, payload, table, coder, n_symbols, chunk_symbols, scale, zero,
+                                        group_size, x)
+    device = payload.device
+    for name, t in (("index", index), ("table", table), ("scale", scale), ("zero", zero), ("x", x)):
+        if t.device != device:
+            raise CodecError(f"gemv_affine: {name} is on {t.device}, the stream on {device}")
+    if not _C.cuda_compiled():
+        raise CodecError("gemv_affine: this pycodec build has no CUDA kernels (built without nvcc)")
+    y = torch.empty((batch, n_rows), dtype=torch.float32, device=device)
+    if n_rows == 0:
+        return y
+    index, payload, table = index.contiguous(), payload.contiguous(), table.contiguous()
+    scale, zero, x = scale.contiguous(), zero.contiguous(), x.contiguous()
+    if x.data_ptr() % 4:
+        x = x.clone()  # the kernel reads bf16 pairs as 32-bit words
+    with torch.cuda.device(device):
+        stream = torch.cuda.current_stream(device).cuda_stream
+        _C.cuda_gemv_affine(coder, n_symbols, chunk_symbols, index.numel(), index.data_ptr(), payload.data_ptr(),
+                            payload.numel(), table.data_ptr(), scale.data_ptr(), zero.data_ptr(),
+                            tuple(zero.shape) == (1, 1),
+                            group_size, n_rows, k, x.data_ptr(), batch, y.data_ptr(), stream)
+    return y
+
+
+@gemv_affine.register_kernel("cpu")
+def _gemv_affine_cpu(index: torch.Tensor, payload: torch.Tensor, table: torch.Tensor, coder: int, n_symbols: int,
+                     chunk_symbols: int, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+                     x: torch.Tensor) -> torch.Tensor:
+    raise CodecError("pycodec::gemv_affine runs on CUDA tensors only")
+
+
+@gemv_affine.register_fake
+def _gemv_affine_fake(index: torch.Tensor, payload: torch.Tensor, table: torch.Tensor, coder: int, n_symbols: int,
+                      chunk_symbols: int, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+                      x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], scale.shape[0]), dtype=torch.float32)

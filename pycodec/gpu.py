@@ -1,16 +1,18 @@
 """CUDA path of CompressedLinear: decode the symbols on the GPU, then a Triton dequant-matmul.
 
 Dispatch (one place):
-  affine (int / rate)      M <= 16: affine_gemv (split-K, CUDA cores); else affine_matmul
+  affine (int / rate)      bf16 x, M <= 8 and chunks of whole rows (gemv_affine_supported):
+                           pycodec::gemv_affine, the fused decode + dequant + GEMV kernel (the
+                           symbols never reach global memory); else the symbols are decoded into a
+                           per-call buffer and M <= 16: affine_gemv (split-K, CUDA cores), else
+                           affine_matmul. Escapes are added afterwards on both paths.
   lossless bf16            planes decoded on the GPU, weight rebuilt (bf16_reconstruct), cuBLAS F.linear:
                            bitwise the same output as the uncompressed nn.Linear
   anything else            (fp16/fp32 lossless, groups that do not divide K) weight decoded by the
                            CPU core (pycodec::decode_weight), then F.linear
 
-The symbols are decoded into a per-call buffer; the fused decode-in-GEMV kernel (no
-symbol round trip through global memory) is not built yet. Streams stay where the module
-keeps them: index and payload are int32 views into the device blob, and only the 16 KiB
-decode table is uploaded, once per tensor.
+Streams stay where the module keeps them: index and payload are int32 views into the
+device blob, and only the 16 KiB decode table is uploaded, once per tensor.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 
 from . import _C
 from .codec import CodecError
-from .cuda_ops import CODER_IDS, decode_symbols
+from .cuda_ops import CODER_IDS, GEMV_MAX_BATCH as FUSED_MAX_BATCH, decode_symbols, gemv_affine, gemv_affine_supported
 from .quant import CODE_DTYPES, KIND_AFFINE, KIND_LOSSLESS
 
 GEMV_MAX_BATCH = 16
@@ -64,6 +66,18 @@ def _decode(buf: torch.Tensor) -> torch.Tensor:
     return out.view(v["shape"])
 
 
+def _fused_gemv(x2: torch.Tensor, packed: dict, n: int, k: int, group_size: int) -> torch.Tensor | None:
+    """y = x2 @ W.T through pycodec::gemv_affine (fp32, no escapes), or None when it does not apply."""
+    m = x2.shape[0]
+    if x2.dtype != torch.bfloat16 or not 1 <= m <= FUSED_MAX_BATCH:
+        return None
+    v = _stream_view(packed["symbols"])
+    if not gemv_affine_supported(v["n_symbols"], v["chunk_symbols"], group_size, n, k, m):
+        return None
+    return gemv_affine(v["index"], v["payload"], v["table"], v["coder"], v["n_symbols"], v["chunk_symbols"],
+                       packed["scale"], packed["zero"], group_size, x2)
+
+
 def _host_list(t: torch.Tensor) -> list:
     """A small device tensor's values, copied to the host once (cached on the tensor)."""
     cached = getattr(t, "_pycodec_values", None)
@@ -90,10 +104,12 @@ def compressed_linear(x: torch.Tensor, packed: dict, bias: torch.Tensor | None) 
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
     if kind == KIND_AFFINE and k % group_size == 0:
-        q = _decode(packed["symbols"])
-        kernel = affine_gemv if x2.shape[0] <= GEMV_MAX_BATCH else affine_matmul
-        y = kernel(x2, q, packed["scale"], packed["zero"], group_size)
-        y = _apply_escapes(y, x2, packed, k)
+        y = _fused_gemv(x2, packed, n, k, group_size)  # fp32; escapes then go in before the one rounding
+        if y is None:
+            q = _decode(packed["symbols"])
+            kernel = affine_gemv if x2.shape[0] <= GEMV_MAX_BATCH else affine_matmul
+            y = kernel(x2, q, packed["scale"], packed["zero"], group_size)
+        y = _apply_escapes(y, x2, packed, k).to(x.dtype)
     elif kind == KIND_LOSSLESS and CODE_DTYPES[dtype_code] == torch.bfloat16:
         # Rebuild the exact weight and use the same cuBLAS matmul as nn.Linear: outputs stay
         # bitwise identical to the uncompressed model (bf16_matmul's accumulation order differs).

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import _C
 from .codec import CodecError, decode, encode, entropy_bits
 
 LAYOUT_VERSION = 1
@@ -72,6 +73,19 @@ def packed_bits(packed: dict) -> int:
 
 def _meta(kind: int, n: int, k: int, group_size: int, dtype: torch.dtype, n_planes: int = 0) -> torch.Tensor:
     return torch.tensor([LAYOUT_VERSION, kind, n, k, group_size, DTYPE_CODES[dtype], n_planes, 0], dtype=torch.int64)
+
+
+def _row_chunk_symbols(k: int, coder: str, chunk_symbols: int | None) -> int | None:
+    """Chunk length for affine symbols [N, K]: an explicit choice wins; by default the
+    multiple of K nearest the coder default (chunks hold whole rows, which the fused CUDA
+    GEMV needs) when K % 32 == 0 and that fits 2**20, else None (the coder default)."""
+    if chunk_symbols is not None:
+        return chunk_symbols
+    default = int(_C.DEFAULT_CHUNK_SYMBOLS[coder])
+    if k <= 0 or k % 32:
+        return None
+    chunk = k * max(1, round(default / k))
+    return chunk if chunk <= _C.MAX_CHUNK_SYMBOLS else None
 
 
 def _stream(symbols: np.ndarray, coder: str, chunk_symbols: int | None) -> torch.Tensor:
@@ -229,6 +243,7 @@ def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "rans", chun
     """
     w = w.detach().float().cpu()
     n = w.numel()
+    chunk_symbols = _row_chunk_symbols(w.shape[1], coder, chunk_symbols)
     overhead = 1.005 if coder == "rans" else 1.03
     fixed_bits = 8 * len(encode(np.full(tuple(w.shape), RATE_ZERO, np.uint8), coder=coder, chunk_symbols=chunk_symbols))
     budget = target_bits * n
@@ -282,7 +297,7 @@ def pack_affine(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_
         raise CodecError(f"scale must be [{n}, {g}] and zero [{n}, {g}] or [1, 1] for group_size {group_size}; "
                          f"got {tuple(scale.shape)} and {tuple(zero.shape)}")
     if stream is None:
-        stream = _stream(q.contiguous().numpy(), coder, chunk_symbols)
+        stream = _stream(q.contiguous().numpy(), coder, _row_chunk_symbols(k, coder, chunk_symbols))
     return {
         "meta": _meta(KIND_AFFINE, n, k, group_size, dtype),
         "symbols": stream,

@@ -37,5 +37,21 @@ int device_count();
 // never make the kernel read outside its chunk.
 Status decode_symbols(const DeviceStream& s, uint8_t* out_dev, uintptr_t stream);
 
+// Whether gemv_affine accepts this shape: K % 64 == 0, chunk_symbols % K == 0 (chunks
+// are whole rows), n_symbols == n_rows * K, 1 <= batch <= 8, group_size >= 64 and even.
+bool gemv_affine_supported(uint64_t n_symbols, uint32_t chunk_symbols, uint32_t group_size, uint32_t n_rows,
+                           uint32_t k, uint32_t batch);
+
+// Fused decode + dequant + GEMV of an affine-quantized weight whose symbols q [n_rows, k]
+// are the stream s: y[b, n] = sum_k x[b, k] * (q[n, k] - zero[n, g]) * scale[n, g],
+// g = k / group_size. scale_dev / zero_dev are fp16 bits [n_rows, ceil(k / group_size)]
+// (zero_dev a single fp16 when zero_broadcast); x_bf16_dev is bf16 bits [batch, k]
+// (4-byte aligned), y_dev fp32 [batch, n_rows], accumulated in fp32. Decoded symbols never
+// reach global memory. Returns BadArgument when !gemv_affine_supported (the caller falls
+// back to decode_symbols + a separate matmul) or a pointer is not on the current device.
+Status gemv_affine(const DeviceStream& s, const uint16_t* scale_dev, const uint16_t* zero_dev, bool zero_broadcast,
+                   uint32_t group_size, uint32_t n_rows, uint32_t k, const uint16_t* x_bf16_dev, uint32_t batch,
+                   float* y_dev, uintptr_t stream);
+
 }  // namespace cuda
 }  // namespace pycodec
