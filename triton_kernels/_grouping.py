@@ -1,4 +1,5 @@
-"""Program ordering shared by the tiled matmul kernels."""
+"""Pieces shared by the tiled matmul kernels: program ordering and launch checks."""
+import torch
 import triton
 import triton.language as tl
 
@@ -18,3 +19,17 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
     pid_m = first_pid_m + (pid % num_pid_in_group) % group_rows
     pid_n = (pid % num_pid_in_group) // group_rows
     return pid_m, pid_n
+
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def resolve_launch(x: torch.Tensor, out_dtype, **blocks: int) -> torch.dtype:
+    """Checks the output dtype and tile sizes of a tiled launch; returns the output dtype."""
+    out_dtype = x.dtype if out_dtype is None else out_dtype
+    if out_dtype not in FLOAT_DTYPES:
+        raise ValueError(f"out_dtype must be float16, bfloat16 or float32; got {out_dtype}")
+    for name, b in blocks.items():
+        if b < 16 or b & (b - 1):
+            raise ValueError(f"{name} must be a power of two >= 16 (tl.dot minimum); got {b}")
+    return out_dtype

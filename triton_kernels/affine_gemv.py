@@ -24,11 +24,12 @@ import torch
 import triton
 import triton.language as tl
 
+from ._grouping import FLOAT_DTYPES
+
 from .affine_matmul import (AffineLayout, affine_matmul_reference, check_activations, largest_pow2_divisor,
                             zero_strides)
 
 MAX_M = 16
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Elements of the [BLOCK_M, BLOCK_N, BLOCK_K] broadcast product held per program; about
 # 32 fp32 registers per thread at 4 warps, leaving room for the loads in flight.
 _PRODUCT_BUDGET = 4096
@@ -158,7 +159,7 @@ def affine_gemv(
     layout = AffineLayout.from_tensors(q, scale, zero, group_size)
     check_activations(x, layout.k, q.device)
     out_dtype = x.dtype if out_dtype is None else out_dtype
-    if out_dtype not in _FLOAT_DTYPES:
+    if out_dtype not in FLOAT_DTYPES:
         raise ValueError(f"out_dtype must be float16, bfloat16 or float32; got {out_dtype}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, layout.k)

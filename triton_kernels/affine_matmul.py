@@ -20,9 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._grouping import grouped_tile
+from ._grouping import FLOAT_DTYPES, grouped_tile, resolve_launch
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class AffineLayout:
             raise ValueError(f"K = {k} is not divisible by group_size = {group_size}; "
                              f"these kernels need whole groups (use group_size = K for one group per row)")
         g = k // group_size
-        if scale.dtype not in _FLOAT_DTYPES or zero.dtype not in _FLOAT_DTYPES:
+        if scale.dtype not in FLOAT_DTYPES or zero.dtype not in FLOAT_DTYPES:
             raise ValueError(f"scale and zero must be float16, bfloat16 or float32; got {scale.dtype} and {zero.dtype}")
         if tuple(scale.shape) != (n, g):
             raise ValueError(f"scale must have shape [N, G] = [{n}, {g}] for q {tuple(q.shape)} and "
@@ -60,7 +59,7 @@ class AffineLayout:
 
 
 def check_activations(x: torch.Tensor, k: int, device: torch.device) -> None:
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise ValueError(f"x must be float16, bfloat16 or float32; got {x.dtype}")
     if x.dim() < 1 or x.shape[-1] != k:
         raise ValueError(f"x's last dimension must equal K = {k}; got x of shape {tuple(x.shape)}")
@@ -162,12 +161,7 @@ def affine_matmul(
     """y = x @ dequant(q, scale, zero)^T for any number of rows M (leading dims of x)."""
     layout = AffineLayout.from_tensors(q, scale, zero, group_size)
     check_activations(x, layout.k, q.device)
-    out_dtype = x.dtype if out_dtype is None else out_dtype
-    if out_dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"out_dtype must be float16, bfloat16 or float32; got {out_dtype}")
-    for name, b in (("block_m", block_m), ("block_n", block_n), ("block_k", block_k)):
-        if b < 16 or b & (b - 1):
-            raise ValueError(f"{name} must be a power of two >= 16 (tl.dot minimum); got {b}")
+    out_dtype = resolve_launch(x, out_dtype, block_m=block_m, block_n=block_n, block_k=block_k)
 
     lead = x.shape[:-1]
     x2 = x.reshape(-1, layout.k)

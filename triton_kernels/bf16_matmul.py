@@ -17,9 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._grouping import grouped_tile
+from ._grouping import FLOAT_DTYPES, grouped_tile, resolve_launch
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @dataclass(frozen=True)
@@ -133,20 +132,15 @@ def bf16_matmul(
 ) -> torch.Tensor:
     """y = x @ W^T with W rebuilt from (e, sm) tile by tile in registers."""
     layout = Bf16Layout.from_tensors(e, sm)
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise ValueError(f"x must be float16, bfloat16 or float32; got {x.dtype}")
     if x.dim() < 1 or x.shape[-1] != layout.k:
         raise ValueError(f"x's last dimension must equal K = {layout.k}; got x of shape {tuple(x.shape)}")
     if x.device != e.device:
         raise ValueError(f"x is on {x.device} but the weight is on {e.device}")
-    out_dtype = x.dtype if out_dtype is None else out_dtype
-    if out_dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"out_dtype must be float16, bfloat16 or float32; got {out_dtype}")
+    out_dtype = resolve_launch(x, out_dtype, block_m=block_m, block_n=block_n, block_k=block_k)
     if e.stride() != sm.stride():
         e, sm = e.contiguous(), sm.contiguous()
-    for name, b in (("block_m", block_m), ("block_n", block_n), ("block_k", block_k)):
-        if b < 16 or b & (b - 1):
-            raise ValueError(f"{name} must be a power of two >= 16 (tl.dot minimum); got {b}")
 
     lead = x.shape[:-1]
     x2 = x.reshape(-1, layout.k)
