@@ -128,6 +128,9 @@ PYBIND11_MODULE(_C, m) {
         d["chunk_symbols"] = s.chunk_symbols;
         d["n_chunks"] = s.n_chunks;
         d["total_bytes"] = s.total_bytes;
+        d["index_offset"] = s.index_offset;      // byte offsets, for a GPU to view the pieces in place
+        d["payload_offset"] = s.payload_offset;
+        d["payload_words"] = s.payload_words;
         d["side_bits"] = side_bits(static_cast<const uint8_t*>(b.ptr), s);
         d["payload_bits"] = 8 * uint64_t(s.total_bytes) - side_bits(static_cast<const uint8_t*>(b.ptr), s);
         return d;

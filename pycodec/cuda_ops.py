@@ -21,19 +21,33 @@ from . import _C
 from .codec import CodecError, _as_buffer
 
 __all__ = ["CODER_IDS", "GEMV_MAX_BATCH", "decode_cuda", "decode_symbols", "gemv_affine", "gemv_affine_supported",
-           "to_device_stream"]
+           "stream_layout", "to_device_stream"]
 
 CODER_IDS = {"huffman": 1, "rans": 2}  # format.h: the coder byte of the header
-_PAYLOAD_WORDS_OFFSET = 24  # format.h: payload_words (u64) in the fixed header
 GEMV_MAX_BATCH = 8  # decode_cuda.cu: kGemvMaxBatch
 GEMV_ALIGN = 64     # decode_cuda.cu: kGemvAlign (one Huffman round = 64 symbols)
 
 
-def _payload_words(buf: Any, info: dict) -> int:
-    if "payload_words" in info:
-        return int(info["payload_words"])
-    raw = np.frombuffer(buf, dtype=np.uint8, count=8, offset=_PAYLOAD_WORDS_OFFSET)
-    return int.from_bytes(raw.tobytes(), "little")
+def stream_layout(buf: Any) -> dict:
+    """Validates a host stream (header, table, index) and describes where its pieces lie.
+
+    Returns the byte offsets ``index_offset`` / ``payload_offset``, the counts ``n_chunks`` /
+    ``payload_words``, the host-built ``table`` (int32[4096], uint32 bits), and ``coder``
+    (1 huffman, 2 rans), ``n_symbols``, ``chunk_symbols``, ``shape``.
+    """
+    info = _C.info(buf)
+    table = np.frombuffer(_C.decode_table(buf), dtype="<i4").astype(np.int32, copy=True)
+    return {
+        "index_offset": int(info["index_offset"]),
+        "payload_offset": int(info["payload_offset"]),
+        "n_chunks": int(info["n_chunks"]),
+        "payload_words": int(info["payload_words"]),
+        "table": torch.from_numpy(table),
+        "coder": CODER_IDS[info["coder"]],
+        "n_symbols": int(info["n_symbols"]),
+        "chunk_symbols": int(info["chunk_symbols"]),
+        "shape": tuple(int(d) for d in info["shape"]),
+    }
 
 
 def _words(buf: Any, offset: int, count: int) -> torch.Tensor:
@@ -43,33 +57,20 @@ def _words(buf: Any, offset: int, count: int) -> torch.Tensor:
 
 
 def to_device_stream(blob: Any, device: Any = "cuda") -> dict:
-    """Validates ``blob`` (header, table, index) and uploads its pieces to ``device``.
+    """Validates ``blob`` and uploads its pieces to ``device``.
 
-    Returns ``index`` (int32[n_chunks]), ``payload`` (int32[payload_words]) and ``table``
-    (int32[4096]) tensors (uint32 bits held as int32), plus ``coder`` (1 huffman, 2 rans),
-    ``n_symbols``, ``chunk_symbols``, ``n_chunks``, ``payload_words`` and ``shape``.
+    Returns stream_layout's fields with ``index`` (int32[n_chunks]), ``payload``
+    (int32[payload_words]) and ``table`` (int32[4096]) as device tensors.
     """
     buf = _as_buffer(blob)
     if isinstance(buf, np.ndarray):
         buf = buf.tobytes()
-    info = dict(_C.info(buf))
-    n_chunks = int(info["n_chunks"])
-    payload_words = _payload_words(buf, info)
-    payload_offset = int(info.get("payload_offset", int(info["total_bytes"]) - 4 * payload_words))
-    index_offset = int(info.get("index_offset", payload_offset - 4 * n_chunks))
-    table = np.frombuffer(_C.decode_table(buf), dtype="<i4").astype(np.int32, copy=True)
+    s = stream_layout(buf)
     device = torch.device(device)
-    return {
-        "index": _words(buf, index_offset, n_chunks).to(device),
-        "payload": _words(buf, payload_offset, payload_words).to(device),
-        "table": torch.from_numpy(table).to(device),
-        "coder": CODER_IDS[info["coder"]],
-        "n_symbols": int(info["n_symbols"]),
-        "chunk_symbols": int(info["chunk_symbols"]),
-        "n_chunks": n_chunks,
-        "payload_words": payload_words,
-        "shape": tuple(int(d) for d in info["shape"]),
-    }
+    s["index"] = _words(buf, s["index_offset"], s["n_chunks"]).to(device)
+    s["payload"] = _words(buf, s["payload_offset"], s["payload_words"]).to(device)
+    s["table"] = s["table"].to(device)
+    return s
 
 
 def _check_args(index: torch.Tensor, payload: torch.Tensor, table: torch.Tensor, coder: int, n_symbols: int,

@@ -16,13 +16,13 @@ device blob, and only the 16 KiB decode table is uploaded, once per tensor.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import _C
 from .codec import CodecError
-from .cuda_ops import CODER_IDS, GEMV_MAX_BATCH as FUSED_MAX_BATCH, decode_symbols, gemv_affine, gemv_affine_supported
+from .cuda_ops import GEMV_MAX_BATCH as FUSED_MAX_BATCH
+from .cuda_ops import decode_symbols, gemv_affine, gemv_affine_supported, stream_layout
 from .quant import CODE_DTYPES, KIND_AFFINE, KIND_LOSSLESS
 
 GEMV_MAX_BATCH = 16
@@ -39,23 +39,10 @@ def _stream_view(buf: torch.Tensor) -> dict:
     cached = getattr(buf, "_pycodec_stream", None)
     if cached is not None:
         return cached
-    host = buf.detach().cpu().numpy()
-    info = _C.info(host)
-    n_chunks = int(info["n_chunks"])
-    payload_words = int(np.frombuffer(host[24:32].tobytes(), "<u8")[0])  # header field (docs/FORMAT.md)
-    payload_offset = int(info["total_bytes"]) - 4 * payload_words
-    index_offset = payload_offset - 4 * n_chunks
+    s = stream_layout(buf.detach().cpu().numpy())
     words = buf.detach()
-    table = torch.from_numpy(np.frombuffer(_C.decode_table(host), dtype="<i4").copy()).to(buf.device)
-    view = {
-        "index": words[index_offset:payload_offset].view(torch.int32),
-        "payload": words[payload_offset:].view(torch.int32),
-        "table": table,
-        "coder": CODER_IDS[info["coder"]],
-        "n_symbols": int(info["n_symbols"]),
-        "chunk_symbols": int(info["chunk_symbols"]),
-        "shape": tuple(int(d) for d in info["shape"]),
-    }
+    view = dict(s, index=words[s["index_offset"]:s["payload_offset"]].view(torch.int32),
+                payload=words[s["payload_offset"]:].view(torch.int32), table=s["table"].to(buf.device))
     buf._pycodec_stream = view
     return view
 

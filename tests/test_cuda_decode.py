@@ -170,3 +170,19 @@ def test_op_fake_shape():
         out = torch.ops.pycodec.decode_symbols(idx, torch.empty(50, dtype=torch.int32),
                                                torch.empty(4096, dtype=torch.int32), 1, 100, 32)
         assert out.shape == (100,) and out.dtype == torch.uint8
+
+
+def test_stream_layout_matches_the_blob():
+    """The offsets _C.info reports tile the blob exactly: index, then payload, to the end."""
+    from pycodec.cuda_ops import stream_layout
+
+    rng = np.random.default_rng(3)
+    for coder in ("huffman", "rans"):
+        sym = rng.integers(0, 9, 5000, dtype=np.uint8)
+        blob = pycodec.encode(sym, coder=coder, chunk_symbols=1024)
+        s = stream_layout(blob)
+        assert s["n_chunks"] == 5 and s["index_offset"] + 4 * s["n_chunks"] == s["payload_offset"]
+        assert s["payload_offset"] + 4 * s["payload_words"] == len(blob)
+        index = np.frombuffer(blob, "<u4", count=s["n_chunks"], offset=s["index_offset"])
+        assert index[0] == 0 and np.all(np.diff(index.astype(np.int64)) > 0)
+        assert s["table"].shape == (4096,) and s["coder"] == {"huffman": 1, "rans": 2}[coder]
