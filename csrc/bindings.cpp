@@ -65,6 +65,7 @@ PYBIND11_MODULE(_C, m) {
   });
 
   m.attr("FORMAT_VERSION") = kFormatVersion;
+  m.attr("MAX_CHUNK_SYMBOLS_V2") = kMaxChunkSymbolsV2;
   m.attr("LANES") = kLanes;
   m.attr("MAX_CHUNK_SYMBOLS") = kMaxChunkSymbols;
   m.attr("DEFAULT_CHUNK_SYMBOLS") = py::dict(py::arg("huffman") = kDefaultHuffmanChunk, py::arg("rans") = kDefaultRansChunk);
@@ -74,7 +75,7 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "encode",
       [](py::buffer symbols, std::vector<uint64_t> shape, const std::string& coder, uint32_t chunk_symbols,
-         int threads) {
+         int threads, uint32_t lanes, uint16_t format_version) {
         const py::buffer_info in = contiguous_bytes(symbols, false, "symbols");
         if (shape.size() > size_t(kMaxDims)) throw CodecException("at most 8 dimensions are supported");
         uint64_t n = 1;
@@ -84,6 +85,8 @@ PYBIND11_MODULE(_C, m) {
         opt.coder = parse_coder(coder);
         opt.chunk_symbols = chunk_symbols;
         opt.threads = threads;
+        opt.lanes = lanes;
+        opt.format_version = format_version;
         std::vector<uint8_t> blob;
         Status st;
         {
@@ -91,12 +94,16 @@ PYBIND11_MODULE(_C, m) {
           st = encode(static_cast<const uint8_t*>(in.ptr), shape.data(), int(shape.size()), opt, &blob);
         }
         if (st == Status::BadArgument)
-          throw CodecException("encode: chunk_symbols must be a multiple of 32 in [32, " +
-                               std::to_string(kMaxChunkSymbols) + "]");
+          throw CodecException(
+              "encode: invalid layout: format version 2 (huffman) takes chunk_symbols in [1, " +
+              std::to_string(kMaxChunkSymbolsV2) + "] and lanes in [1, 32], fewer lanes than a chunk's symbols can "
+              "fill, and one lane for a single distinct symbol; version 1 (rans) takes chunk_symbols a multiple of "
+              "32 in [32, " + std::to_string(kMaxChunkSymbols) + "]");
         check(st, "encode");
         return py::bytes(reinterpret_cast<const char*>(blob.data()), blob.size());
       },
       py::arg("symbols"), py::arg("shape"), py::arg("coder"), py::arg("chunk_symbols") = 0, py::arg("threads") = 0,
+      py::arg("lanes") = 0, py::arg("format_version") = 0,
       "Encode a C-contiguous uint8 buffer; returns the stream bytes.");
 
   m.def(
@@ -122,13 +129,15 @@ PYBIND11_MODULE(_C, m) {
         const StreamInfo s = parse(b);
         py::dict d;
         d["coder"] = coder_name(s.coder);
-        d["version"] = kFormatVersion;
+        d["version"] = s.version;
+        d["lanes"] = s.lanes;
         d["shape"] = py::tuple(py::cast(std::vector<uint64_t>(s.shape, s.shape + s.ndim)));
         d["n_symbols"] = s.n_symbols;
         d["chunk_symbols"] = s.chunk_symbols;
         d["n_chunks"] = s.n_chunks;
         d["total_bytes"] = s.total_bytes;
         d["index_offset"] = s.index_offset;      // byte offsets, for a GPU to view the pieces in place
+        d["sizes_offset"] = s.sizes_offset;      // v2: u16 chunk sizes (v1: = index_offset)
         d["payload_offset"] = s.payload_offset;
         d["payload_words"] = s.payload_words;
         d["side_bits"] = side_bits(static_cast<const uint8_t*>(b.ptr), s);
@@ -157,11 +166,15 @@ PYBIND11_MODULE(_C, m) {
       "decode_table",
       [](py::buffer blob) {
         const py::buffer_info b = contiguous_bytes(blob, false, "blob");
-        std::vector<uint32_t> table(kDecodeTableEntries);
-        check(build_decode_table(static_cast<const uint8_t*>(b.ptr), size_t(b.size), table.data()), "decode_table");
+        std::vector<uint32_t> table(kDecodeTableEntries + 256 / 4);
+        check(build_decode_table(static_cast<const uint8_t*>(b.ptr), size_t(b.size), table.data(),
+                                 reinterpret_cast<uint8_t*>(table.data() + kDecodeTableEntries)),
+              "decode_table");
         return py::bytes(reinterpret_cast<const char*>(table.data()), table.size() * sizeof(uint32_t));
       },
-      py::arg("blob"), "The stream's 4096-entry uint32 decode table (either coder), for GPU upload.");
+      py::arg("blob"),
+      "The stream's decode tables for GPU upload: 4096 uint32 entries (v1 per-symbol, v2 multi-symbol), "
+      "then the 256 Huffman code lengths as bytes (zeros for rANS).");
 
   m.def(
       "cuda_decode",

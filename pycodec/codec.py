@@ -13,7 +13,11 @@ import numpy as np
 from . import _C
 
 CodecError = _C.CodecError
-CODERS = ("rans", "huffman")
+# "huffman" writes format version 2 (windowed lanes, what the GPU path decodes); "rans"
+# writes version 1 (interleaved rANS: a hair smaller, CPU-friendly, decoded on a GPU only
+# through the legacy symbol decoder).
+CODERS = ("huffman", "rans")
+DEFAULT_CODER = "huffman"
 
 
 def _as_uint8_array(symbols: Any) -> np.ndarray:
@@ -31,15 +35,31 @@ def _as_uint8_array(symbols: Any) -> np.ndarray:
     return symbols if symbols.flags.c_contiguous else symbols.copy(order="C")
 
 
-def _check_chunk_symbols(chunk_symbols: Any) -> int:
+def _check_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise CodecError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _check_chunk_symbols(chunk_symbols: Any, coder: str) -> int:
     if chunk_symbols is None:
-        return 0  # the core's per-coder default
-    if isinstance(chunk_symbols, bool) or not isinstance(chunk_symbols, (int, np.integer)):
-        raise CodecError(f"chunk_symbols must be an integer, got {chunk_symbols!r}")
-    c = int(chunk_symbols)
-    if c < 32 or c > _C.MAX_CHUNK_SYMBOLS or c % 32:
-        raise CodecError(f"chunk_symbols must be a multiple of 32 in [32, {_C.MAX_CHUNK_SYMBOLS}], got {c}")
+        return 0  # chosen by the encoder
+    c = _check_int("chunk_symbols", chunk_symbols)
+    if coder == "huffman" and not 1 <= c <= _C.MAX_CHUNK_SYMBOLS_V2:
+        raise CodecError(f"chunk_symbols must be in [1, {_C.MAX_CHUNK_SYMBOLS_V2}] for huffman, got {c}")
+    if coder == "rans" and (c < 32 or c > _C.MAX_CHUNK_SYMBOLS or c % 32):
+        raise CodecError(f"chunk_symbols must be a multiple of 32 in [32, {_C.MAX_CHUNK_SYMBOLS}] for rans, got {c}")
     return c
+
+
+def _check_lanes(lanes: Any, coder: str) -> int:
+    if lanes is None:
+        return 0  # chosen by the encoder
+    n = _check_int("lanes", lanes)
+    if coder != "huffman" or not 1 <= n <= 32:
+        raise CodecError(f"lanes must be in [1, 32] and applies to the huffman coder only, got {lanes!r} "
+                         f"with coder {coder!r}")
+    return n
 
 
 def _as_buffer(blob: Any) -> Any:
@@ -52,16 +72,20 @@ def _as_buffer(blob: Any) -> Any:
     raise CodecError(f"a pycodec stream must be bytes or a uint8 array, got {type(blob).__name__}")
 
 
-def encode(symbols: Any, coder: str = "rans", chunk_symbols: int | None = None, threads: int = 0) -> bytes:
+def encode(symbols: Any, coder: str = DEFAULT_CODER, chunk_symbols: int | None = None, threads: int = 0,
+           lanes: int | None = None) -> bytes:
     """Entropy-code a uint8 array (numpy or CPU torch tensor, any shape).
 
-    ``chunk_symbols``: symbols per independently decodable chunk (multiple of 32,
-    at most 2**20); ``None`` picks the coder's default. ``threads=0`` uses every core.
+    ``chunk_symbols``: symbols per independently decodable chunk; ``lanes``: bit windows per
+    chunk (huffman only, 1..32). ``None`` lets the encoder choose: whole rows (the last
+    dimension) per chunk, enough chunks and lanes for a GPU, side information near 1%.
+    ``threads=0`` uses every core.
     """
     if coder not in CODERS:
         raise CodecError(f"unknown coder {coder!r}: expected one of {CODERS}")
     arr = _as_uint8_array(symbols)
-    return _C.encode(arr, list(arr.shape), coder, _check_chunk_symbols(chunk_symbols), int(threads))
+    return _C.encode(arr, list(arr.shape), coder, _check_chunk_symbols(chunk_symbols, coder), int(threads),
+                     _check_lanes(lanes, coder))
 
 
 def decode(blob: Any, threads: int = 0) -> np.ndarray:
@@ -87,15 +111,21 @@ def inspect(blob: Any, threads: int = 0) -> dict:
     """Describe a stream: coder, shape, sizes, bits per symbol and the symbols' entropy.
 
     Decodes chunk by chunk (never the whole tensor at once) to verify the checksum
-    and measure ``entropy_bits_per_symbol``.
+    and measure ``entropy_bits_per_symbol``. For Huffman streams ``code_bits`` is the sum
+    of the symbols' code lengths and ``overhead_bits`` everything else in the blob (header,
+    table, index, lane padding): the layout's exact side information.
     """
     buf = _as_buffer(blob)
     info = dict(_C.info(buf))
-    counts = _C.histogram(buf, int(threads))
+    counts = np.asarray(_C.histogram(buf, int(threads)), dtype=np.float64)
     n = info["n_symbols"]
     total_bits = 8 * info["total_bytes"]
     info["bits_per_symbol"] = total_bits / n if n else math.nan
     info["side_bits_per_symbol"] = info["side_bits"] / n if n else math.nan
     info["entropy_bits_per_symbol"] = entropy_bits(counts)
     info["distinct_symbols"] = int(np.count_nonzero(counts))
+    if info["coder"] == "huffman":
+        lengths = np.frombuffer(_C.decode_table(buf), dtype=np.uint8)[-256:].astype(np.float64)
+        info["code_bits"] = int(counts @ lengths)
+        info["overhead_bits"] = total_bits - info["code_bits"]
     return info

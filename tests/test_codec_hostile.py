@@ -1,7 +1,8 @@
 """Hostile input: every malformed blob must raise CodecError, never crash, hang or return data.
 
-Mutations are applied to real streams of both coders with small chunks (many chunks,
-many index entries). Some mutations also recompute the header checksum (meta_hash)
+Mutations are applied to real streams of every kind with small chunks (many chunks,
+many index entries): format v2 windowed Huffman ("huffman", what pycodec.encode writes),
+v1 rANS and the legacy v1 Huffman layout ("huffman-v1"). Some mutations also recompute the header checksum (meta_hash)
 with an independent Python implementation of hash64 (docs/FORMAT.md), so that the
 validation *behind* the checksum (field ranges, table, index, payload, symbol checksum)
 is exercised too, not only the checksum itself.
@@ -20,8 +21,9 @@ import pytest
 
 import pycodec
 from pycodec import CodecError
+from pycodec import _C as native
 
-CODERS = ("rans", "huffman")
+CODERS = ("huffman", "rans", "huffman-v1")
 SEED = 20240611
 # Every decode error names what is wrong; these are the words the core uses.
 KNOWN_WORDS = ("truncated", "magic", "version", "header", "checksum", "table", "index", "corrupt")
@@ -64,12 +66,27 @@ def hash64(data: bytes, seed: int = 0) -> int:
 def layout(blob: bytes, ndim: int | None = None) -> dict:
     """Offsets of a blob's sections, computed from its (claimed) header fields."""
     ndim = blob[7] if ndim is None else ndim
-    n, cs, tb, pw = struct.unpack_from("<QIIQ", blob, 8)
+    version = struct.unpack_from("<H", blob, 4)[0]
+    n, cs = struct.unpack_from("<QI", blob, 8)
+    tb = struct.unpack_from("<I" if version == 1 else "<H", blob, 20)[0]
+    pw = struct.unpack_from("<Q", blob, 24)[0]
     table = 40 + 8 * ndim + 8
     index = table + ((tb + 3) & ~3)
     n_chunks = -(-n // cs) if cs else 0
-    return dict(ndim=ndim, n=n, cs=cs, tb=tb, pw=pw, table=table, index=index, n_chunks=n_chunks,
-                payload=index + 4 * n_chunks)
+    if version == 1:
+        sizes, index_bytes = index, 4 * n_chunks
+    else:
+        sizes = index + 4 * -(-n_chunks // 16)
+        index_bytes = sizes - index + ((2 * n_chunks + 3) & ~3)
+    return dict(version=version, ndim=ndim, n=n, cs=cs, tb=tb, pw=pw, table=table, index=index, sizes=sizes,
+                n_chunks=n_chunks, payload=index + index_bytes)
+
+
+def encode(x, coder, chunk, threads=1):
+    if coder == "huffman-v1":
+        x = np.ascontiguousarray(x)
+        return native.encode(x, list(x.shape), "huffman", chunk, threads, 0, 1)
+    return pycodec.encode(x, coder=coder, chunk_symbols=chunk, threads=threads)
 
 
 def rehash(blob: bytes, ndim: int | None = None) -> bytes:
@@ -102,7 +119,7 @@ def _symbols():
 
 SYMBOLS = _symbols()
 BLOBS = {
-    (coder, name): (x, pycodec.encode(x, coder=coder, chunk_symbols=chunk, threads=1))
+    (coder, name): (x, encode(x, coder, chunk))
     for coder in CODERS
     for name, (x, chunk) in SYMBOLS.items()
 }
@@ -260,49 +277,71 @@ def _set(blob: bytes, offset: int, fmt: str, value) -> bytes:
 
 # (name, offset, struct format, value, words expected in the message when the header
 # checksum is left stale, words expected once meta_hash has been recomputed)
-ABSURD_FIELDS = [
+ABSURD_COMMON = [
     ("n_symbols=10**15", 8, "<Q", 10**15, ("truncated", "checksum"), ("truncated",)),
     ("n_symbols=2**64-1", 8, "<Q", 2**64 - 1, ("truncated", "checksum"), ("truncated",)),
     ("n_symbols=0", 8, "<Q", 0, ("header", "index", "checksum"), ("header", "index")),
     ("n_symbols+1", 8, "<Q", None, ("truncated", "header", "checksum"), ("truncated", "header", "index")),
     ("chunk_symbols=0", 16, "<I", 0, ("header",), ("header",)),
-    ("chunk_symbols=31", 16, "<I", 31, ("header",), ("header",)),
-    ("chunk_symbols=33", 16, "<I", 33, ("header",), ("header",)),
-    ("chunk_symbols=2**20+32", 16, "<I", 2**20 + 32, ("header",), ("header",)),
     ("chunk_symbols=2**31", 16, "<I", 2**31, ("header",), ("header",)),
     ("chunk_symbols=2**32-32", 16, "<I", 2**32 - 32, ("header",), ("header",)),
-    ("chunk_symbols=2**20", 16, "<I", 2**20, ("header", "truncated", "checksum"), ("header", "truncated", "index", "corrupt")),
     ("ndim=200", 7, "<B", 200, ("header",), ("header",)),
     ("ndim=9", 7, "<B", 9, ("header",), ("header",)),
     ("ndim=255", 7, "<B", 255, ("header",), ("header",)),
     ("ndim+1", 7, "<B", None, ("header", "truncated", "checksum"), ("header", "truncated", "checksum")),
-    ("table_bytes=0", 20, "<I", 0, ("header",), ("header",)),
-    ("table_bytes=huge", 20, "<I", 2**32 - 1, ("header",), ("header",)),
-    ("table_bytes=1025", 20, "<I", 1025, ("header",), ("header",)),
-    ("table_bytes=1024", 20, "<I", 1024, ("truncated", "header", "checksum"), ("truncated", "header", "table")),
     ("payload_words=huge", 24, "<Q", 2**64 - 1, ("truncated",), ("truncated",)),
     ("payload_words=2**40", 24, "<Q", 2**40, ("truncated",), ("truncated",)),
     ("payload_words=0", 24, "<Q", 0, ("header", "truncated"), ("header", "truncated")),
     ("payload_words-1", 24, "<Q", None, ("header",), ("header",)),
     ("coder=0", 6, "<B", 0, ("header",), ("header",)),
     ("coder=3", 6, "<B", 3, ("header",), ("header",)),
-    ("coder=swap", 6, "<B", None, ("checksum",), ("table",)),
     ("symbols_hash^1", 32, "<Q", None, ("checksum",), ("checksum",)),
     ("magic=PYCE", 0, "4s", b"PYCE", ("magic",), ("magic",)),
     ("magic=zero", 0, "4s", bytes(4), ("magic",), ("magic",)),
     ("magic=lower", 0, "4s", b"pycd", ("magic",), ("magic",)),
     ("version=0", 4, "<H", 0, ("version",), ("version",)),
-    ("version=2", 4, "<H", 2, ("version",), ("version",)),
+    ("version=3", 4, "<H", 3, ("version",), ("version",)),
     ("version=0xFFFF", 4, "<H", 0xFFFF, ("version",), ("version",)),
     ("version=0x0101", 4, "<H", 0x0101, ("version",), ("version",)),
     ("shape0=0", 40, "<Q", 0, ("checksum",), ("header",)),
     ("shape0=2**63", 40, "<Q", 2**63, ("checksum",), ("header",)),
     ("shape0+1", 40, "<Q", None, ("checksum",), ("header",)),
 ]
+ABSURD_V1 = [
+    ("chunk_symbols=31", 16, "<I", 31, ("header",), ("header",)),
+    ("chunk_symbols=33", 16, "<I", 33, ("header",), ("header",)),
+    ("chunk_symbols=2**20+32", 16, "<I", 2**20 + 32, ("header",), ("header",)),
+    ("chunk_symbols=2**20", 16, "<I", 2**20, ("header", "truncated", "checksum"), ("header", "truncated", "index", "corrupt")),
+    ("table_bytes=0", 20, "<I", 0, ("header",), ("header",)),
+    ("table_bytes=huge", 20, "<I", 2**32 - 1, ("header",), ("header",)),
+    ("table_bytes=1025", 20, "<I", 1025, ("header",), ("header",)),
+    ("table_bytes=1024", 20, "<I", 1024, ("truncated", "header", "checksum"), ("truncated", "header", "table")),
+    ("coder=swap", 6, "<B", None, ("checksum",), ("table",)),
+    ("version=2", 4, "<H", 2, ("header",), ("header",)),  # a v1 header read as v2: lanes byte 0
+]
+ABSURD_V2 = [
+    ("chunk_symbols=1", 16, "<I", 1, ("truncated", "header", "checksum"), ("truncated", "header", "index")),
+    ("chunk_symbols=2**17+1", 16, "<I", 2**17 + 1, ("header",), ("header",)),
+    ("chunk_symbols=2**20", 16, "<I", 2**20, ("header",), ("header",)),
+    ("table_bytes=0", 20, "<H", 0, ("header",), ("header",)),
+    ("table_bytes=0xFFFF", 20, "<H", 0xFFFF, ("header",), ("header",)),
+    ("table_bytes=1025", 20, "<H", 1025, ("header",), ("header",)),
+    ("table_bytes=1024", 20, "<H", 1024, ("truncated", "header", "checksum"), ("truncated", "header", "table")),
+    ("lanes=0", 22, "<B", 0, ("header",), ("header",)),
+    ("lanes=33", 22, "<B", 33, ("header",), ("header",)),
+    ("lanes=255", 22, "<B", 255, ("header",), ("header",)),
+    ("lanes+1", 22, "<B", None, ("checksum",), ("corrupt", "checksum", "table")),
+    ("reserved=1", 23, "<B", 1, ("header",), ("header",)),
+    ("coder=2", 6, "<B", 2, ("header",), ("header",)),
+    ("version=1", 4, "<H", 1, ("header",), ("header",)),  # a v2 header read as v1: table_bytes >= 2^16
+]
+ABSURD_CASES = [(c, f) for c in CODERS for f in ABSURD_COMMON + (ABSURD_V2 if c == "huffman" else ABSURD_V1)]
 
 
 def _relative_value(name: str, blob: bytes, offset: int, fmt: str):
     cur = struct.unpack_from(fmt, blob, offset)[0]
+    if name == "lanes+1":
+        return cur % 32 + 1
     if name.endswith("+1"):
         return cur + 1
     if name.endswith("-1"):
@@ -314,14 +353,15 @@ def _relative_value(name: str, blob: bytes, offset: int, fmt: str):
     raise AssertionError(name)
 
 
-@pytest.mark.parametrize("field", ABSURD_FIELDS, ids=[f[0] for f in ABSURD_FIELDS])
-@pytest.mark.parametrize("coder", CODERS)
+@pytest.mark.parametrize("coder,field", ABSURD_CASES, ids=[f"{c}-{f[0]}" for c, f in ABSURD_CASES])
 def test_absurd_header_fields(coder, field):
     name, offset, fmt, value, words_stale, words_rehashed = field
     stats = Stats()
     for key in [(coder, n) for n in SYMBOLS]:
         x, blob = BLOBS[key]
         v = _relative_value(name, blob, offset, fmt) if value is None else value
+        if isinstance(v, int) and v < 0:  # payload_words-1 of an empty (constant) payload
+            continue
         bad = _set(blob, offset, fmt, v)
         t0 = time.perf_counter()
         expect_rejected(bad, blob, stats, words=words_stale, also_inspect=True)
@@ -349,6 +389,8 @@ def test_rehashed_table_and_index_mutations(coder):
                 lo, hi = lay["index"], lay["payload"]
             else:  # symbols_hash and payload
                 lo, hi = lay["payload"], len(b)
+            if lo == hi:  # a v2 constant stream has no payload
+                lo, hi = lay["table"], lay["payload"]
             for p in rng.integers(lo, hi, int(rng.integers(1, 4))):
                 if i % 2:
                     b[p] ^= 1 << int(rng.integers(0, 8))
@@ -356,7 +398,7 @@ def test_rehashed_table_and_index_mutations(coder):
                     b[p] = int(rng.integers(0, 256))
             expect_rejected(rehash(bytes(b)), blob, stats, threads=1 + i % 2, also_inspect=i % 5 == 0)
         # Swapping two index entries or making it decrease must be caught as an index error.
-        if lay["n_chunks"] >= 3:
+        if lay["n_chunks"] >= 3 and lay["version"] == 1:
             b = bytearray(blob)
             idx = list(struct.unpack_from(f"<{lay['n_chunks']}I", b, lay["index"]))
             idx[1], idx[2] = idx[2], idx[1]
@@ -366,6 +408,29 @@ def test_rehashed_table_and_index_mutations(coder):
             idx[-1] = lay["pw"] + 1
             struct.pack_into(f"<{lay['n_chunks']}I", b, lay["index"], *idx)
             expect_rejected(rehash(bytes(b)), blob, stats, words=("index",))
+        if lay["n_chunks"] >= 3 and lay["version"] == 2:
+            sizes = list(struct.unpack_from(f"<{lay['n_chunks']}H", blob, lay["sizes"]))
+            for k, delta in ((1, 1), (0, -1), (lay["n_chunks"] - 1, 1)):
+                if sizes[k] + delta < 0:
+                    continue
+                bad = list(sizes)
+                bad[k] += delta  # the sizes no longer add up to the payload
+                b = bytearray(blob)
+                struct.pack_into(f"<{lay['n_chunks']}H", b, lay["sizes"], *bad)
+                expect_rejected(rehash(bytes(b)), blob, stats, words=("index",))
+            if sizes[1] != sizes[2]:  # same total: the chunks themselves no longer decode
+                bad = list(sizes)
+                bad[1], bad[2] = bad[2], bad[1]
+                b = bytearray(blob)
+                struct.pack_into(f"<{lay['n_chunks']}H", b, lay["sizes"], *bad)
+                expect_rejected(rehash(bytes(b)), blob, stats, words=("corrupt", "checksum"))
+            b = bytearray(blob)
+            struct.pack_into("<I", b, lay["index"], 1)  # chunk 0 must start at word 0
+            expect_rejected(rehash(bytes(b)), blob, stats, words=("index",))
+            if lay["n_chunks"] > 16:
+                b = bytearray(blob)
+                struct.pack_into("<I", b, lay["index"] + 4, struct.unpack_from("<I", blob, lay["index"] + 4)[0] + 1)
+                expect_rejected(rehash(bytes(b)), blob, stats, words=("index",))
     assert stats.rejected > 0.95 * len(SYMBOLS) * 120
 
 
@@ -382,18 +447,26 @@ def test_random_payload_behind_valid_header(coder):
                 payload[:] = 0
             expect_rejected(blob[: lay["payload"]] + payload.tobytes(), blob, stats,
                             words=("corrupt", "checksum"), threads=1 + i % 2)
-    # An all-zero payload is the real one for a constant Huffman stream: skipped, not counted.
+    # An all-zero payload is the real one for a v1 constant Huffman stream, and a v2 constant
+    # stream has no payload at all: skipped, not counted.
     assert stats.rejected + stats.skipped_identical == len(SYMBOLS) * 40
-    assert stats.rejected >= len(SYMBOLS) * 38
+    assert stats.rejected >= (len(SYMBOLS) - (coder == "huffman")) * 38
 
 
 @pytest.mark.parametrize("coder", CODERS)
 def test_leading_payload_slack_rejected(coder):
     x, blob = BLOBS[(coder, "gauss")]
     lay = layout(blob)
-    idx = struct.unpack_from(f"<{lay['n_chunks']}I", blob, lay["index"])
-    forged = bytearray(blob[: lay["index"]])
-    forged += struct.pack(f"<{lay['n_chunks']}I", *[i + 1 for i in idx])
+    if lay["version"] == 1:
+        idx = struct.unpack_from(f"<{lay['n_chunks']}I", blob, lay["index"])
+        forged = bytearray(blob[: lay["index"]])
+        forged += struct.pack(f"<{lay['n_chunks']}I", *[i + 1 for i in idx])
+    else:  # chunk 0 one word longer, at its front: the super offsets stay consistent
+        forged = bytearray(blob[: lay["payload"]])
+        size0 = struct.unpack_from("<H", forged, lay["sizes"])[0]
+        struct.pack_into("<H", forged, lay["sizes"], size0 + 1)
+        for k in range(1, -(-lay["n_chunks"] // 16)):
+            struct.pack_into("<I", forged, lay["index"] + 4 * k, struct.unpack_from("<I", forged, lay["index"] + 4 * k)[0] + 1)
     forged += b"\xde\xad\xbe\xef" + blob[lay["payload"] :]
     struct.pack_into("<Q", forged, 24, lay["pw"] + 1)
     with pytest.raises(CodecError):
@@ -409,11 +482,16 @@ def test_random_byte_strings():
     for i in range(3000):
         n = int(rng.choice([rng.integers(0, 16), rng.integers(16, 128), rng.integers(128, 4096)]))
         b = bytearray(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+        v2 = i % 8 >= 4
         if i % 2 and n >= 8:  # get past the magic and version checks
-            b[0:8] = b"PYCD\x01\x00" + bytes([1 + i % 4 // 2, b[7] % 10])
+            b[0:8] = b"PYCD" + bytes([2 if v2 else 1, 0]) + bytes([1 if v2 else 1 + i % 4 // 2, b[7] % 10])
         if i % 4 == 1 and n >= 40:  # plausible sizes too
-            struct.pack_into("<QII", b, 8, int(rng.integers(0, 4096)), 32 * int(rng.integers(1, 64)),
-                             int(rng.choice([2, 129, 32 + 2 * int(rng.integers(1, 256))])))
+            struct.pack_into("<QI", b, 8, int(rng.integers(0, 4096)), 32 * int(rng.integers(1, 64)))
+            tb = int(rng.choice([2, 129, 32 + 2 * int(rng.integers(1, 256))]))
+            if v2:
+                struct.pack_into("<HBB", b, 20, tb, int(rng.integers(1, 33)), 0)
+            else:
+                struct.pack_into("<I", b, 20, tb)
         expect_rejected(bytes(b), None, stats, threads=1 + i % 2, also_inspect=i % 10 == 0)
     assert stats.rejected == 3000
 
@@ -423,14 +501,15 @@ def test_random_byte_strings_with_valid_header_checksum():
     rng = np.random.default_rng([SEED, 8])
     stats = Stats()
     for i in range(1500):
-        coder = 1 + i % 2
+        version = 2 if i % 3 == 2 else 1
+        coder = 1 if version == 2 else 1 + i % 2
         ndim = int(rng.integers(0, 4))
         shape = [int(rng.integers(1, 40)) for _ in range(ndim)]
         n = int(np.prod(shape)) if ndim else 1
-        cs = 32 * int(rng.integers(1, 8))
+        cs = 32 * int(rng.integers(1, 8)) if version == 1 else int(rng.integers(1, 300))
         n_chunks = -(-n // cs)
         if coder == 1:
-            table = bytes([1, int(rng.integers(0, 256))]) if i % 3 == 0 else bytes([0]) + rng.integers(
+            table = bytes([1, int(rng.integers(0, 256))]) if i % 4 == 0 else bytes([0]) + rng.integers(
                 0, 256, 128, dtype=np.uint8).tobytes()
         else:
             k = int(rng.integers(1, 40))
@@ -439,12 +518,20 @@ def test_random_byte_strings_with_valid_header_checksum():
             freqs = rng.multinomial(4096 - k, np.ones(k) / k) + 1 if i % 3 else rng.integers(1, 300, k)
             table = np.packbits(bitmap, bitorder="little").tobytes() + np.asarray(freqs, "<u2").tobytes()
         words_per_chunk = [int(rng.integers(0, 64)) for _ in range(n_chunks)]
-        index = np.cumsum([0] + words_per_chunk[:-1]).astype("<u4") if n_chunks else np.zeros(0, "<u4")
+        starts = np.cumsum([0] + words_per_chunk[:-1]).astype("<u4") if n_chunks else np.zeros(0, "<u4")
+        if version == 1:
+            index = starts.tobytes()
+            fields = struct.pack("<HBBQIIQQ", 1, coder, ndim, n, cs, len(table), sum(words_per_chunk),
+                                 int(rng.integers(0, 2**63)))
+        else:
+            sizes = np.asarray(words_per_chunk, "<u2").tobytes()
+            index = starts[::16].tobytes() + sizes + bytes(-len(sizes) % 4)
+            fields = struct.pack("<HBBQIHBBQQ", 2, coder, ndim, n, cs, len(table), int(rng.integers(1, 33)), 0,
+                                 sum(words_per_chunk), int(rng.integers(0, 2**63)))
         pw = int(sum(words_per_chunk))
-        head = bytearray(b"PYCD" + struct.pack("<HBBQIIQQ", 1, coder, ndim, n, cs, len(table), pw,
-                                               int(rng.integers(0, 2**63))))
+        head = bytearray(b"PYCD" + fields)
         head += b"".join(struct.pack("<Q", s) for s in shape) + bytes(8)
-        body = table + bytes(-len(table) % 4) + index.tobytes() + rng.integers(0, 256, 4 * pw, dtype=np.uint8).tobytes()
+        body = table + bytes(-len(table) % 4) + index + rng.integers(0, 256, 4 * pw, dtype=np.uint8).tobytes()
         blob = rehash(bytes(head + body))
         expect_rejected(blob, None, stats, threads=1 + i % 2, also_inspect=i % 10 == 0)
     assert stats.rejected == 1500
@@ -462,7 +549,7 @@ def test_error_messages_are_specific(coder):
         (blob[:-4], "truncated"),
         (b"", "truncated"),
         (b"GZIP" + blob[4:], "magic"),
-        (_set(blob, 4, "<H", 2), "version"),
+        (_set(blob, 4, "<H", 3), "version"),
         (_set(blob, 40 + 8 * lay["ndim"], "<Q", 12345), "checksum"),  # meta_hash
         (_set(blob, 32, "<Q", 12345), "checksum"),  # symbols_hash
         (blob + b"\x00" * 4, "header"),

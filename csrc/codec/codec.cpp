@@ -11,6 +11,7 @@
 #include "hash.h"
 #include "huffman.h"
 #include "rans.h"
+#include "windowed.h"
 
 namespace pycodec {
 namespace {
@@ -64,19 +65,27 @@ uint64_t combine_chunk_hashes(const std::vector<uint64_t>& h) {
 
 // Decode tables for one stream, built once and shared read-only by all threads.
 struct DecodeTables {
-  Coder coder;
+  StreamInfo info;
   std::unique_ptr<uint32_t[]> huffman;
   std::unique_ptr<uint32_t[]> rans;
+  std::unique_ptr<windowed::MultiTable> multi;
+  std::vector<uint64_t> offsets;  // chunk c spans payload words [offsets[c], offsets[c + 1])
 
   Status build(const uint8_t* blob, const StreamInfo& s) {
-    coder = s.coder;
+    info = s;
     const uint8_t* t = blob + s.table_offset;
-    if (coder == Coder::Huffman) {
+    if (s.coder == Coder::Huffman) {
       huffman::Code code;
       const Status st = huffman::read_table(t, s.table_bytes, code);
       if (st != Status::Ok) return st;
-      huffman.reset(new uint32_t[huffman::kTableSize]);
-      huffman::build_decode_table(code, huffman.get());
+      if (s.version == 1) {
+        huffman.reset(new uint32_t[huffman::kTableSize]);
+        huffman::build_decode_table(code, huffman.get());
+      } else {
+        if (code.constant && s.lanes != 1) return Status::BadTable;  // zero-bit codes fill no window
+        multi.reset(new windowed::MultiTable);
+        windowed::build_multi_table(code, *multi);
+      }
     } else {
       rans::Model model;
       const Status st = rans::read_table(t, s.table_bytes, model);
@@ -84,15 +93,21 @@ struct DecodeTables {
       rans.reset(new uint32_t[rans::kProbScale]);
       rans::build_decode_table(model, rans.get());
     }
+    offsets = chunk_offsets(blob, s);
     return Status::Ok;
   }
 
-  Status decode_chunk(const uint8_t* blob, const StreamInfo& s, uint64_t c, uint8_t* out) const {
-    const uint64_t begin = chunk_begin(blob, s, c), end = chunk_end(blob, s, c);
-    const uint32_t* words = reinterpret_cast<const uint32_t*>(blob + s.payload_offset) + begin;
-    const uint32_t n = uint32_t(std::min<uint64_t>(s.chunk_symbols, s.n_symbols - c * s.chunk_symbols));
-    return coder == Coder::Huffman ? huffman::decode_chunk(huffman.get(), words, end - begin, out, n)
-                                   : rans::decode_chunk(rans.get(), words, end - begin, out, n);
+  uint32_t chunk_length(uint64_t c) const {
+    return uint32_t(std::min<uint64_t>(info.chunk_symbols, info.n_symbols - c * info.chunk_symbols));
+  }
+
+  Status decode_chunk(const uint8_t* blob, uint64_t c, uint8_t* out) const {
+    const uint64_t begin = offsets[c], end = offsets[c + 1];
+    const uint32_t* words = reinterpret_cast<const uint32_t*>(blob + info.payload_offset) + begin;
+    const uint32_t n = chunk_length(c);
+    if (multi) return windowed::decode_chunk(*multi, words, uint32_t(end - begin), info.lanes, out, n);
+    return huffman ? huffman::decode_chunk(huffman.get(), words, end - begin, out, n)
+                   : rans::decode_chunk(rans.get(), words, end - begin, out, n);
   }
 };
 
@@ -111,20 +126,72 @@ struct AlignedBlob {
 
 }  // namespace
 
+namespace {
+
+// Header, table and index, then the payload; the index is filled from the chunk sizes.
+std::vector<uint8_t>& assemble(StreamInfo& s, const std::vector<uint8_t>& table,
+                               const std::vector<std::vector<uint32_t>>& chunk_words, const uint64_t* shape,
+                               uint64_t n, uint64_t symbols_hash, std::vector<uint8_t>& out) {
+  s.table_offset = table_offset_of(s.ndim);
+  s.index_offset = s.table_offset + padded4(table.size());
+  s.sizes_offset = s.index_offset + (s.version == 1 ? 0 : 4 * size_t(super_count(s.n_chunks)));
+  s.payload_offset = s.index_offset + size_t(index_bytes(s.version, s.n_chunks));
+  s.total_bytes = s.payload_offset + 4 * s.payload_words;
+  out.assign(s.total_bytes, 0);
+  uint8_t* h = out.data();
+  std::memcpy(h, kMagic, 4);
+  put_le(h + 4, s.version, 2);
+  h[6] = uint8_t(s.coder);
+  h[7] = uint8_t(s.ndim);
+  put_le(h + 8, n, 8);
+  put_le(h + 16, s.chunk_symbols, 4);
+  if (s.version == 1) {
+    put_le(h + 20, table.size(), 4);
+  } else {
+    put_le(h + 20, table.size(), 2);
+    h[22] = uint8_t(s.lanes);
+  }
+  put_le(h + 24, s.payload_words, 8);
+  put_le(h + 32, symbols_hash, 8);
+  for (int d = 0; d < s.ndim; ++d) put_le(h + kFixedHeaderBytes + 8 * d, shape[d], 8);
+  std::memcpy(h + s.table_offset, table.data(), table.size());
+  uint64_t offset = 0;
+  uint8_t* payload = h + s.payload_offset;
+  for (uint64_t c = 0; c < s.n_chunks; ++c) {
+    if (s.version == 1) {
+      put_le(h + s.index_offset + 4 * c, offset, 4);
+    } else {
+      if (c % kSuperChunksV2 == 0) put_le(h + s.index_offset + 4 * (c / kSuperChunksV2), offset, 4);
+      put_le(h + s.sizes_offset + 2 * c, chunk_words[c].size(), 2);
+    }
+    if (!chunk_words[c].empty())  // v2 constant chunks have no words (and no data pointer)
+      std::memcpy(payload + 4 * offset, chunk_words[c].data(), 4 * chunk_words[c].size());
+    offset += chunk_words[c].size();
+  }
+  put_le(h + header_bytes(s.ndim), meta_hash(h, s), 8);
+  return out;
+}
+
+uint64_t payload_words_of(const std::vector<std::vector<uint32_t>>& chunk_words) {
+  uint64_t words = 0;
+  for (const auto& w : chunk_words) words += w.size();
+  return words;
+}
+
+}  // namespace
+
 Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
               std::vector<uint8_t>* blob) {
   if (ndim < 0 || ndim > kMaxDims) return Status::BadArgument;
   if (opt.coder != Coder::Huffman && opt.coder != Coder::Rans) return Status::BadArgument;
+  const uint16_t version = opt.format_version ? opt.format_version : opt.coder == Coder::Huffman ? 2 : 1;
+  if (version != 1 && (version != 2 || opt.coder != Coder::Huffman)) return Status::BadArgument;
+  if (version == 1 && opt.lanes != 0 && opt.lanes != uint32_t(kLanes)) return Status::BadArgument;
   uint64_t n = 1;
   for (int d = 0; d < ndim; ++d) {
     if (shape[d] != 0 && n > UINT64_MAX / shape[d]) return Status::TooLarge;
     n *= shape[d];
   }
-  const uint32_t chunk = opt.chunk_symbols ? opt.chunk_symbols
-                         : opt.coder == Coder::Huffman ? kDefaultHuffmanChunk : kDefaultRansChunk;
-  if (chunk < kChunkAlign || chunk > kMaxChunkSymbols || chunk % kChunkAlign) return Status::BadArgument;
-  const uint64_t n_chunks = n / chunk + (n % chunk != 0);
-
   uint64_t counts[256];
   count_symbols(symbols, n, counts);
   std::vector<uint8_t> table;
@@ -139,51 +206,41 @@ Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const Enc
     rans::write_table(model, table);
   }
 
-  std::vector<std::vector<uint32_t>> chunk_words(n_chunks);
-  std::vector<uint64_t> chunk_hash(n_chunks);
-  for_each_chunk(n_chunks, opt.threads, [&](int, uint64_t c) {
-    const uint8_t* p = symbols + c * chunk;
-    const uint32_t m = uint32_t(std::min<uint64_t>(chunk, n - c * chunk));
+  StreamInfo s{};
+  s.version = version;
+  s.coder = opt.coder;
+  s.ndim = ndim;
+  if (version == 1) {
+    s.chunk_symbols = opt.chunk_symbols ? opt.chunk_symbols
+                      : opt.coder == Coder::Huffman ? kDefaultHuffmanChunk : kDefaultRansChunk;
+    if (s.chunk_symbols < kChunkAlign || s.chunk_symbols > kMaxChunkSymbols || s.chunk_symbols % kChunkAlign)
+      return Status::BadArgument;
+    s.lanes = kLanes;
+  } else {
+    if (opt.chunk_symbols > kMaxChunkSymbolsV2 || opt.lanes > uint32_t(windowed::kMaxLanes)) return Status::BadArgument;
+    const windowed::Layout layout =
+        windowed::choose_layout(shape, ndim, n, counts, code.length, opt.chunk_symbols, opt.lanes);
+    s.chunk_symbols = layout.chunk_symbols;
+    s.lanes = code.constant ? 1 : layout.lanes;
+    if (code.constant && opt.lanes > 1) return Status::BadArgument;
+  }
+  s.n_chunks = n / s.chunk_symbols + (n % s.chunk_symbols != 0);
+
+  std::vector<std::vector<uint32_t>> chunk_words(s.n_chunks);
+  std::vector<uint64_t> chunk_hash(s.n_chunks);
+  const Status st = for_each_chunk(s.n_chunks, opt.threads, [&](int, uint64_t c) {
+    const uint8_t* p = symbols + c * s.chunk_symbols;
+    const uint32_t m = uint32_t(std::min<uint64_t>(s.chunk_symbols, n - c * s.chunk_symbols));
+    chunk_hash[c] = hash64(p, m);
+    if (version == 2) return windowed::encode_chunk(p, m, code, s.lanes, chunk_words[c]);
     if (opt.coder == Coder::Huffman) huffman::encode_chunk(p, m, code, chunk_words[c]);
     else rans::encode_chunk(p, m, model, chunk_words[c]);
-    chunk_hash[c] = hash64(p, m);
     return Status::Ok;
   });
-
-  uint64_t payload_words = 0;
-  for (const auto& w : chunk_words) payload_words += w.size();
-  if (payload_words > UINT32_MAX) return Status::TooLarge;  // index entries are u32 word offsets
-
-  StreamInfo s{};
-  s.ndim = ndim;
-  s.n_chunks = n_chunks;
-  s.table_offset = header_bytes(ndim);
-  s.index_offset = s.table_offset + padded4(table.size());
-  s.payload_offset = s.index_offset + 4 * n_chunks;
-  s.total_bytes = s.payload_offset + 4 * payload_words;
-
-  std::vector<uint8_t>& out = *blob;
-  out.assign(s.total_bytes, 0);
-  uint8_t* h = out.data();
-  std::memcpy(h, kMagic, 4);
-  put_le(h + 4, kFormatVersion, 2);
-  h[6] = uint8_t(opt.coder);
-  h[7] = uint8_t(ndim);
-  put_le(h + 8, n, 8);
-  put_le(h + 16, chunk, 4);
-  put_le(h + 20, table.size(), 4);
-  put_le(h + 24, payload_words, 8);
-  put_le(h + 32, combine_chunk_hashes(chunk_hash), 8);
-  for (int d = 0; d < ndim; ++d) put_le(h + kFixedHeaderBytes + 8 * d, shape[d], 8);
-  std::memcpy(h + s.table_offset, table.data(), table.size());
-  uint64_t offset = 0;
-  uint8_t* payload = h + s.payload_offset;
-  for (uint64_t c = 0; c < n_chunks; ++c) {
-    put_le(h + s.index_offset + 4 * c, offset, 4);
-    std::memcpy(payload + 4 * offset, chunk_words[c].data(), 4 * chunk_words[c].size());
-    offset += chunk_words[c].size();
-  }
-  put_le(h + kFixedHeaderBytes + 8 * ndim, meta_hash(h, s), 8);
+  if (st != Status::Ok) return st;
+  s.payload_words = payload_words_of(chunk_words);
+  if (s.payload_words > UINT32_MAX) return Status::TooLarge;  // index offsets are u32 words
+  assemble(s, table, chunk_words, shape, n, combine_chunk_hashes(chunk_hash), *blob);
   return Status::Ok;
 }
 
@@ -199,27 +256,37 @@ Status decode(const uint8_t* blob_in, size_t len, uint8_t* out, uint64_t out_len
   std::vector<uint64_t> chunk_hash(s.n_chunks);
   st = for_each_chunk(s.n_chunks, threads, [&](int, uint64_t c) {
     uint8_t* o = out + c * s.chunk_symbols;
-    const Status cs = tables.decode_chunk(blob, s, c, o);
-    const uint32_t n = uint32_t(std::min<uint64_t>(s.chunk_symbols, s.n_symbols - c * s.chunk_symbols));
-    chunk_hash[c] = hash64(o, n);
+    const Status cs = tables.decode_chunk(blob, c, o);
+    chunk_hash[c] = hash64(o, tables.chunk_length(c));
     return cs;
   });
   if (st != Status::Ok) return st;
   return combine_chunk_hashes(chunk_hash) == s.symbols_hash ? Status::Ok : Status::ChecksumMismatch;
 }
 
-static_assert(huffman::kTableSize == kDecodeTableEntries && rans::kProbScale == kDecodeTableEntries,
-              "the GPU path uploads one 4096-entry table for either coder");
+static_assert(huffman::kTableSize == kDecodeTableEntries && rans::kProbScale == kDecodeTableEntries &&
+                  windowed::kTableSize == kDecodeTableEntries,
+              "the GPU path uploads one 4096-entry table for any coder");
+static_assert(windowed::kMaxChunkSymbols == kMaxChunkSymbolsV2 && windowed::kSuperChunks == kSuperChunksV2,
+              "format.h and windowed.h agree on the v2 index");
 
-Status build_decode_table(const uint8_t* blob_in, size_t len, uint32_t table[kDecodeTableEntries]) {
+Status build_decode_table(const uint8_t* blob_in, size_t len, uint32_t table[kDecodeTableEntries],
+                          uint8_t lengths[256]) {
   const AlignedBlob aligned(blob_in, len);
   StreamInfo s;
   Status st = parse_header(aligned.data, len, &s);
   if (st != Status::Ok) return st;
   DecodeTables tables;
   if ((st = tables.build(aligned.data, s)) != Status::Ok) return st;
-  std::memcpy(table, s.coder == Coder::Huffman ? tables.huffman.get() : tables.rans.get(),
-              kDecodeTableEntries * sizeof(uint32_t));
+  const uint32_t* src = tables.multi ? tables.multi->entry : tables.huffman ? tables.huffman.get() : tables.rans.get();
+  std::memcpy(table, src, kDecodeTableEntries * sizeof(uint32_t));
+  if (lengths) {
+    std::memset(lengths, 0, 256);
+    huffman::Code code;
+    if (s.coder == Coder::Huffman && huffman::read_table(aligned.data + s.table_offset, s.table_bytes, code) == Status::Ok &&
+        !code.constant)
+      std::memcpy(lengths, code.length, 256);
+  }
   return Status::Ok;
 }
 
@@ -244,8 +311,8 @@ Status histogram(const uint8_t* blob_in, size_t len, uint64_t counts[256], int t
   std::vector<std::array<uint64_t, 256>> per_chunk(s.n_chunks);
   st = for_each_chunk(s.n_chunks, t, [&](int worker, uint64_t c) {
     uint8_t* o = scratch[worker].data();
-    const uint32_t n = uint32_t(std::min<uint64_t>(s.chunk_symbols, s.n_symbols - c * s.chunk_symbols));
-    const Status cs = tables.decode_chunk(blob, s, c, o);
+    const uint32_t n = tables.chunk_length(c);
+    const Status cs = tables.decode_chunk(blob, c, o);
     chunk_hash[c] = hash64(o, n);
     count_symbols(o, n, per_chunk[c].data());
     return cs;

@@ -20,17 +20,20 @@
 
 namespace pycodec {
 
-// Defaults keep per-chunk overhead under about 1% of the coded size at 3-4 bits per
-// symbol (docs/FORMAT.md has the arithmetic): rANS pays 32 x 32-bit lane states and an
-// index entry per 65536 symbols (~0.45%); Huffman pays an index entry and the zero
-// padding of 32 lane tails per 32768 symbols (~0.8%, counted as payload by inspect()).
+// Version-1 defaults keep per-chunk overhead under about 1% of the coded size at 3-4 bits
+// per symbol (docs/FORMAT.md has the arithmetic): rANS pays 32 x 32-bit lane states and an
+// index entry per 65536 symbols (~0.45%); v1 Huffman pays an index entry and the zero
+// padding of 32 lane tails per 32768 symbols (~0.8%). Version 2 (windowed Huffman) picks
+// its chunk and lane count per tensor (windowed::choose_layout).
 constexpr uint32_t kDefaultHuffmanChunk = 1u << 15;
 constexpr uint32_t kDefaultRansChunk = 1u << 16;
 
 struct EncodeOptions {
-  Coder coder = Coder::Rans;
-  uint32_t chunk_symbols = 0;  // 0 = coder default
-  int threads = 0;             // 0 = hardware concurrency
+  Coder coder = Coder::Huffman;
+  uint32_t chunk_symbols = 0;   // 0 = choose (v2: layout policy; v1: the coder default)
+  uint32_t lanes = 0;           // v2 only: bit windows per chunk, 1..32; 0 = choose
+  int threads = 0;              // 0 = hardware concurrency
+  uint16_t format_version = 0;  // 0 = the newest the coder has: Huffman 2, rANS 1
 };
 
 Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
@@ -38,13 +41,18 @@ Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const Enc
 
 Status decode(const uint8_t* blob, size_t len, uint8_t* out, uint64_t out_len, int threads = 0);
 
-// Bits of a stream that are not coded symbols: header, table, chunk index, rANS lane states.
+// Bits of a stream outside its payload (header, table, chunk index) plus rANS lane states.
+// Padding inside a Huffman payload is not counted here: inspect() measures it exactly as
+// payload bits minus the sum of code lengths.
 uint64_t side_bits(const uint8_t* blob, const StreamInfo& info);
 
-// Both coders decode through a 4096-entry uint32 table (huffman.h / rans.h); this builds
-// it for a validated stream so a GPU can receive it ready-made.
+// Every decoder goes through a 4096-entry uint32 table; this builds it for a validated
+// stream so a GPU can receive it ready-made: v1 Huffman and rANS their per-symbol tables
+// (huffman.h / rans.h), v2 the multi-symbol table (windowed.h). `lengths` (256 bytes, may
+// be null) receives the Huffman code lengths (zeros for rANS).
 constexpr uint32_t kDecodeTableEntries = 4096;
-Status build_decode_table(const uint8_t* blob, size_t len, uint32_t table[kDecodeTableEntries]);
+Status build_decode_table(const uint8_t* blob, size_t len, uint32_t table[kDecodeTableEntries],
+                          uint8_t lengths[256] = nullptr);
 
 // Symbol histogram of a (validated) stream without materialising the symbols at once.
 Status histogram(const uint8_t* blob, size_t len, uint64_t counts[256], int threads = 0);

@@ -11,8 +11,17 @@
 #include "../codec/hash.h"
 #include "../codec/huffman.h"
 #include "../codec/rans.h"
+#include "../codec/windowed.h"
 
 using namespace pycodec;
+
+// Every stream kind the core writes: v2 windowed Huffman (the default), v1 rANS, v1 Huffman.
+struct Kind {
+  Coder coder;
+  uint16_t version;
+  const char* name;
+};
+static const Kind kKinds[] = {{Coder::Huffman, 2, "huffman v2"}, {Coder::Rans, 1, "rans"}, {Coder::Huffman, 1, "huffman v1"}};
 
 static int g_failures = 0;
 static int g_checks = 0;
@@ -42,14 +51,19 @@ static double entropy_bits(const std::vector<uint8_t>& v) {
   return h;
 }
 
-static void roundtrip(const std::vector<uint8_t>& v, Coder coder, uint32_t chunk, const char* what) {
+static void roundtrip(const std::vector<uint8_t>& v, const Kind& kind, uint32_t chunk, const char* what,
+                      uint32_t lanes = 0) {
   std::vector<uint8_t> blob;
   const uint64_t shape[1] = {v.size()};
   EncodeOptions opt;
-  opt.coder = coder;
+  opt.coder = kind.coder;
+  opt.format_version = kind.version;
   opt.chunk_symbols = chunk;
+  opt.lanes = lanes;
   opt.threads = 2;
-  CHECK(encode(v.data(), shape, 1, opt, &blob) == Status::Ok);
+  const Status enc = encode(v.data(), shape, 1, opt, &blob);
+  if (enc != Status::Ok) std::fprintf(stderr, "roundtrip %s (%s): encode: %s\n", what, kind.name, status_message(enc));
+  CHECK(enc == Status::Ok);
   std::vector<uint8_t> out(v.size() + 1, 0xAB);  // canary after the output
   const Status st = decode(blob.data(), blob.size(), out.data(), v.size(), 1);
   if (st != Status::Ok) std::fprintf(stderr, "roundtrip %s: %s\n", what, status_message(st));
@@ -101,58 +115,153 @@ static void test_rans_normalize() {
 }
 
 static void test_roundtrips() {
-  for (Coder coder : {Coder::Huffman, Coder::Rans}) {
-    roundtrip({}, coder, 0, "empty");
-    roundtrip({42}, coder, 0, "one symbol");
-    roundtrip(std::vector<uint8_t>(100000, 7), coder, 0, "constant");
+  for (const Kind& kind : kKinds) {
+    roundtrip({}, kind, 0, "empty");
+    roundtrip({42}, kind, 0, "one symbol");
+    roundtrip(std::vector<uint8_t>(100000, 7), kind, 0, "constant");
     std::vector<uint8_t> all(256 * 37);
     for (size_t i = 0; i < all.size(); ++i) all[i] = uint8_t(i * 131);
-    roundtrip(all, coder, 0, "all 256 values");
-    for (uint32_t chunk : {32u, 64u, 96u, 4096u, 1u << 20})
-      for (size_t n : {1u, 31u, 33u, 95u, 1000u, 70001u}) roundtrip(gaussian_symbols(n, 3.0, uint32_t(n)), coder, chunk, "gauss");
+    roundtrip(all, kind, 0, "all 256 values");
+    const uint32_t big = kind.version == 2 ? windowed::kMaxChunkSymbols : kMaxChunkSymbols;
+    for (uint32_t chunk : {32u, 64u, 96u, 4096u, big})
+      for (size_t n : {1u, 31u, 33u, 95u, 1000u, 70001u}) roundtrip(gaussian_symbols(n, 3.0, uint32_t(n)), kind, chunk, "gauss");
     std::vector<uint8_t> skew(200000, 0);
     std::mt19937 rng(1);
     for (auto& x : skew) x = (rng() % 1000 == 0) ? uint8_t(rng() % 256) : 0;
-    roundtrip(skew, coder, 0, "skewed");
+    roundtrip(skew, kind, 0, "skewed");
     std::vector<uint8_t> uni(100000);
     for (auto& x : uni) x = uint8_t(rng());
-    roundtrip(uni, coder, 0, "uniform");
+    roundtrip(uni, kind, 0, "uniform");
   }
+  // v2: every lane count, odd chunk sizes, chunks shorter than a lane's window.
+  const Kind& v2 = kKinds[0];
+  for (uint32_t lanes = 1; lanes <= 32; ++lanes)
+    for (uint32_t chunk : {1u, 7u, 100u, 577u, 5000u})
+      roundtrip(gaussian_symbols(chunk * 3 + 1, 1.5 + lanes % 7, lanes * chunk), v2, chunk, "lanes", lanes);
 }
 
 static void test_efficiency() {
   const auto v = gaussian_symbols(1 << 20, 4.0, 7);
   const double h = entropy_bits(v) / 8.0;  // bytes
-  for (Coder coder : {Coder::Huffman, Coder::Rans}) {
+  for (const Kind& kind : kKinds) {
     std::vector<uint8_t> blob;
     const uint64_t shape[1] = {v.size()};
     EncodeOptions opt;
-    opt.coder = coder;
+    opt.coder = kind.coder;
+    opt.format_version = kind.version;
     CHECK(encode(v.data(), shape, 1, opt, &blob) == Status::Ok);
     const double ratio = blob.size() / h;
-    std::printf("efficiency %s: %.4f x entropy\n", coder == Coder::Huffman ? "huffman" : "rans", ratio);
-    CHECK(ratio < (coder == Coder::Huffman ? 1.04 : 1.01));
+    std::printf("efficiency %s: %.4f x entropy\n", kind.name, ratio);
+    CHECK(ratio < (kind.coder == Coder::Huffman ? 1.04 : 1.01));
+  }
+}
+
+// The multi-symbol table decodes exactly what single-code decoding gives, and never trusts
+// bits past the 12 it was indexed with.
+static void test_multi_table_matches_single_codes() {
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 20; ++trial) {
+    uint64_t counts[256] = {0};
+    const int k = 2 + int(rng() % 200);
+    for (int i = 0; i < k; ++i) counts[rng() % 256] += 1 + (rng() % (1u << (rng() % 20)));
+    huffman::Code code;
+    CHECK(huffman::build_code(counts, code) == Status::Ok);
+    if (code.constant) continue;
+    windowed::MultiTable t;
+    windowed::build_multi_table(code, t);
+    for (uint32_t v = 0; v < windowed::kTableSize; ++v) {
+      const uint32_t e = t.entry[v];
+      uint32_t pos = 0, n = windowed::entry_count(e);
+      CHECK(n >= 1 && n <= 3 && windowed::entry_bits(e) <= 12);
+      for (uint32_t i = 0; i < n; ++i) {
+        const int sym = int(windowed::entry_symbol(e, int(i)));
+        const uint32_t len = code.length[sym];
+        CHECK(len >= 1 && pos + len <= 12);
+        CHECK(((v << pos) & 0xFFF) >> (12 - len) == code.code[sym]);
+        pos += len;
+      }
+      CHECK(pos == windowed::entry_bits(e));
+      for (uint32_t i = n; i < 3; ++i) CHECK(windowed::entry_symbol(e, int(i)) == 0);
+      if (n < 3) {  // the next code did not fit: its length exceeds the bits left
+        const uint32_t rest = (v << pos) & 0xFFF;
+        bool fits = false;
+        for (int s = 0; s < 256; ++s)
+          if (code.length[s] && code.length[s] <= 12 - pos && rest >> (12 - code.length[s]) == code.code[s]) fits = true;
+        CHECK(!fits);
+      }
+    }
+  }
+}
+
+// The per-lane primitives a GPU warp runs (count pass, prefix sum, count decode) rebuild
+// exactly what decode_chunk gives: the CPU emulation of the kernels' bit schedule.
+static void test_lane_primitives_match_chunk_decoder() {
+  const auto v = gaussian_symbols(30000, 3.0, 17);
+  for (uint32_t lanes : {1u, 5u, 8u, 32u}) {
+    std::vector<uint8_t> blob;
+    const uint64_t shape[2] = {30, 1000};
+    EncodeOptions opt;
+    opt.lanes = lanes;
+    opt.chunk_symbols = 1000;
+    CHECK(encode(v.data(), shape, 2, opt, &blob) == Status::Ok);
+    StreamInfo s;
+    CHECK(parse_header(blob.data(), blob.size(), &s) == Status::Ok);
+    if (!(s.version == 2 && s.lanes == lanes && s.chunk_symbols == 1000)) {
+      CHECK(false);
+      continue;
+    }
+    huffman::Code code;
+    CHECK(huffman::read_table(blob.data() + s.table_offset, s.table_bytes, code) == Status::Ok);
+    windowed::MultiTable t;
+    windowed::build_multi_table(code, t);
+    const std::vector<uint64_t> off = chunk_offsets(blob.data(), s);
+    const uint32_t* payload = reinterpret_cast<const uint32_t*>(blob.data() + s.payload_offset);
+    std::vector<uint8_t> out(v.size(), 0);
+    for (uint64_t c = 0; c < s.n_chunks; ++c) {
+      const uint32_t* w = payload + off[c];
+      const uint32_t n_words = uint32_t(off[c + 1] - off[c]);
+      const uint64_t window = windowed::lane_window_bits(n_words, lanes);
+      uint32_t start[33] = {0};
+      for (uint32_t l = 0; l + 1 < lanes; ++l) {  // pass 1
+        windowed::LaneReader r;
+        r.init(w, n_words, l * window);
+        windowed::NullSink null;
+        uint32_t used;
+        const uint32_t count = windowed::decode_window(t.entry, t.length, r, uint32_t(window), null, &used);
+        start[l + 1] = windowed::next_lane_start(start[l], count, 1000);
+      }
+      start[lanes] = 1000;
+      for (uint32_t l = 0; l < lanes; ++l) {  // pass 2
+        windowed::LaneReader r;
+        r.init(w, n_words, l * window);
+        windowed::ByteSink sink{out.data() + c * 1000 + start[l], start[l + 1] - start[l]};
+        windowed::decode_count(t.entry, t.length, r, start[l + 1] - start[l], sink);
+        CHECK(!sink.overflow);
+      }
+    }
+    CHECK(out == v);
   }
 }
 
 static void test_corruption_never_crashes() {
   const auto v = gaussian_symbols(20000, 2.0, 3);
   std::mt19937 rng(5);
-  for (Coder coder : {Coder::Huffman, Coder::Rans}) {
+  for (const Kind& kind : kKinds) {
     std::vector<uint8_t> blob;
     const uint64_t shape[2] = {100, 200};
     EncodeOptions opt;
-    opt.coder = coder;
+    opt.coder = kind.coder;
+    opt.format_version = kind.version;
     opt.chunk_symbols = 1024;
     CHECK(encode(v.data(), shape, 2, opt, &blob) == Status::Ok);
     std::vector<uint8_t> out(v.size());
     int rejected = 0, mutated = 0;
     for (int trial = 0; trial < 3000; ++trial) {
       std::vector<uint8_t> bad = blob;
-      const int kind = trial % 3;
-      if (kind == 0) bad[rng() % bad.size()] ^= uint8_t(1u << (rng() % 8));
-      else if (kind == 1) bad.resize(rng() % bad.size());
-      else for (int k = 0; k < 8; ++k) bad[rng() % bad.size()] = uint8_t(rng());
+      const int k = trial % 3;
+      if (k == 0) bad[rng() % bad.size()] ^= uint8_t(1u << (rng() % 8));
+      else if (k == 1) bad.resize(rng() % bad.size());
+      else for (int j = 0; j < 8; ++j) bad[rng() % bad.size()] = uint8_t(rng());
       // A truncated blob must not be read past its end: give the decoder an exact-size copy.
       std::vector<uint8_t> exact(bad.begin(), bad.end());
       const Status st = decode(exact.data(), exact.size(), out.data(), out.size(), 1);
@@ -181,6 +290,8 @@ int main() {
   test_rans_normalize();
   test_roundtrips();
   test_efficiency();
+  test_multi_table_matches_single_codes();
+  test_lane_primitives_match_chunk_decoder();
   test_corruption_never_crashes();
   test_hash_sensitivity();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);

@@ -1,0 +1,438 @@
+// pycodec codec core: windowed-lane Huffman, the chunk layout of stream format version 2.
+//
+// Read me first
+// - Why this layout: a GPU is fast only with many short, independent decode chains, and
+//   a weight tensor must be cut into ~100k of them (4096 rows x 32 lanes for a 4096 x 4096
+//   layer). Any per-chain bookkeeping is then paid 100k times: v1's per-lane tail words
+//   cost ~31 bits per chain, rANS lane states 32. This layout pays < 12 bits of padding per
+//   lane and stores no per-lane offsets or counts at all.
+// - A chunk holds m consecutive symbols in W 32-bit words (a bit string, MSB-first per
+//   word, words in order). It is split between G lanes (1 <= G <= 32): lane window
+//   L = floor(32 W / G) bits, lane l owns bits [l L, (l + 1) L). The last 32 W - G L bits
+//   are zero.
+// - Lane l holds consecutive symbols: lane 0 the first n_0, lane 1 the next n_1, ..., as
+//   canonical Huffman codes (huffman.h) back to back. Lanes 0..G-2 hold every whole code
+//   that fits; their p < 12 leftover bits repeat the first p bits of the next lane's window,
+//   i.e. a proper prefix of the next code. Since the code is prefix-free no codeword can
+//   end inside such padding, so a decoder of lane l takes codes "while the next one ends
+//   inside the window" and learns n_l by decoding: counts cost no bits.
+// - The last lane holds the remaining n_{G-1} = m - (n_0 + ... + n_{G-2}) symbols. Whatever
+//   follows the chunk's last code is zero: the last lane's tail, and every later lane when
+//   the symbols run out early (a short chunk with many lanes). Such lanes may count phantom
+//   codes in their zeros; lane starts are running sums clamped to m, which gives them none.
+// - Positions: lane l's first symbol is chunk position n_0 + ... + n_{l-1}. A GPU warp counts
+//   every lane's codes (pass 1, cheap: no output), takes a warp prefix sum of the counts,
+//   then decodes again with positions known (pass 2) straight into its consumer (a GEMV
+//   accumulator, bytes). A CPU decodes the lanes in order and needs no count pass.
+// - Decoding is table driven: one 4096-entry table resolves up to kMaxPerEntry whole codes
+//   from the next 12 bits (MultiTable). Entry layout (32 bits):
+//       [31:28] bits consumed by the entry's codes   [27:24] codes in the entry (1..3)
+//       [23:16] third symbol  [15:8] second symbol  [7:0] first symbol   (absent = 0)
+//   Absent symbols read as 0, so a consumer that multiplies every slot by its weight
+//   (the fused GEMV) needs no branch on the count. lengths[s] gives one code's length for
+//   the last few codes of a lane, where a whole entry may not fit.
+// - A stream with a single distinct symbol ("constant" code, zero bits per symbol) has
+//   G = 1 and W = 0 in every chunk.
+// - Every function that a GPU kernel shares is PYCODEC_HD and reads words through
+//   LaneReader, which returns 0 past the chunk's last word, so corrupt input can never
+//   read outside its chunk nor loop without end (window decoding always consumes >= 1 bit
+//   per step; count decoding does exactly `count` steps).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "huffman.h"
+#include "status.h"
+
+#if defined(__CUDA_ARCH__)
+#define PYCODEC_LOAD_WORD(p) __ldg(p)
+#else
+#define PYCODEC_LOAD_WORD(p) (*(p))
+#endif
+
+namespace pycodec {
+namespace windowed {
+
+constexpr int kMaxLanes = kLanes;                      // 32: one CUDA warp
+constexpr int kPeekBits = huffman::kMaxCodeLength;     // 12: every code ends inside one peek
+constexpr uint32_t kTableSize = 1u << kPeekBits;       // 4096 entries x 4 B = 16 KiB
+constexpr int kMaxPerEntry = 3;                        // 3 symbol bytes + count + bits = 32 bits
+constexpr uint32_t kMaxChunkSymbols = 1u << 17;        // W < 2^16 words even at 12 bits/symbol
+constexpr uint32_t kChunkSizeBits = 16;                // per-chunk word count, stored as u16
+constexpr uint32_t kSuperChunks = 16;                  // one absolute u32 offset per 16 chunks
+
+static_assert(uint64_t(kMaxChunkSymbols) * kPeekBits / 32 < (1u << kChunkSizeBits),
+              "a chunk's word count must fit its u16 size field");
+static_assert(kPeekBits <= 16 && 3 * 8 + 4 + 4 == 32, "entry = 3 symbols + count + bits in 32 bits");
+static_assert(kSuperChunks == 16, "GPU offset recovery sums at most 15 sizes with 4 shuffle steps");
+
+PYCODEC_HD uint32_t entry_bits(uint32_t e) { return e >> 28; }
+PYCODEC_HD uint32_t entry_count(uint32_t e) { return (e >> 24) & 15u; }
+PYCODEC_HD uint32_t entry_symbol(uint32_t e, int i) { return (e >> (8 * i)) & 0xFFu; }
+PYCODEC_HD uint32_t make_entry(uint32_t bits, uint32_t count, uint32_t symbols) {
+  return (bits << 28) | (count << 24) | symbols;
+}
+
+// The decode tables of one stream, built on the host (and uploaded once for a GPU).
+struct MultiTable {
+  uint32_t entry[kTableSize];
+  uint8_t length[huffman::kAlphabet];  // code length by symbol (0 for absent symbols)
+  bool constant;
+};
+
+inline void build_multi_table(const huffman::Code& c, MultiTable& t) {
+  std::memset(t.length, 0, sizeof(t.length));
+  t.constant = c.constant;
+  if (c.constant) {
+    const uint32_t s = c.constant_symbol;
+    for (uint32_t v = 0; v < kTableSize; ++v) t.entry[v] = make_entry(0, kMaxPerEntry, s | (s << 8) | (s << 16));
+    return;
+  }
+  std::memcpy(t.length, c.length, sizeof(t.length));
+  // single[v]: the first code inside a 12-bit window (length << 8 | symbol).
+  std::vector<uint16_t> single(kTableSize);
+  for (int s = 0; s < huffman::kAlphabet; ++s) {
+    const uint32_t len = c.length[s];
+    if (!len) continue;
+    const uint32_t first = uint32_t(c.code[s]) << (kPeekBits - len);
+    for (uint32_t i = 0; i < (1u << (kPeekBits - len)); ++i) single[first + i] = uint16_t((len << 8) | s);
+  }
+  for (uint32_t v = 0; v < kTableSize; ++v) {
+    uint32_t window = v, used = 0, count = 0, symbols = 0;
+    // Greedy: each further code is taken only if it ends inside the 12 bits actually peeked
+    // (the zero bits shifted in below them are never trusted).
+    while (count < uint32_t(kMaxPerEntry)) {
+      const uint32_t first = single[window & (kTableSize - 1)];
+      const uint32_t len = first >> 8;
+      if (used + len > uint32_t(kPeekBits)) break;
+      symbols |= (first & 0xFFu) << (8 * count);
+      ++count;
+      used += len;
+      window <<= len;
+    }
+    t.entry[v] = make_entry(used, count, symbols);
+  }
+}
+
+// One lane's bits, read forward from any bit offset of a chunk. buf holds the next bits
+// left-aligned, avail >= 32 of them are valid after every step, and `pending` is the word
+// after those: loaded one refill ahead, so its memory latency hides behind the lookups
+// in between instead of stalling the refill.
+struct LaneReader {
+  const uint32_t* words;
+  uint32_t n_words;  // reads at or past n_words return 0
+  uint32_t next;     // word index of the load after `pending`
+  uint32_t pending;
+  int32_t avail;
+  uint64_t buf;
+
+  PYCODEC_HD uint32_t load(uint32_t i) const { return i < n_words ? PYCODEC_LOAD_WORD(words + i) : 0u; }
+
+  PYCODEC_HD void init(const uint32_t* w, uint32_t n, uint64_t bit) {
+    words = w;
+    n_words = n;
+    const uint32_t i = uint32_t(bit >> 5);
+    const int off = int(bit & 31u);
+    buf = ((uint64_t(load(i)) << 32) | load(i + 1)) << off;
+    avail = 64 - off;
+    pending = load(i + 2);
+    next = i + 3;
+  }
+  PYCODEC_HD uint32_t peek() const { return uint32_t(buf >> (64 - kPeekBits)); }
+  PYCODEC_HD void skip(uint32_t bits) {  // bits <= kPeekBits
+    buf <<= bits;
+    avail -= int32_t(bits);
+    if (avail < 32) {
+      buf |= uint64_t(pending) << (32 - avail);
+      avail += 32;
+      pending = load(next++);
+    }
+  }
+};
+
+// A single code as an entry, for the last codes of a lane where a whole entry may not fit.
+PYCODEC_HD uint32_t first_code_entry(uint32_t e, const uint8_t* length) {
+  const uint32_t s = entry_symbol(e, 0);
+  return make_entry(length[s], 1, s);
+}
+
+// Pass-1 / window decoding of a lane that is not the chunk's last: takes codes while the
+// next one ends inside `window` bits and hands each entry to sink.put(entry, index of its
+// first symbol). Returns the number of symbols; *used gets the bits they occupy.
+// The table must not be constant (windows hold no zero-bit codes).
+template <class Sink>
+PYCODEC_HD uint32_t decode_window(const uint32_t* table, const uint8_t* length, LaneReader& r, uint32_t window,
+                                  Sink& sink, uint32_t* used) {
+  uint32_t pos = 0, n = 0;
+  while (window - pos >= uint32_t(kPeekBits)) {  // all of an entry's codes end inside the window
+    const uint32_t e = table[r.peek()];
+    sink.put(e, n);
+    n += entry_count(e);
+    pos += entry_bits(e);
+    r.skip(entry_bits(e));
+  }
+  for (;;) {
+    uint32_t e = table[r.peek()];
+    if (pos + entry_bits(e) > window) {
+      e = first_code_entry(e, length);
+      if (pos + entry_bits(e) > window) break;  // the padding: a code that cannot end here
+    }
+    sink.put(e, n);
+    n += entry_count(e);
+    pos += entry_bits(e);
+    r.skip(entry_bits(e));
+  }
+  *used = pos;
+  return n;
+}
+
+// Count decoding (pass 2, and the last lane): exactly `count` symbols. Returns the bits read.
+template <class Sink>
+PYCODEC_HD uint64_t decode_count(const uint32_t* table, const uint8_t* length, LaneReader& r, uint32_t count,
+                                 Sink& sink) {
+  uint32_t done = 0;
+  uint64_t bits = 0;
+  while (count - done >= uint32_t(kMaxPerEntry)) {
+    const uint32_t e = table[r.peek()];
+    sink.put(e, done);
+    done += entry_count(e);
+    bits += entry_bits(e);
+    r.skip(entry_bits(e));
+  }
+  while (done < count) {
+    uint32_t e = table[r.peek()];
+    if (entry_count(e) > count - done) e = first_code_entry(e, length);
+    sink.put(e, done);
+    done += entry_count(e);
+    bits += entry_bits(e);
+    r.skip(entry_bits(e));
+  }
+  return bits;
+}
+
+struct NullSink {
+  PYCODEC_HD void put(uint32_t, uint32_t) {}
+};
+
+// ---------------------------------------------------------------------------- chunk layout
+
+PYCODEC_HD uint64_t lane_window_bits(uint32_t n_words, uint32_t lanes) { return (uint64_t(n_words) * 32u) / lanes; }
+
+// The top k (<= 32) bits at bit offset `bit` of a chunk, zeros past its end.
+inline uint32_t chunk_bits(const uint32_t* w, uint32_t n_words, uint64_t bit, int k) {
+  if (k == 0) return 0;
+  const uint64_t i = bit >> 5;
+  const uint64_t hi = i < n_words ? w[i] : 0, lo = i + 1 < n_words ? w[i + 1] : 0;
+  return uint32_t((((hi << 32) | lo) << (bit & 31u)) >> (64 - k));
+}
+
+struct BitWriter {
+  std::vector<uint32_t>& out;
+  uint64_t acc = 0;
+  int pending = 0;  // bits in acc not yet written (< 32)
+  explicit BitWriter(std::vector<uint32_t>& o) : out(o) {}
+  void put(uint32_t value, int bits) {  // bits <= 32, value < 2^bits
+    if (bits == 0) return;
+    acc = (acc << bits) | value;
+    pending += bits;
+    if (pending >= 32) {
+      pending -= 32;
+      out.push_back(uint32_t(acc >> pending));
+    }
+  }
+  void zeros(uint64_t bits) {
+    for (; bits >= 32; bits -= 32) put(0, 32);
+    put(0, int(bits));
+  }
+};
+
+// Encodes one chunk of m >= 1 symbols with G lanes and appends its words to `out`: the
+// smallest W for which greedy filling leaves the last lane no more than a window.
+inline Status encode_chunk(const uint8_t* sym, uint32_t m, const huffman::Code& c, uint32_t lanes,
+                           std::vector<uint32_t>& out) {
+  if (c.constant) return lanes == 1 ? Status::Ok : Status::BadArgument;  // zero words
+  std::vector<uint64_t> prefix(size_t(m) + 1, 0);
+  for (uint32_t i = 0; i < m; ++i) prefix[i + 1] = prefix[i] + c.length[sym[i]];
+  const uint64_t total = prefix[m];
+  std::vector<uint32_t> end(lanes);  // one past lane l's last symbol
+  uint64_t words = std::max<uint64_t>(1, (total + 31) / 32);
+  for (;; ++words) {  // a few steps at most
+    const uint64_t window = lane_window_bits(uint32_t(words), lanes);
+    uint32_t i = 0;
+    for (uint32_t l = 0; l + 1 < lanes; ++l) {
+      i = uint32_t(std::upper_bound(prefix.begin() + i, prefix.end(), prefix[i] + window) - prefix.begin() - 1);
+      end[l] = i;
+    }
+    end[lanes - 1] = m;
+    if (total - prefix[i] <= window) break;
+  }
+  const size_t start = out.size();
+  const uint64_t window = lane_window_bits(uint32_t(words), lanes);
+  BitWriter bw(out);
+  uint32_t i = 0;
+  for (uint32_t l = 0; l < lanes; ++l) {
+    for (; i < end[l]; ++i) bw.put(c.code[sym[i]], c.length[sym[i]]);
+    const uint64_t pad = window - (prefix[i] - prefix[l ? end[l - 1] : 0]);
+    if (i < m && l + 1 < lanes) {  // the next code's first `pad` bits (pad < its length)
+      const uint32_t len = c.length[sym[i]];
+      bw.put(uint32_t(c.code[sym[i]]) >> (len - pad), int(pad));
+    } else {  // every symbol placed: the rest of the chunk is zero
+      bw.zeros(pad);
+    }
+  }
+  bw.zeros(32 * words - uint64_t(lanes) * window);
+  return out.size() - start == words ? Status::Ok : Status::BadArgument;
+}
+
+// Symbols of the chunk into out[0, m): writes only there; validates everything.
+struct ByteSink {
+  uint8_t* out;
+  uint32_t limit;  // symbols the lane may write
+  bool overflow = false;
+  PYCODEC_HD void put(uint32_t e, uint32_t at) {
+    const uint32_t n = entry_count(e);
+    if (at + n > limit) {
+      overflow = true;
+      return;
+    }
+    for (uint32_t k = 0; k < n; ++k) out[at + k] = uint8_t(entry_symbol(e, int(k)));
+  }
+};
+
+// Lane l's first symbol, given the window counts of the lanes before it: the running sum,
+// clamped to the chunk (lanes after the one holding the chunk's last symbol are zeros and
+// may count phantom codes there; the clamp gives them none).
+PYCODEC_HD uint32_t next_lane_start(uint32_t start, uint32_t count, uint32_t m) {
+  return count < m - start ? start + count : m;
+}
+
+// Decodes one chunk of m >= 1 symbols from exactly n_words words; checks every padding rule
+// (docs/FORMAT.md §9), so a chunk decodes only if it is exactly what an encoder writes.
+inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t n_words, uint32_t lanes,
+                           uint8_t* out, uint32_t m) {
+  if (t.constant) {
+    if (n_words != 0 || lanes != 1) return Status::CorruptPayload;
+    std::memset(out, int(entry_symbol(t.entry[0], 0)), m);
+    return Status::Ok;
+  }
+  if (n_words == 0 || lanes == 0 || lanes > uint32_t(kMaxLanes)) return Status::CorruptPayload;
+  const uint64_t window = lane_window_bits(n_words, lanes);
+  uint32_t start = 0;
+  uint64_t zero_from = 32ull * n_words;  // bits from here to the chunk's end must be zero
+  LaneReader r;
+  for (uint32_t l = 0; l + 1 < lanes && start < m; ++l) {
+    const uint64_t base = l * window;
+    r.init(words, n_words, base);
+    ByteSink sink{out + start, m - start};
+    uint32_t used = 0;
+    const uint32_t n = decode_window(t.entry, t.length, r, uint32_t(window), sink, &used);
+    if (n >= m - start) {  // this lane holds the chunk's last symbol: zeros follow it
+      ByteSink exact{out + start, m - start};
+      r.init(words, n_words, base);
+      zero_from = base + decode_count(t.entry, t.length, r, m - start, exact);
+      start = m;
+      break;
+    }
+    const int pad = int(window - used);  // < 12: decoding stopped at a code longer than it
+    if (chunk_bits(words, n_words, base + used, pad) != chunk_bits(words, n_words, base + window, pad))
+      return Status::CorruptPayload;
+    start += n;
+  }
+  if (start < m) {  // the last lane: exactly the remaining symbols, inside its window
+    const uint64_t base = uint64_t(lanes - 1) * window;
+    r.init(words, n_words, base);
+    ByteSink sink{out + start, m - start};
+    const uint64_t used = decode_count(t.entry, t.length, r, m - start, sink);
+    if (used > window) return Status::CorruptPayload;
+    zero_from = base + used;
+  }
+  for (uint64_t b = zero_from; b < 32ull * n_words; b += 32)
+    if (chunk_bits(words, n_words, b, int(std::min<uint64_t>(32, 32ull * n_words - b)))) return Status::CorruptPayload;
+  return Status::Ok;
+}
+
+// ---------------------------------------------------------------------------- layout policy
+
+// How an encoder cuts a tensor when the caller leaves it open. Not part of the format.
+// Goals, in order: (1) side information (index, lane padding, chunk slack) at most
+// kSideTarget of the coded bits; (2) at least kMinChunks independent chunks, so every SM
+// of a GPU gets work even for a 576 x 576 layer; (3) the shortest decode chain per warp,
+// modelled as waves of kWarpsPerWave chunks, each as long as its lanes' symbol counts.
+// Chunks hold whole rows (the last dimension) so a fused GEMV never splits a row.
+struct Layout {
+  uint32_t chunk_symbols;
+  uint32_t lanes;
+  double side_fraction;  // the model's estimate
+};
+
+constexpr double kSideTarget = 0.012;   // the budget is 1.5%: keep a margin for the estimate
+constexpr uint64_t kMinChunks = 264;    // 2 per SM of a 132-SM H100
+constexpr uint64_t kWarpsPerWave = 132 * 32;  // 32 resident warps per SM
+constexpr uint32_t kMinLaneBits = 64;   // shorter windows leave lanes empty and waste lookups
+
+// Side bits of one chunk: u16 size, 1/16 of a u32 super offset, ~16 bits of word slack,
+// and per lane the expected padding (the mean residual of a code sequence cut at a
+// fixed bit position, E[len^2] / (2 E[len]) - 1/2).
+inline double chunk_side_bits(uint32_t lanes, double pad) { return 16.0 + 2.0 + 16.0 + (lanes - 1) * pad; }
+
+inline Layout choose_layout(const uint64_t* shape, int ndim, uint64_t n, const uint64_t counts[256],
+                            const uint8_t length[256], uint32_t fixed_chunk, uint32_t fixed_lanes) {
+  double bits = 0, bits2 = 0;
+  for (int s = 0; s < 256; ++s) bits += double(counts[s]) * length[s], bits2 += double(counts[s]) * length[s] * length[s];
+  if (n == 0 || bits == 0)  // empty or constant: one lane, any chunk
+    return {fixed_chunk ? fixed_chunk : uint32_t(std::min<uint64_t>(std::max<uint64_t>(n, 1), kMaxChunkSymbols)), 1, 0.0};
+  const double mean = bits / double(n), pad = std::max(0.0, bits2 / (2 * bits) - 0.5);
+  std::vector<uint32_t> chunks;
+  if (fixed_chunk) {
+    chunks.push_back(fixed_chunk);
+  } else {
+    const uint64_t row = ndim >= 2 ? shape[ndim - 1] : 0;
+    if (row >= 1 && row <= kMaxChunkSymbols) {
+      for (uint64_t r = 1; r * row <= kMaxChunkSymbols; ++r) {
+        chunks.push_back(uint32_t(r * row));
+        if (r * row >= n) break;
+      }
+    } else {
+      for (uint64_t c = 1024; c <= kMaxChunkSymbols; c *= 2) {
+        chunks.push_back(uint32_t(c));
+        if (c >= n) break;
+      }
+    }
+  }
+  struct Candidate {
+    Layout layout;
+    uint64_t n_chunks, latency;
+  };
+  std::vector<Candidate> all;
+  for (uint32_t chunk : chunks) {
+    const uint64_t m = std::min<uint64_t>(chunk, n), n_chunks = (n + chunk - 1) / chunk;
+    for (uint32_t lanes = kMaxLanes; lanes >= 1; lanes /= 2) {
+      if (fixed_lanes && lanes != fixed_lanes) continue;
+      if (lanes > 1 && double(m) * mean / lanes < kMinLaneBits) continue;
+      const double side = chunk_side_bits(lanes, pad) / (double(m) * mean);
+      const uint64_t latency = ((n_chunks + kWarpsPerWave - 1) / kWarpsPerWave) * ((m + lanes - 1) / lanes);
+      all.push_back({{chunk, lanes, side}, n_chunks, latency});
+    }
+  }
+  if (all.empty()) return {chunks.back(), fixed_lanes ? fixed_lanes : 1, 1.0};
+  uint64_t most_chunks = 0;
+  for (const Candidate& c : all)
+    if (c.layout.side_fraction <= kSideTarget) most_chunks = std::max(most_chunks, c.n_chunks);
+  const Candidate* best = nullptr;
+  for (const Candidate& c : all) {
+    if (c.layout.side_fraction > kSideTarget || c.n_chunks < std::min(kMinChunks, most_chunks)) continue;
+    if (!best || c.latency < best->latency ||
+        (c.latency == best->latency && c.layout.side_fraction < best->layout.side_fraction))
+      best = &c;
+  }
+  if (!best)  // nothing meets the side budget: the cheapest layout
+    for (const Candidate& c : all)
+      if (!best || c.layout.side_fraction < best->layout.side_fraction) best = &c;
+  return best->layout;
+}
+
+}  // namespace windowed
+}  // namespace pycodec
