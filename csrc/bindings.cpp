@@ -3,13 +3,16 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "codec/codec.h"
+#include "codec/emulate.h"
 #include "codec/format.h"
 #include "codec/huffman.h"
 #include "codec/rans.h"
+#include "codec/split.h"
 #include "cuda/decode_cuda.h"
 
 namespace py = pybind11;
@@ -66,6 +69,8 @@ PYBIND11_MODULE(_C, m) {
 
   m.attr("FORMAT_VERSION") = kFormatVersion;
   m.attr("MAX_CHUNK_SYMBOLS_V2") = kMaxChunkSymbolsV2;
+  m.attr("GEMV_X_PAD_ROWS") = windowed::kXPadRows;
+  m.attr("GEMV_MAX_SLOTS") = windowed::kGemvMaxSlots;
   m.attr("LANES") = kLanes;
   m.attr("MAX_CHUNK_SYMBOLS") = kMaxChunkSymbols;
   m.attr("DEFAULT_CHUNK_SYMBOLS") = py::dict(py::arg("huffman") = kDefaultHuffmanChunk, py::arg("rans") = kDefaultRansChunk);
@@ -211,6 +216,139 @@ PYBIND11_MODULE(_C, m) {
       py::arg("zero_broadcast"), py::arg("group_size"), py::arg("n_rows"), py::arg("k"), py::arg("x_dev"),
       py::arg("batch"), py::arg("y_dev"), py::arg("stream"),
       "Fused decode + affine dequant + GEMV (y fp32 [batch, n_rows] = x bf16 [batch, k] @ W.T) on a CUDA stream.");
+
+  m.def(
+      "split_float",
+      [](py::buffer bits, int width) {
+        const py::buffer_info b = bits.request();
+        if ((width != 16 && width != 32) || b.itemsize != width / 8)
+          throw CodecException("split_float: expected a contiguous buffer of 16- or 32-bit float bit patterns");
+        const uint64_t n = uint64_t(b.size);
+        split::Plan plan;
+        std::vector<uint8_t> symbols(n);
+        std::vector<uint32_t> raw;
+        Status st;
+        {
+          py::gil_scoped_release release;
+          st = width == 16 ? split::make_plan(static_cast<const uint16_t*>(b.ptr), n, &plan)
+                           : split::make_plan(static_cast<const uint32_t*>(b.ptr), n, &plan);
+          if (st == Status::Ok) {
+            raw.resize(split::raw_words(n, width - plan.top));
+            if (width == 16) split::apply_plan(static_cast<const uint16_t*>(b.ptr), n, plan, symbols.data(), raw.data());
+            else split::apply_plan(static_cast<const uint32_t*>(b.ptr), n, plan, symbols.data(), raw.data());
+          }
+        }
+        check(st, "split_float");
+        return py::make_tuple(plan.top, std::vector<uint32_t>(plan.values, plan.values + plan.n_values),
+                              py::bytes(reinterpret_cast<const char*>(symbols.data()), symbols.size()),
+                              py::bytes(reinterpret_cast<const char*>(raw.data()), 4 * raw.size()));
+      },
+      py::arg("bits"), py::arg("width"),
+      "Split float bit patterns into (top, values, symbols, raw): symbol i numbers bits[i]'s top `top` bits "
+      "among the ascending distinct `values`; raw holds the low bits (split.h).");
+
+  m.def(
+      "merge_split",
+      [](py::buffer symbols, std::vector<uint32_t> values, int top, py::buffer raw, py::buffer out) {
+        const py::buffer_info s = contiguous_bytes(symbols, false, "symbols");
+        const py::buffer_info r = contiguous_bytes(raw, false, "raw");
+        const py::buffer_info o = out.request(true);
+        if ((o.itemsize != 2 && o.itemsize != 4) || o.size != s.size)
+          throw CodecException("merge_split: out must hold one 16- or 32-bit value per symbol");
+        if (r.size % 4) throw CodecException("merge_split: raw must be whole 32-bit words");
+        std::vector<uint32_t> words(size_t(r.size) / 4);
+        if (!words.empty()) std::memcpy(words.data(), r.ptr, size_t(r.size));
+        Status st;
+        {
+          py::gil_scoped_release release;
+          const auto* sym = static_cast<const uint8_t*>(s.ptr);
+          st = o.itemsize == 2
+                   ? split::merge(sym, uint64_t(s.size), values.data(), uint32_t(values.size()), top, words.data(),
+                                  words.size(), static_cast<uint16_t*>(o.ptr))
+                   : split::merge(sym, uint64_t(s.size), values.data(), uint32_t(values.size()), top, words.data(),
+                                  words.size(), static_cast<uint32_t*>(o.ptr));
+        }
+        if (st != Status::Ok)
+          throw CodecException("merge_split: the values table, symbols or raw bits are inconsistent (corrupt weight)");
+      },
+      py::arg("symbols"), py::arg("values"), py::arg("top"), py::arg("raw"), py::arg("out"),
+      "Inverse of split_float: out[i] = values[symbols[i]] << (width - top) | raw field i.");
+
+  // ---- CPU emulation of the windowed GEMV kernels (tests, and the reference for GPU runs)
+  m.def(
+      "emulate_gemv_affine",
+      [](py::buffer blob, py::buffer scale, py::buffer zero, bool zero_broadcast, uint32_t group_size, uint32_t n_rows,
+         uint32_t k, py::buffer x_t, py::buffer prefix, uint32_t batch, py::buffer y) {
+        const py::buffer_info b = contiguous_bytes(blob, false, "blob");
+        const py::buffer_info s = scale.request(), z = zero.request(), x = x_t.request(), p = prefix.request();
+        const py::buffer_info o = y.request(true);
+        if (group_size == 0) throw CodecException("emulate_gemv_affine: group_size must be positive");
+        const uint32_t groups = (k + group_size - 1) / group_size;
+        if (s.itemsize != 2 || s.size != py::ssize_t(n_rows) * groups || z.itemsize != 2 ||
+            z.size != (zero_broadcast ? 1 : s.size) || x.itemsize != 4 ||
+            x.size != py::ssize_t(k + windowed::kXPadRows) * batch || p.itemsize != 4 ||
+            p.size != py::ssize_t(k + 1) * batch || o.itemsize != 4 || o.size != py::ssize_t(batch) * n_rows)
+          throw CodecException("emulate_gemv_affine: argument sizes do not match the weight and batch");
+        windowed::AffineArgs a;
+        a.x = static_cast<const float*>(x.ptr);
+        a.prefix = static_cast<const float*>(p.ptr);
+        a.scale = static_cast<const uint16_t*>(s.ptr);
+        a.zero = static_cast<const uint16_t*>(z.ptr);
+        a.n_rows = n_rows;
+        a.k = k;
+        a.group_size = group_size;
+        a.n_groups = groups;
+        a.zero_broadcast = zero_broadcast;
+        a.y = static_cast<float*>(o.ptr);
+        check(emulate_gemv_affine(static_cast<const uint8_t*>(b.ptr), size_t(b.size), a, batch), "emulate_gemv_affine");
+      },
+      py::arg("blob"), py::arg("scale"), py::arg("zero"), py::arg("zero_broadcast"), py::arg("group_size"),
+      py::arg("n_rows"), py::arg("k"), py::arg("x_t"), py::arg("prefix"), py::arg("batch"), py::arg("y"),
+      "The fused affine GEMV kernel, emulated on the CPU lane by lane (bit-exact with the GPU).");
+
+  m.def(
+      "emulate_gemv_split",
+      [](py::buffer blob, std::vector<uint32_t> values, int top, py::buffer raw, uint32_t n_rows, uint32_t k,
+         py::buffer x_t, uint32_t batch, py::buffer y) {
+        const py::buffer_info b = contiguous_bytes(blob, false, "blob");
+        const py::buffer_info r = contiguous_bytes(raw, false, "raw");
+        const py::buffer_info x = x_t.request();
+        const py::buffer_info o = y.request(true);
+        if (top < 8 || top > 16 || r.size % 4 || x.itemsize != 4 ||
+            x.size != py::ssize_t(k + windowed::kXPadRows) * batch || o.itemsize != 4 ||
+            o.size != py::ssize_t(batch) * n_rows)
+          throw CodecException("emulate_gemv_split: argument sizes do not match the weight and batch");
+        std::vector<uint32_t> words(size_t(r.size) / 4);
+        if (!words.empty()) std::memcpy(words.data(), r.ptr, size_t(r.size));
+        windowed::SplitArgs a;
+        a.x = static_cast<const float*>(x.ptr);
+        a.raw = words.data();
+        a.raw_words = words.size();
+        a.n_rows = n_rows;
+        a.k = k;
+        a.low = uint32_t(16 - top);
+        a.y = static_cast<float*>(o.ptr);
+        check(emulate_gemv_split(static_cast<const uint8_t*>(b.ptr), size_t(b.size), values.data(),
+                                 uint32_t(values.size()), a, batch),
+              "emulate_gemv_split");
+      },
+      py::arg("blob"), py::arg("values"), py::arg("top"), py::arg("raw"), py::arg("n_rows"), py::arg("k"),
+      py::arg("x_t"), py::arg("batch"), py::arg("y"),
+      "The fused lossless (split bf16) GEMV kernel, emulated on the CPU lane by lane.");
+
+  m.def(
+      "value_table",
+      [](py::buffer blob, std::vector<uint32_t> values, int top) {
+        const py::buffer_info b = contiguous_bytes(blob, false, "blob");
+        std::vector<uint32_t> table(kDecodeTableEntries + 64);
+        check(build_decode_table(static_cast<const uint8_t*>(b.ptr), size_t(b.size), table.data()), "value_table");
+        std::vector<uint64_t> out(kDecodeTableEntries);
+        check(build_value_table(table.data(), values.data(), uint32_t(values.size()), uint32_t(16 - top), out.data()),
+              "value_table");
+        return py::bytes(reinterpret_cast<const char*>(out.data()), out.size() * sizeof(uint64_t));
+      },
+      py::arg("blob"), py::arg("values"), py::arg("top"),
+      "The 4096 64-bit value entries (windowed.h) of a v2 stream of split-float symbols, for GPU upload.");
 
   m.def("cuda_compiled", [] { return cuda::compiled(); }, "True when this build contains the CUDA kernels.");
   m.def("cuda_device_count", [] { return cuda::device_count(); }, "CUDA devices visible (0 without a driver).");

@@ -32,7 +32,7 @@ class CompressionConfig:
     group_size: int = 128
     symmetric: bool = False
     prune: float = 0.0
-    coder: str = "rans"
+    coder: str = "huffman"
     chunk_symbols: int | None = None
     skip: tuple = ("lm_head",)
     version: int = field(default=CONFIG_VERSION)

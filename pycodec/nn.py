@@ -15,13 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .codec import CodecError
-from .quant import KIND_AFFINE, KIND_LOSSLESS, LayerStats, compress_weight, unpack
+from .quant import KIND_AFFINE, KIND_LOSSLESS, KIND_SPLIT, LayerStats, compress_weight, unpack
 
 AFFINE_BUFFERS = ("meta", "symbols", "scale", "zero", "escape_index", "escape_value")
+SPLIT_BUFFERS = ("meta", "symbols", "values", "raw")
 # dtype of every packed buffer, by name (planes are plane0..plane3): lets a loader build
 # empty modules from shapes alone, before any tensor is read.
 BUFFER_DTYPES = {"meta": torch.int64, "symbols": torch.uint8, "scale": torch.float16, "zero": torch.float16,
-                 "escape_index": torch.int64, "escape_value": torch.float32, "plane_coded": torch.uint8}
+                 "escape_index": torch.int64, "escape_value": torch.float32, "plane_coded": torch.uint8,
+                 "values": torch.int32, "raw": torch.uint8}
 
 
 def buffer_dtype(name: str) -> torch.dtype:
@@ -33,6 +35,8 @@ def buffer_names(meta: torch.Tensor) -> tuple[str, ...]:
     kind, n_planes = int(meta[1]), int(meta[6])
     if kind == KIND_AFFINE:
         return AFFINE_BUFFERS
+    if kind == KIND_SPLIT:
+        return SPLIT_BUFFERS
     if kind == KIND_LOSSLESS:
         return ("meta", "plane_coded") + tuple(f"plane{i}" for i in range(n_planes))
     raise CodecError(f"unknown packed weight kind {kind}")
@@ -156,7 +160,7 @@ class CompressedLinear(nn.Module):
         return sum(t.numel() * t.element_size() for n, t in self.packed().items() if n != "meta")
 
     def extra_repr(self) -> str:
-        kind = "lossless" if int(self.meta[1]) == KIND_LOSSLESS else "affine"
+        kind = "affine" if int(self.meta[1]) == KIND_AFFINE else "lossless"
         bpw = 8 * self.compressed_bytes() / (self.in_features * self.out_features)
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"{kind}, {bpw:.3f} bits/weight")
@@ -175,7 +179,7 @@ class CompressedEmbedding(nn.Module):
         if meta.is_meta:
             self._names = tuple(packed)
         else:
-            if int(meta[1]) != KIND_LOSSLESS:
+            if int(meta[1]) not in (KIND_LOSSLESS, KIND_SPLIT):
                 raise CodecError("CompressedEmbedding holds lossless weights only")
             if (int(meta[2]), int(meta[3])) != (num_embeddings, embedding_dim):
                 raise CodecError(f"packed weight is {int(meta[2])}x{int(meta[3])}, "

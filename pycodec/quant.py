@@ -3,7 +3,7 @@
 This module owns the packed layout. A packed weight is a flat ``dict[str, Tensor]`` of
 plain dtypes (so it lives in registered buffers, ``state_dict`` and safetensors):
 
-  meta            int64 [8]   [layout version, kind, N, K, group_size, dtype code, n_planes, 0]
+  meta            int64 [8]   [layout version, kind, N, K, group_size, dtype code, n_planes or top, 0]
   kind = KIND_AFFINE (int and rate modes), W[n, k] = (q[n, k] - zero[n, g]) * scale[n, g], g = k // group_size,
   then W.flat[escape_index] = escape_value:
     symbols       uint8 [B]   pycodec stream of q (uint8 [N, K])
@@ -11,7 +11,14 @@ plain dtypes (so it lives in registered buffers, ``state_dict`` and safetensors)
     zero          fp16 [N, G] or [1, 1] (broadcast: rate mode's zero is the constant 128)
     escape_index  int64 [E]   flat indices of weights kept exactly (their q is the zero point)
     escape_value  fp32 [E]
-  kind = KIND_LOSSLESS (bit-exact floats), the float's bits split into byte planes:
+  kind = KIND_SPLIT (bit-exact floats; what lossless mode writes), csrc/codec/split.h:
+    symbols       uint8 [B]   pycodec stream of s (uint8 [N, K]): the number of each float's top `top` bits
+    values        int32 [V]   ascending distinct top values, V <= 256: top bits = values[s]
+    raw           uint8 [R]   the low (width - top) bits, one field per weight in row-major order, MSB first
+                              in 32-bit little-endian words (the stream payload's convention)
+    meta[6] = top. Joining sign, exponent and the first mantissa bits into one ~4.6-bit symbol keeps their
+    dependence, and leaves near-uniform bits raw.
+  kind = KIND_LOSSLESS (bit-exact floats, pycodec <= 0.1 checkpoints; still read), byte planes:
     plane{i}      uint8 [B_i] a pycodec stream, or the plane's raw bytes when coding does not pay
     plane_coded   uint8 [P]   1 = plane{i} is a stream, 0 = raw
     bf16: plane0 = exponent (bits 14..7), plane1 = sign << 7 | mantissa (7 bits)
@@ -35,6 +42,7 @@ from .codec import CodecError, decode, encode, entropy_bits
 LAYOUT_VERSION = 1
 KIND_LOSSLESS = 0
 KIND_AFFINE = 1
+KIND_SPLIT = 2
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
 RATE_ZERO = 128          # rate-mode zero point: symbols 1..255 hold q in [-127, 127]
@@ -76,10 +84,10 @@ def _meta(kind: int, n: int, k: int, group_size: int, dtype: torch.dtype, n_plan
 
 
 def _row_chunk_symbols(k: int, coder: str, chunk_symbols: int | None) -> int | None:
-    """Chunk length for affine symbols [N, K]: an explicit choice wins; by default the
-    multiple of K nearest the coder default (chunks hold whole rows, which the fused CUDA
-    GEMV needs) when K % 32 == 0 and that fits 2**20, else None (the coder default)."""
-    if chunk_symbols is not None:
+    """Chunk length for affine symbols [N, K]: an explicit choice wins. Huffman (format v2)
+    streams are cut by the encoder itself (whole rows, enough chunks for a GPU); for rANS
+    (v1) whole rows near the coder default when K % 32 == 0, else the default."""
+    if chunk_symbols is not None or coder == "huffman":
         return chunk_symbols
     default = int(_C.DEFAULT_CHUNK_SYMBOLS[coder])
     if k <= 0 or k % 32:
@@ -89,7 +97,11 @@ def _row_chunk_symbols(k: int, coder: str, chunk_symbols: int | None) -> int | N
 
 
 def _stream(symbols: np.ndarray, coder: str, chunk_symbols: int | None) -> torch.Tensor:
-    return torch.frombuffer(bytearray(encode(symbols, coder=coder, chunk_symbols=chunk_symbols)), dtype=torch.uint8)
+    return _bytes_tensor(encode(symbols, coder=coder, chunk_symbols=chunk_symbols))
+
+
+def _bytes_tensor(b: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(b), dtype=torch.uint8) if b else torch.zeros(0, dtype=torch.uint8)
 
 
 def _symbol_entropy_bits(symbols: torch.Tensor) -> float:
@@ -134,22 +146,42 @@ def _planes_to_float(planes: list[np.ndarray], dtype: torch.dtype, shape: tuple)
     return torch.from_numpy(bits.view(np.int32)).view(torch.float32).reshape(shape)
 
 
-def pack_lossless(w: torch.Tensor, coder: str = "rans", chunk_symbols: int | None = None) -> tuple[dict, LayerStats]:
+FLOAT_WIDTHS = {torch.bfloat16: 16, torch.float16: 16, torch.float32: 32}
+_BITS_VIEW = {16: (torch.int16, np.uint16), 32: (torch.int32, np.uint32)}  # torch view, numpy view
+
+
+def pack_lossless(w: torch.Tensor, coder: str = "huffman", chunk_symbols: int | None = None
+                  ) -> tuple[dict, LayerStats]:
+    """Bit-exact packing of a float weight as coded top bits + raw low bits (KIND_SPLIT)."""
     w = w.detach().cpu()
     if w.dim() != 2:
         raise CodecError(f"expected a 2-D weight, got shape {tuple(w.shape)}")
-    planes = _float_planes(w)
-    packed = {"meta": _meta(KIND_LOSSLESS, w.shape[0], w.shape[1], 0, w.dtype, len(planes))}
-    coded_flags, entropy = [], 0.0
-    for i, plane in enumerate(planes):
-        stream = _stream(plane, coder, chunk_symbols)
-        coded = stream.numel() < plane.size
-        packed[f"plane{i}"] = stream if coded else torch.from_numpy(plane.reshape(-1).copy())
-        coded_flags.append(int(coded))
-        entropy += _symbol_entropy_bits(torch.from_numpy(plane)) if coded else 8.0 * plane.size
-    packed["plane_coded"] = torch.tensor(coded_flags, dtype=torch.uint8)
-    stats = LayerStats(w.numel(), packed_bits(packed), entropy, math.inf)
-    return packed, stats
+    if w.dtype not in FLOAT_WIDTHS:
+        raise CodecError(f"lossless mode supports float32, float16 and bfloat16 weights, got {w.dtype}")
+    width = FLOAT_WIDTHS[w.dtype]
+    tview, nview = _BITS_VIEW[width]
+    bits = w.contiguous().view(tview).numpy().view(nview)
+    top, values, symbols, raw = _C.split_float(bits, width)
+    symbols = np.frombuffer(bytearray(symbols), np.uint8).reshape(w.shape)
+    packed = {
+        "meta": _meta(KIND_SPLIT, w.shape[0], w.shape[1], 0, w.dtype, top),
+        "symbols": _stream(symbols, coder, chunk_symbols),
+        "values": torch.tensor(values, dtype=torch.int32),
+        "raw": _bytes_tensor(raw),
+    }
+    entropy = _symbol_entropy_bits(torch.from_numpy(symbols)) + w.numel() * (width - top) + 32 * len(values)
+    return packed, LayerStats(w.numel(), packed_bits(packed), entropy, math.inf)
+
+
+def _unpack_split(packed: dict, n: int, k: int, top: int, dtype: torch.dtype) -> torch.Tensor:
+    width = FLOAT_WIDTHS[dtype]
+    symbols = decode(packed["symbols"].contiguous().numpy())
+    if symbols.shape != (n, k):
+        raise CodecError(f"packed weight: symbols have shape {symbols.shape}, expected {(n, k)}")
+    tview, nview = _BITS_VIEW[width]
+    out = np.empty((n, k), dtype=nview)
+    _C.merge_split(symbols, packed["values"].tolist(), top, packed["raw"].contiguous().numpy(), out)
+    return torch.from_numpy(out.view(np.int16 if width == 16 else np.int32)).view(dtype)
 
 
 # ---------------------------------------------------------------------------- affine (int / rate)
@@ -337,6 +369,8 @@ def unpack(packed: dict) -> torch.Tensor:
     kind, n, k, group_size, dtype_code, n_planes = meta[1:7]
     if dtype_code not in CODE_DTYPES:
         raise CodecError(f"packed weight has unknown dtype code {dtype_code}")
+    if kind == KIND_SPLIT:
+        return _unpack_split(packed, n, k, n_planes, CODE_DTYPES[dtype_code])
     if kind == KIND_LOSSLESS:
         flags = packed["plane_coded"].tolist()
         if len(flags) != n_planes:

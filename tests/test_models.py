@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,7 +147,7 @@ def test_compressed_linear_forward_any_leading_dims():
     for shape in [(96,), (3, 96), (2, 5, 96), (2, 1, 3, 96)]:
         x = torch.randn(shape, dtype=torch.bfloat16)
         assert torch.equal(m(x), lin(x))
-    assert set(dict(m.named_buffers())) == {"meta", "plane_coded", "plane0", "plane1"}
+    assert set(dict(m.named_buffers())) == {"meta", "symbols", "values", "raw"}
     assert m.compressed_bytes() < 96 * 40 * 2
 
 
@@ -334,20 +335,61 @@ def test_cli_compress_inspect_generate(tmp_path):
     assert r.returncode == 2 and "pycodec: error" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_raw_plane_that_looks_like_a_stream_still_loads():
-    """A raw (uncoded) lossless plane is bytes, whatever they spell; only plane_coded decides."""
+def _legacy_byte_plane_packing(w: torch.Tensor) -> dict:
+    """A lossless weight as pycodec <= 0.1 stored it (KIND_LOSSLESS: exponent and sign/mantissa
+    byte planes, each a v1 rANS stream or raw bytes); written by hand, since pycodec no longer does."""
+    from pycodec.quant import DTYPE_CODES, KIND_LOSSLESS, bf16_planes
+
+    planes = bf16_planes(w.view(torch.int16).numpy().view(np.uint16))
+    packed = {"meta": torch.tensor([1, KIND_LOSSLESS, *w.shape, 0, DTYPE_CODES[w.dtype], 2, 0])}
+    flags = []
+    for i, plane in enumerate(planes):
+        blob = pycodec.encode(plane, coder="rans")
+        coded = len(blob) < plane.size
+        packed[f"plane{i}"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if coded else torch.from_numpy(
+            plane.reshape(-1).copy())
+        flags.append(int(coded))
+    packed["plane_coded"] = torch.tensor(flags, dtype=torch.uint8)
+    return packed
+
+
+def test_legacy_byte_plane_layout_still_loads_and_raw_planes_are_not_streams():
+    """Old checkpoints (byte planes) decode bit-exactly; a raw plane is bytes whatever they spell."""
     from pycodec.hub import verify_streams
 
     w = (torch.randn(64, 128) * 0.02).to(torch.bfloat16)
     bits = w.view(torch.int16)
     for i, ch in enumerate(b"PYCD"):  # sign 0, exponent 127, mantissa = the letter: plane1 starts "PYCD"
         bits.view(-1)[i] = (127 << 7) | ch
-    lin = torch.nn.Linear(128, 64, bias=False, dtype=torch.bfloat16)
-    lin.weight.data.copy_(w)
-    m = CompressedLinear.from_linear(lin, CompressionConfig(mode="lossless"))
+    packed = _legacy_byte_plane_packing(w)
+    m = CompressedLinear(128, 64, packed)
     assert m.plane_coded.tolist() == [1, 0] and bytes(m.plane1[:4].tolist()) == b"PYCD"
     verify_streams({f"layer.{k}": v for k, v in m.packed().items()})
     assert torch.equal(m.decoded_weight().view(torch.int16), w.view(torch.int16))
+    x = torch.randn(3, 128, dtype=torch.bfloat16)
+    assert torch.equal(m(x), torch.nn.functional.linear(x, w))
+
+
+def test_split_layout_is_smaller_than_byte_planes_and_bit_exact():
+    w = (torch.randn(256, 512) * 0.02).to(torch.bfloat16)
+    lin = torch.nn.Linear(512, 256, bias=False, dtype=torch.bfloat16)
+    lin.weight.data.copy_(w)
+    m = CompressedLinear.from_linear(lin, CompressionConfig(mode="lossless"))
+    assert int(m.meta[1]) == 2 and 8 <= int(m.meta[6]) <= 12  # KIND_SPLIT, top bits
+    assert torch.equal(m.decoded_weight().view(torch.int16), w.view(torch.int16))
+    legacy = sum(t.numel() for k, t in _legacy_byte_plane_packing(w).items() if k != "meta")  # rANS planes
+    same_coder = CompressedLinear.from_linear(lin, CompressionConfig(mode="lossless", coder="rans"))
+    assert torch.equal(same_coder.decoded_weight().view(torch.int16), w.view(torch.int16))
+    assert same_coder.compressed_bytes() < legacy
+    # Corrupt side tensors are refused, not decoded into wrong weights.
+    bad = dict(m.packed())
+    bad["values"] = bad["values"][:-1].clone()
+    with pytest.raises(CodecError):
+        CompressedLinear(512, 256, bad).decoded_weight()
+    bad = dict(m.packed())
+    bad["raw"] = bad["raw"][:-4].clone()
+    with pytest.raises(CodecError):
+        CompressedLinear(512, 256, bad).decoded_weight()
 
 
 def test_lossless_compresses_untied_embeddings_bit_exact(tmp_path):

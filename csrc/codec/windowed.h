@@ -76,6 +76,20 @@ PYCODEC_HD uint32_t make_entry(uint32_t bits, uint32_t count, uint32_t symbols) 
   return (bits << 28) | (count << 24) | symbols;
 }
 
+// Value entry (64 bits) for a consumer that wants each symbol's value rather than its number
+// (the lossless GEMV: a float's top bits, split.h): the same codes as the entry it is built
+// from, the value of each symbol in 16 bits, the first symbol's number for the tail.
+//   [63:56] = entry[31:24] (bits, count)  [55:48] first symbol  [47:32] [31:16] [15:0] values
+// Absent values are 0.
+PYCODEC_HD uint32_t entry_bits(uint64_t e) { return uint32_t(e >> 60); }
+PYCODEC_HD uint32_t entry_count(uint64_t e) { return uint32_t(e >> 56) & 15u; }
+PYCODEC_HD uint32_t entry_value(uint64_t e, int i) { return uint32_t(e >> (16 * i)) & 0xFFFFu; }
+PYCODEC_HD uint64_t make_value_entry(uint32_t e, const uint16_t* value) {
+  uint64_t v = 0;
+  for (uint32_t i = 0; i < entry_count(e); ++i) v |= uint64_t(value[entry_symbol(e, int(i))]) << (16 * i);
+  return (uint64_t(e >> 24) << 56) | (uint64_t(entry_symbol(e, 0)) << 48) | v;
+}
+
 // The decode tables of one stream, built on the host (and uploaded once for a GPU).
 struct MultiTable {
   uint32_t entry[kTableSize];
@@ -142,7 +156,7 @@ struct LaneReader {
     next = i + 3;
   }
   PYCODEC_HD uint32_t peek() const { return uint32_t(buf >> (64 - kPeekBits)); }
-  PYCODEC_HD void skip(uint32_t bits) {  // bits <= kPeekBits
+  PYCODEC_HD void skip(uint32_t bits) {  // bits <= 32: one refill restores avail >= 32
     buf <<= bits;
     avail -= int32_t(bits);
     if (avail < 32) {
@@ -158,24 +172,28 @@ PYCODEC_HD uint32_t first_code_entry(uint32_t e, const uint8_t* length) {
   const uint32_t s = entry_symbol(e, 0);
   return make_entry(length[s], 1, s);
 }
+PYCODEC_HD uint64_t first_code_entry(uint64_t e, const uint8_t* length) {
+  const uint32_t s = uint32_t(e >> 48) & 0xFFu;
+  return (uint64_t(length[s]) << 60) | (uint64_t(1) << 56) | (uint64_t(s) << 48) | (e & 0xFFFFu);
+}
 
 // Pass-1 / window decoding of a lane that is not the chunk's last: takes codes while the
 // next one ends inside `window` bits and hands each entry to sink.put(entry, index of its
 // first symbol). Returns the number of symbols; *used gets the bits they occupy.
 // The table must not be constant (windows hold no zero-bit codes).
-template <class Sink>
-PYCODEC_HD uint32_t decode_window(const uint32_t* table, const uint8_t* length, LaneReader& r, uint32_t window,
+template <class Entry, class Sink>
+PYCODEC_HD uint32_t decode_window(const Entry* table, const uint8_t* length, LaneReader& r, uint32_t window,
                                   Sink& sink, uint32_t* used) {
   uint32_t pos = 0, n = 0;
   while (window - pos >= uint32_t(kPeekBits)) {  // all of an entry's codes end inside the window
-    const uint32_t e = table[r.peek()];
+    const Entry e = table[r.peek()];
     sink.put(e, n);
     n += entry_count(e);
     pos += entry_bits(e);
     r.skip(entry_bits(e));
   }
   for (;;) {
-    uint32_t e = table[r.peek()];
+    Entry e = table[r.peek()];
     if (pos + entry_bits(e) > window) {
       e = first_code_entry(e, length);
       if (pos + entry_bits(e) > window) break;  // the padding: a code that cannot end here
@@ -190,20 +208,20 @@ PYCODEC_HD uint32_t decode_window(const uint32_t* table, const uint8_t* length, 
 }
 
 // Count decoding (pass 2, and the last lane): exactly `count` symbols. Returns the bits read.
-template <class Sink>
-PYCODEC_HD uint64_t decode_count(const uint32_t* table, const uint8_t* length, LaneReader& r, uint32_t count,
+template <class Entry, class Sink>
+PYCODEC_HD uint64_t decode_count(const Entry* table, const uint8_t* length, LaneReader& r, uint32_t count,
                                  Sink& sink) {
   uint32_t done = 0;
   uint64_t bits = 0;
   while (count - done >= uint32_t(kMaxPerEntry)) {
-    const uint32_t e = table[r.peek()];
+    const Entry e = table[r.peek()];
     sink.put(e, done);
     done += entry_count(e);
     bits += entry_bits(e);
     r.skip(entry_bits(e));
   }
   while (done < count) {
-    uint32_t e = table[r.peek()];
+    Entry e = table[r.peek()];
     if (entry_count(e) > count - done) e = first_code_entry(e, length);
     sink.put(e, done);
     done += entry_count(e);
@@ -214,7 +232,8 @@ PYCODEC_HD uint64_t decode_count(const uint32_t* table, const uint8_t* length, L
 }
 
 struct NullSink {
-  PYCODEC_HD void put(uint32_t, uint32_t) {}
+  template <class Entry>
+  PYCODEC_HD void put(Entry, uint32_t) {}
 };
 
 // ---------------------------------------------------------------------------- chunk layout

@@ -1,0 +1,101 @@
+// pycodec codec core: entry points of the CPU emulation of the windowed GEMV kernels.
+#include "emulate.h"
+
+#include <cstring>
+#include <vector>
+
+#include "codec.h"
+#include "format.h"
+#include "huffman.h"
+#include "windowed_emulate.h"
+
+namespace pycodec {
+namespace {
+
+// A validated v2 stream, word-aligned, with its multi-symbol tables.
+struct HostStream {
+  std::vector<uint32_t> aligned;
+  StreamInfo info;
+  windowed::MultiTable table;
+  windowed::StreamView view;
+
+  Status open(const uint8_t* blob, size_t len) {
+    aligned.assign((len + 3) / 4, 0);
+    std::memcpy(aligned.data(), blob, len);
+    const uint8_t* b = reinterpret_cast<const uint8_t*>(aligned.data());
+    Status st = parse_header(b, len, &info);
+    if (st != Status::Ok) return st;
+    if (info.version != 2) return Status::BadArgument;
+    huffman::Code code;
+    if ((st = huffman::read_table(b + info.table_offset, info.table_bytes, code)) != Status::Ok) return st;
+    if (code.constant && info.lanes != 1) return Status::BadTable;
+    windowed::build_multi_table(code, table);
+    view.super = reinterpret_cast<const uint32_t*>(b + info.index_offset);
+    view.sizes = reinterpret_cast<const uint16_t*>(b + info.sizes_offset);
+    view.payload = reinterpret_cast<const uint32_t*>(b + info.payload_offset);
+    view.payload_words = info.payload_words;
+    view.n_symbols = info.n_symbols;
+    view.chunk_symbols = info.chunk_symbols;
+    view.n_chunks = info.n_chunks;
+    view.lanes = info.lanes;
+    return Status::Ok;
+  }
+};
+
+template <template <int> class Sink, class Args, class Entry>
+Status run(const HostStream& hs, const Entry* table, const Args& a, uint32_t batch) {
+  switch (batch) {
+#define PYCODEC_EMULATE_CASE(B) \
+  case B: windowed::emulate_gemv<B, Sink>(hs.view, table, hs.table.length, a); return Status::Ok;
+    PYCODEC_EMULATE_CASE(1) PYCODEC_EMULATE_CASE(2) PYCODEC_EMULATE_CASE(3) PYCODEC_EMULATE_CASE(4)
+    PYCODEC_EMULATE_CASE(5) PYCODEC_EMULATE_CASE(6) PYCODEC_EMULATE_CASE(7) PYCODEC_EMULATE_CASE(8)
+    PYCODEC_EMULATE_CASE(16)
+#undef PYCODEC_EMULATE_CASE
+  }
+  return Status::BadArgument;
+}
+
+}  // namespace
+
+bool windowed_gemv_shape_ok(uint64_t n_symbols, uint32_t chunk_symbols, uint32_t n_rows, uint32_t k) {
+  return k >= 1 && n_symbols == uint64_t(n_rows) * k && chunk_symbols % k == 0;
+}
+
+Status emulate_gemv_affine(const uint8_t* blob, size_t len, const windowed::AffineArgs& a, uint32_t batch) {
+  HostStream hs;
+  Status st = hs.open(blob, len);
+  if (st != Status::Ok) return st;
+  if (!windowed_gemv_shape_ok(hs.info.n_symbols, hs.info.chunk_symbols, a.n_rows, a.k) || a.group_size == 0 ||
+      a.n_groups != (a.k + a.group_size - 1) / a.group_size)
+    return Status::BadArgument;
+  return run<windowed::AffineSink>(hs, hs.table.entry, a, batch);
+}
+
+Status emulate_gemv_split(const uint8_t* blob, size_t len, const uint32_t* values, uint32_t n_values,
+                          const windowed::SplitArgs& a, uint32_t batch) {
+  HostStream hs;
+  Status st = hs.open(blob, len);
+  if (st != Status::Ok) return st;
+  if (!windowed_gemv_shape_ok(hs.info.n_symbols, hs.info.chunk_symbols, a.n_rows, a.k) || a.low > 8) return Status::BadArgument;
+  std::vector<uint64_t> value_table(windowed::kTableSize);
+  if ((st = build_value_table(hs.table.entry, values, n_values, a.low, value_table.data())) != Status::Ok) return st;
+  return run<windowed::SplitSink>(hs, value_table.data(), a, batch);
+}
+
+Status build_value_table(const uint32_t* entries, const uint32_t* values, uint32_t n_values, uint32_t low,
+                         uint64_t* out) {
+  if (n_values == 0 || n_values > 256 || low > 15) return Status::BadArgument;
+  uint16_t value[256] = {0};
+  for (uint32_t s = 0; s < n_values; ++s) {
+    if ((uint64_t(values[s]) << low) > 0xFFFFu) return Status::BadArgument;
+    value[s] = uint16_t(values[s] << low);
+  }
+  for (uint32_t v = 0; v < windowed::kTableSize; ++v) {
+    for (uint32_t i = 0; i < windowed::entry_count(entries[v]); ++i)
+      if (windowed::entry_symbol(entries[v], int(i)) >= n_values) return Status::BadTable;
+    out[v] = windowed::make_value_entry(entries[v], value);
+  }
+  return Status::Ok;
+}
+
+}  // namespace pycodec
