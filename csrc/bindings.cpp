@@ -25,7 +25,24 @@ struct CodecException : std::runtime_error {
 };
 
 void check(Status st, const char* where) {
+  if (st == Status::CudaError)
+    throw CodecException(std::string(where) + ": " + status_message(st) + ": " + cuda::last_error_string());
   if (st != Status::Ok) throw CodecException(std::string(where) + ": " + status_message(st));
+}
+
+windowed::StreamView stream_view(const py::tuple& t) {
+  if (t.size() != 9) throw CodecException("stream view: expected 9 fields");
+  windowed::StreamView v;
+  v.super = reinterpret_cast<const uint32_t*>(t[0].cast<uintptr_t>());
+  v.sizes = reinterpret_cast<const uint16_t*>(t[1].cast<uintptr_t>());
+  v.payload = reinterpret_cast<const uint32_t*>(t[2].cast<uintptr_t>());
+  v.payload_words = t[3].cast<uint64_t>();
+  v.n_symbols = t[4].cast<uint64_t>();
+  v.chunk_symbols = t[5].cast<uint32_t>();
+  v.n_chunks = t[6].cast<uint64_t>();
+  v.lanes = t[7].cast<uint32_t>();
+  v.constant_code = t[8].cast<bool>();
+  return v;
 }
 
 Coder parse_coder(const std::string& name) {
@@ -71,6 +88,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("MAX_CHUNK_SYMBOLS_V2") = kMaxChunkSymbolsV2;
   m.attr("GEMV_X_PAD_ROWS") = windowed::kXPadRows;
   m.attr("GEMV_MAX_SLOTS") = windowed::kGemvMaxSlots;
+  m.attr("SLACK_WORDS") = windowed::kSlackWords;
   m.attr("LANES") = kLanes;
   m.attr("MAX_CHUNK_SYMBOLS") = kMaxChunkSymbols;
   m.attr("DEFAULT_CHUNK_SYMBOLS") = py::dict(py::arg("huffman") = kDefaultHuffmanChunk, py::arg("rans") = kDefaultRansChunk);
@@ -194,28 +212,80 @@ PYBIND11_MODULE(_C, m) {
       py::arg("payload_dev"), py::arg("payload_words"), py::arg("table_dev"), py::arg("out_dev"), py::arg("stream"),
       "Decode a stream held in device memory (raw pointers) on a CUDA stream.");
 
+  // ---- format v2 kernels. `view` = (super, sizes, payload, payload_words, n_symbols, chunk_symbols,
+  // n_chunks, lanes, constant_code) with device addresses (windowed_gemv.h: StreamView).
   m.def(
-      "cuda_gemv_affine",
-      [](int coder, uint64_t n_symbols, uint32_t chunk_symbols, uint64_t n_chunks, uintptr_t index_dev,
-         uintptr_t payload_dev, uint64_t payload_words, uintptr_t table_dev, uintptr_t scale_dev, uintptr_t zero_dev,
-         bool zero_broadcast, uint32_t group_size, uint32_t n_rows, uint32_t k, uintptr_t x_dev, uint32_t batch,
-         uintptr_t y_dev, uintptr_t stream) {
-        cuda::DeviceStream s{uint8_t(coder), n_symbols, chunk_symbols, n_chunks,
-                             reinterpret_cast<const uint32_t*>(index_dev), reinterpret_cast<const uint32_t*>(payload_dev),
-                             payload_words, reinterpret_cast<const uint32_t*>(table_dev)};
-        if (!cuda::gemv_affine_supported(n_symbols, chunk_symbols, group_size, n_rows, k, batch))
-          throw CodecException("cuda_gemv_affine: unsupported shape (needs K % 64 == 0, chunk_symbols % K == 0, "
-                               "n_symbols == N * K, batch 1..8, even group_size >= 64)");
-        check(cuda::gemv_affine(s, reinterpret_cast<const uint16_t*>(scale_dev), reinterpret_cast<const uint16_t*>(zero_dev),
-                                zero_broadcast, group_size, n_rows, k, reinterpret_cast<const uint16_t*>(x_dev), batch,
-                                reinterpret_cast<float*>(y_dev), stream),
-              "cuda_gemv_affine");
+      "cuda_windowed_decode",
+      [](py::tuple view, uintptr_t table_dev, uintptr_t out_dev, uintptr_t status_dev, uintptr_t stream) {
+        check(cuda::windowed_decode(stream_view(view), reinterpret_cast<const uint32_t*>(table_dev),
+                                    reinterpret_cast<uint8_t*>(out_dev), reinterpret_cast<uint32_t*>(status_dev), stream),
+              "cuda_windowed_decode");
       },
-      py::arg("coder"), py::arg("n_symbols"), py::arg("chunk_symbols"), py::arg("n_chunks"), py::arg("index_dev"),
-      py::arg("payload_dev"), py::arg("payload_words"), py::arg("table_dev"), py::arg("scale_dev"), py::arg("zero_dev"),
-      py::arg("zero_broadcast"), py::arg("group_size"), py::arg("n_rows"), py::arg("k"), py::arg("x_dev"),
-      py::arg("batch"), py::arg("y_dev"), py::arg("stream"),
-      "Fused decode + affine dequant + GEMV (y fp32 [batch, n_rows] = x bf16 [batch, k] @ W.T) on a CUDA stream.");
+      py::arg("view"), py::arg("table_dev"), py::arg("out_dev"), py::arg("status_dev"), py::arg("stream"),
+      "Decode a v2 stream held in device memory into out_dev (n_symbols bytes) on a CUDA stream.");
+
+  m.def(
+      "cuda_windowed_gemv_affine",
+      [](py::tuple view, uintptr_t value_table_dev, uintptr_t table_dev, uintptr_t x_dev, uintptr_t prefix_dev,
+         uintptr_t scale_dev, uintptr_t zero_dev, bool zero_broadcast, float zero_in_values, uint32_t group_size,
+         uint32_t n_rows, uint32_t k, uint32_t batch, uintptr_t y_dev, uintptr_t stream) {
+        windowed::AffineArgs a;
+        a.x = reinterpret_cast<const float*>(x_dev);
+        a.prefix = reinterpret_cast<const float*>(prefix_dev);
+        a.scale = reinterpret_cast<const uint16_t*>(scale_dev);
+        a.zero = reinterpret_cast<const uint16_t*>(zero_dev);
+        a.n_rows = n_rows;
+        a.k = k;
+        a.group_size = group_size;
+        a.n_groups = group_size ? (k + group_size - 1) / group_size : 0;
+        a.zero_broadcast = zero_broadcast;
+        a.zero_in_values = zero_in_values;
+        a.y = reinterpret_cast<float*>(y_dev);
+        check(cuda::windowed_gemv_affine(stream_view(view), reinterpret_cast<const uint64_t*>(value_table_dev),
+                                         reinterpret_cast<const uint32_t*>(table_dev), a, batch, stream),
+              "cuda_windowed_gemv_affine");
+      },
+      py::arg("view"), py::arg("value_table_dev"), py::arg("table_dev"), py::arg("x_dev"), py::arg("prefix_dev"),
+      py::arg("scale_dev"), py::arg("zero_dev"), py::arg("zero_broadcast"), py::arg("zero_in_values"),
+      py::arg("group_size"), py::arg("n_rows"), py::arg("k"), py::arg("batch"), py::arg("y_dev"), py::arg("stream"),
+      "Fused decode + affine dequant + GEMV of a v2 weight stream (windowed_gemv.h: AffineArgs).");
+
+  m.def(
+      "cuda_windowed_gemv_split",
+      [](py::tuple view, uintptr_t value_table_dev, uintptr_t table_dev, uintptr_t x_dev, uintptr_t raw_dev,
+         uint64_t raw_words, uint32_t low, uint32_t n_rows, uint32_t k, uint32_t batch, uintptr_t y_dev,
+         uintptr_t stream) {
+        windowed::SplitArgs a;
+        a.x = reinterpret_cast<const float*>(x_dev);
+        a.raw = reinterpret_cast<const uint32_t*>(raw_dev);
+        a.raw_words = raw_words;
+        a.n_rows = n_rows;
+        a.k = k;
+        a.low = low;
+        a.y = reinterpret_cast<float*>(y_dev);
+        check(cuda::windowed_gemv_split(stream_view(view), reinterpret_cast<const uint64_t*>(value_table_dev),
+                                        reinterpret_cast<const uint32_t*>(table_dev), a, batch, stream),
+              "cuda_windowed_gemv_split");
+      },
+      py::arg("view"), py::arg("value_table_dev"), py::arg("table_dev"), py::arg("x_dev"), py::arg("raw_dev"),
+      py::arg("raw_words"), py::arg("low"), py::arg("n_rows"), py::arg("k"), py::arg("batch"), py::arg("y_dev"),
+      py::arg("stream"), "Fused decode + GEMV of a lossless split bf16 weight (windowed_gemv.h: SplitArgs).");
+
+  m.def(
+      "cuda_split_merge",
+      [](uintptr_t symbols_dev, uint64_t n, uintptr_t values_dev, uintptr_t raw_dev, uint64_t raw_words, uint32_t low,
+         uintptr_t out_dev, uintptr_t stream) {
+        check(cuda::split_merge(reinterpret_cast<const uint8_t*>(symbols_dev), n,
+                                reinterpret_cast<const uint16_t*>(values_dev), reinterpret_cast<const uint32_t*>(raw_dev),
+                                raw_words, low, reinterpret_cast<uint16_t*>(out_dev), stream),
+              "cuda_split_merge");
+      },
+      py::arg("symbols_dev"), py::arg("n"), py::arg("values_dev"), py::arg("raw_dev"), py::arg("raw_words"),
+      py::arg("low"), py::arg("out_dev"), py::arg("stream"),
+      "Rebuild exact bf16 bits from split symbols, values (value << low) and raw bits on a CUDA stream.");
+
+  m.def("gemv_supported", &windowed::gemv_supported, py::arg("n_symbols"), py::arg("chunk_symbols"), py::arg("n_rows"),
+        py::arg("k"), py::arg("batch"), "Whether the fused v2 GEMV takes this weight shape and batch.");
 
   m.def(
       "split_float",
@@ -299,6 +369,7 @@ PYBIND11_MODULE(_C, m) {
         a.group_size = group_size;
         a.n_groups = groups;
         a.zero_broadcast = zero_broadcast;
+        a.zero_in_values = windowed::affine_zero_in_values(zero_broadcast, a.zero[0]);
         a.y = static_cast<float*>(o.ptr);
         check(emulate_gemv_affine(static_cast<const uint8_t*>(b.ptr), size_t(b.size), a, batch), "emulate_gemv_affine");
       },
@@ -338,17 +409,39 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "value_table",
-      [](py::buffer blob, std::vector<uint32_t> values, int top) {
+      [](py::buffer blob, py::buffer value16) {
         const py::buffer_info b = contiguous_bytes(blob, false, "blob");
+        const py::buffer_info v = value16.request();
+        if (v.itemsize != 2 || v.size != 256) throw CodecException("value_table: expected 256 uint16 symbol values");
         std::vector<uint32_t> table(kDecodeTableEntries + 64);
         check(build_decode_table(static_cast<const uint8_t*>(b.ptr), size_t(b.size), table.data()), "value_table");
         std::vector<uint64_t> out(kDecodeTableEntries);
-        check(build_value_table(table.data(), values.data(), uint32_t(values.size()), uint32_t(16 - top), out.data()),
-              "value_table");
+        build_value_table(table.data(), static_cast<const uint16_t*>(v.ptr), out.data());
         return py::bytes(reinterpret_cast<const char*>(out.data()), out.size() * sizeof(uint64_t));
       },
-      py::arg("blob"), py::arg("values"), py::arg("top"),
-      "The 4096 64-bit value entries (windowed.h) of a v2 stream of split-float symbols, for GPU upload.");
+      py::arg("blob"), py::arg("value16"),
+      "The 4096 64-bit value entries (windowed.h) of a v2 stream, given every symbol's 16-bit value.");
+
+  m.def(
+      "affine_values",
+      [](bool zero_broadcast, uint16_t zero_half) {
+        const float zc = windowed::affine_zero_in_values(zero_broadcast, zero_half);
+        std::vector<uint16_t> value(256);
+        windowed::affine_values(zc, value.data());
+        return py::make_tuple(zc, value);
+      },
+      py::arg("zero_broadcast"), py::arg("zero_half"),
+      "(zc, values): the constant zero point folded into affine value entries and bf16(q - zc) per symbol.");
+
+  m.def(
+      "split_values",
+      [](std::vector<uint32_t> values, int top) {
+        std::vector<uint16_t> value(256);
+        if (top < 1 || top > 16) throw CodecException("split_values: top must be in [1, 16]");
+        check(split_values(values.data(), uint32_t(values.size()), uint32_t(16 - top), value.data()), "split_values");
+        return value;
+      },
+      py::arg("values"), py::arg("top"), "values[s] << (16 - top) per symbol (256 entries, zeros past the values).");
 
   m.def("cuda_compiled", [] { return cuda::compiled(); }, "True when this build contains the CUDA kernels.");
   m.def("cuda_device_count", [] { return cuda::device_count(); }, "CUDA devices visible (0 without a driver).");

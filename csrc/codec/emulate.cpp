@@ -20,7 +20,7 @@ struct HostStream {
   windowed::StreamView view;
 
   Status open(const uint8_t* blob, size_t len) {
-    aligned.assign((len + 3) / 4, 0);
+    aligned.assign((len + 3) / 4 + windowed::kSlackWords, 0);  // the kernels' readable slack
     std::memcpy(aligned.data(), blob, len);
     const uint8_t* b = reinterpret_cast<const uint8_t*>(aligned.data());
     Status st = parse_header(b, len, &info);
@@ -38,6 +38,7 @@ struct HostStream {
     view.chunk_symbols = info.chunk_symbols;
     view.n_chunks = info.n_chunks;
     view.lanes = info.lanes;
+    view.constant_code = code.constant;
     return Status::Ok;
   }
 };
@@ -45,8 +46,10 @@ struct HostStream {
 template <template <int> class Sink, class Args, class Entry>
 Status run(const HostStream& hs, const Entry* table, const Args& a, uint32_t batch) {
   switch (batch) {
-#define PYCODEC_EMULATE_CASE(B) \
-  case B: windowed::emulate_gemv<B, Sink>(hs.view, table, hs.table.length, a); return Status::Ok;
+#define PYCODEC_EMULATE_CASE(B)                                                      \
+  case B:                                                                            \
+    return windowed::emulate_gemv<B, Sink>(hs.view, table, hs.table.length, a) ? Status::Ok \
+                                                                                : Status::CorruptPayload;
     PYCODEC_EMULATE_CASE(1) PYCODEC_EMULATE_CASE(2) PYCODEC_EMULATE_CASE(3) PYCODEC_EMULATE_CASE(4)
     PYCODEC_EMULATE_CASE(5) PYCODEC_EMULATE_CASE(6) PYCODEC_EMULATE_CASE(7) PYCODEC_EMULATE_CASE(8)
     PYCODEC_EMULATE_CASE(16)
@@ -57,18 +60,18 @@ Status run(const HostStream& hs, const Entry* table, const Args& a, uint32_t bat
 
 }  // namespace
 
-bool windowed_gemv_shape_ok(uint64_t n_symbols, uint32_t chunk_symbols, uint32_t n_rows, uint32_t k) {
-  return k >= 1 && n_symbols == uint64_t(n_rows) * k && chunk_symbols % k == 0;
-}
-
 Status emulate_gemv_affine(const uint8_t* blob, size_t len, const windowed::AffineArgs& a, uint32_t batch) {
   HostStream hs;
   Status st = hs.open(blob, len);
   if (st != Status::Ok) return st;
-  if (!windowed_gemv_shape_ok(hs.info.n_symbols, hs.info.chunk_symbols, a.n_rows, a.k) || a.group_size == 0 ||
+  if (!windowed::gemv_supported(hs.info.n_symbols, hs.info.chunk_symbols, a.n_rows, a.k, batch) || a.group_size == 0 ||
       a.n_groups != (a.k + a.group_size - 1) / a.group_size)
     return Status::BadArgument;
-  return run<windowed::AffineSink>(hs, hs.table.entry, a, batch);
+  uint16_t value[256];
+  windowed::affine_values(a.zero_in_values, value);
+  std::vector<uint64_t> value_table(windowed::kTableSize);
+  build_value_table(hs.table.entry, value, value_table.data());
+  return run<windowed::AffineSink>(hs, value_table.data(), a, batch);
 }
 
 Status emulate_gemv_split(const uint8_t* blob, size_t len, const uint32_t* values, uint32_t n_values,
@@ -76,26 +79,29 @@ Status emulate_gemv_split(const uint8_t* blob, size_t len, const uint32_t* value
   HostStream hs;
   Status st = hs.open(blob, len);
   if (st != Status::Ok) return st;
-  if (!windowed_gemv_shape_ok(hs.info.n_symbols, hs.info.chunk_symbols, a.n_rows, a.k) || a.low > 8) return Status::BadArgument;
+  if (!windowed::gemv_supported(hs.info.n_symbols, hs.info.chunk_symbols, a.n_rows, a.k, batch) || a.low > 8) return Status::BadArgument;
+  uint16_t value[256];
+  if ((st = split_values(values, n_values, a.low, value)) != Status::Ok) return st;
+  for (uint32_t v = 0; v < windowed::kTableSize; ++v)
+    for (uint32_t i = 0; i < windowed::entry_count(hs.table.entry[v]); ++i)
+      if (windowed::entry_symbol(hs.table.entry[v], int(i)) >= n_values) return Status::BadTable;
   std::vector<uint64_t> value_table(windowed::kTableSize);
-  if ((st = build_value_table(hs.table.entry, values, n_values, a.low, value_table.data())) != Status::Ok) return st;
+  build_value_table(hs.table.entry, value, value_table.data());
   return run<windowed::SplitSink>(hs, value_table.data(), a, batch);
 }
 
-Status build_value_table(const uint32_t* entries, const uint32_t* values, uint32_t n_values, uint32_t low,
-                         uint64_t* out) {
+Status split_values(const uint32_t* values, uint32_t n_values, uint32_t low, uint16_t value[256]) {
   if (n_values == 0 || n_values > 256 || low > 15) return Status::BadArgument;
-  uint16_t value[256] = {0};
+  for (uint32_t s = 0; s < 256; ++s) value[s] = 0;
   for (uint32_t s = 0; s < n_values; ++s) {
     if ((uint64_t(values[s]) << low) > 0xFFFFu) return Status::BadArgument;
     value[s] = uint16_t(values[s] << low);
   }
-  for (uint32_t v = 0; v < windowed::kTableSize; ++v) {
-    for (uint32_t i = 0; i < windowed::entry_count(entries[v]); ++i)
-      if (windowed::entry_symbol(entries[v], int(i)) >= n_values) return Status::BadTable;
-    out[v] = windowed::make_value_entry(entries[v], value);
-  }
   return Status::Ok;
+}
+
+void build_value_table(const uint32_t* entries, const uint16_t value[256], uint64_t* out) {
+  for (uint32_t v = 0; v < windowed::kTableSize; ++v) out[v] = windowed::make_value_entry(entries[v], value);
 }
 
 }  // namespace pycodec

@@ -10,9 +10,6 @@
 
 namespace pycodec {
 
-// The fused GEMV takes a weight whose chunks are whole rows.
-bool windowed_gemv_shape_ok(uint64_t n_symbols, uint32_t chunk_symbols, uint32_t n_rows, uint32_t k);
-
 // y = x W^T as the CUDA kernel computes it, for a format-v2 stream of affine symbols [n_rows, k]
 // (a.y receives [batch][n_rows]); batch 1..8 or 16.
 Status emulate_gemv_affine(const uint8_t* blob, size_t len, const windowed::AffineArgs& a, uint32_t batch);
@@ -21,9 +18,11 @@ Status emulate_gemv_affine(const uint8_t* blob, size_t len, const windowed::Affi
 Status emulate_gemv_split(const uint8_t* blob, size_t len, const uint32_t* values, uint32_t n_values,
                           const windowed::SplitArgs& a, uint32_t batch);
 
-// The 4096 value entries (windowed.h) of a multi-symbol table whose symbols number `values`,
-// each shifted left by `low` into 16 bits. BadTable if an entry names a symbol >= n_values.
-Status build_value_table(const uint32_t* entries, const uint32_t* values, uint32_t n_values, uint32_t low,
-                         uint64_t* out);
+// Symbol values of a lossless split weight for value entries: values[s] << low (16 bits each).
+Status split_values(const uint32_t* values, uint32_t n_values, uint32_t low, uint16_t value[256]);
+
+// The 4096 value entries (windowed.h) of a multi-symbol table, given each symbol's 16-bit value
+// (windowed::affine_values, split_values): what the fused GEMV kernels decode through.
+void build_value_table(const uint32_t* entries, const uint16_t value[256], uint64_t* out);
 
 }  // namespace pycodec

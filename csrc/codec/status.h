@@ -30,6 +30,7 @@ enum class Status : int32_t {
   BadArgument,          // caller passed an invalid parameter (size, chunk length, coder)
   TooLarge,             // a size the format cannot represent
   OutputSize,           // caller's output buffer has the wrong size
+  CudaError,            // the CUDA runtime failed (cuda::last_error_string() says how)
 };
 
 inline const char* status_message(Status s) {
@@ -48,6 +49,7 @@ inline const char* status_message(Status s) {
     case Status::BadArgument: return "invalid argument";
     case Status::TooLarge: return "input is too large for the stream format";
     case Status::OutputSize: return "output buffer size does not match the stream's symbol count";
+    case Status::CudaError: return "CUDA error";
   }
   return "unknown error";
 }

@@ -131,41 +131,58 @@ inline void build_multi_table(const huffman::Code& c, MultiTable& t) {
   }
 }
 
-// One lane's bits, read forward from any bit offset of a chunk. buf holds the next bits
-// left-aligned, avail >= 32 of them are valid after every step, and `pending` is the word
-// after those: loaded one refill ahead, so its memory latency hides behind the lookups
-// in between instead of stalling the refill.
-struct LaneReader {
-  const uint32_t* words;
-  uint32_t n_words;  // reads at or past n_words return 0
-  uint32_t next;     // word index of the load after `pending`
+// A lane's bits, read forward from any bit offset. buf holds the next bits left-aligned,
+// avail >= 32 of them are valid between steps, and `pending` is the word after those: loaded
+// one refill ahead, so its memory latency hides behind the lookups in between instead of
+// stalling the refill.
+// kChecked: every load is tested against the chunk's end (reads there and past it give 0): the
+// CPU decoder's policy, which must take any blob. Unchecked: the kernels' policy; they read
+// from buffers with kSlackWords readable words past their end and bound each lane's reads
+// before it starts (a window read never runs past its chunk by more than 3 words).
+constexpr uint32_t kSlackWords = 4;
+
+template <bool kChecked>
+struct BitReader {
+  const uint32_t* next;  // the word after `pending`
+  const uint32_t* end;   // kChecked: first word past the chunk
   uint32_t pending;
   int32_t avail;
   uint64_t buf;
 
-  PYCODEC_HD uint32_t load(uint32_t i) const { return i < n_words ? PYCODEC_LOAD_WORD(words + i) : 0u; }
-
-  PYCODEC_HD void init(const uint32_t* w, uint32_t n, uint64_t bit) {
-    words = w;
-    n_words = n;
-    const uint32_t i = uint32_t(bit >> 5);
+  PYCODEC_HD uint32_t load(const uint32_t* p) const {
+    if (kChecked) return p < end ? PYCODEC_LOAD_WORD(p) : 0u;
+    return PYCODEC_LOAD_WORD(p);
+  }
+  PYCODEC_HD void init(const uint32_t* w, uint32_t n_words, uint64_t bit) {
+    end = w + n_words;
+    const uint32_t* p = w + (bit >> 5);
     const int off = int(bit & 31u);
-    buf = ((uint64_t(load(i)) << 32) | load(i + 1)) << off;
+    if (kChecked && p > end) p = end;
+    buf = ((uint64_t(load(p)) << 32) | load(p + 1)) << off;
     avail = 64 - off;
-    pending = load(i + 2);
-    next = i + 3;
+    pending = load(p + 2);
+    next = p + 3;
   }
   PYCODEC_HD uint32_t peek() const { return uint32_t(buf >> (64 - kPeekBits)); }
-  PYCODEC_HD void skip(uint32_t bits) {  // bits <= 32: one refill restores avail >= 32
+  PYCODEC_HD void shift(uint32_t bits) {  // no refill: the caller keeps avail >= kPeekBits for its next peek
     buf <<= bits;
     avail -= int32_t(bits);
+  }
+  PYCODEC_HD void refill() {  // restores avail >= 32 after shifts of at most 32 bits in all
     if (avail < 32) {
       buf |= uint64_t(pending) << (32 - avail);
       avail += 32;
-      pending = load(next++);
+      pending = load(next);
+      ++next;
     }
   }
+  PYCODEC_HD void skip(uint32_t bits) {  // bits <= 32
+    shift(bits);
+    refill();
+  }
 };
+using LaneReader = BitReader<true>;
+using FastReader = BitReader<false>;
 
 // A single code as an entry, for the last codes of a lane where a whole entry may not fit.
 PYCODEC_HD uint32_t first_code_entry(uint32_t e, const uint8_t* length) {
@@ -176,49 +193,103 @@ PYCODEC_HD uint64_t first_code_entry(uint64_t e, const uint8_t* length) {
   const uint32_t s = uint32_t(e >> 48) & 0xFFu;
   return (uint64_t(length[s]) << 60) | (uint64_t(1) << 56) | (uint64_t(s) << 48) | (e & 0xFFFFu);
 }
+// bits << 4 | count, the entry's top byte in either layout.
+PYCODEC_HD uint32_t entry_top(uint32_t e) { return e >> 24; }
+PYCODEC_HD uint32_t entry_top(uint64_t e) { return uint32_t(e >> 56); }
 
-// Pass-1 / window decoding of a lane that is not the chunk's last: takes codes while the
-// next one ends inside `window` bits and hands each entry to sink.put(entry, index of its
-// first symbol). Returns the number of symbols; *used gets the bits they occupy.
-// The table must not be constant (windows hold no zero-bit codes).
-template <class Entry, class Sink>
-PYCODEC_HD uint32_t decode_window(const Entry* table, const uint8_t* length, LaneReader& r, uint32_t window,
-                                  Sink& sink, uint32_t* used) {
-  uint32_t pos = 0, n = 0;
-  while (window - pos >= uint32_t(kPeekBits)) {  // all of an entry's codes end inside the window
-    const Entry e = table[r.peek()];
-    sink.put(e, n);
-    n += entry_count(e);
-    pos += entry_bits(e);
-    r.skip(entry_bits(e));
-  }
+// After the whole-entry steps, the last few codes of a window: an entry if it fits whole,
+// else its first code if that fits, else stop (the padding: a code that cannot end here).
+template <class Entry, class Reader, class Sink>
+PYCODEC_HD uint32_t window_tail(const Entry* table, const uint8_t* length, Reader& r, uint32_t left, Sink& sink,
+                                uint32_t n, uint32_t* tail_bits) {
+  uint32_t used = 0;
   for (;;) {
     Entry e = table[r.peek()];
-    if (pos + entry_bits(e) > window) {
+    if (entry_bits(e) == 0) break;  // a constant code's entry: no window to fill (never valid here)
+    if (entry_bits(e) > left - used) {
       e = first_code_entry(e, length);
-      if (pos + entry_bits(e) > window) break;  // the padding: a code that cannot end here
+      if (entry_bits(e) > left - used) break;
     }
     sink.put(e, n);
     n += entry_count(e);
-    pos += entry_bits(e);
+    used += entry_bits(e);
     r.skip(entry_bits(e));
   }
-  *used = pos;
+  *tail_bits = used;
   return n;
 }
 
-// Count decoding (pass 2, and the last lane): exactly `count` symbols. Returns the bits read.
-template <class Entry, class Sink>
-PYCODEC_HD uint64_t decode_count(const Entry* table, const uint8_t* length, LaneReader& r, uint32_t count,
-                                 Sink& sink) {
+// Window decoding of a lane that is not the chunk's last: takes codes while the next one
+// ends inside `window` bits and hands each entry to sink.put(entry, index of its first
+// symbol). Returns the number of symbols; *used gets the bits they occupy. The table must not
+// be constant (windows hold no zero-bit codes). The CPU decoder's loop.
+template <class Entry, class Reader, class Sink>
+PYCODEC_HD uint32_t decode_window(const Entry* table, const uint8_t* length, Reader& r, uint32_t window,
+                                  Sink& sink, uint32_t* used) {
+  uint32_t left = window, n = 0;
+  while (left >= uint32_t(kPeekBits)) {  // all of an entry's codes end inside the window
+    const Entry e = table[r.peek()];
+    sink.put(e, n);
+    n += entry_count(e);
+    left -= entry_bits(e);
+    r.skip(entry_bits(e));
+  }
+  uint32_t tail = 0;
+  n = window_tail(table, length, r, left, sink, n, &tail);
+  *used = window - left + tail;
+  return n;
+}
+
+struct NullSink {
+  template <class Entry>
+  PYCODEC_HD void put(Entry, uint32_t) {}
+};
+
+// Pass 1 of the kernels: decode_window's count without a consumer, two entries per refill.
+// The count comes from the entries' top bytes: their sum is 16 * bits + codes.
+template <class Entry, class Reader>
+PYCODEC_HD uint32_t count_window(const Entry* table, const uint8_t* length, Reader& r, uint32_t window,
+                                 uint32_t* used) {
+  uint32_t left = window, packed = 0;
+  while (left >= 2u * kPeekBits) {
+    const Entry e1 = table[r.peek()];
+    r.shift(entry_bits(e1));
+    const Entry e2 = table[r.peek()];
+    r.shift(entry_bits(e2));
+    r.refill();
+    packed += entry_top(e1) + entry_top(e2);
+    left -= entry_bits(e1) + entry_bits(e2);
+  }
+  while (left >= uint32_t(kPeekBits)) {
+    const Entry e = table[r.peek()];
+    r.skip(entry_bits(e));
+    packed += entry_top(e);
+    left -= entry_bits(e);
+  }
+  NullSink null;
+  uint32_t tail = 0;
+  const uint32_t n = window_tail(table, length, r, left, null, packed - 16u * (window - left), &tail);
+  *used = window - left + tail;
+  return n;
+}
+
+// Count decoding (pass 2, and the last lane): exactly `count` symbols, two entries per refill.
+// Returns the bits read.
+template <class Entry, class Reader, class Sink>
+PYCODEC_HD uint64_t decode_count(const Entry* table, const uint8_t* length, Reader& r, uint32_t count, Sink& sink) {
   uint32_t done = 0;
   uint64_t bits = 0;
-  while (count - done >= uint32_t(kMaxPerEntry)) {
-    const Entry e = table[r.peek()];
-    sink.put(e, done);
-    done += entry_count(e);
-    bits += entry_bits(e);
-    r.skip(entry_bits(e));
+  while (count - done >= 2u * kMaxPerEntry) {
+    const Entry e1 = table[r.peek()];
+    r.shift(entry_bits(e1));
+    const Entry e2 = table[r.peek()];
+    r.shift(entry_bits(e2));
+    r.refill();
+    sink.put(e1, done);
+    done += entry_count(e1);
+    sink.put(e2, done);
+    done += entry_count(e2);
+    bits += entry_bits(e1) + entry_bits(e2);
   }
   while (done < count) {
     Entry e = table[r.peek()];
@@ -230,11 +301,6 @@ PYCODEC_HD uint64_t decode_count(const Entry* table, const uint8_t* length, Lane
   }
   return bits;
 }
-
-struct NullSink {
-  template <class Entry>
-  PYCODEC_HD void put(Entry, uint32_t) {}
-};
 
 // ---------------------------------------------------------------------------- chunk layout
 

@@ -10,19 +10,27 @@
 //   sum_k x[b, k] * w[k] for the rows it touches into its own slots of a per-warp table
 //   slots[row][b][lane]. The warp then sums every (row, b) over the 32 lanes with a fixed
 //   butterfly, so results are deterministic (no atomics) and equal in the emulation.
-// - Entries hand a lane up to 3 symbols at consecutive columns. The fast path multiplies all 3
-//   slots (absent symbols are 0 in the table, so they add x * 0) and needs no branch on the
-//   count; an entry that crosses a segment boundary (a group's end, a row's end) goes symbol
-//   by symbol. x therefore carries 3 zero rows of padding past column K-1. (An infinite x in
-//   the two columns after a lane's last symbol would turn into NaN through x * 0: inputs with
-//   inf are out of contract, as they are for any quantized GEMV.)
-// - Affine (int / rate) weights, w = (q - z_g) * s_g: the zero point is folded out of the inner
-//   loop, sum_k x w = sum_g s_g (sum_{k in g} x q - z_g sum_{k in g} x), with the x sums taken
-//   from prefix sums of x prepared once per call. Per symbol the inner loop does: the symbol's
-//   float (one byte permute + one add), one load of x per batch row, one FMA per batch row.
+// - The kernels decode through value entries (windowed.h): each symbol's weight value as 16 bits
+//   beside the codes, so a weight is one byte permute away from a float. A lane walks its range
+//   segment by segment (a segment = the columns of one (row, group)), decoding exactly the
+//   segment's symbols (decode_count), so entries never straddle a segment and the inner loop
+//   has no boundary test. Each entry's 3 slots are always multiplied (absent symbols have value
+//   0, adding x * 0): no branch on the count; x therefore carries kXPadRows zero rows past
+//   column K-1. (An infinite x in the two columns after a segment would turn into NaN through
+//   x * 0: inputs with inf are out of contract, as for any quantized GEMV.)
+// - Affine (int / rate) weights, w = (q - z_g) * s_g: values are bf16(q - zc) for a constant zc
+//   (the broadcast zero of rate mode when it is an integer, else 0; exact, |q - zc| <= 255), and
+//   the rest of the zero point is folded out of the inner loop:
+//   sum_k x w = sum_g s_g (sum_{k in g} x (q - zc) - (z_g - zc) sum_{k in g} x), with the x sums
+//   from prefix sums of x prepared once per call. Per symbol the inner loop does one byte
+//   permute, one load of x and one FMA per batch row.
 // - Lossless split weights (split.h; bf16 only on this path): w's bits are
-//   (value(top) << low | raw field) << 16. Value entries (windowed.h) carry each symbol's
-//   value bits; the raw fields are read by a second LaneReader at bit (position * low).
+//   (value << low | raw field) << 16, value entries carry value << low, and a second reader
+//   fetches the raw fields at bit (position * low).
+// - Reads: the kernels' readers do not test bounds (windowed.h, kSlackWords): the host gives
+//   payload and raw bits kSlackWords readable words of slack, and a lane whose pass-2 range
+//   could read past them (only a corrupt stream: counts that do not match the bits) decodes
+//   nothing.
 // - All arithmetic is written out as fmaf and plain adds (no expression the compiler could
 //   contract differently on host and device).
 #pragma once
@@ -45,7 +53,6 @@ namespace windowed {
 constexpr int kGemvMaxBatch = 16;
 constexpr uint32_t kGemvMaxSlots = 32;  // rows per chunk x batch rows: the per-warp partial sums
 constexpr uint32_t kXPadRows = 3;       // x rows past K read (as zeros) by an entry's absent slots
-constexpr uint32_t kFloatOne = 0x4B000000u;  // 2^23: with a byte in its low bits, the float 2^23 + byte
 
 PYCODEC_HD float bits_float(uint32_t u) {
 #if defined(__CUDA_ARCH__)
@@ -67,27 +74,18 @@ PYCODEC_HD float half_to_float(uint16_t h) {
   return sign ? -f : f;
 }
 
-// Symbol i of an entry as a float: 2^23 + byte is exact in fp32, and so is subtracting 2^23.
-PYCODEC_HD float symbol_value(uint32_t e, int i) {
-#if defined(__CUDA_ARCH__)
-  const uint32_t bits = __byte_perm(e, kFloatOne, 0x7440u + uint32_t(i));  // [0x4B, 0, 0, byte i]
-#else
-  const uint32_t bits = kFloatOne | ((e >> (8 * i)) & 0xFFu);
-#endif
-  return bits_float(bits) - 8388608.0f;
-}
-
 // A v2 stream's pieces as the kernels see them (device pointers, or host pointers in the
 // emulation). super / sizes are the blob's chunk index (format.h), payload its words.
 struct StreamView {
   const uint32_t* super;
   const uint16_t* sizes;
-  const uint32_t* payload;
+  const uint32_t* payload;  // payload_words words, then kSlackWords readable words
   uint64_t payload_words;
   uint64_t n_symbols;
   uint32_t chunk_symbols;
   uint64_t n_chunks;
   uint32_t lanes;
+  bool constant_code;       // one distinct symbol: zero-bit codes, one lane, no windows to count
 };
 
 struct ChunkView {
@@ -114,6 +112,75 @@ PYCODEC_HD ChunkView chunk_view(const StreamView& s, uint64_t c) {
   return v;
 }
 
+// Whether the fused GEMV takes this weight and batch: chunks of whole rows (chunk_symbols % k
+// == 0), n_symbols == n_rows * k, 1 <= batch <= 16, and rows per chunk x batch (9..15 count
+// as 16, the kernels' instantiation) within kGemvMaxSlots.
+inline bool gemv_supported(uint64_t n_symbols, uint32_t chunk_symbols, uint32_t n_rows, uint32_t k, uint32_t batch) {
+  if (k == 0 || n_symbols != uint64_t(n_rows) * k || chunk_symbols % k != 0) return false;
+  const uint32_t padded = batch <= 8 ? batch : 16;
+  return batch >= 1 && batch <= uint32_t(kGemvMaxBatch) && uint64_t(chunk_symbols / k) * padded <= kGemvMaxSlots;
+}
+
+// What a lane decodes in pass 2, from its pass-1 window count and the warp's scan of them.
+struct LaneRange {
+  uint32_t start, count;
+  bool overrun;  // the last lane needs more codes than its window holds: a corrupt chunk
+};
+
+// window_count: this lane's count_window (every lane below `lanes` runs pass 1, the last one
+// too, so that its count can be bounded); before / through: the sum of the counts of the lanes
+// before it / up to it, excluding the last lane's (the warp's prefix sum).
+PYCODEC_HD LaneRange lane_range(uint32_t lane, uint32_t lanes, uint32_t m, uint32_t window_count, uint32_t before,
+                                uint32_t through) {
+  LaneRange r{m, 0, false};
+  if (lane >= lanes) return r;
+  r.start = before < m ? before : m;
+  const uint32_t end = lane + 1 < lanes ? (through < m ? through : m) : m;
+  r.count = end - r.start;
+  if (r.count > window_count) {  // lanes before the last cannot: their count is clamped below it
+    r.overrun = true;
+    r.count = 0;
+  }
+  return r;
+}
+
+// Pass 1 of one lane: its window count (the whole chunk for a constant code).
+template <class Entry>
+PYCODEC_HD uint32_t lane_window_count(const ChunkView& v, const StreamView& s, const Entry* table,
+                                      const uint8_t* length, uint32_t lane) {
+  if (lane >= s.lanes) return 0;
+  if (s.constant_code) return v.m;
+  const uint64_t window = lane_window_bits(v.n_words, s.lanes);
+  FastReader r;
+  r.init(v.words, 0, lane * window);
+  uint32_t used;
+  return count_window(table, length, r, uint32_t(window), &used);
+}
+
+// The weight in value slot i of an entry (bf16 bits in 16 bits, here as a float).
+PYCODEC_HD float value_weight(uint64_t e, int i) {
+#if defined(__CUDA_ARCH__)
+  const uint32_t half = i < 2 ? uint32_t(e) : uint32_t(e >> 32);
+  return __uint_as_float(i == 1 ? half & 0xFFFF0000u : __byte_perm(half, 0, 0x1044u));  // bits << 16
+#else
+  return bits_float(entry_value(e, i) << 16);
+#endif
+}
+
+// A segment-walking lane: the sink says where its current segment ends, the lane decodes up
+// to there and closes it.
+template <class Entry, class Reader, class Sink>
+PYCODEC_HD void gemv_lane(const Entry* table, const uint8_t* length, Reader& r, uint32_t count, Sink& sink) {
+  uint32_t done = 0;
+  while (done < count) {
+    const uint32_t n = sink.segment_left(count - done);
+    decode_count(table, length, r, n, sink);
+    sink.close_segment();
+    done += n;
+  }
+  sink.finish();
+}
+
 // ---------------------------------------------------------------------------- affine sink
 
 struct AffineArgs {
@@ -123,8 +190,27 @@ struct AffineArgs {
   const uint16_t* zero;   // fp16 bits [n_rows][n_groups], or a single value when zero_broadcast
   uint32_t n_rows, k, group_size, n_groups;
   bool zero_broadcast;
+  float zero_in_values;   // zc: the table's values are q - zc
   float* y;               // [batch][n_rows] fp32
 };
+
+// zc of AffineArgs: the broadcast zero point when it is an integer 0..255 (rate mode's 128),
+// else 0. Host and emulation agree on it through this one function.
+inline float affine_zero_in_values(bool zero_broadcast, uint16_t zero_half) {
+  if (!zero_broadcast) return 0.f;
+  const float z = half_to_float(zero_half);
+  return z >= 0.f && z <= 255.f && float(int(z)) == z ? z : 0.f;
+}
+
+// The 16-bit value of every symbol for affine weights: bf16(q - zc), exact for |q - zc| <= 255.
+inline void affine_values(float zc, uint16_t value[256]) {
+  for (int q = 0; q < 256; ++q) {
+    const float f = float(q) - zc;
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    value[q] = uint16_t(u >> 16);  // exact: at most 8 significant bits
+  }
+}
 
 template <int B>
 struct AffineSink {
@@ -132,7 +218,7 @@ struct AffineSink {
   float* slots;  // this warp's [rows][B][32] partial sums
   uint32_t lane, rows, first_row;
   uint32_t row, col, group, seg_start, seg_end;  // seg: the columns of the current (row, group)
-  float acc[B];   // sum x q over the current segment
+  float acc[B];   // sum x (q - zc) over the current segment
   float part[B];  // sum over the closed segments of the current row
 
   PYCODEC_HD void begin(const AffineArgs& args, float* warp_slots, uint32_t l, const ChunkView& v, uint32_t start) {
@@ -152,15 +238,23 @@ struct AffineSink {
     const uint32_t e = (group + 1) * a->group_size;
     return e < a->k ? e : a->k;
   }
-  PYCODEC_HD void mac(float w, uint32_t c) {
-    const float* xp = a->x + size_t(c) * B;
-    for (int b = 0; b < B; ++b) acc[b] = fmaf(PYCODEC_LOAD(xp + b), w, acc[b]);
+  PYCODEC_HD uint32_t segment_left(uint32_t left) const { return seg_end - col < left ? seg_end - col : left; }
+  PYCODEC_HD void put(uint64_t e, uint32_t) {
+    const float w0 = value_weight(e, 0), w1 = value_weight(e, 1), w2 = value_weight(e, 2);
+    const float* xp = a->x + size_t(col) * B;
+    for (int b = 0; b < B; ++b) {
+      acc[b] = fmaf(PYCODEC_LOAD(xp + b), w0, acc[b]);
+      acc[b] = fmaf(PYCODEC_LOAD(xp + B + b), w1, acc[b]);
+      acc[b] = fmaf(PYCODEC_LOAD(xp + 2 * B + b), w2, acc[b]);
+    }
+    col += entry_count(e);
   }
-  // Folds the segment [seg_start, col) into part: s * (sum x q - z * sum x).
+  // Folds [seg_start, col) into part: s * (sum x (q - zc) - (z - zc) * sum x); at a segment's
+  // end moves on to the next group, or stores the row and moves to the next row.
   PYCODEC_HD void close_segment() {
     const size_t gi = size_t(first_row + row) * a->n_groups + group;
     const float s = half_to_float(PYCODEC_LOAD(a->scale + gi));
-    const float z = half_to_float(PYCODEC_LOAD(a->zero + (a->zero_broadcast ? 0 : gi)));
+    const float z = half_to_float(PYCODEC_LOAD(a->zero + (a->zero_broadcast ? 0 : gi))) - a->zero_in_values;
     const float* p1 = a->prefix + size_t(col) * B;
     const float* p0 = a->prefix + size_t(seg_start) * B;
     for (int b = 0; b < B; ++b) {
@@ -168,55 +262,30 @@ struct AffineSink {
       part[b] = fmaf(s, fmaf(-z, sum_x, acc[b]), part[b]);
       acc[b] = 0.f;
     }
+    if (col == a->k) {
+      store_row();
+      ++row;
+      col = 0;
+      group = 0;
+    } else if (col == seg_end) {
+      ++group;
+    }
+    seg_start = col;
+    seg_end = segment_end();
   }
   PYCODEC_HD void store_row() {
     if (row < rows)
       for (int b = 0; b < B; ++b) slots[(row * B + b) * 32 + lane] = part[b];
     for (int b = 0; b < B; ++b) part[b] = 0.f;
   }
-  PYCODEC_HD void next_segment() {  // col == seg_end
-    close_segment();
-    if (col == a->k) {
-      store_row();
-      ++row;
-      col = 0;
-      group = 0;
-    } else {
-      ++group;
-    }
-    seg_start = col;
-    seg_end = segment_end();
-  }
-  PYCODEC_HD void put(uint32_t e, uint32_t) {
-    const uint32_t n = entry_count(e);
-    if (col + n <= seg_end) {  // the whole entry inside the segment: 3 slots, no branch on n
-      const float w0 = symbol_value(e, 0), w1 = symbol_value(e, 1), w2 = symbol_value(e, 2);
-      const float* xp = a->x + size_t(col) * B;
-      for (int b = 0; b < B; ++b) {
-        acc[b] = fmaf(PYCODEC_LOAD(xp + b), w0, acc[b]);
-        acc[b] = fmaf(PYCODEC_LOAD(xp + B + b), w1, acc[b]);
-        acc[b] = fmaf(PYCODEC_LOAD(xp + 2 * B + b), w2, acc[b]);
-      }
-      col += n;
-      return;
-    }
-    for (uint32_t i = 0; i < n; ++i) {
-      if (col == seg_end) next_segment();
-      mac(symbol_value(e, int(i)), col);
-      ++col;
-    }
-  }
-  PYCODEC_HD void finish() {
-    if (col != seg_start) close_segment();
-    store_row();
-  }
+  PYCODEC_HD void finish() { store_row(); }
 };
 
 // ---------------------------------------------------------------------------- lossless split sink
 
 struct SplitArgs {
   const float* x;       // as AffineArgs::x
-  const uint32_t* raw;  // the low bits (split.h), raw_words words
+  const uint32_t* raw;  // the low bits (split.h), raw_words words and kSlackWords readable past them
   uint64_t raw_words;
   uint32_t n_rows, k, low;  // low = 16 - top
   float* y;             // [batch][n_rows] fp32
@@ -226,8 +295,8 @@ template <int B>
 struct SplitSink {
   const SplitArgs* a;
   float* slots;
-  uint32_t lane, rows, row, col, mask;
-  LaneReader raw;
+  uint32_t lane, rows, row, col, low;
+  FastReader raw;
   float acc[B];
 
   PYCODEC_HD void begin(const SplitArgs& args, float* warp_slots, uint32_t l, const ChunkView& v, uint32_t start) {
@@ -237,47 +306,41 @@ struct SplitSink {
     rows = v.m / a->k;
     row = start / a->k;
     col = start % a->k;
-    mask = (1u << a->low) - 1u;
-    const uint64_t words = a->raw_words < 0xFFFFFFFFull ? a->raw_words : 0xFFFFFFFFull;
-    raw.init(a->raw, uint32_t(words), (v.first + start) * a->low);
+    low = a->low;
+    raw.init(a->raw, 0, (v.first + start) * low);
     for (int b = 0; b < B; ++b) acc[b] = 0.f;
   }
-  PYCODEC_HD void store_row() {
-    if (row < rows)
-      for (int b = 0; b < B; ++b) slots[(row * B + b) * 32 + lane] = acc[b];
-    for (int b = 0; b < B; ++b) acc[b] = 0.f;
-  }
-  // Weight i of an entry whose raw fields are the top bits of `fields` (3 * low <= 24 <= 32).
+  PYCODEC_HD uint32_t segment_left(uint32_t left) const { return a->k - col < left ? a->k - col : left; }
+  // Weight i of an entry whose raw fields are the top bits of `fields` (3 * low <= 24 <= 32);
+  // fields of absent symbols are masked, so their weight is exactly 0.
   PYCODEC_HD float weight(uint64_t e, uint32_t fields, int i, uint32_t n) const {
-    const uint32_t f = uint32_t(i) < n ? (fields >> (32 - a->low * uint32_t(i + 1))) & mask : 0u;
+    const uint32_t f = uint32_t(i) < n ? (fields << (low * uint32_t(i))) >> (32 - low) : 0u;
     return bits_float((entry_value(e, i) | f) << 16);
   }
   PYCODEC_HD void put(uint64_t e, uint32_t) {
     const uint32_t n = entry_count(e);
     const uint32_t fields = uint32_t(raw.buf >> 32);
-    if (col + n <= a->k) {
-      const float w0 = weight(e, fields, 0, n), w1 = weight(e, fields, 1, n), w2 = weight(e, fields, 2, n);
-      const float* xp = a->x + size_t(col) * B;
-      for (int b = 0; b < B; ++b) {
-        acc[b] = fmaf(PYCODEC_LOAD(xp + b), w0, acc[b]);
-        acc[b] = fmaf(PYCODEC_LOAD(xp + B + b), w1, acc[b]);
-        acc[b] = fmaf(PYCODEC_LOAD(xp + 2 * B + b), w2, acc[b]);
-      }
-      col += n;
-    } else {
-      for (uint32_t i = 0; i < n; ++i) {
-        if (col == a->k) {
-          store_row();
-          ++row;
-          col = 0;
-        }
-        const float w = weight(e, fields, int(i), n);
-        const float* xp = a->x + size_t(col) * B;
-        for (int b = 0; b < B; ++b) acc[b] = fmaf(PYCODEC_LOAD(xp + b), w, acc[b]);
-        ++col;
-      }
+    const float w0 = weight(e, fields, 0, n), w1 = weight(e, fields, 1, n), w2 = weight(e, fields, 2, n);
+    const float* xp = a->x + size_t(col) * B;
+    for (int b = 0; b < B; ++b) {
+      acc[b] = fmaf(PYCODEC_LOAD(xp + b), w0, acc[b]);
+      acc[b] = fmaf(PYCODEC_LOAD(xp + B + b), w1, acc[b]);
+      acc[b] = fmaf(PYCODEC_LOAD(xp + 2 * B + b), w2, acc[b]);
     }
-    raw.skip(n * a->low);
+    col += n;
+    raw.skip(n * low);
+  }
+  PYCODEC_HD void close_segment() {
+    if (col == a->k) {
+      store_row();
+      ++row;
+      col = 0;
+    }
+  }
+  PYCODEC_HD void store_row() {
+    if (row < rows)
+      for (int b = 0; b < B; ++b) slots[(row * B + b) * 32 + lane] = acc[b];
+    for (int b = 0; b < B; ++b) acc[b] = 0.f;
   }
   PYCODEC_HD void finish() { store_row(); }
 };

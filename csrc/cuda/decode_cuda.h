@@ -10,10 +10,13 @@
 #include <cstdint>
 
 #include "../codec/status.h"
+#include "../codec/windowed_gemv.h"
 
 namespace pycodec {
 namespace cuda {
 
+// ---- format v1 (legacy streams: interleaved Huffman and rANS, csrc/cuda/decode_cuda.cu)
+//
 // Where one stream's pieces live in device memory. The decode table is the host-built
 // 4096 x uint32 table of either coder (codec.h: build_decode_table), uploaded once per
 // tensor, so kernels never rebuild it.
@@ -37,21 +40,38 @@ int device_count();
 // never make the kernel read outside its chunk.
 Status decode_symbols(const DeviceStream& s, uint8_t* out_dev, uintptr_t stream);
 
-// Whether gemv_affine accepts this shape: K % 64 == 0, chunk_symbols % K == 0 (chunks
-// are whole rows), n_symbols == n_rows * K, 1 <= batch <= 8, group_size >= 64 and even.
-bool gemv_affine_supported(uint64_t n_symbols, uint32_t chunk_symbols, uint32_t group_size, uint32_t n_rows,
-                           uint32_t k, uint32_t batch);
+// ---- format v2 (windowed-lane Huffman, csrc/cuda/windowed_cuda.cu)
+//
+// table_dev: the stream's multi-symbol table as build_decode_table writes it, 4096 uint32
+// entries followed by the 256 code lengths as bytes (4160 words, 16-byte aligned).
+// value_table_dev: its 4096 value entries (emulate.h: build_value_table), 16-byte aligned.
+// The payload (and the raw bits of split weights) must be followed by windowed::kSlackWords
+// readable words: the kernels read without per-load bounds tests (windowed_cuda.cu).
 
-// Fused decode + dequant + GEMV of an affine-quantized weight whose symbols q [n_rows, k]
-// are the stream s: y[b, n] = sum_k x[b, k] * (q[n, k] - zero[n, g]) * scale[n, g],
-// g = k / group_size. scale_dev / zero_dev are fp16 bits [n_rows, ceil(k / group_size)]
-// (zero_dev a single fp16 when zero_broadcast); x_bf16_dev is bf16 bits [batch, k]
-// (4-byte aligned), y_dev fp32 [batch, n_rows], accumulated in fp32. Decoded symbols never
-// reach global memory. Returns BadArgument when !gemv_affine_supported (the caller falls
-// back to decode_symbols + a separate matmul) or a pointer is not on the current device.
-Status gemv_affine(const DeviceStream& s, const uint16_t* scale_dev, const uint16_t* zero_dev, bool zero_broadcast,
-                   uint32_t group_size, uint32_t n_rows, uint32_t k, const uint16_t* x_bf16_dev, uint32_t batch,
-                   float* y_dev, uintptr_t stream);
+// Message of the CUDA error behind the last Status::CudaError of this thread.
+const char* last_error_string();
+
+// Decodes all symbols into out_dev (n_symbols bytes). *status_dev gets bit 0 set when a
+// chunk's last lane overran its window (a corrupt stream; streams are verified on the CPU
+// before they reach a GPU, so this is a second line of defence). Pointers are checked to be
+// device pointers of the current device.
+Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev, uint8_t* out_dev,
+                       uint32_t* status_dev, uintptr_t stream);
+
+// y[b, n] = sum_k x[b, k] (q[n, k] - zero[n, g]) scale[n, g] (windowed_gemv.h: AffineArgs; the
+// value entries hold bf16(q - a.zero_in_values)), batch 1..8 or 16. Decoded weights never reach
+// global memory.
+Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value_table_dev, const uint32_t* table_dev,
+                            const windowed::AffineArgs& a, uint32_t batch, uintptr_t stream);
+
+// y = x W^T for a lossless split bf16 weight (value entries hold values[s] << low).
+Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_table_dev, const uint32_t* table_dev,
+                           const windowed::SplitArgs& a, uint32_t batch, uintptr_t stream);
+
+// out[i] = value[symbols[i]] | raw field i (low bits each; split.h), bf16 bits: rebuilds an exact
+// weight on the GPU for callers that want cuBLAS's own output bits (exact_outputs).
+Status split_merge(const uint8_t* symbols_dev, uint64_t n, const uint16_t* values_dev, const uint32_t* raw_dev,
+                   uint64_t raw_words, uint32_t low, uint16_t* out_dev, uintptr_t stream);
 
 }  // namespace cuda
 }  // namespace pycodec

@@ -5,10 +5,20 @@ namespace pycodec {
 namespace cuda {
 bool compiled() { return false; }
 int device_count() { return 0; }
+const char* last_error_string() { return "this build has no CUDA kernels"; }
 Status decode_symbols(const DeviceStream&, uint8_t*, uintptr_t) { return Status::BadArgument; }
-bool gemv_affine_supported(uint64_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t) { return false; }
-Status gemv_affine(const DeviceStream&, const uint16_t*, const uint16_t*, bool, uint32_t, uint32_t, uint32_t,
-                   const uint16_t*, uint32_t, float*, uintptr_t) {
+Status windowed_decode(const windowed::StreamView&, const uint32_t*, uint8_t*, uint32_t*, uintptr_t) {
+  return Status::BadArgument;
+}
+Status windowed_gemv_affine(const windowed::StreamView&, const uint64_t*, const uint32_t*, const windowed::AffineArgs&,
+                            uint32_t, uintptr_t) {
+  return Status::BadArgument;
+}
+Status windowed_gemv_split(const windowed::StreamView&, const uint64_t*, const uint32_t*, const windowed::SplitArgs&,
+                           uint32_t, uintptr_t) {
+  return Status::BadArgument;
+}
+Status split_merge(const uint8_t*, uint64_t, const uint16_t*, const uint32_t*, uint64_t, uint32_t, uint16_t*, uintptr_t) {
   return Status::BadArgument;
 }
 }  // namespace cuda

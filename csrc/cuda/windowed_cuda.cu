@@ -1,0 +1,300 @@
+// pycodec CUDA kernels for format-v2 (windowed-lane Huffman) streams: symbol decode, fused
+// decode + dequant + GEMV for affine and lossless-split weights, and the split merge that
+// rebuilds exact bf16 weights.
+//
+// Read me first
+// - One warp per chunk; the 32 CUDA lanes are the format's lanes (windowed.h), lanes >= the
+//   stream's lane count only join the warp-wide steps. Per chunk:
+//     pass 1  every lane but the last counts the codes of its window (decode_window, no output);
+//     scan    a warp prefix sum of the counts, clamped to the chunk, gives each lane its first
+//             symbol (5 shuffles);
+//     pass 2  every lane decodes exactly its symbols again, now with known positions, straight
+//             into its consumer (decode_count + a sink of windowed_gemv.h).
+//   The lane code is the torch-free windowed.h / windowed_gemv.h, which the CPU emulation runs
+//   too (csrc/codec/windowed_emulate.h, tests/test_windowed_gemv.py): only the warp glue below is
+//   GPU-only.
+// - Why decode twice: storing per-lane counts or offsets would cost 5-11 bits per lane, and a
+//   4096 x 4096 layer has 131k lanes; pass 1 costs about 3 lane-instructions per symbol
+//   (bench/sass_count.py counts them), the side information it saves ~1% of the weight.
+// - Memory: each lane reads its window through a FastReader, whose next word is loaded one
+//   refill ahead (a refill never waits on a load issued in the same step), two table entries per
+//   refill. The decode kernel uses the multi-symbol table (16 KiB), the GEMVs its value entries
+//   (32 KiB: weights in bf16 beside the codes); either sits in shared memory with the code
+//   lengths, copied in 16-byte pieces by the whole block. x and the prefix sums are read through
+//   the read-only cache (all warps of an SM read the same columns at about the same time).
+// - GEMV results: each lane writes its partial sum of every row it touched into its own column
+//   of a per-warp shared table (slots[row][b][lane]); a fixed butterfly of shuffles then sums
+//   each (row, b) over the lanes. No atomics: results are deterministic and equal to the
+//   emulation's, bit for bit.
+// - Bounds: loads are not tested one by one. chunk_view clamps a chunk to the payload, a window
+//   read runs at most 3 words past its chunk, every buffer has windowed::kSlackWords readable
+//   words of slack (the host pads them), and a lane's pass-2 count never exceeds what its window
+//   holds (lane_range), so a corrupt stream cannot make a kernel read or write out of bounds.
+//   Corruption itself is detected on the CPU when a stream is loaded (pycodec verifies every
+//   stream before it reaches a GPU); the decode kernel also flags a lane that overruns.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <mutex>
+
+#include "../codec/windowed.h"
+#include "../codec/windowed_gemv.h"
+#include "cuda_status.cuh"
+#include "decode_cuda.h"
+
+namespace pycodec {
+namespace cuda {
+namespace {
+
+using windowed::ChunkView;
+using windowed::StreamView;
+
+constexpr int kWarps = 4;  // per block: chunks are few for small layers, so small blocks reach more SMs
+constexpr int kThreads = kWarps * 32;
+constexpr uint32_t kFullMask = 0xFFFFFFFFu;
+constexpr size_t kLengthBytes = 256;
+
+template <class Entry>
+constexpr size_t table_bytes() {
+  return windowed::kTableSize * sizeof(Entry);
+}
+
+// Block-wide copy of the decode tables into shared memory, 16 bytes per thread per step.
+template <class Entry>
+__device__ __forceinline__ void load_tables(Entry* table_smem, uint8_t* length_smem, const Entry* table,
+                                            const uint8_t* lengths) {
+  const uint4* src = reinterpret_cast<const uint4*>(table);
+  uint4* dst = reinterpret_cast<uint4*>(table_smem);
+  for (uint32_t i = threadIdx.x; i < table_bytes<Entry>() / 16; i += blockDim.x) dst[i] = __ldg(src + i);
+  for (uint32_t i = threadIdx.x; i < kLengthBytes; i += blockDim.x) length_smem[i] = __ldg(lengths + i);
+  __syncthreads();
+}
+
+// Pass 1 and the warp prefix sum of the counts (lanes before the last): every lane's range for
+// pass 2 (windowed_gemv.h: lane_range). Called by all 32 lanes.
+template <class Entry>
+__device__ __forceinline__ windowed::LaneRange warp_lane_range(const ChunkView& v, const StreamView& s,
+                                                               const Entry* table, const uint8_t* lengths,
+                                                               uint32_t lane) {
+  const uint32_t count = windowed::lane_window_count(v, s, table, lengths, lane);
+  const uint32_t scanned = lane + 1 < s.lanes ? count : 0;
+  uint32_t through = scanned;
+#pragma unroll
+  for (int off = 1; off < 32; off *= 2) {
+    const uint32_t t = __shfl_up_sync(kFullMask, through, off);
+    if (lane >= uint32_t(off)) through += t;
+  }
+  return windowed::lane_range(lane, s.lanes, v.m, count, through - scanned, through);
+}
+
+// ---------------------------------------------------------------------------- decode
+
+struct GlobalByteSink {
+  uint8_t* out;  // the lane's first symbol
+  __device__ __forceinline__ void put(uint32_t e, uint32_t at) {
+    const uint32_t n = windowed::entry_count(e);
+    for (uint32_t k = 0; k < n; ++k) out[at + k] = uint8_t(windowed::entry_symbol(e, int(k)));
+  }
+};
+
+__global__ void __launch_bounds__(kThreads) decode_kernel(const StreamView s, const uint32_t* __restrict__ table,
+                                                          uint8_t* __restrict__ out, uint32_t* __restrict__ status) {
+  __shared__ __align__(16) uint32_t table_smem[windowed::kTableSize];
+  __shared__ uint8_t length_smem[kLengthBytes];
+  load_tables(table_smem, length_smem, table, reinterpret_cast<const uint8_t*>(table + windowed::kTableSize));
+  const uint64_t c = uint64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (c >= s.n_chunks) return;  // the whole warp: c is warp-uniform
+  const uint32_t lane = threadIdx.x % 32;
+  const ChunkView v = windowed::chunk_view(s, c);
+  const windowed::LaneRange r = warp_lane_range(v, s, table_smem, length_smem, lane);
+  if (r.overrun) atomicOr(status, 1u);
+  if (lane >= s.lanes) return;
+  windowed::FastReader reader;
+  reader.init(v.words, 0, lane * windowed::lane_window_bits(v.n_words, s.lanes));
+  GlobalByteSink sink{out + v.first + r.start};
+  windowed::decode_count(table_smem, length_smem, reader, r.count, sink);
+}
+
+// ---------------------------------------------------------------------------- fused GEMV
+
+template <int B, template <int> class Sink, class Args, class Entry>
+__global__ void __launch_bounds__(kThreads) gemv_kernel(const StreamView s, const Args a,
+                                                        const Entry* __restrict__ table,
+                                                        const uint8_t* __restrict__ lengths, uint32_t max_rows) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  Entry* table_smem = reinterpret_cast<Entry*>(smem);
+  uint8_t* length_smem = smem + table_bytes<Entry>();
+  float* slots = reinterpret_cast<float*>(smem + table_bytes<Entry>() + kLengthBytes);
+  load_tables(table_smem, length_smem, table, lengths);
+
+  const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const uint64_t c = uint64_t(blockIdx.x) * kWarps + warp;
+  if (c >= s.n_chunks) return;  // whole warp
+  const ChunkView v = windowed::chunk_view(s, c);
+  const uint32_t rows = v.m / a.k, first_row = uint32_t(v.first / a.k);
+  float* warp_slots = slots + size_t(warp) * max_rows * B * 32;
+  for (uint32_t i = 0; i < rows * B; ++i) warp_slots[i * 32 + lane] = 0.f;
+
+  const windowed::LaneRange r = warp_lane_range(v, s, table_smem, length_smem, lane);
+  if (lane < s.lanes) {
+    Sink<B> sink;
+    sink.begin(a, warp_slots, lane, v, r.start);
+    windowed::FastReader reader;
+    reader.init(v.words, 0, lane * windowed::lane_window_bits(v.n_words, s.lanes));
+    windowed::gemv_lane(table_smem, length_smem, reader, r.count, sink);
+  }
+  __syncwarp();
+  for (uint32_t row = 0; row < rows; ++row) {
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      float t = warp_slots[(row * B + b) * 32 + lane];
+#pragma unroll
+      for (int off = 16; off > 0; off /= 2) t += __shfl_xor_sync(kFullMask, t, off);
+      if (lane == 0) a.y[size_t(b) * a.n_rows + first_row + row] = t;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------- split merge
+
+__global__ void split_merge_kernel(const uint8_t* __restrict__ symbols, uint64_t n, const uint16_t* __restrict__ value,
+                                   const uint32_t* __restrict__ raw, uint64_t raw_words, uint32_t low,
+                                   uint16_t* __restrict__ out) {
+  const uint64_t i = uint64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  uint32_t field = 0;
+  if (low) {
+    const uint64_t bit = i * low, w = bit >> 5;
+    const uint64_t hi = w < raw_words ? __ldg(raw + w) : 0, lo = w + 1 < raw_words ? __ldg(raw + w + 1) : 0;
+    field = uint32_t((((hi << 32) | lo) << (bit & 31)) >> (64 - low));
+  }
+  out[i] = uint16_t(__ldg(value + symbols[i]) | field);
+}
+
+// ---------------------------------------------------------------------------- host side
+
+Status check_view(const StreamView& s, const void* table) {
+  if (s.lanes < 1 || s.lanes > 32 || s.chunk_symbols < 1 || s.chunk_symbols > windowed::kMaxChunkSymbols)
+    return Status::BadArgument;
+  if (s.n_chunks != (s.n_symbols + s.chunk_symbols - 1) / s.chunk_symbols) return Status::BadArgument;
+  if (s.n_chunks && (!s.super || !s.sizes || !table || (s.payload_words && !s.payload))) return Status::BadArgument;
+  if (s.payload_words > 0xFFFFFFFFull || (s.n_chunks + kWarps - 1) / kWarps > 0x7FFFFFFFull) return Status::TooLarge;
+  const uintptr_t misaligned = reinterpret_cast<uintptr_t>(s.super) | reinterpret_cast<uintptr_t>(s.payload) |
+                               reinterpret_cast<uintptr_t>(table);
+  if ((misaligned & 3u) || (reinterpret_cast<uintptr_t>(s.sizes) & 1u) || (reinterpret_cast<uintptr_t>(table) & 15u))
+    return Status::BadArgument;
+  return Status::Ok;
+}
+
+unsigned grid_of(const StreamView& s) { return unsigned((s.n_chunks + kWarps - 1) / kWarps); }
+
+// Dynamic shared memory above 48 KiB must be opted into, per kernel and device: once each.
+constexpr int kMaxDevices = 64;
+
+template <int B, template <int> class Sink, class Args, class Entry>
+Status launch_gemv(const StreamView& s, const Args& a, const Entry* table, const uint8_t* lengths, cudaStream_t cs) {
+  constexpr size_t kFixed = table_bytes<Entry>() + kLengthBytes;
+  constexpr size_t kMaxSmem = kFixed + size_t(kWarps) * windowed::kGemvMaxSlots * 32 * sizeof(float);
+  static std::once_flag opted_in[kMaxDevices];
+  static cudaError_t opt_in_error[kMaxDevices];
+  const uint32_t max_rows = s.chunk_symbols / a.k;
+  const size_t smem = kFixed + size_t(kWarps) * max_rows * B * 32 * sizeof(float);
+  auto kernel = gemv_kernel<B, Sink, Args, Entry>;
+  if (smem > 48 * 1024) {
+    int device = 0;
+    Status st = from_cuda(cudaGetDevice(&device));
+    if (st != Status::Ok) return st;
+    if (device >= kMaxDevices) return Status::TooLarge;
+    std::call_once(opted_in[device], [&] {
+      opt_in_error[device] = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxSmem));
+    });
+    if ((st = from_cuda(opt_in_error[device])) != Status::Ok) return st;
+  }
+  kernel<<<grid_of(s), kThreads, smem, cs>>>(s, a, table, lengths, max_rows);
+  return from_cuda(cudaGetLastError());
+}
+
+// The one list of batch instantiations: 1..8 and 16 (the caller pads 9..15 to 16).
+template <template <int> class Sink, class Args, class Entry>
+Status dispatch_gemv(uint32_t batch, const StreamView& s, const Args& a, const Entry* table, const uint8_t* lengths,
+                     cudaStream_t cs) {
+  switch (batch) {
+    case 1: return launch_gemv<1, Sink>(s, a, table, lengths, cs);
+    case 2: return launch_gemv<2, Sink>(s, a, table, lengths, cs);
+    case 3: return launch_gemv<3, Sink>(s, a, table, lengths, cs);
+    case 4: return launch_gemv<4, Sink>(s, a, table, lengths, cs);
+    case 5: return launch_gemv<5, Sink>(s, a, table, lengths, cs);
+    case 6: return launch_gemv<6, Sink>(s, a, table, lengths, cs);
+    case 7: return launch_gemv<7, Sink>(s, a, table, lengths, cs);
+    case 8: return launch_gemv<8, Sink>(s, a, table, lengths, cs);
+    case 16: return launch_gemv<16, Sink>(s, a, table, lengths, cs);
+    default: return Status::BadArgument;
+  }
+}
+
+bool batch_instantiated(uint32_t batch) { return (batch >= 1 && batch <= 8) || batch == 16; }
+
+}  // namespace
+
+const char* last_error_string() { return cudaGetErrorString(last_cuda_error()); }
+
+Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev, uint8_t* out_dev,
+                       uint32_t* status_dev, uintptr_t stream) {
+  Status st = check_view(s, table_dev);
+  if (st != Status::Ok) return st;
+  if (s.n_chunks == 0) return Status::Ok;
+  if (!out_dev || !status_dev) return Status::BadArgument;
+  const void* ptrs[6] = {out_dev, status_dev, table_dev, s.super, s.sizes, s.payload_words ? s.payload : nullptr};
+  if ((st = check_device_pointers(ptrs, 6)) != Status::Ok) return st;
+  decode_kernel<<<grid_of(s), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(s, table_dev, out_dev, status_dev);
+  return from_cuda(cudaGetLastError());
+}
+
+Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value_table_dev, const uint32_t* table_dev,
+                            const windowed::AffineArgs& a, uint32_t batch, uintptr_t stream) {
+  Status st = check_view(s, value_table_dev);
+  if (st != Status::Ok) return st;
+  if (!batch_instantiated(batch) || !windowed::gemv_supported(s.n_symbols, s.chunk_symbols, a.n_rows, a.k, batch) ||
+      a.group_size == 0 || a.n_groups != (a.k + a.group_size - 1) / a.group_size || !table_dev)
+    return Status::BadArgument;
+  if (s.n_chunks == 0) return Status::Ok;
+  if (!a.x || !a.prefix || !a.scale || !a.zero || !a.y) return Status::BadArgument;
+  if ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.prefix) | reinterpret_cast<uintptr_t>(a.y)) & 3u ||
+      (reinterpret_cast<uintptr_t>(a.scale) | reinterpret_cast<uintptr_t>(a.zero)) & 1u)
+    return Status::BadArgument;
+  const uint8_t* lengths = reinterpret_cast<const uint8_t*>(table_dev + windowed::kTableSize);
+  return dispatch_gemv<windowed::AffineSink>(batch, s, a, value_table_dev, lengths,
+                                             reinterpret_cast<cudaStream_t>(stream));
+}
+
+Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_table_dev, const uint32_t* table_dev,
+                           const windowed::SplitArgs& a, uint32_t batch, uintptr_t stream) {
+  Status st = check_view(s, value_table_dev);
+  if (st != Status::Ok) return st;
+  if (!batch_instantiated(batch) || !windowed::gemv_supported(s.n_symbols, s.chunk_symbols, a.n_rows, a.k, batch) ||
+      a.low > 8 || !table_dev)
+    return Status::BadArgument;
+  if (s.n_chunks == 0) return Status::Ok;
+  if (!a.x || !a.y || !a.raw || a.raw_words != (s.n_symbols * a.low + 31) / 32) return Status::BadArgument;
+  if ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.raw) | reinterpret_cast<uintptr_t>(a.y)) & 3u)
+    return Status::BadArgument;
+  const uint8_t* lengths = reinterpret_cast<const uint8_t*>(table_dev + windowed::kTableSize);
+  return dispatch_gemv<windowed::SplitSink>(batch, s, a, value_table_dev, lengths,
+                                            reinterpret_cast<cudaStream_t>(stream));
+}
+
+Status split_merge(const uint8_t* symbols_dev, uint64_t n, const uint16_t* values_dev, const uint32_t* raw_dev,
+                   uint64_t raw_words, uint32_t low, uint16_t* out_dev, uintptr_t stream) {
+  if (n == 0) return Status::Ok;
+  if (!symbols_dev || !values_dev || !out_dev || low > 16 || (low && !raw_dev)) return Status::BadArgument;
+  if ((n * low + 31) / 32 != raw_words) return Status::BadArgument;
+  constexpr unsigned kMergeThreads = 256;
+  const uint64_t blocks = (n + kMergeThreads - 1) / kMergeThreads;
+  if (blocks > 0x7FFFFFFFull) return Status::TooLarge;
+  split_merge_kernel<<<unsigned(blocks), kMergeThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+      symbols_dev, n, values_dev, raw_dev, raw_words, low, out_dev);
+  return from_cuda(cudaGetLastError());
+}
+
+}  // namespace cuda
+}  // namespace pycodec
