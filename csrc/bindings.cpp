@@ -189,15 +189,16 @@ PYBIND11_MODULE(_C, m) {
       "decode_table",
       [](py::buffer blob) {
         const py::buffer_info b = contiguous_bytes(blob, false, "blob");
-        std::vector<uint32_t> table(kDecodeTableEntries + 256 / 4);
-        check(build_decode_table(static_cast<const uint8_t*>(b.ptr), size_t(b.size), table.data(),
-                                 reinterpret_cast<uint8_t*>(table.data() + kDecodeTableEntries)),
+        std::vector<uint32_t> table(kDecodeTableEntries + 256 / 4 + kDecodeTableEntries / 4);
+        uint8_t* lengths = reinterpret_cast<uint8_t*>(table.data() + kDecodeTableEntries);
+        check(build_decode_table(static_cast<const uint8_t*>(b.ptr), size_t(b.size), table.data(), lengths,
+                                 lengths + 256),
               "decode_table");
         return py::bytes(reinterpret_cast<const char*>(table.data()), table.size() * sizeof(uint32_t));
       },
       py::arg("blob"),
       "The stream's decode tables for GPU upload: 4096 uint32 entries (v1 per-symbol, v2 multi-symbol), "
-      "then the 256 Huffman code lengths as bytes (zeros for rANS).");
+      "the 256 Huffman code lengths as bytes, then the 4096-byte count table (windowed.h; zeros for rANS).");
 
   m.def(
       "cuda_decode",
@@ -413,10 +414,12 @@ PYBIND11_MODULE(_C, m) {
         const py::buffer_info b = contiguous_bytes(blob, false, "blob");
         const py::buffer_info v = value16.request();
         if (v.itemsize != 2 || v.size != 256) throw CodecException("value_table: expected 256 uint16 symbol values");
-        std::vector<uint32_t> table(kDecodeTableEntries + 64);
-        check(build_decode_table(static_cast<const uint8_t*>(b.ptr), size_t(b.size), table.data()), "value_table");
+        std::vector<uint32_t> table(kDecodeTableEntries);
+        uint8_t lengths[256];
+        check(build_decode_table(static_cast<const uint8_t*>(b.ptr), size_t(b.size), table.data(), lengths),
+              "value_table");
         std::vector<uint64_t> out(kDecodeTableEntries);
-        build_value_table(table.data(), static_cast<const uint16_t*>(v.ptr), out.data());
+        build_value_table(table.data(), lengths, static_cast<const uint16_t*>(v.ptr), out.data());
         return py::bytes(reinterpret_cast<const char*>(out.data()), out.size() * sizeof(uint64_t));
       },
       py::arg("blob"), py::arg("value16"),

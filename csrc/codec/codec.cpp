@@ -271,7 +271,7 @@ static_assert(windowed::kMaxChunkSymbols == kMaxChunkSymbolsV2 && windowed::kSup
               "format.h and windowed.h agree on the v2 index");
 
 Status build_decode_table(const uint8_t* blob_in, size_t len, uint32_t table[kDecodeTableEntries],
-                          uint8_t lengths[256]) {
+                          uint8_t lengths[256], uint8_t counts[kDecodeTableEntries]) {
   const AlignedBlob aligned(blob_in, len);
   StreamInfo s;
   Status st = parse_header(aligned.data, len, &s);
@@ -280,12 +280,16 @@ Status build_decode_table(const uint8_t* blob_in, size_t len, uint32_t table[kDe
   if ((st = tables.build(aligned.data, s)) != Status::Ok) return st;
   const uint32_t* src = tables.multi ? tables.multi->entry : tables.huffman ? tables.huffman.get() : tables.rans.get();
   std::memcpy(table, src, kDecodeTableEntries * sizeof(uint32_t));
+  huffman::Code code;
+  const bool huff = s.coder == Coder::Huffman &&
+                    huffman::read_table(aligned.data + s.table_offset, s.table_bytes, code) == Status::Ok;
   if (lengths) {
     std::memset(lengths, 0, 256);
-    huffman::Code code;
-    if (s.coder == Coder::Huffman && huffman::read_table(aligned.data + s.table_offset, s.table_bytes, code) == Status::Ok &&
-        !code.constant)
-      std::memcpy(lengths, code.length, 256);
+    if (huff && !code.constant) std::memcpy(lengths, code.length, 256);
+  }
+  if (counts) {
+    std::memset(counts, 0, kDecodeTableEntries);
+    if (huff) windowed::build_count_table(code, counts);
   }
   return Status::Ok;
 }

@@ -48,11 +48,12 @@ uint64_t side_bits(const uint8_t* blob, const StreamInfo& info);
 
 // Every decoder goes through a 4096-entry uint32 table; this builds it for a validated
 // stream so a GPU can receive it ready-made: v1 Huffman and rANS their per-symbol tables
-// (huffman.h / rans.h), v2 the multi-symbol table (windowed.h). `lengths` (256 bytes, may
-// be null) receives the Huffman code lengths (zeros for rANS).
+// (huffman.h / rans.h), v2 the multi-symbol table (windowed.h). `lengths` (256 bytes) gets
+// the Huffman code lengths and `counts` (4096 bytes) the count table of windowed.h (zeros for
+// rANS); either may be null.
 constexpr uint32_t kDecodeTableEntries = 4096;
 Status build_decode_table(const uint8_t* blob, size_t len, uint32_t table[kDecodeTableEntries],
-                          uint8_t lengths[256] = nullptr);
+                          uint8_t lengths[256] = nullptr, uint8_t counts[kDecodeTableEntries] = nullptr);
 
 // Symbol histogram of a (validated) stream without materialising the symbols at once.
 Status histogram(const uint8_t* blob, size_t len, uint64_t counts[256], int threads = 0);

@@ -17,6 +17,7 @@ struct HostStream {
   std::vector<uint32_t> aligned;
   StreamInfo info;
   windowed::MultiTable table;
+  uint8_t count[windowed::kTableSize];
   windowed::StreamView view;
 
   Status open(const uint8_t* blob, size_t len) {
@@ -30,6 +31,7 @@ struct HostStream {
     if ((st = huffman::read_table(b + info.table_offset, info.table_bytes, code)) != Status::Ok) return st;
     if (code.constant && info.lanes != 1) return Status::BadTable;
     windowed::build_multi_table(code, table);
+    windowed::build_count_table(code, count);
     view.super = reinterpret_cast<const uint32_t*>(b + info.index_offset);
     view.sizes = reinterpret_cast<const uint16_t*>(b + info.sizes_offset);
     view.payload = reinterpret_cast<const uint32_t*>(b + info.payload_offset);
@@ -48,7 +50,7 @@ Status run(const HostStream& hs, const Entry* table, const Args& a, uint32_t bat
   switch (batch) {
 #define PYCODEC_EMULATE_CASE(B)                                                      \
   case B:                                                                            \
-    return windowed::emulate_gemv<B, Sink>(hs.view, table, hs.table.length, a) ? Status::Ok \
+    return windowed::emulate_gemv<B, Sink>(hs.view, hs.count, table, hs.table.length, a) ? Status::Ok \
                                                                                 : Status::CorruptPayload;
     PYCODEC_EMULATE_CASE(1) PYCODEC_EMULATE_CASE(2) PYCODEC_EMULATE_CASE(3) PYCODEC_EMULATE_CASE(4)
     PYCODEC_EMULATE_CASE(5) PYCODEC_EMULATE_CASE(6) PYCODEC_EMULATE_CASE(7) PYCODEC_EMULATE_CASE(8)
@@ -70,7 +72,7 @@ Status emulate_gemv_affine(const uint8_t* blob, size_t len, const windowed::Affi
   uint16_t value[256];
   windowed::affine_values(a.zero_in_values, value);
   std::vector<uint64_t> value_table(windowed::kTableSize);
-  build_value_table(hs.table.entry, value, value_table.data());
+  build_value_table(hs.table.entry, hs.table.length, value, value_table.data());
   return run<windowed::AffineSink>(hs, value_table.data(), a, batch);
 }
 
@@ -86,7 +88,7 @@ Status emulate_gemv_split(const uint8_t* blob, size_t len, const uint32_t* value
     for (uint32_t i = 0; i < windowed::entry_count(hs.table.entry[v]); ++i)
       if (windowed::entry_symbol(hs.table.entry[v], int(i)) >= n_values) return Status::BadTable;
   std::vector<uint64_t> value_table(windowed::kTableSize);
-  build_value_table(hs.table.entry, value, value_table.data());
+  build_value_table(hs.table.entry, hs.table.length, value, value_table.data());
   return run<windowed::SplitSink>(hs, value_table.data(), a, batch);
 }
 
@@ -100,8 +102,8 @@ Status split_values(const uint32_t* values, uint32_t n_values, uint32_t low, uin
   return Status::Ok;
 }
 
-void build_value_table(const uint32_t* entries, const uint16_t value[256], uint64_t* out) {
-  for (uint32_t v = 0; v < windowed::kTableSize; ++v) out[v] = windowed::make_value_entry(entries[v], value);
+void build_value_table(const uint32_t* entries, const uint8_t* lengths, const uint16_t value[256], uint64_t* out) {
+  for (uint32_t v = 0; v < windowed::kTableSize; ++v) out[v] = windowed::make_value_entry(entries[v], value, lengths);
 }
 
 }  // namespace pycodec

@@ -21,8 +21,9 @@ Status emulate_gemv_split(const uint8_t* blob, size_t len, const uint32_t* value
 // Symbol values of a lossless split weight for value entries: values[s] << low (16 bits each).
 Status split_values(const uint32_t* values, uint32_t n_values, uint32_t low, uint16_t value[256]);
 
-// The 4096 value entries (windowed.h) of a multi-symbol table, given each symbol's 16-bit value
+// The 4096 value entries (windowed.h) of a multi-symbol table and its code lengths, given each
+// symbol's 16-bit value
 // (windowed::affine_values, split_values): what the fused GEMV kernels decode through.
-void build_value_table(const uint32_t* entries, const uint16_t value[256], uint64_t* out);
+void build_value_table(const uint32_t* entries, const uint8_t* lengths, const uint16_t value[256], uint64_t* out);
 
 }  // namespace pycodec

@@ -76,19 +76,31 @@ PYCODEC_HD uint32_t make_entry(uint32_t bits, uint32_t count, uint32_t symbols) 
   return (bits << 28) | (count << 24) | symbols;
 }
 
-// Value entry (64 bits) for a consumer that wants each symbol's value rather than its number
-// (the lossless GEMV: a float's top bits, split.h): the same codes as the entry it is built
-// from, the value of each symbol in 16 bits, the first symbol's number for the tail.
-//   [63:56] = entry[31:24] (bits, count)  [55:48] first symbol  [47:32] [31:16] [15:0] values
+// Value entry (64 bits), for a consumer that wants each symbol's value rather than its number
+// (the fused GEMVs: a weight's bf16 bits): the same codes as the entry it is built from, each
+// symbol's value in 16 bits, the count as a whole byte (one byte permute extracts it) and the
+// first code's length, so the last codes of a lane need no other table.
+//   [63:60] bits consumed  [59:56] first code's length  [55:48] count  [47:32] [31:16] [15:0] values
 // Absent values are 0.
 PYCODEC_HD uint32_t entry_bits(uint64_t e) { return uint32_t(e >> 60); }
-PYCODEC_HD uint32_t entry_count(uint64_t e) { return uint32_t(e >> 56) & 15u; }
+PYCODEC_HD uint32_t entry_count(uint64_t e) {
+#if defined(__CUDA_ARCH__)
+  return __byte_perm(uint32_t(e >> 32), 0, 0x4442u);  // one byte permute
+#else
+  return uint32_t(e >> 48) & 0xFFu;
+#endif
+}
 PYCODEC_HD uint32_t entry_value(uint64_t e, int i) { return uint32_t(e >> (16 * i)) & 0xFFFFu; }
-PYCODEC_HD uint64_t make_value_entry(uint32_t e, const uint16_t* value) {
+PYCODEC_HD uint64_t make_value_entry(uint32_t e, const uint16_t* value, const uint8_t* length) {
   uint64_t v = 0;
   for (uint32_t i = 0; i < entry_count(e); ++i) v |= uint64_t(value[entry_symbol(e, int(i))]) << (16 * i);
-  return (uint64_t(e >> 24) << 56) | (uint64_t(entry_symbol(e, 0)) << 48) | v;
+  return (uint64_t(entry_bits(e)) << 60) | (uint64_t(length[entry_symbol(e, 0)] & 15u) << 56) |
+         (uint64_t(entry_count(e)) << 48) | v;
 }
+
+// Count table (4096 bytes), for counting codes without decoding them (pass 1 of the kernels):
+// every whole code inside the 12 bits, however many (1-bit codes: 12), as bits << 4 | count.
+PYCODEC_HD uint32_t count_bits(uint8_t c) { return uint32_t(c) >> 4; }
 
 // The decode tables of one stream, built on the host (and uploaded once for a GPU).
 struct MultiTable {
@@ -131,6 +143,31 @@ inline void build_multi_table(const huffman::Code& c, MultiTable& t) {
   }
 }
 
+inline void build_count_table(const huffman::Code& c, uint8_t out[kTableSize]) {
+  if (c.constant) {  // no windows to count (one lane, zero-bit codes)
+    std::memset(out, 0, kTableSize);
+    return;
+  }
+  std::vector<uint8_t> first_length(kTableSize);
+  for (int s = 0; s < huffman::kAlphabet; ++s) {
+    const uint32_t len = c.length[s];
+    if (!len) continue;
+    const uint32_t first = uint32_t(c.code[s]) << (kPeekBits - len);
+    for (uint32_t i = 0; i < (1u << (kPeekBits - len)); ++i) first_length[first + i] = uint8_t(len);
+  }
+  for (uint32_t v = 0; v < kTableSize; ++v) {
+    uint32_t window = v, used = 0, count = 0;
+    for (;;) {
+      const uint32_t len = first_length[window & (kTableSize - 1)];
+      if (used + len > uint32_t(kPeekBits)) break;
+      ++count;
+      used += len;
+      window <<= len;
+    }
+    out[v] = uint8_t((used << 4) | count);
+  }
+}
+
 // A lane's bits, read forward from any bit offset. buf holds the next bits left-aligned,
 // avail >= 32 of them are valid between steps, and `pending` is the word after those: loaded
 // one refill ahead, so its memory latency hides behind the lookups in between instead of
@@ -144,7 +181,7 @@ constexpr uint32_t kSlackWords = 4;
 template <bool kChecked>
 struct BitReader {
   const uint32_t* next;  // the word after `pending`
-  const uint32_t* end;   // kChecked: first word past the chunk
+  const uint32_t* end;   // kChecked: the chunk's end; loads there and past it give 0
   uint32_t pending;
   int32_t avail;
   uint64_t buf;
@@ -155,9 +192,10 @@ struct BitReader {
   }
   PYCODEC_HD void init(const uint32_t* w, uint32_t n_words, uint64_t bit) {
     end = w + n_words;
-    const uint32_t* p = w + (bit >> 5);
+    uint64_t i = bit >> 5;
     const int off = int(bit & 31u);
-    if (kChecked && p > end) p = end;
+    if (kChecked && i > n_words) i = n_words;
+    const uint32_t* p = w + i;
     buf = ((uint64_t(load(p)) << 32) | load(p + 1)) << off;
     avail = 64 - off;
     pending = load(p + 2);
@@ -172,8 +210,7 @@ struct BitReader {
     if (avail < 32) {
       buf |= uint64_t(pending) << (32 - avail);
       avail += 32;
-      pending = load(next);
-      ++next;
+      pending = load(next++);
     }
   }
   PYCODEC_HD void skip(uint32_t bits) {  // bits <= 32
@@ -189,13 +226,10 @@ PYCODEC_HD uint32_t first_code_entry(uint32_t e, const uint8_t* length) {
   const uint32_t s = entry_symbol(e, 0);
   return make_entry(length[s], 1, s);
 }
-PYCODEC_HD uint64_t first_code_entry(uint64_t e, const uint8_t* length) {
-  const uint32_t s = uint32_t(e >> 48) & 0xFFu;
-  return (uint64_t(length[s]) << 60) | (uint64_t(1) << 56) | (uint64_t(s) << 48) | (e & 0xFFFFu);
+PYCODEC_HD uint64_t first_code_entry(uint64_t e, const uint8_t*) {
+  const uint64_t len = (e >> 56) & 15u;
+  return (len << 60) | (len << 56) | (uint64_t(1) << 48) | (e & 0xFFFFu);
 }
-// bits << 4 | count, the entry's top byte in either layout.
-PYCODEC_HD uint32_t entry_top(uint32_t e) { return e >> 24; }
-PYCODEC_HD uint32_t entry_top(uint64_t e) { return uint32_t(e >> 56); }
 
 // After the whole-entry steps, the last few codes of a window: an entry if it fits whole,
 // else its first code if that fits, else stop (the padding: a code that cannot end here).
@@ -245,26 +279,27 @@ struct NullSink {
   PYCODEC_HD void put(Entry, uint32_t) {}
 };
 
-// Pass 1 of the kernels: decode_window's count without a consumer, two entries per refill.
-// The count comes from the entries' top bytes: their sum is 16 * bits + codes.
+// Pass 1 of the kernels: decode_window's count without a consumer, through the count table,
+// two lookups per refill. count[] bytes are bits << 4 | codes, so summing them gives
+// 16 * bits + codes. The last codes go through `table` (window_tail).
 template <class Entry, class Reader>
-PYCODEC_HD uint32_t count_window(const Entry* table, const uint8_t* length, Reader& r, uint32_t window,
-                                 uint32_t* used) {
+PYCODEC_HD uint32_t count_window(const uint8_t* count, const Entry* table, const uint8_t* length, Reader& r,
+                                 uint32_t window, uint32_t* used) {
   uint32_t left = window, packed = 0;
   while (left >= 2u * kPeekBits) {
-    const Entry e1 = table[r.peek()];
-    r.shift(entry_bits(e1));
-    const Entry e2 = table[r.peek()];
-    r.shift(entry_bits(e2));
+    const uint32_t c1 = count[r.peek()];
+    r.shift(count_bits(c1));
+    const uint32_t c2 = count[r.peek()];
+    r.shift(count_bits(c2));
     r.refill();
-    packed += entry_top(e1) + entry_top(e2);
-    left -= entry_bits(e1) + entry_bits(e2);
+    packed += c1 + c2;
+    left -= count_bits(c1) + count_bits(c2);
   }
   while (left >= uint32_t(kPeekBits)) {
-    const Entry e = table[r.peek()];
-    r.skip(entry_bits(e));
-    packed += entry_top(e);
-    left -= entry_bits(e);
+    const uint32_t c = count[r.peek()];
+    r.skip(count_bits(c));
+    packed += c;
+    left -= count_bits(c);
   }
   NullSink null;
   uint32_t tail = 0;
@@ -277,25 +312,24 @@ PYCODEC_HD uint32_t count_window(const Entry* table, const uint8_t* length, Read
 // Returns the bits read.
 template <class Entry, class Reader, class Sink>
 PYCODEC_HD uint64_t decode_count(const Entry* table, const uint8_t* length, Reader& r, uint32_t count, Sink& sink) {
-  uint32_t done = 0;
+  uint32_t left = count;
   uint64_t bits = 0;
-  while (count - done >= 2u * kMaxPerEntry) {
+  while (left >= 2u * kMaxPerEntry) {
     const Entry e1 = table[r.peek()];
     r.shift(entry_bits(e1));
     const Entry e2 = table[r.peek()];
     r.shift(entry_bits(e2));
     r.refill();
-    sink.put(e1, done);
-    done += entry_count(e1);
-    sink.put(e2, done);
-    done += entry_count(e2);
+    sink.put(e1, count - left);
+    sink.put(e2, count - left + entry_count(e1));
+    left -= entry_count(e1) + entry_count(e2);
     bits += entry_bits(e1) + entry_bits(e2);
   }
-  while (done < count) {
+  while (left > 0) {
     Entry e = table[r.peek()];
-    if (entry_count(e) > count - done) e = first_code_entry(e, length);
-    sink.put(e, done);
-    done += entry_count(e);
+    if (entry_count(e) > left) e = first_code_entry(e, length);
+    sink.put(e, count - left);
+    left -= entry_count(e);
     bits += entry_bits(e);
     r.skip(entry_bits(e));
   }

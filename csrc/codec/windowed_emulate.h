@@ -20,13 +20,13 @@ namespace windowed {
 // The warp of one chunk, lane after lane: pass 1, the scan (a running sum), pass 2 into sinks,
 // the butterfly over the slots. Returns false if a lane overran its window (corrupt chunk).
 template <int B, template <int> class Sink, class Args, class Entry>
-inline bool emulate_chunk(const StreamView& s, uint64_t c, const Entry* table, const uint8_t* lengths, const Args& a,
-                          std::vector<float>& slots) {
+inline bool emulate_chunk(const StreamView& s, uint64_t c, const uint8_t* count, const Entry* table,
+                          const uint8_t* lengths, const Args& a, std::vector<float>& slots) {
   const ChunkView v = chunk_view(s, c);
   const uint32_t rows = v.m / a.k, first_row = uint32_t(v.first / a.k);
   slots.assign(size_t(rows) * B * 32, 0.f);
   uint32_t counts[kMaxLanes] = {0};
-  for (uint32_t l = 0; l < s.lanes; ++l) counts[l] = lane_window_count(v, s, table, lengths, l);
+  for (uint32_t l = 0; l < s.lanes; ++l) counts[l] = lane_window_count(v, s, count, table, lengths, l);
   const uint64_t window = lane_window_bits(v.n_words, s.lanes);
   bool ok = true;
   uint32_t before = 0;
@@ -52,10 +52,11 @@ inline bool emulate_chunk(const StreamView& s, uint64_t c, const Entry* table, c
 }
 
 template <int B, template <int> class Sink, class Args, class Entry>
-inline bool emulate_gemv(const StreamView& s, const Entry* table, const uint8_t* lengths, const Args& a) {
+inline bool emulate_gemv(const StreamView& s, const uint8_t* count, const Entry* table, const uint8_t* lengths,
+                         const Args& a) {
   std::vector<float> slots;
   bool ok = true;
-  for (uint64_t c = 0; c < s.n_chunks; ++c) ok &= emulate_chunk<B, Sink>(s, c, table, lengths, a, slots);
+  for (uint64_t c = 0; c < s.n_chunks; ++c) ok &= emulate_chunk<B, Sink>(s, c, count, table, lengths, a, slots);
   return ok;
 }
 

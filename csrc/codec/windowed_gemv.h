@@ -146,15 +146,15 @@ PYCODEC_HD LaneRange lane_range(uint32_t lane, uint32_t lanes, uint32_t m, uint3
 
 // Pass 1 of one lane: its window count (the whole chunk for a constant code).
 template <class Entry>
-PYCODEC_HD uint32_t lane_window_count(const ChunkView& v, const StreamView& s, const Entry* table,
-                                      const uint8_t* length, uint32_t lane) {
+PYCODEC_HD uint32_t lane_window_count(const ChunkView& v, const StreamView& s, const uint8_t* count,
+                                      const Entry* table, const uint8_t* length, uint32_t lane) {
   if (lane >= s.lanes) return 0;
   if (s.constant_code) return v.m;
   const uint64_t window = lane_window_bits(v.n_words, s.lanes);
   FastReader r;
   r.init(v.words, 0, lane * window);
   uint32_t used;
-  return count_window(table, length, r, uint32_t(window), &used);
+  return count_window(count, table, length, r, uint32_t(window), &used);
 }
 
 // The weight in value slot i of an entry (bf16 bits in 16 bits, here as a float).
@@ -167,6 +167,7 @@ PYCODEC_HD float value_weight(uint64_t e, int i) {
 #endif
 }
 
+
 // A segment-walking lane: the sink says where its current segment ends, the lane decodes up
 // to there and closes it.
 template <class Entry, class Reader, class Sink>
@@ -175,7 +176,7 @@ PYCODEC_HD void gemv_lane(const Entry* table, const uint8_t* length, Reader& r, 
   while (done < count) {
     const uint32_t n = sink.segment_left(count - done);
     decode_count(table, length, r, n, sink);
-    sink.close_segment();
+    sink.close_segment(n);
     done += n;
   }
   sink.finish();
@@ -217,9 +218,10 @@ struct AffineSink {
   const AffineArgs* a;
   float* slots;  // this warp's [rows][B][32] partial sums
   uint32_t lane, rows, first_row;
-  uint32_t row, col, group, seg_start, seg_end;  // seg: the columns of the current (row, group)
-  float acc[B];   // sum x (q - zc) over the current segment
-  float part[B];  // sum over the closed segments of the current row
+  uint32_t row, col, group, seg_end;  // the current segment: columns [col, seg_end) of (row, group)
+  const float* xp;  // x at the next symbol's column (the inner loop only moves this)
+  float acc[B];     // sum x (q - zc) over the current segment
+  float part[B];    // sum over the closed segments of the current row
 
   PYCODEC_HD void begin(const AffineArgs& args, float* warp_slots, uint32_t l, const ChunkView& v, uint32_t start) {
     a = &args;
@@ -230,8 +232,8 @@ struct AffineSink {
     row = start / a->k;
     col = start % a->k;
     group = col / a->group_size;
-    seg_start = col;
     seg_end = segment_end();
+    xp = a->x + size_t(col) * B;
     for (int b = 0; b < B; ++b) acc[b] = part[b] = 0.f;
   }
   PYCODEC_HD uint32_t segment_end() const {
@@ -241,36 +243,36 @@ struct AffineSink {
   PYCODEC_HD uint32_t segment_left(uint32_t left) const { return seg_end - col < left ? seg_end - col : left; }
   PYCODEC_HD void put(uint64_t e, uint32_t) {
     const float w0 = value_weight(e, 0), w1 = value_weight(e, 1), w2 = value_weight(e, 2);
-    const float* xp = a->x + size_t(col) * B;
     for (int b = 0; b < B; ++b) {
       acc[b] = fmaf(PYCODEC_LOAD(xp + b), w0, acc[b]);
       acc[b] = fmaf(PYCODEC_LOAD(xp + B + b), w1, acc[b]);
       acc[b] = fmaf(PYCODEC_LOAD(xp + 2 * B + b), w2, acc[b]);
     }
-    col += entry_count(e);
+    xp += entry_count(e) * B;
   }
-  // Folds [seg_start, col) into part: s * (sum x (q - zc) - (z - zc) * sum x); at a segment's
-  // end moves on to the next group, or stores the row and moves to the next row.
-  PYCODEC_HD void close_segment() {
+  // Folds the n symbols decoded since [col, ...) into part: s * (sum x (q - zc) - (z - zc) *
+  // sum x); at the segment's end moves on to the next group, or stores the row and moves on.
+  PYCODEC_HD void close_segment(uint32_t n) {
     const size_t gi = size_t(first_row + row) * a->n_groups + group;
     const float s = half_to_float(PYCODEC_LOAD(a->scale + gi));
     const float z = half_to_float(PYCODEC_LOAD(a->zero + (a->zero_broadcast ? 0 : gi))) - a->zero_in_values;
-    const float* p1 = a->prefix + size_t(col) * B;
-    const float* p0 = a->prefix + size_t(seg_start) * B;
+    const float* p1 = a->prefix + size_t(col + n) * B;
+    const float* p0 = a->prefix + size_t(col) * B;
     for (int b = 0; b < B; ++b) {
       const float sum_x = PYCODEC_LOAD(p1 + b) - PYCODEC_LOAD(p0 + b);
       part[b] = fmaf(s, fmaf(-z, sum_x, acc[b]), part[b]);
       acc[b] = 0.f;
     }
+    col += n;
     if (col == a->k) {
       store_row();
       ++row;
       col = 0;
       group = 0;
+      xp = a->x;
     } else if (col == seg_end) {
       ++group;
     }
-    seg_start = col;
     seg_end = segment_end();
   }
   PYCODEC_HD void store_row() {
@@ -296,6 +298,7 @@ struct SplitSink {
   const SplitArgs* a;
   float* slots;
   uint32_t lane, rows, row, col, low;
+  const float* xp;
   FastReader raw;
   float acc[B];
 
@@ -307,6 +310,7 @@ struct SplitSink {
     row = start / a->k;
     col = start % a->k;
     low = a->low;
+    xp = a->x + size_t(col) * B;
     raw.init(a->raw, 0, (v.first + start) * low);
     for (int b = 0; b < B; ++b) acc[b] = 0.f;
   }
@@ -321,20 +325,21 @@ struct SplitSink {
     const uint32_t n = entry_count(e);
     const uint32_t fields = uint32_t(raw.buf >> 32);
     const float w0 = weight(e, fields, 0, n), w1 = weight(e, fields, 1, n), w2 = weight(e, fields, 2, n);
-    const float* xp = a->x + size_t(col) * B;
     for (int b = 0; b < B; ++b) {
       acc[b] = fmaf(PYCODEC_LOAD(xp + b), w0, acc[b]);
       acc[b] = fmaf(PYCODEC_LOAD(xp + B + b), w1, acc[b]);
       acc[b] = fmaf(PYCODEC_LOAD(xp + 2 * B + b), w2, acc[b]);
     }
-    col += n;
+    xp += n * B;
     raw.skip(n * low);
   }
-  PYCODEC_HD void close_segment() {
+  PYCODEC_HD void close_segment(uint32_t n) {
+    col += n;
     if (col == a->k) {
       store_row();
       ++row;
       col = 0;
+      xp = a->x;
     }
   }
   PYCODEC_HD void store_row() {

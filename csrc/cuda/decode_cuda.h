@@ -42,8 +42,8 @@ Status decode_symbols(const DeviceStream& s, uint8_t* out_dev, uintptr_t stream)
 
 // ---- format v2 (windowed-lane Huffman, csrc/cuda/windowed_cuda.cu)
 //
-// table_dev: the stream's multi-symbol table as build_decode_table writes it, 4096 uint32
-// entries followed by the 256 code lengths as bytes (4160 words, 16-byte aligned).
+// table_dev: the stream's tables as build_decode_table writes them: 4096 uint32 multi-symbol
+// entries, the 256 code lengths as bytes, the 4096-byte count table (5184 words, 16-byte aligned).
 // value_table_dev: its 4096 value entries (emulate.h: build_value_table), 16-byte aligned.
 // The payload (and the raw bits of split weights) must be followed by windowed::kSlackWords
 // readable words: the kernels read without per-load bounds tests (windowed_cuda.cu).

@@ -19,8 +19,8 @@
 // - Memory: each lane reads its window through a FastReader, whose next word is loaded one
 //   refill ahead (a refill never waits on a load issued in the same step), two table entries per
 //   refill. The decode kernel uses the multi-symbol table (16 KiB), the GEMVs its value entries
-//   (32 KiB: weights in bf16 beside the codes); either sits in shared memory with the code
-//   lengths, copied in 16-byte pieces by the whole block. x and the prefix sums are read through
+//   (32 KiB: weights in bf16 beside the codes), pass 1 the count table (4 KiB); they sit in
+//   shared memory with the code lengths, copied in 16-byte pieces by the whole block. x and the prefix sums are read through
 //   the read-only cache (all warps of an SM read the same columns at about the same time).
 // - GEMV results: each lane writes its partial sum of every row it touched into its own column
 //   of a per-warp shared table (slots[row][b][lane]); a fixed butterfly of shuffles then sums
@@ -52,21 +52,27 @@ using windowed::StreamView;
 constexpr int kWarps = 4;  // per block: chunks are few for small layers, so small blocks reach more SMs
 constexpr int kThreads = kWarps * 32;
 constexpr uint32_t kFullMask = 0xFFFFFFFFu;
+// After the 4096 entries of a stream's table (table_dev): the code lengths, then the count table.
 constexpr size_t kLengthBytes = 256;
+constexpr size_t kAuxBytes = kLengthBytes + windowed::kTableSize;  // lengths + count table
+static_assert(kAuxBytes % 16 == 0, "tables are copied in 16-byte pieces");
 
 template <class Entry>
 constexpr size_t table_bytes() {
   return windowed::kTableSize * sizeof(Entry);
 }
 
-// Block-wide copy of the decode tables into shared memory, 16 bytes per thread per step.
+// Block-wide copy of the decode tables into shared memory, 16 bytes per thread per step:
+// entries (multi-symbol or value), then lengths and count table (`aux`).
 template <class Entry>
-__device__ __forceinline__ void load_tables(Entry* table_smem, uint8_t* length_smem, const Entry* table,
-                                            const uint8_t* lengths) {
+__device__ __forceinline__ void load_tables(Entry* table_smem, uint8_t* aux_smem, const Entry* table,
+                                            const uint8_t* aux) {
   const uint4* src = reinterpret_cast<const uint4*>(table);
   uint4* dst = reinterpret_cast<uint4*>(table_smem);
   for (uint32_t i = threadIdx.x; i < table_bytes<Entry>() / 16; i += blockDim.x) dst[i] = __ldg(src + i);
-  for (uint32_t i = threadIdx.x; i < kLengthBytes; i += blockDim.x) length_smem[i] = __ldg(lengths + i);
+  const uint4* asrc = reinterpret_cast<const uint4*>(aux);
+  uint4* adst = reinterpret_cast<uint4*>(aux_smem);
+  for (uint32_t i = threadIdx.x; i < kAuxBytes / 16; i += blockDim.x) adst[i] = __ldg(asrc + i);
   __syncthreads();
 }
 
@@ -74,9 +80,9 @@ __device__ __forceinline__ void load_tables(Entry* table_smem, uint8_t* length_s
 // pass 2 (windowed_gemv.h: lane_range). Called by all 32 lanes.
 template <class Entry>
 __device__ __forceinline__ windowed::LaneRange warp_lane_range(const ChunkView& v, const StreamView& s,
-                                                               const Entry* table, const uint8_t* lengths,
+                                                               const Entry* table, const uint8_t* aux,
                                                                uint32_t lane) {
-  const uint32_t count = windowed::lane_window_count(v, s, table, lengths, lane);
+  const uint32_t count = windowed::lane_window_count(v, s, aux + kLengthBytes, table, aux, lane);
   const uint32_t scanned = lane + 1 < s.lanes ? count : 0;
   uint32_t through = scanned;
 #pragma unroll
@@ -91,28 +97,31 @@ __device__ __forceinline__ windowed::LaneRange warp_lane_range(const ChunkView& 
 
 struct GlobalByteSink {
   uint8_t* out;  // the lane's first symbol
-  __device__ __forceinline__ void put(uint32_t e, uint32_t at) {
+  __device__ __forceinline__ void put(uint32_t e, uint32_t at) {  // predicated stores, no loop
     const uint32_t n = windowed::entry_count(e);
-    for (uint32_t k = 0; k < n; ++k) out[at + k] = uint8_t(windowed::entry_symbol(e, int(k)));
+    uint8_t* o = out + at;
+    o[0] = uint8_t(e);
+    if (n > 1) o[1] = uint8_t(e >> 8);
+    if (n > 2) o[2] = uint8_t(e >> 16);
   }
 };
 
 __global__ void __launch_bounds__(kThreads) decode_kernel(const StreamView s, const uint32_t* __restrict__ table,
                                                           uint8_t* __restrict__ out, uint32_t* __restrict__ status) {
   __shared__ __align__(16) uint32_t table_smem[windowed::kTableSize];
-  __shared__ uint8_t length_smem[kLengthBytes];
-  load_tables(table_smem, length_smem, table, reinterpret_cast<const uint8_t*>(table + windowed::kTableSize));
+  __shared__ __align__(16) uint8_t aux_smem[kAuxBytes];
+  load_tables(table_smem, aux_smem, table, reinterpret_cast<const uint8_t*>(table + windowed::kTableSize));
   const uint64_t c = uint64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (c >= s.n_chunks) return;  // the whole warp: c is warp-uniform
   const uint32_t lane = threadIdx.x % 32;
   const ChunkView v = windowed::chunk_view(s, c);
-  const windowed::LaneRange r = warp_lane_range(v, s, table_smem, length_smem, lane);
+  const windowed::LaneRange r = warp_lane_range(v, s, table_smem, aux_smem, lane);
   if (r.overrun) atomicOr(status, 1u);
   if (lane >= s.lanes) return;
   windowed::FastReader reader;
   reader.init(v.words, 0, lane * windowed::lane_window_bits(v.n_words, s.lanes));
   GlobalByteSink sink{out + v.first + r.start};
-  windowed::decode_count(table_smem, length_smem, reader, r.count, sink);
+  windowed::decode_count(table_smem, aux_smem, reader, r.count, sink);
 }
 
 // ---------------------------------------------------------------------------- fused GEMV
@@ -120,12 +129,12 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const StreamView s, co
 template <int B, template <int> class Sink, class Args, class Entry>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(const StreamView s, const Args a,
                                                         const Entry* __restrict__ table,
-                                                        const uint8_t* __restrict__ lengths, uint32_t max_rows) {
+                                                        const uint8_t* __restrict__ aux, uint32_t max_rows) {
   extern __shared__ __align__(16) unsigned char smem[];
   Entry* table_smem = reinterpret_cast<Entry*>(smem);
-  uint8_t* length_smem = smem + table_bytes<Entry>();
-  float* slots = reinterpret_cast<float*>(smem + table_bytes<Entry>() + kLengthBytes);
-  load_tables(table_smem, length_smem, table, lengths);
+  uint8_t* aux_smem = smem + table_bytes<Entry>();
+  float* slots = reinterpret_cast<float*>(smem + table_bytes<Entry>() + kAuxBytes);
+  load_tables(table_smem, aux_smem, table, aux);
 
   const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const uint64_t c = uint64_t(blockIdx.x) * kWarps + warp;
@@ -135,13 +144,13 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const StreamView s, cons
   float* warp_slots = slots + size_t(warp) * max_rows * B * 32;
   for (uint32_t i = 0; i < rows * B; ++i) warp_slots[i * 32 + lane] = 0.f;
 
-  const windowed::LaneRange r = warp_lane_range(v, s, table_smem, length_smem, lane);
+  const windowed::LaneRange r = warp_lane_range(v, s, table_smem, aux_smem, lane);
   if (lane < s.lanes) {
     Sink<B> sink;
     sink.begin(a, warp_slots, lane, v, r.start);
     windowed::FastReader reader;
     reader.init(v.words, 0, lane * windowed::lane_window_bits(v.n_words, s.lanes));
-    windowed::gemv_lane(table_smem, length_smem, reader, r.count, sink);
+    windowed::gemv_lane(table_smem, aux_smem, reader, r.count, sink);
   }
   __syncwarp();
   for (uint32_t row = 0; row < rows; ++row) {
@@ -192,8 +201,8 @@ unsigned grid_of(const StreamView& s) { return unsigned((s.n_chunks + kWarps - 1
 constexpr int kMaxDevices = 64;
 
 template <int B, template <int> class Sink, class Args, class Entry>
-Status launch_gemv(const StreamView& s, const Args& a, const Entry* table, const uint8_t* lengths, cudaStream_t cs) {
-  constexpr size_t kFixed = table_bytes<Entry>() + kLengthBytes;
+Status launch_gemv(const StreamView& s, const Args& a, const Entry* table, const uint8_t* aux, cudaStream_t cs) {
+  constexpr size_t kFixed = table_bytes<Entry>() + kAuxBytes;
   constexpr size_t kMaxSmem = kFixed + size_t(kWarps) * windowed::kGemvMaxSlots * 32 * sizeof(float);
   static std::once_flag opted_in[kMaxDevices];
   static cudaError_t opt_in_error[kMaxDevices];
@@ -210,24 +219,24 @@ Status launch_gemv(const StreamView& s, const Args& a, const Entry* table, const
     });
     if ((st = from_cuda(opt_in_error[device])) != Status::Ok) return st;
   }
-  kernel<<<grid_of(s), kThreads, smem, cs>>>(s, a, table, lengths, max_rows);
+  kernel<<<grid_of(s), kThreads, smem, cs>>>(s, a, table, aux, max_rows);
   return from_cuda(cudaGetLastError());
 }
 
 // The one list of batch instantiations: 1..8 and 16 (the caller pads 9..15 to 16).
 template <template <int> class Sink, class Args, class Entry>
-Status dispatch_gemv(uint32_t batch, const StreamView& s, const Args& a, const Entry* table, const uint8_t* lengths,
+Status dispatch_gemv(uint32_t batch, const StreamView& s, const Args& a, const Entry* table, const uint8_t* aux,
                      cudaStream_t cs) {
   switch (batch) {
-    case 1: return launch_gemv<1, Sink>(s, a, table, lengths, cs);
-    case 2: return launch_gemv<2, Sink>(s, a, table, lengths, cs);
-    case 3: return launch_gemv<3, Sink>(s, a, table, lengths, cs);
-    case 4: return launch_gemv<4, Sink>(s, a, table, lengths, cs);
-    case 5: return launch_gemv<5, Sink>(s, a, table, lengths, cs);
-    case 6: return launch_gemv<6, Sink>(s, a, table, lengths, cs);
-    case 7: return launch_gemv<7, Sink>(s, a, table, lengths, cs);
-    case 8: return launch_gemv<8, Sink>(s, a, table, lengths, cs);
-    case 16: return launch_gemv<16, Sink>(s, a, table, lengths, cs);
+    case 1: return launch_gemv<1, Sink>(s, a, table, aux, cs);
+    case 2: return launch_gemv<2, Sink>(s, a, table, aux, cs);
+    case 3: return launch_gemv<3, Sink>(s, a, table, aux, cs);
+    case 4: return launch_gemv<4, Sink>(s, a, table, aux, cs);
+    case 5: return launch_gemv<5, Sink>(s, a, table, aux, cs);
+    case 6: return launch_gemv<6, Sink>(s, a, table, aux, cs);
+    case 7: return launch_gemv<7, Sink>(s, a, table, aux, cs);
+    case 8: return launch_gemv<8, Sink>(s, a, table, aux, cs);
+    case 16: return launch_gemv<16, Sink>(s, a, table, aux, cs);
     default: return Status::BadArgument;
   }
 }
@@ -262,8 +271,8 @@ Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value
   if ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.prefix) | reinterpret_cast<uintptr_t>(a.y)) & 3u ||
       (reinterpret_cast<uintptr_t>(a.scale) | reinterpret_cast<uintptr_t>(a.zero)) & 1u)
     return Status::BadArgument;
-  const uint8_t* lengths = reinterpret_cast<const uint8_t*>(table_dev + windowed::kTableSize);
-  return dispatch_gemv<windowed::AffineSink>(batch, s, a, value_table_dev, lengths,
+  const uint8_t* aux = reinterpret_cast<const uint8_t*>(table_dev + windowed::kTableSize);
+  return dispatch_gemv<windowed::AffineSink>(batch, s, a, value_table_dev, aux,
                                              reinterpret_cast<cudaStream_t>(stream));
 }
 
@@ -278,8 +287,8 @@ Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_
   if (!a.x || !a.y || !a.raw || a.raw_words != (s.n_symbols * a.low + 31) / 32) return Status::BadArgument;
   if ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.raw) | reinterpret_cast<uintptr_t>(a.y)) & 3u)
     return Status::BadArgument;
-  const uint8_t* lengths = reinterpret_cast<const uint8_t*>(table_dev + windowed::kTableSize);
-  return dispatch_gemv<windowed::SplitSink>(batch, s, a, value_table_dev, lengths,
+  const uint8_t* aux = reinterpret_cast<const uint8_t*>(table_dev + windowed::kTableSize);
+  return dispatch_gemv<windowed::SplitSink>(batch, s, a, value_table_dev, aux,
                                             reinterpret_cast<cudaStream_t>(stream));
 }
 

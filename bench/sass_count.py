@@ -1,0 +1,255 @@
+"""Lane-instructions per decoded symbol in the GPU kernels' inner loops, read from their SASS.
+
+    python bench/sass_count.py [--arch sm_90] [--json bench/results/sass_sm90.json] [--smollm2]
+
+No GPU needed: nvcc compiles csrc/cuda/*.cu to a cubin, cuobjdump (with nvdisasm; Triton's
+package carries both) dumps its SASS, and the script finds each kernel's loops (backward
+branches) and counts their instructions. Predicated instructions count in full: a warp issues
+them whether or not a lane's predicate is set.
+
+The inner loops of a fused v2 GEMV (csrc/codec/windowed.h, windowed_gemv.h):
+  count  pass 1, two count-table lookups per iteration, each worth `codes per count lookup`
+  gemv   pass 2, two value entries per iteration, each worth `symbols per entry` multiply-adds
+Per symbol = count / (2 * codes per count lookup) + gemv / (2 * symbols per entry), with the
+lookup yields measured on real weights (all-MiniLM-L6-v2; SmolLM2-135M with --smollm2): the
+sequence of code lengths of each tensor, packed into 12-bit windows the way the tables do.
+For comparison, the legacy v1 decoders' round loops (decode_cuda.cu): instructions per round over
+the symbols a lane decodes per round (Huffman 2, rANS 1).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PEEK_BITS = 12
+MAX_PER_ENTRY = 3
+
+
+def find_tool(name: str) -> str | None:
+    """A CUDA tool from PATH, /usr/local/cuda/bin, or a Python package that ships it (triton, nvidia-*)."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/local/cuda/bin")
+    if found:
+        return found
+    import site
+
+    for base in site.getsitepackages() + [site.getusersitepackages()]:
+        for sub in ("triton/backends/nvidia/bin", "nvidia/cu13/bin", "nvidia/cuda_nvcc/bin"):
+            cand = Path(base) / sub / name
+            if cand.exists():
+                return str(cand)
+    return None
+
+
+def sass_of(source: Path, arch: str) -> str:
+    nvcc, cuobjdump, nvdisasm = find_tool("nvcc"), find_tool("cuobjdump"), find_tool("nvdisasm")
+    if not (nvcc and cuobjdump and nvdisasm):
+        raise SystemExit(f"needs nvcc, cuobjdump and nvdisasm (found {nvcc}, {cuobjdump}, {nvdisasm})")
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        subprocess.run([nvcc, "-std=c++17", "-cubin", f"-arch={arch}", "-O3", "--expt-relaxed-constexpr",
+                        f"-I{ROOT / 'csrc'}", str(source), "-o", str(cubin)], check=True)
+        env = dict(os.environ, PATH=os.path.dirname(nvdisasm) + os.pathsep + os.environ.get("PATH", ""))
+        return subprocess.run([cuobjdump, "-sass", str(cubin)], check=True, capture_output=True, text=True,
+                              env=env).stdout
+
+
+def functions(sass: str) -> dict[str, list[tuple[int, str]]]:
+    out = {}
+    for block in re.split(r"\n\s*Function : ", sass)[1:]:
+        name, body = block.split("\n", 1)
+        ins = []
+        for line in body.split("\n"):
+            m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
+            if m:
+                ins.append((int(m.group(1), 16), m.group(2).strip()))
+        out[name.strip()] = ins
+    return out
+
+
+def opcode(text: str) -> str:
+    parts = text.split()
+    return parts[1] if parts[0].startswith("@") else parts[0]
+
+
+def loops(ins: list[tuple[int, str]]) -> list[dict]:
+    """Every loop (a branch back to an earlier address): its size and the opcodes it holds."""
+    index = {a: i for i, (a, _) in enumerate(ins)}
+    found = []
+    for i, (a, text) in enumerate(ins):
+        m = re.search(r"BRA (?:`\(\.L_x_\d+\) )?0x([0-9a-f]+)", text)
+        if m and int(m.group(1), 16) <= a and int(m.group(1), 16) in index:
+            body = ins[index[int(m.group(1), 16)]: i + 1]
+            ops = [opcode(t) for _, t in body]
+            found.append({"start": hex(body[0][0]), "end": hex(a), "instructions": len(body), "ops": ops})
+    return found
+
+
+def count(ops: list[str], prefix: str) -> int:
+    return sum(o == prefix or o.startswith(prefix + ".") for o in ops)
+
+
+def pick(found: list[dict], **want) -> dict | None:
+    """The innermost loop with exactly the given numbers of LDS.U8 / LDS.64 / LDS (32-bit) and
+    at least the given FFMA."""
+    best = None
+    for lp in found:
+        ops = lp["ops"]
+        have = {"lds_u8": ops.count("LDS.U8"), "lds_64": ops.count("LDS.64"), "lds": ops.count("LDS"),
+                "ffma": ops.count("FFMA"), "stg": count(ops, "STG")}
+        if any(have[k] != v for k, v in want.items() if k not in ("ffma_min", "stg_min")):
+            continue
+        if have["ffma"] < want.get("ffma_min", 0) or have["stg"] < want.get("stg_min", 0):
+            continue
+        if best is None or lp["instructions"] < best["instructions"]:
+            best = lp
+    return best
+
+
+def kernel(funcs: dict, *needles: str) -> list[tuple[int, str]]:
+    for name, ins in funcs.items():
+        if all(n in name for n in needles):
+            return ins
+    raise SystemExit(f"no kernel matching {needles}")
+
+
+# ----------------------------------------------------------------------------- yields on real weights
+
+def lookup_yields(code_lengths: np.ndarray) -> tuple[float, float]:
+    """(codes per count lookup, symbols per value entry) over a sequence of code lengths."""
+    def pack(cap: int) -> float:
+        i, n, lookups = 0, len(code_lengths), 0
+        lengths = code_lengths.tolist()
+        while i < n:
+            used = c = 0
+            while i < n and c < cap and used + lengths[i] <= PEEK_BITS:
+                used += lengths[i]
+                i += 1
+                c += 1
+            lookups += 1
+        return n / lookups
+    return pack(PEEK_BITS), pack(MAX_PER_ENTRY)
+
+
+def weight_yields(weights: dict, sample: int) -> dict:
+    import torch
+
+    import pycodec
+    from pycodec import _C
+    from pycodec.quant import quantize_int, quantize_rate
+
+    rows = {}
+    for mode in ("rate 3.5 bits", "int4 g128", "lossless bf16"):
+        lengths = []
+        for w in weights.values():
+            w = w.to(torch.bfloat16)
+            if mode.startswith("rate"):
+                q = quantize_rate(w.float(), 3.5)[0].numpy()
+            elif mode.startswith("int4"):
+                q = quantize_int(w.float(), 4, 128)[0].numpy()
+            else:
+                bits = w.contiguous().view(torch.int16).numpy().view(np.uint16)
+                q = np.frombuffer(_C.split_float(bits, 16)[2], np.uint8).reshape(w.shape)
+            table = np.frombuffer(_C.decode_table(pycodec.encode(q)), np.uint8)
+            code_length = table[4 * 4096: 4 * 4096 + 256].astype(np.int64)
+            lengths.append(code_length[q.reshape(-1)[:sample]])
+        seq = np.concatenate(lengths)
+        per_count, per_entry = lookup_yields(seq)
+        rows[mode] = {"bits_per_symbol": float(seq.mean()), "codes_per_count_lookup": per_count,
+                      "symbols_per_entry": per_entry}
+    return rows
+
+
+def load_weights(smollm2: bool) -> dict[str, dict]:
+    from pycodec._weights import load_minilm
+
+    out = {"all-MiniLM-L6-v2": load_minilm(linear_only=True)}
+    if smollm2:
+        import torch
+
+        from pycodec.cli import load_source
+
+        model, _ = load_source("smollm2")
+        out["SmolLM2-135M"] = {n: m.weight.detach() for n, m in model.named_modules()
+                               if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")}
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="sm_90")
+    p.add_argument("--json", default=None)
+    p.add_argument("--smollm2", action="store_true", help="also measure lookup yields on SmolLM2-135M")
+    p.add_argument("--sample", type=int, default=20000, help="symbols per tensor for the yields")
+    a = p.parse_args()
+
+    v2 = functions(sass_of(ROOT / "csrc/cuda/windowed_cuda.cu", a.arch))
+    v1 = functions(sass_of(ROOT / "csrc/cuda/decode_cuda.cu", a.arch))
+    result = {"arch": a.arch, "machine": f"{platform.machine()}, compiled here (no GPU needed)", "kernels": {},
+              "per_symbol": {}}
+    for label, needles, entry in [
+        ("gemv affine B=1", ("gemv_kernelILi1E", "AffineSink"), "lds_64"),
+        ("gemv affine B=4", ("gemv_kernelILi4E", "AffineSink"), "lds_64"),
+        ("gemv affine B=8", ("gemv_kernelILi8E", "AffineSink"), "lds_64"),
+        ("gemv affine B=16", ("gemv_kernelILi16E", "AffineSink"), "lds_64"),
+        ("gemv lossless split B=1", ("gemv_kernelILi1E", "SplitSink"), "lds_64"),
+    ]:
+        batch = int(re.search(r"B=(\d+)", label).group(1))
+        found = loops(kernel(v2, *needles))
+        count_loop = pick(found, lds_u8=2, lds_64=0, lds=0, ffma=0)
+        gemv_loop = pick(found, lds_u8=0, **{entry: 2}, ffma_min=6 * batch)
+        result["kernels"][label] = {"count_loop": count_loop and count_loop["instructions"],
+                                    "gemv_loop": gemv_loop and gemv_loop["instructions"], "batch": batch}
+    found = loops(kernel(v2, "decode_kernel"))
+    dec = pick(found, lds_u8=0, lds_64=0, lds=2, stg_min=2)
+    result["kernels"]["decode to bytes"] = {"count_loop": result["kernels"]["gemv affine B=1"]["count_loop"],
+                                            "decode_loop": dec and dec["instructions"]}
+    for coder, per_round in (("huffman", 2), ("rans", 1)):
+        found = loops(kernel(v1, f"{coder}_kernel"))
+        main_loop = max(found, key=lambda lp: lp["instructions"]) if found else None
+        result["kernels"][f"legacy v1 {coder} decode"] = {
+            "round_loop": main_loop and main_loop["instructions"], "symbols_per_lane_round": per_round,
+            "per_symbol": main_loop and main_loop["instructions"] / per_round}
+
+    yields = {name: weight_yields(w, a.sample) for name, w in load_weights(a.smollm2).items()}
+    result["yields"] = yields
+    for model, modes in yields.items():
+        for mode, y in modes.items():
+            label = "gemv lossless split B=1" if mode.startswith("lossless") else "gemv affine B=1"
+            k = result["kernels"][label]
+            per = k["count_loop"] / (2 * y["codes_per_count_lookup"]) + k["gemv_loop"] / (2 * y["symbols_per_entry"])
+            result["per_symbol"][f"{model}, {mode}"] = {"kernel": label, "lane_instructions_per_symbol": per,
+                                                        "count_pass": k["count_loop"] / (2 * y["codes_per_count_lookup"]),
+                                                        "gemv_pass": k["gemv_loop"] / (2 * y["symbols_per_entry"])}
+
+    print(f"SASS of csrc/cuda/*.cu for {a.arch}: inner-loop instructions per iteration")
+    for label, k in result["kernels"].items():
+        print(f"  {label:28s} " + ", ".join(f"{key} {val}" for key, val in k.items() if val is not None))
+    print("\nlane-instructions per symbol (fused GEMV, batch 1): count pass + GEMV pass")
+    for label, r in result["per_symbol"].items():
+        print(f"  {label:42s} {r['lane_instructions_per_symbol']:5.2f}  "
+              f"({r['count_pass']:.2f} + {r['gemv_pass']:.2f})")
+    if a.json:
+        path = Path(a.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
