@@ -229,7 +229,8 @@ PYBIND11_MODULE(_C, m) {
       "cuda_windowed_gemv_affine",
       [](py::tuple view, uintptr_t value_table_dev, uintptr_t table_dev, uintptr_t x_dev, uintptr_t prefix_dev,
          uintptr_t scale_dev, uintptr_t zero_dev, bool zero_broadcast, float zero_in_values, uint32_t group_size,
-         uint32_t n_rows, uint32_t k, uint32_t batch, uintptr_t y_dev, uintptr_t stream) {
+         uint32_t n_rows, uint32_t k, uint32_t batch, uintptr_t y_dev, uintptr_t escape_row_dev,
+         uintptr_t escape_col_dev, uintptr_t escape_value_dev, uintptr_t stream) {
         windowed::AffineArgs a;
         a.x = reinterpret_cast<const float*>(x_dev);
         a.prefix = reinterpret_cast<const float*>(prefix_dev);
@@ -241,6 +242,9 @@ PYBIND11_MODULE(_C, m) {
         a.n_groups = group_size ? (k + group_size - 1) / group_size : 0;
         a.zero_broadcast = zero_broadcast;
         a.zero_in_values = zero_in_values;
+        a.escape_row = reinterpret_cast<const int32_t*>(escape_row_dev);  // 0: no escapes
+        a.escape_col = reinterpret_cast<const int32_t*>(escape_col_dev);
+        a.escape_value = reinterpret_cast<const float*>(escape_value_dev);
         a.y = reinterpret_cast<float*>(y_dev);
         check(cuda::windowed_gemv_affine(stream_view(view), reinterpret_cast<const uint64_t*>(value_table_dev),
                                          reinterpret_cast<const uint32_t*>(table_dev), a, batch, stream),
@@ -248,7 +252,8 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("view"), py::arg("value_table_dev"), py::arg("table_dev"), py::arg("x_dev"), py::arg("prefix_dev"),
       py::arg("scale_dev"), py::arg("zero_dev"), py::arg("zero_broadcast"), py::arg("zero_in_values"),
-      py::arg("group_size"), py::arg("n_rows"), py::arg("k"), py::arg("batch"), py::arg("y_dev"), py::arg("stream"),
+      py::arg("group_size"), py::arg("n_rows"), py::arg("k"), py::arg("batch"), py::arg("y_dev"),
+      py::arg("escape_row_dev"), py::arg("escape_col_dev"), py::arg("escape_value_dev"), py::arg("stream"),
       "Fused decode + affine dequant + GEMV of a v2 weight stream (windowed_gemv.h: AffineArgs).");
 
   m.def(
@@ -349,10 +354,23 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "emulate_gemv_affine",
       [](py::buffer blob, py::buffer scale, py::buffer zero, bool zero_broadcast, uint32_t group_size, uint32_t n_rows,
-         uint32_t k, py::buffer x_t, py::buffer prefix, uint32_t batch, py::buffer y) {
+         uint32_t k, py::buffer x_t, py::buffer prefix, uint32_t batch, py::buffer y, py::buffer escape_row,
+         py::buffer escape_col, py::buffer escape_value) {
         const py::buffer_info b = contiguous_bytes(blob, false, "blob");
         const py::buffer_info s = scale.request(), z = zero.request(), x = x_t.request(), p = prefix.request();
         const py::buffer_info o = y.request(true);
+        const py::buffer_info er = escape_row.request(), ec = escape_col.request(), ev = escape_value.request();
+        if (er.itemsize != 4 || ec.itemsize != 4 || ev.itemsize != 4 || er.size != py::ssize_t(n_rows) + 1 ||
+            ec.size != ev.size)
+          throw CodecException("emulate_gemv_affine: escapes must be int32 row pointers [n_rows + 1], int32 columns "
+                               "and float32 values");
+        const int32_t* rp = static_cast<const int32_t*>(er.ptr);
+        const int32_t* cp = static_cast<const int32_t*>(ec.ptr);
+        if (rp[0] != 0 || rp[n_rows] != ec.size) throw CodecException("emulate_gemv_affine: escape rows inconsistent");
+        for (uint32_t r = 0; r < n_rows; ++r)
+          if (rp[r + 1] < rp[r]) throw CodecException("emulate_gemv_affine: escape rows not monotone");
+        for (py::ssize_t e = 0; e < ec.size; ++e)
+          if (cp[e] < 0 || uint32_t(cp[e]) >= k) throw CodecException("emulate_gemv_affine: escape column outside K");
         if (group_size == 0) throw CodecException("emulate_gemv_affine: group_size must be positive");
         const uint32_t groups = (k + group_size - 1) / group_size;
         if (s.itemsize != 2 || s.size != py::ssize_t(n_rows) * groups || z.itemsize != 2 ||
@@ -371,11 +389,15 @@ PYBIND11_MODULE(_C, m) {
         a.n_groups = groups;
         a.zero_broadcast = zero_broadcast;
         a.zero_in_values = windowed::affine_zero_in_values(zero_broadcast, a.zero[0]);
+        a.escape_row = ec.size ? rp : nullptr;
+        a.escape_col = cp;
+        a.escape_value = static_cast<const float*>(ev.ptr);
         a.y = static_cast<float*>(o.ptr);
         check(emulate_gemv_affine(static_cast<const uint8_t*>(b.ptr), size_t(b.size), a, batch), "emulate_gemv_affine");
       },
       py::arg("blob"), py::arg("scale"), py::arg("zero"), py::arg("zero_broadcast"), py::arg("group_size"),
       py::arg("n_rows"), py::arg("k"), py::arg("x_t"), py::arg("prefix"), py::arg("batch"), py::arg("y"),
+      py::arg("escape_row"), py::arg("escape_col"), py::arg("escape_value"),
       "The fused affine GEMV kernel, emulated on the CPU lane by lane (bit-exact with the GPU).");
 
   m.def(

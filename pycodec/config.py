@@ -25,6 +25,11 @@ class CompressionConfig:
       rare large values are kept exactly as escapes.
     prune: fraction of smallest-magnitude weights zeroed before quantization (not lossless).
     skip: module-name suffixes left untouched (``lm_head`` by default).
+    coder: ``"huffman"`` (stream format v2, what the GPU kernels decode) or ``"rans"`` (v1: a
+    little smaller, decoded on the CPU; on a GPU only through a slower decode-then-matmul path).
+    exact_outputs: on a GPU, lossless weights are rebuilt and multiplied by cuBLAS, so outputs
+    are bitwise those of the uncompressed model; by default they go through the fused GEMV
+    (weights bit-exact, accumulation order different, faster).
     """
 
     mode: str = "rate"
@@ -35,6 +40,7 @@ class CompressionConfig:
     coder: str = "huffman"
     chunk_symbols: int | None = None
     skip: tuple = ("lm_head",)
+    exact_outputs: bool = False
     version: int = field(default=CONFIG_VERSION)
 
     def __post_init__(self):

@@ -1,17 +1,28 @@
-"""GPU decoding of pycodec streams as a torch custom op: ``pycodec::decode_symbols``.
+"""pycodec's GPU ops: ``torch.library`` custom ops over the torch-free kernels of csrc/cuda.
 
-The kernels (csrc/cuda/decode_cuda.cu) take raw device pointers and a CUDA stream and
-never link libtorch; this module is the torch side. ``to_device_stream`` splits a blob
-into the tensors the op needs (chunk index, payload, decode table), uploaded once;
-``decode_symbols`` is a ``torch.library.custom_op`` with a fake (meta) implementation,
-so it traces under ``torch.compile(fullgraph=True)`` as one opaque node.
-``gemv_affine`` (``pycodec::gemv_affine``) is the fused decode + affine dequant + GEMV for
-batch 1..8: decoded weights stay in registers; ``gemv_affine_supported`` says when it applies.
+The kernels take raw device pointers and a CUDA stream and never link libtorch; this module is
+the torch side. Every op has a fake (meta) implementation, so it traces under
+``torch.compile(fullgraph=True)`` as one opaque node, and none of them synchronizes with the host,
+so CUDA graphs capture them.
+
+Format v2 streams (windowed-lane Huffman, what pycodec writes) stay inside the uint8 tensor that
+holds the blob; a ``layout`` list of ints (``StreamLayout.ints``) says where their pieces lie,
+and the decode tables built on the host from the blob are uploaded once (``kernel_tables``).
+The kernels read up to ``_C.SLACK_WORDS`` words past the payload and past the raw bits of a
+lossless weight without bounds tests: those tensors must sit in storage with that much slack
+(``with_slack``; CompressedLinear keeps its buffers that way).
+
+  windowed_decode       symbols of a stream, uint8 [n]
+  windowed_gemv_affine  y = x W^T, W = (q - z) * s from the stream, batch 1..16, escapes in the epilogue
+  windowed_gemv_split   y = x W^T for a lossless split bf16 weight, batch 1..16
+  split_merge           the exact bf16 (or fp16) bits of a split weight from its decoded symbols
+  decode_symbols        legacy format-v1 streams (pycodec <= 0.1 checkpoints)
 
 Importing this module needs neither a GPU nor a CUDA build of torch.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,191 +31,324 @@ import torch
 from . import _C
 from .codec import CodecError, _as_buffer
 
-__all__ = ["CODER_IDS", "GEMV_MAX_BATCH", "decode_cuda", "decode_symbols", "gemv_affine", "gemv_affine_supported",
-           "stream_layout", "to_device_stream"]
+__all__ = ["CODER_IDS", "StreamLayout", "decode_cuda", "decode_symbols", "gemv_inputs", "gemv_supported",
+           "kernel_tables", "split_merge", "stream_layout", "windowed_decode", "windowed_gemv_affine",
+           "windowed_gemv_split", "with_slack"]
 
 CODER_IDS = {"huffman": 1, "rans": 2}  # format.h: the coder byte of the header
-GEMV_MAX_BATCH = 8  # decode_cuda.cu: kGemvMaxBatch
-GEMV_ALIGN = 64     # decode_cuda.cu: kGemvAlign (one Huffman round = 64 symbols)
+MAX_BATCH = 16                        # windowed_gemv.h: kGemvMaxBatch
+TABLE_WORDS = 4096 + 64 + 1024        # entries, code lengths, count table (build_decode_table)
+SLACK_BYTES = 4 * int(_C.SLACK_WORDS)
 
 
-def stream_layout(buf: Any) -> dict:
-    """Validates a host stream (header, table, index) and describes where its pieces lie.
+@dataclass(frozen=True)
+class StreamLayout:
+    """Where a stream's pieces lie inside its blob (byte offsets) and its sizes: _C.info's fields."""
 
-    Returns the byte offsets ``index_offset`` / ``payload_offset``, the counts ``n_chunks`` /
-    ``payload_words``, the host-built ``table`` (int32[4096], uint32 bits), and ``coder``
-    (1 huffman, 2 rans), ``n_symbols``, ``chunk_symbols``, ``shape``.
-    """
+    version: int
+    coder: str
+    shape: tuple
+    n_symbols: int
+    chunk_symbols: int
+    n_chunks: int
+    lanes: int
+    index_offset: int
+    sizes_offset: int
+    payload_offset: int
+    payload_words: int
+    constant: bool
+
+    @property
+    def ints(self) -> list[int]:
+        """The ops' `layout` argument."""
+        return [self.index_offset, self.sizes_offset, self.payload_offset, self.payload_words, self.n_symbols,
+                self.chunk_symbols, self.n_chunks, self.lanes, int(self.constant)]
+
+
+def stream_layout(blob: Any) -> StreamLayout:
+    """Validates a host stream's header, table and index (no decoding) and describes it."""
+    buf = _as_buffer(blob)
     info = _C.info(buf)
-    table = np.frombuffer(_C.decode_table(buf), dtype="<i4").astype(np.int32, copy=True)
-    return {
-        "index_offset": int(info["index_offset"]),
-        "payload_offset": int(info["payload_offset"]),
-        "n_chunks": int(info["n_chunks"]),
-        "payload_words": int(info["payload_words"]),
-        "table": torch.from_numpy(table),
-        "coder": CODER_IDS[info["coder"]],
-        "n_symbols": int(info["n_symbols"]),
-        "chunk_symbols": int(info["chunk_symbols"]),
-        "shape": tuple(int(d) for d in info["shape"]),
-    }
+    constant = info["coder"] == "huffman" and info["version"] == 2 and info["payload_words"] == 0
+    return StreamLayout(int(info["version"]), info["coder"], tuple(int(d) for d in info["shape"]),
+                        int(info["n_symbols"]), int(info["chunk_symbols"]), int(info["n_chunks"]),
+                        int(info["lanes"]), int(info["index_offset"]), int(info["sizes_offset"]),
+                        int(info["payload_offset"]), int(info["payload_words"]), constant)
 
 
-def _words(buf: Any, offset: int, count: int) -> torch.Tensor:
-    """count little-endian uint32 words at byte offset, as an int32 tensor (same bits)."""
-    arr = np.frombuffer(buf, dtype="<i4", count=count, offset=offset) if count else np.empty(0, dtype="<i4")
-    return torch.from_numpy(arr.astype(np.int32, copy=True))
+def kernel_tables(blob: Any, value16: np.ndarray | None = None) -> dict:
+    """The decode tables of a stream, built on the host, as CPU tensors to upload once:
+    ``table`` (int32, entries + code lengths + count table) and, given each symbol's 16-bit
+    value (``value16``, 256 uint16), ``values`` (int64 [4096], the value entries the GEMVs read)."""
+    buf = _as_buffer(blob)
+    out = {"table": torch.from_numpy(np.frombuffer(_C.decode_table(buf), dtype="<i4").copy())}
+    if value16 is not None:
+        v = np.ascontiguousarray(value16, dtype=np.uint16)
+        out["values"] = torch.from_numpy(np.frombuffer(_C.value_table(buf, v), dtype="<i8").copy())
+    return out
 
 
-def to_device_stream(blob: Any, device: Any = "cuda") -> dict:
-    """Validates ``blob`` and uploads its pieces to ``device``.
+def with_slack(t: torch.Tensor) -> torch.Tensor:
+    """t itself if SLACK_BYTES readable bytes follow its data in its storage, else a copy in
+    storage that has them (zeros). A host-side test: no synchronization."""
+    nbytes = t.numel() * t.element_size()
+    if t.is_contiguous() and t.untyped_storage().nbytes() - t.storage_offset() * t.element_size() >= nbytes + SLACK_BYTES:
+        return t
+    padded = torch.zeros(nbytes + SLACK_BYTES, dtype=torch.uint8, device=t.device)
+    padded[:nbytes].copy_(t.contiguous().view(-1).view(torch.uint8))
+    return padded[:nbytes].view(t.dtype).view(t.shape)
 
-    Returns stream_layout's fields with ``index`` (int32[n_chunks]), ``payload``
-    (int32[payload_words]) and ``table`` (int32[4096]) as device tensors.
+
+def _has_slack(t: torch.Tensor) -> bool:
+    return with_slack(t) is t
+
+
+def _view(blob: torch.Tensor, layout: list[int]) -> tuple:
+    """The kernels' StreamView (device addresses) of a stream inside `blob`."""
+    index_offset, sizes_offset, payload_offset, payload_words, n_symbols, chunk_symbols, n_chunks, lanes, constant = layout
+    base = blob.data_ptr()
+    return (base + index_offset, base + sizes_offset, base + payload_offset, payload_words, n_symbols, chunk_symbols,
+            n_chunks, lanes, bool(constant))
+
+
+def _stream(op: str) -> int:
+    """The current CUDA stream's handle (op names the caller, for symmetry with the checks)."""
+    return torch.cuda.current_stream().cuda_stream
+
+
+def _check_stream(op: str, blob: torch.Tensor, table: torch.Tensor, layout: list[int]) -> None:
+    if len(layout) != 9:
+        raise CodecError(f"{op}: layout must have 9 fields (StreamLayout.ints)")
+    if blob.dtype != torch.uint8 or blob.dim() != 1:
+        raise CodecError(f"{op}: the stream must be a 1-D uint8 tensor")
+    if layout[2] + 4 * layout[3] != blob.numel():
+        raise CodecError(f"{op}: layout does not match the stream's length")
+    if table.dtype != torch.int32 or table.numel() != TABLE_WORDS:
+        raise CodecError(f"{op}: table must be the int32 [{TABLE_WORDS}] tables of kernel_tables()")
+    if not _C.cuda_compiled():
+        raise CodecError(f"{op}: this pycodec build has no CUDA kernels (built without nvcc)")
+    if not _has_slack(blob):
+        raise CodecError(f"{op}: the stream needs {SLACK_BYTES} readable bytes after it (cuda_ops.with_slack)")
+
+
+def _same_device(op: str, *tensors: torch.Tensor) -> torch.device:
+    device = tensors[0].device
+    if device.type != "cuda":
+        raise CodecError(f"{op} runs on CUDA tensors only")
+    for t in tensors[1:]:
+        if t.device != device:
+            raise CodecError(f"{op}: every tensor must be on {device}, one is on {t.device}")
+    return device
+
+
+def gemv_supported(layout: list[int], n_rows: int, k: int, batch: int) -> bool:
+    """Whether the fused GEMV takes this weight (chunks of whole rows) and batch."""
+    return bool(_C.gemv_supported(layout[4], layout[5], n_rows, k, batch))
+
+
+def gemv_inputs(x2: torch.Tensor, prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """x [B, K] as the kernels read it: fp32 [K + 3, Bp] (x transposed, 3 zero rows, batch padded to
+    an instantiated size: 9..15 -> 16), and the prefix sums fp32 [K + 1, Bp]. Returns (x_t, prefix, Bp)."""
+    batch, k = x2.shape
+    padded = batch if batch <= 8 else MAX_BATCH
+    x_t = torch.zeros((k + int(_C.GEMV_X_PAD_ROWS), padded), dtype=torch.float32, device=x2.device)
+    x_t[:k, :batch] = x2.t()
+    p = None
+    if prefix:
+        p = torch.zeros((k + 1, padded), dtype=torch.float32, device=x2.device)
+        torch.cumsum(x_t[:k], dim=0, out=p[1:])
+    return x_t, p, padded
+
+
+# ---------------------------------------------------------------------------- decode
+
+@torch.library.custom_op("pycodec::windowed_decode", mutates_args=(), device_types="cuda")
+def windowed_decode(blob: torch.Tensor, table: torch.Tensor, layout: list[int]) -> torch.Tensor:
+    """Decodes a format-v2 stream held in `blob` (a CUDA uint8 tensor) into uint8 [n_symbols]."""
+    _check_stream("windowed_decode", blob, table, layout)
+    _same_device("windowed_decode", blob, table)
+    out = torch.empty(layout[4], dtype=torch.uint8, device=blob.device)
+    status = torch.zeros(1, dtype=torch.int32, device=blob.device)
+    if layout[4]:
+        with torch.cuda.device(blob.device):
+            _C.cuda_windowed_decode(_view(blob, layout), table.data_ptr(), out.data_ptr(), status.data_ptr(),
+                                    _stream("windowed_decode"))
+    return out
+
+
+@windowed_decode.register_fake
+def _(blob, table, layout):
+    return blob.new_empty((layout[4],), dtype=torch.uint8)
+
+
+def decode_cuda(blob: Any, device: Any = "cuda") -> torch.Tensor:
+    """Decodes a blob on a CUDA device; returns a uint8 tensor of the stream's shape there.
+
+    Header, table and index are validated on the host; the kernel's overrun flag is checked after
+    it ran (this call synchronizes). Unlike pycodec.decode it does not verify the symbol checksum.
     """
     buf = _as_buffer(blob)
     if isinstance(buf, np.ndarray):
         buf = buf.tobytes()
     s = stream_layout(buf)
     device = torch.device(device)
-    s["index"] = _words(buf, s["index_offset"], s["n_chunks"]).to(device)
-    s["payload"] = _words(buf, s["payload_offset"], s["payload_words"]).to(device)
-    s["table"] = s["table"].to(device)
-    return s
+    if s.version == 1:
+        return _decode_v1(buf, s, device).view(s.shape)
+    host = torch.frombuffer(bytearray(buf), dtype=torch.uint8) if len(buf) else torch.zeros(0, dtype=torch.uint8)
+    dev = with_slack(host.to(device))
+    table = kernel_tables(buf)["table"].to(device)
+    _check_stream("decode_cuda", dev, table, s.ints)
+    out = torch.empty(s.n_symbols, dtype=torch.uint8, device=device)
+    status = torch.zeros(1, dtype=torch.int32, device=device)
+    if s.n_symbols:
+        with torch.cuda.device(device):
+            _C.cuda_windowed_decode(_view(dev, s.ints), table.data_ptr(), out.data_ptr(), status.data_ptr(),
+                                    torch.cuda.current_stream(device).cuda_stream)
+    if int(status.item()):
+        raise CodecError("decode_cuda: payload is corrupt: a lane needs more codes than its window holds")
+    return out.view(s.shape)
 
 
-def _check_args(index: torch.Tensor, payload: torch.Tensor, table: torch.Tensor, coder: int, n_symbols: int,
-                chunk_symbols: int) -> int:
-    if coder not in (1, 2):
-        raise CodecError(f"decode_symbols: coder must be 1 (huffman) or 2 (rans), got {coder}")
-    if chunk_symbols < 32 or chunk_symbols % 32 or chunk_symbols > _C.MAX_CHUNK_SYMBOLS:
-        raise CodecError(f"decode_symbols: chunk_symbols must be a multiple of 32 in [32, {_C.MAX_CHUNK_SYMBOLS}]")
-    if n_symbols < 0:
-        raise CodecError("decode_symbols: n_symbols must be >= 0")
-    for name, t in (("index", index), ("payload", payload), ("table", table)):
-        if t.dtype not in (torch.int32, torch.uint32) or t.dim() != 1:
-            raise CodecError(f"decode_symbols: {name} must be a 1-D int32/uint32 tensor")
-    n_chunks = -(-n_symbols // chunk_symbols)
-    if index.numel() != n_chunks:
-        raise CodecError(f"decode_symbols: index has {index.numel()} entries, expected {n_chunks}")
-    if table.numel() != 4096:
-        raise CodecError("decode_symbols: table must have 4096 entries")
-    return n_chunks
+# ---------------------------------------------------------------------------- fused GEMV
 
+@torch.library.custom_op("pycodec::windowed_gemv_affine", mutates_args=(), device_types="cuda")
+def windowed_gemv_affine(x: torch.Tensor, blob: torch.Tensor, table: torch.Tensor, values: torch.Tensor,
+                         scale: torch.Tensor, zero: torch.Tensor, escape_row: torch.Tensor, escape_col: torch.Tensor,
+                         escape_value: torch.Tensor, layout: list[int], zero_in_values: float, group_size: int,
+                         n_rows: int, k: int) -> torch.Tensor:
+    """y = x W^T in fp32 [B, n_rows] for an affine weight (W = (q - zero) * scale, escapes exact).
+
+    x: [B, k] (1 <= B <= 16, any float dtype); scale / zero: fp16 [n_rows, groups] (zero may be
+    [1, 1]); values: the value entries of kernel_tables(blob, affine values at zero_in_values);
+    escapes: CSR by row (int32 [n_rows + 1], int32 columns, fp32 values), or empty tensors.
+    """
+    op = "windowed_gemv_affine"
+    _check_stream(op, blob, table, layout)
+    device = _same_device(op, x, blob, table, values, scale, zero, escape_row, escape_col, escape_value)
+    batch = x.shape[0]
+    if x.dim() != 2 or x.shape[1] != k or not gemv_supported(layout, n_rows, k, batch):
+        raise CodecError(f"{op}: unsupported shape: x {tuple(x.shape)}, weight [{n_rows}, {k}], chunks of "
+                         f"{layout[5]} symbols (chunks must be whole rows, batch 1..16)")
+    if scale.dtype != torch.float16 or zero.dtype != torch.float16 or values.dtype != torch.int64:
+        raise CodecError(f"{op}: scale and zero must be float16, values int64")
+    groups = -(-k // group_size)
+    if scale.shape != (n_rows, groups) or tuple(zero.shape) not in ((n_rows, groups), (1, 1)):
+        raise CodecError(f"{op}: scale must be [{n_rows}, {groups}], zero the same or [1, 1]")
+    has_escapes = escape_col.numel() > 0
+    if has_escapes and (escape_row.numel() != n_rows + 1 or escape_row.dtype != torch.int32 or
+                        escape_col.dtype != torch.int32 or escape_value.dtype != torch.float32):
+        raise CodecError(f"{op}: escapes must be int32 [n_rows + 1] row pointers, int32 columns, fp32 values")
+    x_t, prefix, padded = gemv_inputs(x)
+    y = torch.empty((padded, n_rows), dtype=torch.float32, device=device)
+    scale, zero = scale.contiguous(), zero.contiguous()
+    if n_rows:
+        with torch.cuda.device(device):
+            _C.cuda_windowed_gemv_affine(
+                _view(blob, layout), values.data_ptr(), table.data_ptr(), x_t.data_ptr(), prefix.data_ptr(),
+                scale.data_ptr(), zero.data_ptr(), tuple(zero.shape) == (1, 1), zero_in_values, group_size, n_rows,
+                k, padded, y.data_ptr(), escape_row.data_ptr() if has_escapes else 0,
+                escape_col.data_ptr() if has_escapes else 0, escape_value.data_ptr() if has_escapes else 0,
+                _stream(op))
+    return y[:batch]
+
+
+@windowed_gemv_affine.register_fake
+def _(x, blob, table, values, scale, zero, escape_row, escape_col, escape_value, layout, zero_in_values, group_size,
+      n_rows, k):
+    return x.new_empty((x.shape[0], n_rows), dtype=torch.float32)
+
+
+@torch.library.custom_op("pycodec::windowed_gemv_split", mutates_args=(), device_types="cuda")
+def windowed_gemv_split(x: torch.Tensor, blob: torch.Tensor, table: torch.Tensor, values: torch.Tensor,
+                        raw: torch.Tensor, layout: list[int], top: int, n_rows: int, k: int) -> torch.Tensor:
+    """y = x W^T in fp32 [B, n_rows] for a lossless split bf16 weight (quant.KIND_SPLIT)."""
+    op = "windowed_gemv_split"
+    _check_stream(op, blob, table, layout)
+    device = _same_device(op, x, blob, table, values, raw)
+    batch = x.shape[0]
+    if x.dim() != 2 or x.shape[1] != k or not gemv_supported(layout, n_rows, k, batch) or not 8 <= top <= 16:
+        raise CodecError(f"{op}: unsupported shape: x {tuple(x.shape)}, weight [{n_rows}, {k}], top {top}")
+    low = 16 - top
+    raw_words = (layout[4] * low + 31) // 32
+    if raw.dtype != torch.uint8 or raw.numel() != 4 * raw_words or not _has_slack(raw):
+        raise CodecError(f"{op}: raw must be the weight's {4 * raw_words} raw bytes, with slack after them")
+    x_t, _, padded = gemv_inputs(x, prefix=False)
+    y = torch.empty((padded, n_rows), dtype=torch.float32, device=device)
+    if n_rows:
+        with torch.cuda.device(device):
+            _C.cuda_windowed_gemv_split(_view(blob, layout), values.data_ptr(), table.data_ptr(), x_t.data_ptr(),
+                                        raw.data_ptr(), raw_words, low, n_rows, k, padded, y.data_ptr(), _stream(op))
+    return y[:batch]
+
+
+@windowed_gemv_split.register_fake
+def _(x, blob, table, values, raw, layout, top, n_rows, k):
+    return x.new_empty((x.shape[0], n_rows), dtype=torch.float32)
+
+
+@torch.library.custom_op("pycodec::split_merge", mutates_args=(), device_types="cuda")
+def split_merge(symbols: torch.Tensor, value16: torch.Tensor, raw: torch.Tensor, top: int) -> torch.Tensor:
+    """The 16-bit float bits (int16) of a split weight from its decoded symbols (uint8 [n]), each
+    symbol's value16 (int16 [256], values << (16 - top)) and its raw bytes."""
+    op = "split_merge"
+    device = _same_device(op, symbols, value16, raw)
+    n, low = symbols.numel(), 16 - top
+    if symbols.dtype != torch.uint8 or value16.dtype != torch.int16 or value16.numel() != 256 or not 1 <= top <= 16:
+        raise CodecError(f"{op}: symbols uint8, value16 int16 [256], top in 1..16")
+    raw_words = (n * low + 31) // 32
+    if raw.dtype != torch.uint8 or raw.numel() != 4 * raw_words:
+        raise CodecError(f"{op}: raw must hold {4 * raw_words} bytes")
+    out = torch.empty(n, dtype=torch.int16, device=device)
+    if n:
+        with torch.cuda.device(device):
+            _C.cuda_split_merge(symbols.data_ptr(), n, value16.data_ptr(), raw.data_ptr() if raw_words else 0,
+                                raw_words, low, out.data_ptr(), _stream(op))
+    return out
+
+
+@split_merge.register_fake
+def _(symbols, value16, raw, top):
+    return symbols.new_empty((symbols.numel(),), dtype=torch.int16)
+
+
+# ---------------------------------------------------------------------------- legacy v1 streams
 
 @torch.library.custom_op("pycodec::decode_symbols", mutates_args=(), device_types="cuda")
 def decode_symbols(index: torch.Tensor, payload: torch.Tensor, table: torch.Tensor, coder: int, n_symbols: int,
                    chunk_symbols: int) -> torch.Tensor:
-    """Decodes a stream held on a CUDA device into uint8[n_symbols] on that device."""
-    n_chunks = _check_args(index, payload, table, coder, n_symbols, chunk_symbols)
-    device = payload.device
-    if index.device != device or table.device != device:
-        raise CodecError("decode_symbols: index, payload and table must be on the same device")
+    """Decodes a format-v1 stream (index, payload: int32 views; table: int32 [4096]) into uint8 [n]."""
+    op = "decode_symbols"
+    if coder not in (1, 2) or chunk_symbols < 32 or chunk_symbols % 32 or chunk_symbols > _C.MAX_CHUNK_SYMBOLS:
+        raise CodecError(f"{op}: not a version-1 stream layout (coder {coder}, chunk_symbols {chunk_symbols})")
+    n_chunks = -(-n_symbols // chunk_symbols)
+    if index.numel() != n_chunks or table.numel() < 4096:
+        raise CodecError(f"{op}: index has {index.numel()} entries, expected {n_chunks}; table needs 4096")
+    device = _same_device(op, payload, index, table)
     if not _C.cuda_compiled():
-        raise CodecError("decode_symbols: this pycodec build has no CUDA kernels (built without nvcc)")
+        raise CodecError(f"{op}: this pycodec build has no CUDA kernels (built without nvcc)")
     out = torch.empty(n_symbols, dtype=torch.uint8, device=device)
-    if n_symbols == 0:
-        return out
-    index, payload, table = index.contiguous(), payload.contiguous(), table.contiguous()
-    # The extension's own (static) CUDA runtime launches on the thread's current device.
-    with torch.cuda.device(device):
-        stream = torch.cuda.current_stream(device).cuda_stream
-        _C.cuda_decode(coder, n_symbols, chunk_symbols, n_chunks, index.data_ptr(), payload.data_ptr(),
-                       payload.numel(), table.data_ptr(), out.data_ptr(), stream)
+    if n_symbols:
+        with torch.cuda.device(device):
+            _C.cuda_decode(coder, n_symbols, chunk_symbols, n_chunks, index.data_ptr(), payload.data_ptr(),
+                           payload.numel(), table.data_ptr(), out.data_ptr(), _stream(op))
     return out
 
 
-@decode_symbols.register_kernel("cpu")
-def _decode_symbols_cpu(index: torch.Tensor, payload: torch.Tensor, table: torch.Tensor, coder: int, n_symbols: int,
-                        chunk_symbols: int) -> torch.Tensor:
-    raise CodecError("pycodec::decode_symbols runs on CUDA tensors only; "
-                     "use pycodec.decode(blob) to decode on the CPU")
-
-
 @decode_symbols.register_fake
-def _decode_symbols_fake(index: torch.Tensor, payload: torch.Tensor, table: torch.Tensor, coder: int, n_symbols: int,
-                         chunk_symbols: int) -> torch.Tensor:
+def _(index, payload, table, coder, n_symbols, chunk_symbols):
     return payload.new_empty((n_symbols,), dtype=torch.uint8)
 
 
-def decode_cuda(blob: Any, device: Any = "cuda") -> torch.Tensor:
-    """Decodes a blob on a CUDA device; returns a uint8 tensor of the stream's shape there.
-
-    Unlike :func:`pycodec.decode` this does not verify the symbol checksum (the GPU path
-    trusts streams verified at load time); header, table and index are still validated.
-    """
-    s = to_device_stream(blob, device)
-    out = decode_symbols(s["index"], s["payload"], s["table"], s["coder"], s["n_symbols"], s["chunk_symbols"])
-    return out.view(s["shape"])
+def v1_views(blob: torch.Tensor, layout: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """int32 views of a v1 stream's index and payload inside its (device) blob tensor."""
+    index_offset, _, payload_offset, payload_words = layout[:4]
+    return (blob[index_offset:payload_offset].view(torch.int32),
+            blob[payload_offset:payload_offset + 4 * payload_words].view(torch.int32))
 
 
-def gemv_affine_supported(n_symbols: int, chunk_symbols: int, group_size: int, n_rows: int, k: int,
-                          batch: int) -> bool:
-    """Whether the fused kernel takes this shape (mirrors cuda::gemv_affine_supported)."""
-    return (k >= GEMV_ALIGN and k % GEMV_ALIGN == 0 and chunk_symbols % k == 0 and n_symbols == n_rows * k
-            and 1 <= batch <= GEMV_MAX_BATCH and group_size >= GEMV_ALIGN and group_size % 2 == 0)
-
-
-def _check_gemv_args(index, payload, table, coder, n_symbols, chunk_symbols, scale, zero, group_size, x):
-    _check_args(index, payload, table, coder, n_symbols, chunk_symbols)
-    if x.dtype != torch.bfloat16 or x.dim() != 2:
-        raise CodecError(f"gemv_affine: x must be a 2-D bfloat16 tensor, got {x.dtype} {tuple(x.shape)}")
-    batch, k = x.shape
-    if scale.dtype != torch.float16 or zero.dtype != torch.float16 or scale.dim() != 2 or zero.dim() != 2:
-        raise CodecError("gemv_affine: scale and zero must be 2-D float16 tensors")
-    n_rows = scale.shape[0]
-    groups = -(-k // group_size) if group_size > 0 else -1
-    if scale.shape[1] != groups or tuple(zero.shape) not in ((n_rows, groups), (1, 1)):
-        raise CodecError(f"gemv_affine: scale must be [{n_rows}, {groups}] and zero the same or [1, 1], got "
-                         f"{tuple(scale.shape)} and {tuple(zero.shape)}")
-    if not gemv_affine_supported(n_symbols, chunk_symbols, group_size, n_rows, k, batch):
-        raise CodecError("gemv_affine: unsupported shape (needs K % 64 == 0, chunk_symbols % K == 0, "
-                         "n_symbols == N * K, batch 1..8, even group_size >= 64)")
-    return batch, n_rows, k
-
-
-@torch.library.custom_op("pycodec::gemv_affine", mutates_args=(), device_types="cuda")
-def gemv_affine(index: torch.Tensor, payload: torch.Tensor, table: torch.Tensor, coder: int, n_symbols: int,
-                chunk_symbols: int, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
-                x: torch.Tensor) -> torch.Tensor:
-    """y = x @ W.T in fp32 [B, N], W = (q - zero) * scale decoded from the stream inside the kernel.
-
-    x is bf16 [B, K], B <= 8; scale/zero fp16 [N, ceil(K / group_size)] (zero may be [1, 1]).
-    Escapes (exact weights) are not part of the stream and are the caller's to add.
-    """
-    batch, n_rows, k = _check_gemv_args(index, payload, table, coder, n_symbols, chunk_symbols, scale, zero,
-                                        group_size, x)
-    device = payload.device
-    for name, t in (("index", index), ("table", table), ("scale", scale), ("zero", zero), ("x", x)):
-        if t.device != device:
-            raise CodecError(f"gemv_affine: {name} is on {t.device}, the stream on {device}")
-    if not _C.cuda_compiled():
-        raise CodecError("gemv_affine: this pycodec build has no CUDA kernels (built without nvcc)")
-    y = torch.empty((batch, n_rows), dtype=torch.float32, device=device)
-    if n_rows == 0:
-        return y
-    index, payload, table = index.contiguous(), payload.contiguous(), table.contiguous()
-    scale, zero, x = scale.contiguous(), zero.contiguous(), x.contiguous()
-    if x.data_ptr() % 4:
-        x = x.clone()  # the kernel reads bf16 pairs as 32-bit words
-    with torch.cuda.device(device):
-        stream = torch.cuda.current_stream(device).cuda_stream
-        _C.cuda_gemv_affine(coder, n_symbols, chunk_symbols, index.numel(), index.data_ptr(), payload.data_ptr(),
-                            payload.numel(), table.data_ptr(), scale.data_ptr(), zero.data_ptr(),
-                            tuple(zero.shape) == (1, 1),
-                            group_size, n_rows, k, x.data_ptr(), batch, y.data_ptr(), stream)
-    return y
-
-
-@gemv_affine.register_kernel("cpu")
-def _gemv_affine_cpu(index: torch.Tensor, payload: torch.Tensor, table: torch.Tensor, coder: int, n_symbols: int,
-                     chunk_symbols: int, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
-                     x: torch.Tensor) -> torch.Tensor:
-    raise CodecError("pycodec::gemv_affine runs on CUDA tensors only")
-
-
-@gemv_affine.register_fake
-def _gemv_affine_fake(index: torch.Tensor, payload: torch.Tensor, table: torch.Tensor, coder: int, n_symbols: int,
-                      chunk_symbols: int, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
-                      x: torch.Tensor) -> torch.Tensor:
-    return x.new_empty((x.shape[0], scale.shape[0]), dtype=torch.float32)
+def _decode_v1(buf: Any, s: StreamLayout, device: torch.device) -> torch.Tensor:
+    host = torch.frombuffer(bytearray(buf), dtype=torch.uint8)
+    dev = host.to(device)
+    index, payload = v1_views(dev, s.ints)
+    table = kernel_tables(buf)["table"][:4096].to(device)
+    return decode_symbols(index, payload, table, CODER_IDS[s.coder], s.n_symbols, s.chunk_symbols)

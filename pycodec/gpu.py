@@ -1,114 +1,183 @@
-"""CUDA path of CompressedLinear: decode the symbols on the GPU, then a Triton dequant-matmul.
+"""CUDA path of CompressedLinear: what it reads, built once on the host, and the dispatch.
 
-Dispatch (one place):
-  affine (int / rate)      bf16 x, M <= 8 and chunks of whole rows (gemv_affine_supported):
-                           pycodec::gemv_affine, the fused decode + dequant + GEMV kernel (the
-                           symbols never reach global memory); else the symbols are decoded into a
-                           per-call buffer and M <= 16: affine_gemv (split-K, CUDA cores), else
-                           affine_matmul. Escapes are added afterwards on both paths.
-  lossless bf16            planes decoded on the GPU, weight rebuilt (bf16_reconstruct), cuBLAS F.linear:
-                           bitwise the same output as the uncompressed nn.Linear
-  anything else            (fp16/fp32 lossless, groups that do not divide K) weight decoded by the
-                           CPU core (pycodec::decode_weight), then F.linear
+Everything a forward needs is prepared when a module is built, loaded or moved (never in
+``forward``, which must neither read device memory from the host nor allocate tables, so that
+CUDA graphs capture it):
 
-Streams stay where the module keeps them: index and payload are int32 views into the
-device blob, and only the 16 KiB decode table is uploaded, once per tensor.
+  WeightInfo      ints from the packed meta and the stream's header: kind, shapes, zero point,
+                  stream layout (cuda_ops.StreamLayout.ints), the exact_outputs choice
+  kernel_buffers  the stream's decode tables, the value entries the fused GEMVs decode through,
+                  escapes as CSR by row, each symbol's 16-bit value for the exact lossless path
+
+Dispatch (one place, ``linear``):
+  affine (int / rate), v2 stream, batch 1..16, chunks of whole rows
+        pycodec::windowed_gemv_affine: fused decode + dequant + GEMV, escapes in its epilogue
+  lossless split bf16, v2 stream, batch 1..16, not exact_outputs
+        pycodec::windowed_gemv_split: fused decode + GEMV; weights bit-exact, only the
+        accumulation order differs from cuBLAS
+  lossless split bf16 / fp16 otherwise
+        pycodec::windowed_decode + pycodec::split_merge rebuild the exact weight on the GPU, then
+        cuBLAS F.linear: outputs bitwise equal to the uncompressed nn.Linear
+  affine otherwise (larger batches, v1 streams)
+        decode the symbols on the GPU, then Triton's affine GEMV (M <= 16) or matmul (tensor cores)
+  anything else (fp32 lossless, v1 byte-plane checkpoints)
+        the CPU decoder, then F.linear (correct, slow: re-compress for the GPU path)
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import _C
+from . import _C, cuda_ops
 from .codec import CodecError
-from .cuda_ops import GEMV_MAX_BATCH as FUSED_MAX_BATCH
-from .cuda_ops import decode_symbols, gemv_affine, gemv_affine_supported, stream_layout
-from .quant import CODE_DTYPES, KIND_AFFINE, KIND_LOSSLESS
+from .quant import CODE_DTYPES, KIND_AFFINE, KIND_LOSSLESS, KIND_SPLIT, unpack
 
-GEMV_MAX_BATCH = 16
+MAX_FUSED_BATCH = 16
+_NO_LAYOUT = (0,) * 9
 
 
-def _require_gpu_build() -> None:
+@dataclass(frozen=True)
+class WeightInfo:
+    """The host-side facts of one packed weight, as the ints the forward op carries."""
+
+    kind: int
+    n: int
+    k: int
+    group_size: int
+    dtype_code: int
+    top: int            # KIND_SPLIT: coded top bits
+    exact_outputs: int  # 1: lossless outputs bitwise equal to nn.Linear (no fused GEMV)
+    zero_in_values: int  # affine: the constant zero point folded into the value entries
+    version: int        # the symbol stream's format version (0: no stream)
+    coder: int          # the stream's coder byte (cuda_ops.CODER_IDS)
+    layout: tuple = _NO_LAYOUT
+
+    @property
+    def ints(self) -> list[int]:
+        return [self.kind, self.n, self.k, self.group_size, self.dtype_code, self.top, self.exact_outputs,
+                self.zero_in_values, self.version, self.coder, *self.layout]
+
+    @classmethod
+    def from_ints(cls, v: list[int]) -> "WeightInfo":
+        return cls(*v[:10], tuple(v[10:19]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return CODE_DTYPES[self.dtype_code]
+
+
+def _affine_values(zero: torch.Tensor) -> tuple[float, list[int]]:
+    """(zc, bf16(q - zc) per symbol) for a packed zero tensor (windowed_gemv.h: affine_values)."""
+    first = int(zero.reshape(-1)[:1].view(torch.int16).item()) & 0xFFFF
+    return _C.affine_values(tuple(zero.shape) == (1, 1), first)
+
+
+def weight_info(packed: dict, exact_outputs: bool = False) -> WeightInfo:
+    """WeightInfo of a packed weight whose tensors are on the CPU (a host read, no device sync)."""
+    meta = packed["meta"].tolist()
+    kind, n, k, group_size, dtype_code, top = meta[1:7]
+    version, coder, layout, zc = 0, 0, _NO_LAYOUT, 0
+    if kind in (KIND_AFFINE, KIND_SPLIT):
+        s = cuda_ops.stream_layout(packed["symbols"].numpy())
+        version, coder, layout = s.version, cuda_ops.CODER_IDS[s.coder], tuple(s.ints)
+        if kind == KIND_AFFINE:
+            zc = int(_affine_values(packed["zero"])[0])
+    return WeightInfo(kind, n, k, group_size, dtype_code, top, int(exact_outputs), zc, version, coder, layout)
+
+
+# Kernel buffers, in the op's order; empty tensors where a weight has no use for one.
+KERNEL_BUFFERS = ("table", "values", "value16", "escape_row", "escape_col", "escape_value")
+
+
+def kernel_buffers(packed: dict, info: WeightInfo) -> dict[str, torch.Tensor]:
+    """The host-built tables and escapes of a packed weight (CPU tensors, uploaded by the module)."""
+    empty = {"table": torch.zeros(0, dtype=torch.int32), "values": torch.zeros(0, dtype=torch.int64),
+             "value16": torch.zeros(0, dtype=torch.int16), "escape_row": torch.zeros(0, dtype=torch.int32),
+             "escape_col": torch.zeros(0, dtype=torch.int32), "escape_value": torch.zeros(0, dtype=torch.float32)}
+    if info.version == 0:
+        return empty
+    blob = packed["symbols"].numpy()
+    if info.version == 1:  # legacy: the symbol decoder's table only
+        return dict(empty, **cuda_ops.kernel_tables(blob))
+    if info.kind == KIND_AFFINE:
+        _, value16 = _affine_values(packed["zero"])
+        out = dict(empty, **cuda_ops.kernel_tables(blob, np.asarray(value16, np.uint16)))
+        idx = packed["escape_index"]
+        if idx.numel():
+            rows, cols = idx // info.k, idx % info.k
+            row_ptr = torch.zeros(info.n + 1, dtype=torch.int64)
+            row_ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=info.n), 0)
+            order = torch.argsort(idx)  # row-major order within each row
+            out.update(escape_row=row_ptr.to(torch.int32), escape_col=cols[order].to(torch.int32),
+                       escape_value=packed["escape_value"][order].to(torch.float32))
+        return out
+    value16 = np.asarray(_C.split_values(packed["values"].tolist(), info.top), np.uint16)
+    out = dict(empty, **cuda_ops.kernel_tables(blob, value16))
+    out["value16"] = torch.from_numpy(value16.view(np.int16).copy())
+    return out
+
+
+def linear(x: torch.Tensor, packed: dict, kernel: dict, bias: torch.Tensor | None, info: WeightInfo) -> torch.Tensor:
+    """y = x W^T + b on CUDA for a packed weight (see the module docstring for the dispatch)."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, info.k)
+    batch = x2.shape[0]
+    layout = list(info.layout)
+    fused = info.version == 2 and 1 <= batch <= MAX_FUSED_BATCH and cuda_ops.gemv_supported(layout, info.n, info.k,
+                                                                                            batch)
+    if info.kind == KIND_AFFINE and info.version and info.k % info.group_size == 0:
+        if fused:
+            y = cuda_ops.windowed_gemv_affine(x2, packed["symbols"], kernel["table"], kernel["values"], packed["scale"],
+                                              packed["zero"], kernel["escape_row"], kernel["escape_col"],
+                                              kernel["escape_value"], layout, float(info.zero_in_values),
+                                              info.group_size, info.n, info.k)
+        else:
+            y = _affine_decoded(x2, packed, kernel, info)
+    elif info.kind == KIND_SPLIT and info.version == 2 and info.dtype in (torch.bfloat16, torch.float16):
+        if fused and info.dtype == torch.bfloat16 and not info.exact_outputs:
+            y = cuda_ops.windowed_gemv_split(x2, packed["symbols"], kernel["table"], kernel["values"], packed["raw"],
+                                             layout, info.top, info.n, info.k)
+        else:
+            q = cuda_ops.windowed_decode(packed["symbols"], kernel["table"], layout)
+            w = cuda_ops.split_merge(q, kernel["value16"], packed["raw"], info.top).view(info.dtype)
+            y = F.linear(x2, w.view(info.n, info.k).to(x.dtype))
+    else:
+        w = unpack({name: t.cpu() for name, t in packed.items()}).to(device=x.device, dtype=x.dtype)
+        y = F.linear(x2, w)
+    y = y.to(x.dtype)
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y.reshape(*lead, info.n)
+
+
+def _affine_decoded(x2: torch.Tensor, packed: dict, kernel: dict, info: WeightInfo) -> torch.Tensor:
+    """Symbols decoded to device memory, then Triton's affine GEMV / matmul; escapes added after."""
+    from triton_kernels import affine_gemv, affine_matmul
+
+    layout = list(info.layout)
+    if info.version == 2:
+        q = cuda_ops.windowed_decode(packed["symbols"], kernel["table"], layout)
+    else:
+        index, payload = cuda_ops.v1_views(packed["symbols"], layout)
+        q = cuda_ops.decode_symbols(index, payload, kernel["table"][:4096], info.coder, layout[4], layout[5])
+    q = q.view(info.n, info.k)
+    kernel_fn = affine_gemv if x2.shape[0] <= MAX_FUSED_BATCH else affine_matmul
+    y = kernel_fn(x2, q, packed["scale"], packed["zero"], info.group_size, out_dtype=torch.float32)
+    idx = packed["escape_index"]
+    if idx.numel():
+        rows, cols = idx // info.k, idx % info.k
+        y = y.index_add_(-1, rows, x2[:, cols].float() * packed["escape_value"].to(x2.device))
+    return y
+
+
+def require_gpu_build() -> None:
     if not _C.cuda_compiled():
         raise CodecError("this pycodec build has no CUDA kernels (nvcc was not found at build time); "
                          "rebuild with nvcc on PATH or run the model on the CPU")
 
 
-def _stream_view(buf: torch.Tensor) -> dict:
-    """Device views of one stream held in a uint8 device tensor (cached on the tensor)."""
-    cached = getattr(buf, "_pycodec_stream", None)
-    if cached is not None:
-        return cached
-    s = stream_layout(buf.detach().cpu().numpy())
-    words = buf.detach()
-    view = dict(s, index=words[s["index_offset"]:s["payload_offset"]].view(torch.int32),
-                payload=words[s["payload_offset"]:].view(torch.int32), table=s["table"].to(buf.device))
-    buf._pycodec_stream = view
-    return view
-
-
-def _decode(buf: torch.Tensor) -> torch.Tensor:
-    v = _stream_view(buf)
-    out = decode_symbols(v["index"], v["payload"], v["table"], v["coder"], v["n_symbols"], v["chunk_symbols"])
-    return out.view(v["shape"])
-
-
-def _fused_gemv(x2: torch.Tensor, packed: dict, n: int, k: int, group_size: int) -> torch.Tensor | None:
-    """y = x2 @ W.T through pycodec::gemv_affine (fp32, no escapes), or None when it does not apply."""
-    m = x2.shape[0]
-    if x2.dtype != torch.bfloat16 or not 1 <= m <= FUSED_MAX_BATCH:
-        return None
-    v = _stream_view(packed["symbols"])
-    if not gemv_affine_supported(v["n_symbols"], v["chunk_symbols"], group_size, n, k, m):
-        return None
-    return gemv_affine(v["index"], v["payload"], v["table"], v["coder"], v["n_symbols"], v["chunk_symbols"],
-                       packed["scale"], packed["zero"], group_size, x2)
-
-
-def _host_list(t: torch.Tensor) -> list:
-    """A small device tensor's values, copied to the host once (cached on the tensor)."""
-    cached = getattr(t, "_pycodec_values", None)
-    if cached is None:
-        cached = t.tolist()
-        t._pycodec_values = cached
-    return cached
-
-
-def _apply_escapes(y: torch.Tensor, x: torch.Tensor, packed: dict, k: int) -> torch.Tensor:
-    idx = packed["escape_index"]
-    if idx.numel() == 0:
-        return y
-    rows, cols = idx // k, idx % k
-    contrib = x[..., cols].float() * packed["escape_value"].to(x.device)
-    return y.float().index_add_(-1, rows, contrib).to(y.dtype)
-
-
-def compressed_linear(x: torch.Tensor, packed: dict, bias: torch.Tensor | None) -> torch.Tensor:
-    _require_gpu_build()
-    from triton_kernels import affine_gemv, affine_matmul, bf16_reconstruct
-
-    _, kind, n, k, group_size, dtype_code, n_planes, _ = _host_list(packed["meta"])
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, k)
-    if kind == KIND_AFFINE and k % group_size == 0:
-        y = _fused_gemv(x2, packed, n, k, group_size)  # fp32; escapes then go in before the one rounding
-        if y is None:
-            q = _decode(packed["symbols"])
-            kernel = affine_gemv if x2.shape[0] <= GEMV_MAX_BATCH else affine_matmul
-            y = kernel(x2, q, packed["scale"], packed["zero"], group_size)
-        y = _apply_escapes(y, x2, packed, k).to(x.dtype)
-    elif kind == KIND_LOSSLESS and CODE_DTYPES[dtype_code] == torch.bfloat16:
-        # Rebuild the exact weight and use the same cuBLAS matmul as nn.Linear: outputs stay
-        # bitwise identical to the uncompressed model (bf16_matmul's accumulation order differs).
-        coded = _host_list(packed["plane_coded"])
-        planes = [(_decode(packed[f"plane{i}"]) if coded[i] else packed[f"plane{i}"]).view(n, k) for i in range(2)]
-        y = F.linear(x2, bf16_reconstruct(planes[0], planes[1]).to(x.dtype))
-    else:
-        from .nn import decode_weight
-
-        names = list(packed)
-        w = decode_weight([packed[nm] for nm in names], n, k, x.dtype)
-        y = F.linear(x2, w)
-    if bias is not None:
-        y = y + bias.to(y.dtype)
-    return y.reshape(*lead, n)
+__all__ = ["KERNEL_BUFFERS", "WeightInfo", "kernel_buffers", "linear", "require_gpu_build", "weight_info",
+           "KIND_LOSSLESS"]

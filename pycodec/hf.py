@@ -36,9 +36,10 @@ class PycodecHfQuantizer(HfQuantizer):
     def validate_environment(self, *args, **kwargs):
         from . import _C
 
-        if self.quantization_config.format_version != int(_C.FORMAT_VERSION):
-            raise ValueError(f"checkpoint stream format version {self.quantization_config.format_version} is not "
-                             f"supported by this pycodec (reads {int(_C.FORMAT_VERSION)})")
+        version = self.quantization_config.format_version
+        if not isinstance(version, int) or not 1 <= version <= int(_C.FORMAT_VERSION):
+            raise ValueError(f"checkpoint stream format version {version} is not supported by this pycodec "
+                             f"(reads versions 1 to {int(_C.FORMAT_VERSION)})")
 
     def _process_model_before_weight_loading(self, model, **kwargs):
         install_modules(model, self.quantization_config.to_dict(), device=next(model.parameters()).device)

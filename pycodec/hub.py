@@ -20,7 +20,7 @@ from .nn import COMPRESSED_MODULES, CompressedEmbedding, CompressedLinear, _set_
 QUANT_METHOD = "pycodec"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
-STREAM_BUFFERS = ("symbols", "plane0", "plane1", "plane2", "plane3")
+STREAM_BUFFERS = ("symbols", "plane0", "plane1", "plane2", "plane3")  # "raw" (split layout) is not a stream
 
 
 def _quantization_config(model: nn.Module) -> dict:
@@ -114,7 +114,8 @@ def verify_streams(state: dict) -> None:
             raise CodecError(f"tensor {key!r}: {e}") from None
 
 
-def build_module(old: nn.Module, entry: dict, name: str, state: dict | None = None, device=None) -> nn.Module:
+def build_module(old: nn.Module, entry: dict, name: str, state: dict | None = None, device=None,
+                 exact_outputs: bool = False) -> nn.Module:
     """The compressed module that replaces ``old``, from a quantization_config modules entry.
 
     With ``state``, its buffers are the checkpoint's tensors (shapes checked); without, they
@@ -142,17 +143,18 @@ def build_module(old: nn.Module, entry: dict, name: str, state: dict | None = No
     bias = None
     if old.bias is not None:
         bias = state.get(f"{name}.bias") if state is not None else torch.empty(old.out_features, device=device)
-    return CompressedLinear(old.in_features, old.out_features, packed, bias)
+    return CompressedLinear(old.in_features, old.out_features, packed, bias, exact_outputs=exact_outputs)
 
 
 def install_modules(model: nn.Module, qcfg: dict, state: dict | None = None, device=None) -> None:
     """Replace the modules listed in quantization_config by their compressed counterparts."""
+    exact = bool(qcfg.get("exact_outputs", False))
     for name, entry in qcfg["modules"].items():
         try:
             old = model.get_submodule(name)
         except AttributeError:
             raise CodecError(f"quantization_config lists module {name!r}, which the model does not have") from None
-        _set_submodule(model, name, build_module(old, entry, name, state, device))
+        _set_submodule(model, name, build_module(old, entry, name, state, device, exact))
 
 
 def _tied_keys(model: nn.Module) -> set:
@@ -174,9 +176,10 @@ def from_pretrained(src: str, device: str | torch.device = "cpu", verify: bool =
     qcfg = cfg_dict.get("quantization_config")
     if not qcfg or qcfg.get("quant_method") != QUANT_METHOD:
         raise CodecError(f"{src}/config.json has no pycodec quantization_config")
-    if qcfg.get("format_version") != int(_C.FORMAT_VERSION):
-        raise CodecError(f"checkpoint stream format version {qcfg.get('format_version')} is not supported "
-                         f"(this pycodec reads {int(_C.FORMAT_VERSION)})")
+    version = qcfg.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= int(_C.FORMAT_VERSION):
+        raise CodecError(f"checkpoint stream format version {version} is not supported "
+                         f"(this pycodec reads versions 1 to {int(_C.FORMAT_VERSION)})")
     config = CompressionConfig.from_dict({k: v for k, v in qcfg.items() if k not in ("modules", "format_version")})
     hf_config = transformers.AutoConfig.from_pretrained(src)
     if hasattr(hf_config, "quantization_config"):

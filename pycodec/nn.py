@@ -1,10 +1,18 @@
 """CompressedLinear: a drop-in nn.Linear whose weight stays entropy-coded in memory.
 
 State lives in registered buffers of plain dtypes (see pycodec.quant for the packed
-layout), so ``state_dict()`` and safetensors work without pickle. ``forward`` decodes
-the weight each call (the point is memory); ``cache_decoded=True`` keeps the decoded
-weight instead. The forward is the torch.library op ``pycodec::compressed_linear``
-(schema + fake), so ``torch.compile`` traces through it.
+layout), so ``state_dict()`` and safetensors work without pickle. On a GPU ``forward`` runs
+the fused decode + GEMV kernels straight from the coded bytes; on the CPU it decodes the
+weight each call (``cache_decoded=True`` keeps the decoded weight instead). The forward is
+the torch.library op ``pycodec::compressed_linear`` (schema + fake), so ``torch.compile``
+traces through it.
+
+What the GPU path reads besides the packed buffers (pycodec.gpu: WeightInfo and the kernel
+buffers: decode tables, value entries, escapes) is built on the host when the module is made,
+loaded or moved, and kept in non-persistent buffers that follow the module across devices.
+``forward`` therefore never reads device memory from the host, and CUDA graphs capture it.
+Packed tensors keep their dtypes through ``model.to(dtype)`` / ``.half()``: their bits are
+the format.
 """
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cuda_ops, gpu
 from .codec import CodecError
 from .quant import KIND_AFFINE, KIND_LOSSLESS, KIND_SPLIT, LayerStats, compress_weight, unpack
 
@@ -32,7 +41,10 @@ def buffer_dtype(name: str) -> torch.dtype:
 
 def buffer_names(meta: torch.Tensor) -> tuple[str, ...]:
     """The op's fixed order of packed tensors for a layout (meta first)."""
-    kind, n_planes = int(meta[1]), int(meta[6])
+    return names_for(int(meta[1]), int(meta[6]))
+
+
+def names_for(kind: int, n_planes: int) -> tuple[str, ...]:
     if kind == KIND_AFFINE:
         return AFFINE_BUFFERS
     if kind == KIND_SPLIT:
@@ -42,32 +54,26 @@ def buffer_names(meta: torch.Tensor) -> tuple[str, ...]:
     raise CodecError(f"unknown packed weight kind {kind}")
 
 
-def _gpu_linear(x: torch.Tensor, packed: dict, bias: torch.Tensor | None) -> torch.Tensor:
-    from . import gpu  # imported lazily: CPU-only installs never touch triton or CUDA
-
-    return gpu.compressed_linear(x, packed, bias)
-
-
-def _as_dict(packed: list[torch.Tensor]) -> dict:
-    return dict(zip(buffer_names(packed[0].cpu()), packed))
-
-
 def _decode_on_cpu(packed: list[torch.Tensor]) -> torch.Tensor:
     """The dense weight (original dtype for lossless, fp32 for affine), decoded by the C++ core."""
-    return unpack({k: v.cpu() for k, v in _as_dict(packed).items()})
+    meta = packed[0].cpu()
+    return unpack({k: v.cpu() for k, v in zip(buffer_names(meta), packed)})
 
 
 @torch.library.custom_op("pycodec::compressed_linear", mutates_args=())
-def compressed_linear(x: torch.Tensor, packed: list[torch.Tensor], bias: torch.Tensor | None,
-                      out_features: int) -> torch.Tensor:
+def compressed_linear(x: torch.Tensor, packed: list[torch.Tensor], kernel: list[torch.Tensor],
+                      bias: torch.Tensor | None, info: list[int], out_features: int) -> torch.Tensor:
+    """y = x W^T + b. info: pycodec.gpu.WeightInfo.ints; kernel: its kernel buffers (on x's device)."""
     if x.is_cuda:
-        return _gpu_linear(x, _as_dict(packed), bias)
+        wi = gpu.WeightInfo.from_ints(info)
+        return gpu.linear(x, dict(zip(names_for(wi.kind, wi.top), packed)), dict(zip(gpu.KERNEL_BUFFERS, kernel)),
+                          bias, wi)
     w = _decode_on_cpu(packed).to(x.dtype)
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 
 @compressed_linear.register_fake
-def _(x, packed, bias, out_features):
+def _(x, packed, kernel, bias, info, out_features):
     return x.new_empty((*x.shape[:-1], out_features))
 
 
@@ -83,10 +89,11 @@ def _(packed, out_features, in_features, dtype):
 
 
 def _setup_context(ctx, inputs, output):
-    x, packed, bias, out_features = inputs
+    x, packed, kernel, bias, info, out_features = inputs
     ctx.packed = packed
     ctx.shape = (out_features, x.shape[-1])
     ctx.has_bias = bias is not None
+    ctx.n_kernel = len(kernel)
 
 
 def _backward(ctx, grad):
@@ -95,17 +102,86 @@ def _backward(ctx, grad):
     w = decode_weight(ctx.packed, ctx.shape[0], ctx.shape[1], grad.dtype)
     grad_x = grad @ w
     grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
-    return grad_x, [None] * len(ctx.packed), grad_bias, None
+    return grad_x, [None] * len(ctx.packed), [None] * ctx.n_kernel, grad_bias, None, None
 
 
 compressed_linear.register_autograd(_backward, setup_context=_setup_context)
 
 
-class CompressedLinear(nn.Module):
-    """y = x W^T + b with W held as a pycodec packed weight."""
+class _PackedModule(nn.Module):
+    """Keeps packed tensors' dtypes through module-wide casts, and the GPU path's host-built state
+    (WeightInfo, kernel buffers, slack after the streams) correct across moves and loads."""
+
+    _names: tuple
+    _info: "gpu.WeightInfo | None"
+
+    def _init_gpu_state(self) -> None:
+        self._info = None
+        for name in gpu.KERNEL_BUFFERS:
+            self.register_buffer(f"_k_{name}", torch.zeros(0), persistent=False)
+        if not self.meta.is_meta:
+            self._refresh_gpu_state()
+
+    def _packed_cpu(self) -> dict:
+        return {n: getattr(self, n).detach().cpu() for n in self._names}
+
+    def _refresh_gpu_state(self) -> None:
+        """WeightInfo from the packed tensors; on a GPU also the kernel buffers and stream slack."""
+        host = self._packed_cpu()
+        self._info = gpu.weight_info(host, getattr(self, "exact_outputs", False))
+        device = self.meta.device
+        if device.type == "cuda":
+            for name, t in gpu.kernel_buffers(host, self._info).items():
+                self._buffers[f"_k_{name}"] = t.to(device)
+            for name in ("symbols", "raw"):
+                if name in self._buffers:
+                    self._buffers[name] = cuda_ops.with_slack(self._buffers[name])
+        else:  # the tables serve the GPU path only
+            for name in gpu.KERNEL_BUFFERS:
+                self._buffers[f"_k_{name}"] = torch.zeros(0, device=device)
+
+    def _gpu_state_ready(self) -> bool:
+        """Whether the kernel buffers and stream slack match the packed tensors' device (host-side test)."""
+        if self._info is None or self._k_table.device != self.meta.device:
+            return False
+        if self._info.version == 0:
+            return True
+        return self._k_table.numel() > 0 and all(cuda_ops.with_slack(self._buffers[n]) is self._buffers[n]
+                                                 for n in ("symbols", "raw") if n in self._buffers)
+
+    def _apply(self, fn, recurse=True):
+        kept = [n for n in self._names if self._buffers.get(n) is not None]
+        before = {n: self._buffers[n] for n in kept}
+        super()._apply(fn, recurse)
+        for n in kept:  # a dtype cast moves packed tensors but keeps their dtype: their bits are the format
+            if self._buffers[n].dtype != before[n].dtype:
+                self._buffers[n] = before[n].to(self._buffers[n].device)
+        if not self.meta.is_meta:
+            self._refresh_gpu_state()
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if not self.meta.is_meta:
+            self._refresh_gpu_state()
+
+    def packed(self) -> dict:
+        return {n: getattr(self, n) for n in self._names}
+
+    def kernel(self) -> list[torch.Tensor]:
+        return [getattr(self, f"_k_{name}") for name in gpu.KERNEL_BUFFERS]
+
+
+class CompressedLinear(_PackedModule):
+    """y = x W^T + b with W held as a pycodec packed weight.
+
+    ``exact_outputs=True`` makes the GPU path rebuild a lossless weight and call cuBLAS, so
+    outputs are bitwise those of nn.Linear; by default lossless bf16 weights go through the
+    fused GEMV (the weights are still bit-exact, only the accumulation order differs).
+    """
 
     def __init__(self, in_features: int, out_features: int, packed: dict, bias: torch.Tensor | None = None,
-                 cache_decoded: bool = False):
+                 cache_decoded: bool = False, exact_outputs: bool = False):
         super().__init__()
         meta = packed["meta"]
         if meta.is_meta:  # shapes only (a loader fills the buffers later): trust the caller's names
@@ -124,26 +200,26 @@ class CompressedLinear(nn.Module):
             self.register_buffer(name, packed[name])
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
         self.cache_decoded = cache_decoded
+        self.exact_outputs = exact_outputs
         self._decoded: torch.Tensor | None = None
         self.stats: LayerStats | None = None
+        self._init_gpu_state()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, config, cache_decoded: bool = False) -> "CompressedLinear":
         packed, stats = compress_weight(linear.weight, config)
         device = linear.weight.device
-        packed = {k: v.to(device) for k, v in packed.items()}
-        m = cls(linear.in_features, linear.out_features, packed, linear.bias, cache_decoded)
+        m = cls(linear.in_features, linear.out_features, packed, linear.bias, cache_decoded,
+                getattr(config, "exact_outputs", False))
+        m.to(device)
         m.stats = stats
         return m
-
-    def packed(self) -> dict:
-        return {n: getattr(self, n) for n in self._names}
 
     @property
     def weight_dtype(self) -> torch.dtype:
         from .quant import CODE_DTYPES
 
-        return CODE_DTYPES[int(self.meta[5])]
+        return CODE_DTYPES[int(self._info.dtype_code if self._info else self.meta[5])]
 
     def decoded_weight(self) -> torch.Tensor:
         """The weight as a dense tensor in its original dtype (bit-exact in lossless mode)."""
@@ -154,13 +230,16 @@ class CompressedLinear(nn.Module):
             if self._decoded is None or self._decoded.device != x.device:
                 self._decoded = self.decoded_weight().to(x.device)
             return F.linear(x, self._decoded.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-        return compressed_linear(x, list(self.packed().values()), self.bias, self.out_features)
+        if x.is_cuda and not self._gpu_state_ready():
+            self._refresh_gpu_state()  # built on the GPU without a move (a host read, once)
+        info = self._info.ints if self._info is not None else gpu.weight_info(self._packed_cpu()).ints
+        return compressed_linear(x, list(self.packed().values()), self.kernel(), self.bias, info, self.out_features)
 
     def compressed_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for n, t in self.packed().items() if n != "meta")
 
     def extra_repr(self) -> str:
-        kind = "affine" if int(self.meta[1]) == KIND_AFFINE else "lossless"
+        kind = "affine" if self._info is not None and self._info.kind == KIND_AFFINE else "lossless"
         bpw = 8 * self.compressed_bytes() / (self.in_features * self.out_features)
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"{kind}, {bpw:.3f} bits/weight")

@@ -147,7 +147,7 @@ def test_compressed_linear_forward_any_leading_dims():
     for shape in [(96,), (3, 96), (2, 5, 96), (2, 1, 3, 96)]:
         x = torch.randn(shape, dtype=torch.bfloat16)
         assert torch.equal(m(x), lin(x))
-    assert set(dict(m.named_buffers())) == {"meta", "symbols", "values", "raw"}
+    assert set(m.state_dict()) == {"meta", "symbols", "values", "raw", "bias"}
     assert m.compressed_bytes() < 96 * 40 * 2
 
 
@@ -169,11 +169,11 @@ def test_cuda_input_raises_clearly_without_gpu_path(monkeypatch):
     def no_gpu(*a, **k):
         raise RuntimeError("pycodec: the GPU path is not available in this build")
 
-    monkeypatch.setattr(pnn, "_gpu_linear", no_gpu)
+    monkeypatch.setattr(pnn.gpu, "linear", no_gpu)
     fake_cuda = torch.randn(2, 32)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     with pytest.raises(RuntimeError, match="GPU path"):
-        pnn.compressed_linear(fake_cuda, list(m.packed().values()), m.bias, 16)
+        pnn.compressed_linear(fake_cuda, list(m.packed().values()), m.kernel(), m.bias, m._info.ints, 16)
 
 
 @pytest.mark.parametrize("mode", ["lossless", "rate"])

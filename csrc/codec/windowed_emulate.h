@@ -46,7 +46,7 @@ inline bool emulate_chunk(const StreamView& s, uint64_t c, const uint8_t* count,
     for (int b = 0; b < B; ++b) {
       float lane_values[32];
       for (int l = 0; l < 32; ++l) lane_values[l] = slots[(row * B + b) * 32 + l];
-      a.y[size_t(b) * a.n_rows + first_row + row] = butterfly_sum(lane_values);
+      a.y[size_t(b) * a.n_rows + first_row + row] = with_escapes<B>(a, first_row + row, b, butterfly_sum(lane_values));
     }
   return ok;
 }

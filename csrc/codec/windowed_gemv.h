@@ -192,8 +192,23 @@ struct AffineArgs {
   uint32_t n_rows, k, group_size, n_groups;
   bool zero_broadcast;
   float zero_in_values;   // zc: the table's values are q - zc
+  // Escapes (weights kept exactly; their symbol is the zero point, so they decode to 0): CSR by
+  // row, added in the epilogue. escape_row: [n_rows + 1], escape_col / escape_value: one per escape.
+  const int32_t* escape_row;  // null: no escapes
+  const int32_t* escape_col;
+  const float* escape_value;
   float* y;               // [batch][n_rows] fp32
 };
+
+// y's final value for (row, b): the warp's sum plus the row's escapes, in index order.
+template <int B>
+PYCODEC_HD float with_escapes(const AffineArgs& a, uint32_t row, int b, float sum) {
+  if (!a.escape_row) return sum;
+  const int32_t end = PYCODEC_LOAD(a.escape_row + row + 1);
+  for (int32_t e = PYCODEC_LOAD(a.escape_row + row); e < end; ++e)
+    sum = fmaf(PYCODEC_LOAD(a.x + size_t(PYCODEC_LOAD(a.escape_col + e)) * B + b), PYCODEC_LOAD(a.escape_value + e), sum);
+  return sum;
+}
 
 // zc of AffineArgs: the broadcast zero point when it is an integer 0..255 (rate mode's 128),
 // else 0. Host and emulation agree on it through this one function.
@@ -292,6 +307,11 @@ struct SplitArgs {
   uint32_t n_rows, k, low;  // low = 16 - top
   float* y;             // [batch][n_rows] fp32
 };
+
+template <int B>
+PYCODEC_HD float with_escapes(const SplitArgs&, uint32_t, int, float sum) {
+  return sum;
+}
 
 template <int B>
 struct SplitSink {

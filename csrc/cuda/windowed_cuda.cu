@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const StreamView s, cons
       float t = warp_slots[(row * B + b) * 32 + lane];
 #pragma unroll
       for (int off = 16; off > 0; off /= 2) t += __shfl_xor_sync(kFullMask, t, off);
-      if (lane == 0) a.y[size_t(b) * a.n_rows + first_row + row] = t;
+      if (lane == 0) a.y[size_t(b) * a.n_rows + first_row + row] = windowed::with_escapes<B>(a, first_row + row, b, t);
     }
   }
 }
