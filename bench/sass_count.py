@@ -163,8 +163,7 @@ def weight_yields(weights: dict, sample: int) -> dict:
             else:
                 bits = w.contiguous().view(torch.int16).numpy().view(np.uint16)
                 q = np.frombuffer(_C.split_float(bits, 16)[2], np.uint8).reshape(w.shape)
-            table = np.frombuffer(_C.decode_table(pycodec.encode(q)), np.uint8)
-            code_length = table[4 * 4096: 4 * 4096 + 256].astype(np.int64)
+            code_length = pycodec.codec.code_lengths(pycodec.encode(q)).astype(np.int64)
             lengths.append(code_length[q.reshape(-1)[:sample]])
         seq = np.concatenate(lengths)
         per_count, per_entry = lookup_yields(seq)

@@ -119,9 +119,8 @@ PYBIND11_MODULE(_C, m) {
         if (st == Status::BadArgument)
           throw CodecException(
               "encode: invalid layout: format version 2 (huffman) takes chunk_symbols in [1, " +
-              std::to_string(kMaxChunkSymbolsV2) + "] and lanes in [1, 32], fewer lanes than a chunk's symbols can "
-              "fill, and one lane for a single distinct symbol; version 1 (rans) takes chunk_symbols a multiple of "
-              "32 in [32, " + std::to_string(kMaxChunkSymbols) + "]");
+              std::to_string(kMaxChunkSymbolsV2) + "] and lanes in [1, 32]; version 1 (rans) takes chunk_symbols "
+              "a multiple of 32 in [32, " + std::to_string(kMaxChunkSymbols) + "]");
         check(st, "encode");
         return py::bytes(reinterpret_cast<const char*>(blob.data()), blob.size());
       },
@@ -399,6 +398,22 @@ PYBIND11_MODULE(_C, m) {
       py::arg("n_rows"), py::arg("k"), py::arg("x_t"), py::arg("prefix"), py::arg("batch"), py::arg("y"),
       py::arg("escape_row"), py::arg("escape_col"), py::arg("escape_value"),
       "The fused affine GEMV kernel, emulated on the CPU lane by lane (bit-exact with the GPU).");
+
+  m.def(
+      "emulate_decode",
+      [](py::buffer blob) {
+        const py::buffer_info b = contiguous_bytes(blob, false, "blob");
+        StreamInfo s = parse(b);
+        std::vector<uint8_t> out(s.n_symbols);
+        Status st;
+        {
+          py::gil_scoped_release release;
+          st = emulate_decode(static_cast<const uint8_t*>(b.ptr), size_t(b.size), out.data(), out.size());
+        }
+        check(st, "emulate_decode");
+        return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
+      },
+      py::arg("blob"), "The v2 decode kernel, emulated on the CPU lane by lane: the symbols, no checksum test.");
 
   m.def(
       "emulate_gemv_split",

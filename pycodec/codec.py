@@ -97,6 +97,15 @@ def decode(blob: Any, threads: int = 0) -> np.ndarray:
     return out
 
 
+DECODE_TABLE_ENTRIES = 4096  # _C.decode_table: 4096 uint32 entries, 256 code lengths, 4096-byte count table
+
+
+def code_lengths(blob: Any) -> np.ndarray:
+    """The Huffman code length of every symbol of a stream (uint8 [256]; zeros for rANS and absent symbols)."""
+    table = np.frombuffer(_C.decode_table(_as_buffer(blob)), dtype=np.uint8)
+    return table[4 * DECODE_TABLE_ENTRIES: 4 * DECODE_TABLE_ENTRIES + 256].copy()
+
+
 def entropy_bits(counts: Any) -> float:
     """Empirical order-0 entropy in bits per symbol of a histogram."""
     c = np.asarray(counts, dtype=np.float64)
@@ -125,7 +134,7 @@ def inspect(blob: Any, threads: int = 0) -> dict:
     info["entropy_bits_per_symbol"] = entropy_bits(counts)
     info["distinct_symbols"] = int(np.count_nonzero(counts))
     if info["coder"] == "huffman":
-        lengths = np.frombuffer(_C.decode_table(buf), dtype=np.uint8)[-256:].astype(np.float64)
+        lengths = code_lengths(buf).astype(np.float64)
         info["code_bits"] = int(counts @ lengths)
         info["overhead_bits"] = total_bits - info["code_bits"]
     return info

@@ -111,8 +111,7 @@ def _view(blob: torch.Tensor, layout: list[int]) -> tuple:
             n_chunks, lanes, bool(constant))
 
 
-def _stream(op: str) -> int:
-    """The current CUDA stream's handle (op names the caller, for symmetry with the checks)."""
+def _stream() -> int:
     return torch.cuda.current_stream().cuda_stream
 
 
@@ -172,7 +171,7 @@ def windowed_decode(blob: torch.Tensor, table: torch.Tensor, layout: list[int]) 
     if layout[4]:
         with torch.cuda.device(blob.device):
             _C.cuda_windowed_decode(_view(blob, layout), table.data_ptr(), out.data_ptr(), status.data_ptr(),
-                                    _stream("windowed_decode"))
+                                    _stream())
     return out
 
 
@@ -184,12 +183,13 @@ def _(blob, table, layout):
 def decode_cuda(blob: Any, device: Any = "cuda") -> torch.Tensor:
     """Decodes a blob on a CUDA device; returns a uint8 tensor of the stream's shape there.
 
-    Header, table and index are validated on the host; the kernel's overrun flag is checked after
-    it ran (this call synchronizes). Unlike pycodec.decode it does not verify the symbol checksum.
+    The stream is verified on the host first (decoded once, checksums included: the kernels trust
+    what they are given); the decode kernel's overrun flag is checked too. Synchronizes.
     """
     buf = _as_buffer(blob)
     if isinstance(buf, np.ndarray):
         buf = buf.tobytes()
+    _C.histogram(buf, 0)  # raises CodecError on any corruption
     s = stream_layout(buf)
     device = torch.device(device)
     if s.version == 1:
@@ -248,7 +248,7 @@ def windowed_gemv_affine(x: torch.Tensor, blob: torch.Tensor, table: torch.Tenso
                 scale.data_ptr(), zero.data_ptr(), tuple(zero.shape) == (1, 1), zero_in_values, group_size, n_rows,
                 k, padded, y.data_ptr(), escape_row.data_ptr() if has_escapes else 0,
                 escape_col.data_ptr() if has_escapes else 0, escape_value.data_ptr() if has_escapes else 0,
-                _stream(op))
+                _stream())
     return y[:batch]
 
 
@@ -277,7 +277,7 @@ def windowed_gemv_split(x: torch.Tensor, blob: torch.Tensor, table: torch.Tensor
     if n_rows:
         with torch.cuda.device(device):
             _C.cuda_windowed_gemv_split(_view(blob, layout), values.data_ptr(), table.data_ptr(), x_t.data_ptr(),
-                                        raw.data_ptr(), raw_words, low, n_rows, k, padded, y.data_ptr(), _stream(op))
+                                        raw.data_ptr(), raw_words, low, n_rows, k, padded, y.data_ptr(), _stream())
     return y[:batch]
 
 
@@ -302,7 +302,7 @@ def split_merge(symbols: torch.Tensor, value16: torch.Tensor, raw: torch.Tensor,
     if n:
         with torch.cuda.device(device):
             _C.cuda_split_merge(symbols.data_ptr(), n, value16.data_ptr(), raw.data_ptr() if raw_words else 0,
-                                raw_words, low, out.data_ptr(), _stream(op))
+                                raw_words, low, out.data_ptr(), _stream())
     return out
 
 
@@ -330,7 +330,7 @@ def decode_symbols(index: torch.Tensor, payload: torch.Tensor, table: torch.Tens
     if n_symbols:
         with torch.cuda.device(device):
             _C.cuda_decode(coder, n_symbols, chunk_symbols, n_chunks, index.data_ptr(), payload.data_ptr(),
-                           payload.numel(), table.data_ptr(), out.data_ptr(), _stream(op))
+                           payload.numel(), table.data_ptr(), out.data_ptr(), _stream())
     return out
 
 
@@ -352,3 +352,14 @@ def _decode_v1(buf: Any, s: StreamLayout, device: torch.device) -> torch.Tensor:
     index, payload = v1_views(dev, s.ints)
     table = kernel_tables(buf)["table"][:4096].to(device)
     return decode_symbols(index, payload, table, CODER_IDS[s.coder], s.n_symbols, s.chunk_symbols)
+
+
+def _cpu_refusal(name: str):
+    def refuse(*args, **kwargs):
+        raise CodecError(f"pycodec::{name} runs on CUDA tensors only; on the CPU use pycodec.decode / "
+                         "CompressedLinear's CPU path")
+    return refuse
+
+
+for _op in (windowed_decode, windowed_gemv_affine, windowed_gemv_split, split_merge, decode_symbols):
+    _op.register_kernel("cpu")(_cpu_refusal(_op._name.split("::")[-1]))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cuda_ops, gpu
+from . import _C, cuda_ops, gpu
 from .codec import CodecError
 from .quant import KIND_AFFINE, KIND_LOSSLESS, KIND_SPLIT, LayerStats, compress_weight, unpack
 
@@ -126,11 +126,22 @@ class _PackedModule(nn.Module):
         return {n: getattr(self, n).detach().cpu() for n in self._names}
 
     def _refresh_gpu_state(self) -> None:
-        """WeightInfo from the packed tensors; on a GPU also the kernel buffers and stream slack."""
+        """WeightInfo from the packed tensors; on a GPU also the kernel buffers and stream slack.
+
+        Streams bound for a GPU are verified here (decoded once on the host, checksums
+        included): the kernels trust what they are given, so corruption must be caught first.
+        """
         host = self._packed_cpu()
         self._info = gpu.weight_info(host, getattr(self, "exact_outputs", False))
         device = self.meta.device
         if device.type == "cuda":
+            for name, t in host.items():
+                if name in ("symbols", "plane0", "plane1", "plane2", "plane3") and (
+                        not name.startswith("plane") or int(host["plane_coded"][int(name[5:])])):
+                    try:
+                        _C.histogram(t.numpy(), 0)
+                    except CodecError as e:
+                        raise CodecError(f"{type(self).__name__} buffer {name!r}: {e}") from None
             for name, t in gpu.kernel_buffers(host, self._info).items():
                 self._buffers[f"_k_{name}"] = t.to(device)
             for name in ("symbols", "raw"):

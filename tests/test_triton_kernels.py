@@ -201,3 +201,28 @@ def test_bf16_shape_mismatches():
         bf16_matmul(torch.randn(1, 32), e, e)
     with pytest.raises(ValueError, match="uint8"):
         bf16_reconstruct(e.to(torch.int16), e)
+
+
+# ---------------------------------------------------------------- layering
+
+def test_kernels_do_not_import_pycodec():
+    """Kernels sit below the package that uses them: importing every kernel leaves pycodec out."""
+    import subprocess
+    import sys
+
+    code = ("import sys, triton_kernels, triton_kernels.affine_gemv, triton_kernels.affine_matmul, "
+            "triton_kernels.bf16_matmul\n"
+            "bad = sorted(m for m in sys.modules if m == 'pycodec' or m.startswith('pycodec.'))\n"
+            "assert not bad, bad\n")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dequantize_reference_is_the_layout_definition(gen):
+    from pycodec.quant import dequantize_affine
+    from triton_kernels.affine_matmul import affine_dequantize_reference
+
+    for zero_shape in (None, (1, 1)):
+        q, scale, zero = make_affine(gen, 24, 96, 32, zero_shape=zero_shape)
+        assert torch.equal(affine_dequantize_reference(q, scale, zero, 32), dequantize_affine(q, scale, zero, 32))

@@ -98,8 +98,9 @@ def _affine_gemv_kernel(
 ):
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
+    # int64 row offsets: offs_n * stride_qn passes 2^31 for N * K >= 2^31 weights.
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    offs_m = tl.arange(0, BLOCK_M).to(tl.int64)
     mask_n = offs_n < N
     mask_m = offs_m < M
     k_start = pid_s * k_per_split
@@ -138,7 +139,7 @@ def _affine_gemv_kernel(
             w = (q.to(tl.float32) - z.to(tl.float32)) * s.to(tl.float32)
             acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
 
-    p_ptrs = p_ptr + pid_s * stride_ps + offs_m[:, None] * stride_pm + offs_n[None, :] * stride_pn
+    p_ptrs = p_ptr + pid_s.to(tl.int64) * stride_ps + offs_m[:, None] * stride_pm + offs_n[None, :] * stride_pn
     tl.store(p_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
 
 

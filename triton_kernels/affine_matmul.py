@@ -95,8 +95,9 @@ def _affine_matmul_kernel(
 ):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # int64 row offsets: offs * stride passes 2^31 for M * K or N * K >= 2^31 elements.
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
     mask_n = offs_n < N
@@ -200,11 +201,15 @@ def affine_matmul(
 
 
 def affine_dequantize_reference(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
-    """The layout's one definition (pycodec.quant.dequantize_affine), after this kernel's checks."""
-    from pycodec.quant import dequantize_affine
+    """W[n, k] = (q[n, k] - zero[n, g]) * scale[n, g], g = k // group_size, in fp32 (plain PyTorch).
 
-    AffineLayout.from_tensors(q, scale, zero, group_size)
-    return dequantize_affine(q, scale, zero, group_size)
+    Kernels sit below the package that uses them, so this does not import pycodec; the tests
+    check it against pycodec.quant.dequantize_affine, the layout's own definition.
+    """
+    layout = AffineLayout.from_tensors(q, scale, zero, group_size)
+    g = torch.arange(layout.k, device=q.device) // group_size
+    z = zero.float().expand(layout.n, scale.shape[1])[:, g]
+    return (q.float() - z) * scale.float()[:, g]
 
 
 def affine_matmul_reference(

@@ -221,8 +221,7 @@ Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const Enc
     const windowed::Layout layout =
         windowed::choose_layout(shape, ndim, n, counts, code.length, opt.chunk_symbols, opt.lanes);
     s.chunk_symbols = layout.chunk_symbols;
-    s.lanes = code.constant ? 1 : layout.lanes;
-    if (code.constant && opt.lanes > 1) return Status::BadArgument;
+    s.lanes = code.constant ? 1 : layout.lanes;  // zero-bit codes fill no windows: always one lane
   }
   s.n_chunks = n / s.chunk_symbols + (n % s.chunk_symbols != 0);
 

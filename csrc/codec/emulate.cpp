@@ -76,6 +76,17 @@ Status emulate_gemv_affine(const uint8_t* blob, size_t len, const windowed::Affi
   return run<windowed::AffineSink>(hs, value_table.data(), a, batch);
 }
 
+Status emulate_decode(const uint8_t* blob, size_t len, uint8_t* out, uint64_t out_len) {
+  HostStream hs;
+  const Status st = hs.open(blob, len);
+  if (st != Status::Ok) return st;
+  if (out_len != hs.info.n_symbols) return Status::OutputSize;
+  bool ok = true;
+  for (uint64_t c = 0; c < hs.view.n_chunks; ++c)
+    ok &= windowed::emulate_decode_chunk(hs.view, c, hs.count, hs.table.entry, hs.table.length, out);
+  return ok ? Status::Ok : Status::CorruptPayload;
+}
+
 Status emulate_gemv_split(const uint8_t* blob, size_t len, const uint32_t* values, uint32_t n_values,
                           const windowed::SplitArgs& a, uint32_t batch) {
   HostStream hs;

@@ -10,6 +10,11 @@
 
 namespace pycodec {
 
+// The decode kernel's result for a format-v2 stream (out: n_symbols bytes). It reads and writes
+// only inside its buffers whatever the payload (corruption shows as CorruptPayload, or as wrong
+// symbols that the caller's checksum catches); it does not verify the symbol checksum itself.
+Status emulate_decode(const uint8_t* blob, size_t len, uint8_t* out, uint64_t out_len);
+
 // y = x W^T as the CUDA kernel computes it, for a format-v2 stream of affine symbols [n_rows, k]
 // (a.y receives [batch][n_rows]); batch 1..8 or 16.
 Status emulate_gemv_affine(const uint8_t* blob, size_t len, const windowed::AffineArgs& a, uint32_t batch);

@@ -51,6 +51,29 @@ inline bool emulate_chunk(const StreamView& s, uint64_t c, const uint8_t* count,
   return ok;
 }
 
+// The decode kernel's warp for one chunk: symbols into out (the tensor's first symbol), through
+// the multi-symbol table. Returns false if a lane overran its window.
+inline bool emulate_decode_chunk(const StreamView& s, uint64_t c, const uint8_t* count, const uint32_t* table,
+                                 const uint8_t* lengths, uint8_t* out) {
+  const ChunkView v = chunk_view(s, c);
+  uint32_t counts[kMaxLanes] = {0};
+  for (uint32_t l = 0; l < s.lanes; ++l) counts[l] = lane_window_count(v, s, count, table, lengths, l);
+  const uint64_t window = lane_window_bits(v.n_words, s.lanes);
+  bool ok = true;
+  uint32_t before = 0;
+  for (uint32_t l = 0; l < s.lanes; ++l) {
+    const uint32_t through = before + (l + 1 < s.lanes ? counts[l] : 0);
+    const LaneRange r = lane_range(l, s.lanes, v.m, counts[l], before, through);
+    before = through;
+    ok &= !r.overrun;
+    FastReader reader;
+    reader.init(v.words, 0, l * window);
+    ByteSink sink{out + v.first + r.start, r.count};
+    decode_count(table, lengths, reader, r.count, sink);
+  }
+  return ok;
+}
+
 template <int B, template <int> class Sink, class Args, class Entry>
 inline bool emulate_gemv(const StreamView& s, const uint8_t* count, const Entry* table, const uint8_t* lengths,
                          const Args& a) {

@@ -24,7 +24,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
-PKG_DIR = Path(__file__).resolve().parent.parent / "triton_kernels"
+PKG_DIR = Path(__file__).resolve().parents[2] / "triton_kernels"
 SHAPES = [(4096, 4096), (11008, 4096)]  # (N, K)
 MS = [1, 3, 16, 64, 256]
 BF16_TOL = 1e-2

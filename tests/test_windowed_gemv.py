@@ -1,0 +1,208 @@
+"""The GPU kernels' lane code, run by the CPU emulation (csrc/codec/windowed_emulate.h).
+
+The CUDA kernels and the emulation share every line that touches bits or floats
+(windowed.h, windowed_gemv.h); only the warp glue differs. So these tests check, on any machine,
+what the kernels compute: the decode kernel's symbols against the CPU decoder (hostile inputs
+included), and the fused GEMVs against float64 references through the same tables and escape
+lists the GPU path builds (pycodec.gpu.kernel_buffers). tests/gpu/ then checks the kernels
+against this emulation, bit for bit, on a GPU.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+import pycodec
+from pycodec import CodecError, _C, gpu
+from pycodec.config import CompressionConfig
+from pycodec.quant import compress_weight, dequantize_affine, quantize_int
+
+PAD = int(_C.GEMV_X_PAD_ROWS)
+
+
+def rng_for(*key) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32("/".join(map(str, key)).encode()))
+
+
+def kernel_inputs(x: np.ndarray, prefix: bool = True):
+    """x [B, K] as the kernels read it (cuda_ops.gemv_inputs, in numpy): transposed, padded."""
+    b, k = x.shape
+    x_t = np.zeros((k + PAD, b), np.float32)
+    x_t[:k] = x.T
+    p = np.zeros((k + 1, b), np.float32)
+    p[1:] = np.cumsum(x_t[:k], axis=0, dtype=np.float32)
+    return x_t, p
+
+
+def errors(y: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """(||err|| / ||ref||, max|err| / max|ref|)."""
+    err = y.astype(np.float64) - ref
+    return float(np.linalg.norm(err) / max(np.linalg.norm(ref), 1e-300)), float(
+        np.abs(err).max() / max(np.abs(ref).max(), 1e-300))
+
+
+def emulate_affine(packed: dict, x: np.ndarray) -> np.ndarray:
+    """What pycodec::windowed_gemv_affine returns, through the GPU path's own host tables."""
+    info = gpu.weight_info(packed)
+    kb = gpu.kernel_buffers(packed, info)
+    x_t, p = kernel_inputs(x)
+    y = np.zeros((x.shape[0], info.n), np.float32)
+    zero = packed["zero"]
+    row = kb["escape_row"].numpy() if kb["escape_col"].numel() else np.zeros(info.n + 1, np.int32)
+    _C.emulate_gemv_affine(packed["symbols"].numpy(), packed["scale"].numpy().view(np.uint16),
+                           zero.numpy().view(np.uint16), tuple(zero.shape) == (1, 1), info.group_size, info.n, info.k,
+                           x_t, p, x.shape[0], y, row, kb["escape_col"].numpy(), kb["escape_value"].numpy())
+    return y
+
+
+# ---------------------------------------------------------------------------- decode kernel
+
+def hostile_symbols(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    if kind == "constant":
+        return np.full(n, 201, np.uint8)
+    if kind == "two":
+        return (rng.random(n) < 0.999).astype(np.uint8) * 7
+    if kind == "all256":
+        return rng.permutation(np.resize(np.arange(256, dtype=np.uint8), n))
+    if kind == "skewed":  # one dominant symbol, rare 12-bit codes
+        x = rng.integers(0, 3, n, dtype=np.uint8)
+        hit = rng.random(n) < 0.003
+        x[hit] = rng.integers(3, 256, int(hit.sum()), dtype=np.uint8)
+        return x
+    if kind == "uniform":
+        return rng.integers(0, 256, n, dtype=np.uint8)
+    return np.clip(np.round(rng.normal(128, 3, n)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["gauss", "constant", "two", "all256", "skewed", "uniform"])
+@pytest.mark.parametrize("n,chunk,lanes", [(1, None, None), (31, 31, 32), (1000, None, None), (5000, 333, 7),
+                                           (20000, 4096, 32), (20000, 64, 32), (3000, 1500, 1)])
+def test_emulated_decode_kernel_matches_cpu_decoder(kind, n, chunk, lanes):
+    x = hostile_symbols(kind, n, rng_for(kind, n, chunk, lanes))
+    blob = pycodec.encode(x, chunk_symbols=chunk, lanes=lanes)
+    assert np.frombuffer(_C.emulate_decode(blob), np.uint8).tobytes() == pycodec.decode(blob).tobytes()
+
+
+def test_emulated_decode_kernel_stays_consistent_on_corrupt_payloads():
+    """Mutated payloads behind a valid header: the emulation finishes (in bounds: the C++ test runs it
+    under ASan), and wherever the CPU decoder still accepts a stream, both give the same symbols."""
+    rng = rng_for("corrupt")
+    x = hostile_symbols("gauss", 6000, rng)
+    blob = pycodec.encode(x.reshape(6, 1000), lanes=16)
+    start = _C.info(blob)["payload_offset"]
+    accepted = 0
+    for i in range(300):
+        b = bytearray(blob)
+        for p in rng.integers(start, len(b), 1 + i % 3):
+            b[p] ^= 1 << int(rng.integers(0, 8))
+        try:
+            got = _C.emulate_decode(bytes(b))
+        except CodecError as e:
+            assert "corrupt" in str(e)
+            continue
+        try:
+            expect = pycodec.decode(bytes(b))
+        except CodecError:
+            continue
+        accepted += 1
+        assert got == expect.tobytes()
+    assert accepted == 0  # every flip is caught by the CPU decoder's padding rules or checksum
+
+
+# ---------------------------------------------------------------------------- fused affine GEMV
+
+AFFINE_CASES = [
+    # (n, k, bits, group_size, symmetric, batch, chunk rows)
+    (64, 256, 4, 128, False, 1, None),
+    (96, 576, 4, 64, False, 3, 2),
+    (33, 100, 3, 100, True, 8, 3),
+    (10, 1000, 8, 128, False, 2, None),
+    (7, 64, 2, 32, False, 4, 7),
+    (40, 384, 5, 384, True, 16, 1),
+    (128, 1536, 4, 128, False, 5, None),
+]
+
+
+@pytest.mark.parametrize("n,k,bits,gs,sym,batch,rows", AFFINE_CASES)
+def test_emulated_affine_gemv_matches_reference(n, k, bits, gs, sym, batch, rows):
+    rng = rng_for("affine", n, k, bits, gs, batch)
+    w = torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32) * 0.05)
+    cfg = CompressionConfig(mode="int", bits=bits, group_size=gs, symmetric=sym,
+                            chunk_symbols=rows * k if rows else None)
+    packed, _ = compress_weight(w, cfg)
+    x = rng.standard_normal((batch, k)).astype(np.float32)
+    y = emulate_affine(packed, x)
+    q = torch.from_numpy(pycodec.decode(packed["symbols"].numpy()))
+    ref = x.astype(np.float64) @ dequantize_affine(q, packed["scale"], packed["zero"], gs).double().numpy().T
+    rel, rel_max = errors(y, ref)
+    assert rel < 1e-5 and rel_max < 1e-5, (rel, rel_max)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 16])
+def test_emulated_rate_gemv_with_escapes(batch):
+    """Rate mode: one step per row, zero 128 folded into the value entries, outliers exact in the epilogue."""
+    rng = rng_for("rate", batch)
+    w = rng.standard_normal((72, 576)).astype(np.float32) * 0.02
+    w[rng.integers(0, 72, 40), rng.integers(0, 576, 40)] = 5.0  # far past 127 steps: escapes
+    packed, _ = compress_weight(torch.from_numpy(w), CompressionConfig(mode="rate", bits=3.5))
+    assert packed["escape_index"].numel() >= 30
+    info = gpu.weight_info(packed)
+    assert info.zero_in_values == 128
+    x = rng.standard_normal((batch, 576)).astype(np.float32)
+    y = emulate_affine(packed, x)
+    from pycodec.quant import unpack
+
+    ref = x.astype(np.float64) @ unpack(packed).double().numpy().T
+    rel, rel_max = errors(y, ref)
+    assert rel < 1e-5 and rel_max < 1e-5, (rel, rel_max)
+
+
+def test_emulation_refuses_shapes_the_kernel_does_not_take():
+    packed, _ = compress_weight(torch.randn(16, 64), CompressionConfig(mode="int", bits=4, group_size=64,
+                                                                        chunk_symbols=64 * 16))
+    x = np.ones((4, 64), np.float32)  # 16 rows per chunk x batch 4 > the 32 slots of a warp
+    assert not gpu.cuda_ops.gemv_supported(gpu.weight_info(packed).ints[10:], 16, 64, 4)
+    with pytest.raises(CodecError, match="invalid argument"):
+        emulate_affine(packed, x)
+
+
+# ---------------------------------------------------------------------------- fused lossless GEMV
+
+@pytest.mark.parametrize("n,k,batch", [(64, 256, 1), (40, 576, 4), (9, 96, 2), (128, 384, 16)])
+def test_emulated_split_gemv_matches_reference(n, k, batch):
+    rng = rng_for("split", n, k, batch)
+    w = torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32) * 0.03).to(torch.bfloat16)
+    packed, _ = compress_weight(w, CompressionConfig(mode="lossless"))
+    top = int(packed["meta"][6])
+    x = rng.standard_normal((batch, k)).astype(np.float32)
+    x_t, _ = kernel_inputs(x)
+    y = np.zeros((batch, n), np.float32)
+    _C.emulate_gemv_split(packed["symbols"].numpy(), packed["values"].tolist(), top, packed["raw"].numpy(), n, k,
+                          x_t, batch, y)
+    ref = x.astype(np.float64) @ w.double().numpy().T
+    rel, rel_max = errors(y, ref)
+    assert rel < 1e-6 and rel_max < 1e-5, (rel, rel_max)
+
+
+def test_split_value_table_refuses_symbols_without_values():
+    w = torch.randn(32, 64).to(torch.bfloat16)
+    packed, _ = compress_weight(w, CompressionConfig(mode="lossless"))
+    x_t, _ = kernel_inputs(np.ones((1, 64), np.float32))
+    with pytest.raises(CodecError):
+        _C.emulate_gemv_split(packed["symbols"].numpy(), packed["values"].tolist()[:-1], int(packed["meta"][6]),
+                              packed["raw"].numpy(), 32, 64, x_t, 1, np.zeros((1, 32), np.float32))
+
+
+def test_layout_policy_gives_the_kernels_enough_chunks():
+    """Default v2 layouts of the issue's shapes: >= 4096 chunks for 4096 x 4096, >= 264 for 576 x 576."""
+    for (n, k), want in (((4096, 4096), 4096), ((576, 576), 264)):
+        q, _, _ = quantize_int(torch.randn(n, k) * 0.02, 4, 128)
+        info = _C.info(pycodec.encode(q.numpy()))
+        assert info["n_chunks"] >= want and info["chunk_symbols"] % k == 0
+        assert gpu.cuda_ops.gemv_supported([0] * 4 + [n * k, info["chunk_symbols"], info["n_chunks"], info["lanes"],
+                                            0], n, k, 1)
+        assert math.ceil(n * k / info["chunk_symbols"]) == info["n_chunks"]
