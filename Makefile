@@ -1,6 +1,7 @@
 # Two entry points, both self-contained on a fresh machine:
 #   make demo   compress SmolLM2-135M (lossless and rate 3.5 bits), report size, perplexity, generate
 #   make test   the whole test suite (what CI runs)
+# On a GPU machine: make gpu-check (bench/gpu_check.sh).
 # The first run creates .venv with the CPU build of torch (2.13.0, a local wheel here; a plain
 # "torch" would pull a multi-GB CUDA build) and builds the extension (CUDA kernels too when nvcc is on PATH).
 PY ?= python3
@@ -10,7 +11,7 @@ TORCH ?= torch==2.13.0
 export PATH := $(PATH):/usr/local/cuda/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test bench setup clean
+.PHONY: demo test bench setup clean gpu-check
 
 $(BIN)/.ready: requirements-dev.txt pyproject.toml CMakeLists.txt
 	$(PY) -m venv $(VENV)
@@ -30,6 +31,11 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/bench_codec.py
+
+# On a GPU machine (its own python3 and torch; no venv): build, GPU tests, compute-sanitizer,
+# bench/gpu_suite.py. Results (JSON, PNG, logs) go to $OUT, default bench/results.
+gpu-check:
+	bash bench/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) build

@@ -1,22 +1,26 @@
-"""The GPU benchmark suite: one command, one JSON (+ PNG) under bench/results/.
+"""The GPU benchmark suite: one command, one JSON + PNG under --out (default $OUT or bench/results).
 
-    python bench/gpu_suite.py [--out DIR] [--quick]
+    python bench/gpu_suite.py [--out DIR] [--quick] [--e2e]
 
-Measures, on the CUDA device at hand:
-  * standalone decode throughput of both coders (GB/s of decoded symbols, % of HBM peak);
-  * per layer shape and batch size, latency of y = x W^T for bf16 cuBLAS (F.linear),
-    pycodec lossless and pycodec rate 3.5 bits (CompressedLinear's CUDA path), and the
-    int4 peers when importable (torchao int4 weight-only, gemlite), with effective GB/s
-    of the bytes each must read, % of the HBM roofline and speedup over bf16;
-  * end to end: SmolLM2-135M greedy generation tokens/s and peak memory, bf16 vs
-    pycodec lossless vs pycodec rate 3.5.
-Timing: triton.testing.do_bench (warm-up discarded, L2 flushed between repetitions,
-median reported). Nothing asserts on time. Without a CUDA device it exits with status 2.
+Measured on the CUDA device at hand, everything in the same run:
+  * decode: GB/s of decoded symbols of the v2 decode kernel on a 4096 x 14336 rate-3.5 stream and its
+    lossless symbols, over layout variants (lanes per chunk, rows per chunk), beside the legacy v1
+    decoders on the same symbols;
+  * layers: latency of y = x W^T per shape and batch for bf16 F.linear (cuBLAS), pycodec rate 3.5 and
+    lossless (fused GEMV up to batch 16, decode + matmul above), lossless with exact_outputs (decode +
+    split merge + cuBLAS), and the int4 peers that import (torchao, gemlite); kernel time under CUDA
+    graphs (triton.testing.do_bench_cudagraph) and module time in eager mode (do_bench); the batch at
+    which each method stops beating bf16;
+  * --e2e: tokens/s and peak memory of a ~1B-parameter Llama with random weights (speed does not depend
+    on the values) at batch 1, bf16 vs pycodec.
+Nothing asserts on time. Without a CUDA device it exits with status 2.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import os
 import platform
 import subprocess
@@ -30,8 +34,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 LLAMA_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096)]  # (out, in)
 SMOLLM2_SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536)]
-BATCHES = [1, 2, 4, 8, 16, 64, 256]
+BATCHES = [1, 2, 4, 8, 16, 32, 64, 256]
 HBM_PEAK_GBS = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0}
+RATE_C = 0.45  # step = c * robust row sigma: about 3.5 coded bits per weight on Gaussian-like rows
 
 
 def environment() -> dict:
@@ -57,38 +62,50 @@ def hbm_peak(name: str) -> float | None:
     return next((v for k, v in HBM_PEAK_GBS.items() if k in name), None)
 
 
-def bench_ms(fn) -> float:
+def eager_ms(fn) -> float:
     from triton.testing import do_bench
 
     return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
-def decode_throughput(peak: float | None, n_symbols: int) -> list[dict]:
-    import numpy as np
+def graph_ms(fn) -> float | None:
+    from triton.testing import do_bench_cudagraph
 
-    import pycodec
-    from pycodec.cuda_ops import decode_symbols, to_device_stream
-
-    rng = np.random.default_rng(0)
-    sym = np.clip(np.round(rng.normal(128, 4, n_symbols)), 0, 255).astype(np.uint8)
-    rows = []
-    for coder in ("huffman", "rans"):
-        for chunk in (None, 4096):
-            blob = pycodec.encode(sym, coder=coder, chunk_symbols=chunk)
-            s = to_device_stream(blob, "cuda")
-            out = decode_symbols(s["index"], s["payload"], s["table"], s["coder"], s["n_symbols"], s["chunk_symbols"])
-            exact = bool(torch.equal(out.cpu(), torch.from_numpy(sym)))
-            ms = bench_ms(lambda: decode_symbols(s["index"], s["payload"], s["table"], s["coder"], s["n_symbols"],
-                                                 s["chunk_symbols"]))
-            gbs = n_symbols / ms / 1e6
-            rows.append({"coder": coder, "chunk_symbols": s["chunk_symbols"], "n_symbols": n_symbols,
-                         "bits_per_symbol": 8 * len(blob) / n_symbols, "ms": ms, "decoded_GBps": gbs,
-                         "pct_hbm": 100 * gbs / peak if peak else None, "bit_exact": exact})
-            print(f"decode {coder:8s} chunk {s['chunk_symbols']:6d}: {gbs:8.1f} GB/s decoded, exact={exact}")
-    return rows
+    try:
+        return float(do_bench_cudagraph(fn, rep=100, return_mode="median"))
+    except Exception:  # a path that cannot be captured (reported as None, not hidden)
+        return None
 
 
-def int4_peers():
+# ---------------------------------------------------------------------------- layers
+
+def rate_layer(dense: torch.nn.Linear, lanes: int | None = None, rows: int | None = None):
+    """A rate-mode CompressedLinear at a fixed step (no bit-budget bisection: fast to build)."""
+    from pycodec import CompressedLinear
+    from pycodec.quant import _rate_quantize, pack_affine
+
+    w = dense.weight.detach().float().cpu()
+    q, step, escaped = _rate_quantize(w, RATE_C)
+    idx = escaped.reshape(-1).nonzero().reshape(-1)
+    chunk = rows * w.shape[1] if rows else None
+    stream = None
+    if lanes or rows:
+        import pycodec
+        from pycodec.quant import _bytes_tensor
+
+        stream = _bytes_tensor(pycodec.encode(q.numpy(), chunk_symbols=chunk, lanes=lanes))
+    packed = pack_affine(q, step, torch.full((1, 1), 128.0, dtype=torch.float16), w.shape[1], torch.bfloat16, idx,
+                         w.reshape(-1)[idx].clone(), stream=stream)
+    return CompressedLinear(w.shape[1], w.shape[0], packed).cuda()
+
+
+def lossless_layer(dense: torch.nn.Linear, exact: bool = False):
+    from pycodec import CompressedLinear, CompressionConfig
+
+    return CompressedLinear.from_linear(dense, CompressionConfig(mode="lossless", exact_outputs=exact)).cuda()
+
+
+def int4_peers() -> dict:
     peers = {}
     try:
         from torchao.quantization import Int4WeightOnlyConfig, quantize_
@@ -101,20 +118,18 @@ def int4_peers():
     except Exception as e:  # not installed on the device machine, or API drift
         peers["torchao int4-g128"] = f"unavailable: {type(e).__name__}"
     try:
-        import gemlite  # noqa: F401
+        from gemlite.helper import A16W4
 
-        peers["gemlite int4"] = "unavailable: harness adapter not written"
+        def gemlite_int4(linear):
+            return A16W4(device="cuda").from_linear(linear)
+
+        peers["gemlite A16W4"] = gemlite_int4
     except Exception as e:
-        peers["gemlite int4"] = f"unavailable: {type(e).__name__}"
-    peers["DFloat11"] = "unavailable: dfloat11 needs model-hub weights"
+        peers["gemlite A16W4"] = f"unavailable: {type(e).__name__}"
     return peers
 
 
 def layer_suite(shapes, batches, peak) -> list[dict]:
-    import copy
-
-    from pycodec import CompressedLinear, CompressionConfig
-
     rows = []
     peers = int4_peers()
     for out_f, in_f in shapes:
@@ -122,72 +137,141 @@ def layer_suite(shapes, batches, peak) -> list[dict]:
         dense = torch.nn.Linear(in_f, out_f, bias=False, dtype=torch.bfloat16)
         torch.nn.init.normal_(dense.weight, std=0.02)
         variants = {"bf16 cuBLAS": (copy.deepcopy(dense).cuda(), 2 * in_f * out_f)}
-        for label, cfg in (("pycodec lossless", CompressionConfig(mode="lossless")),
-                           ("pycodec rate 3.5", CompressionConfig(mode="rate", bits=3.5))):
-            m = CompressedLinear.from_linear(dense, cfg).cuda()
-            variants[label] = (m, m.compressed_bytes())
+        m = rate_layer(dense)
+        variants["pycodec rate 3.5"] = (m, m.compressed_bytes())
+        m = lossless_layer(dense)
+        variants["pycodec lossless"] = (m, m.compressed_bytes())
+        m = lossless_layer(dense, exact=True)
+        variants["pycodec lossless exact"] = (m, m.compressed_bytes())
         for label, make in peers.items():
             if callable(make):
                 try:
-                    m = make(copy.deepcopy(dense).cuda())
-                    variants[label] = (m, in_f * out_f // 2 + 4 * in_f * out_f // 128)
+                    variants[label] = (make(copy.deepcopy(dense).cuda()), in_f * out_f // 2 + 4 * in_f * out_f // 128)
                 except Exception as e:
                     peers[label] = f"unavailable: {type(e).__name__}: {e}"
         for batch in batches:
             x = torch.randn(batch, in_f, device="cuda", dtype=torch.bfloat16)
-            ref = variants["bf16 cuBLAS"][0](x)
-            base_ms = None
-            for label, (mod, weight_bytes) in variants.items():
-                with torch.no_grad():
+            with torch.no_grad():
+                ref = variants["bf16 cuBLAS"][0](x).float()
+                base = None
+                for label, (mod, weight_bytes) in variants.items():
                     try:
-                        y = mod(x)
-                        err = float((y.float() - ref.float()).norm() / ref.float().norm())
-                        ms = bench_ms(lambda: mod(x))
+                        y = mod(x).float()
+                        err = float((y - ref).norm() / ref.norm())
+                        ms, gms = eager_ms(lambda: mod(x)), graph_ms(lambda: mod(x))
                     except Exception as e:
                         rows.append({"shape": [out_f, in_f], "batch": batch, "method": label,
                                      "error": f"{type(e).__name__}: {e}"})
                         continue
-                base_ms = ms if label == "bf16 cuBLAS" else base_ms
-                gbs = (weight_bytes + 2 * batch * (in_f + out_f)) / ms / 1e6
-                rows.append({"shape": [out_f, in_f], "batch": batch, "method": label, "ms": ms,
-                             "weight_bytes": weight_bytes, "GBps": gbs, "pct_hbm": 100 * gbs / peak if peak else None,
-                             "speedup_vs_bf16": base_ms / ms if base_ms else None, "rel_err_vs_bf16": err})
-                print(f"{out_f:6d}x{in_f:<6d} b={batch:<4d} {label:22s} {ms * 1e3:9.1f} us  {gbs:8.1f} GB/s  "
-                      f"x{(base_ms / ms if base_ms else 0):.2f}  err {err:.1e}")
+                    t = gms if gms is not None else ms
+                    base = t if label == "bf16 cuBLAS" else base
+                    gbs = (weight_bytes + 2 * batch * (in_f + out_f)) / t / 1e6
+                    rows.append({"shape": [out_f, in_f], "batch": batch, "method": label, "eager_ms": ms,
+                                 "graph_ms": gms, "weight_bytes": weight_bytes,
+                                 "bits_per_weight": 8 * weight_bytes / (in_f * out_f), "GBps": gbs,
+                                 "pct_hbm": 100 * gbs / peak if peak else None,
+                                 "speedup_vs_bf16": base / t if base else None, "rel_err_vs_bf16": err})
+                    print(f"{out_f:6d}x{in_f:<6d} b={batch:<4d} {label:24s} graph {1e3 * (gms or math.nan):8.1f} us "
+                          f"eager {1e3 * ms:8.1f} us  {gbs:7.0f} GB/s  x{(base / t if base else 0):.2f}  "
+                          f"err {err:.1e}", flush=True)
     rows.append({"peers": {k: (v if isinstance(v, str) else "measured") for k, v in peers.items()}})
     return rows
 
 
-def end_to_end(max_new_tokens: int) -> list[dict]:
-    import copy
+def crossover(rows: list[dict]) -> dict:
+    """Per shape and method: the largest batch at which it is faster than bf16, in graph time."""
+    out = {}
+    for r in rows:
+        if "speedup_vs_bf16" not in r or r["method"] == "bf16 cuBLAS":
+            continue
+        key = f"{r['shape'][0]}x{r['shape'][1]} {r['method']}"
+        if r["speedup_vs_bf16"] and r["speedup_vs_bf16"] > 1.0:
+            out[key] = max(out.get(key, 0), r["batch"])
+        else:
+            out.setdefault(key, 0)
+    return out
+
+
+# ---------------------------------------------------------------------------- decode
+
+def decode_suite(peak, quick: bool) -> list[dict]:
+    import pycodec
+    from pycodec import _C, cuda_ops
+    from pycodec.quant import _rate_quantize
+
+    torch.manual_seed(1)
+    w = torch.randn(4096 if quick else 14336, 4096) * 0.02
+    q = _rate_quantize(w, RATE_C)[0].numpy()
+    bits = w.to(torch.bfloat16).view(torch.int16).numpy().view("uint16")
+    lossless = __import__("numpy").frombuffer(_C.split_float(bits, 16)[2], "uint8").reshape(w.shape)
+    rows = []
+    for data_label, sym in (("rate 3.5 symbols", q), ("lossless symbols", lossless)):
+        variants = [("v2 default", dict()), ("v2 16 lanes", dict(lanes=16)), ("v2 8 lanes", dict(lanes=8)),
+                    ("v2 2 rows/chunk", dict(chunk_symbols=2 * sym.shape[1])),
+                    ("v1 huffman (legacy)", "v1h"), ("v1 rans (legacy)", "v1r")]
+        for label, kw in variants:
+            if kw == "v1h":
+                blob = _C.encode(sym, list(sym.shape), "huffman", 0, 0, 0, 1)
+            elif kw == "v1r":
+                blob = pycodec.encode(sym, coder="rans")
+            else:
+                blob = pycodec.encode(sym, **kw)
+            info = _C.info(blob)
+            s = cuda_ops.stream_layout(blob)
+            dev = cuda_ops.with_slack(torch.frombuffer(bytearray(blob), dtype=torch.uint8).cuda())
+            table = cuda_ops.kernel_tables(blob)["table"].cuda()
+            if s.version == 2:
+                def run():
+                    return cuda_ops.windowed_decode(dev, table, s.ints)
+            else:
+                index, payload = cuda_ops.v1_views(dev, s.ints)
+
+                def run():
+                    return cuda_ops.decode_symbols(index, payload, table[:4096], cuda_ops.CODER_IDS[s.coder],
+                                                   s.n_symbols, s.chunk_symbols)
+            exact = bool((run().cpu().numpy() == sym.reshape(-1)).all())
+            ms = graph_ms(run) or eager_ms(run)
+            gbs = sym.size / ms / 1e6
+            rows.append({"data": data_label, "layout": label, "chunk_symbols": info["chunk_symbols"],
+                         "lanes": info["lanes"], "n_chunks": info["n_chunks"], "bits_per_symbol": 8 * len(blob) / sym.size,
+                         "ms": ms, "decoded_GBps": gbs, "pct_hbm_of_coded_bytes": 100 * len(blob) / ms / 1e6 / peak
+                         if peak else None, "bit_exact": exact})
+            print(f"decode {data_label:17s} {label:20s} {info['n_chunks']:6d} chunks x {info['lanes']:2d} lanes: "
+                  f"{gbs:8.1f} GB/s of symbols  exact={exact}", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------- end to end
+
+def end_to_end(tokens: int) -> list[dict]:
+    import transformers
 
     from pycodec import CompressionConfig, compress_
-    from pycodec.cli import load_source
 
-    model, tok = load_source("smollm2")
-    ids = tok("Write a short poem about the sea.", return_tensors="pt").to("cuda")
-    rows, texts = [], {}
-    for label, cfg in (("bf16", None), ("pycodec lossless", CompressionConfig(mode="lossless")),
-                       ("pycodec rate 3.5", CompressionConfig(mode="rate", bits=3.5))):
-        m = copy.deepcopy(model)
-        if cfg is not None:
-            compress_(m, cfg, progress=False)
+    cfg = transformers.LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
+                                   num_attention_heads=16, num_key_value_heads=4, vocab_size=32000)
+    torch.manual_seed(0)
+    base = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    ids = torch.randint(0, 32000, (1, 16), device="cuda")
+    rows = []
+    for label, c in (("bf16", None), ("pycodec lossless", CompressionConfig(mode="lossless")),
+                     ("pycodec int4 (coded)", CompressionConfig(mode="int", bits=4))):
+        m = copy.deepcopy(base)
+        if c is not None:
+            compress_(m, c, progress=False)
         m = m.cuda()
         torch.cuda.reset_peak_memory_stats()
         with torch.no_grad():
-            m.generate(**ids, max_new_tokens=4, do_sample=False)
+            m.generate(ids, max_new_tokens=4, do_sample=False)
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            out = m.generate(**ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False)
+            m.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        texts[label] = tok.decode(out[0, ids["input_ids"].shape[1]:])
-        rows.append({"method": label, "tokens_per_s": max_new_tokens / dt,
-                     "peak_mem_MiB": torch.cuda.max_memory_allocated() / 2**20, "text": texts[label]})
-        print(f"e2e {label:18s} {max_new_tokens / dt:8.1f} tok/s  peak {rows[-1]['peak_mem_MiB']:.0f} MiB")
+        rows.append({"method": label, "tokens_per_s": tokens / dt, "peak_mem_MiB": torch.cuda.max_memory_allocated() / 2**20})
+        print(f"e2e {label:22s} {tokens / dt:8.1f} tok/s  peak {rows[-1]['peak_mem_MiB']:.0f} MiB", flush=True)
         del m
         torch.cuda.empty_cache()
-    rows.append({"lossless_text_equals_bf16": texts["pycodec lossless"] == texts["bf16"]})
     return rows
 
 
@@ -197,20 +281,20 @@ def plot(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in result["layers"] if "ms" in r]
+    rows = [r for r in result["layers"] if r.get("speedup_vs_bf16")]
     shapes = sorted({tuple(r["shape"]) for r in rows})
     fig, axes = plt.subplots(1, len(shapes), figsize=(4 * len(shapes), 3.5), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
         for method in sorted({r["method"] for r in rows}):
             pts = sorted((r["batch"], r["speedup_vs_bf16"]) for r in rows
-                         if tuple(r["shape"]) == shape and r["method"] == method and r.get("speedup_vs_bf16"))
+                         if tuple(r["shape"]) == shape and r["method"] == method)
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=method)
         ax.set_xscale("log", base=2)
         ax.set_title(f"{shape[0]}x{shape[1]}")
         ax.set_xlabel("batch")
         ax.axhline(1.0, color="grey", lw=0.5)
-    axes[0][0].set_ylabel("speedup over bf16 cuBLAS")
+    axes[0][0].set_ylabel("speedup over bf16 cuBLAS (CUDA graphs)")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(result["environment"]["device"])
     fig.tight_layout()
@@ -221,20 +305,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT", os.path.join(os.path.dirname(__file__), "results")))
     p.add_argument("--quick", action="store_true", help="fewer shapes and batches")
-    p.add_argument("--skip-e2e", action="store_true")
+    p.add_argument("--e2e", action="store_true", help="also tokens/s of a random ~1B Llama")
     a = p.parse_args()
     if not torch.cuda.is_available():
         print("gpu_suite: no CUDA device; nothing measured", file=sys.stderr)
         sys.exit(2)
     env = environment()
     peak = hbm_peak(env["device"])
-    shapes = (LLAMA_SHAPES[:1] + SMOLLM2_SHAPES[2:3]) if a.quick else LLAMA_SHAPES + SMOLLM2_SHAPES
-    batches = [1, 16, 256] if a.quick else BATCHES
-    result = {"environment": env, "hbm_peak_GBps": peak,
-              "decode": decode_throughput(peak, 1 << 24 if a.quick else 1 << 26),
-              "layers": layer_suite(shapes, batches, peak)}
-    if not a.skip_e2e:
-        result["end_to_end"] = end_to_end(32 if a.quick else 128)
+    shapes = (LLAMA_SHAPES[:1] + SMOLLM2_SHAPES[:1]) if a.quick else LLAMA_SHAPES + SMOLLM2_SHAPES
+    batches = [1, 8, 16, 64] if a.quick else BATCHES
+    result = {"environment": env, "hbm_peak_GBps": peak, "decode": decode_suite(peak, a.quick)}
+    result["layers"] = layer_suite(shapes, batches, peak)
+    result["faster_than_bf16_up_to_batch"] = crossover(result["layers"])
+    if a.e2e:
+        result["end_to_end"] = end_to_end(64)
     os.makedirs(a.out, exist_ok=True)
     stem = f"gpu_{env['device'].replace(' ', '_')}_{time.strftime('%Y%m%d_%H%M%S')}"
     with open(os.path.join(a.out, stem + ".json"), "w") as f:
