@@ -496,6 +496,9 @@ constexpr uint32_t kMinLaneBits = 64;   // shorter windows leave lanes empty and
 // and per lane the expected padding (the mean residual of a code sequence cut at a
 // fixed bit position, E[len^2] / (2 E[len]) - 1/2).
 inline double chunk_side_bits(uint32_t lanes, double pad) { return 16.0 + 2.0 + 16.0 + (lanes - 1) * pad; }
+// Side bits of a stream whatever its chunks: header, shape, checksum and a lengths table
+// (48 + 8 ndim + 132 bytes), which a small tensor must also fit into its budget.
+inline double stream_side_bits(int ndim) { return 8.0 * (48 + 8 * ndim + 132); }
 
 inline Layout choose_layout(const uint64_t* shape, int ndim, uint64_t n, const uint64_t counts[256],
                             const uint8_t length[256], uint32_t fixed_chunk, uint32_t fixed_lanes) {
@@ -531,7 +534,8 @@ inline Layout choose_layout(const uint64_t* shape, int ndim, uint64_t n, const u
     for (uint32_t lanes = kMaxLanes; lanes >= 1; lanes /= 2) {
       if (fixed_lanes && lanes != fixed_lanes) continue;
       if (lanes > 1 && double(m) * mean / lanes < kMinLaneBits) continue;
-      const double side = chunk_side_bits(lanes, pad) / (double(m) * mean);
+      const double side =
+          (stream_side_bits(ndim) + double(n_chunks) * chunk_side_bits(lanes, pad)) / (double(n) * mean);
       const uint64_t latency = ((n_chunks + kWarpsPerWave - 1) / kWarpsPerWave) * ((m + lanes - 1) / lanes);
       all.push_back({{chunk, lanes, side}, n_chunks, latency});
     }
