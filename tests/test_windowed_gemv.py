@@ -148,7 +148,9 @@ def test_emulated_rate_gemv_with_escapes(batch):
     rng = rng_for("rate", batch)
     w = rng.standard_normal((72, 576)).astype(np.float32) * 0.02
     w[rng.integers(0, 72, 40), rng.integers(0, 576, 40)] = 5.0  # far past 127 steps: escapes
-    packed, _ = compress_weight(torch.from_numpy(w), CompressionConfig(mode="rate", bits=3.5))
+    rows = 1 if batch > 8 else None  # batch 16 fuses with up to 2 rows per chunk: ask for one
+    packed, _ = compress_weight(torch.from_numpy(w), CompressionConfig(mode="rate", bits=3.5,
+                                                                        chunk_symbols=576 * rows if rows else None))
     assert packed["escape_index"].numel() >= 30
     info = gpu.weight_info(packed)
     assert info.zero_in_values == 128
@@ -164,8 +166,8 @@ def test_emulated_rate_gemv_with_escapes(batch):
 def test_emulation_refuses_shapes_the_kernel_does_not_take():
     packed, _ = compress_weight(torch.randn(16, 64), CompressionConfig(mode="int", bits=4, group_size=64,
                                                                         chunk_symbols=64 * 16))
-    x = np.ones((4, 64), np.float32)  # 16 rows per chunk x batch 4 > the 32 slots of a warp
-    assert not gpu.cuda_ops.gemv_supported(gpu.weight_info(packed).ints[10:], 16, 64, 4)
+    x = np.ones((8, 64), np.float32)  # 16 rows per chunk x batch 8 > the 64 slots of a warp
+    assert not gpu.cuda_ops.gemv_supported(gpu.weight_info(packed).ints[10:], 16, 64, 8)
     with pytest.raises(CodecError, match="invalid argument"):
         emulate_affine(packed, x)
 

@@ -480,7 +480,8 @@ inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t 
 // kSideTarget of the coded bits; (2) at least kMinChunks independent chunks, so every SM
 // of a GPU gets work even for a 576 x 576 layer; (3) the shortest decode chain per warp,
 // modelled as waves of kWarpsPerWave chunks, each as long as its lanes' symbol counts.
-// Chunks hold whole rows (the last dimension) so a fused GEMV never splits a row.
+// Chunks hold whole rows (the last dimension) so a fused GEMV never splits a row, and at most
+// kMaxRowsPerChunk of them so it keeps batch 16 fused.
 struct Layout {
   uint32_t chunk_symbols;
   uint32_t lanes;
@@ -491,6 +492,7 @@ constexpr double kSideTarget = 0.012;   // the budget is 1.5%: keep a margin for
 constexpr uint64_t kMinChunks = 264;    // 2 per SM of a 132-SM H100
 constexpr uint64_t kWarpsPerWave = 132 * 32;  // 32 resident warps per SM
 constexpr uint32_t kMinLaneBits = 64;   // shorter windows leave lanes empty and waste lookups
+constexpr uint64_t kMaxRowsPerChunk = 4;  // a fused GEMV warp holds rows x batch <= 64 partial sums
 
 // Side bits of one chunk: u16 size, 1/16 of a u32 super offset, ~16 bits of word slack,
 // and per lane the expected padding (the mean residual of a code sequence cut at a
@@ -513,7 +515,7 @@ inline Layout choose_layout(const uint64_t* shape, int ndim, uint64_t n, const u
   } else {
     const uint64_t row = ndim >= 2 ? shape[ndim - 1] : 0;
     if (row >= 1 && row <= kMaxChunkSymbols) {
-      for (uint64_t r = 1; r * row <= kMaxChunkSymbols; ++r) {
+      for (uint64_t r = 1; r <= kMaxRowsPerChunk && r * row <= kMaxChunkSymbols; ++r) {
         chunks.push_back(uint32_t(r * row));
         if (r * row >= n) break;
       }

@@ -51,7 +51,7 @@ namespace pycodec {
 namespace windowed {
 
 constexpr int kGemvMaxBatch = 16;
-constexpr uint32_t kGemvMaxSlots = 32;  // rows per chunk x batch rows: the per-warp partial sums
+constexpr uint32_t kGemvMaxSlots = 64;  // rows per chunk x batch rows: the per-warp partial sums (8 KiB)
 constexpr uint32_t kXPadRows = 3;       // x rows past K read (as zeros) by an entry's absent slots
 
 PYCODEC_HD float bits_float(uint32_t u) {

@@ -82,7 +82,7 @@ def test_fused_rate_with_escapes_equals_emulation_bitwise(batch):
     rng = rng_for("rate-gpu", batch)
     w = rng.standard_normal((300, 1536)).astype(np.float32) * 0.02
     w[rng.integers(0, 300, 50), rng.integers(0, 1536, 50)] = 5.0
-    packed, _ = compress_weight(torch.from_numpy(w), CompressionConfig(mode="rate", bits=3.5))
+    packed, _ = compress_weight(torch.from_numpy(w), CompressionConfig(mode="rate", bits=3.5, chunk_symbols=1536))
     x = rng.standard_normal((batch, 1536)).astype(np.float32)
     got = _gemv_affine(packed, x).cpu().numpy()
     padded = batch if batch <= 8 else 16  # the kernel runs 9..15 as 16: emulate the same instance
