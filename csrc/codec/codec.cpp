@@ -105,7 +105,10 @@ struct DecodeTables {
     const uint64_t begin = offsets[c], end = offsets[c + 1];
     const uint32_t* words = reinterpret_cast<const uint32_t*>(blob + info.payload_offset) + begin;
     const uint32_t n = chunk_length(c);
-    if (multi) return windowed::decode_chunk(*multi, words, uint32_t(end - begin), info.lanes, out, n);
+    if (multi) {
+      thread_local std::vector<uint8_t> scratch;  // per worker: lanes x (window + slack) bytes
+      return windowed::decode_chunk(*multi, words, uint32_t(end - begin), info.lanes, out, n, scratch);
+    }
     return huffman ? huffman::decode_chunk(huffman.get(), words, end - begin, out, n)
                    : rans::decode_chunk(rans.get(), words, end - begin, out, n);
   }

@@ -221,6 +221,49 @@ struct BitReader {
 using LaneReader = BitReader<true>;
 using FastReader = BitReader<false>;
 
+// The CPU decoder's reader: the same bits as LaneReader, with a branch-free refill (whether a
+// lane refills is a coin toss, and a mispredicted branch costs more than the refill) and loads
+// past the chunk's end redirected to a zero word.
+struct CpuReader {
+  const uint32_t* next;
+  const uint32_t* end;
+  uint32_t pending;
+  int32_t avail;
+  uint64_t buf;
+
+  uint32_t load(const uint32_t* p) const {
+    static const uint32_t zero = 0;
+    return *(p < end ? p : &zero);
+  }
+  void init(const uint32_t* w, uint32_t n_words, uint64_t bit) {
+    end = w + n_words;
+    const uint64_t i = std::min<uint64_t>(bit >> 5, n_words);
+    const int off = int(bit & 31u);
+    const uint32_t* p = w + i;
+    buf = ((uint64_t(load(p)) << 32) | load(p + 1)) << off;
+    avail = 64 - off;
+    pending = load(p + 2);
+    next = p + 3;
+  }
+  uint32_t peek() const { return uint32_t(buf >> (64 - kPeekBits)); }
+  void shift(uint32_t bits) {
+    buf <<= bits;
+    avail -= int32_t(bits);
+  }
+  void refill() {
+    const uint64_t need = avail < 32;
+    buf |= (uint64_t(pending) << ((32 - avail) & 63)) & (0 - need);
+    avail += int32_t(32 * need);
+    const uint32_t fresh = load(next);
+    pending = need ? fresh : pending;
+    next += need;
+  }
+  void skip(uint32_t bits) {
+    shift(bits);
+    refill();
+  }
+};
+
 // A single code as an entry, for the last codes of a lane where a whole entry may not fit.
 PYCODEC_HD uint32_t first_code_entry(uint32_t e, const uint8_t* length) {
   const uint32_t s = entry_symbol(e, 0);
@@ -428,10 +471,79 @@ PYCODEC_HD uint32_t next_lane_start(uint32_t start, uint32_t count, uint32_t m) 
   return count < m - start ? start + count : m;
 }
 
+// The CPU decoder writes each lane into its own region of a scratch buffer, 4 bytes per
+// entry (the entry's symbols and one byte past them, overwritten by the next entry), and
+// copies the regions into place once the lanes' counts are known. A lane holds at most one
+// symbol per window bit, so a region of window + kStoreSlack bytes always suffices. The
+// scratch also holds the chunk's big-endian copy (decode_windows).
+constexpr uint32_t kStoreSlack = 4;
+
+struct ScratchSink {  // 4-byte stores into a lane's scratch region
+  uint8_t* out;
+  PYCODEC_HD void put(uint32_t e, uint32_t at) { std::memcpy(out + at, &e, 4); }
+};
+
+// The CPU decoder reads a chunk as bytes: the words byte-swapped once into a big-endian copy,
+// so any bit position's next 64 bits are one unaligned load and one byte swap away. A lane then
+// carries only its bit position: no buffer, no refill, no branch but its loop's.
+inline uint64_t peek64(const uint8_t* be, uint64_t pos) {
+  uint64_t v;
+  std::memcpy(&v, be + (pos >> 3), 8);
+  return __builtin_bswap64(v) << (pos & 7);
+}
+
+struct ByteLane {
+  uint64_t pos, end;  // bit position and the window's end (codes must end by it)
+  uint8_t* out;       // the next symbol's byte in the lane's scratch region
+  void step(const uint8_t* be, const uint32_t* table) {
+    const uint32_t e = table[peek64(be, pos) >> (64 - kPeekBits)];
+    std::memcpy(out, &e, 4);  // the entry's symbols and a byte past them, overwritten next
+    out += entry_count(e);
+    pos += entry_bits(e);
+  }
+};
+
+// Window decoding of up to 4 lanes in lockstep (four independent chains: the core overlaps
+// their loads), then each lane's last codes alone through a CpuReader. n[j], used[j] as
+// decode_window's. be: the chunk's bytes, big-endian, with 8 readable bytes past its end.
+inline void decode_windows(const MultiTable& t, const uint32_t* words, uint32_t n_words, const uint8_t* be,
+                           uint64_t window, uint32_t first_lane, uint32_t count, uint8_t* const* dst, uint32_t* n,
+                           uint32_t* used) {
+  ByteLane a[4];
+  for (uint32_t j = 0; j < count; ++j) {
+    a[j].pos = (first_lane + j) * window;
+    a[j].end = a[j].pos + window;
+    a[j].out = dst[j];
+  }
+  if (count == 4) {
+    ByteLane l0 = a[0], l1 = a[1], l2 = a[2], l3 = a[3];  // locals: kept in registers
+    const uint32_t* table = t.entry;
+    while (l0.pos + kPeekBits <= l0.end && l1.pos + kPeekBits <= l1.end && l2.pos + kPeekBits <= l2.end &&
+           l3.pos + kPeekBits <= l3.end) {
+      l0.step(be, table);
+      l1.step(be, table);
+      l2.step(be, table);
+      l3.step(be, table);
+    }
+    a[0] = l0, a[1] = l1, a[2] = l2, a[3] = l3;
+  }
+  for (uint32_t j = 0; j < count; ++j) {
+    ByteLane l = a[j];
+    while (l.pos + kPeekBits <= l.end) l.step(be, t.entry);
+    CpuReader r;
+    r.init(words, n_words, l.pos);
+    ScratchSink sink{dst[j]};
+    uint32_t tail = 0;
+    n[j] = window_tail(t.entry, t.length, r, uint32_t(l.end - l.pos), sink, uint32_t(l.out - dst[j]), &tail);
+    used[j] = uint32_t(l.pos - (first_lane + j) * window) + tail;
+  }
+}
+
 // Decodes one chunk of m >= 1 symbols from exactly n_words words; checks every padding rule
-// (docs/FORMAT.md §9), so a chunk decodes only if it is exactly what an encoder writes.
+// (docs/FORMAT.md §9.4), so a chunk decodes only if it is exactly what an encoder writes.
+// scratch: grown to lanes * (window + kStoreSlack) + 4 * n_words + 8 bytes.
 inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t n_words, uint32_t lanes,
-                           uint8_t* out, uint32_t m) {
+                           uint8_t* out, uint32_t m, std::vector<uint8_t>& scratch) {
   if (t.constant) {
     if (n_words != 0 || lanes != 1) return Status::CorruptPayload;
     std::memset(out, int(entry_symbol(t.entry[0], 0)), m);
@@ -439,34 +551,48 @@ inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t 
   }
   if (n_words == 0 || lanes == 0 || lanes > uint32_t(kMaxLanes)) return Status::CorruptPayload;
   const uint64_t window = lane_window_bits(n_words, lanes);
+  const size_t region = size_t(window) + kStoreSlack, be_bytes = 4 * size_t(n_words) + 8;
+  if (scratch.size() < lanes * region + be_bytes) scratch.resize(lanes * region + be_bytes);
+  uint8_t* dst[kMaxLanes];
+  for (uint32_t l = 0; l < lanes; ++l) dst[l] = scratch.data() + l * region;
+  uint8_t* be = scratch.data() + lanes * region;
+  for (uint32_t w = 0; w < n_words; ++w) {
+    const uint32_t x = __builtin_bswap32(words[w]);
+    std::memcpy(be + 4 * w, &x, 4);
+  }
+  std::memset(be + 4 * size_t(n_words), 0, 8);
+  uint32_t n[kMaxLanes], used[kMaxLanes];
+  for (uint32_t l = 0; l + 1 < lanes; l += 4)
+    decode_windows(t, words, n_words, be, window, l, std::min<uint32_t>(4, lanes - 1 - l), dst + l, n + l, used + l);
+
   uint32_t start = 0;
   uint64_t zero_from = 32ull * n_words;  // bits from here to the chunk's end must be zero
-  LaneReader r;
+  CpuReader r;
   for (uint32_t l = 0; l + 1 < lanes && start < m; ++l) {
     const uint64_t base = l * window;
-    r.init(words, n_words, base);
-    ByteSink sink{out + start, m - start};
-    uint32_t used = 0;
-    const uint32_t n = decode_window(t.entry, t.length, r, uint32_t(window), sink, &used);
-    if (n >= m - start) {  // this lane holds the chunk's last symbol: zeros follow it
-      ByteSink exact{out + start, m - start};
+    if (n[l] >= m - start) {  // this lane holds the chunk's last symbol: zeros follow it
+      std::memcpy(out + start, dst[l], m - start);
       r.init(words, n_words, base);
-      zero_from = base + decode_count(t.entry, t.length, r, m - start, exact);
+      NullSink null;
+      zero_from = base + decode_count(t.entry, t.length, r, m - start, null);
       start = m;
       break;
     }
-    const int pad = int(window - used);  // < 12: decoding stopped at a code longer than it
-    if (chunk_bits(words, n_words, base + used, pad) != chunk_bits(words, n_words, base + window, pad))
+    const int pad = int(window - used[l]);  // < 12: decoding stopped at a code longer than it
+    if (chunk_bits(words, n_words, base + used[l], pad) != chunk_bits(words, n_words, base + window, pad))
       return Status::CorruptPayload;
-    start += n;
+    std::memcpy(out + start, dst[l], n[l]);
+    start += n[l];
   }
   if (start < m) {  // the last lane: exactly the remaining symbols, inside its window
     const uint64_t base = uint64_t(lanes - 1) * window;
     r.init(words, n_words, base);
-    ByteSink sink{out + start, m - start};
-    const uint64_t used = decode_count(t.entry, t.length, r, m - start, sink);
-    if (used > window) return Status::CorruptPayload;
-    zero_from = base + used;
+    if (m - start > window) return Status::CorruptPayload;  // more symbols than window bits
+    ScratchSink sink{dst[lanes - 1]};
+    const uint64_t bits = decode_count(t.entry, t.length, r, m - start, sink);
+    if (bits > window) return Status::CorruptPayload;
+    std::memcpy(out + start, dst[lanes - 1], m - start);
+    zero_from = base + bits;
   }
   for (uint64_t b = zero_from; b < 32ull * n_words; b += 32)
     if (chunk_bits(words, n_words, b, int(std::min<uint64_t>(32, 32ull * n_words - b)))) return Status::CorruptPayload;
