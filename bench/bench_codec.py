@@ -12,9 +12,10 @@ Data sets
   gauss_1M, gauss_16M  clip(round(N(0, 4)) + 128, 0, 255) uint8 symbols (order-0 entropy ~4.05 bits)
   minilm_int4          int4 group-128 asymmetric RTN codes (0..15) of all-MiniLM-L6-v2's 37 linear weights
                        (36 encoder projections + pooler; embeddings excluded), 10.76M weights
-  minilm_bf16          the same weights cast to bf16, coded losslessly. pycodec and constriction code the
-                       exponent plane and the sign+mantissa plane separately (split / merge timed too);
-                       zstd and ZipNN get the raw bf16 bytes. Sizes are per weight (16 raw bits).
+  minilm_bf16          the same weights cast to bf16, coded losslessly. pycodec uses lossless mode's layout
+                       (coded top bits + raw low bits, csrc/codec/split.h; split / merge timed too),
+                       constriction the exponent and sign+mantissa byte planes; zstd and ZipNN get the raw
+                       bf16 bytes. Sizes are per weight (16 raw bits).
 
 Accounting
   * bits/symbol counts the whole output: pycodec's container with its tables, zstd's frame, ZipNN's
@@ -150,9 +151,19 @@ def _pycodec(coder: str) -> list[Codec]:
     def dec(blob, threads):
         return pycodec.decode(blob, threads=threads)
 
+    def enc_bf16(bits, threads):  # lossless mode's layout: coded top bits + raw low bits (split.h)
+        top, values, symbols, raw = pycodec._C.split_float(bits, 16)
+        return enc(np.frombuffer(symbols, np.uint8), threads), values, top, raw
+
+    def dec_bf16(packed, threads):
+        blob, values, top, raw = packed
+        out = np.empty(pycodec._C.info(blob)["n_symbols"], np.uint16)
+        pycodec._C.merge_split(dec(blob, threads), values, top, raw, out)
+        return out
+
     return [Codec(f"pycodec-{coder}", ("symbols",), enc, dec, lambda b: 8 * len(b), threads=(1, 0)),
-            Codec(f"pycodec-{coder}", ("bf16",), _bf16_split(enc), _bf16_merge(dec),
-                  lambda bs: sum(8 * len(b) for b in bs), threads=(1, 0))]
+            Codec(f"pycodec-{coder}", ("bf16",), enc_bf16, dec_bf16,
+                  lambda p: 8 * (len(p[0]) + len(p[3])) + 32 * len(p[1]), threads=(1, 0))]
 
 
 # zstandard --------------------------------------------------------------------------
