@@ -71,6 +71,124 @@ StreamInfo parse(const py::buffer_info& b) {
   return s;
 }
 
+// The format-v2 kernel entry points, bound twice with one argument handling: "cuda_*" runs the
+// CUDA kernels, "host_*" their emulation on host memory (emulate.h), so tests drive the Python
+// ops' glue without a GPU. `view` = (super, sizes, payload, payload_words, n_symbols,
+// chunk_symbols, n_chunks, lanes, constant_code) with the addresses of the stream's pieces.
+struct CudaKernels {
+  static Status decode(const windowed::StreamView& s, const uint32_t* t, uint8_t* out, uint32_t* st, uintptr_t cs) {
+    return cuda::windowed_decode(s, t, out, st, cs);
+  }
+  static Status affine(const windowed::StreamView& s, const uint64_t* v, const uint32_t* t, const windowed::AffineArgs& a,
+                       uint32_t b, uintptr_t cs) {
+    return cuda::windowed_gemv_affine(s, v, t, a, b, cs);
+  }
+  static Status split(const windowed::StreamView& s, const uint64_t* v, const uint32_t* t, const windowed::SplitArgs& a,
+                      uint32_t b, uintptr_t cs) {
+    return cuda::windowed_gemv_split(s, v, t, a, b, cs);
+  }
+  static Status merge(const uint8_t* sym, uint64_t n, const uint16_t* v, const uint32_t* raw, uint64_t rw, uint32_t low,
+                      uint16_t* out, uintptr_t cs) {
+    return cuda::split_merge(sym, n, v, raw, rw, low, out, cs);
+  }
+};
+
+struct HostKernels {
+  static Status decode(const windowed::StreamView& s, const uint32_t* t, uint8_t* out, uint32_t* st, uintptr_t) {
+    return host::windowed_decode(s, t, out, st);
+  }
+  static Status affine(const windowed::StreamView& s, const uint64_t* v, const uint32_t* t, const windowed::AffineArgs& a,
+                       uint32_t b, uintptr_t) {
+    return host::windowed_gemv_affine(s, v, t, a, b);
+  }
+  static Status split(const windowed::StreamView& s, const uint64_t* v, const uint32_t* t, const windowed::SplitArgs& a,
+                      uint32_t b, uintptr_t) {
+    return host::windowed_gemv_split(s, v, t, a, b);
+  }
+  static Status merge(const uint8_t* sym, uint64_t n, const uint16_t* v, const uint32_t* raw, uint64_t rw, uint32_t low,
+                      uint16_t* out, uintptr_t) {
+    return host::split_merge(sym, n, v, raw, rw, low, out);
+  }
+};
+
+template <class K>
+void bind_windowed(py::module_& m, const std::string& prefix) {
+  m.def(
+      (prefix + "windowed_decode").c_str(),
+      [prefix](py::tuple view, uintptr_t table_dev, uintptr_t out_dev, uintptr_t status_dev, uintptr_t stream) {
+        check(K::decode(stream_view(view), reinterpret_cast<const uint32_t*>(table_dev),
+                        reinterpret_cast<uint8_t*>(out_dev), reinterpret_cast<uint32_t*>(status_dev), stream),
+              (prefix + "windowed_decode").c_str());
+      },
+      py::arg("view"), py::arg("table_dev"), py::arg("out_dev"), py::arg("status_dev"), py::arg("stream"),
+      "Decode a v2 stream into out_dev (n_symbols bytes).");
+
+  m.def(
+      (prefix + "windowed_gemv_affine").c_str(),
+      [prefix](py::tuple view, uintptr_t value_table_dev, uintptr_t table_dev, uintptr_t x_dev, uintptr_t prefix_dev,
+               uintptr_t scale_dev, uintptr_t zero_dev, bool zero_broadcast, float zero_in_values, uint32_t group_size,
+               uint32_t n_rows, uint32_t k, uint32_t batch, uintptr_t y_dev, uintptr_t escape_row_dev,
+               uintptr_t escape_col_dev, uintptr_t escape_value_dev, uintptr_t stream) {
+        windowed::AffineArgs a;
+        a.x = reinterpret_cast<const float*>(x_dev);
+        a.prefix = reinterpret_cast<const float*>(prefix_dev);
+        a.scale = reinterpret_cast<const uint16_t*>(scale_dev);
+        a.zero = reinterpret_cast<const uint16_t*>(zero_dev);
+        a.n_rows = n_rows;
+        a.k = k;
+        a.group_size = group_size;
+        a.n_groups = group_size ? (k + group_size - 1) / group_size : 0;
+        a.zero_broadcast = zero_broadcast;
+        a.zero_in_values = zero_in_values;
+        a.escape_row = reinterpret_cast<const int32_t*>(escape_row_dev);  // 0: no escapes
+        a.escape_col = reinterpret_cast<const int32_t*>(escape_col_dev);
+        a.escape_value = reinterpret_cast<const float*>(escape_value_dev);
+        a.y = reinterpret_cast<float*>(y_dev);
+        check(K::affine(stream_view(view), reinterpret_cast<const uint64_t*>(value_table_dev),
+                        reinterpret_cast<const uint32_t*>(table_dev), a, batch, stream),
+              (prefix + "windowed_gemv_affine").c_str());
+      },
+      py::arg("view"), py::arg("value_table_dev"), py::arg("table_dev"), py::arg("x_dev"), py::arg("prefix_dev"),
+      py::arg("scale_dev"), py::arg("zero_dev"), py::arg("zero_broadcast"), py::arg("zero_in_values"),
+      py::arg("group_size"), py::arg("n_rows"), py::arg("k"), py::arg("batch"), py::arg("y_dev"),
+      py::arg("escape_row_dev"), py::arg("escape_col_dev"), py::arg("escape_value_dev"), py::arg("stream"),
+      "Fused decode + affine dequant + GEMV of a v2 weight stream (windowed_gemv.h: AffineArgs).");
+
+  m.def(
+      (prefix + "windowed_gemv_split").c_str(),
+      [prefix](py::tuple view, uintptr_t value_table_dev, uintptr_t table_dev, uintptr_t x_dev, uintptr_t raw_dev,
+               uint64_t raw_words, uint32_t low, uint32_t n_rows, uint32_t k, uint32_t batch, uintptr_t y_dev,
+               uintptr_t stream) {
+        windowed::SplitArgs a;
+        a.x = reinterpret_cast<const float*>(x_dev);
+        a.raw = reinterpret_cast<const uint32_t*>(raw_dev);
+        a.raw_words = raw_words;
+        a.n_rows = n_rows;
+        a.k = k;
+        a.low = low;
+        a.y = reinterpret_cast<float*>(y_dev);
+        check(K::split(stream_view(view), reinterpret_cast<const uint64_t*>(value_table_dev),
+                       reinterpret_cast<const uint32_t*>(table_dev), a, batch, stream),
+              (prefix + "windowed_gemv_split").c_str());
+      },
+      py::arg("view"), py::arg("value_table_dev"), py::arg("table_dev"), py::arg("x_dev"), py::arg("raw_dev"),
+      py::arg("raw_words"), py::arg("low"), py::arg("n_rows"), py::arg("k"), py::arg("batch"), py::arg("y_dev"),
+      py::arg("stream"), "Fused decode + GEMV of a lossless split bf16 weight (windowed_gemv.h: SplitArgs).");
+
+  m.def(
+      (prefix + "split_merge").c_str(),
+      [prefix](uintptr_t symbols_dev, uint64_t n, uintptr_t values_dev, uintptr_t raw_dev, uint64_t raw_words,
+               uint32_t low, uintptr_t out_dev, uintptr_t stream) {
+        check(K::merge(reinterpret_cast<const uint8_t*>(symbols_dev), n, reinterpret_cast<const uint16_t*>(values_dev),
+                       reinterpret_cast<const uint32_t*>(raw_dev), raw_words, low, reinterpret_cast<uint16_t*>(out_dev),
+                       stream),
+              (prefix + "split_merge").c_str());
+      },
+      py::arg("symbols_dev"), py::arg("n"), py::arg("values_dev"), py::arg("raw_dev"), py::arg("raw_words"),
+      py::arg("low"), py::arg("out_dev"), py::arg("stream"),
+      "Rebuild exact 16-bit float bits from split symbols, values (value << low) and raw bits.");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -212,82 +330,9 @@ PYBIND11_MODULE(_C, m) {
       py::arg("payload_dev"), py::arg("payload_words"), py::arg("table_dev"), py::arg("out_dev"), py::arg("stream"),
       "Decode a stream held in device memory (raw pointers) on a CUDA stream.");
 
-  // ---- format v2 kernels. `view` = (super, sizes, payload, payload_words, n_symbols, chunk_symbols,
-  // n_chunks, lanes, constant_code) with device addresses (windowed_gemv.h: StreamView).
-  m.def(
-      "cuda_windowed_decode",
-      [](py::tuple view, uintptr_t table_dev, uintptr_t out_dev, uintptr_t status_dev, uintptr_t stream) {
-        check(cuda::windowed_decode(stream_view(view), reinterpret_cast<const uint32_t*>(table_dev),
-                                    reinterpret_cast<uint8_t*>(out_dev), reinterpret_cast<uint32_t*>(status_dev), stream),
-              "cuda_windowed_decode");
-      },
-      py::arg("view"), py::arg("table_dev"), py::arg("out_dev"), py::arg("status_dev"), py::arg("stream"),
-      "Decode a v2 stream held in device memory into out_dev (n_symbols bytes) on a CUDA stream.");
-
-  m.def(
-      "cuda_windowed_gemv_affine",
-      [](py::tuple view, uintptr_t value_table_dev, uintptr_t table_dev, uintptr_t x_dev, uintptr_t prefix_dev,
-         uintptr_t scale_dev, uintptr_t zero_dev, bool zero_broadcast, float zero_in_values, uint32_t group_size,
-         uint32_t n_rows, uint32_t k, uint32_t batch, uintptr_t y_dev, uintptr_t escape_row_dev,
-         uintptr_t escape_col_dev, uintptr_t escape_value_dev, uintptr_t stream) {
-        windowed::AffineArgs a;
-        a.x = reinterpret_cast<const float*>(x_dev);
-        a.prefix = reinterpret_cast<const float*>(prefix_dev);
-        a.scale = reinterpret_cast<const uint16_t*>(scale_dev);
-        a.zero = reinterpret_cast<const uint16_t*>(zero_dev);
-        a.n_rows = n_rows;
-        a.k = k;
-        a.group_size = group_size;
-        a.n_groups = group_size ? (k + group_size - 1) / group_size : 0;
-        a.zero_broadcast = zero_broadcast;
-        a.zero_in_values = zero_in_values;
-        a.escape_row = reinterpret_cast<const int32_t*>(escape_row_dev);  // 0: no escapes
-        a.escape_col = reinterpret_cast<const int32_t*>(escape_col_dev);
-        a.escape_value = reinterpret_cast<const float*>(escape_value_dev);
-        a.y = reinterpret_cast<float*>(y_dev);
-        check(cuda::windowed_gemv_affine(stream_view(view), reinterpret_cast<const uint64_t*>(value_table_dev),
-                                         reinterpret_cast<const uint32_t*>(table_dev), a, batch, stream),
-              "cuda_windowed_gemv_affine");
-      },
-      py::arg("view"), py::arg("value_table_dev"), py::arg("table_dev"), py::arg("x_dev"), py::arg("prefix_dev"),
-      py::arg("scale_dev"), py::arg("zero_dev"), py::arg("zero_broadcast"), py::arg("zero_in_values"),
-      py::arg("group_size"), py::arg("n_rows"), py::arg("k"), py::arg("batch"), py::arg("y_dev"),
-      py::arg("escape_row_dev"), py::arg("escape_col_dev"), py::arg("escape_value_dev"), py::arg("stream"),
-      "Fused decode + affine dequant + GEMV of a v2 weight stream (windowed_gemv.h: AffineArgs).");
-
-  m.def(
-      "cuda_windowed_gemv_split",
-      [](py::tuple view, uintptr_t value_table_dev, uintptr_t table_dev, uintptr_t x_dev, uintptr_t raw_dev,
-         uint64_t raw_words, uint32_t low, uint32_t n_rows, uint32_t k, uint32_t batch, uintptr_t y_dev,
-         uintptr_t stream) {
-        windowed::SplitArgs a;
-        a.x = reinterpret_cast<const float*>(x_dev);
-        a.raw = reinterpret_cast<const uint32_t*>(raw_dev);
-        a.raw_words = raw_words;
-        a.n_rows = n_rows;
-        a.k = k;
-        a.low = low;
-        a.y = reinterpret_cast<float*>(y_dev);
-        check(cuda::windowed_gemv_split(stream_view(view), reinterpret_cast<const uint64_t*>(value_table_dev),
-                                        reinterpret_cast<const uint32_t*>(table_dev), a, batch, stream),
-              "cuda_windowed_gemv_split");
-      },
-      py::arg("view"), py::arg("value_table_dev"), py::arg("table_dev"), py::arg("x_dev"), py::arg("raw_dev"),
-      py::arg("raw_words"), py::arg("low"), py::arg("n_rows"), py::arg("k"), py::arg("batch"), py::arg("y_dev"),
-      py::arg("stream"), "Fused decode + GEMV of a lossless split bf16 weight (windowed_gemv.h: SplitArgs).");
-
-  m.def(
-      "cuda_split_merge",
-      [](uintptr_t symbols_dev, uint64_t n, uintptr_t values_dev, uintptr_t raw_dev, uint64_t raw_words, uint32_t low,
-         uintptr_t out_dev, uintptr_t stream) {
-        check(cuda::split_merge(reinterpret_cast<const uint8_t*>(symbols_dev), n,
-                                reinterpret_cast<const uint16_t*>(values_dev), reinterpret_cast<const uint32_t*>(raw_dev),
-                                raw_words, low, reinterpret_cast<uint16_t*>(out_dev), stream),
-              "cuda_split_merge");
-      },
-      py::arg("symbols_dev"), py::arg("n"), py::arg("values_dev"), py::arg("raw_dev"), py::arg("raw_words"),
-      py::arg("low"), py::arg("out_dev"), py::arg("stream"),
-      "Rebuild exact bf16 bits from split symbols, values (value << low) and raw bits on a CUDA stream.");
+  // ---- format v2 kernels, and their host emulation behind the same arguments (tests)
+  bind_windowed<CudaKernels>(m, "cuda_");
+  bind_windowed<HostKernels>(m, "host_");
 
   m.def("gemv_supported", &windowed::gemv_supported, py::arg("n_symbols"), py::arg("chunk_symbols"), py::arg("n_rows"),
         py::arg("k"), py::arg("batch"), "Whether the fused v2 GEMV takes this weight shape and batch.");

@@ -22,6 +22,7 @@ Importing this module needs neither a GPU nor a CUDA build of torch.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,8 +112,40 @@ def _view(blob: torch.Tensor, layout: list[int]) -> tuple:
             n_chunks, lanes, bool(constant))
 
 
+class _Kernels:
+    """Where the v2 ops launch: the CUDA kernels ("cuda_*" in _C), or, in tests without a GPU,
+    their emulation on host memory ("host_*", same arguments): see host_kernels()."""
+
+    prefix = "cuda_"
+    device_type = "cuda"
+
+
+_KERNELS = _Kernels()
+
+
+@contextlib.contextmanager
+def host_kernels():
+    """Runs the ops' bodies (the _windowed_* functions) on CPU tensors through the kernels' CPU
+    emulation: the Python glue of the GPU path (layouts, addresses, x preparation, batch padding,
+    escapes) tested on any machine."""
+    saved = (_KERNELS.prefix, _KERNELS.device_type)
+    _KERNELS.prefix, _KERNELS.device_type = "host_", "cpu"
+    try:
+        yield
+    finally:
+        _KERNELS.prefix, _KERNELS.device_type = saved
+
+
+def _launch(name: str, *args) -> None:
+    getattr(_C, _KERNELS.prefix + name)(*args)
+
+
+def _guard(device: torch.device):
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _stream() -> int:
-    return torch.cuda.current_stream().cuda_stream
+    return torch.cuda.current_stream().cuda_stream if _KERNELS.device_type == "cuda" else 0
 
 
 def _check_stream(op: str, blob: torch.Tensor, table: torch.Tensor, layout: list[int]) -> None:
@@ -124,7 +157,7 @@ def _check_stream(op: str, blob: torch.Tensor, table: torch.Tensor, layout: list
         raise CodecError(f"{op}: layout does not match the stream's length")
     if table.dtype != torch.int32 or table.numel() != TABLE_WORDS:
         raise CodecError(f"{op}: table must be the int32 [{TABLE_WORDS}] tables of kernel_tables()")
-    if not _C.cuda_compiled():
+    if _KERNELS.device_type == "cuda" and not _C.cuda_compiled():
         raise CodecError(f"{op}: this pycodec build has no CUDA kernels (built without nvcc)")
     if not _has_slack(blob):
         raise CodecError(f"{op}: the stream needs {SLACK_BYTES} readable bytes after it (cuda_ops.with_slack)")
@@ -132,8 +165,8 @@ def _check_stream(op: str, blob: torch.Tensor, table: torch.Tensor, layout: list
 
 def _same_device(op: str, *tensors: torch.Tensor) -> torch.device:
     device = tensors[0].device
-    if device.type != "cuda":
-        raise CodecError(f"{op} runs on CUDA tensors only")
+    if device.type != _KERNELS.device_type:
+        raise CodecError(f"{op} runs on {_KERNELS.device_type.upper()} tensors only")
     for t in tensors[1:]:
         if t.device != device:
             raise CodecError(f"{op}: every tensor must be on {device}, one is on {t.device}")
@@ -161,18 +194,22 @@ def gemv_inputs(x2: torch.Tensor, prefix: bool = True) -> tuple[torch.Tensor, to
 
 # ---------------------------------------------------------------------------- decode
 
-@torch.library.custom_op("pycodec::windowed_decode", mutates_args=(), device_types="cuda")
-def windowed_decode(blob: torch.Tensor, table: torch.Tensor, layout: list[int]) -> torch.Tensor:
-    """Decodes a format-v2 stream held in `blob` (a CUDA uint8 tensor) into uint8 [n_symbols]."""
+def _windowed_decode(blob: torch.Tensor, table: torch.Tensor, layout: list[int]) -> torch.Tensor:
     _check_stream("windowed_decode", blob, table, layout)
     _same_device("windowed_decode", blob, table)
     out = torch.empty(layout[4], dtype=torch.uint8, device=blob.device)
     status = torch.zeros(1, dtype=torch.int32, device=blob.device)
     if layout[4]:
-        with torch.cuda.device(blob.device):
-            _C.cuda_windowed_decode(_view(blob, layout), table.data_ptr(), out.data_ptr(), status.data_ptr(),
-                                    _stream())
+        with _guard(blob.device):
+            _launch("windowed_decode", _view(blob, layout), table.data_ptr(), out.data_ptr(), status.data_ptr(),
+                    _stream())
     return out
+
+
+@torch.library.custom_op("pycodec::windowed_decode", mutates_args=(), device_types="cuda")
+def windowed_decode(blob: torch.Tensor, table: torch.Tensor, layout: list[int]) -> torch.Tensor:
+    """Decodes a format-v2 stream held in `blob` (a CUDA uint8 tensor) into uint8 [n_symbols]."""
+    return _windowed_decode(blob, table, layout)
 
 
 @windowed_decode.register_fake
@@ -222,6 +259,12 @@ def windowed_gemv_affine(x: torch.Tensor, blob: torch.Tensor, table: torch.Tenso
     [1, 1]); values: the value entries of kernel_tables(blob, affine values at zero_in_values);
     escapes: CSR by row (int32 [n_rows + 1], int32 columns, fp32 values), or empty tensors.
     """
+    return _windowed_gemv_affine(x, blob, table, values, scale, zero, escape_row, escape_col, escape_value, layout,
+                                 zero_in_values, group_size, n_rows, k)
+
+
+def _windowed_gemv_affine(x, blob, table, values, scale, zero, escape_row, escape_col, escape_value, layout,
+                          zero_in_values, group_size, n_rows, k):
     op = "windowed_gemv_affine"
     _check_stream(op, blob, table, layout)
     device = _same_device(op, x, blob, table, values, scale, zero, escape_row, escape_col, escape_value)
@@ -242,9 +285,9 @@ def windowed_gemv_affine(x: torch.Tensor, blob: torch.Tensor, table: torch.Tenso
     y = torch.empty((padded, n_rows), dtype=torch.float32, device=device)
     scale, zero = scale.contiguous(), zero.contiguous()
     if n_rows:
-        with torch.cuda.device(device):
-            _C.cuda_windowed_gemv_affine(
-                _view(blob, layout), values.data_ptr(), table.data_ptr(), x_t.data_ptr(), prefix.data_ptr(),
+        with _guard(device):
+            _launch(
+                "windowed_gemv_affine", _view(blob, layout), values.data_ptr(), table.data_ptr(), x_t.data_ptr(), prefix.data_ptr(),
                 scale.data_ptr(), zero.data_ptr(), tuple(zero.shape) == (1, 1), zero_in_values, group_size, n_rows,
                 k, padded, y.data_ptr(), escape_row.data_ptr() if has_escapes else 0,
                 escape_col.data_ptr() if has_escapes else 0, escape_value.data_ptr() if has_escapes else 0,
@@ -262,6 +305,10 @@ def _(x, blob, table, values, scale, zero, escape_row, escape_col, escape_value,
 def windowed_gemv_split(x: torch.Tensor, blob: torch.Tensor, table: torch.Tensor, values: torch.Tensor,
                         raw: torch.Tensor, layout: list[int], top: int, n_rows: int, k: int) -> torch.Tensor:
     """y = x W^T in fp32 [B, n_rows] for a lossless split bf16 weight (quant.KIND_SPLIT)."""
+    return _windowed_gemv_split(x, blob, table, values, raw, layout, top, n_rows, k)
+
+
+def _windowed_gemv_split(x, blob, table, values, raw, layout, top, n_rows, k):
     op = "windowed_gemv_split"
     _check_stream(op, blob, table, layout)
     device = _same_device(op, x, blob, table, values, raw)
@@ -275,9 +322,9 @@ def windowed_gemv_split(x: torch.Tensor, blob: torch.Tensor, table: torch.Tensor
     x_t, _, padded = gemv_inputs(x, prefix=False)
     y = torch.empty((padded, n_rows), dtype=torch.float32, device=device)
     if n_rows:
-        with torch.cuda.device(device):
-            _C.cuda_windowed_gemv_split(_view(blob, layout), values.data_ptr(), table.data_ptr(), x_t.data_ptr(),
-                                        raw.data_ptr(), raw_words, low, n_rows, k, padded, y.data_ptr(), _stream())
+        with _guard(device):
+            _launch("windowed_gemv_split", _view(blob, layout), values.data_ptr(), table.data_ptr(), x_t.data_ptr(),
+                    raw.data_ptr(), raw_words, low, n_rows, k, padded, y.data_ptr(), _stream())
     return y[:batch]
 
 
@@ -290,6 +337,10 @@ def _(x, blob, table, values, raw, layout, top, n_rows, k):
 def split_merge(symbols: torch.Tensor, value16: torch.Tensor, raw: torch.Tensor, top: int) -> torch.Tensor:
     """The 16-bit float bits (int16) of a split weight from its decoded symbols (uint8 [n]), each
     symbol's value16 (int16 [256], values << (16 - top)) and its raw bytes."""
+    return _split_merge(symbols, value16, raw, top)
+
+
+def _split_merge(symbols, value16, raw, top):
     op = "split_merge"
     device = _same_device(op, symbols, value16, raw)
     n, low = symbols.numel(), 16 - top
@@ -300,9 +351,9 @@ def split_merge(symbols: torch.Tensor, value16: torch.Tensor, raw: torch.Tensor,
         raise CodecError(f"{op}: raw must hold {4 * raw_words} bytes")
     out = torch.empty(n, dtype=torch.int16, device=device)
     if n:
-        with torch.cuda.device(device):
-            _C.cuda_split_merge(symbols.data_ptr(), n, value16.data_ptr(), raw.data_ptr() if raw_words else 0,
-                                raw_words, low, out.data_ptr(), _stream())
+        with _guard(device):
+            _launch("split_merge", symbols.data_ptr(), n, value16.data_ptr(), raw.data_ptr() if raw_words else 0,
+                    raw_words, low, out.data_ptr(), _stream())
     return out
 
 

@@ -45,13 +45,13 @@ struct HostStream {
   }
 };
 
+// The emulated GEMV over a view, once the arguments passed windowed::check_affine / check_split.
 template <template <int> class Sink, class Args, class Entry>
-Status run(const HostStream& hs, const Entry* table, const Args& a, uint32_t batch) {
+Status run(const windowed::StreamView& s, const uint8_t* count, const Entry* table, const uint8_t* lengths,
+           const Args& a, uint32_t batch) {
   switch (batch) {
-#define PYCODEC_EMULATE_CASE(B)                                                      \
-  case B:                                                                            \
-    return windowed::emulate_gemv<B, Sink>(hs.view, hs.count, table, hs.table.length, a) ? Status::Ok \
-                                                                                : Status::CorruptPayload;
+#define PYCODEC_EMULATE_CASE(B) \
+  case B: return windowed::emulate_gemv<B, Sink>(s, count, table, lengths, a) ? Status::Ok : Status::CorruptPayload;
     PYCODEC_EMULATE_CASE(1) PYCODEC_EMULATE_CASE(2) PYCODEC_EMULATE_CASE(3) PYCODEC_EMULATE_CASE(4)
     PYCODEC_EMULATE_CASE(5) PYCODEC_EMULATE_CASE(6) PYCODEC_EMULATE_CASE(7) PYCODEC_EMULATE_CASE(8)
     PYCODEC_EMULATE_CASE(16)
@@ -66,14 +66,12 @@ Status emulate_gemv_affine(const uint8_t* blob, size_t len, const windowed::Affi
   HostStream hs;
   Status st = hs.open(blob, len);
   if (st != Status::Ok) return st;
-  if (!windowed::gemv_supported(hs.info.n_symbols, hs.info.chunk_symbols, a.n_rows, a.k, batch) || a.group_size == 0 ||
-      a.n_groups != (a.k + a.group_size - 1) / a.group_size)
-    return Status::BadArgument;
   uint16_t value[256];
   windowed::affine_values(a.zero_in_values, value);
   std::vector<uint64_t> value_table(windowed::kTableSize);
   build_value_table(hs.table.entry, hs.table.length, value, value_table.data());
-  return run<windowed::AffineSink>(hs, value_table.data(), a, batch);
+  if ((st = windowed::check_affine(hs.view, value_table.data(), hs.count, a, batch)) != Status::Ok) return st;
+  return run<windowed::AffineSink>(hs.view, hs.count, value_table.data(), hs.table.length, a, batch);
 }
 
 Status emulate_decode(const uint8_t* blob, size_t len, uint8_t* out, uint64_t out_len) {
@@ -92,7 +90,6 @@ Status emulate_gemv_split(const uint8_t* blob, size_t len, const uint32_t* value
   HostStream hs;
   Status st = hs.open(blob, len);
   if (st != Status::Ok) return st;
-  if (!windowed::gemv_supported(hs.info.n_symbols, hs.info.chunk_symbols, a.n_rows, a.k, batch) || a.low > 8) return Status::BadArgument;
   uint16_t value[256];
   if ((st = split_values(values, n_values, a.low, value)) != Status::Ok) return st;
   for (uint32_t v = 0; v < windowed::kTableSize; ++v)
@@ -100,7 +97,8 @@ Status emulate_gemv_split(const uint8_t* blob, size_t len, const uint32_t* value
       if (windowed::entry_symbol(hs.table.entry[v], int(i)) >= n_values) return Status::BadTable;
   std::vector<uint64_t> value_table(windowed::kTableSize);
   build_value_table(hs.table.entry, hs.table.length, value, value_table.data());
-  return run<windowed::SplitSink>(hs, value_table.data(), a, batch);
+  if ((st = windowed::check_split(hs.view, value_table.data(), hs.count, a, batch)) != Status::Ok) return st;
+  return run<windowed::SplitSink>(hs.view, hs.count, value_table.data(), hs.table.length, a, batch);
 }
 
 Status split_values(const uint32_t* values, uint32_t n_values, uint32_t low, uint16_t value[256]) {
@@ -117,4 +115,50 @@ void build_value_table(const uint32_t* entries, const uint8_t* lengths, const ui
   for (uint32_t v = 0; v < windowed::kTableSize; ++v) out[v] = windowed::make_value_entry(entries[v], value, lengths);
 }
 
+namespace host {
+namespace {
+
+const uint8_t* aux_of(const uint32_t* table) { return reinterpret_cast<const uint8_t*>(table + windowed::kTableSize); }
+
+}  // namespace
+
+Status windowed_decode(const windowed::StreamView& s, const uint32_t* table, uint8_t* out, uint32_t* status) {
+  const Status st = windowed::check_decode(s, table, out, status);
+  if (st != Status::Ok) return st;
+  bool ok = true;
+  for (uint64_t c = 0; c < s.n_chunks; ++c)
+    ok &= windowed::emulate_decode_chunk(s, c, aux_of(table) + 256, table, aux_of(table), out);
+  if (!ok) *status |= 1u;
+  return Status::Ok;
+}
+
+Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value_table, const uint32_t* table,
+                            const windowed::AffineArgs& a, uint32_t batch) {
+  const Status st = windowed::check_affine(s, value_table, table, a, batch);
+  return st != Status::Ok ? st : run<windowed::AffineSink>(s, aux_of(table) + 256, value_table, aux_of(table), a, batch);
+}
+
+Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_table, const uint32_t* table,
+                           const windowed::SplitArgs& a, uint32_t batch) {
+  const Status st = windowed::check_split(s, value_table, table, a, batch);
+  return st != Status::Ok ? st : run<windowed::SplitSink>(s, aux_of(table) + 256, value_table, aux_of(table), a, batch);
+}
+
+Status split_merge(const uint8_t* symbols, uint64_t n, const uint16_t* values, const uint32_t* raw, uint64_t raw_words,
+                   uint32_t low, uint16_t* out) {
+  const Status st = windowed::check_merge(symbols, n, values, raw, raw_words, low, out);
+  if (st != Status::Ok) return st;
+  for (uint64_t i = 0; i < n; ++i) {
+    uint32_t field = 0;
+    if (low) {
+      const uint64_t bit = i * low, w = bit >> 5;
+      const uint64_t hi = w < raw_words ? raw[w] : 0, lo = w + 1 < raw_words ? raw[w + 1] : 0;
+      field = uint32_t((((hi << 32) | lo) << (bit & 31)) >> (64 - low));
+    }
+    out[i] = uint16_t(values[symbols[i]] | field);
+  }
+  return Status::Ok;
+}
+
+}  // namespace host
 }  // namespace pycodec

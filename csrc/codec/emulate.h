@@ -31,4 +31,20 @@ Status split_values(const uint32_t* values, uint32_t n_values, uint32_t low, uin
 // (windowed::affine_values, split_values): what the fused GEMV kernels decode through.
 void build_value_table(const uint32_t* entries, const uint8_t* lengths, const uint16_t value[256], uint64_t* out);
 
+// The CUDA entry points' twins on host memory (decode_cuda.h has the same signatures, minus the
+// stream): the same argument checks (windowed_gemv.h: check_*) and the kernels' emulation behind
+// the very arguments the Python ops build, so their glue (layouts, addresses, padding, escapes)
+// is tested without a GPU. The payload and raw bits need windowed::kSlackWords readable words
+// past them, as for the kernels. One difference: a corrupt chunk makes the GEMV twins return
+// CorruptPayload, where a kernel has no way to report it (streams are verified before upload).
+namespace host {
+Status windowed_decode(const windowed::StreamView& s, const uint32_t* table, uint8_t* out, uint32_t* status);
+Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value_table, const uint32_t* table,
+                            const windowed::AffineArgs& a, uint32_t batch);
+Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_table, const uint32_t* table,
+                           const windowed::SplitArgs& a, uint32_t batch);
+Status split_merge(const uint8_t* symbols, uint64_t n, const uint16_t* values, const uint32_t* raw, uint64_t raw_words,
+                   uint32_t low, uint16_t* out);
+}  // namespace host
+
 }  // namespace pycodec

@@ -370,6 +370,70 @@ struct SplitSink {
   PYCODEC_HD void finish() { store_row(); }
 };
 
+// ---------------------------------------------------------------------------- launch arguments
+
+// One set of checks for the CUDA entry points and their host twins (emulate.h: host::), so the
+// CPU tests refuse exactly what a launch refuses. Addresses are checked for presence and the
+// alignment of the loads that read them; that they point into memory of the right size is the
+// caller's contract (the Python ops size every buffer from the same layout).
+inline bool misaligned(const void* p, uintptr_t align) { return (reinterpret_cast<uintptr_t>(p) & (align - 1)) != 0; }
+
+inline Status check_view(const StreamView& s, const void* table) {
+  if (s.lanes < 1 || s.lanes > 32 || s.chunk_symbols < 1 || s.chunk_symbols > kMaxChunkSymbols)
+    return Status::BadArgument;
+  if (s.n_chunks != (s.n_symbols + s.chunk_symbols - 1) / s.chunk_symbols) return Status::BadArgument;
+  if (s.n_chunks && (!s.super || !s.sizes || !table || (s.payload_words && !s.payload))) return Status::BadArgument;
+  if (s.payload_words > 0xFFFFFFFFull) return Status::TooLarge;  // lanes address payload words in 32 bits
+  if (misaligned(s.super, 4) || misaligned(s.payload, 4) || misaligned(s.sizes, 2) || misaligned(table, 16))
+    return Status::BadArgument;
+  return Status::Ok;
+}
+
+inline Status check_decode(const StreamView& s, const void* table, const void* out, const void* status) {
+  const Status st = check_view(s, table);
+  if (st != Status::Ok) return st;
+  return s.n_chunks && (!out || !status || misaligned(status, 4)) ? Status::BadArgument : Status::Ok;
+}
+
+// The batch sizes the GEMV kernels are instantiated for: 1..8 and 16 (callers pad 9..15 to 16).
+inline bool batch_instantiated(uint32_t batch) { return (batch >= 1 && batch <= 8) || batch == 16; }
+
+inline Status check_affine(const StreamView& s, const void* value_table, const void* table, const AffineArgs& a,
+                           uint32_t batch) {
+  const Status st = check_view(s, value_table);
+  if (st != Status::Ok) return st;
+  if (!batch_instantiated(batch) || !gemv_supported(s.n_symbols, s.chunk_symbols, a.n_rows, a.k, batch) ||
+      a.group_size == 0 || a.n_groups != (a.k + a.group_size - 1) / a.group_size || !table)
+    return Status::BadArgument;
+  if (s.n_chunks && (!a.x || !a.prefix || !a.scale || !a.zero || !a.y || misaligned(a.x, 4) ||
+                     misaligned(a.prefix, 4) || misaligned(a.y, 4) || misaligned(a.scale, 2) || misaligned(a.zero, 2)))
+    return Status::BadArgument;
+  if (a.escape_row && (!a.escape_col || !a.escape_value)) return Status::BadArgument;
+  return Status::Ok;
+}
+
+inline Status check_split(const StreamView& s, const void* value_table, const void* table, const SplitArgs& a,
+                          uint32_t batch) {
+  const Status st = check_view(s, value_table);
+  if (st != Status::Ok) return st;
+  if (!batch_instantiated(batch) || !gemv_supported(s.n_symbols, s.chunk_symbols, a.n_rows, a.k, batch) ||
+      a.low > 8 || !table || a.raw_words != (s.n_symbols * a.low + 31) / 32)
+    return Status::BadArgument;
+  if (s.n_chunks && (!a.x || !a.y || (a.raw_words && !a.raw) || misaligned(a.x, 4) || misaligned(a.raw, 4) ||
+                     misaligned(a.y, 4)))
+    return Status::BadArgument;
+  return Status::Ok;
+}
+
+inline Status check_merge(const void* symbols, uint64_t n, const void* values, const void* raw, uint64_t raw_words,
+                          uint32_t low, const void* out) {
+  if (low > 16 || (n * low + 31) / 32 != raw_words) return Status::BadArgument;
+  if (n && (!symbols || !values || !out || (low && !raw) || misaligned(values, 2) || misaligned(raw, 4) ||
+            misaligned(out, 2)))
+    return Status::BadArgument;
+  return Status::Ok;
+}
+
 // The lane-order butterfly a warp's __shfl_xor_sync reduction computes: every lane ends with
 // the same sum, and the emulation adds in exactly this order.
 inline float butterfly_sum(float v[32]) {

@@ -182,17 +182,9 @@ __global__ void split_merge_kernel(const uint8_t* __restrict__ symbols, uint64_t
 
 // ---------------------------------------------------------------------------- host side
 
-Status check_view(const StreamView& s, const void* table) {
-  if (s.lanes < 1 || s.lanes > 32 || s.chunk_symbols < 1 || s.chunk_symbols > windowed::kMaxChunkSymbols)
-    return Status::BadArgument;
-  if (s.n_chunks != (s.n_symbols + s.chunk_symbols - 1) / s.chunk_symbols) return Status::BadArgument;
-  if (s.n_chunks && (!s.super || !s.sizes || !table || (s.payload_words && !s.payload))) return Status::BadArgument;
-  if (s.payload_words > 0xFFFFFFFFull || (s.n_chunks + kWarps - 1) / kWarps > 0x7FFFFFFFull) return Status::TooLarge;
-  const uintptr_t misaligned = reinterpret_cast<uintptr_t>(s.super) | reinterpret_cast<uintptr_t>(s.payload) |
-                               reinterpret_cast<uintptr_t>(table);
-  if ((misaligned & 3u) || (reinterpret_cast<uintptr_t>(s.sizes) & 1u) || (reinterpret_cast<uintptr_t>(table) & 15u))
-    return Status::BadArgument;
-  return Status::Ok;
+// Beyond the shared argument checks (windowed_gemv.h), only a launch needs a grid that fits.
+Status check_grid(const StreamView& s) {
+  return (s.n_chunks + kWarps - 1) / kWarps > 0x7FFFFFFFull ? Status::TooLarge : Status::Ok;
 }
 
 unsigned grid_of(const StreamView& s) { return unsigned((s.n_chunks + kWarps - 1) / kWarps); }
@@ -241,18 +233,15 @@ Status dispatch_gemv(uint32_t batch, const StreamView& s, const Args& a, const E
   }
 }
 
-bool batch_instantiated(uint32_t batch) { return (batch >= 1 && batch <= 8) || batch == 16; }
-
 }  // namespace
 
 const char* last_error_string() { return cudaGetErrorString(last_cuda_error()); }
 
 Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev, uint8_t* out_dev,
                        uint32_t* status_dev, uintptr_t stream) {
-  Status st = check_view(s, table_dev);
-  if (st != Status::Ok) return st;
-  if (s.n_chunks == 0) return Status::Ok;
-  if (!out_dev || !status_dev) return Status::BadArgument;
+  Status st = windowed::check_decode(s, table_dev, out_dev, status_dev);
+  if (st == Status::Ok) st = check_grid(s);
+  if (st != Status::Ok || s.n_chunks == 0) return st;
   const void* ptrs[6] = {out_dev, status_dev, table_dev, s.super, s.sizes, s.payload_words ? s.payload : nullptr};
   if ((st = check_device_pointers(ptrs, 6)) != Status::Ok) return st;
   decode_kernel<<<grid_of(s), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(s, table_dev, out_dev, status_dev);
@@ -261,16 +250,9 @@ Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev,
 
 Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value_table_dev, const uint32_t* table_dev,
                             const windowed::AffineArgs& a, uint32_t batch, uintptr_t stream) {
-  Status st = check_view(s, value_table_dev);
-  if (st != Status::Ok) return st;
-  if (!batch_instantiated(batch) || !windowed::gemv_supported(s.n_symbols, s.chunk_symbols, a.n_rows, a.k, batch) ||
-      a.group_size == 0 || a.n_groups != (a.k + a.group_size - 1) / a.group_size || !table_dev)
-    return Status::BadArgument;
-  if (s.n_chunks == 0) return Status::Ok;
-  if (!a.x || !a.prefix || !a.scale || !a.zero || !a.y) return Status::BadArgument;
-  if ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.prefix) | reinterpret_cast<uintptr_t>(a.y)) & 3u ||
-      (reinterpret_cast<uintptr_t>(a.scale) | reinterpret_cast<uintptr_t>(a.zero)) & 1u)
-    return Status::BadArgument;
+  Status st = windowed::check_affine(s, value_table_dev, table_dev, a, batch);
+  if (st == Status::Ok) st = check_grid(s);
+  if (st != Status::Ok || s.n_chunks == 0) return st;
   const uint8_t* aux = reinterpret_cast<const uint8_t*>(table_dev + windowed::kTableSize);
   return dispatch_gemv<windowed::AffineSink>(batch, s, a, value_table_dev, aux,
                                              reinterpret_cast<cudaStream_t>(stream));
@@ -278,15 +260,9 @@ Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value
 
 Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_table_dev, const uint32_t* table_dev,
                            const windowed::SplitArgs& a, uint32_t batch, uintptr_t stream) {
-  Status st = check_view(s, value_table_dev);
-  if (st != Status::Ok) return st;
-  if (!batch_instantiated(batch) || !windowed::gemv_supported(s.n_symbols, s.chunk_symbols, a.n_rows, a.k, batch) ||
-      a.low > 8 || !table_dev)
-    return Status::BadArgument;
-  if (s.n_chunks == 0) return Status::Ok;
-  if (!a.x || !a.y || !a.raw || a.raw_words != (s.n_symbols * a.low + 31) / 32) return Status::BadArgument;
-  if ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.raw) | reinterpret_cast<uintptr_t>(a.y)) & 3u)
-    return Status::BadArgument;
+  Status st = windowed::check_split(s, value_table_dev, table_dev, a, batch);
+  if (st == Status::Ok) st = check_grid(s);
+  if (st != Status::Ok || s.n_chunks == 0) return st;
   const uint8_t* aux = reinterpret_cast<const uint8_t*>(table_dev + windowed::kTableSize);
   return dispatch_gemv<windowed::SplitSink>(batch, s, a, value_table_dev, aux,
                                             reinterpret_cast<cudaStream_t>(stream));
@@ -294,9 +270,8 @@ Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_
 
 Status split_merge(const uint8_t* symbols_dev, uint64_t n, const uint16_t* values_dev, const uint32_t* raw_dev,
                    uint64_t raw_words, uint32_t low, uint16_t* out_dev, uintptr_t stream) {
-  if (n == 0) return Status::Ok;
-  if (!symbols_dev || !values_dev || !out_dev || low > 16 || (low && !raw_dev)) return Status::BadArgument;
-  if ((n * low + 31) / 32 != raw_words) return Status::BadArgument;
+  const Status st = windowed::check_merge(symbols_dev, n, values_dev, raw_dev, raw_words, low, out_dev);
+  if (st != Status::Ok || n == 0) return st;
   constexpr unsigned kMergeThreads = 256;
   const uint64_t blocks = (n + kMergeThreads - 1) / kMergeThreads;
   if (blocks > 0x7FFFFFFFull) return Status::TooLarge;
