@@ -158,7 +158,7 @@ def _pycodec(coder: str) -> list[Codec]:
     def dec_bf16(packed, threads):
         blob, values, top, raw = packed
         out = np.empty(pycodec._C.info(blob)["n_symbols"], np.uint16)
-        pycodec._C.merge_split(dec(blob, threads), values, top, raw, out)
+        pycodec._C.decode_split(blob, values, top, raw, out, threads)  # decode + merge per chunk, in cache
         return out
 
     return [Codec(f"pycodec-{coder}", ("symbols",), enc, dec, lambda b: 8 * len(b), threads=(1, 0)),

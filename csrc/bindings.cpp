@@ -53,17 +53,41 @@ Coder parse_coder(const std::string& name) {
 
 const char* coder_name(Coder c) { return c == Coder::Huffman ? "huffman" : "rans"; }
 
+// A buffer of one dimension or a C-contiguous array of any shape.
+bool is_contiguous(const py::buffer_info& info) {
+  py::ssize_t expect = info.itemsize;
+  for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
+    if (info.shape[d] != 1 && info.strides[d] != expect) return false;
+    expect *= info.shape[d];
+  }
+  return true;
+}
+
 py::buffer_info contiguous_bytes(const py::buffer& b, bool writable, const char* what) {
   py::buffer_info info = b.request(writable);
   if (info.itemsize != 1) throw CodecException(std::string(what) + " must be a buffer of bytes (uint8)");
-  // A buffer of one dimension or a C-contiguous array of any shape.
-  py::ssize_t expect = 1;
-  for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
-    if (info.shape[d] != 1 && info.strides[d] != expect) throw CodecException(std::string(what) + " must be C-contiguous");
-    expect *= info.shape[d];
-  }
+  if (!is_contiguous(info)) throw CodecException(std::string(what) + " must be C-contiguous");
   return info;
 }
+
+// A split weight's raw bits (bytes, whole 32-bit words) as words: the buffer itself when it is
+// 4-byte aligned, else an aligned copy.
+struct RawWords {
+  py::buffer_info r;  // held: the buffer stays exported while `data` points into it
+  std::vector<uint32_t> copy;
+  const uint32_t* data;
+  uint64_t n;
+  RawWords(const py::buffer& raw, const char* where) : r(contiguous_bytes(raw, false, "raw")) {
+    if (r.size % 4) throw CodecException(std::string(where) + ": raw must be whole 32-bit words");
+    n = uint64_t(r.size) / 4;
+    data = static_cast<const uint32_t*>(r.ptr);
+    if (reinterpret_cast<uintptr_t>(r.ptr) % 4) {
+      copy.resize(n);
+      if (n) std::memcpy(copy.data(), r.ptr, size_t(r.size));
+      data = copy.data();
+    }
+  }
+};
 
 StreamInfo parse(const py::buffer_info& b) {
   StreamInfo s;
@@ -371,28 +395,51 @@ PYBIND11_MODULE(_C, m) {
       "merge_split",
       [](py::buffer symbols, std::vector<uint32_t> values, int top, py::buffer raw, py::buffer out) {
         const py::buffer_info s = contiguous_bytes(symbols, false, "symbols");
-        const py::buffer_info r = contiguous_bytes(raw, false, "raw");
         const py::buffer_info o = out.request(true);
-        if ((o.itemsize != 2 && o.itemsize != 4) || o.size != s.size)
-          throw CodecException("merge_split: out must hold one 16- or 32-bit value per symbol");
-        if (r.size % 4) throw CodecException("merge_split: raw must be whole 32-bit words");
-        std::vector<uint32_t> words(size_t(r.size) / 4);
-        if (!words.empty()) std::memcpy(words.data(), r.ptr, size_t(r.size));
+        if ((o.itemsize != 2 && o.itemsize != 4) || o.size != s.size || !is_contiguous(o))
+          throw CodecException("merge_split: out must be a contiguous buffer of one 16- or 32-bit value per symbol");
+        const RawWords words(raw, "merge_split");
         Status st;
         {
           py::gil_scoped_release release;
           const auto* sym = static_cast<const uint8_t*>(s.ptr);
           st = o.itemsize == 2
-                   ? split::merge(sym, uint64_t(s.size), values.data(), uint32_t(values.size()), top, words.data(),
-                                  words.size(), static_cast<uint16_t*>(o.ptr))
-                   : split::merge(sym, uint64_t(s.size), values.data(), uint32_t(values.size()), top, words.data(),
-                                  words.size(), static_cast<uint32_t*>(o.ptr));
+                   ? split::merge(sym, uint64_t(s.size), values.data(), uint32_t(values.size()), top, words.data,
+                                  words.n, static_cast<uint16_t*>(o.ptr))
+                   : split::merge(sym, uint64_t(s.size), values.data(), uint32_t(values.size()), top, words.data,
+                                  words.n, static_cast<uint32_t*>(o.ptr));
         }
         if (st != Status::Ok)
           throw CodecException("merge_split: the values table, symbols or raw bits are inconsistent (corrupt weight)");
       },
       py::arg("symbols"), py::arg("values"), py::arg("top"), py::arg("raw"), py::arg("out"),
       "Inverse of split_float: out[i] = values[symbols[i]] << (width - top) | raw field i.");
+
+  m.def(
+      "decode_split",
+      [](py::buffer blob, std::vector<uint32_t> values, int top, py::buffer raw, py::buffer out, int threads) {
+        const py::buffer_info b = contiguous_bytes(blob, false, "blob");
+        const py::buffer_info o = out.request(true);
+        if ((o.itemsize != 2 && o.itemsize != 4) || !is_contiguous(o))
+          throw CodecException("decode_split: out must be a contiguous buffer of 16- or 32-bit values");
+        const RawWords words(raw, "decode_split");
+        Status st;
+        {
+          py::gil_scoped_release release;
+          const auto* bp = static_cast<const uint8_t*>(b.ptr);
+          st = o.itemsize == 2
+                   ? decode_split(bp, size_t(b.size), values.data(), uint32_t(values.size()), top, words.data, words.n,
+                                  static_cast<uint16_t*>(o.ptr), uint64_t(o.size), threads)
+                   : decode_split(bp, size_t(b.size), values.data(), uint32_t(values.size()), top, words.data, words.n,
+                                  static_cast<uint32_t*>(o.ptr), uint64_t(o.size), threads);
+        }
+        if (st == Status::BadArgument)
+          throw CodecException("decode_split: the values table, symbols or raw bits are inconsistent (corrupt weight)");
+        check(st, "decode_split");
+      },
+      py::arg("blob"), py::arg("values"), py::arg("top"), py::arg("raw"), py::arg("out"), py::arg("threads") = 0,
+      "Decode a lossless split weight's stream and merge it with its raw bits into out (merge_split of decode), "
+      "chunk by chunk.");
 
   // ---- CPU emulation of the windowed GEMV kernels (tests, and the reference for GPU runs)
   m.def(

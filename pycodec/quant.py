@@ -175,12 +175,13 @@ def pack_lossless(w: torch.Tensor, coder: str = "huffman", chunk_symbols: int | 
 
 def _unpack_split(packed: dict, n: int, k: int, top: int, dtype: torch.dtype) -> torch.Tensor:
     width = FLOAT_WIDTHS[dtype]
-    symbols = decode(packed["symbols"].contiguous().numpy())
-    if symbols.shape != (n, k):
-        raise CodecError(f"packed weight: symbols have shape {symbols.shape}, expected {(n, k)}")
-    tview, nview = _BITS_VIEW[width]
+    blob = packed["symbols"].contiguous().numpy()
+    shape = tuple(_C.info(blob)["shape"])
+    if shape != (n, k):
+        raise CodecError(f"packed weight: symbols have shape {shape}, expected {(n, k)}")
+    _, nview = _BITS_VIEW[width]
     out = np.empty((n, k), dtype=nview)
-    _C.merge_split(symbols, packed["values"].tolist(), top, packed["raw"].contiguous().numpy(), out)
+    _C.decode_split(blob, packed["values"].tolist(), top, packed["raw"].contiguous().numpy(), out)
     return torch.from_numpy(out.view(np.int16 if width == 16 else np.int32)).view(dtype)
 
 

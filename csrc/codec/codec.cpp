@@ -11,6 +11,7 @@
 #include "hash.h"
 #include "huffman.h"
 #include "rans.h"
+#include "split.h"
 #include "windowed.h"
 
 namespace pycodec {
@@ -264,6 +265,50 @@ Status decode(const uint8_t* blob_in, size_t len, uint8_t* out, uint64_t out_len
   });
   if (st != Status::Ok) return st;
   return combine_chunk_hashes(chunk_hash) == s.symbols_hash ? Status::Ok : Status::ChecksumMismatch;
+}
+
+namespace {
+
+template <class T>
+Status decode_split_impl(const uint8_t* blob_in, size_t len, const uint32_t* values, uint32_t n_values, int top,
+                         const uint32_t* raw, uint64_t n_raw_words, T* out, uint64_t out_len, int threads) {
+  const AlignedBlob aligned(blob_in, len);
+  const uint8_t* blob = aligned.data;
+  StreamInfo s;
+  Status st = parse_header(blob, len, &s);
+  if (st != Status::Ok) return st;
+  if (out_len != s.n_symbols) return Status::OutputSize;
+  split::MergeTable<T> merge;
+  if ((st = split::make_merge_table(values, n_values, top, &merge)) != Status::Ok) return st;
+  if (n_raw_words != split::raw_words(s.n_symbols, merge.low)) return Status::BadArgument;
+  DecodeTables tables;
+  if ((st = tables.build(blob, s)) != Status::Ok) return st;
+  std::vector<uint64_t> chunk_hash(s.n_chunks);
+  st = for_each_chunk(s.n_chunks, threads, [&](int, uint64_t c) {
+    thread_local std::vector<uint8_t> symbols, be;  // per worker, reused: one chunk's worth
+    const uint32_t n = tables.chunk_length(c);
+    if (symbols.size() < n) symbols.resize(n);
+    const Status cs = tables.decode_chunk(blob, c, symbols.data());
+    if (cs != Status::Ok) return cs;
+    chunk_hash[c] = hash64(symbols.data(), n);
+    const uint64_t first = c * s.chunk_symbols;
+    return split::merge_span(merge, symbols.data(), first, n, raw, n_raw_words, out + first, be) ? Status::Ok
+                                                                                                  : Status::BadArgument;
+  });
+  if (st != Status::Ok) return st;
+  return combine_chunk_hashes(chunk_hash) == s.symbols_hash ? Status::Ok : Status::ChecksumMismatch;
+}
+
+}  // namespace
+
+Status decode_split(const uint8_t* blob, size_t len, const uint32_t* values, uint32_t n_values, int top,
+                    const uint32_t* raw, uint64_t n_raw_words, uint16_t* out, uint64_t out_len, int threads) {
+  return decode_split_impl(blob, len, values, n_values, top, raw, n_raw_words, out, out_len, threads);
+}
+
+Status decode_split(const uint8_t* blob, size_t len, const uint32_t* values, uint32_t n_values, int top,
+                    const uint32_t* raw, uint64_t n_raw_words, uint32_t* out, uint64_t out_len, int threads) {
+  return decode_split_impl(blob, len, values, n_values, top, raw, n_raw_words, out, out_len, threads);
 }
 
 static_assert(huffman::kTableSize == kDecodeTableEntries && rans::kProbScale == kDecodeTableEntries &&

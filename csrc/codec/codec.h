@@ -41,6 +41,15 @@ Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const Enc
 
 Status decode(const uint8_t* blob, size_t len, uint8_t* out, uint64_t out_len, int threads = 0);
 
+// A lossless split weight (split.h) straight to its float bits: each chunk's symbols are
+// decoded into a per-thread buffer and merged with their raw bits while in cache, so the
+// symbols never go through memory. Checksums and symbols are verified as by decode();
+// BadArgument for values, top or raw bits that do not fit the stream.
+Status decode_split(const uint8_t* blob, size_t len, const uint32_t* values, uint32_t n_values, int top,
+                    const uint32_t* raw, uint64_t n_raw_words, uint16_t* out, uint64_t out_len, int threads = 0);
+Status decode_split(const uint8_t* blob, size_t len, const uint32_t* values, uint32_t n_values, int top,
+                    const uint32_t* raw, uint64_t n_raw_words, uint32_t* out, uint64_t out_len, int threads = 0);
+
 // Bits of a stream outside its payload (header, table, chunk index) plus rANS lane states.
 // Padding inside a Huffman payload is not counted here: inspect() measures it exactly as
 // payload bits minus the sum of code lengths.

@@ -19,6 +19,7 @@
 //   convention as a stream payload, so a GPU lane reads both with one kind of bit reader.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -105,40 +106,114 @@ inline void apply_plan(const T* bits, uint64_t n, const Plan& p, uint8_t* symbol
   if (pending > 0) raw[w++] = uint32_t(acc << (32 - pending));
 }
 
+// The symbol -> top-bits table of a merge, validated once.
+template <class T>
+struct MergeTable {
+  T value[kMaxValues];  // values[s] << low
+  uint32_t n_values;
+  int low;
+};
+
+template <class T>
+inline Status make_merge_table(const uint32_t* values, uint32_t n_values, int top, MergeTable<T>* t) {
+  const int width = 8 * int(sizeof(T));
+  if (top < 1 || top > width || n_values == 0 || n_values > kMaxValues) return Status::BadArgument;
+  t->low = width - top;
+  t->n_values = n_values;
+  for (uint32_t s = 0; s < kMaxValues; ++s) t->value[s] = 0;
+  for (uint32_t s = 0; s < n_values; ++s) {
+    if (uint64_t(values[s]) >> top) return Status::BadArgument;
+    t->value[s] = T(uint64_t(values[s]) << t->low);
+  }
+  return Status::Ok;
+}
+
+namespace detail {
+
+inline uint64_t load_be64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return __builtin_bswap64(v);
+}
+
+// Eight fields of kLow <= 8 bits fill exactly kLow bytes: one load gives all eight at fixed
+// shifts, so the loop body is a table load, a shift, a mask and an or per value.
+template <int kLow, class T>
+void merge_groups(const uint8_t* symbols, uint64_t groups, const T* table, const uint8_t* be, T* out) {
+  constexpr uint64_t kMask = (uint64_t(1) << kLow) - 1;
+  for (uint64_t g = 0; g < groups; ++g) {
+    const uint64_t v = load_be64(be + g * kLow);
+    const uint8_t* s = symbols + 8 * g;
+    T* o = out + 8 * g;
+    for (int j = 0; j < 8; ++j) o[j] = T(table[s[j]] | T((v >> (64 - kLow * (j + 1))) & kMask));
+  }
+}
+
+}  // namespace detail
+
+// out[0, count) = the values of elements first .. first + count - 1: symbols[i - first] through
+// the table, or'd with raw field i. raw: all n_raw_words words of the tensor's raw bits. Returns
+// false (writing nothing) for a symbol >= n_values or raw bits too short. be: scratch, grown to
+// the span's raw bytes: they are copied in stream order (each word byte-swapped) once, so a
+// field is one unaligned big-endian load away.
+template <class T>
+inline bool merge_span(const MergeTable<T>& t, const uint8_t* symbols, uint64_t first, uint64_t count,
+                       const uint32_t* raw, uint64_t n_raw_words, T* out, std::vector<uint8_t>& be) {
+  uint8_t bad = 0;
+  for (uint64_t i = 0; i < count; ++i) bad |= uint8_t(symbols[i] >= t.n_values);
+  if (bad) return false;
+  const int low = t.low;
+  if (low == 0) {
+    for (uint64_t i = 0; i < count; ++i) out[i] = t.value[symbols[i]];
+    return true;
+  }
+  const uint64_t first_word = first * low / 32, end_word = ((first + count) * low + 31) / 32;
+  if (end_word > n_raw_words) return false;
+  const size_t bytes = 4 * size_t(end_word - first_word);
+  if (be.size() < bytes + 8) be.resize(bytes + 8);
+  for (size_t w = 0; w < end_word - first_word; ++w) {
+    const uint32_t x = __builtin_bswap32(raw[first_word + w]);
+    std::memcpy(be.data() + 4 * w, &x, 4);
+  }
+  std::memset(be.data() + bytes, 0, 8);
+  const uint64_t base_bit = 32 * first_word;
+  auto general = [&](uint64_t i) {  // any element, any width (low <= 31 here)
+    const uint64_t bit = (first + i) * uint64_t(low) - base_bit;
+    const uint64_t field = (detail::load_be64(be.data() + (bit >> 3)) << (bit & 7)) >> (64 - low);
+    out[i] = T(t.value[symbols[i]] | T(field));
+  };
+  uint64_t i = 0;
+  if (low <= 8) {
+    for (; i < count && (first + i) % 8; ++i) general(i);  // to a group boundary: a whole byte
+    const uint64_t groups = (count - i) / 8;
+    const uint8_t* be_group = be.data() + ((first + i) * uint64_t(low) - base_bit) / 8;
+    switch (low) {
+#define PYCODEC_MERGE_CASE(L) \
+  case L: detail::merge_groups<L>(symbols + i, groups, t.value, be_group, out + i); break;
+      PYCODEC_MERGE_CASE(1) PYCODEC_MERGE_CASE(2) PYCODEC_MERGE_CASE(3) PYCODEC_MERGE_CASE(4)
+      PYCODEC_MERGE_CASE(5) PYCODEC_MERGE_CASE(6) PYCODEC_MERGE_CASE(7) PYCODEC_MERGE_CASE(8)
+#undef PYCODEC_MERGE_CASE
+    }
+    i += 8 * groups;
+  }
+  for (; i < count; ++i) general(i);
+  return true;
+}
+
 // out[i] = values[symbols[i]] << low | raw field i. Rejects symbols >= n_values and raw
 // arrays of the wrong length instead of reading past them.
 template <class T>
 inline Status merge(const uint8_t* symbols, uint64_t n, const uint32_t* values, uint32_t n_values, int top,
                     const uint32_t* raw, uint64_t n_raw_words, T* out) {
-  const int width = 8 * int(sizeof(T));
-  if (top < 1 || top > width || n_values == 0 || n_values > kMaxValues) return Status::BadArgument;
-  const int low = width - top;
-  if (n_raw_words != raw_words(n, low)) return Status::BadArgument;
-  T table[kMaxValues] = {0};
-  for (uint32_t s = 0; s < n_values; ++s) {
-    if (uint64_t(values[s]) >> top) return Status::BadArgument;
-    table[s] = T(uint64_t(values[s]) << low);
-  }
-  uint64_t bad = 0;
-  for (uint64_t i = 0; i < n; ++i) bad |= symbols[i] >= n_values;
-  if (bad) return Status::BadArgument;
-  if (low == 0) {
-    for (uint64_t i = 0; i < n; ++i) out[i] = table[symbols[i]];
-    return Status::Ok;
-  }
-  // A 64-bit window over the raw words: refill one word whenever fewer than `low` bits remain.
-  uint64_t buf = 0;
-  int avail = 0;
-  uint64_t next = 0;
-  for (uint64_t i = 0; i < n; ++i) {
-    if (avail < low) {
-      buf |= uint64_t(raw[next++]) << (32 - avail);
-      avail += 32;
-    }
-    out[i] = T(table[symbols[i]] | T(buf >> (64 - low)));
-    buf <<= low;
-    avail -= low;
-  }
+  MergeTable<T> t;
+  const Status st = make_merge_table(values, n_values, top, &t);
+  if (st != Status::Ok) return st;
+  if (n_raw_words != raw_words(n, t.low)) return Status::BadArgument;
+  constexpr uint64_t kSpan = 1 << 16;  // raw bytes of a span stay in cache between copy and use
+  std::vector<uint8_t> be;
+  for (uint64_t first = 0; first < n; first += kSpan)
+    if (!merge_span(t, symbols + first, first, std::min(kSpan, n - first), raw, n_raw_words, out + first, be))
+      return Status::BadArgument;
   return Status::Ok;
 }
 

@@ -221,49 +221,6 @@ struct BitReader {
 using LaneReader = BitReader<true>;
 using FastReader = BitReader<false>;
 
-// The CPU decoder's reader: the same bits as LaneReader, with a branch-free refill (whether a
-// lane refills is a coin toss, and a mispredicted branch costs more than the refill) and loads
-// past the chunk's end redirected to a zero word.
-struct CpuReader {
-  const uint32_t* next;
-  const uint32_t* end;
-  uint32_t pending;
-  int32_t avail;
-  uint64_t buf;
-
-  uint32_t load(const uint32_t* p) const {
-    static const uint32_t zero = 0;
-    return *(p < end ? p : &zero);
-  }
-  void init(const uint32_t* w, uint32_t n_words, uint64_t bit) {
-    end = w + n_words;
-    const uint64_t i = std::min<uint64_t>(bit >> 5, n_words);
-    const int off = int(bit & 31u);
-    const uint32_t* p = w + i;
-    buf = ((uint64_t(load(p)) << 32) | load(p + 1)) << off;
-    avail = 64 - off;
-    pending = load(p + 2);
-    next = p + 3;
-  }
-  uint32_t peek() const { return uint32_t(buf >> (64 - kPeekBits)); }
-  void shift(uint32_t bits) {
-    buf <<= bits;
-    avail -= int32_t(bits);
-  }
-  void refill() {
-    const uint64_t need = avail < 32;
-    buf |= (uint64_t(pending) << ((32 - avail) & 63)) & (0 - need);
-    avail += int32_t(32 * need);
-    const uint32_t fresh = load(next);
-    pending = need ? fresh : pending;
-    next += need;
-  }
-  void skip(uint32_t bits) {
-    shift(bits);
-    refill();
-  }
-};
-
 // A single code as an entry, for the last codes of a lane where a whole entry may not fit.
 PYCODEC_HD uint32_t first_code_entry(uint32_t e, const uint8_t* length) {
   const uint32_t s = entry_symbol(e, 0);
@@ -475,17 +432,12 @@ PYCODEC_HD uint32_t next_lane_start(uint32_t start, uint32_t count, uint32_t m) 
 // entry (the entry's symbols and one byte past them, overwritten by the next entry), and
 // copies the regions into place once the lanes' counts are known. A lane holds at most one
 // symbol per window bit, so a region of window + kStoreSlack bytes always suffices. The
-// scratch also holds the chunk's big-endian copy (decode_windows).
+// scratch also holds the chunk's big-endian copy (decode_chunk).
 constexpr uint32_t kStoreSlack = 4;
-
-struct ScratchSink {  // 4-byte stores into a lane's scratch region
-  uint8_t* out;
-  PYCODEC_HD void put(uint32_t e, uint32_t at) { std::memcpy(out + at, &e, 4); }
-};
 
 // The CPU decoder reads a chunk as bytes: the words byte-swapped once into a big-endian copy,
 // so any bit position's next 64 bits are one unaligned load and one byte swap away. A lane then
-// carries only its bit position: no buffer, no refill, no branch but its loop's.
+// carries only its bit position and output pointer: no buffer, no refill.
 inline uint64_t peek64(const uint8_t* be, uint64_t pos) {
   uint64_t v;
   std::memcpy(&v, be + (pos >> 3), 8);
@@ -493,55 +445,71 @@ inline uint64_t peek64(const uint8_t* be, uint64_t pos) {
 }
 
 struct ByteLane {
-  uint64_t pos, end;  // bit position and the window's end (codes must end by it)
-  uint8_t* out;       // the next symbol's byte in the lane's scratch region
+  uint64_t pos;  // bit position in the chunk
+  uint8_t* out;  // the next symbol's byte in the lane's scratch region
   void step(const uint8_t* be, const uint32_t* table) {
     const uint32_t e = table[peek64(be, pos) >> (64 - kPeekBits)];
     std::memcpy(out, &e, 4);  // the entry's symbols and a byte past them, overwritten next
     out += entry_count(e);
     pos += entry_bits(e);
   }
+  // decode_window's rule anywhere in the window: the entry if it ends by `end`, else its first
+  // code if that does, else nothing (the padding). Returns the bits taken; once it returns 0
+  // it always will, so lanes that are done can keep stepping.
+  uint32_t step_to(const uint8_t* be, const MultiTable& t, uint64_t end) {
+    const uint64_t left = end - pos;
+    uint32_t e = t.entry[peek64(be, pos) >> (64 - kPeekBits)];
+    const uint32_t first = first_code_entry(e, t.length);
+    e = entry_bits(e) <= left ? e : first;
+    e = entry_bits(e) <= left ? e : 0u;
+    std::memcpy(out, &e, 4);
+    out += entry_count(e);
+    pos += entry_bits(e);
+    return entry_bits(e);
+  }
 };
 
-// Window decoding of up to 4 lanes in lockstep (four independent chains: the core overlaps
-// their loads), then each lane's last codes alone through a CpuReader. n[j], used[j] as
-// decode_window's. be: the chunk's bytes, big-endian, with 8 readable bytes past its end.
-inline void decode_windows(const MultiTable& t, const uint32_t* words, uint32_t n_words, const uint8_t* be,
-                           uint64_t window, uint32_t first_lane, uint32_t count, uint8_t* const* dst, uint32_t* n,
-                           uint32_t* used) {
-  ByteLane a[4];
-  for (uint32_t j = 0; j < count; ++j) {
-    a[j].pos = (first_lane + j) * window;
-    a[j].end = a[j].pos + window;
-    a[j].out = dst[j];
-  }
-  if (count == 4) {
-    ByteLane l0 = a[0], l1 = a[1], l2 = a[2], l3 = a[3];  // locals: kept in registers
-    const uint32_t* table = t.entry;
-    while (l0.pos + kPeekBits <= l0.end && l1.pos + kPeekBits <= l1.end && l2.pos + kPeekBits <= l2.end &&
-           l3.pos + kPeekBits <= l3.end) {
+// Window decoding (decode_window) of 4 lanes of `window` bits each, in lockstep: four
+// independent load chains the core overlaps. Every lane starts `window` bits after the one
+// before. A step takes at most kPeekBits bits, so the lanes first run unchecked steps while
+// the shortest remainder allows, then checked steps (step_to) together until none moves.
+// dst: each lane's scratch region; n, used: decode_window's results. be: the chunk's bytes,
+// big-endian, 8 readable bytes past the last lane's window.
+inline void decode_four_lanes(const MultiTable& t, const uint8_t* be, uint64_t window, uint64_t first_bit,
+                              uint8_t* const dst[4], uint32_t n[4], uint32_t used[4]) {
+  ByteLane l0{first_bit, dst[0]}, l1{first_bit + window, dst[1]}, l2{first_bit + 2 * window, dst[2]},
+      l3{first_bit + 3 * window, dst[3]};
+  const uint32_t* table = t.entry;
+  for (;;) {
+    // Lane j's remainder is window - (pos_j - start_j); the starts are window apart.
+    const uint64_t done = std::max(std::max(l0.pos - first_bit, l1.pos - first_bit - window),
+                                   std::max(l2.pos - first_bit - 2 * window, l3.pos - first_bit - 3 * window));
+    const uint64_t least = window - done;
+    if (least < uint64_t(kPeekBits)) break;
+    for (uint64_t steps = (least - kPeekBits) / kPeekBits + 1; steps; --steps) {
       l0.step(be, table);
       l1.step(be, table);
       l2.step(be, table);
       l3.step(be, table);
     }
-    a[0] = l0, a[1] = l1, a[2] = l2, a[3] = l3;
   }
-  for (uint32_t j = 0; j < count; ++j) {
-    ByteLane l = a[j];
-    while (l.pos + kPeekBits <= l.end) l.step(be, t.entry);
-    CpuReader r;
-    r.init(words, n_words, l.pos);
-    ScratchSink sink{dst[j]};
-    uint32_t tail = 0;
-    n[j] = window_tail(t.entry, t.length, r, uint32_t(l.end - l.pos), sink, uint32_t(l.out - dst[j]), &tail);
-    used[j] = uint32_t(l.pos - (first_lane + j) * window) + tail;
+  const uint64_t end = first_bit + window;
+  while (l0.step_to(be, t, end) | l1.step_to(be, t, end + window) | l2.step_to(be, t, end + 2 * window) |
+         l3.step_to(be, t, end + 3 * window)) {
+  }
+  const ByteLane lanes[4] = {l0, l1, l2, l3};
+  for (int j = 0; j < 4; ++j) {
+    n[j] = uint32_t(lanes[j].out - dst[j]);
+    used[j] = uint32_t(lanes[j].pos - first_bit - uint64_t(j) * window);
   }
 }
 
 // Decodes one chunk of m >= 1 symbols from exactly n_words words; checks every padding rule
 // (docs/FORMAT.md §9.4), so a chunk decodes only if it is exactly what an encoder writes.
-// scratch: grown to lanes * (window + kStoreSlack) + 4 * n_words + 8 bytes.
+// Every lane, the last included, is window-decoded the same way: the last lane's symbols are
+// the first (m - symbols before it) of its window, and the lane holding the chunk's last
+// symbol ends where those symbols' code lengths sum to; zeros must follow.
+// scratch: grown to the lanes' regions and the chunk's big-endian copy (a few times 4 * n_words).
 inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t n_words, uint32_t lanes,
                            uint8_t* out, uint32_t m, std::vector<uint8_t>& scratch) {
   if (t.constant) {
@@ -551,48 +519,44 @@ inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t 
   }
   if (n_words == 0 || lanes == 0 || lanes > uint32_t(kMaxLanes)) return Status::CorruptPayload;
   const uint64_t window = lane_window_bits(n_words, lanes);
-  const size_t region = size_t(window) + kStoreSlack, be_bytes = 4 * size_t(n_words) + 8;
-  if (scratch.size() < lanes * region + be_bytes) scratch.resize(lanes * region + be_bytes);
-  uint8_t* dst[kMaxLanes];
-  for (uint32_t l = 0; l < lanes; ++l) dst[l] = scratch.data() + l * region;
-  uint8_t* be = scratch.data() + lanes * region;
-  for (uint32_t w = 0; w < n_words; ++w) {
+  // Lanes go in groups of 4; a last group's spare lanes decode zeros past the chunk's words.
+  const uint32_t groups = (lanes + 3) / 4;
+  const size_t region = size_t(window) + kStoreSlack;
+  const size_t be_bytes = std::max<size_t>(4 * size_t(n_words), size_t((4 * groups * window + 7) / 8)) + 8;
+  if (scratch.size() < 4 * groups * region + be_bytes) scratch.resize(4 * groups * region + be_bytes);
+  uint8_t* be = scratch.data() + 4 * groups * region;
+  // Chunks lie one after another: start fetching the next one (about as long) now, or its
+  // copy below waits on memory one cache line at a time.
+  for (size_t w = 0; w < n_words; w += 16) __builtin_prefetch(words + n_words + w);
+  for (size_t w = 0; w < n_words; ++w) {
     const uint32_t x = __builtin_bswap32(words[w]);
     std::memcpy(be + 4 * w, &x, 4);
   }
-  std::memset(be + 4 * size_t(n_words), 0, 8);
-  uint32_t n[kMaxLanes], used[kMaxLanes];
-  for (uint32_t l = 0; l + 1 < lanes; l += 4)
-    decode_windows(t, words, n_words, be, window, l, std::min<uint32_t>(4, lanes - 1 - l), dst + l, n + l, used + l);
+  std::memset(be + 4 * size_t(n_words), 0, be_bytes - 4 * size_t(n_words));
+  uint8_t* dst[kMaxLanes + 3];
+  uint32_t n[kMaxLanes + 3], used[kMaxLanes + 3];
+  for (uint32_t l = 0; l < 4 * groups; ++l) dst[l] = scratch.data() + l * region;
+  for (uint32_t l = 0; l < lanes; l += 4) decode_four_lanes(t, be, window, l * window, dst + l, n + l, used + l);
 
   uint32_t start = 0;
   uint64_t zero_from = 32ull * n_words;  // bits from here to the chunk's end must be zero
-  CpuReader r;
-  for (uint32_t l = 0; l + 1 < lanes && start < m; ++l) {
+  for (uint32_t l = 0; l < lanes; ++l) {
     const uint64_t base = l * window;
     if (n[l] >= m - start) {  // this lane holds the chunk's last symbol: zeros follow it
-      std::memcpy(out + start, dst[l], m - start);
-      r.init(words, n_words, base);
-      NullSink null;
-      zero_from = base + decode_count(t.entry, t.length, r, m - start, null);
+      const uint32_t take = m - start;
+      uint64_t bits = 0;
+      for (uint32_t i = 0; i < take; ++i) bits += t.length[dst[l][i]];
+      std::memcpy(out + start, dst[l], take);
+      zero_from = base + bits;
       start = m;
       break;
     }
+    if (l + 1 == lanes) return Status::CorruptPayload;  // the last lane's window holds too few codes
     const int pad = int(window - used[l]);  // < 12: decoding stopped at a code longer than it
     if (chunk_bits(words, n_words, base + used[l], pad) != chunk_bits(words, n_words, base + window, pad))
       return Status::CorruptPayload;
     std::memcpy(out + start, dst[l], n[l]);
     start += n[l];
-  }
-  if (start < m) {  // the last lane: exactly the remaining symbols, inside its window
-    const uint64_t base = uint64_t(lanes - 1) * window;
-    r.init(words, n_words, base);
-    if (m - start > window) return Status::CorruptPayload;  // more symbols than window bits
-    ScratchSink sink{dst[lanes - 1]};
-    const uint64_t bits = decode_count(t.entry, t.length, r, m - start, sink);
-    if (bits > window) return Status::CorruptPayload;
-    std::memcpy(out + start, dst[lanes - 1], m - start);
-    zero_from = base + bits;
   }
   for (uint64_t b = zero_from; b < 32ull * n_words; b += 32)
     if (chunk_bits(words, n_words, b, int(std::min<uint64_t>(32, 32ull * n_words - b)))) return Status::CorruptPayload;
