@@ -23,7 +23,8 @@
 // - Positions: lane l's first symbol is chunk position n_0 + ... + n_{l-1}. A GPU warp counts
 //   every lane's codes (pass 1, cheap: no output), takes a warp prefix sum of the counts,
 //   then decodes again with positions known (pass 2) straight into its consumer (a GEMV
-//   accumulator, bytes). A CPU decodes the lanes in order and needs no count pass.
+//   accumulator, bytes). A CPU window-decodes every lane (four in lockstep) into scratch and
+//   places them by the running sums: one pass, no count pass.
 // - Decoding is table driven: one 4096-entry table resolves up to kMaxPerEntry whole codes
 //   from the next 12 bits (MultiTable). Entry layout (32 bits):
 //       [31:28] bits consumed by the entry's codes   [27:24] codes in the entry (1..3)
