@@ -70,6 +70,20 @@ py::buffer_info contiguous_bytes(const py::buffer& b, bool writable, const char*
   return info;
 }
 
+// A writable, contiguous buffer of 16- or 32-bit float bit patterns, and a call with its data
+// typed as such.
+py::buffer_info float_bits_out(const py::buffer& out, const char* where) {
+  py::buffer_info o = out.request(true);
+  if ((o.itemsize != 2 && o.itemsize != 4) || !is_contiguous(o))
+    throw CodecException(std::string(where) + ": out must be a contiguous buffer of 16- or 32-bit values");
+  return o;
+}
+
+template <class Fn>
+Status with_float_bits(const py::buffer_info& o, Fn fn) {
+  return o.itemsize == 2 ? fn(static_cast<uint16_t*>(o.ptr)) : fn(static_cast<uint32_t*>(o.ptr));
+}
+
 // A split weight's raw bits (bytes, whole 32-bit words) as words: the buffer itself when it is
 // 4-byte aligned, else an aligned copy.
 struct RawWords {
@@ -395,19 +409,16 @@ PYBIND11_MODULE(_C, m) {
       "merge_split",
       [](py::buffer symbols, std::vector<uint32_t> values, int top, py::buffer raw, py::buffer out) {
         const py::buffer_info s = contiguous_bytes(symbols, false, "symbols");
-        const py::buffer_info o = out.request(true);
-        if ((o.itemsize != 2 && o.itemsize != 4) || o.size != s.size || !is_contiguous(o))
-          throw CodecException("merge_split: out must be a contiguous buffer of one 16- or 32-bit value per symbol");
+        const py::buffer_info o = float_bits_out(out, "merge_split");
+        if (o.size != s.size) throw CodecException("merge_split: out must hold one value per symbol");
         const RawWords words(raw, "merge_split");
         Status st;
         {
           py::gil_scoped_release release;
-          const auto* sym = static_cast<const uint8_t*>(s.ptr);
-          st = o.itemsize == 2
-                   ? split::merge(sym, uint64_t(s.size), values.data(), uint32_t(values.size()), top, words.data,
-                                  words.n, static_cast<uint16_t*>(o.ptr))
-                   : split::merge(sym, uint64_t(s.size), values.data(), uint32_t(values.size()), top, words.data,
-                                  words.n, static_cast<uint32_t*>(o.ptr));
+          st = with_float_bits(o, [&](auto* bits) {
+            return split::merge(static_cast<const uint8_t*>(s.ptr), uint64_t(s.size), values.data(),
+                                uint32_t(values.size()), top, words.data, words.n, bits);
+          });
         }
         if (st != Status::Ok)
           throw CodecException("merge_split: the values table, symbols or raw bits are inconsistent (corrupt weight)");
@@ -419,19 +430,15 @@ PYBIND11_MODULE(_C, m) {
       "decode_split",
       [](py::buffer blob, std::vector<uint32_t> values, int top, py::buffer raw, py::buffer out, int threads) {
         const py::buffer_info b = contiguous_bytes(blob, false, "blob");
-        const py::buffer_info o = out.request(true);
-        if ((o.itemsize != 2 && o.itemsize != 4) || !is_contiguous(o))
-          throw CodecException("decode_split: out must be a contiguous buffer of 16- or 32-bit values");
+        const py::buffer_info o = float_bits_out(out, "decode_split");
         const RawWords words(raw, "decode_split");
         Status st;
         {
           py::gil_scoped_release release;
-          const auto* bp = static_cast<const uint8_t*>(b.ptr);
-          st = o.itemsize == 2
-                   ? decode_split(bp, size_t(b.size), values.data(), uint32_t(values.size()), top, words.data, words.n,
-                                  static_cast<uint16_t*>(o.ptr), uint64_t(o.size), threads)
-                   : decode_split(bp, size_t(b.size), values.data(), uint32_t(values.size()), top, words.data, words.n,
-                                  static_cast<uint32_t*>(o.ptr), uint64_t(o.size), threads);
+          st = with_float_bits(o, [&](auto* bits) {
+            return decode_split(static_cast<const uint8_t*>(b.ptr), size_t(b.size), values.data(),
+                                uint32_t(values.size()), top, words.data, words.n, bits, uint64_t(o.size), threads);
+          });
         }
         if (st == Status::BadArgument)
           throw CodecException("decode_split: the values table, symbols or raw bits are inconsistent (corrupt weight)");

@@ -247,59 +247,65 @@ Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const Enc
   return Status::Ok;
 }
 
-Status decode(const uint8_t* blob_in, size_t len, uint8_t* out, uint64_t out_len, int threads) {
+namespace {
+
+// The frame of every whole-stream decode: validate the blob and the caller's arguments
+// (check(info)), build the tables, run per_chunk(tables, blob, c, &hash of c's symbols) on
+// every chunk, then compare the checksum.
+template <class Check, class PerChunk>
+Status decode_stream(const uint8_t* blob_in, size_t len, int threads, Check check, PerChunk per_chunk) {
   const AlignedBlob aligned(blob_in, len);
   const uint8_t* blob = aligned.data;
   StreamInfo s;
   Status st = parse_header(blob, len, &s);
   if (st != Status::Ok) return st;
-  if (out_len != s.n_symbols) return Status::OutputSize;
+  if ((st = check(s)) != Status::Ok) return st;
   DecodeTables tables;
   if ((st = tables.build(blob, s)) != Status::Ok) return st;
   std::vector<uint64_t> chunk_hash(s.n_chunks);
-  st = for_each_chunk(s.n_chunks, threads, [&](int, uint64_t c) {
-    uint8_t* o = out + c * s.chunk_symbols;
-    const Status cs = tables.decode_chunk(blob, c, o);
-    chunk_hash[c] = hash64(o, tables.chunk_length(c));
-    return cs;
-  });
+  st = for_each_chunk(s.n_chunks, threads,
+                      [&](int, uint64_t c) { return per_chunk(tables, blob, c, &chunk_hash[c]); });
   if (st != Status::Ok) return st;
   return combine_chunk_hashes(chunk_hash) == s.symbols_hash ? Status::Ok : Status::ChecksumMismatch;
 }
 
-namespace {
-
 template <class T>
-Status decode_split_impl(const uint8_t* blob_in, size_t len, const uint32_t* values, uint32_t n_values, int top,
+Status decode_split_impl(const uint8_t* blob, size_t len, const uint32_t* values, uint32_t n_values, int top,
                          const uint32_t* raw, uint64_t n_raw_words, T* out, uint64_t out_len, int threads) {
-  const AlignedBlob aligned(blob_in, len);
-  const uint8_t* blob = aligned.data;
-  StreamInfo s;
-  Status st = parse_header(blob, len, &s);
-  if (st != Status::Ok) return st;
-  if (out_len != s.n_symbols) return Status::OutputSize;
   split::MergeTable<T> merge;
-  if ((st = split::make_merge_table(values, n_values, top, &merge)) != Status::Ok) return st;
-  if (n_raw_words != split::raw_words(s.n_symbols, merge.low)) return Status::BadArgument;
-  DecodeTables tables;
-  if ((st = tables.build(blob, s)) != Status::Ok) return st;
-  std::vector<uint64_t> chunk_hash(s.n_chunks);
-  st = for_each_chunk(s.n_chunks, threads, [&](int, uint64_t c) {
-    thread_local std::vector<uint8_t> symbols, be;  // per worker, reused: one chunk's worth
-    const uint32_t n = tables.chunk_length(c);
-    if (symbols.size() < n) symbols.resize(n);
-    const Status cs = tables.decode_chunk(blob, c, symbols.data());
-    if (cs != Status::Ok) return cs;
-    chunk_hash[c] = hash64(symbols.data(), n);
-    const uint64_t first = c * s.chunk_symbols;
-    return split::merge_span(merge, symbols.data(), first, n, raw, n_raw_words, out + first, be) ? Status::Ok
-                                                                                                  : Status::BadArgument;
-  });
-  if (st != Status::Ok) return st;
-  return combine_chunk_hashes(chunk_hash) == s.symbols_hash ? Status::Ok : Status::ChecksumMismatch;
+  const auto check = [&](const StreamInfo& s) {
+    if (out_len != s.n_symbols) return Status::OutputSize;
+    const Status st = split::make_merge_table(values, n_values, top, &merge);
+    if (st != Status::Ok) return st;
+    return n_raw_words == split::raw_words(s.n_symbols, merge.low) ? Status::Ok : Status::BadArgument;
+  };
+  return decode_stream(blob, len, threads, check,
+                       [&](const DecodeTables& tables, const uint8_t* b, uint64_t c, uint64_t* hash) {
+                         thread_local std::vector<uint8_t> symbols, be;  // per worker: one chunk's worth
+                         const uint32_t n = tables.chunk_length(c);
+                         if (symbols.size() < n) symbols.resize(n);
+                         const Status cs = tables.decode_chunk(b, c, symbols.data());
+                         if (cs != Status::Ok) return cs;
+                         *hash = hash64(symbols.data(), n);
+                         const uint64_t first = c * tables.info.chunk_symbols;
+                         return split::merge_span(merge, symbols.data(), first, n, raw, n_raw_words, out + first, be)
+                                    ? Status::Ok
+                                    : Status::BadArgument;
+                       });
 }
 
 }  // namespace
+
+Status decode(const uint8_t* blob, size_t len, uint8_t* out, uint64_t out_len, int threads) {
+  return decode_stream(
+      blob, len, threads, [&](const StreamInfo& s) { return out_len == s.n_symbols ? Status::Ok : Status::OutputSize; },
+      [&](const DecodeTables& tables, const uint8_t* b, uint64_t c, uint64_t* hash) {
+        uint8_t* o = out + c * tables.info.chunk_symbols;
+        const Status cs = tables.decode_chunk(b, c, o);
+        *hash = hash64(o, tables.chunk_length(c));
+        return cs;
+      });
+}
 
 Status decode_split(const uint8_t* blob, size_t len, const uint32_t* values, uint32_t n_values, int top,
                     const uint32_t* raw, uint64_t n_raw_words, uint16_t* out, uint64_t out_len, int threads) {
@@ -348,28 +354,24 @@ uint64_t side_bits(const uint8_t* blob, const StreamInfo& s) {
   return 8 * bytes;
 }
 
-Status histogram(const uint8_t* blob_in, size_t len, uint64_t counts[256], int threads) {
-  const AlignedBlob aligned(blob_in, len);
-  const uint8_t* blob = aligned.data;
-  StreamInfo s;
-  Status st = parse_header(blob, len, &s);
+Status histogram(const uint8_t* blob, size_t len, uint64_t counts[256], int threads) {
+  std::vector<std::array<uint64_t, 256>> per_chunk;
+  const Status st = decode_stream(
+      blob, len, threads,
+      [&](const StreamInfo& s) {
+        per_chunk.resize(s.n_chunks);
+        return Status::Ok;
+      },
+      [&](const DecodeTables& tables, const uint8_t* b, uint64_t c, uint64_t* hash) {
+        thread_local std::vector<uint8_t> symbols;  // per worker: one chunk's worth
+        const uint32_t n = tables.chunk_length(c);
+        if (symbols.size() < n) symbols.resize(n);
+        const Status cs = tables.decode_chunk(b, c, symbols.data());
+        *hash = hash64(symbols.data(), n);
+        count_symbols(symbols.data(), n, per_chunk[c].data());
+        return cs;
+      });
   if (st != Status::Ok) return st;
-  DecodeTables tables;
-  if ((st = tables.build(blob, s)) != Status::Ok) return st;
-  const int t = resolve_threads(threads, s.n_chunks);
-  std::vector<std::vector<uint8_t>> scratch(t, std::vector<uint8_t>(s.chunk_symbols));
-  std::vector<uint64_t> chunk_hash(s.n_chunks);
-  std::vector<std::array<uint64_t, 256>> per_chunk(s.n_chunks);
-  st = for_each_chunk(s.n_chunks, t, [&](int worker, uint64_t c) {
-    uint8_t* o = scratch[worker].data();
-    const uint32_t n = tables.chunk_length(c);
-    const Status cs = tables.decode_chunk(blob, c, o);
-    chunk_hash[c] = hash64(o, n);
-    count_symbols(o, n, per_chunk[c].data());
-    return cs;
-  });
-  if (st != Status::Ok) return st;
-  if (combine_chunk_hashes(chunk_hash) != s.symbols_hash) return Status::ChecksumMismatch;
   for (int k = 0; k < 256; ++k) counts[k] = 0;
   for (const auto& h : per_chunk)
     for (int k = 0; k < 256; ++k) counts[k] += h[k];
