@@ -166,7 +166,7 @@ void bind_windowed(py::module_& m, const std::string& prefix) {
       [prefix](py::tuple view, uintptr_t value_table_dev, uintptr_t table_dev, uintptr_t x_dev, uintptr_t prefix_dev,
                uintptr_t scale_dev, uintptr_t zero_dev, bool zero_broadcast, float zero_in_values, uint32_t group_size,
                uint32_t n_rows, uint32_t k, uint32_t batch, uintptr_t y_dev, uintptr_t escape_row_dev,
-               uintptr_t escape_col_dev, uintptr_t escape_value_dev, uintptr_t stream) {
+               uintptr_t escape_col_dev, uintptr_t escape_value_dev, uint32_t n_escapes, uintptr_t stream) {
         windowed::AffineArgs a;
         a.x = reinterpret_cast<const float*>(x_dev);
         a.prefix = reinterpret_cast<const float*>(prefix_dev);
@@ -175,12 +175,13 @@ void bind_windowed(py::module_& m, const std::string& prefix) {
         a.n_rows = n_rows;
         a.k = k;
         a.group_size = group_size;
-        a.n_groups = group_size ? (k + group_size - 1) / group_size : 0;
+        a.n_groups = group_size ? uint32_t((uint64_t(k) + group_size - 1) / group_size) : 0;
         a.zero_broadcast = zero_broadcast;
         a.zero_in_values = zero_in_values;
         a.escape_row = reinterpret_cast<const int32_t*>(escape_row_dev);  // 0: no escapes
         a.escape_col = reinterpret_cast<const int32_t*>(escape_col_dev);
         a.escape_value = reinterpret_cast<const float*>(escape_value_dev);
+        a.n_escapes = n_escapes;
         a.y = reinterpret_cast<float*>(y_dev);
         check(K::affine(stream_view(view), reinterpret_cast<const uint64_t*>(value_table_dev),
                         reinterpret_cast<const uint32_t*>(table_dev), a, batch, stream),
@@ -189,7 +190,8 @@ void bind_windowed(py::module_& m, const std::string& prefix) {
       py::arg("view"), py::arg("value_table_dev"), py::arg("table_dev"), py::arg("x_dev"), py::arg("prefix_dev"),
       py::arg("scale_dev"), py::arg("zero_dev"), py::arg("zero_broadcast"), py::arg("zero_in_values"),
       py::arg("group_size"), py::arg("n_rows"), py::arg("k"), py::arg("batch"), py::arg("y_dev"),
-      py::arg("escape_row_dev"), py::arg("escape_col_dev"), py::arg("escape_value_dev"), py::arg("stream"),
+      py::arg("escape_row_dev"), py::arg("escape_col_dev"), py::arg("escape_value_dev"), py::arg("n_escapes"),
+      py::arg("stream"),
       "Fused decode + affine dequant + GEMV of a v2 weight stream (windowed_gemv.h: AffineArgs).");
 
   m.def(
@@ -490,6 +492,7 @@ PYBIND11_MODULE(_C, m) {
         a.escape_row = ec.size ? rp : nullptr;
         a.escape_col = cp;
         a.escape_value = static_cast<const float*>(ev.ptr);
+        a.n_escapes = uint32_t(ec.size);
         a.y = static_cast<float*>(o.ptr);
         check(emulate_gemv_affine(static_cast<const uint8_t*>(b.ptr), size_t(b.size), a, batch), "emulate_gemv_affine");
       },

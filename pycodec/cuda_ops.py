@@ -38,7 +38,8 @@ __all__ = ["CODER_IDS", "StreamLayout", "decode_cuda", "decode_symbols", "gemv_i
 
 CODER_IDS = {"huffman": 1, "rans": 2}  # format.h: the coder byte of the header
 MAX_BATCH = 16                        # windowed_gemv.h: kGemvMaxBatch
-TABLE_WORDS = 4096 + 64 + 1024        # entries, code lengths, count table (build_decode_table)
+TABLE_ENTRIES = 4096                  # lookups of 12 bits
+TABLE_WORDS = TABLE_ENTRIES + 64 + 1024  # entries, code lengths, count table (build_decode_table)
 SLACK_BYTES = 4 * int(_C.SLACK_WORDS)
 
 
@@ -151,16 +152,23 @@ def _stream() -> int:
 def _check_stream(op: str, blob: torch.Tensor, table: torch.Tensor, layout: list[int]) -> None:
     if len(layout) != 9:
         raise CodecError(f"{op}: layout must have 9 fields (StreamLayout.ints)")
-    if blob.dtype != torch.uint8 or blob.dim() != 1:
-        raise CodecError(f"{op}: the stream must be a 1-D uint8 tensor")
-    if layout[2] + 4 * layout[3] != blob.numel():
-        raise CodecError(f"{op}: layout does not match the stream's length")
-    if table.dtype != torch.int32 or table.numel() != TABLE_WORDS:
+    if blob.dtype != torch.uint8 or blob.dim() != 1 or not blob.is_contiguous():
+        raise CodecError(f"{op}: the stream must be a contiguous 1-D uint8 tensor")
+    index_offset, sizes_offset, payload_offset, payload_words, _, _, n_chunks = layout[:7]
+    if (min(layout) < 0 or payload_offset + 4 * payload_words != blob.numel() or
+            index_offset + 4 * -(-n_chunks // 16) > sizes_offset or sizes_offset + 2 * n_chunks > payload_offset):
+        raise CodecError(f"{op}: layout does not match the stream (StreamLayout.ints of this blob)")
+    if table.dtype != torch.int32 or table.numel() != TABLE_WORDS or not table.is_contiguous():
         raise CodecError(f"{op}: table must be the int32 [{TABLE_WORDS}] tables of kernel_tables()")
     if _KERNELS.device_type == "cuda" and not _C.cuda_compiled():
         raise CodecError(f"{op}: this pycodec build has no CUDA kernels (built without nvcc)")
     if not _has_slack(blob):
         raise CodecError(f"{op}: the stream needs {SLACK_BYTES} readable bytes after it (cuda_ops.with_slack)")
+
+
+def _check_values(op: str, values: torch.Tensor) -> None:
+    if values.dtype != torch.int64 or values.numel() != TABLE_ENTRIES or not values.is_contiguous():
+        raise CodecError(f"{op}: values must be the int64 [{TABLE_ENTRIES}] value entries of kernel_tables()")
 
 
 def _same_device(op: str, *tensors: torch.Tensor) -> torch.device:
@@ -272,15 +280,19 @@ def _windowed_gemv_affine(x, blob, table, values, scale, zero, escape_row, escap
     if x.dim() != 2 or x.shape[1] != k or not gemv_supported(layout, n_rows, k, batch):
         raise CodecError(f"{op}: unsupported shape: x {tuple(x.shape)}, weight [{n_rows}, {k}], chunks of "
                          f"{layout[5]} symbols (chunks must be whole rows, batch 1..16)")
-    if scale.dtype != torch.float16 or zero.dtype != torch.float16 or values.dtype != torch.int64:
-        raise CodecError(f"{op}: scale and zero must be float16, values int64")
+    if scale.dtype != torch.float16 or zero.dtype != torch.float16:
+        raise CodecError(f"{op}: scale and zero must be float16")
+    _check_values(op, values)
     groups = -(-k // group_size)
     if scale.shape != (n_rows, groups) or tuple(zero.shape) not in ((n_rows, groups), (1, 1)):
         raise CodecError(f"{op}: scale must be [{n_rows}, {groups}], zero the same or [1, 1]")
     has_escapes = escape_col.numel() > 0
     if has_escapes and (escape_row.numel() != n_rows + 1 or escape_row.dtype != torch.int32 or
-                        escape_col.dtype != torch.int32 or escape_value.dtype != torch.float32):
-        raise CodecError(f"{op}: escapes must be int32 [n_rows + 1] row pointers, int32 columns, fp32 values")
+                        escape_col.dtype != torch.int32 or escape_value.dtype != torch.float32 or
+                        escape_value.numel() != escape_col.numel() or not escape_row.is_contiguous() or
+                        not escape_col.is_contiguous() or not escape_value.is_contiguous()):
+        raise CodecError(f"{op}: escapes must be contiguous int32 [n_rows + 1] row pointers, int32 columns and "
+                         "as many fp32 values")
     x_t, prefix, padded = gemv_inputs(x)
     y = torch.empty((padded, n_rows), dtype=torch.float32, device=device)
     scale, zero = scale.contiguous(), zero.contiguous()
@@ -291,7 +303,7 @@ def _windowed_gemv_affine(x, blob, table, values, scale, zero, escape_row, escap
                 scale.data_ptr(), zero.data_ptr(), tuple(zero.shape) == (1, 1), zero_in_values, group_size, n_rows,
                 k, padded, y.data_ptr(), escape_row.data_ptr() if has_escapes else 0,
                 escape_col.data_ptr() if has_escapes else 0, escape_value.data_ptr() if has_escapes else 0,
-                _stream())
+                escape_col.numel(), _stream())
     return y[:batch]
 
 
@@ -313,8 +325,9 @@ def _windowed_gemv_split(x, blob, table, values, raw, layout, top, n_rows, k):
     _check_stream(op, blob, table, layout)
     device = _same_device(op, x, blob, table, values, raw)
     batch = x.shape[0]
-    if x.dim() != 2 or x.shape[1] != k or not gemv_supported(layout, n_rows, k, batch) or not 8 <= top <= 16:
+    if x.dim() != 2 or x.shape[1] != k or not gemv_supported(layout, n_rows, k, batch) or not 8 <= top <= 15:
         raise CodecError(f"{op}: unsupported shape: x {tuple(x.shape)}, weight [{n_rows}, {k}], top {top}")
+    _check_values(op, values)
     low = 16 - top
     raw_words = (layout[4] * low + 31) // 32
     if raw.dtype != torch.uint8 or raw.numel() != 4 * raw_words or not _has_slack(raw):

@@ -133,9 +133,69 @@ def test_host_ops_refuse_what_the_cuda_ops_refuse():
             cuda_ops._windowed_decode(ready["symbols"].clone(), kernel["table"], layout)
         with pytest.raises(CodecError, match="tables"):
             cuda_ops._windowed_decode(ready["symbols"], kernel["table"][:-1], layout)
+        with pytest.raises(CodecError, match="layout does not match"):  # an index past the payload's start
+            cuda_ops._windowed_decode(ready["symbols"], kernel["table"], layout[:6] + [layout[6] + 64] + layout[7:])
         bad = list(layout)
-        bad[6] += 1  # a chunk count that does not match the symbols: refused by the shared launch checks
+        bad[4] += layout[5]  # symbols for one more chunk than the index has: the shared launch checks
+        with pytest.raises(CodecError, match="invalid argument"):
+            cuda_ops._windowed_decode(ready["symbols"], kernel["table"], bad)
+        bad = list(layout)
+        bad[7], bad[8] = 2, 1  # "constant code" with two lanes
         with pytest.raises(CodecError, match="invalid argument"):
             cuda_ops._windowed_decode(ready["symbols"], kernel["table"], bad)
     with pytest.raises(CodecError, match="CUDA"):  # outside host_kernels(), CPU tensors are refused
         cuda_ops._windowed_decode(ready["symbols"], kernel["table"], layout)
+
+
+def test_tables_that_are_not_a_codes_are_refused_not_looped_on():
+    """A count table of zeros (or entries of no codes) would stall the decoding loops: refused."""
+    w = torch.randn(16, 64)
+    packed, _ = compress_weight(w, CompressionConfig(mode="int", bits=4, group_size=64))
+    ready, kernel, info = device_ready(packed)
+    layout = list(info.layout)
+    zero_counts = kernel["table"].clone()
+    zero_counts[-1024:] = 0
+    no_codes = kernel["table"].clone()
+    no_codes[:4096] &= ~(15 << 24)  # entries with a count of 0
+    x = torch.randn(1, 64)
+    with cuda_ops.host_kernels():
+        for table in (zero_counts, no_codes):
+            with pytest.raises(CodecError, match="table"):
+                cuda_ops._windowed_decode(ready["symbols"], table, layout)
+        with pytest.raises(CodecError, match="table"):
+            cuda_ops._windowed_gemv_affine(x, ready["symbols"], zero_counts, kernel["values"], packed["scale"],
+                                           packed["zero"], kernel["escape_row"], kernel["escape_col"],
+                                           kernel["escape_value"], layout, float(info.zero_in_values),
+                                           info.group_size, info.n, info.k)
+        with pytest.raises(CodecError, match="value entries"):
+            cuda_ops._windowed_gemv_affine(x, ready["symbols"], kernel["table"], kernel["values"][:-1],
+                                           packed["scale"], packed["zero"], kernel["escape_row"],
+                                           kernel["escape_col"], kernel["escape_value"], layout,
+                                           float(info.zero_in_values), info.group_size, info.n, info.k)
+
+
+def test_damaged_escape_lists_stay_inside_their_buffers(host_ops):
+    """Row pointers past the list and columns past K are clamped in the epilogue (no reads outside)."""
+    rng = rng_for("escapes")
+    w = rng.standard_normal((72, 576)).astype(np.float32) * 0.02
+    w[rng.integers(0, 72, 40), rng.integers(0, 576, 40)] = 5.0  # far past 127 steps: escapes
+    packed, _ = compress_weight(torch.from_numpy(w), CompressionConfig(mode="rate", bits=3.5))
+    ready, kernel, info = device_ready(packed)
+    n_esc = kernel["escape_col"].numel()
+    assert n_esc > 0
+    x = torch.from_numpy(rng.standard_normal((1, 576)).astype(np.float32))
+    args = lambda row, col: (x, ready["symbols"], kernel["table"], kernel["values"], packed["scale"], packed["zero"],
+                             row, col, kernel["escape_value"], list(info.layout), float(info.zero_in_values),
+                             info.group_size, info.n, info.k)
+    good = cuda_ops.windowed_gemv_affine(*args(kernel["escape_row"], kernel["escape_col"]))
+    row = kernel["escape_row"].clone()
+    row[-1] = 1 << 30  # the last row claims escapes far past the list
+    col = kernel["escape_col"].clone()
+    col[0] = 1 << 30  # a column past K
+    y = cuda_ops.windowed_gemv_affine(*args(row, col))
+    # The last row's pointer is clamped to the list's end (its own escapes); escape 0 is skipped.
+    r0 = int(torch.searchsorted(kernel["escape_row"], 0, right=True)) - 1
+    others = [r for r in range(info.n) if r != r0]
+    assert torch.equal(y[:, others], good[:, others])
+    missing = float(x[0, int(kernel["escape_col"][0])] * kernel["escape_value"][0])
+    assert abs(float(y[0, r0]) - (float(good[0, r0]) - missing)) < 1e-4 * max(1.0, abs(missing))

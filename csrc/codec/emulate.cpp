@@ -125,6 +125,7 @@ const uint8_t* aux_of(const uint32_t* table) { return reinterpret_cast<const uin
 Status windowed_decode(const windowed::StreamView& s, const uint32_t* table, uint8_t* out, uint32_t* status) {
   const Status st = windowed::check_decode(s, table, out, status);
   if (st != Status::Ok) return st;
+  if (s.n_chunks && !windowed::tables_ok(table, aux_of(table) + 256)) return Status::BadTable;
   bool ok = true;
   for (uint64_t c = 0; c < s.n_chunks; ++c)
     ok &= windowed::emulate_decode_chunk(s, c, aux_of(table) + 256, table, aux_of(table), out);
@@ -135,13 +136,17 @@ Status windowed_decode(const windowed::StreamView& s, const uint32_t* table, uin
 Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value_table, const uint32_t* table,
                             const windowed::AffineArgs& a, uint32_t batch) {
   const Status st = windowed::check_affine(s, value_table, table, a, batch);
-  return st != Status::Ok ? st : run<windowed::AffineSink>(s, aux_of(table) + 256, value_table, aux_of(table), a, batch);
+  if (st != Status::Ok) return st;
+  if (s.n_chunks && !windowed::tables_ok(value_table, aux_of(table) + 256)) return Status::BadTable;
+  return run<windowed::AffineSink>(s, aux_of(table) + 256, value_table, aux_of(table), a, batch);
 }
 
 Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_table, const uint32_t* table,
                            const windowed::SplitArgs& a, uint32_t batch) {
   const Status st = windowed::check_split(s, value_table, table, a, batch);
-  return st != Status::Ok ? st : run<windowed::SplitSink>(s, aux_of(table) + 256, value_table, aux_of(table), a, batch);
+  if (st != Status::Ok) return st;
+  if (s.n_chunks && !windowed::tables_ok(value_table, aux_of(table) + 256)) return Status::BadTable;
+  return run<windowed::SplitSink>(s, aux_of(table) + 256, value_table, aux_of(table), a, batch);
 }
 
 Status split_merge(const uint8_t* symbols, uint64_t n, const uint16_t* values, const uint32_t* raw, uint64_t raw_words,

@@ -85,7 +85,7 @@ struct StreamView {
   uint32_t chunk_symbols;
   uint64_t n_chunks;
   uint32_t lanes;
-  bool constant_code;       // one distinct symbol: zero-bit codes, one lane, no windows to count
+  bool constant_code;       // one distinct symbol: zero-bit codes, one lane (the kernels go by the table)
 };
 
 struct ChunkView {
@@ -144,12 +144,20 @@ PYCODEC_HD LaneRange lane_range(uint32_t lane, uint32_t lanes, uint32_t m, uint3
   return r;
 }
 
-// Pass 1 of one lane: its window count (the whole chunk for a constant code).
+// A table of zero-bit entries: a constant code (one symbol, no bits to read).
+template <class Entry>
+PYCODEC_HD bool constant_table(const Entry* table) {
+  return entry_bits(table[0]) == 0;
+}
+
+// Pass 1 of one lane: its window count (the whole chunk for a constant code). Constant-ness is
+// the table's, not the view's flag: a flag that disagreed could otherwise send count decoding
+// of real codes past the chunk.
 template <class Entry>
 PYCODEC_HD uint32_t lane_window_count(const ChunkView& v, const StreamView& s, const uint8_t* count,
                                       const Entry* table, const uint8_t* length, uint32_t lane) {
   if (lane >= s.lanes) return 0;
-  if (s.constant_code) return v.m;
+  if (constant_table(table)) return v.m;
   const uint64_t window = lane_window_bits(v.n_words, s.lanes);
   FastReader r;
   r.init(v.words, 0, lane * window);
@@ -197,16 +205,22 @@ struct AffineArgs {
   const int32_t* escape_row;  // null: no escapes
   const int32_t* escape_col;
   const float* escape_value;
+  uint32_t n_escapes;         // entries of escape_col / escape_value: row pointers are clamped to it
   float* y;               // [batch][n_rows] fp32
 };
 
 // y's final value for (row, b): the warp's sum plus the row's escapes, in index order.
+// Row pointers and columns are clamped to the escape list and to K, so a damaged list cannot
+// make the epilogue read outside its buffers.
 template <int B>
 PYCODEC_HD float with_escapes(const AffineArgs& a, uint32_t row, int b, float sum) {
   if (!a.escape_row) return sum;
-  const int32_t end = PYCODEC_LOAD(a.escape_row + row + 1);
-  for (int32_t e = PYCODEC_LOAD(a.escape_row + row); e < end; ++e)
-    sum = fmaf(PYCODEC_LOAD(a.x + size_t(PYCODEC_LOAD(a.escape_col + e)) * B + b), PYCODEC_LOAD(a.escape_value + e), sum);
+  const int64_t first = PYCODEC_LOAD(a.escape_row + row), last = PYCODEC_LOAD(a.escape_row + row + 1);
+  const int64_t end = last < int64_t(a.n_escapes) ? last : int64_t(a.n_escapes);
+  for (int64_t e = first > 0 ? first : 0; e < end; ++e) {
+    const uint32_t col = uint32_t(PYCODEC_LOAD(a.escape_col + e));
+    if (col < a.k) sum = fmaf(PYCODEC_LOAD(a.x + size_t(col) * B + b), PYCODEC_LOAD(a.escape_value + e), sum);
+  }
   return sum;
 }
 
@@ -379,10 +393,12 @@ struct SplitSink {
 inline bool misaligned(const void* p, uintptr_t align) { return (reinterpret_cast<uintptr_t>(p) & (align - 1)) != 0; }
 
 inline Status check_view(const StreamView& s, const void* table) {
-  if (s.lanes < 1 || s.lanes > 32 || s.chunk_symbols < 1 || s.chunk_symbols > kMaxChunkSymbols)
+  if (s.lanes < 1 || s.lanes > 32 || s.chunk_symbols < 1 || s.chunk_symbols > kMaxChunkSymbols ||
+      (s.constant_code && s.lanes != 1))
     return Status::BadArgument;
   if (s.n_chunks != (s.n_symbols + s.chunk_symbols - 1) / s.chunk_symbols) return Status::BadArgument;
-  if (s.n_chunks && (!s.super || !s.sizes || !table || (s.payload_words && !s.payload))) return Status::BadArgument;
+  // Lanes load their first words even from an empty chunk: the payload's slack must be there.
+  if (s.n_chunks && (!s.super || !s.sizes || !table || !s.payload)) return Status::BadArgument;
   if (s.payload_words > 0xFFFFFFFFull) return Status::TooLarge;  // lanes address payload words in 32 bits
   if (misaligned(s.super, 4) || misaligned(s.payload, 4) || misaligned(s.sizes, 2) || misaligned(table, 16))
     return Status::BadArgument;
@@ -395,6 +411,23 @@ inline Status check_decode(const StreamView& s, const void* table, const void* o
   return s.n_chunks && (!out || !status || misaligned(status, 4)) ? Status::BadArgument : Status::Ok;
 }
 
+// Whether an entry and its count byte let every decoding loop make progress: each entry holds
+// a code, and outside a constant table each entry and count byte consumes bits. The kernels
+// check every entry of their tables once per block (the host twins once per call), so a table
+// that did not come from the stream's code (kernel_tables) cannot hang a loop.
+template <class Entry>
+PYCODEC_HD bool table_entry_ok(Entry e, uint8_t count_byte, bool constant) {
+  return entry_count(e) >= 1 && (constant || (entry_bits(e) >= 1 && count_bits(count_byte) >= 1));
+}
+
+template <class Entry>
+inline bool tables_ok(const Entry* table, const uint8_t* count) {
+  const bool constant = constant_table(table);
+  for (uint32_t v = 0; v < kTableSize; ++v)
+    if (!table_entry_ok(table[v], count[v], constant)) return false;
+  return true;
+}
+
 // The batch sizes the GEMV kernels are instantiated for: 1..8 and 16 (callers pad 9..15 to 16).
 inline bool batch_instantiated(uint32_t batch) { return (batch >= 1 && batch <= 8) || batch == 16; }
 
@@ -403,12 +436,15 @@ inline Status check_affine(const StreamView& s, const void* value_table, const v
   const Status st = check_view(s, value_table);
   if (st != Status::Ok) return st;
   if (!batch_instantiated(batch) || !gemv_supported(s.n_symbols, s.chunk_symbols, a.n_rows, a.k, batch) ||
-      a.group_size == 0 || a.n_groups != (a.k + a.group_size - 1) / a.group_size || !table)
+      a.group_size == 0 || a.n_groups != (uint64_t(a.k) + a.group_size - 1) / a.group_size || !table ||
+      misaligned(table, 16))
     return Status::BadArgument;
   if (s.n_chunks && (!a.x || !a.prefix || !a.scale || !a.zero || !a.y || misaligned(a.x, 4) ||
                      misaligned(a.prefix, 4) || misaligned(a.y, 4) || misaligned(a.scale, 2) || misaligned(a.zero, 2)))
     return Status::BadArgument;
-  if (a.escape_row && (!a.escape_col || !a.escape_value)) return Status::BadArgument;
+  if (a.escape_row && a.n_escapes && (!a.escape_col || !a.escape_value || misaligned(a.escape_row, 4) ||
+                                      misaligned(a.escape_col, 4) || misaligned(a.escape_value, 4)))
+    return Status::BadArgument;
   return Status::Ok;
 }
 
@@ -417,7 +453,7 @@ inline Status check_split(const StreamView& s, const void* value_table, const vo
   const Status st = check_view(s, value_table);
   if (st != Status::Ok) return st;
   if (!batch_instantiated(batch) || !gemv_supported(s.n_symbols, s.chunk_symbols, a.n_rows, a.k, batch) ||
-      a.low > 8 || !table || a.raw_words != (s.n_symbols * a.low + 31) / 32)
+      a.low < 1 || a.low > 8 || !table || misaligned(table, 16) || a.raw_words != (s.n_symbols * a.low + 31) / 32)
     return Status::BadArgument;
   if (s.n_chunks && (!a.x || !a.y || (a.raw_words && !a.raw) || misaligned(a.x, 4) || misaligned(a.raw, 4) ||
                      misaligned(a.y, 4)))

@@ -5,7 +5,8 @@
 // Read me first
 // - One warp per chunk; the 32 CUDA lanes are the format's lanes (windowed.h), lanes >= the
 //   stream's lane count only join the warp-wide steps. Per chunk:
-//     pass 1  every lane but the last counts the codes of its window (decode_window, no output);
+//     pass 1  every lane counts the codes of its window (count_window, no output; the last lane
+//             too, so that its pass-2 count can be bounded by what its window holds);
 //     scan    a warp prefix sum of the counts, clamped to the chunk, gives each lane its first
 //             symbol (5 shuffles);
 //     pass 2  every lane decodes exactly its symbols again, now with known positions, straight
@@ -63,9 +64,10 @@ constexpr size_t table_bytes() {
 }
 
 // Block-wide copy of the decode tables into shared memory, 16 bytes per thread per step:
-// entries (multi-symbol or value), then lengths and count table (`aux`).
+// entries (multi-symbol or value), then lengths and count table (`aux`). Returns whether every
+// entry lets the decoding loops progress (windowed_gemv.h: table_entry_ok), for the whole block.
 template <class Entry>
-__device__ __forceinline__ void load_tables(Entry* table_smem, uint8_t* aux_smem, const Entry* table,
+__device__ __forceinline__ bool load_tables(Entry* table_smem, uint8_t* aux_smem, const Entry* table,
                                             const uint8_t* aux) {
   const uint4* src = reinterpret_cast<const uint4*>(table);
   uint4* dst = reinterpret_cast<uint4*>(table_smem);
@@ -74,6 +76,11 @@ __device__ __forceinline__ void load_tables(Entry* table_smem, uint8_t* aux_smem
   uint4* adst = reinterpret_cast<uint4*>(aux_smem);
   for (uint32_t i = threadIdx.x; i < kAuxBytes / 16; i += blockDim.x) adst[i] = __ldg(asrc + i);
   __syncthreads();
+  const bool constant = windowed::constant_table(table_smem);
+  int bad = 0;
+  for (uint32_t i = threadIdx.x; i < windowed::kTableSize; i += blockDim.x)
+    bad |= !windowed::table_entry_ok(table_smem[i], aux_smem[kLengthBytes + i], constant);
+  return __syncthreads_or(bad) == 0;
 }
 
 // Pass 1 and the warp prefix sum of the counts (lanes before the last): every lane's range for
@@ -110,7 +117,10 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const StreamView s, co
                                                           uint8_t* __restrict__ out, uint32_t* __restrict__ status) {
   __shared__ __align__(16) uint32_t table_smem[windowed::kTableSize];
   __shared__ __align__(16) uint8_t aux_smem[kAuxBytes];
-  load_tables(table_smem, aux_smem, table, reinterpret_cast<const uint8_t*>(table + windowed::kTableSize));
+  if (!load_tables(table_smem, aux_smem, table, reinterpret_cast<const uint8_t*>(table + windowed::kTableSize))) {
+    if (threadIdx.x == 0) atomicOr(status, 2u);  // tables that are not a code's: decode nothing
+    return;
+  }
   const uint64_t c = uint64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (c >= s.n_chunks) return;  // the whole warp: c is warp-uniform
   const uint32_t lane = threadIdx.x % 32;
@@ -134,13 +144,17 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const StreamView s, cons
   Entry* table_smem = reinterpret_cast<Entry*>(smem);
   uint8_t* aux_smem = smem + table_bytes<Entry>();
   float* slots = reinterpret_cast<float*>(smem + table_bytes<Entry>() + kAuxBytes);
-  load_tables(table_smem, aux_smem, table, aux);
+  const bool tables_ok = load_tables(table_smem, aux_smem, table, aux);
 
   const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const uint64_t c = uint64_t(blockIdx.x) * kWarps + warp;
   if (c >= s.n_chunks) return;  // whole warp
   const ChunkView v = windowed::chunk_view(s, c);
   const uint32_t rows = v.m / a.k, first_row = uint32_t(v.first / a.k);
+  if (!tables_ok) {  // tables that are not a code's: the rows say so (NaN) instead of hanging
+    for (uint32_t i = lane; i < rows * B; i += 32) a.y[size_t(i % B) * a.n_rows + first_row + i / B] = __int_as_float(0x7FC00000);
+    return;
+  }
   float* warp_slots = slots + size_t(warp) * max_rows * B * 32;
   for (uint32_t i = 0; i < rows * B; ++i) warp_slots[i * 32 + lane] = 0.f;
 
