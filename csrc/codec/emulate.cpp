@@ -17,7 +17,7 @@ struct HostStream {
   std::vector<uint32_t> aligned;
   StreamInfo info;
   windowed::MultiTable table;
-  uint8_t count[windowed::kTableSize];
+  alignas(16) uint8_t count[windowed::kTableSize];  // passed where launches take the 16-byte aligned table
   windowed::StreamView view;
 
   Status open(const uint8_t* blob, size_t len) {
