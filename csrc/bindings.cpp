@@ -381,7 +381,7 @@ PYBIND11_MODULE(_C, m) {
       "split_float",
       [](py::buffer bits, int width) {
         const py::buffer_info b = bits.request();
-        if ((width != 16 && width != 32) || b.itemsize != width / 8)
+        if ((width != 16 && width != 32) || b.itemsize != width / 8 || !is_contiguous(b))
           throw CodecException("split_float: expected a contiguous buffer of 16- or 32-bit float bit patterns");
         const uint64_t n = uint64_t(b.size);
         split::Plan plan;

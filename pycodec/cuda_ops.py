@@ -205,7 +205,9 @@ def gemv_inputs(x2: torch.Tensor, prefix: bool = True) -> tuple[torch.Tensor, to
 def _windowed_decode(blob: torch.Tensor, table: torch.Tensor, layout: list[int]) -> torch.Tensor:
     _check_stream("windowed_decode", blob, table, layout)
     _same_device("windowed_decode", blob, table)
-    out = torch.empty(layout[4], dtype=torch.uint8, device=blob.device)
+    # zeros: what a lane refuses to decode (a corrupt chunk, foreign tables) reads as symbol 0,
+    # not as stale memory (the status is not read back: that would be a host sync)
+    out = torch.zeros(layout[4], dtype=torch.uint8, device=blob.device)
     status = torch.zeros(1, dtype=torch.int32, device=blob.device)
     if layout[4]:
         with _guard(blob.device):

@@ -128,13 +128,13 @@ def linear(x: torch.Tensor, packed: dict, kernel: dict, bias: torch.Tensor | Non
     layout = list(info.layout)
     fused = info.version == 2 and 1 <= batch <= MAX_FUSED_BATCH and cuda_ops.gemv_supported(layout, info.n, info.k,
                                                                                             batch)
-    if info.kind == KIND_AFFINE and info.version and info.k % info.group_size == 0:
-        if fused:
+    if info.kind == KIND_AFFINE and info.version and (fused or info.k % info.group_size == 0):
+        if fused:  # any K: the kernel's last group may be partial
             y = cuda_ops.windowed_gemv_affine(x2, packed["symbols"], kernel["table"], kernel["values"], packed["scale"],
                                               packed["zero"], kernel["escape_row"], kernel["escape_col"],
                                               kernel["escape_value"], layout, float(info.zero_in_values),
                                               info.group_size, info.n, info.k)
-        else:
+        else:  # the Triton kernels take whole groups only
             y = _affine_decoded(x2, packed, kernel, info)
     elif info.kind == KIND_SPLIT and info.version == 2 and info.dtype in (torch.bfloat16, torch.float16):
         if fused and info.dtype == torch.bfloat16 and not info.exact_outputs:
@@ -143,10 +143,12 @@ def linear(x: torch.Tensor, packed: dict, kernel: dict, bias: torch.Tensor | Non
         else:
             q = cuda_ops.windowed_decode(packed["symbols"], kernel["table"], layout)
             w = cuda_ops.split_merge(q, kernel["value16"], packed["raw"], info.top).view(info.dtype)
-            y = F.linear(x2, w.view(info.n, info.k).to(x.dtype))
+            # The bias inside the matmul, as nn.Linear does (one rounding): outputs bit for bit.
+            y = F.linear(x2, w.view(info.n, info.k).to(x.dtype), None if bias is None else bias.to(x.dtype))
+            return y.reshape(*lead, info.n)
     else:
         w = unpack({name: t.cpu() for name, t in packed.items()}).to(device=x.device, dtype=x.dtype)
-        y = F.linear(x2, w)
+        return F.linear(x2, w, None if bias is None else bias.to(x.dtype)).reshape(*lead, info.n)
     y = y.to(x.dtype)
     if bias is not None:
         y = y + bias.to(y.dtype)

@@ -117,6 +117,7 @@ class _PackedModule(nn.Module):
 
     def _init_gpu_state(self) -> None:
         self._info = None
+        self._ready_device = None
         for name in gpu.KERNEL_BUFFERS:
             self.register_buffer(f"_k_{name}", torch.zeros(0), persistent=False)
         if not self.meta.is_meta:
@@ -150,15 +151,20 @@ class _PackedModule(nn.Module):
         else:  # the tables serve the GPU path only
             for name in gpu.KERNEL_BUFFERS:
                 self._buffers[f"_k_{name}"] = torch.zeros(0, device=device)
+        # A plain attribute, so forward's test of it compiles (torch.compile, fullgraph).
+        self._ready_device = device
+        if getattr(self, "_decoded", None) is not None:
+            self._decoded = None  # a cached weight of the tensors before this load or move
 
-    def _gpu_state_ready(self) -> bool:
-        """Whether the kernel buffers and stream slack match the packed tensors' device (host-side test)."""
-        if self._info is None or self._k_table.device != self.meta.device:
-            return False
-        if self._info.version == 0:
-            return True
-        return self._k_table.numel() > 0 and all(cuda_ops.with_slack(self._buffers[n]) is self._buffers[n]
-                                                 for n in ("symbols", "raw") if n in self._buffers)
+    def to_empty(self, *, device, recurse: bool = True):
+        """Uninitialised storage has no stream to verify: the state is rebuilt on load_state_dict."""
+        self._skip_refresh = True
+        try:
+            super().to_empty(device=device, recurse=recurse)
+        finally:
+            self._skip_refresh = False
+        self._info, self._ready_device = None, None
+        return self
 
     def _apply(self, fn, recurse=True):
         kept = [n for n in self._names if self._buffers.get(n) is not None]
@@ -167,7 +173,7 @@ class _PackedModule(nn.Module):
         for n in kept:  # a dtype cast moves packed tensors but keeps their dtype: their bits are the format
             if self._buffers[n].dtype != before[n].dtype:
                 self._buffers[n] = before[n].to(self._buffers[n].device)
-        if not self.meta.is_meta:
+        if not self.meta.is_meta and not getattr(self, "_skip_refresh", False):
             self._refresh_gpu_state()
         return self
 
@@ -241,8 +247,11 @@ class CompressedLinear(_PackedModule):
             if self._decoded is None or self._decoded.device != x.device:
                 self._decoded = self.decoded_weight().to(x.device)
             return F.linear(x, self._decoded.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-        if x.is_cuda and not self._gpu_state_ready():
-            self._refresh_gpu_state()  # built on the GPU without a move (a host read, once)
+        if x.device != self.meta.device:
+            raise CodecError(f"{type(self).__name__}: input on {x.device}, weight on {self.meta.device}: "
+                             "move the module (model.to(device)) or the input")
+        if x.is_cuda and self._ready_device != x.device:
+            self._refresh_gpu_state()  # emptied by to_empty and filled some other way: a host read, once
         info = self._info.ints if self._info is not None else gpu.weight_info(self._packed_cpu()).ints
         return compressed_linear(x, list(self.packed().values()), self.kernel(), self.bias, info, self.out_features)
 

@@ -161,6 +161,31 @@ def test_cache_decoded_is_opt_in():
     assert m._decoded is not None and y.shape == (2, 16)
 
 
+def test_cached_weight_follows_load_state_dict():
+    torch.manual_seed(3)
+    a = CompressedLinear.from_linear(torch.nn.Linear(32, 16), CompressionConfig(mode="int", bits=8), cache_decoded=True)
+    b = CompressedLinear.from_linear(torch.nn.Linear(32, 16), CompressionConfig(mode="int", bits=8))
+    x = torch.randn(2, 32)
+    a(x)
+    a.load_state_dict(b.state_dict())
+    assert torch.equal(a(x), b(x))
+
+
+def test_to_empty_then_load_state_dict():
+    src = CompressedLinear.from_linear(torch.nn.Linear(64, 24), CompressionConfig(mode="rate", bits=3.5))
+    m = CompressedLinear(64, 24, {k: v.clone() for k, v in src.packed().items()}, torch.zeros(24))
+    m.to_empty(device="cpu")  # uninitialised buffers: nothing verified or parsed until a load
+    m.load_state_dict(src.state_dict())
+    x = torch.randn(3, 64)
+    assert torch.equal(m(x), src(x))
+
+
+def test_input_on_another_device_is_a_clear_error():
+    m = CompressedLinear.from_linear(torch.nn.Linear(32, 16), CompressionConfig(mode="int", bits=4))
+    with pytest.raises(CodecError, match="input on meta, weight on cpu"):
+        m(torch.randn(2, 32, device="meta"))
+
+
 def test_cuda_input_raises_clearly_without_gpu_path(monkeypatch):
     lin = torch.nn.Linear(32, 16)
     m = CompressedLinear.from_linear(lin, CompressionConfig(mode="int", bits=4))

@@ -133,7 +133,7 @@ def test_compressed_linear_on_cuda_matches_cpu(mode, batch):
 
 def test_lossless_exact_outputs_bitwise_equal_to_linear():
     torch.manual_seed(1)
-    lin = torch.nn.Linear(1024, 512, bias=False).to(torch.bfloat16).cuda()
+    lin = torch.nn.Linear(1024, 512, bias=True).to(torch.bfloat16).cuda()  # the bias rounds inside the matmul
     m = CompressedLinear.from_linear(lin, CompressionConfig(mode="lossless", exact_outputs=True)).cuda()
     for batch in (1, 5, 64):
         x = torch.randn(batch, 1024, dtype=torch.bfloat16, device="cuda")
@@ -184,6 +184,20 @@ def test_torch_compile_reduce_overhead():
         for _ in range(3):
             out = compiled(ids).logits
     assert torch.allclose(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_torch_compile_fullgraph_has_no_graph_break():
+    lin = torch.nn.Linear(576, 192).to(torch.bfloat16)
+    m = CompressedLinear.from_linear(lin, CompressionConfig(mode="rate", bits=3.5)).cuda()
+    x = torch.randn(2, 576, dtype=torch.bfloat16, device="cuda")
+    compiled = torch.compile(m, fullgraph=True)
+    assert torch.equal(compiled(x), m(x))
+
+
+def test_input_on_another_device_is_a_clear_error():
+    m = CompressedLinear.from_linear(torch.nn.Linear(64, 32), CompressionConfig(mode="int", bits=4))
+    with pytest.raises(CodecError, match="input on cuda"):
+        m(torch.randn(1, 64, device="cuda"))
 
 
 def test_corrupt_stream_is_refused_when_moved_to_the_gpu():
