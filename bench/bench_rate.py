@@ -5,7 +5,10 @@ scale and zero per group (partial groups at the row end counted). Rate mode is g
 same budget (everything stored counted) and a smaller one. Reports bits per weight,
 weight SQNR (over all compressed layers) and perplexity on a text file.
 
-    python bench/bench_rate.py [--max-tokens 1024] [--json bench/results/rate_smollm2_cpu.json]
+    python bench/bench_rate.py [--coder huffman|rans] [--max-tokens 1024] [--json bench/results/rate_smollm2_cpu.json]
+
+--coder picks the entropy coder of every compressed layer (default: the library's, format-v2
+Huffman; "rans" writes format v1).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pycodec import CompressedLinear, CompressionConfig, compress_  # noqa: E402
+from pycodec.codec import CODERS, DEFAULT_CODER  # noqa: E402
 from pycodec.cli import DEFAULT_TEXT, load_source, perplexity  # noqa: E402
 
 
@@ -51,6 +55,7 @@ def main() -> None:
     p.add_argument("--text", default=DEFAULT_TEXT)
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--json", default=None)
+    p.add_argument("--coder", choices=CODERS, default=DEFAULT_CODER)
     a = p.parse_args()
     with open(a.text, errors="replace") as f:
         text = f.read()
@@ -59,12 +64,12 @@ def main() -> None:
     rows = [{"method": "bf16 (dense)", "bits_per_weight": 16.0, "sqnr_db": math.inf,
              "perplexity": perplexity(model, tok, text, a.max_tokens)}]
     configs = [
-        (f"int4-g128 RTN, fixed-length ({budget:.3f} b/w)", CompressionConfig(mode="int", bits=4, group_size=128), budget),
-        ("int4-g128 RTN, entropy-coded", CompressionConfig(mode="int", bits=4, group_size=128), None),
-        (f"rate mode at {budget:.3f} b/w", CompressionConfig(mode="rate", bits=round(budget, 3)), None),
-        ("rate mode at 3.5 b/w", CompressionConfig(mode="rate", bits=3.5), None),
-        ("int3-g128 RTN, entropy-coded", CompressionConfig(mode="int", bits=3, group_size=128), None),
-        ("rate mode at 3.0 b/w", CompressionConfig(mode="rate", bits=3.0), None),
+        (f"int4-g128 RTN, fixed-length ({budget:.3f} b/w)", CompressionConfig(mode="int", bits=4, group_size=128, coder=a.coder), budget),
+        ("int4-g128 RTN, entropy-coded", CompressionConfig(mode="int", bits=4, group_size=128, coder=a.coder), None),
+        (f"rate mode at {budget:.3f} b/w", CompressionConfig(mode="rate", bits=round(budget, 3), coder=a.coder), None),
+        ("rate mode at 3.5 b/w", CompressionConfig(mode="rate", bits=3.5, coder=a.coder), None),
+        ("int3-g128 RTN, entropy-coded", CompressionConfig(mode="int", bits=3, group_size=128, coder=a.coder), None),
+        ("rate mode at 3.0 b/w", CompressionConfig(mode="rate", bits=3.0, coder=a.coder), None),
     ]
     for label, cfg, stored_bits in configs:
         m = copy.deepcopy(model)
@@ -74,13 +79,15 @@ def main() -> None:
         rows.append({"method": label, "bits_per_weight": stored_bits or report["bits_per_weight"],
                      "sqnr_db": weight_sqnr(model, m), "perplexity": perplexity(m, tok, text, a.max_tokens),
                      "compress_seconds": seconds})
-    print(f"SmolLM2-135M linear layers (lm_head tied, kept), perplexity on {a.max_tokens} tokens of {a.text}")
+    print(f"SmolLM2-135M linear layers (lm_head tied, kept), coder {a.coder}, perplexity on {a.max_tokens} tokens "
+          f"of {a.text}")
     print(f"{'method':44s} {'bits/weight':>11s} {'SQNR dB':>8s} {'perplexity':>10s}")
     for r in rows:
         print(f"{r['method']:44s} {r['bits_per_weight']:11.3f} {r['sqnr_db']:8.2f} {r['perplexity']:10.3f}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"machine": "CPU", "text": a.text, "max_tokens": a.max_tokens, "rows": rows}, f, indent=2,
+            json.dump({"machine": "CPU", "coder": a.coder, "text": a.text, "max_tokens": a.max_tokens, "rows": rows},
+                      f, indent=2,
                       default=str)
 
 

@@ -81,7 +81,7 @@ def test_decode_split_refuses_inconsistent_inputs():
         _C.decode_split(blob, values, top, raw[:-4], out)
     with pytest.raises(CodecError, match="whole 32-bit words"):
         _C.decode_split(blob, values, top, raw[:-1], out)
-    with pytest.raises(CodecError):  # out of the wrong length
+    with pytest.raises(CodecError, match="output buffer"):  # out of the wrong length
         _C.decode_split(blob, values, top, raw, out[:-1])
     with pytest.raises(CodecError, match="contiguous"):
         _C.decode_split(blob, values, top, raw, np.zeros(2 * bits.size, np.uint16)[::2])

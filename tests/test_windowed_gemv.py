@@ -87,30 +87,26 @@ def test_emulated_decode_kernel_matches_cpu_decoder(kind, n, chunk, lanes):
     assert np.frombuffer(_C.emulate_decode(blob), np.uint8).tobytes() == pycodec.decode(blob).tobytes()
 
 
-def test_emulated_decode_kernel_stays_consistent_on_corrupt_payloads():
-    """Mutated payloads behind a valid header: the emulation finishes (in bounds: the C++ test runs it
-    under ASan), and wherever the CPU decoder still accepts a stream, both give the same symbols."""
+def test_emulated_decode_kernel_on_corrupt_payloads():
+    """Mutated payloads behind a valid header: the CPU decoder refuses every one (padding rules or
+    checksum: what guards the GPU, which only gets verified streams), and the emulation either
+    reports corruption or returns exactly n symbols (in bounds: the C++ test runs it under ASan)."""
     rng = rng_for("corrupt")
     x = hostile_symbols("gauss", 6000, rng)
     blob = pycodec.encode(x.reshape(6, 1000), lanes=16)
     start = _C.info(blob)["payload_offset"]
-    accepted = 0
     for i in range(300):
         b = bytearray(blob)
         for p in rng.integers(start, len(b), 1 + i % 3):
             b[p] ^= 1 << int(rng.integers(0, 8))
+        with pytest.raises(CodecError):
+            pycodec.decode(bytes(b))
         try:
             got = _C.emulate_decode(bytes(b))
         except CodecError as e:
             assert "corrupt" in str(e)
             continue
-        try:
-            expect = pycodec.decode(bytes(b))
-        except CodecError:
-            continue
-        accepted += 1
-        assert got == expect.tobytes()
-    assert accepted == 0  # every flip is caught by the CPU decoder's padding rules or checksum
+        assert len(got) == x.size
 
 
 # ---------------------------------------------------------------------------- fused affine GEMV
@@ -148,7 +144,7 @@ def test_emulated_rate_gemv_with_escapes(batch):
     rng = rng_for("rate", batch)
     w = rng.standard_normal((72, 576)).astype(np.float32) * 0.02
     w[rng.integers(0, 72, 40), rng.integers(0, 576, 40)] = 5.0  # far past 127 steps: escapes
-    rows = 1 if batch > 8 else None  # batch 16 fuses with up to 2 rows per chunk: ask for one
+    rows = 1 if batch > 8 else None  # batch 16 fuses with up to 4 rows x 16 = 64 slots: ask for one, as a test of it
     packed, _ = compress_weight(torch.from_numpy(w), CompressionConfig(mode="rate", bits=3.5,
                                                                         chunk_symbols=576 * rows if rows else None))
     assert packed["escape_index"].numel() >= 30
