@@ -13,15 +13,20 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: demo test bench setup clean gpu-check
 
-$(BIN)/.ready: requirements-dev.txt pyproject.toml CMakeLists.txt
+$(BIN)/.ready: requirements-dev.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+# The extension, rebuilt whenever a native source or the build files change.
+NATIVE := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') pyproject.toml CMakeLists.txt
+$(BIN)/.built: $(BIN)/.ready $(NATIVE)
 	$(BIN)/pip install -q --no-build-isolation -e .
 	touch $@
 
-setup: $(BIN)/.ready
+setup: $(BIN)/.built
 
 demo: setup
 	$(BIN)/pycodec demo
