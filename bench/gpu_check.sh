@@ -2,7 +2,7 @@
 # One command for a GPU session (`make gpu-check`), on the device machine:
 #   build against this machine's python3 and torch, assert the CUDA kernels are in, run the GPU
 #   tests (their own process), compute-sanitizer memcheck + racecheck on a small subset, then
-#   bench/gpu_suite.py. JSON and PNG go to $OUT (default bench/results). About 6-8 minutes on an H100.
+#   bench/gpu_suite.py. JSON and PNG go to $OUT (default bench/results). Budgeted for under 9 minutes; not yet run on a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}

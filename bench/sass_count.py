@@ -54,7 +54,8 @@ def find_tool(name: str) -> str | None:
     return None
 
 
-def sass_of(source: Path, arch: str) -> str:
+def sass_of(source: Path, arch: str, usage: dict | None = None) -> str:
+    """The SASS of a .cu file; `usage` (if given) gets each kernel's registers, stack and local bytes."""
     nvcc, cuobjdump, nvdisasm = find_tool("nvcc"), find_tool("cuobjdump"), find_tool("nvdisasm")
     if not (nvcc and cuobjdump and nvdisasm):
         raise SystemExit(f"needs nvcc, cuobjdump and nvdisasm (found {nvcc}, {cuobjdump}, {nvdisasm})")
@@ -63,6 +64,12 @@ def sass_of(source: Path, arch: str) -> str:
         subprocess.run([nvcc, "-std=c++17", "-cubin", f"-arch={arch}", "-O3", "--expt-relaxed-constexpr",
                         f"-I{ROOT / 'csrc'}", str(source), "-o", str(cubin)], check=True)
         env = dict(os.environ, PATH=os.path.dirname(nvdisasm) + os.pathsep + os.environ.get("PATH", ""))
+        if usage is not None:
+            text = subprocess.run([cuobjdump, "--dump-resource-usage", str(cubin)], check=True, capture_output=True,
+                                  text=True, env=env).stdout
+            for name, reg, stack, local in re.findall(
+                    r"Function (\S+):\s*REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", text):
+                usage[name] = {"registers": int(reg), "stack_bytes": int(stack), "local_bytes": int(local)}
         return subprocess.run([cuobjdump, "-sass", str(cubin)], check=True, capture_output=True, text=True,
                               env=env).stdout
 
@@ -197,10 +204,17 @@ def main() -> None:
     p.add_argument("--sample", type=int, default=20000, help="symbols per tensor for the yields")
     a = p.parse_args()
 
-    v2 = functions(sass_of(ROOT / "csrc/cuda/windowed_cuda.cu", a.arch))
-    v1 = functions(sass_of(ROOT / "csrc/cuda/decode_cuda.cu", a.arch))
-    result = {"arch": a.arch, "machine": f"{platform.machine()}, compiled here (no GPU needed)", "kernels": {},
-              "per_symbol": {}}
+    usage: dict = {}
+    v2 = functions(sass_of(ROOT / "csrc/cuda/windowed_cuda.cu", a.arch, usage))
+    v1 = functions(sass_of(ROOT / "csrc/cuda/decode_cuda.cu", a.arch, usage))
+    nvcc_version = subprocess.run([find_tool("nvcc"), "--version"], capture_output=True, text=True).stdout
+    regs = [u["registers"] for u in usage.values()]
+    result = {"arch": a.arch, "machine": f"{platform.machine()}, compiled here (no GPU needed)",
+              "nvcc": (re.findall(r"release [\d.]+, V[\d.]+", nvcc_version) or ["?"])[0],
+              "resources": {"kernels": len(usage), "registers_min": min(regs), "registers_max": max(regs),
+                            "stack_bytes_max": max(u["stack_bytes"] for u in usage.values()),
+                            "local_bytes_max": max(u["local_bytes"] for u in usage.values())},
+              "kernels": {}, "per_symbol": {}}
     for label, needles, entry in [
         ("gemv affine B=1", ("gemv_kernelILi1E", "AffineSink"), "lds_64"),
         ("gemv affine B=4", ("gemv_kernelILi4E", "AffineSink"), "lds_64"),

@@ -505,8 +505,10 @@ inline void decode_four_lanes(const MultiTable& t, const uint8_t* be, uint64_t w
   }
 }
 
-// Decodes one chunk of m >= 1 symbols from exactly n_words words; checks every padding rule
-// (docs/FORMAT.md §9.4), so a chunk decodes only if it is exactly what an encoder writes.
+// Decodes one chunk of m >= 1 symbols from exactly n_words words; checks every rule of
+// docs/FORMAT.md §9.4 (codes, padding that repeats the next code's prefix, zeros after the
+// last code), so every bit of the chunk is accounted for. W itself need not be the smallest
+// an encoder would choose.
 // Every lane, the last included, is window-decoded the same way: the last lane's symbols are
 // the first (m - symbols before it) of its window, and the lane holding the chunk's last
 // symbol ends where those symbols' code lengths sum to; zeros must follow.
