@@ -202,18 +202,23 @@ def gemv_inputs(x2: torch.Tensor, prefix: bool = True) -> tuple[torch.Tensor, to
 
 # ---------------------------------------------------------------------------- decode
 
-def _windowed_decode(blob: torch.Tensor, table: torch.Tensor, layout: list[int]) -> torch.Tensor:
-    _check_stream("windowed_decode", blob, table, layout)
-    _same_device("windowed_decode", blob, table)
-    # zeros: what a lane refuses to decode (a corrupt chunk, foreign tables) reads as symbol 0,
-    # not as stale memory (the status is not read back: that would be a host sync)
+def _decode_launch(op: str, blob: torch.Tensor, table: torch.Tensor, layout: list[int]):
+    """(symbols, status) of a v2 stream, both on blob's device, without reading status back.
+    Symbols start as zeros: what a lane refuses to decode (a corrupt chunk, foreign tables)
+    reads as symbol 0, not as stale memory."""
+    _check_stream(op, blob, table, layout)
+    _same_device(op, blob, table)
     out = torch.zeros(layout[4], dtype=torch.uint8, device=blob.device)
     status = torch.zeros(1, dtype=torch.int32, device=blob.device)
     if layout[4]:
         with _guard(blob.device):
             _launch("windowed_decode", _view(blob, layout), table.data_ptr(), out.data_ptr(), status.data_ptr(),
                     _stream())
-    return out
+    return out, status
+
+
+def _windowed_decode(blob: torch.Tensor, table: torch.Tensor, layout: list[int]) -> torch.Tensor:
+    return _decode_launch("windowed_decode", blob, table, layout)[0]  # no status read: a host sync
 
 
 @torch.library.custom_op("pycodec::windowed_decode", mutates_args=(), device_types="cuda")
@@ -244,13 +249,7 @@ def decode_cuda(blob: Any, device: Any = "cuda") -> torch.Tensor:
     host = torch.frombuffer(bytearray(buf), dtype=torch.uint8) if len(buf) else torch.zeros(0, dtype=torch.uint8)
     dev = with_slack(host.to(device))
     table = kernel_tables(buf)["table"].to(device)
-    _check_stream("decode_cuda", dev, table, s.ints)
-    out = torch.empty(s.n_symbols, dtype=torch.uint8, device=device)
-    status = torch.zeros(1, dtype=torch.int32, device=device)
-    if s.n_symbols:
-        with torch.cuda.device(device):
-            _C.cuda_windowed_decode(_view(dev, s.ints), table.data_ptr(), out.data_ptr(), status.data_ptr(),
-                                    torch.cuda.current_stream(device).cuda_stream)
+    out, status = _decode_launch("decode_cuda", dev, table, s.ints)
     if int(status.item()):
         raise CodecError("decode_cuda: payload is corrupt: a lane needs more codes than its window holds")
     return out.view(s.shape)

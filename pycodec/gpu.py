@@ -136,19 +136,18 @@ def linear(x: torch.Tensor, packed: dict, kernel: dict, bias: torch.Tensor | Non
                                               info.group_size, info.n, info.k)
         else:  # the Triton kernels take whole groups only
             y = _affine_decoded(x2, packed, kernel, info)
-    elif info.kind == KIND_SPLIT and info.version == 2 and info.dtype in (torch.bfloat16, torch.float16):
-        if fused and info.dtype == torch.bfloat16 and not info.exact_outputs:
-            y = cuda_ops.windowed_gemv_split(x2, packed["symbols"], kernel["table"], kernel["values"], packed["raw"],
-                                             layout, info.top, info.n, info.k)
-        else:
+    elif (info.kind == KIND_SPLIT and info.version == 2 and fused and info.dtype == torch.bfloat16 and
+          not info.exact_outputs):
+        y = cuda_ops.windowed_gemv_split(x2, packed["symbols"], kernel["table"], kernel["values"], packed["raw"],
+                                         layout, info.top, info.n, info.k)
+    else:  # the dense weight, then F.linear with the bias inside the matmul as nn.Linear: bit for bit
+        if info.kind == KIND_SPLIT and info.version == 2 and info.dtype in (torch.bfloat16, torch.float16):
             q = cuda_ops.windowed_decode(packed["symbols"], kernel["table"], layout)
             w = cuda_ops.split_merge(q, kernel["value16"], packed["raw"], info.top).view(info.dtype)
-            # The bias inside the matmul, as nn.Linear does (one rounding): outputs bit for bit.
-            y = F.linear(x2, w.view(info.n, info.k).to(x.dtype), None if bias is None else bias.to(x.dtype))
-            return y.reshape(*lead, info.n)
-    else:
-        w = unpack({name: t.cpu() for name, t in packed.items()}).to(device=x.device, dtype=x.dtype)
-        return F.linear(x2, w, None if bias is None else bias.to(x.dtype)).reshape(*lead, info.n)
+        else:  # fp32 lossless, v1 byte planes: the CPU decoder
+            w = unpack({name: t.cpu() for name, t in packed.items()}).to(x.device)
+        y = F.linear(x2, w.view(info.n, info.k).to(x.dtype), None if bias is None else bias.to(x.dtype))
+        return y.reshape(*lead, info.n)
     y = y.to(x.dtype)
     if bias is not None:
         y = y + bias.to(y.dtype)

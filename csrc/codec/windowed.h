@@ -257,7 +257,9 @@ PYCODEC_HD uint32_t window_tail(const Entry* table, const uint8_t* length, Reade
 // Window decoding of a lane that is not the chunk's last: takes codes while the next one
 // ends inside `window` bits and hands each entry to sink.put(entry, index of its first
 // symbol). Returns the number of symbols; *used gets the bits they occupy. The table must not
-// be constant (windows hold no zero-bit codes). The CPU decoder's loop.
+// be constant (windows hold no zero-bit codes). The rule written plainly, one code reader and
+// one lane: the CPU decoder's ByteLane and the kernels' count_window implement it faster, and
+// csrc/tests checks the format against it.
 template <class Entry, class Reader, class Sink>
 PYCODEC_HD uint32_t decode_window(const Entry* table, const uint8_t* length, Reader& r, uint32_t window,
                                   Sink& sink, uint32_t* used) {
@@ -448,12 +450,12 @@ inline uint64_t peek64(const uint8_t* be, uint64_t pos) {
 struct ByteLane {
   uint64_t pos;  // bit position in the chunk
   uint8_t* out;  // the next symbol's byte in the lane's scratch region
-  void step(const uint8_t* be, const uint32_t* table) {
-    const uint32_t e = table[peek64(be, pos) >> (64 - kPeekBits)];
+  void take(uint32_t e) {
     std::memcpy(out, &e, 4);  // the entry's symbols and a byte past them, overwritten next
     out += entry_count(e);
     pos += entry_bits(e);
   }
+  void step(const uint8_t* be, const uint32_t* table) { take(table[peek64(be, pos) >> (64 - kPeekBits)]); }
   // decode_window's rule anywhere in the window: the entry if it ends by `end`, else its first
   // code if that does, else nothing (the padding). Returns the bits taken; once it returns 0
   // it always will, so lanes that are done can keep stepping.
@@ -463,9 +465,7 @@ struct ByteLane {
     const uint32_t first = first_code_entry(e, t.length);
     e = entry_bits(e) <= left ? e : first;
     e = entry_bits(e) <= left ? e : 0u;
-    std::memcpy(out, &e, 4);
-    out += entry_count(e);
-    pos += entry_bits(e);
+    take(e);
     return entry_bits(e);
   }
 };

@@ -416,15 +416,16 @@ inline Status check_decode(const StreamView& s, const void* table, const void* o
 // check every entry of their tables once per block (the host twins once per call), so a table
 // that did not come from the stream's code (kernel_tables) cannot hang a loop.
 template <class Entry>
-PYCODEC_HD bool table_entry_ok(Entry e, uint8_t count_byte, bool constant) {
-  return entry_count(e) >= 1 && (constant || (entry_bits(e) >= 1 && count_bits(count_byte) >= 1));
+PYCODEC_HD bool table_entry_ok(Entry e, bool constant) {
+  return entry_count(e) >= 1 && (constant || entry_bits(e) >= 1);
 }
+PYCODEC_HD bool count_byte_ok(uint8_t c, bool constant) { return constant || count_bits(c) >= 1; }
 
 template <class Entry>
 inline bool tables_ok(const Entry* table, const uint8_t* count) {
   const bool constant = constant_table(table);
   for (uint32_t v = 0; v < kTableSize; ++v)
-    if (!table_entry_ok(table[v], count[v], constant)) return false;
+    if (!table_entry_ok(table[v], constant) || !count_byte_ok(count[v], constant)) return false;
   return true;
 }
 
