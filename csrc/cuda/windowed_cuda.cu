@@ -56,7 +56,7 @@ constexpr uint32_t kFullMask = 0xFFFFFFFFu;
 // After the 4096 entries of a stream's table (table_dev): the code lengths, then the count table.
 constexpr size_t kLengthBytes = 256;
 constexpr size_t kAuxBytes = kLengthBytes + windowed::kTableSize;  // lengths + count table
-static_assert(kAuxBytes % 16 == 0 && kLengthBytes % 16 == 0, "tables are copied in 16-byte pieces");
+static_assert(kAuxBytes % 16 == 0, "tables are copied in 16-byte pieces");
 
 template <class Entry>
 constexpr size_t table_bytes() {
@@ -64,37 +64,26 @@ constexpr size_t table_bytes() {
 }
 
 // Block-wide copy of the decode tables into shared memory, 16 bytes per thread per step:
-// entries (multi-symbol or value), then lengths and count table (`aux`). Each piece is checked
-// while in registers (windowed_gemv.h: table_entry_ok, count_byte_ok) and the copy's barrier
-// also gathers the verdict: whether every entry lets the decoding loops progress.
+// entries (multi-symbol or value), then lengths and count table (`aux`). Returns whether every
+// entry lets the decoding loops progress (windowed_gemv.h: table_entry_ok, count_byte_ok), for
+// the whole block. The check reads shared memory after the copy's barrier: checking each piece
+// while in registers during the copy costs the GEMV loops 3 instructions and a stack frame (B=3,4)
+// through register allocation, measured with bench/sass_count.py.
 template <class Entry>
 __device__ __forceinline__ bool load_tables(Entry* table_smem, uint8_t* aux_smem, const Entry* table,
                                             const uint8_t* aux) {
-  constexpr uint32_t kEntriesPerPiece = 16 / sizeof(Entry);
-  const bool constant = windowed::constant_table(table);  // one cached load, the same for every thread
-  int bad = 0;
   const uint4* src = reinterpret_cast<const uint4*>(table);
   uint4* dst = reinterpret_cast<uint4*>(table_smem);
-  for (uint32_t i = threadIdx.x; i < table_bytes<Entry>() / 16; i += blockDim.x) {
-    const uint4 piece = __ldg(src + i);
-    dst[i] = piece;
-    Entry e[kEntriesPerPiece];
-    memcpy(e, &piece, 16);
-#pragma unroll
-    for (uint32_t j = 0; j < kEntriesPerPiece; ++j) bad |= !windowed::table_entry_ok(e[j], constant);
-  }
+  for (uint32_t i = threadIdx.x; i < table_bytes<Entry>() / 16; i += blockDim.x) dst[i] = __ldg(src + i);
   const uint4* asrc = reinterpret_cast<const uint4*>(aux);
   uint4* adst = reinterpret_cast<uint4*>(aux_smem);
-  for (uint32_t i = threadIdx.x; i < kAuxBytes / 16; i += blockDim.x) {
-    const uint4 piece = __ldg(asrc + i);
-    adst[i] = piece;
-    if (i >= kLengthBytes / 16) {  // the count table
-      uint8_t c[16];
-      memcpy(c, &piece, 16);
-#pragma unroll
-      for (int j = 0; j < 16; ++j) bad |= !windowed::count_byte_ok(c[j], constant);
-    }
-  }
+  for (uint32_t i = threadIdx.x; i < kAuxBytes / 16; i += blockDim.x) adst[i] = __ldg(asrc + i);
+  __syncthreads();
+  const bool constant = windowed::constant_table(table_smem);
+  int bad = 0;
+  for (uint32_t i = threadIdx.x; i < windowed::kTableSize; i += blockDim.x)
+    bad |= !windowed::table_entry_ok(table_smem[i], constant) ||
+           !windowed::count_byte_ok(aux_smem[kLengthBytes + i], constant);
   return __syncthreads_or(bad) == 0;
 }
 
