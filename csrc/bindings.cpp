@@ -129,6 +129,10 @@ struct CudaKernels {
                       uint16_t* out, uintptr_t cs) {
     return cuda::split_merge(sym, n, v, raw, rw, low, out, cs);
   }
+  static Status tile(const windowed::StreamView& s, const uint32_t* t, const windowed::TileArgs& a, uint32_t b,
+                     uintptr_t cs) {
+    return cuda::windowed_tile_affine(s, t, a, b, cs);
+  }
 };
 
 struct HostKernels {
@@ -146,6 +150,10 @@ struct HostKernels {
   static Status merge(const uint8_t* sym, uint64_t n, const uint16_t* v, const uint32_t* raw, uint64_t rw, uint32_t low,
                       uint16_t* out, uintptr_t) {
     return host::split_merge(sym, n, v, raw, rw, low, out);
+  }
+  static Status tile(const windowed::StreamView& s, const uint32_t* t, const windowed::TileArgs& a, uint32_t b,
+                     uintptr_t) {
+    return host::windowed_tile_affine(s, t, a, b);
   }
 };
 
@@ -227,6 +235,41 @@ void bind_windowed(py::module_& m, const std::string& prefix) {
       py::arg("symbols_dev"), py::arg("n"), py::arg("values_dev"), py::arg("raw_dev"), py::arg("raw_words"),
       py::arg("low"), py::arg("out_dev"), py::arg("stream"),
       "Rebuild exact 16-bit float bits from split symbols, values (value << low) and raw bits.");
+
+  m.def(
+      (prefix + "windowed_tile_affine").c_str(),
+      [prefix](py::tuple view, uintptr_t table_dev, uintptr_t x_dev, bool x_half, uintptr_t prefix_dev,
+               uintptr_t scale_dev, uintptr_t zero_dev, bool zero_broadcast, float zero_in_values, uint32_t group_size,
+               uint32_t n_rows, uint32_t k, uint32_t batch, uint32_t batch_pad, uintptr_t y_dev,
+               uintptr_t escape_row_dev, uintptr_t escape_col_dev, uintptr_t escape_value_dev, uint32_t n_escapes,
+               uintptr_t stream) {
+        windowed::TileArgs a;
+        a.x = reinterpret_cast<const uint16_t*>(x_dev);
+        a.x_half = x_half;
+        a.prefix = reinterpret_cast<const float*>(prefix_dev);
+        a.scale = reinterpret_cast<const uint16_t*>(scale_dev);
+        a.zero = reinterpret_cast<const uint16_t*>(zero_dev);
+        a.n_rows = n_rows;
+        a.k = k;
+        a.group_size = group_size;
+        a.n_groups = group_size ? uint32_t((uint64_t(k) + group_size - 1) / group_size) : 0;
+        a.batch_pad = batch_pad;
+        a.zero_broadcast = zero_broadcast;
+        a.zero_in_values = zero_in_values;
+        a.escape_row = reinterpret_cast<const int32_t*>(escape_row_dev);  // 0: no escapes
+        a.escape_col = reinterpret_cast<const int32_t*>(escape_col_dev);
+        a.escape_value = reinterpret_cast<const float*>(escape_value_dev);
+        a.n_escapes = n_escapes;
+        a.y = reinterpret_cast<float*>(y_dev);
+        check(K::tile(stream_view(view), reinterpret_cast<const uint32_t*>(table_dev), a, batch, stream),
+              (prefix + "windowed_tile_affine").c_str());
+      },
+      py::arg("view"), py::arg("table_dev"), py::arg("x_dev"), py::arg("x_half"), py::arg("prefix_dev"),
+      py::arg("scale_dev"), py::arg("zero_dev"), py::arg("zero_broadcast"), py::arg("zero_in_values"),
+      py::arg("group_size"), py::arg("n_rows"), py::arg("k"), py::arg("batch"), py::arg("batch_pad"), py::arg("y_dev"),
+      py::arg("escape_row_dev"), py::arg("escape_col_dev"), py::arg("escape_value_dev"), py::arg("n_escapes"),
+      py::arg("stream"),
+      "Decode 16 rows per block into shared memory, then tensor-core MMA (windowed_tile.h: TileArgs).");
 }
 
 }  // namespace
@@ -374,6 +417,12 @@ PYBIND11_MODULE(_C, m) {
   bind_windowed<CudaKernels>(m, "cuda_");
   bind_windowed<HostKernels>(m, "host_");
 
+  m.def("tile_supported", &windowed::tile_supported, py::arg("n_symbols"), py::arg("chunk_symbols"),
+        py::arg("n_rows"), py::arg("k"), py::arg("group_size"), py::arg("batch"),
+        "Whether the tile kernel (decode to shared memory + MMA) takes this affine weight and batch.");
+  m.def("tile_batch_pad", [](uint32_t batch) { return 8 * windowed::tile_batch_tiles(batch); }, py::arg("batch"),
+        "The batch rows the tile kernel computes for a batch (x and y padded with zero rows).");
+  m.attr("TILE_MAX_BATCH") = windowed::kTileMaxBatch;
   m.def("gemv_supported", &windowed::gemv_supported, py::arg("n_symbols"), py::arg("chunk_symbols"), py::arg("n_rows"),
         py::arg("k"), py::arg("batch"), "Whether the fused v2 GEMV takes this weight shape and batch.");
 

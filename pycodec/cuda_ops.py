@@ -14,6 +14,7 @@ lossless weight without bounds tests: those tensors must sit in storage with tha
 
   windowed_decode       symbols of a stream, uint8 [n]
   windowed_gemv_affine  y = x W^T, W = (q - z) * s from the stream, batch 1..16, escapes in the epilogue
+  windowed_tile_affine  the same for batch 1..128: 16 rows decoded into shared memory, tensor-core MMA
   windowed_gemv_split   y = x W^T for a lossless split bf16 weight, batch 1..16
   split_merge           the exact bf16 (or fp16) bits of a split weight from its decoded symbols
   decode_symbols        legacy format-v1 streams (pycodec <= 0.1 checkpoints)
@@ -33,8 +34,8 @@ from . import _C
 from .codec import CodecError, _as_buffer
 
 __all__ = ["CODER_IDS", "StreamLayout", "decode_cuda", "decode_symbols", "gemv_inputs", "gemv_supported",
-           "kernel_tables", "split_merge", "stream_layout", "windowed_decode", "windowed_gemv_affine",
-           "windowed_gemv_split", "with_slack"]
+           "kernel_tables", "split_merge", "stream_layout", "tile_supported", "windowed_decode", "windowed_gemv_affine",
+           "windowed_gemv_split", "windowed_tile_affine", "with_slack"]
 
 CODER_IDS = {"huffman": 1, "rans": 2}  # format.h: the coder byte of the header
 MAX_BATCH = 16                        # windowed_gemv.h: kGemvMaxBatch
@@ -272,45 +273,101 @@ def windowed_gemv_affine(x: torch.Tensor, blob: torch.Tensor, table: torch.Tenso
                                  zero_in_values, group_size, n_rows, k)
 
 
+def _check_affine(op, x, blob, table, scale, zero, escape_row, escape_col, escape_value, layout, group_size, n_rows,
+                  k) -> tuple[torch.device, tuple]:
+    """The checks both affine ops make of their weight; returns the device and the escape arguments
+    (row pointers, columns, values addresses and count; zeros for none)."""
+    _check_stream(op, blob, table, layout)
+    device = _same_device(op, x, blob, table, scale, zero, escape_row, escape_col, escape_value)
+    if scale.dtype != torch.float16 or zero.dtype != torch.float16:
+        raise CodecError(f"{op}: scale and zero must be float16")
+    groups = -(-k // group_size) if group_size > 0 else 0
+    if group_size <= 0 or scale.shape != (n_rows, groups) or tuple(zero.shape) not in ((n_rows, groups), (1, 1)):
+        raise CodecError(f"{op}: scale must be [{n_rows}, {groups}], zero the same or [1, 1]")
+    if not escape_col.numel():
+        return device, (0, 0, 0, 0)
+    if (escape_row.numel() != n_rows + 1 or escape_row.dtype != torch.int32 or escape_col.dtype != torch.int32 or
+            escape_value.dtype != torch.float32 or escape_value.numel() != escape_col.numel() or
+            not escape_row.is_contiguous() or not escape_col.is_contiguous() or not escape_value.is_contiguous()):
+        raise CodecError(f"{op}: escapes must be contiguous int32 [n_rows + 1] row pointers, int32 columns and "
+                         "as many fp32 values")
+    return device, (escape_row.data_ptr(), escape_col.data_ptr(), escape_value.data_ptr(), escape_col.numel())
+
+
 def _windowed_gemv_affine(x, blob, table, values, scale, zero, escape_row, escape_col, escape_value, layout,
                           zero_in_values, group_size, n_rows, k):
     op = "windowed_gemv_affine"
-    _check_stream(op, blob, table, layout)
-    device = _same_device(op, x, blob, table, values, scale, zero, escape_row, escape_col, escape_value)
+    device, escapes = _check_affine(op, x, blob, table, scale, zero, escape_row, escape_col, escape_value, layout,
+                                    group_size, n_rows, k)
+    _same_device(op, x, values)
     batch = x.shape[0]
     if x.dim() != 2 or x.shape[1] != k or not gemv_supported(layout, n_rows, k, batch):
         raise CodecError(f"{op}: unsupported shape: x {tuple(x.shape)}, weight [{n_rows}, {k}], chunks of "
                          f"{layout[5]} symbols (chunks must be whole rows, batch 1..16)")
-    if scale.dtype != torch.float16 or zero.dtype != torch.float16:
-        raise CodecError(f"{op}: scale and zero must be float16")
     _check_values(op, values)
-    groups = -(-k // group_size)
-    if scale.shape != (n_rows, groups) or tuple(zero.shape) not in ((n_rows, groups), (1, 1)):
-        raise CodecError(f"{op}: scale must be [{n_rows}, {groups}], zero the same or [1, 1]")
-    has_escapes = escape_col.numel() > 0
-    if has_escapes and (escape_row.numel() != n_rows + 1 or escape_row.dtype != torch.int32 or
-                        escape_col.dtype != torch.int32 or escape_value.dtype != torch.float32 or
-                        escape_value.numel() != escape_col.numel() or not escape_row.is_contiguous() or
-                        not escape_col.is_contiguous() or not escape_value.is_contiguous()):
-        raise CodecError(f"{op}: escapes must be contiguous int32 [n_rows + 1] row pointers, int32 columns and "
-                         "as many fp32 values")
     x_t, prefix, padded = gemv_inputs(x)
     y = torch.empty((padded, n_rows), dtype=torch.float32, device=device)
     scale, zero = scale.contiguous(), zero.contiguous()
     if n_rows:
         with _guard(device):
-            _launch(
-                "windowed_gemv_affine", _view(blob, layout), values.data_ptr(), table.data_ptr(), x_t.data_ptr(), prefix.data_ptr(),
-                scale.data_ptr(), zero.data_ptr(), tuple(zero.shape) == (1, 1), zero_in_values, group_size, n_rows,
-                k, padded, y.data_ptr(), escape_row.data_ptr() if has_escapes else 0,
-                escape_col.data_ptr() if has_escapes else 0, escape_value.data_ptr() if has_escapes else 0,
-                escape_col.numel(), _stream())
+            _launch("windowed_gemv_affine", _view(blob, layout), values.data_ptr(), table.data_ptr(), x_t.data_ptr(),
+                    prefix.data_ptr(), scale.data_ptr(), zero.data_ptr(), tuple(zero.shape) == (1, 1), zero_in_values,
+                    group_size, n_rows, k, padded, y.data_ptr(), *escapes, _stream())
     return y[:batch]
 
 
 @windowed_gemv_affine.register_fake
 def _(x, blob, table, values, scale, zero, escape_row, escape_col, escape_value, layout, zero_in_values, group_size,
       n_rows, k):
+    return x.new_empty((x.shape[0], n_rows), dtype=torch.float32)
+
+
+def tile_supported(layout: list[int], n_rows: int, k: int, group_size: int, batch: int) -> bool:
+    """Whether the tile kernel (decode to shared memory + tensor-core MMA) takes this affine weight and batch."""
+    return bool(_C.tile_supported(layout[4], layout[5], n_rows, k, group_size, batch))
+
+
+@torch.library.custom_op("pycodec::windowed_tile_affine", mutates_args=(), device_types="cuda")
+def windowed_tile_affine(x: torch.Tensor, blob: torch.Tensor, table: torch.Tensor, scale: torch.Tensor,
+                         zero: torch.Tensor, escape_row: torch.Tensor, escape_col: torch.Tensor,
+                         escape_value: torch.Tensor, layout: list[int], zero_in_values: float, group_size: int,
+                         n_rows: int, k: int) -> torch.Tensor:
+    """y = x W^T in fp32 [B, n_rows] for an affine weight, 1 <= B <= 128, x bf16 or fp16: 16 rows per
+    block decoded into shared memory, then tensor-core MMA in x's type (windowed_tile.h). Arguments
+    as windowed_gemv_affine, without the value entries (the kernel decodes symbols)."""
+    return _windowed_tile_affine(x, blob, table, scale, zero, escape_row, escape_col, escape_value, layout,
+                                 zero_in_values, group_size, n_rows, k)
+
+
+def _windowed_tile_affine(x, blob, table, scale, zero, escape_row, escape_col, escape_value, layout, zero_in_values,
+                          group_size, n_rows, k):
+    op = "windowed_tile_affine"
+    device, escapes = _check_affine(op, x, blob, table, scale, zero, escape_row, escape_col, escape_value, layout,
+                                    group_size, n_rows, k)
+    batch = x.shape[0]
+    if (x.dim() != 2 or x.shape[1] != k or x.dtype not in (torch.bfloat16, torch.float16) or
+            not tile_supported(layout, n_rows, k, group_size, batch)):
+        raise CodecError(f"{op}: unsupported input: x {tuple(x.shape)} {x.dtype}, weight [{n_rows}, {k}], group "
+                         f"{group_size}, chunks of {layout[5]} symbols (x bf16 or fp16, batch 1..{_C.TILE_MAX_BATCH}, "
+                         "K and group multiples of 16, chunks of whole rows dividing 16)")
+    padded = int(_C.tile_batch_pad(batch))
+    x16 = torch.zeros((padded, k), dtype=x.dtype, device=device)
+    x16[:batch] = x
+    prefix = torch.zeros((k + 1, padded), dtype=torch.float32, device=device)
+    torch.cumsum(x16.t().float(), dim=0, out=prefix[1:])
+    y = torch.empty((padded, n_rows), dtype=torch.float32, device=device)
+    scale, zero = scale.contiguous(), zero.contiguous()
+    if n_rows:
+        with _guard(device):
+            _launch(op, _view(blob, layout), table.data_ptr(), x16.data_ptr(), x.dtype == torch.float16,
+                    prefix.data_ptr(), scale.data_ptr(), zero.data_ptr(), tuple(zero.shape) == (1, 1), zero_in_values,
+                    group_size, n_rows, k, batch, padded, y.data_ptr(), *escapes, _stream())
+    return y[:batch]
+
+
+@windowed_tile_affine.register_fake
+def _(x, blob, table, scale, zero, escape_row, escape_col, escape_value, layout, zero_in_values, group_size, n_rows,
+      k):
     return x.new_empty((x.shape[0], n_rows), dtype=torch.float32)
 
 

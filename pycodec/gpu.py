@@ -18,7 +18,10 @@ Dispatch (one place, ``linear``):
   lossless split bf16 / fp16 otherwise
         pycodec::windowed_decode + pycodec::split_merge rebuild the exact weight on the GPU, then
         cuBLAS F.linear: outputs bitwise equal to the uncompressed nn.Linear
-  affine otherwise (larger batches, v1 streams)
+  affine, v2 stream, batch 17..128, x bf16 / fp16, K and group multiples of 16, K <= 12288
+        pycodec::windowed_tile_affine: 16 rows per block decoded into shared memory, then
+        tensor-core MMA in x's type, escapes in its epilogue
+  affine otherwise (fp32 x, larger batches, v1 streams)
         decode the symbols on the GPU, then Triton's affine GEMV (M <= 16) or matmul (tensor cores)
   anything else (fp32 lossless, v1 byte-plane checkpoints)
         the CPU decoder, then F.linear (correct, slow: re-compress for the GPU path)
@@ -36,6 +39,9 @@ from .codec import CodecError
 from .quant import CODE_DTYPES, KIND_AFFINE, KIND_LOSSLESS, KIND_SPLIT, unpack
 
 MAX_FUSED_BATCH = 16
+# Batches the tile kernel takes (above the GEMVs'). A module setting, so that bench/gpu_suite.py
+# can time the decoded route beside it on the same weights.
+TILE_BATCHES = range(MAX_FUSED_BATCH + 1, int(_C.TILE_MAX_BATCH) + 1)
 _NO_LAYOUT = (0,) * 9
 
 
@@ -128,12 +134,19 @@ def linear(x: torch.Tensor, packed: dict, kernel: dict, bias: torch.Tensor | Non
     layout = list(info.layout)
     fused = info.version == 2 and 1 <= batch <= MAX_FUSED_BATCH and cuda_ops.gemv_supported(layout, info.n, info.k,
                                                                                             batch)
-    if info.kind == KIND_AFFINE and info.version and (fused or info.k % info.group_size == 0):
+    tile = (not fused and info.kind == KIND_AFFINE and info.version == 2 and batch in TILE_BATCHES and
+            x.dtype in (torch.bfloat16, torch.float16) and
+            cuda_ops.tile_supported(layout, info.n, info.k, info.group_size, batch))
+    if info.kind == KIND_AFFINE and info.version and (fused or tile or info.k % info.group_size == 0):
         if fused:  # any K: the kernel's last group may be partial
             y = cuda_ops.windowed_gemv_affine(x2, packed["symbols"], kernel["table"], kernel["values"], packed["scale"],
                                               packed["zero"], kernel["escape_row"], kernel["escape_col"],
                                               kernel["escape_value"], layout, float(info.zero_in_values),
                                               info.group_size, info.n, info.k)
+        elif tile:
+            y = cuda_ops.windowed_tile_affine(x2, packed["symbols"], kernel["table"], packed["scale"], packed["zero"],
+                                              kernel["escape_row"], kernel["escape_col"], kernel["escape_value"],
+                                              layout, float(info.zero_in_values), info.group_size, info.n, info.k)
         else:  # the Triton kernels take whole groups only
             y = _affine_decoded(x2, packed, kernel, info)
     elif (info.kind == KIND_SPLIT and info.version == 2 and fused and info.dtype == torch.bfloat16 and

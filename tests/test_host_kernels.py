@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import pycodec
-from pycodec import CodecError, cuda_ops, gpu
+from pycodec import CodecError, _C, cuda_ops, gpu
 from pycodec.config import CompressionConfig
 from pycodec.quant import compress_weight, unpack
 
@@ -28,7 +28,7 @@ def rng_for(*key) -> np.random.Generator:
 @pytest.fixture
 def host_ops(monkeypatch):
     """gpu.linear's calls to the registered ops go to their bodies, on host kernels."""
-    for name in ("windowed_decode", "windowed_gemv_affine", "windowed_gemv_split", "split_merge"):
+    for name in ("windowed_decode", "windowed_gemv_affine", "windowed_gemv_split", "windowed_tile_affine", "split_merge"):
         monkeypatch.setattr(cuda_ops, name, getattr(cuda_ops, "_" + name))
     with cuda_ops.host_kernels():
         yield
@@ -82,6 +82,113 @@ def test_linear_affine_fused_matches_reference(host_ops, fused_only, mode, batch
     ref = x.double() @ unpack(packed).double().T + bias.double()
     assert y.shape == (batch, n) and y.dtype == torch.float32
     assert rel_error(y, ref) < 1e-5
+
+
+def affine_weight(mode: str, rng, n: int, k: int, chunk_rows: int = 1):
+    """A packed affine weight of one of the tile tests' modes (rate: with escapes)."""
+    w = rng.standard_normal((n, k)).astype(np.float32) * 0.02
+    chunk = chunk_rows * k
+    if mode == "int4-g64":
+        cfg = CompressionConfig(mode="int", bits=4, group_size=64, chunk_symbols=chunk)
+    elif mode == "int3-sym-g32":
+        cfg = CompressionConfig(mode="int", bits=3, group_size=32, symmetric=True, chunk_symbols=chunk)
+    else:
+        w[rng.integers(0, n, 25), rng.integers(0, k, 25)] = 4.0  # outliers: escapes in the epilogue
+        cfg = CompressionConfig(mode="rate", bits=3.5, chunk_symbols=chunk)
+    packed, _ = compress_weight(torch.from_numpy(w), cfg)
+    assert mode != "rate" or packed["escape_index"].numel() > 0
+    # Chunks this small get one lane by the layout policy: re-encode with 32, so that lanes start
+    # mid-row and runs cross row ends inside multi-row chunks.
+    symbols = pycodec.decode(packed["symbols"].numpy())
+    packed["symbols"] = torch.from_numpy(np.frombuffer(pycodec.encode(symbols, chunk_symbols=chunk, lanes=32),
+                                                       np.uint8).copy())
+    return packed
+
+
+def tile_args(x, ready, kernel, packed, info):
+    return (x, ready["symbols"], kernel["table"], packed["scale"], packed["zero"], kernel["escape_row"],
+            kernel["escape_col"], kernel["escape_value"], list(info.layout), float(info.zero_in_values),
+            info.group_size, info.n, info.k)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch,chunk_rows", [(1, 1), (17, 2), (33, 4), (64, 1), (128, 2)])
+@pytest.mark.parametrize("mode", ["int4-g64", "int3-sym-g32", "rate"])
+def test_tile_kernel_matches_reference(mode, batch, chunk_rows, dtype):
+    """Decode into the tile, fragments in the PTX layout (permuted k), MMA, per-group folds over
+    k-ranges split between warps, escapes: against x W^T in float64. 40 rows: a partial last tile."""
+    rng = rng_for("tile", mode, batch, chunk_rows, str(dtype))
+    n, k = 40, 320
+    packed = affine_weight(mode, rng, n, k, chunk_rows)
+    ready, kernel, info = device_ready(packed)
+    assert cuda_ops.tile_supported(list(info.layout), n, k, info.group_size, batch) and info.layout[7] == 32
+    x = torch.from_numpy(rng.standard_normal((batch, k)).astype(np.float32)).to(dtype)
+    with cuda_ops.host_kernels():
+        y = cuda_ops._windowed_tile_affine(*tile_args(x, ready, kernel, packed, info))
+    ref = x.double() @ unpack(packed).double().T
+    assert y.shape == (batch, n) and y.dtype == torch.float32
+    assert rel_error(y, ref) < 1e-5
+    assert float((y.double() - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("batch", [17, 100])
+def test_linear_takes_the_tile_kernel_above_the_gemv_batches(host_ops, monkeypatch, batch):
+    rng = rng_for("tile-linear", batch)
+    packed = affine_weight("rate", rng, 48, 256)
+    ready, kernel, info = device_ready(packed)
+
+    def unfused(*args, **kwargs):
+        raise AssertionError("took another path")
+    monkeypatch.setattr(gpu, "_affine_decoded", unfused)
+    monkeypatch.setattr(cuda_ops, "windowed_gemv_affine", unfused)
+    x = torch.from_numpy(rng.standard_normal((batch, 256)).astype(np.float32)).to(torch.bfloat16)
+    bias = torch.randn(48).to(torch.bfloat16)
+    y = gpu.linear(x, ready, kernel, bias, info)
+    ref = x.double() @ unpack(packed).double().T + bias.double()
+    assert y.shape == (batch, 48) and y.dtype == torch.bfloat16
+    assert rel_error(y, ref) < 1e-2  # bf16 output rounding
+
+
+def test_linear_falls_back_where_the_tile_kernel_does_not_apply(host_ops, monkeypatch):
+    """fp32 x, or K not a multiple of 16: symbols decoded, then the Triton matmul."""
+    rng = rng_for("tile-fallback")
+    taken = []
+    monkeypatch.setattr(gpu, "_affine_decoded", lambda x2, packed, kernel, info: taken.append(x2.shape) or
+                        torch.zeros(x2.shape[0], info.n))
+    for k, dtype in ((256, torch.float32), (200, torch.bfloat16)):
+        packed = affine_weight("int4-g64", rng, 32, k) if k % 64 == 0 else compress_weight(
+            torch.randn(32, k), CompressionConfig(mode="int", bits=4, group_size=40, chunk_symbols=k))[0]
+        ready, kernel, info = device_ready(packed)
+        gpu.linear(torch.randn(20, k).to(dtype), ready, kernel, None, info)
+    assert taken == [(20, 256), (20, 200)]
+
+
+def test_tile_kernel_refusals():
+    rng = rng_for("tile-refusals")
+    packed = affine_weight("int4-g64", rng, 32, 128)
+    ready, kernel, info = device_ready(packed)
+    x = torch.randn(20, 128).to(torch.bfloat16)
+    with cuda_ops.host_kernels():
+        with pytest.raises(CodecError, match="bf16 or fp16"):
+            cuda_ops._windowed_tile_affine(*tile_args(x.float(), ready, kernel, packed, info))
+        with pytest.raises(CodecError, match="unsupported input"):
+            cuda_ops._windowed_tile_affine(*tile_args(torch.randn(129, 128).to(torch.bfloat16), ready, kernel,
+                                                      packed, info))
+        zero_counts = kernel["table"].clone()
+        zero_counts[-1024:] = 0
+        with pytest.raises(CodecError, match="table"):
+            cuda_ops._windowed_tile_affine(*tile_args(x, ready, dict(kernel, table=zero_counts), packed, info))
+        view = cuda_ops._view(ready["symbols"], list(info.layout))
+        x16 = torch.zeros(32, 128, dtype=torch.bfloat16)
+        prefix = torch.zeros(129, 32)
+        y = torch.empty(32, 32)
+        call = lambda batch_pad, x_ptr: _C.host_windowed_tile_affine(
+            view, kernel["table"].data_ptr(), x_ptr, False, prefix.data_ptr(), packed["scale"].data_ptr(),
+            packed["zero"].data_ptr(), False, 0.0, 64, 32, 128, 20, batch_pad, y.data_ptr(), 0, 0, 0, 0, 0)
+        call(32, x16.data_ptr())  # the arguments as the op builds them
+        for batch_pad, x_ptr in ((16, x16.data_ptr()), (32, x16.data_ptr() + 2)):  # padding, 8-byte loads of x
+            with pytest.raises(CodecError, match="invalid argument"):
+                call(batch_pad, x_ptr)
 
 
 def test_linear_keeps_leading_dims_and_input_dtype(host_ops):

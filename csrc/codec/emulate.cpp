@@ -165,5 +165,18 @@ Status split_merge(const uint8_t* symbols, uint64_t n, const uint16_t* values, c
   return Status::Ok;
 }
 
+Status windowed_tile_affine(const windowed::StreamView& s, const uint32_t* table, const windowed::TileArgs& a,
+                            uint32_t batch) {
+  const Status st = windowed::check_tile(s, table, a, batch);
+  if (st != Status::Ok) return st;
+  if (s.n_chunks && !windowed::tables_ok(table, aux_of(table) + 256)) return Status::BadTable;
+  const uint32_t tiles = windowed::tile_batch_tiles(batch);
+  bool ok = true;
+  for (uint64_t t = 0; t < (uint64_t(a.n_rows) + windowed::kTileRows - 1) / windowed::kTileRows; ++t)
+    ok &= a.x_half ? windowed::emulate_tile_block<true>(s, t, aux_of(table) + 256, table, aux_of(table), a, tiles)
+                   : windowed::emulate_tile_block<false>(s, t, aux_of(table) + 256, table, aux_of(table), a, tiles);
+  return ok ? Status::Ok : Status::CorruptPayload;
+}
+
 }  // namespace host
 }  // namespace pycodec

@@ -7,6 +7,7 @@
 
 #include "status.h"
 #include "windowed_gemv.h"
+#include "windowed_tile.h"
 
 namespace pycodec {
 
@@ -45,6 +46,8 @@ Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_
                            const windowed::SplitArgs& a, uint32_t batch);
 Status split_merge(const uint8_t* symbols, uint64_t n, const uint16_t* values, const uint32_t* raw, uint64_t raw_words,
                    uint32_t low, uint16_t* out);
+Status windowed_tile_affine(const windowed::StreamView& s, const uint32_t* table, const windowed::TileArgs& a,
+                            uint32_t batch);
 }  // namespace host
 
 }  // namespace pycodec

@@ -13,6 +13,7 @@
 
 #include "windowed.h"
 #include "windowed_gemv.h"
+#include "windowed_tile.h"
 
 namespace pycodec {
 namespace windowed {
@@ -70,6 +71,109 @@ inline bool emulate_decode_chunk(const StreamView& s, uint64_t c, const uint8_t*
     reader.init(v.words, 0, l * window);
     ByteSink sink{out + v.first + r.start, r.count};
     decode_count(table, lengths, reader, r.count, sink);
+  }
+  return ok;
+}
+
+// mma.sync.m16n8k16 with fp32 accumulators as the PTX ISA lays out its fragments (a[lane][4]:
+// bf16x2 or f16x2, b[lane][2], c[lane][4]); products are added in k order with fmaf, which a
+// tensor core need not match bit for bit: callers compare within a tolerance.
+template <bool kHalf>
+inline void mma_m16n8k16(const uint32_t a[32][4], const uint32_t b[32][2], float c[32][4]) {
+  auto value = [](uint32_t bits16) {
+    return kHalf ? half_to_float(uint16_t(bits16)) : bits_float(bits16 << 16);
+  };
+  float A[16][16], Bm[16][8];
+  for (uint32_t lane = 0; lane < 32; ++lane) {
+    const uint32_t g = lane / 4, t = lane % 4;
+    for (int h = 0; h < 2; ++h) {  // h: the register's low / high element
+      A[g][2 * t + h] = value((a[lane][0] >> (16 * h)) & 0xFFFFu);
+      A[g + 8][2 * t + h] = value((a[lane][1] >> (16 * h)) & 0xFFFFu);
+      A[g][2 * t + 8 + h] = value((a[lane][2] >> (16 * h)) & 0xFFFFu);
+      A[g + 8][2 * t + 8 + h] = value((a[lane][3] >> (16 * h)) & 0xFFFFu);
+      Bm[2 * t + h][g] = value((b[lane][0] >> (16 * h)) & 0xFFFFu);
+      Bm[2 * t + 8 + h][g] = value((b[lane][1] >> (16 * h)) & 0xFFFFu);
+    }
+  }
+  for (uint32_t lane = 0; lane < 32; ++lane)
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t r = tile_c_row(lane, i), n = tile_c_col(0, lane, i);
+      float d = c[lane][i];
+      for (int k = 0; k < 16; ++k) d = fmaf(A[r][k], Bm[k][n], d);
+      c[lane][i] = d;
+    }
+}
+
+// One block of the tile kernel (row tile `tile`: rows 16 tile ..): phase 1 chunk by chunk,
+// phase 2 warp by warp with every lane's fragments, phase 3 in split order. Returns false if a
+// lane overran its window.
+template <bool kHalf>
+inline bool emulate_tile_block(const StreamView& s, uint64_t tile, const uint8_t* count, const uint32_t* table,
+                               const uint8_t* lengths, const TileArgs& a, uint32_t batch_tiles) {
+  const uint32_t stride = a.k + kTileRowPad, rows_per_chunk = s.chunk_symbols / a.k;
+  const uint64_t row0 = tile * kTileRows;
+  std::vector<uint8_t> symbols(size_t(kTileRows) * stride, 0);
+  bool ok = true;
+  for (uint32_t ci = 0; ci < kTileRows / rows_per_chunk; ++ci) {
+    const uint64_t c = row0 / rows_per_chunk + ci;
+    if (c >= s.n_chunks) break;
+    const ChunkView v = chunk_view(s, c);
+    uint32_t counts[kMaxLanes] = {0};
+    for (uint32_t l = 0; l < s.lanes; ++l) counts[l] = lane_window_count(v, s, count, table, lengths, l);
+    const uint64_t window = lane_window_bits(v.n_words, s.lanes);
+    uint32_t before = 0;
+    for (uint32_t l = 0; l < s.lanes; ++l) {
+      const uint32_t through = before + (l + 1 < s.lanes ? counts[l] : 0);
+      const LaneRange r = lane_range(l, s.lanes, v.m, counts[l], before, through);
+      before = through;
+      ok &= !r.overrun;
+      FastReader reader;
+      reader.init(v.words, 0, l * window);
+      TileSink sink;
+      sink.begin(symbols.data(), a.k, ci * rows_per_chunk, r.start);
+      decode_count(table, lengths, reader, r.count, sink);
+    }
+  }
+  std::vector<float> partial(size_t(tile_splits(batch_tiles)) * kTileRows * a.batch_pad, 0.f);
+  for (uint32_t warp = 0; warp < kTileWarps; ++warp) {
+    const TileWork w = tile_work(warp, batch_tiles, a.k);
+    float p[kTileTilesPerWarp][32][4] = {}, acc[kTileTilesPerWarp][32][4] = {};
+    uint32_t frag_a[32][4], frag_b[32][2];
+    uint32_t k_begin = w.step_begin * 16, group = k_begin / a.group_size;
+    auto fold = [&](uint32_t k_end) {
+      for (uint32_t j = 0; j < w.tiles; ++j)
+        for (uint32_t lane = 0; lane < 32; ++lane)
+          tile_fold(a, uint32_t(row0), group, k_begin, k_end, w.first_tile + j, lane, p[j][lane], acc[j][lane]);
+    };
+    for (uint32_t step = w.step_begin; step < w.step_end; ++step) {
+      const uint32_t k0 = step * 16;
+      if (k0 >= (group + 1) * a.group_size) {
+        fold(k0);
+        k_begin = k0;
+        group = k0 / a.group_size;
+      }
+      for (uint32_t lane = 0; lane < 32; ++lane)
+        tile_a_fragment<kHalf>(symbols.data(), stride, k0, lane, a.zero_in_values, frag_a[lane]);
+      for (uint32_t j = 0; j < w.tiles; ++j) {
+        for (uint32_t lane = 0; lane < 32; ++lane) tile_b_fragment(a.x, a.k, k0, w.first_tile + j, lane, frag_b[lane]);
+        mma_m16n8k16<kHalf>(frag_a, frag_b, p[j]);
+      }
+    }
+    if (w.step_end > w.step_begin) fold(w.step_end * 16);
+    for (uint32_t j = 0; j < w.tiles; ++j)
+      for (uint32_t lane = 0; lane < 32; ++lane)
+        for (int i = 0; i < 4; ++i)
+          partial[tile_partial_index(w.split, tile_c_row(lane, i), tile_c_col(w.first_tile + j, lane, i),
+                                     a.batch_pad)] = acc[j][lane][i];
+  }
+  for (uint32_t r = 0; r < kTileRows; ++r) {
+    const uint64_t row = row0 + r;
+    if (row >= a.n_rows) break;
+    for (uint32_t b = 0; b < a.batch_pad; ++b) {
+      float sum = 0.f;
+      for (uint32_t sp = 0; sp < tile_splits(batch_tiles); ++sp) sum += partial[tile_partial_index(sp, r, b, a.batch_pad)];
+      a.y[size_t(b) * a.n_rows + row] = tile_with_escapes(a, uint32_t(row), b, sum);
+    }
   }
   return ok;
 }

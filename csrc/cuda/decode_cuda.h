@@ -11,6 +11,7 @@
 
 #include "../codec/status.h"
 #include "../codec/windowed_gemv.h"
+#include "../codec/windowed_tile.h"
 
 namespace pycodec {
 namespace cuda {
@@ -72,6 +73,12 @@ Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_
 // weight on the GPU for callers that want cuBLAS's own output bits (exact_outputs).
 Status split_merge(const uint8_t* symbols_dev, uint64_t n, const uint16_t* values_dev, const uint32_t* raw_dev,
                    uint64_t raw_words, uint32_t low, uint16_t* out_dev, uintptr_t stream);
+
+// y = x W^T for an affine weight at batch 1..128 (windowed_tile.h: TileArgs; x in bf16 or fp16,
+// padded to a.batch_pad rows): each block decodes 16 rows into shared memory through the
+// multi-symbol table (table_dev) and multiplies them on tensor cores. sm_80 or newer.
+Status windowed_tile_affine(const windowed::StreamView& s, const uint32_t* table_dev, const windowed::TileArgs& a,
+                            uint32_t batch, uintptr_t stream);
 
 }  // namespace cuda
 }  // namespace pycodec

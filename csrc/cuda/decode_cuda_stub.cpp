@@ -21,5 +21,9 @@ Status windowed_gemv_split(const windowed::StreamView&, const uint64_t*, const u
 Status split_merge(const uint8_t*, uint64_t, const uint16_t*, const uint32_t*, uint64_t, uint32_t, uint16_t*, uintptr_t) {
   return Status::BadArgument;
 }
+Status windowed_tile_affine(const windowed::StreamView&, const uint32_t*, const windowed::TileArgs&, uint32_t,
+                            uintptr_t) {
+  return Status::BadArgument;
+}
 }  // namespace cuda
 }  // namespace pycodec

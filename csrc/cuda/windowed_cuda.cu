@@ -40,6 +40,7 @@
 
 #include "../codec/windowed.h"
 #include "../codec/windowed_gemv.h"
+#include "../codec/windowed_tile.h"
 #include "cuda_status.cuh"
 #include "decode_cuda.h"
 
@@ -182,6 +183,112 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const StreamView s, cons
   }
 }
 
+// ---------------------------------------------------------------------------- tile: decode to shared memory + MMA
+
+template <bool kHalf>
+__device__ __forceinline__ void mma_m16n8k16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+  if (kHalf)
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+constexpr int kTileThreads = windowed::kTileWarps * 32;
+
+// One block per 16 weight rows (windowed_tile.h: the three phases). NT: batch tiles of 8.
+template <int NT, bool kHalf>
+__global__ void __launch_bounds__(kTileThreads) tile_kernel(const StreamView s, const windowed::TileArgs a,
+                                                            const uint32_t* __restrict__ table) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint32_t* table_smem = reinterpret_cast<uint32_t*>(smem);
+  uint8_t* aux_smem = smem + table_bytes<uint32_t>();
+  uint8_t* symbols = aux_smem + kAuxBytes;
+  float* partial = reinterpret_cast<float*>(symbols);  // phase 3, once phase 2 is done with the symbols
+  const bool tables_ok = load_tables(table_smem, aux_smem, table, reinterpret_cast<const uint8_t*>(table + windowed::kTableSize));
+  const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const uint32_t row0 = blockIdx.x * windowed::kTileRows, stride = a.k + windowed::kTileRowPad;
+  if (!tables_ok) {  // tables that are not a code's: the rows say so (NaN) instead of hanging
+    for (uint32_t i = threadIdx.x; i < windowed::kTileRows * a.batch_pad; i += kTileThreads) {
+      const uint32_t row = row0 + i / a.batch_pad;
+      if (row < a.n_rows) a.y[size_t(i % a.batch_pad) * a.n_rows + row] = __int_as_float(0x7FC00000);
+    }
+    return;
+  }
+
+  // Phase 1: whole chunks into the symbol tile, one warp per chunk.
+  const uint32_t rows_per_chunk = s.chunk_symbols / a.k;
+  for (uint32_t ci = warp; ci < windowed::kTileRows / rows_per_chunk; ci += windowed::kTileWarps) {
+    const uint64_t c = uint64_t(row0 / rows_per_chunk) + ci;
+    if (c >= s.n_chunks) break;  // warp-uniform
+    const ChunkView v = windowed::chunk_view(s, c);
+    const windowed::LaneRange r = warp_lane_range(v, s, table_smem, aux_smem, lane);
+    if (lane < s.lanes) {
+      windowed::FastReader reader;
+      reader.init(v.words, 0, lane * windowed::lane_window_bits(v.n_words, s.lanes));
+      windowed::TileSink sink;
+      sink.begin(symbols, a.k, ci * rows_per_chunk, r.start);
+      windowed::decode_count(table_smem, aux_smem, reader, r.count, sink);
+    }
+  }
+  __syncthreads();
+
+  // Phase 2: this warp's batch tiles over its k-range, a fold at each group end.
+  const windowed::TileWork w = windowed::tile_work(warp, NT, a.k);
+  float p[windowed::kTileTilesPerWarp][4] = {}, acc[windowed::kTileTilesPerWarp][4] = {};
+  uint32_t k_begin = w.step_begin * 16, group = k_begin / a.group_size, group_end = (group + 1) * a.group_size;
+  for (uint32_t step = w.step_begin; step < w.step_end; ++step) {
+    const uint32_t k0 = step * 16;
+    if (k0 >= group_end) {
+#pragma unroll
+      for (uint32_t j = 0; j < windowed::kTileTilesPerWarp; ++j)
+        if (j < w.tiles) windowed::tile_fold(a, row0, group, k_begin, k0, w.first_tile + j, lane, p[j], acc[j]);
+      k_begin = k0;
+      group = k0 / a.group_size;
+      group_end = (group + 1) * a.group_size;
+    }
+    uint32_t frag_a[4];
+    windowed::tile_a_fragment<kHalf>(symbols, stride, k0, lane, a.zero_in_values, frag_a);
+#pragma unroll
+    for (uint32_t j = 0; j < windowed::kTileTilesPerWarp; ++j) {
+      if (j < w.tiles) {
+        uint32_t frag_b[2];
+        windowed::tile_b_fragment(a.x, a.k, k0, w.first_tile + j, lane, frag_b);
+        mma_m16n8k16<kHalf>(p[j], frag_a, frag_b);
+      }
+    }
+  }
+  if (w.step_end > w.step_begin) {
+#pragma unroll
+    for (uint32_t j = 0; j < windowed::kTileTilesPerWarp; ++j)
+      if (j < w.tiles) windowed::tile_fold(a, row0, group, k_begin, w.step_end * 16, w.first_tile + j, lane, p[j], acc[j]);
+  }
+  __syncthreads();  // every warp is done with the symbols: their space takes the partial sums
+
+  // Phase 3: the splits' sums in split order, then the escapes.
+#pragma unroll
+  for (uint32_t j = 0; j < windowed::kTileTilesPerWarp; ++j)
+    if (j < w.tiles)
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        partial[windowed::tile_partial_index(w.split, windowed::tile_c_row(lane, i),
+                                             windowed::tile_c_col(w.first_tile + j, lane, i), a.batch_pad)] = acc[j][i];
+  __syncthreads();
+  const uint32_t splits = windowed::tile_splits(NT);
+  for (uint32_t i = threadIdx.x; i < windowed::kTileRows * a.batch_pad; i += kTileThreads) {
+    const uint32_t r = i / a.batch_pad, b = i % a.batch_pad, row = row0 + r;
+    if (row >= a.n_rows) continue;
+    float sum = 0.f;
+    for (uint32_t sp = 0; sp < splits; ++sp) sum += partial[windowed::tile_partial_index(sp, r, b, a.batch_pad)];
+    a.y[size_t(b) * a.n_rows + row] = windowed::tile_with_escapes(a, row, b, sum);
+  }
+}
+
 // ---------------------------------------------------------------------------- split merge
 
 __global__ void split_merge_kernel(const uint8_t* __restrict__ symbols, uint64_t n, const uint16_t* __restrict__ value,
@@ -251,6 +358,41 @@ Status dispatch_gemv(uint32_t batch, const StreamView& s, const Args& a, const E
   }
 }
 
+
+template <int NT, bool kHalf>
+Status launch_tile(const StreamView& s, const windowed::TileArgs& a, const uint32_t* table, cudaStream_t cs) {
+  static std::once_flag opted_in[kMaxDevices];
+  static cudaError_t opt_in_error[kMaxDevices];
+  auto kernel = tile_kernel<NT, kHalf>;
+  const size_t smem = windowed::tile_smem_bytes(a.k);
+  if (smem > 48 * 1024) {
+    int device = 0;
+    Status st = from_cuda(cudaGetDevice(&device));
+    if (st != Status::Ok) return st;
+    if (device >= kMaxDevices) return Status::TooLarge;
+    std::call_once(opted_in[device], [&] {
+      opt_in_error[device] = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                  int(windowed::tile_smem_bytes(windowed::kTileMaxK)));
+    });
+    if ((st = from_cuda(opt_in_error[device])) != Status::Ok) return st;
+  }
+  const unsigned blocks = unsigned((uint64_t(a.n_rows) + windowed::kTileRows - 1) / windowed::kTileRows);
+  kernel<<<blocks, kTileThreads, smem, cs>>>(s, a, table);
+  return from_cuda(cudaGetLastError());
+}
+
+template <bool kHalf>
+Status dispatch_tile(uint32_t batch, const StreamView& s, const windowed::TileArgs& a, const uint32_t* table,
+                     cudaStream_t cs) {
+  switch (windowed::tile_batch_tiles(batch)) {
+    case 2: return launch_tile<2, kHalf>(s, a, table, cs);
+    case 4: return launch_tile<4, kHalf>(s, a, table, cs);
+    case 8: return launch_tile<8, kHalf>(s, a, table, cs);
+    case 16: return launch_tile<16, kHalf>(s, a, table, cs);
+    default: return Status::BadArgument;
+  }
+}
+
 }  // namespace
 
 const char* last_error_string() { return cudaGetErrorString(last_cuda_error()); }
@@ -296,6 +438,16 @@ Status split_merge(const uint8_t* symbols_dev, uint64_t n, const uint16_t* value
   split_merge_kernel<<<unsigned(blocks), kMergeThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       symbols_dev, n, values_dev, raw_dev, raw_words, low, out_dev);
   return from_cuda(cudaGetLastError());
+}
+
+Status windowed_tile_affine(const windowed::StreamView& s, const uint32_t* table_dev, const windowed::TileArgs& a,
+                            uint32_t batch, uintptr_t stream) {
+  Status st = windowed::check_tile(s, table_dev, a, batch);
+  if (st != Status::Ok || s.n_chunks == 0) return st;
+  const void* ptrs[8] = {table_dev, s.super, s.sizes, s.payload_words ? s.payload : nullptr, a.x, a.prefix, a.y, a.scale};
+  if ((st = check_device_pointers(ptrs, 8)) != Status::Ok) return st;
+  const cudaStream_t cs = reinterpret_cast<cudaStream_t>(stream);
+  return a.x_half ? dispatch_tile<true>(batch, s, a, table_dev, cs) : dispatch_tile<false>(batch, s, a, table_dev, cs);
 }
 
 }  // namespace cuda
