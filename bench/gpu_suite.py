@@ -6,9 +6,12 @@ Measured on the CUDA device at hand, everything in the same run:
   * decode: GB/s of decoded symbols of the v2 decode kernel on a 4096 x 14336 rate-3.5 stream and its
     lossless symbols, over layout variants (lanes per chunk, rows per chunk), beside the legacy v1
     decoders on the same symbols;
-  * layers: latency of y = x W^T per shape and batch for bf16 F.linear (cuBLAS), pycodec rate 3.5 and
-    lossless (fused GEMV up to batch 16, decode + matmul above), lossless with exact_outputs (decode +
-    split merge + cuBLAS), and the int4 peers that import (torchao, gemlite); kernel time under CUDA
+  * layers: latency of y = x W^T per shape and batch for bf16 F.linear (cuBLAS), pycodec rate 3.5
+    (fused GEMV up to batch 16, the tile kernel to 128) and, above 16, the same weight through
+    decode + Triton matmul (the route the tile kernel replaced: which is faster decides the
+    dispatch), lossless (fused GEMV up to batch 16, decode + matmul above), lossless with
+    exact_outputs (decode + split merge + cuBLAS), and the int4 peers that import (torchao,
+    gemlite); kernel time under CUDA
     graphs (triton.testing.do_bench_cudagraph) and module time in eager mode (do_bench); the batch at
     which each method stops beating bf16;
   * --e2e: tokens/s and peak memory of a ~1B-parameter Llama with random weights (speed does not depend
@@ -34,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 LLAMA_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096)]  # (out, in)
 SMOLLM2_SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536)]
-BATCHES = [1, 2, 4, 8, 16, 32, 64, 256]
+BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 HBM_PEAK_GBS = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0}
 RATE_C = 0.45  # step = c * robust row sigma: about 3.5 coded bits per weight on Gaussian-like rows
 
@@ -99,6 +102,23 @@ def rate_layer(dense: torch.nn.Linear, lanes: int | None = None, rows: int | Non
     return CompressedLinear(w.shape[1], w.shape[0], packed).cuda()
 
 
+class WithoutTileKernel(torch.nn.Module):
+    """A compressed layer whose batches above 16 go through decode + Triton matmul (gpu.TILE_BATCHES off)."""
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from pycodec import gpu
+
+        saved, gpu.TILE_BATCHES = gpu.TILE_BATCHES, range(0)
+        try:
+            return self.layer(x)
+        finally:
+            gpu.TILE_BATCHES = saved
+
+
 def lossless_layer(dense: torch.nn.Linear, exact: bool = False):
     from pycodec import CompressedLinear, CompressionConfig
 
@@ -139,6 +159,7 @@ def layer_suite(shapes, batches, peak) -> list[dict]:
         variants = {"bf16 cuBLAS": (copy.deepcopy(dense).cuda(), 2 * in_f * out_f)}
         m = rate_layer(dense)
         variants["pycodec rate 3.5"] = (m, m.compressed_bytes())
+        variants["pycodec rate 3.5 decoded"] = (WithoutTileKernel(m), m.compressed_bytes())
         m = lossless_layer(dense)
         variants["pycodec lossless"] = (m, m.compressed_bytes())
         m = lossless_layer(dense, exact=True)
@@ -155,6 +176,8 @@ def layer_suite(shapes, batches, peak) -> list[dict]:
                 ref = variants["bf16 cuBLAS"][0](x).float()
                 base = None
                 for label, (mod, weight_bytes) in variants.items():
+                    if label.endswith("decoded") and batch <= 16:  # the same fused GEMV below 17
+                        continue
                     try:
                         y = mod(x).float()
                         err = float((y - ref).norm() / ref.norm())

@@ -1,7 +1,8 @@
 """A small run of every v2 kernel, for compute-sanitizer (memcheck, racecheck) in gpu_check.sh.
 
-Decode, fused affine and lossless GEMVs at batch 1, 3 and 16 on a few shapes and layouts,
-including a constant stream, many lanes on a short chunk, and escapes.
+Decode, fused affine and lossless GEMVs at batch 1, 3 and 16, and the tile kernel (shared-memory
+phases: racecheck's main subject) at 40 and 128, on a few shapes and layouts, including a
+constant stream, many lanes on a short chunk, and escapes.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def main() -> None:
         lin.weight.data.copy_(w)
         lin = lin.to(torch.bfloat16)
         m = CompressedLinear.from_linear(lin, CompressionConfig(mode=mode, bits=4 if mode == "int" else 3.5)).cuda()
-        for batch in (1, 3, 16):
+        for batch in (1, 3, 16, 40, 128):
             m(torch.randn(batch, 576, dtype=torch.bfloat16, device="cuda"))
     torch.cuda.synchronize()
     print("sanitize subset: ok")

@@ -13,6 +13,11 @@ The inner loops of a fused v2 GEMV (csrc/codec/windowed.h, windowed_gemv.h):
 Per symbol = count / (2 * codes per count lookup) + gemv / (2 * symbols per entry), with the
 lookup yields measured on real weights (all-MiniLM-L6-v2; SmolLM2-135M with --smollm2): the
 sequence of code lengths of each tensor, packed into 12-bit windows the way the tables do.
+The tile kernel (windowed_tile.h, batch 17..128): its phase-1 loop decodes two multi-symbol entries
+into shared memory per iteration (as the decode kernel's loop, to global memory), its phase-2 loop
+converts one 16 x 16 A fragment and issues one MMA per batch tile of 8 (up to 4 per warp): per
+weight, loop * 32 lanes / 256 weights, times the warps that share a row tile's k-range
+(ceil(batch tiles / 4)).
 For comparison, the legacy v1 decoders' round loops (decode_cuda.cu): instructions per round over
 the symbols a lane decodes per round (Huffman 2, rANS 1).
 """
@@ -232,6 +237,17 @@ def main() -> None:
     dec = pick(found, lds_u8=0, lds_64=0, lds=2, stg_min=2)
     result["kernels"]["decode to bytes"] = {"count_loop": result["kernels"]["gemv affine B=1"]["count_loop"],
                                             "decode_loop": dec and dec["instructions"]}
+    for tiles in (2, 4, 8, 16):
+        found = loops(kernel(v2, f"tile_kernelILi{tiles}ELb0E"))
+        decode = min((lp for lp in found if lp["ops"].count("LDS") == 2 and count(lp["ops"], "STS") >= 2 and
+                      not count(lp["ops"], "HMMA")), key=lambda lp: lp["instructions"], default=None)
+        mma = min((lp for lp in found if count(lp["ops"], "HMMA") and count(lp["ops"], "LDG") <= 4),
+                  key=lambda lp: lp["instructions"], default=None)
+        groups = -(-tiles // 4)
+        result["kernels"][f"tile bf16 batch<={8 * tiles}"] = {
+            "decode_loop": decode and decode["instructions"], "mma_loop": mma and mma["instructions"],
+            "mma_per_iteration": mma and count(mma["ops"], "HMMA"),
+            "mma_lane_instructions_per_weight": mma and mma["instructions"] * 32 / 256 * groups}
     for coder, per_round in (("huffman", 2), ("rans", 1)):
         found = loops(kernel(v1, f"{coder}_kernel"))
         main_loop = max(found, key=lambda lp: lp["instructions"]) if found else None

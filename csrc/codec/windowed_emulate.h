@@ -131,7 +131,7 @@ inline bool emulate_tile_block(const StreamView& s, uint64_t tile, const uint8_t
       reader.init(v.words, 0, l * window);
       TileSink sink;
       sink.begin(symbols.data(), a.k, ci * rows_per_chunk, r.start);
-      decode_count(table, lengths, reader, r.count, sink);
+      gemv_lane(table, lengths, reader, r.count, sink);
     }
   }
   std::vector<float> partial(size_t(tile_splits(batch_tiles)) * kTileRows * a.batch_pad, 0.f);
@@ -139,27 +139,23 @@ inline bool emulate_tile_block(const StreamView& s, uint64_t tile, const uint8_t
     const TileWork w = tile_work(warp, batch_tiles, a.k);
     float p[kTileTilesPerWarp][32][4] = {}, acc[kTileTilesPerWarp][32][4] = {};
     uint32_t frag_a[32][4], frag_b[32][2];
-    uint32_t k_begin = w.step_begin * 16, group = k_begin / a.group_size;
-    auto fold = [&](uint32_t k_end) {
+    for (uint32_t k_begin = w.step_begin * 16; k_begin < w.step_end * 16;) {
+      const uint32_t k_end = tile_segment_end(k_begin, w.step_end * 16, a.group_size);
+      for (uint32_t k0 = k_begin; k0 < k_end; k0 += 16) {
+        for (uint32_t lane = 0; lane < 32; ++lane)
+          tile_a_fragment<kHalf>(symbols.data(), stride, k0, lane, a.zero_in_values, frag_a[lane]);
+        for (uint32_t j = 0; j < w.tiles; ++j) {
+          for (uint32_t lane = 0; lane < 32; ++lane)
+            tile_b_fragment(a.x, a.k, k0, w.first_tile + j, lane, frag_b[lane]);
+          mma_m16n8k16<kHalf>(frag_a, frag_b, p[j]);
+        }
+      }
       for (uint32_t j = 0; j < w.tiles; ++j)
         for (uint32_t lane = 0; lane < 32; ++lane)
-          tile_fold(a, uint32_t(row0), group, k_begin, k_end, w.first_tile + j, lane, p[j][lane], acc[j][lane]);
-    };
-    for (uint32_t step = w.step_begin; step < w.step_end; ++step) {
-      const uint32_t k0 = step * 16;
-      if (k0 >= (group + 1) * a.group_size) {
-        fold(k0);
-        k_begin = k0;
-        group = k0 / a.group_size;
-      }
-      for (uint32_t lane = 0; lane < 32; ++lane)
-        tile_a_fragment<kHalf>(symbols.data(), stride, k0, lane, a.zero_in_values, frag_a[lane]);
-      for (uint32_t j = 0; j < w.tiles; ++j) {
-        for (uint32_t lane = 0; lane < 32; ++lane) tile_b_fragment(a.x, a.k, k0, w.first_tile + j, lane, frag_b[lane]);
-        mma_m16n8k16<kHalf>(frag_a, frag_b, p[j]);
-      }
+          tile_fold(a, uint32_t(row0), k_begin / a.group_size, k_begin, k_end, w.first_tile + j, lane, p[j][lane],
+                    acc[j][lane]);
+      k_begin = k_end;
     }
-    if (w.step_end > w.step_begin) fold(w.step_end * 16);
     for (uint32_t j = 0; j < w.tiles; ++j)
       for (uint32_t lane = 0; lane < 32; ++lane)
         for (int i = 0; i < 4; ++i)

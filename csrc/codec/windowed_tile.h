@@ -14,9 +14,10 @@
 // - Block: kTileWarps warps, kTileRows rows = 16 / rows-per-chunk chunks. Phase 1: each warp
 //   decodes whole chunks (pass 1, scan, pass 2 as the decode kernel) through TileSink into the
 //   tile, row r at r * (K + kTileRowPad). Phase 2: warp w takes batch tiles [4 (w % G), +4) and a
-//   k-range (split w / G of kTileWarps / G), G = ceil(batch tiles / 4); per 16 columns one A
-//   fragment (the 16 rows) and one mma.m16n8k16 per batch tile of 8. Phase 3: the splits' sums
-//   are added in split order (deterministic) and the escapes added.
+//   k-range (split w / G of kTileWarps / G), G = ceil(batch tiles / 4), cut at group ends
+//   (tile_segment_end); per 16 columns one A fragment (the 16 rows) and one mma.m16n8k16 per
+//   batch tile of 8, a fold per segment. Phase 3: the splits' sums are added in split order
+//   (deterministic) and the escapes added.
 // - The MMA's k order is free: any permutation of the 16 columns of a step applied to both
 //   operands gives the same sum. A thread's four A elements of a row (fragment columns 2t, 2t+1,
 //   2t+8, 2t+9) are taken as tile columns 4t..4t+3, one 32-bit shared load, and its B elements as
@@ -88,38 +89,36 @@ struct TileArgs {
 
 // ---------------------------------------------------------------------------- phase 1
 
-// Symbols of one lane into the tile: put(entry, i) writes the entry's symbols as lane symbols
-// i, i+1, ... A lane's run crosses at most rows-per-chunk - 1 row ends, so the row pad is added
-// by a test per entry rather than a division per symbol.
+// Symbols of one lane into the tile, walked by gemv_lane (windowed_gemv.h) segment by segment,
+// a segment being the lane's columns of one row: entries never straddle a row end, so put() is
+// three predicated stores and the row pad is added once per row.
 struct TileSink {
-  uint8_t* dst;          // dst[i] is lane symbol i's byte while i < next_row
-  uint32_t next_row;     // lane index of the first symbol of the next row
-  uint32_t k;
+  uint8_t* dst;  // the current segment's first symbol
+  uint32_t col, k;
 
-  // start: the lane's first symbol within the chunk (lane symbol 0); tile_chunk_row: the
-  // chunk's first row in the tile.
+  // start: the lane's first symbol within the chunk; tile_chunk_row: the chunk's first row in the tile.
   PYCODEC_HD void begin(uint8_t* tile, uint32_t k_cols, uint32_t tile_chunk_row, uint32_t start) {
     k = k_cols;
-    const uint32_t row = start / k, col = start % k;
+    const uint32_t row = start / k;
+    col = start % k;
     dst = tile + size_t(tile_chunk_row + row) * (k + kTileRowPad) + col;
-    next_row = k - col;
   }
+  PYCODEC_HD uint32_t segment_left(uint32_t left) const { return k - col < left ? k - col : left; }
   PYCODEC_HD void put(uint32_t e, uint32_t i) {
     const uint32_t n = entry_count(e);
-    if (i + n <= next_row) {
-      dst[i] = uint8_t(e);
-      if (n > 1) dst[i + 1] = uint8_t(e >> 8);
-      if (n > 2) dst[i + 2] = uint8_t(e >> 16);
-      return;
-    }
-    for (uint32_t j = 0; j < n; ++j) {
-      if (i + j == next_row) {
-        dst += kTileRowPad;
-        next_row += k;
-      }
-      dst[i + j] = uint8_t(e >> (8 * j));
+    dst[i] = uint8_t(e);
+    if (n > 1) dst[i + 1] = uint8_t(e >> 8);
+    if (n > 2) dst[i + 2] = uint8_t(e >> 16);
+  }
+  PYCODEC_HD void close_segment(uint32_t n) {
+    dst += n;
+    col += n;
+    if (col == k) {
+      col = 0;
+      dst += kTileRowPad;
     }
   }
+  PYCODEC_HD void finish() {}
 };
 
 // ---------------------------------------------------------------------------- phase 2
@@ -253,6 +252,12 @@ PYCODEC_HD TileWork tile_work(uint32_t warp, uint32_t batch_tiles, uint32_t k) {
   w.step_begin = uint32_t(uint64_t(steps) * w.split / splits);
   w.step_end = uint32_t(uint64_t(steps) * (w.split + 1) / splits);
   return w;
+}
+
+// The end of the segment of a k-range that starts at k_begin: the group's end or the range's.
+PYCODEC_HD uint32_t tile_segment_end(uint32_t k_begin, uint32_t k_end, uint32_t group_size) {
+  const uint32_t group_end = (k_begin / group_size + 1) * group_size;
+  return group_end < k_end ? group_end : k_end;
 }
 
 // Where split `split`'s sum of (tile row r, batch column b) sits in phase 3's partials:

@@ -233,40 +233,34 @@ __global__ void __launch_bounds__(kTileThreads) tile_kernel(const StreamView s, 
       reader.init(v.words, 0, lane * windowed::lane_window_bits(v.n_words, s.lanes));
       windowed::TileSink sink;
       sink.begin(symbols, a.k, ci * rows_per_chunk, r.start);
-      windowed::decode_count(table_smem, aux_smem, reader, r.count, sink);
+      windowed::gemv_lane(table_smem, aux_smem, reader, r.count, sink);
     }
   }
   __syncthreads();
 
-  // Phase 2: this warp's batch tiles over its k-range, a fold at each group end.
+  // Phase 2: this warp's batch tiles over its k-range, segment by segment (one group's columns),
+  // a fold after each.
   const windowed::TileWork w = windowed::tile_work(warp, NT, a.k);
   float p[windowed::kTileTilesPerWarp][4] = {}, acc[windowed::kTileTilesPerWarp][4] = {};
-  uint32_t k_begin = w.step_begin * 16, group = k_begin / a.group_size, group_end = (group + 1) * a.group_size;
-  for (uint32_t step = w.step_begin; step < w.step_end; ++step) {
-    const uint32_t k0 = step * 16;
-    if (k0 >= group_end) {
+  for (uint32_t k_begin = w.step_begin * 16; k_begin < w.step_end * 16;) {
+    const uint32_t k_end = windowed::tile_segment_end(k_begin, w.step_end * 16, a.group_size);
+    for (uint32_t k0 = k_begin; k0 < k_end; k0 += 16) {
+      uint32_t frag_a[4];
+      windowed::tile_a_fragment<kHalf>(symbols, stride, k0, lane, a.zero_in_values, frag_a);
 #pragma unroll
-      for (uint32_t j = 0; j < windowed::kTileTilesPerWarp; ++j)
-        if (j < w.tiles) windowed::tile_fold(a, row0, group, k_begin, k0, w.first_tile + j, lane, p[j], acc[j]);
-      k_begin = k0;
-      group = k0 / a.group_size;
-      group_end = (group + 1) * a.group_size;
-    }
-    uint32_t frag_a[4];
-    windowed::tile_a_fragment<kHalf>(symbols, stride, k0, lane, a.zero_in_values, frag_a);
-#pragma unroll
-    for (uint32_t j = 0; j < windowed::kTileTilesPerWarp; ++j) {
-      if (j < w.tiles) {
-        uint32_t frag_b[2];
-        windowed::tile_b_fragment(a.x, a.k, k0, w.first_tile + j, lane, frag_b);
-        mma_m16n8k16<kHalf>(p[j], frag_a, frag_b);
+      for (uint32_t j = 0; j < windowed::kTileTilesPerWarp; ++j) {
+        if (j < w.tiles) {
+          uint32_t frag_b[2];
+          windowed::tile_b_fragment(a.x, a.k, k0, w.first_tile + j, lane, frag_b);
+          mma_m16n8k16<kHalf>(p[j], frag_a, frag_b);
+        }
       }
     }
-  }
-  if (w.step_end > w.step_begin) {
 #pragma unroll
     for (uint32_t j = 0; j < windowed::kTileTilesPerWarp; ++j)
-      if (j < w.tiles) windowed::tile_fold(a, row0, group, k_begin, w.step_end * 16, w.first_tile + j, lane, p[j], acc[j]);
+      if (j < w.tiles)
+        windowed::tile_fold(a, row0, k_begin / a.group_size, k_begin, k_end, w.first_tile + j, lane, p[j], acc[j]);
+    k_begin = k_end;
   }
   __syncthreads();  // every warp is done with the symbols: their space takes the partial sums
 
