@@ -202,8 +202,14 @@ __device__ __forceinline__ void mma_m16n8k16(float c[4], const uint32_t a[4], co
 constexpr int kTileThreads = windowed::kTileWarps * 32;
 
 // One block per 16 weight rows (windowed_tile.h: the three phases). NT: batch tiles of 8.
+// Up to 4 tiles, decoding (phase 1) dominates and wants two blocks per SM, i.e. at most 64
+// registers; above, the MMA loop dominates and keeps 96 registers (54 instead of 74 instructions
+// per k-step at 64, bench/sass_count.py) at one block per SM.
+template <int NT>
+constexpr int kTileMinBlocks = NT <= 4 ? 2 : 1;
+
 template <int NT, bool kHalf>
-__global__ void __launch_bounds__(kTileThreads) tile_kernel(const StreamView s, const windowed::TileArgs a,
+__global__ void __launch_bounds__(kTileThreads, kTileMinBlocks<NT>) tile_kernel(const StreamView s, const windowed::TileArgs a,
                                                             const uint32_t* __restrict__ table) {
   extern __shared__ __align__(16) unsigned char smem[];
   uint32_t* table_smem = reinterpret_cast<uint32_t*>(smem);
