@@ -157,6 +157,28 @@ struct HostKernels {
   }
 };
 
+// The fields AffineArgs and TileArgs share (the same names), from bound addresses and ints.
+template <class Args>
+void set_affine_fields(Args& a, uintptr_t prefix_dev, uintptr_t scale_dev, uintptr_t zero_dev, bool zero_broadcast,
+                       float zero_in_values, uint32_t group_size, uint32_t n_rows, uint32_t k, uintptr_t y_dev,
+                       uintptr_t escape_row_dev, uintptr_t escape_col_dev, uintptr_t escape_value_dev,
+                       uint32_t n_escapes) {
+  a.prefix = reinterpret_cast<const float*>(prefix_dev);
+  a.scale = reinterpret_cast<const uint16_t*>(scale_dev);
+  a.zero = reinterpret_cast<const uint16_t*>(zero_dev);
+  a.n_rows = n_rows;
+  a.k = k;
+  a.group_size = group_size;
+  a.n_groups = group_size ? uint32_t((uint64_t(k) + group_size - 1) / group_size) : 0;
+  a.zero_broadcast = zero_broadcast;
+  a.zero_in_values = zero_in_values;
+  a.escape_row = reinterpret_cast<const int32_t*>(escape_row_dev);  // 0: no escapes
+  a.escape_col = reinterpret_cast<const int32_t*>(escape_col_dev);
+  a.escape_value = reinterpret_cast<const float*>(escape_value_dev);
+  a.n_escapes = n_escapes;
+  a.y = reinterpret_cast<float*>(y_dev);
+}
+
 template <class K>
 void bind_windowed(py::module_& m, const std::string& prefix) {
   m.def(
@@ -177,20 +199,8 @@ void bind_windowed(py::module_& m, const std::string& prefix) {
                uintptr_t escape_col_dev, uintptr_t escape_value_dev, uint32_t n_escapes, uintptr_t stream) {
         windowed::AffineArgs a;
         a.x = reinterpret_cast<const float*>(x_dev);
-        a.prefix = reinterpret_cast<const float*>(prefix_dev);
-        a.scale = reinterpret_cast<const uint16_t*>(scale_dev);
-        a.zero = reinterpret_cast<const uint16_t*>(zero_dev);
-        a.n_rows = n_rows;
-        a.k = k;
-        a.group_size = group_size;
-        a.n_groups = group_size ? uint32_t((uint64_t(k) + group_size - 1) / group_size) : 0;
-        a.zero_broadcast = zero_broadcast;
-        a.zero_in_values = zero_in_values;
-        a.escape_row = reinterpret_cast<const int32_t*>(escape_row_dev);  // 0: no escapes
-        a.escape_col = reinterpret_cast<const int32_t*>(escape_col_dev);
-        a.escape_value = reinterpret_cast<const float*>(escape_value_dev);
-        a.n_escapes = n_escapes;
-        a.y = reinterpret_cast<float*>(y_dev);
+        set_affine_fields(a, prefix_dev, scale_dev, zero_dev, zero_broadcast, zero_in_values, group_size, n_rows, k,
+                          y_dev, escape_row_dev, escape_col_dev, escape_value_dev, n_escapes);
         check(K::affine(stream_view(view), reinterpret_cast<const uint64_t*>(value_table_dev),
                         reinterpret_cast<const uint32_t*>(table_dev), a, batch, stream),
               (prefix + "windowed_gemv_affine").c_str());
@@ -246,21 +256,9 @@ void bind_windowed(py::module_& m, const std::string& prefix) {
         windowed::TileArgs a;
         a.x = reinterpret_cast<const uint16_t*>(x_dev);
         a.x_half = x_half;
-        a.prefix = reinterpret_cast<const float*>(prefix_dev);
-        a.scale = reinterpret_cast<const uint16_t*>(scale_dev);
-        a.zero = reinterpret_cast<const uint16_t*>(zero_dev);
-        a.n_rows = n_rows;
-        a.k = k;
-        a.group_size = group_size;
-        a.n_groups = group_size ? uint32_t((uint64_t(k) + group_size - 1) / group_size) : 0;
         a.batch_pad = batch_pad;
-        a.zero_broadcast = zero_broadcast;
-        a.zero_in_values = zero_in_values;
-        a.escape_row = reinterpret_cast<const int32_t*>(escape_row_dev);  // 0: no escapes
-        a.escape_col = reinterpret_cast<const int32_t*>(escape_col_dev);
-        a.escape_value = reinterpret_cast<const float*>(escape_value_dev);
-        a.n_escapes = n_escapes;
-        a.y = reinterpret_cast<float*>(y_dev);
+        set_affine_fields(a, prefix_dev, scale_dev, zero_dev, zero_broadcast, zero_in_values, group_size, n_rows, k,
+                          y_dev, escape_row_dev, escape_col_dev, escape_value_dev, n_escapes);
         check(K::tile(stream_view(view), reinterpret_cast<const uint32_t*>(table_dev), a, batch, stream),
               (prefix + "windowed_tile_affine").c_str());
       },

@@ -18,6 +18,29 @@
 namespace pycodec {
 namespace windowed {
 
+// The warp glue of one chunk: pass 1 for every lane, the scan (a running sum), then
+// lane(l, reader at its window, its range) for each of the stream's lanes. Returns false if a
+// lane overran its window (corrupt chunk).
+template <class Entry, class LaneFn>
+inline bool emulate_chunk_lanes(const StreamView& s, const ChunkView& v, const uint8_t* count, const Entry* table,
+                                const uint8_t* lengths, LaneFn lane) {
+  uint32_t counts[kMaxLanes] = {0};
+  for (uint32_t l = 0; l < s.lanes; ++l) counts[l] = lane_window_count(v, s, count, table, lengths, l);
+  const uint64_t window = lane_window_bits(v.n_words, s.lanes);
+  bool ok = true;
+  uint32_t before = 0;
+  for (uint32_t l = 0; l < s.lanes; ++l) {
+    const uint32_t through = before + (l + 1 < s.lanes ? counts[l] : 0);
+    const LaneRange r = lane_range(l, s.lanes, v.m, counts[l], before, through);
+    before = through;
+    ok &= !r.overrun;
+    FastReader reader;
+    reader.init(v.words, 0, l * window);
+    lane(l, reader, r);
+  }
+  return ok;
+}
+
 // The warp of one chunk, lane after lane: pass 1, the scan (a running sum), pass 2 into sinks,
 // the butterfly over the slots. Returns false if a lane overran its window (corrupt chunk).
 template <int B, template <int> class Sink, class Args, class Entry>
@@ -26,23 +49,11 @@ inline bool emulate_chunk(const StreamView& s, uint64_t c, const uint8_t* count,
   const ChunkView v = chunk_view(s, c);
   const uint32_t rows = v.m / a.k, first_row = uint32_t(v.first / a.k);
   slots.assign(size_t(rows) * B * 32, 0.f);
-  uint32_t counts[kMaxLanes] = {0};
-  for (uint32_t l = 0; l < s.lanes; ++l) counts[l] = lane_window_count(v, s, count, table, lengths, l);
-  const uint64_t window = lane_window_bits(v.n_words, s.lanes);
-  bool ok = true;
-  uint32_t before = 0;
-  for (uint32_t l = 0; l < uint32_t(kMaxLanes); ++l) {
-    const uint32_t through = before + (l + 1 < s.lanes ? counts[l] : 0);
-    const LaneRange r = lane_range(l, s.lanes, v.m, counts[l], before, through);
-    before = through;
-    ok &= !r.overrun;
-    if (l >= s.lanes) continue;
+  const bool ok = emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t l, FastReader& reader, LaneRange r) {
     Sink<B> sink;
     sink.begin(a, slots.data(), l, v, r.start);
-    FastReader reader;
-    reader.init(v.words, 0, l * window);
     gemv_lane(table, lengths, reader, r.count, sink);
-  }
+  });
   for (uint32_t row = 0; row < rows; ++row)
     for (int b = 0; b < B; ++b) {
       float lane_values[32];
@@ -57,22 +68,10 @@ inline bool emulate_chunk(const StreamView& s, uint64_t c, const uint8_t* count,
 inline bool emulate_decode_chunk(const StreamView& s, uint64_t c, const uint8_t* count, const uint32_t* table,
                                  const uint8_t* lengths, uint8_t* out) {
   const ChunkView v = chunk_view(s, c);
-  uint32_t counts[kMaxLanes] = {0};
-  for (uint32_t l = 0; l < s.lanes; ++l) counts[l] = lane_window_count(v, s, count, table, lengths, l);
-  const uint64_t window = lane_window_bits(v.n_words, s.lanes);
-  bool ok = true;
-  uint32_t before = 0;
-  for (uint32_t l = 0; l < s.lanes; ++l) {
-    const uint32_t through = before + (l + 1 < s.lanes ? counts[l] : 0);
-    const LaneRange r = lane_range(l, s.lanes, v.m, counts[l], before, through);
-    before = through;
-    ok &= !r.overrun;
-    FastReader reader;
-    reader.init(v.words, 0, l * window);
+  return emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t, FastReader& reader, LaneRange r) {
     ByteSink sink{out + v.first + r.start, r.count};
     decode_count(table, lengths, reader, r.count, sink);
-  }
-  return ok;
+  });
 }
 
 // mma.sync.m16n8k16 with fp32 accumulators as the PTX ISA lays out its fragments (a[lane][4]:
@@ -118,21 +117,11 @@ inline bool emulate_tile_block(const StreamView& s, uint64_t tile, const uint8_t
     const uint64_t c = row0 / rows_per_chunk + ci;
     if (c >= s.n_chunks) break;
     const ChunkView v = chunk_view(s, c);
-    uint32_t counts[kMaxLanes] = {0};
-    for (uint32_t l = 0; l < s.lanes; ++l) counts[l] = lane_window_count(v, s, count, table, lengths, l);
-    const uint64_t window = lane_window_bits(v.n_words, s.lanes);
-    uint32_t before = 0;
-    for (uint32_t l = 0; l < s.lanes; ++l) {
-      const uint32_t through = before + (l + 1 < s.lanes ? counts[l] : 0);
-      const LaneRange r = lane_range(l, s.lanes, v.m, counts[l], before, through);
-      before = through;
-      ok &= !r.overrun;
-      FastReader reader;
-      reader.init(v.words, 0, l * window);
+    ok &= emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t, FastReader& reader, LaneRange r) {
       TileSink sink;
       sink.begin(symbols.data(), a.k, ci * rows_per_chunk, r.start);
       gemv_lane(table, lengths, reader, r.count, sink);
-    }
+    });
   }
   std::vector<float> partial(size_t(tile_splits(batch_tiles)) * kTileRows * a.batch_pad, 0.f);
   for (uint32_t warp = 0; warp < kTileWarps; ++warp) {

@@ -432,6 +432,17 @@ inline bool tables_ok(const Entry* table, const uint8_t* count) {
 // The batch sizes the GEMV kernels are instantiated for: 1..8 and 16 (callers pad 9..15 to 16).
 inline bool batch_instantiated(uint32_t batch) { return (batch >= 1 && batch <= 8) || batch == 16; }
 
+// The buffers of an affine launch (AffineArgs, TileArgs: the same names): present where there
+// is work, aligned for their loads (x to x_align bytes), escapes complete when there are any.
+template <class Args>
+inline bool affine_buffers_ok(const StreamView& s, const Args& a, uintptr_t x_align) {
+  if (s.n_chunks && (!a.x || !a.prefix || !a.scale || !a.zero || !a.y || misaligned(a.x, x_align) ||
+                     misaligned(a.prefix, 4) || misaligned(a.y, 4) || misaligned(a.scale, 2) || misaligned(a.zero, 2)))
+    return false;
+  return !(a.escape_row && a.n_escapes && (!a.escape_col || !a.escape_value || misaligned(a.escape_row, 4) ||
+                                           misaligned(a.escape_col, 4) || misaligned(a.escape_value, 4)));
+}
+
 inline Status check_affine(const StreamView& s, const void* value_table, const void* table, const AffineArgs& a,
                            uint32_t batch) {
   const Status st = check_view(s, value_table);
@@ -440,13 +451,7 @@ inline Status check_affine(const StreamView& s, const void* value_table, const v
       a.group_size == 0 || a.n_groups != (uint64_t(a.k) + a.group_size - 1) / a.group_size || !table ||
       misaligned(table, 16))
     return Status::BadArgument;
-  if (s.n_chunks && (!a.x || !a.prefix || !a.scale || !a.zero || !a.y || misaligned(a.x, 4) ||
-                     misaligned(a.prefix, 4) || misaligned(a.y, 4) || misaligned(a.scale, 2) || misaligned(a.zero, 2)))
-    return Status::BadArgument;
-  if (a.escape_row && a.n_escapes && (!a.escape_col || !a.escape_value || misaligned(a.escape_row, 4) ||
-                                      misaligned(a.escape_col, 4) || misaligned(a.escape_value, 4)))
-    return Status::BadArgument;
-  return Status::Ok;
+  return affine_buffers_ok(s, a, 4) ? Status::Ok : Status::BadArgument;
 }
 
 inline Status check_split(const StreamView& s, const void* value_table, const void* table, const SplitArgs& a,

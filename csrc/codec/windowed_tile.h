@@ -277,13 +277,7 @@ inline Status check_tile(const StreamView& s, const void* table, const TileArgs&
   if (!tile_supported(s.n_symbols, s.chunk_symbols, a.n_rows, a.k, a.group_size, batch) ||
       a.batch_pad != 8 * tile_batch_tiles(batch) || a.n_groups != (a.k + a.group_size - 1) / a.group_size)
     return Status::BadArgument;
-  if (s.n_chunks && (!a.x || !a.prefix || !a.scale || !a.zero || !a.y || misaligned(a.x, 8) ||
-                     misaligned(a.prefix, 4) || misaligned(a.y, 4) || misaligned(a.scale, 2) || misaligned(a.zero, 2)))
-    return Status::BadArgument;
-  if (a.escape_row && a.n_escapes && (!a.escape_col || !a.escape_value || misaligned(a.escape_row, 4) ||
-                                      misaligned(a.escape_col, 4) || misaligned(a.escape_value, 4)))
-    return Status::BadArgument;
-  return Status::Ok;
+  return affine_buffers_ok(s, a, 8) ? Status::Ok : Status::BadArgument;  // x: 8-byte fragment loads
 }
 
 // Every batch tile group gets whole splits, and the splits' partials (splits x 16 rows x

@@ -314,29 +314,33 @@ Status check_grid(const StreamView& s) {
 
 unsigned grid_of(const StreamView& s) { return unsigned((s.n_chunks + kWarps - 1) / kWarps); }
 
-// Dynamic shared memory above 48 KiB must be opted into, per kernel and device: once each.
 constexpr int kMaxDevices = 64;
+
+// Dynamic shared memory above 48 KiB must be opted into, per kernel and device: once each.
+template <auto kKernel>
+Status opt_in_smem(size_t smem, size_t max_smem) {
+  if (smem <= 48 * 1024) return Status::Ok;
+  static std::once_flag opted_in[kMaxDevices];
+  static cudaError_t opt_in_error[kMaxDevices];
+  int device = 0;
+  const Status st = from_cuda(cudaGetDevice(&device));
+  if (st != Status::Ok) return st;
+  if (device >= kMaxDevices) return Status::TooLarge;
+  std::call_once(opted_in[device], [&] {
+    opt_in_error[device] = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(max_smem));
+  });
+  return from_cuda(opt_in_error[device]);
+}
 
 template <int B, template <int> class Sink, class Args, class Entry>
 Status launch_gemv(const StreamView& s, const Args& a, const Entry* table, const uint8_t* aux, cudaStream_t cs) {
   constexpr size_t kFixed = table_bytes<Entry>() + kAuxBytes;
   constexpr size_t kMaxSmem = kFixed + size_t(kWarps) * windowed::kGemvMaxSlots * 32 * sizeof(float);
-  static std::once_flag opted_in[kMaxDevices];
-  static cudaError_t opt_in_error[kMaxDevices];
   const uint32_t max_rows = s.chunk_symbols / a.k;
   const size_t smem = kFixed + size_t(kWarps) * max_rows * B * 32 * sizeof(float);
-  auto kernel = gemv_kernel<B, Sink, Args, Entry>;
-  if (smem > 48 * 1024) {
-    int device = 0;
-    Status st = from_cuda(cudaGetDevice(&device));
-    if (st != Status::Ok) return st;
-    if (device >= kMaxDevices) return Status::TooLarge;
-    std::call_once(opted_in[device], [&] {
-      opt_in_error[device] = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxSmem));
-    });
-    if ((st = from_cuda(opt_in_error[device])) != Status::Ok) return st;
-  }
-  kernel<<<grid_of(s), kThreads, smem, cs>>>(s, a, table, aux, max_rows);
+  const Status st = opt_in_smem<gemv_kernel<B, Sink, Args, Entry>>(smem, kMaxSmem);
+  if (st != Status::Ok) return st;
+  gemv_kernel<B, Sink, Args, Entry><<<grid_of(s), kThreads, smem, cs>>>(s, a, table, aux, max_rows);
   return from_cuda(cudaGetLastError());
 }
 
@@ -361,23 +365,11 @@ Status dispatch_gemv(uint32_t batch, const StreamView& s, const Args& a, const E
 
 template <int NT, bool kHalf>
 Status launch_tile(const StreamView& s, const windowed::TileArgs& a, const uint32_t* table, cudaStream_t cs) {
-  static std::once_flag opted_in[kMaxDevices];
-  static cudaError_t opt_in_error[kMaxDevices];
-  auto kernel = tile_kernel<NT, kHalf>;
   const size_t smem = windowed::tile_smem_bytes(a.k);
-  if (smem > 48 * 1024) {
-    int device = 0;
-    Status st = from_cuda(cudaGetDevice(&device));
-    if (st != Status::Ok) return st;
-    if (device >= kMaxDevices) return Status::TooLarge;
-    std::call_once(opted_in[device], [&] {
-      opt_in_error[device] = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                  int(windowed::tile_smem_bytes(windowed::kTileMaxK)));
-    });
-    if ((st = from_cuda(opt_in_error[device])) != Status::Ok) return st;
-  }
+  const Status st = opt_in_smem<tile_kernel<NT, kHalf>>(smem, windowed::tile_smem_bytes(windowed::kTileMaxK));
+  if (st != Status::Ok) return st;
   const unsigned blocks = unsigned((uint64_t(a.n_rows) + windowed::kTileRows - 1) / windowed::kTileRows);
-  kernel<<<blocks, kTileThreads, smem, cs>>>(s, a, table);
+  tile_kernel<NT, kHalf><<<blocks, kTileThreads, smem, cs>>>(s, a, table);
   return from_cuda(cudaGetLastError());
 }
 
