@@ -2,8 +2,9 @@
 
 int4-g128 is what users deploy today, stored fixed-length: 4 bits per weight plus an fp16
 scale and zero per group (partial groups at the row end counted). Rate mode is given that
-same budget (everything stored counted) and a smaller one. Reports bits per weight,
-weight SQNR (over all compressed layers) and perplexity on a text file.
+same budget (everything stored counted) and a smaller one; lossless is the reference for
+speed. Reports bits per weight, weight SQNR (over all compressed layers), perplexity on a text
+file, and compression speed (weights per second, one process on this machine's cores).
 
     python bench/bench_rate.py [--coder huffman|rans] [--max-tokens 1024] [--json bench/results/rate_smollm2_cpu.json]
 
@@ -47,7 +48,7 @@ def weight_sqnr(dense, compressed) -> float:
             w = m.weight.detach().float()
             sig += w.pow(2).sum().item()
             err += (w - c.decoded_weight().float()).pow(2).sum().item()
-    return 10 * math.log10(sig / err)
+    return 10 * math.log10(sig / err) if err else math.inf  # lossless: no error at all
 
 
 def main() -> None:
@@ -70,7 +71,10 @@ def main() -> None:
         ("rate mode at 3.5 b/w", CompressionConfig(mode="rate", bits=3.5, coder=a.coder), None),
         ("int3-g128 RTN, entropy-coded", CompressionConfig(mode="int", bits=3, group_size=128, coder=a.coder), None),
         ("rate mode at 3.0 b/w", CompressionConfig(mode="rate", bits=3.0, coder=a.coder), None),
+        ("lossless (bit-exact)", CompressionConfig(mode="lossless", coder=a.coder), None),
     ]
+    n_weights = sum(m.weight.numel() for name, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and not name.endswith("lm_head"))
     for label, cfg, stored_bits in configs:
         m = copy.deepcopy(model)
         t0 = time.perf_counter()
@@ -78,12 +82,13 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         rows.append({"method": label, "bits_per_weight": stored_bits or report["bits_per_weight"],
                      "sqnr_db": weight_sqnr(model, m), "perplexity": perplexity(m, tok, text, a.max_tokens),
-                     "compress_seconds": seconds})
+                     "compress_seconds": seconds, "weights_per_s": n_weights / seconds})
     print(f"SmolLM2-135M linear layers (lm_head tied, kept), coder {a.coder}, perplexity on {a.max_tokens} tokens "
           f"of {a.text}")
-    print(f"{'method':44s} {'bits/weight':>11s} {'SQNR dB':>8s} {'perplexity':>10s}")
+    print(f"{'method':44s} {'bits/weight':>11s} {'SQNR dB':>8s} {'perplexity':>10s} {'compress':>9s} {'Mweights/s':>10s}")
     for r in rows:
-        print(f"{r['method']:44s} {r['bits_per_weight']:11.3f} {r['sqnr_db']:8.2f} {r['perplexity']:10.3f}")
+        speed = f"{r['compress_seconds']:8.1f}s {r['weights_per_s'] / 1e6:10.2f}" if "compress_seconds" in r else ""
+        print(f"{r['method']:44s} {r['bits_per_weight']:11.3f} {r['sqnr_db']:8.2f} {r['perplexity']:10.3f} {speed}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"machine": "CPU", "coder": a.coder, "text": a.text, "max_tokens": a.max_tokens, "rows": rows},

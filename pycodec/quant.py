@@ -243,9 +243,12 @@ def _prune(w: torch.Tensor, fraction: float) -> torch.Tensor:
 def _row_sigma(w: torch.Tensor) -> torch.Tensor:
     # Median absolute deviation (scaled to equal the std of a Gaussian): a few outliers,
     # which become exact escapes, must not coarsen the step of their whole row.
+    # A row of one repeated value has neither: its magnitude sets the step, so the value is a
+    # symbol, not an escape.
     med = w.median(dim=1, keepdim=True).values
     mad = (w - med).abs().median(dim=1, keepdim=True).values * 1.4826
-    return torch.where(mad > 0, mad, w.std(dim=1, keepdim=True, unbiased=False))
+    std = w.std(dim=1, keepdim=True, unbiased=False)
+    return torch.where(mad > 0, mad, torch.where(std > 0, std, w.abs().amax(dim=1, keepdim=True)))
 
 
 def _rate_quantize(w: torch.Tensor, c: float, sigma: torch.Tensor | None = None):
@@ -257,21 +260,62 @@ def _rate_quantize(w: torch.Tensor, c: float, sigma: torch.Tensor | None = None)
     return q.to(torch.uint8), step, escaped
 
 
-def _rate_estimate_bits(w: torch.Tensor, c: float, coder_overhead: float, sigma: torch.Tensor) -> float:
-    q, step, escaped = _rate_quantize(w, c, sigma)
-    return (_symbol_entropy_bits(q) * coder_overhead + step.numel() * 16 + 16
-            + int(escaped.sum()) * ESCAPE_BITS) / w.numel()
+RATE_SAMPLE = 1 << 17  # weights per layer the step search estimates on (all of smaller layers)
+
+
+class _RateEstimate:
+    """Stored bits per weight at step factor c, predicted from a sample of the layer without
+    quantizing it again: the sample's w / sigma(row) values, sorted once, give the symbol counts
+    at any c by a search for the 256 rounding boundaries. Counts the symbols' entropy times the
+    coder's overhead, and the escapes. (The fp16 rounding of each row's step is ignored here;
+    quantize_rate corrects the prediction with real encodes.)"""
+
+    def __init__(self, w: torch.Tensor, sigma: torch.Tensor, coder_overhead: float):
+        n = w.numel()
+        u = (w / sigma).reshape(-1)
+        if n > RATE_SAMPLE:  # with replacement: indices are cheap to draw, the counts unbiased
+            u = u[torch.randint(n, (RATE_SAMPLE,), generator=torch.Generator().manual_seed(n))]
+        self.sorted = torch.sort(u).values.contiguous()
+        self.overhead = coder_overhead
+        self.levels = torch.arange(-RATE_MAX_Q - 1, RATE_MAX_Q + 1, dtype=torch.float64) + 0.5  # 255 cells' ends
+
+    def bits_per_weight(self, c: float) -> float:
+        edges = torch.searchsorted(self.sorted, (self.levels * c).to(self.sorted.dtype)).to(torch.float64)
+        m = float(self.sorted.numel())
+        counts = edges[1:] - edges[:-1]  # symbols -127..127
+        escapes = float(edges[0]) + (m - float(edges[-1]))
+        counts[RATE_MAX_Q] += escapes  # escaped weights are coded as the zero symbol
+        p = counts[counts > 0] / m
+        entropy = float(-(p * torch.log2(p)).sum())
+        return entropy * self.overhead + escapes / m * ESCAPE_BITS
+
+
+def _solve_log(f, target: float, lo: float = 1e-3, hi: float = 64.0, steps: int = 24) -> float:
+    """The smallest c in [lo, hi] (geometric bisection, to a factor (hi / lo) ^ 2^-steps) with
+    f(c) <= target, f decreasing."""
+    for _ in range(steps):
+        mid = math.sqrt(lo * hi)
+        if f(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "rans", chunk_symbols: int | None = None):
     """Entropy-constrained uniform quantization to ``target_bits`` per weight.
 
-    One step per output row, step = c * sigma(row) (a robust std). c is found by
-    bisection, first on an entropy estimate, then on the real encoded size, so that
-    everything stored (coded symbols with header, table, index and lane states; scales;
-    escapes) fits ``target_bits`` per weight. Only a layer too small to ever fit (its
-    fixed stream cost alone exceeds the budget) gets that fixed cost on top; the reported
-    bits per weight always include everything.
+    One step per output row, step = c * sigma(row) (a robust std). Everything stored counts
+    (coded symbols with header, table, index and lane padding; scales; escapes), and the
+    layer meets ``target_bits`` per weight: only a layer too small to ever fit (its fixed
+    stream cost alone exceeds the budget) gets that fixed cost on top.
+
+    c is searched without encoding: the entropy of the symbols of a sample of the layer
+    (RATE_SAMPLE weights; _RateEstimate) predicts the stored bits at any c. One encode at the predicted c
+    measures how far the prediction is off (coder overhead, layout, sampling); the corrected
+    prediction gives the next c, a second encode; up to two secant steps through the encodes
+    nearest the budget take up what is left (the best that fits is kept). Only if none fits
+    does it encode more: c grows by the excess until the layer fits.
     Returns (q, scale [N,1], zero [1,1], escape_index, escape_value, stream).
     """
     w = w.detach().float().cpu()
@@ -280,39 +324,55 @@ def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "rans", chun
     overhead = 1.005 if coder == "rans" else 1.03
     fixed_bits = 8 * len(encode(np.full(tuple(w.shape), RATE_ZERO, np.uint8), coder=coder, chunk_symbols=chunk_symbols))
     budget = target_bits * n
+    side_bits = w.shape[0] * 16 + 16  # a step per row, the zero point
     sigma = _row_sigma(w)
+    estimate = _RateEstimate(w, sigma, overhead)
 
-    def real(c):
+    def predicted(c: float, scale: float = 1.0) -> float:  # stored bits of the whole layer
+        return (estimate.bits_per_weight(c) * n + fixed_bits) * scale + side_bits
+
+    def real(c: float):
         q, step, escaped = _rate_quantize(w, c, sigma)
         stream = _stream(q.numpy(), coder, chunk_symbols)
         total = stream.numel() * 8 + step.numel() * 16 + 16 + int(escaped.sum()) * ESCAPE_BITS
         return total, (q, step, escaped, stream)
 
-    lo, hi = 1e-3, 64.0  # larger c = larger step = fewer bits
-    for _ in range(40):
-        mid = math.sqrt(lo * hi)
-        if _rate_estimate_bits(w, mid, overhead, sigma) * n + fixed_bits > budget:
-            lo = mid
-        else:
-            hi = mid
-    lo, hi = hi / 1.2, hi * 1.2
-    total, best = real(hi)
-    relaxed = False
-    while total > budget:
-        if hi > 1e4:
+    c1 = _solve_log(predicted, budget)
+    total1, best1 = real(c1)
+    correction = (total1 - side_bits) / (predicted(c1) - side_bits)  # the prediction's error near c1
+    tried = {c1: (total1, best1)}
+    c = _solve_log(lambda c_: predicted(c_, correction), budget, c1 / 2, c1 * 2, 20)
+    for _ in range(3):  # then secant steps in log c (bits are close to linear in it), while it pays
+        if c in tried:
+            break
+        tried[c] = real(c)
+        fits = [t for t, _ in tried.values() if t <= budget]
+        if fits and budget - max(fits) <= 5e-4 * budget:
+            break
+        under = [x for x, (t, _) in tried.items() if t <= budget]
+        over = [x for x, (t, _) in tried.items() if t > budget]
+        if under and over:  # the closest on either side: interpolate
+            a, b = min(under), max(over)
+        else:  # one side only: the two closest to the budget
+            a, b = sorted(tried, key=lambda x: abs(tried[x][0] - budget))[:2]
+        ta, tb = tried[a][0], tried[b][0]
+        if ta == tb:
+            break
+        aim = budget * (1 - 2e-4)
+        c = math.exp(math.log(a) + (aim - ta) * (math.log(b) - math.log(a)) / (tb - ta))
+    fitting = [(t, x) for x, (t, _) in tried.items() if t <= budget]
+    c = max(fitting)[1] if fitting else max(tried)
+    total, best = tried[c]
+    relaxed, misses = False, 0
+    while total > budget:  # still over: grow c by the excess (about 1 bit per doubling), faster each time
+        if c > 1e4:
             if relaxed:
                 raise CodecError(f"rate mode cannot reach {target_bits} bits per weight on a {tuple(w.shape)} weight")
             relaxed, budget = True, budget + fixed_bits
             continue
-        lo, hi = hi, hi * 2
-        total, best = real(hi)
-    for _ in range(8):  # the estimate brackets the answer closely; 8 halvings settle it
-        mid = math.sqrt(lo * hi)
-        t, cand = real(mid)
-        if t <= budget:
-            hi, best = mid, cand
-        else:
-            lo = mid
+        c *= 2 ** (max((total - budget) / n, 1e-3) * 2 ** misses)
+        misses += 1
+        total, best = real(c)
     q, step, escaped, stream = best
     idx = escaped.reshape(-1).nonzero().reshape(-1)
     return q, step, torch.full((1, 1), float(RATE_ZERO), dtype=torch.float16), idx, w.reshape(-1)[idx].clone(), stream

@@ -97,6 +97,55 @@ def test_rate_mode_meets_target_with_everything_counted(target):
     assert stats.sqnr_db == pytest.approx(sqnr_db(w, back))
 
 
+def test_rate_search_encodes_a_few_times_and_uses_the_budget(monkeypatch):
+    """The step is predicted from a sample's symbol counts, then corrected by real encodes: at
+    most 4 encodes of the layer, landing within 0.2% under the budget."""
+    from pycodec import quant
+
+    encodes = []
+    real_stream = quant._stream
+    monkeypatch.setattr(quant, "_stream", lambda *a: encodes.append(1) or real_stream(*a))
+    for shape, target in (((1536, 576), 3.5), ((300, 700), 2.0), ((512, 512), 5.0)):
+        encodes.clear()
+        w = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[0])) * 0.02
+        _, stats = compress_weight(w, CompressionConfig(mode="rate", bits=target))
+        assert 1 <= len(encodes) <= 4
+        assert target * 0.998 <= stats.bits_per_weight <= target
+
+
+def test_rate_estimate_predicts_the_symbol_entropy():
+    """_RateEstimate's counts (sorted sample, rounding boundaries) against quantizing the layer."""
+    from pycodec import quant
+
+    w = torch.randn(800, 600, generator=torch.Generator().manual_seed(5)) * 0.03
+    w[::97, ::89] = 2.0  # escapes at small steps
+    sigma = quant._row_sigma(w)
+    est = quant._RateEstimate(w, sigma, coder_overhead=1.0)
+    for c in (0.05, 0.3, 1.0, 4.0):
+        q, _, escaped = quant._rate_quantize(w, c, sigma)
+        real = (quant._symbol_entropy_bits(q) + int(escaped.sum()) * quant.ESCAPE_BITS) / w.numel()
+        assert est.bits_per_weight(c) == pytest.approx(real, rel=0.03, abs=0.01)
+
+
+@pytest.mark.parametrize("kind", ["zeros", "constant rows", "one row of outliers"])
+def test_rate_search_on_degenerate_layers(kind):
+    """Rows of one value get a step from their magnitude (not an escape per weight)."""
+    w = torch.randn(64, 256) * 0.02
+    if kind == "zeros":
+        w.zero_()
+    elif kind == "constant rows":
+        w[:] = torch.linspace(-1, 1, 64)[:, None]
+    else:
+        w[5] = 1e4
+    packed, stats = compress_weight(w, CompressionConfig(mode="rate", bits=3.0))
+    assert stats.bits_per_weight <= 3.0
+    back = unpack(packed)
+    assert torch.isfinite(back).all()
+    if kind == "zeros":
+        assert torch.equal(back, w)
+    assert sqnr_db(w, back) > 10 or kind == "zeros"
+
+
 def test_rate_beats_int4_g128_at_equal_bits_on_real_weights():
     """Entropy-constrained quantization vs int4-g128 stored fixed-length (4.25 bits) on MiniLM."""
     from pycodec._weights import load_minilm
