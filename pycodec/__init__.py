@@ -25,9 +25,10 @@ except ImportError:  # numpy-only install: the codec above is the whole API
 
 if _torch is not None:
     from .hub import from_pretrained, save_pretrained
-    from .nn import CompressedLinear, compress_, decompress_
+    from .nn import CompressedLinear, DecodedCache, cache_decoded, compress_, decompress_
 
-    __all__ += ["CompressedLinear", "compress_", "decompress_", "from_pretrained", "save_pretrained"]
+    __all__ += ["CompressedLinear", "DecodedCache", "cache_decoded", "compress_", "decompress_", "from_pretrained",
+                "save_pretrained"]
     try:  # transformers' from_pretrained learns quant_method "pycodec" when transformers is present
         from . import hf as _hf  # noqa: F401
     except ImportError:

@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from .codec import CODERS, DEFAULT_CODER
+
 DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
 
 
@@ -133,11 +135,22 @@ def cmd_inspect(a) -> None:
     print(f"{'total (' + qcfg['mode'] + ', ' + qcfg['coder'] + ')':60s} {total_w:>14d} {out['bits_per_weight']:12.3f}")
 
 
+def decoded_cache(model, cache_mb: float | None):
+    """The CLI's CPU policy: keep decoded weights between forwards (pycodec.cache_decoded),
+    all of them unless --cache-mb says how many MB."""
+    from .nn import cache_decoded
+
+    if cache_mb is not None and cache_mb < 0:
+        raise ValueError(f"--cache-mb must be >= 0, got {cache_mb}")
+    return cache_decoded(model, None if cache_mb is None else int(cache_mb * 1e6))
+
+
 def cmd_eval(a) -> None:
     with open(a.text, errors="replace") as f:
         text = f.read()
     model, tok = load_compressed(a.path)
-    ppl = perplexity(model, tok, text, a.max_tokens)
+    with decoded_cache(model, a.cache_mb):
+        ppl = perplexity(model, tok, text, a.max_tokens)
     out = {"compressed_perplexity": ppl}
     if a.reference:
         ref_model, _ = load_source(a.reference, a.gguf_file)
@@ -149,7 +162,8 @@ def cmd_eval(a) -> None:
 
 def cmd_generate(a) -> None:
     model, tok = load_compressed(a.path)
-    text = generate(model, tok, a.prompt, a.max_new_tokens)
+    with decoded_cache(model, a.cache_mb):
+        text = generate(model, tok, a.prompt, a.max_new_tokens)
     _print({"prompt": a.prompt, "output": text}, a.json)
     if not a.json:
         print(text)
@@ -180,15 +194,21 @@ def cmd_demo(a) -> None:
             save_pretrained(m, d, tokenizer=tok)
             disk = sum(os.path.getsize(os.path.join(d, x)) for x in os.listdir(d) if x.endswith(".safetensors"))
             m = from_pretrained(d)
+        cache = decoded_cache(m, None)  # each weight decoded once for the evaluation and generation
         ppl = perplexity(m, tok, text, a.max_tokens)
         secs = time.perf_counter() - t
         print(f"{label:18s} {rep['bits_per_weight']:11.3f} {rep['entropy_bits_per_weight']:8.3f} "
               f"{rep['mean_sqnr_db']:8.2f} {ppl:8.3f} {disk / 1e6:10.1f} {secs:6.1f}")
         results["modes"][label] = {"bits_per_weight": rep["bits_per_weight"], "perplexity": ppl, "disk_bytes": disk}
         print(f"  generate: {generate(m, tok, a.prompt, a.max_new_tokens)!r}")
+        cache.close()
     if a.json_out:
         with open(a.json_out, "w") as f:
             json.dump(results, f, indent=2)
+
+
+CACHE_HELP = ("MB of decoded weights kept between forwards on the CPU (default: all, each weight decoded once; "
+              "0: decode on every call, least memory)")
 
 
 def main(argv=None) -> None:
@@ -203,7 +223,9 @@ def main(argv=None) -> None:
     c.add_argument("--group-size", type=int, default=128)
     c.add_argument("--symmetric", action="store_true")
     c.add_argument("--prune", type=float, default=0.0)
-    c.add_argument("--coder", choices=("rans", "huffman"), default="rans")
+    c.add_argument("--coder", choices=CODERS, default=DEFAULT_CODER,
+                   help=f"entropy coder (default {DEFAULT_CODER}: stream format v2, what the GPU kernels decode; "
+                        "rans: format v1, slightly smaller, CPU decode)")
     c.add_argument("--gguf-file", default=None)
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_compress)
@@ -219,6 +241,7 @@ def main(argv=None) -> None:
     e.add_argument("--max-tokens", type=int, default=1024)
     e.add_argument("--reference", default=None, help="dense source model to compare with ('smollm2' allowed)")
     e.add_argument("--gguf-file", default=None)
+    e.add_argument("--cache-mb", type=float, default=None, help=CACHE_HELP)
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
 
@@ -226,6 +249,7 @@ def main(argv=None) -> None:
     g.add_argument("path")
     g.add_argument("prompt")
     g.add_argument("--max-new-tokens", type=int, default=40)
+    g.add_argument("--cache-mb", type=float, default=None, help=CACHE_HELP)
     g.add_argument("--json", action="store_true")
     g.set_defaults(fn=cmd_generate)
 
@@ -242,7 +266,7 @@ def main(argv=None) -> None:
 
     try:
         a.fn(a)
-    except (CodecError, OSError) as err:
+    except (CodecError, OSError, ValueError) as err:
         print(f"pycodec: error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -3,7 +3,9 @@
 State lives in registered buffers of plain dtypes (see pycodec.quant for the packed
 layout), so ``state_dict()`` and safetensors work without pickle. On a GPU ``forward`` runs
 the fused decode + GEMV kernels straight from the coded bytes; on the CPU it decodes the
-weight each call (``cache_decoded=True`` keeps the decoded weight instead). The forward is
+weight each call (``cache_decoded=True`` keeps the decoded weight instead, and
+``pycodec.cache_decoded(model, max_bytes)`` keeps those of a whole model within a budget).
+The forward is
 the torch.library op ``pycodec::compressed_linear`` (schema + fake), so ``torch.compile``
 traces through it.
 
@@ -108,7 +110,99 @@ def _backward(ctx, grad):
 compressed_linear.register_autograd(_backward, setup_context=_setup_context)
 
 
-class _PackedModule(nn.Module):
+class DecodedCache:
+    """Decoded weights that CPU forwards keep for reuse, within ``max_bytes`` (None: no limit).
+
+    A fixed resident set, not an LRU: a forward visits every layer in the same order, so an
+    LRU smaller than the model would evict each weight just before its next use and save
+    nothing. Here the weights that fit stay decoded; the others decode on every call. Use it
+    as a context manager (``with pycodec.cache_decoded(model): model.generate(...)``) to free
+    the decoded weights afterwards, or call ``close()``.
+    """
+
+    def __init__(self, max_bytes: int | None = None):
+        if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 0):
+            raise ValueError(f"max_bytes must be a non-negative int or None, got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self._held: dict[int, int] = {}  # id(module) -> bytes of its decoded weight
+        self._modules: list[nn.Module] = []
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._held.values())
+
+    def admit(self, module: nn.Module, weight: torch.Tensor) -> bool:
+        size = weight.numel() * weight.element_size()
+        others = self.bytes - self._held.get(id(module), 0)
+        if self.max_bytes is not None and others + size > self.max_bytes:
+            return False
+        self._held[id(module)] = size
+        return True
+
+    def release(self, module: nn.Module) -> None:
+        self._held.pop(id(module), None)
+
+    def report(self) -> dict:
+        return {"max_bytes": self.max_bytes, "bytes": self.bytes, "layers_cached": len(self._held),
+                "layers": len(self._modules)}
+
+    def close(self) -> None:
+        for m in self._modules:
+            m._drop_decoded()
+            m._decoded_cache = None
+        self._modules = []
+
+    def __enter__(self) -> "DecodedCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def cache_decoded(model: nn.Module, max_bytes: int | None = None) -> DecodedCache:
+    """Keep the decoded weights of ``model``'s compressed modules between CPU forwards, up to
+    ``max_bytes`` of them (None: all, i.e. each weight is decoded once). GPU forwards are not
+    affected: they decode inside the fused kernels. Returns the cache (report(), close())."""
+    cache = DecodedCache(max_bytes)
+    for m in model.modules():
+        if isinstance(m, _DecodedWeight):
+            if m._decoded_cache is not None:
+                m._decoded_cache.close()
+            m._drop_decoded()
+            m._decoded_cache = cache
+            cache._modules.append(m)
+    return cache
+
+
+class _DecodedWeight:
+    """The decoded weight a compressed module keeps between forwards: always with
+    ``cache_decoded=True``, else within its model's DecodedCache budget, on the CPU."""
+
+    _decoded: torch.Tensor | None = None
+    _decoded_cache: DecodedCache | None = None
+
+    def _uses_decoded(self, device: torch.device) -> bool:
+        return bool(getattr(self, "cache_decoded", False)) or (self._decoded_cache is not None and
+                                                                device.type == "cpu")
+
+    def _weight_for(self, device: torch.device) -> torch.Tensor:
+        w = self._decoded
+        if w is not None and w.device == device:
+            return w
+        w = self.decoded_weight().to(device)
+        if getattr(self, "cache_decoded", False) or (self._decoded_cache is not None and
+                                                     self._decoded_cache.admit(self, w)):
+            self._decoded = w
+        return w
+
+    def _drop_decoded(self) -> None:
+        """Forgets the decoded weight (its packed tensors were loaded or moved)."""
+        self._decoded = None
+        if self._decoded_cache is not None:
+            self._decoded_cache.release(self)
+
+
+class _PackedModule(_DecodedWeight, nn.Module):
     """Keeps packed tensors' dtypes through module-wide casts, and the GPU path's host-built state
     (WeightInfo, kernel buffers, slack after the streams) correct across moves and loads."""
 
@@ -153,8 +247,7 @@ class _PackedModule(nn.Module):
                 self._buffers[f"_k_{name}"] = torch.zeros(0, device=device)
         # A plain attribute, so forward's test of it compiles (torch.compile, fullgraph).
         self._ready_device = device
-        if getattr(self, "_decoded", None) is not None:
-            self._decoded = None  # a cached weight of the tensors before this load or move
+        self._drop_decoded()  # a cached weight of the tensors before this load or move
 
     def to_empty(self, *, device, recurse: bool = True):
         """Uninitialised storage has no stream to verify: the state is rebuilt on load_state_dict."""
@@ -218,7 +311,6 @@ class CompressedLinear(_PackedModule):
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
         self.cache_decoded = cache_decoded
         self.exact_outputs = exact_outputs
-        self._decoded: torch.Tensor | None = None
         self.stats: LayerStats | None = None
         self._init_gpu_state()
 
@@ -243,10 +335,9 @@ class CompressedLinear(_PackedModule):
         return _decode_on_cpu(list(self.packed().values())).to(self.weight_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cache_decoded:
-            if self._decoded is None or self._decoded.device != x.device:
-                self._decoded = self.decoded_weight().to(x.device)
-            return F.linear(x, self._decoded.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        if self._uses_decoded(x.device):
+            w = self._weight_for(x.device)
+            return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         if x.device != self.meta.device:
             raise CodecError(f"{type(self).__name__}: input on {x.device}, weight on {self.meta.device}: "
                              "move the module (model.to(device)) or the input")
@@ -265,7 +356,7 @@ class CompressedLinear(_PackedModule):
                 f"{kind}, {bpw:.3f} bits/weight")
 
 
-class CompressedEmbedding(nn.Module):
+class CompressedEmbedding(_DecodedWeight, nn.Module):
     """nn.Embedding with a losslessly packed weight (lookups are bit-exact).
 
     ``forward`` decodes the table and gathers rows; the decode is the opaque op
@@ -302,12 +393,23 @@ class CompressedEmbedding(nn.Module):
     def packed(self) -> dict:
         return {n: getattr(self, n) for n in self._names}
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def decoded_weight(self) -> torch.Tensor:
         from .quant import CODE_DTYPES
 
-        w = decode_weight(list(self.packed().values()), self.num_embeddings, self.embedding_dim,
-                          CODE_DTYPES[int(self.meta[5])])
+        return decode_weight(list(self.packed().values()), self.num_embeddings, self.embedding_dim,
+                             CODE_DTYPES[int(self.meta[5])])
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        w = self._weight_for(idx.device) if self._uses_decoded(idx.device) else self.decoded_weight()
         return F.embedding(idx, w, self.padding_idx)
+
+    def _apply(self, fn, recurse=True):
+        self._drop_decoded()
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._drop_decoded()
 
     def extra_repr(self) -> str:
         nbytes = sum(t.numel() * t.element_size() for n, t in self.packed().items() if n != "meta")

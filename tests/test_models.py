@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import pycodec
 from pycodec import CodecError, CompressedLinear, CompressionConfig
@@ -218,6 +219,50 @@ def test_cached_weight_follows_load_state_dict():
     a(x)
     a.load_state_dict(b.state_dict())
     assert torch.equal(a(x), b(x))
+
+
+def test_model_cache_decodes_each_weight_once_with_identical_outputs(monkeypatch):
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="rate", bits=3.5), progress=False)
+    ids = tokens()
+    ref = model(ids).logits
+    decodes = []
+    real = CompressedLinear.decoded_weight
+    monkeypatch.setattr(CompressedLinear, "decoded_weight", lambda self: decodes.append(1) or real(self))
+    layers = sum(isinstance(m, CompressedLinear) for m in model.modules())
+    with pycodec.cache_decoded(model) as cache:
+        assert torch.equal(model(ids).logits, ref)
+        assert torch.equal(model(ids).logits, ref)
+        assert len(decodes) == layers  # once each, over two forwards
+        report = cache.report()
+        assert report["layers_cached"] == layers and report["bytes"] == sum(
+            m.in_features * m.out_features * 2 for m in model.modules() if isinstance(m, CompressedLinear))
+    assert cache.bytes == 0 and all(m._decoded is None for m in model.modules() if isinstance(m, CompressedLinear))
+    assert torch.equal(model(ids).logits, ref)  # closed: back to decoding every call, keeping nothing
+    assert all(m._decoded is None for m in model.modules() if isinstance(m, CompressedLinear))
+
+
+def test_model_cache_budget_keeps_what_fits_and_follows_loads():
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="int", bits=4), progress=False)
+    linears = [m for m in model.modules() if isinstance(m, CompressedLinear)]
+    one = linears[0].in_features * linears[0].out_features * 2
+    ids = tokens()
+    ref = model(ids).logits
+    cache = pycodec.cache_decoded(model, max_bytes=one)
+    assert torch.equal(model(ids).logits, ref)
+    assert cache.report()["layers_cached"] == 1 and cache.bytes == one and linears[0]._decoded is not None
+    # A load replaces the packed weight: the cached copy goes, and the budget is free again.
+    before = linears[0].decoded_weight()
+    state = linears[0].state_dict()
+    state["scale"] = state["scale"] * 2  # w = (q - z) s: every weight doubles
+    linears[0].load_state_dict(state)
+    assert linears[0]._decoded is None and cache.bytes == 0
+    x = torch.randn(3, linears[0].in_features).to(torch.bfloat16)
+    assert torch.equal(linears[0](x), F.linear(x, before * 2))
+    with pytest.raises(ValueError, match="max_bytes"):
+        pycodec.cache_decoded(model, max_bytes=-1)
+    cache.close()
 
 
 def test_to_empty_then_load_state_dict():
@@ -479,6 +524,9 @@ def test_lossless_compresses_untied_embeddings_bit_exact(tmp_path):
     assert isinstance(model.embeddings.word_embeddings, CompressedEmbedding)
     assert "embeddings.word_embeddings" in report["layers"]
     assert torch.equal(model(input_ids=ids).last_hidden_state, ref)
+    with pycodec.cache_decoded(model) as cache:  # the table decoded once, lookups unchanged
+        assert torch.equal(model(input_ids=ids).last_hidden_state, ref)
+        assert model.embeddings.word_embeddings._decoded is not None and cache.report()["layers_cached"] >= 2
     pycodec.save_pretrained(model, tmp_path)
     loaded = pycodec.from_pretrained(str(tmp_path), model_cls=transformers.AutoModel)
     assert torch.equal(loaded(input_ids=ids).last_hidden_state, ref)
