@@ -140,12 +140,18 @@ def decoded_cache(model, cache_mb: float | None):
     all of them unless --cache-mb says how many MB."""
     from .nn import cache_decoded
 
-    if cache_mb is not None and cache_mb < 0:
-        raise ValueError(f"--cache-mb must be >= 0, got {cache_mb}")
+    check_cache_mb(cache_mb)
     return cache_decoded(model, None if cache_mb is None else int(cache_mb * 1e6))
 
 
+def check_cache_mb(cache_mb: float | None) -> None:
+    """--cache-mb is checked before a model loads."""
+    if cache_mb is not None and not cache_mb >= 0:
+        raise ValueError(f"--cache-mb must be >= 0, got {cache_mb}")
+
+
 def cmd_eval(a) -> None:
+    check_cache_mb(a.cache_mb)
     with open(a.text, errors="replace") as f:
         text = f.read()
     model, tok = load_compressed(a.path)
@@ -161,6 +167,7 @@ def cmd_eval(a) -> None:
 
 
 def cmd_generate(a) -> None:
+    check_cache_mb(a.cache_mb)
     model, tok = load_compressed(a.path)
     with decoded_cache(model, a.cache_mb):
         text = generate(model, tok, a.prompt, a.max_new_tokens)

@@ -452,6 +452,9 @@ def test_cli_compress_inspect_generate(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pycodec.cli", "inspect", str(tmp_path / "missing")],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "pycodec: error" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "pycodec.cli", "generate", str(tmp_path / "missing"), "hi",
+                        "--cache-mb", "-1"], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "--cache-mb must be >= 0" in r.stderr and "Traceback" not in r.stderr  # before a load
 
 
 def _legacy_byte_plane_packing(w: torch.Tensor) -> dict:
