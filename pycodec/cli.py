@@ -88,17 +88,35 @@ def dense_bits(model) -> int:
     return sum(p.numel() * p.element_size() * 8 for p in model.parameters())
 
 
+def _finite(obj):
+    """obj with every non-finite float as null: standard JSON (no NaN or Infinity) for jq and co."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):  # numpy / torch scalars
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def _print(obj, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(obj, indent=2, default=float))
+        print(json.dumps(_finite(obj), indent=2, allow_nan=False))
 
 
 def cmd_compress(a) -> None:
     from . import CompressionConfig, compress_, save_pretrained
 
-    model, tok = load_source(a.src, a.gguf_file)
-    cfg = CompressionConfig(mode=a.mode, bits=a.bits, group_size=a.group_size, symmetric=a.symmetric,
+    bits = getattr(a, "bits", None)
+    if bits is None and a.mode == "int":
+        raise ValueError("--mode int needs --bits (an integer width, 2..8)")
+    bits = 3.5 if bits is None else bits  # rate mode's default; lossless ignores it
+    # The options are checked before the model loads (which can take a while).
+    cfg = CompressionConfig(mode=a.mode, bits=bits, group_size=a.group_size, symmetric=a.symmetric,
                             prune=a.prune, coder=a.coder)
+    model, tok = load_source(a.src, a.gguf_file)
     t = time.perf_counter()
     report = compress_(model, cfg, progress=not a.json)
     report["seconds"] = time.perf_counter() - t
@@ -152,6 +170,8 @@ def check_cache_mb(cache_mb: float | None) -> None:
 
 def cmd_eval(a) -> None:
     check_cache_mb(a.cache_mb)
+    if a.max_tokens < 2:
+        raise ValueError(f"--max-tokens must be at least 2 (one prediction), got {a.max_tokens}")
     with open(a.text, errors="replace") as f:
         text = f.read()
     model, tok = load_compressed(a.path)
@@ -168,6 +188,8 @@ def cmd_eval(a) -> None:
 
 def cmd_generate(a) -> None:
     check_cache_mb(a.cache_mb)
+    if a.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {a.max_new_tokens}")
     model, tok = load_compressed(a.path)
     with decoded_cache(model, a.cache_mb):
         text = generate(model, tok, a.prompt, a.max_new_tokens)
@@ -214,58 +236,66 @@ def cmd_demo(a) -> None:
             json.dump(results, f, indent=2)
 
 
-CACHE_HELP = ("MB of decoded weights kept between forwards on the CPU (default: all, each weight decoded once; "
-              "0: decode on every call, least memory)")
+CACHE_HELP = ("MB of decoded weights kept between forwards on the CPU (none given: all, each weight decoded "
+              "once; 0: decode on every call, least memory)")
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="pycodec", description="Entropy-coded neural-network weights")
+    from . import __version__
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="pycodec", description="Entropy-coded neural-network weights", formatter_class=fmt)
+    p.add_argument("--version", action="version", version=f"pycodec {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    c = sub.add_parser("compress", help="compress a transformers model folder ('smollm2' for the packaged model)")
-    c.add_argument("src")
-    c.add_argument("dst")
-    c.add_argument("--mode", choices=("lossless", "int", "rate"), default="rate")
-    c.add_argument("--bits", type=float, default=3.5)
-    c.add_argument("--group-size", type=int, default=128)
-    c.add_argument("--symmetric", action="store_true")
-    c.add_argument("--prune", type=float, default=0.0)
+    c = sub.add_parser("compress", formatter_class=fmt,
+                       help="compress a transformers model folder ('smollm2' for the packaged model)")
+    c.add_argument("src", help="model folder, or 'smollm2'")
+    c.add_argument("dst", help="output folder")
+    c.add_argument("--mode", choices=("lossless", "int", "rate"), default="rate",
+                   help="lossless: bit-exact; int: group-wise integers; rate: entropy-constrained")
+    c.add_argument("--bits", type=float, default=argparse.SUPPRESS,
+                   help="int: width 2..8 (required); rate: stored bits per weight, 0.5..8 (default: 3.5)")
+    c.add_argument("--group-size", type=int, default=128, help="int mode: weights per scale and zero point")
+    c.add_argument("--symmetric", action="store_true", help="int mode: no zero point")
+    c.add_argument("--prune", type=float, default=0.0, help="fraction of smallest weights zeroed first, [0, 1)")
     c.add_argument("--coder", choices=CODERS, default=DEFAULT_CODER,
-                   help=f"entropy coder (default {DEFAULT_CODER}: stream format v2, what the GPU kernels decode; "
-                        "rans: format v1, slightly smaller, CPU decode)")
-    c.add_argument("--gguf-file", default=None)
-    c.add_argument("--json", action="store_true")
+                   help="entropy coder: huffman writes stream format v2 (what the GPU kernels decode); "
+                        "rans writes v1 (slightly smaller, CPU decode)")
+    c.add_argument("--gguf-file", default=None, help="GGUF file inside src to load")
+    c.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     c.set_defaults(fn=cmd_compress)
 
-    i = sub.add_parser("inspect", help="per-layer table of a compressed model")
-    i.add_argument("path")
-    i.add_argument("--json", action="store_true")
+    i = sub.add_parser("inspect", formatter_class=fmt, help="per-layer table of a compressed model")
+    i.add_argument("path", help="compressed model folder")
+    i.add_argument("--json", action="store_true", help="print JSON on stdout")
     i.set_defaults(fn=cmd_inspect)
 
-    e = sub.add_parser("eval", help="perplexity of a compressed causal LM on a text file")
-    e.add_argument("path")
-    e.add_argument("--text", default=DEFAULT_TEXT)
-    e.add_argument("--max-tokens", type=int, default=1024)
+    e = sub.add_parser("eval", formatter_class=fmt, help="perplexity of a compressed causal LM on a text file")
+    e.add_argument("path", help="compressed model folder")
+    e.add_argument("--text", default=DEFAULT_TEXT, help="text file to score")
+    e.add_argument("--max-tokens", type=int, default=1024, help="tokens of the text scored")
     e.add_argument("--reference", default=None, help="dense source model to compare with ('smollm2' allowed)")
-    e.add_argument("--gguf-file", default=None)
+    e.add_argument("--gguf-file", default=None, help="GGUF file inside the reference folder")
     e.add_argument("--cache-mb", type=float, default=None, help=CACHE_HELP)
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true", help="print JSON on stdout")
     e.set_defaults(fn=cmd_eval)
 
-    g = sub.add_parser("generate", help="generate text from a compressed causal LM")
-    g.add_argument("path")
-    g.add_argument("prompt")
-    g.add_argument("--max-new-tokens", type=int, default=40)
+    g = sub.add_parser("generate", formatter_class=fmt, help="generate text from a compressed causal LM")
+    g.add_argument("path", help="compressed model folder")
+    g.add_argument("prompt", help="the user message")
+    g.add_argument("--max-new-tokens", type=int, default=40, help="tokens generated (greedy)")
     g.add_argument("--cache-mb", type=float, default=None, help=CACHE_HELP)
-    g.add_argument("--json", action="store_true")
+    g.add_argument("--json", action="store_true", help="print JSON on stdout")
     g.set_defaults(fn=cmd_generate)
 
-    d = sub.add_parser("demo", help="compress SmolLM2-135M, report bits/weight, perplexity, and generate")
-    d.add_argument("--text", default=DEFAULT_TEXT)
-    d.add_argument("--max-tokens", type=int, default=1024)
-    d.add_argument("--prompt", default="What is the capital of France?")
-    d.add_argument("--max-new-tokens", type=int, default=24)
-    d.add_argument("--json-out", default=None)
+    d = sub.add_parser("demo", formatter_class=fmt,
+                       help="compress SmolLM2-135M, report bits/weight, perplexity, and generate")
+    d.add_argument("--text", default=DEFAULT_TEXT, help="text file to score")
+    d.add_argument("--max-tokens", type=int, default=1024, help="tokens of the text scored")
+    d.add_argument("--prompt", default="What is the capital of France?", help="the user message")
+    d.add_argument("--max-new-tokens", type=int, default=24, help="tokens generated (greedy)")
+    d.add_argument("--json-out", default=None, help="also write the results as JSON to this file")
     d.set_defaults(fn=cmd_demo)
 
     a = p.parse_args(argv)

@@ -457,6 +457,37 @@ def test_cli_compress_inspect_generate(tmp_path):
     assert r.returncode == 2 and "--cache-mb must be >= 0" in r.stderr and "Traceback" not in r.stderr  # before a load
 
 
+@pytest.mark.parametrize("args,message", [
+    (["compress", "smollm2", "OUT", "--mode", "int"], "--mode int needs --bits"),
+    (["compress", "smollm2", "OUT", "--bits", "99"], "0.5..8 bits"),
+    (["compress", "smollm2", "OUT", "--mode", "int", "--bits", "4", "--group-size", "0"], "group_size"),
+    (["compress", "smollm2", "OUT", "--prune", "1.5"], "prune"),
+    (["eval", "MISSING", "--max-tokens", "0"], "--max-tokens"),
+    (["generate", "MISSING", "hi", "--max-new-tokens", "-5"], "--max-new-tokens"),
+])
+def test_cli_option_errors_are_one_line_before_any_load(args, message, capsys, monkeypatch, tmp_path):
+    from pycodec import cli
+
+    def no_load(*a, **k):
+        raise AssertionError("loaded a model before checking the options")
+    monkeypatch.setattr(cli, "load_source", no_load)
+    monkeypatch.setattr(cli, "load_compressed", no_load)
+    with pytest.raises(SystemExit) as e:
+        cli.main([str(tmp_path / x) if x in ("OUT", "MISSING") else x for x in args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_cli_version_and_standard_json(capsys):
+    from pycodec import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"pycodec {pycodec.__version__}"
+    cli._print({"bits": math.nan, "rows": [math.inf, 1.5], "n": torch.tensor(3)}, True)
+    assert json.loads(capsys.readouterr().out) == {"bits": None, "rows": [None, 1.5], "n": 3}
+
+
 def _legacy_byte_plane_packing(w: torch.Tensor) -> dict:
     """A lossless weight as pycodec <= 0.1 stored it (KIND_LOSSLESS: exponent and sign/mantissa
     byte planes, each a v1 rANS stream or raw bytes); written by hand, since pycodec no longer does."""
