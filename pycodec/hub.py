@@ -32,10 +32,18 @@ def _quantization_config(model: nn.Module) -> dict:
     return {"quant_method": QUANT_METHOD, **cfg.to_dict(), "format_version": int(_C.FORMAT_VERSION), "modules": modules}
 
 
-def save_pretrained(model: nn.Module, out_dir: str, tokenizer=None, max_shard_bytes: int = 2 << 30) -> None:
-    """Write a compressed model to ``out_dir`` (safetensors shards, config.json, tokenizer)."""
+def _save_tensors(tensors: dict, path: str, metadata: dict) -> None:
+    """safetensors' save_file, with the mode open() would give (it creates files 0600)."""
     from safetensors.torch import save_file
 
+    save_file(tensors, path, metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def save_pretrained(model: nn.Module, out_dir: str, tokenizer=None, max_shard_bytes: int = 2 << 30) -> None:
+    """Write a compressed model to ``out_dir`` (safetensors shards, config.json, tokenizer)."""
     os.makedirs(out_dir, exist_ok=True)
     qcfg = _quantization_config(model)
     state, seen = {}, {}
@@ -57,12 +65,12 @@ def save_pretrained(model: nn.Module, out_dir: str, tokenizer=None, max_shard_by
     shards.append(cur)
     meta = {"format": "pt", "pycodec_format_version": str(_C.FORMAT_VERSION)}
     if len(shards) == 1:
-        save_file(shards[0], os.path.join(out_dir, WEIGHTS_NAME), metadata=meta)
+        _save_tensors(shards[0], os.path.join(out_dir, WEIGHTS_NAME), meta)
     else:
         weight_map = {}
         for i, shard in enumerate(shards):
             fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, os.path.join(out_dir, fname), metadata=meta)
+            _save_tensors(shard, os.path.join(out_dir, fname), meta)
             weight_map.update({k: fname for k in shard})
         with open(os.path.join(out_dir, INDEX_NAME), "w") as f:
             json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)

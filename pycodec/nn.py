@@ -441,6 +441,8 @@ def compress_(model: nn.Module, config, skip=None, progress: bool = True) -> dic
                  for p in m.parameters(recurse=False) if id(p) not in chosen}
         targets += [(name, m) for name, m in model.named_modules()
                     if isinstance(m, nn.Embedding) and not _skipped(name, skip) and id(m.weight) not in dense]
+    if not targets and any(isinstance(m, (CompressedLinear, CompressedEmbedding)) for m in model.modules()):
+        raise CodecError("the model is already compressed (pycodec.decompress_ restores dense modules first)")
     iterator = targets
     if progress:
         try:

@@ -360,6 +360,18 @@ def test_save_load_roundtrip_both_loaders(tmp_path, mode):
     assert torch.equal(hf(tokens()).logits, expect)
 
 
+def test_saved_files_have_the_usual_mode_and_recompressing_is_refused(tmp_path):
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="int", bits=4), progress=False)
+    pycodec.save_pretrained(model, tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in os.listdir(tmp_path):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask, name
+    with pytest.raises(CodecError, match="already compressed"):
+        pycodec.compress_(pycodec.from_pretrained(str(tmp_path)), CompressionConfig(mode="rate"), progress=False)
+
+
 def test_sharded_save_loads(tmp_path):
     model = tiny_llama()
     pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
