@@ -244,7 +244,8 @@ def main(argv=None) -> None:
     from . import __version__
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(prog="pycodec", description="Entropy-coded neural-network weights", formatter_class=fmt)
+    p = argparse.ArgumentParser(prog="pycodec", description="Entropy-coded neural-network weights",
+                                formatter_class=fmt)
     p.add_argument("--version", action="version", version=f"pycodec {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 

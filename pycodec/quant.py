@@ -311,11 +311,11 @@ def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "rans", chun
     stream cost alone exceeds the budget) gets that fixed cost on top.
 
     c is searched without encoding: the entropy of the symbols of a sample of the layer
-    (RATE_SAMPLE weights; _RateEstimate) predicts the stored bits at any c. One encode at the predicted c
-    measures how far the prediction is off (coder overhead, layout, sampling); the corrected
-    prediction gives the next c, a second encode; up to two secant steps through the encodes
-    nearest the budget take up what is left (the best that fits is kept). Only if none fits
-    does it encode more: c grows by the excess until the layer fits.
+    (RATE_SAMPLE weights, _RateEstimate) predicts the stored bits at any c. One encode at the
+    predicted c measures how far the prediction is off (coder overhead, layout, sampling); the
+    corrected prediction gives the next c, a second encode; up to two secant steps through the
+    encodes nearest the budget take up what is left (the best that fits is kept). Only if none
+    fits does it encode more: c grows by the excess until the layer fits.
     Returns (q, scale [N,1], zero [1,1], escape_index, escape_value, stream).
     """
     w = w.detach().float().cpu()
