@@ -5,9 +5,8 @@ layout), so ``state_dict()`` and safetensors work without pickle. On a GPU ``for
 the fused decode + GEMV kernels straight from the coded bytes; on the CPU it decodes the
 weight each call (``cache_decoded=True`` keeps the decoded weight instead, and
 ``pycodec.cache_decoded(model, max_bytes)`` keeps those of a whole model within a budget).
-The forward is
-the torch.library op ``pycodec::compressed_linear`` (schema + fake), so ``torch.compile``
-traces through it.
+The forward is the torch.library op ``pycodec::compressed_linear`` (schema + fake), so
+``torch.compile`` traces through it.
 
 What the GPU path reads besides the packed buffers (pycodec.gpu: WeightInfo and the kernel
 buffers: decode tables, value entries, escapes) is built on the host when the module is made,
