@@ -2,8 +2,9 @@
 
 ``quantization_config`` holds ``quant_method: "pycodec"``, the CompressionConfig and, per
 compressed module, the shapes of its buffers, so a loader can build the exact modules
-before any tensor is read. Loading never unpickles; every stream's header checksum and
-decoded-symbol checksum is verified, and a failure names the tensor.
+before any tensor is read. Loading never unpickles. Every tensor is saved with a checksum
+(dense tensors, scales and escapes included) that pycodec.from_pretrained checks, and every
+stream's own header and decoded-symbol checksums are verified; a failure names the tensor.
 """
 from __future__ import annotations
 
@@ -32,11 +33,25 @@ def _quantization_config(model: nn.Module) -> dict:
     return {"quant_method": QUANT_METHOD, **cfg.to_dict(), "format_version": int(_C.FORMAT_VERSION), "modules": modules}
 
 
+CHECKSUMS_KEY = "pycodec_checksums"  # safetensors metadata: JSON {tensor name: tensor_checksum}
+
+
+def tensor_checksum(t: torch.Tensor) -> str:
+    """BLAKE2b-64 of a tensor's bytes (hex), whatever its dtype."""
+    import hashlib
+
+    data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return hashlib.blake2b(data.tobytes(), digest_size=8).hexdigest()
+
+
 def _save_tensors(tensors: dict, path: str, metadata: dict) -> None:
-    """safetensors' save_file, with the mode open() would give (it creates files 0600)."""
+    """safetensors' save_file with a checksum of every tensor in the metadata (dense ones, side
+    information and escapes too: only the streams carry their own), and the mode open() would
+    give (safetensors creates files 0600)."""
     from safetensors.torch import save_file
 
-    save_file(tensors, path, metadata=metadata)
+    sums = {name: tensor_checksum(t) for name, t in tensors.items()}
+    save_file(tensors, path, metadata={**metadata, CHECKSUMS_KEY: json.dumps(sums)})
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
@@ -87,6 +102,10 @@ def save_pretrained(model: nn.Module, out_dir: str, tokenizer=None, max_shard_by
 
 
 def _read_state(src: str) -> dict:
+    """Every tensor of a checkpoint, each checked against the checksum saved beside it; a
+    mismatch names the tensor. (Checkpoints written before checksums are read unchecked; their
+    streams still carry their own.)"""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     index = os.path.join(src, INDEX_NAME)
@@ -98,9 +117,22 @@ def _read_state(src: str) -> dict:
     for fname in files:
         path = os.path.join(src, fname)
         try:
-            state.update(load_file(path))
+            with safe_open(path, framework="pt") as f:
+                metadata = f.metadata() or {}
+            tensors = load_file(path)
         except Exception as e:  # safetensors raises its own types for damaged headers
             raise CodecError(f"{path}: not a readable safetensors file ({e})") from e
+        if CHECKSUMS_KEY in metadata:
+            try:
+                sums = json.loads(metadata[CHECKSUMS_KEY])
+            except ValueError:
+                raise CodecError(f"{path}: its tensor checksums are damaged") from None
+            if not isinstance(sums, dict):
+                raise CodecError(f"{path}: its tensor checksums are damaged")
+            for name, t in tensors.items():
+                if sums.get(name) != tensor_checksum(t):
+                    raise CodecError(f"tensor {name!r} in {path}: checksum mismatch (the file is damaged)")
+        state.update(tensors)
     return state
 
 

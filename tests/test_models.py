@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -403,6 +404,47 @@ def test_damaged_checkpoint_names_the_tensor(tmp_path):
         pycodec.from_pretrained(str(tmp_path))
     with pytest.raises(CodecError, match="up_proj"):
         transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.scale",
+                                  "model.norm.weight"])
+def test_damaged_dense_or_side_tensor_names_the_tensor(tmp_path, name):
+    """Not only streams: dense tensors and fp16 scales are covered by the saved checksums."""
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="rate", bits=3), progress=False)
+    pycodec.save_pretrained(model, tmp_path)
+    _damage(tmp_path / "model.safetensors", name, 1)
+    with pytest.raises(CodecError, match=re.escape(repr(name)) + ".*checksum"):
+        pycodec.from_pretrained(str(tmp_path))
+
+
+def test_a_flipped_byte_anywhere_is_refused_or_harmless(tmp_path):
+    """200 random single-byte flips of a saved checkpoint: each read either raises (naming the
+    tensor, or the file where the header itself is damaged) or returns the very same tensors."""
+    from pycodec import hub
+
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="int", bits=4), progress=False)
+    pycodec.save_pretrained(model, tmp_path)
+    path = tmp_path / "model.safetensors"
+    pristine = path.read_bytes()
+    reference = hub._read_state(str(tmp_path))
+    rng = np.random.default_rng(7)
+    outcomes = {"refused": 0, "harmless": 0}
+    for offset in rng.integers(0, len(pristine), 200):
+        damaged = bytearray(pristine)
+        damaged[offset] ^= 1 << int(rng.integers(0, 8))
+        path.write_bytes(bytes(damaged))
+        try:
+            state = hub._read_state(str(tmp_path))
+        except CodecError as e:
+            assert "tensor '" in str(e) or "model.safetensors" in str(e)
+            outcomes["refused"] += 1
+            continue
+        assert state.keys() == reference.keys()
+        assert all(torch.equal(state[k], reference[k]) for k in state), f"byte {offset} changed a tensor silently"
+        outcomes["harmless"] += 1
+    assert outcomes["refused"] > 150  # almost every byte is tensor data or checked metadata
 
 
 def test_garbage_safetensors_is_a_clear_error(tmp_path):
