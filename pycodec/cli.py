@@ -27,6 +27,15 @@ def smollm2_source() -> tuple[str, str]:
     return folder, ggufs[0]
 
 
+def check_model_folder(path: str) -> None:
+    """A model folder as the commands take it (nothing is downloaded): a clear error otherwise."""
+    if not os.path.isdir(path):
+        raise ValueError(f"{path}: no such model folder" if not os.path.exists(path) else
+                         f"{path}: not a folder (give the folder that holds config.json)")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(f"{path}: no config.json, not a transformers model folder")
+
+
 def load_source(src: str, gguf_file: str | None = None, dtype: str = "bfloat16"):
     """A dense transformers causal LM and its tokenizer; src may be 'smollm2' for the packaged model."""
     import torch
@@ -35,6 +44,8 @@ def load_source(src: str, gguf_file: str | None = None, dtype: str = "bfloat16")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if src == "smollm2":
         src, gguf_file = smollm2_source()
+    elif not gguf_file:
+        check_model_folder(src)
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype), **kw)
     try:
@@ -49,6 +60,7 @@ def load_compressed(path: str, device: str = "cpu"):
 
     from .hub import from_pretrained
 
+    check_model_folder(path)
     return from_pretrained(path, device=device), AutoTokenizer.from_pretrained(path)
 
 

@@ -208,7 +208,8 @@ def _tied_keys(model: nn.Module) -> set:
 
 
 def from_pretrained(src: str, device: str | torch.device = "cpu", verify: bool = True, model_cls=None):
-    """Load a model written by ``save_pretrained`` (a transformers model, built from its config)."""
+    """Load a model written by ``save_pretrained``: a transformers model of the saved class
+    (config.json ``architectures``; ``model_cls`` overrides it), built from its config."""
     import transformers
 
     with open(os.path.join(src, "config.json")) as f:
@@ -227,11 +228,16 @@ def from_pretrained(src: str, device: str | torch.device = "cpu", verify: bool =
     state = _read_state(src)
     if verify:
         verify_streams(state)
-    cls = model_cls or transformers.AutoModelForCausalLM
+    # The class that was saved (config.json "architectures", as transformers writes it), unless
+    # the caller names one; a causal LM when the config does not say.
+    architectures = cfg_dict.get("architectures") or []
+    saved = getattr(transformers, architectures[0], None) if architectures else None
+    cls = model_cls or (saved if isinstance(saved, type) else transformers.AutoModelForCausalLM)
+    build = cls.from_config if hasattr(cls, "from_config") else cls._from_config  # Auto* or a model class
     # Built on the CPU, not on "meta": non-persistent buffers (rotary frequencies) are
     # computed at construction and are not in the checkpoint. This briefly holds the dense
     # skeleton; the compressed modules then replace their nn.Linear before loading.
-    model = cls.from_config(hf_config, dtype=getattr(hf_config, "dtype", None) or torch.float32)
+    model = build(hf_config, dtype=getattr(hf_config, "dtype", None) or torch.float32)
     install_modules(model, qcfg, state)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if unexpected:

@@ -532,6 +532,21 @@ def test_cli_option_errors_are_one_line_before_any_load(args, message, capsys, m
     assert e.value.code == 2 and message in err and err.count("\n") == 1
 
 
+def test_cli_bad_model_paths_are_one_line(tmp_path, capsys):
+    from pycodec import cli
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("not a model")
+    for args, message in ((["compress", str(tmp_path / "nope"), str(tmp_path / "o")], "no such model folder"),
+                          (["compress", str(tmp_path / "empty"), str(tmp_path / "o")], "no config.json"),
+                          (["generate", str(tmp_path / "notes.txt"), "hi"], "not a folder"),
+                          (["inspect", str(tmp_path / "empty")], "config.json")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(args)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and err.count("\n") == 1, err
+
+
 def test_cli_version_and_standard_json(capsys):
     from pycodec import cli
 
@@ -616,7 +631,8 @@ def test_lossless_compresses_untied_embeddings_bit_exact(tmp_path):
         assert torch.equal(model(input_ids=ids).last_hidden_state, ref)
         assert model.embeddings.word_embeddings._decoded is not None and cache.report()["layers_cached"] >= 2
     pycodec.save_pretrained(model, tmp_path)
-    loaded = pycodec.from_pretrained(str(tmp_path), model_cls=transformers.AutoModel)
+    loaded = pycodec.from_pretrained(str(tmp_path))  # the saved class (BertModel), from config.json
+    assert type(loaded).__name__ == "BertModel"
     assert torch.equal(loaded(input_ids=ids).last_hidden_state, ref)
     hf = transformers.AutoModel.from_pretrained(str(tmp_path))
     assert isinstance(hf.embeddings.word_embeddings, CompressedEmbedding)
