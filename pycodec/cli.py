@@ -128,7 +128,7 @@ def cmd_compress(a) -> None:
     # The options are checked before the model loads (which can take a while).
     cfg = CompressionConfig(mode=a.mode, bits=bits, group_size=a.group_size, symmetric=a.symmetric,
                             prune=a.prune, coder=a.coder)
-    model, tok = load_source(a.src, a.gguf_file)
+    model, tok = load_source(a.src, a.gguf_file, a.dtype)
     t = time.perf_counter()
     report = compress_(model, cfg, progress=not a.json)
     report["seconds"] = time.perf_counter() - t
@@ -191,7 +191,7 @@ def cmd_eval(a) -> None:
         ppl = perplexity(model, tok, text, a.max_tokens)
     out = {"compressed_perplexity": ppl}
     if a.reference:
-        ref_model, _ = load_source(a.reference, a.gguf_file)
+        ref_model, _ = load_source(a.reference, a.gguf_file, a.dtype)
         out["reference_perplexity"] = perplexity(ref_model, tok, text, a.max_tokens)
     _print(out, a.json)
     if not a.json:
@@ -248,6 +248,7 @@ def cmd_demo(a) -> None:
             json.dump(results, f, indent=2)
 
 
+LOAD_DTYPES = ("bfloat16", "float16", "float32")
 CACHE_HELP = ("MB of decoded weights kept between forwards on the CPU (none given: all, each weight decoded "
               "once; 0: decode on every call, least memory)")
 
@@ -276,6 +277,8 @@ def main(argv=None) -> None:
                    help="entropy coder: huffman writes stream format v2 (what the GPU kernels decode); "
                         "rans writes v1 (slightly smaller, CPU decode)")
     c.add_argument("--gguf-file", default=None, help="GGUF file inside src to load")
+    c.add_argument("--dtype", choices=LOAD_DTYPES, default="bfloat16",
+                   help="dtype the source model is loaded in (lossless keeps exactly these values)")
     c.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     c.set_defaults(fn=cmd_compress)
 
@@ -290,6 +293,7 @@ def main(argv=None) -> None:
     e.add_argument("--max-tokens", type=int, default=1024, help="tokens of the text scored")
     e.add_argument("--reference", default=None, help="dense source model to compare with ('smollm2' allowed)")
     e.add_argument("--gguf-file", default=None, help="GGUF file inside the reference folder")
+    e.add_argument("--dtype", choices=LOAD_DTYPES, default="bfloat16", help="dtype the reference is loaded in")
     e.add_argument("--cache-mb", type=float, default=None, help=CACHE_HELP)
     e.add_argument("--json", action="store_true", help="print JSON on stdout")
     e.set_defaults(fn=cmd_eval)

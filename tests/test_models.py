@@ -547,6 +547,20 @@ def test_cli_bad_model_paths_are_one_line(tmp_path, capsys):
         assert e.value.code == 2 and message in err and err.count("\n") == 1, err
 
 
+def test_cli_compress_takes_the_load_dtype(tmp_path, monkeypatch, capsys):
+    from pycodec import cli
+
+    seen = []
+
+    def fake_load(src, gguf_file=None, dtype="bfloat16"):
+        seen.append(dtype)
+        raise OSError("stop here")
+    monkeypatch.setattr(cli, "load_source", fake_load)
+    with pytest.raises(SystemExit):
+        cli.main(["compress", "smollm2", str(tmp_path / "o"), "--dtype", "float32"])
+    assert seen == ["float32"] and "stop here" in capsys.readouterr().err
+
+
 def test_cli_version_and_standard_json(capsys):
     from pycodec import cli
 
