@@ -64,14 +64,20 @@ def load_compressed(path: str, device: str = "cpu"):
     return from_pretrained(path, device=device), AutoTokenizer.from_pretrained(path)
 
 
-def perplexity(model, tok, text: str, max_tokens: int = 1024, window: int = 512) -> float:
-    """Perplexity over the first max_tokens tokens, in non-overlapping windows."""
+def perplexity(model, tok, text: str, max_tokens: int = 1024, window: int = 512, progress: bool = False) -> float:
+    """Perplexity over the first max_tokens tokens, in non-overlapping windows (a progress bar
+    on stderr with progress=True)."""
     import torch
 
     ids = tok(text, return_tensors="pt").input_ids[:, :max_tokens]
     nll, count = 0.0, 0
+    starts = range(0, ids.shape[1] - 1, window)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="perplexity", unit="window", file=sys.stderr)
     with torch.no_grad():
-        for start in range(0, ids.shape[1] - 1, window):
+        for start in starts:
             chunk = ids[:, start:start + window + 1]
             if chunk.shape[1] < 2:
                 break
@@ -188,7 +194,7 @@ def cmd_eval(a) -> None:
         text = f.read()
     model, tok = load_compressed(a.path)
     with decoded_cache(model, a.cache_mb):
-        ppl = perplexity(model, tok, text, a.max_tokens)
+        ppl = perplexity(model, tok, text, a.max_tokens, progress=not a.json)
     out = {"compressed_perplexity": ppl}
     if a.reference:
         ref_model, _ = load_source(a.reference, a.gguf_file, a.dtype)
