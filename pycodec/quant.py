@@ -272,7 +272,7 @@ class _RateEstimate:
 
     def __init__(self, w: torch.Tensor, sigma: torch.Tensor, coder_overhead: float):
         n = w.numel()
-        u = (w / sigma).reshape(-1)
+        u = (w / torch.where(sigma > 0, sigma, torch.ones_like(sigma))).reshape(-1)  # zero rows: all zeros
         if n > RATE_SAMPLE:  # with replacement: indices are cheap to draw, the counts unbiased
             u = u[torch.randint(n, (RATE_SAMPLE,), generator=torch.Generator().manual_seed(n))]
         self.sorted = torch.sort(u).values.contiguous()
