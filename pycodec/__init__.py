@@ -26,9 +26,10 @@ except ImportError:  # numpy-only install: the codec above is the whole API
 if _torch is not None:
     from .hub import from_pretrained, save_pretrained
     from .nn import CompressedLinear, DecodedCache, cache_decoded, compress_, decompress_
+    from .stream import Streamer, stream
 
     __all__ += ["CompressedLinear", "DecodedCache", "cache_decoded", "compress_", "decompress_", "from_pretrained",
-                "save_pretrained"]
+                "save_pretrained", "stream", "Streamer"]
     try:  # transformers' from_pretrained learns quant_method "pycodec" when transformers is present
         from . import hf as _hf  # noqa: F401
     except ImportError:

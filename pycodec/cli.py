@@ -151,7 +151,7 @@ def cmd_inspect(a) -> None:
 
     with open(os.path.join(a.path, "config.json")) as f:
         qcfg = json.load(f)["quantization_config"]
-    state = _read_state(a.path)
+    state, _ = _read_state(a.path)
     rows = {}
     for name, entry in qcfg["modules"].items():
         buffers = entry["buffers"]

@@ -9,6 +9,7 @@ stream's own header and decoded-symbol checksums are verified; a failure names t
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import torch
@@ -37,11 +38,12 @@ CHECKSUMS_KEY = "pycodec_checksums"  # safetensors metadata: JSON {tensor name: 
 
 
 def tensor_checksum(t: torch.Tensor) -> str:
-    """BLAKE2b-64 of a tensor's bytes (hex), whatever its dtype."""
+    """BLAKE2b-64 of a tensor's bytes (hex), whatever its dtype (hashed in place: no copy of a
+    contiguous CPU tensor, so a memory-mapped one is read once, not duplicated)."""
     import hashlib
 
     data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-    return hashlib.blake2b(data.tobytes(), digest_size=8).hexdigest()
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 def _save_tensors(tensors: dict, path: str, metadata: dict) -> None:
@@ -101,10 +103,82 @@ def save_pretrained(model: nn.Module, out_dir: str, tokenizer=None, max_shard_by
         tokenizer.save_pretrained(out_dir)
 
 
-def _read_state(src: str) -> dict:
-    """Every tensor of a checkpoint, each checked against the checksum saved beside it; a
-    mismatch names the tensor. (Checkpoints written before checksums are read unchecked; their
-    streams still carry their own.)"""
+SAFETENSORS_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16,
+                      "I32": torch.int32, "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "F32": torch.float32, "F64": torch.float64}
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on its JSON header
+
+
+def _mmap_safetensors(path: str) -> tuple[dict, dict]:
+    """(tensors, metadata) of a safetensors file whose tensors are views of a private,
+    read-only-by-convention memory map of it: nothing is read until a tensor's bytes are."""
+    import struct
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CodecError(f"{path}: not a readable safetensors file (truncated)")
+        (n,) = struct.unpack("<Q", head)
+        if not 0 < n <= min(MAX_HEADER_BYTES, size - 8):
+            raise CodecError(f"{path}: not a readable safetensors file (header of {n} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise CodecError(f"{path}: not a readable safetensors file (damaged header)") from None
+    if not isinstance(header, dict):
+        raise CodecError(f"{path}: not a readable safetensors file (damaged header)")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise CodecError(f"{path}: not a readable safetensors file (damaged metadata)")
+    storage = torch.UntypedStorage.from_file(path, shared=False, nbytes=size)  # MAP_PRIVATE: pages load lazily
+    base = 8 + n
+    tensors = {}
+    for name, entry in header.items():
+        try:
+            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            shape = [int(d) for d in entry["shape"]]
+            begin, end = (int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CodecError(f"{path}: tensor {name!r} has a damaged header entry") from None
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        count = math.prod(shape)
+        if min(shape, default=0) < 0 or not 0 <= begin <= end <= size - base or end - begin != count * itemsize:
+            raise CodecError(f"{path}: tensor {name!r} has a damaged header entry")
+        raw = torch.empty(0, dtype=torch.uint8).set_(storage, base + begin, (end - begin,))
+        if (base + begin) % itemsize == 0:
+            tensors[name] = torch.empty(0, dtype=dtype).set_(storage, (base + begin) // itemsize, shape)
+        else:  # unaligned (not written by safetensors' own writer): a copy
+            tensors[name] = raw.clone().view(dtype).reshape(shape)
+    return tensors, metadata
+
+
+def _checksums(path: str, metadata: dict) -> dict | None:
+    if CHECKSUMS_KEY not in metadata:
+        return None
+    try:
+        sums = json.loads(metadata[CHECKSUMS_KEY])
+    except ValueError:
+        raise CodecError(f"{path}: its tensor checksums are damaged") from None
+    if not isinstance(sums, dict):
+        raise CodecError(f"{path}: its tensor checksums are damaged")
+    return sums
+
+
+def check_tensor(name: str, t: torch.Tensor, expected: str | None, path: str) -> None:
+    """Raises, naming the tensor, when its bytes do not match the checksum saved beside it."""
+    if expected != tensor_checksum(t):
+        raise CodecError(f"tensor {name!r} in {path}: checksum mismatch (the file is damaged)")
+
+
+def _read_state(src: str, mmap: bool = False, lazy: frozenset | set = frozenset()) -> tuple[dict, dict]:
+    """Every tensor of a checkpoint, and {name: (checksum, file)} of those not checked yet.
+
+    Each tensor is checked against the checksum saved beside it, now, unless its name is in
+    ``lazy`` (then its check is returned, for the module that reads it to run on first use:
+    see nn._PackedModule.verify). With ``mmap``, tensors are views of the mapped files.
+    (Checkpoints written before checksums are read unchecked; their streams still carry their own.)
+    """
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -113,27 +187,29 @@ def _read_state(src: str) -> dict:
     if os.path.exists(index):
         with open(index) as f:
             files = sorted(set(json.load(f)["weight_map"].values()))
-    state = {}
+    state, pending = {}, {}
     for fname in files:
         path = os.path.join(src, fname)
         try:
-            with safe_open(path, framework="pt") as f:
-                metadata = f.metadata() or {}
-            tensors = load_file(path)
+            if mmap:
+                tensors, metadata = _mmap_safetensors(path)
+            else:
+                with safe_open(path, framework="pt") as f:
+                    metadata = f.metadata() or {}
+                tensors = load_file(path)
+        except CodecError:
+            raise
         except Exception as e:  # safetensors raises its own types for damaged headers
             raise CodecError(f"{path}: not a readable safetensors file ({e})") from e
-        if CHECKSUMS_KEY in metadata:
-            try:
-                sums = json.loads(metadata[CHECKSUMS_KEY])
-            except ValueError:
-                raise CodecError(f"{path}: its tensor checksums are damaged") from None
-            if not isinstance(sums, dict):
-                raise CodecError(f"{path}: its tensor checksums are damaged")
+        sums = _checksums(path, metadata)
+        if sums is not None:
             for name, t in tensors.items():
-                if sums.get(name) != tensor_checksum(t):
-                    raise CodecError(f"tensor {name!r} in {path}: checksum mismatch (the file is damaged)")
+                if name in lazy:
+                    pending[name] = (sums.get(name), path)
+                else:
+                    check_tensor(name, t, sums.get(name), path)
         state.update(tensors)
-    return state
+    return state, pending
 
 
 def verify_streams(state: dict) -> None:
@@ -207,11 +283,44 @@ def _tied_keys(model: nn.Module) -> set:
     return tied
 
 
-def from_pretrained(src: str, device: str | torch.device = "cpu", verify: bool = True, model_cls=None):
+class _ParametersOnMeta:
+    """While active, every parameter a module registers lands on the ``meta`` device (no
+    storage), while buffers are built as usual: non-persistent ones (rotary frequencies) are
+    computed at construction and are not in checkpoints, so they must be real."""
+
+    def __enter__(self):
+        self._register = nn.Module.register_parameter
+
+        def register_parameter(module, name, param):
+            if param is not None and param.device.type != "meta":
+                param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+            self._register(module, name, param)
+
+        nn.Module.register_parameter = register_parameter
+        return self
+
+    def __exit__(self, *exc):
+        nn.Module.register_parameter = self._register
+
+
+def from_pretrained(src: str, device: str | torch.device = "cpu", verify: bool = True, model_cls=None,
+                    mmap: bool = False, stream_to: str | torch.device | None = None,
+                    resident_bytes: int | None = None):
     """Load a model written by ``save_pretrained``: a transformers model of the saved class
-    (config.json ``architectures``; ``model_cls`` overrides it), built from its config."""
+    (config.json ``architectures``; ``model_cls`` overrides it), built from its config.
+
+    The dense model is never built: parameters start on the ``meta`` device and take the
+    checkpoint's tensors. With ``mmap=True`` the tensors stay memory-mapped from the files
+    (nothing is read until used; the OS pages them in and out, so a model larger than RAM
+    runs), and each compressed module checks its tensors' checksums and streams on first use
+    instead of at load. ``verify=False`` skips the up-front stream decode (checksums are
+    always checked). ``stream_to`` (with ``resident_bytes``) hands the loaded model to
+    ``pycodec.stream``: what does not fit that device budget streams from host memory.
+    """
     import transformers
 
+    if stream_to is not None and resident_bytes is None:
+        raise ValueError("stream_to needs resident_bytes: the device memory the model may use, in bytes")
     with open(os.path.join(src, "config.json")) as f:
         cfg_dict = json.load(f)
     qcfg = cfg_dict.get("quantization_config")
@@ -225,8 +334,13 @@ def from_pretrained(src: str, device: str | torch.device = "cpu", verify: bool =
     hf_config = transformers.AutoConfig.from_pretrained(src)
     if hasattr(hf_config, "quantization_config"):
         del hf_config.quantization_config  # ours; keeps transformers from looking for a quantizer
-    state = _read_state(src)
-    if verify:
+    modules = qcfg.get("modules")
+    if not isinstance(modules, dict):
+        raise CodecError(f"{src}/config.json: quantization_config has no modules table")
+    compressed_keys = {f"{name}.{b}" for name, entry in modules.items() if isinstance(entry, dict)
+                       for b in entry.get("buffers") or ()}
+    state, pending = _read_state(src, mmap=mmap, lazy=compressed_keys if mmap else frozenset())
+    if verify and not mmap:
         verify_streams(state)
     # The class that was saved (config.json "architectures", as transformers writes it), unless
     # the caller names one; a causal LM when the config does not say.
@@ -234,10 +348,8 @@ def from_pretrained(src: str, device: str | torch.device = "cpu", verify: bool =
     saved = getattr(transformers, architectures[0], None) if architectures else None
     cls = model_cls or (saved if isinstance(saved, type) else transformers.AutoModelForCausalLM)
     build = cls.from_config if hasattr(cls, "from_config") else cls._from_config  # Auto* or a model class
-    # Built on the CPU, not on "meta": non-persistent buffers (rotary frequencies) are
-    # computed at construction and are not in the checkpoint. This briefly holds the dense
-    # skeleton; the compressed modules then replace their nn.Linear before loading.
-    model = build(hf_config, dtype=getattr(hf_config, "dtype", None) or torch.float32)
+    with _ParametersOnMeta():
+        model = build(hf_config, dtype=getattr(hf_config, "dtype", None) or torch.float32)
     install_modules(model, qcfg, state)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if unexpected:
@@ -246,8 +358,19 @@ def from_pretrained(src: str, device: str | torch.device = "cpu", verify: bool =
         model.tie_weights()
     tied = _tied_keys(model)
     absent = [k for k in missing if k not in tied]
-    if absent:
-        raise CodecError(f"checkpoint lacks tensors {sorted(absent)[:5]}")
+    on_meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if absent or on_meta:
+        raise CodecError(f"checkpoint lacks tensors {sorted(set(absent) | set(on_meta))[:5]}")
+    if pending:
+        for name, entry in modules.items():
+            module = model.get_submodule(name)
+            module._unchecked = {b: (f"{name}.{b}", *pending[f"{name}.{b}"]) for b in entry["buffers"]
+                                 if f"{name}.{b}" in pending}
     model.pycodec_config = config
     model.eval()
+    if stream_to is not None:
+        from .stream import stream
+
+        stream(model, stream_to, resident_bytes)
+        return model
     return model.to(device)

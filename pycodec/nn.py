@@ -179,6 +179,29 @@ class _DecodedWeight:
 
     _decoded: torch.Tensor | None = None
     _decoded_cache: DecodedCache | None = None
+    # {buffer: (tensor name, checksum, file)} left by a memory-mapped load (hub.from_pretrained
+    # mmap=True): checked on first use, so that loading reads nothing.
+    _unchecked: dict | None = None
+
+    @torch.compiler.disable
+    def verify(self, tensors: dict | None = None) -> None:
+        """Checks the packed tensors (or ``tensors``, the same by name) against the checksums
+        saved with them and decodes their streams once; a no-op once done. A mismatch raises
+        CodecError naming the tensor."""
+        pending, self._unchecked = self._unchecked, None
+        if not pending:
+            return
+        from .hub import check_tensor, verify_streams
+
+        tensors = tensors or self.packed()
+        try:
+            for buffer, (key, expected, path) in pending.items():
+                check_tensor(key, tensors[buffer], expected, path)
+            prefix = next(iter(pending.values()))[0].rpartition(".")[0]
+            verify_streams({f"{prefix}.{b}": t.cpu() for b, t in tensors.items()})
+        except CodecError:
+            self._unchecked = pending  # still unchecked: every later use raises too
+            raise
 
     def _uses_decoded(self, device: torch.device) -> bool:
         return bool(getattr(self, "cache_decoded", False)) or (self._decoded_cache is not None and
@@ -262,6 +285,8 @@ class _PackedModule(_DecodedWeight, nn.Module):
         kept = [n for n in self._names if self._buffers.get(n) is not None]
         before = {n: self._buffers[n] for n in kept}
         super()._apply(fn, recurse)
+        if self._unchecked and any(self._buffers[n].device != before[n].device for n in kept):
+            self.verify(before)  # the mapped tensors, before a move reads them
         for n in kept:  # a dtype cast moves packed tensors but keeps their dtype: their bits are the format
             if self._buffers[n].dtype != before[n].dtype:
                 self._buffers[n] = before[n].to(self._buffers[n].device)
@@ -331,9 +356,13 @@ class CompressedLinear(_PackedModule):
 
     def decoded_weight(self) -> torch.Tensor:
         """The weight as a dense tensor in its original dtype (bit-exact in lossless mode)."""
+        if self._unchecked:
+            self.verify()
         return _decode_on_cpu(list(self.packed().values())).to(self.weight_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._unchecked:
+            self.verify()
         if self._uses_decoded(x.device):
             w = self._weight_for(x.device)
             return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
@@ -399,12 +428,18 @@ class CompressedEmbedding(_DecodedWeight, nn.Module):
                              CODE_DTYPES[int(self.meta[5])])
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        if self._unchecked:
+            self.verify()
         w = self._weight_for(idx.device) if self._uses_decoded(idx.device) else self.decoded_weight()
         return F.embedding(idx, w, self.padding_idx)
 
     def _apply(self, fn, recurse=True):
         self._drop_decoded()
-        return super()._apply(fn, recurse)
+        before = self.packed()
+        super()._apply(fn, recurse)
+        if self._unchecked and any(getattr(self, n).device != t.device for n, t in before.items()):
+            self.verify(before)
+        return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -222,9 +222,14 @@ def dequantize_affine(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
                       escape_index: torch.Tensor | None = None, escape_value: torch.Tensor | None = None) -> torch.Tensor:
     """The pure-PyTorch reference of the affine layout (fp32 result)."""
     n, k = q.shape
-    gi = _group_index(k, group_size, q.device)
-    z = zero.float().expand(n, scale.shape[1])[:, gi]
-    w = (q.float() - z) * scale.float()[:, gi]
+    if k % group_size == 0:  # in place, by group: one [n, k] buffer (CPU forwards decode every call)
+        w = q.float()
+        groups = w.view(n, k // group_size, group_size)
+        groups.sub_(zero.float().expand(n, scale.shape[1]).unsqueeze(-1)).mul_(scale.float().unsqueeze(-1))
+    else:
+        gi = _group_index(k, group_size, q.device)
+        z = zero.float().expand(n, scale.shape[1])[:, gi]
+        w = (q.float() - z) * scale.float()[:, gi]
     if escape_index is not None and escape_index.numel():
         w.view(-1)[escape_index] = escape_value.float()
     return w
