@@ -1,12 +1,9 @@
 """Entropy-coder benchmark: pycodec (rANS, Huffman) vs zstandard, constriction and ZipNN.
 
-Two ways to run it:
-
-* pytest-benchmark:  ``pytest bench/bench_codec.py`` (add ``--benchmark-only``,
-  ``-k "gauss_1M"`` ...). Tests never assert on time; decode tests assert round trips.
-* plain script:      ``python bench/bench_codec.py [--quick] [--json OUT]`` -- best of N
-  after a warm-up with ``time.perf_counter``; prints one table and optionally writes JSON
-  (a bare file name goes to ``bench/results/``).
+Run as a plain script: ``python bench/bench_codec.py [--quick] [--json OUT]`` -- best of N after
+a warm-up with ``time.perf_counter``; prints one table and optionally writes JSON (a bare file
+name goes to ``bench/results/``). The same codecs and data sets are timed under pytest-benchmark
+by bench/test_bench_codec.py (``make bench``, ``make bench-quick``).
 
 Data sets
   gauss_1M, gauss_16M  clip(round(N(0, 4)) + 128, 0, 255) uint8 symbols (order-0 entropy ~4.05 bits)
@@ -259,78 +256,6 @@ def same(ds: Dataset, out) -> bool:
     """Bit-exact round trip (compared as raw bytes)."""
     out = np.ascontiguousarray(out).reshape(-1).view(np.uint8)
     return out.size == ds.nbytes and np.array_equal(out, ds.data.view(np.uint8))
-
-
-# ---------------------------------------------------------------------------- pytest-benchmark
-
-_BLOBS: dict = {}
-
-
-def _cases():
-    for dname, ds in DATASETS.items():
-        for c in all_codecs():
-            if ds.kind not in c.kinds or c.unavailable:
-                continue
-            for th in c.threads:
-                yield dname, c.name, th
-
-
-def _case_ids():
-    return [f"{d}-{c}-{'all' if th == 0 else f'{th}T'}" for d, c, th in _cases()]
-
-
-def _lookup(dname: str, cname: str):
-    ds = DATASETS[dname]
-    return ds, next(c for c in codecs_for(ds) if c.name == cname)
-
-
-def _rounds(ds: Dataset, codec: Codec) -> tuple[int, int]:
-    """(rounds, warmup_rounds) for pytest-benchmark's pedantic mode."""
-    if codec.slow and ds.n > (1 << 21):
-        return 1, 0
-    return (3, 1) if ds.n > (1 << 21) else (5, 1)
-
-
-def _blob(ds: Dataset, codec: Codec, threads: int):
-    key = (ds.name, codec.name, threads)
-    if key not in _BLOBS:
-        _BLOBS[key] = codec.encode(encode_input(codec, ds), threads)
-    return _BLOBS[key]
-
-
-try:
-    import pytest
-except ImportError:  # pragma: no cover
-    pytest = None
-
-if pytest is not None:
-    _PARAMS = list(_cases())
-
-    @pytest.mark.parametrize("dname,cname,threads", _PARAMS, ids=_case_ids())
-    def test_encode(benchmark, dname, cname, threads):
-        ds, codec = _lookup(dname, cname)
-        rounds, warmup = _rounds(ds, codec)
-        benchmark.group = f"{dname} encode"
-        if codec.fresh_input:
-            blob = benchmark.pedantic(codec.encode, setup=lambda: ((encode_input(codec, ds), threads), {}),
-                                      rounds=rounds, warmup_rounds=warmup)
-        else:
-            blob = benchmark.pedantic(codec.encode, args=(ds.data, threads), rounds=rounds, warmup_rounds=warmup)
-        _BLOBS[(dname, cname, threads)] = blob
-        bits = codec.bits(blob)
-        benchmark.extra_info.update(n=ds.n, bits_per_symbol=bits / ds.n, entropy=ds.entropy,
-                                    symbol_MB=ds.nbytes / 1e6, threads=threads)
-
-    @pytest.mark.parametrize("dname,cname,threads", _PARAMS, ids=_case_ids())
-    def test_decode(benchmark, dname, cname, threads):
-        ds, codec = _lookup(dname, cname)
-        blob = _blob(ds, codec, threads)
-        rounds, warmup = _rounds(ds, codec)
-        benchmark.group = f"{dname} decode"
-        out = benchmark.pedantic(codec.decode, args=(blob, threads), rounds=rounds, warmup_rounds=warmup)
-        benchmark.extra_info.update(n=ds.n, bits_per_symbol=codec.bits(blob) / ds.n, entropy=ds.entropy,
-                                    symbol_MB=ds.nbytes / 1e6, threads=threads)
-        assert same(ds, out), f"{cname} did not round-trip {dname}"
 
 
 # ---------------------------------------------------------------------------- plain script
