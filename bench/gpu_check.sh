@@ -31,3 +31,6 @@ fi
 
 echo "== benchmarks"
 $PY bench/gpu_suite.py --out "$OUT" ${GPU_SUITE_ARGS:-}
+
+echo "== streaming (a random 3B Llama, device budget a third of its bf16 size, beside accelerate's offload)"
+$PY bench/bench_stream.py --out "$OUT" ${STREAM_ARGS:-}

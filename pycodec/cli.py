@@ -89,7 +89,26 @@ def perplexity(model, tok, text: str, max_tokens: int = 1024, window: int = 512,
     return math.exp(nll / count)
 
 
-def generate(model, tok, prompt: str, max_new_tokens: int = 40) -> str:
+class _TokenProgress:
+    """A generate() streamer that only counts new tokens on a progress bar (stderr)."""
+
+    def __init__(self, total: int):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc="generate", unit="token", file=sys.stderr)
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # the first call carries the prompt
+            self.prompt_seen = True
+            return
+        self.bar.update(1)
+
+    def end(self) -> None:
+        self.bar.close()
+
+
+def generate(model, tok, prompt: str, max_new_tokens: int = 40, progress: bool = False) -> str:
     import torch
 
     messages = [{"role": "user", "content": prompt}]
@@ -97,9 +116,27 @@ def generate(model, tok, prompt: str, max_new_tokens: int = 40) -> str:
         ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     else:
         ids = tok(prompt, return_tensors="pt")
+    streamer = _TokenProgress(max_new_tokens) if progress else None
     with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def quiet_other_libraries() -> None:
+    """transformers' warnings and loading bars (GGUF dtype advice, generation flags) off the
+    user's terminal: pycodec's own output and errors stay. --verbose keeps them."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def dense_bits(model) -> int:
@@ -210,14 +247,15 @@ def cmd_generate(a) -> None:
         raise ValueError(f"--max-new-tokens must be at least 1, got {a.max_new_tokens}")
     model, tok = load_compressed(a.path)
     with decoded_cache(model, a.cache_mb):
-        text = generate(model, tok, a.prompt, a.max_new_tokens)
+        text = generate(model, tok, a.prompt, a.max_new_tokens, progress=not a.json)
     _print({"prompt": a.prompt, "output": text}, a.json)
     if not a.json:
         print(text)
 
 
 def cmd_demo(a) -> None:
-    """Compress SmolLM2-135M (lossless and rate mode), report size, perplexity and generate."""
+    """Compress SmolLM2-135M-Instruct (lossless and rate mode): size, bits/weight, perplexity,
+    time and generated text, as a table (or JSON on stdout with --json)."""
     import copy
     import tempfile
 
@@ -226,12 +264,23 @@ def cmd_demo(a) -> None:
 
     with open(a.text, errors="replace") as f:
         text = f.read()
+    say = (lambda *args, **kw: None) if a.json else print
     model, tok = load_source("smollm2")
+    t = time.perf_counter()
     base_ppl = perplexity(model, tok, text, a.max_tokens)
-    print(f"SmolLM2-135M-Instruct (bf16, {dense_bits(model) / 8e6:.1f} MB dense): perplexity {base_ppl:.3f} "
-          f"on the first {a.max_tokens} tokens of {a.text}")
-    print(f"{'mode':18s} {'bits/weight':>11s} {'entropy':>8s} {'SQNR dB':>8s} {'ppl':>8s} {'on disk MB':>10s} {'s':>6s}")
-    results = {"baseline_perplexity": base_ppl, "modes": {}}
+    results = {"model": "SmolLM2-135M-Instruct", "text": a.text, "max_tokens": a.max_tokens, "prompt": a.prompt,
+               "rows": [{"mode": "dense bf16", "bits_per_weight": 16.0, "perplexity": base_ppl,
+                         "disk_bytes": dense_bits(model) // 8, "seconds": time.perf_counter() - t,
+                         "generated": generate(model, tok, a.prompt, a.max_new_tokens)}]}
+
+    def show(r: dict) -> None:  # each row as soon as it is measured
+        say(f"{r['mode']:14s} {r['bits_per_weight']:11.3f} {r['perplexity']:10.3f} {r['disk_bytes'] / 1e6:7.1f} "
+            f"{r['seconds']:8.1f}  {r['generated']!r}", flush=True)
+
+    say(f"SmolLM2-135M-Instruct: perplexity on the first {a.max_tokens} tokens of {a.text}; greedy answer to "
+        f"{a.prompt!r}")
+    say(f"{'mode':14s} {'bits/weight':>11s} {'perplexity':>10s} {'MB':>7s} {'seconds':>8s}  generated")
+    show(results["rows"][0])
     for label, cfg in (("lossless", CompressionConfig(mode="lossless")),
                        ("rate 3.5 bits", CompressionConfig(mode="rate", bits=3.5))):
         m = copy.deepcopy(model)
@@ -241,17 +290,20 @@ def cmd_demo(a) -> None:
             save_pretrained(m, d, tokenizer=tok)
             disk = sum(os.path.getsize(os.path.join(d, x)) for x in os.listdir(d) if x.endswith(".safetensors"))
             m = from_pretrained(d)
-        cache = decoded_cache(m, None)  # each weight decoded once for the evaluation and generation
-        ppl = perplexity(m, tok, text, a.max_tokens)
-        secs = time.perf_counter() - t
-        print(f"{label:18s} {rep['bits_per_weight']:11.3f} {rep['entropy_bits_per_weight']:8.3f} "
-              f"{rep['mean_sqnr_db']:8.2f} {ppl:8.3f} {disk / 1e6:10.1f} {secs:6.1f}")
-        results["modes"][label] = {"bits_per_weight": rep["bits_per_weight"], "perplexity": ppl, "disk_bytes": disk}
-        print(f"  generate: {generate(m, tok, a.prompt, a.max_new_tokens)!r}")
-        cache.close()
+        with decoded_cache(m, None):  # each weight decoded once for the evaluation and generation
+            ppl = perplexity(m, tok, text, a.max_tokens)
+            answer = generate(m, tok, a.prompt, a.max_new_tokens)
+        results["rows"].append({"mode": label, "bits_per_weight": rep["bits_per_weight"], "perplexity": ppl,
+                                "disk_bytes": disk, "seconds": time.perf_counter() - t, "generated": answer,
+                                "entropy_bits_per_weight": rep["entropy_bits_per_weight"],
+                                "mean_sqnr_db": rep["mean_sqnr_db"]})
+        show(results["rows"][-1])
+    say("bits/weight: compressed linear layers, everything stored counted (dense: 16); MB: safetensors on disk; "
+        "seconds: compress + save + load + perplexity + generate")
+    _print(results, a.json)
     if a.json_out:
         with open(a.json_out, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump(_finite(results), f, indent=2)
 
 
 LOAD_DTYPES = ("bfloat16", "float16", "float32")
@@ -263,12 +315,15 @@ def main(argv=None) -> None:
     from . import __version__
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="also show other libraries' warnings and progress bars (transformers)")
     p = argparse.ArgumentParser(prog="pycodec", description="Entropy-coded neural-network weights",
                                 formatter_class=fmt)
     p.add_argument("--version", action="version", version=f"pycodec {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    c = sub.add_parser("compress", formatter_class=fmt,
+    c = sub.add_parser("compress", formatter_class=fmt, parents=[common],
                        help="compress a transformers model folder ('smollm2' for the packaged model)")
     c.add_argument("src", help="model folder, or 'smollm2'")
     c.add_argument("dst", help="output folder")
@@ -288,12 +343,12 @@ def main(argv=None) -> None:
     c.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     c.set_defaults(fn=cmd_compress)
 
-    i = sub.add_parser("inspect", formatter_class=fmt, help="per-layer table of a compressed model")
+    i = sub.add_parser("inspect", formatter_class=fmt, parents=[common], help="per-layer table of a compressed model")
     i.add_argument("path", help="compressed model folder")
     i.add_argument("--json", action="store_true", help="print JSON on stdout")
     i.set_defaults(fn=cmd_inspect)
 
-    e = sub.add_parser("eval", formatter_class=fmt, help="perplexity of a compressed causal LM on a text file")
+    e = sub.add_parser("eval", formatter_class=fmt, parents=[common], help="perplexity of a compressed causal LM on a text file")
     e.add_argument("path", help="compressed model folder")
     e.add_argument("--text", default=DEFAULT_TEXT, help="text file to score")
     e.add_argument("--max-tokens", type=int, default=1024, help="tokens of the text scored")
@@ -304,7 +359,7 @@ def main(argv=None) -> None:
     e.add_argument("--json", action="store_true", help="print JSON on stdout")
     e.set_defaults(fn=cmd_eval)
 
-    g = sub.add_parser("generate", formatter_class=fmt, help="generate text from a compressed causal LM")
+    g = sub.add_parser("generate", formatter_class=fmt, parents=[common], help="generate text from a compressed causal LM")
     g.add_argument("path", help="compressed model folder")
     g.add_argument("prompt", help="the user message")
     g.add_argument("--max-new-tokens", type=int, default=40, help="tokens generated (greedy)")
@@ -312,17 +367,21 @@ def main(argv=None) -> None:
     g.add_argument("--json", action="store_true", help="print JSON on stdout")
     g.set_defaults(fn=cmd_generate)
 
-    d = sub.add_parser("demo", formatter_class=fmt,
+    d = sub.add_parser("demo", formatter_class=fmt, parents=[common],
                        help="compress SmolLM2-135M, report bits/weight, perplexity, and generate")
     d.add_argument("--text", default=DEFAULT_TEXT, help="text file to score")
     d.add_argument("--max-tokens", type=int, default=1024, help="tokens of the text scored")
     d.add_argument("--prompt", default="What is the capital of France?", help="the user message")
     d.add_argument("--max-new-tokens", type=int, default=24, help="tokens generated (greedy)")
+    d.add_argument("--json", action="store_true", help="print the results as JSON on stdout (no table)")
     d.add_argument("--json-out", default=None, help="also write the results as JSON to this file")
     d.set_defaults(fn=cmd_demo)
 
     a = p.parse_args(argv)
     from .codec import CodecError
+
+    if not a.verbose:
+        quiet_other_libraries()
 
     try:
         a.fn(a)

@@ -7,13 +7,15 @@ compressed one with the checkpoint's buffer shapes, so the loader fills them as 
 """
 from __future__ import annotations
 
+import os
+
 from transformers.quantizers import HfQuantizer
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 from transformers.quantizers.auto import register_quantization_config, register_quantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .config import CompressionConfig
-from .hub import QUANT_METHOD, install_modules, verify_streams
+from .hub import QUANT_METHOD, _read_state, install_modules, verify_streams
 from .nn import COMPRESSED_MODULES
 
 
@@ -45,6 +47,11 @@ class PycodecHfQuantizer(HfQuantizer):
         install_modules(model, self.quantization_config.to_dict(), device=next(model.parameters()).device)
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        # transformers read the files itself (and may have cast dense tensors to the model's
+        # dtype): check the files' bytes against the checksums saved in them, by name.
+        folder = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+        if folder and os.path.isdir(folder) and os.path.exists(os.path.join(folder, "config.json")):
+            _read_state(folder, mmap=True)
         state = {f"{n}.{b}": t for n, m in model.named_modules() if isinstance(m, tuple(COMPRESSED_MODULES.values()))
                  for b, t in m.packed().items()}
         verify_streams({k: v.cpu() for k, v in state.items()})

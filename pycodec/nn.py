@@ -183,7 +183,6 @@ class _DecodedWeight:
     # mmap=True): checked on first use, so that loading reads nothing.
     _unchecked: dict | None = None
 
-    @torch.compiler.disable
     def verify(self, tensors: dict | None = None) -> None:
         """Checks the packed tensors (or ``tensors``, the same by name) against the checksums
         saved with them and decodes their streams once; a no-op once done. A mismatch raises

@@ -416,6 +416,8 @@ def test_damaged_dense_or_side_tensor_names_the_tensor(tmp_path, name):
     _damage(tmp_path / "model.safetensors", name, 1)
     with pytest.raises(CodecError, match=re.escape(repr(name)) + ".*checksum"):
         pycodec.from_pretrained(str(tmp_path))
+    with pytest.raises(CodecError, match=re.escape(repr(name)) + ".*checksum"):  # transformers' loader too
+        transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path))
 
 
 @pytest.mark.parametrize("mmap", [False, True])
@@ -571,6 +573,48 @@ def test_cli_version_and_standard_json(capsys):
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"pycodec {pycodec.__version__}"
     cli._print({"bits": math.nan, "rows": [math.inf, 1.5], "n": torch.tensor(3)}, True)
     assert json.loads(capsys.readouterr().out) == {"bits": None, "rows": [None, 1.5], "n": 3}
+
+
+class _ByteTokenizer:
+    """Just enough of a tokenizer for the CLI's perplexity and generate on tiny_llama (vocab 128)."""
+
+    chat_template = None
+
+    def __call__(self, text, return_tensors=None):
+        ids = torch.tensor([[b % 128 for b in text.encode()[:300]]])
+        return transformers.BatchEncoding({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(str(int(i)) for i in ids)
+
+    def save_pretrained(self, folder):
+        pass
+
+
+def test_cli_demo_json_is_stdout_only_and_generate_shows_progress(monkeypatch, capsys, tmp_path):
+    from pycodec import cli
+
+    monkeypatch.setattr(cli, "load_source", lambda *a, **k: (tiny_llama(), _ByteTokenizer()))
+    cli.main(["demo", "--json", "--max-tokens", "64", "--max-new-tokens", "3", "--json-out", str(tmp_path / "d.json")])
+    out = json.loads(capsys.readouterr().out)  # nothing but the JSON on stdout
+    assert [r["mode"] for r in out["rows"]] == ["dense bf16", "lossless", "rate 3.5 bits"]
+    dense, lossless, rate = out["rows"]
+    assert lossless["perplexity"] == dense["perplexity"]  # bit-exact weights
+    assert lossless["generated"] == dense["generated"] and len(dense["generated"].split()) == 3
+    assert rate["bits_per_weight"] <= 3.5 and math.isfinite(rate["perplexity"])
+    assert json.loads((tmp_path / "d.json").read_text()) == out
+    cli.main(["demo", "--max-tokens", "64", "--max-new-tokens", "2"])
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split()[:2] == ["mode", "bits/weight"] and table[2].startswith("dense bf16")
+
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="int", bits=4), progress=False)
+    pycodec.save_pretrained(model, tmp_path / "m")
+    monkeypatch.setattr(cli, "load_compressed", lambda path: (pycodec.from_pretrained(path), _ByteTokenizer()))
+    cli.main(["generate", str(tmp_path / "m"), "hello", "--max-new-tokens", "4"])
+    captured = capsys.readouterr()
+    assert "generate" in captured.err and "4/4" in captured.err  # the progress bar, on stderr
+    assert len(captured.out.split()) == 4
 
 
 def _legacy_byte_plane_packing(w: torch.Tensor) -> dict:

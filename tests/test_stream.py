@@ -139,11 +139,9 @@ def test_streamed_model_under_torch_compile(saved):
     folder, reference = saved
     model = pycodec.from_pretrained(folder)
     streamer = pycodec.stream(model, "cpu", resident_bytes=_dense_bytes(model) + 4 * max(_layer_bytes(model)))
-    torch._dynamo.reset()
     with torch.no_grad():
         out = torch.compile(model)(tokens()).logits
     streamer.close()
-    torch._dynamo.reset()
     # bf16 model: the compiled graphs round differently, by a few ulps at most.
     assert torch.allclose(out, reference, rtol=0, atol=4 * 2 ** -7 * reference.abs().max().item())
     assert streamer.report()["uploads"] >= len(streamer.report()["streamed"])
@@ -198,10 +196,14 @@ def test_loading_never_builds_dense_linears(saved, monkeypatch):
 
 
 # Peak RSS from /proc/self/status VmHWM, not getrusage's ru_maxrss: a child forked from
-# pytest inherits the parent's (GB-sized) maxrss across exec, while VmHWM is its own.
+# pytest inherits the parent's (GB-sized) maxrss across exec, while VmHWM is its own. The
+# baseline is taken after importing the code the load runs (torch._dynamo, which torch imports
+# at the first custom-op call, is ~120 MB of modules; transformers' Llama module): library code
+# is not the model's memory.
 RSS_SCRIPT = r"""
 import json, sys
-import torch, pycodec
+import torch, torch._dynamo, pycodec
+import transformers.models.llama.modeling_llama
 
 def status(key):
     for line in open("/proc/self/status"):
