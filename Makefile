@@ -1,5 +1,5 @@
 # Two entry points, both self-contained on a fresh machine:
-#   make demo   compress SmolLM2-135M (lossless and rate 3.5 bits), report size, perplexity, generate
+#   make demo   compress SmolLM2-135M-Instruct (lossless and rate 3.5 bits), report size, perplexity, generate
 #   make test   the whole test suite (what CI runs)
 #   make wheel  a manylinux wheel in wheelhouse/ (make wheel-check: installs it into fresh venvs and tests it)
 # On a GPU machine: make gpu-check (bench/gpu_check.sh).

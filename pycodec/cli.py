@@ -368,7 +368,7 @@ def main(argv=None) -> None:
     g.set_defaults(fn=cmd_generate)
 
     d = sub.add_parser("demo", formatter_class=fmt, parents=[common],
-                       help="compress SmolLM2-135M, report bits/weight, perplexity, and generate")
+                       help="compress SmolLM2-135M-Instruct, report bits/weight, perplexity, and generate")
     d.add_argument("--text", default=DEFAULT_TEXT, help="text file to score")
     d.add_argument("--max-tokens", type=int, default=1024, help="tokens of the text scored")
     d.add_argument("--prompt", default="What is the capital of France?", help="the user message")
