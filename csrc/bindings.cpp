@@ -344,6 +344,48 @@ PYBIND11_MODULE(_C, m) {
       "Decode a stream into a writable uint8 buffer of exactly n_symbols bytes.");
 
   m.def(
+      "decode_chunks",
+      [](py::buffer blob, std::vector<uint64_t> chunks, py::buffer out, int threads) {
+        const py::buffer_info b = contiguous_bytes(blob, false, "blob");
+        const py::buffer_info o = contiguous_bytes(out, true, "out");
+        Status st;
+        {
+          py::gil_scoped_release release;
+          st = decode_chunks(static_cast<const uint8_t*>(b.ptr), size_t(b.size), chunks.data(), chunks.size(),
+                             static_cast<uint8_t*>(o.ptr), uint64_t(o.size), threads);
+        }
+        if (st == Status::BadArgument) throw CodecException("decode_chunks: a chunk id is past the stream's end");
+        check(st, "decode_chunks");
+      },
+      py::arg("blob"), py::arg("chunks"), py::arg("out"), py::arg("threads") = 0,
+      "Decode the listed chunks only: chunk chunks[i] into out[i * chunk_symbols :] (out: len(chunks) * "
+      "chunk_symbols bytes). The stream's checksum needs every symbol: verify the stream whole once.");
+
+  m.def(
+      "decode_split_chunks",
+      [](py::buffer blob, std::vector<uint64_t> chunks, std::vector<uint32_t> values, int top, py::buffer raw,
+         py::buffer out, int threads) {
+        const py::buffer_info b = contiguous_bytes(blob, false, "blob");
+        const py::buffer_info o = float_bits_out(out, "decode_split_chunks");
+        const RawWords words(raw, "decode_split_chunks");
+        Status st;
+        {
+          py::gil_scoped_release release;
+          st = with_float_bits(o, [&](auto* bits) {
+            return decode_split_chunks(static_cast<const uint8_t*>(b.ptr), size_t(b.size), chunks.data(),
+                                       chunks.size(), values.data(), uint32_t(values.size()), top, words.data,
+                                       words.n, bits, uint64_t(o.size), threads);
+          });
+        }
+        if (st == Status::BadArgument)
+          throw CodecException("decode_split_chunks: a chunk id, the values table or the raw bits do not fit the "
+                               "stream (corrupt weight)");
+        check(st, "decode_split_chunks");
+      },
+      py::arg("blob"), py::arg("chunks"), py::arg("values"), py::arg("top"), py::arg("raw"), py::arg("out"),
+      py::arg("threads") = 0, "decode_chunks of a lossless split weight, merged with its raw bits (float bits).");
+
+  m.def(
       "info",
       [](py::buffer blob) {
         const py::buffer_info b = contiguous_bytes(blob, false, "blob");

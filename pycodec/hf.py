@@ -8,6 +8,7 @@ compressed one with the checkpoint's buffer shapes, so the loader fills them as 
 from __future__ import annotations
 
 import os
+import re
 
 from transformers.quantizers import HfQuantizer
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
@@ -15,7 +16,7 @@ from transformers.quantizers.auto import register_quantization_config, register_
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .config import CompressionConfig
-from .hub import QUANT_METHOD, _read_state, install_modules, verify_streams
+from .hub import QUANT_METHOD, _read_state, install_modules, retie_shared, verify_streams
 from .nn import COMPRESSED_MODULES
 
 
@@ -45,6 +46,12 @@ class PycodecHfQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model, **kwargs):
         install_modules(model, self.quantization_config.to_dict(), device=next(model.parameters()).device)
+        # A module that shares another's weight (a tied lm_head) has no tensors of its own in
+        # the checkpoint: not "missing", it is tied after loading.
+        shared = [re.escape(n) + r"\." for n, e in self.quantization_config.modules.items() if e.get("shares")]
+        if shared:
+            ignored = set(getattr(model, "_keys_to_ignore_on_load_missing", None) or ())
+            model._keys_to_ignore_on_load_missing = ignored | {"^" + p for p in shared}
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         # transformers read the files itself (and may have cast dense tensors to the model's
@@ -52,8 +59,10 @@ class PycodecHfQuantizer(HfQuantizer):
         folder = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
         if folder and os.path.isdir(folder) and os.path.exists(os.path.join(folder, "config.json")):
             _read_state(folder, mmap=True)
+        modules = self.quantization_config.modules
+        retie_shared(model, modules)  # the loader filled the owners' tensors, not the sharers'
         state = {f"{n}.{b}": t for n, m in model.named_modules() if isinstance(m, tuple(COMPRESSED_MODULES.values()))
-                 for b, t in m.packed().items()}
+                 and "shares" not in modules.get(n, {}) for b, t in m.packed().items()}
         verify_streams({k: v.cpu() for k, v in state.items()})
         model.pycodec_config = self.quantization_config.compression
         return model

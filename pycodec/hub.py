@@ -29,8 +29,17 @@ def _quantization_config(model: nn.Module) -> dict:
     cfg = getattr(model, "pycodec_config", None)
     if cfg is None:
         raise CodecError("model has not been compressed: call pycodec.compress_(model, config) first")
-    modules = {name: {"class": type(m).__name__, "buffers": {b: list(t.shape) for b, t in m.packed().items()}}
-               for name, m in model.named_modules() if isinstance(m, tuple(COMPRESSED_MODULES.values()))}
+    modules, owners = {}, {}
+    for name, m in model.named_modules():
+        if isinstance(m, tuple(COMPRESSED_MODULES.values())):
+            entry = {"class": type(m).__name__, "buffers": {b: list(t.shape) for b, t in m.packed().items()}}
+            meta = m.packed()["meta"]
+            key = (meta.untyped_storage().data_ptr(), meta.storage_offset())
+            if key in owners:  # a tied weight: stored once, under the first module that holds it
+                entry["shares"] = owners[key]
+            else:
+                owners[key] = name
+            modules[name] = entry
     return {"quant_method": QUANT_METHOD, **cfg.to_dict(), "format_version": int(_C.FORMAT_VERSION), "modules": modules}
 
 
@@ -63,8 +72,11 @@ def save_pretrained(model: nn.Module, out_dir: str, tokenizer=None, max_shard_by
     """Write a compressed model to ``out_dir`` (safetensors shards, config.json, tokenizer)."""
     os.makedirs(out_dir, exist_ok=True)
     qcfg = _quantization_config(model)
+    shared = {f"{name}.{b}" for name, e in qcfg["modules"].items() if "shares" in e for b in e["buffers"]}
     state, seen = {}, {}
     for key, t in model.state_dict().items():
+        if key in shared:  # its owner's tensors (empty ones too, which have no storage to compare)
+            continue
         ptr = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else None
         if ptr is not None and ptr in seen:  # tied weights: stored once, re-tied on load
             continue
@@ -263,14 +275,59 @@ def build_module(old: nn.Module, entry: dict, name: str, state: dict | None = No
 
 
 def install_modules(model: nn.Module, qcfg: dict, state: dict | None = None, device=None) -> None:
-    """Replace the modules listed in quantization_config by their compressed counterparts."""
+    """Replace the modules listed in quantization_config by their compressed counterparts; a
+    module that ``shares`` another's weight (a tied lm_head) gets that module's tensors."""
     exact = bool(qcfg.get("exact_outputs", False))
-    for name, entry in qcfg["modules"].items():
+    modules = qcfg["modules"]
+    built = {}
+    for name, entry in sorted(modules.items(), key=lambda kv: "shares" in kv[1]):  # owners first
         try:
             old = model.get_submodule(name)
         except AttributeError:
             raise CodecError(f"quantization_config lists module {name!r}, which the model does not have") from None
-        _set_submodule(model, name, build_module(old, entry, name, state, device, exact))
+        owner = entry.get("shares") if isinstance(entry, dict) else None
+        if owner is not None:
+            if owner not in built or "shares" in modules[owner]:
+                raise CodecError(f"quantization_config: {name!r} shares the weight of {owner!r}, which holds none")
+            source = {f"{name}.{b}": t for b, t in built[owner].packed().items()}
+            new = build_module(old, entry, name, source, device, exact)
+            tie_packed(new, built[owner])
+        else:
+            new = build_module(old, entry, name, state, device, exact)
+        built[name] = new
+        _set_submodule(model, name, new)
+    _drop_tied_parameter_keys(model, {n for n, e in modules.items() if isinstance(e, dict) and "shares" in e})
+
+
+def tie_packed(module: nn.Module, owner: nn.Module) -> None:
+    """Point ``module``'s packed buffers at ``owner``'s tensors (after a loader replaced them)."""
+    for b, t in owner.packed().items():
+        module._buffers[b] = t
+    if not module.meta.is_meta and hasattr(module, "_refresh_gpu_state"):
+        module._refresh_gpu_state()
+
+
+def retie_shared(model: nn.Module, modules: dict) -> None:
+    """tie_packed for every module of quantization_config that shares another's weight."""
+    for name, entry in modules.items():
+        if isinstance(entry, dict) and entry.get("shares"):
+            tie_packed(model.get_submodule(name), model.get_submodule(entry["shares"]))
+
+
+def _drop_tied_parameter_keys(model: nn.Module, shared: set) -> None:
+    """transformers ties the dense weights of tied modules by parameter name ("lm_head.weight"
+    to "model.embed_tokens.weight"); once both are compressed those names do not exist and the
+    tie is ours (``shares``), so its entries go."""
+    if not shared:
+        return
+    for attr in ("all_tied_weights_keys", "_tied_weights_keys"):
+        keys = getattr(model, attr, None)
+        if isinstance(keys, dict):
+            kept = {t: s for t, s in keys.items() if t.rpartition(".")[0] not in shared}
+            try:
+                setattr(model, attr, kept)
+            except AttributeError:
+                pass
 
 
 def _tied_keys(model: nn.Module) -> set:
@@ -338,7 +395,7 @@ def from_pretrained(src: str, device: str | torch.device = "cpu", verify: bool =
     if not isinstance(modules, dict):
         raise CodecError(f"{src}/config.json: quantization_config has no modules table")
     compressed_keys = {f"{name}.{b}" for name, entry in modules.items() if isinstance(entry, dict)
-                       for b in entry.get("buffers") or ()}
+                       and "shares" not in entry for b in entry.get("buffers") or ()}
     state, pending = _read_state(src, mmap=mmap, lazy=compressed_keys if mmap else frozenset())
     if verify and not mmap:
         verify_streams(state)
@@ -354,15 +411,19 @@ def from_pretrained(src: str, device: str | torch.device = "cpu", verify: bool =
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if unexpected:
         raise CodecError(f"checkpoint has tensors the model does not use: {sorted(unexpected)[:5]}")
+    retie_shared(model, modules)  # load_state_dict(assign=True) gave the owners new tensors
     if hasattr(model, "tie_weights"):
         model.tie_weights()
-    tied = _tied_keys(model)
+    tied = _tied_keys(model) | {f"{name}.{b}" for name, entry in modules.items() if "shares" in entry
+                                for b in entry["buffers"]}
     absent = [k for k in missing if k not in tied]
     on_meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if absent or on_meta:
         raise CodecError(f"checkpoint lacks tensors {sorted(set(absent) | set(on_meta))[:5]}")
     if pending:
         for name, entry in modules.items():
+            if "shares" in entry:
+                continue  # its owner checks the tensors they share
             module = model.get_submodule(name)
             module._unchecked = {b: (f"{name}.{b}", *pending[f"{name}.{b}"]) for b in entry["buffers"]
                                  if f"{name}.{b}" in pending}

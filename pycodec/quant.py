@@ -458,3 +458,92 @@ def unpack(packed: dict) -> torch.Tensor:
             raise CodecError("packed weight: escape index outside the weight")
         return dequantize_affine(q, packed["scale"], packed["zero"], group_size, idx, packed["escape_value"])
     raise CodecError(f"packed weight has unknown kind {kind}")
+
+
+def unpack_rows(packed: dict, rows: torch.Tensor) -> torch.Tensor:
+    """Rows ``rows`` (int64, any order, repeats allowed) of a packed weight, decoding only the
+    chunks of its stream that hold them: an embedding lookup of a few tokens reads a few chunks,
+    not the table. Same dtypes as ``unpack``. (Legacy byte-plane weights decode whole.)"""
+    meta = packed["meta"].tolist()
+    if meta[0] != LAYOUT_VERSION:
+        raise CodecError(f"packed weight layout version {meta[0]} is not supported (expected {LAYOUT_VERSION})")
+    kind, n, k, group_size, dtype_code, top = meta[1:7]
+    rows = rows.reshape(-1).to(torch.int64)
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n):
+        raise IndexError(f"row index out of range for a weight of {n} rows")
+    if kind not in (KIND_SPLIT, KIND_AFFINE):
+        return unpack(packed)[rows]
+    if dtype_code not in CODE_DTYPES:
+        raise CodecError(f"packed weight has unknown dtype code {dtype_code}")
+    blob = packed["symbols"].contiguous().numpy()
+    info = _C.info(blob)
+    if tuple(info["shape"]) != (n, k):
+        raise CodecError(f"packed weight: symbols have shape {tuple(info['shape'])}, expected {(n, k)}")
+    chunk = info["chunk_symbols"]
+    # Flat symbol positions of the rows, the chunks that hold them, and where each position
+    # lands in the buffer of those chunks decoded one after another.
+    positions = rows[:, None] * k + torch.arange(k)
+    chunk_ids = torch.unique(positions // chunk) if rows.numel() else torch.zeros(0, dtype=torch.int64)
+    slots = torch.searchsorted(chunk_ids, positions // chunk) * chunk + positions % chunk
+    ids = chunk_ids.tolist()
+    if kind == KIND_SPLIT:
+        dtype = CODE_DTYPES[dtype_code]
+        width = FLOAT_WIDTHS[dtype]
+        out = np.empty(len(ids) * chunk, dtype=_BITS_VIEW[width][1])
+        _C.decode_split_chunks(blob, ids, packed["values"].tolist(), top, packed["raw"].contiguous().numpy(), out)
+        bits = torch.from_numpy(out.view(np.int16 if width == 16 else np.int32))
+        return bits[slots].view(dtype)
+    out = np.empty(len(ids) * chunk, dtype=np.uint8)
+    _C.decode_chunks(blob, ids, out)
+    q = torch.from_numpy(out)[slots]
+    scale, zero = packed["scale"][rows], packed["zero"]
+    zero = zero[rows] if zero.shape[0] == n else zero
+    w = dequantize_affine(q, scale, zero, group_size)
+    idx = packed["escape_index"]
+    if idx.numel():
+        if int(idx.min()) < 0 or int(idx.max()) >= n * k:
+            raise CodecError("packed weight: escape index outside the weight")
+        order = torch.argsort(idx)
+        sorted_idx, values = idx[order], packed["escape_value"][order].float()
+        # Escapes of each requested row: the sorted flat indices in [row * k, row * k + k).
+        lo = torch.searchsorted(sorted_idx, rows * k)
+        hi = torch.searchsorted(sorted_idx, rows * k + k)
+        counts = hi - lo
+        if int(counts.sum()):
+            out_row = torch.repeat_interleave(torch.arange(rows.numel()), counts)
+            starts = torch.repeat_interleave(lo - torch.cumsum(counts, 0) + counts, counts)
+            pick = starts + torch.arange(int(counts.sum()))
+            w[out_row, sorted_idx[pick] % k] = values[pick]
+    return w
+
+
+def affine_row_blocks(packed: dict, block_rows: int):
+    """(first row, fp32 rows) of an affine packed weight, ``block_rows`` rows at a time, each
+    block decoded (only the stream chunks that hold it) and dequantized as it is asked for:
+    neither the symbols nor the weight ever exist whole."""
+    meta = packed["meta"].tolist()
+    kind, n, k, group_size = meta[1:5]
+    if meta[0] != LAYOUT_VERSION or kind != KIND_AFFINE:
+        raise CodecError("affine_row_blocks takes an affine packed weight")
+    blob = packed["symbols"].contiguous().numpy()
+    info = _C.info(blob)
+    if tuple(info["shape"]) != (n, k):
+        raise CodecError(f"packed weight: symbols have shape {tuple(info['shape'])}, expected {(n, k)}")
+    chunk = info["chunk_symbols"]
+    idx = packed["escape_index"]
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n * k):
+        raise CodecError("packed weight: escape index outside the weight")
+    order = torch.argsort(idx)
+    sorted_idx, values = idx[order], packed["escape_value"][order]
+    zero = packed["zero"]
+    for first in range(0, n, block_rows):
+        end = min(n, first + block_rows)
+        c0, c1 = first * k // chunk, (end * k - 1) // chunk + 1
+        symbols = np.empty((c1 - c0) * chunk, dtype=np.uint8)
+        _C.decode_chunks(blob, list(range(c0, c1)), symbols)
+        skip = first * k - c0 * chunk
+        q = torch.from_numpy(symbols[skip:skip + (end - first) * k]).view(end - first, k)
+        lo, hi = (int(v) for v in torch.searchsorted(sorted_idx, torch.tensor([first * k, end * k])))
+        block_zero = zero[first:end] if zero.shape[0] == n else zero
+        yield first, dequantize_affine(q, packed["scale"][first:end], block_zero, group_size,
+                                       sorted_idx[lo:hi] - first * k, values[lo:hi])

@@ -294,7 +294,74 @@ Status decode_split_impl(const uint8_t* blob, size_t len, const uint32_t* values
                        });
 }
 
+// Runs per_chunk(tables, blob, slot, chunk) for each listed chunk, after validating the
+// stream, the chunk ids and (through check) the output.
+template <class Check, class PerChunk>
+Status decode_listed_chunks(const uint8_t* blob_in, size_t len, const uint64_t* chunks, uint64_t n, int threads,
+                            Check check, PerChunk per_chunk) {
+  const AlignedBlob aligned(blob_in, len);
+  const uint8_t* blob = aligned.data;
+  StreamInfo s;
+  Status st = parse_header(blob, len, &s);
+  if (st != Status::Ok) return st;
+  if ((st = check(s)) != Status::Ok) return st;
+  for (uint64_t i = 0; i < n; ++i)
+    if (chunks[i] >= s.n_chunks) return Status::BadArgument;
+  DecodeTables tables;
+  if ((st = tables.build(blob, s)) != Status::Ok) return st;
+  return for_each_chunk(n, threads, [&](int, uint64_t i) { return per_chunk(tables, blob, i, chunks[i]); });
+}
+
+template <class T>
+Status decode_split_chunks_impl(const uint8_t* blob, size_t len, const uint64_t* chunks, uint64_t n,
+                                const uint32_t* values, uint32_t n_values, int top, const uint32_t* raw,
+                                uint64_t n_raw_words, T* out, uint64_t out_len, int threads) {
+  split::MergeTable<T> merge;
+  const auto check = [&](const StreamInfo& s) {
+    if (out_len != n * uint64_t(s.chunk_symbols)) return Status::OutputSize;
+    const Status st = split::make_merge_table(values, n_values, top, &merge);
+    if (st != Status::Ok) return st;
+    return n_raw_words == split::raw_words(s.n_symbols, merge.low) ? Status::Ok : Status::BadArgument;
+  };
+  return decode_listed_chunks(
+      blob, len, chunks, n, threads, check, [&](const DecodeTables& tables, const uint8_t* b, uint64_t slot, uint64_t c) {
+        thread_local std::vector<uint8_t> symbols, be;  // per worker: one chunk's worth
+        const uint32_t count = tables.chunk_length(c);
+        if (symbols.size() < count) symbols.resize(count);
+        const Status cs = tables.decode_chunk(b, c, symbols.data());
+        if (cs != Status::Ok) return cs;
+        const uint64_t first = c * tables.info.chunk_symbols;
+        T* o = out + slot * tables.info.chunk_symbols;
+        return split::merge_span(merge, symbols.data(), first, count, raw, n_raw_words, o, be) ? Status::Ok
+                                                                                                : Status::BadArgument;
+      });
+}
+
 }  // namespace
+
+Status decode_chunks(const uint8_t* blob, size_t len, const uint64_t* chunks, uint64_t n, uint8_t* out,
+                     uint64_t out_len, int threads) {
+  return decode_listed_chunks(
+      blob, len, chunks, n, threads,
+      [&](const StreamInfo& s) { return out_len == n * uint64_t(s.chunk_symbols) ? Status::Ok : Status::OutputSize; },
+      [&](const DecodeTables& tables, const uint8_t* b, uint64_t slot, uint64_t c) {
+        return tables.decode_chunk(b, c, out + slot * tables.info.chunk_symbols);
+      });
+}
+
+Status decode_split_chunks(const uint8_t* blob, size_t len, const uint64_t* chunks, uint64_t n,
+                           const uint32_t* values, uint32_t n_values, int top, const uint32_t* raw,
+                           uint64_t n_raw_words, uint16_t* out, uint64_t out_len, int threads) {
+  return decode_split_chunks_impl(blob, len, chunks, n, values, n_values, top, raw, n_raw_words, out, out_len,
+                                  threads);
+}
+
+Status decode_split_chunks(const uint8_t* blob, size_t len, const uint64_t* chunks, uint64_t n,
+                           const uint32_t* values, uint32_t n_values, int top, const uint32_t* raw,
+                           uint64_t n_raw_words, uint32_t* out, uint64_t out_len, int threads) {
+  return decode_split_chunks_impl(blob, len, chunks, n, values, n_values, top, raw, n_raw_words, out, out_len,
+                                  threads);
+}
 
 Status decode(const uint8_t* blob, size_t len, uint8_t* out, uint64_t out_len, int threads) {
   return decode_stream(

@@ -50,6 +50,24 @@ Status decode_split(const uint8_t* blob, size_t len, const uint32_t* values, uin
 Status decode_split(const uint8_t* blob, size_t len, const uint32_t* values, uint32_t n_values, int top,
                     const uint32_t* raw, uint64_t n_raw_words, uint32_t* out, uint64_t out_len, int threads = 0);
 
+// The symbols of chosen chunks only: a row gather (an embedding lookup) decodes the chunks
+// that hold its rows, not the table. Chunk chunks[i] lands at out + i * chunk_symbols (a
+// stream's last chunk may be shorter: the rest of its slot is left as it was). The stream's
+// checksum covers all of its symbols and cannot be checked on a part: streams are verified
+// whole once (at load), and each chunk read here is bounds-checked as decode() checks it.
+// OutputSize unless out_len == n * chunk_symbols; BadArgument for a chunk id past the end.
+Status decode_chunks(const uint8_t* blob, size_t len, const uint64_t* chunks, uint64_t n, uint8_t* out,
+                     uint64_t out_len, int threads = 0);
+
+// decode_chunks of a lossless split weight, merged with its raw bits: float bits as by
+// decode_split, chunk chunks[i]'s values at out + i * chunk_symbols.
+Status decode_split_chunks(const uint8_t* blob, size_t len, const uint64_t* chunks, uint64_t n,
+                           const uint32_t* values, uint32_t n_values, int top, const uint32_t* raw,
+                           uint64_t n_raw_words, uint16_t* out, uint64_t out_len, int threads = 0);
+Status decode_split_chunks(const uint8_t* blob, size_t len, const uint64_t* chunks, uint64_t n,
+                           const uint32_t* values, uint32_t n_values, int top, const uint32_t* raw,
+                           uint64_t n_raw_words, uint32_t* out, uint64_t out_len, int threads = 0);
+
 // Bits of a stream outside its payload (header, table, chunk index) plus rANS lane states.
 // Padding inside a Huffman payload is not counted here: inspect() measures it exactly as
 // payload bits minus the sum of code lengths.
