@@ -64,31 +64,39 @@ def main() -> None:
     budget = fixed_length_int4_bits(model)
     rows = [{"method": "bf16 (dense)", "bits_per_weight": 16.0, "sqnr_db": math.inf,
              "perplexity": perplexity(model, tok, text, a.max_tokens)}]
+    # The linear layers only (the tied embedding / lm_head table dense): comparable with
+    # fixed-length int4, which is a linear-layer format.
+    lin = dict(coder=a.coder, skip=("lm_head",))
     configs = [
-        (f"int4-g128 RTN, fixed-length ({budget:.3f} b/w)", CompressionConfig(mode="int", bits=4, group_size=128, coder=a.coder), budget),
-        ("int4-g128 RTN, entropy-coded", CompressionConfig(mode="int", bits=4, group_size=128, coder=a.coder), None),
-        (f"rate mode at {budget:.3f} b/w", CompressionConfig(mode="rate", bits=round(budget, 3), coder=a.coder), None),
-        ("rate mode at 3.5 b/w", CompressionConfig(mode="rate", bits=3.5, coder=a.coder), None),
-        ("int3-g128 RTN, entropy-coded", CompressionConfig(mode="int", bits=3, group_size=128, coder=a.coder), None),
-        ("rate mode at 3.0 b/w", CompressionConfig(mode="rate", bits=3.0, coder=a.coder), None),
-        ("lossless (bit-exact)", CompressionConfig(mode="lossless", coder=a.coder), None),
+        (f"int4-g128 RTN, fixed-length ({budget:.3f} b/w)", CompressionConfig(mode="int", bits=4, group_size=128, **lin), budget),
+        ("int4-g128 RTN, entropy-coded", CompressionConfig(mode="int", bits=4, group_size=128, **lin), None),
+        (f"rate mode at {budget:.3f} b/w", CompressionConfig(mode="rate", bits=round(budget, 3), **lin), None),
+        ("rate mode at 3.5 b/w", CompressionConfig(mode="rate", bits=3.5, **lin), None),
+        ("int3-g128 RTN, entropy-coded", CompressionConfig(mode="int", bits=3, group_size=128, **lin), None),
+        ("rate mode at 3.0 b/w", CompressionConfig(mode="rate", bits=3.0, **lin), None),
+        ("lossless (bit-exact)", CompressionConfig(mode="lossless", **lin), None),
+        # The whole model, as compress_ does by default: the tied table too, at embedding_bits.
+        ("whole model: rate 3.5 b/w (table at 5)", CompressionConfig(mode="rate", bits=3.5, coder=a.coder), None),
+        ("whole model: lossless", CompressionConfig(mode="lossless", coder=a.coder), None),
     ]
-    n_weights = sum(m.weight.numel() for name, m in model.named_modules()
-                    if isinstance(m, torch.nn.Linear) and not name.endswith("lm_head"))
     for label, cfg, stored_bits in configs:
         m = copy.deepcopy(model)
         t0 = time.perf_counter()
         report = compress_(m, cfg, progress=False)
         seconds = time.perf_counter() - t0
+        coded = report["n_weights"]
         rows.append({"method": label, "bits_per_weight": stored_bits or report["bits_per_weight"],
+                     "bits_per_parameter": report["bits_per_parameter"], "checkpoint_MB": report["checkpoint_bytes"] / 1e6,
                      "sqnr_db": weight_sqnr(model, m), "perplexity": perplexity(m, tok, text, a.max_tokens),
-                     "compress_seconds": seconds, "weights_per_s": n_weights / seconds})
+                     "compress_seconds": seconds, "weights_per_s": coded / seconds})
     print(f"SmolLM2-135M linear layers (lm_head tied, kept), coder {a.coder}, perplexity on {a.max_tokens} tokens "
           f"of {a.text}")
-    print(f"{'method':44s} {'bits/weight':>11s} {'SQNR dB':>8s} {'perplexity':>10s} {'compress':>9s} {'Mweights/s':>10s}")
+    print(f"{'method':44s} {'bits/weight':>11s} {'bits/param':>10s} {'MB':>6s} {'SQNR dB':>8s} {'perplexity':>10s} "
+          f"{'compress':>9s} {'Mweights/s':>10s}")
     for r in rows:
         speed = f"{r['compress_seconds']:8.1f}s {r['weights_per_s'] / 1e6:10.2f}" if "compress_seconds" in r else ""
-        print(f"{r['method']:44s} {r['bits_per_weight']:11.3f} {r['sqnr_db']:8.2f} {r['perplexity']:10.3f} {speed}")
+        whole = f"{r['bits_per_parameter']:10.3f} {r['checkpoint_MB']:6.1f}" if "checkpoint_MB" in r else " " * 17
+        print(f"{r['method']:44s} {r['bits_per_weight']:11.3f} {whole} {r['sqnr_db']:8.2f} {r['perplexity']:10.3f} {speed}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"machine": "CPU", "coder": a.coder, "text": a.text, "max_tokens": a.max_tokens, "rows": rows},

@@ -9,6 +9,7 @@ import sys
 import time
 
 from .codec import CODERS, DEFAULT_CODER
+from .config import DEFAULT_CALIBRATION_TOKENS
 
 DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
 
@@ -47,7 +48,8 @@ def load_source(src: str, gguf_file: str | None = None, dtype: str = "bfloat16")
     elif not gguf_file:
         check_model_folder(src)
     kw = {"gguf_file": gguf_file} if gguf_file else {}
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype), **kw)
+    with _library_output():
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype), **kw)
     try:
         tok = AutoTokenizer.from_pretrained(src, **kw)
     except (OSError, ValueError, TypeError):
@@ -122,12 +124,26 @@ def generate(model, tok, prompt: str, max_new_tokens: int = 40, progress: bool =
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+_QUIET = False  # set by main() unless --verbose
+
+
+def _library_output():
+    """Where other libraries' stderr goes while they load a model: nowhere when quiet (their
+    progress bars use tqdm directly, which no logging switch reaches). Exceptions still raise."""
+    import contextlib
+    import io
+
+    return contextlib.redirect_stderr(io.StringIO()) if _QUIET else contextlib.nullcontext()
+
+
 def quiet_other_libraries() -> None:
     """transformers' warnings and loading bars (GGUF dtype advice, generation flags) off the
     user's terminal: pycodec's own output and errors stay. --verbose keeps them."""
     import logging
     import warnings
 
+    global _QUIET
+    _QUIET = True
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
@@ -169,18 +185,29 @@ def cmd_compress(a) -> None:
         raise ValueError("--mode int needs --bits (an integer width, 2..8)")
     bits = 3.5 if bits is None else bits  # rate mode's default; lossless ignores it
     # The options are checked before the model loads (which can take a while).
+    # Given only when set, so the config refuses --calibration-tokens without --calibration.
+    given = {"calibration": a.calibration, "calibration_tokens": getattr(a, "calibration_tokens", None)}
+    calibration = {k: v for k, v in given.items() if v is not None}
     cfg = CompressionConfig(mode=a.mode, bits=bits, group_size=a.group_size, symmetric=a.symmetric,
-                            prune=a.prune, coder=a.coder)
+                            prune=a.prune, coder=a.coder, **calibration)
+    if cfg.calibration is not None:
+        from .calibrate import calibration_text
+
+        calibration_text(cfg.calibration)  # a missing or empty text fails here, not after the load
     model, tok = load_source(a.src, a.gguf_file, a.dtype)
     t = time.perf_counter()
-    report = compress_(model, cfg, progress=not a.json)
+    report = compress_(model, cfg, progress=not a.json, tokenizer=tok)
     report["seconds"] = time.perf_counter() - t
     save_pretrained(model, a.dst, tokenizer=tok)
     _print(report, a.json)
     if not a.json:
+        calibrated = ""
+        if "calibration" in report:
+            calibrated = (f", calibrated on {report['calibration']['tokens']} tokens of "
+                          f"{' + '.join(report['calibration']['texts'])}")
         print(f"{a.mode}: {report['n_weights'] / 1e6:.1f}M weights at {report['bits_per_weight']:.3f} bits/weight "
-              f"(entropy bound {report['entropy_bits_per_weight']:.3f}), mean SQNR {report['mean_sqnr_db']:.2f} dB, "
-              f"{report['seconds']:.1f} s -> {a.dst}")
+              f"(entropy bound {report['entropy_bits_per_weight']:.3f}), mean SQNR {report['mean_sqnr_db']:.2f} dB"
+              f"{calibrated}, {report['seconds']:.1f} s -> {a.dst}")
 
 
 def cmd_inspect(a) -> None:
@@ -189,23 +216,37 @@ def cmd_inspect(a) -> None:
     with open(os.path.join(a.path, "config.json")) as f:
         qcfg = json.load(f)["quantization_config"]
     state, _ = _read_state(a.path)
-    rows = {}
+    rows, packed_keys = {}, set()
     for name, entry in qcfg["modules"].items():
-        buffers = entry["buffers"]
-        nbytes = sum(state[f"{name}.{b}"].numel() * state[f"{name}.{b}"].element_size() for b in buffers if b != "meta")
+        if entry.get("shares"):  # a tied module: its owner's row counts its weight
+            rows[name] = {"shares": entry["shares"]}
+            continue
+        keys = [f"{name}.{b}" for b in entry["buffers"]]
+        packed_keys.update(keys)
+        nbytes = sum(state[k].numel() * state[k].element_size() for k in keys if not k.endswith(".meta"))
         meta = state[f"{name}.meta"].tolist()
         rows[name] = {"shape": [meta[2], meta[3]], "bits_per_weight": 8 * nbytes / (meta[2] * meta[3])}
-    total_w = sum(r["shape"][0] * r["shape"][1] for r in rows.values())
-    total_b = sum(r["bits_per_weight"] * r["shape"][0] * r["shape"][1] for r in rows.values())
+    coded = [r for r in rows.values() if "shape" in r]
+    total_w = sum(r["shape"][0] * r["shape"][1] for r in coded)
+    total_b = sum(r["bits_per_weight"] * r["shape"][0] * r["shape"][1] for r in coded)
+    # The whole checkpoint: every stored byte over every parameter (dense tensors' elements plus
+    # the compressed weights' shapes).
+    stored = sum(t.numel() * t.element_size() for t in state.values())
+    n_params = total_w + sum(t.numel() for k, t in state.items() if k not in packed_keys)
     out = {"mode": qcfg["mode"], "coder": qcfg["coder"], "layers": rows, "n_weights": total_w,
-           "bits_per_weight": total_b / total_w if total_w else math.nan}
+           "bits_per_weight": total_b / total_w if total_w else math.nan, "checkpoint_bytes": stored,
+           "n_parameters": n_params, "bits_per_parameter": 8 * stored / n_params if n_params else math.nan}
     if a.json:
         _print(out, True)
         return
     print(f"{'layer':60s} {'shape':>14s} {'bits/weight':>12s}")
     for name, r in rows.items():
-        print(f"{name:60s} {str(tuple(r['shape'])):>14s} {r['bits_per_weight']:12.3f}")
-    print(f"{'total (' + qcfg['mode'] + ', ' + qcfg['coder'] + ')':60s} {total_w:>14d} {out['bits_per_weight']:12.3f}")
+        if "shares" in r:
+            print(f"{name:60s} {'shares ' + r['shares']:>27s}")
+        else:
+            print(f"{name:60s} {str(tuple(r['shape'])):>14s} {r['bits_per_weight']:12.3f}")
+    print(f"{'compressed (' + qcfg['mode'] + ', ' + qcfg['coder'] + ')':60s} {total_w:>14d} {out['bits_per_weight']:12.3f}")
+    print(f"{'whole checkpoint, bits per parameter':60s} {n_params:>14d} {out['bits_per_parameter']:12.3f}")
 
 
 def decoded_cache(model, cache_mb: float | None):
@@ -269,17 +310,19 @@ def cmd_demo(a) -> None:
     t = time.perf_counter()
     base_ppl = perplexity(model, tok, text, a.max_tokens)
     results = {"model": "SmolLM2-135M-Instruct", "text": a.text, "max_tokens": a.max_tokens, "prompt": a.prompt,
-               "rows": [{"mode": "dense bf16", "bits_per_weight": 16.0, "perplexity": base_ppl,
+               "rows": [{"mode": "dense bf16", "bits_per_weight": 16.0, "bits_per_parameter": 16.0,
+                         "perplexity": base_ppl,
                          "disk_bytes": dense_bits(model) // 8, "seconds": time.perf_counter() - t,
                          "generated": generate(model, tok, a.prompt, a.max_new_tokens)}]}
 
     def show(r: dict) -> None:  # each row as soon as it is measured
-        say(f"{r['mode']:14s} {r['bits_per_weight']:11.3f} {r['perplexity']:10.3f} {r['disk_bytes'] / 1e6:7.1f} "
-            f"{r['seconds']:8.1f}  {r['generated']!r}", flush=True)
+        say(f"{r['mode']:14s} {r['bits_per_weight']:11.3f} {r['bits_per_parameter']:10.3f} {r['perplexity']:10.3f} "
+            f"{r['disk_bytes'] / 1e6:7.1f} {r['seconds']:8.1f}  {r['generated']!r}", flush=True)
 
     say(f"SmolLM2-135M-Instruct: perplexity on the first {a.max_tokens} tokens of {a.text}; greedy answer to "
         f"{a.prompt!r}")
-    say(f"{'mode':14s} {'bits/weight':>11s} {'perplexity':>10s} {'MB':>7s} {'seconds':>8s}  generated")
+    say(f"{'mode':14s} {'bits/weight':>11s} {'bits/param':>10s} {'perplexity':>10s} {'MB':>7s} {'seconds':>8s}  "
+        "generated")
     show(results["rows"][0])
     for label, cfg in (("lossless", CompressionConfig(mode="lossless")),
                        ("rate 3.5 bits", CompressionConfig(mode="rate", bits=3.5))):
@@ -293,13 +336,15 @@ def cmd_demo(a) -> None:
         with decoded_cache(m, None):  # each weight decoded once for the evaluation and generation
             ppl = perplexity(m, tok, text, a.max_tokens)
             answer = generate(m, tok, a.prompt, a.max_new_tokens)
-        results["rows"].append({"mode": label, "bits_per_weight": rep["bits_per_weight"], "perplexity": ppl,
+        results["rows"].append({"mode": label, "bits_per_weight": rep["bits_per_weight"],
+                                "bits_per_parameter": rep["bits_per_parameter"], "perplexity": ppl,
                                 "disk_bytes": disk, "seconds": time.perf_counter() - t, "generated": answer,
                                 "entropy_bits_per_weight": rep["entropy_bits_per_weight"],
                                 "mean_sqnr_db": rep["mean_sqnr_db"]})
         show(results["rows"][-1])
-    say("bits/weight: compressed linear layers, everything stored counted (dense: 16); MB: safetensors on disk; "
-        "seconds: compress + save + load + perplexity + generate")
+    say("bits/weight: the compressed layers (embeddings and output head at embedding_bits), everything stored "
+        "counted; bits/param: the whole checkpoint; MB: safetensors on disk; seconds: compress + save + load + "
+        "perplexity + generate")
     _print(results, a.json)
     if a.json_out:
         with open(a.json_out, "w") as f:
@@ -337,6 +382,13 @@ def main(argv=None) -> None:
     c.add_argument("--coder", choices=CODERS, default=DEFAULT_CODER,
                    help="entropy coder: huffman writes stream format v2 (what the GPU kernels decode); "
                         "rans writes v1 (slightly smaller, CPU decode)")
+    c.add_argument("--calibration", default=None, metavar="FILE|default",
+                   help="int and rate modes: round each layer for its outputs on this text (GPTQ; rate mode also "
+                        "rate-distortion optimized); 'default': licence texts that ship with Debian "
+                        "(/usr/share/common-licenses: Apache-2.0, Artistic, BSD, CC0-1.0); "
+                        "needs the model's tokenizer")
+    c.add_argument("--calibration-tokens", type=int, default=argparse.SUPPRESS,
+                   help=f"tokens of the calibration text the model reads (default: {DEFAULT_CALIBRATION_TOKENS})")
     c.add_argument("--gguf-file", default=None, help="GGUF file inside src to load")
     c.add_argument("--dtype", choices=LOAD_DTYPES, default="bfloat16",
                    help="dtype the source model is loaded in (lossless keeps exactly these values)")

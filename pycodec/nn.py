@@ -69,8 +69,25 @@ def compressed_linear(x: torch.Tensor, packed: list[torch.Tensor], kernel: list[
         wi = gpu.WeightInfo.from_ints(info)
         return gpu.linear(x, dict(zip(names_for(wi.kind, wi.top), packed)), dict(zip(gpu.KERNEL_BUFFERS, kernel)),
                           bias, wi)
+    meta = packed[0].cpu()
+    bias = None if bias is None else bias.to(x.dtype)
+    if int(meta[1]) == KIND_AFFINE and int(meta[2]) * int(meta[3]) > CPU_BLOCK_WEIGHTS:
+        # A large affine weight (an output head) in row blocks: its fp32 dequantization never
+        # exists whole, only one block at a time.
+        from .quant import affine_row_blocks
+
+        named = {k: v.cpu() for k, v in zip(buffer_names(meta), packed)}
+        y = x.new_empty((*x.shape[:-1], out_features))
+        for first, block in affine_row_blocks(named, max(1, CPU_BLOCK_WEIGHTS // int(meta[3]))):
+            end = first + block.shape[0]
+            y[..., first:end] = F.linear(x, block.to(x.dtype), None if bias is None else bias[first:end])
+        return y
     w = _decode_on_cpu(packed).to(x.dtype)
-    return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+    return F.linear(x, w, bias)
+
+
+# Above this many weights, the CPU forward of an affine weight dequantizes it by row blocks.
+CPU_BLOCK_WEIGHTS = 1 << 20
 
 
 @compressed_linear.register_fake
@@ -87,6 +104,24 @@ def decode_weight(packed: list[torch.Tensor], out_features: int, in_features: in
 @decode_weight.register_fake
 def _(packed, out_features, in_features, dtype):
     return packed[1].new_empty((out_features, in_features), dtype=dtype)
+
+
+@torch.library.custom_op("pycodec::embedding_rows", mutates_args=())
+def embedding_rows(packed: list[torch.Tensor], idx: torch.Tensor, embedding_dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """weight[idx] of a packed [num_embeddings, embedding_dim] weight, decoding only the stream
+    chunks that hold the rows asked for (on the host; the rows then go to idx's device)."""
+    from .quant import unpack_rows
+
+    meta = packed[0].cpu()
+    flat = idx.reshape(-1).cpu()
+    unique, inverse = torch.unique(flat, return_inverse=True)
+    rows = unpack_rows({k: v.cpu() for k, v in zip(buffer_names(meta), packed)}, unique).to(dtype)
+    return rows[inverse].reshape(*idx.shape, embedding_dim).to(idx.device)
+
+
+@embedding_rows.register_fake
+def _(packed, idx, embedding_dim, dtype):
+    return idx.new_empty((*idx.shape, embedding_dim), dtype=dtype)
 
 
 def _setup_context(ctx, inputs, output):
@@ -141,6 +176,17 @@ class DecodedCache:
     def release(self, module: nn.Module) -> None:
         self._held.pop(id(module), None)
 
+    def twin_of(self, module: nn.Module, device: torch.device) -> torch.Tensor | None:
+        """The decoded weight of another module with the same packed tensors (a tied lm_head and
+        its embedding), if one is held on ``device``: shared, and counted once."""
+        key = _packed_key(module)
+        for m in self._modules:
+            w = m._decoded
+            if m is not module and w is not None and w.device == device and _packed_key(m) == key:
+                self._held[id(module)] = 0
+                return w
+        return None
+
     def report(self) -> dict:
         return {"max_bytes": self.max_bytes, "bytes": self.bytes, "layers_cached": len(self._held),
                 "layers": len(self._modules)}
@@ -171,6 +217,11 @@ def cache_decoded(model: nn.Module, max_bytes: int | None = None) -> DecodedCach
             m._decoded_cache = cache
             cache._modules.append(m)
     return cache
+
+
+def _packed_key(module: nn.Module) -> tuple:
+    meta = module.packed()["meta"]
+    return meta.untyped_storage().data_ptr(), meta.storage_offset()
 
 
 class _DecodedWeight:
@@ -210,6 +261,9 @@ class _DecodedWeight:
         w = self._decoded
         if w is not None and w.device == device:
             return w
+        if self._decoded_cache is not None and (twin := self._decoded_cache.twin_of(self, device)) is not None:
+            self._decoded = twin
+            return twin
         w = self.decoded_weight().to(device)
         if getattr(self, "cache_decoded", False) or (self._decoded_cache is not None and
                                                      self._decoded_cache.admit(self, w)):
@@ -384,10 +438,11 @@ class CompressedLinear(_PackedModule):
 
 
 class CompressedEmbedding(_DecodedWeight, nn.Module):
-    """nn.Embedding with a losslessly packed weight (lookups are bit-exact).
+    """nn.Embedding with a packed weight: lossless (lookups bit-exact) or affine (int / rate).
 
-    ``forward`` decodes the table and gathers rows; the decode is the opaque op
-    ``pycodec::decode_weight``, so ``torch.compile`` traces through it.
+    ``forward`` decodes only the stream chunks that hold the rows looked up (the opaque op
+    ``pycodec::embedding_rows``, so ``torch.compile`` traces through it), unless the model
+    keeps decoded weights (``cache_decoded``), then it gathers from the decoded table.
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, packed: dict, padding_idx: int | None = None):
@@ -396,8 +451,8 @@ class CompressedEmbedding(_DecodedWeight, nn.Module):
         if meta.is_meta:
             self._names = tuple(packed)
         else:
-            if int(meta[1]) not in (KIND_LOSSLESS, KIND_SPLIT):
-                raise CodecError("CompressedEmbedding holds lossless weights only")
+            if int(meta[1]) not in (KIND_LOSSLESS, KIND_SPLIT, KIND_AFFINE):
+                raise CodecError(f"CompressedEmbedding: unknown packed weight kind {int(meta[1])}")
             if (int(meta[2]), int(meta[3])) != (num_embeddings, embedding_dim):
                 raise CodecError(f"packed weight is {int(meta[2])}x{int(meta[3])}, "
                                  f"embedding is {num_embeddings}x{embedding_dim}")
@@ -421,16 +476,27 @@ class CompressedEmbedding(_DecodedWeight, nn.Module):
         return {n: getattr(self, n) for n in self._names}
 
     def decoded_weight(self) -> torch.Tensor:
-        from .quant import CODE_DTYPES
-
+        """The table as a dense tensor in its original dtype (bit-exact in lossless mode)."""
         return decode_weight(list(self.packed().values()), self.num_embeddings, self.embedding_dim,
-                             CODE_DTYPES[int(self.meta[5])])
+                             self.weight_dtype)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if self._unchecked:
             self.verify()
-        w = self._weight_for(idx.device) if self._uses_decoded(idx.device) else self.decoded_weight()
-        return F.embedding(idx, w, self.padding_idx)
+        if self._uses_decoded(idx.device):
+            return F.embedding(idx, self._weight_for(idx.device), self.padding_idx)
+        packed = self._host if self._host is not None else self.packed()
+        return embedding_rows(list(packed.values()), idx, self.embedding_dim, self.weight_dtype)
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        from .quant import CODE_DTYPES
+
+        return CODE_DTYPES[int(self.meta[5])]
+
+    # Lookups decode on the host: off the CPU, the module keeps a host copy of its packed
+    # tensors (compressed bytes) so that a lookup does not copy the table back each time.
+    _host: dict | None = None
 
     def _apply(self, fn, recurse=True):
         self._drop_decoded()
@@ -438,15 +504,23 @@ class CompressedEmbedding(_DecodedWeight, nn.Module):
         super()._apply(fn, recurse)
         if self._unchecked and any(getattr(self, n).device != t.device for n, t in before.items()):
             self.verify(before)
+        self._keep_host_copy(before)
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._drop_decoded()
+        self._keep_host_copy(self.packed())
+
+    def _keep_host_copy(self, tensors: dict) -> None:
+        on_device = self.meta.device.type not in ("cpu", "meta")
+        usable = not any(t.is_meta for t in tensors.values())
+        self._host = {n: t.detach().cpu() for n, t in tensors.items()} if on_device and usable else None
 
     def extra_repr(self) -> str:
         nbytes = sum(t.numel() * t.element_size() for n, t in self.packed().items() if n != "meta")
-        return (f"{self.num_embeddings}, {self.embedding_dim}, lossless, "
+        kind = "affine" if int(self.meta[1]) == KIND_AFFINE else "lossless"
+        return (f"{self.num_embeddings}, {self.embedding_dim}, {kind}, "
                 f"{8 * nbytes / (self.num_embeddings * self.embedding_dim):.3f} bits/weight")
 
 
@@ -457,52 +531,126 @@ def _skipped(name: str, skip) -> bool:
     return any(name == s or name.endswith("." + s) for s in skip)
 
 
-def compress_(model: nn.Module, config, skip=None, progress: bool = True) -> dict:
+def compress_(model: nn.Module, config, skip=None, progress: bool = True, tokenizer=None) -> dict:
     """Replace every nn.Linear of ``model`` (except ``skip`` names) by a CompressedLinear, in place.
 
     In lossless mode nn.Embedding modules become CompressedEmbedding too, unless their table
     is tied to a module that stays dense. Returns a report: per-layer bits/weight, entropy
-    bound and SQNR, and the totals.
+    bound and SQNR, and the totals. With ``config.calibration`` the model reads that text
+    (through ``tokenizer``) and pycodec.calibrate rounds each layer for its outputs.
     """
-    skip = tuple(config.skip if skip is None else skip)
-    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and not _skipped(name, skip)]
-    if config.mode == "lossless":
-        # An embedding whose table is shared with a module that stays dense (a tied lm_head)
-        # is left alone: compressing it would store the table twice, not save memory.
-        chosen = {id(m.weight) for _, m in targets}
-        dense = {id(p) for name, m in model.named_modules() if not isinstance(m, nn.Embedding)
-                 for p in m.parameters(recurse=False) if id(p) not in chosen}
-        targets += [(name, m) for name, m in model.named_modules()
-                    if isinstance(m, nn.Embedding) and not _skipped(name, skip) and id(m.weight) not in dense]
-    if not targets and any(isinstance(m, (CompressedLinear, CompressedEmbedding)) for m in model.modules()):
+    if config.calibration is not None:
+        from .calibrate import compress_calibrated
+
+        return compress_calibrated(model, config, tokenizer, skip, progress)
+    plan = compression_plan(model, config, skip)
+    if not plan and any(isinstance(m, (CompressedLinear, CompressedEmbedding)) for m in model.modules()):
         raise CodecError("the model is already compressed (pycodec.decompress_ restores dense modules first)")
-    iterator = targets
+    iterator = plan
     if progress:
         try:
             from tqdm.auto import tqdm
 
-            iterator = tqdm(targets, desc=f"pycodec {config.mode}", unit="layer")
+            iterator = tqdm(plan, desc=f"pycodec {config.mode}", unit="layer")
         except ImportError:
             pass
-    layers = {}
-    for name, module in iterator:
-        if isinstance(module, nn.Embedding):
-            new = CompressedEmbedding.from_embedding(module, config)
-        else:
-            new = CompressedLinear.from_linear(module, config)
+    n_parameters = sum(p.numel() for p in model.parameters())  # tied ones once
+    layers, done = {}, {}
+    for name, module, cfg, shares in iterator:
+        new = _compressed(module, cfg or config, done[shares].packed() if shares else None)
         _set_submodule(model, name, new)
-        s = new.stats
-        layers[name] = {"shape": list(module.weight.shape), "bits_per_weight": s.bits_per_weight,
-                        "entropy_bits_per_weight": s.entropy_bits_per_weight, "sqnr_db": s.sqnr_db}
+        done[name] = new
+        layers[name] = _layer_report(module, new, shares)
     model.pycodec_config = config
-    return summarize(layers, config)
+    return whole_model_report(model, layers, config, n_parameters)
+
+
+def whole_model_report(model: nn.Module, layers: dict, config, n_parameters: int) -> dict:
+    """summarize() of the coded layers, plus the whole checkpoint: its bytes, everything stored
+    counted (dense tensors, side information, each shared tensor once), per parameter."""
+    report = summarize(layers, config)
+    report["checkpoint_bytes"] = stored_bytes(model)
+    report["bits_per_parameter"] = 8 * report["checkpoint_bytes"] / n_parameters if n_parameters else math.nan
+    return report
+
+
+def stored_bytes(model: nn.Module) -> int:
+    """Bytes of the model's state dict, each tensor storage counted once (as save_pretrained stores it)."""
+    seen, total = set(), 0
+    for t in model.state_dict().values():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if t.numel() and key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
+def compression_plan(model: nn.Module, config, skip=None) -> list:
+    """(name, module, config, shares) for each module ``compress_`` replaces, in model order.
+
+    Every nn.Linear and nn.Embedding whose name is not in ``skip``. Embeddings and the output
+    head (``get_output_embeddings()``) take ``config.for_embeddings()``. A module whose weight
+    is an earlier planned module's (a tied lm_head) is not coded again: ``shares`` names that
+    module, whose packed tensors it uses. A weight that a module staying dense also holds is
+    left dense everywhere: compressing it for the others would store it twice.
+    """
+    skip = tuple(config.skip if skip is None else skip)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    candidates = [(n, m) for n, m in model.named_modules()
+                  if isinstance(m, (nn.Linear, nn.Embedding)) and not _skipped(n, skip)]
+    holders: dict[int, list[nn.Module]] = {}
+    for m in model.modules():
+        for p in m._parameters.values():
+            if p is not None:
+                holders.setdefault(id(p), []).append(m)
+    chosen = {id(m) for _, m in candidates}
+    while True:  # until no planned weight is also held by a module that stays dense
+        dropped = [(n, m) for n, m in candidates if any(id(h) not in chosen for h in holders[id(m.weight)])]
+        if not dropped:
+            break
+        for n, m in dropped:
+            candidates.remove((n, m))
+            chosen.discard(id(m))
+    plan, first = [], {}
+    for name, m in candidates:
+        group = holders[id(m.weight)]
+        wide = any(isinstance(h, nn.Embedding) or h is head for h in group)
+        if id(m.weight) in first:
+            plan.append((name, m, None, first[id(m.weight)]))
+        else:
+            first[id(m.weight)] = name
+            plan.append((name, m, config.for_embeddings() if wide else config, None))
+    return plan
+
+
+def _compressed(module: nn.Module, config, shared: dict | None) -> nn.Module:
+    """The compressed counterpart of an nn.Linear / nn.Embedding: its weight coded by ``config``,
+    or, with ``shared``, those packed tensors themselves (a tied weight)."""
+    if isinstance(module, nn.Embedding):
+        if shared is None:
+            return CompressedEmbedding.from_embedding(module, config)
+        return CompressedEmbedding(module.num_embeddings, module.embedding_dim, dict(shared), module.padding_idx)
+    if shared is None:
+        return CompressedLinear.from_linear(module, config)
+    return CompressedLinear(module.in_features, module.out_features, dict(shared), module.bias,
+                            exact_outputs=config.exact_outputs)
+
+
+def _layer_report(module: nn.Module, new: nn.Module, shares: str | None) -> dict:
+    if shares:
+        return {"shape": list(module.weight.shape), "shares": shares}
+    s = new.stats
+    return {"shape": list(module.weight.shape), "bits_per_weight": s.bits_per_weight,
+            "entropy_bits_per_weight": s.entropy_bits_per_weight, "sqnr_db": s.sqnr_db}
 
 
 def summarize(layers: dict, config) -> dict:
-    n = sum(v["shape"][0] * v["shape"][1] for v in layers.values())
-    bits = sum(v["bits_per_weight"] * v["shape"][0] * v["shape"][1] for v in layers.values())
-    ent = sum(v["entropy_bits_per_weight"] * v["shape"][0] * v["shape"][1] for v in layers.values())
-    finite = [v for v in layers.values() if math.isfinite(v["sqnr_db"])]
+    """Totals over the coded layers (a tied module that shares another's weight counts once)."""
+    coded = {k: v for k, v in layers.items() if "shares" not in v}
+    n = sum(v["shape"][0] * v["shape"][1] for v in coded.values())
+    bits = sum(v["bits_per_weight"] * v["shape"][0] * v["shape"][1] for v in coded.values())
+    ent = sum(v["entropy_bits_per_weight"] * v["shape"][0] * v["shape"][1] for v in coded.values())
+    finite = [v for v in coded.values() if math.isfinite(v["sqnr_db"])]
     # The mean of per-layer SQNR in dB (each layer counts once, whatever its size).
     mean_sqnr = sum(v["sqnr_db"] for v in finite) / len(finite) if finite else math.inf
     return {"config": config.to_dict(), "layers": layers, "n_weights": n,
@@ -511,16 +659,24 @@ def summarize(layers: dict, config) -> dict:
 
 
 def decompress_(model: nn.Module) -> nn.Module:
-    """Replace every CompressedLinear / CompressedEmbedding by the plain module holding the decoded weight."""
+    """Replace every CompressedLinear / CompressedEmbedding by the plain module holding the
+    decoded weight (modules that shared a packed weight share the decoded parameter)."""
+    decoded: dict[tuple, nn.Parameter] = {}
+
+    def weight_of(m) -> nn.Parameter:
+        key = _packed_key(m)
+        if key not in decoded:
+            decoded[key] = nn.Parameter(m.decoded_weight().to(m.meta.device), requires_grad=False)
+        return decoded[key]
+
     for name, m in list(model.named_modules()):
         if isinstance(m, CompressedEmbedding):
-            weight = nn.Parameter(_decode_on_cpu(list(m.packed().values())).to(m.meta.device), requires_grad=False)
-            _set_submodule(model, name, nn.Embedding(m.num_embeddings, m.embedding_dim, m.padding_idx,
-                                                     _weight=weight))
+            emb = nn.Embedding(m.num_embeddings, m.embedding_dim, m.padding_idx, device="meta")
+            emb.weight = weight_of(m)  # the very parameter a tied module gets too
+            _set_submodule(model, name, emb)
         elif isinstance(m, CompressedLinear):
-            dev = m.meta.device
             lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
-            lin.weight = nn.Parameter(m.decoded_weight().to(dev), requires_grad=False)
+            lin.weight = weight_of(m)
             if m.bias is not None:
                 lin.bias = nn.Parameter(m.bias.detach().clone(), requires_grad=False)
             _set_submodule(model, name, lin)

@@ -230,14 +230,19 @@ def test_model_cache_decodes_each_weight_once_with_identical_outputs(monkeypatch
     decodes = []
     real = CompressedLinear.decoded_weight
     monkeypatch.setattr(CompressedLinear, "decoded_weight", lambda self: decodes.append(1) or real(self))
-    layers = sum(isinstance(m, CompressedLinear) for m in model.modules())
+    # The tied lm_head shares the embedding's packed weight: decoded once (by whichever runs
+    # first: the embedding), held once.
+    assert model.lm_head.meta is model.model.embed_tokens.meta
+    layers = sum(isinstance(m, CompressedLinear) for m in model.modules()) - 1
     with pycodec.cache_decoded(model) as cache:
         assert torch.equal(model(ids).logits, ref)
         assert torch.equal(model(ids).logits, ref)
         assert len(decodes) == layers  # once each, over two forwards
+        assert model.lm_head._decoded is model.model.embed_tokens._decoded
         report = cache.report()
-        assert report["layers_cached"] == layers and report["bytes"] == sum(
-            m.in_features * m.out_features * 2 for m in model.modules() if isinstance(m, CompressedLinear))
+        assert report["layers_cached"] == layers + 2 and report["bytes"] == sum(
+            m.in_features * m.out_features * 2 for m in model.modules()
+            if isinstance(m, CompressedLinear) and m is not model.lm_head) + model.model.embed_tokens.weight_dtype.itemsize * 128 * 64
     assert cache.bytes == 0 and all(m._decoded is None for m in model.modules() if isinstance(m, CompressedLinear))
     assert torch.equal(model(ids).logits, ref)  # closed: back to decoding every call, keeping nothing
     assert all(m._decoded is None for m in model.modules() if isinstance(m, CompressedLinear))
@@ -301,7 +306,7 @@ def test_compress_model_and_torch_compile(mode):
     model = tiny_llama()
     ref = model(tokens()).logits
     cm = copy.deepcopy(model)
-    report = pycodec.compress_(cm, CompressionConfig(mode=mode, bits=4.0), progress=False)
+    report = pycodec.compress_(cm, CompressionConfig(mode=mode, bits=4.0, skip=("lm_head",)), progress=False)
     n_linear = sum(isinstance(m, torch.nn.Linear) for n, m in model.named_modules() if not n.endswith("lm_head"))
     assert sum(isinstance(m, CompressedLinear) for m in cm.modules()) == n_linear == len(report["layers"])
     assert isinstance(cm.lm_head, torch.nn.Linear) and not isinstance(cm.lm_head, CompressedLinear)
@@ -406,7 +411,7 @@ def test_damaged_checkpoint_names_the_tensor(tmp_path):
         transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path))
 
 
-@pytest.mark.parametrize("name", ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.scale",
+@pytest.mark.parametrize("name", ["model.embed_tokens.scale", "model.layers.0.self_attn.q_proj.scale",
                                   "model.norm.weight"])
 def test_damaged_dense_or_side_tensor_names_the_tensor(tmp_path, name):
     """Not only streams: dense tensors and fp16 scales are covered by the saved checksums."""
@@ -601,7 +606,8 @@ def test_cli_demo_json_is_stdout_only_and_generate_shows_progress(monkeypatch, c
     dense, lossless, rate = out["rows"]
     assert lossless["perplexity"] == dense["perplexity"]  # bit-exact weights
     assert lossless["generated"] == dense["generated"] and len(dense["generated"].split()) == 3
-    assert rate["bits_per_weight"] <= 3.5 and math.isfinite(rate["perplexity"])
+    assert 3.4 < rate["bits_per_weight"] <= CompressionConfig().head_bits and math.isfinite(rate["perplexity"])
+    assert rate["bits_per_parameter"] < lossless["bits_per_parameter"] < 16
     assert json.loads((tmp_path / "d.json").read_text()) == out
     cli.main(["demo", "--max-tokens", "64", "--max-new-tokens", "2"])
     table = capsys.readouterr().out.splitlines()
@@ -702,9 +708,109 @@ def test_lossless_compresses_untied_embeddings_bit_exact(tmp_path):
     assert torch.equal(model(input_ids=ids).last_hidden_state, ref)
 
 
+@pytest.mark.parametrize("mode", ["rate", "int", "lossless"])
+def test_whole_model_tied_table_compressed_once_and_shared(tmp_path, mode):
+    """Embeddings are compressed in every mode; the tied lm_head uses the embedding's packed
+    tensors (coded once, stored once, decoded once), at embedding_bits in int and rate modes."""
+    model = tiny_llama()
+    dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    config = CompressionConfig(mode=mode, bits=4 if mode == "int" else 3.5)
+    report = pycodec.compress_(model, config, progress=False)
+    emb, head = model.model.embed_tokens, model.lm_head
+    assert isinstance(emb, pycodec.nn.CompressedEmbedding) and isinstance(head, CompressedLinear)
+    assert all(head.packed()[b] is t for b, t in emb.packed().items())
+    assert report["layers"]["lm_head"] == {"shape": [128, 64], "shares": "model.embed_tokens"}
+    if mode != "lossless":
+        assert int(emb.meta[1]) == pycodec.quant.KIND_AFFINE
+        emb_bits = report["layers"]["model.embed_tokens"]["bits_per_weight"]
+        assert emb_bits <= config.head_bits + 1  # a tiny table pays its fixed stream cost and scales
+        assert emb_bits > max(v["bits_per_weight"] for k, v in report["layers"].items() if "layers." in k)
+    # Everything stored counted, the table once: what save_pretrained writes.
+    assert report["checkpoint_bytes"] == pycodec.nn.stored_bytes(model)
+    assert report["bits_per_parameter"] == pytest.approx(8 * report["checkpoint_bytes"] / (dense_bytes / 2))
+    with torch.no_grad():
+        ids = tokens()
+        assert torch.equal(emb(ids), emb.decoded_weight()[ids])  # row gathers = the decoded table's rows
+        ref = model(ids).logits
+    pycodec.save_pretrained(model, tmp_path)
+    stored = json.loads((tmp_path / "config.json").read_text())["quantization_config"]["modules"]
+    assert stored["lm_head"]["shares"] == "model.embed_tokens"
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if k.startswith("lm_head.")]
+    for loaded in (pycodec.from_pretrained(str(tmp_path)), pycodec.from_pretrained(str(tmp_path), mmap=True),
+                   transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path))):
+        assert loaded.lm_head.meta is loaded.model.embed_tokens.meta
+        with torch.no_grad():
+            assert torch.equal(loaded(ids).logits, ref)
+    out = subprocess.run([sys.executable, "-m", "pycodec.cli", "inspect", str(tmp_path), "--json"],
+                         capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    inspected = json.loads(out.stdout)
+    assert inspected["layers"]["lm_head"] == {"shares": "model.embed_tokens"}
+    assert inspected["bits_per_parameter"] == pytest.approx(report["bits_per_parameter"], rel=1e-3)
+    pycodec.decompress_(model)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_embedding_lookup_decodes_only_the_chunks_it_needs(monkeypatch):
+    emb = torch.nn.Embedding(4096, 64).to(torch.bfloat16)
+    for config in (CompressionConfig(mode="rate"), CompressionConfig(mode="lossless")):
+        m = pycodec.nn.CompressedEmbedding.from_embedding(emb, config)
+        n_chunks = pycodec._C.info(m.symbols.numpy())["n_chunks"]
+        asked = []
+        for fn in ("decode_chunks", "decode_split_chunks"):
+            real = getattr(pycodec._C, fn)
+            monkeypatch.setattr(pycodec._C, fn, lambda blob, chunks, *a, real=real, **k: asked.append(list(chunks))
+                                or real(blob, chunks, *a, **k))
+        idx = torch.tensor([[7, 4095, 7], [0, 2048, 7]])
+        got = m(idx)
+        assert torch.equal(got, m.decoded_weight()[idx])
+        assert len(asked) == 1 and len(asked[0]) <= 4 < n_chunks  # four distinct rows: at most four chunks
+        monkeypatch.undo()
+        with pytest.raises(IndexError):
+            m(torch.tensor([4096]))
+
+
+def test_decode_chunks_refuses_bad_requests():
+    x = np.random.default_rng(0).integers(0, 16, (64, 128), dtype=np.uint8)
+    blob = np.frombuffer(pycodec.encode(x), np.uint8)
+    info = pycodec._C.info(blob)
+    out = np.zeros(2 * info["chunk_symbols"], np.uint8)
+    pycodec._C.decode_chunks(blob, [info["n_chunks"] - 1, 0], out)
+    assert (out[info["chunk_symbols"]:] == x.reshape(-1)[:info["chunk_symbols"]]).all()
+    with pytest.raises(CodecError, match="past the stream's end"):
+        pycodec._C.decode_chunks(blob, [info["n_chunks"]], out[:info["chunk_symbols"]])
+    with pytest.raises(CodecError, match="size"):
+        pycodec._C.decode_chunks(blob, [0], out)
+    damaged = blob.copy()
+    damaged[-8:] ^= 0xFF
+    try:  # a damaged chunk is refused or decodes to some symbols: never a crash or an overrun
+        pycodec._C.decode_chunks(damaged, [info["n_chunks"] - 1], out[:info["chunk_symbols"]])
+    except CodecError:
+        pass
+
+
+def test_embedding_and_head_follow_skip():
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="rate", skip=("embed_tokens",)), progress=False)
+    assert isinstance(model.model.embed_tokens, torch.nn.Embedding) and isinstance(model.lm_head, torch.nn.Linear)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # the tied table stays dense, once
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    untied = transformers.LlamaForCausalLM._from_config(cfg, dtype=torch.bfloat16).eval()
+    plan = {name: c for name, _, c, _ in pycodec.nn.compression_plan(untied, CompressionConfig(mode="rate", bits=3))}
+    assert plan["lm_head"].bits == plan["model.embed_tokens"].bits == 4.5
+    assert plan["model.layers.0.mlp.up_proj"].bits == 3
+    with pytest.raises(CodecError, match="embedding_bits"):
+        CompressionConfig(mode="lossless", embedding_bits=6)
+    with pytest.raises(CodecError, match="embedding_bits"):
+        CompressionConfig(mode="int", bits=4, embedding_bits=5.5)
+
+
 def test_tied_embedding_left_dense():
-    model = tiny_llama()  # embed_tokens is tied to lm_head, which compress_ skips
-    report = pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    model = tiny_llama()  # embed_tokens is tied to lm_head, which this config skips
+    report = pycodec.compress_(model, CompressionConfig(mode="lossless", skip=("lm_head",)), progress=False)
     assert isinstance(model.model.embed_tokens, torch.nn.Embedding)
     assert "model.embed_tokens" not in report["layers"]
     assert model.lm_head.weight is model.model.embed_tokens.weight
