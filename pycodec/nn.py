@@ -605,7 +605,8 @@ def compression_plan(model: nn.Module, config, skip=None) -> list:
                 holders.setdefault(id(p), []).append(m)
     chosen = {id(m) for _, m in candidates}
     while True:  # until no planned weight is also held by a module that stays dense
-        dropped = [(n, m) for n, m in candidates if any(id(h) not in chosen for h in holders[id(m.weight)])]
+        dropped = [(n, m) for n, m in candidates
+                   if any(id(h) not in chosen for h in holders.get(id(m.weight), [m]))]
         if not dropped:
             break
         for n, m in dropped:
@@ -613,7 +614,7 @@ def compression_plan(model: nn.Module, config, skip=None) -> list:
             chosen.discard(id(m))
     plan, first = [], {}
     for name, m in candidates:
-        group = holders[id(m.weight)]
+        group = holders.get(id(m.weight), [m])
         wide = any(isinstance(h, nn.Embedding) or h is head for h in group)
         if id(m.weight) in first:
             plan.append((name, m, None, first[id(m.weight)]))
