@@ -496,7 +496,7 @@ def compress_calibrated(model: nn.Module, config, tokenizer=None, skip=None, pro
     calibrated on the embeddings the compressed model will have. Returns compress_'s report,
     plus "calibration": {"texts": the files read, "tokens", "sequences"}."""
     from .nn import (CompressedEmbedding, CompressedLinear, _compressed, _layer_report, _set_submodule,
-                     compression_plan, stored_bytes, summarize)
+                     compression_plan, whole_model_report)
 
     layers = decoder_layers(model)
     paths, text = calibration_text(config.calibration)
@@ -553,8 +553,6 @@ def compress_calibrated(model: nn.Module, config, tokenizer=None, skip=None, pro
             install(name, module, _compressed(module, cfg or config, done[shares].packed() if shares else None), shares)
 
     model.pycodec_config = config
-    report = summarize({name: reports[name] for name, *_ in plan}, config)
-    report["checkpoint_bytes"] = stored_bytes(model)
-    report["bits_per_parameter"] = 8 * report["checkpoint_bytes"] / n_parameters if n_parameters else math.nan
+    report = whole_model_report(model, {name: reports[name] for name, *_ in plan}, config, n_parameters)
     report["calibration"] = {"texts": paths, "tokens": int(ids.numel()), "sequences": ids.shape[0]}
     return report
