@@ -252,16 +252,25 @@ namespace {
 // The frame of every whole-stream decode: validate the blob and the caller's arguments
 // (check(info)), build the tables, run per_chunk(tables, blob, c, &hash of c's symbols) on
 // every chunk, then compare the checksum.
-template <class Check, class PerChunk>
-Status decode_stream(const uint8_t* blob_in, size_t len, int threads, Check check, PerChunk per_chunk) {
-  const AlignedBlob aligned(blob_in, len);
-  const uint8_t* blob = aligned.data;
+// The start of every decode: validate the (aligned) blob and the caller's arguments
+// (check(info)), then build the tables.
+template <class Check>
+Status open_stream(const uint8_t* blob, size_t len, Check check, DecodeTables* tables) {
   StreamInfo s;
   Status st = parse_header(blob, len, &s);
   if (st != Status::Ok) return st;
   if ((st = check(s)) != Status::Ok) return st;
+  return tables->build(blob, s);
+}
+
+template <class Check, class PerChunk>
+Status decode_stream(const uint8_t* blob_in, size_t len, int threads, Check check, PerChunk per_chunk) {
+  const AlignedBlob aligned(blob_in, len);
+  const uint8_t* blob = aligned.data;
   DecodeTables tables;
-  if ((st = tables.build(blob, s)) != Status::Ok) return st;
+  Status st = open_stream(blob, len, check, &tables);
+  if (st != Status::Ok) return st;
+  const StreamInfo& s = tables.info;
   std::vector<uint64_t> chunk_hash(s.n_chunks);
   st = for_each_chunk(s.n_chunks, threads,
                       [&](int, uint64_t c) { return per_chunk(tables, blob, c, &chunk_hash[c]); });
@@ -301,14 +310,11 @@ Status decode_listed_chunks(const uint8_t* blob_in, size_t len, const uint64_t* 
                             Check check, PerChunk per_chunk) {
   const AlignedBlob aligned(blob_in, len);
   const uint8_t* blob = aligned.data;
-  StreamInfo s;
-  Status st = parse_header(blob, len, &s);
-  if (st != Status::Ok) return st;
-  if ((st = check(s)) != Status::Ok) return st;
-  for (uint64_t i = 0; i < n; ++i)
-    if (chunks[i] >= s.n_chunks) return Status::BadArgument;
   DecodeTables tables;
-  if ((st = tables.build(blob, s)) != Status::Ok) return st;
+  const Status st = open_stream(blob, len, check, &tables);
+  if (st != Status::Ok) return st;
+  for (uint64_t i = 0; i < n; ++i)
+    if (chunks[i] >= tables.info.n_chunks) return Status::BadArgument;
   return for_each_chunk(n, threads, [&](int, uint64_t i) { return per_chunk(tables, blob, i, chunks[i]); });
 }
 
