@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import platform
 import sys
@@ -33,22 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pycodec import CompressionConfig, compress_  # noqa: E402
 from pycodec.calibrate import DEFAULT_CALIBRATION_TEXTS  # noqa: E402
 from pycodec.cli import DEFAULT_TEXT, load_source, perplexity  # noqa: E402
-
-
-def fixed_length_int4_bits(model, group_size: int = 128) -> float:
-    """int4-g128 stored fixed-length: 4 bits per weight + fp16 scale and zero per (partial) group."""
-    bits = n = 0
-    for name, m in model.named_modules():
-        if isinstance(m, torch.nn.Linear) and ".layers." in name:
-            bits += m.out_features * (4 * m.in_features + 32 * math.ceil(m.in_features / group_size))
-            n += m.weight.numel()
-    return bits / n
-
-
-def decoder_bits(report: dict) -> float:
-    rows = [v for name, v in report["layers"].items() if ".layers." in name and "bits_per_weight" in v]
-    n = sum(v["shape"][0] * v["shape"][1] for v in rows)
-    return sum(v["bits_per_weight"] * v["shape"][0] * v["shape"][1] for v in rows) / n
+from bit_accounting import decoder_bits, fixed_length_bits, linear_shapes  # noqa: E402  (bench/, this script's folder)
 
 
 def main() -> None:
@@ -65,7 +49,7 @@ def main() -> None:
         text = f.read()
     model, tok = load_source("smollm2")
     skip = ("lm_head",) if a.head == "dense" else ()
-    int4_bits = round(fixed_length_int4_bits(model), 3)
+    int4_bits = round(fixed_length_bits(linear_shapes(model), 4), 3)
     rows = [{"method": "bf16 (dense)", "decoder_bits_per_weight": 16.0, "bits_per_weight": 16.0,
              "perplexity": perplexity(model, tok, text, a.max_tokens)}]
     print(f"dense: perplexity {rows[0]['perplexity']:.3f}", file=sys.stderr, flush=True)
