@@ -15,7 +15,9 @@ defaults were tuned on (MPL-2.0).
   pycodec  int3/int4-g128 round-to-nearest (RTN) and GPTQ (calibration="default"). The same
            weights get two sizes, two points: fixed-length (bits + an fp16 scale and zero per
            group of 128) and entropy-coded (what pycodec stores, everything counted). Rate mode
-           at 2.5, 3.0, 3.5 bits and at int4-g128's fixed-length size, without and with calibration.
+           at 2.5, 3.0, 3.5 bits and at int4-g128's fixed-length size, without and with calibration
+           (bits split among the layers by sensitivity, the default), and calibrated with every
+           layer at the same bits (bit_allocation="uniform") at 2.5 and 3.0.
   HQQ      (pip hqq) half-quadratic optimizer with the library's base config, pytorch backend:
            4 and 3 bits, groups of 64 and 128 (see hqq_quantize for what that config does).
   NF4      (pip bitsandbytes, CPU backend) 4-bit NormalFloat in blocks of 64, with and without
@@ -95,6 +97,10 @@ def pycodec_methods(skip: tuple, int4_budget: float) -> list[Method]:
             suffix = " calibrated" if calibration else ""
             out.append(Method(f"rate {bits:g}{suffix}", f"rate{suffix}", "pycodec",
                               CompressionConfig(mode="rate", bits=bits, skip=skip, calibration=calibration)))
+    for bits in (2.5, 3.0):  # what the bit allocation adds: calibrated, every layer at bits
+        out.append(Method(f"rate {bits:g} calibrated uniform", "rate calibrated uniform", "pycodec",
+                          CompressionConfig(mode="rate", bits=bits, skip=skip, calibration="default",
+                                            bit_allocation="uniform")))
     return out
 
 
@@ -337,6 +343,7 @@ FAMILY_STYLE = {  # family: (colour, marker, filled)
     "RTN fixed-length": ("tab:gray", "s", False), "RTN entropy-coded": ("tab:blue", "s", True),
     "GPTQ fixed-length": ("tab:brown", "D", False), "GPTQ entropy-coded": ("tab:purple", "D", True),
     "rate": ("tab:green", "o", True), "rate calibrated": ("tab:red", "o", True),
+    "rate calibrated uniform": ("tab:pink", "o", False),
     "HQQ": ("tab:orange", "^", True), "bitsandbytes NF4": ("tab:olive", "v", True),
 }
 

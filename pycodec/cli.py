@@ -9,7 +9,7 @@ import sys
 import time
 
 from .codec import CODERS, DEFAULT_CODER
-from .config import DEFAULT_CALIBRATION_TOKENS
+from .config import BIT_ALLOCATIONS, DEFAULT_CALIBRATION_TOKENS
 
 DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
 
@@ -186,7 +186,8 @@ def cmd_compress(a) -> None:
     bits = 3.5 if bits is None else bits  # rate mode's default; lossless ignores it
     # The options are checked before the model loads (which can take a while).
     # Given only when set, so the config refuses --calibration-tokens without --calibration.
-    given = {"calibration": a.calibration, "calibration_tokens": getattr(a, "calibration_tokens", None)}
+    given = {"calibration": a.calibration, "calibration_tokens": getattr(a, "calibration_tokens", None),
+             "bit_allocation": getattr(a, "bit_allocation", None)}
     calibration = {k: v for k, v in given.items() if v is not None}
     cfg = CompressionConfig(mode=a.mode, bits=bits, group_size=a.group_size, symmetric=a.symmetric,
                             prune=a.prune, coder=a.coder, **calibration)
@@ -389,6 +390,10 @@ def main(argv=None) -> None:
                         "needs the model's tokenizer")
     c.add_argument("--calibration-tokens", type=int, default=argparse.SUPPRESS,
                    help=f"tokens of the calibration text the model reads (default: {DEFAULT_CALIBRATION_TOKENS})")
+    c.add_argument("--bit-allocation", choices=BIT_ALLOCATIONS, default=argparse.SUPPRESS,
+                   help="rate mode with calibration: 'sensitivity' (default): --bits is the mean of the linear "
+                        "layers, each gets its share by how much the loss grows with its errors; 'uniform': "
+                        "every layer meets --bits")
     c.add_argument("--gguf-file", default=None, help="GGUF file inside src to load")
     c.add_argument("--dtype", choices=LOAD_DTYPES, default="bfloat16",
                    help="dtype the source model is loaded in (lossless keeps exactly these values)")

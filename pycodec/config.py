@@ -17,7 +17,8 @@ DEFAULT_DAMP = 0.01
 # Tuned on SmolLM2-135M's perplexity on a held-out text (MPL-2.0, neither the calibration nor the
 # evaluation text): 0.3-0.4 was best at 2.5 bits, 0.6-1.2 at 3.5 bits, 0 (plain GPTQ) far worse at both.
 DEFAULT_RDOQ_LAMBDA = 0.5
-CALIBRATION_FIELDS = ("calibration", "calibration_tokens", "damp", "rdoq_lambda")
+BIT_ALLOCATIONS = ("sensitivity", "uniform")
+CALIBRATION_FIELDS = ("calibration", "calibration_tokens", "damp", "rdoq_lambda", "bit_allocation")
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,12 @@ class CompressionConfig:
     so that inputs the calibration text never excites do not make the inverse blow up.
     rdoq_lambda: rate mode: rounding weighs squared error (in steps) against code length (in
     bits) at this rate, scaled per column by its importance; 0 rounds to the nearest level.
-    Saved configs without calibration carry none of these four fields, as before they existed.
+    bit_allocation: rate mode with calibration: ``"sensitivity"`` (default) makes ``bits`` the
+    mean over the calibrated linear layers and gives each layer its share by how much the
+    model's loss grows with its errors (pycodec.calibrate.allocate_bits); ``"uniform"``: every
+    layer meets ``bits``. A model that does not predict next tokens stays uniform.
+    Saved configs without calibration carry none of these five fields, as before they existed;
+    calibrated configs saved before bit_allocation existed read as ``"uniform"``, as they were made.
     """
 
     mode: str = "rate"
@@ -71,6 +77,7 @@ class CompressionConfig:
     calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS
     damp: float = DEFAULT_DAMP
     rdoq_lambda: float = DEFAULT_RDOQ_LAMBDA
+    bit_allocation: str = "sensitivity"
     version: int = field(default=CONFIG_VERSION)
 
     def __post_init__(self):
@@ -105,7 +112,7 @@ class CompressionConfig:
         # where the checkpoint is loaded. pycodec.calibrate checks the file when it reads it.
         if self.calibration is None:
             defaults = {"calibration_tokens": DEFAULT_CALIBRATION_TOKENS, "damp": DEFAULT_DAMP,
-                        "rdoq_lambda": DEFAULT_RDOQ_LAMBDA}
+                        "rdoq_lambda": DEFAULT_RDOQ_LAMBDA, "bit_allocation": "sensitivity"}
             changed = [k for k, v in defaults.items() if getattr(self, k) != v]
             if changed:
                 raise CodecError(f"{', '.join(changed)} only apply with calibration (give calibration='default' "
@@ -124,6 +131,8 @@ class CompressionConfig:
             raise CodecError(f"damp must be in (0, 1], got {self.damp}")
         if not 0.0 <= self.rdoq_lambda <= 10.0:
             raise CodecError(f"rdoq_lambda must be in [0, 10], got {self.rdoq_lambda}")
+        if self.bit_allocation not in BIT_ALLOCATIONS:
+            raise CodecError(f"bit_allocation must be one of {BIT_ALLOCATIONS}, got {self.bit_allocation!r}")
 
     @property
     def head_bits(self) -> float:
@@ -152,7 +161,10 @@ class CompressionConfig:
         unknown = set(d) - known - {"quant_method"}
         if unknown:
             raise CodecError(f"unknown CompressionConfig fields: {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        d = {k: v for k, v in d.items() if k in known}
+        if d.get("calibration") is not None and "bit_allocation" not in d:
+            d["bit_allocation"] = "uniform"  # saved before allocation existed: every layer met bits
+        return cls(**d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
