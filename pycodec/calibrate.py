@@ -641,7 +641,11 @@ def allocate_bits(weights: dict, sensitivity: dict, target_bits: float, coder: s
     extra = spent(over) - spent(fits)
     mix = min(max((budget - spent(fits)) / extra, 0.0), 1.0) if extra > 0 else 0.0
     chosen = fits + mix * (over - fits)
-    chosen = torch.minimum(chosen, torch.full_like(chosen, hi)) * (1 - 1e-9)  # rounding never adds a bit
+    excess = float((chosen * count).sum()) - target_bits * float(count.sum())
+    room = (chosen - lo).clamp_min(0) * count
+    if excess > -1e-9 * target_bits * float(count.sum()) and float(room.sum()) > 0:  # rounding never adds a bit
+        chosen = chosen - (chosen - lo).clamp_min(0) * ((max(excess, 0.0) + 1e-9 * float(count.sum()))
+                                                         / float(room.sum()))
     return {n: float(b) for n, b in zip(names, chosen)}
 
 
