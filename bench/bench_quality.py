@@ -62,6 +62,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from bit_accounting import (  # noqa: E402  (bench/, this script's folder)
     checkpoint_bits_per_parameter, decoder_bits, fixed_length_bits, linear_shapes, stored_bits)
+from machine import cpu_name  # noqa: E402
 from pycodec import CodecError, CompressionConfig, compress_  # noqa: E402
 from pycodec.calibrate import DEFAULT_CALIBRATION_TEXTS  # noqa: E402
 from pycodec.cli import DEFAULT_TEXT, load_source, perplexity  # noqa: E402
@@ -424,17 +425,6 @@ def print_table(s: Subject, rows: list[dict]) -> None:
         vals = "".join(f" {r[key]:{fmt}}" for key, _, fmt in s.metrics)
         timing = f" {r['compress_seconds']:10.1f} {r['load_average_at_start']:5.1f}" if "compress_seconds" in r else ""
         print(f"{r['method']:36s} {r['bits_per_weight']:6.3f} {r['checkpoint_bits_per_parameter']:8.3f}{vals}{timing}")
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

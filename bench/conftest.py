@@ -20,7 +20,6 @@ Nothing here asserts on time; tests assert on results (round trips, outputs).
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -29,8 +28,9 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # bench/weights.py, bench/bench_codec.py
+if str(HERE) not in sys.path:  # bench/weights.py, bench/bench_codec.py, bench/machine.py
     sys.path.insert(0, str(HERE))
+from machine import cpu_name  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 FULL_ENV = "PYCODEC_BENCH_FULL"
@@ -98,22 +98,11 @@ def measure(benchmark, mode):
     return run
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def pytest_benchmark_update_machine_info(config, machine_info):
     """What bench/report.py needs besides the timings: the mode, the CPU, the GPU, versions."""
     from importlib.metadata import PackageNotFoundError, version
 
-    info = {"mode": bench_mode(config).name, "cpu": _cpu_name(), "cores": os.cpu_count(), "cuda_device": None,
+    info = {"mode": bench_mode(config).name, "cpu": cpu_name(), "cores": os.cpu_count(), "cuda_device": None,
             "versions": {}}
     for pkg in ("pycodec", "numpy", "torch", "zstandard", "constriction", "zipnn"):
         try:
