@@ -376,7 +376,8 @@ def main(argv=None) -> None:
     c.add_argument("--mode", choices=("lossless", "int", "rate"), default="rate",
                    help="lossless: bit-exact; int: group-wise integers; rate: entropy-constrained")
     c.add_argument("--bits", type=float, default=argparse.SUPPRESS,
-                   help="int: width 2..8 (required); rate: stored bits per weight, 0.5..8 (default: 3.5)")
+                   help="int: width 2..8 (required); rate: stored bits per weight, 0.5..8 (default: 3.5; with "
+                        "--calibration, the mean of the linear layers: see --bit-allocation)")
     c.add_argument("--group-size", type=int, default=128, help="int mode: weights per scale and zero point")
     c.add_argument("--symmetric", action="store_true", help="int mode: no zero point")
     c.add_argument("--prune", type=float, default=0.0, help="fraction of smallest weights zeroed first, [0, 1)")
