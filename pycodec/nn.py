@@ -18,6 +18,7 @@ the format.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -219,6 +220,47 @@ def cache_decoded(model: nn.Module, max_bytes: int | None = None) -> DecodedCach
     return cache
 
 
+# A tied lm_head and its embedding hold the same packed tensors. nn.Module._apply converts each
+# module's buffers on its own, which would give each module its own copy on the device. One
+# conversion (``model.to(...)`` passes one function to every module) moves a shared packed
+# tensor once: the last conversion's results are kept here, by id(source), as weak references
+# checked against the source so that a reused id is never mistaken for the tensor.
+_MOVES: dict = {"fn": None, "moved": {}}
+
+
+def _move_once(t: torch.Tensor, fn, convert) -> torch.Tensor:
+    """convert(t), or what it gave for this very tensor within the same conversion ``fn``."""
+    current = _MOVES["fn"]
+    if current is None or current() is not fn:  # a new conversion: the last one's results go
+        try:
+            _MOVES["fn"], _MOVES["moved"] = weakref.ref(fn), {}
+        except TypeError:  # a builtin (no weak references): converted without sharing
+            _MOVES["fn"], _MOVES["moved"] = None, {}
+            return convert(t)
+    moved = _MOVES["moved"]
+    hit = moved.get(id(t))
+    if hit is not None and hit[0]() is t and hit[1]() is not None:
+        return hit[1]()
+    out = convert(t)
+    moved[id(t)] = (weakref.ref(t), weakref.ref(out))
+    return out
+
+
+def _apply_packed_once(module: nn.Module, fn, recurse: bool) -> dict:
+    """nn.Module._apply for a compressed module: its packed tensors go through _move_once and
+    keep their dtypes (their bits are the format; a model-wide cast must not touch them).
+    Returns the packed tensors as they were before."""
+    before = {n: module._buffers[n] for n in module._names if module._buffers.get(n) is not None}
+    ids = {id(t) for t in before.values()}
+
+    def keep_dtype(t):
+        out = fn(t)
+        return out if out.dtype == t.dtype else t.to(out.device)
+
+    nn.Module._apply(module, lambda t: _move_once(t, fn, keep_dtype) if id(t) in ids else fn(t), recurse)
+    return before
+
+
 def _packed_key(module: nn.Module) -> tuple:
     meta = module.packed()["meta"]
     return meta.untyped_storage().data_ptr(), meta.storage_offset()
@@ -335,14 +377,9 @@ class _PackedModule(_DecodedWeight, nn.Module):
         return self
 
     def _apply(self, fn, recurse=True):
-        kept = [n for n in self._names if self._buffers.get(n) is not None]
-        before = {n: self._buffers[n] for n in kept}
-        super()._apply(fn, recurse)
-        if self._unchecked and any(self._buffers[n].device != before[n].device for n in kept):
+        before = _apply_packed_once(self, fn, recurse)
+        if self._unchecked and any(self._buffers[n].device != t.device for n, t in before.items()):
             self.verify(before)  # the mapped tensors, before a move reads them
-        for n in kept:  # a dtype cast moves packed tensors but keeps their dtype: their bits are the format
-            if self._buffers[n].dtype != before[n].dtype:
-                self._buffers[n] = before[n].to(self._buffers[n].device)
         if not self.meta.is_meta and not getattr(self, "_skip_refresh", False):
             self._refresh_gpu_state()
         return self
@@ -500,8 +537,7 @@ class CompressedEmbedding(_DecodedWeight, nn.Module):
 
     def _apply(self, fn, recurse=True):
         self._drop_decoded()
-        before = self.packed()
-        super()._apply(fn, recurse)
+        before = _apply_packed_once(self, fn, recurse)
         if self._unchecked and any(getattr(self, n).device != t.device for n, t in before.items()):
             self.verify(before)
         self._keep_host_copy(before)

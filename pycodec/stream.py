@@ -37,7 +37,7 @@ from torch import nn
 
 from . import cuda_ops, gpu
 from .codec import CodecError
-from .nn import CompressedEmbedding, CompressedLinear
+from .nn import CompressedEmbedding, CompressedLinear, _packed_key
 
 ALIGN = 256  # bytes: each packed tensor's start in a slot (what CUDA allocations give)
 
@@ -114,7 +114,12 @@ class Streamer:
                 m.verify()  # a memory-mapped checkpoint: checked before its tables are built from it
                 tables[name] = gpu.kernel_buffers(m._packed_cpu(), m._info)
         dense += sum(_nbytes(t) for buffers in tables.values() for t in buffers.values())
-        spans = {name: _slot_layout(dict(m.packed()))[1] for name, m in compressed}
+        # A tied lm_head holds its embedding's packed tensors: resident, they take room once,
+        # and both modules follow the first of them (in execution order) into the plan.
+        first_holder, follows = {}, {}
+        for name, m in compressed:
+            follows[name] = first_holder.setdefault(_packed_key(m), name)
+        spans = {name: _slot_layout(dict(m.packed()))[1] for name, m in compressed if follows[name] == name}
 
         # Resident first, in execution order, while the rest still has its ring.
         slot_bytes = max(spans.values())
@@ -130,7 +135,10 @@ class Streamer:
                     f"{slot_bytes} bytes, the largest layer). Raise the budget or lower prefetch (now {prefetch}).")
             free, resident = resident_bytes - need, []
             for name, _ in compressed:
-                if spans[name] <= free:
+                if follows[name] != name:
+                    if follows[name] in resident:
+                        resident.append(name)
+                elif spans[name] <= free:
                     resident.append(name)
                     free -= spans[name]
         resident_set = set(resident)
@@ -139,7 +147,7 @@ class Streamer:
         for i, s in enumerate(self.streamed):
             s.index = i
         self.slots = min(ring_slots, len(self.streamed))
-        self.device_bytes = {"dense": dense, "resident": sum(spans[n] for n in resident),
+        self.device_bytes = {"dense": dense, "resident": sum(spans.get(n, 0) for n in resident),
                              "ring": self.slots * slot_bytes}
         self.stats = {"uploads": 0, "prefetch_misses": 0, "bytes_uploaded": 0}
         self.slot_bytes = slot_bytes
@@ -157,11 +165,16 @@ class Streamer:
 
     def _place(self, compressed, tables, slot_bytes, pin) -> None:
         streamed_ids = {id(s.module) for s in self.streamed}
+
+        def to_device(t):  # one function for every module: a tied pair's tensors move once
+            return t.to(self.device)
+
         for m in self.model.modules():  # everything but the streamed modules' packed tensors
             if id(m) not in streamed_ids:
-                m._apply(lambda t: t.to(self.device), recurse=False)
+                m._apply(to_device, recurse=False)
         self.ring = torch.empty(self.slots * slot_bytes, dtype=torch.uint8, device=self.device)
         pin = self.device.type == "cuda" if pin is None else pin
+        staged_twins = {}  # packed storage -> the _Streamed whose pinned blob holds it
         for s in self.streamed:
             m = s.module
             if isinstance(m, CompressedLinear):
@@ -170,7 +183,13 @@ class Streamer:
                 for name, t in tables.get(s.name, {}).items():
                     m._buffers[f"_k_{name}"] = t.to(self.device)
                 m._ready_device = self.device  # its decode tables are there: forward must not rebuild them
-            if pin and not any(_is_mapped(t) for t in s.host.values()):
+            twin = staged_twins.get(_packed_key(m))
+            if twin is not None:  # a tied module: the pinned copy its twin made
+                s.blob, s.host = twin.blob, twin.host
+                for name, t in s.host.items():
+                    m._buffers[name] = t
+            elif pin and not any(_is_mapped(t) for t in s.host.values()):
+                key = _packed_key(m)
                 s.blob = torch.zeros(s.span, dtype=torch.uint8).pin_memory()
                 staged = _views(s.blob, s.host, s.offsets)
                 for name, t in s.host.items():
@@ -178,6 +197,7 @@ class Streamer:
                 s.host = staged  # the pinned copy is the module's host copy: no second one
                 for name, t in staged.items():
                     m._buffers[name] = t
+                staged_twins[key] = s
             self._handles.append(m.register_forward_pre_hook(self._make_pre_hook(s)))
             self._handles.append(m.register_forward_hook(self._make_post_hook(s)))
 
@@ -256,9 +276,13 @@ class Streamer:
         self._handles = []
         if self._copy_stream is not None:
             torch.cuda.synchronize(self.device)
+        pageable = {}  # id(pinned blob) -> its tensors back in pageable memory: a tied pair's once
         for s in self.streamed:
-            for name, t in s.host.items():
-                s.module._buffers[name] = t.clone() if s.blob is not None else t
+            if s.blob is not None and id(s.blob) not in pageable:
+                pageable[id(s.blob)] = {name: t.clone() for name, t in s.host.items()}
+            for name, t in (pageable[id(s.blob)] if s.blob is not None else s.host).items():
+                s.module._buffers[name] = t
+        for s in self.streamed:
             s.blob = None
         self.ring = None
         if getattr(self.model, "pycodec_stream", None) is self:

@@ -753,6 +753,29 @@ def test_whole_model_tied_table_compressed_once_and_shared(tmp_path, mode):
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
+@pytest.mark.parametrize("mode", ["rate", "lossless"])
+def test_tied_table_stays_one_tensor_through_moves_and_casts(mode):
+    """nn.Module._apply converts each module's buffers on its own: without care, a tied lm_head
+    and its embedding would each get a copy on the device. One conversion (model.to: one
+    function for every module) moves a shared packed tensor once; a cast keeps packed dtypes
+    (an affine table's fp16 scales too)."""
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode=mode), progress=False)
+    emb, head = model.model.embed_tokens, model.lm_head
+    dtypes = {n: t.dtype for n, t in emb.packed().items()}
+    with torch.no_grad():
+        ref = model(tokens()).logits
+    before = emb.packed()
+    model._apply(lambda t: t.clone())  # as model.to(device) does, on a machine without a second device
+    assert all(emb.packed()[n] is not t for n, t in before.items())  # really converted
+    assert all(head.packed()[n] is t for n, t in emb.packed().items())
+    with torch.no_grad():
+        assert torch.equal(model(tokens()).logits, ref)
+    model.to(torch.float16)
+    assert {n: t.dtype for n, t in emb.packed().items()} == dtypes
+    assert all(head.packed()[n] is t for n, t in emb.packed().items())
+
+
 def test_embedding_lookup_decodes_only_the_chunks_it_needs(monkeypatch):
     emb = torch.nn.Embedding(4096, 64).to(torch.bfloat16)
     for config in (CompressionConfig(mode="rate"), CompressionConfig(mode="lossless")):

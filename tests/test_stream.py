@@ -81,6 +81,32 @@ def test_budget_that_holds_everything_streams_nothing(saved):
     streamer.close()
 
 
+def test_a_tied_table_takes_room_once(saved):
+    """The tied embedding and lm_head hold one packed table: a budget for the model's distinct
+    tensors keeps everything resident, and when the table streams, both modules stream it."""
+    from pycodec.nn import _packed_key
+    from pycodec.stream import _slot_layout
+
+    folder, reference = saved
+    model = pycodec.from_pretrained(folder)
+    distinct = {_packed_key(m): _slot_layout(dict(m.packed()))[1] for m in model.modules() if hasattr(m, "packed")}
+    assert sum(distinct.values()) < sum(_layer_bytes(model))  # the tie is there to be counted once
+    budget = _dense_bytes(model) + sum(distinct.values())
+    with pycodec.stream(model, "cpu", resident_bytes=budget) as streamer:
+        report = streamer.report()
+        with torch.no_grad():
+            assert torch.equal(model(tokens()).logits, reference)
+    assert not report["streamed"] and report["device_bytes"]["resident"] == sum(distinct.values())
+    spans = _layer_bytes(model)
+    with pycodec.stream(model, "cpu", resident_bytes=budget - 1, prefetch=0) as streamer:
+        report = streamer.report()
+        with torch.no_grad():
+            assert torch.equal(model(tokens()).logits, reference)
+    tied = {"model.embed_tokens", "lm_head"}
+    assert tied <= set(report["resident"]) or tied <= set(report["streamed"]), report
+    assert report["device_bytes_total"] <= budget - 1 and max(spans) > 0
+
+
 def test_streamed_generate_matches(saved):
     folder, _ = saved
     plain = pycodec.from_pretrained(folder)
