@@ -204,11 +204,18 @@ def cmd_compress(a) -> None:
     if not a.json:
         calibrated = ""
         if "calibration" in report:
-            calibrated = (f", calibrated on {report['calibration']['tokens']} tokens of "
-                          f"{' + '.join(report['calibration']['texts'])}")
+            calibration = report["calibration"]
+            calibrated = (f", calibrated on {calibration['tokens']} tokens of {' + '.join(calibration['texts'])}"
+                          f" (bits: {calibration['bit_allocation']}{_bits_range(report)})")
         print(f"{a.mode}: {report['n_weights'] / 1e6:.1f}M weights at {report['bits_per_weight']:.3f} bits/weight "
               f"(entropy bound {report['entropy_bits_per_weight']:.3f}), mean SQNR {report['mean_sqnr_db']:.2f} dB"
               f"{calibrated}, {report['seconds']:.1f} s -> {a.dst}")
+
+
+def _bits_range(report: dict) -> str:
+    """', layers 1.52-5.97' for the coded layers' bits per weight (empty without any)."""
+    bits = [v["bits_per_weight"] for v in report["layers"].values() if "bits_per_weight" in v]
+    return f", layers {min(bits):.2f}-{max(bits):.2f}" if bits else ""
 
 
 def cmd_inspect(a) -> None:

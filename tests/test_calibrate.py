@@ -395,3 +395,8 @@ def test_cli_compress_json_names_the_calibration_text(tmp_path, capsys, tok, cal
     assert report["config"]["calibration"] == calibration_file
     assert decoder_mean_bits(report) <= 3.0
     assert math.isfinite(report["mean_sqnr_db"])
+    cli.main(["compress", str(tmp_path / "src"), str(tmp_path / "out2"), "--bits", "3", "--calibration",
+              calibration_file, "--calibration-tokens", "256", "--bit-allocation", "uniform"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    low, high = line.split("(bits: uniform, layers ")[1].split(")")[0].split("-")
+    assert float(low) <= 3.0 < float(high)  # the decoder's linears at 3, the embedding table above
