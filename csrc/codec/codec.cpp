@@ -249,9 +249,6 @@ Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const Enc
 
 namespace {
 
-// The frame of every whole-stream decode: validate the blob and the caller's arguments
-// (check(info)), build the tables, run per_chunk(tables, blob, c, &hash of c's symbols) on
-// every chunk, then compare the checksum.
 // The start of every decode: validate the (aligned) blob and the caller's arguments
 // (check(info)), then build the tables.
 template <class Check>
@@ -263,6 +260,8 @@ Status open_stream(const uint8_t* blob, size_t len, Check check, DecodeTables* t
   return tables->build(blob, s);
 }
 
+// The frame of every whole-stream decode: open the stream, run per_chunk(tables, blob, c,
+// &hash of c's symbols) on every chunk, then compare the checksum.
 template <class Check, class PerChunk>
 Status decode_stream(const uint8_t* blob_in, size_t len, int threads, Check check, PerChunk per_chunk) {
   const AlignedBlob aligned(blob_in, len);
@@ -278,28 +277,45 @@ Status decode_stream(const uint8_t* blob_in, size_t len, int threads, Check chec
   return combine_chunk_hashes(chunk_hash) == s.symbols_hash ? Status::Ok : Status::ChecksumMismatch;
 }
 
+// Lossless split: the checks of a decode into out_len values, expected_len(info) of them.
+template <class T, class ExpectedLen>
+auto split_check(split::MergeTable<T>* merge, const uint32_t* values, uint32_t n_values, int top,
+                 uint64_t n_raw_words, uint64_t out_len, ExpectedLen expected_len) {
+  return [=](const StreamInfo& s) {
+    if (out_len != expected_len(s)) return Status::OutputSize;
+    const Status st = split::make_merge_table(values, n_values, top, merge);
+    if (st != Status::Ok) return st;
+    return n_raw_words == split::raw_words(s.n_symbols, merge->low) ? Status::Ok : Status::BadArgument;
+  };
+}
+
+// Decodes chunk c's top bits and merges them with their raw low bits into o (the chunk's
+// values); *hash, when asked for, gets the checksum of the decoded symbols.
+template <class T>
+Status decode_merged_chunk(const DecodeTables& tables, const uint8_t* blob, uint64_t c,
+                           const split::MergeTable<T>& merge, const uint32_t* raw, uint64_t n_raw_words, T* o,
+                           uint64_t* hash) {
+  thread_local std::vector<uint8_t> symbols, be;  // per worker: one chunk's worth
+  const uint32_t n = tables.chunk_length(c);
+  if (symbols.size() < n) symbols.resize(n);
+  const Status st = tables.decode_chunk(blob, c, symbols.data());
+  if (st != Status::Ok) return st;
+  if (hash) *hash = hash64(symbols.data(), n);
+  const uint64_t first = c * tables.info.chunk_symbols;
+  return split::merge_span(merge, symbols.data(), first, n, raw, n_raw_words, o, be) ? Status::Ok
+                                                                                     : Status::BadArgument;
+}
+
 template <class T>
 Status decode_split_impl(const uint8_t* blob, size_t len, const uint32_t* values, uint32_t n_values, int top,
                          const uint32_t* raw, uint64_t n_raw_words, T* out, uint64_t out_len, int threads) {
   split::MergeTable<T> merge;
-  const auto check = [&](const StreamInfo& s) {
-    if (out_len != s.n_symbols) return Status::OutputSize;
-    const Status st = split::make_merge_table(values, n_values, top, &merge);
-    if (st != Status::Ok) return st;
-    return n_raw_words == split::raw_words(s.n_symbols, merge.low) ? Status::Ok : Status::BadArgument;
-  };
+  const auto check = split_check(&merge, values, n_values, top, n_raw_words, out_len,
+                                 [](const StreamInfo& s) { return s.n_symbols; });
   return decode_stream(blob, len, threads, check,
                        [&](const DecodeTables& tables, const uint8_t* b, uint64_t c, uint64_t* hash) {
-                         thread_local std::vector<uint8_t> symbols, be;  // per worker: one chunk's worth
-                         const uint32_t n = tables.chunk_length(c);
-                         if (symbols.size() < n) symbols.resize(n);
-                         const Status cs = tables.decode_chunk(b, c, symbols.data());
-                         if (cs != Status::Ok) return cs;
-                         *hash = hash64(symbols.data(), n);
-                         const uint64_t first = c * tables.info.chunk_symbols;
-                         return split::merge_span(merge, symbols.data(), first, n, raw, n_raw_words, out + first, be)
-                                    ? Status::Ok
-                                    : Status::BadArgument;
+                         T* o = out + c * tables.info.chunk_symbols;
+                         return decode_merged_chunk(tables, b, c, merge, raw, n_raw_words, o, hash);
                        });
 }
 
@@ -323,23 +339,12 @@ Status decode_split_chunks_impl(const uint8_t* blob, size_t len, const uint64_t*
                                 const uint32_t* values, uint32_t n_values, int top, const uint32_t* raw,
                                 uint64_t n_raw_words, T* out, uint64_t out_len, int threads) {
   split::MergeTable<T> merge;
-  const auto check = [&](const StreamInfo& s) {
-    if (out_len != n * uint64_t(s.chunk_symbols)) return Status::OutputSize;
-    const Status st = split::make_merge_table(values, n_values, top, &merge);
-    if (st != Status::Ok) return st;
-    return n_raw_words == split::raw_words(s.n_symbols, merge.low) ? Status::Ok : Status::BadArgument;
-  };
+  const auto check = split_check(&merge, values, n_values, top, n_raw_words, out_len,
+                                 [n](const StreamInfo& s) { return n * uint64_t(s.chunk_symbols); });
   return decode_listed_chunks(
       blob, len, chunks, n, threads, check, [&](const DecodeTables& tables, const uint8_t* b, uint64_t slot, uint64_t c) {
-        thread_local std::vector<uint8_t> symbols, be;  // per worker: one chunk's worth
-        const uint32_t count = tables.chunk_length(c);
-        if (symbols.size() < count) symbols.resize(count);
-        const Status cs = tables.decode_chunk(b, c, symbols.data());
-        if (cs != Status::Ok) return cs;
-        const uint64_t first = c * tables.info.chunk_symbols;
         T* o = out + slot * tables.info.chunk_symbols;
-        return split::merge_span(merge, symbols.data(), first, count, raw, n_raw_words, o, be) ? Status::Ok
-                                                                                                : Status::BadArgument;
+        return decode_merged_chunk(tables, b, c, merge, raw, n_raw_words, o, nullptr);
       });
 }
 
