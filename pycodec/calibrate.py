@@ -35,7 +35,7 @@ Read me first:
   stored bits against that loss growth, over rate mode's step grid, is estimated on samples;
   the budget is split where the curves have equal slopes (allocate_bits). ``bits`` is then the
   mean over the linears, and each meets its own share exactly as above. Measured on SmolLM2 at
-  3 bits: the value projections of early layers get 5-6 bits, late query projections 1.5-2.
+  3 bits: the value projections of early layers get 4.6-5.4 bits, late query projections 1.5-2.
 - The block stack is found by shape (decoder_layers): the largest nn.ModuleList of like blocks
   holding linears, so Llama-like decoders and BERT-like encoders calibrate alike; an encoder has
   no next-token loss, so its bits stay uniform.
