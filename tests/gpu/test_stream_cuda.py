@@ -67,3 +67,28 @@ def test_budget_below_one_layer_is_a_value_error_on_gpu(saved):
     with pytest.raises(ValueError, match="below what streaming needs"):
         pycodec.stream(model, "cuda", resident_bytes=dense + largest // 2)
     assert all(t.device.type == "cpu" for t in model.state_dict().values())
+
+
+def test_tied_table_is_one_tensor_on_the_gpu(saved):
+    """model.to moves the tied embedding / lm_head table once; streamed, it is pinned once; and
+    both come back to the host as one tensor."""
+    model = pycodec.from_pretrained(saved)
+    emb, head = model.model.embed_tokens, model.lm_head
+    ids = tokens().cuda()
+    model.to("cuda")
+    assert emb.meta.device.type == "cuda"
+    assert all(head.packed()[n] is t for n, t in emb.packed().items())
+    with torch.no_grad():
+        expected = model(ids).logits
+    model.to("cpu")
+    assert all(head.packed()[n] is t for n, t in emb.packed().items())
+    dense, largest = _plan_sizes(model)
+    with pycodec.stream(model, "cuda", resident_bytes=dense + 3 * largest) as streamer:
+        tied = [s for s in streamer.streamed if s.name in ("model.embed_tokens", "lm_head")]
+        assert len(tied) in (0, 2)
+        if tied:
+            assert tied[0].blob is not None and tied[0].blob is tied[1].blob
+        with torch.no_grad():
+            assert torch.equal(model(ids).logits, expected)
+    assert all(head.packed()[n] is t for n, t in emb.packed().items())
+    assert emb.meta.device.type == "cpu"
