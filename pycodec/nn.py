@@ -239,10 +239,10 @@ def _move_once(t: torch.Tensor, fn, convert) -> torch.Tensor:
             return convert(t)
     moved = _MOVES["moved"]
     hit = moved.get(id(t))
-    if hit is not None and hit[0]() is t and hit[1]() is not None:
-        return hit[1]()
+    if hit is not None and hit[0]() is t and hit[1]() is fn and hit[2]() is not None:
+        return hit[2]()
     out = convert(t)
-    moved[id(t)] = (weakref.ref(t), weakref.ref(out))
+    moved[id(t)] = (weakref.ref(t), weakref.ref(fn), weakref.ref(out))  # fn too: another thread's conversion
     return out
 
 
