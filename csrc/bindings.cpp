@@ -103,6 +103,26 @@ struct RawWords {
   }
 };
 
+// The frame of a split decode into ``out`` (16- or 32-bit float bits): checks the buffers, runs
+// decode(blob, size, raw words, bits, out length) without the GIL, and raises ``corrupt`` when
+// the stream, values table and raw bits do not fit together.
+template <class Decode>
+void decode_split_into(const py::buffer& blob, const py::buffer& raw, const py::buffer& out, const char* where,
+                       const char* corrupt, Decode decode) {
+  const py::buffer_info b = contiguous_bytes(blob, false, "blob");
+  const py::buffer_info o = float_bits_out(out, where);
+  const RawWords words(raw, where);
+  Status st;
+  {
+    py::gil_scoped_release release;
+    st = with_float_bits(o, [&](auto* bits) {
+      return decode(static_cast<const uint8_t*>(b.ptr), size_t(b.size), words, bits, uint64_t(o.size));
+    });
+  }
+  if (st == Status::BadArgument) throw CodecException(corrupt);
+  check(st, where);
+}
+
 StreamInfo parse(const py::buffer_info& b) {
   StreamInfo s;
   check(parse_header(static_cast<const uint8_t*>(b.ptr), size_t(b.size), &s), "decode");
@@ -365,22 +385,14 @@ PYBIND11_MODULE(_C, m) {
       "decode_split_chunks",
       [](py::buffer blob, std::vector<uint64_t> chunks, std::vector<uint32_t> values, int top, py::buffer raw,
          py::buffer out, int threads) {
-        const py::buffer_info b = contiguous_bytes(blob, false, "blob");
-        const py::buffer_info o = float_bits_out(out, "decode_split_chunks");
-        const RawWords words(raw, "decode_split_chunks");
-        Status st;
-        {
-          py::gil_scoped_release release;
-          st = with_float_bits(o, [&](auto* bits) {
-            return decode_split_chunks(static_cast<const uint8_t*>(b.ptr), size_t(b.size), chunks.data(),
-                                       chunks.size(), values.data(), uint32_t(values.size()), top, words.data,
-                                       words.n, bits, uint64_t(o.size), threads);
-          });
-        }
-        if (st == Status::BadArgument)
-          throw CodecException("decode_split_chunks: a chunk id, the values table or the raw bits do not fit the "
-                               "stream (corrupt weight)");
-        check(st, "decode_split_chunks");
+        decode_split_into(blob, raw, out, "decode_split_chunks",
+                          "decode_split_chunks: a chunk id, the values table or the raw bits do not fit the "
+                          "stream (corrupt weight)",
+                          [&](const uint8_t* data, size_t len, const RawWords& words, auto* bits, uint64_t n_out) {
+                            return decode_split_chunks(data, len, chunks.data(), chunks.size(), values.data(),
+                                                       uint32_t(values.size()), top, words.data, words.n, bits, n_out,
+                                                       threads);
+                          });
       },
       py::arg("blob"), py::arg("chunks"), py::arg("values"), py::arg("top"), py::arg("raw"), py::arg("out"),
       py::arg("threads") = 0, "decode_chunks of a lossless split weight, merged with its raw bits (float bits).");
@@ -520,20 +532,12 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "decode_split",
       [](py::buffer blob, std::vector<uint32_t> values, int top, py::buffer raw, py::buffer out, int threads) {
-        const py::buffer_info b = contiguous_bytes(blob, false, "blob");
-        const py::buffer_info o = float_bits_out(out, "decode_split");
-        const RawWords words(raw, "decode_split");
-        Status st;
-        {
-          py::gil_scoped_release release;
-          st = with_float_bits(o, [&](auto* bits) {
-            return decode_split(static_cast<const uint8_t*>(b.ptr), size_t(b.size), values.data(),
-                                uint32_t(values.size()), top, words.data, words.n, bits, uint64_t(o.size), threads);
-          });
-        }
-        if (st == Status::BadArgument)
-          throw CodecException("decode_split: the values table, symbols or raw bits are inconsistent (corrupt weight)");
-        check(st, "decode_split");
+        decode_split_into(blob, raw, out, "decode_split",
+                          "decode_split: the values table, symbols or raw bits are inconsistent (corrupt weight)",
+                          [&](const uint8_t* data, size_t len, const RawWords& words, auto* bits, uint64_t n_out) {
+                            return decode_split(data, len, values.data(), uint32_t(values.size()), top, words.data,
+                                                words.n, bits, n_out, threads);
+                          });
       },
       py::arg("blob"), py::arg("values"), py::arg("top"), py::arg("raw"), py::arg("out"), py::arg("threads") = 0,
       "Decode a lossless split weight's stream and merge it with its raw bits into out (merge_split of decode), "
