@@ -58,8 +58,8 @@ from torch import nn
 
 from .codec import CodecError
 from .quant import (ESCAPE_BITS, RATE_MAX_Q, RATE_ZERO, LayerStats, _RateEstimate, _row_chunk_symbols, _row_sigma,
-                    _solve_log, _stream, _symbol_entropy_bits, encode, pack_affine, packed_bits, quantize_int,
-                    sqnr_db, unpack)
+                    _solve_log, _stream, _symbol_entropy_bits, coder_overhead, encode, pack_affine, packed_bits,
+                    quantize_int, sqnr_db, unpack)
 
 # Licence texts that base-files installs on every Debian and Ubuntu system: about 5.5k SmolLM2
 # tokens together. More tokens calibrate better: these, rather than Apache-2.0's first 2048,
@@ -434,7 +434,7 @@ def quantize_rate_calibrated(ws: list, hessian: torch.Tensor, target_bits, damp:
         sigma = _row_sigma(w)  # of the original row: the grid is fixed before the sweep
         chunk = _row_chunk_symbols(w.shape[1], coder, chunk_symbols)
         fixed = 8 * len(encode(np.full(tuple(w.shape), RATE_ZERO, np.uint8), coder=coder, chunk_symbols=chunk))
-        overhead = 1.005 if coder == "rans" else 1.03
+        overhead = coder_overhead(coder)
         searches.append(_RateSearch(w[:, order], sigma, target * w.numel(), fixed, w.shape[0] * 16 + 16,
                                     _RateEstimate(w, sigma, overhead), chunk, coder, target))
     cs = [s.first_c() for s in searches]
@@ -585,7 +585,7 @@ def _rate_distortion(w: torch.Tensor, sensitivity: torch.Tensor, coder: str, cs:
     w = w.detach().float().cpu()
     n, k = w.shape
     sigma = _row_sigma(w)
-    overhead = 1.005 if coder == "rans" else 1.03
+    overhead = coder_overhead(coder)
     estimate = _RateEstimate(w, sigma, overhead)
     side = (16 * n + 16) / w.numel()
     bits = torch.tensor([estimate.bits_per_weight(float(c)) + side for c in cs], dtype=torch.float64)

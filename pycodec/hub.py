@@ -17,7 +17,7 @@ from torch import nn
 
 from .codec import CodecError, _C
 from .config import CompressionConfig
-from .nn import COMPRESSED_MODULES, CompressedEmbedding, CompressedLinear, _set_submodule, buffer_dtype
+from .nn import COMPRESSED_MODULES, CompressedEmbedding, CompressedLinear, _packed_key, _set_submodule, buffer_dtype
 
 QUANT_METHOD = "pycodec"
 WEIGHTS_NAME = "model.safetensors"
@@ -33,8 +33,7 @@ def _quantization_config(model: nn.Module) -> dict:
     for name, m in model.named_modules():
         if isinstance(m, tuple(COMPRESSED_MODULES.values())):
             entry = {"class": type(m).__name__, "buffers": {b: list(t.shape) for b, t in m.packed().items()}}
-            meta = m.packed()["meta"]
-            key = (meta.untyped_storage().data_ptr(), meta.storage_offset())
+            key = _packed_key(m)
             if key in owners:  # a tied weight: stored once, under the first module that holds it
                 entry["shares"] = owners[key]
             else:

@@ -295,6 +295,12 @@ class _RateEstimate:
         return entropy * self.overhead + escapes / m * ESCAPE_BITS
 
 
+def coder_overhead(coder: str) -> float:
+    """The factor rate mode's estimate (_RateEstimate) applies to the symbols' entropy to predict
+    the coded bits, per coder; real encodes correct what it misses."""
+    return 1.005 if coder == "rans" else 1.03
+
+
 def _solve_log(f, target: float, lo: float = 1e-3, hi: float = 64.0, steps: int = 24) -> float:
     """The smallest c in [lo, hi] (geometric bisection, to a factor (hi / lo) ^ 2^-steps) with
     f(c) <= target, f decreasing."""
@@ -326,7 +332,7 @@ def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "rans", chun
     w = w.detach().float().cpu()
     n = w.numel()
     chunk_symbols = _row_chunk_symbols(w.shape[1], coder, chunk_symbols)
-    overhead = 1.005 if coder == "rans" else 1.03
+    overhead = coder_overhead(coder)
     fixed_bits = 8 * len(encode(np.full(tuple(w.shape), RATE_ZERO, np.uint8), coder=coder, chunk_symbols=chunk_symbols))
     budget = target_bits * n
     side_bits = w.shape[0] * 16 + 16  # a step per row, the zero point
@@ -453,11 +459,26 @@ def unpack(packed: dict) -> torch.Tensor:
         q = torch.from_numpy(decode(packed["symbols"].contiguous().numpy()))
         if tuple(q.shape) != (n, k):
             raise CodecError(f"packed weight: symbols have shape {tuple(q.shape)}, expected {(n, k)}")
-        idx = packed["escape_index"]
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n * k):
-            raise CodecError("packed weight: escape index outside the weight")
+        idx = _escape_index(packed, n * k)
         return dequantize_affine(q, packed["scale"], packed["zero"], group_size, idx, packed["escape_value"])
     raise CodecError(f"packed weight has unknown kind {kind}")
+
+
+def _escape_index(packed: dict, size: int) -> torch.Tensor:
+    """The escape indices of an affine packed weight of ``size`` weights, checked to lie inside it."""
+    idx = packed["escape_index"]
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
+        raise CodecError("packed weight: escape index outside the weight")
+    return idx
+
+
+def _chunked_stream(packed: dict, n: int, k: int) -> tuple[np.ndarray, int]:
+    """(symbols blob, symbols per chunk) of a packed weight whose stream must hold n x k symbols."""
+    blob = packed["symbols"].contiguous().numpy()
+    info = _C.info(blob)
+    if tuple(info["shape"]) != (n, k):
+        raise CodecError(f"packed weight: symbols have shape {tuple(info['shape'])}, expected {(n, k)}")
+    return blob, info["chunk_symbols"]
 
 
 def unpack_rows(packed: dict, rows: torch.Tensor) -> torch.Tensor:
@@ -475,11 +496,7 @@ def unpack_rows(packed: dict, rows: torch.Tensor) -> torch.Tensor:
         return unpack(packed)[rows]
     if dtype_code not in CODE_DTYPES:
         raise CodecError(f"packed weight has unknown dtype code {dtype_code}")
-    blob = packed["symbols"].contiguous().numpy()
-    info = _C.info(blob)
-    if tuple(info["shape"]) != (n, k):
-        raise CodecError(f"packed weight: symbols have shape {tuple(info['shape'])}, expected {(n, k)}")
-    chunk = info["chunk_symbols"]
+    blob, chunk = _chunked_stream(packed, n, k)
     # Flat symbol positions of the rows, the chunks that hold them, and where each position
     # lands in the buffer of those chunks decoded one after another.
     positions = rows[:, None] * k + torch.arange(k)
@@ -499,10 +516,8 @@ def unpack_rows(packed: dict, rows: torch.Tensor) -> torch.Tensor:
     scale, zero = packed["scale"][rows], packed["zero"]
     zero = zero[rows] if zero.shape[0] == n else zero
     w = dequantize_affine(q, scale, zero, group_size)
-    idx = packed["escape_index"]
+    idx = _escape_index(packed, n * k)
     if idx.numel():
-        if int(idx.min()) < 0 or int(idx.max()) >= n * k:
-            raise CodecError("packed weight: escape index outside the weight")
         order = torch.argsort(idx)
         sorted_idx, values = idx[order], packed["escape_value"][order].float()
         # Escapes of each requested row: the sorted flat indices in [row * k, row * k + k).
@@ -525,14 +540,8 @@ def affine_row_blocks(packed: dict, block_rows: int):
     kind, n, k, group_size = meta[1:5]
     if meta[0] != LAYOUT_VERSION or kind != KIND_AFFINE:
         raise CodecError("affine_row_blocks takes an affine packed weight")
-    blob = packed["symbols"].contiguous().numpy()
-    info = _C.info(blob)
-    if tuple(info["shape"]) != (n, k):
-        raise CodecError(f"packed weight: symbols have shape {tuple(info['shape'])}, expected {(n, k)}")
-    chunk = info["chunk_symbols"]
-    idx = packed["escape_index"]
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n * k):
-        raise CodecError("packed weight: escape index outside the weight")
+    blob, chunk = _chunked_stream(packed, n, k)
+    idx = _escape_index(packed, n * k)
     order = torch.argsort(idx)
     sorted_idx, values = idx[order], packed["escape_value"][order]
     zero = packed["zero"]
