@@ -23,7 +23,7 @@
 // - Positions: lane l's first symbol is chunk position n_0 + ... + n_{l-1}. A GPU warp counts
 //   every lane's codes (pass 1, cheap: no output), takes a warp prefix sum of the counts,
 //   then decodes again with positions known (pass 2) straight into its consumer (a GEMV
-//   accumulator, bytes). A CPU window-decodes every lane (four in lockstep) into scratch and
+//   accumulator, bytes). A CPU window-decodes every lane (eight in lockstep) into scratch and
 //   places them by the running sums: one pass, no count pass.
 // - Decoding is table driven: one 4096-entry table resolves up to kMaxPerEntry whole codes
 //   from the next 12 bits (MultiTable). Entry layout (32 bits):
@@ -106,6 +106,10 @@ PYCODEC_HD uint32_t count_bits(uint8_t c) { return uint32_t(c) >> 4; }
 // The decode tables of one stream, built on the host (and uploaded once for a GPU).
 struct MultiTable {
   uint32_t entry[kTableSize];
+  // The CPU decoder's last steps of a lane, with w < kPeekBits bits of window left: the codes
+  // inside the top w bits (greedy, up to kMaxPerEntry) at tail[2^w - 1 + top w bits], so a
+  // step never takes a code past the window and needs no other check. w = 0 takes nothing.
+  uint32_t tail[kTableSize - 1];
   uint8_t length[huffman::kAlphabet];  // code length by symbol (0 for absent symbols)
   bool constant;
 };
@@ -116,6 +120,7 @@ inline void build_multi_table(const huffman::Code& c, MultiTable& t) {
   if (c.constant) {
     const uint32_t s = c.constant_symbol;
     for (uint32_t v = 0; v < kTableSize; ++v) t.entry[v] = make_entry(0, kMaxPerEntry, s | (s << 8) | (s << 16));
+    std::memset(t.tail, 0, sizeof(t.tail));  // never read: a constant stream has no windows
     return;
   }
   std::memcpy(t.length, c.length, sizeof(t.length));
@@ -127,21 +132,24 @@ inline void build_multi_table(const huffman::Code& c, MultiTable& t) {
     const uint32_t first = uint32_t(c.code[s]) << (kPeekBits - len);
     for (uint32_t i = 0; i < (1u << (kPeekBits - len)); ++i) single[first + i] = uint16_t((len << 8) | s);
   }
-  for (uint32_t v = 0; v < kTableSize; ++v) {
+  // Greedy: each further code is taken only if it ends inside the `width` bits actually
+  // peeked (the zero bits shifted in below them are never trusted).
+  const auto codes_within = [&](uint32_t v, uint32_t width) {
     uint32_t window = v, used = 0, count = 0, symbols = 0;
-    // Greedy: each further code is taken only if it ends inside the 12 bits actually peeked
-    // (the zero bits shifted in below them are never trusted).
     while (count < uint32_t(kMaxPerEntry)) {
       const uint32_t first = single[window & (kTableSize - 1)];
       const uint32_t len = first >> 8;
-      if (used + len > uint32_t(kPeekBits)) break;
+      if (used + len > width) break;
       symbols |= (first & 0xFFu) << (8 * count);
       ++count;
       used += len;
       window <<= len;
     }
-    t.entry[v] = make_entry(used, count, symbols);
-  }
+    return make_entry(used, count, symbols);
+  };
+  for (uint32_t v = 0; v < kTableSize; ++v) t.entry[v] = codes_within(v, kPeekBits);
+  for (uint32_t w = 0; w < uint32_t(kPeekBits); ++w)
+    for (uint32_t u = 0; u < (1u << w); ++u) t.tail[(1u << w) - 1 + u] = codes_within(u << (kPeekBits - w), w);
 }
 
 inline void build_count_table(const huffman::Code& c, uint8_t out[kTableSize]) {
@@ -450,59 +458,94 @@ inline uint64_t peek64(const uint8_t* be, uint64_t pos) {
 struct ByteLane {
   uint64_t pos;  // bit position in the chunk
   uint8_t* out;  // the next symbol's byte in the lane's scratch region
-  void take(uint32_t e) {
-    std::memcpy(out, &e, 4);  // the entry's symbols and a byte past them, overwritten next
-    out += entry_count(e);
-    pos += entry_bits(e);
-  }
-  void step(const uint8_t* be, const uint32_t* table) { take(table[peek64(be, pos) >> (64 - kPeekBits)]); }
-  // decode_window's rule anywhere in the window: the entry if it ends by `end`, else its first
-  // code if that does, else nothing (the padding). Returns the bits taken; once it returns 0
-  // it always will, so lanes that are done can keep stepping.
-  uint32_t step_to(const uint8_t* be, const MultiTable& t, uint64_t end) {
-    const uint64_t left = end - pos;
-    uint32_t e = t.entry[peek64(be, pos) >> (64 - kPeekBits)];
-    const uint32_t first = first_code_entry(e, t.length);
-    e = entry_bits(e) <= left ? e : first;
-    e = entry_bits(e) <= left ? e : 0u;
-    take(e);
-    return entry_bits(e);
-  }
 };
 
-// Window decoding (decode_window) of 4 lanes of `window` bits each, in lockstep: four
-// independent load chains the core overlaps. Every lane starts `window` bits after the one
-// before. A step takes at most kPeekBits bits, so the lanes first run unchecked steps while
-// the shortest remainder allows, then checked steps (step_to) together until none moves.
+// Table steps that one 64-bit peek serves: it holds >= 57 bits past pos, a step takes <= 12.
+constexpr int kStepsPerPeek = 4;
+static_assert(kStepsPerPeek * kPeekBits <= 64 - 7, "a peek's bits must cover its steps");
+
+// Window decoding (decode_window) of N lanes of `window` bits each, in lockstep: N independent
+// chains the core overlaps. Every lane starts `window` bits after the one before. Each lane
+// peeks once per kStepsPerPeek steps, so a step's chain is a register shift and a table load,
+// not a memory load of the stream as well (bench/cpu_lane_loop.cpp: 4.5 -> 3.2 cycles a
+// lane-step with 4 lanes, 2.7 with 8). Steps run unchecked while every lane has >= 48 bits
+// left, then from the tables of the bits left until no lane moves.
 // dst: each lane's scratch region; n, used: decode_window's results. be: the chunk's bytes,
 // big-endian, 8 readable bytes past the last lane's window.
-inline void decode_four_lanes(const MultiTable& t, const uint8_t* be, uint64_t window, uint64_t first_bit,
-                              uint8_t* const dst[4], uint32_t n[4], uint32_t used[4]) {
-  ByteLane l0{first_bit, dst[0]}, l1{first_bit + window, dst[1]}, l2{first_bit + 2 * window, dst[2]},
-      l3{first_bit + 3 * window, dst[3]};
+template <int N>
+inline void decode_lanes_lockstep(const MultiTable& t, const uint8_t* be, uint64_t window, uint64_t first_bit,
+                                  uint8_t* const dst[], uint32_t n[], uint32_t used[]) {
+  ByteLane lane[N];
+  for (int j = 0; j < N; ++j) lane[j] = {first_bit + uint64_t(j) * window, dst[j]};
   const uint32_t* table = t.entry;
-  for (;;) {
-    // Lane j's remainder is window - (pos_j - start_j); the starts are window apart.
-    const uint64_t done = std::max(std::max(l0.pos - first_bit, l1.pos - first_bit - window),
-                                   std::max(l2.pos - first_bit - 2 * window, l3.pos - first_bit - 3 * window));
-    const uint64_t least = window - done;
-    if (least < uint64_t(kPeekBits)) break;
-    for (uint64_t steps = (least - kPeekBits) / kPeekBits + 1; steps; --steps) {
-      l0.step(be, table);
-      l1.step(be, table);
-      l2.step(be, table);
-      l3.step(be, table);
+  // The shortest remainder: lane j's is window - (pos_j - start_j), the starts window apart.
+  const auto least_left = [&] {
+    uint64_t done = 0;
+    for (int j = 0; j < N; ++j) done = std::max(done, lane[j].pos - first_bit - uint64_t(j) * window);
+    return window - done;
+  };
+  for (uint64_t least; (least = least_left()) >= uint64_t(kStepsPerPeek * kPeekBits);) {
+    for (uint64_t peeks = least / (kStepsPerPeek * kPeekBits); peeks; --peeks) {
+      uint64_t bits[N];
+      uint32_t taken[N];
+      for (int j = 0; j < N; ++j) {
+        bits[j] = peek64(be, lane[j].pos);
+        taken[j] = 0;
+      }
+      for (int k = 0; k < kStepsPerPeek; ++k)
+        for (int j = 0; j < N; ++j) {
+          const uint32_t e = table[(bits[j] << taken[j]) >> (64 - kPeekBits)];
+          std::memcpy(lane[j].out, &e, 4);
+          lane[j].out += entry_count(e);
+          taken[j] += entry_bits(e);
+        }
+      for (int j = 0; j < N; ++j) lane[j].pos += taken[j];
     }
   }
-  const uint64_t end = first_bit + window;
-  while (l0.step_to(be, t, end) | l1.step_to(be, t, end + window) | l2.step_to(be, t, end + 2 * window) |
-         l3.step_to(be, t, end + 3 * window)) {
+  // The last steps, still kStepsPerPeek to a peek and every lane in lockstep (no branch per
+  // lane), each from the table of the window bits left (MultiTable::tail): a lane takes every
+  // code that ends inside its window and, once done, nothing more.
+  for (bool going = true; going;) {
+    uint64_t bits[N], left[N];
+    uint32_t taken[N], stopped[N];
+    for (int j = 0; j < N; ++j) {
+      bits[j] = peek64(be, lane[j].pos);
+      left[j] = first_bit + uint64_t(j + 1) * window - lane[j].pos;
+      taken[j] = 0;
+      stopped[j] = 0;
+    }
+    for (int k = 0; k < kStepsPerPeek; ++k)
+      for (int j = 0; j < N; ++j) {
+        const uint32_t v = uint32_t((bits[j] << taken[j]) >> (64 - kPeekBits));
+        const uint32_t w = uint32_t(std::min<uint64_t>(left[j] - taken[j], kPeekBits));
+        const uint32_t* codes = w == uint32_t(kPeekBits) ? table : t.tail + ((1u << w) - 1);
+        const uint32_t e = codes[v >> (kPeekBits - w)];
+        std::memcpy(lane[j].out, &e, 4);
+        lane[j].out += entry_count(e);
+        taken[j] += entry_bits(e);
+        stopped[j] |= e == 0;  // the next code does not fit: this lane is done
+      }
+    going = false;
+    for (int j = 0; j < N; ++j) {
+      lane[j].pos += taken[j];
+      going |= !stopped[j];
+    }
   }
-  const ByteLane lanes[4] = {l0, l1, l2, l3};
-  for (int j = 0; j < 4; ++j) {
-    n[j] = uint32_t(lanes[j].out - dst[j]);
-    used[j] = uint32_t(lanes[j].pos - first_bit - uint64_t(j) * window);
+  for (int j = 0; j < N; ++j) {
+    n[j] = uint32_t(lane[j].out - dst[j]);
+    used[j] = uint32_t(lane[j].pos - first_bit - uint64_t(j) * window);
   }
+}
+
+// Every lane of a chunk, 8 in lockstep while that many are left, then 4, 2, 1: no lane
+// decodes anything but its own window.
+inline void decode_lanes(const MultiTable& t, const uint8_t* be, uint64_t window, uint32_t lanes, uint8_t* const dst[],
+                         uint32_t n[], uint32_t used[]) {
+  uint32_t l = 0;
+  for (; l + 8 <= lanes; l += 8) decode_lanes_lockstep<8>(t, be, window, l * window, dst + l, n + l, used + l);
+  if (l + 4 <= lanes) decode_lanes_lockstep<4>(t, be, window, l * window, dst + l, n + l, used + l), l += 4;
+  if (l + 2 <= lanes) decode_lanes_lockstep<2>(t, be, window, l * window, dst + l, n + l, used + l), l += 2;
+  if (l < lanes) decode_lanes_lockstep<1>(t, be, window, l * window, dst + l, n + l, used + l);
 }
 
 // Decodes one chunk of m >= 1 symbols from exactly n_words words; checks every rule of
@@ -522,12 +565,10 @@ inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t 
   }
   if (n_words == 0 || lanes == 0 || lanes > uint32_t(kMaxLanes)) return Status::CorruptPayload;
   const uint64_t window = lane_window_bits(n_words, lanes);
-  // Lanes go in groups of 4; a last group's spare lanes decode zeros past the chunk's words.
-  const uint32_t groups = (lanes + 3) / 4;
   const size_t region = size_t(window) + kStoreSlack;
-  const size_t be_bytes = std::max<size_t>(4 * size_t(n_words), size_t((4 * groups * window + 7) / 8)) + 8;
-  if (scratch.size() < 4 * groups * region + be_bytes) scratch.resize(4 * groups * region + be_bytes);
-  uint8_t* be = scratch.data() + 4 * groups * region;
+  const size_t be_bytes = 4 * size_t(n_words) + 8;
+  if (scratch.size() < lanes * region + be_bytes) scratch.resize(lanes * region + be_bytes);
+  uint8_t* be = scratch.data() + lanes * region;
   // Chunks lie one after another: start fetching the next one (about as long) now, or its
   // copy below waits on memory one cache line at a time.
   for (size_t w = 0; w < n_words; w += 16) __builtin_prefetch(words + n_words + w);
@@ -536,10 +577,10 @@ inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t 
     std::memcpy(be + 4 * w, &x, 4);
   }
   std::memset(be + 4 * size_t(n_words), 0, be_bytes - 4 * size_t(n_words));
-  uint8_t* dst[kMaxLanes + 3];
-  uint32_t n[kMaxLanes + 3], used[kMaxLanes + 3];
-  for (uint32_t l = 0; l < 4 * groups; ++l) dst[l] = scratch.data() + l * region;
-  for (uint32_t l = 0; l < lanes; l += 4) decode_four_lanes(t, be, window, l * window, dst + l, n + l, used + l);
+  uint8_t* dst[kMaxLanes];
+  uint32_t n[kMaxLanes], used[kMaxLanes];
+  for (uint32_t l = 0; l < lanes; ++l) dst[l] = scratch.data() + l * region;
+  decode_lanes(t, be, window, lanes, dst, n, used);
 
   uint32_t start = 0;
   uint64_t zero_from = 32ull * n_words;  // bits from here to the chunk's end must be zero

@@ -191,6 +191,23 @@ static void test_multi_table_matches_single_codes() {
         CHECK(!fits);
       }
     }
+    // The tail tables: with w < 12 bits of window left, the codes that end inside those w bits
+    // (up to 3), the same codes the whole entry starts with.
+    for (uint32_t w = 0; w < 12; ++w)
+      for (uint32_t u = 0; u < (1u << w); ++u) {
+        const uint32_t e = t.tail[(1u << w) - 1 + u];
+        const uint32_t whole = t.entry[u << (12 - w)];
+        uint32_t bits = 0, n = 0;
+        while (n < windowed::entry_count(whole)) {
+          const uint32_t len = code.length[windowed::entry_symbol(whole, int(n))];
+          if (bits + len > w) break;
+          bits += len;
+          ++n;
+        }
+        CHECK(windowed::entry_count(e) == n && windowed::entry_bits(e) == bits);
+        CHECK((e & 0xFFFFFFu) == (whole & ((1u << (8 * n)) - 1)));
+        if (n == 0) CHECK(e == 0);
+      }
   }
 }
 
