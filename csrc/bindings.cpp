@@ -678,6 +678,15 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("values"), py::arg("top"), "values[s] << (16 - top) per symbol (256 entries, zeros past the values).");
 
+  m.def(
+      "cpu_simd",
+      [](py::object enabled) {
+        if (!enabled.is_none()) split::simd_wanted().store(enabled.cast<bool>());
+        return split::use_vbmi_merge();
+      },
+      py::arg("enabled") = py::none(),
+      "Whether lossless mode's CPU merge of 16-bit floats runs on AVX-512 VBMI (where the CPU has it). "
+      "enabled=False forces the scalar merge, True restores the default; returns what is in use.");
   m.def("cuda_compiled", [] { return cuda::compiled(); }, "True when this build contains the CUDA kernels.");
   m.def("cuda_device_count", [] { return cuda::device_count(); }, "CUDA devices visible (0 without a driver).");
 }

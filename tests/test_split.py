@@ -32,6 +32,14 @@ def weights_bits(rng, n: int, kind: str, width: int) -> np.ndarray:
     return np.full(n, 0x3C00 if width == 16 else 0x3F800000, dtype)  # constant
 
 
+@pytest.fixture(params=["simd", "scalar"])
+def merge_path(request):
+    """Both CPU merges: AVX-512 VBMI where this CPU has it (else both runs are scalar), and scalar."""
+    _C.cpu_simd(request.param == "simd")
+    yield request.param
+    _C.cpu_simd(True)
+
+
 def split_blob(bits: np.ndarray, chunk_symbols=None, lanes=None):
     top, values, symbols, raw = _C.split_float(bits, 8 * bits.itemsize)
     blob = pycodec.encode(np.frombuffer(symbols, np.uint8), chunk_symbols=chunk_symbols, lanes=lanes)
@@ -42,7 +50,7 @@ def split_blob(bits: np.ndarray, chunk_symbols=None, lanes=None):
 @pytest.mark.parametrize("kind", ["gauss", "uniform", "specials", "constant"])
 @pytest.mark.parametrize("n,chunk,lanes", [(1, None, None), (7, None, None), (1000, 13, 3), (4099, 1000, 5),
                                            (20000, None, None), (65537 + 9, 4096, 32)])
-def test_decode_split_matches_merge_of_decode(width, kind, n, chunk, lanes):
+def test_decode_split_matches_merge_of_decode(width, kind, n, chunk, lanes, merge_path):
     rng = rng_for(width, kind, n)
     bits = weights_bits(rng, n, kind, width)
     top, values, blob, raw = split_blob(bits, chunk, lanes)
@@ -54,7 +62,7 @@ def test_decode_split_matches_merge_of_decode(width, kind, n, chunk, lanes):
     assert np.array_equal(merged, bits)
 
 
-def test_decode_split_threads_and_misaligned_raw():
+def test_decode_split_threads_and_misaligned_raw(merge_path):
     bits = weights_bits(rng_for("threads"), 300_001, "gauss", 16)
     top, values, blob, raw = split_blob(bits, chunk_symbols=999)
     misaligned = np.frombuffer(b"\0" + raw.tobytes(), np.uint8)[1:]  # a byte past a word boundary
@@ -65,13 +73,27 @@ def test_decode_split_threads_and_misaligned_raw():
         assert np.array_equal(out, bits)
 
 
+def test_vector_merge_is_used_where_the_cpu_has_it():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo flags to compare with")
+    has = {"avx512f", "avx512bw", "avx512vbmi"} <= set(flags)
+    assert _C.cpu_simd() == has
+    assert _C.cpu_simd(False) is False
+    assert _C.cpu_simd(True) == has
+
+
 def test_every_top_is_chosen_somewhere():
     """Weight-like data picks a top above 8, uniform bits exactly 8: both raw widths run."""
     tops = {split_blob(weights_bits(rng_for(k), 5000, k, 16))[0] for k in ("gauss", "uniform")}
     assert 8 in tops and max(tops) > 8
 
 
-def test_decode_split_refuses_inconsistent_inputs():
+def test_decode_split_refuses_inconsistent_inputs(merge_path):
     bits = weights_bits(rng_for("refuse"), 5000, "gauss", 16)
     top, values, blob, raw = split_blob(bits)
     out = np.zeros_like(bits)

@@ -20,12 +20,14 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include "huffman.h"
+#include "split_vbmi.h"
 #include "status.h"
 
 namespace pycodec {
@@ -112,6 +114,9 @@ struct MergeTable {
   T value[kMaxValues];  // values[s] << low
   uint32_t n_values;
   int low;
+  // value[s]'s low and high bytes, for the byte-permute merge of 16-bit floats (split_vbmi.h).
+  alignas(64) uint8_t value_lo[kMaxValues];
+  alignas(64) uint8_t value_hi[kMaxValues];
 };
 
 template <class T>
@@ -124,6 +129,10 @@ inline Status make_merge_table(const uint32_t* values, uint32_t n_values, int to
   for (uint32_t s = 0; s < n_values; ++s) {
     if (uint64_t(values[s]) >> top) return Status::BadArgument;
     t->value[s] = T(uint64_t(values[s]) << t->low);
+  }
+  for (uint32_t s = 0; s < kMaxValues; ++s) {
+    t->value_lo[s] = uint8_t(t->value[s]);
+    t->value_hi[s] = uint8_t(uint64_t(t->value[s]) >> 8);
   }
   return Status::Ok;
 }
@@ -151,17 +160,41 @@ void merge_groups(const uint8_t* symbols, uint64_t groups, const T* table, const
 
 }  // namespace detail
 
+// Whether the merge may use the CPU's vector extensions (split_vbmi.h) where it has them. On by
+// default; tests turn it off to check the scalar merge gives the same.
+inline std::atomic<bool>& simd_wanted() {
+  static std::atomic<bool> wanted{true};
+  return wanted;
+}
+inline bool use_vbmi_merge() {
+#ifdef PYCODEC_HAVE_VBMI_MERGE
+  static const bool has = vbmi::cpu_has_vbmi();
+  return has && simd_wanted().load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
+
+// Raw field at `bit` (low <= 31 bits) read from the words themselves.
+inline uint32_t raw_field(const uint32_t* raw, uint64_t n_raw_words, uint64_t bit, int low) {
+  const uint64_t w = bit >> 5;
+  uint32_t a, b = 0;
+  std::memcpy(&a, raw + w, 4);
+  if (w + 1 < n_raw_words) std::memcpy(&b, raw + w + 1, 4);
+  return uint32_t((((uint64_t(a) << 32) | b) << (bit & 31)) >> (64 - low));
+}
+
 // out[0, count) = the values of elements first .. first + count - 1: symbols[i - first] through
 // the table, or'd with raw field i. raw: all n_raw_words words of the tensor's raw bits. Returns
 // false (writing nothing) for a symbol >= n_values or raw bits too short. be: scratch, grown to
 // the span's raw bytes: they are copied in stream order (each word byte-swapped) once, so a
-// field is one unaligned big-endian load away.
+// field is one unaligned big-endian load away (the scalar merge).
 template <class T>
 inline bool merge_span(const MergeTable<T>& t, const uint8_t* symbols, uint64_t first, uint64_t count,
                        const uint32_t* raw, uint64_t n_raw_words, T* out, std::vector<uint8_t>& be) {
-  uint8_t bad = 0;
-  for (uint64_t i = 0; i < count; ++i) bad |= uint8_t(symbols[i] >= t.n_values);
-  if (bad) return false;
+  uint8_t largest = 0;  // a max reduction: one unsigned byte max per 16 symbols even in SSE2
+  for (uint64_t i = 0; i < count; ++i) largest = std::max(largest, symbols[i]);
+  if (count && largest >= t.n_values) return false;
   const int low = t.low;
   if (low == 0) {
     for (uint64_t i = 0; i < count; ++i) out[i] = t.value[symbols[i]];
@@ -169,6 +202,25 @@ inline bool merge_span(const MergeTable<T>& t, const uint8_t* symbols, uint64_t 
   }
   const uint64_t first_word = first * low / 32, end_word = ((first + count) * low + 31) / 32;
   if (end_word > n_raw_words) return false;
+#ifdef PYCODEC_HAVE_VBMI_MERGE
+  if constexpr (sizeof(T) == 2) {
+    if (low <= 8 && use_vbmi_merge()) {
+      const auto one = [&](uint64_t i) {
+        out[i] = T(t.value[symbols[i]] | T(raw_field(raw, n_raw_words, (first + i) * uint64_t(low), low)));
+      };
+      // Blocks start at elements that are multiples of 64: their raw bits start on a word.
+      const uint64_t head = std::min(count, (vbmi::kBlock - first % vbmi::kBlock) % vbmi::kBlock);
+      uint64_t i = 0;
+      for (; i < head; ++i) one(i);
+      const uint64_t blocks = (count - i) / vbmi::kBlock;
+      const uint64_t word = (first + i) * uint64_t(low) / 32;
+      vbmi::merge_blocks(t.value_lo, t.value_hi, t.n_values, low, symbols + i, blocks,
+                         reinterpret_cast<const uint8_t*>(raw + word), reinterpret_cast<uint16_t*>(out + i));
+      for (i += vbmi::kBlock * blocks; i < count; ++i) one(i);
+      return true;
+    }
+  }
+#endif
   const size_t bytes = 4 * size_t(end_word - first_word);
   if (be.size() < bytes + 8) be.resize(bytes + 8);
   for (size_t w = 0; w < end_word - first_word; ++w) {
