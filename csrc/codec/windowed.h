@@ -548,6 +548,18 @@ inline void decode_lanes(const MultiTable& t, const uint8_t* be, uint64_t window
   if (l < lanes) decode_lanes_lockstep<1>(t, be, window, l * window, dst + l, n + l, used + l);
 }
 
+// A lane's symbols into place, in 16-byte moves while they stay inside the chunk's `room`
+// bytes: what such a move writes past the lane, the next lanes overwrite. The source may be
+// read up to 15 bytes past the lane's region (scratch holds the chunk's bytes after them).
+inline void copy_lane(uint8_t* to, const uint8_t* from, uint32_t n, uint32_t room) {
+  constexpr uint32_t kMove = 16;
+  uint32_t i = 0;
+  if (room >= kMove) {
+    for (; i < n && i <= room - kMove; i += kMove) std::memcpy(to + i, from + i, kMove);
+  }
+  if (i < n) std::memcpy(to + i, from + i, n - i);
+}
+
 // Decodes one chunk of m >= 1 symbols from exactly n_words words; checks every rule of
 // docs/FORMAT.md §9.4 (codes, padding that repeats the next code's prefix, zeros after the
 // last code), so every bit of the chunk is accounted for. W itself need not be the smallest
@@ -588,8 +600,11 @@ inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t 
     const uint64_t base = l * window;
     if (n[l] >= m - start) {  // this lane holds the chunk's last symbol: zeros follow it
       const uint32_t take = m - start;
-      uint64_t bits = 0;
-      for (uint32_t i = 0; i < take; ++i) bits += t.length[dst[l][i]];
+      // Its codes end where the window's decode ended less the codes after the chunk's last
+      // symbol (few: the encoder leaves the last lane < one code of zeros, unless the chunk
+      // is short for its lanes).
+      uint64_t bits = used[l];
+      for (uint32_t i = take; i < n[l]; ++i) bits -= t.length[dst[l][i]];
       std::memcpy(out + start, dst[l], take);
       zero_from = base + bits;
       start = m;
@@ -599,7 +614,7 @@ inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t 
     const int pad = int(window - used[l]);  // < 12: decoding stopped at a code longer than it
     if (chunk_bits(words, n_words, base + used[l], pad) != chunk_bits(words, n_words, base + window, pad))
       return Status::CorruptPayload;
-    std::memcpy(out + start, dst[l], n[l]);
+    copy_lane(out + start, dst[l], n[l], m - start);
     start += n[l];
   }
   for (uint64_t b = zero_from; b < 32ull * n_words; b += 32)
