@@ -169,7 +169,7 @@ def linear(x: torch.Tensor, packed: dict, kernel: dict, bias: torch.Tensor | Non
 
 def _affine_decoded(x2: torch.Tensor, packed: dict, kernel: dict, info: WeightInfo) -> torch.Tensor:
     """Symbols decoded to device memory, then Triton's affine GEMV / matmul; escapes added after."""
-    from triton_kernels import affine_gemv, affine_matmul
+    from pycodec_triton import affine_gemv, affine_matmul
 
     layout = list(info.layout)
     if info.version == 2:

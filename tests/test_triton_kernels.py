@@ -1,6 +1,6 @@
 """Triton dequant-matmul kernels against their PyTorch references, on CPU via the interpreter.
 
-TRITON_INTERPRET must be set before triton (and triton_kernels) is imported: triton.jit
+TRITON_INTERPRET must be set before triton (and pycodec_triton) is imported: triton.jit
 chooses interpreter or compiler when the kernel is decorated.  The interpreter computes bf16
 tl.dot incorrectly, so activations here are fp32 (scale / zero stay fp16 as in pycodec).
 Shapes are small because every program runs as NumPy on the host.
@@ -17,10 +17,10 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton")
 
-import triton_kernels  # noqa: E402
-from triton_kernels.affine_gemv import affine_gemv, affine_gemv_reference  # noqa: E402
-from triton_kernels.affine_matmul import affine_matmul, affine_matmul_reference  # noqa: E402
-from triton_kernels.bf16_matmul import (bf16_matmul, bf16_matmul_reference, bf16_reconstruct,  # noqa: E402
+import pycodec_triton  # noqa: E402
+from pycodec_triton.affine_gemv import affine_gemv, affine_gemv_reference  # noqa: E402
+from pycodec_triton.affine_matmul import affine_matmul, affine_matmul_reference  # noqa: E402
+from pycodec_triton.bf16_matmul import (bf16_matmul, bf16_matmul_reference, bf16_reconstruct,  # noqa: E402
                                         bf16_reconstruct_reference)
 
 TOL = 1e-4
@@ -50,7 +50,7 @@ def make_affine(gen, n, k, group_size, *, zero_shape=None, sdtype=torch.float16)
 
 
 def test_available_under_interpreter():
-    assert triton_kernels.available()
+    assert pycodec_triton.available()
 
 
 # ---------------------------------------------------------------- affine_matmul
@@ -213,8 +213,8 @@ def test_kernels_do_not_import_pycodec():
     import subprocess
     import sys
 
-    code = ("import sys, triton_kernels, triton_kernels.affine_gemv, triton_kernels.affine_matmul, "
-            "triton_kernels.bf16_matmul\n"
+    code = ("import sys, pycodec_triton, pycodec_triton.affine_gemv, pycodec_triton.affine_matmul, "
+            "pycodec_triton.bf16_matmul\n"
             "bad = sorted(m for m in sys.modules if m == 'pycodec' or m.startswith('pycodec.'))\n"
             "assert not bad, bad\n")
     env = dict(os.environ, TRITON_INTERPRET="1")
@@ -224,7 +224,7 @@ def test_kernels_do_not_import_pycodec():
 
 def test_dequantize_reference_is_the_layout_definition(gen):
     from pycodec.quant import dequantize_affine
-    from triton_kernels.affine_matmul import affine_dequantize_reference
+    from pycodec_triton.affine_matmul import affine_dequantize_reference
 
     for zero_shape in (None, (1, 1)):
         q, scale, zero = make_affine(gen, 24, 96, 32, zero_shape=zero_shape)

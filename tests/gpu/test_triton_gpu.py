@@ -6,7 +6,7 @@ fp32 activations run tl.dot with input_precision="ieee" and keep the 1e-4 bound.
 
 test_triton_kernels.py sets TRITON_INTERPRET=1 at import and so, in a shared pytest run,
 the package in sys.modules holds interpreter kernels.  This file therefore loads its own
-copy of triton_kernels with TRITON_INTERPRET unset, and keeps it unset while its tests run
+copy of pycodec_triton with TRITON_INTERPRET unset, and keeps it unset while its tests run
 (kernels compile on first launch, and Triton consults the variable during compilation).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
-PKG_DIR = Path(__file__).resolve().parents[2] / "triton_kernels"
+PKG_DIR = Path(__file__).resolve().parents[2] / "pycodec_triton"
 SHAPES = [(4096, 4096), (11008, 4096)]  # (N, K)
 MS = [1, 3, 16, 64, 256]
 BF16_TOL = 1e-2
