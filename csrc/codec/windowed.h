@@ -448,7 +448,7 @@ constexpr uint32_t kStoreSlack = 4;
 
 // The CPU decoder reads a chunk as bytes: the words byte-swapped once into a big-endian copy,
 // so any bit position's next 64 bits are one unaligned load and one byte swap away. A lane then
-// carries only its bit position and output pointer: no buffer, no refill.
+// carries only its bit position and output pointer, and peeks afresh every few steps.
 inline uint64_t peek64(const uint8_t* be, uint64_t pos) {
   uint64_t v;
   std::memcpy(&v, be + (pos >> 3), 8);
