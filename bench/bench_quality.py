@@ -2,7 +2,8 @@
 
 Two models, their linear layers quantized by each method, everything else dense in every row
 (SmolLM2: the tied embedding / output head, skip=("lm_head",); MiniLM: the embeddings and the
-pooler, which mean pooling does not use), so all methods are compared on the same weights:
+pooler, which mean pooling does not use), so all methods are compared on the same weights (only
+SmolLM2's "whole model" rows, below, compress the table too):
 
   SmolLM2-135M-Instruct   perplexity on the first --max-tokens tokens of two texts: GPL-3 and
                           Python's pydoc topics (pydoc_data.topics, values in sorted-key order).
@@ -22,6 +23,8 @@ defaults were tuned on (MPL-2.0).
            4 and 3 bits, groups of 64 and 128 (see hqq_quantize for what that config does).
   NF4      (pip bitsandbytes, CPU backend) 4-bit NormalFloat in blocks of 64, with and without
            double quantization (8-bit absmax in blocks of 256).
+  whole    SmolLM2 rate 3.0 and 3.5, without and with calibration, as compress_ makes it by default:
+           the tied embedding / head table compressed too (at bits + 1.5). Table and JSON only.
 
 A peer quantizes and dequantizes each weight with its own code; the dequantized weight goes back
 into the dense nn.Linear, so every method runs the same forward. A peer's bits are every tensor
@@ -103,6 +106,18 @@ def pycodec_methods(skip: tuple, int4_budget: float) -> list[Method]:
                           CompressionConfig(mode="rate", bits=bits, skip=skip, calibration="default",
                                             bit_allocation="uniform")))
     return out
+
+
+def whole_model_methods(s: "Subject") -> list[Method]:
+    """SmolLM2 as compress_ makes it by default: the tied embedding / head table compressed too
+    (at bits + 1.5). Its rows' bits are still the linears'; checkpoint_bits_per_parameter counts
+    everything, and the table's error is in the score. Not plotted: every plotted row keeps the
+    table dense."""
+    if s.skip != ("lm_head",):
+        return []
+    return [Method(f"rate {bits:g}{' calibrated' if calibration else ''}, whole model", "whole model", "pycodec",
+                   CompressionConfig(mode="rate", bits=bits, skip=(), calibration=calibration))
+            for bits in (3.0, 3.5) for calibration in (None, "default")]
 
 
 PEER_METHODS = [Method(f"HQQ {nbits}-bit g{group}", "HQQ", "hqq", params={"nbits": nbits, "group_size": group})
@@ -415,7 +430,8 @@ def plot(result: dict, path: str) -> None:
 
 def print_table(s: Subject, rows: list[dict]) -> None:
     print(f"\n{s.name}: {len(s.linears)} linears ({s.n_weights / 1e6:.2f}M weights) compared; "
-          f"dense in every row: {', '.join(s.skip)}")
+          f"dense in every row: {', '.join(s.skip)}"
+          + (" (but in the 'whole model' rows)" if any(r.get("family") == "whole model" for r in rows) else ""))
     head = "".join(f" {title:>10s}" for _, title, _ in s.metrics)
     print(f"{'method':36s} {'b/w':>6s} {'ckpt b/w':>8s}{head} {'compress s':>10s} {'load':>5s}")
     for r in rows:
@@ -468,7 +484,7 @@ def main() -> None:
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
         "compared": "linear layers only; SmolLM2's tied embedding / head and MiniLM's embeddings and pooler stay "
-                    "dense in every row",
+                    "dense in every row but SmolLM2's 'whole model' rows (compress_'s default: the table at bits + 1.5)",
         "texts": None, "max_tokens": max_tokens, "calibration_texts": list(DEFAULT_CALIBRATION_TEXTS),
         "peers": peers, "models": []}
 
@@ -504,7 +520,7 @@ def main() -> None:
         rows.append(dense_row(s))
         print(f"{s.name} {rows[0]['method']}: " + ", ".join(f"{k} {rows[0][k]:.4f}" for k, _, _ in s.metrics),
               file=sys.stderr, flush=True)
-        for method in pycodec_methods(s.skip, s.int4_budget) + PEER_METHODS:
+        for method in pycodec_methods(s.skip, s.int4_budget) + whole_model_methods(s) + PEER_METHODS:
             if not selected(method):
                 continue
             for r in run_method(s, method, peers):

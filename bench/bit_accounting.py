@@ -1,5 +1,4 @@
-"""Bits per weight with everything stored counted: the accounting the quality benchmarks share
-(bench_calibrate.py, bench_quality.py).
+"""Bits per weight with everything stored counted: bench_quality.py's accounting.
 
 Pure functions of shapes, reports and stored-tensor sizes (torch only inside linear_shapes), so a
 test checks them without a model or the peer quantizers installed.

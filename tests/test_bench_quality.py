@@ -4,6 +4,7 @@ import importlib.util
 import math
 import os
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -72,3 +73,14 @@ def test_pareto_front_and_plot(tmp_path):
     path = tmp_path / "quality.png"
     bq.plot(result, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_whole_model_rows_compress_the_table_for_smollm2_only():
+    bq = load("bench_quality")
+    smollm2, minilm = SimpleNamespace(skip=("lm_head",)), SimpleNamespace(skip=bq.MINILM_SKIP)
+    methods = bq.whole_model_methods(smollm2)
+    assert [m.label for m in methods] == ["rate 3, whole model", "rate 3 calibrated, whole model",
+                                          "rate 3.5, whole model", "rate 3.5 calibrated, whole model"]
+    assert all(m.config.skip == () and m.config.mode == "rate" for m in methods)
+    assert bq.whole_model_methods(minilm) == []
+    assert "whole model" not in bq.FAMILY_STYLE  # not plotted beside rows whose table stays dense
