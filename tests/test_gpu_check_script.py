@@ -1,0 +1,92 @@
+"""bench/gpu_check.sh's orchestration, with stand-ins for python3 and compute-sanitizer: a GPU
+lease is short, so a failing stage must not cost the later ones, the run must end by its
+deadline, and only a failed build stops it."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gpu_check.sh"
+
+STUB_PY = """#!/usr/bin/env bash
+echo "python $*" >> "$STUB_LOG"
+case "$*" in
+  *"pip install"*) exit "${STUB_BUILD_RC:-0}" ;;
+  *cuda_compiled*) exit "${STUB_KERNELS_RC:-0}" ;;
+  *"-m pytest"*) exit "${STUB_TESTS_RC:-0}" ;;
+  *gpu_suite.py*) sleep "${STUB_SUITE_SLEEP:-0}"; exit 0 ;;
+  *) exit 0 ;;
+esac
+"""
+STUB_SANITIZER = """#!/usr/bin/env bash
+echo "sanitizer $*" >> "$STUB_LOG"
+exit "${STUB_SANITIZER_RC:-0}"
+"""
+
+
+def run_check(tmp_path: Path, **env) -> tuple[int, list[str], str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in (("fake_python", STUB_PY), ("compute-sanitizer", STUB_SANITIZER)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log, out = tmp_path / "calls.log", tmp_path / "out"
+    full_env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PY": str(bin_dir / "fake_python"),
+                "OUT": str(out), "STUB_LOG": str(log), **{k: str(v) for k, v in env.items()}}
+    proc = subprocess.run(["bash", str(SCRIPT)], env=full_env, capture_output=True, text=True, timeout=120)
+    calls = log.read_text().splitlines() if log.exists() else []
+    summary = (out / "gpu_check_summary.txt").read_text() if (out / "gpu_check_summary.txt").exists() else ""
+    return proc.returncode, calls, summary
+
+
+def ran(calls: list[str], what: str) -> bool:
+    """Whether a call's arguments held `what` (never a bare word: tmp paths hold "pytest")."""
+    return any(what in c for c in calls)
+
+
+def test_every_stage_runs_and_passes(tmp_path):
+    rc, calls, summary = run_check(tmp_path)
+    assert rc == 0, summary
+    for what in ("pip install", "cuda_compiled", "-m pytest", "--tool memcheck", "--tool racecheck", "gpu_suite.py",
+                 "bench_stream.py"):
+        assert ran(calls, what), (what, calls)
+    assert summary.count("rc=0") == 7, summary
+
+
+def test_failing_tests_and_sanitizer_do_not_cost_the_benchmarks(tmp_path):
+    rc, calls, summary = run_check(tmp_path, STUB_TESTS_RC=1, STUB_SANITIZER_RC=3)
+    assert rc == 1
+    assert ran(calls, "gpu_suite.py") and ran(calls, "bench_stream.py")
+    assert "gpu-tests" in summary and "rc=1" in summary and "rc=3" in summary
+
+
+def test_a_failed_build_stops_the_run(tmp_path):
+    rc, calls, summary = run_check(tmp_path, STUB_BUILD_RC=1)
+    assert rc == 2
+    assert not ran(calls, "-m pytest") and not ran(calls, "gpu_suite.py")
+    assert "build" in summary and "rc=1" in summary
+
+
+def test_the_run_ends_by_its_deadline(tmp_path):
+    """A stage that would overrun is cut at what is left; later stages are skipped, not started."""
+    rc, calls, summary = run_check(tmp_path, DEADLINE=31, STUB_SUITE_SLEEP=60)
+    assert rc == 1
+    assert "gpu-suite" in summary and "(time limit)" in summary
+    assert "streaming" in summary and "skipped" in summary and not ran(calls, "bench_stream.py")
+
+
+def test_stages_can_be_chosen_for_a_second_call(tmp_path):
+    rc, calls, summary = run_check(tmp_path, STAGES="gpu-suite")
+    assert rc == 0, summary
+    assert not ran(calls, "pip install") and not ran(calls, "-m pytest")
+    assert ran(calls, "cuda_compiled") and ran(calls, "gpu_suite.py") and not ran(calls, "bench_stream.py")
+
+
+@pytest.mark.parametrize("stages", ["gpu-suite", "build gpu-suite"])
+def test_no_cuda_kernels_stops_before_the_gpu_stages(tmp_path, stages):
+    rc, calls, _ = run_check(tmp_path, STAGES=stages, STUB_KERNELS_RC=1)
+    assert rc == 2 and not ran(calls, "gpu_suite.py")
