@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 export PATH := $(PATH):/usr/local/cuda/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test bench setup clean gpu-check wheel wheel-check bench-quick
+.PHONY: demo test bench setup clean gpu-check gpu-peers wheel wheel-check bench-quick
 
 $(BIN)/.ready: requirements-dev.txt requirements-data.txt
 	$(PY) -m venv $(VENV)
@@ -77,6 +77,18 @@ wheel-check: wheel
 # bench/gpu_suite.py. Results (JSON, PNG, logs) go to $OUT, default bench/results.
 gpu-check:
 	bash bench/gpu_check.sh
+
+# The peers the GPU machine lacks (bench/gpu_suite.py's DFloat11, torchao and gemlite rows), as
+# wheels for its python3 (3.12: pure Python or abi3) in .whl/, here, before a GPU session; carry
+# .whl to the device (the run tool's carry) and gpu_check.sh installs them into /tmp/site there.
+GPU_PEERS ?= dfloat11==0.5.0 dahuffman==0.4.2 torchao==0.18.0
+gpu-peers: setup
+	rm -rf .whl && mkdir -p .whl/src
+	$(BIN)/pip download -q --no-deps -d .whl $(GPU_PEERS)
+	$(BIN)/pip download -q --no-deps --no-binary=:all: -d .whl/src gemlite==0.6.0.post2
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w .whl .whl/src/gemlite-*.tar.gz
+	rm -rf .whl/src
+	@ls -l .whl
 
 clean:
 	rm -rf $(VENV) build dist wheelhouse

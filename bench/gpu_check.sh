@@ -3,7 +3,8 @@
 #   build against this machine's python3 and torch, assert the CUDA kernels are in, run the GPU
 #   tests (their own process), compute-sanitizer memcheck + racecheck on a small subset, then
 #   bench/gpu_suite.py and bench/bench_stream.py. JSON, PNG and logs go to $OUT (default
-#   bench/results). Not yet run on a GPU.
+#   bench/results). Peer wheels in .whl (make gpu-peers, carried along) are installed first.
+#   Not yet run on a GPU.
 #
 # Device time is scarce (one short lease a task, if any, and at most 10 minutes a command):
 # - The whole run ends within DEADLINE seconds (default 540). Each stage gets its own limit or
@@ -22,6 +23,8 @@ PY=${PY:-python3}
 OUT=${OUT:-bench/results}
 DEADLINE=${DEADLINE:-540}
 STAGES=${STAGES:-"build gpu-tests sanitizer gpu-suite streaming"}
+WHEELS=${WHEELS:-.whl}
+PEER_SITE=${PEER_SITE:-/tmp/site}
 mkdir -p "$OUT"
 export PATH="$PATH:/usr/local/cuda/bin"
 export PYTHONUNBUFFERED=1
@@ -55,6 +58,13 @@ stage() {
 }
 
 echo "== machine: $($PY -c 'import torch; print(torch.__version__, torch.cuda.get_device_name(0))' 2>&1)"
+# Peer wheels carried in $WHEELS (make gpu-peers, here): DFloat11, torchao, gemlite for gpu_suite.
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+  if stage peers 90 "$OUT/gpu_peers.log" "$PY" -m pip install --no-index --no-deps --no-compile --no-cache-dir \
+      --upgrade --target "$PEER_SITE" "$WHEELS"/*.whl; then
+    export PYTHONPATH="$PEER_SITE${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+fi
 if wanted build; then
   if ! stage build 300 "$OUT/gpu_build.log" env CMAKE_ARGS="-DPYCODEC_CUDA_ARCHS=90" \
       "$PY" -m pip install --no-build-isolation --no-deps -e .; then

@@ -10,10 +10,13 @@ Measured on the CUDA device at hand, everything in the same run:
     (fused GEMV up to batch 16, the tile kernel to 128) and, above 16, the same weight through
     decode + Triton matmul (the route the tile kernel replaced: which is faster decides the
     dispatch), lossless (fused GEMV up to batch 16, decode + matmul above), lossless with
-    exact_outputs (decode + split merge + cuBLAS), and the int4 peers that import (torchao,
+    exact_outputs (decode + split merge + cuBLAS), DFloat11 (bench/dfloat11_peer.py: decode to a
+    buffer + cuBLAS, as its forward hook does) and the int4 peers that import (torchao,
     gemlite); kernel time under CUDA
     graphs (triton.testing.do_bench_cudagraph) and module time in eager mode (do_bench); the batch at
     which each method stops beating bf16;
+  * lossless decode: GB/s of bf16 weights rebuilt, pycodec beside DFloat11, on a 4096 x 14336
+    layer and a Llama-7B-shaped block, each checked bit-exact;
   * --e2e: tokens/s and peak memory of a ~1B-parameter Llama with random weights (speed does not depend
     on the values) at batch 1, bf16 vs pycodec.
 Nothing asserts on time. Without a CUDA device it exits with status 2.
@@ -33,6 +36,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/: dfloat11_peer
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 LLAMA_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096)]  # (out, in)
@@ -125,6 +129,27 @@ def lossless_layer(dense: torch.nn.Linear, exact: bool = False):
     return CompressedLinear.from_linear(dense, CompressionConfig(mode="lossless", exact_outputs=exact)).cuda()
 
 
+def dfloat11_peer():
+    """bench/dfloat11_peer.py when dfloat11 and CuPy import here, else why not (a string)."""
+    try:
+        import cupy  # noqa: F401  (its decoder runs through CuPy)
+
+        import dfloat11_peer
+
+        dfloat11_peer.package_dir()
+        return dfloat11_peer
+    except Exception as e:
+        return f"unavailable: {type(e).__name__}: {e}"
+
+
+def dense_linear(weight: torch.Tensor) -> torch.nn.Linear:
+    out_f, in_f = weight.shape
+    dense = torch.nn.Linear(in_f, out_f, bias=False, dtype=torch.bfloat16)
+    with torch.no_grad():
+        dense.weight.copy_(weight)
+    return dense
+
+
 def int4_peers() -> dict:
     peers = {}
     try:
@@ -152,6 +177,7 @@ def int4_peers() -> dict:
 def layer_suite(shapes, batches, peak) -> list[dict]:
     rows = []
     peers = int4_peers()
+    df11 = dfloat11_peer()
     for out_f, in_f in shapes:
         torch.manual_seed(0)
         dense = torch.nn.Linear(in_f, out_f, bias=False, dtype=torch.bfloat16)
@@ -164,6 +190,12 @@ def layer_suite(shapes, batches, peak) -> list[dict]:
         variants["pycodec lossless"] = (m, m.compressed_bytes())
         m = lossless_layer(dense, exact=True)
         variants["pycodec lossless exact"] = (m, m.compressed_bytes())
+        if not isinstance(df11, str):
+            try:
+                m = df11.DF11Linear(dense)
+                variants["DFloat11"] = (m, m.compressed_bytes())
+            except Exception as e:
+                df11 = f"failed: {type(e).__name__}: {e}"
         for label, make in peers.items():
             if callable(make):
                 try:
@@ -197,6 +229,7 @@ def layer_suite(shapes, batches, peak) -> list[dict]:
                     print(f"{out_f:6d}x{in_f:<6d} b={batch:<4d} {label:24s} graph {1e3 * (gms or math.nan):8.1f} us "
                           f"eager {1e3 * ms:8.1f} us  {gbs:7.0f} GB/s  x{(base / t if base else 0):.2f}  "
                           f"err {err:.1e}", flush=True)
+    peers["DFloat11"] = df11
     rows.append({"peers": {k: (v if isinstance(v, str) else "measured") for k, v in peers.items()}})
     return rows
 
@@ -261,6 +294,67 @@ def decode_suite(peak, quick: bool) -> list[dict]:
                          if peak else None, "bit_exact": exact})
             print(f"decode {data_label:17s} {label:20s} {info['n_chunks']:6d} chunks x {info['lanes']:2d} lanes: "
                   f"{gbs:8.1f} GB/s of symbols  exact={exact}", flush=True)
+    return rows
+
+
+LLAMA7B_BLOCK = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)]  # q k v o, gate up, down
+
+
+def lossless_weight_fn(layer):
+    """The bf16 weight of a lossless CompressedLinear rebuilt on the GPU (decode + split merge)."""
+    from pycodec import cuda_ops, gpu
+
+    packed, kernel, info = layer.packed(), dict(zip(gpu.KERNEL_BUFFERS, layer.kernel())), layer._info
+    layout = list(info.layout)
+
+    def weight():
+        q = cuda_ops.windowed_decode(packed["symbols"], kernel["table"], layout)
+        return cuda_ops.split_merge(q, kernel["value16"], packed["raw"], info.top)
+
+    return weight
+
+
+def lossless_decode_suite(peak) -> list[dict]:
+    """Standalone lossless decode to bf16, GB/s of decoded weights: pycodec (one stream a matrix,
+    decode + merge) beside DFloat11 (one stream for all, as it compresses a block), on one
+    4096 x 14336 layer and on a Llama-7B-shaped block; bit-exactness checked on each."""
+    df11 = dfloat11_peer()
+    rows = []
+    for subject, shapes in (("4096x14336 layer", [(4096, 14336)]), ("Llama-7B block", LLAMA7B_BLOCK)):
+        torch.manual_seed(2)
+        weights = [(torch.randn(o, i) * 0.02).to(torch.bfloat16) for o, i in shapes]
+        n = sum(w.numel() for w in weights)
+        flat = torch.cat([w.reshape(-1) for w in weights]).view(torch.int16)
+        layers = [lossless_layer(dense_linear(w)) for w in weights]
+        rebuild = [lossless_weight_fn(m) for m in layers]
+        methods = {"pycodec lossless": (lambda: [f() for f in rebuild],
+                                        lambda: torch.cat([f().reshape(-1).cpu() for f in rebuild]),
+                                        sum(m.compressed_bytes() for m in layers))}
+        if isinstance(df11, str):
+            rows.append({"subject": subject, "method": "DFloat11", "error": df11})
+        else:
+            try:
+                stream = df11.encode(flat.view(torch.bfloat16).cuda())
+                out = torch.empty(n, dtype=torch.bfloat16, device="cuda")
+                methods["DFloat11"] = (lambda: df11.decode(stream, out), lambda: df11.decode(stream, out).cpu(),
+                                       stream.nbytes())
+            except Exception as e:
+                rows.append({"subject": subject, "method": "DFloat11", "error": f"{type(e).__name__}: {e}"})
+        for method, (run, result, nbytes) in methods.items():
+            try:
+                exact = bool(torch.equal(result().view(torch.int16).reshape(-1), flat))
+                ms = graph_ms(run) or eager_ms(run)
+            except Exception as e:
+                rows.append({"subject": subject, "method": method, "error": f"{type(e).__name__}: {e}"})
+                continue
+            gbs = 2 * n / ms / 1e6
+            rows.append({"subject": subject, "method": method, "weights": n, "bits_per_weight": 8 * nbytes / n,
+                         "ms": ms, "decoded_GBps": gbs, "pct_hbm_of_bytes_moved": 100 * (2 * n + nbytes) / ms / 1e6 / peak
+                         if peak else None, "bit_exact": exact})
+            print(f"lossless decode {subject:17s} {method:18s} {8 * nbytes / n:6.2f} b/w {ms * 1e3:9.1f} us "
+                  f"{gbs:8.1f} GB/s of bf16  exact={exact}", flush=True)
+        del layers, rebuild, methods
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -337,7 +431,8 @@ def main() -> None:
     peak = hbm_peak(env["device"])
     shapes = (LLAMA_SHAPES[:1] + SMOLLM2_SHAPES[:1]) if a.quick else LLAMA_SHAPES + SMOLLM2_SHAPES
     batches = [1, 8, 16, 64] if a.quick else BATCHES
-    result = {"environment": env, "hbm_peak_GBps": peak, "decode": decode_suite(peak, a.quick)}
+    result = {"environment": env, "hbm_peak_GBps": peak, "decode": decode_suite(peak, a.quick),
+              "lossless_decode": lossless_decode_suite(peak)}
     result["layers"] = layer_suite(shapes, batches, peak)
     result["faster_than_bf16_up_to_batch"] = crossover(result["layers"])
     if a.e2e:

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 
 STUB_PY = """#!/usr/bin/env bash
-echo "python $*" >> "$STUB_LOG"
+echo "python $* PYTHONPATH=${PYTHONPATH:-}" >> "$STUB_LOG"
 case "$*" in
   *"pip install"*) exit "${STUB_BUILD_RC:-0}" ;;
   *cuda_compiled*) exit "${STUB_KERNELS_RC:-0}" ;;
@@ -34,9 +34,12 @@ def run_check(tmp_path: Path, **env) -> tuple[int, list[str], str]:
     for name, text in (("fake_python", STUB_PY), ("compute-sanitizer", STUB_SANITIZER)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    log, out = tmp_path / "calls.log", tmp_path / "out"
+    log, out, wheels = tmp_path / "calls.log", tmp_path / "out", tmp_path / "wheels"
+    wheels.mkdir(exist_ok=True)
     full_env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PY": str(bin_dir / "fake_python"),
-                "OUT": str(out), "STUB_LOG": str(log), **{k: str(v) for k, v in env.items()}}
+                "OUT": str(out), "STUB_LOG": str(log), "WHEELS": str(wheels), "PEER_SITE": str(tmp_path / "site"),
+                **{k: str(v) for k, v in env.items()}}
+    full_env.pop("PYTHONPATH", None)
     proc = subprocess.run(["bash", str(SCRIPT)], env=full_env, capture_output=True, text=True, timeout=120)
     calls = log.read_text().splitlines() if log.exists() else []
     summary = (out / "gpu_check_summary.txt").read_text() if (out / "gpu_check_summary.txt").exists() else ""
@@ -62,6 +65,18 @@ def test_failing_tests_and_sanitizer_do_not_cost_the_benchmarks(tmp_path):
     assert rc == 1
     assert ran(calls, "gpu_suite.py") and ran(calls, "bench_stream.py")
     assert "gpu-tests" in summary and "rc=1" in summary and "rc=3" in summary
+
+
+def test_carried_peer_wheels_are_installed_and_on_the_path(tmp_path):
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / "dfloat11-0.5.0-py3-none-any.whl").write_bytes(b"")
+    rc, calls, summary = run_check(tmp_path)
+    assert rc == 0, summary
+    install = next(c for c in calls if "--target" in c)
+    assert f"--target {tmp_path / 'site'}" in install and "dfloat11-0.5.0-py3-none-any.whl" in install
+    suite = next(c for c in calls if "gpu_suite.py" in c)
+    assert f"PYTHONPATH={tmp_path / 'site'}" in suite
+    assert "peers" in summary
 
 
 def test_a_failed_build_stops_the_run(tmp_path):
