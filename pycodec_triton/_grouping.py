@@ -1,4 +1,5 @@
-"""Pieces shared by the tiled matmul kernels: program ordering and launch checks."""
+"""Pieces shared by the tiled matmul kernels: program ordering, tile offsets, the output store,
+and launch checks."""
 import torch
 import triton
 import triton.language as tl
@@ -19,6 +20,25 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
     pid_m = first_pid_m + (pid % num_pid_in_group) % group_rows
     pid_n = (pid % num_pid_in_group) // group_rows
     return pid_m, pid_n
+
+
+@triton.jit
+def tile_offsets(pid_m, pid_n, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """An output tile's rows and columns, a K step's offsets, and the row and column masks.
+
+    Rows and columns are int64: offs * stride passes 2^31 for M * K or N * K >= 2^31 elements.
+    """
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K)
+    return offs_m, offs_n, offs_k, offs_m < M, offs_n < N
+
+
+@triton.jit
+def store_tile(y_ptr, acc, offs_m, offs_n, mask_m, mask_n, stride_ym, stride_yn):
+    """The fp32 accumulator into the output tile, in the output's dtype."""
+    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)

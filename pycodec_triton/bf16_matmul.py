@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._grouping import FLOAT_DTYPES, grouped_tile, resolve_launch
+from ._grouping import FLOAT_DTYPES, grouped_tile, resolve_launch, store_tile, tile_offsets
 
 
 
@@ -63,12 +63,7 @@ def _bf16_matmul_kernel(
 ):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
-    # int64 row offsets: offs * stride passes 2^31 for M * K or N * K >= 2^31 elements.
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
+    offs_m, offs_n, offs_k, mask_m, mask_n = tile_offsets(pid_m, pid_n, M, N, BLOCK_M, BLOCK_N, BLOCK_K)
 
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
     w_off = offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk  # [BLOCK_K, BLOCK_N] = W^T tile
@@ -102,8 +97,7 @@ def _bf16_matmul_kernel(
         e_ptrs += BLOCK_K * stride_wk
         sm_ptrs += BLOCK_K * stride_wk
 
-    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    store_tile(y_ptr, acc, offs_m, offs_n, mask_m, mask_n, stride_ym, stride_yn)
 
 
 def bf16_reconstruct(e: torch.Tensor, sm: torch.Tensor, *, block: int = 1024, num_warps: int = 4) -> torch.Tensor:
