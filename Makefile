@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 export PATH := $(PATH):/usr/local/cuda/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test bench setup clean gpu-check gpu-peers wheel wheel-check bench-quick
+.PHONY: demo test bench setup clean gpu-check gpu-peers gpu-smollm2 wheel wheel-check bench-quick
 
 $(BIN)/.ready: requirements-dev.txt requirements-data.txt
 	$(PY) -m venv $(VENV)
@@ -81,7 +81,7 @@ gpu-check:
 # The peers the GPU machine lacks (bench/gpu_suite.py's DFloat11, torchao and gemlite rows), as
 # wheels for its python3 (3.12: pure Python or abi3) in .whl/, here, before a GPU session; carry
 # .whl to the device (the run tool's carry) and gpu_check.sh installs them into /tmp/site there.
-GPU_PEERS ?= dfloat11==0.5.0 dahuffman==0.4.2 torchao==0.18.0
+GPU_PEERS ?= dfloat11==0.5.0 dahuffman==0.4.2 torchao==0.18.0 gguf==0.19.0
 gpu-peers: setup
 	rm -rf .whl && mkdir -p .whl/src
 	$(BIN)/pip download -q --no-deps -d .whl $(GPU_PEERS)
@@ -89,6 +89,12 @@ gpu-peers: setup
 	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w .whl .whl/src/gemlite-*.tar.gz
 	rm -rf .whl/src
 	@ls -l .whl
+
+# SmolLM2's GGUF (98 MB) in two parts and a manifest in .carry/, for two GPU calls to carry one
+# part each (64 MiB a call); bench/gpu_smollm2.py --parts .carry joins and checks them there.
+gpu-smollm2: setup
+	rm -rf .carry
+	$(BIN)/python bench/gpu_smollm2.py --split .carry
 
 clean:
 	rm -rf $(VENV) build dist wheelhouse

@@ -11,9 +11,11 @@
 #   what is left, whichever is less; a stage with under 20 s left is skipped.
 # - A stage that fails or overruns is recorded and the next one still runs, so failing tests
 #   never cost the benchmarks. Only a failed build stops the run.
-# - STAGES picks the stages (default: build gpu-tests sanitizer gpu-suite streaming). A second
-#   call on the still-warm machine can run what the first had no time for, e.g.
-#   STAGES="gpu-suite streaming" make gpu-check (the build from the first call is kept there).
+# - STAGES picks the stages (default: build gpu-tests smollm2 gpu-suite sanitizer streaming). A
+#   second call on the still-warm machine can run what the first had no time for, e.g.
+#   STAGES="smollm2 streaming" make gpu-check (the build from the first call is kept there).
+# - smollm2 runs once every part of SmolLM2's GGUF is in $CARRY (make gpu-smollm2 here: two
+#   parts, one carried by each call); until then it is listed as skipped.
 # - $OUT/gpu_check_summary.txt lists every stage's exit status and seconds (124: its time
 #   limit); the script exits non-zero if any stage failed or was skipped.
 # - compute-sanitizer cannot attach under some runtimes (gVisor): that shows as its stage failing.
@@ -22,8 +24,9 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 OUT=${OUT:-bench/results}
 DEADLINE=${DEADLINE:-540}
-STAGES=${STAGES:-"build gpu-tests sanitizer gpu-suite streaming"}
+STAGES=${STAGES:-"build gpu-tests smollm2 gpu-suite sanitizer streaming"}
 WHEELS=${WHEELS:-.whl}
+CARRY=${CARRY:-.carry}
 PEER_SITE=${PEER_SITE:-/tmp/site}
 mkdir -p "$OUT"
 export PATH="$PATH:/usr/local/cuda/bin"
@@ -82,6 +85,24 @@ if wanted gpu-tests; then
   stage gpu-tests 240 "$OUT/gpu_tests.log" "$PY" -m pytest -q -p no:cacheprovider tests/gpu
 fi
 
+if wanted smollm2; then
+  # SmolLM2's GGUF comes in parts, one a call (make gpu-smollm2): run once all are here.
+  complete=0
+  if [ -f "$CARRY/smollm2.parts" ]; then
+    complete=1
+    while read -r part; do [ -f "$CARRY/$part" ] || complete=0; done < "$CARRY/smollm2.parts"
+  fi
+  if [ "$complete" = 1 ]; then
+    stage smollm2 300 "$OUT/gpu_smollm2.log" "$PY" bench/gpu_smollm2.py --parts "$CARRY" --out "$OUT"
+  else
+    printf '%-28s skipped: the GGUF parts are not all in %s yet\n' smollm2 "$CARRY" | tee -a "$SUMMARY"
+  fi
+fi
+
+if wanted gpu-suite; then
+  # shellcheck disable=SC2086  # the *_ARGS are word lists on purpose
+  stage gpu-suite 300 "$OUT/gpu_suite.log" "$PY" bench/gpu_suite.py --out "$OUT" ${GPU_SUITE_ARGS:-}
+fi
 if wanted sanitizer; then
   if command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck; do
@@ -93,10 +114,6 @@ if wanted sanitizer; then
   fi
 fi
 
-if wanted gpu-suite; then
-  # shellcheck disable=SC2086  # the *_ARGS are word lists on purpose
-  stage gpu-suite 300 "$OUT/gpu_suite.log" "$PY" bench/gpu_suite.py --out "$OUT" ${GPU_SUITE_ARGS:-}
-fi
 if wanted streaming; then
   # A random 3B Llama, device budget a third of its bf16 size, beside accelerate's offload.
   # shellcheck disable=SC2086

