@@ -467,8 +467,8 @@ static_assert(kStepsPerPeek * kPeekBits <= 64 - 7, "a peek's bits must cover its
 // Window decoding (decode_window) of N lanes of `window` bits each, in lockstep: N independent
 // chains the core overlaps. Every lane starts `window` bits after the one before. Each lane
 // peeks once per kStepsPerPeek steps, so a step's chain is a register shift and a table load,
-// not a memory load of the stream as well (bench/cpu_lane_loop.cpp: 4.5 -> 3.2 cycles a
-// lane-step with 4 lanes, 2.7 with 8). Steps run unchecked while every lane has >= 48 bits
+// not a memory load of the stream as well (bench/cpu_lane_loop.cpp: 4.6 -> 3.2 cycles a
+// lane-step with 4 lanes, 2.8 with 8). Steps run unchecked while every lane has >= 48 bits
 // left, then from the tables of the bits left until no lane moves.
 // dst: each lane's scratch region; n, used: decode_window's results. be: the chunk's bytes,
 // big-endian, 8 readable bytes past the last lane's window.
