@@ -69,9 +69,9 @@ class LayerStats:
 
 
 def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
-    w = w.double()
-    err = (w - w_hat.double()).pow(2).sum().item()
-    sig = w.pow(2).sum().item()
+    # Sums in float64 without float64 copies of the tensors.
+    err = torch.linalg.vector_norm(w.float() - w_hat.float(), dtype=torch.float64).item() ** 2
+    sig = torch.linalg.vector_norm(w, dtype=torch.float64).item() ** 2
     return math.inf if err == 0 else 10.0 * math.log10(sig / err)
 
 
@@ -245,15 +245,31 @@ def _prune(w: torch.Tensor, fraction: float) -> torch.Tensor:
     return torch.where(w.abs() <= threshold, torch.zeros_like(w), w)
 
 
+def _row_median(x: torch.Tensor) -> torch.Tensor:
+    """x.median(dim=1, keepdim=True).values, the lower median of each row, by numpy's
+    introselect on the CPU: the same values, ~10x faster than torch's (which dominated rate
+    mode's compression time). NaNs (torch propagates them) and other devices take torch's."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.shape[1] == 0 or bool(torch.isnan(x).any()):
+        return x.median(dim=1, keepdim=True).values
+    kth = (x.shape[1] - 1) // 2
+    return torch.from_numpy(np.ascontiguousarray(np.partition(x.detach().numpy(), kth, axis=1)[:, kth:kth + 1]))
+
+
 def _row_sigma(w: torch.Tensor) -> torch.Tensor:
     # Median absolute deviation (scaled to equal the std of a Gaussian): a few outliers,
     # which become exact escapes, must not coarsen the step of their whole row.
     # A row of one repeated value has neither: its magnitude sets the step, so the value is a
     # symbol, not an escape.
-    med = w.median(dim=1, keepdim=True).values
-    mad = (w - med).abs().median(dim=1, keepdim=True).values * 1.4826
-    std = w.std(dim=1, keepdim=True, unbiased=False)
-    return torch.where(mad > 0, mad, torch.where(std > 0, std, w.abs().amax(dim=1, keepdim=True)))
+    med = _row_median(w)
+    mad = _row_median((w - med).abs()) * 1.4826
+    rest = ~(mad > 0).reshape(-1)  # rows of mostly one value (or NaN): few, so only they pay for these
+    if not bool(rest.any()):
+        return mad
+    few = w[rest]
+    std = few.std(dim=1, keepdim=True, unbiased=False)
+    sigma = mad.clone()
+    sigma[rest] = torch.where(std > 0, std, few.abs().amax(dim=1, keepdim=True))
+    return sigma
 
 
 def _rate_quantize(w: torch.Tensor, c: float, sigma: torch.Tensor | None = None):
@@ -280,7 +296,9 @@ class _RateEstimate:
         u = (w / torch.where(sigma > 0, sigma, torch.ones_like(sigma))).reshape(-1)  # zero rows: all zeros
         if n > RATE_SAMPLE:  # with replacement: indices are cheap to draw, the counts unbiased
             u = u[torch.randint(n, (RATE_SAMPLE,), generator=torch.Generator().manual_seed(n))]
-        self.sorted = torch.sort(u).values.contiguous()
+        # numpy's sort on the CPU: the same values, ~30x faster than torch.sort here.
+        self.sorted = (torch.from_numpy(np.sort(u.numpy())) if u.device.type == "cpu" and not u.requires_grad
+                       else torch.sort(u).values.contiguous())
         self.overhead = coder_overhead
         self.levels = torch.arange(-RATE_MAX_Q - 1, RATE_MAX_Q + 1, dtype=torch.float64) + 0.5  # 255 cells' ends
 

@@ -837,3 +837,21 @@ def test_tied_embedding_left_dense():
     assert isinstance(model.model.embed_tokens, torch.nn.Embedding)
     assert "model.embed_tokens" not in report["layers"]
     assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+@pytest.mark.parametrize("shape", [(7, 1), (5, 2), (64, 63), (33, 64), (3, 1000)])
+def test_row_median_is_torchs_lower_median(shape):
+    """quant._row_median (numpy's introselect) returns what torch.median(dim=1) does: the lower
+    of the two middle values, ties and signed zeros included; NaN rows and bf16 go to torch."""
+    from pycodec.quant import _row_median
+
+    g = torch.Generator().manual_seed(shape[0] * 1000 + shape[1])
+    x = torch.randn(shape, generator=g)
+    x[::2, ::3] = 0.0
+    x[1::2, ::5] = -0.0
+    x[:, 1::4] = x[:, :1]  # repeated values
+    assert torch.equal(_row_median(x), x.median(dim=1, keepdim=True).values)
+    y = x.clone()
+    y[0, 0] = float("nan")
+    assert torch.equal(_row_median(y).isnan(), y.median(dim=1, keepdim=True).values.isnan())
+    assert torch.equal(_row_median(x.bfloat16()), x.bfloat16().median(dim=1, keepdim=True).values)
