@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "codec/codec.h"
+#include "codec/dequant.h"
 #include "codec/emulate.h"
 #include "codec/format.h"
 #include "codec/huffman.h"
@@ -528,6 +529,32 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("symbols"), py::arg("values"), py::arg("top"), py::arg("raw"), py::arg("out"),
       "Inverse of split_float: out[i] = values[symbols[i]] << (width - top) | raw field i.");
+
+  m.def(
+      "dequantize_affine",
+      [](py::buffer q, py::buffer scale, py::buffer zero, uint64_t k, uint64_t group_size, py::buffer out) {
+        const py::buffer_info qi = contiguous_bytes(q, false, "q");
+        const py::buffer_info si = scale.request(), zi = zero.request(), oi = out.request(true);
+        if (k == 0 || group_size == 0 || qi.size % py::ssize_t(k))
+          throw CodecException("dequantize_affine: q must hold whole rows of k >= 1 symbols, group_size >= 1");
+        const uint64_t rows = uint64_t(qi.size) / k, groups = (k + group_size - 1) / group_size;
+        if (si.itemsize != 4 || zi.itemsize != 4 || !is_contiguous(si) || !is_contiguous(zi) ||
+            uint64_t(si.size) != rows * groups || uint64_t(zi.size) != rows * groups)
+          throw CodecException("dequantize_affine: scale and zero must be contiguous float32 [rows, groups]");
+        if ((oi.itemsize != 4 && oi.itemsize != 2) || !is_contiguous(oi) || oi.size != qi.size)
+          throw CodecException("dequantize_affine: out must be contiguous float32 or bfloat16, one value per symbol");
+        const auto* qp = static_cast<const uint8_t*>(qi.ptr);
+        const auto* sp = static_cast<const float*>(si.ptr);
+        const auto* zp = static_cast<const float*>(zi.ptr);
+        py::gil_scoped_release release;
+        if (oi.itemsize == 4)
+          dequant::affine_fp32(qp, rows, k, sp, zp, group_size, static_cast<float*>(oi.ptr));
+        else
+          dequant::affine_bf16(qp, rows, k, sp, zp, group_size, static_cast<uint16_t*>(oi.ptr));
+      },
+      py::arg("q"), py::arg("scale"), py::arg("zero"), py::arg("k"), py::arg("group_size"), py::arg("out"),
+      "out = (q - zero) * scale per group of group_size along rows of k, in fp32, stored as fp32 or bf16 "
+      "(out's item size: 4 or 2); quant.dequantize_affine's values, one pass.");
 
   m.def(
       "decode_split",

@@ -72,16 +72,19 @@ def compressed_linear(x: torch.Tensor, packed: list[torch.Tensor], kernel: list[
                           bias, wi)
     meta = packed[0].cpu()
     bias = None if bias is None else bias.to(x.dtype)
-    if int(meta[1]) == KIND_AFFINE and int(meta[2]) * int(meta[3]) > CPU_BLOCK_WEIGHTS:
-        # A large affine weight (an output head) in row blocks: its fp32 dequantization never
-        # exists whole, only one block at a time.
+    if int(meta[1]) == KIND_AFFINE:
+        # In row blocks dequantized straight into x's dtype: a large weight (an output head)
+        # never exists whole, only one block at a time.
         from .quant import affine_row_blocks
 
         named = {k: v.cpu() for k, v in zip(buffer_names(meta), packed)}
+        if int(meta[2]) * int(meta[3]) <= CPU_BLOCK_WEIGHTS:
+            (_, w), = affine_row_blocks(named, int(meta[2]), x.dtype)
+            return F.linear(x, w, bias)
         y = x.new_empty((*x.shape[:-1], out_features))
-        for first, block in affine_row_blocks(named, max(1, CPU_BLOCK_WEIGHTS // int(meta[3]))):
+        for first, block in affine_row_blocks(named, max(1, CPU_BLOCK_WEIGHTS // int(meta[3])), x.dtype):
             end = first + block.shape[0]
-            y[..., first:end] = F.linear(x, block.to(x.dtype), None if bias is None else bias[first:end])
+            y[..., first:end] = F.linear(x, block, None if bias is None else bias[first:end])
         return y
     w = _decode_on_cpu(packed).to(x.dtype)
     return F.linear(x, w, bias)

@@ -235,6 +235,24 @@ def dequantize_affine(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
     return w
 
 
+def dequantize_affine_as(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+                         escape_index: torch.Tensor | None, escape_value: torch.Tensor | None,
+                         dtype: torch.dtype) -> torch.Tensor:
+    """dequantize_affine(...).to(dtype), the same values: for fp32 and bf16 on the CPU in one C++
+    pass (dequant.h) straight into dtype, instead of an fp32 copy, two passes and a cast."""
+    n, k = q.shape
+    if q.device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16) or n * k == 0:
+        return dequantize_affine(q, scale, zero, group_size, escape_index, escape_value).to(dtype)
+    groups = scale.shape[1]
+    w = torch.empty(n, k, dtype=dtype)
+    _C.dequantize_affine(q.contiguous().numpy(), scale.float().contiguous().numpy(),
+                         zero.float().expand(n, groups).contiguous().numpy(), k, group_size,
+                         (w.view(torch.int16) if dtype == torch.bfloat16 else w).numpy())
+    if escape_index is not None and escape_index.numel():
+        w.view(-1)[escape_index] = escape_value.float().to(dtype)
+    return w
+
+
 def _prune(w: torch.Tensor, fraction: float) -> torch.Tensor:
     if fraction <= 0:
         return w
@@ -478,7 +496,8 @@ def unpack(packed: dict) -> torch.Tensor:
         if tuple(q.shape) != (n, k):
             raise CodecError(f"packed weight: symbols have shape {tuple(q.shape)}, expected {(n, k)}")
         idx = _escape_index(packed, n * k)
-        return dequantize_affine(q, packed["scale"], packed["zero"], group_size, idx, packed["escape_value"])
+        return dequantize_affine_as(q, packed["scale"], packed["zero"], group_size, idx, packed["escape_value"],
+                                    torch.float32)
     raise CodecError(f"packed weight has unknown kind {kind}")
 
 
@@ -550,8 +569,8 @@ def unpack_rows(packed: dict, rows: torch.Tensor) -> torch.Tensor:
     return w
 
 
-def affine_row_blocks(packed: dict, block_rows: int):
-    """(first row, fp32 rows) of an affine packed weight, ``block_rows`` rows at a time, each
+def affine_row_blocks(packed: dict, block_rows: int, dtype: torch.dtype = torch.float32):
+    """(first row, rows in dtype) of an affine packed weight, ``block_rows`` rows at a time, each
     block decoded (only the stream chunks that hold it) and dequantized as it is asked for:
     neither the symbols nor the weight ever exist whole."""
     meta = packed["meta"].tolist()
@@ -572,5 +591,5 @@ def affine_row_blocks(packed: dict, block_rows: int):
         q = torch.from_numpy(symbols[skip:skip + (end - first) * k]).view(end - first, k)
         lo, hi = (int(v) for v in torch.searchsorted(sorted_idx, torch.tensor([first * k, end * k])))
         block_zero = zero[first:end] if zero.shape[0] == n else zero
-        yield first, dequantize_affine(q, packed["scale"][first:end], block_zero, group_size,
-                                       sorted_idx[lo:hi] - first * k, values[lo:hi])
+        yield first, dequantize_affine_as(q, packed["scale"][first:end], block_zero, group_size,
+                                          sorted_idx[lo:hi] - first * k, values[lo:hi], dtype)

@@ -855,3 +855,41 @@ def test_row_median_is_torchs_lower_median(shape):
     y[0, 0] = float("nan")
     assert torch.equal(_row_median(y).isnan(), y.median(dim=1, keepdim=True).values.isnan())
     assert torch.equal(_row_median(x.bfloat16()), x.bfloat16().median(dim=1, keepdim=True).values)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,k,group_size,zero_rows", [(5, 128, 128, 1), (7, 100, 32, 7), (3, 64, 64, 3),
+                                                       (64, 300, 128, 1), (1, 1, 1, 1)])
+def test_dequantize_affine_as_equals_the_reference(dtype, n, k, group_size, zero_rows):
+    """The one-pass C++ dequantization (dequant.h) writes dequantize_affine(...).to(dtype) bit for
+    bit: partial last groups, a broadcast zero, escapes, large and tiny scales."""
+    from pycodec.quant import dequantize_affine, dequantize_affine_as
+
+    g = torch.Generator().manual_seed(n * 7919 + k)
+    groups = -(-k // group_size)
+    q = torch.randint(0, 256, (n, k), dtype=torch.uint8, generator=g)
+    scale = (torch.rand(n, groups, generator=g) * 10.0 ** torch.randint(-6, 2, (n, groups), generator=g)).half()
+    zero = (torch.rand(zero_rows, groups if zero_rows > 1 else 1, generator=g) * 255).half()
+    idx = torch.randperm(n * k, generator=g)[: max(1, n * k // 50)]
+    values = torch.randn(len(idx), generator=g) * 3
+    expected = dequantize_affine(q, scale, zero, group_size, idx, values).to(dtype)
+    got = dequantize_affine_as(q, scale, zero, group_size, idx, values, dtype)
+    assert got.dtype == dtype and torch.equal(got.view(torch.int16) if dtype == torch.bfloat16 else got,
+                                               expected.view(torch.int16) if dtype == torch.bfloat16 else expected)
+
+
+def test_dequantize_affine_refuses_mismatched_buffers():
+    import numpy as np
+
+    from pycodec import CodecError, _C
+
+    q, s, z = np.zeros(12, np.uint8), np.ones(3, np.float32), np.zeros(3, np.float32)
+    _C.dequantize_affine(q, s, z, 4, 4, np.empty(12, np.float32))  # 3 rows of 4, one group each
+    with pytest.raises(CodecError, match="whole rows"):
+        _C.dequantize_affine(q, s, z, 5, 4, np.empty(12, np.float32))
+    with pytest.raises(CodecError, match="scale and zero"):
+        _C.dequantize_affine(q, s[:2], z, 4, 4, np.empty(12, np.float32))
+    with pytest.raises(CodecError, match="out must be"):
+        _C.dequantize_affine(q, s, z, 4, 4, np.empty(11, np.float32))
+    with pytest.raises(CodecError, match="out must be"):
+        _C.dequantize_affine(q, s, z, 4, 4, np.empty(12, np.float64))

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../codec/codec.h"
+#include "../codec/dequant.h"
 #include "../codec/emulate.h"
 #include "../codec/hash.h"
 #include "../codec/huffman.h"
@@ -368,6 +369,43 @@ static void test_split_merge_paths_agree() {
   split::simd_wanted().store(true);
 }
 
+static float from_bits(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+
+// dequant.h: fp32 values as (q - zero) * scale per group (the last one partial), and bf16 by
+// round-to-nearest-even, ties both ways, infinities and NaN.
+static void test_affine_dequantization() {
+  CHECK(dequant::bf16_bits(1.0f) == 0x3F80);
+  CHECK(dequant::bf16_bits(from_bits(0x3F808000u)) == 0x3F80);  // a tie to even: down
+  CHECK(dequant::bf16_bits(from_bits(0x3F818000u)) == 0x3F82);  // a tie to even: up
+  CHECK(dequant::bf16_bits(from_bits(0x3F808001u)) == 0x3F81);
+  CHECK(dequant::bf16_bits(from_bits(0xFF800000u)) == 0xFF80);  // -inf stays
+  CHECK(dequant::bf16_bits(from_bits(0x7F7FFFFFu)) == 0x7F80);  // the largest float rounds to inf
+  CHECK(dequant::bf16_bits(from_bits(0xFFC12345u)) == 0x7FC0);  // NaN
+  const uint64_t rows = 3, k = 10, group_size = 4, groups = 3;
+  std::vector<uint8_t> q(rows * k);
+  for (size_t i = 0; i < q.size(); ++i) q[i] = uint8_t(i * 37);
+  std::vector<float> scale(rows * groups), zero(rows * groups);
+  for (size_t i = 0; i < scale.size(); ++i) {
+    scale[i] = 0.01f * float(i + 1);
+    zero[i] = 100.5f + float(i);
+  }
+  std::vector<float> w(rows * k);
+  std::vector<uint16_t> h(rows * k);
+  dequant::affine_fp32(q.data(), rows, k, scale.data(), zero.data(), group_size, w.data());
+  dequant::affine_bf16(q.data(), rows, k, scale.data(), zero.data(), group_size, h.data());
+  for (uint64_t r = 0; r < rows; ++r)
+    for (uint64_t j = 0; j < k; ++j) {
+      const uint64_t g = j / group_size;
+      const float expected = (float(q[r * k + j]) - zero[r * groups + g]) * scale[r * groups + g];
+      CHECK(w[r * k + j] == expected);
+      CHECK(h[r * k + j] == dequant::bf16_bits(expected));
+    }
+}
+
 int main() {
   test_package_merge_limits_lengths();
   test_package_merge_optimal_on_dyadic();
@@ -380,6 +418,7 @@ int main() {
   test_kernel_emulation_on_valid_and_hostile_streams();
   test_hash_sensitivity();
   test_split_merge_paths_agree();
+  test_affine_dequantization();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures ? 1 : 0;
 }
