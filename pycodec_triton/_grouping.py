@@ -44,6 +44,16 @@ def store_tile(y_ptr, acc, offs_m, offs_n, mask_m, mask_n, stride_ym, stride_yn)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+def check_activations(x: torch.Tensor, k: int, device: torch.device) -> None:
+    """Activations a kernel takes: a float dtype, last dimension K, on the weight's device."""
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"x must be float16, bfloat16 or float32; got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] != k:
+        raise ValueError(f"x's last dimension must equal K = {k}; got x of shape {tuple(x.shape)}")
+    if x.device != device:
+        raise ValueError(f"x is on {x.device} but the weight is on {device}")
+
+
 def resolve_launch(x: torch.Tensor, out_dtype, **blocks: int) -> torch.dtype:
     """Checks the output dtype and tile sizes of a tiled launch; returns the output dtype."""
     out_dtype = x.dtype if out_dtype is None else out_dtype

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._grouping import FLOAT_DTYPES, grouped_tile, resolve_launch, store_tile, tile_offsets
+from ._grouping import FLOAT_DTYPES, check_activations, grouped_tile, resolve_launch, store_tile, tile_offsets
 
 
 
@@ -56,15 +56,6 @@ class AffineLayout:
             raise ValueError(f"q, scale and zero must be on one device; got {q.device}, {scale.device}, {zero.device}")
         return AffineLayout(n=n, k=k, group_size=group_size, n_groups=g,
                             zero_broadcast=tuple(zero.shape) == (1, 1) and (n, g) != (1, 1))
-
-
-def check_activations(x: torch.Tensor, k: int, device: torch.device) -> None:
-    if x.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"x must be float16, bfloat16 or float32; got {x.dtype}")
-    if x.dim() < 1 or x.shape[-1] != k:
-        raise ValueError(f"x's last dimension must equal K = {k}; got x of shape {tuple(x.shape)}")
-    if x.device != device:
-        raise ValueError(f"x is on {x.device} but the weight is on {device}")
 
 
 def zero_strides(zero: torch.Tensor, layout: AffineLayout) -> tuple[int, int]:

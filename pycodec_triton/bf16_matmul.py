@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._grouping import FLOAT_DTYPES, grouped_tile, resolve_launch, store_tile, tile_offsets
+from ._grouping import check_activations, grouped_tile, resolve_launch, store_tile, tile_offsets
 
 
 
@@ -127,12 +127,7 @@ def bf16_matmul(
 ) -> torch.Tensor:
     """y = x @ W^T with W rebuilt from (e, sm) tile by tile in registers."""
     layout = Bf16Layout.from_tensors(e, sm)
-    if x.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"x must be float16, bfloat16 or float32; got {x.dtype}")
-    if x.dim() < 1 or x.shape[-1] != layout.k:
-        raise ValueError(f"x's last dimension must equal K = {layout.k}; got x of shape {tuple(x.shape)}")
-    if x.device != e.device:
-        raise ValueError(f"x is on {x.device} but the weight is on {e.device}")
+    check_activations(x, layout.k, e.device)
     out_dtype = resolve_launch(x, out_dtype, block_m=block_m, block_n=block_n, block_k=block_k)
     if e.stride() != sm.stride():
         e, sm = e.contiguous(), sm.contiguous()
