@@ -1,6 +1,6 @@
 """The GPU benchmark suite: one command, one JSON + PNG under --out (default $OUT or bench/results).
 
-    python bench/gpu_suite.py [--out DIR] [--quick] [--e2e]
+    python bench/gpu_suite.py [--out DIR] [--quick] [--e2e] [--only decode,lossless_decode,layers,end_to_end]
 
 Measured on the CUDA device at hand, everything in the same run:
   * decode: GB/s of decoded symbols of the v2 decode kernel on a 4096 x 14336 rate-3.5 stream and its
@@ -174,8 +174,9 @@ def int4_peers() -> dict:
     return peers
 
 
-def layer_suite(shapes, batches, peak) -> list[dict]:
-    rows = []
+def layer_suite(shapes, batches, peak, rows: list | None = None) -> list[dict]:
+    """Rows are appended to `rows` as they are measured (an interrupted run keeps them)."""
+    rows = [] if rows is None else rows
     peers = int4_peers()
     df11 = dfloat11_peer()
     for out_f, in_f in shapes:
@@ -250,7 +251,7 @@ def crossover(rows: list[dict]) -> dict:
 
 # ---------------------------------------------------------------------------- decode
 
-def decode_suite(peak, quick: bool) -> list[dict]:
+def decode_suite(peak, quick: bool, rows: list | None = None) -> list[dict]:
     import pycodec
     from pycodec import _C, cuda_ops
     from pycodec.quant import _rate_quantize
@@ -260,7 +261,7 @@ def decode_suite(peak, quick: bool) -> list[dict]:
     q = _rate_quantize(w, RATE_C)[0].numpy()
     bits = w.to(torch.bfloat16).view(torch.int16).numpy().view("uint16")
     lossless = __import__("numpy").frombuffer(_C.split_float(bits, 16)[2], "uint8").reshape(w.shape)
-    rows = []
+    rows = [] if rows is None else rows
     for data_label, sym in (("rate 3.5 symbols", q), ("lossless symbols", lossless)):
         variants = [("v2 default", dict()), ("v2 16 lanes", dict(lanes=16)), ("v2 8 lanes", dict(lanes=8)),
                     ("v2 2 rows/chunk", dict(chunk_symbols=2 * sym.shape[1])),
@@ -314,12 +315,12 @@ def lossless_weight_fn(layer):
     return weight
 
 
-def lossless_decode_suite(peak) -> list[dict]:
+def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
     """Standalone lossless decode to bf16, GB/s of decoded weights: pycodec (one stream a matrix,
     decode + merge) beside DFloat11 (one stream for all, as it compresses a block), on one
     4096 x 14336 layer and on a Llama-7B-shaped block; bit-exactness checked on each."""
     df11 = dfloat11_peer()
-    rows = []
+    rows = [] if rows is None else rows
     for subject, shapes in (("4096x14336 layer", [(4096, 14336)]), ("Llama-7B block", LLAMA7B_BLOCK)):
         torch.manual_seed(2)
         weights = [(torch.randn(o, i) * 0.02).to(torch.bfloat16) for o, i in shapes]
@@ -360,7 +361,7 @@ def lossless_decode_suite(peak) -> list[dict]:
 
 # ---------------------------------------------------------------------------- end to end
 
-def end_to_end(tokens: int, batches=(1, 8)) -> list[dict]:
+def end_to_end(tokens: int, batches=(1, 8), rows: list | None = None) -> list[dict]:
     """Tokens/s and peak memory generating from a ~1.1B Llama with random weights (speed does not
     depend on the values), bf16 beside pycodec lossless and rate 3.5, at each batch."""
     import transformers
@@ -371,7 +372,7 @@ def end_to_end(tokens: int, batches=(1, 8)) -> list[dict]:
                                    num_attention_heads=16, num_key_value_heads=4, vocab_size=32000)
     torch.manual_seed(0)
     base = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
-    rows = []
+    rows = [] if rows is None else rows
     for label, c in (("bf16", None), ("pycodec lossless", CompressionConfig(mode="lossless")),
                      ("pycodec rate 3.5", CompressionConfig(mode="rate", bits=3.5))):
         m = copy.deepcopy(base)
@@ -426,32 +427,57 @@ def plot(result: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+SECTIONS = ("decode", "lossless_decode", "layers", "end_to_end")
+
+
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT", os.path.join(os.path.dirname(__file__), "results")))
     p.add_argument("--quick", action="store_true", help="fewer shapes and batches")
-    p.add_argument("--e2e", action="store_true", help="also tokens/s of a random ~1B Llama")
+    p.add_argument("--e2e", action="store_true", help="also tokens/s of a random ~1.1B Llama (section end_to_end)")
+    p.add_argument("--only", default=None, help=f"comma-separated sections to run, of {', '.join(SECTIONS)}")
     a = p.parse_args()
     if not torch.cuda.is_available():
         print("gpu_suite: no CUDA device; nothing measured", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    wanted = a.only.split(",") if a.only else [s for s in SECTIONS if s != "end_to_end" or a.e2e]
+    unknown = sorted(set(wanted) - set(SECTIONS))
+    if unknown:
+        print(f"gpu_suite: unknown sections {unknown}; sections are {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
     env = environment()
     peak = hbm_peak(env["device"])
     shapes = (LLAMA_SHAPES[:1] + SMOLLM2_SHAPES[:1]) if a.quick else LLAMA_SHAPES + SMOLLM2_SHAPES
     batches = [1, 8, 16, 64] if a.quick else BATCHES
-    result = {"environment": env, "hbm_peak_GBps": peak, "decode": decode_suite(peak, a.quick),
-              "lossless_decode": lossless_decode_suite(peak)}
-    result["layers"] = layer_suite(shapes, batches, peak)
-    result["faster_than_bf16_up_to_batch"] = crossover(result["layers"])
-    if a.e2e:
-        result["end_to_end"] = end_to_end(64)
+    result = {"environment": env, "hbm_peak_GBps": peak, "sections": wanted}
     os.makedirs(a.out, exist_ok=True)
     stem = f"gpu_{env['device'].replace(' ', '_')}_{time.strftime('%Y%m%d_%H%M%S')}"
-    with open(os.path.join(a.out, stem + ".json"), "w") as f:
-        json.dump(result, f, indent=2, default=str)
-    plot(result, os.path.join(a.out, stem + ".png"))
-    print(f"wrote {stem}.json and .png to {a.out}")
+
+    def save() -> None:  # after every section, and when interrupted: a time limit keeps what was measured
+        with open(os.path.join(a.out, stem + ".json"), "w") as f:
+            json.dump(result, f, indent=2, default=str)
+
+    run = {"decode": lambda rows: decode_suite(peak, a.quick, rows),
+           "lossless_decode": lambda rows: lossless_decode_suite(peak, rows),
+           "layers": lambda rows: layer_suite(shapes, batches, peak, rows),
+           "end_to_end": lambda rows: end_to_end(64, rows=rows)}
+    for section in wanted:
+        result[section] = []
+        try:
+            run[section](result[section])
+        except KeyboardInterrupt:  # timeout(1) sends SIGINT first
+            result["interrupted_in"] = section
+            save()
+            print(f"gpu_suite: interrupted in {section}; wrote {stem}.json with what was measured", file=sys.stderr)
+            return 124
+        if section == "layers":
+            result["faster_than_bf16_up_to_batch"] = crossover(result["layers"])
+        save()
+    if result.get("layers"):
+        plot(result, os.path.join(a.out, stem + ".png"))
+    print(f"wrote {stem}.json{' and .png' if result.get('layers') else ''} to {a.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,5 @@
-"""The GPU suite's device-independent parts (result plotting, peak table) run without a GPU."""
+"""The GPU suite's device-independent parts (result plotting, peak table, the sections run and saved) run
+without a GPU."""
 import importlib.util
 import os
 
@@ -31,3 +32,45 @@ def test_hbm_peak_lookup():
     assert suite.hbm_peak("NVIDIA H100 80GB HBM3") == 3350.0
     assert suite.hbm_peak("NVIDIA H200") == 4800.0
     assert suite.hbm_peak("Some GPU") is None
+
+
+def _fake_device(suite, monkeypatch, layers):
+    """The suite's sections replaced by stand-ins: its orchestration runs without a GPU."""
+    monkeypatch.setattr(suite.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(suite, "environment", lambda: {"device": "Test GPU"})
+    monkeypatch.setattr(suite, "decode_suite", lambda peak, quick, rows: rows.append({"decoded_GBps": 1.0}))
+    monkeypatch.setattr(suite, "lossless_decode_suite", lambda peak, rows: rows.append({"decoded_GBps": 2.0}))
+    monkeypatch.setattr(suite, "layer_suite", layers)
+
+
+def test_sections_are_saved_as_they_finish_and_an_interruption_keeps_them(tmp_path, monkeypatch):
+    import json
+
+    suite = load_suite()
+
+    def layers(shapes, batches, peak, rows):  # a time limit strikes midway through the sweep
+        rows.append({"shape": [4096, 4096], "batch": 1, "method": "bf16 cuBLAS", "speedup_vs_bf16": 1.0})
+        raise KeyboardInterrupt
+
+    _fake_device(suite, monkeypatch, layers)
+    monkeypatch.setattr("sys.argv", ["gpu_suite.py", "--out", str(tmp_path)])
+    assert suite.main() == 124
+    (path,) = tmp_path.glob("gpu_Test_GPU_*.json")
+    result = json.loads(path.read_text())
+    assert result["interrupted_in"] == "layers"
+    assert result["decode"] == [{"decoded_GBps": 1.0}] and result["lossless_decode"] == [{"decoded_GBps": 2.0}]
+    assert result["layers"][0]["method"] == "bf16 cuBLAS"  # the rows measured before the interruption
+
+
+def test_only_runs_the_sections_asked_for(tmp_path, monkeypatch):
+    import json
+
+    suite = load_suite()
+    _fake_device(suite, monkeypatch, lambda *a: pytest.fail("layers was not asked for"))
+    monkeypatch.setattr("sys.argv", ["gpu_suite.py", "--out", str(tmp_path), "--only", "lossless_decode"])
+    assert suite.main() == 0
+    (path,) = tmp_path.glob("gpu_Test_GPU_*.json")
+    result = json.loads(path.read_text())
+    assert result["sections"] == ["lossless_decode"] and "decode" not in result and "layers" not in result
+    monkeypatch.setattr("sys.argv", ["gpu_suite.py", "--out", str(tmp_path), "--only", "layers,nope"])
+    assert suite.main() == 2
