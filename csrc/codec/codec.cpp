@@ -1,11 +1,16 @@
 // pycodec codec core: whole-stream encode / decode over independent chunks.
 #include "codec.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
-#include <cstring>
 #include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include "hash.h"
@@ -22,13 +27,87 @@ int resolve_threads(int threads, uint64_t n_chunks) {
   return int(std::min<uint64_t>(uint64_t(threads), std::max<uint64_t>(1, n_chunks)));
 }
 
+// Worker threads kept for the process: starting a thread per call costs about as much as
+// decoding a small layer (a CPU forward decodes ~240 streams a token), so threads start once
+// and wait for work. One job at a time; a caller that finds the pool busy (another Python
+// thread decoding, the GIL released) starts threads of its own as before. After fork() the
+// child has none of the parent's threads: the pool is rebuilt there (pid check), the parent's
+// left untouched. Never destroyed: threads blocked in a wait at exit are fine.
+class WorkerPool {
+ public:
+  static WorkerPool* get() {
+    static std::atomic<WorkerPool*> pool{nullptr};
+    static std::mutex making;
+    WorkerPool* p = pool.load();
+    if (p && p->pid_ == getpid()) return p;
+    std::lock_guard<std::mutex> lock(making);  // after fork(): this process's own mutex copy
+    p = pool.load();
+    if (!p || p->pid_ != getpid()) {
+      p = new WorkerPool();
+      pool.store(p);
+    }
+    return p;
+  }
+
+  // Runs job(id) on the caller (id 0) and `extra` workers (ids 1..extra); false if busy.
+  bool try_run(int extra, const std::function<void(int)>& job) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      while (int(threads_.size()) < extra) {
+        threads_.emplace_back([this, id = int(threads_.size()) + 1] { serve(id); });
+        threads_.back().detach();
+      }
+      job_ = &job;
+      wanted_ = extra;
+      running_ = extra;
+      ++generation_;
+    }
+    wake_.notify_all();
+    job(0);
+    std::unique_lock<std::mutex> lock(m_);
+    done_.wait(lock, [this] { return running_ == 0; });
+    job_ = nullptr;
+    return true;
+  }
+
+ private:
+  WorkerPool() : pid_(getpid()) {}
+
+  void serve(int id) {
+    uint64_t seen = 0;
+    for (;;) {
+      const std::function<void(int)>* job;
+      {
+        std::unique_lock<std::mutex> lock(m_);
+        wake_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+        if (id > wanted_) continue;  // this job wants fewer workers
+        job = job_;
+      }
+      (*job)(id);
+      std::lock_guard<std::mutex> lock(m_);
+      if (--running_ == 0) done_.notify_one();
+    }
+  }
+
+  const pid_t pid_;
+  std::mutex busy_, m_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> threads_;
+  const std::function<void(int)>* job_ = nullptr;
+  int wanted_ = 0, running_ = 0;
+  uint64_t generation_ = 0;
+};
+
 // Runs fn(worker, chunk) for every chunk on `threads` threads (worker in [0, threads));
 // returns the first failure seen.
 template <class Fn>
 Status for_each_chunk(uint64_t n_chunks, int threads, Fn fn) {
   std::atomic<uint64_t> next{0};
   std::atomic<int> failure{int(Status::Ok)};
-  auto worker = [&](int id) {
+  const std::function<void(int)> worker = [&](int id) {
     for (uint64_t c; (c = next.fetch_add(1)) < n_chunks;) {
       if (failure.load(std::memory_order_relaxed) != int(Status::Ok)) return;
       const Status st = fn(id, c);
@@ -39,10 +118,14 @@ Status for_each_chunk(uint64_t n_chunks, int threads, Fn fn) {
     }
   };
   const int t = resolve_threads(threads, n_chunks);
-  std::vector<std::thread> pool;
-  for (int i = 1; i < t; ++i) pool.emplace_back(worker, i);
-  worker(0);
-  for (auto& th : pool) th.join();
+  if (t == 1) {
+    worker(0);
+  } else if (!WorkerPool::get()->try_run(t - 1, worker)) {
+    std::vector<std::thread> pool;
+    for (int i = 1; i < t; ++i) pool.emplace_back(worker, i);
+    worker(0);
+    for (auto& th : pool) th.join();
+  }
   return Status(failure.load());
 }
 
