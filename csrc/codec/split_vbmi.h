@@ -32,6 +32,12 @@ inline bool cpu_has_vbmi() {
 
 constexpr int kBlock = 64;
 
+// GCC 12 warns inside its own intrinsic headers here (their _mm512_undefined_* placeholders).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 // blocks * 64 elements: symbols (all < n_values, checked by the caller), raw_bytes the raw bit
 // string's bytes from the first block's word on (8 * low bytes a block), out 16-bit floats.
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline void merge_blocks(
@@ -76,6 +82,10 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline void merge_blocks(
     _mm512_storeu_si512(out + kBlock * b + 32, _mm512_permutex2var_epi8(lo, interleave_1, hi));
   }
 }
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 }  // namespace vbmi
 }  // namespace split
