@@ -72,7 +72,7 @@ def compressed_linear(x: torch.Tensor, packed: list[torch.Tensor], kernel: list[
                           bias, wi)
     meta = packed[0].cpu()
     bias = None if bias is None else bias.to(x.dtype)
-    if int(meta[1]) == KIND_AFFINE:
+    if int(meta[1]) == KIND_AFFINE and int(meta[2]) * int(meta[3]) > 0:
         # In row blocks dequantized straight into x's dtype: a large weight (an output head)
         # never exists whole, only one block at a time.
         from .quant import affine_row_blocks

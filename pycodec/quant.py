@@ -315,8 +315,8 @@ class _RateEstimate:
         if n > RATE_SAMPLE:  # with replacement: indices are cheap to draw, the counts unbiased
             u = u[torch.randint(n, (RATE_SAMPLE,), generator=torch.Generator().manual_seed(n))]
         # numpy's sort on the CPU: the same values, ~30x faster than torch.sort here.
-        self.sorted = (torch.from_numpy(np.sort(u.numpy())) if u.device.type == "cpu" and not u.requires_grad
-                       else torch.sort(u).values.contiguous())
+        numpy_sorts = u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64) and not u.requires_grad
+        self.sorted = torch.from_numpy(np.sort(u.numpy())) if numpy_sorts else torch.sort(u).values.contiguous()
         self.overhead = coder_overhead
         self.levels = torch.arange(-RATE_MAX_Q - 1, RATE_MAX_Q + 1, dtype=torch.float64) + 0.5  # 255 cells' ends
 
