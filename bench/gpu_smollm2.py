@@ -15,9 +15,11 @@ decoding from the same prompts on each. Exits 1 if a text differs, 2 without a C
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 
 import torch
@@ -43,15 +45,17 @@ MANIFEST = "smollm2.json"
 PART_BYTES = 50 << 20  # two parts of the 98 MB file, each with room in a call's 64 MiB
 
 
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def split(folder: str) -> None:
     """The packaged GGUF as parts of PART_BYTES in `folder`, with a manifest to join them by."""
-    import hashlib
-
     from pycodec.cli import smollm2_source
 
     src, name = smollm2_source()
-    with open(os.path.join(src, name), "rb") as f:
-        data = f.read()
+    data = _read(os.path.join(src, name))
     os.makedirs(folder, exist_ok=True)
     parts = []
     for i in range(0, len(data), PART_BYTES):
@@ -67,15 +71,12 @@ def split(folder: str) -> None:
 
 def join(folder: str) -> str:
     """The GGUF rebuilt from its parts (into a temporary folder), checked against the manifest."""
-    import hashlib
-    import tempfile
-
     with open(os.path.join(folder, MANIFEST)) as f:
         manifest = json.load(f)
     missing = [p for p in manifest["parts"] if not os.path.isfile(os.path.join(folder, p))]
     if missing:
         raise SystemExit(f"gpu_smollm2: {', '.join(missing)} not in {folder} (each call carries one part)")
-    data = b"".join(open(os.path.join(folder, p), "rb").read() for p in manifest["parts"])
+    data = b"".join(_read(os.path.join(folder, p)) for p in manifest["parts"])
     if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
         raise SystemExit(f"gpu_smollm2: the parts in {folder} do not join to {manifest['name']} (sha256)")
     path = os.path.join(tempfile.mkdtemp(prefix="smollm2-"), manifest["name"])
@@ -101,8 +102,6 @@ def main() -> int:
     if a.gpu.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_smollm2: no CUDA device; nothing checked", file=sys.stderr)
         return 2
-    import tempfile
-
     import pycodec
     from pycodec import CompressionConfig
     from pycodec.cli import load_source
