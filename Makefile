@@ -78,9 +78,10 @@ wheel-check: wheel
 gpu-check:
 	bash bench/gpu_check.sh
 
-# The peers the GPU machine lacks (bench/gpu_suite.py's DFloat11, torchao and gemlite rows), as
-# wheels for its python3 (3.12: pure Python or abi3) in .whl/, here, before a GPU session; carry
-# .whl to the device (the run tool's carry) and gpu_check.sh installs them into /tmp/site there.
+# What the GPU machine lacks (bench/gpu_suite.py's DFloat11, torchao and gemlite rows; gguf for
+# bench/gpu_smollm2.py), as wheels for its python3 (3.12: pure Python or abi3) in .whl/, here,
+# before a GPU session; carry .whl to the device (the run tool's carry) and gpu_check.sh
+# installs them into /tmp/site there.
 GPU_PEERS ?= dfloat11==0.5.0 dahuffman==0.4.2 torchao==0.18.0 gguf==0.19.0
 gpu-peers: setup
 	rm -rf .whl && mkdir -p .whl/src
