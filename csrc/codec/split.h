@@ -29,6 +29,7 @@
 #include "huffman.h"
 #include "split_vbmi.h"
 #include "status.h"
+#include "windowed.h"
 
 namespace pycodec {
 namespace split {
@@ -175,15 +176,6 @@ inline bool use_vbmi_merge() {
 #endif
 }
 
-// Raw field at `bit` (low <= 31 bits) read from the words themselves.
-inline uint32_t raw_field(const uint32_t* raw, uint64_t n_raw_words, uint64_t bit, int low) {
-  const uint64_t w = bit >> 5;
-  uint32_t a, b = 0;
-  std::memcpy(&a, raw + w, 4);
-  if (w + 1 < n_raw_words) std::memcpy(&b, raw + w + 1, 4);
-  return uint32_t((((uint64_t(a) << 32) | b) << (bit & 31)) >> (64 - low));
-}
-
 // out[0, count) = the values of elements first .. first + count - 1: symbols[i - first] through
 // the table, or'd with raw field i. raw: all n_raw_words words of the tensor's raw bits. Returns
 // false (writing nothing) for a symbol >= n_values or raw bits too short. be: scratch, grown to
@@ -206,7 +198,7 @@ inline bool merge_span(const MergeTable<T>& t, const uint8_t* symbols, uint64_t 
   if constexpr (sizeof(T) == 2) {
     if (low <= 8 && use_vbmi_merge()) {
       const auto one = [&](uint64_t i) {
-        out[i] = T(t.value[symbols[i]] | T(raw_field(raw, n_raw_words, (first + i) * uint64_t(low), low)));
+        out[i] = T(t.value[symbols[i]] | T(windowed::chunk_bits(raw, n_raw_words, (first + i) * uint64_t(low), low)));
       };
       // Blocks start at elements that are multiples of 64: their raw bits start on a word.
       const uint64_t head = std::min(count, (vbmi::kBlock - first % vbmi::kBlock) % vbmi::kBlock);

@@ -351,8 +351,9 @@ PYCODEC_HD uint64_t decode_count(const Entry* table, const uint8_t* length, Read
 
 PYCODEC_HD uint64_t lane_window_bits(uint32_t n_words, uint32_t lanes) { return (uint64_t(n_words) * 32u) / lanes; }
 
-// The top k (<= 32) bits at bit offset `bit` of a chunk, zeros past its end.
-inline uint32_t chunk_bits(const uint32_t* w, uint32_t n_words, uint64_t bit, int k) {
+// The top k (<= 32) bits at bit offset `bit` of a bit string of n_words 32-bit words (MSB first
+// per word), zeros past its end: a chunk's payload, or a lossless split weight's raw bits.
+inline uint32_t chunk_bits(const uint32_t* w, uint64_t n_words, uint64_t bit, int k) {
   if (k == 0) return 0;
   const uint64_t i = bit >> 5;
   const uint64_t hi = i < n_words ? w[i] : 0, lo = i + 1 < n_words ? w[i + 1] : 0;
