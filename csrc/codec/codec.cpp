@@ -55,10 +55,7 @@ class WorkerPool {
     if (!busy.owns_lock()) return false;
     {
       std::lock_guard<std::mutex> lock(m_);
-      while (int(threads_.size()) < extra) {
-        threads_.emplace_back([this, id = int(threads_.size()) + 1] { serve(id); });
-        threads_.back().detach();
-      }
+      for (; started_ < extra; ++started_) std::thread([this, id = started_ + 1] { serve(id); }).detach();
       job_ = &job;
       wanted_ = extra;
       running_ = extra;
@@ -95,7 +92,7 @@ class WorkerPool {
   const pid_t pid_;
   std::mutex busy_, m_;
   std::condition_variable wake_, done_;
-  std::vector<std::thread> threads_;
+  int started_ = 0;  // workers serving (ids 1..started_), detached: they live as long as the process
   const std::function<void(int)>* job_ = nullptr;
   int wanted_ = 0, running_ = 0;
   uint64_t generation_ = 0;
