@@ -302,17 +302,12 @@ LLAMA7B_BLOCK = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)]  # q 
 
 
 def lossless_weight_fn(layer):
-    """The bf16 weight of a lossless CompressedLinear rebuilt on the GPU (decode + split merge)."""
-    from pycodec import cuda_ops, gpu
+    """The bf16 weight of a lossless CompressedLinear rebuilt on the GPU, as its forward does
+    with exact_outputs (gpu.dense_weight: decode + split merge)."""
+    from pycodec import gpu
 
     packed, kernel, info = layer.packed(), dict(zip(gpu.KERNEL_BUFFERS, layer.kernel())), layer._info
-    layout = list(info.layout)
-
-    def weight():
-        q = cuda_ops.windowed_decode(packed["symbols"], kernel["table"], layout)
-        return cuda_ops.split_merge(q, kernel["value16"], packed["raw"], info.top)
-
-    return weight
+    return lambda: gpu.dense_weight(packed, kernel, info, torch.device("cuda"))
 
 
 def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:

@@ -154,17 +154,24 @@ def linear(x: torch.Tensor, packed: dict, kernel: dict, bias: torch.Tensor | Non
         y = cuda_ops.windowed_gemv_split(x2, packed["symbols"], kernel["table"], kernel["values"], packed["raw"],
                                          layout, info.top, info.n, info.k)
     else:  # the dense weight, then F.linear with the bias inside the matmul as nn.Linear: bit for bit
-        if info.kind == KIND_SPLIT and info.version == 2 and info.dtype in (torch.bfloat16, torch.float16):
-            q = cuda_ops.windowed_decode(packed["symbols"], kernel["table"], layout)
-            w = cuda_ops.split_merge(q, kernel["value16"], packed["raw"], info.top).view(info.dtype)
-        else:  # fp32 lossless, v1 byte planes: the CPU decoder
-            w = unpack({name: t.cpu() for name, t in packed.items()}).to(x.device)
-        y = F.linear(x2, w.view(info.n, info.k).to(x.dtype), None if bias is None else bias.to(x.dtype))
+        w = dense_weight(packed, kernel, info, x.device)
+        y = F.linear(x2, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
         return y.reshape(*lead, info.n)
     y = y.to(x.dtype)
     if bias is not None:
         y = y + bias.to(y.dtype)
     return y.reshape(*lead, info.n)
+
+
+def dense_weight(packed: dict, kernel: dict, info: WeightInfo, device: torch.device) -> torch.Tensor:
+    """The [n, k] weight in its dtype on `device`: a 16-bit lossless split weight rebuilt there
+    (decode + split merge, bit-exact), anything else decoded by the CPU decoder."""
+    if info.kind == KIND_SPLIT and info.version == 2 and info.dtype in (torch.bfloat16, torch.float16):
+        q = cuda_ops.windowed_decode(packed["symbols"], kernel["table"], list(info.layout))
+        w = cuda_ops.split_merge(q, kernel["value16"], packed["raw"], info.top).view(info.dtype)
+    else:  # fp32 lossless, v1 byte planes
+        w = unpack({name: t.cpu() for name, t in packed.items()}).to(device)
+    return w.view(info.n, info.k)
 
 
 def _affine_decoded(x2: torch.Tensor, packed: dict, kernel: dict, info: WeightInfo) -> torch.Tensor:
@@ -193,5 +200,5 @@ def require_gpu_build() -> None:
                          "rebuild with nvcc on PATH or run the model on the CPU")
 
 
-__all__ = ["KERNEL_BUFFERS", "WeightInfo", "kernel_buffers", "linear", "require_gpu_build", "weight_info",
-           "KIND_LOSSLESS"]
+__all__ = ["KERNEL_BUFFERS", "WeightInfo", "dense_weight", "kernel_buffers", "linear", "require_gpu_build",
+           "weight_info", "KIND_LOSSLESS"]
