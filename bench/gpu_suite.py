@@ -344,9 +344,9 @@ def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
                 rows.append({"subject": subject, "method": method, "error": f"{type(e).__name__}: {e}"})
                 continue
             gbs = 2 * n / ms / 1e6
+            moved_pct = 100 * (2 * n + nbytes) / ms / 1e6 / peak if peak else None
             rows.append({"subject": subject, "method": method, "weights": n, "bits_per_weight": 8 * nbytes / n,
-                         "ms": ms, "decoded_GBps": gbs, "pct_hbm_of_bytes_moved": 100 * (2 * n + nbytes) / ms / 1e6 / peak
-                         if peak else None, "bit_exact": exact})
+                         "ms": ms, "decoded_GBps": gbs, "pct_hbm_of_bytes_moved": moved_pct, "bit_exact": exact})
             print(f"lossless decode {subject:17s} {method:18s} {8 * nbytes / n:6.2f} b/w {ms * 1e3:9.1f} us "
                   f"{gbs:8.1f} GB/s of bf16  exact={exact}", flush=True)
         del layers, rebuild, methods
@@ -389,7 +389,8 @@ def end_to_end(tokens: int, batches=(1, 8), rows: list | None = None) -> list[di
             rows.append({"method": label, "batch": batch, "tokens_per_s": batch * tokens / dt,
                          "ms_per_step": 1e3 * dt / tokens, "peak_mem_MiB": torch.cuda.max_memory_allocated() / 2**20,
                          "compress_s": compress_s})
-            print(f"e2e {label:22s} batch {batch:2d} {batch * tokens / dt:8.1f} tok/s  {1e3 * dt / tokens:6.2f} ms/step  "
+            print(f"e2e {label:22s} batch {batch:2d} {batch * tokens / dt:8.1f} tok/s  "
+                  f"{1e3 * dt / tokens:6.2f} ms/step  "
                   f"peak {rows[-1]['peak_mem_MiB']:.0f} MiB", flush=True)
         del m
         torch.cuda.empty_cache()
