@@ -118,6 +118,8 @@ struct MergeTable {
   // value[s]'s low and high bytes, for the byte-permute merge of 16-bit floats (split_vbmi.h).
   alignas(64) uint8_t value_lo[kMaxValues];
   alignas(64) uint8_t value_hi[kMaxValues];
+  alignas(64) uint8_t to_qwords[vbmi::kBlock];    // vbmi::block_permutes(low), for low <= 8
+  alignas(64) uint8_t field_shift[vbmi::kBlock];
 };
 
 template <class T>
@@ -135,6 +137,7 @@ inline Status make_merge_table(const uint32_t* values, uint32_t n_values, int to
     t->value_lo[s] = uint8_t(t->value[s]);
     t->value_hi[s] = uint8_t(uint64_t(t->value[s]) >> 8);
   }
+  if (t->low <= 8) vbmi::block_permutes(t->low, t->to_qwords, t->field_shift);
   return Status::Ok;
 }
 
@@ -206,7 +209,7 @@ inline bool merge_span(const MergeTable<T>& t, const uint8_t* symbols, uint64_t 
       for (; i < head; ++i) one(i);
       const uint64_t blocks = (count - i) / vbmi::kBlock;
       const uint64_t word = (first + i) * uint64_t(low) / 32;
-      vbmi::merge_blocks(t.value_lo, t.value_hi, t.n_values, low, symbols + i, blocks,
+      vbmi::merge_blocks(t.value_lo, t.value_hi, t.n_values, low, t.to_qwords, t.field_shift, symbols + i, blocks,
                          reinterpret_cast<const uint8_t*>(raw + word), reinterpret_cast<uint16_t*>(out + i));
       for (i += vbmi::kBlock * blocks; i < count; ++i) one(i);
       return true;

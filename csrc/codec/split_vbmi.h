@@ -13,12 +13,48 @@
 // - Chosen at run time where the CPU has AVX-512 F, BW and VBMI (and cpu_simd() is on).
 #pragma once
 
+#include <cstdint>
+
+namespace pycodec {
+namespace split {
+namespace vbmi {
+
+constexpr int kBlock = 64;
+
+// The permutes that depend on the raw width, built once per weight (MergeTable): for qword g of
+// a block, little-endian byte k takes stream byte low * g + 7 - k (big-endian order), stored at
+// that ^ 3 (a word's stream bytes lie reversed); field k of the qword shifts by 64 - (k+1) low.
+inline void block_permutes(int low, uint8_t to_qwords[kBlock], uint8_t field_shift[kBlock]) {
+  for (int g = 0; g < 8; ++g)
+    for (int k = 0; k < 8; ++k) {
+      to_qwords[8 * g + k] = uint8_t((low * g + 7 - k) ^ 3);
+      field_shift[8 * g + k] = uint8_t(64 - (k + 1) * low);
+    }
+}
+
+// Word i of an output half from (low byte i, high byte i) of the block's two byte vectors.
+struct Interleave {
+  alignas(64) uint8_t half[2][kBlock];
+};
+constexpr Interleave make_interleave() {
+  Interleave t{};
+  for (int i = 0; i < 32; ++i)
+    for (int h = 0; h < 2; ++h) {
+      t.half[h][2 * i] = uint8_t(32 * h + i);
+      t.half[h][2 * i + 1] = uint8_t(64 + 32 * h + i);
+    }
+  return t;
+}
+inline constexpr Interleave kInterleave = make_interleave();
+
+}  // namespace vbmi
+}  // namespace split
+}  // namespace pycodec
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
 #define PYCODEC_HAVE_VBMI_MERGE 1
 
 #include <immintrin.h>
-
-#include <cstdint>
 
 namespace pycodec {
 namespace split {
@@ -30,8 +66,6 @@ inline bool cpu_has_vbmi() {
          __builtin_cpu_supports("avx512vbmi");
 }
 
-constexpr int kBlock = 64;
-
 // GCC 12 warns inside its own intrinsic headers here (their _mm512_undefined_* placeholders).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
@@ -40,28 +74,17 @@ constexpr int kBlock = 64;
 
 // blocks * 64 elements: symbols (all < n_values, checked by the caller), raw_bytes the raw bit
 // string's bytes from the first block's word on (8 * low bytes a block), out 16-bit floats.
+// to_qwords, field_shift: block_permutes(low), 64-byte aligned.
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline void merge_blocks(
-    const uint8_t* value_lo, const uint8_t* value_hi, uint32_t n_values, int low, const uint8_t* symbols,
-    uint64_t blocks, const uint8_t* raw_bytes, uint16_t* out) {
-  alignas(64) uint8_t to_qwords[kBlock], field_shift[kBlock], words_0[kBlock], words_1[kBlock];
-  for (int g = 0; g < 8; ++g)
-    for (int k = 0; k < 8; ++k) {
-      const int stream_byte = low * g + 7 - k;  // qword g, little-endian byte k: big-endian order
-      to_qwords[8 * g + k] = uint8_t(stream_byte ^ 3);  // a word's stream bytes lie reversed
-      field_shift[8 * g + k] = uint8_t(64 - (k + 1) * low);
-    }
-  for (int i = 0; i < 32; ++i) {  // word i of an output half: (low byte i, high byte i)
-    words_0[2 * i] = uint8_t(i);
-    words_0[2 * i + 1] = uint8_t(64 + i);
-    words_1[2 * i] = uint8_t(32 + i);
-    words_1[2 * i + 1] = uint8_t(96 + i);
-  }
+    const uint8_t* value_lo, const uint8_t* value_hi, uint32_t n_values, int low, const uint8_t* to_qwords,
+    const uint8_t* field_shift, const uint8_t* symbols, uint64_t blocks, const uint8_t* raw_bytes, uint16_t* out) {
   const __m512i lo_a = _mm512_load_si512(value_lo), lo_b = _mm512_load_si512(value_lo + 64);
   const __m512i lo_c = _mm512_load_si512(value_lo + 128), lo_d = _mm512_load_si512(value_lo + 192);
   const __m512i hi_a = _mm512_load_si512(value_hi), hi_b = _mm512_load_si512(value_hi + 64);
   const __m512i hi_c = _mm512_load_si512(value_hi + 128), hi_d = _mm512_load_si512(value_hi + 192);
   const __m512i qwords = _mm512_load_si512(to_qwords), shift = _mm512_load_si512(field_shift);
-  const __m512i interleave_0 = _mm512_load_si512(words_0), interleave_1 = _mm512_load_si512(words_1);
+  const __m512i interleave_0 = _mm512_load_si512(kInterleave.half[0]);
+  const __m512i interleave_1 = _mm512_load_si512(kInterleave.half[1]);
   const __m512i field_mask = _mm512_set1_epi8(char((1u << low) - 1));
   const __mmask64 raw_mask = low == 8 ? ~__mmask64(0) : (__mmask64(1) << (8 * low)) - 1;
   const bool wide = n_values > 128;
