@@ -378,10 +378,14 @@ Status decode_merged_chunk(const DecodeTables& tables, const uint8_t* blob, uint
   thread_local std::vector<uint8_t> symbols, be;  // per worker: one chunk's worth
   const uint32_t n = tables.chunk_length(c);
   if (symbols.size() < n) symbols.resize(n);
+  const uint64_t first = c * tables.info.chunk_symbols;
+  // The chunk's raw bits come from memory: fetch them while its symbols decode, or the
+  // merge waits on each of their cache lines in turn.
+  const uint64_t raw_word = first * merge.low / 32, raw_end = std::min<uint64_t>(n_raw_words, ((first + n) * merge.low + 31) / 32);
+  for (uint64_t w = raw_word; w < raw_end; w += 16) __builtin_prefetch(raw + w);
   const Status st = tables.decode_chunk(blob, c, symbols.data());
   if (st != Status::Ok) return st;
   if (hash) *hash = hash64(symbols.data(), n);
-  const uint64_t first = c * tables.info.chunk_symbols;
   return split::merge_span(merge, symbols.data(), first, n, raw, n_raw_words, o, be) ? Status::Ok
                                                                                      : Status::BadArgument;
 }

@@ -181,26 +181,24 @@ inline bool use_vbmi_merge() {
 
 // out[0, count) = the values of elements first .. first + count - 1: symbols[i - first] through
 // the table, or'd with raw field i. raw: all n_raw_words words of the tensor's raw bits. Returns
-// false (writing nothing) for a symbol >= n_values or raw bits too short. be: scratch, grown to
-// the span's raw bytes: they are copied in stream order (each word byte-swapped) once, so a
-// field is one unaligned big-endian load away (the scalar merge).
+// false for a symbol >= n_values or raw bits too short (out may then hold anything). be:
+// scratch, grown to the span's raw bytes: they are copied in stream order (each word
+// byte-swapped) once, so a field is one unaligned big-endian load away (the scalar merge).
 template <class T>
 inline bool merge_span(const MergeTable<T>& t, const uint8_t* symbols, uint64_t first, uint64_t count,
                        const uint32_t* raw, uint64_t n_raw_words, T* out, std::vector<uint8_t>& be) {
-  uint8_t largest = 0;  // a max reduction: one unsigned byte max per 16 symbols even in SSE2
-  for (uint64_t i = 0; i < count; ++i) largest = std::max(largest, symbols[i]);
-  if (count && largest >= t.n_values) return false;
   const int low = t.low;
-  if (low == 0) {
-    for (uint64_t i = 0; i < count; ++i) out[i] = t.value[symbols[i]];
-    return true;
-  }
   const uint64_t first_word = first * low / 32, end_word = ((first + count) * low + 31) / 32;
   if (end_word > n_raw_words) return false;
 #ifdef PYCODEC_HAVE_VBMI_MERGE
   if constexpr (sizeof(T) == 2) {
-    if (low <= 8 && use_vbmi_merge()) {
+    if (low && low <= 8 && use_vbmi_merge()) {
+      // Checked as they are merged, so the symbols are read once: a span with a bad symbol gets
+      // garbage values (its caller reports it), never a read out of bounds (value[] has every
+      // byte's entry, zero past n_values; a byte permute ignores an index's high bits).
+      uint8_t largest = 0;
       const auto one = [&](uint64_t i) {
+        largest = std::max(largest, symbols[i]);
         out[i] = T(t.value[symbols[i]] | T(windowed::chunk_bits(raw, n_raw_words, (first + i) * uint64_t(low), low)));
       };
       // Blocks start at elements that are multiples of 64: their raw bits start on a word.
@@ -209,13 +207,23 @@ inline bool merge_span(const MergeTable<T>& t, const uint8_t* symbols, uint64_t 
       for (; i < head; ++i) one(i);
       const uint64_t blocks = (count - i) / vbmi::kBlock;
       const uint64_t word = (first + i) * uint64_t(low) / 32;
-      vbmi::merge_blocks(t.value_lo, t.value_hi, t.n_values, low, t.to_qwords, t.field_shift, symbols + i, blocks,
-                         reinterpret_cast<const uint8_t*>(raw + word), reinterpret_cast<uint16_t*>(out + i));
+      if (blocks)
+        largest = std::max(largest, vbmi::merge_blocks(t.value_lo, t.value_hi, t.n_values, low, t.to_qwords,
+                                                       t.field_shift, symbols + i, blocks,
+                                                       reinterpret_cast<const uint8_t*>(raw + word),
+                                                       reinterpret_cast<uint16_t*>(out + i)));
       for (i += vbmi::kBlock * blocks; i < count; ++i) one(i);
-      return true;
+      return !count || largest < t.n_values;
     }
   }
 #endif
+  uint8_t largest = 0;  // a max reduction: one unsigned byte max per 16 symbols even in SSE2
+  for (uint64_t i = 0; i < count; ++i) largest = std::max(largest, symbols[i]);
+  if (count && largest >= t.n_values) return false;
+  if (low == 0) {
+    for (uint64_t i = 0; i < count; ++i) out[i] = t.value[symbols[i]];
+    return true;
+  }
   const size_t bytes = 4 * size_t(end_word - first_word);
   if (be.size() < bytes + 8) be.resize(bytes + 8);
   for (size_t w = 0; w < end_word - first_word; ++w) {

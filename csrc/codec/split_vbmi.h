@@ -72,10 +72,11 @@ inline bool cpu_has_vbmi() {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
-// blocks * 64 elements: symbols (all < n_values, checked by the caller), raw_bytes the raw bit
-// string's bytes from the first block's word on (8 * low bytes a block), out 16-bit floats.
-// to_qwords, field_shift: block_permutes(low), 64-byte aligned.
-__attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline void merge_blocks(
+// blocks * 64 elements: symbols, raw_bytes the raw bit string's bytes from the first block's word
+// on (8 * low bytes a block), out 16-bit floats. to_qwords, field_shift: block_permutes(low),
+// 64-byte aligned. Returns the largest symbol: the caller rejects the span (whose values are
+// then garbage) when it is not below n_values, so the symbols are read once.
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline uint8_t merge_blocks(
     const uint8_t* value_lo, const uint8_t* value_hi, uint32_t n_values, int low, const uint8_t* to_qwords,
     const uint8_t* field_shift, const uint8_t* symbols, uint64_t blocks, const uint8_t* raw_bytes, uint16_t* out) {
   const __m512i lo_a = _mm512_load_si512(value_lo), lo_b = _mm512_load_si512(value_lo + 64);
@@ -88,8 +89,10 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline void merge_blocks(
   const __m512i field_mask = _mm512_set1_epi8(char((1u << low) - 1));
   const __mmask64 raw_mask = low == 8 ? ~__mmask64(0) : (__mmask64(1) << (8 * low)) - 1;
   const bool wide = n_values > 128;
+  __m512i largest = _mm512_setzero_si512();
   for (uint64_t b = 0; b < blocks; ++b) {
     const __m512i sym = _mm512_loadu_si512(symbols + kBlock * b);
+    largest = _mm512_max_epu8(largest, sym);
     __m512i lo = _mm512_permutex2var_epi8(lo_a, sym, lo_b);
     __m512i hi = _mm512_permutex2var_epi8(hi_a, sym, hi_b);
     if (wide) {
@@ -104,6 +107,13 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline void merge_blocks(
     _mm512_storeu_si512(out + kBlock * b, _mm512_permutex2var_epi8(lo, interleave_0, hi));
     _mm512_storeu_si512(out + kBlock * b + 32, _mm512_permutex2var_epi8(lo, interleave_1, hi));
   }
+  const __m256i half = _mm256_max_epu8(_mm512_castsi512_si256(largest), _mm512_extracti64x4_epi64(largest, 1));
+  __m128i q = _mm_max_epu8(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1));
+  q = _mm_max_epu8(q, _mm_srli_si128(q, 8));
+  q = _mm_max_epu8(q, _mm_srli_si128(q, 4));
+  q = _mm_max_epu8(q, _mm_srli_si128(q, 2));
+  q = _mm_max_epu8(q, _mm_srli_si128(q, 1));
+  return uint8_t(_mm_cvtsi128_si32(q));
 }
 
 #if defined(__GNUC__) && !defined(__clang__)

@@ -443,9 +443,23 @@ PYCODEC_HD uint32_t next_lane_start(uint32_t start, uint32_t count, uint32_t m) 
 // The CPU decoder writes each lane into its own region of a scratch buffer, 4 bytes per
 // entry (the entry's symbols and one byte past them, overwritten by the next entry), and
 // copies the regions into place once the lanes' counts are known. A lane holds at most one
-// symbol per window bit, so a region of window + kStoreSlack bytes always suffices. The
-// scratch also holds the chunk's big-endian copy (decode_chunk).
-constexpr uint32_t kStoreSlack = 4;
+// symbol per window bit; its last steps may run past its window (decode_lanes_lockstep),
+// each writing <= 4 bytes and moving <= kMaxPerEntry, so a region of window + kStoreSlack
+// bytes always suffices. The scratch also holds the chunk's big-endian copy (decode_chunk).
+constexpr int kOverrunRounds = 3;                        // rounds of kStepsPerPeek steps
+constexpr uint32_t kOverrunSteps = kOverrunRounds * 4;   // = kOverrunRounds * kStepsPerPeek
+constexpr uint32_t kStoreSlack = kPeekBits + kOverrunSteps * kMaxPerEntry + 4;
+// Bytes readable past the last lane's window: a peek 8 bytes on from a position up to
+// kOverrunSteps steps of kPeekBits past it.
+constexpr uint32_t kBeSlack = (kOverrunSteps * kPeekBits + 7) / 8 + 8;
+
+// The lane loops are inlined into decode_chunk, so that each of its builds (PYCODEC_DECODE_CLONES)
+// compiles them for its own instruction set.
+#if defined(__GNUC__) || defined(__clang__)
+#define PYCODEC_CPU_INLINE inline __attribute__((always_inline))
+#else
+#define PYCODEC_CPU_INLINE inline
+#endif
 
 // The CPU decoder reads a chunk as bytes: the words byte-swapped once into a big-endian copy,
 // so any bit position's next 64 bits are one unaligned load and one byte swap away. A lane then
@@ -464,72 +478,117 @@ struct ByteLane {
 // Table steps that one 64-bit peek serves: it holds >= 57 bits past pos, a step takes <= 12.
 constexpr int kStepsPerPeek = 4;
 static_assert(kStepsPerPeek * kPeekBits <= 64 - 7, "a peek's bits must cover its steps");
+static_assert(kOverrunSteps == kOverrunRounds * kStepsPerPeek, "overrun steps are whole rounds");
 
 // Window decoding (decode_window) of N lanes of `window` bits each, in lockstep: N independent
 // chains the core overlaps. Every lane starts `window` bits after the one before. Each lane
 // peeks once per kStepsPerPeek steps, so a step's chain is a register shift and a table load,
 // not a memory load of the stream as well (bench/cpu_lane_loop.cpp: 4.6 -> 3.2 cycles a
 // lane-step with 4 lanes, 2.8 with 8). Steps run unchecked while every lane has >= 48 bits
-// left, then from the tables of the bits left until no lane moves.
+// left. Then the lanes run on, still unchecked, past their windows' ends (into the next lane's
+// bits or the zeros after the chunk) until every lane has crossed its end, each step's
+// position and output recorded: a lane's count is then fixed from the step that crossed its
+// end, by the table of the window bits that step had left (MultiTable::tail), which takes
+// the codes of that step's entry that end inside the window. Lanes that need more than
+// kOverrunRounds rounds for that (a very uneven chunk) go back to where the overrun began
+// and finish with a tail-table lookup on every step.
 // dst: each lane's scratch region; n, used: decode_window's results. be: the chunk's bytes,
-// big-endian, 8 readable bytes past the last lane's window.
+// big-endian, kBeSlack readable bytes past the last lane's window.
 template <int N>
-inline void decode_lanes_lockstep(const MultiTable& t, const uint8_t* be, uint64_t window, uint64_t first_bit,
+PYCODEC_CPU_INLINE void decode_lanes_lockstep(const MultiTable& t, const uint8_t* be, uint64_t window, uint64_t first_bit,
                                   uint8_t* const dst[], uint32_t n[], uint32_t used[]) {
   ByteLane lane[N];
-  for (int j = 0; j < N; ++j) lane[j] = {first_bit + uint64_t(j) * window, dst[j]};
+  uint64_t end[N];
+  for (int j = 0; j < N; ++j) {
+    lane[j] = {first_bit + uint64_t(j) * window, dst[j]};
+    end[j] = first_bit + uint64_t(j + 1) * window;
+  }
   const uint32_t* table = t.entry;
+  // Four steps of every lane from the table alone; record(k, j, pos, out) sees each step's start.
+  const auto round = [&](auto record) {
+    uint64_t bits[N];
+    uint32_t taken[N];
+    for (int j = 0; j < N; ++j) {
+      bits[j] = peek64(be, lane[j].pos);
+      taken[j] = 0;
+    }
+    for (int k = 0; k < kStepsPerPeek; ++k)
+      for (int j = 0; j < N; ++j) {
+        record(k, j, lane[j].pos + taken[j], lane[j].out);
+        const uint32_t e = table[(bits[j] << taken[j]) >> (64 - kPeekBits)];
+        std::memcpy(lane[j].out, &e, 4);
+        lane[j].out += entry_count(e);
+        taken[j] += entry_bits(e);
+      }
+    for (int j = 0; j < N; ++j) lane[j].pos += taken[j];
+  };
   // The shortest remainder: lane j's is window - (pos_j - start_j), the starts window apart.
   const auto least_left = [&] {
     uint64_t done = 0;
     for (int j = 0; j < N; ++j) done = std::max(done, lane[j].pos - first_bit - uint64_t(j) * window);
     return window - done;
   };
-  for (uint64_t least; (least = least_left()) >= uint64_t(kStepsPerPeek * kPeekBits);) {
-    for (uint64_t peeks = least / (kStepsPerPeek * kPeekBits); peeks; --peeks) {
+  for (uint64_t least; (least = least_left()) >= uint64_t(kStepsPerPeek * kPeekBits);)
+    for (uint64_t rounds = least / (kStepsPerPeek * kPeekBits); rounds; --rounds) round([](int, int, uint64_t, uint8_t*) {});
+
+  // The overrun: every lane is inside its window (pos <= end) here.
+  ByteLane saved[N];
+  std::copy(lane, lane + N, saved);
+  uint64_t step_pos[kOverrunSteps][N];
+  uint8_t* step_out[kOverrunSteps][N];
+  uint32_t steps = 0;
+  const auto all_crossed = [&] {
+    bool crossed = true;
+    for (int j = 0; j < N; ++j) crossed &= lane[j].pos > end[j];
+    return crossed;
+  };
+  while (!all_crossed() && steps < kOverrunSteps) {
+    round([&](int k, int j, uint64_t pos, uint8_t* out) {
+      step_pos[steps + k][j] = pos;
+      step_out[steps + k][j] = out;
+    });
+    steps += kStepsPerPeek;
+  }
+  if (all_crossed()) {
+    for (int j = 0; j < N; ++j) {
+      // Positions only grow, so the crossing step is the last one that started inside.
+      uint32_t inside = 0;
+      for (uint32_t k = 0; k < steps; ++k) inside += step_pos[k][j] <= end[j];
+      const uint64_t pos = step_pos[inside - 1][j];
+      const uint32_t w = uint32_t(end[j] - pos);  // < kPeekBits: that step ended past end
+      const uint32_t v = uint32_t(peek64(be, pos) >> (64 - kPeekBits));
+      const uint32_t e = t.tail[(1u << w) - 1 + (v >> (kPeekBits - w))];
+      // Its codes are the first entry_count(e) of the step's own entry, already written.
+      lane[j] = {pos + entry_bits(e), step_out[inside - 1][j] + entry_count(e)};
+    }
+  } else {
+    std::copy(saved, saved + N, lane);
+    // Lockstep still, each step from the table of the window bits left: a lane takes every
+    // code that ends inside its window and, once done, nothing more.
+    for (bool going = true; going;) {
       uint64_t bits[N];
-      uint32_t taken[N];
+      uint32_t taken[N], stopped[N];
       for (int j = 0; j < N; ++j) {
         bits[j] = peek64(be, lane[j].pos);
         taken[j] = 0;
+        stopped[j] = 0;
       }
       for (int k = 0; k < kStepsPerPeek; ++k)
         for (int j = 0; j < N; ++j) {
-          const uint32_t e = table[(bits[j] << taken[j]) >> (64 - kPeekBits)];
+          const uint32_t v = uint32_t((bits[j] << taken[j]) >> (64 - kPeekBits));
+          const uint32_t w = uint32_t(std::min<uint64_t>(end[j] - lane[j].pos - taken[j], kPeekBits));
+          const uint32_t* codes = w == uint32_t(kPeekBits) ? table : t.tail + ((1u << w) - 1);
+          const uint32_t e = codes[v >> (kPeekBits - w)];
           std::memcpy(lane[j].out, &e, 4);
           lane[j].out += entry_count(e);
           taken[j] += entry_bits(e);
+          stopped[j] |= e == 0;  // the next code does not fit: this lane is done
         }
-      for (int j = 0; j < N; ++j) lane[j].pos += taken[j];
-    }
-  }
-  // The last steps, still kStepsPerPeek to a peek and every lane in lockstep (no branch per
-  // lane), each from the table of the window bits left (MultiTable::tail): a lane takes every
-  // code that ends inside its window and, once done, nothing more.
-  for (bool going = true; going;) {
-    uint64_t bits[N], left[N];
-    uint32_t taken[N], stopped[N];
-    for (int j = 0; j < N; ++j) {
-      bits[j] = peek64(be, lane[j].pos);
-      left[j] = first_bit + uint64_t(j + 1) * window - lane[j].pos;
-      taken[j] = 0;
-      stopped[j] = 0;
-    }
-    for (int k = 0; k < kStepsPerPeek; ++k)
+      going = false;
       for (int j = 0; j < N; ++j) {
-        const uint32_t v = uint32_t((bits[j] << taken[j]) >> (64 - kPeekBits));
-        const uint32_t w = uint32_t(std::min<uint64_t>(left[j] - taken[j], kPeekBits));
-        const uint32_t* codes = w == uint32_t(kPeekBits) ? table : t.tail + ((1u << w) - 1);
-        const uint32_t e = codes[v >> (kPeekBits - w)];
-        std::memcpy(lane[j].out, &e, 4);
-        lane[j].out += entry_count(e);
-        taken[j] += entry_bits(e);
-        stopped[j] |= e == 0;  // the next code does not fit: this lane is done
+        lane[j].pos += taken[j];
+        going |= !stopped[j];
       }
-    going = false;
-    for (int j = 0; j < N; ++j) {
-      lane[j].pos += taken[j];
-      going |= !stopped[j];
     }
   }
   for (int j = 0; j < N; ++j) {
@@ -540,7 +599,7 @@ inline void decode_lanes_lockstep(const MultiTable& t, const uint8_t* be, uint64
 
 // Every lane of a chunk, 8 in lockstep while that many are left, then 4, 2, 1: no lane
 // decodes anything but its own window.
-inline void decode_lanes(const MultiTable& t, const uint8_t* be, uint64_t window, uint32_t lanes, uint8_t* const dst[],
+PYCODEC_CPU_INLINE void decode_lanes(const MultiTable& t, const uint8_t* be, uint64_t window, uint32_t lanes, uint8_t* const dst[],
                          uint32_t n[], uint32_t used[]) {
   uint32_t l = 0;
   for (; l + 8 <= lanes; l += 8) decode_lanes_lockstep<8>(t, be, window, l * window, dst + l, n + l, used + l);
@@ -569,8 +628,17 @@ inline void copy_lane(uint8_t* to, const uint8_t* from, uint32_t n, uint32_t roo
 // the first (m - symbols before it) of its window, and the lane holding the chunk's last
 // symbol ends where those symbols' code lengths sum to; zeros must follow.
 // scratch: grown to the lanes' regions and the chunk's big-endian copy (a few times 4 * n_words).
-inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t n_words, uint32_t lanes,
-                           uint8_t* out, uint32_t m, std::vector<uint8_t>& scratch) {
+// Built again for x86-64-v3, chosen per CPU at load: BMI2 shifts by any register instead of
+// only by cl, which frees a register in the lane loop (~6% on the 2-core AMD EPYC).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define PYCODEC_DECODE_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define PYCODEC_DECODE_CLONES
+#endif
+
+PYCODEC_DECODE_CLONES inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t n_words,
+                                                 uint32_t lanes, uint8_t* out, uint32_t m,
+                                                 std::vector<uint8_t>& scratch) {
   if (t.constant) {
     if (n_words != 0 || lanes != 1) return Status::CorruptPayload;
     std::memset(out, int(entry_symbol(t.entry[0], 0)), m);
@@ -579,7 +647,7 @@ inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t 
   if (n_words == 0 || lanes == 0 || lanes > uint32_t(kMaxLanes)) return Status::CorruptPayload;
   const uint64_t window = lane_window_bits(n_words, lanes);
   const size_t region = size_t(window) + kStoreSlack;
-  const size_t be_bytes = 4 * size_t(n_words) + 8;
+  const size_t be_bytes = 4 * size_t(n_words) + kBeSlack;
   if (scratch.size() < lanes * region + be_bytes) scratch.resize(lanes * region + be_bytes);
   uint8_t* be = scratch.data() + lanes * region;
   // Chunks lie one after another: start fetching the next one (about as long) now, or its

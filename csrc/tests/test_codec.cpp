@@ -143,6 +143,21 @@ static void test_roundtrips() {
       roundtrip(gaussian_symbols(chunk * 3 + 1, 1.5 + lanes % 7, lanes * chunk), v2, chunk, "lanes", lanes);
 }
 
+// Lanes of one chunk that move at very different speeds: runs of a 1-bit code (three codes a
+// table step) beside runs of long codes (one a step). The CPU decoder's lanes then cross their
+// windows' ends rounds apart, past what its unchecked overrun allows, and it finishes them from
+// the tail tables (windowed.h: decode_lanes_lockstep); evenly mixed runs take the overrun.
+static void test_uneven_lanes() {
+  const Kind& v2 = kKinds[0];
+  std::mt19937 rng(29);
+  for (uint32_t run : {8u, 64u, 300u, 2048u, 20000u}) {
+    std::vector<uint8_t> v(40000);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = (i / run) % 2 ? uint8_t(1 + rng() % 255) : 0;
+    for (uint32_t chunk : {0u, 512u, 4096u}) roundtrip(v, v2, chunk, "uneven lanes");
+    roundtrip(v, v2, 4096, "uneven lanes, 8 lanes", 8);
+  }
+}
+
 static void test_efficiency() {
   const auto v = gaussian_symbols(1 << 20, 4.0, 7);
   const double h = entropy_bits(v) / 8.0;  // bytes
@@ -364,6 +379,13 @@ static void test_split_merge_paths_agree() {
       std::vector<uint8_t> be;
       CHECK(split::merge_span(t, symbols.data() + first, first, n - first, raw.data(), raw.size(), out.data(), be));
       CHECK(std::equal(out.begin(), out.end(), bits.begin() + long(first)));
+      // One symbol past the values anywhere in the span (a head, a 64-wide block, the tail) is
+      // refused, by the vector merge as by the scalar one.
+      if (plan.n_values < 256) {
+        std::vector<uint8_t> bad(symbols.begin() + long(first), symbols.end());
+        bad[rng() % bad.size()] = uint8_t(plan.n_values + rng() % (256 - plan.n_values));
+        CHECK(!split::merge_span(t, bad.data(), first, n - first, raw.data(), raw.size(), out.data(), be));
+      }
     }
   }
   split::simd_wanted().store(true);
@@ -411,6 +433,7 @@ int main() {
   test_package_merge_optimal_on_dyadic();
   test_rans_normalize();
   test_roundtrips();
+  test_uneven_lanes();
   test_efficiency();
   test_multi_table_matches_single_codes();
   test_lane_primitives_match_chunk_decoder();
