@@ -56,10 +56,11 @@ def names_for(kind: int, n_planes: int) -> tuple[str, ...]:
     raise CodecError(f"unknown packed weight kind {kind}")
 
 
-def _decode_on_cpu(packed: list[torch.Tensor]) -> torch.Tensor:
-    """The dense weight (original dtype for lossless, fp32 for affine), decoded by the C++ core."""
+def _decode_on_cpu(packed: list[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The dense weight, decoded by the C++ core: original dtype for lossless; affine weights in
+    ``dtype`` (default fp32), dequantized straight into it."""
     meta = packed[0].cpu()
-    return unpack({k: v.cpu() for k, v in zip(buffer_names(meta), packed)})
+    return unpack({k: v.cpu() for k, v in zip(buffer_names(meta), packed)}, dtype)
 
 
 @torch.library.custom_op("pycodec::compressed_linear", mutates_args=())
@@ -86,7 +87,7 @@ def compressed_linear(x: torch.Tensor, packed: list[torch.Tensor], kernel: list[
             end = first + block.shape[0]
             y[..., first:end] = F.linear(x, block, None if bias is None else bias[first:end])
         return y
-    w = _decode_on_cpu(packed).to(x.dtype)
+    w = _decode_on_cpu(packed, x.dtype).to(x.dtype)
     return F.linear(x, w, bias)
 
 
@@ -102,7 +103,7 @@ def _(x, packed, kernel, bias, info, out_features):
 @torch.library.custom_op("pycodec::decode_weight", mutates_args=())
 def decode_weight(packed: list[torch.Tensor], out_features: int, in_features: int, dtype: torch.dtype) -> torch.Tensor:
     """The dense [out_features, in_features] weight of a packed layout (an op, so traces stay opaque)."""
-    return _decode_on_cpu(packed).to(device=packed[1].device, dtype=dtype)
+    return _decode_on_cpu(packed, dtype).to(device=packed[1].device, dtype=dtype)
 
 
 @decode_weight.register_fake
@@ -163,33 +164,37 @@ class DecodedCache:
             raise ValueError(f"max_bytes must be a non-negative int or None, got {max_bytes!r}")
         self.max_bytes = max_bytes
         self._held: dict[int, int] = {}  # id(module) -> bytes of its decoded weight
+        self._holders: dict[tuple, nn.Module] = {}  # _packed_key -> the module that decoded it
         self._modules: list[nn.Module] = []
 
     @property
     def bytes(self) -> int:
         return sum(self._held.values())
 
-    def admit(self, module: nn.Module, weight: torch.Tensor) -> bool:
-        size = weight.numel() * weight.element_size()
+    def admit(self, module: nn.Module, size: int) -> bool:
+        """Whether ``module``'s decoded weight of ``size`` bytes is kept (counted if so)."""
         others = self.bytes - self._held.get(id(module), 0)
         if self.max_bytes is not None and others + size > self.max_bytes:
             return False
         self._held[id(module)] = size
+        self._holders[_packed_key(module)] = module
         return True
 
     def release(self, module: nn.Module) -> None:
         self._held.pop(id(module), None)
+        self._holders = {k: m for k, m in self._holders.items() if m is not module}
 
     def twin_of(self, module: nn.Module, device: torch.device) -> torch.Tensor | None:
         """The decoded weight of another module with the same packed tensors (a tied lm_head and
-        its embedding), if one is held on ``device``: shared, and counted once."""
+        its embedding), if one is held on ``device``: shared, and counted once. One lookup: a
+        forward asks this of every layer the cache has no room for."""
         key = _packed_key(module)
-        for m in self._modules:
-            w = m._decoded
-            if m is not module and w is not None and w.device == device and _packed_key(m) == key:
-                self._held[id(module)] = 0
-                return w
-        return None
+        m = self._holders.get(key)
+        w = None if m is None or m is module else m._decoded
+        if w is None or w.device != device or _packed_key(m) != key:
+            return None
+        self._held[id(module)] = 0
+        return w
 
     def report(self) -> dict:
         return {"max_bytes": self.max_bytes, "bytes": self.bytes, "layers_cached": len(self._held),
@@ -265,7 +270,7 @@ def _apply_packed_once(module: nn.Module, fn, recurse: bool) -> dict:
 
 
 def _packed_key(module: nn.Module) -> tuple:
-    meta = module.packed()["meta"]
+    meta = module.meta
     return meta.untyped_storage().data_ptr(), meta.storage_offset()
 
 
@@ -302,18 +307,23 @@ class _DecodedWeight:
         return bool(getattr(self, "cache_decoded", False)) or (self._decoded_cache is not None and
                                                                 device.type == "cpu")
 
-    def _weight_for(self, device: torch.device) -> torch.Tensor:
+    def _weight_for(self, device: torch.device) -> torch.Tensor | None:
+        """The decoded weight on ``device``, kept from an earlier call or decoded now and kept;
+        None when the DecodedCache has no room for it. The caller then works from the packed
+        weight (a linear dequantizes it block by block into the input's dtype, an embedding
+        decodes the rows it looks up), which is faster than decoding it whole to drop it."""
         w = self._decoded
         if w is not None and w.device == device:
             return w
-        if self._decoded_cache is not None and (twin := self._decoded_cache.twin_of(self, device)) is not None:
+        cache = self._decoded_cache
+        if cache is not None and (twin := cache.twin_of(self, device)) is not None:
             self._decoded = twin
             return twin
-        w = self.decoded_weight().to(device)
-        if getattr(self, "cache_decoded", False) or (self._decoded_cache is not None and
-                                                     self._decoded_cache.admit(self, w)):
-            self._decoded = w
-        return w
+        if not getattr(self, "cache_decoded", False):
+            if cache is None or not cache.admit(self, self._dense_numel() * self.weight_dtype.itemsize):
+                return None
+        self._decoded = self.decoded_weight().to(device)
+        return self._decoded
 
     def _drop_decoded(self) -> None:
         """Forgets the decoded weight (its packed tensors were loaded or moved)."""
@@ -451,13 +461,15 @@ class CompressedLinear(_PackedModule):
         """The weight as a dense tensor in its original dtype (bit-exact in lossless mode)."""
         if self._unchecked:
             self.verify()
-        return _decode_on_cpu(list(self.packed().values())).to(self.weight_dtype)
+        return _decode_on_cpu(list(self.packed().values()), self.weight_dtype).to(self.weight_dtype)
+
+    def _dense_numel(self) -> int:
+        return self.out_features * self.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._unchecked:
             self.verify()
-        if self._uses_decoded(x.device):
-            w = self._weight_for(x.device)
+        if self._uses_decoded(x.device) and (w := self._weight_for(x.device)) is not None:
             return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         if x.device != self.meta.device:
             raise CodecError(f"{type(self).__name__}: input on {x.device}, weight on {self.meta.device}: "
@@ -520,11 +532,14 @@ class CompressedEmbedding(_DecodedWeight, nn.Module):
         return decode_weight(list(self.packed().values()), self.num_embeddings, self.embedding_dim,
                              self.weight_dtype)
 
+    def _dense_numel(self) -> int:
+        return self.num_embeddings * self.embedding_dim
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if self._unchecked:
             self.verify()
-        if self._uses_decoded(idx.device):
-            return F.embedding(idx, self._weight_for(idx.device), self.padding_idx)
+        if self._uses_decoded(idx.device) and (w := self._weight_for(idx.device)) is not None:
+            return F.embedding(idx, w, self.padding_idx)
         packed = self._host if self._host is not None else self.packed()
         return embedding_rows(list(packed.values()), idx, self.embedding_dim, self.weight_dtype)
 

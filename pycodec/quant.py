@@ -469,8 +469,9 @@ def compress_weight(w: torch.Tensor, config) -> tuple[dict, LayerStats]:
     return packed, stats
 
 
-def unpack(packed: dict) -> torch.Tensor:
-    """Decode a packed weight on the CPU: original dtype for lossless, fp32 for affine."""
+def unpack(packed: dict, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Decode a packed weight on the CPU: original dtype for lossless; affine weights in ``dtype``
+    (default fp32), the values of dequantize_affine(...).to(dtype)."""
     meta = packed["meta"].tolist()
     if meta[0] != LAYOUT_VERSION:
         raise CodecError(f"packed weight layout version {meta[0]} is not supported (expected {LAYOUT_VERSION})")
@@ -497,7 +498,7 @@ def unpack(packed: dict) -> torch.Tensor:
             raise CodecError(f"packed weight: symbols have shape {tuple(q.shape)}, expected {(n, k)}")
         idx = _escape_index(packed, n * k)
         return dequantize_affine_as(q, packed["scale"], packed["zero"], group_size, idx, packed["escape_value"],
-                                    torch.float32)
+                                    torch.float32 if dtype is None else dtype)
     raise CodecError(f"packed weight has unknown kind {kind}")
 
 

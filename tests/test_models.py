@@ -248,16 +248,24 @@ def test_model_cache_decodes_each_weight_once_with_identical_outputs(monkeypatch
     assert all(m._decoded is None for m in model.modules() if isinstance(m, CompressedLinear))
 
 
-def test_model_cache_budget_keeps_what_fits_and_follows_loads():
+def test_model_cache_budget_keeps_what_fits_and_follows_loads(monkeypatch):
     model = tiny_llama()
     pycodec.compress_(model, CompressionConfig(mode="int", bits=4), progress=False)
     linears = [m for m in model.modules() if isinstance(m, CompressedLinear)]
     one = linears[0].in_features * linears[0].out_features * 2
     ids = tokens()
     ref = model(ids).logits
+    decoded = []
+    real = CompressedLinear.decoded_weight
+    monkeypatch.setattr(CompressedLinear, "decoded_weight", lambda self: decoded.append(self) or real(self))
     cache = pycodec.cache_decoded(model, max_bytes=one)
     assert torch.equal(model(ids).logits, ref)
+    assert torch.equal(model(ids).logits, ref)
     assert cache.report()["layers_cached"] == 1 and cache.bytes == one and linears[0]._decoded is not None
+    # The layers it has no room for run from their packed weights (by row blocks, in the input's
+    # dtype), never decoded whole only to be dropped.
+    assert decoded == [linears[0]]
+    monkeypatch.undo()
     # A load replaces the packed weight: the cached copy goes, and the budget is free again.
     before = linears[0].decoded_weight()
     state = linears[0].state_dict()
@@ -876,6 +884,24 @@ def test_dequantize_affine_as_equals_the_reference(dtype, n, k, group_size, zero
     got = dequantize_affine_as(q, scale, zero, group_size, idx, values, dtype)
     assert got.dtype == dtype and torch.equal(got.view(torch.int16) if dtype == torch.bfloat16 else got,
                                                expected.view(torch.int16) if dtype == torch.bfloat16 else expected)
+
+
+@pytest.mark.parametrize("mode", ["rate", "int", "lossless"])
+def test_unpack_into_a_dtype_equals_the_cast(mode):
+    """unpack(packed, dtype), what CPU forwards and decoded_weight use, gives unpack(packed).to(dtype):
+    affine weights dequantized straight into it (escapes included), lossless ones bit-exact as ever."""
+    from pycodec.quant import compress_weight, unpack
+
+    g = torch.Generator().manual_seed(5)
+    w = (torch.randn(24, 200, generator=g) * torch.linspace(0.1, 3, 24).unsqueeze(1)).bfloat16()
+    w[3, 7] = 40.0  # far outside its row: an escape in rate mode
+    packed, _ = compress_weight(w, CompressionConfig(mode=mode, bits=3.5 if mode == "rate" else 4))
+    for dtype in (torch.float32, torch.bfloat16):
+        got, expected = unpack(packed, dtype).to(dtype), unpack(packed).to(dtype)
+        assert got.dtype == dtype and torch.equal(got.view(torch.int16) if dtype == torch.bfloat16 else got,
+                                                   expected.view(torch.int16) if dtype == torch.bfloat16 else expected)
+    if mode == "lossless":
+        assert torch.equal(unpack(packed, torch.float32).view(torch.int16), w.view(torch.int16))
 
 
 def test_dequantize_affine_refuses_mismatched_buffers():
