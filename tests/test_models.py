@@ -704,6 +704,9 @@ def test_lossless_compresses_untied_embeddings_bit_exact(tmp_path):
     with pycodec.cache_decoded(model) as cache:  # the table decoded once, lookups unchanged
         assert torch.equal(model(input_ids=ids).last_hidden_state, ref)
         assert model.embeddings.word_embeddings._decoded is not None and cache.report()["layers_cached"] >= 2
+    with pycodec.cache_decoded(model, max_bytes=0) as cache:  # no room: rows decoded per lookup, as without
+        assert torch.equal(model(input_ids=ids).last_hidden_state, ref)
+        assert model.embeddings.word_embeddings._decoded is None and cache.report()["layers_cached"] == 0
     pycodec.save_pretrained(model, tmp_path)
     loaded = pycodec.from_pretrained(str(tmp_path))  # the saved class (BertModel), from config.json
     assert type(loaded).__name__ == "BertModel"
