@@ -360,62 +360,92 @@ inline uint32_t chunk_bits(const uint32_t* w, uint64_t n_words, uint64_t bit, in
   return uint32_t((((hi << 32) | lo) << (bit & 31u)) >> (64 - k));
 }
 
-struct BitWriter {
-  std::vector<uint32_t>& out;
+// The CPU encoder and decoder are built again for x86-64-v3, chosen per CPU at load: BMI2
+// shifts by any register instead of only by cl, which frees registers in their bit loops
+// (2026-11-30, the 2-core AMD EPYC: decode 9%, encode 6%).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define PYCODEC_X86_V3_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define PYCODEC_X86_V3_CLONES
+#endif
+
+// MSB-first bits into 32-bit words at p: the words must be zero past what was written (the
+// encoder sizes and zero-fills them first), so zeros are written by leaving them alone.
+struct WordWriter {
+  uint32_t* p;
   uint64_t acc = 0;
   int pending = 0;  // bits in acc not yet written (< 32)
-  explicit BitWriter(std::vector<uint32_t>& o) : out(o) {}
   void put(uint32_t value, int bits) {  // bits <= 32, value < 2^bits
-    if (bits == 0) return;
     acc = (acc << bits) | value;
     pending += bits;
     if (pending >= 32) {
       pending -= 32;
-      out.push_back(uint32_t(acc >> pending));
+      *p++ = uint32_t(acc >> pending);
     }
   }
-  void zeros(uint64_t bits) {
-    for (; bits >= 32; bits -= 32) put(0, 32);
-    put(0, int(bits));
+  void flush() {
+    if (pending) *p++ = uint32_t(acc << (32 - pending));
+    pending = 0;
   }
 };
 
+// The largest j in [from, to] with prefix[j] <= limit (prefix non-decreasing, prefix[from] <=
+// limit), walked to from `guess`: a lane's end usually lies within a few symbols of where the
+// chunk's mean code length puts it, which costs fewer mispredicted branches than a binary
+// search. A walk of more than kWalk steps (a chunk of very uneven codes) ends in one.
+inline uint32_t last_at_most(const uint32_t* prefix, uint32_t from, uint32_t to, uint64_t limit, uint32_t guess) {
+  constexpr uint32_t kWalk = 16;
+  uint32_t j = std::min(std::max(guess, from), to);
+  for (uint32_t step = 0; prefix[j] > limit; --j)
+    if (++step > kWalk) return uint32_t(std::upper_bound(prefix + from, prefix + j, limit) - prefix - 1);
+  for (uint32_t step = 0; j < to && prefix[j + 1] <= limit; ++j)
+    if (++step > kWalk) return uint32_t(std::upper_bound(prefix + j, prefix + to + 1, limit) - prefix - 1);
+  return j;
+}
+
 // Encodes one chunk of m >= 1 symbols with G lanes and appends its words to `out`: the
 // smallest W for which greedy filling leaves the last lane no more than a window.
-inline Status encode_chunk(const uint8_t* sym, uint32_t m, const huffman::Code& c, uint32_t lanes,
-                           std::vector<uint32_t>& out) {
+PYCODEC_X86_V3_CLONES inline Status encode_chunk(const uint8_t* sym, uint32_t m, const huffman::Code& c,
+                                                 uint32_t lanes, std::vector<uint32_t>& out) {
   if (c.constant) return lanes == 1 ? Status::Ok : Status::BadArgument;  // zero words
-  std::vector<uint64_t> prefix(size_t(m) + 1, 0);
+  if (m > kMaxChunkSymbols || lanes == 0 || lanes > uint32_t(kMaxLanes)) return Status::BadArgument;
+  // prefix[i]: the bits of symbols 0..i-1 (< 2^17 symbols of <= 12 bits: 32 bits suffice).
+  thread_local std::vector<uint32_t> prefix_scratch;
+  if (prefix_scratch.size() < size_t(m) + 1) prefix_scratch.resize(size_t(m) + 1);
+  uint32_t* const prefix = prefix_scratch.data();
+  prefix[0] = 0;
   for (uint32_t i = 0; i < m; ++i) prefix[i + 1] = prefix[i] + c.length[sym[i]];
   const uint64_t total = prefix[m];
-  std::vector<uint32_t> end(lanes);  // one past lane l's last symbol
+  uint32_t end[kMaxLanes];  // one past lane l's last symbol
   uint64_t words = std::max<uint64_t>(1, (total + 31) / 32);
   for (;; ++words) {  // a few steps at most
     const uint64_t window = lane_window_bits(uint32_t(words), lanes);
     uint32_t i = 0;
     for (uint32_t l = 0; l + 1 < lanes; ++l) {
-      i = uint32_t(std::upper_bound(prefix.begin() + i, prefix.end(), prefix[i] + window) - prefix.begin() - 1);
+      i = last_at_most(prefix, i, m, prefix[i] + window, i + uint32_t(window * m / std::max<uint64_t>(total, 1)));
       end[l] = i;
     }
     end[lanes - 1] = m;
     if (total - prefix[i] <= window) break;
   }
+  // Lane l writes exactly `window` bits (its codes, then the next code's first bits) and the
+  // lane holding the last symbol no more: lanes * window <= 32 W bits, all inside the words.
   const size_t start = out.size();
+  out.resize(start + words, 0u);
   const uint64_t window = lane_window_bits(uint32_t(words), lanes);
-  BitWriter bw(out);
+  WordWriter bw{out.data() + start};
   uint32_t i = 0;
-  for (uint32_t l = 0; l < lanes; ++l) {
+  for (uint32_t l = 0; l < lanes && i < m; ++l) {
+    const uint32_t lane_start = i;
     for (; i < end[l]; ++i) bw.put(c.code[sym[i]], c.length[sym[i]]);
-    const uint64_t pad = window - (prefix[i] - prefix[l ? end[l - 1] : 0]);
-    if (i < m && l + 1 < lanes) {  // the next code's first `pad` bits (pad < its length)
+    if (i < m) {  // the next code's first `pad` bits (pad < its length); l + 1 < lanes here
+      const int pad = int(window - (prefix[i] - prefix[lane_start]));
       const uint32_t len = c.length[sym[i]];
-      bw.put(uint32_t(c.code[sym[i]]) >> (len - pad), int(pad));
-    } else {  // every symbol placed: the rest of the chunk is zero
-      bw.zeros(pad);
+      bw.put(uint32_t(c.code[sym[i]]) >> (len - pad), pad);
     }
   }
-  bw.zeros(32 * words - uint64_t(lanes) * window);
-  return out.size() - start == words ? Status::Ok : Status::BadArgument;
+  bw.flush();  // every symbol placed: the rest of the chunk stays zero
+  return Status::Ok;
 }
 
 // Symbols of the chunk into out[0, m): writes only there; validates everything.
@@ -453,8 +483,8 @@ constexpr uint32_t kStoreSlack = kPeekBits + kOverrunSteps * kMaxPerEntry + 4;
 // kOverrunSteps steps of kPeekBits past it.
 constexpr uint32_t kBeSlack = (kOverrunSteps * kPeekBits + 7) / 8 + 8;
 
-// The lane loops are inlined into decode_chunk, so that each of its builds (PYCODEC_DECODE_CLONES)
-// compiles them for its own instruction set.
+// The lane loops are inlined into decode_chunk, so that each of its builds
+// (PYCODEC_X86_V3_CLONES) compiles them for its own instruction set.
 #if defined(__GNUC__) || defined(__clang__)
 #define PYCODEC_CPU_INLINE inline __attribute__((always_inline))
 #else
@@ -628,15 +658,7 @@ inline void copy_lane(uint8_t* to, const uint8_t* from, uint32_t n, uint32_t roo
 // the first (m - symbols before it) of its window, and the lane holding the chunk's last
 // symbol ends where those symbols' code lengths sum to; zeros must follow.
 // scratch: grown to the lanes' regions and the chunk's big-endian copy (a few times 4 * n_words).
-// Built again for x86-64-v3, chosen per CPU at load: BMI2 shifts by any register instead of
-// only by cl, which frees a register in the lane loop (~6% on the 2-core AMD EPYC).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
-#define PYCODEC_DECODE_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define PYCODEC_DECODE_CLONES
-#endif
-
-PYCODEC_DECODE_CLONES inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t n_words,
+PYCODEC_X86_V3_CLONES inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t n_words,
                                                  uint32_t lanes, uint8_t* out, uint32_t m,
                                                  std::vector<uint8_t>& scratch) {
   if (t.constant) {
