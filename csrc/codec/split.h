@@ -53,13 +53,22 @@ template <class T>
 inline Status make_plan(const T* bits, uint64_t n, Plan* plan) {
   static_assert(sizeof(T) == 2 || sizeof(T) == 4, "16- or 32-bit floats");
   const int width = 8 * int(sizeof(T));
-  std::vector<uint64_t> counts(size_t(kCounters) << 1);
+  // One pass counts the top kMaxTop bits, into four histograms so that runs of one value (the
+  // norm in weights) do not chain each count on the one before; every coarser top sums them.
+  std::vector<uint64_t> finest(4 * size_t(kCounters), 0), counts(kCounters);
+  const int finest_shift = width - kMaxTop;
+  uint64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int h = 0; h < 4; ++h) ++finest[h * size_t(kCounters) + (bits[i + h] >> finest_shift)];
+  for (; i < n; ++i) ++finest[bits[i] >> finest_shift];
+  for (uint32_t v = 0; v < kCounters; ++v)
+    finest[v] += finest[kCounters + v] + finest[2 * kCounters + v] + finest[3 * kCounters + v];
   Plan best{};
   best.estimated_bits = UINT64_MAX;
   for (int top = kMinTop; top <= kMaxTop; ++top) {
-    std::fill(counts.begin(), counts.end(), 0);
     const int shift = width - top;
-    for (uint64_t i = 0; i < n; ++i) ++counts[bits[i] >> shift];
+    std::fill(counts.begin(), counts.end(), 0);
+    for (uint32_t v = 0; v < kCounters; ++v) counts[v >> (kMaxTop - top)] += finest[v];
     Plan p{};
     p.width = width;
     p.top = top;
