@@ -423,6 +423,19 @@ PYBIND11_MODULE(_C, m) {
       py::arg("blob"), "Validate a stream's header, table and index and describe it (no decoding).");
 
   m.def(
+      "symbol_counts",
+      [](py::buffer symbols) {
+        const py::buffer_info b = contiguous_bytes(symbols, false, "symbols");
+        std::vector<uint64_t> counts(256);
+        {
+          py::gil_scoped_release release;
+          count_symbols(static_cast<const uint8_t*>(b.ptr), uint64_t(b.size), counts.data());
+        }
+        return counts;
+      },
+      py::arg("symbols"), "The 256-bin histogram of a contiguous uint8 buffer (not a stream).");
+
+  m.def(
       "histogram",
       [](py::buffer blob, int threads) {
         const py::buffer_info b = contiguous_bytes(blob, false, "blob");

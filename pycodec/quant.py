@@ -111,8 +111,8 @@ def _bytes_tensor(b: bytes) -> torch.Tensor:
 
 
 def _symbol_entropy_bits(symbols: torch.Tensor) -> float:
-    counts = torch.bincount(symbols.reshape(-1).to(torch.int64), minlength=256)
-    return entropy_bits(counts.numpy()) * symbols.numel()
+    counts = np.asarray(_C.symbol_counts(symbols.detach().cpu().contiguous().numpy()), dtype=np.int64)
+    return entropy_bits(counts) * symbols.numel()
 
 
 # ---------------------------------------------------------------------------- lossless

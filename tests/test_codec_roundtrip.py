@@ -447,3 +447,15 @@ def test_decode_rejects_non_buffers():
     for bad in ("PYCD", 123, None, [0, 1, 2]):
         with pytest.raises(CodecError):
             pycodec.decode(bad)
+
+
+def test_symbol_counts_is_the_histogram():
+    """_C.symbol_counts (the encoder's own count, used for layer statistics) equals np.bincount,
+    empty and odd-length buffers included, and refuses what is not bytes."""
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 3, 4, 1001):
+        a = rng.integers(0, 256, n).astype(np.uint8)
+        a[: n // 2] = 7  # a run of one value
+        assert list(_C.symbol_counts(a)) == list(np.bincount(a, minlength=256))
+    with pytest.raises(CodecError, match="bytes"):
+        _C.symbol_counts(np.zeros(4, np.float32))

@@ -126,19 +126,6 @@ Status for_each_chunk(uint64_t n_chunks, int threads, Fn fn) {
   return Status(failure.load());
 }
 
-void count_symbols(const uint8_t* p, uint64_t n, uint64_t counts[256]) {
-  // Four sub-histograms break the store-to-load dependency on runs of equal symbols.
-  std::vector<uint64_t> sub(4 * 256, 0);
-  uint64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    ++sub[p[i]];
-    ++sub[256 + p[i + 1]];
-    ++sub[512 + p[i + 2]];
-    ++sub[768 + p[i + 3]];
-  }
-  for (; i < n; ++i) ++sub[p[i]];
-  for (int s = 0; s < 256; ++s) counts[s] = sub[s] + sub[256 + s] + sub[512 + s] + sub[768 + s];
-}
 
 uint64_t combine_chunk_hashes(const std::vector<uint64_t>& h) {
   return hash64(reinterpret_cast<const uint8_t*>(h.data()), h.size() * sizeof(uint64_t));
@@ -263,6 +250,20 @@ uint64_t payload_words_of(const std::vector<std::vector<uint32_t>>& chunk_words)
 }
 
 }  // namespace
+
+void count_symbols(const uint8_t* p, uint64_t n, uint64_t counts[256]) {
+  // Four sub-histograms break the store-to-load dependency on runs of equal symbols.
+  std::vector<uint64_t> sub(4 * 256, 0);
+  uint64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    ++sub[p[i]];
+    ++sub[256 + p[i + 1]];
+    ++sub[512 + p[i + 2]];
+    ++sub[768 + p[i + 3]];
+  }
+  for (; i < n; ++i) ++sub[p[i]];
+  for (int s = 0; s < 256; ++s) counts[s] = sub[s] + sub[256 + s] + sub[512 + s] + sub[768 + s];
+}
 
 Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
               std::vector<uint8_t>* blob) {

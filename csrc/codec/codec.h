@@ -82,6 +82,9 @@ constexpr uint32_t kDecodeTableEntries = 4096;
 Status build_decode_table(const uint8_t* blob, size_t len, uint32_t table[kDecodeTableEntries],
                           uint8_t lengths[256] = nullptr, uint8_t counts[kDecodeTableEntries] = nullptr);
 
+// The histogram of n symbols (not a stream): what encode() counts before building its code.
+void count_symbols(const uint8_t* symbols, uint64_t n, uint64_t counts[256]);
+
 // Symbol histogram of a (validated) stream without materialising the symbols at once.
 Status histogram(const uint8_t* blob, size_t len, uint64_t counts[256], int threads = 0);
 
