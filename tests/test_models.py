@@ -850,6 +850,23 @@ def test_tied_embedding_left_dense():
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
+def test_rate_estimate_numpy_and_torch_agree():
+    """_RateEstimate evaluates in numpy on the CPU (its torch path serves other devices): the same
+    bits per weight at every step factor, escapes included."""
+    from pycodec.quant import _RateEstimate, _row_sigma
+
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(300, 700, generator=g) * torch.linspace(0.01, 2, 300).unsqueeze(1)
+    w[5, :20] = 500.0  # beyond every level at small steps: escapes
+    est = _RateEstimate(w, _row_sigma(w), 1.03)
+    cs = [0.001, 0.01, 0.1, 0.35, 1.0, 4.0, 40.0]
+    on_numpy = [est.bits_per_weight(c) for c in cs]
+    est._sorted_np = None
+    on_torch = [est.bits_per_weight(c) for c in cs]
+    assert on_numpy == pytest.approx(on_torch, rel=1e-12, abs=1e-12)
+    assert on_numpy[0] > on_numpy[-1] > 0  # coarser steps, fewer bits
+
+
 def test_sqnr_db_sums_as_float64_would():
     """sqnr_db sums fp32 rows then float64 rows: within 1e-4 dB of float64 sums on 9M weights whose
     error is 1e-4 of them (a single fp32 norm over the tensor is 0.002 dB off here)."""
