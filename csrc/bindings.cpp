@@ -12,6 +12,7 @@
 #include "codec/emulate.h"
 #include "codec/format.h"
 #include "codec/huffman.h"
+#include "codec/quantize.h"
 #include "codec/rans.h"
 #include "codec/split.h"
 #include "cuda/decode_cuda.h"
@@ -568,6 +569,33 @@ PYBIND11_MODULE(_C, m) {
       py::arg("q"), py::arg("scale"), py::arg("zero"), py::arg("k"), py::arg("group_size"), py::arg("out"),
       "out = (q - zero) * scale per group of group_size along rows of k, in fp32, stored as fp32 or bf16 "
       "(out's item size: 4 or 2); quant.dequantize_affine's values, one pass.");
+
+  m.def(
+      "rate_quantize",
+      [](py::buffer w, py::buffer step, int max_q, int zero, py::buffer q) {
+        const py::buffer_info wi = w.request(), si = step.request();
+        const py::buffer_info qi = contiguous_bytes(q, true, "q");
+        if (wi.itemsize != 4 || wi.format != py::format_descriptor<float>::format() || !is_contiguous(wi) ||
+            wi.ndim != 2)
+          throw CodecException("rate_quantize: w must be a contiguous float32 [rows, k] array");
+        const uint64_t rows = uint64_t(wi.shape[0]), k = uint64_t(wi.shape[1]);
+        if (si.itemsize != 4 || si.format != py::format_descriptor<float>::format() || !is_contiguous(si) ||
+            uint64_t(si.size) != rows)
+          throw CodecException("rate_quantize: step must be a contiguous float32 array, one per row");
+        if (uint64_t(qi.size) != rows * k) throw CodecException("rate_quantize: q must hold rows * k bytes");
+        if (max_q < 0 || zero < 0 || zero + max_q > 255 || zero - max_q < 0)
+          throw CodecException("rate_quantize: zero +- max_q must lie in 0..255");
+        std::vector<int64_t> escapes;
+        {
+          py::gil_scoped_release release;
+          quantize::rate_rows(static_cast<const float*>(wi.ptr), rows, k, static_cast<const float*>(si.ptr), max_q,
+                              zero, static_cast<uint8_t*>(qi.ptr), escapes);
+        }
+        return escapes;
+      },
+      py::arg("w"), py::arg("step"), py::arg("max_q"), py::arg("zero"), py::arg("q"),
+      "q = round(w / step[row]) + zero as bytes (fp32, round half to even); values beyond +-max_q are escapes "
+      "(symbol zero), whose flat indices are returned. quant._rate_quantize's symbols, one pass (quantize.h).");
 
   m.def(
       "decode_split",

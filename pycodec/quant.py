@@ -297,12 +297,18 @@ def _row_sigma(w: torch.Tensor) -> torch.Tensor:
 
 
 def _rate_quantize(w: torch.Tensor, c: float, sigma: torch.Tensor | None = None):
+    """(symbols uint8 [N, K], step fp16 [N, 1], flat indices of the escapes): step = c * sigma(row)."""
     sigma = _row_sigma(w) if sigma is None else sigma
     step = (c * sigma).clamp_min(1e-8).half()
+    if w.device.type == "cpu" and w.dtype == torch.float32 and w.dim() == 2:  # one C++ pass (quantize.h)
+        q = torch.empty(w.shape, dtype=torch.uint8)
+        escapes = _C.rate_quantize(w.contiguous().numpy(), step.float().reshape(-1).contiguous().numpy(),
+                                   RATE_MAX_Q, RATE_ZERO, q.numpy())
+        return q, step, torch.tensor(escapes, dtype=torch.int64)
     qf = (w / step.float()).round()
     escaped = qf.abs() > RATE_MAX_Q
     q = torch.where(escaped, torch.zeros_like(qf), qf) + RATE_ZERO
-    return q.to(torch.uint8), step, escaped
+    return q.to(torch.uint8), step, escaped.reshape(-1).nonzero().reshape(-1)
 
 
 RATE_SAMPLE = 1 << 17  # weights per layer the step search estimates on (all of smaller layers)
@@ -393,10 +399,10 @@ def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "rans", chun
         return (estimate.bits_per_weight(c) * n + fixed_bits) * scale + side_bits
 
     def real(c: float):
-        q, step, escaped = _rate_quantize(w, c, sigma)
+        q, step, escapes = _rate_quantize(w, c, sigma)
         stream = _stream(q.numpy(), coder, chunk_symbols)
-        total = stream.numel() * 8 + step.numel() * 16 + 16 + int(escaped.sum()) * ESCAPE_BITS
-        return total, (q, step, escaped, stream)
+        total = stream.numel() * 8 + step.numel() * 16 + 16 + escapes.numel() * ESCAPE_BITS
+        return total, (q, step, escapes, stream)
 
     c1 = _solve_log(predicted, budget)
     total1, best1 = real(c1)
@@ -434,8 +440,7 @@ def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "rans", chun
         c *= 2 ** (max((total - budget) / n, 1e-3) * 2 ** misses)
         misses += 1
         total, best = real(c)
-    q, step, escaped, stream = best
-    idx = escaped.reshape(-1).nonzero().reshape(-1)
+    q, step, idx, stream = best
     return q, step, torch.full((1, 1), float(RATE_ZERO), dtype=torch.float16), idx, w.reshape(-1)[idx].clone(), stream
 
 

@@ -124,9 +124,35 @@ def test_rate_estimate_predicts_the_symbol_entropy():
     sigma = quant._row_sigma(w)
     est = quant._RateEstimate(w, sigma, coder_overhead=1.0)
     for c in (0.05, 0.3, 1.0, 4.0):
-        q, _, escaped = quant._rate_quantize(w, c, sigma)
-        real = (quant._symbol_entropy_bits(q) + int(escaped.sum()) * quant.ESCAPE_BITS) / w.numel()
+        q, _, escapes = quant._rate_quantize(w, c, sigma)
+        real = (quant._symbol_entropy_bits(q) + escapes.numel() * quant.ESCAPE_BITS) / w.numel()
         assert est.bits_per_weight(c) == pytest.approx(real, rel=0.03, abs=0.01)
+
+
+def test_rate_quantize_matches_the_torch_reference():
+    """The one-pass C++ quantizer (quantize.h) gives the symbols and escapes of the torch reference:
+    ties at x.5 (to even), values just inside and past +-127 steps, infinities, NaNs, zero rows."""
+    from pycodec import quant
+
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(40, 333, generator=g)
+    w[1] = 0.0  # its fp16 step is 0: 0 / 0
+    w[2, :8] = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 126.5, 127.5, -127.5])  # ties, with step 1 below
+    w[3, :4] = torch.tensor([float("inf"), -float("inf"), 1e30, -1e30])
+    w[4, 5] = float("nan")
+    sigma = quant._row_sigma(w)
+    sigma[2] = 1.0
+    for c in (1.0, 0.01, 0.3):
+        step = (c * sigma).clamp_min(1e-8).half()
+        qf = (w / step.float()).round()
+        escaped = qf.abs() > quant.RATE_MAX_Q
+        expected = (torch.where(escaped, torch.zeros_like(qf), qf) + quant.RATE_ZERO).to(torch.uint8)
+        q, got_step, escapes = quant._rate_quantize(w, c, sigma)
+        assert torch.equal(got_step.view(torch.int16), step.view(torch.int16)) and torch.equal(q, expected)
+        assert torch.equal(escapes, escaped.reshape(-1).nonzero().reshape(-1))
+        if c == 1.0:  # step 1 on row 2: halves to even; 127.5 and -127.5 round past 127, escapes
+            assert q[2, :8].tolist() == [128, 130, 130, 128, 126, 254, 128, 128]
+            assert {2 * 333 + 6, 2 * 333 + 7} <= set(escapes.tolist())
 
 
 @pytest.mark.parametrize("kind", ["zeros", "constant rows", "one row of outliers"])

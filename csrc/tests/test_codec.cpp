@@ -12,6 +12,7 @@
 #include "../codec/emulate.h"
 #include "../codec/hash.h"
 #include "../codec/huffman.h"
+#include "../codec/quantize.h"
 #include "../codec/rans.h"
 #include "../codec/split.h"
 #include "../codec/windowed.h"
@@ -428,6 +429,29 @@ static void test_affine_dequantization() {
     }
 }
 
+// Rate mode's quantizer against nearbyint (round half to even) and the escape rule, on ties,
+// the range's edges, infinities and NaN, for an odd and an even max_q.
+static void test_rate_quantizer() {
+  std::vector<float> w;
+  for (int i = -300; i <= 300; ++i) w.push_back(0.5f * float(i));  // every tie from -150 to 150
+  for (float x : {127.49f, 127.51f, -127.49f, -127.51f, 1e30f, -1e30f, INFINITY, -INFINITY, NAN, 0.0f, -0.0f})
+    w.push_back(x);
+  for (int max_q : {127, 100}) {
+    std::vector<uint8_t> q(w.size());
+    std::vector<int64_t> escapes;
+    quantize::rate_rows(w.data(), 1, w.size(), std::vector<float>{1.0f}.data(), max_q, 128, q.data(), escapes);
+    std::vector<int64_t> expected_escapes;
+    for (size_t j = 0; j < w.size(); ++j) {
+      const float r = std::nearbyint(w[j]);
+      const bool escape = std::fabs(r) > float(max_q);
+      if (escape) expected_escapes.push_back(int64_t(j));
+      const int expected = std::isnan(w[j]) ? 0 : escape ? 128 : int(r) + 128;
+      CHECK(q[j] == expected);
+    }
+    CHECK(escapes == expected_escapes);
+  }
+}
+
 int main() {
   test_package_merge_limits_lengths();
   test_package_merge_optimal_on_dyadic();
@@ -442,6 +466,7 @@ int main() {
   test_hash_sensitivity();
   test_split_merge_paths_agree();
   test_affine_dequantization();
+  test_rate_quantizer();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures ? 1 : 0;
 }
