@@ -598,6 +598,31 @@ PYBIND11_MODULE(_C, m) {
       "(symbol zero), whose flat indices are returned. quant._rate_quantize's symbols, one pass (quantize.h).");
 
   m.def(
+      "affine_quantize",
+      [](py::buffer w, py::buffer scale, py::buffer zero, uint64_t group_size, int qmax, py::buffer q) {
+        const py::buffer_info wi = w.request(), si = scale.request(), zi = zero.request();
+        const py::buffer_info qi = contiguous_bytes(q, true, "q");
+        if (wi.itemsize != 4 || wi.format != py::format_descriptor<float>::format() || !is_contiguous(wi) ||
+            wi.ndim != 2)
+          throw CodecException("affine_quantize: w must be a contiguous float32 [rows, k] array");
+        const uint64_t rows = uint64_t(wi.shape[0]), k = uint64_t(wi.shape[1]);
+        if (group_size == 0 || qmax < 1 || qmax > 255)
+          throw CodecException("affine_quantize: group_size must be >= 1 and qmax in 1..255");
+        const uint64_t groups = (k + group_size - 1) / group_size;
+        for (const py::buffer_info* b : {&si, &zi})
+          if (b->itemsize != 4 || b->format != py::format_descriptor<float>::format() || !is_contiguous(*b) ||
+              uint64_t(b->size) != rows * groups)
+            throw CodecException("affine_quantize: scale and zero must be contiguous float32 [rows, groups]");
+        if (uint64_t(qi.size) != rows * k) throw CodecException("affine_quantize: q must hold rows * k bytes");
+        py::gil_scoped_release release;
+        quantize::affine_rows(static_cast<const float*>(wi.ptr), rows, k, static_cast<const float*>(si.ptr),
+                              static_cast<const float*>(zi.ptr), group_size, qmax, static_cast<uint8_t*>(qi.ptr));
+      },
+      py::arg("w"), py::arg("scale"), py::arg("zero"), py::arg("group_size"), py::arg("qmax"), py::arg("q"),
+      "q = clamp(round(w / scale) + zero, 0, qmax) per group of group_size along rows (fp32, round half to even; "
+      "zero whole numbers in 0..qmax): quant.quantize_int's symbols, one pass (quantize.h).");
+
+  m.def(
       "decode_split",
       [](py::buffer blob, std::vector<uint32_t> values, int top, py::buffer raw, py::buffer out, int threads) {
         decode_split_into(blob, raw, out, "decode_split",

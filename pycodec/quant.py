@@ -212,15 +212,19 @@ def quantize_int(w: torch.Tensor, bits: int, group_size: int, symmetric: bool = 
         scale = (amax / (half - 1 if bits > 1 else 1)).clamp_min(1e-8)
         zero = torch.full_like(scale, float(half))
     else:
-        big = torch.finfo(torch.float32).max
-        wmin = torch.where(valid, wp, torch.full_like(wp, big)).amin(dim=2).clamp(max=0)
-        wmax = torch.where(valid, wp, torch.full_like(wp, -big)).amax(dim=2).clamp(min=0)
+        if pad:  # the padding must not count as a weight of the last group
+            big = torch.finfo(torch.float32).max
+            wmin = torch.where(valid, wp, torch.full_like(wp, big)).amin(dim=2).clamp(max=0)
+            wmax = torch.where(valid, wp, torch.full_like(wp, -big)).amax(dim=2).clamp(min=0)
+        else:
+            wmin, wmax = wp.amin(dim=2).clamp(max=0), wp.amax(dim=2).clamp(min=0)
         scale = ((wmax - wmin) / qmax).clamp_min(1e-8)
         zero = (-wmin / scale).round().clamp(0, qmax)
     scale = scale.half()
     zero = zero.half()
-    q = (wp / scale.float().unsqueeze(2)).round() + zero.float().unsqueeze(2)
-    q = q.clamp(0, qmax).reshape(n, g * group_size)[:, :k].to(torch.uint8)
+    q = torch.empty(n, k, dtype=torch.uint8)
+    _C.affine_quantize(w.contiguous().numpy(), scale.float().contiguous().numpy(), zero.float().contiguous().numpy(),
+                       group_size, qmax, q.numpy())  # clamp(round(w / scale) + zero, 0, qmax), one C++ pass
     return q, scale, zero
 
 

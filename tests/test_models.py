@@ -129,6 +129,26 @@ def test_rate_estimate_predicts_the_symbol_entropy():
         assert est.bits_per_weight(c) == pytest.approx(real, rel=0.03, abs=0.01)
 
 
+@pytest.mark.parametrize("bits,group_size,symmetric", [(4, 128, False), (3, 100, False), (8, 64, True), (2, 7, False)])
+def test_quantize_int_matches_the_torch_reference(bits, group_size, symmetric):
+    """quantize_int's one-pass C++ symbols (quantize.h) equal the PyTorch expression they replace:
+    clamp(round(w / scale) + zero, 0, qmax) on padded groups, with ties, a zero group, inf and NaN."""
+    from pycodec.quant import quantize_int
+
+    g = torch.Generator().manual_seed(bits * 100 + group_size)
+    w = torch.randn(37, 300, generator=g)
+    w[0, :group_size] = 0.0  # a zero group: its fp16 scale is 0
+    w[1, :6] = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5]) * 0.01  # small ties against the scale
+    w[2, 3], w[2, 4], w[3, 9] = float("inf"), -float("inf"), float("nan")
+    q, scale, zero = quantize_int(w, bits, group_size, symmetric)
+    n, k = w.shape
+    groups = scale.shape[1]
+    wp = torch.nn.functional.pad(w, (0, groups * group_size - k)).reshape(n, groups, group_size)
+    expected = (wp / scale.float().unsqueeze(2)).round() + zero.float().unsqueeze(2)
+    expected = expected.clamp(0, (1 << bits) - 1).reshape(n, groups * group_size)[:, :k].to(torch.uint8)
+    assert torch.equal(q, expected)
+
+
 def test_rate_quantize_matches_the_torch_reference():
     """The one-pass C++ quantizer (quantize.h) gives the symbols and escapes of the torch reference:
     ties at x.5 (to even), values just inside and past +-127 steps, infinities, NaNs, zero rows."""

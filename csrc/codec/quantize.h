@@ -1,15 +1,22 @@
-// pycodec codec core: rate mode's uniform quantizer on the CPU (quant.py's _rate_quantize).
+// pycodec codec core: the CPU quantizers of rate and int modes (quant.py's _rate_quantize and
+// quantize_int), the same symbols as their PyTorch references in one pass.
 //
 // Read me first
-// - q[r, j] = round(w[r, j] / step[r]) + zero as a byte: an fp32 division and a round to
-//   nearest even, as the PyTorch reference computes them, so the same symbols. A value that
-//   rounds beyond +-max_q is an escape: its symbol is `zero` and its flat index is listed. A NaN
-//   quotient (a NaN weight; a zero row whose fp16 step is 0) gives symbol 0 and no escape,
-//   which is what the reference's cast of NaN to uint8 gives.
-// - Why here: the reference makes five passes over the layer (divide, round, compare, select,
-//   cast) and the step search quantizes each layer two to four times.
+// - Both divide in fp32 and round to nearest even, as the references do. The rounding is
+//   x + 1.5 * 2^23 - 1.5 * 2^23 in the default rounding mode (exact for |x| < 2^22) on x clamped
+//   to the range first: no libm call and no conversion of an out-of-range float, so the loops
+//   are selects that vectorize.
+// - Rate: q[r, j] = round(w[r, j] / step[r]) + zero. A value that rounds beyond +-max_q is an
+//   escape: its symbol is `zero` and its flat index is listed. A NaN quotient (a NaN weight; a
+//   zero row whose fp16 step is 0) gives symbol 0 and no escape, as the reference's cast of NaN
+//   to uint8 does.
+// - Int: q[r, j] = clamp(round(w[r, j] / scale[r, g]) + zero[r, g], 0, qmax), g = j / group_size;
+//   NaN gives 0 likewise.
+// - Why here: the references make four or five passes over the layer (divide, round, compare or
+//   add, select or clamp, cast), and rate mode's step search quantizes each layer two to four times.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -25,22 +32,25 @@ inline bool rate_escape(float x, int max_q) {
   return (ax > edge) | ((ax == edge) & bool(max_q & 1));
 }
 
-// One row: symbols into q, the number of escapes returned. Selects, not branches, so it
-// vectorizes. A level is x clamped to the range (NaN to 0: nothing out of range is converted)
-// and rounded by adding and taking away 1.5 * 2^23, which the default rounding mode rounds half
-// to even (exact for |x| < 2^22), without a libm call.
+// Round half to even of x, clamped to [lo, hi] first (NaN -> 0): exact for |lo|, |hi| < 2^22.
+inline float round_clamped(float x, float lo, float hi) {
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+  float inside = x < lo ? lo : x;
+  inside = inside > hi ? hi : inside;
+  inside = x == x ? inside : 0.0f;
+  return (inside + kMagic) - kMagic;
+}
+
+// One row of rate mode: symbols into q, the number of escapes returned.
 inline uint64_t rate_row(const float* w, uint64_t k, float step, int max_q, int zero, uint8_t* q) {
-  const float limit = float(max_q), magic = 12582912.0f;  // 1.5 * 2^23
+  const float limit = float(max_q);
   uint32_t escapes = 0;
   for (uint64_t j = 0; j < k; ++j) {
     const float x = w[j] / step;
-    const bool escape = rate_escape(x, max_q), number = x == x;
-    float inside = x < -limit ? -limit : x;
-    inside = inside > limit ? limit : inside;
-    inside = number ? inside : 0.0f;
-    int symbol = int((inside + magic) - magic) + zero;
+    const bool escape = rate_escape(x, max_q);
+    int symbol = int(round_clamped(x, -limit, limit)) + zero;
     symbol = escape ? zero : symbol;
-    q[j] = uint8_t(number ? symbol : 0);
+    q[j] = uint8_t(x == x ? symbol : 0);
     escapes += escape;
   }
   return escapes;
@@ -62,6 +72,25 @@ PYCODEC_QUANTIZE_CLONES inline void rate_rows(const float* w, uint64_t rows, uin
     for (uint64_t j = 0; j < k; ++j)  // a row with escapes (few): find them again
       if (rate_escape(wr[j] / step[r], max_q)) escapes.push_back(int64_t(r * k + j));
   }
+}
+
+// Int mode: rows x k weights, groups of group_size along a row (the last may be partial), scale
+// and zero fp32 [rows, ceil(k / group_size)]: symbols into q.
+PYCODEC_QUANTIZE_CLONES inline void affine_rows(const float* w, uint64_t rows, uint64_t k, const float* scale,
+                                                const float* zero, uint64_t group_size, int qmax, uint8_t* q) {
+  const uint64_t groups = (k + group_size - 1) / group_size;
+  for (uint64_t r = 0; r < rows; ++r)
+    for (uint64_t g = 0; g < groups; ++g) {
+      const float s = scale[r * groups + g], z = zero[r * groups + g];
+      const uint64_t end = std::min(k, (g + 1) * group_size);
+      for (uint64_t j = g * group_size; j < end; ++j) {
+        // round(x) + z, clamped to [0, qmax]: round x inside [-z, qmax - z] (z is a whole number
+        // in [0, qmax], so the sum stays exact and the clamp is the same).
+        const float x = w[r * k + j] / s;
+        const int symbol = int(round_clamped(x, -z, float(qmax) - z) + z);
+        q[r * k + j] = uint8_t(x == x ? symbol : 0);
+      }
+    }
 }
 
 }  // namespace quantize

@@ -450,6 +450,20 @@ static void test_rate_quantizer() {
     }
     CHECK(escapes == expected_escapes);
   }
+  // Int mode: clamp(round(w / scale) + zero, 0, qmax) by group, a partial last group included.
+  const uint64_t k = w.size(), group = 40, groups = (k + group - 1) / group;
+  std::vector<float> scale(groups), zero(groups);
+  for (uint64_t g = 0; g < groups; ++g) {
+    scale[g] = g % 3 == 0 ? 1.0f : 0.37f * float(g);
+    zero[g] = float(g % 16);
+  }
+  std::vector<uint8_t> q(k);
+  quantize::affine_rows(w.data(), 1, k, scale.data(), zero.data(), group, 15, q.data());
+  for (uint64_t j = 0; j < k; ++j) {
+    const float x = w[j] / scale[j / group];
+    const float v = std::fmin(std::fmax(std::nearbyint(x) + zero[j / group], 0.0f), 15.0f);
+    CHECK(q[j] == (std::isnan(x) ? 0 : int(v)));
+  }
 }
 
 int main() {
