@@ -126,7 +126,6 @@ Status for_each_chunk(uint64_t n_chunks, int threads, Fn fn) {
   return Status(failure.load());
 }
 
-
 uint64_t combine_chunk_hashes(const std::vector<uint64_t>& h) {
   return hash64(reinterpret_cast<const uint8_t*>(h.data()), h.size() * sizeof(uint64_t));
 }
@@ -382,7 +381,8 @@ Status decode_merged_chunk(const DecodeTables& tables, const uint8_t* blob, uint
   const uint64_t first = c * tables.info.chunk_symbols;
   // The chunk's raw bits come from memory: fetch them while its symbols decode, or the
   // merge waits on each of their cache lines in turn.
-  const uint64_t raw_word = first * merge.low / 32, raw_end = std::min<uint64_t>(n_raw_words, ((first + n) * merge.low + 31) / 32);
+  const uint64_t raw_word = first * merge.low / 32;
+  const uint64_t raw_end = std::min<uint64_t>(n_raw_words, ((first + n) * merge.low + 31) / 32);
   for (uint64_t w = raw_word; w < raw_end; w += 16) __builtin_prefetch(raw + w);
   const Status st = tables.decode_chunk(blob, c, symbols.data());
   if (st != Status::Ok) return st;

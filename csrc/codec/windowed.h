@@ -470,19 +470,6 @@ PYCODEC_HD uint32_t next_lane_start(uint32_t start, uint32_t count, uint32_t m) 
   return count < m - start ? start + count : m;
 }
 
-// The CPU decoder writes each lane into its own region of a scratch buffer, 4 bytes per
-// entry (the entry's symbols and one byte past them, overwritten by the next entry), and
-// copies the regions into place once the lanes' counts are known. A lane holds at most one
-// symbol per window bit; its last steps may run past its window (decode_lanes_lockstep),
-// each writing <= 4 bytes and moving <= kMaxPerEntry, so a region of window + kStoreSlack
-// bytes always suffices. The scratch also holds the chunk's big-endian copy (decode_chunk).
-constexpr int kOverrunRounds = 3;                        // rounds of kStepsPerPeek steps
-constexpr uint32_t kOverrunSteps = kOverrunRounds * 4;   // = kOverrunRounds * kStepsPerPeek
-constexpr uint32_t kStoreSlack = kPeekBits + kOverrunSteps * kMaxPerEntry + 4;
-// Bytes readable past the last lane's window: a peek 8 bytes on from a position up to
-// kOverrunSteps steps of kPeekBits past it.
-constexpr uint32_t kBeSlack = (kOverrunSteps * kPeekBits + 7) / 8 + 8;
-
 // The lane loops are inlined into decode_chunk, so that each of its builds
 // (PYCODEC_X86_V3_CLONES) compiles them for its own instruction set.
 #if defined(__GNUC__) || defined(__clang__)
@@ -508,7 +495,19 @@ struct ByteLane {
 // Table steps that one 64-bit peek serves: it holds >= 57 bits past pos, a step takes <= 12.
 constexpr int kStepsPerPeek = 4;
 static_assert(kStepsPerPeek * kPeekBits <= 64 - 7, "a peek's bits must cover its steps");
-static_assert(kOverrunSteps == kOverrunRounds * kStepsPerPeek, "overrun steps are whole rounds");
+
+// The CPU decoder writes each lane into its own region of a scratch buffer, 4 bytes per
+// entry (the entry's symbols and one byte past them, overwritten by the next entry), and
+// copies the regions into place once the lanes' counts are known. A lane holds at most one
+// symbol per window bit; its last steps may run past its window (decode_lanes_lockstep), at
+// most kOverrunSteps of them, each writing <= 4 bytes and moving <= kMaxPerEntry, so a region
+// of window + kStoreSlack bytes always suffices. The scratch also holds the chunk's big-endian
+// copy (decode_chunk), kBeSlack bytes readable past its end: a peek 8 bytes on from a position
+// up to kOverrunSteps steps of kPeekBits past the last lane's window.
+constexpr int kOverrunRounds = 3;
+constexpr uint32_t kOverrunSteps = kOverrunRounds * kStepsPerPeek;
+constexpr uint32_t kStoreSlack = kPeekBits + kOverrunSteps * kMaxPerEntry + 4;
+constexpr uint32_t kBeSlack = (kOverrunSteps * kPeekBits + 7) / 8 + 8;
 
 // Window decoding (decode_window) of N lanes of `window` bits each, in lockstep: N independent
 // chains the core overlaps. Every lane starts `window` bits after the one before. Each lane
@@ -525,8 +524,9 @@ static_assert(kOverrunSteps == kOverrunRounds * kStepsPerPeek, "overrun steps ar
 // dst: each lane's scratch region; n, used: decode_window's results. be: the chunk's bytes,
 // big-endian, kBeSlack readable bytes past the last lane's window.
 template <int N>
-PYCODEC_CPU_INLINE void decode_lanes_lockstep(const MultiTable& t, const uint8_t* be, uint64_t window, uint64_t first_bit,
-                                  uint8_t* const dst[], uint32_t n[], uint32_t used[]) {
+PYCODEC_CPU_INLINE void decode_lanes_lockstep(const MultiTable& t, const uint8_t* be, uint64_t window,
+                                              uint64_t first_bit, uint8_t* const dst[], uint32_t n[],
+                                              uint32_t used[]) {
   ByteLane lane[N];
   uint64_t end[N];
   for (int j = 0; j < N; ++j) {
@@ -558,8 +558,9 @@ PYCODEC_CPU_INLINE void decode_lanes_lockstep(const MultiTable& t, const uint8_t
     for (int j = 0; j < N; ++j) done = std::max(done, lane[j].pos - first_bit - uint64_t(j) * window);
     return window - done;
   };
+  const auto unrecorded = [](int, int, uint64_t, uint8_t*) {};
   for (uint64_t least; (least = least_left()) >= uint64_t(kStepsPerPeek * kPeekBits);)
-    for (uint64_t rounds = least / (kStepsPerPeek * kPeekBits); rounds; --rounds) round([](int, int, uint64_t, uint8_t*) {});
+    for (uint64_t rounds = least / (kStepsPerPeek * kPeekBits); rounds; --rounds) round(unrecorded);
 
   // The overrun: every lane is inside its window (pos <= end) here.
   ByteLane saved[N];
@@ -629,8 +630,8 @@ PYCODEC_CPU_INLINE void decode_lanes_lockstep(const MultiTable& t, const uint8_t
 
 // Every lane of a chunk, 8 in lockstep while that many are left, then 4, 2, 1: no lane
 // decodes anything but its own window.
-PYCODEC_CPU_INLINE void decode_lanes(const MultiTable& t, const uint8_t* be, uint64_t window, uint32_t lanes, uint8_t* const dst[],
-                         uint32_t n[], uint32_t used[]) {
+PYCODEC_CPU_INLINE void decode_lanes(const MultiTable& t, const uint8_t* be, uint64_t window, uint32_t lanes,
+                                     uint8_t* const dst[], uint32_t n[], uint32_t used[]) {
   uint32_t l = 0;
   for (; l + 8 <= lanes; l += 8) decode_lanes_lockstep<8>(t, be, window, l * window, dst + l, n + l, used + l);
   if (l + 4 <= lanes) decode_lanes_lockstep<4>(t, be, window, l * window, dst + l, n + l, used + l), l += 4;
