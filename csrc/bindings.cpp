@@ -594,8 +594,9 @@ PYBIND11_MODULE(_C, m) {
         return escapes;
       },
       py::arg("w"), py::arg("step"), py::arg("max_q"), py::arg("zero"), py::arg("q"),
-      "q = round(w / step[row]) + zero as bytes (fp32, round half to even); values beyond +-max_q are escapes "
-      "(symbol zero), whose flat indices are returned. quant._rate_quantize's symbols, one pass (quantize.h).");
+      "q = round(w / step[row]) + zero as bytes (fp32, round half to even); values beyond +-max_q and NaN weights "
+      "are escapes (symbol zero), whose flat indices are returned. quant._rate_quantize's symbols, one pass "
+      "(quantize.h).");
 
   m.def(
       "affine_quantize",

@@ -287,7 +287,10 @@ def _row_sigma(w: torch.Tensor) -> torch.Tensor:
     # Median absolute deviation (scaled to equal the std of a Gaussian): a few outliers,
     # which become exact escapes, must not coarsen the step of their whole row.
     # A row of one repeated value has neither: its magnitude sets the step, so the value is a
-    # symbol, not an escape.
+    # symbol, not an escape. NaN weights are escapes (kept exactly): the others set the step.
+    nan = torch.isnan(w)
+    if bool(nan.any()):
+        w = torch.where(nan, torch.nanmedian(w, dim=1, keepdim=True).values, w)
     med = _row_median(w)
     mad = _row_median((w - med).abs()) * 1.4826
     rest = ~(mad > 0).reshape(-1)  # rows of mostly one value (or NaN): few, so only they pay for these
@@ -301,7 +304,8 @@ def _row_sigma(w: torch.Tensor) -> torch.Tensor:
 
 
 def _rate_quantize(w: torch.Tensor, c: float, sigma: torch.Tensor | None = None):
-    """(symbols uint8 [N, K], step fp16 [N, 1], flat indices of the escapes): step = c * sigma(row)."""
+    """(symbols uint8 [N, K], step fp16 [N, 1], flat indices of the escapes): step = c * sigma(row).
+    Escapes: weights more than RATE_MAX_Q steps from zero, and NaN weights."""
     sigma = _row_sigma(w) if sigma is None else sigma
     step = (c * sigma).clamp_min(1e-8).half()
     if w.device.type == "cpu" and w.dtype == torch.float32 and w.dim() == 2:  # one C++ pass (quantize.h)
@@ -310,7 +314,7 @@ def _rate_quantize(w: torch.Tensor, c: float, sigma: torch.Tensor | None = None)
                                    RATE_MAX_Q, RATE_ZERO, q.numpy())
         return q, step, torch.tensor(escapes, dtype=torch.int64)
     qf = (w / step.float()).round()
-    escaped = qf.abs() > RATE_MAX_Q
+    escaped = (qf.abs() > RATE_MAX_Q) | torch.isnan(w)
     q = torch.where(escaped, torch.zeros_like(qf), qf) + RATE_ZERO
     return q.to(torch.uint8), step, escaped.reshape(-1).nonzero().reshape(-1)
 

@@ -150,8 +150,9 @@ def test_quantize_int_matches_the_torch_reference(bits, group_size, symmetric):
 
 
 def test_rate_quantize_matches_the_torch_reference():
-    """The one-pass C++ quantizer (quantize.h) gives the symbols and escapes of the torch reference:
-    ties at x.5 (to even), values just inside and past +-127 steps, infinities, NaNs, zero rows."""
+    """The one-pass C++ quantizer (quantize.h) gives the symbols and escapes of the torch path:
+    ties at x.5 (to even), values just inside and past +-127 steps, infinities, NaN weights
+    (escapes), zero rows (0 / 0)."""
     from pycodec import quant
 
     g = torch.Generator().manual_seed(9)
@@ -165,7 +166,7 @@ def test_rate_quantize_matches_the_torch_reference():
     for c in (1.0, 0.01, 0.3):
         step = (c * sigma).clamp_min(1e-8).half()
         qf = (w / step.float()).round()
-        escaped = qf.abs() > quant.RATE_MAX_Q
+        escaped = (qf.abs() > quant.RATE_MAX_Q) | torch.isnan(w)
         expected = (torch.where(escaped, torch.zeros_like(qf), qf) + quant.RATE_ZERO).to(torch.uint8)
         q, got_step, escapes = quant._rate_quantize(w, c, sigma)
         assert torch.equal(got_step.view(torch.int16), step.view(torch.int16)) and torch.equal(q, expected)
@@ -173,6 +174,23 @@ def test_rate_quantize_matches_the_torch_reference():
         if c == 1.0:  # step 1 on row 2: halves to even; 127.5 and -127.5 round past 127, escapes
             assert q[2, :8].tolist() == [128, 130, 130, 128, 126, 254, 128, 128]
             assert {2 * 333 + 6, 2 * 333 + 7} <= set(escapes.tolist())
+
+
+def test_rate_mode_keeps_nan_weights_exactly():
+    """NaN weights are escapes, kept exactly (at 96 stored bits each, within the budget); their rows'
+    steps come from the other weights (a NaN used to give its whole row a NaN step)."""
+    from pycodec.quant import compress_weight, sqnr_db, unpack
+
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(256, 512, generator=g) * 0.02
+    w[3, 10] = w[3, 200] = w[40, 0] = float("nan")
+    w[50] = float("nan")  # a row of nothing else
+    packed, stats = compress_weight(w, CompressionConfig(mode="rate", bits=4))
+    back = unpack(packed)
+    assert torch.equal(torch.isnan(back), torch.isnan(w))
+    assert stats.bits_per_weight <= 4
+    ok = ~torch.isnan(w)
+    assert sqnr_db(w[ok], back[ok]) > 18  # 19.7 dB (21.8 without the NaNs: 515 escapes take 9% of the bits)
 
 
 @pytest.mark.parametrize("kind", ["zeros", "constant rows", "one row of outliers"])

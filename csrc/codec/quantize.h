@@ -6,10 +6,10 @@
 //   x + 1.5 * 2^23 - 1.5 * 2^23 in the default rounding mode (exact for |x| < 2^22) on x clamped
 //   to the range first: no libm call and no conversion of an out-of-range float, so the loops
 //   are selects that vectorize.
-// - Rate: q[r, j] = round(w[r, j] / step[r]) + zero. A value that rounds beyond +-max_q is an
-//   escape: its symbol is `zero` and its flat index is listed. A NaN quotient (a NaN weight; a
-//   zero row whose fp16 step is 0) gives symbol 0 and no escape, as the reference's cast of NaN
-//   to uint8 does.
+// - Rate: q[r, j] = round(w[r, j] / step[r]) + zero. A value that rounds beyond +-max_q, and a
+//   NaN weight, is an escape: its symbol is `zero` and its flat index is listed (the caller
+//   keeps its value exactly). Any other NaN quotient (0 / 0: a zero row, whose fp16 step is 0)
+//   gives symbol 0, as the reference's cast of NaN to uint8 does; it decodes to 0 all the same.
 // - Int: q[r, j] = clamp(round(w[r, j] / scale[r, g]) + zero[r, g], 0, qmax), g = j / group_size;
 //   NaN gives 0 likewise.
 // - Why here: the references make four or five passes over the layer (divide, round, compare or
@@ -47,10 +47,10 @@ inline uint64_t rate_row(const float* w, uint64_t k, float step, int max_q, int 
   uint32_t escapes = 0;
   for (uint64_t j = 0; j < k; ++j) {
     const float x = w[j] / step;
-    const bool escape = rate_escape(x, max_q);
+    const bool escape = rate_escape(x, max_q) | (w[j] != w[j]);
     int symbol = int(round_clamped(x, -limit, limit)) + zero;
-    symbol = escape ? zero : symbol;
-    q[j] = uint8_t(x == x ? symbol : 0);
+    symbol = x == x ? symbol : 0;
+    q[j] = uint8_t(escape ? zero : symbol);
     escapes += escape;
   }
   return escapes;
@@ -70,7 +70,7 @@ PYCODEC_QUANTIZE_CLONES inline void rate_rows(const float* w, uint64_t rows, uin
     const float* wr = w + r * k;
     if (!rate_row(wr, k, step[r], max_q, zero, q + r * k)) continue;
     for (uint64_t j = 0; j < k; ++j)  // a row with escapes (few): find them again
-      if (rate_escape(wr[j] / step[r], max_q)) escapes.push_back(int64_t(r * k + j));
+      if (rate_escape(wr[j] / step[r], max_q) | (wr[j] != wr[j])) escapes.push_back(int64_t(r * k + j));
   }
 }
 
