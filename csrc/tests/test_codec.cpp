@@ -429,9 +429,10 @@ static void test_affine_dequantization() {
     }
 }
 
-// Rate mode's quantizer against nearbyint (round half to even) and the escape rule, on ties,
-// the range's edges, infinities and NaN (an escape), for an odd and an even max_q.
-static void test_rate_quantizer() {
+// The quantizers (quantize.h) against nearbyint (round half to even) on ties, the range's edges,
+// infinities and NaN: rate mode's escape rule (NaN weights are escapes) for an odd and an even
+// max_q, then int mode's clamp by group.
+static void test_quantizers() {
   std::vector<float> w;
   for (int i = -300; i <= 300; ++i) w.push_back(0.5f * float(i));  // every tie from -150 to 150
   for (float x : {127.49f, 127.51f, -127.49f, -127.51f, 1e30f, -1e30f, INFINITY, -INFINITY, NAN, 0.0f, -0.0f})
@@ -480,7 +481,7 @@ int main() {
   test_hash_sensitivity();
   test_split_merge_paths_agree();
   test_affine_dequantization();
-  test_rate_quantizer();
+  test_quantizers();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures ? 1 : 0;
 }
