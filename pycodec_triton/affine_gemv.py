@@ -24,10 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._grouping import FLOAT_DTYPES
-
-from .affine_matmul import (AffineLayout, affine_matmul_reference, check_activations, largest_pow2_divisor,
-                            zero_strides)
+from ._grouping import check_activations, resolve_launch
+from .affine_matmul import AffineLayout, affine_matmul_reference, largest_pow2_divisor, zero_strides
 
 MAX_M = 16
 # Elements of the [BLOCK_M, BLOCK_N, BLOCK_K] broadcast product held per program; about
@@ -159,9 +157,7 @@ def affine_gemv(
     """y = x @ dequant(q, scale, zero)^T for 1 <= M <= 16 rows (use affine_matmul above that)."""
     layout = AffineLayout.from_tensors(q, scale, zero, group_size)
     check_activations(x, layout.k, q.device)
-    out_dtype = x.dtype if out_dtype is None else out_dtype
-    if out_dtype not in FLOAT_DTYPES:
-        raise ValueError(f"out_dtype must be float16, bfloat16 or float32; got {out_dtype}")
+    out_dtype = resolve_launch(x, out_dtype)  # block sizes: GemvPlan.make checks its own
     lead = x.shape[:-1]
     x2 = x.reshape(-1, layout.k)
     m = x2.shape[0]
