@@ -65,6 +65,14 @@ bool is_contiguous(const py::buffer_info& info) {
   return true;
 }
 
+// A bytes object of n bytes for C++ to fill before Python sees it (bytes are immutable only
+// once shared): large outputs are written once, not built in a vector and copied.
+py::bytes uninitialized_bytes(uint64_t n) {
+  PyObject* o = PyBytes_FromStringAndSize(nullptr, py::ssize_t(n));
+  if (!o) throw py::error_already_set();
+  return py::reinterpret_steal<py::bytes>(o);
+}
+
 py::buffer_info contiguous_bytes(const py::buffer& b, bool writable, const char* what) {
   py::buffer_info info = b.request(writable);
   if (info.itemsize != 1) throw CodecException(std::string(what) + " must be a buffer of bytes (uint8)");
@@ -331,11 +339,16 @@ PYBIND11_MODULE(_C, m) {
         opt.threads = threads;
         opt.lanes = lanes;
         opt.format_version = format_version;
-        std::vector<uint8_t> blob;
+        py::bytes blob;
+        const auto into_blob = [&blob](size_t bytes) {  // the stream is written in place: no copy
+          py::gil_scoped_acquire gil;
+          blob = uninitialized_bytes(bytes);
+          return reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(blob.ptr()));
+        };
         Status st;
         {
           py::gil_scoped_release release;
-          st = encode(static_cast<const uint8_t*>(in.ptr), shape.data(), int(shape.size()), opt, &blob);
+          st = encode(static_cast<const uint8_t*>(in.ptr), shape.data(), int(shape.size()), opt, into_blob);
         }
         if (st == Status::BadArgument)
           throw CodecException(
@@ -343,7 +356,7 @@ PYBIND11_MODULE(_C, m) {
               std::to_string(kMaxChunkSymbolsV2) + "] and lanes in [1, 32]; version 1 (rans) takes chunk_symbols "
               "a multiple of 32 in [32, " + std::to_string(kMaxChunkSymbols) + "]");
         check(st, "encode");
-        return py::bytes(reinterpret_cast<const char*>(blob.data()), blob.size());
+        return blob;
       },
       py::arg("symbols"), py::arg("shape"), py::arg("coder"), py::arg("chunk_symbols") = 0, py::arg("threads") = 0,
       py::arg("lanes") = 0, py::arg("format_version") = 0,
@@ -425,16 +438,17 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "symbol_counts",
-      [](py::buffer symbols) {
+      [](py::buffer symbols, int threads) {
         const py::buffer_info b = contiguous_bytes(symbols, false, "symbols");
         std::vector<uint64_t> counts(256);
         {
           py::gil_scoped_release release;
-          count_symbols(static_cast<const uint8_t*>(b.ptr), uint64_t(b.size), counts.data());
+          count_symbols(static_cast<const uint8_t*>(b.ptr), uint64_t(b.size), counts.data(), threads);
         }
         return counts;
       },
-      py::arg("symbols"), "The 256-bin histogram of a contiguous uint8 buffer (not a stream).");
+      py::arg("symbols"), py::arg("threads") = 0,
+      "The 256-bin histogram of a contiguous uint8 buffer (not a stream); threads as for encode.");
 
   m.def(
       "histogram",
@@ -495,33 +509,33 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "split_float",
-      [](py::buffer bits, int width) {
+      [](py::buffer bits, int width, int threads) {
         const py::buffer_info b = bits.request();
         if ((width != 16 && width != 32) || b.itemsize != width / 8 || !is_contiguous(b))
           throw CodecException("split_float: expected a contiguous buffer of 16- or 32-bit float bit patterns");
         const uint64_t n = uint64_t(b.size);
         split::Plan plan;
-        std::vector<uint8_t> symbols(n);
-        std::vector<uint32_t> raw;
         Status st;
         {
           py::gil_scoped_release release;
-          st = width == 16 ? split::make_plan(static_cast<const uint16_t*>(b.ptr), n, &plan)
-                           : split::make_plan(static_cast<const uint32_t*>(b.ptr), n, &plan);
-          if (st == Status::Ok) {
-            raw.resize(split::raw_words(n, width - plan.top));
-            if (width == 16) split::apply_plan(static_cast<const uint16_t*>(b.ptr), n, plan, symbols.data(), raw.data());
-            else split::apply_plan(static_cast<const uint32_t*>(b.ptr), n, plan, symbols.data(), raw.data());
-          }
+          st = width == 16 ? plan_split(static_cast<const uint16_t*>(b.ptr), n, &plan, threads)
+                           : plan_split(static_cast<const uint32_t*>(b.ptr), n, &plan, threads);
         }
         check(st, "split_float");
-        return py::make_tuple(plan.top, std::vector<uint32_t>(plan.values, plan.values + plan.n_values),
-                              py::bytes(reinterpret_cast<const char*>(symbols.data()), symbols.size()),
-                              py::bytes(reinterpret_cast<const char*>(raw.data()), 4 * raw.size()));
+        // Written in place into the bytes objects returned: no copy of either.
+        py::bytes symbols = uninitialized_bytes(n), raw = uninitialized_bytes(4 * split::raw_words(n, width - plan.top));
+        auto* symbols_out = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(symbols.ptr()));
+        auto* raw_out = reinterpret_cast<uint32_t*>(PyBytes_AS_STRING(raw.ptr()));
+        {
+          py::gil_scoped_release release;
+          if (width == 16) apply_split(static_cast<const uint16_t*>(b.ptr), n, plan, symbols_out, raw_out, threads);
+          else apply_split(static_cast<const uint32_t*>(b.ptr), n, plan, symbols_out, raw_out, threads);
+        }
+        return py::make_tuple(plan.top, std::vector<uint32_t>(plan.values, plan.values + plan.n_values), symbols, raw);
       },
-      py::arg("bits"), py::arg("width"),
+      py::arg("bits"), py::arg("width"), py::arg("threads") = 0,
       "Split float bit patterns into (top, values, symbols, raw): symbol i numbers bits[i]'s top `top` bits "
-      "among the ascending distinct `values`; raw holds the low bits (split.h).");
+      "among the ascending distinct `values`; raw holds the low bits (split.h). threads as for encode.");
 
   m.def(
       "merge_split",

@@ -13,12 +13,16 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "format.h"
 #include "status.h"
 
 namespace pycodec {
+namespace split {
+struct Plan;
+}
 
 // Version-1 defaults keep per-chunk overhead under about 1% of the coded size at 3-4 bits
 // per symbol (docs/FORMAT.md has the arithmetic): rANS pays 32 x 32-bit lane states and an
@@ -38,8 +42,22 @@ struct EncodeOptions {
 
 Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
               std::vector<uint8_t>* blob);
+// The same, into memory of the caller's: allocate(bytes) is called once, after the chunks are
+// coded, and returns where the stream goes (null: TooLarge); the stream is written there only.
+Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
+              const std::function<uint8_t*(size_t)>& allocate);
 
 Status decode(const uint8_t* blob, size_t len, uint8_t* out, uint64_t out_len, int threads = 0);
+
+// Lossless mode's split (split.h) of n floats of 16 or 32 bits, in parallel over blocks of the
+// tensor: plan_split counts their top bits and picks the plan; apply_split then writes the
+// symbols (n bytes) and the raw low bits (split::raw_words(n, width - top) words).
+Status plan_split(const uint16_t* bits, uint64_t n, split::Plan* plan, int threads = 0);
+Status plan_split(const uint32_t* bits, uint64_t n, split::Plan* plan, int threads = 0);
+void apply_split(const uint16_t* bits, uint64_t n, const split::Plan& plan, uint8_t* symbols, uint32_t* raw,
+                 int threads = 0);
+void apply_split(const uint32_t* bits, uint64_t n, const split::Plan& plan, uint8_t* symbols, uint32_t* raw,
+                 int threads = 0);
 
 // A lossless split weight (split.h) straight to its float bits: each chunk's symbols are
 // decoded into a per-thread buffer and merged with their raw bits while in cache, so the
@@ -83,7 +101,8 @@ Status build_decode_table(const uint8_t* blob, size_t len, uint32_t table[kDecod
                           uint8_t lengths[256] = nullptr, uint8_t counts[kDecodeTableEntries] = nullptr);
 
 // The histogram of n symbols (not a stream): what encode() counts before building its code.
-void count_symbols(const uint8_t* symbols, uint64_t n, uint64_t counts[256]);
+// threads as for encode (1 inside a worker: a nested call would start threads of its own).
+void count_symbols(const uint8_t* symbols, uint64_t n, uint64_t counts[256], int threads = 1);
 
 // Symbol histogram of a (validated) stream without materialising the symbols at once.
 Status histogram(const uint8_t* blob, size_t len, uint64_t counts[256], int threads = 0);

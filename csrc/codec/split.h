@@ -49,20 +49,29 @@ struct Plan {
 
 inline uint64_t raw_words(uint64_t n, int low) { return (n * uint64_t(low) + 31) / 32; }
 
+// Adds the counts of the top kMaxTop bits of n floats to finest[kCounters], the one pass over
+// the data that planning needs (callers may count parts of a tensor in parallel and sum).
 template <class T>
-inline Status make_plan(const T* bits, uint64_t n, Plan* plan) {
+inline void count_top_bits(const T* bits, uint64_t n, uint64_t* finest) {
   static_assert(sizeof(T) == 2 || sizeof(T) == 4, "16- or 32-bit floats");
-  const int width = 8 * int(sizeof(T));
-  // One pass counts the top kMaxTop bits, into four histograms so that runs of one value (the
-  // norm in weights) do not chain each count on the one before; every coarser top sums them.
-  std::vector<uint64_t> finest(4 * size_t(kCounters), 0), counts(kCounters);
-  const int finest_shift = width - kMaxTop;
+  constexpr int kShift = 8 * int(sizeof(T)) - kMaxTop;
+  // Four histograms, so that runs of one value (the norm in weights) do not chain each count on
+  // the one before.
+  std::vector<uint32_t> sub(4 * size_t(kCounters), 0);
   uint64_t i = 0;
-  for (; i + 4 <= n; i += 4)
-    for (int h = 0; h < 4; ++h) ++finest[h * size_t(kCounters) + (bits[i + h] >> finest_shift)];
-  for (; i < n; ++i) ++finest[bits[i] >> finest_shift];
-  for (uint32_t v = 0; v < kCounters; ++v)
-    finest[v] += finest[kCounters + v] + finest[2 * kCounters + v] + finest[3 * kCounters + v];
+  while (i + 4 <= n) {
+    const uint64_t stop = i + std::min<uint64_t>((n - i) / 4 * 4, uint64_t(1) << 31);  // u32 counts
+    for (; i < stop; i += 4)
+      for (int h = 0; h < 4; ++h) ++sub[h * size_t(kCounters) + (bits[i + h] >> kShift)];
+    for (uint32_t v = 0; v < 4 * kCounters; ++v) finest[v % kCounters] += sub[v];
+    std::fill(sub.begin(), sub.end(), 0);
+  }
+  for (; i < n; ++i) ++finest[bits[i] >> kShift];
+}
+
+// The plan for n floats of `width` bits from their top-bit counts (count_top_bits).
+inline Status plan_from_counts(const uint64_t* finest, int width, uint64_t n, Plan* plan) {
+  std::vector<uint64_t> counts(kCounters);
   Plan best{};
   best.estimated_bits = UINT64_MAX;
   for (int top = kMinTop; top <= kMaxTop; ++top) {
@@ -96,26 +105,114 @@ inline Status make_plan(const T* bits, uint64_t n, Plan* plan) {
   return Status::Ok;
 }
 
-// symbols[i] = number of bits[i]'s top value; raw gets the low bits (raw_words(n, low) words).
 template <class T>
-inline void apply_plan(const T* bits, uint64_t n, const Plan& p, uint8_t* symbols, uint32_t* raw) {
+inline Status make_plan(const T* bits, uint64_t n, Plan* plan) {
+  std::vector<uint64_t> finest(kCounters, 0);
+  count_top_bits(bits, n, finest.data());
+  return plan_from_counts(finest.data(), 8 * int(sizeof(T)), n, plan);
+}
+
+// A plan's symbol of each top value (number[top value] = its index in values).
+struct Numbering {
+  uint8_t number[kCounters];
+  explicit Numbering(const Plan& p) {
+    std::memset(number, 0, sizeof(number));
+    for (uint32_t s = 0; s < p.n_values; ++s) number[p.values[s]] = uint8_t(s);
+  }
+};
+
+namespace detail {
+
+// 32 fields of kLow bits are exactly kLow words: with the count fixed and the loop unrolled,
+// where each word ends is known at compile time, so the packing has no branch. (Joining eight
+// fields at a time, each shifted on its own, to shorten the accumulator's chain was slower.)
+template <int kLow, class T>
+inline void split_blocks(const T* bits, uint64_t blocks, const uint8_t* number, uint8_t* symbols, uint32_t* raw) {
+  constexpr uint64_t kMask = (uint64_t(1) << kLow) - 1;
+  for (uint64_t b = 0; b < blocks; ++b, bits += 32, symbols += 32, raw += kLow) {
+    uint64_t acc = 0;
+    int pending = 0;
+    uint32_t* w = raw;
+#pragma GCC unroll 32
+    for (int j = 0; j < 32; ++j) {
+      symbols[j] = number[bits[j] >> kLow];
+      acc = (acc << kLow) | (bits[j] & kMask);
+      pending += kLow;
+      if (pending >= 32) {
+        pending -= 32;
+        *w++ = uint32_t(acc >> pending);
+      }
+    }
+  }
+}
+
+// The unrolled packings for the raw widths a plan picks: width - kMaxTop .. width - kMinTop.
+// False for any other width.
+template <class T>
+inline bool split_blocks_unrolled(int low, const T* bits, uint64_t blocks, const uint8_t* number, uint8_t* symbols,
+                                  uint32_t* raw) {
+  constexpr int kMinLow = 8 * int(sizeof(T)) - kMaxTop;
+  static_assert(8 * int(sizeof(T)) - kMinTop - kMinLow == 4, "five widths below");
+  switch (low - kMinLow) {
+    case 0: split_blocks<kMinLow>(bits, blocks, number, symbols, raw); return true;
+    case 1: split_blocks<kMinLow + 1>(bits, blocks, number, symbols, raw); return true;
+    case 2: split_blocks<kMinLow + 2>(bits, blocks, number, symbols, raw); return true;
+    case 3: split_blocks<kMinLow + 3>(bits, blocks, number, symbols, raw); return true;
+    case 4: split_blocks<kMinLow + 4>(bits, blocks, number, symbols, raw); return true;
+    default: return false;
+  }
+}
+
+}  // namespace detail
+
+// Elements first .. first + count - 1 of a plan's split: symbols[i - first] and their raw fields
+// (raw: the whole tensor's words). The plan's top is at most kMaxTop, as make_plan's are. first is a multiple of 32, so the span's fields start on a
+// word, and so is count unless the span ends the tensor; spans split this way may run in
+// parallel (they share no word).
+template <class T>
+inline void apply_plan_span(const T* bits, uint64_t first, uint64_t count, const Plan& p, const Numbering& num,
+                            uint8_t* symbols, uint32_t* raw) {
   const int low = p.width - p.top;
-  std::vector<uint8_t> number(size_t(1) << p.top, 0);
-  for (uint32_t s = 0; s < p.n_values; ++s) number[p.values[s]] = uint8_t(s);
-  const uint64_t mask = (uint64_t(1) << low) - 1;
+  bits += first;
+  raw += first * uint64_t(low) / 32;
+  const uint64_t blocks = count / 32;
+  if (!detail::split_blocks_unrolled(low, bits, blocks, num.number, symbols, raw)) {
+    // A width no plan picks (a caller's own Plan): the same packing, one field at a time.
+    for (uint64_t i = 0; i < 32 * blocks; ++i) symbols[i] = num.number[bits[i] >> low];
+    uint64_t acc = 0;
+    int pending = 0;
+    uint32_t* w = raw;
+    for (uint64_t i = 0; low && i < 32 * blocks; ++i) {
+      acc = (acc << low) | (bits[i] & ((uint64_t(1) << low) - 1));
+      pending += low;
+      if (pending >= 32) {
+        pending -= 32;
+        *w++ = uint32_t(acc >> pending);
+      }
+    }
+  }
+  // The tensor's last elements (fewer than 32): fields MSB-first, the last word zero-padded.
+  const uint64_t done = 32 * blocks;
   uint64_t acc = 0;
   int pending = 0;
-  uint64_t w = 0;
-  for (uint64_t i = 0; i < n; ++i) {
-    symbols[i] = number[bits[i] >> low];
+  uint32_t* w = raw + blocks * uint64_t(low);
+  const uint64_t mask = (uint64_t(1) << low) - 1;
+  for (uint64_t i = done; i < count; ++i) {
+    symbols[i] = num.number[bits[i] >> low];
     acc = (acc << low) | (bits[i] & mask);
     pending += low;
     if (pending >= 32) {
       pending -= 32;
-      raw[w++] = uint32_t(acc >> pending);
+      *w++ = uint32_t(acc >> pending);
     }
   }
-  if (pending > 0) raw[w++] = uint32_t(acc << (32 - pending));
+  if (pending > 0) *w = uint32_t(acc << (32 - pending));
+}
+
+// symbols[i] = number of bits[i]'s top value; raw gets the low bits (raw_words(n, low) words).
+template <class T>
+inline void apply_plan(const T* bits, uint64_t n, const Plan& p, uint8_t* symbols, uint32_t* raw) {
+  apply_plan_span(bits, 0, n, p, Numbering(p), symbols, raw);
 }
 
 // The symbol -> top-bits table of a merge, validated once.

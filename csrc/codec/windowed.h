@@ -369,23 +369,29 @@ inline uint32_t chunk_bits(const uint32_t* w, uint64_t n_words, uint64_t bit, in
 #define PYCODEC_X86_V3_CLONES
 #endif
 
-// MSB-first bits into 32-bit words at p: the words must be zero past what was written (the
-// encoder sizes and zero-fills them first), so zeros are written by leaving them alone.
+// MSB-first bits into 32-bit words at p, with no branch per code: a branch on "is a word
+// full" every ~7 codes is one the CPU mispredicts, and it cost ~20% of the encode (2026-11-30,
+// the 2-core AMD EPYC). acc holds the bits of the unfinished word left-aligned (its top
+// `pending` < 32 bits between settles); put() adds a code below them, settle() stores that
+// word whole (its bits so far, zeros after) and moves on if it is full. Two codes of <= 12 bits
+// fit between settles (31 + 24 <= 64). flush() stores the last word's bits; the words must be
+// zero past them (the encoder sizes and zero-fills them first).
 struct WordWriter {
   uint32_t* p;
   uint64_t acc = 0;
-  int pending = 0;  // bits in acc not yet written (< 32)
-  void put(uint32_t value, int bits) {  // bits <= 32, value < 2^bits
-    acc = (acc << bits) | value;
+  uint32_t pending = 0;
+  void put(uint32_t value, uint32_t bits) {  // 1 <= bits <= 12 (kMaxCodeLength), value < 2^bits
+    acc |= uint64_t(value) << (64 - pending - bits);
     pending += bits;
-    if (pending >= 32) {
-      pending -= 32;
-      *p++ = uint32_t(acc >> pending);
-    }
+  }
+  void settle() {
+    *p = uint32_t(acc >> 32);
+    p += pending >> 5;
+    acc <<= pending & 32;
+    pending &= 31;
   }
   void flush() {
-    if (pending) *p++ = uint32_t(acc << (32 - pending));
-    pending = 0;
+    if (pending) *p = uint32_t(acc >> 32);
   }
 };
 
@@ -437,11 +443,23 @@ PYCODEC_X86_V3_CLONES inline Status encode_chunk(const uint8_t* sym, uint32_t m,
   uint32_t i = 0;
   for (uint32_t l = 0; l < lanes && i < m; ++l) {
     const uint32_t lane_start = i;
-    for (; i < end[l]; ++i) bw.put(c.code[sym[i]], c.length[sym[i]]);
+    for (; i + 2 <= end[l]; i += 2) {
+      bw.put(c.code[sym[i]], c.length[sym[i]]);
+      bw.put(c.code[sym[i + 1]], c.length[sym[i + 1]]);
+      bw.settle();
+    }
+    if (i < end[l]) {
+      bw.put(c.code[sym[i]], c.length[sym[i]]);
+      bw.settle();
+      ++i;
+    }
     if (i < m) {  // the next code's first `pad` bits (pad < its length); l + 1 < lanes here
-      const int pad = int(window - (prefix[i] - prefix[lane_start]));
+      const uint32_t pad = uint32_t(window - (prefix[i] - prefix[lane_start]));
       const uint32_t len = c.length[sym[i]];
-      bw.put(uint32_t(c.code[sym[i]]) >> (len - pad), pad);
+      if (pad) {
+        bw.put(uint32_t(c.code[sym[i]]) >> (len - pad), pad);
+        bw.settle();
+      }
     }
   }
   bw.flush();  // every symbol placed: the rest of the chunk stays zero

@@ -400,6 +400,58 @@ static float from_bits(uint32_t b) {
 
 // dequant.h: fp32 values as (q - zero) * scale per group (the last one partial), and bf16 by
 // round-to-nearest-even, ties both ways, infinities and NaN.
+// The split's packings (one unrolled per raw width a plan picks, a loop for the rest) against
+// a field-by-field reference: every top of 16- and 32-bit floats, tensors that end mid-block,
+// and the parallel split (blocks on several threads) equal to the serial one.
+template <class T>
+static void check_split_widths(std::mt19937& rng) {
+  const int width = 8 * int(sizeof(T));
+  for (int top = 1; top <= split::kMaxTop; ++top) {
+    const size_t n = (top % 3 == 0 ? (size_t(1) << 19) : 0) + 1 + rng() % 3000;  // > 1 block sometimes
+    std::vector<T> bits(n);
+    for (auto& b : bits) b = T(uint64_t(rng()) * (uint64_t(1) << 32 | 1) >> (64 - width));
+    split::Plan plan{};
+    plan.width = width;
+    plan.top = top;
+    std::vector<uint32_t> seen(size_t(1) << top, 0);
+    for (auto b : bits) seen[b >> (width - top)] = 1;
+    for (uint32_t v = 0; v < seen.size() && plan.n_values < split::kMaxValues; ++v)
+      if (seen[v]) plan.values[plan.n_values++] = v;
+    const int low = width - top;
+    std::vector<uint8_t> number(size_t(1) << top, 0);
+    for (uint32_t s = 0; s < plan.n_values; ++s) number[plan.values[s]] = uint8_t(s);
+    std::vector<uint8_t> want_symbols(n);
+    std::vector<uint32_t> want_raw(split::raw_words(n, low), 0);
+    for (size_t i = 0; i < n; ++i) {
+      want_symbols[i] = number[bits[i] >> low];
+      for (int k = 0; k < low; ++k)  // bit k of the field, MSB first, at bit i * low + k
+        if (bits[i] >> (low - 1 - k) & 1) {
+          const uint64_t at = uint64_t(i) * low + k;
+          want_raw[at / 32] |= 1u << (31 - at % 32);
+        }
+    }
+    for (int threads : {1, 2}) {
+      std::vector<uint8_t> symbols(n);
+      std::vector<uint32_t> raw(want_raw.size(), 0xDEADBEEF);  // every word is written
+      apply_split(bits.data(), n, plan, symbols.data(), raw.data(), threads);
+      CHECK(symbols == want_symbols);
+      CHECK(raw == want_raw);
+    }
+    split::Plan serial, parallel;
+    if (split::make_plan(bits.data(), n, &serial) == Status::Ok) {
+      CHECK(plan_split(bits.data(), n, &parallel, 2) == Status::Ok);
+      CHECK(parallel.top == serial.top && parallel.n_values == serial.n_values &&
+            std::equal(serial.values, serial.values + serial.n_values, parallel.values));
+    }
+  }
+}
+
+static void test_split_packings() {
+  std::mt19937 rng(29);
+  check_split_widths<uint16_t>(rng);
+  check_split_widths<uint32_t>(rng);
+}
+
 static void test_affine_dequantization() {
   CHECK(dequant::bf16_bits(1.0f) == 0x3F80);
   CHECK(dequant::bf16_bits(from_bits(0x3F808000u)) == 0x3F80);  // a tie to even: down
@@ -480,6 +532,7 @@ int main() {
   test_kernel_emulation_on_valid_and_hostile_streams();
   test_hash_sensitivity();
   test_split_merge_paths_agree();
+  test_split_packings();
   test_affine_dequantization();
   test_quantizers();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
