@@ -149,7 +149,7 @@ def _pycodec(coder: str) -> list[Codec]:
         return pycodec.decode(blob, threads=threads)
 
     def enc_bf16(bits, threads):  # lossless mode's layout: coded top bits + raw low bits (split.h)
-        top, values, symbols, raw = pycodec._C.split_float(bits, 16)
+        top, values, symbols, raw = pycodec._C.split_float(bits, 16, threads)
         return enc(np.frombuffer(symbols, np.uint8), threads), values, top, raw
 
     def dec_bf16(packed, threads):

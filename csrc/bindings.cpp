@@ -585,6 +585,50 @@ PYBIND11_MODULE(_C, m) {
       "(out's item size: 4 or 2); quant.dequantize_affine's values, one pass.");
 
   m.def(
+      "affine_matvec",
+      [](py::buffer blob, uint64_t n, uint64_t k, uint64_t group_size, py::buffer scale, py::buffer zero,
+         py::buffer escape_index, py::buffer escape_value, py::buffer x, py::buffer y, int threads) {
+        const py::buffer_info b = contiguous_bytes(blob, false, "blob");
+        if (k == 0 || group_size == 0) throw CodecException("affine_matvec: k and group_size must be >= 1");
+        const uint64_t groups = (k + group_size - 1) / group_size;
+        const auto floats = [](const py::buffer& buf, bool writable, const char* what) {
+          py::buffer_info info = buf.request(writable);
+          if (info.itemsize != 4 || info.format != py::format_descriptor<float>::format() || !is_contiguous(info))
+            throw CodecException(std::string("affine_matvec: ") + what + " must be a contiguous float32 array");
+          return info;
+        };
+        const py::buffer_info si = floats(scale, false, "scale"), zi = floats(zero, false, "zero");
+        const py::buffer_info vi = floats(escape_value, false, "escape_value");
+        const py::buffer_info xi = floats(x, false, "x"), yi = floats(y, true, "y");
+        const py::buffer_info ei = escape_index.request();
+        if (ei.itemsize != 8 || (ei.format != "q" && ei.format != "l") || !is_contiguous(ei) || ei.size != vi.size)
+          throw CodecException("affine_matvec: escape_index must be contiguous int64, one per escape_value");
+        if (n > UINT64_MAX / groups || uint64_t(si.size) != n * groups || uint64_t(zi.size) != n * groups)
+          throw CodecException("affine_matvec: scale and zero must be float32 [n, groups]");
+        if (xi.size == 0 || uint64_t(xi.size) % k || uint64_t(xi.size) / k > UINT32_MAX ||
+            uint64_t(yi.size) != uint64_t(xi.size) / k * n)
+          throw CodecException("affine_matvec: x must be float32 [batch >= 1, k] and y float32 [batch, n]");
+        AffineMatvec w{n, k, group_size, static_cast<const float*>(si.ptr), static_cast<const float*>(zi.ptr),
+                       static_cast<const uint64_t*>(ei.ptr), static_cast<const float*>(vi.ptr), uint64_t(vi.size)};
+        Status st;
+        {
+          py::gil_scoped_release release;
+          st = affine_matvec(static_cast<const uint8_t*>(b.ptr), size_t(b.size), w, static_cast<const float*>(xi.ptr),
+                             uint32_t(uint64_t(xi.size) / k), static_cast<float*>(yi.ptr), threads);
+        }
+        if (st == Status::BadArgument)
+          throw CodecException("affine_matvec: the stream is not in chunks of whole rows of k, or an escape index "
+                               "lies outside the weight");
+        if (st == Status::OutputSize) throw CodecException("affine_matvec: the stream does not hold n x k symbols");
+        check(st, "affine_matvec");
+      },
+      py::arg("blob"), py::arg("n"), py::arg("k"), py::arg("group_size"), py::arg("scale"), py::arg("zero"),
+      py::arg("escape_index"), py::arg("escape_value"), py::arg("x"), py::arg("y"), py::arg("threads") = 0,
+      "y = x w^T for an affine weight (w = (q - zero) * scale per group, escapes exact) without decoding it whole: "
+      "each chunk of whole rows decoded and multiplied in a per-thread buffer. x: float32 [batch, k]; y: float32 "
+      "[batch, n]; scale and zero float32 [n, groups]; escape_index int64.");
+
+  m.def(
       "rate_quantize",
       [](py::buffer w, py::buffer step, int max_q, int zero, py::buffer q) {
         const py::buffer_info wi = w.request(), si = step.request();

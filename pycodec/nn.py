@@ -74,11 +74,19 @@ def compressed_linear(x: torch.Tensor, packed: list[torch.Tensor], kernel: list[
     meta = packed[0].cpu()
     bias = None if bias is None else bias.to(x.dtype)
     if int(meta[1]) == KIND_AFFINE and int(meta[2]) * int(meta[3]) > 0:
-        # In row blocks dequantized straight into x's dtype: a large weight (an output head)
-        # never exists whole, only one block at a time.
-        from .quant import affine_row_blocks
+        from .quant import affine_matvec, affine_row_blocks
 
         named = {k: v.cpu() for k, v in zip(buffer_names(meta), packed)}
+        if x.numel() // int(meta[3]) <= CPU_MATVEC_MAX_ROWS:
+            # A few rows of activations (generating tokens): the weight is decoded chunk by
+            # chunk and multiplied where it is decoded, on pycodec's threads, no weight in memory.
+            y = affine_matvec(named, x)
+            if y is not None:
+                if bias is not None:
+                    y += bias.float()
+                return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
+        # In row blocks dequantized straight into x's dtype: a large weight (an output head)
+        # never exists whole, only one block at a time.
         if int(meta[2]) * int(meta[3]) <= CPU_BLOCK_WEIGHTS:
             (_, w), = affine_row_blocks(named, int(meta[2]), x.dtype)
             return F.linear(x, w, bias)
@@ -93,6 +101,9 @@ def compressed_linear(x: torch.Tensor, packed: list[torch.Tensor], kernel: list[
 
 # Above this many weights, the CPU forward of an affine weight dequantizes it by row blocks.
 CPU_BLOCK_WEIGHTS = 1 << 20
+# Up to this many rows of activations, the CPU forward of an affine weight multiplies each chunk
+# where it is decoded (quant.affine_matvec); more rows amortize a dequantized block and a GEMM.
+CPU_MATVEC_MAX_ROWS = 8
 
 
 @compressed_linear.register_fake

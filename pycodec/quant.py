@@ -601,6 +601,29 @@ def unpack_rows(packed: dict, rows: torch.Tensor) -> torch.Tensor:
     return w
 
 
+def affine_matvec(packed: dict, x: torch.Tensor) -> torch.Tensor | None:
+    """x @ W^T in fp32 ([batch, n]) for an affine packed weight W and CPU activations x [batch, k],
+    without W in memory: each stream chunk (whole rows) is decoded, dequantized to fp32 and
+    multiplied by x in a per-thread buffer (``_C.affine_matvec``, codec.h), so the cost is the
+    symbol decode. None when the stream is not in chunks of whole rows (a caller's own
+    chunk_symbols): the caller then takes the row-block path."""
+    meta = packed["meta"].tolist()
+    if meta[0] != LAYOUT_VERSION or meta[1] != KIND_AFFINE:
+        raise CodecError("affine_matvec takes an affine packed weight")
+    n, k, group_size = meta[2:5]
+    blob, chunk = _chunked_stream(packed, n, k)
+    if chunk % k:
+        return None
+    groups = packed["scale"].shape[1]
+    scale = packed["scale"].float().contiguous()
+    zero = packed["zero"].float().expand(n, groups).contiguous()
+    x32 = x.detach().reshape(-1, k).to(torch.float32).contiguous()
+    y = torch.empty(x32.shape[0], n, dtype=torch.float32)
+    _C.affine_matvec(blob, n, k, group_size, scale.numpy(), zero.numpy(), _escape_index(packed, n * k).numpy(),
+                     packed["escape_value"].float().contiguous().numpy(), x32.numpy(), y.numpy())
+    return y
+
+
 def affine_row_blocks(packed: dict, block_rows: int, dtype: torch.dtype = torch.float32):
     """(first row, rows in dtype) of an affine packed weight, ``block_rows`` rows at a time, each
     block decoded (only the stream chunks that hold it) and dequantized as it is asked for:

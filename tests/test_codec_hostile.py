@@ -616,3 +616,50 @@ def test_absurd_sizes_fail_fast_without_allocating():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     worst = float(proc.stdout.split("worst_seconds")[1])
     assert worst < 0.25, f"absurd header took {worst:.3f}s to reject"
+
+
+def test_affine_matvec_refuses_bad_arguments_and_corrupt_streams():
+    """The CPU forward's fused decode + matvec: wrong shapes and dtypes are CodecErrors that
+    say what is wrong; a corrupt stream is refused or gives numbers, never a crash."""
+    rng = np.random.default_rng(SEED)
+    n, k = 12, 40
+    q = rng.integers(120, 137, (n, k), dtype=np.uint8)
+    blob = pycodec.encode(q)
+    scale, zero = np.full((n, 1), 0.01, np.float32), np.full((n, 1), 128.0, np.float32)
+    idx, val = np.array([5, 100], np.int64), np.array([1.0, -2.0], np.float32)
+    x, y = rng.standard_normal((2, k)).astype(np.float32), np.empty((2, n), np.float32)
+
+    def call(**changes):
+        args = dict(blob=blob, n=n, k=k, group_size=k, scale=scale, zero=zero, escape_index=idx, escape_value=val,
+                    x=x, y=y)
+        args.update(changes)
+        native.affine_matvec(**args)
+
+    call()
+    w = ((q.astype(np.float32) - 128.0) * np.float32(0.01)).reshape(-1)
+    w[idx] = val
+    np.testing.assert_allclose(y, x @ w.reshape(n, k).T, rtol=1e-5, atol=1e-6)
+    bad = {
+        "not n x k": dict(n=n + 1, scale=np.full((n + 1, 1), 0.01, np.float32), zero=np.zeros((n + 1, 1), np.float32),
+                          y=np.empty((2, n + 1), np.float32)),
+        "scale size": dict(scale=scale[:-1]),
+        "scale dtype": dict(scale=scale.astype(np.float64)),
+        "x size": dict(x=x[:, :-1]),
+        "y size": dict(y=y[:, :-1]),
+        "y dtype": dict(y=np.empty((2, n), np.float16)),
+        "escape outside": dict(escape_index=np.array([5, n * k], np.int64)),
+        "negative escape": dict(escape_index=np.array([-1, 3], np.int64)),
+        "escape dtype": dict(escape_index=idx.astype(np.int32)),
+        "escape count": dict(escape_value=val[:1]),
+        "zero k": dict(k=0),
+    }
+    for name, change in bad.items():
+        with pytest.raises(CodecError, match="affine_matvec"):
+            call(**change)
+    for _ in range(200):
+        mutated = bytearray(blob)
+        mutated[int(rng.integers(len(mutated)))] ^= int(rng.integers(1, 256))
+        try:
+            call(blob=bytes(mutated))
+        except CodecError:
+            pass

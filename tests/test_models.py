@@ -279,11 +279,56 @@ def test_cache_decoded_is_opt_in():
 def test_cached_weight_follows_load_state_dict():
     torch.manual_seed(3)
     a = CompressedLinear.from_linear(torch.nn.Linear(32, 16), CompressionConfig(mode="int", bits=8), cache_decoded=True)
-    b = CompressedLinear.from_linear(torch.nn.Linear(32, 16), CompressionConfig(mode="int", bits=8))
+    b = CompressedLinear.from_linear(torch.nn.Linear(32, 16), CompressionConfig(mode="int", bits=8), cache_decoded=True)
     x = torch.randn(2, 32)
     a(x)
     a.load_state_dict(b.state_dict())
     assert torch.equal(a(x), b(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["rate", "int"])
+def test_cpu_forward_of_few_rows_multiplies_where_it_decodes(mode, dtype, monkeypatch):
+    # Up to CPU_MATVEC_MAX_ROWS rows of activations, an affine weight is multiplied chunk by chunk
+    # as it is decoded (quant.affine_matvec): never dequantized whole, nor by row blocks. Its
+    # outputs are F.linear's with the fp32 weight, up to the order of fp32 sums.
+    from pycodec import nn as pnn, quant
+
+    torch.manual_seed(5)
+    lin = torch.nn.Linear(200, 72)
+    with torch.no_grad():  # rate-mode escapes
+        lin.weight[3, 7], lin.weight[10, 100], lin.weight[50, 199] = 2.5, -3.0, 4.0
+    cfg = CompressionConfig(mode=mode, bits=3.5 if mode == "rate" else 4, group_size=64)
+    m = CompressedLinear.from_linear(lin, cfg)
+    if mode == "rate":
+        assert m.escape_index.numel() >= 3
+        m.escape_index, m.escape_value = m.escape_index.flip(0), m.escape_value.flip(0)  # any order
+    w = unpack(m.packed())  # fp32
+    monkeypatch.setattr(quant, "affine_row_blocks", lambda *a, **k: pytest.fail("decoded by row blocks"))
+    for shape in [(200,), (3, 200), (2, 4, 200)]:
+        x = torch.randn(shape).to(dtype)
+        y = m(x)
+        want = F.linear(x.float(), w, lin.bias)
+        assert y.dtype == dtype and y.shape == want.shape
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(y.float(), want, rtol=tol, atol=tol)
+    monkeypatch.undo()
+    # More rows: a dequantized block and F.linear, as before.
+    x = torch.randn(pnn.CPU_MATVEC_MAX_ROWS + 1, 200).to(dtype)
+    assert torch.equal(m(x), F.linear(x, unpack(m.packed(), dtype), lin.bias.to(dtype)))
+
+
+def test_cpu_matvec_falls_back_for_chunks_that_split_rows():
+    from pycodec import quant
+
+    torch.manual_seed(6)
+    w = torch.randn(24, 50)
+    q, scale, zero = quantize_int(w, 4, 25)
+    packed = pack_affine(q, scale, zero, 25, torch.float32, coder="huffman", chunk_symbols=70)  # rows cut
+    x = torch.randn(2, 50)
+    assert quant.affine_matvec(packed, x) is None
+    m = CompressedLinear(50, 24, packed)
+    assert torch.equal(m(x), F.linear(x, unpack(packed)))
 
 
 def test_model_cache_decodes_each_weight_once_with_identical_outputs(monkeypatch):

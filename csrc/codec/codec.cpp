@@ -13,6 +13,7 @@
 #include <mutex>
 #include <thread>
 
+#include "dequant.h"
 #include "hash.h"
 #include "huffman.h"
 #include "rans.h"
@@ -544,6 +545,60 @@ void apply_split_impl(const T* bits, uint64_t n, const split::Plan& plan, uint8_
 }
 
 }  // namespace
+
+Status affine_matvec(const uint8_t* blob_in, size_t len, const AffineMatvec& w, const float* x, uint32_t batch,
+                     float* y, int threads) {
+  if (w.k == 0 || w.group_size == 0 || batch == 0) return Status::BadArgument;
+  const AlignedBlob aligned(blob_in, len);
+  const uint8_t* blob = aligned.data;
+  DecodeTables tables;
+  const Status st = open_stream(blob, len, [&](const StreamInfo& s) {
+    if (s.ndim != 2 || s.shape[0] != w.n || s.shape[1] != w.k) return Status::OutputSize;
+    return s.chunk_symbols % w.k == 0 ? Status::Ok : Status::BadArgument;
+  }, &tables);
+  if (st != Status::Ok) return st;
+  // Escapes in ascending order, so that each chunk finds its own by a binary search: a copy,
+  // sorted, if the caller's are not (a later duplicate wins, as in the whole-weight decode).
+  std::vector<uint64_t> sorted_index;
+  std::vector<float> sorted_value;
+  const uint64_t* escape_index = w.escape_index;
+  const float* escape_value = w.escape_value;
+  bool ascending = true;
+  for (uint64_t e = 0; e < w.n_escapes; ++e) {
+    if (w.escape_index[e] >= tables.info.n_symbols) return Status::BadArgument;  // n x k: the stream's symbols
+    ascending = ascending && (e == 0 || w.escape_index[e] >= w.escape_index[e - 1]);
+  }
+  if (!ascending) {
+    std::vector<uint64_t> order(w.n_escapes);
+    for (uint64_t e = 0; e < w.n_escapes; ++e) order[e] = e;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](uint64_t a, uint64_t b) { return w.escape_index[a] < w.escape_index[b]; });
+    for (uint64_t e : order) sorted_index.push_back(w.escape_index[e]), sorted_value.push_back(w.escape_value[e]);
+    escape_index = sorted_index.data();
+    escape_value = sorted_value.data();
+  }
+  const uint64_t rows_per_chunk = tables.info.chunk_symbols / w.k, groups = (w.k + w.group_size - 1) / w.group_size;
+  return for_each_chunk(tables.info.n_chunks, threads, [&](int, uint64_t c) {
+    thread_local std::vector<uint8_t> symbols;  // per worker: one chunk's symbols, then one row's weights
+    thread_local std::vector<float> weights;
+    const uint32_t m = tables.chunk_length(c);
+    if (symbols.size() < m) symbols.resize(m);
+    if (weights.size() < w.k) weights.resize(w.k);
+    const Status decoded = tables.decode_chunk(blob, c, symbols.data());
+    if (decoded != Status::Ok) return decoded;
+    const uint64_t first_row = c * rows_per_chunk;
+    const uint64_t* escape = std::lower_bound(escape_index, escape_index + w.n_escapes, first_row * w.k);
+    const uint64_t* const escapes_end = escape_index + w.n_escapes;
+    for (uint64_t r = first_row; r < first_row + m / w.k; ++r) {
+      dequant::affine_fp32(symbols.data() + (r - first_row) * w.k, 1, w.k, w.scale + r * groups, w.zero + r * groups,
+                           w.group_size, weights.data());
+      for (; escape != escapes_end && *escape < (r + 1) * w.k; ++escape)
+        weights[*escape - r * w.k] = escape_value[escape - escape_index];
+      dequant::dot_batch(weights.data(), w.k, x, batch, y + r, w.n);
+    }
+    return Status::Ok;
+  });
+}
 
 Status plan_split(const uint16_t* bits, uint64_t n, split::Plan* plan, int threads) {
   return plan_split_impl(bits, n, plan, threads);

@@ -100,6 +100,24 @@ constexpr uint32_t kDecodeTableEntries = 4096;
 Status build_decode_table(const uint8_t* blob, size_t len, uint32_t table[kDecodeTableEntries],
                           uint8_t lengths[256] = nullptr, uint8_t counts[kDecodeTableEntries] = nullptr);
 
+// An affine weight (dequant.h) times activations, y = x w^T, without the weight in memory: each
+// chunk's symbols are decoded into a per-thread buffer and its rows dequantized to fp32 there
+// and multiplied by every row of x (dequant::dot_batch). The stream holds the n x k symbols
+// in chunks of whole rows (the encoder's layouts do); like decode_chunks it bounds-checks every
+// chunk but leaves the checksum to a whole-stream decode (at load).
+struct AffineMatvec {
+  uint64_t n, k, group_size;
+  const float* scale;            // [n, groups] (groups = ceil(k / group_size))
+  const float* zero;             // [n, groups]
+  const uint64_t* escape_index;  // flat indices r * k + j of weights stored exactly (any order)
+  const float* escape_value;
+  uint64_t n_escapes;
+};
+// x: [batch, k] fp32; y: [batch, n] fp32. OutputSize for a stream that is not n x k;
+// BadArgument for one not in whole rows per chunk, or an escape index outside the weight.
+Status affine_matvec(const uint8_t* blob, size_t len, const AffineMatvec& w, const float* x, uint32_t batch,
+                     float* y, int threads = 0);
+
 // The histogram of n symbols (not a stream): what encode() counts before building its code.
 // threads as for encode (1 inside a worker: a nested call would start threads of its own).
 void count_symbols(const uint8_t* symbols, uint64_t n, uint64_t counts[256], int threads = 1);

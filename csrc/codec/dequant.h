@@ -65,5 +65,27 @@ PYCODEC_DEQUANT_CLONES inline void affine_bf16(const uint8_t* q, uint64_t rows, 
   affine(q, rows, k, scale, zero, group_size, out);
 }
 
+// out[b * out_stride] = sum_j x[b * k + j] * w[j] for b < batch, in fp32: products summed into 64
+// partial sums (by j mod 64: four AVX-512 registers, so four chains of adds run at once, not one
+// waiting on the last) that are then added in a fixed order. One result per build (the AVX
+// builds contract to FMA), the same for any thread count.
+PYCODEC_DEQUANT_CLONES inline void dot_batch(const float* w, uint64_t k, const float* x, uint32_t batch, float* out,
+                                             uint64_t out_stride) {
+  constexpr int kPartial = 64;
+  for (uint32_t b = 0; b < batch; ++b) {
+    const float* xb = x + uint64_t(b) * k;
+    float partial[kPartial] = {};
+    uint64_t j = 0;
+    for (; j + kPartial <= k; j += kPartial)
+      for (int l = 0; l < kPartial; ++l) partial[l] += xb[j + l] * w[j + l];
+    for (int l = 0; j < k; ++j, ++l) partial[l] += xb[j] * w[j];
+    for (int l = 0; l < 32; ++l) partial[l] += partial[l + 32];  // whole vectors
+    for (int l = 0; l < 16; ++l) partial[l] += partial[l + 16];
+    float sum = 0;
+    for (int l = 0; l < 16; ++l) sum += partial[l];
+    out[uint64_t(b) * out_stride] = sum;
+  }
+}
+
 }  // namespace dequant
 }  // namespace pycodec

@@ -481,6 +481,83 @@ static void test_affine_dequantization() {
     }
 }
 
+// affine_matvec against a float64 product of the dequantized weight (escapes written over it, in
+// any order, a later duplicate winning): batches 1..5, groups that do not divide k, a last chunk
+// of fewer rows, one and two threads. Then what it refuses, and corrupt streams under ASan.
+static void test_affine_matvec() {
+  std::mt19937 rng(31);
+  for (int trial = 0; trial < 12; ++trial) {
+    const uint64_t n = 1 + rng() % 40, k = 1 + rng() % 300, group_size = 1 + rng() % (k + 8);
+    const uint64_t groups = (k + group_size - 1) / group_size, rows_per_chunk = 1 + rng() % 4;
+    const uint32_t batch = 1 + rng() % 5;
+    std::vector<uint8_t> q(n * k);
+    for (auto& v : q) v = uint8_t(120 + rng() % 17);
+    std::vector<float> scale(n * groups), zero(n * groups), x(batch * k);
+    for (auto& v : scale) v = 0.001f * float(1 + rng() % 100);
+    for (auto& v : zero) v = float(120 + rng() % 17) + 0.25f;
+    for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 500.0f;
+    std::vector<uint64_t> escape_index;
+    std::vector<float> escape_value;
+    for (uint64_t e = 0, count = rng() % 6; e < count; ++e) {
+      escape_index.push_back(rng() % (n * k));
+      escape_value.push_back(float(int(rng() % 200) - 100));
+    }
+    if (!escape_index.empty()) {  // a duplicate: the later value wins
+      escape_index.push_back(escape_index[0]);
+      escape_value.push_back(7.5f);
+    }
+    std::vector<double> w(n * k);
+    for (uint64_t i = 0; i < n * k; ++i) {
+      const uint64_t r = i / k, g = (i % k) / group_size;
+      w[i] = (float(q[i]) - zero[r * groups + g]) * scale[r * groups + g];
+    }
+    for (size_t e = 0; e < escape_index.size(); ++e) w[escape_index[e]] = escape_value[e];
+    EncodeOptions opt;
+    opt.chunk_symbols = uint32_t(rows_per_chunk * k);
+    std::vector<uint8_t> blob;
+    const uint64_t shape[2] = {n, k};
+    CHECK(encode(q.data(), shape, 2, opt, &blob) == Status::Ok);
+    const AffineMatvec weight{n, k, group_size, scale.data(), zero.data(), escape_index.data(), escape_value.data(),
+                              escape_index.size()};
+    for (int threads : {1, 2}) {
+      std::vector<float> y(batch * n, -1.0f);
+      CHECK(affine_matvec(blob.data(), blob.size(), weight, x.data(), batch, y.data(), threads) == Status::Ok);
+      for (uint32_t b = 0; b < batch; ++b)
+        for (uint64_t r = 0; r < n; ++r) {
+          double want = 0, magnitude = 0;
+          for (uint64_t j = 0; j < k; ++j) {
+            want += double(x[b * k + j]) * w[r * k + j];
+            magnitude += std::fabs(double(x[b * k + j]) * w[r * k + j]);
+          }
+          CHECK(std::fabs(y[b * n + r] - want) <= 1e-6 * magnitude + 1e-30);
+        }
+    }
+    std::vector<float> y(batch * n);
+    AffineMatvec wrong = weight;
+    wrong.n = n + 1;  // not the stream's shape
+    CHECK(affine_matvec(blob.data(), blob.size(), wrong, x.data(), batch, y.data()) == Status::OutputSize);
+    if (!escape_index.empty()) {
+      std::vector<uint64_t> outside = escape_index;
+      outside.back() = n * k;
+      wrong = weight;
+      wrong.escape_index = outside.data();
+      CHECK(affine_matvec(blob.data(), blob.size(), wrong, x.data(), batch, y.data()) == Status::BadArgument);
+    }
+    if (k > 1) {  // chunks that split rows
+      opt.chunk_symbols = uint32_t(k + 1);
+      std::vector<uint8_t> split_rows;
+      CHECK(encode(q.data(), shape, 2, opt, &split_rows) == Status::Ok);
+      CHECK(affine_matvec(split_rows.data(), split_rows.size(), weight, x.data(), batch, y.data()) ==
+            Status::BadArgument);
+    }
+    for (int m = 0; m < 30; ++m) {  // any byte flipped: a refusal or some numbers, never a read out of bounds
+      std::vector<uint8_t> bad = blob;
+      bad[rng() % bad.size()] ^= uint8_t(1 + rng() % 255);
+      (void)affine_matvec(bad.data(), bad.size(), weight, x.data(), batch, y.data(), 2);
+    }
+  }
+}
+
 // The quantizers (quantize.h) against nearbyint (round half to even) on ties, the range's edges,
 // infinities and NaN: rate mode's escape rule (NaN weights are escapes) for an odd and an even
 // max_q, then int mode's clamp by group.
@@ -534,6 +611,7 @@ int main() {
   test_split_merge_paths_agree();
   test_split_packings();
   test_affine_dequantization();
+  test_affine_matvec();
   test_quantizers();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures ? 1 : 0;
