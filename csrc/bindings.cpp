@@ -603,13 +603,15 @@ PYBIND11_MODULE(_C, m) {
         const py::buffer_info ei = escape_index.request();
         if (ei.itemsize != 8 || (ei.format != "q" && ei.format != "l") || !is_contiguous(ei) || ei.size != vi.size)
           throw CodecException("affine_matvec: escape_index must be contiguous int64, one per escape_value");
-        if (n > UINT64_MAX / groups || uint64_t(si.size) != n * groups || uint64_t(zi.size) != n * groups)
-          throw CodecException("affine_matvec: scale and zero must be float32 [n, groups]");
+        if (n > UINT64_MAX / groups || uint64_t(si.size) != n * groups ||
+            (zi.size != 1 && uint64_t(zi.size) != n * groups))
+          throw CodecException("affine_matvec: scale must be float32 [n, groups] and zero [n, groups] or one value");
         if (xi.size == 0 || uint64_t(xi.size) % k || uint64_t(xi.size) / k > UINT32_MAX ||
             uint64_t(yi.size) != uint64_t(xi.size) / k * n)
           throw CodecException("affine_matvec: x must be float32 [batch >= 1, k] and y float32 [batch, n]");
-        AffineMatvec w{n, k, group_size, static_cast<const float*>(si.ptr), static_cast<const float*>(zi.ptr),
-                       static_cast<const uint64_t*>(ei.ptr), static_cast<const float*>(vi.ptr), uint64_t(vi.size)};
+        const AffineMatvec w{n, k, group_size, static_cast<const float*>(si.ptr), static_cast<const float*>(zi.ptr),
+                             zi.size == 1 && n * groups != 1, static_cast<const uint64_t*>(ei.ptr),
+                             static_cast<const float*>(vi.ptr), uint64_t(vi.size)};
         Status st;
         {
           py::gil_scoped_release release;
@@ -626,7 +628,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("escape_index"), py::arg("escape_value"), py::arg("x"), py::arg("y"), py::arg("threads") = 0,
       "y = x w^T for an affine weight (w = (q - zero) * scale per group, escapes exact) without decoding it whole: "
       "each chunk of whole rows decoded and multiplied in a per-thread buffer. x: float32 [batch, k]; y: float32 "
-      "[batch, n]; scale and zero float32 [n, groups]; escape_index int64.");
+      "[batch, n]; scale float32 [n, groups], zero the same or one value; escape_index int64.");
 
   m.def(
       "rate_quantize",

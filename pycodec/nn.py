@@ -71,32 +71,32 @@ def compressed_linear(x: torch.Tensor, packed: list[torch.Tensor], kernel: list[
         wi = gpu.WeightInfo.from_ints(info)
         return gpu.linear(x, dict(zip(names_for(wi.kind, wi.top), packed)), dict(zip(gpu.KERNEL_BUFFERS, kernel)),
                           bias, wi)
-    meta = packed[0].cpu()
-    bias = None if bias is None else bias.to(x.dtype)
-    if int(meta[1]) == KIND_AFFINE and int(meta[2]) * int(meta[3]) > 0:
+    kind, n, k = info[:3]  # gpu.WeightInfo.ints: host facts, no tensor reads
+    if kind == KIND_AFFINE and n * k > 0:
         from .quant import affine_matvec, affine_row_blocks
 
-        named = {k: v.cpu() for k, v in zip(buffer_names(meta), packed)}
-        if x.numel() // int(meta[3]) <= CPU_MATVEC_MAX_ROWS:
+        named = dict(zip(AFFINE_BUFFERS, packed))
+        if x.numel() <= CPU_MATVEC_MAX_ROWS * k:
             # A few rows of activations (generating tokens): the weight is decoded chunk by
             # chunk and multiplied where it is decoded, on pycodec's threads, no weight in memory.
             y = affine_matvec(named, x)
             if y is not None:
                 if bias is not None:
-                    y += bias.float()
+                    y += bias
                 return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
+        bias = None if bias is None else bias.to(x.dtype)
         # In row blocks dequantized straight into x's dtype: a large weight (an output head)
         # never exists whole, only one block at a time.
-        if int(meta[2]) * int(meta[3]) <= CPU_BLOCK_WEIGHTS:
-            (_, w), = affine_row_blocks(named, int(meta[2]), x.dtype)
+        if n * k <= CPU_BLOCK_WEIGHTS:
+            (_, w), = affine_row_blocks(named, n, x.dtype)
             return F.linear(x, w, bias)
         y = x.new_empty((*x.shape[:-1], out_features))
-        for first, block in affine_row_blocks(named, max(1, CPU_BLOCK_WEIGHTS // int(meta[3])), x.dtype):
+        for first, block in affine_row_blocks(named, max(1, CPU_BLOCK_WEIGHTS // k), x.dtype):
             end = first + block.shape[0]
             y[..., first:end] = F.linear(x, block, None if bias is None else bias[first:end])
         return y
     w = _decode_on_cpu(packed, x.dtype).to(x.dtype)
-    return F.linear(x, w, bias)
+    return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 
 # Above this many weights, the CPU forward of an affine weight dequantizes it by row blocks.

@@ -606,21 +606,24 @@ def affine_matvec(packed: dict, x: torch.Tensor) -> torch.Tensor | None:
     without W in memory: each stream chunk (whole rows) is decoded, dequantized to fp32 and
     multiplied by x in a per-thread buffer (``_C.affine_matvec``, codec.h), so the cost is the
     symbol decode. None when the stream is not in chunks of whole rows (a caller's own
-    chunk_symbols): the caller then takes the row-block path."""
+    chunk_symbols): the caller then takes the row-block path. The C++ core checks the stream's
+    shape and the escape indices; this runs once per CPU forward, so it does no more."""
     meta = packed["meta"].tolist()
     if meta[0] != LAYOUT_VERSION or meta[1] != KIND_AFFINE:
         raise CodecError("affine_matvec takes an affine packed weight")
     n, k, group_size = meta[2:5]
-    blob, chunk = _chunked_stream(packed, n, k)
-    if chunk % k:
+    blob = packed["symbols"].contiguous().numpy()
+    if _C.info(blob)["chunk_symbols"] % k:
         return None
-    groups = packed["scale"].shape[1]
-    scale = packed["scale"].float().contiguous()
-    zero = packed["zero"].float().expand(n, groups).contiguous()
     x32 = x.detach().reshape(-1, k).to(torch.float32).contiguous()
     y = torch.empty(x32.shape[0], n, dtype=torch.float32)
-    _C.affine_matvec(blob, n, k, group_size, scale.numpy(), zero.numpy(), _escape_index(packed, n * k).numpy(),
-                     packed["escape_value"].float().contiguous().numpy(), x32.numpy(), y.numpy())
+
+    def floats(t: torch.Tensor):
+        return t.to(torch.float32).contiguous().numpy()
+
+    _C.affine_matvec(blob, n, k, group_size, floats(packed["scale"]), floats(packed["zero"]),
+                     packed["escape_index"].to(torch.int64).contiguous().numpy(), floats(packed["escape_value"]),
+                     x32.numpy(), y.numpy())
     return y
 
 

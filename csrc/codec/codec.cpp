@@ -580,18 +580,20 @@ Status affine_matvec(const uint8_t* blob_in, size_t len, const AffineMatvec& w, 
   const uint64_t rows_per_chunk = tables.info.chunk_symbols / w.k, groups = (w.k + w.group_size - 1) / w.group_size;
   return for_each_chunk(tables.info.n_chunks, threads, [&](int, uint64_t c) {
     thread_local std::vector<uint8_t> symbols;  // per worker: one chunk's symbols, then one row's weights
-    thread_local std::vector<float> weights;
+    thread_local std::vector<float> weights, broadcast_zero;
     const uint32_t m = tables.chunk_length(c);
     if (symbols.size() < m) symbols.resize(m);
     if (weights.size() < w.k) weights.resize(w.k);
+    if (w.zero_broadcast) broadcast_zero.assign(groups, w.zero[0]);
     const Status decoded = tables.decode_chunk(blob, c, symbols.data());
     if (decoded != Status::Ok) return decoded;
     const uint64_t first_row = c * rows_per_chunk;
     const uint64_t* escape = std::lower_bound(escape_index, escape_index + w.n_escapes, first_row * w.k);
     const uint64_t* const escapes_end = escape_index + w.n_escapes;
     for (uint64_t r = first_row; r < first_row + m / w.k; ++r) {
-      dequant::affine_fp32(symbols.data() + (r - first_row) * w.k, 1, w.k, w.scale + r * groups, w.zero + r * groups,
-                           w.group_size, weights.data());
+      const float* zero = w.zero_broadcast ? broadcast_zero.data() : w.zero + r * groups;
+      dequant::affine_fp32(symbols.data() + (r - first_row) * w.k, 1, w.k, w.scale + r * groups, zero, w.group_size,
+                           weights.data());
       for (; escape != escapes_end && *escape < (r + 1) * w.k; ++escape)
         weights[*escape - r * w.k] = escape_value[escape - escape_index];
       dequant::dot_batch(weights.data(), w.k, x, batch, y + r, w.n);

@@ -108,7 +108,8 @@ Status build_decode_table(const uint8_t* blob, size_t len, uint32_t table[kDecod
 struct AffineMatvec {
   uint64_t n, k, group_size;
   const float* scale;            // [n, groups] (groups = ceil(k / group_size))
-  const float* zero;             // [n, groups]
+  const float* zero;             // [n, groups], or one value for every group when zero_broadcast
+  bool zero_broadcast;
   const uint64_t* escape_index;  // flat indices r * k + j of weights stored exactly (any order)
   const float* escape_value;
   uint64_t n_escapes;

@@ -495,6 +495,8 @@ static void test_affine_matvec() {
     std::vector<float> scale(n * groups), zero(n * groups), x(batch * k);
     for (auto& v : scale) v = 0.001f * float(1 + rng() % 100);
     for (auto& v : zero) v = float(120 + rng() % 17) + 0.25f;
+    const bool broadcast = trial % 3 == 0;  // one zero point for every group (the weight reads zero[0])
+    if (broadcast) std::fill(zero.begin(), zero.end(), zero[0]);
     for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 500.0f;
     std::vector<uint64_t> escape_index;
     std::vector<float> escape_value;
@@ -517,8 +519,9 @@ static void test_affine_matvec() {
     std::vector<uint8_t> blob;
     const uint64_t shape[2] = {n, k};
     CHECK(encode(q.data(), shape, 2, opt, &blob) == Status::Ok);
-    const AffineMatvec weight{n, k, group_size, scale.data(), zero.data(), escape_index.data(), escape_value.data(),
-                              escape_index.size()};
+    const std::vector<float> one_zero(1, zero[0]);  // broadcast: one value, ASan sees a read past it
+    const AffineMatvec weight{n, k, group_size, scale.data(), broadcast ? one_zero.data() : zero.data(), broadcast,
+                              escape_index.data(), escape_value.data(), escape_index.size()};
     for (int threads : {1, 2}) {
       std::vector<float> y(batch * n, -1.0f);
       CHECK(affine_matvec(blob.data(), blob.size(), weight, x.data(), batch, y.data(), threads) == Status::Ok);
