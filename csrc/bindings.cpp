@@ -73,6 +73,30 @@ py::bytes uninitialized_bytes(uint64_t n) {
   return py::reinterpret_steal<py::bytes>(o);
 }
 
+// encode()'s options from its Python arguments, after checking the shape against the buffer.
+EncodeOptions encode_options(const py::buffer_info& in, const std::vector<uint64_t>& shape, const std::string& coder,
+                             uint32_t chunk_symbols, int threads, uint32_t lanes, uint16_t format_version) {
+  if (shape.size() > size_t(kMaxDims)) throw CodecException("at most 8 dimensions are supported");
+  uint64_t n = 1;
+  for (uint64_t d : shape) n *= d;
+  if (n != uint64_t(in.size)) throw CodecException("shape does not match the number of symbols");
+  EncodeOptions opt;
+  opt.coder = parse_coder(coder);
+  opt.chunk_symbols = chunk_symbols;
+  opt.threads = threads;
+  opt.lanes = lanes;
+  opt.format_version = format_version;
+  return opt;
+}
+
+void check_encode(Status st, const char* what) {
+  if (st == Status::BadArgument)
+    throw CodecException(std::string(what) + ": invalid layout: format version 2 (huffman) takes chunk_symbols in [1, " +
+                         std::to_string(kMaxChunkSymbolsV2) + "] and lanes in [1, 32]; version 1 (rans) takes "
+                         "chunk_symbols a multiple of 32 in [32, " + std::to_string(kMaxChunkSymbols) + "]");
+  check(st, what);
+}
+
 py::buffer_info contiguous_bytes(const py::buffer& b, bool writable, const char* what) {
   py::buffer_info info = b.request(writable);
   if (info.itemsize != 1) throw CodecException(std::string(what) + " must be a buffer of bytes (uint8)");
@@ -329,16 +353,7 @@ PYBIND11_MODULE(_C, m) {
       [](py::buffer symbols, std::vector<uint64_t> shape, const std::string& coder, uint32_t chunk_symbols,
          int threads, uint32_t lanes, uint16_t format_version) {
         const py::buffer_info in = contiguous_bytes(symbols, false, "symbols");
-        if (shape.size() > size_t(kMaxDims)) throw CodecException("at most 8 dimensions are supported");
-        uint64_t n = 1;
-        for (uint64_t d : shape) n *= d;
-        if (n != uint64_t(in.size)) throw CodecException("shape does not match the number of symbols");
-        EncodeOptions opt;
-        opt.coder = parse_coder(coder);
-        opt.chunk_symbols = chunk_symbols;
-        opt.threads = threads;
-        opt.lanes = lanes;
-        opt.format_version = format_version;
+        const EncodeOptions opt = encode_options(in, shape, coder, chunk_symbols, threads, lanes, format_version);
         py::bytes blob;
         const auto into_blob = [&blob](size_t bytes) {  // the stream is written in place: no copy
           py::gil_scoped_acquire gil;
@@ -350,17 +365,31 @@ PYBIND11_MODULE(_C, m) {
           py::gil_scoped_release release;
           st = encode(static_cast<const uint8_t*>(in.ptr), shape.data(), int(shape.size()), opt, into_blob);
         }
-        if (st == Status::BadArgument)
-          throw CodecException(
-              "encode: invalid layout: format version 2 (huffman) takes chunk_symbols in [1, " +
-              std::to_string(kMaxChunkSymbolsV2) + "] and lanes in [1, 32]; version 1 (rans) takes chunk_symbols "
-              "a multiple of 32 in [32, " + std::to_string(kMaxChunkSymbols) + "]");
-        check(st, "encode");
+        check_encode(st, "encode");
         return blob;
       },
       py::arg("symbols"), py::arg("shape"), py::arg("coder"), py::arg("chunk_symbols") = 0, py::arg("threads") = 0,
       py::arg("lanes") = 0, py::arg("format_version") = 0,
       "Encode a C-contiguous uint8 buffer; returns the stream bytes.");
+
+  m.def(
+      "encoded_size",
+      [](py::buffer symbols, std::vector<uint64_t> shape, const std::string& coder, uint32_t chunk_symbols,
+         int threads, uint32_t lanes, uint16_t format_version) {
+        const py::buffer_info in = contiguous_bytes(symbols, false, "symbols");
+        const EncodeOptions opt = encode_options(in, shape, coder, chunk_symbols, threads, lanes, format_version);
+        uint64_t bytes = 0;
+        Status st;
+        {
+          py::gil_scoped_release release;
+          st = encoded_size(static_cast<const uint8_t*>(in.ptr), shape.data(), int(shape.size()), opt, &bytes);
+        }
+        check_encode(st, "encoded_size");
+        return bytes;
+      },
+      py::arg("symbols"), py::arg("shape"), py::arg("coder"), py::arg("chunk_symbols") = 0, py::arg("threads") = 0,
+      py::arg("lanes") = 0, py::arg("format_version") = 0,
+      "len(encode(...)) with the same arguments, without writing the stream (v2: no bits, no checksum).");
 
   m.def(
       "decode_into",

@@ -10,13 +10,13 @@ The codec needs numpy only; model compression (compress_, CompressedLinear, save
 needs torch, and the transformers hook registers itself when transformers is installed.
 """
 from ._C import FORMAT_VERSION
-from .codec import CODERS, CodecError, decode, encode, entropy_bits, inspect
+from .codec import CODERS, CodecError, decode, encode, encoded_size, entropy_bits, inspect
 from .config import CompressionConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["CODERS", "CodecError", "CompressionConfig", "FORMAT_VERSION", "decode", "encode", "entropy_bits",
-           "inspect", "__version__"]
+__all__ = ["CODERS", "CodecError", "CompressionConfig", "FORMAT_VERSION", "decode", "encode", "encoded_size",
+           "entropy_bits", "inspect", "__version__"]
 
 try:
     import torch as _torch  # noqa: F401

@@ -30,6 +30,7 @@ plain dtypes (so it lives in registered buffers, ``state_dict`` and safetensors)
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from . import _C
-from .codec import CodecError, decode, encode, entropy_bits
+from .codec import CodecError, decode, encode, encoded_size, entropy_bits
 
 LAYOUT_VERSION = 1
 KIND_LOSSLESS = 0
@@ -327,7 +328,7 @@ class _RateEstimate:
     quantizing it again: the sample's w / sigma(row) values, sorted once, give the symbol counts
     at any c by a search for the 256 rounding boundaries. Counts the symbols' entropy times the
     coder's overhead, and the escapes. (The fp16 rounding of each row's step is ignored here;
-    quantize_rate corrects the prediction with real encodes.)"""
+    quantize_rate corrects the prediction with exact sizes.)"""
 
     def __init__(self, w: torch.Tensor, sigma: torch.Tensor, coder_overhead: float):
         n = w.numel()
@@ -365,7 +366,7 @@ class _RateEstimate:
 
 def coder_overhead(coder: str) -> float:
     """The factor rate mode's estimate (_RateEstimate) applies to the symbols' entropy to predict
-    the coded bits, per coder; real encodes correct what it misses."""
+    the coded bits, per coder; exact sizes correct what it misses."""
     return 1.005 if coder == "rans" else 1.03
 
 
@@ -381,6 +382,13 @@ def _solve_log(f, target: float, lo: float = 1e-3, hi: float = 64.0, steps: int 
     return hi
 
 
+@functools.lru_cache(maxsize=64)
+def _constant_stream_bits(shape: tuple, coder: str, chunk_symbols: int | None) -> int:
+    """The bits of a stream of one repeated symbol of this shape: what every stream of the shape
+    costs besides its codes (header, table, index). Layers of a model share a few shapes."""
+    return 8 * encoded_size(np.full(shape, RATE_ZERO, np.uint8), coder=coder, chunk_symbols=chunk_symbols)
+
+
 def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "rans", chunk_symbols: int | None = None):
     """Entropy-constrained uniform quantization to ``target_bits`` per weight.
 
@@ -390,18 +398,19 @@ def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "rans", chun
     stream cost alone exceeds the budget) gets that fixed cost on top.
 
     c is searched without encoding: the entropy of the symbols of a sample of the layer
-    (RATE_SAMPLE weights, _RateEstimate) predicts the stored bits at any c. One encode at the
-    predicted c measures how far the prediction is off (coder overhead, layout, sampling); the
-    corrected prediction gives the next c, a second encode; up to two secant steps through the
-    encodes nearest the budget take up what is left (the best that fits is kept). Only if none
-    fits does it encode more: c grows by the excess until the layer fits.
+    (RATE_SAMPLE weights, _RateEstimate) predicts the stored bits at any c. The exact size at the
+    predicted c (encoded_size: the stream's size without writing it) measures how far the
+    prediction is off (coder overhead, layout, sampling); the corrected prediction gives the next
+    c, a second size; up to two secant steps through the sizes nearest the budget take up what is
+    left (the best that fits is kept, and only its stream is written). Only if none fits does it
+    measure more: c grows by the excess until the layer fits.
     Returns (q, scale [N,1], zero [1,1], escape_index, escape_value, stream).
     """
     w = w.detach().float().cpu()
     n = w.numel()
     chunk_symbols = _row_chunk_symbols(w.shape[1], coder, chunk_symbols)
     overhead = coder_overhead(coder)
-    fixed_bits = 8 * len(encode(np.full(tuple(w.shape), RATE_ZERO, np.uint8), coder=coder, chunk_symbols=chunk_symbols))
+    fixed_bits = _constant_stream_bits(tuple(w.shape), coder, chunk_symbols)
     budget = target_bits * n
     side_bits = w.shape[0] * 16 + 16  # a step per row, the zero point
     sigma = _row_sigma(w)
@@ -410,11 +419,11 @@ def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "rans", chun
     def predicted(c: float, scale: float = 1.0) -> float:  # stored bits of the whole layer
         return (estimate.bits_per_weight(c) * n + fixed_bits) * scale + side_bits
 
-    def real(c: float):
+    def real(c: float):  # the exact stored bits at c: the stream's size without writing it
         q, step, escapes = _rate_quantize(w, c, sigma)
-        stream = _stream(q.numpy(), coder, chunk_symbols)
-        total = stream.numel() * 8 + step.numel() * 16 + 16 + escapes.numel() * ESCAPE_BITS
-        return total, (q, step, escapes, stream)
+        stream_bytes = encoded_size(q.numpy(), coder=coder, chunk_symbols=chunk_symbols)
+        total = stream_bytes * 8 + step.numel() * 16 + 16 + escapes.numel() * ESCAPE_BITS
+        return total, (q, step, escapes)
 
     c1 = _solve_log(predicted, budget)
     total1, best1 = real(c1)
@@ -452,7 +461,8 @@ def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "rans", chun
         c *= 2 ** (max((total - budget) / n, 1e-3) * 2 ** misses)
         misses += 1
         total, best = real(c)
-    q, step, idx, stream = best
+    q, step, idx = best
+    stream = _stream(q.numpy(), coder, chunk_symbols)  # the one stream written
     return q, step, torch.full((1, 1), float(RATE_ZERO), dtype=torch.float16), idx, w.reshape(-1)[idx].clone(), stream
 
 

@@ -44,9 +44,18 @@ def np_entropy_bits(x: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
+def encoded_size(x, coder, chunk_symbols=None, threads=0, lanes=None):
+    if coder != "huffman-v1":
+        return pycodec.encoded_size(x, coder=coder, chunk_symbols=chunk_symbols, threads=threads, lanes=lanes)
+    arr = np.ascontiguousarray(x.numpy() if hasattr(x, "numpy") else x)
+    return _C.encoded_size(arr, list(arr.shape), "huffman", chunk_symbols or 0, threads, 0, 1)
+
+
 def roundtrip(x, coder, chunk_symbols=None, threads=0, lanes=None):
     blob = encode(x, coder, chunk_symbols, threads, lanes)
     assert isinstance(blob, bytes)
+    # The size a step search measures without writing the stream is the stream's size.
+    assert encoded_size(x, coder, chunk_symbols, threads, lanes) == len(blob)
     y = pycodec.decode(blob, threads=threads)
     expect = x.numpy() if not isinstance(x, np.ndarray) else x
     assert isinstance(y, np.ndarray)

@@ -99,20 +99,23 @@ def test_rate_mode_meets_target_with_everything_counted(target):
     assert stats.sqnr_db == pytest.approx(sqnr_db(w, back))
 
 
-def test_rate_search_encodes_a_few_times_and_uses_the_budget(monkeypatch):
-    """The step is predicted from a sample's symbol counts, then corrected by real encodes: at
-    most 4 encodes of the layer, landing within 0.2% under the budget."""
+def test_rate_search_measures_a_few_times_writes_once_and_uses_the_budget(monkeypatch):
+    """The step is predicted from a sample's symbol counts, then corrected by exact sizes: at
+    most 4 sizes of the layer (encoded_size, no stream written), one stream written, landing
+    within 0.2% under the budget."""
     from pycodec import quant
 
-    encodes = []
-    real_stream = quant._stream
+    sizes, encodes = [], []
+    real_size, real_stream = quant.encoded_size, quant._stream
+    monkeypatch.setattr(quant, "encoded_size", lambda *a, **k: sizes.append(1) or real_size(*a, **k))
     monkeypatch.setattr(quant, "_stream", lambda *a: encodes.append(1) or real_stream(*a))
     for shape, target in (((1536, 576), 3.5), ((300, 700), 2.0), ((512, 512), 5.0)):
-        encodes.clear()
+        sizes.clear(), encodes.clear()
         w = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[0])) * 0.02
-        _, stats = compress_weight(w, CompressionConfig(mode="rate", bits=target))
-        assert 1 <= len(encodes) <= 4
+        packed, stats = compress_weight(w, CompressionConfig(mode="rate", bits=target))
+        assert 1 <= len(sizes) <= 4 and len(encodes) == 1
         assert target * 0.998 <= stats.bits_per_weight <= target
+        assert stats.bits_per_weight == quant.packed_bits(packed) / w.numel()
 
 
 def test_rate_estimate_predicts_the_symbol_entropy():

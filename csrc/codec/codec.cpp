@@ -303,33 +303,41 @@ Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const Enc
   });
 }
 
-Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
-              const std::function<uint8_t*(size_t)>& allocate) {
+namespace {
+
+// What every encode decides before coding a chunk: the code (or rANS model) and its table from
+// the symbols' histogram, the stream's version, chunking and lanes.
+struct EncodePlan {
+  StreamInfo s{};
+  uint64_t n = 1;
+  std::vector<uint8_t> table;
+  huffman::Code code;
+  rans::Model model;
+};
+
+Status plan_encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
+                   EncodePlan* plan) {
   if (ndim < 0 || ndim > kMaxDims) return Status::BadArgument;
   if (opt.coder != Coder::Huffman && opt.coder != Coder::Rans) return Status::BadArgument;
   const uint16_t version = opt.format_version ? opt.format_version : opt.coder == Coder::Huffman ? 2 : 1;
   if (version != 1 && (version != 2 || opt.coder != Coder::Huffman)) return Status::BadArgument;
   if (version == 1 && opt.lanes != 0 && opt.lanes != uint32_t(kLanes)) return Status::BadArgument;
-  uint64_t n = 1;
+  uint64_t& n = plan->n;
   for (int d = 0; d < ndim; ++d) {
     if (shape[d] != 0 && n > UINT64_MAX / shape[d]) return Status::TooLarge;
     n *= shape[d];
   }
   uint64_t counts[256];
   count_symbols(symbols, n, counts, opt.threads);
-  std::vector<uint8_t> table;
-  huffman::Code code;
-  rans::Model model;
   if (opt.coder == Coder::Huffman) {
-    const Status st = huffman::build_code(counts, code);
+    const Status st = huffman::build_code(counts, plan->code);
     if (st != Status::Ok) return st;
-    huffman::write_table(code, table);
+    huffman::write_table(plan->code, plan->table);
   } else {
-    rans::normalize(counts, model);
-    rans::write_table(model, table);
+    rans::normalize(counts, plan->model);
+    rans::write_table(plan->model, plan->table);
   }
-
-  StreamInfo s{};
+  StreamInfo& s = plan->s;
   s.version = version;
   s.coder = opt.coder;
   s.ndim = ndim;
@@ -342,30 +350,67 @@ Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const Enc
   } else {
     if (opt.chunk_symbols > kMaxChunkSymbolsV2 || opt.lanes > uint32_t(windowed::kMaxLanes)) return Status::BadArgument;
     const windowed::Layout layout =
-        windowed::choose_layout(shape, ndim, n, counts, code.length, opt.chunk_symbols, opt.lanes);
+        windowed::choose_layout(shape, ndim, n, counts, plan->code.length, opt.chunk_symbols, opt.lanes);
     s.chunk_symbols = layout.chunk_symbols;
-    s.lanes = code.constant ? 1 : layout.lanes;  // zero-bit codes fill no windows: always one lane
+    s.lanes = plan->code.constant ? 1 : layout.lanes;  // zero-bit codes fill no windows: always one lane
   }
   s.n_chunks = n / s.chunk_symbols + (n % s.chunk_symbols != 0);
+  return Status::Ok;
+}
 
+}  // namespace
+
+Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
+              const std::function<uint8_t*(size_t)>& allocate) {
+  EncodePlan plan;
+  Status st = plan_encode(symbols, shape, ndim, opt, &plan);
+  if (st != Status::Ok) return st;
+  StreamInfo& s = plan.s;
+  const uint64_t n = plan.n;
   std::vector<std::vector<uint32_t>> chunk_words(s.n_chunks);
   std::vector<uint64_t> chunk_hash(s.n_chunks);
-  const Status st = for_each_chunk(s.n_chunks, opt.threads, [&](int, uint64_t c) {
+  st = for_each_chunk(s.n_chunks, opt.threads, [&](int, uint64_t c) {
     const uint8_t* p = symbols + c * s.chunk_symbols;
     const uint32_t m = uint32_t(std::min<uint64_t>(s.chunk_symbols, n - c * s.chunk_symbols));
     chunk_hash[c] = hash64(p, m);
-    if (version == 2) return windowed::encode_chunk(p, m, code, s.lanes, chunk_words[c]);
-    if (opt.coder == Coder::Huffman) huffman::encode_chunk(p, m, code, chunk_words[c]);
-    else rans::encode_chunk(p, m, model, chunk_words[c]);
+    if (s.version == 2) return windowed::encode_chunk(p, m, plan.code, s.lanes, chunk_words[c]);
+    if (opt.coder == Coder::Huffman) huffman::encode_chunk(p, m, plan.code, chunk_words[c]);
+    else rans::encode_chunk(p, m, plan.model, chunk_words[c]);
     return Status::Ok;
   });
   if (st != Status::Ok) return st;
   s.payload_words = payload_words_of(chunk_words);
   if (s.payload_words > UINT32_MAX) return Status::TooLarge;  // index offsets are u32 words
-  lay_out(s, table.size());
+  lay_out(s, plan.table.size());
   uint8_t* const out = allocate(s.total_bytes);
   if (!out) return Status::TooLarge;
-  assemble(s, table, chunk_words, shape, n, combine_chunk_hashes(chunk_hash), opt.threads, out);
+  assemble(s, plan.table, chunk_words, shape, n, combine_chunk_hashes(chunk_hash), opt.threads, out);
+  return Status::Ok;
+}
+
+Status encoded_size(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
+                    uint64_t* bytes) {
+  EncodePlan plan;
+  Status st = plan_encode(symbols, shape, ndim, opt, &plan);
+  if (st != Status::Ok) return st;
+  StreamInfo& s = plan.s;
+  if (s.version != 2) {  // v1 chunks' sizes come from coding them
+    std::vector<uint8_t> blob;
+    st = encode(symbols, shape, ndim, opt, &blob);
+    *bytes = blob.size();
+    return st;
+  }
+  std::vector<uint64_t> words(s.n_chunks);
+  st = for_each_chunk(s.n_chunks, opt.threads, [&](int, uint64_t c) {
+    const uint32_t m = uint32_t(std::min<uint64_t>(s.chunk_symbols, plan.n - c * s.chunk_symbols));
+    return windowed::chunk_size(symbols + c * s.chunk_symbols, m, plan.code, s.lanes, &words[c]);
+  });
+  if (st != Status::Ok) return st;
+  s.payload_words = 0;
+  for (uint64_t w : words) s.payload_words += w;
+  if (s.payload_words > UINT32_MAX) return Status::TooLarge;
+  lay_out(s, plan.table.size());
+  *bytes = s.total_bytes;
   return Status::Ok;
 }
 

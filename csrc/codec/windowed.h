@@ -381,6 +381,15 @@ inline uint32_t chunk_bits(const uint32_t* w, uint64_t n_words, uint64_t bit, in
 #define PYCODEC_X86_V3_CLONES
 #endif
 
+// Helpers inlined into a PYCODEC_X86_V3_CLONES function (the lane loops into decode_chunk,
+// chunk_words into the encoder's), so that each of its builds compiles them for its own
+// instruction set.
+#if defined(__GNUC__) || defined(__clang__)
+#define PYCODEC_CPU_INLINE inline __attribute__((always_inline))
+#else
+#define PYCODEC_CPU_INLINE inline
+#endif
+
 // MSB-first bits into 32-bit words at p, with no branch per code: a branch on "is a word
 // full" every ~7 codes is one the CPU mispredicts, and it cost ~20% of the encode (2026-11-30,
 // the 2-core AMD EPYC). acc holds the bits of the unfinished word left-aligned (its top
@@ -421,20 +430,15 @@ inline uint32_t last_at_most(const uint32_t* prefix, uint32_t from, uint32_t to,
   return j;
 }
 
-// Encodes one chunk of m >= 1 symbols with G lanes and appends its words to `out`: the
-// smallest W for which greedy filling leaves the last lane no more than a window.
-PYCODEC_X86_V3_CLONES inline Status encode_chunk(const uint8_t* sym, uint32_t m, const huffman::Code& c,
-                                                 uint32_t lanes, std::vector<uint32_t>& out) {
-  if (c.constant) return lanes == 1 ? Status::Ok : Status::BadArgument;  // zero words
-  if (m > kMaxChunkSymbols || lanes == 0 || lanes > uint32_t(kMaxLanes)) return Status::BadArgument;
-  // prefix[i]: the bits of symbols 0..i-1 (< 2^17 symbols of <= 12 bits: 32 bits suffice).
-  thread_local std::vector<uint32_t> prefix_scratch;
-  if (prefix_scratch.size() < size_t(m) + 1) prefix_scratch.resize(size_t(m) + 1);
-  uint32_t* const prefix = prefix_scratch.data();
+// The words W of one chunk of m >= 1 symbols with G lanes: the smallest W for which greedy
+// filling leaves the last lane no more than a window. end[l] gets one past lane l's last
+// symbol; prefix (m + 1 entries, the caller's) the bits of symbols 0..i-1. An encoder's search
+// over a step size needs only this: the stream's size without its bits (chunk_size).
+PYCODEC_CPU_INLINE uint64_t chunk_words(const uint8_t* sym, uint32_t m, const huffman::Code& c, uint32_t lanes,
+                                        uint32_t* prefix, uint32_t end[kMaxLanes]) {
   prefix[0] = 0;
   for (uint32_t i = 0; i < m; ++i) prefix[i + 1] = prefix[i] + c.length[sym[i]];
   const uint64_t total = prefix[m];
-  uint32_t end[kMaxLanes];  // one past lane l's last symbol
   uint64_t words = std::max<uint64_t>(1, (total + 31) / 32);
   for (;; ++words) {  // a few steps at most
     const uint64_t window = lane_window_bits(uint32_t(words), lanes);
@@ -444,8 +448,46 @@ PYCODEC_X86_V3_CLONES inline Status encode_chunk(const uint8_t* sym, uint32_t m,
       end[l] = i;
     }
     end[lanes - 1] = m;
-    if (total - prefix[i] <= window) break;
+    if (total - prefix[i] <= window) return words;
   }
+}
+
+inline Status check_chunk(uint32_t m, uint32_t lanes) {
+  if (m > kMaxChunkSymbols || lanes == 0 || lanes > uint32_t(kMaxLanes)) return Status::BadArgument;
+  return Status::Ok;
+}
+
+// Per thread, m + 1 entries: prefix[i], the bits of symbols 0..i-1 (< 2^17 symbols of <= 12
+// bits: 32 bits suffice).
+inline uint32_t* prefix_scratch(uint32_t m) {
+  thread_local std::vector<uint32_t> scratch;
+  if (scratch.size() < size_t(m) + 1) scratch.resize(size_t(m) + 1);
+  return scratch.data();
+}
+
+// The words encode_chunk would write for these symbols, without writing them.
+PYCODEC_X86_V3_CLONES inline Status chunk_size(const uint8_t* sym, uint32_t m, const huffman::Code& c,
+                                               uint32_t lanes, uint64_t* words) {
+  if (c.constant) {
+    *words = 0;
+    return lanes == 1 ? Status::Ok : Status::BadArgument;
+  }
+  const Status st = check_chunk(m, lanes);
+  if (st != Status::Ok) return st;
+  uint32_t end[kMaxLanes];
+  *words = chunk_words(sym, m, c, lanes, prefix_scratch(m), end);
+  return Status::Ok;
+}
+
+// Encodes one chunk of m >= 1 symbols with G lanes (chunk_words) and appends its words to `out`.
+PYCODEC_X86_V3_CLONES inline Status encode_chunk(const uint8_t* sym, uint32_t m, const huffman::Code& c,
+                                                 uint32_t lanes, std::vector<uint32_t>& out) {
+  if (c.constant) return lanes == 1 ? Status::Ok : Status::BadArgument;  // zero words
+  const Status st = check_chunk(m, lanes);
+  if (st != Status::Ok) return st;
+  uint32_t* const prefix = prefix_scratch(m);
+  uint32_t end[kMaxLanes];  // one past lane l's last symbol
+  const uint64_t words = chunk_words(sym, m, c, lanes, prefix, end);
   // Lane l writes exactly `window` bits (its codes, then the next code's first bits) and the
   // lane holding the last symbol no more: lanes * window <= 32 W bits, all inside the words.
   const size_t start = out.size();
@@ -499,14 +541,6 @@ struct ByteSink {
 PYCODEC_HD uint32_t next_lane_start(uint32_t start, uint32_t count, uint32_t m) {
   return count < m - start ? start + count : m;
 }
-
-// The lane loops are inlined into decode_chunk, so that each of its builds
-// (PYCODEC_X86_V3_CLONES) compiles them for its own instruction set.
-#if defined(__GNUC__) || defined(__clang__)
-#define PYCODEC_CPU_INLINE inline __attribute__((always_inline))
-#else
-#define PYCODEC_CPU_INLINE inline
-#endif
 
 // The CPU decoder reads a chunk as bytes: the words byte-swapped once into a big-endian copy,
 // so any bit position's next 64 bits are one unaligned load and one byte swap away. A lane then
