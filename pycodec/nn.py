@@ -71,6 +71,12 @@ def compressed_linear(x: torch.Tensor, packed: list[torch.Tensor], kernel: list[
         wi = gpu.WeightInfo.from_ints(info)
         return gpu.linear(x, dict(zip(names_for(wi.kind, wi.top), packed)), dict(zip(gpu.KERNEL_BUFFERS, kernel)),
                           bias, wi)
+    return _cpu_linear(x, packed, bias, info, out_features)
+
+
+def _cpu_linear(x: torch.Tensor, packed: list[torch.Tensor], bias: torch.Tensor | None, info: list[int],
+                out_features: int) -> torch.Tensor:
+    """compressed_linear on the CPU."""
     kind, n, k = info[:3]  # gpu.WeightInfo.ints: host facts, no tensor reads
     if kind == KIND_AFFINE and n * k > 0:
         from .quant import affine_matvec, affine_row_blocks
@@ -488,7 +494,12 @@ class CompressedLinear(_PackedModule):
         if x.is_cuda and self._ready_device != x.device:
             self._refresh_gpu_state()  # emptied by to_empty and filled some other way: a host read, once
         info = self._info.ints if self._info is not None else gpu.weight_info(self._packed_cpu()).ints
-        return compressed_linear(x, list(self.packed().values()), self.kernel(), self.bias, info, self.out_features)
+        packed = [getattr(self, name) for name in self._names]
+        if not x.is_cuda and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # Inference on the CPU (generate() runs under no_grad): the op's body without its
+            # dispatch, ~20 us of a small layer's ~100 us; nothing to trace or differentiate.
+            return _cpu_linear(x, packed, self.bias, info, self.out_features)
+        return compressed_linear(x, packed, self.kernel(), self.bias, info, self.out_features)
 
     def compressed_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for n, t in self.packed().items() if n != "meta")

@@ -315,6 +315,8 @@ def test_cpu_forward_of_few_rows_multiplies_where_it_decodes(mode, dtype, monkey
         assert y.dtype == dtype and y.shape == want.shape
         tol = 1e-5 if dtype == torch.float32 else 1e-2
         torch.testing.assert_close(y.float(), want, rtol=tol, atol=tol)
+        with torch.no_grad():  # inference skips the op's dispatch: the same body, the same outputs
+            assert torch.equal(m(x), y)
     monkeypatch.undo()
     # More rows: a dequantized block and F.linear, as before.
     x = torch.randn(pnn.CPU_MATVEC_MAX_ROWS + 1, 200).to(dtype)
