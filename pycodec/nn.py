@@ -82,7 +82,7 @@ def _cpu_linear(x: torch.Tensor, packed: list[torch.Tensor], bias: torch.Tensor 
         from .quant import affine_matvec, affine_row_blocks
 
         named = dict(zip(AFFINE_BUFFERS, packed))
-        if x.numel() <= CPU_MATVEC_MAX_ROWS * k:
+        if 0 < x.numel() <= CPU_MATVEC_MAX_ROWS * k:
             # A few rows of activations (generating tokens): the weight is decoded chunk by
             # chunk and multiplied where it is decoded, on pycodec's threads, no weight in memory.
             y = affine_matvec(named, x)

@@ -318,6 +318,7 @@ def test_cpu_forward_of_few_rows_multiplies_where_it_decodes(mode, dtype, monkey
         with torch.no_grad():  # inference skips the op's dispatch: the same body, the same outputs
             assert torch.equal(m(x), y)
     monkeypatch.undo()
+    assert m(torch.randn(0, 200).to(dtype)).shape == (0, 72)  # no rows: an empty output
     # More rows: a dequantized block and F.linear, as before.
     x = torch.randn(pnn.CPU_MATVEC_MAX_ROWS + 1, 200).to(dtype)
     assert torch.equal(m(x), F.linear(x, unpack(m.packed(), dtype), lin.bias.to(dtype)))

@@ -624,7 +624,8 @@ Status affine_matvec(const uint8_t* blob_in, size_t len, const AffineMatvec& w, 
   }
   const uint64_t rows_per_chunk = tables.info.chunk_symbols / w.k, groups = (w.k + w.group_size - 1) / w.group_size;
   return for_each_chunk(tables.info.n_chunks, threads, [&](int, uint64_t c) {
-    thread_local std::vector<uint8_t> symbols;  // per worker: one chunk's symbols, then one row's weights
+    // Per worker: one chunk's symbols, one row's fp32 weights, a broadcast zero point per group.
+    thread_local std::vector<uint8_t> symbols;
     thread_local std::vector<float> weights, broadcast_zero;
     const uint32_t m = tables.chunk_length(c);
     if (symbols.size() < m) symbols.resize(m);

@@ -123,6 +123,24 @@ struct Numbering {
 
 namespace detail {
 
+// Fields of `low` bits, MSB first, into consecutive 32-bit words.
+struct FieldPacker {
+  uint32_t* w;
+  uint64_t acc = 0;
+  int pending = 0;  // bits in acc not yet in a word (< 32 between puts)
+  void put(uint64_t field, int low) {
+    acc = (acc << low) | field;
+    pending += low;
+    if (pending >= 32) {
+      pending -= 32;
+      *w++ = uint32_t(acc >> pending);
+    }
+  }
+  void flush() {  // the last word, zero-padded
+    if (pending > 0) *w = uint32_t(acc << (32 - pending));
+  }
+};
+
 // 32 fields of kLow bits are exactly kLow words: with the count fixed and the loop unrolled,
 // where each word ends is known at compile time, so the packing has no branch. (Joining eight
 // fields at a time, each shifted on its own, to shorten the accumulator's chain was slower.)
@@ -130,18 +148,11 @@ template <int kLow, class T>
 inline void split_blocks(const T* bits, uint64_t blocks, const uint8_t* number, uint8_t* symbols, uint32_t* raw) {
   constexpr uint64_t kMask = (uint64_t(1) << kLow) - 1;
   for (uint64_t b = 0; b < blocks; ++b, bits += 32, symbols += 32, raw += kLow) {
-    uint64_t acc = 0;
-    int pending = 0;
-    uint32_t* w = raw;
+    FieldPacker packer{raw};
 #pragma GCC unroll 32
     for (int j = 0; j < 32; ++j) {
       symbols[j] = number[bits[j] >> kLow];
-      acc = (acc << kLow) | (bits[j] & kMask);
-      pending += kLow;
-      if (pending >= 32) {
-        pending -= 32;
-        *w++ = uint32_t(acc >> pending);
-      }
+      packer.put(bits[j] & kMask, kLow);
     }
   }
 }
@@ -166,47 +177,26 @@ inline bool split_blocks_unrolled(int low, const T* bits, uint64_t blocks, const
 }  // namespace detail
 
 // Elements first .. first + count - 1 of a plan's split: symbols[i - first] and their raw fields
-// (raw: the whole tensor's words). The plan's top is at most kMaxTop, as make_plan's are. first is a multiple of 32, so the span's fields start on a
-// word, and so is count unless the span ends the tensor; spans split this way may run in
-// parallel (they share no word).
+// (raw: the whole tensor's words). The plan's top is at most kMaxTop, as make_plan's are. first
+// is a multiple of 32, so the span's fields start on a word, and so is count unless the span
+// ends the tensor; spans split this way may run in parallel (they share no word).
 template <class T>
 inline void apply_plan_span(const T* bits, uint64_t first, uint64_t count, const Plan& p, const Numbering& num,
                             uint8_t* symbols, uint32_t* raw) {
   const int low = p.width - p.top;
+  const uint64_t mask = (uint64_t(1) << low) - 1;
   bits += first;
   raw += first * uint64_t(low) / 32;
   const uint64_t blocks = count / 32;
-  if (!detail::split_blocks_unrolled(low, bits, blocks, num.number, symbols, raw)) {
-    // A width no plan picks (a caller's own Plan): the same packing, one field at a time.
-    for (uint64_t i = 0; i < 32 * blocks; ++i) symbols[i] = num.number[bits[i] >> low];
-    uint64_t acc = 0;
-    int pending = 0;
-    uint32_t* w = raw;
-    for (uint64_t i = 0; low && i < 32 * blocks; ++i) {
-      acc = (acc << low) | (bits[i] & ((uint64_t(1) << low) - 1));
-      pending += low;
-      if (pending >= 32) {
-        pending -= 32;
-        *w++ = uint32_t(acc >> pending);
-      }
-    }
-  }
-  // The tensor's last elements (fewer than 32): fields MSB-first, the last word zero-padded.
-  const uint64_t done = 32 * blocks;
-  uint64_t acc = 0;
-  int pending = 0;
-  uint32_t* w = raw + blocks * uint64_t(low);
-  const uint64_t mask = (uint64_t(1) << low) - 1;
+  // Whole blocks unrolled where the width is one a plan picks; the rest (a caller's own Plan,
+  // the tensor's last < 32 elements) one field at a time, the last word zero-padded.
+  const uint64_t done = detail::split_blocks_unrolled(low, bits, blocks, num.number, symbols, raw) ? 32 * blocks : 0;
+  detail::FieldPacker packer{raw + done / 32 * uint64_t(low)};
   for (uint64_t i = done; i < count; ++i) {
     symbols[i] = num.number[bits[i] >> low];
-    acc = (acc << low) | (bits[i] & mask);
-    pending += low;
-    if (pending >= 32) {
-      pending -= 32;
-      *w++ = uint32_t(acc >> pending);
-    }
+    packer.put(bits[i] & mask, low);
   }
-  if (pending > 0) *w = uint32_t(acc << (32 - pending));
+  packer.flush();
 }
 
 // symbols[i] = number of bits[i]'s top value; raw gets the low bits (raw_words(n, low) words).
