@@ -169,6 +169,33 @@ struct DecodeTables {
     return uint32_t(std::min<uint64_t>(info.chunk_symbols, info.n_symbols - c * info.chunk_symbols));
   }
 
+  // Chunks decoded at once (v2: several when they have fewer than 8 lanes, windowed.h).
+  uint32_t group() const { return multi ? windowed::chunks_per_group(info.lanes) : 1; }
+
+  // Chunks c0 .. c0 + count - 1 (count <= group()), chunk c0 + i's symbols into outs[i];
+  // the first failure, if any.
+  Status decode_chunks(const uint8_t* blob, uint64_t c0, uint32_t count, uint8_t* const outs[]) const {
+    if (!multi || count == 1) {
+      for (uint32_t i = 0; i < count; ++i) {
+        const Status st = decode_chunk(blob, c0 + i, outs[i]);
+        if (st != Status::Ok) return st;
+      }
+      return Status::Ok;
+    }
+    windowed::ChunkJob jobs[windowed::kMaxLanes];
+    Status status[windowed::kMaxLanes];
+    for (uint32_t i = 0; i < count; ++i) {
+      const uint64_t c = c0 + i;
+      jobs[i] = {reinterpret_cast<const uint32_t*>(blob + info.payload_offset) + offsets[c],
+                 uint32_t(offsets[c + 1] - offsets[c]), outs[i], chunk_length(c)};
+    }
+    thread_local std::vector<uint8_t> scratch;  // per worker: the lanes' regions and the chunks' bytes
+    windowed::decode_chunk_group(*multi, jobs, count, info.lanes, status, scratch);
+    for (uint32_t i = 0; i < count; ++i)
+      if (status[i] != Status::Ok) return status[i];
+    return Status::Ok;
+  }
+
   Status decode_chunk(const uint8_t* blob, uint64_t c, uint8_t* out) const {
     const uint64_t begin = offsets[c], end = offsets[c + 1];
     const uint32_t* words = reinterpret_cast<const uint32_t*>(blob + info.payload_offset) + begin;
@@ -427,10 +454,35 @@ Status open_stream(const uint8_t* blob, size_t len, Check check, DecodeTables* t
   return tables->build(blob, s);
 }
 
-// The frame of every whole-stream decode: open the stream, run per_chunk(tables, blob, c,
-// &hash of c's symbols) on every chunk, then compare the checksum.
-template <class Check, class PerChunk>
-Status decode_stream(const uint8_t* blob_in, size_t len, int threads, Check check, PerChunk per_chunk) {
+// Decodes every chunk of a stream, a group of chunks at a time (DecodeTables::group), on
+// `threads` threads: into direct_out + c * chunk_symbols, or, if direct_out is null, into a
+// per-thread buffer; then per_chunk(c, symbols) for each. before(c0, count) runs ahead of a
+// group's decode (to fetch what per_chunk will read).
+template <class Before, class PerChunk>
+Status for_each_decoded_chunk(const DecodeTables& tables, const uint8_t* blob, int threads, uint8_t* direct_out,
+                              Before before, PerChunk per_chunk) {
+  const uint64_t n_chunks = tables.info.n_chunks, chunk = tables.info.chunk_symbols;
+  const uint32_t group = tables.group();
+  return for_each_chunk((n_chunks + group - 1) / group, threads, [&](int, uint64_t g) {
+    thread_local std::vector<uint8_t> buffer;  // per worker: a group's symbols
+    const uint64_t c0 = g * group;
+    const uint32_t count = uint32_t(std::min<uint64_t>(group, n_chunks - c0));
+    if (!direct_out && buffer.size() < count * chunk) buffer.resize(count * chunk);
+    uint8_t* outs[windowed::kMaxLanes];
+    for (uint32_t i = 0; i < count; ++i) outs[i] = direct_out ? direct_out + (c0 + i) * chunk : buffer.data() + i * chunk;
+    before(c0, count);
+    Status st = tables.decode_chunks(blob, c0, count, outs);
+    for (uint32_t i = 0; i < count && st == Status::Ok; ++i) st = per_chunk(c0 + i, outs[i]);
+    return st;
+  });
+}
+
+// The frame of every whole-stream decode: open the stream, decode every chunk (as
+// for_each_decoded_chunk: before(tables, c0, count), then per_chunk(tables, c, symbols)), hash
+// each chunk's symbols, then compare the checksum.
+template <class Check, class Before, class PerChunk>
+Status decode_stream(const uint8_t* blob_in, size_t len, int threads, Check check, uint8_t* direct_out, Before before,
+                     PerChunk per_chunk) {
   const AlignedBlob aligned(blob_in, len);
   const uint8_t* blob = aligned.data;
   DecodeTables tables;
@@ -438,11 +490,17 @@ Status decode_stream(const uint8_t* blob_in, size_t len, int threads, Check chec
   if (st != Status::Ok) return st;
   const StreamInfo& s = tables.info;
   std::vector<uint64_t> chunk_hash(s.n_chunks);
-  st = for_each_chunk(s.n_chunks, threads,
-                      [&](int, uint64_t c) { return per_chunk(tables, blob, c, &chunk_hash[c]); });
+  st = for_each_decoded_chunk(
+      tables, blob, threads, direct_out, [&](uint64_t c0, uint32_t count) { before(tables, c0, count); },
+      [&](uint64_t c, const uint8_t* symbols) {
+        chunk_hash[c] = hash64(symbols, tables.chunk_length(c));
+        return per_chunk(tables, c, symbols);
+      });
   if (st != Status::Ok) return st;
   return combine_chunk_hashes(chunk_hash) == s.symbols_hash ? Status::Ok : Status::ChecksumMismatch;
 }
+
+const auto nothing_before = [](const DecodeTables&, uint64_t, uint32_t) {};
 
 // Lossless split: the checks of a decode into out_len values, expected_len(info) of them.
 template <class T, class ExpectedLen>
@@ -456,26 +514,25 @@ auto split_check(split::MergeTable<T>* merge, const uint32_t* values, uint32_t n
   };
 }
 
-// Decodes chunk c's top bits and merges them with their raw low bits into o (the chunk's
-// values); *hash, when asked for, gets the checksum of the decoded symbols.
+// The raw bits of chunks c0 .. c0 + count - 1 come from memory: fetch them while the chunks'
+// symbols decode, or the merge waits on each of their cache lines in turn.
+inline void prefetch_raw(const DecodeTables& tables, uint64_t c0, uint32_t count, int low, const uint32_t* raw,
+                         uint64_t n_raw_words) {
+  const uint64_t first = c0 * tables.info.chunk_symbols;
+  const uint64_t last = std::min<uint64_t>(tables.info.n_symbols, (c0 + count) * tables.info.chunk_symbols);
+  const uint64_t raw_end = std::min<uint64_t>(n_raw_words, (last * low + 31) / 32);
+  for (uint64_t w = first * low / 32; w < raw_end; w += 16) __builtin_prefetch(raw + w);
+}
+
+// Chunk c's decoded top bits merged with their raw low bits into o (the chunk's values).
 template <class T>
-Status decode_merged_chunk(const DecodeTables& tables, const uint8_t* blob, uint64_t c,
-                           const split::MergeTable<T>& merge, const uint32_t* raw, uint64_t n_raw_words, T* o,
-                           uint64_t* hash) {
-  thread_local std::vector<uint8_t> symbols, be;  // per worker: one chunk's worth
-  const uint32_t n = tables.chunk_length(c);
-  if (symbols.size() < n) symbols.resize(n);
-  const uint64_t first = c * tables.info.chunk_symbols;
-  // The chunk's raw bits come from memory: fetch them while its symbols decode, or the
-  // merge waits on each of their cache lines in turn.
-  const uint64_t raw_word = first * merge.low / 32;
-  const uint64_t raw_end = std::min<uint64_t>(n_raw_words, ((first + n) * merge.low + 31) / 32);
-  for (uint64_t w = raw_word; w < raw_end; w += 16) __builtin_prefetch(raw + w);
-  const Status st = tables.decode_chunk(blob, c, symbols.data());
-  if (st != Status::Ok) return st;
-  if (hash) *hash = hash64(symbols.data(), n);
-  return split::merge_span(merge, symbols.data(), first, n, raw, n_raw_words, o, be) ? Status::Ok
-                                                                                     : Status::BadArgument;
+Status merge_chunk(const DecodeTables& tables, uint64_t c, const uint8_t* symbols, const split::MergeTable<T>& merge,
+                   const uint32_t* raw, uint64_t n_raw_words, T* o) {
+  thread_local std::vector<uint8_t> be;  // per worker: the scalar merge's copy of the raw bits
+  return split::merge_span(merge, symbols, c * tables.info.chunk_symbols, tables.chunk_length(c), raw, n_raw_words,
+                           o, be)
+             ? Status::Ok
+             : Status::BadArgument;
 }
 
 template <class T>
@@ -484,11 +541,14 @@ Status decode_split_impl(const uint8_t* blob, size_t len, const uint32_t* values
   split::MergeTable<T> merge;
   const auto check = split_check(&merge, values, n_values, top, n_raw_words, out_len,
                                  [](const StreamInfo& s) { return s.n_symbols; });
-  return decode_stream(blob, len, threads, check,
-                       [&](const DecodeTables& tables, const uint8_t* b, uint64_t c, uint64_t* hash) {
-                         T* o = out + c * tables.info.chunk_symbols;
-                         return decode_merged_chunk(tables, b, c, merge, raw, n_raw_words, o, hash);
-                       });
+  return decode_stream(
+      blob, len, threads, check, nullptr,
+      [&](const DecodeTables& tables, uint64_t c0, uint32_t count) {
+        prefetch_raw(tables, c0, count, merge.low, raw, n_raw_words);
+      },
+      [&](const DecodeTables& tables, uint64_t c, const uint8_t* symbols) {
+        return merge_chunk(tables, c, symbols, merge, raw, n_raw_words, out + c * tables.info.chunk_symbols);
+      });
 }
 
 // Runs per_chunk(tables, blob, slot, chunk) for each listed chunk, after validating the
@@ -515,8 +575,12 @@ Status decode_split_chunks_impl(const uint8_t* blob, size_t len, const uint64_t*
                                  [n](const StreamInfo& s) { return n * uint64_t(s.chunk_symbols); });
   return decode_listed_chunks(
       blob, len, chunks, n, threads, check, [&](const DecodeTables& tables, const uint8_t* b, uint64_t slot, uint64_t c) {
-        T* o = out + slot * tables.info.chunk_symbols;
-        return decode_merged_chunk(tables, b, c, merge, raw, n_raw_words, o, nullptr);
+        thread_local std::vector<uint8_t> symbols;  // per worker: one chunk's
+        if (symbols.size() < tables.info.chunk_symbols) symbols.resize(tables.info.chunk_symbols);
+        prefetch_raw(tables, c, 1, merge.low, raw, n_raw_words);
+        const Status st = tables.decode_chunk(b, c, symbols.data());
+        if (st != Status::Ok) return st;
+        return merge_chunk(tables, c, symbols.data(), merge, raw, n_raw_words, out + slot * tables.info.chunk_symbols);
       });
 }
 
@@ -549,12 +613,7 @@ Status decode_split_chunks(const uint8_t* blob, size_t len, const uint64_t* chun
 Status decode(const uint8_t* blob, size_t len, uint8_t* out, uint64_t out_len, int threads) {
   return decode_stream(
       blob, len, threads, [&](const StreamInfo& s) { return out_len == s.n_symbols ? Status::Ok : Status::OutputSize; },
-      [&](const DecodeTables& tables, const uint8_t* b, uint64_t c, uint64_t* hash) {
-        uint8_t* o = out + c * tables.info.chunk_symbols;
-        const Status cs = tables.decode_chunk(b, c, o);
-        *hash = hash64(o, tables.chunk_length(c));
-        return cs;
-      });
+      out, nothing_before, [](const DecodeTables&, uint64_t, const uint8_t*) { return Status::Ok; });
 }
 
 namespace {
@@ -623,22 +682,19 @@ Status affine_matvec(const uint8_t* blob_in, size_t len, const AffineMatvec& w, 
     escape_value = sorted_value.data();
   }
   const uint64_t rows_per_chunk = tables.info.chunk_symbols / w.k, groups = (w.k + w.group_size - 1) / w.group_size;
-  return for_each_chunk(tables.info.n_chunks, threads, [&](int, uint64_t c) {
-    // Per worker: one chunk's symbols, one row's fp32 weights, a broadcast zero point per group.
-    thread_local std::vector<uint8_t> symbols;
+  const auto no_prefetch = [](uint64_t, uint32_t) {};
+  return for_each_decoded_chunk(tables, blob, threads, nullptr, no_prefetch, [&](uint64_t c, const uint8_t* symbols) {
+    // Per worker: one row's fp32 weights, a broadcast zero point per group.
     thread_local std::vector<float> weights, broadcast_zero;
     const uint32_t m = tables.chunk_length(c);
-    if (symbols.size() < m) symbols.resize(m);
     if (weights.size() < w.k) weights.resize(w.k);
     if (w.zero_broadcast) broadcast_zero.assign(groups, w.zero[0]);
-    const Status decoded = tables.decode_chunk(blob, c, symbols.data());
-    if (decoded != Status::Ok) return decoded;
     const uint64_t first_row = c * rows_per_chunk;
     const uint64_t* escape = std::lower_bound(escape_index, escape_index + w.n_escapes, first_row * w.k);
     const uint64_t* const escapes_end = escape_index + w.n_escapes;
     for (uint64_t r = first_row; r < first_row + m / w.k; ++r) {
       const float* zero = w.zero_broadcast ? broadcast_zero.data() : w.zero + r * groups;
-      dequant::affine_fp32(symbols.data() + (r - first_row) * w.k, 1, w.k, w.scale + r * groups, zero, w.group_size,
+      dequant::affine_fp32(symbols + (r - first_row) * w.k, 1, w.k, w.scale + r * groups, zero, w.group_size,
                            weights.data());
       for (; escape != escapes_end && *escape < (r + 1) * w.k; ++escape)
         weights[*escape - r * w.k] = escape_value[escape - escape_index];
@@ -718,14 +774,10 @@ Status histogram(const uint8_t* blob, size_t len, uint64_t counts[256], int thre
         per_chunk.resize(s.n_chunks);
         return Status::Ok;
       },
-      [&](const DecodeTables& tables, const uint8_t* b, uint64_t c, uint64_t* hash) {
-        thread_local std::vector<uint8_t> symbols;  // per worker: one chunk's worth
-        const uint32_t n = tables.chunk_length(c);
-        if (symbols.size() < n) symbols.resize(n);
-        const Status cs = tables.decode_chunk(b, c, symbols.data());
-        *hash = hash64(symbols.data(), n);
-        count_symbols(symbols.data(), n, per_chunk[c].data());
-        return cs;
+      nullptr, nothing_before,
+      [&](const DecodeTables& tables, uint64_t c, const uint8_t* symbols) {
+        count_symbols(symbols, tables.chunk_length(c), per_chunk[c].data());
+        return Status::Ok;
       });
   if (st != Status::Ok) return st;
   for (int k = 0; k < 256; ++k) counts[k] = 0;

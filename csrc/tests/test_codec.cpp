@@ -309,6 +309,52 @@ static void test_corruption_never_crashes() {
   }
 }
 
+// Chunks of fewer than 8 lanes decode in groups (windowed::decode_chunk_group): every chunk's
+// status and symbols must be what decoding it alone gives, with bits flipped or a word cut off
+// in some of them (so a bad chunk sits beside good ones), for every lane count below 8.
+static void test_chunk_groups_match_single_chunks() {
+  std::mt19937 rng(37);
+  for (int trial = 0; trial < 120; ++trial) {
+    const uint32_t lanes = 1 + trial % 7;
+    const uint32_t count = windowed::chunks_per_group(lanes);
+    CHECK(count * lanes <= 8 && count >= 1);
+    std::vector<std::vector<uint8_t>> symbols(count);
+    uint64_t counts[256] = {0};
+    const int alphabet = 2 + int(rng() % 40);
+    for (auto& chunk : symbols) {
+      chunk.resize(1 + rng() % 3000);
+      for (auto& x : chunk) counts[x = uint8_t(std::min<uint32_t>(rng() % alphabet, rng() % alphabet))]++;
+    }
+    huffman::Code code;
+    CHECK(huffman::build_code(counts, code) == Status::Ok);
+    if (code.constant) continue;
+    windowed::MultiTable table;
+    windowed::build_multi_table(code, table);
+    std::vector<std::vector<uint32_t>> words(count);
+    for (uint32_t i = 0; i < count; ++i) {
+      CHECK(windowed::encode_chunk(symbols[i].data(), uint32_t(symbols[i].size()), code, lanes, words[i]) == Status::Ok);
+      if (rng() % 3 == 0) words[i][rng() % words[i].size()] ^= 1u << (rng() % 32);
+      if (rng() % 5 == 0) words[i].pop_back();  // maybe to no words at all
+    }
+    std::vector<std::vector<uint8_t>> grouped(count), alone(count);
+    windowed::ChunkJob jobs[8];
+    for (uint32_t i = 0; i < count; ++i) {
+      grouped[i].assign(symbols[i].size(), 0);
+      alone[i].assign(symbols[i].size(), 0);
+      jobs[i] = {words[i].data(), uint32_t(words[i].size()), grouped[i].data(), uint32_t(symbols[i].size())};
+    }
+    Status status[8];
+    std::vector<uint8_t> scratch;
+    windowed::decode_chunk_group(table, jobs, count, lanes, status, scratch);
+    for (uint32_t i = 0; i < count; ++i) {
+      const Status single = windowed::decode_chunk(table, words[i].data(), uint32_t(words[i].size()), lanes,
+                                                   alone[i].data(), uint32_t(symbols[i].size()), scratch);
+      CHECK(status[i] == single);
+      if (single == Status::Ok) CHECK(grouped[i] == alone[i]);
+    }
+  }
+}
+
 // The decode kernel's emulation (pass 1, clamped scan, pass 2 through unchecked readers over the
 // kernels' slack) matches the CPU decoder on valid streams and, under ASan, never reads or writes
 // outside its buffers on mutated ones.
@@ -609,6 +655,7 @@ int main() {
   test_multi_table_matches_single_codes();
   test_lane_primitives_match_chunk_decoder();
   test_corruption_never_crashes();
+  test_chunk_groups_match_single_chunks();
   test_kernel_emulation_on_valid_and_hostile_streams();
   test_hash_sensitivity();
   test_split_merge_paths_agree();
