@@ -586,15 +586,19 @@ constexpr uint32_t kBeSlack = (kOverrunSteps * kPeekBits + 7) / 8 + 8;
 // the codes of that step's entry that end inside the window. Lanes that need more than
 // kOverrunRounds rounds for that (a very uneven chunk) go back to where the overrun began
 // and finish with a tail-table lookup on every step.
-// Lane j's window is bits [start[j], end[j]) of be: the lanes of one chunk, or of several
-// (decode_chunk_group). dst: each lane's scratch region; n, used: decode_window's results. be:
-// the chunks' bytes, big-endian, kBeSlack readable bytes past each chunk's last window.
-template <int N>
-PYCODEC_CPU_INLINE void decode_lanes_lockstep(const MultiTable& t, const uint8_t* be, const uint64_t start[],
-                                              const uint64_t end[], uint8_t* const dst[], uint32_t n[],
-                                              uint32_t used[]) {
+// Lane j's window is bits [w.start(j), w.end(j)) of be (Windows: OneChunk or ChunkGroup
+// below). dst: each lane's scratch region; n, used: decode_window's results. be: the chunks'
+// bytes, big-endian, kBeSlack readable bytes past each chunk's last window.
+template <int N, class Windows>
+PYCODEC_CPU_INLINE void decode_lanes_lockstep(const MultiTable& t, const uint8_t* be, const Windows& w,
+                                              uint8_t* const dst[], uint32_t n[], uint32_t used[]) {
+  uint64_t start[N], end[N];  // locals: the lanes' byte stores could alias a caller's arrays
   ByteLane lane[N];
-  for (int j = 0; j < N; ++j) lane[j] = {start[j], dst[j]};
+  for (int j = 0; j < N; ++j) {
+    start[j] = w.start(j);
+    end[j] = w.end(j);
+    lane[j] = {start[j], dst[j]};
+  }
   const uint32_t* table = t.entry;
   // Four steps of every lane from the table alone; record(k, j, pos, out) sees each step's start.
   const auto round = [&](auto record) {
@@ -615,11 +619,7 @@ PYCODEC_CPU_INLINE void decode_lanes_lockstep(const MultiTable& t, const uint8_t
     for (int j = 0; j < N; ++j) lane[j].pos += taken[j];
   };
   // The shortest remainder (every lane is inside its window here).
-  const auto least_left = [&] {
-    uint64_t least = end[0] - lane[0].pos;
-    for (int j = 1; j < N; ++j) least = std::min(least, end[j] - lane[j].pos);
-    return least;
-  };
+  const auto least_left = [&] { return w.least_left(lane); };
   const auto unrecorded = [](int, int, uint64_t, uint8_t*) {};
   for (uint64_t least; (least = least_left()) >= uint64_t(kStepsPerPeek * kPeekBits);)
     for (uint64_t rounds = least / (kStepsPerPeek * kPeekBits); rounds; --rounds) round(unrecorded);
@@ -690,16 +690,47 @@ PYCODEC_CPU_INLINE void decode_lanes_lockstep(const MultiTable& t, const uint8_t
   }
 }
 
-// Every lane of a chunk, 8 in lockstep while that many are left, then 4, 2, 1: no lane
-// decodes anything but its own window.
-PYCODEC_CPU_INLINE void decode_lanes(const MultiTable& t, const uint8_t* be, const uint64_t start[],
-                                     const uint64_t end[], uint32_t lanes, uint8_t* const dst[], uint32_t n[],
-                                     uint32_t used[]) {
+// A chunk's lanes: lane j of N from lane `first`, windows `window` bits apart.
+struct OneChunk {
+  uint64_t first, window;
+  uint64_t start(int j) const { return first + uint64_t(j) * window; }
+  uint64_t end(int j) const { return start(j) + window; }
+  OneChunk from(uint32_t l) const { return {first + l * window, window}; }
+  // The shortest remainder, from the most any lane has done: the windows are equal, so this
+  // keeps the loop's registers free of the ends (3% over ChunkGroup's form here).
+  template <int N>
+  uint64_t least_left(const ByteLane (&lane)[N]) const {
+    uint64_t done = 0;
+    for (int j = 0; j < N; ++j) done = std::max(done, lane[j].pos - start(j));
+    return window - done;
+  }
+};
+
+// The lanes of several chunks (decode_chunk_group): windows anywhere, of any lengths.
+struct ChunkGroup {
+  const uint64_t* starts;
+  const uint64_t* ends;
+  uint64_t start(int j) const { return starts[j]; }
+  uint64_t end(int j) const { return ends[j]; }
+  ChunkGroup from(uint32_t l) const { return {starts + l, ends + l}; }
+  template <int N>
+  uint64_t least_left(const ByteLane (&lane)[N]) const {
+    uint64_t least = end(0) - lane[0].pos;
+    for (int j = 1; j < N; ++j) least = std::min(least, end(j) - lane[j].pos);
+    return least;
+  }
+};
+
+// Every lane, 8 in lockstep while that many are left, then 4, 2, 1: no lane decodes anything
+// but its own window.
+template <class Windows>
+PYCODEC_CPU_INLINE void decode_lanes(const MultiTable& t, const uint8_t* be, const Windows& w, uint32_t lanes,
+                                     uint8_t* const dst[], uint32_t n[], uint32_t used[]) {
   uint32_t l = 0;
-  for (; l + 8 <= lanes; l += 8) decode_lanes_lockstep<8>(t, be, start + l, end + l, dst + l, n + l, used + l);
-  if (l + 4 <= lanes) decode_lanes_lockstep<4>(t, be, start + l, end + l, dst + l, n + l, used + l), l += 4;
-  if (l + 2 <= lanes) decode_lanes_lockstep<2>(t, be, start + l, end + l, dst + l, n + l, used + l), l += 2;
-  if (l < lanes) decode_lanes_lockstep<1>(t, be, start + l, end + l, dst + l, n + l, used + l);
+  for (; l + 8 <= lanes; l += 8) decode_lanes_lockstep<8>(t, be, w.from(l), dst + l, n + l, used + l);
+  if (l + 4 <= lanes) decode_lanes_lockstep<4>(t, be, w.from(l), dst + l, n + l, used + l), l += 4;
+  if (l + 2 <= lanes) decode_lanes_lockstep<2>(t, be, w.from(l), dst + l, n + l, used + l), l += 2;
+  if (l < lanes) decode_lanes_lockstep<1>(t, be, w.from(l), dst + l, n + l, used + l);
 }
 
 // A lane's symbols into place, in 16-byte moves while they stay inside the chunk's `room`
@@ -731,7 +762,8 @@ struct ChunkJob {
 // symbol ends where those symbols' code lengths sum to; zeros must follow.
 PYCODEC_CPU_INLINE Status place_lanes(const MultiTable& t, const ChunkJob& job, uint32_t lanes, uint64_t window,
                                       uint8_t* const dst[], const uint32_t n[], const uint32_t used[]) {
-  const uint32_t* words = job.words;
+  const uint32_t* const words = job.words;  // locals: stores to out could alias job's fields
+  uint8_t* const out = job.out;
   const uint32_t n_words = job.n_words, m = job.m;
   uint32_t start = 0;
   uint64_t zero_from = 32ull * n_words;  // bits from here to the chunk's end must be zero
@@ -744,7 +776,7 @@ PYCODEC_CPU_INLINE Status place_lanes(const MultiTable& t, const ChunkJob& job, 
       // is short for its lanes).
       uint64_t bits = used[l];
       for (uint32_t i = take; i < n[l]; ++i) bits -= t.length[dst[l][i]];
-      std::memcpy(job.out + start, dst[l], take);
+      std::memcpy(out + start, dst[l], take);
       zero_from = base + bits;
       start = m;
       break;
@@ -753,7 +785,7 @@ PYCODEC_CPU_INLINE Status place_lanes(const MultiTable& t, const ChunkJob& job, 
     const int pad = int(window - used[l]);  // < 12: decoding stopped at a code longer than it
     if (chunk_bits(words, n_words, base + used[l], pad) != chunk_bits(words, n_words, base + window, pad))
       return Status::CorruptPayload;
-    copy_lane(job.out + start, dst[l], n[l], m - start);
+    copy_lane(out + start, dst[l], n[l], m - start);
     start += n[l];
   }
   for (uint64_t b = zero_from; b < 32ull * n_words; b += 32)
@@ -771,8 +803,8 @@ inline uint32_t chunks_per_group(uint32_t lanes) { return lanes && lanes < 8 ? 8
 // all their lanes in lockstep; status[i] gets chunk i's outcome (place_lanes' checks).
 // scratch: grown to the lanes' regions and the chunks' big-endian copies (a few times their
 // bytes).
-PYCODEC_X86_V3_CLONES inline void decode_chunk_group(const MultiTable& t, const ChunkJob jobs[], uint32_t count,
-                                                     uint32_t lanes, Status status[], std::vector<uint8_t>& scratch) {
+PYCODEC_CPU_INLINE void decode_chunk_group_inline(const MultiTable& t, const ChunkJob jobs[], uint32_t count,
+                                                  uint32_t lanes, Status status[], std::vector<uint8_t>& scratch) {
   if (t.constant) {
     for (uint32_t i = 0; i < count; ++i) {
       status[i] = jobs[i].n_words == 0 && lanes == 1 ? Status::Ok : Status::CorruptPayload;
@@ -817,7 +849,10 @@ PYCODEC_X86_V3_CLONES inline void decode_chunk_group(const MultiTable& t, const 
   // copy waits on memory one cache line at a time.
   const ChunkJob& last = jobs[count - 1];
   for (size_t w = 0; w < last.n_words; w += 16) __builtin_prefetch(last.words + last.n_words + w);
-  decode_lanes(t, be, lane_start, lane_end, total, dst, n, used);
+  if (total == lanes && total)  // one chunk (or one valid one): its lanes from be's first bit
+    decode_lanes(t, be, OneChunk{lane_start[0], lane_end[0] - lane_start[0]}, total, dst, n, used);
+  else if (total)
+    decode_lanes(t, be, ChunkGroup{lane_start, lane_end}, total, dst, n, used);
   for (uint32_t i = 0, first = 0; i < count; ++i) {
     if (status[i] != Status::Ok) continue;
     status[i] = place_lanes(t, jobs[i], lanes, window[i], dst + first, n + first, used + first);
@@ -825,13 +860,19 @@ PYCODEC_X86_V3_CLONES inline void decode_chunk_group(const MultiTable& t, const 
   }
 }
 
+PYCODEC_X86_V3_CLONES inline void decode_chunk_group(const MultiTable& t, const ChunkJob jobs[], uint32_t count,
+                                                     uint32_t lanes, Status status[], std::vector<uint8_t>& scratch) {
+  decode_chunk_group_inline(t, jobs, count, lanes, status, scratch);
+}
+
 // One chunk: a group of one.
-inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t n_words, uint32_t lanes, uint8_t* out,
-                           uint32_t m, std::vector<uint8_t>& scratch) {
+PYCODEC_X86_V3_CLONES inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t n_words,
+                                                 uint32_t lanes, uint8_t* out, uint32_t m,
+                                                 std::vector<uint8_t>& scratch) {
   if (lanes == 0 || lanes > uint32_t(kMaxLanes)) return Status::CorruptPayload;
   const ChunkJob job{words, n_words, out, m};
   Status status;
-  decode_chunk_group(t, &job, 1, lanes, &status, scratch);
+  decode_chunk_group_inline(t, &job, 1, lanes, &status, scratch);
   return status;
 }
 
