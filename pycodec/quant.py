@@ -77,8 +77,14 @@ def _sum_squares(x: torch.Tensor) -> float:
 
 
 def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
+    """Signal to quantization noise of w_hat against w, in dB, over w's finite weights: the
+    non-finite ones are kept exactly (escapes) and would make both sums NaN."""
     err = _sum_squares(w.float() - w_hat.float())
     sig = _sum_squares(w.float())
+    if not (math.isfinite(err) and math.isfinite(sig)):
+        finite = torch.isfinite(w)
+        if not bool(finite.all()):
+            return sqnr_db(w[finite], w_hat[finite])
     return math.inf if err == 0 else 10.0 * math.log10(sig / err)
 
 
@@ -500,10 +506,19 @@ def compress_weight(w: torch.Tensor, config) -> tuple[dict, LayerStats]:
     dtype = w.dtype
     wf = _prune(w.detach().float().cpu(), config.prune)
     if config.mode == "int":
+        # NaN and infinite weights are escapes, kept exactly, as in rate mode; quantized as 0 (the
+        # zero point, so they decode to 0 under the escape, as the kernels assume), they leave
+        # their groups' scales to the other weights (a NaN used to make its whole group NaN).
+        idx = val = None
+        bad = ~torch.isfinite(wf)
+        if bool(bad.any()):
+            idx = bad.reshape(-1).nonzero().reshape(-1)
+            val = wf.reshape(-1)[idx].clone()
+            wf = torch.where(bad, torch.zeros_like(wf), wf)
         q, scale, zero = quantize_int(wf, int(config.bits), config.group_size, config.symmetric)
-        packed = pack_affine(q, scale, zero, config.group_size, dtype, coder=config.coder,
+        packed = pack_affine(q, scale, zero, config.group_size, dtype, idx, val, coder=config.coder,
                              chunk_symbols=config.chunk_symbols)
-        side_entropy = (scale.numel() + zero.numel()) * 16
+        side_entropy = (scale.numel() + zero.numel()) * 16 + (0 if idx is None else idx.numel() * ESCAPE_BITS)
     else:
         q, scale, zero, idx, val, stream = quantize_rate(wf, config.bits, config.coder, config.chunk_symbols)
         packed = pack_affine(q, scale, zero, wf.shape[1], dtype, idx, val, stream=stream)

@@ -196,6 +196,35 @@ def test_rate_mode_keeps_nan_weights_exactly():
     assert sqnr_db(w[ok], back[ok]) > 18  # 19.7 dB (21.8 without the NaNs: 515 escapes take 9% of the bits)
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int_mode_keeps_non_finite_weights_exactly(symmetric):
+    """NaN and infinite weights are escapes in int mode too, kept exactly; every other weight
+    decodes as if they were zeros (a NaN used to make its whole group NaN, an infinity its
+    scale)."""
+    from pycodec.quant import compress_weight, sqnr_db, unpack
+
+    g = torch.Generator().manual_seed(8)
+    w = torch.randn(64, 300, generator=g) * 0.02
+    odd = torch.zeros_like(w, dtype=torch.bool)
+    for (r, c), v in {(3, 10): float("nan"), (3, 11): float("inf"), (40, 0): -float("inf"),
+                      (63, 299): float("nan")}.items():
+        w[r, c] = v
+        odd[r, c] = True
+    cfg = CompressionConfig(mode="int", bits=4, group_size=128, symmetric=symmetric)
+    packed, stats = compress_weight(w, cfg)
+    back = unpack(packed)
+    assert torch.equal(back[odd].isnan(), w[odd].isnan())
+    assert torch.equal(back[odd & ~w.isnan()], w[odd & ~w.isnan()])
+    assert bool(back[~odd].isfinite().all())
+    clean, _ = compress_weight(torch.where(odd, torch.zeros_like(w), w), cfg)
+    assert torch.equal(back[~odd], unpack(clean)[~odd])
+    assert packed["escape_index"].numel() == 4 and math.isfinite(stats.sqnr_db) and stats.sqnr_db > 15
+    assert stats.sqnr_db == pytest.approx(sqnr_db(w[~odd], back[~odd]))
+    m = CompressedLinear(300, 64, packed)  # on the CPU: rows with a NaN or inf give NaN or inf, as dense
+    x = torch.randn(2, 300)
+    torch.testing.assert_close(m(x), F.linear(x, back), equal_nan=True, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["zeros", "constant rows", "one row of outliers"])
 def test_rate_search_on_degenerate_layers(kind):
     """Rows of one value get a step from their magnitude (not an escape per weight)."""
