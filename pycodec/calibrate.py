@@ -52,14 +52,13 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
 from .codec import CodecError
-from .quant import (ESCAPE_BITS, RATE_MAX_Q, RATE_ZERO, LayerStats, _RateEstimate, _row_chunk_symbols, _row_sigma,
-                    _solve_log, _stream, _symbol_entropy_bits, coder_overhead, encode, pack_affine, packed_bits,
-                    quantize_int, sqnr_db, unpack)
+from .quant import (ESCAPE_BITS, RATE_MAX_Q, RATE_ZERO, LayerStats, _constant_stream_bits, _RateEstimate,
+                    _row_chunk_symbols, _row_sigma, _solve_log, _stream, _symbol_entropy_bits, coder_overhead,
+                    pack_affine, packed_bits, quantize_int, sqnr_db, unpack)
 
 # Licence texts that base-files installs on every Debian and Ubuntu system: about 5.5k SmolLM2
 # tokens together. More tokens calibrate better: these, rather than Apache-2.0's first 2048,
@@ -433,7 +432,7 @@ def quantize_rate_calibrated(ws: list, hessian: torch.Tensor, target_bits, damp:
         w = w.detach().float().cpu()
         sigma = _row_sigma(w)  # of the original row: the grid is fixed before the sweep
         chunk = _row_chunk_symbols(w.shape[1], coder, chunk_symbols)
-        fixed = 8 * len(encode(np.full(tuple(w.shape), RATE_ZERO, np.uint8), coder=coder, chunk_symbols=chunk))
+        fixed = _constant_stream_bits(tuple(w.shape), coder, chunk)
         overhead = coder_overhead(coder)
         searches.append(_RateSearch(w[:, order], sigma, target * w.numel(), fixed, w.shape[0] * 16 + 16,
                                     _RateEstimate(w, sigma, overhead), chunk, coder, target))
