@@ -15,8 +15,10 @@ from pycodec import _C
 
 
 def streams(n: int = 6):
+    # Over 128K symbols each: decodes wake a worker per 64K symbols (codec.cpp), so two threads.
     rng = np.random.default_rng(5)
-    xs = [np.clip(np.round(rng.normal(8, 1 + i, size=(64 + 32 * i, 200))), 0, 255).astype(np.uint8) for i in range(n)]
+    xs = [np.clip(np.round(rng.normal(8, 1 + i, size=(700 + 100 * i, 200))), 0, 255).astype(np.uint8)
+          for i in range(n)]
     return xs, [pycodec.encode(x, threads=2) for x in xs]
 
 
