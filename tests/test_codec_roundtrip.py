@@ -468,3 +468,29 @@ def test_symbol_counts_is_the_histogram():
         assert list(_C.symbol_counts(a)) == list(np.bincount(a, minlength=256))
     with pytest.raises(CodecError, match="bytes"):
         _C.symbol_counts(np.zeros(4, np.float32))
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3, 4, 8])
+def test_listed_chunks_decode_as_the_whole_stream(lanes):
+    """decode_chunks / decode_split_chunks of runs of consecutive chunks (a row block's, decoded a
+    group at a time when chunks have fewer than 8 lanes), of scattered ones and of repeats: each
+    slot holds its chunk's symbols as the whole-stream decode gives them."""
+    rng = np.random.default_rng(lanes)
+    bits = (np.uint16(0x3C00) + rng.integers(0, 0x400, (90, 70))).astype(np.uint16)
+    top, values, symbols, raw = _C.split_float(bits, 16)
+    sym = np.frombuffer(symbols, np.uint8).reshape(bits.shape)
+    blob = encode(sym, "huffman", chunk_symbols=140, lanes=lanes)
+    info = _C.info(blob)
+    whole = pycodec.decode(blob).reshape(-1)
+    chunk, n_chunks = info["chunk_symbols"], info["n_chunks"]
+    for ids in (list(range(n_chunks)), list(range(3, n_chunks - 2)), [4, 0, 7, 7, n_chunks - 1, 1, 2, 3]):
+        for threads in (1, 2):
+            out = np.zeros(len(ids) * chunk, np.uint8)
+            _C.decode_chunks(blob, ids, out, threads)
+            merged = np.zeros(len(ids) * chunk, np.uint16)
+            _C.decode_split_chunks(blob, ids, values, top, raw, merged, threads)
+            for slot, c in enumerate(ids):
+                got, want = out[slot * chunk:(slot + 1) * chunk], whole[c * chunk:(c + 1) * chunk]
+                np.testing.assert_array_equal(got[:want.size], want)
+                np.testing.assert_array_equal(merged[slot * chunk:slot * chunk + want.size],
+                                              bits.reshape(-1)[c * chunk:(c + 1) * chunk])

@@ -454,6 +454,15 @@ Status open_stream(const uint8_t* blob, size_t len, Check check, DecodeTables* t
   return tables->build(blob, s);
 }
 
+// Threads for a decode of `symbols` in `chunks` chunks: a worker woken for less than ~64K
+// symbols costs more than it decodes (waking one takes ~25 us on the 2-core EPYC: 37K symbols
+// took 49 us on two threads, 26 on one).
+int decode_threads(int threads, uint64_t chunks, uint64_t symbols) {
+  constexpr uint64_t kSymbolsPerThread = uint64_t(1) << 16;
+  if (threads == 1) return 1;
+  return std::min(resolve_threads(threads, chunks), int(std::max<uint64_t>(1, symbols / kSymbolsPerThread)));
+}
+
 // Decodes every chunk of a stream, a group of chunks at a time (DecodeTables::group), on
 // `threads` threads: into direct_out + c * chunk_symbols, or, if direct_out is null, into a
 // per-thread buffer; then per_chunk(c, symbols) for each. before(c0, count) runs ahead of a
@@ -463,11 +472,7 @@ Status for_each_decoded_chunk(const DecodeTables& tables, const uint8_t* blob, i
                               Before before, PerChunk per_chunk) {
   const uint64_t n_chunks = tables.info.n_chunks, chunk = tables.info.chunk_symbols;
   const uint32_t group = tables.group();
-  // A worker woken for less than ~64K symbols costs more than it decodes (waking one takes
-  // ~25 us on the 2-core EPYC: 37K symbols took 49 us on two threads, 26 on one).
-  constexpr uint64_t kSymbolsPerThread = uint64_t(1) << 16;
-  if (threads != 1) threads = std::min(resolve_threads(threads, n_chunks),
-                                       int(std::max<uint64_t>(1, tables.info.n_symbols / kSymbolsPerThread)));
+  threads = decode_threads(threads, n_chunks, tables.info.n_symbols);
   return for_each_chunk((n_chunks + group - 1) / group, threads, [&](int, uint64_t g) {
     thread_local std::vector<uint8_t> buffer;  // per worker: a group's symbols
     const uint64_t c0 = g * group;
@@ -556,11 +561,14 @@ Status decode_split_impl(const uint8_t* blob, size_t len, const uint32_t* values
       });
 }
 
-// Runs per_chunk(tables, blob, slot, chunk) for each listed chunk, after validating the
-// stream, the chunk ids and (through check) the output.
-template <class Check, class PerChunk>
+// Decodes the listed chunks (after validating the stream, the chunk ids and, through check,
+// the output), up to a group at a time where the list runs through consecutive chunks (a row
+// block's): slot i's symbols into direct_out + i * chunk_symbols, or, if direct_out is null, a
+// per-thread buffer. Then per_chunk(tables, slot, chunk, symbols) for each; before(tables,
+// first slot, count) runs ahead of each decode.
+template <class Check, class Before, class PerChunk>
 Status decode_listed_chunks(const uint8_t* blob_in, size_t len, const uint64_t* chunks, uint64_t n, int threads,
-                            Check check, PerChunk per_chunk) {
+                            Check check, uint8_t* direct_out, Before before, PerChunk per_chunk) {
   const AlignedBlob aligned(blob_in, len);
   const uint8_t* blob = aligned.data;
   DecodeTables tables;
@@ -568,7 +576,28 @@ Status decode_listed_chunks(const uint8_t* blob_in, size_t len, const uint64_t* 
   if (st != Status::Ok) return st;
   for (uint64_t i = 0; i < n; ++i)
     if (chunks[i] >= tables.info.n_chunks) return Status::BadArgument;
-  return for_each_chunk(n, threads, [&](int, uint64_t i) { return per_chunk(tables, blob, i, chunks[i]); });
+  const uint64_t chunk = tables.info.chunk_symbols;
+  const uint32_t group = tables.group();
+  threads = decode_threads(threads, n, n * chunk);
+  return for_each_chunk((n + group - 1) / group, threads, [&](int, uint64_t g) {
+    thread_local std::vector<uint8_t> buffer;  // per worker: a group's symbols
+    const uint64_t i0 = g * group;
+    const uint32_t count = uint32_t(std::min<uint64_t>(group, n - i0));
+    if (!direct_out && buffer.size() < count * chunk) buffer.resize(count * chunk);
+    uint8_t* outs[windowed::kMaxLanes];
+    bool consecutive = true;
+    for (uint32_t i = 0; i < count; ++i) {
+      outs[i] = direct_out ? direct_out + (i0 + i) * chunk : buffer.data() + i * chunk;
+      consecutive = consecutive && chunks[i0 + i] == chunks[i0] + i;
+    }
+    before(tables, i0, count);
+    Status cs = Status::Ok;
+    if (consecutive) cs = tables.decode_chunks(blob, chunks[i0], count, outs);
+    for (uint32_t i = 0; i < count && !consecutive && cs == Status::Ok; ++i)
+      cs = tables.decode_chunk(blob, chunks[i0 + i], outs[i]);
+    for (uint32_t i = 0; i < count && cs == Status::Ok; ++i) cs = per_chunk(tables, i0 + i, chunks[i0 + i], outs[i]);
+    return cs;
+  });
 }
 
 template <class T>
@@ -579,13 +608,12 @@ Status decode_split_chunks_impl(const uint8_t* blob, size_t len, const uint64_t*
   const auto check = split_check(&merge, values, n_values, top, n_raw_words, out_len,
                                  [n](const StreamInfo& s) { return n * uint64_t(s.chunk_symbols); });
   return decode_listed_chunks(
-      blob, len, chunks, n, threads, check, [&](const DecodeTables& tables, const uint8_t* b, uint64_t slot, uint64_t c) {
-        thread_local std::vector<uint8_t> symbols;  // per worker: one chunk's
-        if (symbols.size() < tables.info.chunk_symbols) symbols.resize(tables.info.chunk_symbols);
-        prefetch_raw(tables, c, 1, merge.low, raw, n_raw_words);
-        const Status st = tables.decode_chunk(b, c, symbols.data());
-        if (st != Status::Ok) return st;
-        return merge_chunk(tables, c, symbols.data(), merge, raw, n_raw_words, out + slot * tables.info.chunk_symbols);
+      blob, len, chunks, n, threads, check, nullptr,
+      [&](const DecodeTables& tables, uint64_t slot, uint32_t count) {
+        for (uint32_t i = 0; i < count; ++i) prefetch_raw(tables, chunks[slot + i], 1, merge.low, raw, n_raw_words);
+      },
+      [&](const DecodeTables& tables, uint64_t slot, uint64_t c, const uint8_t* symbols) {
+        return merge_chunk(tables, c, symbols, merge, raw, n_raw_words, out + slot * tables.info.chunk_symbols);
       });
 }
 
@@ -596,9 +624,7 @@ Status decode_chunks(const uint8_t* blob, size_t len, const uint64_t* chunks, ui
   return decode_listed_chunks(
       blob, len, chunks, n, threads,
       [&](const StreamInfo& s) { return out_len == n * uint64_t(s.chunk_symbols) ? Status::Ok : Status::OutputSize; },
-      [&](const DecodeTables& tables, const uint8_t* b, uint64_t slot, uint64_t c) {
-        return tables.decode_chunk(b, c, out + slot * tables.info.chunk_symbols);
-      });
+      out, nothing_before, [](const DecodeTables&, uint64_t, uint64_t, const uint8_t*) { return Status::Ok; });
 }
 
 Status decode_split_chunks(const uint8_t* blob, size_t len, const uint64_t* chunks, uint64_t n,
