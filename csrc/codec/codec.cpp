@@ -463,26 +463,34 @@ int decode_threads(int threads, uint64_t chunks, uint64_t symbols) {
   return std::min(resolve_threads(threads, chunks), int(std::max<uint64_t>(1, symbols / kSymbolsPerThread)));
 }
 
-// Decodes every chunk of a stream, a group of chunks at a time (DecodeTables::group), on
-// `threads` threads: into direct_out + c * chunk_symbols, or, if direct_out is null, into a
-// per-thread buffer; then per_chunk(c, symbols) for each. before(c0, count) runs ahead of a
-// group's decode (to fetch what per_chunk will read).
-template <class Before, class PerChunk>
-Status for_each_decoded_chunk(const DecodeTables& tables, const uint8_t* blob, int threads, uint8_t* direct_out,
-                              Before before, PerChunk per_chunk) {
-  const uint64_t n_chunks = tables.info.n_chunks, chunk = tables.info.chunk_symbols;
+// Decodes chunks id(0) .. id(n - 1) of a stream (ids validated by the caller), up to a group
+// (DecodeTables::group) at a time where the ids run through consecutive chunks, on `threads`
+// threads: slot i's symbols into direct_out + i * chunk_symbols, or, if direct_out is null, a
+// per-thread buffer. before(first slot, count) runs ahead of each decode (to fetch what
+// per_chunk will read), then per_chunk(slot, chunk, symbols) for each.
+template <class Id, class Before, class PerChunk>
+Status for_each_decoded_chunk(const DecodeTables& tables, const uint8_t* blob, uint64_t n, Id id, int threads,
+                              uint8_t* direct_out, Before before, PerChunk per_chunk) {
+  const uint64_t chunk = tables.info.chunk_symbols;
   const uint32_t group = tables.group();
-  threads = decode_threads(threads, n_chunks, tables.info.n_symbols);
-  return for_each_chunk((n_chunks + group - 1) / group, threads, [&](int, uint64_t g) {
+  threads = decode_threads(threads, n, n * chunk);
+  return for_each_chunk((n + group - 1) / group, threads, [&](int, uint64_t g) {
     thread_local std::vector<uint8_t> buffer;  // per worker: a group's symbols
-    const uint64_t c0 = g * group;
-    const uint32_t count = uint32_t(std::min<uint64_t>(group, n_chunks - c0));
+    const uint64_t i0 = g * group;
+    const uint32_t count = uint32_t(std::min<uint64_t>(group, n - i0));
     if (!direct_out && buffer.size() < count * chunk) buffer.resize(count * chunk);
     uint8_t* outs[windowed::kMaxLanes];
-    for (uint32_t i = 0; i < count; ++i) outs[i] = direct_out ? direct_out + (c0 + i) * chunk : buffer.data() + i * chunk;
-    before(c0, count);
-    Status st = tables.decode_chunks(blob, c0, count, outs);
-    for (uint32_t i = 0; i < count && st == Status::Ok; ++i) st = per_chunk(c0 + i, outs[i]);
+    bool consecutive = true;
+    for (uint32_t i = 0; i < count; ++i) {
+      outs[i] = direct_out ? direct_out + (i0 + i) * chunk : buffer.data() + i * chunk;
+      consecutive = consecutive && id(i0 + i) == id(i0) + i;
+    }
+    before(i0, count);
+    Status st = Status::Ok;
+    if (consecutive) st = tables.decode_chunks(blob, id(i0), count, outs);
+    for (uint32_t i = 0; i < count && !consecutive && st == Status::Ok; ++i)
+      st = tables.decode_chunk(blob, id(i0 + i), outs[i]);
+    for (uint32_t i = 0; i < count && st == Status::Ok; ++i) st = per_chunk(i0 + i, id(i0 + i), outs[i]);
     return st;
   });
 }
@@ -501,8 +509,9 @@ Status decode_stream(const uint8_t* blob_in, size_t len, int threads, Check chec
   const StreamInfo& s = tables.info;
   std::vector<uint64_t> chunk_hash(s.n_chunks);
   st = for_each_decoded_chunk(
-      tables, blob, threads, direct_out, [&](uint64_t c0, uint32_t count) { before(tables, c0, count); },
-      [&](uint64_t c, const uint8_t* symbols) {
+      tables, blob, s.n_chunks, [](uint64_t i) { return i; }, threads, direct_out,
+      [&](uint64_t c0, uint32_t count) { before(tables, c0, count); },
+      [&](uint64_t, uint64_t c, const uint8_t* symbols) {
         chunk_hash[c] = hash64(symbols, tables.chunk_length(c));
         return per_chunk(tables, c, symbols);
       });
@@ -561,11 +570,9 @@ Status decode_split_impl(const uint8_t* blob, size_t len, const uint32_t* values
       });
 }
 
-// Decodes the listed chunks (after validating the stream, the chunk ids and, through check,
-// the output), up to a group at a time where the list runs through consecutive chunks (a row
-// block's): slot i's symbols into direct_out + i * chunk_symbols, or, if direct_out is null, a
-// per-thread buffer. Then per_chunk(tables, slot, chunk, symbols) for each; before(tables,
-// first slot, count) runs ahead of each decode.
+// Decodes the listed chunks (as for_each_decoded_chunk, after validating the stream, the
+// chunk ids and, through check, the output): before(tables, first slot, count), then
+// per_chunk(tables, slot, chunk, symbols).
 template <class Check, class Before, class PerChunk>
 Status decode_listed_chunks(const uint8_t* blob_in, size_t len, const uint64_t* chunks, uint64_t n, int threads,
                             Check check, uint8_t* direct_out, Before before, PerChunk per_chunk) {
@@ -576,28 +583,10 @@ Status decode_listed_chunks(const uint8_t* blob_in, size_t len, const uint64_t* 
   if (st != Status::Ok) return st;
   for (uint64_t i = 0; i < n; ++i)
     if (chunks[i] >= tables.info.n_chunks) return Status::BadArgument;
-  const uint64_t chunk = tables.info.chunk_symbols;
-  const uint32_t group = tables.group();
-  threads = decode_threads(threads, n, n * chunk);
-  return for_each_chunk((n + group - 1) / group, threads, [&](int, uint64_t g) {
-    thread_local std::vector<uint8_t> buffer;  // per worker: a group's symbols
-    const uint64_t i0 = g * group;
-    const uint32_t count = uint32_t(std::min<uint64_t>(group, n - i0));
-    if (!direct_out && buffer.size() < count * chunk) buffer.resize(count * chunk);
-    uint8_t* outs[windowed::kMaxLanes];
-    bool consecutive = true;
-    for (uint32_t i = 0; i < count; ++i) {
-      outs[i] = direct_out ? direct_out + (i0 + i) * chunk : buffer.data() + i * chunk;
-      consecutive = consecutive && chunks[i0 + i] == chunks[i0] + i;
-    }
-    before(tables, i0, count);
-    Status cs = Status::Ok;
-    if (consecutive) cs = tables.decode_chunks(blob, chunks[i0], count, outs);
-    for (uint32_t i = 0; i < count && !consecutive && cs == Status::Ok; ++i)
-      cs = tables.decode_chunk(blob, chunks[i0 + i], outs[i]);
-    for (uint32_t i = 0; i < count && cs == Status::Ok; ++i) cs = per_chunk(tables, i0 + i, chunks[i0 + i], outs[i]);
-    return cs;
-  });
+  return for_each_decoded_chunk(
+      tables, blob, n, [chunks](uint64_t i) { return chunks[i]; }, threads, direct_out,
+      [&](uint64_t i0, uint32_t count) { before(tables, i0, count); },
+      [&](uint64_t slot, uint64_t c, const uint8_t* symbols) { return per_chunk(tables, slot, c, symbols); });
 }
 
 template <class T>
@@ -714,7 +703,9 @@ Status affine_matvec(const uint8_t* blob_in, size_t len, const AffineMatvec& w, 
   }
   const uint64_t rows_per_chunk = tables.info.chunk_symbols / w.k, groups = (w.k + w.group_size - 1) / w.group_size;
   const auto no_prefetch = [](uint64_t, uint32_t) {};
-  return for_each_decoded_chunk(tables, blob, threads, nullptr, no_prefetch, [&](uint64_t c, const uint8_t* symbols) {
+  const auto all = [](uint64_t i) { return i; };
+  return for_each_decoded_chunk(tables, blob, tables.info.n_chunks, all, threads, nullptr, no_prefetch,
+                                [&](uint64_t, uint64_t c, const uint8_t* symbols) {
     // Per worker: one row's fp32 weights, a broadcast zero point per group.
     thread_local std::vector<float> weights, broadcast_zero;
     const uint32_t m = tables.chunk_length(c);
