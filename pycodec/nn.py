@@ -494,7 +494,7 @@ class CompressedLinear(_PackedModule):
         if x.is_cuda and self._ready_device != x.device:
             self._refresh_gpu_state()  # emptied by to_empty and filled some other way: a host read, once
         info = self._info.ints if self._info is not None else gpu.weight_info(self._packed_cpu()).ints
-        packed = [getattr(self, name) for name in self._names]
+        packed = list(self.packed().values())
         if not x.is_cuda and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             # Inference on the CPU (generate() runs under no_grad): the op's body without its
             # dispatch, ~20 us of a small layer's ~100 us; nothing to trace or differentiate.

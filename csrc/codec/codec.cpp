@@ -342,11 +342,16 @@ struct EncodePlan {
   rans::Model model;
 };
 
+// The stream format version an encode with these options writes.
+uint16_t format_version_of(const EncodeOptions& opt) {
+  return opt.format_version ? opt.format_version : opt.coder == Coder::Huffman ? 2 : 1;
+}
+
 Status plan_encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
                    EncodePlan* plan) {
   if (ndim < 0 || ndim > kMaxDims) return Status::BadArgument;
   if (opt.coder != Coder::Huffman && opt.coder != Coder::Rans) return Status::BadArgument;
-  const uint16_t version = opt.format_version ? opt.format_version : opt.coder == Coder::Huffman ? 2 : 1;
+  const uint16_t version = format_version_of(opt);
   if (version != 1 && (version != 2 || opt.coder != Coder::Huffman)) return Status::BadArgument;
   if (version == 1 && opt.lanes != 0 && opt.lanes != uint32_t(kLanes)) return Status::BadArgument;
   uint64_t& n = plan->n;
@@ -417,16 +422,16 @@ Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const Enc
 
 Status encoded_size(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
                     uint64_t* bytes) {
+  if (format_version_of(opt) != 2) {  // v1 chunks' sizes come from coding them
+    std::vector<uint8_t> blob;
+    const Status st = encode(symbols, shape, ndim, opt, &blob);
+    *bytes = blob.size();
+    return st;
+  }
   EncodePlan plan;
   Status st = plan_encode(symbols, shape, ndim, opt, &plan);
   if (st != Status::Ok) return st;
   StreamInfo& s = plan.s;
-  if (s.version != 2) {  // v1 chunks' sizes come from coding them
-    std::vector<uint8_t> blob;
-    st = encode(symbols, shape, ndim, opt, &blob);
-    *bytes = blob.size();
-    return st;
-  }
   std::vector<uint64_t> words(s.n_chunks);
   st = for_each_chunk(s.n_chunks, opt.threads, [&](int, uint64_t c) {
     const uint32_t m = uint32_t(std::min<uint64_t>(s.chunk_symbols, plan.n - c * s.chunk_symbols));
@@ -466,8 +471,8 @@ int decode_threads(int threads, uint64_t chunks, uint64_t symbols) {
 // Decodes chunks id(0) .. id(n - 1) of a stream (ids validated by the caller), up to a group
 // (DecodeTables::group) at a time where the ids run through consecutive chunks, on `threads`
 // threads: slot i's symbols into direct_out + i * chunk_symbols, or, if direct_out is null, a
-// per-thread buffer. before(first slot, count) runs ahead of each decode (to fetch what
-// per_chunk will read), then per_chunk(slot, chunk, symbols) for each.
+// per-thread buffer. before(tables, first slot, count) runs ahead of each decode (to fetch
+// what per_chunk will read), then per_chunk(tables, slot, chunk, symbols) for each.
 template <class Id, class Before, class PerChunk>
 Status for_each_decoded_chunk(const DecodeTables& tables, const uint8_t* blob, uint64_t n, Id id, int threads,
                               uint8_t* direct_out, Before before, PerChunk per_chunk) {
@@ -485,15 +490,20 @@ Status for_each_decoded_chunk(const DecodeTables& tables, const uint8_t* blob, u
       outs[i] = direct_out ? direct_out + (i0 + i) * chunk : buffer.data() + i * chunk;
       consecutive = consecutive && id(i0 + i) == id(i0) + i;
     }
-    before(i0, count);
+    before(tables, i0, count);
     Status st = Status::Ok;
     if (consecutive) st = tables.decode_chunks(blob, id(i0), count, outs);
     for (uint32_t i = 0; i < count && !consecutive && st == Status::Ok; ++i)
       st = tables.decode_chunk(blob, id(i0 + i), outs[i]);
-    for (uint32_t i = 0; i < count && st == Status::Ok; ++i) st = per_chunk(i0 + i, id(i0 + i), outs[i]);
+    for (uint32_t i = 0; i < count && st == Status::Ok; ++i) st = per_chunk(tables, i0 + i, id(i0 + i), outs[i]);
     return st;
   });
 }
+
+// The ids of a whole stream's chunks, for for_each_decoded_chunk.
+const auto every_chunk = [](uint64_t i) { return i; };
+
+const auto nothing_before = [](const DecodeTables&, uint64_t, uint32_t) {};
 
 // The frame of every whole-stream decode: open the stream, decode every chunk (as
 // for_each_decoded_chunk: before(tables, c0, count), then per_chunk(tables, c, symbols)), hash
@@ -508,18 +518,14 @@ Status decode_stream(const uint8_t* blob_in, size_t len, int threads, Check chec
   if (st != Status::Ok) return st;
   const StreamInfo& s = tables.info;
   std::vector<uint64_t> chunk_hash(s.n_chunks);
-  st = for_each_decoded_chunk(
-      tables, blob, s.n_chunks, [](uint64_t i) { return i; }, threads, direct_out,
-      [&](uint64_t c0, uint32_t count) { before(tables, c0, count); },
-      [&](uint64_t, uint64_t c, const uint8_t* symbols) {
-        chunk_hash[c] = hash64(symbols, tables.chunk_length(c));
-        return per_chunk(tables, c, symbols);
-      });
+  st = for_each_decoded_chunk(tables, blob, s.n_chunks, every_chunk, threads, direct_out, before,
+                              [&](const DecodeTables&, uint64_t, uint64_t c, const uint8_t* symbols) {
+                                chunk_hash[c] = hash64(symbols, tables.chunk_length(c));
+                                return per_chunk(tables, c, symbols);
+                              });
   if (st != Status::Ok) return st;
   return combine_chunk_hashes(chunk_hash) == s.symbols_hash ? Status::Ok : Status::ChecksumMismatch;
 }
-
-const auto nothing_before = [](const DecodeTables&, uint64_t, uint32_t) {};
 
 // Lossless split: the checks of a decode into out_len values, expected_len(info) of them.
 template <class T, class ExpectedLen>
@@ -570,9 +576,8 @@ Status decode_split_impl(const uint8_t* blob, size_t len, const uint32_t* values
       });
 }
 
-// Decodes the listed chunks (as for_each_decoded_chunk, after validating the stream, the
-// chunk ids and, through check, the output): before(tables, first slot, count), then
-// per_chunk(tables, slot, chunk, symbols).
+// Decodes the listed chunks (as for_each_decoded_chunk, with its before and per_chunk), after
+// validating the stream, the chunk ids and, through check, the output.
 template <class Check, class Before, class PerChunk>
 Status decode_listed_chunks(const uint8_t* blob_in, size_t len, const uint64_t* chunks, uint64_t n, int threads,
                             Check check, uint8_t* direct_out, Before before, PerChunk per_chunk) {
@@ -583,10 +588,8 @@ Status decode_listed_chunks(const uint8_t* blob_in, size_t len, const uint64_t* 
   if (st != Status::Ok) return st;
   for (uint64_t i = 0; i < n; ++i)
     if (chunks[i] >= tables.info.n_chunks) return Status::BadArgument;
-  return for_each_decoded_chunk(
-      tables, blob, n, [chunks](uint64_t i) { return chunks[i]; }, threads, direct_out,
-      [&](uint64_t i0, uint32_t count) { before(tables, i0, count); },
-      [&](uint64_t slot, uint64_t c, const uint8_t* symbols) { return per_chunk(tables, slot, c, symbols); });
+  return for_each_decoded_chunk(tables, blob, n, [chunks](uint64_t i) { return chunks[i]; }, threads, direct_out,
+                                before, per_chunk);
 }
 
 template <class T>
@@ -702,10 +705,8 @@ Status affine_matvec(const uint8_t* blob_in, size_t len, const AffineMatvec& w, 
     escape_value = sorted_value.data();
   }
   const uint64_t rows_per_chunk = tables.info.chunk_symbols / w.k, groups = (w.k + w.group_size - 1) / w.group_size;
-  const auto no_prefetch = [](uint64_t, uint32_t) {};
-  const auto all = [](uint64_t i) { return i; };
-  return for_each_decoded_chunk(tables, blob, tables.info.n_chunks, all, threads, nullptr, no_prefetch,
-                                [&](uint64_t, uint64_t c, const uint8_t* symbols) {
+  return for_each_decoded_chunk(tables, blob, tables.info.n_chunks, every_chunk, threads, nullptr, nothing_before,
+                                [&](const DecodeTables&, uint64_t, uint64_t c, const uint8_t* symbols) {
     // Per worker: one row's fp32 weights, a broadcast zero point per group.
     thread_local std::vector<float> weights, broadcast_zero;
     const uint32_t m = tables.chunk_length(c);
