@@ -480,6 +480,20 @@ PYBIND11_MODULE(_C, m) {
       "The 256-bin histogram of a contiguous uint8 buffer (not a stream); threads as for encode.");
 
   m.def(
+      "set_host_openmp",
+      [](uintptr_t parallel, uintptr_t thread_num) {
+        HostOpenMP runtime{reinterpret_cast<void (*)(void (*)(void*), void*, unsigned, unsigned)>(parallel),
+                           reinterpret_cast<int (*)()>(thread_num)};
+        if (!set_host_openmp(runtime))
+          throw py::value_error("set_host_openmp takes both addresses (GOMP_parallel, omp_get_thread_num) or neither");
+      },
+      py::arg("parallel"), py::arg("thread_num"),
+      "Run parallel calls on the host OpenMP runtime whose GOMP_parallel and omp_get_thread_num are at these "
+      "addresses (0, 0: pycodec's own threads again). The addresses must stay valid while installed.");
+  m.def("host_openmp_active", &host_openmp_active,
+        "True when this process's parallel calls run on a host OpenMP team (set_host_openmp).");
+
+  m.def(
       "histogram",
       [](py::buffer blob, int threads) {
         const py::buffer_info b = contiguous_bytes(blob, false, "blob");

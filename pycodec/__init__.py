@@ -9,6 +9,8 @@ Quick use::
 The codec needs numpy only; model compression (compress_, CompressedLinear, save/load)
 needs torch, and the transformers hook registers itself when transformers is installed.
 """
+import os as _os
+
 from ._C import FORMAT_VERSION
 from .codec import CODERS, CodecError, decode, encode, encoded_size, entropy_bits, inspect
 from .config import CompressionConfig
@@ -24,12 +26,16 @@ except ImportError:  # numpy-only install: the codec above is the whole API
     _torch = None
 
 if _torch is not None:
+    from ._threads import use_torch_threads
     from .hub import from_pretrained, save_pretrained
     from .nn import CompressedLinear, DecodedCache, cache_decoded, compress_, decompress_
     from .stream import Streamer, stream
 
     __all__ += ["CompressedLinear", "DecodedCache", "cache_decoded", "compress_", "decompress_", "from_pretrained",
-                "save_pretrained", "stream", "Streamer"]
+                "save_pretrained", "stream", "Streamer", "use_torch_threads"]
+    # pycodec's parallel calls run on torch's OpenMP team (pycodec/_threads.py says why).
+    if _os.environ.get("PYCODEC_OWN_THREADS", "0") in ("", "0"):
+        use_torch_threads(True)
     try:  # transformers' from_pretrained learns quant_method "pycodec" when transformers is present
         from . import hf as _hf  # noqa: F401
     except ImportError:

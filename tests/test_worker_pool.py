@@ -1,17 +1,36 @@
-"""The codec's worker threads (codec.cpp's WorkerPool): started once and reused by every
+"""The codec's threads: its own workers (codec.cpp's WorkerPool), started once and reused by every
 multi-threaded encode and decode, shared by concurrent callers (one runs on the pool, the
-others on threads of their own), and rebuilt in a child after fork()."""
+others on threads of their own), and rebuilt in a child after fork(); or torch's OpenMP team
+(pycodec/_threads.py), which every test here runs on as well."""
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
 import pytest
+import torch
 
 import pycodec
-from pycodec import _C
+from pycodec import _C, _threads
+
+TORCH_ON_OPENMP = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+@pytest.fixture(params=["own threads", "torch's team"])
+def backend(request):
+    before = _threads.threads_in_use() is not None
+    runtime = _threads.use_torch_threads(request.param == "torch's team")
+    if request.param == "torch's team" and TORCH_ON_OPENMP:
+        assert runtime is not None and _threads.threads_in_use() == runtime
+    if request.param == "own threads":
+        assert runtime is None and _threads.threads_in_use() is None
+    yield request.param
+    _threads.use_torch_threads(before)
 
 
 def streams(n: int = 6):
@@ -22,7 +41,7 @@ def streams(n: int = 6):
     return xs, [pycodec.encode(x, threads=2) for x in xs]
 
 
-def test_repeated_decodes_on_the_pool_stay_exact():
+def test_repeated_decodes_on_the_pool_stay_exact(backend):
     xs, blobs = streams()
     for _ in range(50):
         for x, blob in zip(xs, blobs):
@@ -31,7 +50,7 @@ def test_repeated_decodes_on_the_pool_stay_exact():
             assert np.array_equal(out, x.reshape(-1))
 
 
-def test_concurrent_callers_each_get_their_own_result():
+def test_concurrent_callers_each_get_their_own_result(backend):
     xs, blobs = streams()
     errors = []
 
@@ -57,7 +76,7 @@ def test_concurrent_callers_each_get_their_own_result():
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
-def test_a_forked_child_decodes_on_a_pool_of_its_own():
+def test_a_forked_child_decodes_on_a_pool_of_its_own(backend):
     xs, blobs = streams(2)
     _C.decode_into(blobs[0], np.empty(xs[0].size, np.uint8), 2)  # the parent's pool exists
     pid = os.fork()
@@ -76,3 +95,39 @@ def test_a_forked_child_decodes_on_a_pool_of_its_own():
     out = np.empty(xs[1].size, np.uint8)
     _C.decode_into(blobs[1], out, 2)  # and the parent's pool still serves the parent
     assert np.array_equal(out, xs[1].reshape(-1))
+
+
+def _threads_after_decodes(own: bool) -> tuple[int, int]:
+    # A fresh process: its thread count once torch's team exists, and after pycodec decodes on two threads.
+    code = textwrap.dedent(f"""
+        import os
+        os.environ["PYCODEC_OWN_THREADS"] = "{int(own)}"
+        import numpy as np, torch, pycodec
+        torch.set_num_threads(2)
+        torch.ones(1 << 22).add_(1)  # a parallel op: torch's OpenMP team starts
+        before = len(os.listdir("/proc/self/task"))
+        x = np.random.default_rng(0).integers(0, 40, size=1 << 20).astype(np.uint8)
+        for _ in range(3):
+            assert pycodec.decode(pycodec.encode(x, threads=2), threads=2).tobytes() == x.tobytes()
+        print(before, len(os.listdir("/proc/self/task")))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, after = map(int, out.stdout.split())
+    return before, after
+
+
+@pytest.mark.skipif(not TORCH_ON_OPENMP or not os.path.isdir("/proc/self/task"),
+                    reason="torch's CPU ops do not run on OpenMP here, or no /proc")
+def test_parallel_calls_run_on_torchs_team_unless_told_otherwise():
+    before, after = _threads_after_decodes(own=False)
+    assert after == before, "pycodec started threads of its own beside torch's team"
+    before, after = _threads_after_decodes(own=True)
+    assert after == before + 1, "PYCODEC_OWN_THREADS=1: pycodec's own worker"
+
+
+def test_an_incomplete_runtime_is_refused(backend):
+    state = _C.host_openmp_active()
+    with pytest.raises(ValueError, match="both addresses"):
+        _C.set_host_openmp(1, 0)
+    assert _C.host_openmp_active() == state

@@ -99,8 +99,40 @@ class WorkerPool {
   uint64_t generation_ = 0;
 };
 
+// The installed host runtime and the process that installed it; immutable once published.
+// Every one published stays in `host_teams` (a call in flight may still hold a replaced one),
+// each (runtime, process) once.
+struct HostTeam {
+  HostOpenMP runtime;
+  pid_t pid;
+};
+std::atomic<const HostTeam*> host_team{nullptr};
+std::mutex host_teams_lock;
+std::vector<std::unique_ptr<HostTeam>> host_teams;
+
+struct HostJob {
+  const std::function<void(int)>* job;
+  int (*thread_num)();
+};
+
+void run_host_job(void* data) {
+  const HostJob& j = *static_cast<const HostJob*>(data);
+  (*j.job)(j.thread_num());
+}
+
+// Runs job(id) on `threads` threads of the host's team (ids 0..threads-1, the caller 0); false
+// without one. A team may come smaller (a call inside a parallel region gets one thread), so
+// jobs take their chunks from a shared counter and never wait for each other.
+bool try_run_on_host_team(int threads, const std::function<void(int)>& job) {
+  const HostTeam* team = host_team.load(std::memory_order_acquire);
+  if (!team || team->pid != getpid()) return false;
+  HostJob data{&job, team->runtime.thread_num};
+  team->runtime.parallel(run_host_job, &data, unsigned(threads), 0);
+  return true;
+}
+
 // Runs fn(worker, chunk) for every chunk on `threads` threads (worker in [0, threads));
-// returns the first failure seen.
+// returns the first failure seen. A worker id may run no chunk at all.
 template <class Fn>
 Status for_each_chunk(uint64_t n_chunks, int threads, Fn fn) {
   std::atomic<uint64_t> next{0};
@@ -118,7 +150,7 @@ Status for_each_chunk(uint64_t n_chunks, int threads, Fn fn) {
   const int t = resolve_threads(threads, n_chunks);
   if (t == 1) {
     worker(0);
-  } else if (!WorkerPool::get()->try_run(t - 1, worker)) {
+  } else if (!try_run_on_host_team(t, worker) && !WorkerPool::get()->try_run(t - 1, worker)) {
     std::vector<std::thread> pool;
     for (int i = 1; i < t; ++i) pool.emplace_back(worker, i);
     worker(0);
@@ -305,6 +337,27 @@ void count_block(const uint8_t* p, uint64_t n, uint64_t counts[256]) {
 }
 
 }  // namespace
+
+bool set_host_openmp(HostOpenMP runtime) {
+  if (!runtime.parallel != !runtime.thread_num) return false;
+  if (!runtime.parallel) {
+    host_team.store(nullptr, std::memory_order_release);
+    return true;
+  }
+  std::lock_guard<std::mutex> lock(host_teams_lock);
+  const pid_t pid = getpid();
+  auto same = std::find_if(host_teams.begin(), host_teams.end(), [&](const std::unique_ptr<HostTeam>& t) {
+    return t->pid == pid && t->runtime.parallel == runtime.parallel && t->runtime.thread_num == runtime.thread_num;
+  });
+  if (same == host_teams.end()) same = host_teams.insert(host_teams.end(), std::make_unique<HostTeam>(HostTeam{runtime, pid}));
+  host_team.store(same->get(), std::memory_order_release);
+  return true;
+}
+
+bool host_openmp_active() {
+  const HostTeam* team = host_team.load(std::memory_order_acquire);
+  return team && team->pid == getpid();
+}
 
 void count_symbols(const uint8_t* p, uint64_t n, uint64_t counts[256], int threads) {
   // Whole blocks per worker: the count is ~10% of an encode, and serial it was a third of a

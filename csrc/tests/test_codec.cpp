@@ -1,10 +1,15 @@
 // C++ unit tests of the torch-free codec core. Built by CMake (target pycodec_core_tests),
 // run by ctest and by tests/test_cpp_core.py, also under AddressSanitizer + UBSan.
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../codec/codec.h"
@@ -645,6 +650,79 @@ static void test_quantizers() {
   }
 }
 
+// A stand-in host OpenMP runtime: GOMP_parallel's contract on std::threads (a team of
+// min(asked, cap) threads, the caller as thread 0), counting its calls.
+static thread_local int t_team_thread = 0;
+static unsigned g_team_cap = 64;
+static std::atomic<int> g_team_calls{0};
+
+static void team_parallel(void (*fn)(void*), void* data, unsigned asked, unsigned) {
+  ++g_team_calls;
+  const unsigned size = std::max(1u, std::min(asked, g_team_cap));
+  std::vector<std::thread> team;
+  for (unsigned i = 1; i < size; ++i) team.emplace_back([=] { t_team_thread = int(i); fn(data); });
+  t_team_thread = 0;
+  fn(data);
+  for (auto& t : team) t.join();
+}
+
+static int team_thread_num() { return t_team_thread; }
+
+// Parallel calls on a host team (set_host_openmp) write what they write on pycodec's own
+// threads, also when the team comes smaller than asked; then on a real libgomp when present.
+static void test_host_openmp_team() {
+  const std::vector<uint8_t> v = gaussian_symbols(600000, 6.0, 31);
+  const uint64_t shape[1] = {v.size()};
+  EncodeOptions opt;
+  opt.threads = 4;
+  opt.chunk_symbols = 4096;
+  std::vector<uint8_t> own_blob;
+  CHECK(encode(v.data(), shape, 1, opt, &own_blob) == Status::Ok);
+  std::vector<uint16_t> bits(300000);
+  std::mt19937 rng(7);
+  for (auto& b : bits) b = uint16_t(0x3C00 + (rng() % 2048) - 1024);
+  split::Plan own_plan;
+  CHECK(plan_split(bits.data(), bits.size(), &own_plan, 3) == Status::Ok);
+
+  const auto same_outputs = [&](const char* what) {
+    std::vector<uint8_t> blob, out(v.size());
+    const bool coded = encode(v.data(), shape, 1, opt, &blob) == Status::Ok && blob == own_blob;
+    const bool decoded = decode(own_blob.data(), own_blob.size(), out.data(), out.size(), 4) == Status::Ok && out == v;
+    split::Plan plan;
+    const bool planned = plan_split(bits.data(), bits.size(), &plan, 3) == Status::Ok && plan.top == own_plan.top &&
+                         plan.n_values == own_plan.n_values &&
+                         plan.estimated_bits == own_plan.estimated_bits &&
+                         std::equal(plan.values, plan.values + plan.n_values, own_plan.values);
+    if (!(coded && decoded && planned)) std::fprintf(stderr, "host team (%s): outputs differ\n", what);
+    CHECK(coded && decoded && planned);
+  };
+
+  CHECK(!host_openmp_active());
+  CHECK(!set_host_openmp({team_parallel, nullptr}));  // one address alone is refused
+  CHECK(!host_openmp_active());
+  CHECK(set_host_openmp({team_parallel, team_thread_num}));
+  CHECK(host_openmp_active());
+  for (unsigned cap : {64u, 2u, 1u}) {
+    g_team_cap = cap;
+    g_team_calls = 0;
+    same_outputs(cap == 1 ? "a team of one" : "a full team");
+    CHECK(g_team_calls.load() >= 3);  // encode, decode and split each ran on the team
+  }
+  CHECK(set_host_openmp({nullptr, nullptr}));
+  CHECK(!host_openmp_active());
+  g_team_calls = 0;
+  same_outputs("own threads again");
+  CHECK(g_team_calls.load() == 0);
+
+  if (void* gomp = dlopen("libgomp.so.1", RTLD_NOW | RTLD_LOCAL)) {
+    HostOpenMP real{reinterpret_cast<decltype(HostOpenMP::parallel)>(dlsym(gomp, "GOMP_parallel")),
+                    reinterpret_cast<int (*)()>(dlsym(gomp, "omp_get_thread_num"))};
+    CHECK(real.parallel && real.thread_num && set_host_openmp(real));
+    same_outputs("libgomp");
+    CHECK(set_host_openmp({nullptr, nullptr}));
+  }
+}
+
 int main() {
   test_package_merge_limits_lengths();
   test_package_merge_optimal_on_dyadic();
@@ -663,6 +741,7 @@ int main() {
   test_affine_dequantization();
   test_affine_matvec();
   test_quantizers();
+  test_host_openmp_team();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures ? 1 : 0;
 }
