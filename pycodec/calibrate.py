@@ -305,10 +305,12 @@ def _code_lengths(w: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     return bits.float()
 
 
-def _rate_sweep(ws: list, sigmas: list, cs: list, order: torch.Tensor, factor: torch.Tensor, rdoq_lambda: float):
+def _rate_sweep(ws: list, sigmas: list, cs: list, order: torch.Tensor, factor: torch.Tensor, rdoq_lambda: float,
+                forced: list):
     """One GPTQ sweep of the stacked weights ws (each [N_l, K], in sweep order) at step factors
-    cs. Returns per weight (q uint8, step fp16 [N_l, 1], exact mask, exact values), in the
-    layer's own column order."""
+    cs; forced (masks like ws) marks weights that are escapes whatever their value. Returns per
+    weight (q uint8, step fp16 [N_l, 1], exact mask, exact values), in the layer's own column
+    order."""
     steps = [(c * s).clamp_min(1e-8).half() for c, s in zip(cs, sigmas)]
     step = torch.cat(steps).float().reshape(-1)
     # A row of zeros has step 0 (its fp16 rounds to 0): its levels are all 0, never NaN.
@@ -318,11 +320,12 @@ def _rate_sweep(ws: list, sigmas: list, cs: list, order: torch.Tensor, factor: t
     tables = torch.cat([_code_lengths(x, s) for x, s in zip(ws, steps)])
     width = 2 * RATE_MAX_Q + 4
     base = torch.cat([torch.full((x.shape[0],), float(i * width + RATE_MAX_Q + 2)) for i, x in enumerate(ws)])
+    forced_cols = torch.cat(forced).t().contiguous()  # [K, N]
 
     def quantize_column(i, col):
         u = col * inv_step
         nearest = u.round()
-        escaped = nearest.abs() > RATE_MAX_Q
+        escaped = (nearest.abs() > RATE_MAX_Q).logical_or_(forced_cols[i])
         if weight[i] > 0:
             low = u.floor().clamp_(-RATE_MAX_Q - 1, RATE_MAX_Q)
             index = (low + base).long()
@@ -350,7 +353,8 @@ def _rate_sweep(ws: list, sigmas: list, cs: list, order: torch.Tensor, factor: t
 class _RateSearch:
     """Step-factor search of one layer: rate mode's estimate, corrected by real sweeps."""
 
-    w: torch.Tensor          # original weight, in sweep order
+    w: torch.Tensor          # original weight, in sweep order, non-finite weights as 0
+    nonfinite: torch.Tensor  # where the original is NaN or infinite (escapes), in sweep order
     sigma: torch.Tensor
     budget: float
     fixed_bits: int          # the stream's cost at zero entropy
@@ -427,14 +431,19 @@ def quantize_rate_calibrated(ws: list, hessian: torch.Tensor, target_bits, damp:
     stream)."""
     order, factor = _inverse_factor(hessian, damp)
     targets = list(target_bits) if isinstance(target_bits, (list, tuple)) else [target_bits] * len(ws)
-    searches = []
+    searches, originals = [], []
     for w, target in zip(ws, targets):
         w = w.detach().float().cpu()
         sigma = _row_sigma(w)  # of the original row: the grid is fixed before the sweep
         chunk = _row_chunk_symbols(w.shape[1], coder, chunk_symbols)
         fixed = _constant_stream_bits(tuple(w.shape), coder, chunk)
         overhead = coder_overhead(coder)
-        searches.append(_RateSearch(w[:, order], sigma, target * w.numel(), fixed, w.shape[0] * 16 + 16,
+        # NaN and infinite weights are escapes, as in rate mode; the sweep sees them as 0 and
+        # feeds back no error from them (an escape's value is its own), so they spread nothing.
+        nonfinite = ~torch.isfinite(w)
+        originals.append(w)
+        searches.append(_RateSearch(torch.where(nonfinite, 0.0, w)[:, order], nonfinite[:, order], sigma,
+                                    target * w.numel(), fixed, w.shape[0] * 16 + 16,
                                     _RateEstimate(w, sigma, overhead), chunk, coder, target))
     cs = [s.first_c() for s in searches]
     while True:
@@ -442,24 +451,32 @@ def quantize_rate_calibrated(ws: list, hessian: torch.Tensor, target_bits, damp:
         if not active:
             break
         results = _rate_sweep([searches[i].w for i in active], [searches[i].sigma for i in active],
-                              [cs[i] for i in active], order, factor, rdoq_lambda)
+                              [cs[i] for i in active], order, factor, rdoq_lambda,
+                              [searches[i].nonfinite for i in active])
         for i, result in zip(active, results):
             cs[i] = searches[i].record(cs[i], result)
     out = []
     zero = torch.full((1, 1), float(RATE_ZERO), dtype=torch.float16)
-    for s in searches:
+    for s, w in zip(searches, originals):
         q, step, exact, values, stream = s.best[2]
         idx = exact.reshape(-1).nonzero().reshape(-1)
-        out.append((q, step, zero.clone(), idx, values.reshape(-1)[idx].clone(), stream))
+        kept = torch.where(torch.isfinite(w), values, w)  # a non-finite weight's escape keeps it
+        out.append((q, step, zero.clone(), idx, kept.reshape(-1)[idx].clone(), stream))
     return out
 
 
 def quantize_int_calibrated(ws: list, hessian: torch.Tensor, bits: int, group_size: int, symmetric: bool,
                             damp: float) -> list:
     """GPTQ int: scale and zero per group from the original weights (pycodec.quant.quantize_int),
-    plain rounding with error feedback. Returns per weight (q uint8 [N, K], scale, zero)."""
+    plain rounding with error feedback. NaN and infinite weights are escapes, as in int mode:
+    quantized as the zero point, feeding back no error, their groups' grids set by the others.
+    Returns per weight (q uint8 [N, K], scale, zero, escape_index, escape_value)."""
     order, factor = _inverse_factor(hessian, damp)
     inverse = torch.argsort(order)
+    ws = [w.detach().float().cpu() for w in ws]
+    nonfinite = [~torch.isfinite(w) for w in ws]
+    originals, ws = ws, [torch.where(bad, 0.0, w) for w, bad in zip(ws, nonfinite)]
+    forced_cols = torch.cat(nonfinite)[:, order].t().contiguous()  # [K, N]
     grids = [quantize_int(w, bits, group_size, symmetric)[1:] for w in ws]
     scale = torch.cat([s for s, _ in grids]).float()
     zero = torch.cat([z for _, z in grids]).float()
@@ -473,15 +490,17 @@ def quantize_int_calibrated(ws: list, hessian: torch.Tensor, bits: int, group_si
     def quantize_column(i, col):
         s, z = scale_cols[group_of[i]], zero_cols[group_of[i]]
         q = (col / divisor_cols[group_of[i]]).round_().add_(z).clamp_(0, qmax)
-        return (q - z) * s, q.to(torch.int16), None
+        escaped = forced_cols[i]
+        q = torch.where(escaped, z, q)
+        return torch.where(escaped, col, (q - z) * s), q.to(torch.int16), escaped
 
-    w = torch.cat([x.detach().float().cpu() for x in ws])[:, order]
-    symbols, _, _ = gptq_sweep(w, factor, quantize_column)
+    symbols, _, _ = gptq_sweep(torch.cat(ws)[:, order], factor, quantize_column)
     symbols = symbols[:, inverse].to(torch.uint8)
     out, row = [], 0
-    for x, (s, z) in zip(ws, grids):
-        out.append((symbols[row:row + x.shape[0]].contiguous(), s, z))
-        row += x.shape[0]
+    for w, bad, (s, z) in zip(originals, nonfinite, grids):
+        idx = bad.reshape(-1).nonzero().reshape(-1)
+        out.append((symbols[row:row + w.shape[0]].contiguous(), s, z, idx, w.reshape(-1)[idx].clone()))
+        row += w.shape[0]
     return out
 
 
@@ -492,11 +511,12 @@ def compress_weights_calibrated(ws: list, hessian: torch.Tensor, config, bits: l
     wf = [w.detach().float().cpu() for w in ws]
     out = []
     if config.mode == "int":
-        for w, wo, (q, scale, zero) in zip(ws, wf, quantize_int_calibrated(
+        for w, wo, (q, scale, zero, idx, val) in zip(ws, wf, quantize_int_calibrated(
                 wf, hessian, int(config.bits), config.group_size, config.symmetric, config.damp)):
-            packed = pack_affine(q, scale, zero, config.group_size, w.dtype, coder=config.coder,
+            packed = pack_affine(q, scale, zero, config.group_size, w.dtype, idx, val, coder=config.coder,
                                  chunk_symbols=config.chunk_symbols)
-            out.append((packed, _stats(w, wo, packed, q, (scale.numel() + zero.numel()) * 16)))
+            out.append((packed, _stats(w, wo, packed, q, (scale.numel() + zero.numel()) * 16 +
+                                       idx.numel() * ESCAPE_BITS)))
     elif config.mode == "rate":
         for w, wo, (q, scale, zero, idx, val, stream) in zip(ws, wf, quantize_rate_calibrated(
                 wf, hessian, bits or config.bits, config.damp, config.rdoq_lambda, config.coder,

@@ -133,6 +133,32 @@ def test_calibrated_degenerate_rows_stay_finite(mode, bits):
         assert torch.allclose(back[2, ::16], w[2, ::16], rtol=1e-3)  # escapes
 
 
+@pytest.mark.parametrize("mode,bits", [("rate", 3.0), ("int", 4)])
+def test_calibrated_nonfinite_weights_are_escapes_that_spread_nothing(mode, bits):
+    """NaN and infinite weights are kept exactly, as without calibration; the sweep's error
+    feedback along their rows must not carry them into other weights (it used to fill int rows
+    with NaN, and rate mode failed in a bincount)."""
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(8)) * 0.02
+    bad = torch.zeros_like(w, dtype=torch.bool)
+    for (r, c), v in {(5, 10): math.nan, (7, 200): math.inf, (9, 0): -math.inf, (9, 255): math.nan}.items():
+        w[r, c], bad[r, c] = v, True
+    x = anisotropic_inputs(256, seed=8)
+    config = CompressionConfig(mode=mode, bits=bits, calibration="default")
+    (packed, stats), = calibrate.compress_weights_calibrated([w], x.t() @ x / x.shape[0], config)
+    back = unpack(packed)
+    assert set(bad.reshape(-1).nonzero().reshape(-1).tolist()) <= set(packed["escape_index"].tolist())
+    assert torch.equal(back[bad].isnan(), w[bad].isnan())
+    assert torch.equal(back[bad & ~w.isnan()], w[bad & ~w.isnan()])
+    assert torch.isfinite(back[~bad]).all()
+    # Rows without them are calibrated as ever: a lower output error than plain rounding.
+    clean = ~bad.any(dim=1)
+    plain = unpack(compress_weight(w, dataclasses.replace(config, calibration=None))[0])
+    assert output_error(x, w[clean], back[clean]) < 0.8 * output_error(x, w[clean], plain[clean])
+    assert math.isfinite(stats.sqnr_db)
+    if mode == "rate":
+        assert stats.bits <= bits * w.numel()
+
+
 def test_layers_sharing_an_input_are_swept_together_each_on_its_own_budget():
     x = anisotropic_inputs(128, seed=4)
     ws = [torch.randn(n, 128, generator=torch.Generator().manual_seed(n)) * s for n, s in ((64, 0.02), (32, 0.2))]
