@@ -375,8 +375,10 @@ inline uint32_t chunk_bits(const uint32_t* w, uint64_t n_words, uint64_t bit, in
 
 // The CPU encoder and decoder are built again for x86-64-v3, chosen per CPU at load: BMI2
 // shifts by any register instead of only by cl, which frees registers in their bit loops
-// (2026-11-30, the 2-core AMD EPYC: decode 9%, encode 6%).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+// (2026-11-30, the 2-core AMD EPYC: decode 9%, encode 6%). Not when the whole build already
+// targets BMI2 (-march=native, x86-64-v3 or v4): a v3 clone of a v4 build cannot inline the
+// v4 helpers below, and the lane loops then ran as calls (decode 2.07 -> 1.17 G symbols/s).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__) && !defined(__BMI2__)
 #define PYCODEC_X86_V3_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define PYCODEC_X86_V3_CLONES
