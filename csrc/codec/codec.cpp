@@ -512,13 +512,15 @@ Status open_stream(const uint8_t* blob, size_t len, Check check, DecodeTables* t
   return tables->build(blob, s);
 }
 
-// Threads for a decode of `symbols` in `chunks` chunks: a worker woken for less than ~64K
+// Threads for a decode of `symbols` in `chunks` chunks. An own worker woken for less than ~64K
 // symbols costs more than it decodes (waking one takes ~25 us on the 2-core EPYC: 37K symbols
-// took 49 us on two threads, 26 on one).
+// took 49 us on two threads, 26 on one). A host team's threads spin between the host's ops and
+// pycodec's calls and join within microseconds: 16K symbols a thread there (a 192 x 576 layer,
+// 110K symbols, splits in two: 74 -> 51 us a call in a SmolLM2 forward).
 int decode_threads(int threads, uint64_t chunks, uint64_t symbols) {
-  constexpr uint64_t kSymbolsPerThread = uint64_t(1) << 16;
+  const uint64_t per_thread = uint64_t(1) << (host_openmp_active() ? 14 : 16);
   if (threads == 1) return 1;
-  return std::min(resolve_threads(threads, chunks), int(std::max<uint64_t>(1, symbols / kSymbolsPerThread)));
+  return std::min(resolve_threads(threads, chunks), int(std::max<uint64_t>(1, symbols / per_thread)));
 }
 
 // Decodes chunks id(0) .. id(n - 1) of a stream (ids validated by the caller), up to a group
