@@ -389,8 +389,10 @@ inline uint32_t chunk_bits(const uint32_t* w, uint64_t n_words, uint64_t bit, in
 // instruction set.
 #if defined(__GNUC__) || defined(__clang__)
 #define PYCODEC_CPU_INLINE inline __attribute__((always_inline))
+#define PYCODEC_CPU_INLINE_LAMBDA __attribute__((always_inline))  // after a lambda's parameter list
 #else
 #define PYCODEC_CPU_INLINE inline
+#define PYCODEC_CPU_INLINE_LAMBDA
 #endif
 
 // MSB-first bits into 32-bit words at p, with no branch per code: a branch on "is a word
@@ -603,22 +605,29 @@ PYCODEC_CPU_INLINE void decode_lanes_lockstep(const MultiTable& t, const uint8_t
   }
   const uint32_t* table = t.entry;
   // Four steps of every lane from the table alone; record(k, j, pos, out) sees each step's start.
-  const auto round = [&](auto record) {
+  // An entry's top byte is 16 x its bits + its count, so one sum per lane, acc, tracks both:
+  // the round's bits taken (acc >> 4) and symbols written (acc & 15, at most 4 x 3 < 16). One
+  // add a step instead of two fields' extraction and two adds (2-3% of a decode).
+  static_assert(kStepsPerPeek * kMaxPerEntry < 16, "a round's symbol count must fit acc's low 4 bits");
+  const auto round = [&](auto record) PYCODEC_CPU_INLINE_LAMBDA {
     uint64_t bits[N];
-    uint32_t taken[N];
+    uint32_t acc[N];
     for (int j = 0; j < N; ++j) {
       bits[j] = peek64(be, lane[j].pos);
-      taken[j] = 0;
+      acc[j] = 0;
     }
     for (int k = 0; k < kStepsPerPeek; ++k)
       for (int j = 0; j < N; ++j) {
-        record(k, j, lane[j].pos + taken[j], lane[j].out);
-        const uint32_t e = table[(bits[j] << taken[j]) >> (64 - kPeekBits)];
-        std::memcpy(lane[j].out, &e, 4);
-        lane[j].out += entry_count(e);
-        taken[j] += entry_bits(e);
+        uint8_t* const out = lane[j].out + (acc[j] & 15);
+        record(k, j, lane[j].pos + (acc[j] >> 4), out);
+        const uint32_t e = table[(bits[j] << (acc[j] >> 4)) >> (64 - kPeekBits)];
+        std::memcpy(out, &e, 4);
+        acc[j] += e >> 24;  // entry_bits(e) * 16 + entry_count(e)
       }
-    for (int j = 0; j < N; ++j) lane[j].pos += taken[j];
+    for (int j = 0; j < N; ++j) {
+      lane[j].pos += acc[j] >> 4;
+      lane[j].out += acc[j] & 15;
+    }
   };
   // The shortest remainder (every lane is inside its window here).
   const auto least_left = [&] { return w.least_left(lane); };
