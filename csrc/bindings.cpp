@@ -640,7 +640,17 @@ PYBIND11_MODULE(_C, m) {
             throw CodecException(std::string("affine_matvec: ") + what + " must be a contiguous float32 array");
           return info;
         };
-        const py::buffer_info si = floats(scale, false, "scale"), zi = floats(zero, false, "zero");
+        // scale and zero: both float32, or both float16 (the dtype packed weights store).
+        const auto scales = [](const py::buffer& buf, const char* what) {
+          py::buffer_info info = buf.request(false);
+          const bool f32 = info.itemsize == 4 && info.format == py::format_descriptor<float>::format();
+          const bool f16 = info.itemsize == 2 && info.format == "e";
+          if (!(f32 || f16) || !is_contiguous(info))
+            throw CodecException(std::string("affine_matvec: ") + what + " must be a contiguous float32 or float16 array");
+          return info;
+        };
+        const py::buffer_info si = scales(scale, "scale"), zi = scales(zero, "zero");
+        if (si.itemsize != zi.itemsize) throw CodecException("affine_matvec: scale and zero must have one dtype");
         const py::buffer_info vi = floats(escape_value, false, "escape_value");
         const py::buffer_info xi = floats(x, false, "x"), yi = floats(y, true, "y");
         const py::buffer_info ei = escape_index.request();
@@ -652,7 +662,7 @@ PYBIND11_MODULE(_C, m) {
         if (xi.size == 0 || uint64_t(xi.size) % k || uint64_t(xi.size) / k > UINT32_MAX ||
             uint64_t(yi.size) != uint64_t(xi.size) / k * n)
           throw CodecException("affine_matvec: x must be float32 [batch >= 1, k] and y float32 [batch, n]");
-        const AffineMatvec w{n, k, group_size, static_cast<const float*>(si.ptr), static_cast<const float*>(zi.ptr),
+        const AffineMatvec w{n, k, group_size, si.ptr, zi.ptr, si.itemsize == 2,
                              zi.size == 1 && n * groups != 1, static_cast<const uint64_t*>(ei.ptr),
                              static_cast<const float*>(vi.ptr), uint64_t(vi.size)};
         Status st;
@@ -671,7 +681,8 @@ PYBIND11_MODULE(_C, m) {
       py::arg("escape_index"), py::arg("escape_value"), py::arg("x"), py::arg("y"), py::arg("threads") = 0,
       "y = x w^T for an affine weight (w = (q - zero) * scale per group, escapes exact) without decoding it whole: "
       "each chunk of whole rows decoded and multiplied in a per-thread buffer. x: float32 [batch, k]; y: float32 "
-      "[batch, n]; scale float32 [n, groups], zero the same or one value; escape_index int64.");
+      "[batch, n]; scale float32 or float16 [n, groups], zero the same dtype, [n, groups] or one value; escape_index "
+      "int64.");
 
   m.def(
       "rate_quantize",

@@ -74,6 +74,13 @@ def compressed_linear(x: torch.Tensor, packed: list[torch.Tensor], kernel: list[
     return _cpu_linear(x, packed, bias, info, out_features)
 
 
+def _matvec_output(y: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """quant.affine_matvec's fp32 [rows, n] as the layer's output: bias added, x's dtype and shape."""
+    if bias is not None:
+        y += bias
+    return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
+
+
 def _cpu_linear(x: torch.Tensor, packed: list[torch.Tensor], bias: torch.Tensor | None, info: list[int],
                 out_features: int) -> torch.Tensor:
     """compressed_linear on the CPU."""
@@ -87,9 +94,7 @@ def _cpu_linear(x: torch.Tensor, packed: list[torch.Tensor], bias: torch.Tensor 
             # chunk and multiplied where it is decoded, on pycodec's threads, no weight in memory.
             y = affine_matvec(named, x)
             if y is not None:
-                if bias is not None:
-                    y += bias
-                return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
+                return _matvec_output(y, x, bias, out_features)
         bias = None if bias is None else bias.to(x.dtype)
         # In row blocks dequantized straight into x's dtype: a large weight (an output head)
         # never exists whole, only one block at a time.
@@ -356,6 +361,27 @@ class _PackedModule(_DecodedWeight, nn.Module):
     _names: tuple
     _info: "gpu.WeightInfo | None"
 
+    # quant.matvec_args of the packed tensors, kept between CPU forwards as (the tensors, args):
+    # views of the tensors, so a forward spends no ~10 us of a small layer's ~60 us on them.
+    # Made again when a packed tensor is not the one they view (a buffer assigned anew),
+    # dropped on a load, a move or to_empty, never copied or pickled (a copy's views would hold
+    # the original's memory).
+    _matvec: tuple | None = None
+
+    def _matvec_args(self) -> tuple | None:
+        tensors = tuple(self._buffers[n] for n in self._names)
+        kept = self._matvec
+        if kept is None or any(a is not b for a, b in zip(kept[0], tensors)):
+            from .quant import matvec_args
+
+            kept = self._matvec = (tensors, matvec_args(dict(zip(self._names, tensors))))
+        return kept[1]
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_matvec", None)
+        return state
+
     def _init_gpu_state(self) -> None:
         self._info = None
         self._ready_device = None
@@ -375,6 +401,7 @@ class _PackedModule(_DecodedWeight, nn.Module):
         """
         host = self._packed_cpu()
         self._info = gpu.weight_info(host, getattr(self, "exact_outputs", False))
+        self._matvec = None
         device = self.meta.device
         if device.type == "cuda":
             for name, t in host.items():
@@ -403,7 +430,7 @@ class _PackedModule(_DecodedWeight, nn.Module):
             super().to_empty(device=device, recurse=recurse)
         finally:
             self._skip_refresh = False
-        self._info, self._ready_device = None, None
+        self._info, self._ready_device, self._matvec = None, None, None
         return self
 
     def _apply(self, fn, recurse=True):
@@ -494,12 +521,18 @@ class CompressedLinear(_PackedModule):
         if x.is_cuda and self._ready_device != x.device:
             self._refresh_gpu_state()  # emptied by to_empty and filled some other way: a host read, once
         info = self._info.ints if self._info is not None else gpu.weight_info(self._packed_cpu()).ints
-        packed = list(self.packed().values())
         if not x.is_cuda and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             # Inference on the CPU (generate() runs under no_grad): the op's body without its
             # dispatch, ~20 us of a small layer's ~100 us; nothing to trace or differentiate.
-            return _cpu_linear(x, packed, self.bias, info, self.out_features)
-        return compressed_linear(x, packed, self.kernel(), self.bias, info, self.out_features)
+            # Generating tokens, an affine weight's matvec takes its kept arguments straight.
+            if info[0] == KIND_AFFINE and self.out_features > 0 and \
+                    0 < x.numel() <= CPU_MATVEC_MAX_ROWS * self.in_features and \
+                    (args := self._matvec_args()) is not None:
+                from .quant import affine_matvec
+
+                return _matvec_output(affine_matvec(None, x, args), x, self.bias, self.out_features)
+            return _cpu_linear(x, list(self.packed().values()), self.bias, info, self.out_features)
+        return compressed_linear(x, list(self.packed().values()), self.kernel(), self.bias, info, self.out_features)
 
     def compressed_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for n, t in self.packed().items() if n != "meta")

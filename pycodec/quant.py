@@ -630,13 +630,12 @@ def unpack_rows(packed: dict, rows: torch.Tensor) -> torch.Tensor:
     return w
 
 
-def affine_matvec(packed: dict, x: torch.Tensor) -> torch.Tensor | None:
-    """x @ W^T in fp32 ([batch, n]) for an affine packed weight W and CPU activations x [batch, k],
-    without W in memory: each stream chunk (whole rows) is decoded, dequantized to fp32 and
-    multiplied by x in a per-thread buffer (``_C.affine_matvec``, codec.h), so the cost is the
-    symbol decode. None when the stream is not in chunks of whole rows (a caller's own
-    chunk_symbols): the caller then takes the row-block path. The C++ core checks the stream's
-    shape and the escape indices; this runs once per CPU forward, so it does no more."""
+def matvec_args(packed: dict) -> tuple | None:
+    """What ``_C.affine_matvec`` takes of an affine packed weight: (blob, n, k, group_size, scale,
+    zero, escape_index, escape_value), numpy views of the packed tensors as stored (fp16 scale
+    and zero, int64 indices, fp32 values; a copy only of one stored otherwise), so a caller may
+    keep them as long as the tensors. None when the stream is not in chunks of whole rows (a
+    caller's own chunk_symbols)."""
     meta = packed["meta"].tolist()
     if meta[0] != LAYOUT_VERSION or meta[1] != KIND_AFFINE:
         raise CodecError("affine_matvec takes an affine packed weight")
@@ -644,15 +643,32 @@ def affine_matvec(packed: dict, x: torch.Tensor) -> torch.Tensor | None:
     blob = packed["symbols"].contiguous().numpy()
     if _C.info(blob)["chunk_symbols"] % k:
         return None
+
+    def as_stored(t: torch.Tensor, dtype: torch.dtype):
+        return t.to(dtype).contiguous().numpy()
+
+    scale, zero = packed["scale"], packed["zero"]
+    half = scale.dtype == zero.dtype == torch.float16
+    grid = torch.float16 if half else torch.float32
+    return (blob, n, k, group_size, as_stored(scale, grid), as_stored(zero, grid),
+            as_stored(packed["escape_index"], torch.int64), as_stored(packed["escape_value"], torch.float32))
+
+
+def affine_matvec(packed: dict | None, x: torch.Tensor, args: tuple | None = None) -> torch.Tensor | None:
+    """x @ W^T in fp32 ([batch, n]) for an affine packed weight W and CPU activations x [batch, k],
+    without W in memory: each stream chunk (whole rows) is decoded, dequantized to fp32 and
+    multiplied by x in a per-thread buffer (``_C.affine_matvec``, codec.h), so the cost is the
+    symbol decode. ``args``: matvec_args(packed), if the caller keeps them. None when the stream
+    is not in chunks of whole rows: the caller then takes the row-block path. The C++ core
+    checks the stream's shape and the escape indices; this runs once per CPU forward, so it does
+    no more."""
+    args = matvec_args(packed) if args is None else args
+    if args is None:
+        return None
+    n, k = args[1], args[2]
     x32 = x.detach().reshape(-1, k).to(torch.float32).contiguous()
     y = torch.empty(x32.shape[0], n, dtype=torch.float32)
-
-    def floats(t: torch.Tensor):
-        return t.to(torch.float32).contiguous().numpy()
-
-    _C.affine_matvec(blob, n, k, group_size, floats(packed["scale"]), floats(packed["zero"]),
-                     packed["escape_index"].to(torch.int64).contiguous().numpy(), floats(packed["escape_value"]),
-                     x32.numpy(), y.numpy())
+    _C.affine_matvec(*args, x32.numpy(), y.numpy())
     return y
 
 

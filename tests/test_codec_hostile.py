@@ -639,11 +639,17 @@ def test_affine_matvec_refuses_bad_arguments_and_corrupt_streams():
     w = ((q.astype(np.float32) - 128.0) * np.float32(0.01)).reshape(-1)
     w[idx] = val
     np.testing.assert_allclose(y, x @ w.reshape(n, k).T, rtol=1e-5, atol=1e-6)
+    call(scale=scale.astype(np.float16), zero=zero.astype(np.float16))  # as packed weights store them
+    w16 = ((q.astype(np.float32) - 128.0) * np.float32(np.float16(0.01))).reshape(-1)
+    w16[idx] = val
+    np.testing.assert_allclose(y, x @ w16.reshape(n, k).T, rtol=1e-5, atol=1e-6)
     bad = {
         "not n x k": dict(n=n + 1, scale=np.full((n + 1, 1), 0.01, np.float32), zero=np.zeros((n + 1, 1), np.float32),
                           y=np.empty((2, n + 1), np.float32)),
         "scale size": dict(scale=scale[:-1]),
         "scale dtype": dict(scale=scale.astype(np.float64)),
+        "mixed dtypes": dict(scale=scale.astype(np.float16)),
+        "zero dtype": dict(zero=zero.astype(np.int16)),
         "x size": dict(x=x[:, :-1]),
         "y size": dict(y=y[:, :-1]),
         "y dtype": dict(y=np.empty((2, n), np.float16)),

@@ -353,6 +353,36 @@ def test_cpu_forward_of_few_rows_multiplies_where_it_decodes(mode, dtype, monkey
     assert torch.equal(m(x), F.linear(x, unpack(m.packed(), dtype), lin.bias.to(dtype)))
 
 
+def test_cpu_matvec_arguments_follow_the_packed_tensors():
+    # A CPU forward keeps the matvec's arguments (views of the packed tensors): a load, a buffer
+    # assigned anew, a change in place, a copy and a move must each be served from the tensors
+    # the module holds then.
+    torch.manual_seed(7)
+    a = CompressedLinear.from_linear(torch.nn.Linear(96, 40), CompressionConfig(mode="rate", bits=3.5))
+    x = torch.randn(2, 96)
+
+    def check(m):
+        torch.testing.assert_close(m(x.to(m.bias.dtype)).float(), F.linear(x, unpack(m.packed()), m.bias.float()),
+                                   rtol=1e-5, atol=1e-5)
+
+    with torch.no_grad():
+        check(a)
+        b = copy.deepcopy(a)
+        assert b._matvec is None and a._matvec is not None  # a copy's own tensors, no views of a's
+        check(b)
+        b.scale = b.scale * 3  # a new tensor in the buffer's place
+        check(b)
+        a.load_state_dict(b.state_dict())
+        check(a)
+        torch.testing.assert_close(a(x), b(x))
+        a.scale.mul_(0.5)  # in place: the kept views see it
+        check(a)
+        check(b)
+        a.to(torch.float64)  # a move (packed dtypes kept): made again
+        assert a._matvec is None
+        check(a)
+
+
 def test_cpu_matvec_falls_back_for_chunks_that_split_rows():
     from pycodec import quant
 

@@ -19,6 +19,7 @@
 #include "rans.h"
 #include "split.h"
 #include "windowed.h"
+#include "windowed_gemv.h"
 
 namespace pycodec {
 namespace {
@@ -760,19 +761,26 @@ Status affine_matvec(const uint8_t* blob_in, size_t len, const AffineMatvec& w, 
     escape_value = sorted_value.data();
   }
   const uint64_t rows_per_chunk = tables.info.chunk_symbols / w.k, groups = (w.k + w.group_size - 1) / w.group_size;
+  // Element i of scale or zero in fp32: fp16 bits widen exactly.
+  const auto widened = [&](const void* p, uint64_t i) {
+    return w.half ? windowed::half_to_float(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
+  };
   return for_each_decoded_chunk(tables, blob, tables.info.n_chunks, every_chunk, threads, nullptr, nothing_before,
                                 [&](const DecodeTables&, uint64_t, uint64_t c, const uint8_t* symbols) {
-    // Per worker: one row's fp32 weights, a broadcast zero point per group.
-    thread_local std::vector<float> weights, broadcast_zero;
+    // Per worker: one row's fp32 weights, and its scales and zero points per group.
+    thread_local std::vector<float> weights, row_scale, row_zero;
     const uint32_t m = tables.chunk_length(c);
     if (weights.size() < w.k) weights.resize(w.k);
-    if (w.zero_broadcast) broadcast_zero.assign(groups, w.zero[0]);
+    if (row_scale.size() < groups) row_scale.resize(groups), row_zero.resize(groups);
     const uint64_t first_row = c * rows_per_chunk;
     const uint64_t* escape = std::lower_bound(escape_index, escape_index + w.n_escapes, first_row * w.k);
     const uint64_t* const escapes_end = escape_index + w.n_escapes;
     for (uint64_t r = first_row; r < first_row + m / w.k; ++r) {
-      const float* zero = w.zero_broadcast ? broadcast_zero.data() : w.zero + r * groups;
-      dequant::affine_fp32(symbols + (r - first_row) * w.k, 1, w.k, w.scale + r * groups, zero, w.group_size,
+      for (uint64_t g = 0; g < groups; ++g) {
+        row_scale[g] = widened(w.scale, r * groups + g);
+        row_zero[g] = widened(w.zero, w.zero_broadcast ? 0 : r * groups + g);
+      }
+      dequant::affine_fp32(symbols + (r - first_row) * w.k, 1, w.k, row_scale.data(), row_zero.data(), w.group_size,
                            weights.data());
       for (; escape != escapes_end && *escape < (r + 1) * w.k; ++escape)
         weights[*escape - r * w.k] = escape_value[escape - escape_index];

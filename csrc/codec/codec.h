@@ -130,8 +130,9 @@ Status build_decode_table(const uint8_t* blob, size_t len, uint32_t table[kDecod
 // chunk but leaves the checksum to a whole-stream decode (at load).
 struct AffineMatvec {
   uint64_t n, k, group_size;
-  const float* scale;            // [n, groups] (groups = ceil(k / group_size))
-  const float* zero;             // [n, groups], or one value for every group when zero_broadcast
+  const void* scale;             // [n, groups] (groups = ceil(k / group_size))
+  const void* zero;              // [n, groups], or one value for every group when zero_broadcast
+  bool half;                     // scale and zero are fp16 bits (as packed weights store them), else fp32
   bool zero_broadcast;
   const uint64_t* escape_index;  // flat indices r * k + j of weights stored exactly (any order)
   const float* escape_value;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <thread>
@@ -532,9 +533,19 @@ static void test_affine_dequantization() {
     }
 }
 
+// fp16 bits of a float that fp16 holds exactly (a normal one).
+static uint16_t exact_half(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const int exp = int((u >> 23) & 0xFFu) - 127 + 15;
+  CHECK(f != 0 && exp > 0 && exp < 31 && (u & 0x1FFFu) == 0);
+  return uint16_t(((u >> 16) & 0x8000u) | (uint32_t(exp) << 10) | ((u >> 13) & 0x3FFu));
+}
+
 // affine_matvec against a float64 product of the dequantized weight (escapes written over it, in
 // any order, a later duplicate winning): batches 1..5, groups that do not divide k, a last chunk
-// of fewer rows, one and two threads. Then what it refuses, and corrupt streams under ASan.
+// of fewer rows, one and two threads, scale and zero in fp32 and as fp16 bits. Then what it
+// refuses, and corrupt streams under ASan.
 static void test_affine_matvec() {
   std::mt19937 rng(31);
   for (int trial = 0; trial < 12; ++trial) {
@@ -544,7 +555,7 @@ static void test_affine_matvec() {
     std::vector<uint8_t> q(n * k);
     for (auto& v : q) v = uint8_t(120 + rng() % 17);
     std::vector<float> scale(n * groups), zero(n * groups), x(batch * k);
-    for (auto& v : scale) v = 0.001f * float(1 + rng() % 100);
+    for (auto& v : scale) v = float(1 + rng() % 100) / 1024.0f;  // fp16 holds these and the zeros exactly
     for (auto& v : zero) v = float(120 + rng() % 17) + 0.25f;
     const bool broadcast = trial % 3 == 0;  // one zero point for every group (the weight reads zero[0])
     if (broadcast) std::fill(zero.begin(), zero.end(), zero[0]);
@@ -571,11 +582,19 @@ static void test_affine_matvec() {
     const uint64_t shape[2] = {n, k};
     CHECK(encode(q.data(), shape, 2, opt, &blob) == Status::Ok);
     const std::vector<float> one_zero(1, zero[0]);  // broadcast: one value, ASan sees a read past it
-    const AffineMatvec weight{n, k, group_size, scale.data(), broadcast ? one_zero.data() : zero.data(), broadcast,
-                              escape_index.data(), escape_value.data(), escape_index.size()};
-    for (int threads : {1, 2}) {
+    const AffineMatvec weight{n, k, group_size, scale.data(), broadcast ? one_zero.data() : zero.data(), false,
+                              broadcast, escape_index.data(), escape_value.data(), escape_index.size()};
+    std::vector<uint16_t> scale_half(scale.size()), zero_half(zero.size()), one_zero_half(1, exact_half(zero[0]));
+    for (size_t i = 0; i < scale.size(); ++i) scale_half[i] = exact_half(scale[i]), zero_half[i] = exact_half(zero[i]);
+    AffineMatvec half_weight = weight;
+    half_weight.half = true;
+    half_weight.scale = scale_half.data();
+    half_weight.zero = broadcast ? one_zero_half.data() : zero_half.data();
+    for (int run = 0; run < 4; ++run) {
+      const int threads = 1 + run % 2;
       std::vector<float> y(batch * n, -1.0f);
-      CHECK(affine_matvec(blob.data(), blob.size(), weight, x.data(), batch, y.data(), threads) == Status::Ok);
+      CHECK(affine_matvec(blob.data(), blob.size(), run < 2 ? weight : half_weight, x.data(), batch, y.data(),
+                          threads) == Status::Ok);
       for (uint32_t b = 0; b < batch; ++b)
         for (uint64_t r = 0; r < n; ++r) {
           double want = 0, magnitude = 0;
