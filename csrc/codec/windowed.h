@@ -635,11 +635,12 @@ PYCODEC_CPU_INLINE void decode_lanes_lockstep(const MultiTable& t, const uint8_t
   for (uint64_t least; (least = least_left()) >= uint64_t(kStepsPerPeek * kPeekBits);)
     for (uint64_t rounds = least / (kStepsPerPeek * kPeekBits); rounds; --rounds) round(unrecorded);
 
-  // The overrun: every lane is inside its window (pos <= end) here.
-  ByteLane saved[N];
+  // The overrun: every lane is inside its window (pos <= end) here. crossing[j]: the start of
+  // lane j's last step that began inside its window; positions only grow, so that is the step
+  // that crossed its end. Kept by a select a step, not looked up in a record of every step.
+  ByteLane saved[N], crossing[N];
   std::copy(lane, lane + N, saved);
-  uint64_t step_pos[kOverrunSteps][N];
-  uint8_t* step_out[kOverrunSteps][N];
+  std::copy(lane, lane + N, crossing);
   uint32_t steps = 0;
   const auto all_crossed = [&] {
     bool crossed = true;
@@ -647,23 +648,21 @@ PYCODEC_CPU_INLINE void decode_lanes_lockstep(const MultiTable& t, const uint8_t
     return crossed;
   };
   while (!all_crossed() && steps < kOverrunSteps) {
-    round([&](int k, int j, uint64_t pos, uint8_t* out) {
-      step_pos[steps + k][j] = pos;
-      step_out[steps + k][j] = out;
+    round([&](int, int j, uint64_t pos, uint8_t* out) {
+      const bool inside = pos <= end[j];
+      crossing[j].pos = inside ? pos : crossing[j].pos;
+      crossing[j].out = inside ? out : crossing[j].out;
     });
     steps += kStepsPerPeek;
   }
   if (all_crossed()) {
     for (int j = 0; j < N; ++j) {
-      // Positions only grow, so the crossing step is the last one that started inside.
-      uint32_t inside = 0;
-      for (uint32_t k = 0; k < steps; ++k) inside += step_pos[k][j] <= end[j];
-      const uint64_t pos = step_pos[inside - 1][j];
+      const uint64_t pos = crossing[j].pos;
       const uint32_t w = uint32_t(end[j] - pos);  // < kPeekBits: that step ended past end
       const uint32_t v = uint32_t(peek64(be, pos) >> (64 - kPeekBits));
       const uint32_t e = t.tail[(1u << w) - 1 + (v >> (kPeekBits - w))];
       // Its codes are the first entry_count(e) of the step's own entry, already written.
-      lane[j] = {pos + entry_bits(e), step_out[inside - 1][j] + entry_count(e)};
+      lane[j] = {pos + entry_bits(e), crossing[j].out + entry_count(e)};
     }
   } else {
     std::copy(saved, saved + N, lane);
