@@ -627,10 +627,16 @@ PYBIND11_MODULE(_C, m) {
       "out = (q - zero) * scale per group of group_size along rows of k, in fp32, stored as fp32 or bf16 "
       "(out's item size: 4 or 2); quant.dequantize_affine's values, one pass.");
 
+  py::class_<StreamTables>(m, "StreamTables",
+                           "A stream's decode tables kept between affine_matvec calls (codec.h): checked against "
+                           "the stream's header, code table and chunk index on every call, made again when they differ.")
+      .def(py::init<>());
+
   m.def(
       "affine_matvec",
       [](py::buffer blob, uint64_t n, uint64_t k, uint64_t group_size, py::buffer scale, py::buffer zero,
-         py::buffer escape_index, py::buffer escape_value, py::buffer x, py::buffer y, int threads) {
+         py::buffer escape_index, py::buffer escape_value, py::buffer x, py::buffer y, int threads,
+         StreamTables* tables) {
         const py::buffer_info b = contiguous_bytes(blob, false, "blob");
         if (k == 0 || group_size == 0) throw CodecException("affine_matvec: k and group_size must be >= 1");
         const uint64_t groups = (k + group_size - 1) / group_size;
@@ -669,7 +675,7 @@ PYBIND11_MODULE(_C, m) {
         {
           py::gil_scoped_release release;
           st = affine_matvec(static_cast<const uint8_t*>(b.ptr), size_t(b.size), w, static_cast<const float*>(xi.ptr),
-                             uint32_t(uint64_t(xi.size) / k), static_cast<float*>(yi.ptr), threads);
+                             uint32_t(uint64_t(xi.size) / k), static_cast<float*>(yi.ptr), threads, tables);
         }
         if (st == Status::BadArgument)
           throw CodecException("affine_matvec: the stream is not in chunks of whole rows of k, or an escape index "
@@ -679,10 +685,11 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("blob"), py::arg("n"), py::arg("k"), py::arg("group_size"), py::arg("scale"), py::arg("zero"),
       py::arg("escape_index"), py::arg("escape_value"), py::arg("x"), py::arg("y"), py::arg("threads") = 0,
+      py::arg("tables") = nullptr,
       "y = x w^T for an affine weight (w = (q - zero) * scale per group, escapes exact) without decoding it whole: "
       "each chunk of whole rows decoded and multiplied in a per-thread buffer. x: float32 [batch, k]; y: float32 "
       "[batch, n]; scale float32 or float16 [n, groups], zero the same dtype, [n, groups] or one value; escape_index "
-      "int64.");
+      "int64; tables: a StreamTables kept for this stream between calls, or None.");
 
   m.def(
       "rate_quantize",

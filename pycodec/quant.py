@@ -632,10 +632,11 @@ def unpack_rows(packed: dict, rows: torch.Tensor) -> torch.Tensor:
 
 def matvec_args(packed: dict) -> tuple | None:
     """What ``_C.affine_matvec`` takes of an affine packed weight: (blob, n, k, group_size, scale,
-    zero, escape_index, escape_value), numpy views of the packed tensors as stored (fp16 scale
-    and zero, int64 indices, fp32 values; a copy only of one stored otherwise), so a caller may
-    keep them as long as the tensors. None when the stream is not in chunks of whole rows (a
-    caller's own chunk_symbols)."""
+    zero, escape_index, escape_value, tables), numpy views of the packed tensors as stored (fp16
+    scale and zero, int64 indices, fp32 values; a copy only of one stored otherwise) and a
+    ``_C.StreamTables`` that keeps the stream's decode tables between calls, so a caller may keep
+    them as long as the tensors. None when the stream is not in chunks of whole rows (a caller's
+    own chunk_symbols)."""
     meta = packed["meta"].tolist()
     if meta[0] != LAYOUT_VERSION or meta[1] != KIND_AFFINE:
         raise CodecError("affine_matvec takes an affine packed weight")
@@ -651,7 +652,8 @@ def matvec_args(packed: dict) -> tuple | None:
     half = scale.dtype == zero.dtype == torch.float16
     grid = torch.float16 if half else torch.float32
     return (blob, n, k, group_size, as_stored(scale, grid), as_stored(zero, grid),
-            as_stored(packed["escape_index"], torch.int64), as_stored(packed["escape_value"], torch.float32))
+            as_stored(packed["escape_index"], torch.int64), as_stored(packed["escape_value"], torch.float32),
+            _C.StreamTables())
 
 
 def affine_matvec(packed: dict | None, x: torch.Tensor, args: tuple | None = None) -> torch.Tensor | None:
@@ -668,7 +670,7 @@ def affine_matvec(packed: dict | None, x: torch.Tensor, args: tuple | None = Non
     n, k = args[1], args[2]
     x32 = x.detach().reshape(-1, k).to(torch.float32).contiguous()
     y = torch.empty(x32.shape[0], n, dtype=torch.float32)
-    _C.affine_matvec(*args, x32.numpy(), y.numpy())
+    _C.affine_matvec(*args[:8], x32.numpy(), y.numpy(), tables=args[8])
     return y
 
 

@@ -618,6 +618,41 @@ def test_absurd_sizes_fail_fast_without_allocating():
     assert worst < 0.25, f"absurd header took {worst:.3f}s to reject"
 
 
+def test_affine_matvec_with_kept_tables_is_the_call_without_them():
+    """A StreamTables kept between calls (a layer's, every token) must give what opening the stream
+    afresh gives: when the stream is another, or the same buffer changed in place (in its
+    header, code table, chunk index or payload), refused or not."""
+    rng = np.random.default_rng(SEED + 1)
+    n, k = 16, 48
+    streams = [pycodec.encode(rng.integers(lo, lo + width, (n, k), dtype=np.uint8))
+               for lo, width in ((120, 17), (100, 60), (0, 3))]
+    scale, zero = np.full((n, 1), 0.01, np.float16), np.full((1, 1), 128.0, np.float16)
+    idx, val = np.zeros(0, np.int64), np.zeros(0, np.float32)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    payload_offset = native.info(streams[0])["payload_offset"]
+    tables = native.StreamTables()
+
+    def outcome(blob, keep):
+        y = np.full((1, n), np.nan, np.float32)
+        try:
+            native.affine_matvec(blob, n, k, k, scale, zero, idx, val, x, y, tables=keep)
+        except CodecError as e:
+            return str(e)
+        return y.tobytes()
+
+    for blob in streams + streams[::-1]:  # other streams, other lengths, through one StreamTables
+        assert outcome(blob, tables) == outcome(blob, None)
+        assert isinstance(outcome(blob, None), bytes)  # decodes
+    buf = np.frombuffer(bytearray(streams[0]), np.uint8)  # one buffer, changed in place
+    for _ in range(300):
+        buf[:] = np.frombuffer(streams[0], np.uint8)
+        assert outcome(buf, tables) == outcome(buf, None)
+        head = rng.random() < 0.7  # mostly where the tables come from
+        at = int(rng.integers(payload_offset if head else len(buf)))
+        buf[at] ^= np.uint8(1 << int(rng.integers(8)))
+        assert outcome(buf, tables) == outcome(buf, None)
+
+
 def test_affine_matvec_refuses_bad_arguments_and_corrupt_streams():
     """The CPU forward's fused decode + matvec: wrong shapes and dtypes are CodecErrors that
     say what is wrong; a corrupt stream is refused or gives numbers, never a crash."""

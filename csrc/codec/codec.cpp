@@ -729,17 +729,62 @@ void apply_split_impl(const T* bits, uint64_t n, const split::Plan& plan, uint8_
 
 }  // namespace
 
+struct StreamTables::Kept {
+  std::vector<uint8_t> head;  // the stream's bytes before its payload, as opened
+  size_t len;
+  DecodeTables tables;
+};
+
+StreamTables::StreamTables() = default;
+StreamTables::~StreamTables() = default;
+
+struct StreamTablesAccess {
+  // The tables of the stream at blob (header already parsed into s and checked): the kept ones
+  // if its bytes before the payload are those they were built from, else built and kept.
+  static Status tables_of(StreamTables& keep, const uint8_t* blob, size_t len, const StreamInfo& s,
+                          std::shared_ptr<const StreamTables::Kept>* out) {
+    {
+      std::lock_guard<std::mutex> guard(keep.lock_);
+      const auto& kept = keep.kept_;
+      if (kept && kept->len == len && kept->head.size() == s.payload_offset &&
+          std::memcmp(kept->head.data(), blob, s.payload_offset) == 0) {
+        *out = kept;
+        return Status::Ok;
+      }
+    }
+    auto made = std::make_shared<StreamTables::Kept>();
+    made->head.assign(blob, blob + s.payload_offset);
+    made->len = len;
+    const Status st = made->tables.build(blob, s);
+    if (st != Status::Ok) return st;
+    std::lock_guard<std::mutex> guard(keep.lock_);
+    keep.kept_ = made;
+    *out = std::move(made);
+    return Status::Ok;
+  }
+};
+
 Status affine_matvec(const uint8_t* blob_in, size_t len, const AffineMatvec& w, const float* x, uint32_t batch,
-                     float* y, int threads) {
+                     float* y, int threads, StreamTables* keep) {
   if (w.k == 0 || w.group_size == 0 || batch == 0) return Status::BadArgument;
   const AlignedBlob aligned(blob_in, len);
   const uint8_t* blob = aligned.data;
-  DecodeTables tables;
-  const Status st = open_stream(blob, len, [&](const StreamInfo& s) {
+  const auto check = [&](const StreamInfo& s) {
     if (s.ndim != 2 || s.shape[0] != w.n || s.shape[1] != w.k) return Status::OutputSize;
     return s.chunk_symbols % w.k == 0 ? Status::Ok : Status::BadArgument;
-  }, &tables);
+  };
+  DecodeTables own;
+  std::shared_ptr<const StreamTables::Kept> kept;
+  Status st;
+  if (keep) {
+    StreamInfo s;
+    if ((st = parse_header(blob, len, &s)) == Status::Ok && (st = check(s)) == Status::Ok)
+      st = StreamTablesAccess::tables_of(*keep, blob, len, s, &kept);
+  } else {
+    st = open_stream(blob, len, check, &own);
+  }
   if (st != Status::Ok) return st;
+  const DecodeTables& tables = kept ? kept->tables : own;
   // Escapes in ascending order, so that each chunk finds its own by a binary search: a copy,
   // sorted, if the caller's are not (a later duplicate wins, as in the whole-weight decode).
   std::vector<uint64_t> sorted_index;

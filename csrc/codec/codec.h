@@ -15,6 +15,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "format.h"
@@ -138,10 +140,29 @@ struct AffineMatvec {
   const float* escape_value;
   uint64_t n_escapes;
 };
+// A stream's decode tables kept between calls: a CPU forward multiplies by the same streams
+// every token, and building a layer's tables (~15 us) ran serially ahead of its parallel decode.
+// Each call compares the stream's bytes before its payload (header, code table, chunk index:
+// all the tables depend on) with those it kept, and opens the stream again if they differ, so
+// a stream changed in place is never decoded with another's tables. Safe to share between
+// threads; ~33 KiB and 8 bytes a chunk.
+class StreamTables {
+ public:
+  StreamTables();
+  ~StreamTables();
+  struct Kept;  // codec.cpp
+
+ private:
+  friend struct StreamTablesAccess;
+  std::mutex lock_;
+  std::shared_ptr<const Kept> kept_;
+};
+
 // x: [batch, k] fp32; y: [batch, n] fp32. OutputSize for a stream that is not n x k;
 // BadArgument for one not in whole rows per chunk, or an escape index outside the weight.
+// keep: the stream's tables from an earlier call (StreamTables), or null.
 Status affine_matvec(const uint8_t* blob, size_t len, const AffineMatvec& w, const float* x, uint32_t batch,
-                     float* y, int threads = 0);
+                     float* y, int threads = 0, StreamTables* keep = nullptr);
 
 // The histogram of n symbols (not a stream): what encode() counts before building its code.
 // threads as for encode (1 inside a worker: a nested call would start threads of its own).

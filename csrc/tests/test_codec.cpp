@@ -548,6 +548,7 @@ static uint16_t exact_half(float f) {
 // refuses, and corrupt streams under ASan.
 static void test_affine_matvec() {
   std::mt19937 rng(31);
+  StreamTables kept;  // one for every trial's stream: each call must find it stale and open anew
   for (int trial = 0; trial < 12; ++trial) {
     const uint64_t n = 1 + rng() % 40, k = 1 + rng() % 300, group_size = 1 + rng() % (k + 8);
     const uint64_t groups = (k + group_size - 1) / group_size, rows_per_chunk = 1 + rng() % 4;
@@ -595,6 +596,11 @@ static void test_affine_matvec() {
       std::vector<float> y(batch * n, -1.0f);
       CHECK(affine_matvec(blob.data(), blob.size(), run < 2 ? weight : half_weight, x.data(), batch, y.data(),
                           threads) == Status::Ok);
+      std::vector<float> y_kept(batch * n, -2.0f);  // twice: tables made, then reused
+      for (int again = 0; again < 2; ++again)
+        CHECK(affine_matvec(blob.data(), blob.size(), run < 2 ? weight : half_weight, x.data(), batch,
+                            y_kept.data(), threads, &kept) == Status::Ok);
+      CHECK(y_kept == y);
       for (uint32_t b = 0; b < batch; ++b)
         for (uint64_t r = 0; r < n; ++r) {
           double want = 0, magnitude = 0;
@@ -627,6 +633,10 @@ static void test_affine_matvec() {
       std::vector<uint8_t> bad = blob;
       bad[rng() % bad.size()] ^= uint8_t(1 + rng() % 255);
       (void)affine_matvec(bad.data(), bad.size(), weight, x.data(), batch, y.data(), 2);
+      std::vector<float> y_kept(y.size());
+      const Status fresh = affine_matvec(bad.data(), bad.size(), weight, x.data(), batch, y.data(), 1);
+      CHECK(affine_matvec(bad.data(), bad.size(), weight, x.data(), batch, y_kept.data(), 1, &kept) == fresh);
+      CHECK(fresh != Status::Ok || y_kept == y);
     }
   }
 }
