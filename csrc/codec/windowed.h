@@ -607,7 +607,7 @@ PYCODEC_CPU_INLINE void decode_lanes_lockstep(const MultiTable& t, const uint8_t
   // Four steps of every lane from the table alone; record(k, j, pos, out) sees each step's start.
   // An entry's top byte is 16 x its bits + its count, so one sum per lane, acc, tracks both:
   // the round's bits taken (acc >> 4) and symbols written (acc & 15, at most 4 x 3 < 16). One
-  // add a step instead of two fields' extraction and two adds (2-3% of a decode).
+  // add a step instead of two fields' extraction and two adds (1.5-4% of a decode).
   static_assert(kStepsPerPeek * kMaxPerEntry < 16, "a round's symbol count must fit acc's low 4 bits");
   const auto round = [&](auto record) PYCODEC_CPU_INLINE_LAMBDA {
     uint64_t bits[N];
