@@ -552,7 +552,7 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "split_float",
-      [](py::buffer bits, int width, int threads) {
+      [](py::buffer bits, int width, int threads, py::object counts) {
         const py::buffer_info b = bits.request();
         if ((width != 16 && width != 32) || b.itemsize != width / 8 || !is_contiguous(b))
           throw CodecException("split_float: expected a contiguous buffer of 16- or 32-bit float bit patterns");
@@ -565,6 +565,14 @@ PYBIND11_MODULE(_C, m) {
                            : plan_split(static_cast<const uint32_t*>(b.ptr), n, &plan, threads);
         }
         check(st, "split_float");
+        if (!counts.is_none()) {  // the symbols' histogram, from the planning's count
+          const py::buffer_info c = py::reinterpret_borrow<py::buffer>(counts).request(true);
+          if (c.itemsize != 8 || (c.format != "Q" && c.format != "L") || !is_contiguous(c) || c.size != 256)
+            throw CodecException("split_float: counts must be a writable contiguous uint64 array of 256");
+          auto* out = static_cast<uint64_t*>(c.ptr);
+          std::fill(out, out + 256, uint64_t(0));
+          std::copy(plan.counts, plan.counts + plan.n_values, out);
+        }
         // Written in place into the bytes objects returned: no copy of either.
         py::bytes symbols = uninitialized_bytes(n), raw = uninitialized_bytes(4 * split::raw_words(n, width - plan.top));
         auto* symbols_out = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(symbols.ptr()));
@@ -576,9 +584,10 @@ PYBIND11_MODULE(_C, m) {
         }
         return py::make_tuple(plan.top, std::vector<uint32_t>(plan.values, plan.values + plan.n_values), symbols, raw);
       },
-      py::arg("bits"), py::arg("width"), py::arg("threads") = 0,
+      py::arg("bits"), py::arg("width"), py::arg("threads") = 0, py::arg("counts") = py::none(),
       "Split float bit patterns into (top, values, symbols, raw): symbol i numbers bits[i]'s top `top` bits "
-      "among the ascending distinct `values`; raw holds the low bits (split.h). threads as for encode.");
+      "among the ascending distinct `values`; raw holds the low bits (split.h). threads as for encode. counts: "
+      "a uint64 array of 256 to receive the symbols' histogram, or None.");
 
   m.def(
       "merge_split",

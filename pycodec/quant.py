@@ -174,7 +174,8 @@ def pack_lossless(w: torch.Tensor, coder: str = "huffman", chunk_symbols: int | 
     width = FLOAT_WIDTHS[w.dtype]
     tview, nview = _BITS_VIEW[width]
     bits = w.contiguous().view(tview).numpy().view(nview)
-    top, values, symbols, raw = _C.split_float(bits, width)
+    counts = np.zeros(256, np.uint64)  # the symbols' histogram: the split's planning counts them
+    top, values, symbols, raw = _C.split_float(bits, width, counts=counts)
     symbols = np.frombuffer(bytearray(symbols), np.uint8).reshape(w.shape)
     packed = {
         "meta": _meta(KIND_SPLIT, w.shape[0], w.shape[1], 0, w.dtype, top),
@@ -182,7 +183,7 @@ def pack_lossless(w: torch.Tensor, coder: str = "huffman", chunk_symbols: int | 
         "values": torch.tensor(values, dtype=torch.int32),
         "raw": _bytes_tensor(raw),
     }
-    entropy = _symbol_entropy_bits(torch.from_numpy(symbols)) + w.numel() * (width - top) + 32 * len(values)
+    entropy = entropy_bits(counts.astype(np.int64)) * w.numel() + w.numel() * (width - top) + 32 * len(values)
     return packed, LayerStats(w.numel(), packed_bits(packed), entropy, math.inf)
 
 

@@ -62,6 +62,22 @@ def test_decode_split_matches_merge_of_decode(width, kind, n, chunk, lanes, merg
     assert np.array_equal(merged, bits)
 
 
+@pytest.mark.parametrize("width", [16, 32])
+@pytest.mark.parametrize("kind", ["gauss", "uniform", "specials", "constant"])
+def test_split_counts_are_the_symbols_histogram(width, kind):
+    # pack_lossless takes its entropy figure from these instead of counting the symbols again.
+    for n in (1, 1000, 300001):
+        bits = weights_bits(rng_for(width, kind, n), n, kind, width)
+        counts = np.full(256, 7, np.uint64)
+        _, values, symbols, _ = _C.split_float(bits, width, 2, counts=counts)
+        want = np.bincount(np.frombuffer(symbols, np.uint8), minlength=256)
+        assert np.array_equal(counts, want.astype(np.uint64)) and int(counts.sum()) == n
+        assert not counts[len(values):].any()
+    for bad in (np.zeros(255, np.uint64), np.zeros(256, np.int32), np.zeros(256, np.uint64)[::-1]):
+        with pytest.raises(pycodec.CodecError, match="counts"):
+            _C.split_float(bits, width, counts=bad)
+
+
 def test_decode_split_threads_and_misaligned_raw(merge_path):
     bits = weights_bits(rng_for("threads"), 300_001, "gauss", 16)
     top, values, blob, raw = split_blob(bits, chunk_symbols=999)

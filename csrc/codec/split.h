@@ -44,6 +44,7 @@ struct Plan {
   int top;
   uint32_t n_values;
   uint32_t values[kMaxValues];  // ascending top values; symbol s decodes to values[s]
+  uint64_t counts[kMaxValues];  // symbol s occurs counts[s] times (the planning's count gives them)
   uint64_t estimated_bits;      // Huffman-coded symbols + raw bits + values table
 };
 
@@ -98,6 +99,7 @@ inline Status plan_from_counts(const uint64_t* finest, int width, uint64_t n, Pl
     for (uint32_t s = 0; s < p.n_values; ++s) coded += sym_counts[s] * code.length[s];
     // The stream's lane padding and index cost about 1% of the coded bits (windowed.h).
     p.estimated_bits = coded + coded / 100 + n * uint64_t(shift) + 32ull * p.n_values;
+    std::copy(sym_counts, sym_counts + p.n_values, p.counts);
     if (p.estimated_bits < best.estimated_bits) best = p;
   }
   if (best.estimated_bits == UINT64_MAX) return Status::BadArgument;
