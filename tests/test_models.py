@@ -1073,6 +1073,44 @@ def test_row_median_is_torchs_lower_median(shape):
     assert torch.equal(_row_median(x.bfloat16()), x.bfloat16().median(dim=1, keepdim=True).values)
 
 
+@pytest.mark.parametrize("shape", [(7, 1), (5, 2), (64, 63), (33, 64), (3, 1000), (300, 577)])
+def test_row_sigma_equals_torchs_two_medians(shape):
+    """quant._row_sigma (numpy's introselect, two of its NaN scans skipped) gives the sigmas of
+    torch's two medians bit for bit: ties, signed zeros, NaN rows (a row of NaNs; one NaN among
+    others, replaced by the row's nanmedian), infinite weights and infinite medians (their
+    deviations NaN), constant rows (std or magnitude instead)."""
+    from pycodec.quant import _row_sigma
+
+    def reference(w):  # _row_sigma with torch's medians
+        nan = torch.isnan(w)
+        w = torch.where(nan, torch.nanmedian(w, dim=1, keepdim=True).values, w) if bool(nan.any()) else w
+        med = w.median(dim=1, keepdim=True).values
+        mad = (w - med).abs().median(dim=1, keepdim=True).values * 1.4826
+        rest = ~(mad > 0).reshape(-1)
+        few = w[rest]
+        std = few.std(dim=1, keepdim=True, unbiased=False)
+        sigma = mad.clone()
+        sigma[rest] = torch.where(std > 0, std, few.abs().amax(dim=1, keepdim=True))
+        return sigma
+
+    g = torch.Generator().manual_seed(shape[0] * 7 + shape[1])
+    x = torch.randn(shape, generator=g) * 0.02
+    x[::2, ::3] = 0.0
+    x[1::2, ::5] = -0.0
+    x[:, 1::4] = x[:, :1]
+    rows = shape[0]
+    x[min(1, rows - 1)] = 0.25  # constant
+    if rows > 4:
+        x[2, 0] = float("nan")
+        x[3] = float("nan")
+        x[4, ::2] = float("inf")  # an infinite median where half the row is inf
+    if rows > 6:
+        x[5, 0], x[6, -1] = float("-inf"), float("inf")
+    got, want = _row_sigma(x), reference(x)
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n,k,group_size,zero_rows", [(5, 128, 128, 1), (7, 100, 32, 7), (3, 64, 64, 3),
                                                        (64, 300, 128, 1), (1, 1, 1, 1)])
