@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pycodec  # noqa: E402
 from pycodec import CompressedLinear, CompressionConfig  # noqa: E402
+from pycodec._threads import threads_in_use  # noqa: E402
 from pycodec.cli import load_source  # noqa: E402
 
 PROMPT = "What is the capital of France?"
@@ -68,11 +69,11 @@ def main() -> None:
     # The same with torch on one thread (every linear is pycodec's), and on pycodec's own worker
     # threads instead of torch's OpenMP team, which spin after each parallel op (attention).
     threads = torch.get_num_threads()
-    runtime = pycodec.use_torch_threads(True)
-    for label, torch_threads, own in (("rate 3.5, decode every forward, torch 1 thread", 1, False),
-                                      ("rate 3.5, decode every forward, pycodec's own threads", threads, True)):
+    runtime = threads_in_use()  # what the rows above ran on (PYCODEC_OWN_THREADS=1: own threads)
+    for label, torch_threads, on_team in (("rate 3.5, decode every forward, torch 1 thread", 1, runtime is not None),
+                                          ("rate 3.5, decode every forward, pycodec's own threads", threads, False)):
         torch.set_num_threads(torch_threads)
-        pycodec.use_torch_threads(not own)
+        pycodec.use_torch_threads(on_team)
         with pycodec.cache_decoded(model, 0) as cache:
             seconds, n = timed_generate(model, tok, a.uncached_tokens)
             rows.append({"method": label, "seconds": seconds, "tokens": n, "linear_weight_bytes": coded,
