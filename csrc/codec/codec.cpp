@@ -806,6 +806,9 @@ Status affine_matvec(const uint8_t* blob_in, size_t len, const AffineMatvec& w, 
     escape_value = sorted_value.data();
   }
   const uint64_t rows_per_chunk = tables.info.chunk_symbols / w.k, groups = (w.k + w.group_size - 1) / w.group_size;
+  // One row of x and 64-weight blocks that each lie in one group: rows without escapes take
+  // dequant::affine_dot (bit for bit the two-step result, without writing the row).
+  const bool fused = batch == 1 && (groups == 1 || w.group_size % 64 == 0);
   // Element i of scale or zero in fp32: fp16 bits widen exactly.
   const auto widened = [&](const void* p, uint64_t i) {
     return w.half ? windowed::half_to_float(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
@@ -824,6 +827,11 @@ Status affine_matvec(const uint8_t* blob_in, size_t len, const AffineMatvec& w, 
       for (uint64_t g = 0; g < groups; ++g) {
         row_scale[g] = widened(w.scale, r * groups + g);
         row_zero[g] = widened(w.zero, w.zero_broadcast ? 0 : r * groups + g);
+      }
+      if (fused && (escape == escapes_end || *escape >= (r + 1) * w.k)) {  // the same sums, one pass
+        y[r] = dequant::affine_dot(symbols + (r - first_row) * w.k, w.k, row_scale.data(), row_zero.data(),
+                                   w.group_size, x);
+        continue;
       }
       dequant::affine_fp32(symbols + (r - first_row) * w.k, 1, w.k, row_scale.data(), row_zero.data(), w.group_size,
                            weights.data());

@@ -87,5 +87,31 @@ PYCODEC_DEQUANT_CLONES inline void dot_batch(const float* w, uint64_t k, const f
   }
 }
 
+// dot_batch of one affine row and one row of x without writing the row: out = sum_j x[j] *
+// ((q[j] - zero[g]) * scale[g]), g = j / group_size, each weight rounded as affine_fp32 rounds
+// it and summed into the same 64 partial sums in the same order as dot_batch, so the result is
+// affine_fp32 then dot_batch's bit for bit. For rows whose 64-weight blocks each lie in one
+// group (one group a row, or group_size a multiple of 64). The CPU matvec's batch-1 rows
+// without escapes: one pass, no store and load of the row.
+PYCODEC_DEQUANT_CLONES inline float affine_dot(const uint8_t* q, uint64_t k, const float* scale, const float* zero,
+                                               uint64_t group_size, const float* x) {
+  constexpr int kPartial = 64;
+  float partial[kPartial] = {};
+  uint64_t j = 0;
+  for (; j + kPartial <= k; j += kPartial) {
+    const float s = scale[j / group_size], z = zero[j / group_size];
+    for (int l = 0; l < kPartial; ++l) partial[l] += x[j + l] * ((float(q[j + l]) - z) * s);
+  }
+  if (j < k) {
+    const float s = scale[j / group_size], z = zero[j / group_size];
+    for (int l = 0; j < k; ++j, ++l) partial[l] += x[j] * ((float(q[j]) - z) * s);
+  }
+  for (int l = 0; l < 32; ++l) partial[l] += partial[l + 32];
+  for (int l = 0; l < 16; ++l) partial[l] += partial[l + 16];
+  float sum = 0;
+  for (int l = 0; l < 16; ++l) sum += partial[l];
+  return sum;
+}
+
 }  // namespace dequant
 }  // namespace pycodec

@@ -550,7 +550,9 @@ static void test_affine_matvec() {
   std::mt19937 rng(31);
   StreamTables kept;  // one for every trial's stream: each call must find it stale and open anew
   for (int trial = 0; trial < 12; ++trial) {
-    const uint64_t n = 1 + rng() % 40, k = 1 + rng() % 300, group_size = 1 + rng() % (k + 8);
+    const uint64_t n = 1 + rng() % 40, k = 1 + rng() % 300;
+    // Groups of 64 or 128 (whole blocks of the one-pass rows) in some trials, any size in others.
+    const uint64_t group_size = trial % 4 == 1 ? 64 * (1 + rng() % 2) : trial % 4 == 3 ? k : 1 + rng() % (k + 8);
     const uint64_t groups = (k + group_size - 1) / group_size, rows_per_chunk = 1 + rng() % 4;
     const uint32_t batch = 1 + rng() % 5;
     std::vector<uint8_t> q(n * k);
@@ -591,6 +593,17 @@ static void test_affine_matvec() {
     half_weight.half = true;
     half_weight.scale = scale_half.data();
     half_weight.zero = broadcast ? one_zero_half.data() : zero_half.data();
+    // The two-step result (a row dequantized, escapes written, then dot_batch) that the one-pass
+    // rows (dequant::affine_dot, batch 1, no escape) must equal bit for bit.
+    std::vector<float> two_step(batch * n);
+    for (uint64_t r = 0; r < n; ++r) {
+      std::vector<float> row(k), row_zero(groups);
+      for (uint64_t g = 0; g < groups; ++g) row_zero[g] = broadcast ? zero[0] : zero[r * groups + g];
+      dequant::affine_fp32(q.data() + r * k, 1, k, scale.data() + r * groups, row_zero.data(), group_size, row.data());
+      for (size_t e = 0; e < escape_index.size(); ++e)
+        if (escape_index[e] / k == r) row[escape_index[e] % k] = escape_value[e];
+      dequant::dot_batch(row.data(), k, x.data(), batch, two_step.data() + r, n);
+    }
     for (int run = 0; run < 4; ++run) {
       const int threads = 1 + run % 2;
       std::vector<float> y(batch * n, -1.0f);
@@ -601,6 +614,11 @@ static void test_affine_matvec() {
         CHECK(affine_matvec(blob.data(), blob.size(), run < 2 ? weight : half_weight, x.data(), batch,
                             y_kept.data(), threads, &kept) == Status::Ok);
       CHECK(y_kept == y);
+      CHECK(y == two_step);
+      std::vector<float> y_one(n, -3.0f);  // x's first row alone: batch 1, the one-pass rows
+      CHECK(affine_matvec(blob.data(), blob.size(), run < 2 ? weight : half_weight, x.data(), 1, y_one.data(),
+                          threads) == Status::Ok);
+      for (uint64_t r = 0; r < n; ++r) CHECK(y_one[r] == two_step[r]);
       for (uint32_t b = 0; b < batch; ++b)
         for (uint64_t r = 0; r < n; ++r) {
           double want = 0, magnitude = 0;
