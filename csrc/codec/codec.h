@@ -127,7 +127,8 @@ Status build_decode_table(const uint8_t* blob, size_t len, uint32_t table[kDecod
 
 // An affine weight (dequant.h) times activations, y = x w^T, without the weight in memory: each
 // chunk's symbols are decoded into a per-thread buffer and its rows dequantized to fp32 there
-// and multiplied by every row of x (dequant::dot_batch). The stream holds the n x k symbols
+// and multiplied by every row of x (dequant::dot_batch; with one row of x, rows without escapes
+// dequantize inside the dot, dequant::affine_dot, to the same sums). The stream holds the n x k symbols
 // in chunks of whole rows (the encoder's layouts do); like decode_chunks it bounds-checks every
 // chunk but leaves the checksum to a whole-stream decode (at load).
 struct AffineMatvec {
