@@ -1,5 +1,6 @@
 // pycodec._C: the one place where C++ meets Python. Buffers in, buffers out; no torch.
 // Every non-Ok Status becomes pycodec.CodecError (a ValueError) carrying the core's message.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -588,6 +589,47 @@ PYBIND11_MODULE(_C, m) {
       "Split float bit patterns into (top, values, symbols, raw): symbol i numbers bits[i]'s top `top` bits "
       "among the ascending distinct `values`; raw holds the low bits (split.h). threads as for encode. counts: "
       "a uint64 array of 256 to receive the symbols' histogram, or None.");
+
+  m.def(
+      "encode_split",
+      [](py::buffer bits, int width, std::vector<uint64_t> shape, const std::string& coder, uint32_t chunk_symbols,
+         int threads, uint32_t lanes, uint16_t format_version) {
+        const py::buffer_info b = bits.request();
+        if ((width != 16 && width != 32) || b.itemsize != width / 8 || !is_contiguous(b))
+          throw CodecException("encode_split: expected a contiguous buffer of 16- or 32-bit float bit patterns");
+        const EncodeOptions opt = encode_options(b, shape, coder, chunk_symbols, threads, lanes, format_version);
+        py::array_t<uint8_t> raw, blob;
+        const auto into_raw = [&raw](size_t words) {  // written in place, like the stream: no copy
+          py::gil_scoped_acquire gil;
+          raw = py::array_t<uint8_t>(py::ssize_t(4 * words));
+          return reinterpret_cast<uint32_t*>(raw.mutable_data());
+        };
+        const auto into_blob = [&blob](size_t bytes) {
+          py::gil_scoped_acquire gil;
+          blob = py::array_t<uint8_t>(py::ssize_t(bytes));
+          return blob.mutable_data();
+        };
+        split::Plan plan;
+        Status st;
+        {
+          py::gil_scoped_release release;
+          st = width == 16 ? encode_split(static_cast<const uint16_t*>(b.ptr), shape.data(), int(shape.size()), opt,
+                                          &plan, into_raw, into_blob)
+                           : encode_split(static_cast<const uint32_t*>(b.ptr), shape.data(), int(shape.size()), opt,
+                                          &plan, into_raw, into_blob);
+        }
+        check_encode(st, "encode_split");
+        py::array_t<uint64_t> counts(256);
+        std::fill(counts.mutable_data(), counts.mutable_data() + 256, uint64_t(0));
+        std::copy(plan.counts, plan.counts + plan.n_values, counts.mutable_data());
+        return py::make_tuple(plan.top, std::vector<uint32_t>(plan.values, plan.values + plan.n_values), counts, blob,
+                              raw);
+      },
+      py::arg("bits"), py::arg("width"), py::arg("shape"), py::arg("coder"), py::arg("chunk_symbols") = 0,
+      py::arg("threads") = 0, py::arg("lanes") = 0, py::arg("format_version") = 0,
+      "split_float and encode of its symbols in one pass over the data: returns (top, values, counts, stream, raw), "
+      "counts the symbols' histogram (uint64 [256]), stream and raw uint8 arrays equal to encode()'s bytes and "
+      "split_float's raw bytes.");
 
   m.def(
       "merge_split",

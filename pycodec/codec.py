@@ -88,6 +88,23 @@ def encode(symbols: Any, coder: str = DEFAULT_CODER, chunk_symbols: int | None =
                      _check_lanes(lanes, coder))
 
 
+def encode_split(bits: np.ndarray, coder: str = DEFAULT_CODER, chunk_symbols: int | None = None,
+                 threads: int = 0) -> tuple[int, list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """Lossless mode's split of float bit patterns (a C-contiguous uint16 or uint32 array, any
+    shape: bf16/fp16 or fp32 bits) and the stream of its symbols, in one pass over the data.
+
+    Returns ``(top, values, counts, stream, raw)``: what ``_C.split_float`` returns, the symbols'
+    histogram (uint64 [256]) and, as uint8 arrays, ``encode(symbols, ...)``'s bytes and the raw
+    bits. The symbols themselves are never made whole: each chunk's are split in cache as it is
+    coded (codec.h, encode_split)."""
+    if coder not in CODERS:
+        raise CodecError(f"unknown coder {coder!r}: expected one of {CODERS}")
+    if not isinstance(bits, np.ndarray) or bits.dtype not in (np.uint16, np.uint32) or not bits.flags.c_contiguous:
+        raise CodecError("encode_split expects a C-contiguous uint16 or uint32 numpy array of float bit patterns")
+    return _C.encode_split(bits, 8 * bits.itemsize, list(bits.shape), coder, _check_chunk_symbols(chunk_symbols, coder),
+                           int(threads))
+
+
 def encoded_size(symbols: Any, coder: str = DEFAULT_CODER, chunk_symbols: int | None = None, threads: int = 0,
                  lanes: int | None = None) -> int:
     """len(encode(...)) for the same arguments, without writing the stream: format v2 (Huffman)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from . import _C
-from .codec import CodecError, decode, encode, encoded_size, entropy_bits
+from .codec import CodecError, decode, encode, encode_split, encoded_size, entropy_bits
 
 LAYOUT_VERSION = 1
 KIND_LOSSLESS = 0
@@ -174,14 +174,12 @@ def pack_lossless(w: torch.Tensor, coder: str = "huffman", chunk_symbols: int | 
     width = FLOAT_WIDTHS[w.dtype]
     tview, nview = _BITS_VIEW[width]
     bits = w.contiguous().view(tview).numpy().view(nview)
-    counts = np.zeros(256, np.uint64)  # the symbols' histogram: the split's planning counts them
-    top, values, symbols, raw = _C.split_float(bits, width, counts=counts)
-    symbols = np.frombuffer(bytearray(symbols), np.uint8).reshape(w.shape)
+    top, values, counts, blob, raw = encode_split(bits, coder, chunk_symbols)
     packed = {
         "meta": _meta(KIND_SPLIT, w.shape[0], w.shape[1], 0, w.dtype, top),
-        "symbols": _stream(symbols, coder, chunk_symbols),
+        "symbols": torch.from_numpy(blob),
         "values": torch.tensor(values, dtype=torch.int32),
-        "raw": _bytes_tensor(raw),
+        "raw": torch.from_numpy(raw),
     }
     entropy = entropy_bits(counts.astype(np.int64)) * w.numel() + w.numel() * (width - top) + 32 * len(values)
     return packed, LayerStats(w.numel(), packed_bits(packed), entropy, math.inf)

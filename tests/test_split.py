@@ -129,3 +129,66 @@ def test_decode_split_refuses_inconsistent_inputs(merge_path):
     corrupt[-3] ^= 0x10
     with pytest.raises(CodecError):
         _C.decode_split(bytes(corrupt), values, top, raw, out)
+
+
+# ---------------------------------------------------------------------------- encode_split
+
+def separate_split_encode(bits: np.ndarray, coder="huffman", chunk_symbols=None, threads=0):
+    """What encode_split must equal: split_float, then encode of its symbols."""
+    top, values, symbols, raw = _C.split_float(bits.reshape(-1), 8 * bits.itemsize, threads)
+    symbols = np.frombuffer(symbols, np.uint8).reshape(bits.shape)
+    blob = pycodec.encode(symbols, coder=coder, chunk_symbols=chunk_symbols, threads=threads)
+    return top, values, np.bincount(symbols.reshape(-1), minlength=256).astype(np.uint64), blob, raw
+
+
+@pytest.mark.parametrize("width", [16, 32])
+@pytest.mark.parametrize("kind", ["gauss", "uniform", "specials", "constant"])
+@pytest.mark.parametrize("shape,coder,chunk", [
+    ((0,), "huffman", None), ((1,), "huffman", None), ((3, 0, 5), "huffman", None),
+    ((96, 64), "huffman", None),       # whole rows of 64: chunks on raw words, split chunk by chunk
+    ((150, 100), "huffman", None),     # rows of 100: chunks off raw words, the tensor split first
+    ((4099,), "huffman", 1000), ((4099,), "huffman", 1024), ((300001,), "huffman", None),
+    ((2, 3, 4000), "huffman", 96), ((5000,), "rans", None), ((70000,), "rans", 4096)])
+def test_encode_split_equals_split_then_encode(width, kind, shape, coder, chunk):
+    bits = weights_bits(rng_for("encode_split", width, kind, shape), int(np.prod(shape)), kind, width).reshape(shape)
+    want = separate_split_encode(bits, coder, chunk)
+    for threads in (1, 2, 0):
+        top, values, counts, blob, raw = pycodec.codec.encode_split(bits, coder, chunk, threads)
+        assert (top, values) == want[:2]
+        assert counts.dtype == np.uint64 and np.array_equal(counts, want[2])
+        assert blob.dtype == np.uint8 and blob.tobytes() == want[3]
+        assert raw.dtype == np.uint8 and raw.tobytes() == want[4]
+    out = np.empty_like(bits)
+    _C.decode_split(blob, values, top, raw, out.reshape(-1))
+    assert np.array_equal(out, bits)
+
+
+def test_encode_split_refuses_bad_input():
+    bits = weights_bits(rng_for("encode_split_bad"), 4096, "gauss", 16).reshape(64, 64)
+    for bad in (bits.astype(np.int16), bits.astype(np.float32), bits[:, ::2], bits.tolist()):
+        with pytest.raises(CodecError, match="uint16 or uint32"):
+            pycodec.codec.encode_split(bad)
+    with pytest.raises(CodecError, match="unknown coder"):
+        pycodec.codec.encode_split(bits, coder="zstd")
+    with pytest.raises(CodecError, match="chunk_symbols"):
+        pycodec.codec.encode_split(bits, coder="rans", chunk_symbols=100)
+    with pytest.raises(CodecError, match="shape"):
+        _C.encode_split(bits, 16, [65, 64], "huffman")
+    with pytest.raises(CodecError, match="16- or 32-bit"):
+        _C.encode_split(bits, 32, [64, 64], "huffman")
+    with pytest.raises(CodecError, match="lanes"):
+        _C.encode_split(bits, 16, [64, 64], "huffman", 0, 1, 33)
+
+
+def test_an_empty_weight_round_trips_losslessly():
+    # No weights, no top values: the merge takes an empty values table (it once refused it, and
+    # an empty layer packed losslessly could not be loaded). A symbol without a value is refused.
+    torch = pytest.importorskip("torch")
+    from pycodec import quant
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        packed, _ = quant.pack_lossless(torch.zeros(0, 5, dtype=dtype))
+        assert packed["values"].numel() == 0
+        out = quant.unpack(packed)
+        assert out.shape == (0, 5) and out.dtype == dtype
+    with pytest.raises(CodecError, match="inconsistent"):
+        _C.merge_split(np.zeros(1, np.uint8), [], 8, np.zeros(4, np.uint8), np.zeros(1, np.uint16))

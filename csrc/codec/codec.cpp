@@ -401,8 +401,10 @@ uint16_t format_version_of(const EncodeOptions& opt) {
   return opt.format_version ? opt.format_version : opt.coder == Coder::Huffman ? 2 : 1;
 }
 
+// known_counts: the symbols' histogram when the caller has it (a split's planning count), else
+// null and the symbols are counted.
 Status plan_encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
-                   EncodePlan* plan) {
+                   const uint64_t* known_counts, EncodePlan* plan) {
   if (ndim < 0 || ndim > kMaxDims) return Status::BadArgument;
   if (opt.coder != Coder::Huffman && opt.coder != Coder::Rans) return Status::BadArgument;
   const uint16_t version = format_version_of(opt);
@@ -414,7 +416,8 @@ Status plan_encode(const uint8_t* symbols, const uint64_t* shape, int ndim, cons
     n *= shape[d];
   }
   uint64_t counts[256];
-  count_symbols(symbols, n, counts, opt.threads);
+  if (known_counts) std::copy(known_counts, known_counts + 256, counts);
+  else count_symbols(symbols, n, counts, opt.threads);
   if (opt.coder == Coder::Huffman) {
     const Status st = huffman::build_code(counts, plan->code);
     if (st != Status::Ok) return st;
@@ -444,20 +447,19 @@ Status plan_encode(const uint8_t* symbols, const uint64_t* shape, int ndim, cons
   return Status::Ok;
 }
 
-}  // namespace
-
-Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
-              const std::function<uint8_t*(size_t)>& allocate) {
-  EncodePlan plan;
-  Status st = plan_encode(symbols, shape, ndim, opt, &plan);
-  if (st != Status::Ok) return st;
+// Codes the chunks of a planned stream and writes it where allocate() says. symbols_of(c, m)
+// returns chunk c's m symbols: the caller's, or ones made in a per-thread buffer (valid until
+// that thread's next call).
+template <class SymbolsOf>
+Status encode_planned(EncodePlan& plan, const uint64_t* shape, const EncodeOptions& opt, SymbolsOf symbols_of,
+                      const std::function<uint8_t*(size_t)>& allocate) {
   StreamInfo& s = plan.s;
   const uint64_t n = plan.n;
   std::vector<std::vector<uint32_t>> chunk_words(s.n_chunks);
   std::vector<uint64_t> chunk_hash(s.n_chunks);
-  st = for_each_chunk(s.n_chunks, opt.threads, [&](int, uint64_t c) {
-    const uint8_t* p = symbols + c * s.chunk_symbols;
+  Status st = for_each_chunk(s.n_chunks, opt.threads, [&](int, uint64_t c) {
     const uint32_t m = uint32_t(std::min<uint64_t>(s.chunk_symbols, n - c * s.chunk_symbols));
+    const uint8_t* p = symbols_of(c, m);
     chunk_hash[c] = hash64(p, m);
     if (s.version == 2) return windowed::encode_chunk(p, m, plan.code, s.lanes, chunk_words[c]);
     if (opt.coder == Coder::Huffman) huffman::encode_chunk(p, m, plan.code, chunk_words[c]);
@@ -474,6 +476,70 @@ Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const Enc
   return Status::Ok;
 }
 
+// Elements a worker splits at a time: a multiple of 32, so each block's raw bits start on a word.
+constexpr uint64_t kSplitBlock = uint64_t(1) << 18;
+
+template <class T>
+Status encode_split_impl(const T* bits, const uint64_t* shape, int ndim, const EncodeOptions& opt, split::Plan* plan,
+                         const std::function<uint32_t*(size_t)>& allocate_raw,
+                         const std::function<uint8_t*(size_t)>& allocate) {
+  if (ndim < 0 || ndim > kMaxDims) return Status::BadArgument;
+  uint64_t n = 1;
+  for (int d = 0; d < ndim; ++d) {
+    if (shape[d] != 0 && n > UINT64_MAX / shape[d]) return Status::TooLarge;
+    n *= shape[d];
+  }
+  Status st = plan_split(bits, n, plan, opt.threads);
+  if (st != Status::Ok) return st;
+  const uint64_t n_raw = split::raw_words(n, plan->width - plan->top);
+  uint32_t* const raw = allocate_raw(n_raw);
+  if (!raw && n_raw) return Status::TooLarge;
+  uint64_t counts[256] = {0};
+  std::copy(plan->counts, plan->counts + plan->n_values, counts);
+  EncodePlan coding;
+  st = plan_encode(nullptr, shape, ndim, opt, counts, &coding);
+  if (st != Status::Ok) return st;
+  const uint64_t chunk = coding.s.chunk_symbols;
+  const uint64_t low = uint64_t(plan->width - plan->top);
+  if (chunk * low % 32 && coding.s.n_chunks > 1) {  // chunks that do not start on a raw word: split first
+    std::vector<uint8_t> symbols(n);
+    apply_split(bits, n, *plan, symbols.data(), raw, opt.threads);
+    return encode_planned(coding, shape, opt, [&](uint64_t c, uint32_t) { return symbols.data() + c * chunk; },
+                          allocate);
+  }
+  // Each chunk's symbols are split in cache as it is coded: never written whole, never counted
+  // again. Its raw fields start on a word (chunk * low % 32 == 0), so chunks share no raw word.
+  const split::Numbering numbering(*plan);
+  return encode_planned(coding, shape, opt, [&](uint64_t c, uint32_t m) {
+    thread_local std::vector<uint8_t> symbols;  // per worker: one chunk's symbols
+    if (symbols.size() < m) symbols.resize(m);
+    split::apply_plan_span(bits, c * chunk, m, *plan, numbering, symbols.data(), raw);
+    return static_cast<const uint8_t*>(symbols.data());
+  }, allocate);
+}
+
+}  // namespace
+
+Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
+              const std::function<uint8_t*(size_t)>& allocate) {
+  EncodePlan plan;
+  const Status st = plan_encode(symbols, shape, ndim, opt, nullptr, &plan);
+  if (st != Status::Ok) return st;
+  const uint64_t chunk = plan.s.chunk_symbols;
+  return encode_planned(plan, shape, opt, [&](uint64_t c, uint32_t) { return symbols + c * chunk; }, allocate);
+}
+
+Status encode_split(const uint16_t* bits, const uint64_t* shape, int ndim, const EncodeOptions& opt,
+                    split::Plan* plan, const std::function<uint32_t*(size_t)>& allocate_raw,
+                    const std::function<uint8_t*(size_t)>& allocate) {
+  return encode_split_impl(bits, shape, ndim, opt, plan, allocate_raw, allocate);
+}
+Status encode_split(const uint32_t* bits, const uint64_t* shape, int ndim, const EncodeOptions& opt,
+                    split::Plan* plan, const std::function<uint32_t*(size_t)>& allocate_raw,
+                    const std::function<uint8_t*(size_t)>& allocate) {
+  return encode_split_impl(bits, shape, ndim, opt, plan, allocate_raw, allocate);
+}
+
 Status encoded_size(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
                     uint64_t* bytes) {
   if (format_version_of(opt) != 2) {  // v1 chunks' sizes come from coding them
@@ -483,7 +549,7 @@ Status encoded_size(const uint8_t* symbols, const uint64_t* shape, int ndim, con
     return st;
   }
   EncodePlan plan;
-  Status st = plan_encode(symbols, shape, ndim, opt, &plan);
+  Status st = plan_encode(symbols, shape, ndim, opt, nullptr, &plan);
   if (st != Status::Ok) return st;
   StreamInfo& s = plan.s;
   std::vector<uint64_t> words(s.n_chunks);
@@ -696,9 +762,6 @@ Status decode(const uint8_t* blob, size_t len, uint8_t* out, uint64_t out_len, i
 }
 
 namespace {
-
-// Elements a worker splits at a time: a multiple of 32, so each block's raw bits start on a word.
-constexpr uint64_t kSplitBlock = uint64_t(1) << 18;
 
 template <class T>
 Status plan_split_impl(const T* bits, uint64_t n, split::Plan* plan, int threads) {

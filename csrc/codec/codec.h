@@ -84,6 +84,19 @@ void apply_split(const uint16_t* bits, uint64_t n, const split::Plan& plan, uint
 void apply_split(const uint32_t* bits, uint64_t n, const split::Plan& plan, uint8_t* symbols, uint32_t* raw,
                  int threads = 0);
 
+// plan_split, apply_split and encode() of the symbols in one call, to the same plan, raw words
+// and stream. The symbols are never written whole nor counted again: each chunk's are split in a
+// per-thread buffer as it is coded (when chunks start on a raw word: chunk_symbols x raw bits % 32 == 0;
+// otherwise the tensor is split first), and the code is built from the planning's count.
+// allocate_raw(words) is called once the plan is known and returns where the raw words go
+// (null: TooLarge, unless zero words); allocate as for encode().
+Status encode_split(const uint16_t* bits, const uint64_t* shape, int ndim, const EncodeOptions& opt,
+                    split::Plan* plan, const std::function<uint32_t*(size_t)>& allocate_raw,
+                    const std::function<uint8_t*(size_t)>& allocate);
+Status encode_split(const uint32_t* bits, const uint64_t* shape, int ndim, const EncodeOptions& opt,
+                    split::Plan* plan, const std::function<uint32_t*(size_t)>& allocate_raw,
+                    const std::function<uint8_t*(size_t)>& allocate);
+
 // A lossless split weight (split.h) straight to its float bits: each chunk's symbols are
 // decoded into a per-thread buffer and merged with their raw bits while in cache, so the
 // symbols never go through memory. Checksums and symbols are verified as by decode();

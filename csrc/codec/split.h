@@ -179,9 +179,9 @@ inline bool split_blocks_unrolled(int low, const T* bits, uint64_t blocks, const
 }  // namespace detail
 
 // Elements first .. first + count - 1 of a plan's split: symbols[i - first] and their raw fields
-// (raw: the whole tensor's words). The plan's top is at most kMaxTop, as make_plan's are. first
-// is a multiple of 32, so the span's fields start on a word, and so is count unless the span
-// ends the tensor; spans split this way may run in parallel (they share no word).
+// (raw: the whole tensor's words). The plan's top is at most kMaxTop, as make_plan's are.
+// first x low is a multiple of 32, so the span's fields start on a word, and so is count x low
+// unless the span ends the tensor; spans split this way may run in parallel (they share no word).
 template <class T>
 inline void apply_plan_span(const T* bits, uint64_t first, uint64_t count, const Plan& p, const Numbering& num,
                             uint8_t* symbols, uint32_t* raw) {
@@ -223,7 +223,8 @@ struct MergeTable {
 template <class T>
 inline Status make_merge_table(const uint32_t* values, uint32_t n_values, int top, MergeTable<T>* t) {
   const int width = 8 * int(sizeof(T));
-  if (top < 1 || top > width || n_values == 0 || n_values > kMaxValues) return Status::BadArgument;
+  // No values only for no symbols (an empty tensor): every symbol is then refused by the merge.
+  if (top < 1 || top > width || n_values > kMaxValues) return Status::BadArgument;
   t->low = width - top;
   t->n_values = n_values;
   for (uint32_t s = 0; s < kMaxValues; ++s) t->value[s] = 0;

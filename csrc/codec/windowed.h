@@ -395,15 +395,16 @@ inline uint32_t chunk_bits(const uint32_t* w, uint64_t n_words, uint64_t bit, in
 #define PYCODEC_CPU_INLINE_LAMBDA
 #endif
 
-// MSB-first bits into 32-bit words at p, with no branch per code: a branch on "is a word
+// MSB-first bits as big-endian bytes at p, with no branch per code: a branch on "is a word
 // full" every ~7 codes is one the CPU mispredicts, and it cost ~20% of the encode (2026-11-30,
-// the 2-core AMD EPYC). acc holds the bits of the unfinished word left-aligned (its top
-// `pending` < 32 bits between settles); put() adds a code below them, settle() stores that
-// word whole (its bits so far, zeros after) and moves on if it is full. Two codes of <= 12 bits
-// fit between settles (31 + 24 <= 64). flush() stores the last word's bits; the words must be
-// zero past them (the encoder sizes and zero-fills them first).
-struct WordWriter {
-  uint32_t* p;
+// the 2-core AMD EPYC). acc holds the unfinished bits left-aligned (`pending` of them);
+// put() adds a code below them; settle() stores acc's 8 bytes whole (its bits so far, zeros
+// after) and moves p past the whole bytes, leaving < 8 pending: four codes of <= 12 bits fit
+// between settles (7 + 48 <= 64), where 32-bit words fitted two. flush() stores the last bits.
+// Every store may write up to 8 bytes past the bits: the caller leaves that room, and turns
+// the bytes into the stream's 32-bit words (byteswap_words).
+struct ByteWriter {
+  uint8_t* p;
   uint64_t acc = 0;
   uint32_t pending = 0;
   void put(uint32_t value, uint32_t bits) {  // 1 <= bits <= 12 (kMaxCodeLength), value < 2^bits
@@ -411,15 +412,21 @@ struct WordWriter {
     pending += bits;
   }
   void settle() {
-    *p = uint32_t(acc >> 32);
-    p += pending >> 5;
-    acc <<= pending & 32;
-    pending &= 31;
+    const uint64_t be = __builtin_bswap64(acc);
+    std::memcpy(p, &be, 8);
+    p += pending >> 3;
+    acc <<= pending & 56u;
+    pending &= 7u;
   }
   void flush() {
-    if (pending) *p = uint32_t(acc >> 32);
+    if (pending) settle();
   }
 };
+
+// Big-endian byte quadruples into the stream's little-endian 32-bit words, in place.
+inline void byteswap_words(uint32_t* w, uint64_t n) {
+  for (uint64_t i = 0; i < n; ++i) w[i] = __builtin_bswap32(w[i]);
+}
 
 // The largest j in [from, to] with prefix[j] <= limit (prefix non-decreasing, prefix[from] <=
 // limit), walked to from `guess`: a lane's end usually lies within a few symbols of where the
@@ -496,32 +503,30 @@ PYCODEC_X86_V3_CLONES inline Status encode_chunk(const uint8_t* sym, uint32_t m,
   // Lane l writes exactly `window` bits (its codes, then the next code's first bits) and the
   // lane holding the last symbol no more: lanes * window <= 32 W bits, all inside the words.
   const size_t start = out.size();
-  out.resize(start + words, 0u);
+  out.resize(start + words + 2, 0u);  // + the writer's 8 bytes of room
   const uint64_t window = lane_window_bits(uint32_t(words), lanes);
-  WordWriter bw{out.data() + start};
+  ByteWriter bw{reinterpret_cast<uint8_t*>(out.data() + start)};
   uint32_t i = 0;
   for (uint32_t l = 0; l < lanes && i < m; ++l) {
     const uint32_t lane_start = i;
-    for (; i + 2 <= end[l]; i += 2) {
+    for (; i + 4 <= end[l]; i += 4) {
       bw.put(c.code[sym[i]], c.length[sym[i]]);
       bw.put(c.code[sym[i + 1]], c.length[sym[i + 1]]);
+      bw.put(c.code[sym[i + 2]], c.length[sym[i + 2]]);
+      bw.put(c.code[sym[i + 3]], c.length[sym[i + 3]]);
       bw.settle();
     }
-    if (i < end[l]) {
-      bw.put(c.code[sym[i]], c.length[sym[i]]);
-      bw.settle();
-      ++i;
-    }
+    for (; i < end[l]; ++i) bw.put(c.code[sym[i]], c.length[sym[i]]);
     if (i < m) {  // the next code's first `pad` bits (pad < its length); l + 1 < lanes here
       const uint32_t pad = uint32_t(window - (prefix[i] - prefix[lane_start]));
       const uint32_t len = c.length[sym[i]];
-      if (pad) {
-        bw.put(uint32_t(c.code[sym[i]]) >> (len - pad), pad);
-        bw.settle();
-      }
+      if (pad) bw.put(uint32_t(c.code[sym[i]]) >> (len - pad), pad);
     }
+    bw.settle();
   }
   bw.flush();  // every symbol placed: the rest of the chunk stays zero
+  out.resize(start + words);
+  byteswap_words(out.data() + start, words);
   return Status::Ok;
 }
 

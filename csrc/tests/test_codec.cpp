@@ -770,6 +770,75 @@ static void test_host_openmp_team() {
   }
 }
 
+// encode_split against plan_split + apply_split + encode: the same plan, raw words and stream,
+// whether chunks start on raw words (split chunk by chunk in cache) or not (split first: chunks
+// of 100 weight-like values, 5-7 or 21-23 raw bits each), on one or two threads. The raw words
+// and the stream go into exactly sized buffers (ASan sees a write past them); a refused
+// allocation is TooLarge.
+template <class T>
+static void check_encode_split(std::mt19937& rng) {
+  const int width = 8 * int(sizeof(T));
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  const std::vector<std::vector<uint64_t>> shapes = {{0}, {1}, {3000}, {96, 64}, {150, 100}, {2, 33, 32}, {700, 576}};
+  for (const auto& shape : shapes) {
+    uint64_t n = 1;
+    for (uint64_t d : shape) n *= d;
+    std::vector<T> bits(n);
+    for (auto& b : bits) {
+      float w = normal(rng);
+      uint32_t u;
+      std::memcpy(&u, &w, 4);
+      b = T(width == 16 ? u >> 16 : u);
+    }
+    if (n > 10) bits[n / 2] = T(width == 16 ? 0x7FC1 : 0x7FC00001);  // a NaN
+    for (uint32_t chunk : {0u, 96u, 100u})
+    for (Coder coder : {Coder::Huffman, Coder::Rans})
+      for (int threads : {1, 2}) {
+        if (coder == Coder::Rans && chunk % 32) continue;  // v1 chunks are multiples of 32
+        EncodeOptions opt;
+        opt.coder = coder;
+        opt.threads = threads;
+        opt.chunk_symbols = chunk;
+        split::Plan want_plan;
+        CHECK(plan_split(bits.data(), n, &want_plan, threads) == Status::Ok);
+        std::vector<uint8_t> symbols(n);
+        std::vector<uint32_t> want_raw(split::raw_words(n, width - want_plan.top));
+        apply_split(bits.data(), n, want_plan, symbols.data(), want_raw.data(), threads);
+        std::vector<uint8_t> want_blob;
+        CHECK(encode(symbols.data(), shape.data(), int(shape.size()), opt, &want_blob) == Status::Ok);
+        split::Plan plan;
+        std::unique_ptr<uint32_t[]> raw;
+        std::unique_ptr<uint8_t[]> blob;
+        size_t raw_words = 0, blob_bytes = 0;
+        const Status st = encode_split(
+            bits.data(), shape.data(), int(shape.size()), opt, &plan,
+            [&](size_t words) { return (raw = std::make_unique<uint32_t[]>(raw_words = words)).get(); },
+            [&](size_t bytes) { return (blob = std::make_unique<uint8_t[]>(blob_bytes = bytes)).get(); });
+        CHECK(st == Status::Ok);
+        CHECK(plan.top == want_plan.top && plan.n_values == want_plan.n_values &&
+              std::equal(plan.values, plan.values + plan.n_values, want_plan.values) &&
+              std::equal(plan.counts, plan.counts + plan.n_values, want_plan.counts));
+        CHECK(raw_words == want_raw.size() && std::equal(want_raw.begin(), want_raw.end(), raw.get()));
+        CHECK(blob_bytes == want_blob.size() && std::equal(want_blob.begin(), want_blob.end(), blob.get()));
+        if (n) {
+          const auto none_raw = [](size_t) { return static_cast<uint32_t*>(nullptr); };
+          CHECK(encode_split(bits.data(), shape.data(), int(shape.size()), opt, &plan, none_raw,
+                             [&](size_t bytes) { return (blob = std::make_unique<uint8_t[]>(bytes)).get(); }) ==
+                Status::TooLarge);
+        }
+        CHECK(encode_split(bits.data(), shape.data(), int(shape.size()), opt, &plan,
+                           [&](size_t words) { return (raw = std::make_unique<uint32_t[]>(words + 1)).get(); },
+                           [](size_t) { return static_cast<uint8_t*>(nullptr); }) == Status::TooLarge);
+      }
+  }
+}
+
+static void test_encode_split() {
+  std::mt19937 rng(31);
+  check_encode_split<uint16_t>(rng);
+  check_encode_split<uint32_t>(rng);
+}
+
 int main() {
   test_package_merge_limits_lengths();
   test_package_merge_optimal_on_dyadic();
@@ -785,6 +854,7 @@ int main() {
   test_hash_sensitivity();
   test_split_merge_paths_agree();
   test_split_packings();
+  test_encode_split();
   test_affine_dequantization();
   test_affine_matvec();
   test_quantizers();
