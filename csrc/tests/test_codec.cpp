@@ -113,6 +113,74 @@ static void test_package_merge_optimal_on_dyadic() {
   CHECK(code.length[3] == 4 && code.length[4] == 4);
 }
 
+// The package-merge selection as the textbook walks it: every selected item of the top level,
+// a package expanding into its pair below, each leaf reached adding one to its length. The
+// codec counts the selection level by level instead (huffman.h); both must agree exactly (the
+// lengths are the stream's bytes), ties included.
+static void walked_package_merge(const uint64_t counts[256], uint8_t lengths[256]) {
+  struct Item {
+    uint64_t weight;
+    int leaf;  // symbol, or -1 for a package of items 2 * pkg, 2 * pkg + 1 below
+    int pkg;
+  };
+  std::memset(lengths, 0, 256);
+  std::vector<int> present;
+  for (int s = 0; s < 256; ++s)
+    if (counts[s]) present.push_back(s);
+  const int n = int(present.size());
+  if (n < 2) return;
+  std::stable_sort(present.begin(), present.end(), [&](int a, int b) { return counts[a] < counts[b]; });
+  const int L = huffman::kMaxCodeLength;
+  std::vector<std::vector<Item>> level(L);
+  for (int d = L - 1; d >= 0; --d) {
+    const int n_pkg = d + 1 < L ? int(level[d + 1].size()) / 2 : 0;
+    int leaf = 0, pkg = 0;
+    while (leaf < n || pkg < n_pkg) {
+      const uint64_t pw = pkg < n_pkg ? level[d + 1][2 * pkg].weight + level[d + 1][2 * pkg + 1].weight : 0;
+      if (pkg == n_pkg || (leaf < n && counts[present[leaf]] <= pw)) {
+        level[d].push_back({counts[present[leaf]], present[leaf], -1});
+        ++leaf;
+      } else {
+        level[d].push_back({pw, -1, pkg++});
+      }
+    }
+  }
+  std::vector<std::pair<int, int>> todo;
+  for (int i = 0; i < 2 * n - 2; ++i) todo.push_back({0, i});
+  while (!todo.empty()) {
+    const auto [d, i] = todo.back();
+    todo.pop_back();
+    const Item& it = level[d][i];
+    if (it.leaf >= 0) {
+      ++lengths[it.leaf];
+    } else {
+      todo.push_back({d + 1, 2 * it.pkg});
+      todo.push_back({d + 1, 2 * it.pkg + 1});
+    }
+  }
+}
+
+static void test_package_merge_counts_what_the_walk_selects() {
+  std::mt19937_64 rng(37);
+  int differ = 0;
+  for (int t = 0; t < 20000; ++t) {
+    uint64_t counts[256] = {0};
+    const int present = 1 + int(rng() % 256);
+    for (int i = 0; i < present; ++i) {
+      const uint64_t r = rng();
+      // Small counts (many ties), powers of two (exact ties between leaves and packages), wide
+      // ranges (codes hitting the length limit).
+      counts[rng() % 256] = t % 4 == 0 ? 1 + r % 1000 : t % 4 == 1 ? uint64_t(1) << (r % 40)
+                          : t % 4 == 2 ? 1 + r % 3 : 1 + r % (uint64_t(1) << 40);
+    }
+    uint8_t counted[256], walked[256];
+    huffman::build_code_lengths(counts, counted);
+    walked_package_merge(counts, walked);
+    differ += std::memcmp(counted, walked, 256) != 0;
+  }
+  CHECK(differ == 0);
+}
+
 static void test_rans_normalize() {
   uint64_t counts[256] = {0};
   counts[3] = 1000000, counts[7] = 1, counts[200] = 5;
@@ -842,6 +910,7 @@ static void test_encode_split() {
 int main() {
   test_package_merge_limits_lengths();
   test_package_merge_optimal_on_dyadic();
+  test_package_merge_counts_what_the_walk_selects();
   test_rans_normalize();
   test_roundtrips();
   test_uneven_lanes();
