@@ -947,7 +947,7 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "cpu_simd",
       [](py::object enabled) {
-        if (!enabled.is_none()) split::simd_wanted().store(enabled.cast<bool>());
+        if (!enabled.is_none()) simd_wanted().store(enabled.cast<bool>());
         return split::use_vbmi_merge();
       },
       py::arg("enabled") = py::none(),

@@ -494,3 +494,24 @@ def test_listed_chunks_decode_as_the_whole_stream(lanes):
                 np.testing.assert_array_equal(got[:want.size], want)
                 np.testing.assert_array_equal(merged[slot * chunk:slot * chunk + want.size],
                                               bits.reshape(-1)[c * chunk:(c + 1) * chunk])
+
+
+@pytest.mark.parametrize("n,chunk,lanes", [(1, None, None), (63, None, 1), (64, 64, 2), (1000, 65, 3), (5000, None, None),
+                                           (70001, 4096, 32), (300000, None, None)])
+def test_vector_prefix_does_not_change_stream(n, chunk, lanes):
+    # The encoder places its lanes by a running sum of code lengths, taken with AVX-512 VBMI where
+    # the CPU has it (cpu_vbmi.h): the stream and encoded_size must be the scalar sum's.
+    rng = np.random.default_rng(n)
+    x = np.clip(rng.normal(128, 20, n), 0, 255).astype(np.uint8)
+    x[::7] = rng.integers(0, 256, len(x[::7]))  # every byte value, codes up to the length limit
+    streams = {}
+    try:
+        for simd in (True, False):
+            _C.cpu_simd(simd)
+            streams[simd] = (pycodec.encode(x, chunk_symbols=chunk, lanes=lanes),
+                             pycodec.encoded_size(x, chunk_symbols=chunk, lanes=lanes))
+    finally:
+        _C.cpu_simd(True)
+    assert streams[True] == streams[False]
+    assert streams[True][1] == len(streams[True][0])
+    assert np.array_equal(pycodec.decode(streams[True][0]), x)

@@ -263,16 +263,11 @@ void merge_groups(const uint8_t* symbols, uint64_t groups, const T* table, const
 
 }  // namespace detail
 
-// Whether the merge may use the CPU's vector extensions (split_vbmi.h) where it has them. On by
-// default; tests turn it off to check the scalar merge gives the same.
-inline std::atomic<bool>& simd_wanted() {
-  static std::atomic<bool> wanted{true};
-  return wanted;
-}
+// Whether the merge may use the CPU's vector extensions (split_vbmi.h) where it has them: on
+// by default; tests turn it off (simd_wanted, cpu_vbmi.h) to check the scalar merge gives the same.
 inline bool use_vbmi_merge() {
 #ifdef PYCODEC_HAVE_VBMI_MERGE
-  static const bool has = vbmi::cpu_has_vbmi();
-  return has && simd_wanted().load(std::memory_order_relaxed);
+  return ::pycodec::vbmi::use_vbmi();
 #else
   return false;
 #endif

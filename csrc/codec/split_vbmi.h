@@ -10,10 +10,13 @@
 //   permute (byte order to big-endian qwords) and a multishift (each field to a byte).
 // - Field j of a qword's 8 sits at big-endian bits [j * low, (j + 1) * low), i.e. little-endian
 //   bits from 64 - (j + 1) * low up: the multishift control of byte j.
-// - Chosen at run time where the CPU has AVX-512 F, BW and VBMI (and cpu_simd() is on).
+// - Chosen at run time where the CPU has AVX-512 F, BW and VBMI (and cpu_simd() is on:
+//   cpu_vbmi.h).
 #pragma once
 
 #include <cstdint>
+
+#include "cpu_vbmi.h"
 
 namespace pycodec {
 namespace split {
@@ -51,20 +54,12 @@ inline constexpr Interleave kInterleave = make_interleave();
 }  // namespace split
 }  // namespace pycodec
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#ifdef PYCODEC_HAVE_VBMI
 #define PYCODEC_HAVE_VBMI_MERGE 1
-
-#include <immintrin.h>
 
 namespace pycodec {
 namespace split {
 namespace vbmi {
-
-inline bool cpu_has_vbmi() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vbmi");
-}
 
 // GCC 12 warns inside its own intrinsic headers here (their _mm512_undefined_* placeholders).
 #if defined(__GNUC__) && !defined(__clang__)

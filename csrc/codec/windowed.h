@@ -46,6 +46,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_vbmi.h"
 #include "huffman.h"
 #include "status.h"
 
@@ -448,15 +449,32 @@ inline uint32_t last_at_most(const uint32_t* prefix, uint32_t from, uint32_t to,
 // over a step size needs only this: the stream's size without its bits (chunk_size).
 PYCODEC_CPU_INLINE uint64_t chunk_words(const uint8_t* sym, uint32_t m, const huffman::Code& c, uint32_t lanes,
                                         uint32_t* prefix, uint32_t end[kMaxLanes]) {
-  prefix[0] = 0;
-  for (uint32_t i = 0; i < m; ++i) prefix[i + 1] = prefix[i] + c.length[sym[i]];
+#ifdef PYCODEC_HAVE_VBMI
+  if (vbmi::use_vbmi()) {
+    vbmi::prefix_code_bits(sym, m, c.length, prefix);
+  } else
+#endif
+  {
+    prefix[0] = 0;
+    for (uint32_t i = 0; i < m; ++i) prefix[i + 1] = prefix[i] + c.length[sym[i]];
+  }
   const uint64_t total = prefix[m];
   uint64_t words = std::max<uint64_t>(1, (total + 31) / 32);
-  for (;; ++words) {  // a few steps at most
+  // The first try walks to each lane's end from where the mean code length puts it. A longer
+  // window never ends a lane earlier (its start is no earlier and its limit no lower, by
+  // induction over the lanes), so each later try walks on from the last one's ends: with 32
+  // lanes a window grows by one bit a try and most ends move by a symbol or none.
+  for (bool first = true;; ++words, first = false) {  // a few steps at most
     const uint64_t window = lane_window_bits(uint32_t(words), lanes);
     uint32_t i = 0;
     for (uint32_t l = 0; l + 1 < lanes; ++l) {
-      i = last_at_most(prefix, i, m, prefix[i] + window, i + uint32_t(window * m / std::max<uint64_t>(total, 1)));
+      const uint64_t limit = prefix[i] + window;
+      if (first) {
+        i = last_at_most(prefix, i, m, limit, i + uint32_t(window * m / std::max<uint64_t>(total, 1)));
+      } else {
+        i = std::max(i, end[l]);
+        while (i < m && prefix[i + 1] <= limit) ++i;
+      }
       end[l] = i;
     }
     end[lanes - 1] = m;

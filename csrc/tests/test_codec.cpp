@@ -181,6 +181,26 @@ static void test_package_merge_counts_what_the_walk_selects() {
   CHECK(differ == 0);
 }
 
+// The vector running sum of code lengths (cpu_vbmi.h) against the scalar one, for every chunk
+// length up to a few blocks (ASan sees a write past prefix[m]) and symbols over all 256 bytes.
+static void test_prefix_code_bits() {
+#ifdef PYCODEC_HAVE_VBMI
+  if (!vbmi::cpu_has_vbmi()) return;
+  std::mt19937 rng(41);
+  uint8_t length[256];
+  for (auto& l : length) l = uint8_t(rng() % 13);
+  for (uint32_t m = 0; m <= 300; ++m) {
+    std::vector<uint8_t> sym(m);
+    for (auto& s : sym) s = uint8_t(rng());
+    std::vector<uint32_t> want(m + 1), got(m + 1);
+    want[0] = 0;
+    for (uint32_t i = 0; i < m; ++i) want[i + 1] = want[i] + length[sym[i]];
+    vbmi::prefix_code_bits(sym.data(), m, length, got.data());
+    CHECK(got == want);
+  }
+#endif
+}
+
 static void test_rans_normalize() {
   uint64_t counts[256] = {0};
   counts[3] = 1000000, counts[7] = 1, counts[200] = 5;
@@ -494,7 +514,7 @@ static void test_split_merge_paths_agree() {
     split::MergeTable<uint16_t> t;
     CHECK(split::make_merge_table(plan.values, plan.n_values, plan.top, &t) == Status::Ok);
     for (bool simd : {true, false}) {
-      split::simd_wanted().store(simd);
+      simd_wanted().store(simd);
       const uint64_t first = rng() % n;  // a span from any element on
       std::vector<uint16_t> out(n - first, 0);
       std::vector<uint8_t> be;
@@ -509,7 +529,7 @@ static void test_split_merge_paths_agree() {
       }
     }
   }
-  split::simd_wanted().store(true);
+  simd_wanted().store(true);
 }
 
 static float from_bits(uint32_t b) {
@@ -911,6 +931,7 @@ int main() {
   test_package_merge_limits_lengths();
   test_package_merge_optimal_on_dyadic();
   test_package_merge_counts_what_the_walk_selects();
+  test_prefix_code_bits();
   test_rans_normalize();
   test_roundtrips();
   test_uneven_lanes();
