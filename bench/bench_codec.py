@@ -10,7 +10,8 @@ Data sets
   minilm_int4          int4 group-128 asymmetric RTN codes (0..15) of all-MiniLM-L6-v2's 37 linear weights
                        (36 encoder projections + pooler; embeddings excluded), 10.76M weights
   minilm_bf16          the same weights cast to bf16, coded losslessly. pycodec uses lossless mode's layout
-                       (coded top bits + raw low bits, csrc/codec/split.h; split / merge timed too),
+                       (coded top bits + raw low bits, csrc/codec/split.h; split / merge timed too: its
+                       one-pass encode_split and decode_split, as lossless mode calls them),
                        constriction the exponent and sign+mantissa byte planes; zstd and ZipNN get the raw
                        bf16 bytes. Sizes are per weight (16 raw bits).
 
@@ -148,9 +149,9 @@ def _pycodec(coder: str) -> list[Codec]:
     def dec(blob, threads):
         return pycodec.decode(blob, threads=threads)
 
-    def enc_bf16(bits, threads):  # lossless mode's layout: coded top bits + raw low bits (split.h)
-        top, values, symbols, raw = pycodec._C.split_float(bits, 16, threads)
-        return enc(np.frombuffer(symbols, np.uint8), threads), values, top, raw
+    def enc_bf16(bits, threads):  # lossless mode's layout and call: coded top bits + raw low bits (split.h)
+        top, values, _, blob, raw = pycodec.codec.encode_split(bits, coder=coder, threads=threads)
+        return blob, values, top, raw
 
     def dec_bf16(packed, threads):
         blob, values, top, raw = packed
