@@ -482,15 +482,18 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "set_host_openmp",
-      [](uintptr_t parallel, uintptr_t thread_num) {
+      [](uintptr_t parallel, uintptr_t thread_num, uintptr_t max_threads) {
         HostOpenMP runtime{reinterpret_cast<void (*)(void (*)(void*), void*, unsigned, unsigned)>(parallel),
-                           reinterpret_cast<int (*)()>(thread_num)};
+                           reinterpret_cast<int (*)()>(thread_num), reinterpret_cast<int (*)()>(max_threads)};
         if (!set_host_openmp(runtime))
           throw py::value_error("set_host_openmp takes both addresses (GOMP_parallel, omp_get_thread_num) or neither");
       },
-      py::arg("parallel"), py::arg("thread_num"),
+      py::arg("parallel"), py::arg("thread_num"), py::arg("max_threads") = 0,
       "Run parallel calls on the host OpenMP runtime whose GOMP_parallel and omp_get_thread_num are at these "
-      "addresses (0, 0: pycodec's own threads again). The addresses must stay valid while installed.");
+      "addresses (0, 0: pycodec's own threads again); with omp_get_max_threads's, calls that leave their thread "
+      "count open take the host's. The addresses must stay valid while installed.");
+  m.def("default_threads", &default_threads,
+        "The threads a call with threads=0 runs on: the host team's count (set_host_openmp) or every core.");
   m.def("host_openmp_active", &host_openmp_active,
         "True when this process's parallel calls run on a host OpenMP team (set_host_openmp).");
 

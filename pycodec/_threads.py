@@ -6,8 +6,9 @@ pycodec's own workers had to share the cores with spinning threads: on 2 cores a
 took 0.10 s that way and 0.06 s with pycodec's chunks on torch's team, whose spinning threads then
 pick them up at once. ``import pycodec`` therefore hands pycodec's parallel calls to torch's
 runtime when torch runs on OpenMP; ``PYCODEC_OWN_THREADS=1`` in the environment, or
-``use_torch_threads(False)``, keeps pycodec's own. The thread count is pycodec's either way
-(``threads=0``: every core); outputs are identical.
+``use_torch_threads(False)``, keeps pycodec's own. On torch's team a call that leaves its thread
+count open (``threads=0``) takes torch's (``torch.set_num_threads``); on its own threads, every
+core. Outputs are identical either way.
 """
 from __future__ import annotations
 
@@ -59,12 +60,13 @@ def use_torch_threads(enable: bool = True) -> str | None:
     if path is not None:
         try:  # RTLD_NOLOAD: only the copy already loaded, never a second runtime
             runtime = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            # omp_get_max_threads: calls that leave their thread count open follow torch.set_num_threads.
             addresses = [ctypes.cast(getattr(runtime, name), ctypes.c_void_p).value
-                         for name in ("GOMP_parallel", "omp_get_thread_num")]
+                         for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_max_threads")]
         except (OSError, AttributeError):
             runtime, path = None, None
     if runtime is None:
-        _C.set_host_openmp(0, 0)
+        _C.set_host_openmp(0, 0, 0)
     else:
         _C.set_host_openmp(*addresses)
     _runtime, _runtime_path = runtime, path

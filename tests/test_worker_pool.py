@@ -131,3 +131,31 @@ def test_an_incomplete_runtime_is_refused(backend):
     with pytest.raises(ValueError, match="both addresses"):
         _C.set_host_openmp(1, 0)
     assert _C.host_openmp_active() == state
+
+
+def _default_threads(own: bool, torch_threads: int) -> tuple[int, int]:
+    # A fresh process: the threads a call with threads=0 takes after torch.set_num_threads, and the cores.
+    code = textwrap.dedent(f"""
+        import os
+        os.environ["PYCODEC_OWN_THREADS"] = "{int(own)}"
+        import numpy as np, torch, pycodec
+        from pycodec import _C
+        torch.set_num_threads({torch_threads})
+        x = np.random.default_rng(0).integers(0, 40, size=1 << 20).astype(np.uint8)
+        assert pycodec.decode(pycodec.encode(x)).tobytes() == x.tobytes()
+        print(_C.default_threads(), os.cpu_count())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    threads, cores = map(int, out.stdout.split())
+    return threads, cores
+
+
+@pytest.mark.skipif(not TORCH_ON_OPENMP, reason="torch's CPU ops do not run on OpenMP here")
+def test_open_thread_counts_follow_torch_set_num_threads():
+    # A process limited by torch.set_num_threads(1) stays on one thread; pycodec's own threads
+    # (PYCODEC_OWN_THREADS=1) use every core whatever torch's setting.
+    assert _default_threads(own=False, torch_threads=1)[0] == 1
+    assert _default_threads(own=False, torch_threads=3)[0] == 3
+    threads, cores = _default_threads(own=True, torch_threads=1)
+    assert threads == cores

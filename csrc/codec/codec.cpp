@@ -24,7 +24,10 @@
 namespace pycodec {
 namespace {
 
+int host_max_threads();
+
 int resolve_threads(int threads, uint64_t n_chunks) {
+  if (threads <= 0) threads = host_max_threads();
   if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
   return int(std::min<uint64_t>(uint64_t(threads), std::max<uint64_t>(1, n_chunks)));
 }
@@ -110,6 +113,13 @@ struct HostTeam {
 std::atomic<const HostTeam*> host_team{nullptr};
 std::mutex host_teams_lock;
 std::vector<std::unique_ptr<HostTeam>> host_teams;
+
+// The installed host runtime's thread count for calls that leave theirs open; 0 without one.
+int host_max_threads() {
+  const HostTeam* team = host_team.load(std::memory_order_acquire);
+  if (!team || team->pid != getpid() || !team->runtime.max_threads) return 0;
+  return team->runtime.max_threads();
+}
 
 struct HostJob {
   const std::function<void(int)>* job;
@@ -348,12 +358,15 @@ bool set_host_openmp(HostOpenMP runtime) {
   std::lock_guard<std::mutex> lock(host_teams_lock);
   const pid_t pid = getpid();
   auto same = std::find_if(host_teams.begin(), host_teams.end(), [&](const std::unique_ptr<HostTeam>& t) {
-    return t->pid == pid && t->runtime.parallel == runtime.parallel && t->runtime.thread_num == runtime.thread_num;
+    return t->pid == pid && t->runtime.parallel == runtime.parallel && t->runtime.thread_num == runtime.thread_num &&
+           t->runtime.max_threads == runtime.max_threads;
   });
   if (same == host_teams.end()) same = host_teams.insert(host_teams.end(), std::make_unique<HostTeam>(HostTeam{runtime, pid}));
   host_team.store(same->get(), std::memory_order_release);
   return true;
 }
+
+int default_threads() { return resolve_threads(0, UINT64_MAX); }
 
 bool host_openmp_active() {
   const HostTeam* team = host_team.load(std::memory_order_acquire);

@@ -8,8 +8,8 @@
 // Memory: decode() writes exactly info.n_symbols bytes into the caller's buffer and
 // allocates only its decode table (<= 16 KiB) and one hash per chunk.
 // Threads: chunks are independent, so encode and decode split them across `threads`
-// threads (0 = hardware concurrency): pycodec's own, or the team of the host's OpenMP
-// runtime (set_host_openmp). Output is identical for any thread count and either kind.
+// threads (0 = hardware concurrency, or the host's count: set_host_openmp): pycodec's own, or
+// the team of the host's OpenMP runtime. Output is identical for any thread count and either kind.
 #pragma once
 
 #include <cstddef>
@@ -42,15 +42,22 @@ constexpr uint32_t kDefaultRansChunk = 1u << 16;
 // pycodec calls: on 2 cores a token took 0.10 s on own threads, 0.06 s on torch's team).
 // Installed, every parallel call of this process runs on the host's team instead, the caller
 // as thread 0; after fork() a child uses its own threads again (libgomp's pool is the parent's).
+// With max_threads, a call that leaves its thread count open (threads = 0) takes the host's
+// (torch.set_num_threads sets it) instead of every core: a process limited to one thread by
+// its host stays on one.
 struct HostOpenMP {
   void (*parallel)(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags);  // GOMP_parallel
   int (*thread_num)();                                                                    // omp_get_thread_num
+  int (*max_threads)() = nullptr;                                                         // omp_get_max_threads
 };
-// Both fields set: use that runtime; both null: pycodec's own threads again. Returns false
-// (and changes nothing) when only one is set.
+// parallel and thread_num both set: use that runtime; both null: pycodec's own threads again
+// (max_threads ignored). Returns false (and changes nothing) when only one is set.
 bool set_host_openmp(HostOpenMP runtime);
 // True when parallel calls of this process run on a host OpenMP team.
 bool host_openmp_active();
+// The threads a call that leaves its count open (threads = 0) may use: the host team's count
+// (HostOpenMP::max_threads) when one is installed with it, else every core.
+int default_threads();
 
 struct EncodeOptions {
   Coder coder = Coder::Huffman;

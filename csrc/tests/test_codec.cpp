@@ -791,8 +791,12 @@ static thread_local int t_team_thread = 0;
 static unsigned g_team_cap = 64;
 static std::atomic<int> g_team_calls{0};
 
+static std::atomic<unsigned> g_team_asked{0};  // the num_threads of the last call
+static int g_team_max = 0;                       // the stand-in's omp_get_max_threads
+
 static void team_parallel(void (*fn)(void*), void* data, unsigned asked, unsigned) {
   ++g_team_calls;
+  g_team_asked = asked;
   const unsigned size = std::max(1u, std::min(asked, g_team_cap));
   std::vector<std::thread> team;
   for (unsigned i = 1; i < size; ++i) team.emplace_back([=] { t_team_thread = int(i); fn(data); });
@@ -802,6 +806,7 @@ static void team_parallel(void (*fn)(void*), void* data, unsigned asked, unsigne
 }
 
 static int team_thread_num() { return t_team_thread; }
+static int team_max_threads() { return g_team_max; }
 
 // Parallel calls on a host team (set_host_openmp) write what they write on pycodec's own
 // threads, also when the team comes smaller than asked; then on a real libgomp when present.
@@ -843,8 +848,29 @@ static void test_host_openmp_team() {
     same_outputs(cap == 1 ? "a team of one" : "a full team");
     CHECK(g_team_calls.load() >= 3);  // encode, decode and split each ran on the team
   }
-  CHECK(set_host_openmp({nullptr, nullptr}));
-  CHECK(!host_openmp_active());
+  // Calls that leave their thread count open take the host's (torch.set_num_threads): one
+  // thread runs on the caller alone, three ask the team for three; threads given win.
+  const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
+  CHECK(default_threads() == cores);  // no max_threads: every core
+  CHECK(set_host_openmp({team_parallel, team_thread_num, team_max_threads}));
+  std::vector<uint8_t> open_blob, out(v.size());
+  EncodeOptions open_opt = opt;
+  open_opt.threads = 0;
+  for (int host : {1, 3}) {
+    g_team_max = host;
+    g_team_calls = 0;
+    g_team_asked = 0;
+    CHECK(default_threads() == host);
+    CHECK(encode(v.data(), shape, 1, open_opt, &open_blob) == Status::Ok && open_blob == own_blob);
+    CHECK(decode(own_blob.data(), own_blob.size(), out.data(), out.size(), 0) == Status::Ok && out == v);
+    CHECK(host == 1 ? g_team_calls.load() == 0 : g_team_calls.load() >= 2 && g_team_asked.load() == 3u);
+  }
+  g_team_max = 1;
+  g_team_calls = 0;
+  CHECK(decode(own_blob.data(), own_blob.size(), out.data(), out.size(), 2) == Status::Ok && out == v);
+  CHECK(g_team_calls.load() == 1 && g_team_asked.load() == 2u);
+  CHECK(set_host_openmp({nullptr, nullptr, team_max_threads}));  // own threads: max_threads ignored
+  CHECK(!host_openmp_active() && default_threads() == cores);
   g_team_calls = 0;
   same_outputs("own threads again");
   CHECK(g_team_calls.load() == 0);
