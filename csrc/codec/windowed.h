@@ -396,6 +396,31 @@ inline uint32_t chunk_bits(const uint32_t* w, uint64_t n_words, uint64_t bit, in
 #define PYCODEC_CPU_INLINE_LAMBDA
 #endif
 
+// The chunk's codes joined four at a time (cpu_vbmi.h, join_codes4) where the CPU has VBMI:
+// quad[q] holds the codes of symbols 4q .. 4q + 3 in bits[q] bits; null quad otherwise. Per
+// thread, valid until the thread's next call.
+struct JoinedCodes {
+  const uint64_t* quad = nullptr;
+  const uint8_t* bits = nullptr;
+};
+
+inline JoinedCodes join_codes(const uint8_t* sym, uint32_t m, const huffman::Code& c) {
+  JoinedCodes joined;
+#ifdef PYCODEC_HAVE_VBMI
+  if (vbmi::use_vbmi()) {
+    thread_local std::vector<uint64_t> quad;
+    thread_local std::vector<uint8_t> bits;
+    thread_local vbmi::CodeBytes table;
+    if (quad.size() < m / 4 + 1) quad.resize(m / 4 + 1), bits.resize(m / 4 + 1);
+    vbmi::make_code_bytes(c.code, c.length, &table);
+    vbmi::join_codes4(sym, m, table, quad.data(), bits.data());
+    joined.quad = quad.data();
+    joined.bits = bits.data();
+  }
+#endif
+  return joined;
+}
+
 // MSB-first bits as big-endian bytes at p, with no branch per code: a branch on "is a word
 // full" every ~7 codes is one the CPU mispredicts, and it cost ~20% of the encode (2026-11-30,
 // the 2-core AMD EPYC). acc holds the unfinished bits left-aligned (`pending` of them);
@@ -408,8 +433,8 @@ struct ByteWriter {
   uint8_t* p;
   uint64_t acc = 0;
   uint32_t pending = 0;
-  void put(uint32_t value, uint32_t bits) {  // 1 <= bits <= 12 (kMaxCodeLength), value < 2^bits
-    acc |= uint64_t(value) << (64 - pending - bits);
+  void put(uint64_t value, uint32_t bits) {  // 1 <= bits <= 48 (four codes), value < 2^bits
+    acc |= value << (64 - pending - bits);
     pending += bits;
   }
   void settle() {
@@ -459,12 +484,16 @@ PYCODEC_CPU_INLINE uint64_t chunk_words(const uint8_t* sym, uint32_t m, const hu
     for (uint32_t i = 0; i < m; ++i) prefix[i + 1] = prefix[i] + c.length[sym[i]];
   }
   const uint64_t total = prefix[m];
-  uint64_t words = std::max<uint64_t>(1, (total + 31) / 32);
-  // The first try walks to each lane's end from where the mean code length puts it. A longer
-  // window never ends a lane earlier (its start is no earlier and its limit no lower, by
-  // induction over the lanes), so each later try walks on from the last one's ends: with 32
-  // lanes a window grows by one bit a try and most ends move by a symbol or none.
-  for (bool first = true;; ++words, first = false) {  // a few steps at most
+  const uint64_t least = std::max<uint64_t>(1, (total + 31) / 32);
+  // Greedy filling with window w places every lane's end no earlier than with a shorter one
+  // (by induction over the lanes: its start is no earlier and its limit no lower), so the last
+  // lane's share only falls as w grows: whether W words fit is monotone in W, and the least W
+  // that fits is found by stepping from any start. The start is the words of the codes plus
+  // three quarters of the expected padding (half a code a lane boundary), so that most chunks
+  // take two placements: one short, one that fits. The first placement walks to each end from
+  // where the mean code length puts it, later ones from the last one's ends (a window changes
+  // by 32 / lanes bits a step: most ends move by a symbol or none).
+  const auto place = [&](uint64_t words, bool first) PYCODEC_CPU_INLINE_LAMBDA {
     const uint64_t window = lane_window_bits(uint32_t(words), lanes);
     uint32_t i = 0;
     for (uint32_t l = 0; l + 1 < lanes; ++l) {
@@ -472,14 +501,26 @@ PYCODEC_CPU_INLINE uint64_t chunk_words(const uint8_t* sym, uint32_t m, const hu
       if (first) {
         i = last_at_most(prefix, i, m, limit, i + uint32_t(window * m / std::max<uint64_t>(total, 1)));
       } else {
-        i = std::max(i, end[l]);
-        while (i < m && prefix[i + 1] <= limit) ++i;
+        uint32_t j = std::max(i, end[l]);
+        while (j > i && prefix[j] > limit) --j;
+        while (j < m && prefix[j + 1] <= limit) ++j;
+        i = j;
       }
       end[l] = i;
     }
     end[lanes - 1] = m;
-    if (total - prefix[i] <= window) return words;
+    return total - prefix[i] <= window;
+  };
+  uint64_t words = least + (uint64_t(lanes - 1) * total * 3 / (8 * uint64_t(m))) / 32;
+  if (place(words, true)) {
+    bool placed = true;  // end[] holds the placement of `words`
+    while (words > least && (placed = place(words - 1, false))) --words;
+    if (!placed) place(words, false);
+    return words;
   }
+  while (!place(++words, false)) {
+  }
+  return words;
 }
 
 inline Status check_chunk(uint32_t m, uint32_t lanes) {
@@ -524,15 +565,25 @@ PYCODEC_X86_V3_CLONES inline Status encode_chunk(const uint8_t* sym, uint32_t m,
   out.resize(start + words + 2, 0u);  // + the writer's 8 bytes of room
   const uint64_t window = lane_window_bits(uint32_t(words), lanes);
   ByteWriter bw{reinterpret_cast<uint8_t*>(out.data() + start)};
+  const JoinedCodes joined = join_codes(sym, m, c);
   uint32_t i = 0;
   for (uint32_t l = 0; l < lanes && i < m; ++l) {
     const uint32_t lane_start = i;
-    for (; i + 4 <= end[l]; i += 4) {
-      bw.put(c.code[sym[i]], c.length[sym[i]]);
-      bw.put(c.code[sym[i + 1]], c.length[sym[i + 1]]);
-      bw.put(c.code[sym[i + 2]], c.length[sym[i + 2]]);
-      bw.put(c.code[sym[i + 3]], c.length[sym[i + 3]]);
+    if (joined.quad) {  // four codes joined (cpu_vbmi.h) from the lane's first multiple of 4
+      for (; i % 4 && i < end[l]; ++i) bw.put(c.code[sym[i]], c.length[sym[i]]);
       bw.settle();
+      for (; i + 4 <= end[l]; i += 4) {
+        bw.put(joined.quad[i / 4], joined.bits[i / 4]);
+        bw.settle();
+      }
+    } else {
+      for (; i + 4 <= end[l]; i += 4) {
+        bw.put(c.code[sym[i]], c.length[sym[i]]);
+        bw.put(c.code[sym[i + 1]], c.length[sym[i + 1]]);
+        bw.put(c.code[sym[i + 2]], c.length[sym[i + 2]]);
+        bw.put(c.code[sym[i + 3]], c.length[sym[i + 3]]);
+        bw.settle();
+      }
     }
     for (; i < end[l]; ++i) bw.put(c.code[sym[i]], c.length[sym[i]]);
     if (i < m) {  // the next code's first `pad` bits (pad < its length); l + 1 < lanes here

@@ -181,22 +181,42 @@ static void test_package_merge_counts_what_the_walk_selects() {
   CHECK(differ == 0);
 }
 
-// The vector running sum of code lengths (cpu_vbmi.h) against the scalar one, for every chunk
-// length up to a few blocks (ASan sees a write past prefix[m]) and symbols over all 256 bytes.
-static void test_prefix_code_bits() {
+// The encoder's vector helpers (cpu_vbmi.h) against scalar references, for every chunk length
+// up to a few blocks (ASan sees a write past prefix[m] or the last four) and symbols over all
+// 256 bytes or the lower 128 only: the running sum of code lengths, and codes joined by fours.
+static void test_encoder_vector_helpers() {
 #ifdef PYCODEC_HAVE_VBMI
   if (!vbmi::cpu_has_vbmi()) return;
   std::mt19937 rng(41);
-  uint8_t length[256];
-  for (auto& l : length) l = uint8_t(rng() % 13);
-  for (uint32_t m = 0; m <= 300; ++m) {
-    std::vector<uint8_t> sym(m);
-    for (auto& s : sym) s = uint8_t(rng());
-    std::vector<uint32_t> want(m + 1), got(m + 1);
-    want[0] = 0;
-    for (uint32_t i = 0; i < m; ++i) want[i + 1] = want[i] + length[sym[i]];
-    vbmi::prefix_code_bits(sym.data(), m, length, got.data());
-    CHECK(got == want);
+  for (int alphabet : {256, 128, 7}) {
+    uint8_t length[256] = {0};
+    uint16_t code[256] = {0};
+    for (int s = 0; s < alphabet; ++s) {
+      length[s] = uint8_t(1 + rng() % huffman::kMaxCodeLength);
+      code[s] = uint16_t(rng() & ((1u << length[s]) - 1));
+    }
+    vbmi::CodeBytes table;
+    vbmi::make_code_bytes(code, length, &table);
+    CHECK(table.wide == (alphabet > 128));
+    for (uint32_t m = 0; m <= 300; ++m) {
+      std::vector<uint8_t> sym(m);
+      for (auto& s : sym) s = uint8_t(rng() % alphabet);
+      std::vector<uint32_t> want(m + 1), got(m + 1);
+      want[0] = 0;
+      for (uint32_t i = 0; i < m; ++i) want[i + 1] = want[i] + length[sym[i]];
+      vbmi::prefix_code_bits(sym.data(), m, length, got.data());
+      CHECK(got == want);
+      std::vector<uint64_t> quad(m / 4);
+      std::vector<uint8_t> quad_bits(m / 4);
+      vbmi::join_codes4(sym.data(), m, table, quad.data(), quad_bits.data());
+      bool same = true;
+      for (uint32_t q = 0; q < m / 4; ++q) {
+        uint64_t v = 0;
+        for (uint32_t k = 4 * q; k < 4 * q + 4; ++k) v = v << length[sym[k]] | code[sym[k]];
+        same &= quad[q] == v && quad_bits[q] == want[4 * q + 4] - want[4 * q];
+      }
+      CHECK(same);
+    }
   }
 #endif
 }
@@ -957,7 +977,7 @@ int main() {
   test_package_merge_limits_lengths();
   test_package_merge_optimal_on_dyadic();
   test_package_merge_counts_what_the_walk_selects();
-  test_prefix_code_bits();
+  test_encoder_vector_helpers();
   test_rans_normalize();
   test_roundtrips();
   test_uneven_lanes();
