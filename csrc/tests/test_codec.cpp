@@ -232,6 +232,26 @@ static void test_rans_normalize() {
   CHECK(m.freq[7] >= 1 && m.freq[200] >= 1 && m.freq[4] == 0);
 }
 
+// The rANS encoder divides by a reciprocal (rans.h): equal to x / f for every frequency and
+// for states at the edges (0, multiples of f and their neighbours, the top of the range) and
+// at random.
+static void test_rans_reciprocal_division() {
+  std::mt19937 rng(43);
+  int wrong = 0;
+  for (uint32_t f = 1; f <= rans::kProbScale; ++f) {
+    const rans::Reciprocal r = rans::reciprocal_of(f);
+    for (uint32_t x : {0u, 1u, f - 1, f, f + 1, 0x7FFFFFFFu, 0x80000000u, 0xFFFFFFFEu, 0xFFFFFFFFu})
+      wrong += rans::divide(x, r) != x / f;
+    for (int k = 0; k < 200; ++k) {
+      const uint32_t x = uint32_t(rng()), y = x / f * f;
+      wrong += rans::divide(x, r) != x / f;
+      wrong += rans::divide(y, r) != y / f;
+      wrong += y && rans::divide(y - 1, r) != (y - 1) / f;
+    }
+  }
+  CHECK(wrong == 0);
+}
+
 static void test_roundtrips() {
   for (const Kind& kind : kKinds) {
     roundtrip({}, kind, 0, "empty");
@@ -979,6 +999,7 @@ int main() {
   test_package_merge_counts_what_the_walk_selects();
   test_encoder_vector_helpers();
   test_rans_normalize();
+  test_rans_reciprocal_division();
   test_roundtrips();
   test_uneven_lanes();
   test_efficiency();
