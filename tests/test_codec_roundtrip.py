@@ -517,3 +517,35 @@ def test_vector_encoder_does_not_change_stream(n, chunk, lanes, alphabet):
     assert streams[True] == streams[False]
     assert streams[True][1] == len(streams[True][0])
     assert np.array_equal(pycodec.decode(streams[True][0]), x)
+
+
+@pytest.mark.parametrize("n,chunk", [(1, None), (31, None), (32, 32), (1000, 96), (70001, 4096), (300000, None)])
+def test_vector_rans_decode_equals_scalar(n, chunk):
+    # rANS decodes its whole rounds 16 lanes a vector where the CPU has AVX-512 (rans.h): the same
+    # symbols as the scalar decoder, and the same refusal of every corrupted stream.
+    rng = np.random.default_rng(n + 1)
+    x = np.clip(rng.normal(128, 6, n), 0, 255).astype(np.uint8)
+    x[::13] = rng.integers(0, 256, len(x[::13]))
+    blob = pycodec.encode(x, coder="rans", chunk_symbols=chunk)
+    payload = int(_C.info(blob)["payload_offset"])
+    corrupt = []
+    for _ in range(8):  # one bit flipped inside the payload: a state or a word
+        b = bytearray(blob)
+        b[int(rng.integers(payload, len(b)))] ^= 1 << int(rng.integers(0, 8))
+        corrupt.append(bytes(b))
+    results = {}
+    try:
+        for simd in (True, False):
+            _C.cpu_simd(simd)
+            outcomes = []
+            for b in corrupt:
+                try:
+                    outcomes.append(pycodec.decode(b).tobytes())
+                except CodecError as e:
+                    outcomes.append(type(e))
+            results[simd] = (pycodec.decode(blob).tobytes(), outcomes)
+    finally:
+        _C.cpu_simd(True)
+    assert results[True] == results[False]
+    assert results[True][0] == x.tobytes()
+    assert any(not isinstance(o, bytes) for o in results[True][1])  # the flips are seen

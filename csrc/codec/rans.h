@@ -27,6 +27,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_vbmi.h"
 #include "huffman.h"  // kLanes
 #include "status.h"
 
@@ -216,6 +217,52 @@ inline size_t encode_chunk(const uint8_t* sym, uint32_t n, const Model& m, std::
   return out.size() - start;
 }
 
+#ifdef PYCODEC_HAVE_VBMI
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+static_assert(kLanes == 32, "two vectors of 16 lanes");
+
+// decode_chunk's whole rounds, 16 lanes a vector (AVX-512; taken where the CPU has VBMI, the
+// codec's one switch, cpu_vbmi.h): a gather looks up 16 states' slots, and a lane that needs a
+// word takes the next one by an expand, lanes in order, as the scalar refill does. A whole
+// decode, checksum included: 0.49 -> 1.73 GB/s of symbols on one thread of the 2-core EPYC
+// (2026-11-30). Runs while a round's 32 words are in the stream; returns the rounds done.
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline uint32_t decode_rounds_avx512(
+    const uint32_t* table, uint32_t state[kLanes], const uint8_t* stream, size_t n16, size_t* pos_io, uint8_t* out,
+    uint32_t rounds) {
+  const __m512i slot_mask = _mm512_set1_epi32(int(kProbScale - 1)), freq_mask = _mm512_set1_epi32(0xFFF);
+  const __m512i one = _mm512_set1_epi32(1), low = _mm512_set1_epi32(int(kStateLow));
+  __m512i x[2] = {_mm512_loadu_si512(state), _mm512_loadu_si512(state + 16)};
+  size_t pos = *pos_io;
+  uint32_t r = 0;
+  for (; r < rounds && n16 - pos >= size_t(kLanes); ++r) {
+    for (int h = 0; h < 2; ++h) {
+      const __m512i e = _mm512_i32gather_epi32(_mm512_and_si512(x[h], slot_mask), table, 4);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + size_t(r) * kLanes + 16 * h), _mm512_cvtepi32_epi8(e));
+      const __m512i freq = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(e, 8), freq_mask), one);
+      x[h] = _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srli_epi32(x[h], kProbBits)), _mm512_srli_epi32(e, 20));
+    }
+    for (int h = 0; h < 2; ++h) {  // lanes 0..15 read first, then 16..31
+      const __mmask16 need = _mm512_cmplt_epu32_mask(x[h], low);
+      const __m512i words =
+          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(stream + 2 * pos)));
+      x[h] = _mm512_mask_or_epi32(x[h], need, _mm512_slli_epi32(x[h], kWordBits), _mm512_maskz_expand_epi32(need, words));
+      pos += size_t(__builtin_popcount(need));
+    }
+  }
+  _mm512_storeu_si512(state, x[0]);
+  _mm512_storeu_si512(state + 16, x[1]);
+  *pos_io = pos;
+  return r;
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+
 // Decodes one chunk of n symbols from exactly n_words 32-bit words.
 // Never reads outside words[0, n_words) nor writes outside out[0, n).
 inline Status decode_chunk(const uint32_t* table, const uint32_t* words, size_t n_words, uint8_t* out,
@@ -229,6 +276,9 @@ inline Status decode_chunk(const uint32_t* table, const uint32_t* words, size_t 
   size_t pos = 0;
   const uint32_t full_rounds = n / kLanes;
   uint32_t r = 0;
+#ifdef PYCODEC_HAVE_VBMI
+  if (vbmi::use_vbmi()) r = decode_rounds_avx512(table, state, stream, n16, &pos, out, full_rounds);
+#endif
   // Fast path: a round reads at most kLanes words. Two passes per round: decoding is
   // independent per lane; only the refill pass chains lanes (through the word position),
   // and that chain is one add per lane instead of a whole decode.
