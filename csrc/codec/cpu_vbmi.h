@@ -92,7 +92,8 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline void prefix_code_b
 
 // A code table as byte tables for permutes: the low and high bytes of each symbol's code and
 // its length, 256 entries each, and whether any symbol above 127 has a code (else the permutes
-// of the upper half are skipped).
+// of the upper half are skipped). Read and written unaligned: a thread_local copy's alignment
+// is the dynamic loader's to honour.
 struct CodeBytes {
   alignas(64) uint8_t code_lo[256];
   alignas(64) uint8_t code_hi[256];
@@ -107,13 +108,13 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline void make_code_byt
                                                                                   CodeBytes* t) {
   for (int k = 0; k < 256; k += 32) {
     const __m512i c = _mm512_loadu_si512(code + k);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(t->code_lo + k), _mm512_cvtepi16_epi8(c));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(t->code_hi + k), _mm512_cvtepi16_epi8(_mm512_srli_epi16(c, 8)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(t->code_lo + k), _mm512_cvtepi16_epi8(c));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(t->code_hi + k), _mm512_cvtepi16_epi8(_mm512_srli_epi16(c, 8)));
   }
   __m512i upper = _mm512_setzero_si512();
   for (int k = 0; k < 256; k += 64) {
     const __m512i l = _mm512_loadu_si512(length + k);
-    _mm512_store_si512(t->length + k, l);
+    _mm512_storeu_si512(t->length + k, l);
     if (k >= 128) upper = _mm512_or_si512(upper, l);
   }
   t->wide = _mm512_test_epi8_mask(upper, upper) != 0;
@@ -126,12 +127,12 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline void make_code_byt
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline void join_codes4(const uint8_t* sym, uint32_t m,
                                                                               const CodeBytes& t, uint64_t* quad,
                                                                               uint8_t* quad_bits) {
-  const __m512i lo_a = _mm512_load_si512(t.code_lo), lo_b = _mm512_load_si512(t.code_lo + 64);
-  const __m512i lo_c = _mm512_load_si512(t.code_lo + 128), lo_d = _mm512_load_si512(t.code_lo + 192);
-  const __m512i hi_a = _mm512_load_si512(t.code_hi), hi_b = _mm512_load_si512(t.code_hi + 64);
-  const __m512i hi_c = _mm512_load_si512(t.code_hi + 128), hi_d = _mm512_load_si512(t.code_hi + 192);
-  const __m512i len_a = _mm512_load_si512(t.length), len_b = _mm512_load_si512(t.length + 64);
-  const __m512i len_c = _mm512_load_si512(t.length + 128), len_d = _mm512_load_si512(t.length + 192);
+  const __m512i lo_a = _mm512_loadu_si512(t.code_lo), lo_b = _mm512_loadu_si512(t.code_lo + 64);
+  const __m512i lo_c = _mm512_loadu_si512(t.code_lo + 128), lo_d = _mm512_loadu_si512(t.code_lo + 192);
+  const __m512i hi_a = _mm512_loadu_si512(t.code_hi), hi_b = _mm512_loadu_si512(t.code_hi + 64);
+  const __m512i hi_c = _mm512_loadu_si512(t.code_hi + 128), hi_d = _mm512_loadu_si512(t.code_hi + 192);
+  const __m512i len_a = _mm512_loadu_si512(t.length), len_b = _mm512_loadu_si512(t.length + 64);
+  const __m512i len_c = _mm512_loadu_si512(t.length + 128), len_d = _mm512_loadu_si512(t.length + 192);
   // Bytes lo 0..31 / hi 0..31 -> u16 codes of symbols 0..31, and of 32..63.
   alignas(64) static const uint8_t kToWords[2][64] = {
       {0, 64, 1, 65, 2, 66, 3, 67, 4, 68, 5, 69, 6, 70, 7, 71, 8, 72, 9, 73, 10, 74, 11, 75,
@@ -140,7 +141,7 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline void join_codes4(c
       {32, 96, 33, 97, 34, 98, 35, 99, 36, 100, 37, 101, 38, 102, 39, 103, 40, 104, 41, 105, 42, 106, 43, 107,
        44, 108, 45, 109, 46, 110, 47, 111, 48, 112, 49, 113, 50, 114, 51, 115, 52, 116, 53, 117, 54, 118, 55, 119,
        56, 120, 57, 121, 58, 122, 59, 123, 60, 124, 61, 125, 62, 126, 63, 127}};
-  const __m512i to_words_0 = _mm512_load_si512(kToWords[0]), to_words_1 = _mm512_load_si512(kToWords[1]);
+  const __m512i to_words_0 = _mm512_loadu_si512(kToWords[0]), to_words_1 = _mm512_loadu_si512(kToWords[1]);
   const __m512i low16 = _mm512_set1_epi32(0xFFFF);
   const __m512i low32 = _mm512_set1_epi64(0xFFFFFFFF);
   const uint32_t blocks = m / 64;
