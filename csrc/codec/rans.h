@@ -164,6 +164,67 @@ PYCODEC_HD uint32_t divide(uint32_t x, const Reciprocal& r) {
   return uint32_t(high_part >> r.shift);
 }
 
+#ifdef PYCODEC_HAVE_VBMI
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+// encode_chunk's whole rounds r = rounds - 1 .. 0, 16 lanes a vector (AVX-512; where the CPU has
+// VBMI). Vectors hold lanes in descending order (31..16, then 15..0), the order the scalar
+// encoder codes them in, so a round's renormalisation words leave by a compress store in the
+// same order. x / f as in divide(), in 32-bit lanes: m = 2^32 + low for every f, so
+// x * m >> 32 = x + t with t = (x * low) >> 32, and q = (t + ((x - t) >> 1)) >> (l - 1) keeps
+// the 33-bit sum out of the lanes (l = 0, f = 1: q = x). words: room for 16 past the last kept.
+// Two gathers a vector fetch each symbol's constants. A whole encode of 16M symbols on one
+// thread of the 2-core EPYC: 0.44 GB/s scalar, 0.76 vectorised (2026-11-30).
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline void encode_rounds_avx512(
+    const uint8_t* sym, uint32_t rounds, const uint32_t* rcp_low, const uint32_t* packed, uint32_t state[kLanes],
+    uint16_t* words, size_t* n_words_io) {
+  const __m512i reverse = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i freq_mask = _mm512_set1_epi32(0x1FFF), start_mask = _mm512_set1_epi32(0xFFF);
+  const __m512i four_bits = _mm512_set1_epi32(0xF), one = _mm512_set1_epi32(1);
+  // x[0]: lanes 31..16, x[1]: lanes 15..0.
+  __m512i x[2] = {_mm512_permutexvar_epi32(reverse, _mm512_loadu_si512(state + 16)),
+                  _mm512_permutexvar_epi32(reverse, _mm512_loadu_si512(state))};
+  size_t n_words = *n_words_io;
+  for (uint32_t r = rounds; r-- > 0;) {
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* s16 = sym + size_t(r) * kLanes + (h == 0 ? 16 : 0);
+      const __m512i s = _mm512_permutexvar_epi32(
+          reverse, _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s16))));
+      const __m512i low = _mm512_i32gather_epi32(s, rcp_low, 4);
+      const __m512i k = _mm512_i32gather_epi32(s, packed, 4);
+      const __m512i freq = _mm512_and_si512(k, freq_mask);
+      const __m512i start = _mm512_and_si512(_mm512_srli_epi32(k, 13), start_mask);
+      const __m512i l = _mm512_and_si512(_mm512_srli_epi32(k, 25), four_bits);
+      // Emit when x >= f << 20 (x_max; f = 4096 gives 2^32, which wraps to 0: x > 2^32 - 1 never).
+      const __m512i x_max_less_one = _mm512_sub_epi32(_mm512_slli_epi32(freq, 20), one);
+      const __mmask16 emit = _mm512_cmpgt_epu32_mask(x[h], x_max_less_one);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(words + n_words),
+                          _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(emit, x[h])));
+      n_words += size_t(__builtin_popcount(emit));
+      const __m512i v = _mm512_mask_srli_epi32(x[h], emit, x[h], kWordBits);
+      // t = (v * low) >> 32 per lane: even lanes by one 32x32->64 multiply, odd ones by another.
+      const __m512i even = _mm512_srli_epi64(_mm512_mul_epu32(v, low), 32);
+      const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(v, 32), _mm512_srli_epi64(low, 32));
+      const __m512i t = _mm512_mask_blend_epi32(0xAAAA, even, odd);
+      const __m512i q_shifted =
+          _mm512_srlv_epi32(_mm512_add_epi32(t, _mm512_srli_epi32(_mm512_sub_epi32(v, t), 1)),
+                            _mm512_sub_epi32(l, one));
+      const __m512i q = _mm512_mask_mov_epi32(q_shifted, _mm512_cmpeq_epi32_mask(l, _mm512_setzero_si512()), v);
+      const __m512i rem = _mm512_sub_epi32(v, _mm512_mullo_epi32(q, freq));
+      x[h] = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(q, kProbBits), rem), start);
+    }
+  }
+  _mm512_storeu_si512(state + 16, _mm512_permutexvar_epi32(reverse, x[0]));
+  _mm512_storeu_si512(state, _mm512_permutexvar_epi32(reverse, x[1]));
+  *n_words_io = n_words;
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+
 // Encodes one chunk and appends its 32-bit words to `out`. Returns the number of words.
 // No division and no branch a symbol: x / f by a reciprocal (the divide took ~12 cycles of a
 // ~17-cycle symbol on the 2-core EPYC), and the renormalisation word is always stored and
@@ -182,8 +243,8 @@ inline size_t encode_chunk(const uint8_t* sym, uint32_t n, const Model& m, std::
   }
   uint32_t state[kLanes];
   for (int l = 0; l < kLanes; ++l) state[l] = kStateLow;
-  thread_local std::vector<uint16_t> reversed;  // per thread: at most one word a symbol, + one stored past
-  if (reversed.size() < size_t(n) + 1) reversed.resize(size_t(n) + 1);
+  thread_local std::vector<uint16_t> reversed;  // per thread: at most one word a symbol, + 16 stored past
+  if (reversed.size() < size_t(n) + 16) reversed.resize(size_t(n) + 16);
   uint16_t* const words = reversed.data();
   size_t n_words = 0;
   const auto step = [&](uint32_t l, uint32_t s) {
@@ -201,9 +262,21 @@ inline size_t encode_chunk(const uint8_t* sym, uint32_t n, const Model& m, std::
   for (uint32_t r = rounds; r-- > full_rounds;)  // the last round, not whole
     for (int l = kLanes - 1; l >= 0; --l)
       if (r < rounds_of_lane(n, uint32_t(l))) step(uint32_t(l), sym[size_t(r) * kLanes + l]);
-  for (uint32_t r = full_rounds; r-- > 0;) {
-    const uint8_t* round = sym + size_t(r) * kLanes;
-    for (int l = kLanes - 1; l >= 0; --l) step(uint32_t(l), round[l]);
+#ifdef PYCODEC_HAVE_VBMI
+  if (vbmi::use_vbmi() && full_rounds) {
+    uint32_t rcp_low[kAlphabet], packed[kAlphabet];  // for the gathers: divide()'s low, f | start | l
+    for (int s = 0; s < kAlphabet; ++s) {
+      rcp_low[s] = coder[s].rcp.low;
+      packed[s] = coder[s].freq | (coder[s].start << 13) | (coder[s].rcp.shift << 25);
+    }
+    encode_rounds_avx512(sym, full_rounds, rcp_low, packed, state, words, &n_words);
+  } else
+#endif
+  {
+    for (uint32_t r = full_rounds; r-- > 0;) {
+      const uint8_t* round = sym + size_t(r) * kLanes;
+      for (int l = kLanes - 1; l >= 0; --l) step(uint32_t(l), round[l]);
+    }
   }
   const size_t start = out.size();
   out.resize(start + kLanes + (n_words + 1) / 2);
