@@ -954,8 +954,9 @@ PYBIND11_MODULE(_C, m) {
         return split::use_vbmi_merge();
       },
       py::arg("enabled") = py::none(),
-      "Whether lossless mode's CPU merge of 16-bit floats runs on AVX-512 VBMI (where the CPU has it). "
-      "enabled=False forces the scalar merge, True restores the default; returns what is in use.");
+      "Whether the CPU's vector paths run on AVX-512 VBMI (where the CPU has it): lossless mode's merge of "
+      "16-bit floats, the Huffman encoder's lane sums and joined codes, rANS's encode and decode rounds. "
+      "enabled=False forces the scalar paths (the same bytes), True restores the default; returns what is in use.");
   m.def("cuda_compiled", [] { return cuda::compiled(); }, "True when this build contains the CUDA kernels.");
   m.def("cuda_device_count", [] { return cuda::device_count(); }, "CUDA devices visible (0 without a driver).");
 }
