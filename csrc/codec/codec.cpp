@@ -114,11 +114,17 @@ std::atomic<const HostTeam*> host_team{nullptr};
 std::mutex host_teams_lock;
 std::vector<std::unique_ptr<HostTeam>> host_teams;
 
+// The host team this process's parallel calls run on, or null (none installed, or installed
+// by the parent of a forked child).
+const HostTeam* current_host_team() {
+  const HostTeam* team = host_team.load(std::memory_order_acquire);
+  return team && team->pid == getpid() ? team : nullptr;
+}
+
 // The installed host runtime's thread count for calls that leave theirs open; 0 without one.
 int host_max_threads() {
-  const HostTeam* team = host_team.load(std::memory_order_acquire);
-  if (!team || team->pid != getpid() || !team->runtime.max_threads) return 0;
-  return team->runtime.max_threads();
+  const HostTeam* team = current_host_team();
+  return team && team->runtime.max_threads ? team->runtime.max_threads() : 0;
 }
 
 struct HostJob {
@@ -135,8 +141,8 @@ void run_host_job(void* data) {
 // without one. A team may come smaller (a call inside a parallel region gets one thread), so
 // jobs take their chunks from a shared counter and never wait for each other.
 bool try_run_on_host_team(int threads, const std::function<void(int)>& job) {
-  const HostTeam* team = host_team.load(std::memory_order_acquire);
-  if (!team || team->pid != getpid()) return false;
+  const HostTeam* team = current_host_team();
+  if (!team) return false;
   HostJob data{&job, team->runtime.thread_num};
   team->runtime.parallel(run_host_job, &data, unsigned(threads), 0);
   return true;
@@ -368,10 +374,7 @@ bool set_host_openmp(HostOpenMP runtime) {
 
 int default_threads() { return resolve_threads(0, UINT64_MAX); }
 
-bool host_openmp_active() {
-  const HostTeam* team = host_team.load(std::memory_order_acquire);
-  return team && team->pid == getpid();
-}
+bool host_openmp_active() { return current_host_team() != nullptr; }
 
 void count_symbols(const uint8_t* p, uint64_t n, uint64_t counts[256], int threads) {
   // Whole blocks per worker: the count is ~10% of an encode, and serial it was a third of a
@@ -414,20 +417,29 @@ uint16_t format_version_of(const EncodeOptions& opt) {
   return opt.format_version ? opt.format_version : opt.coder == Coder::Huffman ? 2 : 1;
 }
 
+// The elements of a tensor of this shape: BadArgument for a rank the format cannot hold,
+// TooLarge when the product overflows.
+Status element_count(const uint64_t* shape, int ndim, uint64_t* n) {
+  if (ndim < 0 || ndim > kMaxDims) return Status::BadArgument;
+  *n = 1;
+  for (int d = 0; d < ndim; ++d) {
+    if (shape[d] != 0 && *n > UINT64_MAX / shape[d]) return Status::TooLarge;
+    *n *= shape[d];
+  }
+  return Status::Ok;
+}
+
 // known_counts: the symbols' histogram when the caller has it (a split's planning count), else
 // null and the symbols are counted.
 Status plan_encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
                    const uint64_t* known_counts, EncodePlan* plan) {
-  if (ndim < 0 || ndim > kMaxDims) return Status::BadArgument;
   if (opt.coder != Coder::Huffman && opt.coder != Coder::Rans) return Status::BadArgument;
   const uint16_t version = format_version_of(opt);
   if (version != 1 && (version != 2 || opt.coder != Coder::Huffman)) return Status::BadArgument;
   if (version == 1 && opt.lanes != 0 && opt.lanes != uint32_t(kLanes)) return Status::BadArgument;
-  uint64_t& n = plan->n;
-  for (int d = 0; d < ndim; ++d) {
-    if (shape[d] != 0 && n > UINT64_MAX / shape[d]) return Status::TooLarge;
-    n *= shape[d];
-  }
+  const Status counted = element_count(shape, ndim, &plan->n);
+  if (counted != Status::Ok) return counted;
+  const uint64_t n = plan->n;
   uint64_t counts[256];
   if (known_counts) std::copy(known_counts, known_counts + 256, counts);
   else count_symbols(symbols, n, counts, opt.threads);
@@ -496,13 +508,10 @@ template <class T>
 Status encode_split_impl(const T* bits, const uint64_t* shape, int ndim, const EncodeOptions& opt, split::Plan* plan,
                          const std::function<uint32_t*(size_t)>& allocate_raw,
                          const std::function<uint8_t*(size_t)>& allocate) {
-  if (ndim < 0 || ndim > kMaxDims) return Status::BadArgument;
-  uint64_t n = 1;
-  for (int d = 0; d < ndim; ++d) {
-    if (shape[d] != 0 && n > UINT64_MAX / shape[d]) return Status::TooLarge;
-    n *= shape[d];
-  }
-  Status st = plan_split(bits, n, plan, opt.threads);
+  uint64_t n = 0;
+  Status st = element_count(shape, ndim, &n);
+  if (st != Status::Ok) return st;
+  st = plan_split(bits, n, plan, opt.threads);
   if (st != Status::Ok) return st;
   const uint64_t n_raw = split::raw_words(n, plan->width - plan->top);
   uint32_t* const raw = allocate_raw(n_raw);
