@@ -46,6 +46,7 @@ inline bool use_vbmi() {
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 // prefix[0] = 0, prefix[i + 1] = prefix[i] + length[sym[i]] for i < m (length: 256 entries).

@@ -168,6 +168,7 @@ PYCODEC_HD uint32_t divide(uint32_t x, const Reciprocal& r) {
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 // encode_chunk's whole rounds r = rounds - 1 .. 0, 16 lanes a vector (AVX-512; where the CPU has
 // VBMI). Vectors hold lanes in descending order (31..16, then 15..0), the order the scalar
@@ -294,6 +295,7 @@ inline size_t encode_chunk(const uint8_t* sym, uint32_t n, const Model& m, std::
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 static_assert(kLanes == 32, "two vectors of 16 lanes");
 

@@ -65,6 +65,7 @@ namespace vbmi {
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 // blocks * 64 elements: symbols, raw_bytes the raw bit string's bytes from the first block's word
