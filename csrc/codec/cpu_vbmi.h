@@ -29,6 +29,19 @@ inline std::atomic<bool>& simd_wanted() {
 
 #include <immintrin.h>
 
+// Around code with AVX-512 intrinsics: GCC 12 warns inside its own intrinsic headers (their
+// _mm512_undefined_* placeholders count as uninitialised reads).
+#if defined(__GNUC__) && !defined(__clang__)
+#define PYCODEC_INTRINSICS_BEGIN                                  \
+  _Pragma("GCC diagnostic push")                                  \
+  _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")   \
+  _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
+#define PYCODEC_INTRINSICS_END _Pragma("GCC diagnostic pop")
+#else
+#define PYCODEC_INTRINSICS_BEGIN
+#define PYCODEC_INTRINSICS_END
+#endif
+
 namespace pycodec {
 namespace vbmi {
 
@@ -43,11 +56,7 @@ inline bool use_vbmi() {
   return has && simd_wanted().load(std::memory_order_relaxed);
 }
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+PYCODEC_INTRINSICS_BEGIN
 
 // prefix[0] = 0, prefix[i + 1] = prefix[i] + length[sym[i]] for i < m (length: 256 entries).
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline void prefix_code_bits(const uint8_t* sym, uint32_t m,
@@ -186,9 +195,7 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline void join_codes4(c
   }
 }
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+PYCODEC_INTRINSICS_END
 
 }  // namespace vbmi
 }  // namespace pycodec

@@ -165,11 +165,7 @@ PYCODEC_HD uint32_t divide(uint32_t x, const Reciprocal& r) {
 }
 
 #ifdef PYCODEC_HAVE_VBMI
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+PYCODEC_INTRINSICS_BEGIN
 // encode_chunk's whole rounds r = rounds - 1 .. 0, 16 lanes a vector (AVX-512; where the CPU has
 // VBMI). Vectors hold lanes in descending order (31..16, then 15..0), the order the scalar
 // encoder codes them in, so a round's renormalisation words leave by a compress store in the
@@ -221,9 +217,7 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline void encode_rounds
   _mm512_storeu_si512(state, _mm512_permutexvar_epi32(reverse, x[1]));
   *n_words_io = n_words;
 }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+PYCODEC_INTRINSICS_END
 #endif
 
 // Encodes one chunk and appends its 32-bit words to `out`. Returns the number of words.
@@ -292,11 +286,7 @@ inline size_t encode_chunk(const uint8_t* sym, uint32_t n, const Model& m, std::
 }
 
 #ifdef PYCODEC_HAVE_VBMI
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+PYCODEC_INTRINSICS_BEGIN
 static_assert(kLanes == 32, "two vectors of 16 lanes");
 
 // decode_chunk's whole rounds, 16 lanes a vector (AVX-512; taken where the CPU has VBMI, the
@@ -333,9 +323,7 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline uint32_t decode_ro
   return r;
 }
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+PYCODEC_INTRINSICS_END
 #endif
 
 // Decodes one chunk of n symbols from exactly n_words 32-bit words.

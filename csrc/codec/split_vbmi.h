@@ -61,12 +61,7 @@ namespace pycodec {
 namespace split {
 namespace vbmi {
 
-// GCC 12 warns inside its own intrinsic headers here (their _mm512_undefined_* placeholders).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+PYCODEC_INTRINSICS_BEGIN
 
 // blocks * 64 elements: symbols, raw_bytes the raw bit string's bytes from the first block's word
 // on (8 * low bytes a block), out 16-bit floats. to_qwords, field_shift: block_permutes(low),
@@ -112,9 +107,7 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline uint8_t merge_bloc
   return uint8_t(_mm_cvtsi128_si32(q));
 }
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+PYCODEC_INTRINSICS_END
 
 }  // namespace vbmi
 }  // namespace split
