@@ -12,6 +12,7 @@
 #include "codec/dequant.h"
 #include "codec/emulate.h"
 #include "codec/format.h"
+#include "codec/hash.h"
 #include "codec/huffman.h"
 #include "codec/quantize.h"
 #include "codec/rans.h"
@@ -496,6 +497,17 @@ PYBIND11_MODULE(_C, m) {
         "The threads a call with threads=0 runs on: the host team's count (set_host_openmp) or every core.");
   m.def("host_openmp_active", &host_openmp_active,
         "True when this process's parallel calls run on a host OpenMP team (set_host_openmp).");
+
+  m.def(
+      "hash64",
+      [](py::buffer data) {
+        const py::buffer_info b = contiguous_bytes(data, false, "data");
+        py::gil_scoped_release release;
+        return hash64(static_cast<const uint8_t*>(b.ptr), size_t(b.size));
+      },
+      py::arg("data"),
+      "hash64 (hash.h; docs/FORMAT.md section 5) of a contiguous byte buffer: the checksum checkpoints "
+      "record for every tensor (~20 GB/s on one core, the GIL released).");
 
   m.def(
       "histogram",

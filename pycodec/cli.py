@@ -223,7 +223,7 @@ def cmd_inspect(a) -> None:
 
     with open(os.path.join(a.path, "config.json")) as f:
         qcfg = json.load(f)["quantization_config"]
-    state, _ = _read_state(a.path)
+    state, _, _ = _read_state(a.path)
     rows, packed_keys = {}, set()
     for name, entry in qcfg["modules"].items():
         if entry.get("shares"):  # a tied module: its owner's row counts its weight

@@ -16,7 +16,7 @@ from transformers.quantizers.auto import register_quantization_config, register_
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .config import CompressionConfig
-from .hub import QUANT_METHOD, _read_state, install_modules, retie_shared, verify_streams
+from .hub import QUANT_METHOD, _read_state, check_tensor, install_modules, retie_shared, verify_streams
 from .nn import COMPRESSED_MODULES
 
 
@@ -54,16 +54,23 @@ class PycodecHfQuantizer(HfQuantizer):
             model._keys_to_ignore_on_load_missing = ignored | {"^" + p for p in shared}
 
     def _process_model_after_weight_loading(self, model, **kwargs):
-        # transformers read the files itself (and may have cast dense tensors to the model's
-        # dtype): check the files' bytes against the checksums saved in them, by name.
-        folder = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
-        if folder and os.path.isdir(folder) and os.path.exists(os.path.join(folder, "config.json")):
-            _read_state(folder, mmap=True)
         modules = self.quantization_config.modules
         retie_shared(model, modules)  # the loader filled the owners' tensors, not the sharers'
         state = {f"{n}.{b}": t for n, m in model.named_modules() if isinstance(m, tuple(COMPRESSED_MODULES.values()))
                  and "shares" not in modules.get(n, {}) for b, t in m.packed().items()}
-        verify_streams({k: v.cpu() for k, v in state.items()})
+        # transformers read the files itself (and may have cast dense tensors to the model's
+        # dtype): check the files' dense tensors against the checksums saved in them, and the
+        # compressed modules' tensors as loaded, by name. Streams no checksum covered (older
+        # checkpoints, or files that are not in a local folder) are decoded once.
+        checked = set()
+        folder = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+        if folder and os.path.isdir(folder) and os.path.exists(os.path.join(folder, "config.json")):
+            _, pending, _ = _read_state(folder, mmap=True, lazy=set(state))
+            for key, t in state.items():
+                if key in pending:
+                    check_tensor(key, t, *pending[key])
+                    checked.add(key)
+        verify_streams({k: v.cpu() for k, v in state.items()}, checked)
         model.pycodec_config = self.quantization_config.compression
         return model
 

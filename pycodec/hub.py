@@ -43,15 +43,28 @@ def _quantization_config(model: nn.Module) -> dict:
 
 
 CHECKSUMS_KEY = "pycodec_checksums"  # safetensors metadata: JSON {tensor name: tensor_checksum}
+# safetensors metadata: how those checksums are computed. Absent in checkpoints written before
+# 2026-11-30's eighth session, whose checksums are BLAKE2b-64: they still load.
+CHECKSUM_ALGORITHM_KEY = "pycodec_checksum_algorithm"
+CHECKSUM_ALGORITHM = "hash64"
+LEGACY_CHECKSUM_ALGORITHM = "blake2b-64"
 
 
-def tensor_checksum(t: torch.Tensor) -> str:
-    """BLAKE2b-64 of a tensor's bytes (hex), whatever its dtype (hashed in place: no copy of a
-    contiguous CPU tensor, so a memory-mapped one is read once, not duplicated)."""
-    import hashlib
-
+def tensor_checksum(t: torch.Tensor, algorithm: str = CHECKSUM_ALGORITHM) -> str:
+    """The checksum of a tensor's bytes (hex), whatever its dtype, hashed in place: no copy of a
+    contiguous CPU tensor, so a memory-mapped one is read once, not duplicated. ``hash64`` is
+    the streams' own checksum (docs/FORMAT.md section 5.1), ~20 GB/s on one core in C++, where
+    BLAKE2b ran at 1.4 GB/s and took longer than decoding a lossless model (0.13 s of SmolLM2's
+    0.58 s load on one thread); it detects damage, not tampering, as BLAKE2b-64 did here."""
     data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
+    if algorithm == CHECKSUM_ALGORITHM:
+        return f"{_C.hash64(data):016x}"
+    if algorithm == LEGACY_CHECKSUM_ALGORITHM:
+        import hashlib
+
+        return hashlib.blake2b(data, digest_size=8).hexdigest()
+    raise CodecError(f"unknown checksum algorithm {algorithm!r}: this pycodec knows "
+                     f"{CHECKSUM_ALGORITHM!r} and {LEGACY_CHECKSUM_ALGORITHM!r}")
 
 
 def _save_tensors(tensors: dict, path: str, metadata: dict) -> None:
@@ -61,7 +74,8 @@ def _save_tensors(tensors: dict, path: str, metadata: dict) -> None:
     from safetensors.torch import save_file
 
     sums = {name: tensor_checksum(t) for name, t in tensors.items()}
-    save_file(tensors, path, metadata={**metadata, CHECKSUMS_KEY: json.dumps(sums)})
+    save_file(tensors, path, metadata={**metadata, CHECKSUMS_KEY: json.dumps(sums),
+                                       CHECKSUM_ALGORITHM_KEY: CHECKSUM_ALGORITHM})
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
@@ -164,7 +178,8 @@ def _mmap_safetensors(path: str) -> tuple[dict, dict]:
     return tensors, metadata
 
 
-def _checksums(path: str, metadata: dict) -> dict | None:
+def _checksums(path: str, metadata: dict) -> tuple[dict, str] | None:
+    """The file's {tensor name: checksum} and the algorithm that made them; None without any."""
     if CHECKSUMS_KEY not in metadata:
         return None
     try:
@@ -173,21 +188,27 @@ def _checksums(path: str, metadata: dict) -> dict | None:
         raise CodecError(f"{path}: its tensor checksums are damaged") from None
     if not isinstance(sums, dict):
         raise CodecError(f"{path}: its tensor checksums are damaged")
-    return sums
+    algorithm = metadata.get(CHECKSUM_ALGORITHM_KEY, LEGACY_CHECKSUM_ALGORITHM)
+    if algorithm not in (CHECKSUM_ALGORITHM, LEGACY_CHECKSUM_ALGORITHM):
+        raise CodecError(f"{path}: its tensor checksums use {algorithm!r}, which this pycodec does not know "
+                         f"({CHECKSUM_ALGORITHM!r} or {LEGACY_CHECKSUM_ALGORITHM!r}); a newer pycodec wrote it?")
+    return sums, algorithm
 
 
-def check_tensor(name: str, t: torch.Tensor, expected: str | None, path: str) -> None:
+def check_tensor(name: str, t: torch.Tensor, expected: str | None, path: str,
+                 algorithm: str = CHECKSUM_ALGORITHM) -> None:
     """Raises, naming the tensor, when its bytes do not match the checksum saved beside it."""
-    if expected != tensor_checksum(t):
+    if expected != tensor_checksum(t, algorithm):
         raise CodecError(f"tensor {name!r} in {path}: checksum mismatch (the file is damaged)")
 
 
-def _read_state(src: str, mmap: bool = False, lazy: frozenset | set = frozenset()) -> tuple[dict, dict]:
-    """Every tensor of a checkpoint, and {name: (checksum, file)} of those not checked yet.
+def _read_state(src: str, mmap: bool = False, lazy: frozenset | set = frozenset()) -> tuple[dict, dict, set]:
+    """Every tensor of a checkpoint; {name: (checksum, file, algorithm)} of those not checked
+    yet; and the names of those checked now.
 
     Each tensor is checked against the checksum saved beside it, now, unless its name is in
     ``lazy`` (then its check is returned, for the module that reads it to run on first use:
-    see nn._PackedModule.verify). With ``mmap``, tensors are views of the mapped files.
+    see nn._DecodedWeight.verify). With ``mmap``, tensors are views of the mapped files.
     (Checkpoints written before checksums are read unchecked; their streams still carry their own.)
     """
     from safetensors import safe_open
@@ -198,7 +219,7 @@ def _read_state(src: str, mmap: bool = False, lazy: frozenset | set = frozenset(
     if os.path.exists(index):
         with open(index) as f:
             files = sorted(set(json.load(f)["weight_map"].values()))
-    state, pending = {}, {}
+    state, pending, checked = {}, {}, set()
     for fname in files:
         path = os.path.join(src, fname)
         try:
@@ -212,22 +233,27 @@ def _read_state(src: str, mmap: bool = False, lazy: frozenset | set = frozenset(
             raise
         except Exception as e:  # safetensors raises its own types for damaged headers
             raise CodecError(f"{path}: not a readable safetensors file ({e})") from e
-        sums = _checksums(path, metadata)
-        if sums is not None:
+        found = _checksums(path, metadata)
+        if found is not None:
+            sums, algorithm = found
             for name, t in tensors.items():
                 if name in lazy:
-                    pending[name] = (sums.get(name), path)
+                    pending[name] = (sums.get(name), path, algorithm)
                 else:
-                    check_tensor(name, t, sums.get(name), path)
+                    check_tensor(name, t, sums.get(name), path, algorithm)
+                    checked.add(name)
         state.update(tensors)
-    return state, pending
+    return state, pending, checked
 
 
-def verify_streams(state: dict) -> None:
-    """Decode every stream once (chunk by chunk) so a damaged tensor fails at load, by name."""
+def verify_streams(state: dict, checked: frozenset | set = frozenset()) -> None:
+    """Decode every stream once (chunk by chunk) so a damaged tensor fails at load, by name;
+    except those in ``checked``, whose bytes a checksum has matched: they are the bytes that
+    were written, whose symbols' own checksum every decode checks again (decoding them here took
+    0.15 s of SmolLM2's 0.58 s lossless load on one thread, for nothing the checksum had not shown)."""
     for key, t in state.items():
         prefix, _, buffer = key.rpartition(".")
-        if buffer not in STREAM_BUFFERS or t.dtype != torch.uint8:
+        if buffer not in STREAM_BUFFERS or t.dtype != torch.uint8 or key in checked:
             continue
         if buffer.startswith("plane"):  # lossless planes are streams only where plane_coded says so
             flags = state.get(f"{prefix}.plane_coded")
@@ -342,7 +368,12 @@ def _tied_keys(model: nn.Module) -> set:
 class _ParametersOnMeta:
     """While active, every parameter a module registers lands on the ``meta`` device (no
     storage), while buffers are built as usual: non-persistent ones (rotary frequencies) are
-    computed at construction and are not in checkpoints, so they must be real."""
+    computed at construction and are not in checkpoints, so they must be real.
+
+    The parameters are also marked as initialized (transformers' ``_is_hf_initialized``), so
+    that the model's weight initialization skips them: on ``meta`` each ``normal_`` still runs
+    a Python decomposition (0.1 s of SmolLM2's 0.58 s load), to fill tensors the checkpoint
+    replaces. Buffers are initialized as usual."""
 
     def __enter__(self):
         self._register = nn.Module.register_parameter
@@ -350,6 +381,8 @@ class _ParametersOnMeta:
         def register_parameter(module, name, param):
             if param is not None and param.device.type != "meta":
                 param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+            if param is not None:
+                param._is_hf_initialized = True
             self._register(module, name, param)
 
         nn.Module.register_parameter = register_parameter
@@ -395,9 +428,9 @@ def from_pretrained(src: str, device: str | torch.device = "cpu", verify: bool =
         raise CodecError(f"{src}/config.json: quantization_config has no modules table")
     compressed_keys = {f"{name}.{b}" for name, entry in modules.items() if isinstance(entry, dict)
                        and "shares" not in entry for b in entry.get("buffers") or ()}
-    state, pending = _read_state(src, mmap=mmap, lazy=compressed_keys if mmap else frozenset())
+    state, pending, checked = _read_state(src, mmap=mmap, lazy=compressed_keys if mmap else frozenset())
     if verify and not mmap:
-        verify_streams(state)
+        verify_streams(state, checked)
     # The class that was saved (config.json "architectures", as transformers writes it), unless
     # the caller names one; a causal LM when the config does not say.
     architectures = cfg_dict.get("architectures") or []

@@ -302,14 +302,14 @@ class _DecodedWeight:
 
     _decoded: torch.Tensor | None = None
     _decoded_cache: DecodedCache | None = None
-    # {buffer: (tensor name, checksum, file)} left by a memory-mapped load (hub.from_pretrained
-    # mmap=True): checked on first use, so that loading reads nothing.
+    # {buffer: (tensor name, checksum, file, checksum algorithm)} left by a memory-mapped load
+    # (hub.from_pretrained mmap=True): checked on first use, so that loading reads nothing.
     _unchecked: dict | None = None
 
     def verify(self, tensors: dict | None = None) -> None:
         """Checks the packed tensors (or ``tensors``, the same by name) against the checksums
-        saved with them and decodes their streams once; a no-op once done. A mismatch raises
-        CodecError naming the tensor."""
+        saved with them, and decodes once any stream that had none; a no-op once done. A
+        mismatch raises CodecError naming the tensor."""
         pending, self._unchecked = self._unchecked, None
         if not pending:
             return
@@ -317,10 +317,11 @@ class _DecodedWeight:
 
         tensors = tensors or self.packed()
         try:
-            for buffer, (key, expected, path) in pending.items():
-                check_tensor(key, tensors[buffer], expected, path)
+            for buffer, (key, expected, path, algorithm) in pending.items():
+                check_tensor(key, tensors[buffer], expected, path, algorithm)
             prefix = next(iter(pending.values()))[0].rpartition(".")[0]
-            verify_streams({f"{prefix}.{b}": t.cpu() for b, t in tensors.items()})
+            verify_streams({f"{prefix}.{b}": t.cpu() for b, t in tensors.items()},
+                           checked={key for key, *_ in pending.values()})
         except CodecError:
             self._unchecked = pending  # still unchecked: every later use raises too
             raise

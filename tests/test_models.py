@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 import pycodec
 from pycodec import CodecError, CompressedLinear, CompressionConfig
+from pycodec.codec import _C
 from pycodec.quant import compress_weight, dequantize_affine, pack_affine, quantize_int, sqnr_db, unpack
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -627,7 +628,7 @@ def test_a_flipped_byte_anywhere_is_refused_or_harmless(tmp_path, mmap):
         (tmp_path / "next").write_bytes(bytes(damaged))
         os.replace(tmp_path / "next", path)  # a new file: mappings of the last one stay intact
         try:
-            state, _ = hub._read_state(str(tmp_path), mmap=mmap)
+            state, _, _ = hub._read_state(str(tmp_path), mmap=mmap)
         except CodecError as e:
             assert "tensor '" in str(e) or "model.safetensors" in str(e)
             outcomes["refused"] += 1
@@ -636,6 +637,118 @@ def test_a_flipped_byte_anywhere_is_refused_or_harmless(tmp_path, mmap):
         assert all(torch.equal(state[k], reference[k]) for k in state), f"byte {offset} changed a tensor silently"
         outcomes["harmless"] += 1
     assert outcomes["refused"] > 150  # almost every byte is tensor data or checked metadata
+
+
+def _rewrite_checksums(path, algorithm):
+    """Rewrites a saved file's checksum metadata as another algorithm would have written it
+    (None: no checksums at all, as before checkpoints had them)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from pycodec import hub
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    metadata.pop(hub.CHECKSUMS_KEY)
+    metadata.pop(hub.CHECKSUM_ALGORITHM_KEY)
+    if algorithm == hub.LEGACY_CHECKSUM_ALGORITHM:  # as checkpoints before hash64 were written
+        metadata[hub.CHECKSUMS_KEY] = json.dumps({k: hub.tensor_checksum(t, algorithm) for k, t in tensors.items()})
+    elif algorithm is not None:
+        metadata[hub.CHECKSUMS_KEY] = json.dumps({k: "0" * 16 for k in tensors})
+        metadata[hub.CHECKSUM_ALGORITHM_KEY] = algorithm
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def test_checkpoint_checksums_are_hash64_of_each_tensor(tmp_path):
+    from safetensors import safe_open
+
+    from pycodec import hub
+    from test_codec_hostile import hash64  # the independent reading of docs/FORMAT.md section 5.1
+
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="rate", bits=3), progress=False)
+    pycodec.save_pretrained(model, tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert metadata[hub.CHECKSUM_ALGORITHM_KEY] == "hash64"
+    sums = json.loads(metadata[hub.CHECKSUMS_KEY])
+    assert sums.keys() == tensors.keys()
+    for name, t in tensors.items():
+        data = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        assert sums[name] == f"{hash64(data):016x}", name
+    for n in range(0, 70):  # every tail length and block count of the C++ hash against the reference
+        data = bytes(range(n))
+        assert _C.hash64(np.frombuffer(data, dtype=np.uint8)) == hash64(data)
+
+
+@pytest.mark.parametrize("algorithm", ["blake2b-64", None])
+def test_older_checkpoints_still_load_and_are_checked(tmp_path, algorithm):
+    """Checkpoints written before hash64 (BLAKE2b-64 checksums) or before checksums at all: the
+    same model, and damage still refused by the tensor's name (the stream's own checksums then)."""
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="rate", bits=3), progress=False)
+    pycodec.save_pretrained(model, tmp_path)
+    path = tmp_path / "model.safetensors"
+    _rewrite_checksums(path, algorithm)
+    for load in (pycodec.from_pretrained, transformers.AutoModelForCausalLM.from_pretrained):
+        assert torch.equal(load(str(tmp_path))(tokens()).logits, model(tokens()).logits)
+    name = "model.layers.1.mlp.up_proj.symbols"
+    _damage(path, name, model.get_submodule("model.layers.1.mlp.up_proj").symbols.numel() - 3)
+    for load in (pycodec.from_pretrained, transformers.AutoModelForCausalLM.from_pretrained):
+        with pytest.raises(CodecError, match=re.escape(name)):
+            load(str(tmp_path))
+
+
+def test_unknown_checksum_algorithm_is_a_clear_error(tmp_path):
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="int", bits=4), progress=False)
+    pycodec.save_pretrained(model, tmp_path)
+    _rewrite_checksums(tmp_path / "model.safetensors", "sha3-from-the-future")
+    with pytest.raises(CodecError, match="model.safetensors.*sha3-from-the-future"):
+        pycodec.from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("checksums", [True, False])
+def test_streams_are_decoded_at_load_only_without_checksums(tmp_path, monkeypatch, checksums):
+    """A stream whose bytes matched their checksum is not decoded again at load (its first use
+    checks its symbols anyway); one that no checksum covered is, once, by every loader."""
+    from pycodec import hub
+
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="rate", bits=3), progress=False)
+    pycodec.save_pretrained(model, tmp_path)
+    if not checksums:
+        _rewrite_checksums(tmp_path / "model.safetensors", None)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        n_streams = sum(1 for k in f.keys() if k.endswith(".symbols"))  # a tied head's is its table's
+    decoded = []
+    real = hub._C.histogram
+    monkeypatch.setattr(hub._C, "histogram", lambda blob, threads: decoded.append(1) or real(blob, threads))
+    for load in (pycodec.from_pretrained, transformers.AutoModelForCausalLM.from_pretrained):
+        decoded.clear()
+        loaded = load(str(tmp_path))
+        assert len(decoded) == (0 if checksums else n_streams)
+        assert torch.equal(loaded(tokens()).logits, model(tokens()).logits)
+
+
+def test_loading_skips_weight_initialization(tmp_path, monkeypatch):
+    """The skeleton's meta parameters are marked initialized: transformers' init does not run a
+    normal_ (a Python decomposition on meta) over tensors the checkpoint replaces."""
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="int", bits=4), progress=False)
+    pycodec.save_pretrained(model, tmp_path)
+    filled = []
+    real = torch.Tensor.normal_
+    monkeypatch.setattr(torch.Tensor, "normal_", lambda t, *a, **k: filled.append(t.shape) or real(t, *a, **k))
+    loaded = pycodec.from_pretrained(str(tmp_path))
+    # nn.Embedding's own constructor fills its (meta) weight; transformers' init filled every
+    # linear's and the embedding's again (15 calls here).
+    assert filled == [torch.Size([model.config.vocab_size, model.config.hidden_size])]
+    assert torch.equal(loaded(tokens()).logits, model(tokens()).logits)
 
 
 def test_garbage_safetensors_is_a_clear_error(tmp_path):
