@@ -3,8 +3,9 @@
 ``quantization_config`` holds ``quant_method: "pycodec"``, the CompressionConfig and, per
 compressed module, the shapes of its buffers, so a loader can build the exact modules
 before any tensor is read. Loading never unpickles. Every tensor is saved with a checksum
-(dense tensors, scales and escapes included) that pycodec.from_pretrained checks, and every
-stream's own header and decoded-symbol checksums are verified; a failure names the tensor.
+(hash64 of its bytes, docs/FORMAT.md section 11; dense tensors, scales and escapes included)
+that pycodec.from_pretrained checks, and every stream's own header and decoded-symbol checksums
+are verified when it is decoded; a failure names the tensor.
 """
 from __future__ import annotations
 
@@ -401,9 +402,9 @@ def from_pretrained(src: str, device: str | torch.device = "cpu", verify: bool =
     The dense model is never built: parameters start on the ``meta`` device and take the
     checkpoint's tensors. With ``mmap=True`` the tensors stay memory-mapped from the files
     (nothing is read until used; the OS pages them in and out, so a model larger than RAM
-    runs), and each compressed module checks its tensors' checksums and streams on first use
-    instead of at load. ``verify=False`` skips the up-front stream decode (checksums are
-    always checked). ``stream_to`` (with ``resident_bytes``) hands the loaded model to
+    runs), and each compressed module checks its tensors' checksums on first use instead of at
+    load. Every tensor's checksum is checked; a stream no checksum covers (a checkpoint written
+    before checksums) is also decoded once at load, unless ``verify=False``. ``stream_to`` (with ``resident_bytes``) hands the loaded model to
     ``pycodec.stream``: what does not fit that device budget streams from host memory.
     """
     import transformers
