@@ -751,6 +751,25 @@ def test_loading_skips_weight_initialization(tmp_path, monkeypatch):
     assert torch.equal(loaded(tokens()).logits, model(tokens()).logits)
 
 
+def test_import_pycodec_leaves_transformers_until_it_is_imported(tmp_path):
+    """`import pycodec` does not import transformers (seconds); importing transformers later
+    registers the quantizer before its loader can meet a pycodec checkpoint."""
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="int", bits=4), progress=False)
+    pycodec.save_pretrained(model, tmp_path)
+    code = (
+        "import sys, pycodec\n"
+        "assert 'transformers' not in sys.modules, 'import pycodec imported transformers'\n"
+        "from transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r})\n"
+        "assert isinstance(m.model.layers[0].mlp.up_proj, pycodec.CompressedLinear)\n"
+        "assert not any(type(f).__name__ == '_AfterTransformersImport' for f in sys.meta_path)\n"
+        "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
+
 def test_garbage_safetensors_is_a_clear_error(tmp_path):
     model = tiny_llama()
     pycodec.compress_(model, CompressionConfig(mode="int", bits=4), progress=False)
