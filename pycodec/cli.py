@@ -37,14 +37,73 @@ def check_model_folder(path: str) -> None:
         raise ValueError(f"{path}: no config.json, not a transformers model folder")
 
 
+def cache_root() -> str:
+    """Where pycodec keeps what it can make again: $PYCODEC_CACHE, else $XDG_CACHE_HOME/pycodec,
+    else ~/.cache/pycodec."""
+    if os.environ.get("PYCODEC_CACHE"):
+        return os.environ["PYCODEC_CACHE"]
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                        "pycodec")
+
+
+def smollm2_converted_folder(folder: str, gguf_file: str, dtype: str) -> str:
+    """The folder that holds (or will hold) a plain transformers copy of the packaged GGUF: one
+    per GGUF file (size and time), dtype and transformers version, which converts it."""
+    import transformers
+
+    st = os.stat(os.path.join(folder, gguf_file))
+    name = f"{os.path.splitext(gguf_file)[0]}-{st.st_size}-{st.st_mtime_ns}-{dtype}-transformers{transformers.__version__}"
+    return os.path.join(cache_root(), "models", name)
+
+
+def _save_converted(model, tok, target: str) -> None:
+    """A plain copy of a GGUF-loaded model and its tokenizer at `target`, written whole or not at
+    all (a folder beside it, renamed): a cache that cannot be written is only slower."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    parent = os.path.dirname(target)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(dir=parent, prefix=".converting-")
+    except OSError:
+        return
+    try:
+        config = model.config.__class__.from_dict(model.config.to_dict())
+        config.__dict__.pop("quantization_config", None)  # the GGUF marks the model quantized
+        plain = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
+        plain.load_state_dict(model.state_dict())
+        plain.generation_config = model.generation_config
+        plain.save_pretrained(staging)
+        tok.save_pretrained(staging)
+        os.rename(staging, target)
+    except (OSError, ValueError, RuntimeError):  # no room, a race with another process, ...
+        pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def load_source(src: str, gguf_file: str | None = None, dtype: str = "bfloat16"):
-    """A dense transformers causal LM and its tokenizer; src may be 'smollm2' for the packaged model."""
+    """A dense transformers causal LM and its tokenizer; src may be 'smollm2' for the packaged model.
+
+    The packaged model is a GGUF file, which transformers parses three times a load (config,
+    tokenizer, weights: 16-20 s on the 2-core machine). Its first load also writes a plain
+    safetensors copy under cache_root() (270 MB in bf16; the same tensors, config and tokenizer),
+    which later loads read instead (about 1 s)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    convert_to = None
     if src == "smollm2":
         src, gguf_file = smollm2_source()
+        converted = smollm2_converted_folder(src, gguf_file, dtype)
+        if os.path.isfile(os.path.join(converted, "config.json")):
+            src, gguf_file = converted, None
+        else:
+            convert_to = converted
     elif not gguf_file:
         check_model_folder(src)
     kw = {"gguf_file": gguf_file} if gguf_file else {}
@@ -54,6 +113,9 @@ def load_source(src: str, gguf_file: str | None = None, dtype: str = "bfloat16")
         tok = AutoTokenizer.from_pretrained(src, **kw)
     except (OSError, ValueError, TypeError):
         tok = None  # a weights-only folder compresses fine; eval/generate need a tokenizer
+    if convert_to and tok is not None:
+        with _library_output():
+            _save_converted(model, tok, convert_to)
     return model.eval(), tok
 
 

@@ -9,3 +9,9 @@ tier runs in a process of its own without it (tests/test_gpu.py).
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"
+
+# The packaged SmolLM2 is converted from its GGUF once (pycodec/cli.py, load_source) into a cache:
+# the tests' own, never the user's home, kept between runs on one machine.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("PYCODEC_CACHE", os.path.join(tempfile.gettempdir(), f"pycodec-tests-{os.getuid()}"))

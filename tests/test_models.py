@@ -799,6 +799,41 @@ def smollm2():
     return load_source("smollm2")
 
 
+def test_packaged_smollm2_is_converted_once_into_the_same_model(tmp_path, monkeypatch):
+    """The first load parses the GGUF and writes a plain copy; the next reads the copy: the same
+    tensors, logits, greedy text and tokenizer (chat template included)."""
+    from pycodec.cli import load_source
+
+    monkeypatch.setenv("PYCODEC_CACHE", str(tmp_path))
+    from_gguf, tok_gguf = load_source("smollm2")
+    (converted,) = os.listdir(tmp_path / "models")
+    assert "bfloat16" in converted and (tmp_path / "models" / converted / "config.json").is_file()
+    cached, tok_cached = load_source("smollm2")
+    assert cached.name_or_path == str(tmp_path / "models" / converted)
+    a, b = from_gguf.state_dict(), cached.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+    assert cached.lm_head.weight is cached.model.embed_tokens.weight
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    assert tok_cached.apply_chat_template(chat, add_generation_prompt=True) == \
+        tok_gguf.apply_chat_template(chat, add_generation_prompt=True)
+    ids = tok_gguf("The capital of France is", return_tensors="pt").input_ids
+    assert torch.equal(tok_cached("The capital of France is", return_tensors="pt").input_ids, ids)
+    with torch.no_grad():
+        assert torch.equal(cached(ids).logits, from_gguf(ids).logits)
+        assert torch.equal(cached.generate(ids, max_new_tokens=6, do_sample=False),
+                           from_gguf.generate(ids, max_new_tokens=6, do_sample=False))
+
+
+def test_unwritable_cache_only_costs_time(tmp_path, monkeypatch):
+    from pycodec import cli
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("PYCODEC_CACHE", str(blocked))
+    cli._save_converted(tiny_llama(), _ByteTokenizer(), str(blocked / "models" / "x"))  # no error, nothing written
+    assert blocked.read_text() == "not a folder"
+
+
 def test_smollm2_lossless_bit_exact_and_smaller(smollm2, tmp_path):
     model, tok = smollm2
     ids = tok("The capital of France is", return_tensors="pt").input_ids
