@@ -967,7 +967,8 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("enabled") = py::none(),
       "Whether the CPU's vector paths run on AVX-512 VBMI (where the CPU has it): lossless mode's merge of "
-      "16-bit floats, the Huffman encoder's lane sums and joined codes, rANS's encode and decode rounds. "
+      "16-bit floats, the Huffman encoder's lane sums and joined codes, rANS's encode and decode rounds, the "
+      "chunk checksums hashed eight at a time (AVX-512 DQ). "
       "enabled=False forces the scalar paths (the same bytes), True restores the default; returns what is in use.");
   m.def("cuda_compiled", [] { return cuda::compiled(); }, "True when this build contains the CUDA kernels.");
   m.def("cuda_device_count", [] { return cuda::device_count(); }, "CUDA devices visible (0 without a driver).");

@@ -180,6 +180,40 @@ uint64_t combine_chunk_hashes(const std::vector<uint64_t>& h) {
   return hash64(reinterpret_cast<const uint8_t*>(h.data()), h.size() * sizeof(uint64_t));
 }
 
+// Chunks a task of an encode or a whole decode takes: up to kHashBatch, so that their hashes
+// run side by side (hash64_each); no more than kBatchBytes of symbols (a task's chunks stay in
+// cache between their coding and their hashing), nor fewer than four tasks a thread.
+constexpr uint32_t kMaxChunkBatch = 8;
+
+uint32_t chunk_batch(uint64_t n_chunks, uint64_t chunk_symbols, int threads) {
+  constexpr uint64_t kHashBatch = kMaxChunkBatch, kBatchBytes = uint64_t(1) << 16;
+  const uint64_t per_thread = n_chunks / (4 * uint64_t(std::max(1, resolve_threads(threads, n_chunks))));
+  return uint32_t(std::max<uint64_t>(1, std::min({kHashBatch, kBatchBytes / std::max<uint64_t>(chunk_symbols, 1),
+                                                  per_thread})));
+}
+
+#ifdef PYCODEC_HAVE_VBMI
+static_assert(kMaxChunkBatch <= vbmi::kHashBatch, "a task's chunks hash in one batch");
+#endif
+
+// out[k] = hash64(data[k], n) for k < count (<= kMaxChunkBatch).
+void hash64_each(const uint8_t* const data[], uint32_t count, size_t n, uint64_t out[]) {
+#ifdef PYCODEC_HAVE_VBMI
+  if (count > 1 && vbmi::use_hash_batch()) return vbmi::hash64_batch(data, count, n, out);
+#endif
+  for (uint32_t k = 0; k < count; ++k) out[k] = hash64(data[k], n);
+}
+
+// hash[c0 + i] = hash64 of chunk c0 + i's symbols (data[i], length(c0 + i) bytes), i < count:
+// the chunks of one length together (all but a stream's last chunk).
+template <class Length>
+void hash_chunks(const uint8_t* const data[], uint64_t c0, uint32_t count, Length length, uint64_t* hash) {
+  uint32_t same = 0;
+  while (same < count && length(c0 + same) == length(c0)) ++same;
+  hash64_each(data, same, length(c0), hash + c0);
+  for (uint32_t i = same; i < count; ++i) hash[c0 + i] = hash64(data[i], length(c0 + i));
+}
+
 // Decode tables for one stream, built once and shared read-only by all threads.
 struct DecodeTables {
   StreamInfo info;
@@ -472,9 +506,10 @@ Status plan_encode(const uint8_t* symbols, const uint64_t* shape, int ndim, cons
   return Status::Ok;
 }
 
-// Codes the chunks of a planned stream and writes it where allocate() says. symbols_of(c, m)
-// returns chunk c's m symbols: the caller's, or ones made in a per-thread buffer (valid until
-// that thread's next call).
+// Codes the chunks of a planned stream and writes it where allocate() says. symbols_of(c, m,
+// slot) returns chunk c's m symbols: the caller's, or ones made in a per-thread buffer of its
+// own for each slot (< chunk_batch: a task's chunks are all made before any is hashed and
+// coded), valid until that thread's next call with that slot.
 template <class SymbolsOf>
 Status encode_planned(EncodePlan& plan, const uint64_t* shape, const EncodeOptions& opt, SymbolsOf symbols_of,
                       const std::function<uint8_t*(size_t)>& allocate) {
@@ -482,13 +517,27 @@ Status encode_planned(EncodePlan& plan, const uint64_t* shape, const EncodeOptio
   const uint64_t n = plan.n;
   std::vector<std::vector<uint32_t>> chunk_words(s.n_chunks);
   std::vector<uint64_t> chunk_hash(s.n_chunks);
-  Status st = for_each_chunk(s.n_chunks, opt.threads, [&](int, uint64_t c) {
-    const uint32_t m = uint32_t(std::min<uint64_t>(s.chunk_symbols, n - c * s.chunk_symbols));
-    const uint8_t* p = symbols_of(c, m);
-    chunk_hash[c] = hash64(p, m);
-    if (s.version == 2) return windowed::encode_chunk(p, m, plan.code, s.lanes, chunk_words[c]);
-    if (opt.coder == Coder::Huffman) huffman::encode_chunk(p, m, plan.code, chunk_words[c]);
-    else rans::encode_chunk(p, m, plan.model, chunk_words[c]);
+  const auto length = [&](uint64_t c) { return uint32_t(std::min<uint64_t>(s.chunk_symbols, n - c * s.chunk_symbols)); };
+  const uint32_t batch = chunk_batch(s.n_chunks, s.chunk_symbols, opt.threads);
+  Status st = for_each_chunk((s.n_chunks + batch - 1) / batch, opt.threads, [&](int, uint64_t g) {
+    const uint64_t c0 = g * batch;
+    const uint32_t count = uint32_t(std::min<uint64_t>(batch, s.n_chunks - c0));
+    const uint8_t* symbols[kMaxChunkBatch];
+    for (uint32_t i = 0; i < count; ++i) symbols[i] = symbols_of(c0 + i, length(c0 + i), i);
+    hash_chunks(symbols, c0, count, length, chunk_hash.data());
+    for (uint32_t i = 0; i < count; ++i) {
+      const uint64_t c = c0 + i;
+      const uint8_t* const p = symbols[i];
+      const uint32_t m = length(c);
+      if (s.version == 2) {
+        const Status chunk_st = windowed::encode_chunk(p, m, plan.code, s.lanes, chunk_words[c]);
+        if (chunk_st != Status::Ok) return chunk_st;
+      } else if (opt.coder == Coder::Huffman) {
+        huffman::encode_chunk(p, m, plan.code, chunk_words[c]);
+      } else {
+        rans::encode_chunk(p, m, plan.model, chunk_words[c]);
+      }
+    }
     return Status::Ok;
   });
   if (st != Status::Ok) return st;
@@ -526,17 +575,18 @@ Status encode_split_impl(const T* bits, const uint64_t* shape, int ndim, const E
   if (chunk * low % 32 && coding.s.n_chunks > 1) {  // chunks that do not start on a raw word: split first
     std::vector<uint8_t> symbols(n);
     apply_split(bits, n, *plan, symbols.data(), raw, opt.threads);
-    return encode_planned(coding, shape, opt, [&](uint64_t c, uint32_t) { return symbols.data() + c * chunk; },
-                          allocate);
+    return encode_planned(
+        coding, shape, opt, [&](uint64_t c, uint32_t, uint32_t) { return symbols.data() + c * chunk; }, allocate);
   }
   // Each chunk's symbols are split in cache as it is coded: never written whole, never counted
   // again. Its raw fields start on a word (chunk * low % 32 == 0), so chunks share no raw word.
   const split::Numbering numbering(*plan);
-  return encode_planned(coding, shape, opt, [&](uint64_t c, uint32_t m) {
-    thread_local std::vector<uint8_t> symbols;  // per worker: one chunk's symbols
-    if (symbols.size() < m) symbols.resize(m);
-    split::apply_plan_span(bits, c * chunk, m, *plan, numbering, symbols.data(), raw);
-    return static_cast<const uint8_t*>(symbols.data());
+  return encode_planned(coding, shape, opt, [&](uint64_t c, uint32_t m, uint32_t slot) {
+    thread_local std::vector<uint8_t> symbols[kMaxChunkBatch];  // per worker: a task's chunks' symbols
+    std::vector<uint8_t>& own = symbols[slot];
+    if (own.size() < m) own.resize(m);
+    split::apply_plan_span(bits, c * chunk, m, *plan, numbering, own.data(), raw);
+    return static_cast<const uint8_t*>(own.data());
   }, allocate);
 }
 
@@ -548,7 +598,8 @@ Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const Enc
   const Status st = plan_encode(symbols, shape, ndim, opt, nullptr, &plan);
   if (st != Status::Ok) return st;
   const uint64_t chunk = plan.s.chunk_symbols;
-  return encode_planned(plan, shape, opt, [&](uint64_t c, uint32_t) { return symbols + c * chunk; }, allocate);
+  return encode_planned(plan, shape, opt, [&](uint64_t c, uint32_t, uint32_t) { return symbols + c * chunk; },
+                        allocate);
 }
 
 Status encode_split(const uint16_t* bits, const uint64_t* shape, int ndim, const EncodeOptions& opt,
@@ -616,33 +667,41 @@ int decode_threads(int threads, uint64_t chunks, uint64_t symbols) {
 // (DecodeTables::group) at a time where the ids run through consecutive chunks, on `threads`
 // threads: slot i's symbols into direct_out + i * chunk_symbols, or, if direct_out is null, a
 // per-thread buffer. before(tables, first slot, count) runs ahead of each decode (to fetch
-// what per_chunk will read), then per_chunk(tables, slot, chunk, symbols) for each.
-template <class Id, class Before, class PerChunk>
+// what per_chunk will read), then per_chunk(tables, slot, chunk, symbols) for each. A thread
+// takes a few groups at a time (chunk_batch) and, once they are decoded, hands them all to
+// after(tables, first slot, count, symbols[]) (decode_stream hashes them there, side by side).
+template <class Id, class Before, class PerChunk, class After>
 Status for_each_decoded_chunk(const DecodeTables& tables, const uint8_t* blob, uint64_t n, Id id, int threads,
-                              uint8_t* direct_out, Before before, PerChunk per_chunk) {
+                              uint8_t* direct_out, Before before, PerChunk per_chunk, After after) {
   const uint64_t chunk = tables.info.chunk_symbols;
   const uint32_t group = tables.group();
   threads = decode_threads(threads, n, n * chunk);
-  return for_each_chunk((n + group - 1) / group, threads, [&](int, uint64_t g) {
-    thread_local std::vector<uint8_t> buffer;  // per worker: a group's symbols
-    const uint64_t i0 = g * group;
-    const uint32_t count = uint32_t(std::min<uint64_t>(group, n - i0));
+  const uint32_t batch = group * std::max<uint32_t>(1, chunk_batch(n, chunk, threads) / group);
+  return for_each_chunk((n + batch - 1) / batch, threads, [&](int, uint64_t t) {
+    thread_local std::vector<uint8_t> buffer;  // per worker: a task's symbols
+    const uint64_t i0 = t * batch;
+    const uint32_t count = uint32_t(std::min<uint64_t>(batch, n - i0));
     if (!direct_out && buffer.size() < count * chunk) buffer.resize(count * chunk);
     uint8_t* outs[windowed::kMaxLanes];
-    bool consecutive = true;
-    for (uint32_t i = 0; i < count; ++i) {
-      outs[i] = direct_out ? direct_out + (i0 + i) * chunk : buffer.data() + i * chunk;
-      consecutive = consecutive && id(i0 + i) == id(i0) + i;
-    }
-    before(tables, i0, count);
+    for (uint32_t i = 0; i < count; ++i) outs[i] = direct_out ? direct_out + (i0 + i) * chunk : buffer.data() + i * chunk;
     Status st = Status::Ok;
-    if (consecutive) st = tables.decode_chunks(blob, id(i0), count, outs);
-    for (uint32_t i = 0; i < count && !consecutive && st == Status::Ok; ++i)
-      st = tables.decode_chunk(blob, id(i0 + i), outs[i]);
-    for (uint32_t i = 0; i < count && st == Status::Ok; ++i) st = per_chunk(tables, i0 + i, id(i0 + i), outs[i]);
-    return st;
+    for (uint32_t s0 = 0; s0 < count && st == Status::Ok; s0 += group) {
+      const uint64_t first = i0 + s0;
+      const uint32_t size = std::min(group, count - s0);
+      bool consecutive = true;
+      for (uint32_t i = 0; i < size; ++i) consecutive = consecutive && id(first + i) == id(first) + i;
+      before(tables, first, size);
+      if (consecutive) st = tables.decode_chunks(blob, id(first), size, outs + s0);
+      for (uint32_t i = 0; i < size && !consecutive && st == Status::Ok; ++i)
+        st = tables.decode_chunk(blob, id(first + i), outs[s0 + i]);
+      for (uint32_t i = 0; i < size && st == Status::Ok; ++i)
+        st = per_chunk(tables, first + i, id(first + i), outs[s0 + i]);
+    }
+    return st == Status::Ok ? after(tables, i0, count, outs) : st;
   });
 }
+
+const auto nothing_after = [](const DecodeTables&, uint64_t, uint32_t, uint8_t* const*) { return Status::Ok; };
 
 // The ids of a whole stream's chunks, for for_each_decoded_chunk.
 const auto every_chunk = [](uint64_t i) { return i; };
@@ -662,11 +721,13 @@ Status decode_stream(const uint8_t* blob_in, size_t len, int threads, Check chec
   if (st != Status::Ok) return st;
   const StreamInfo& s = tables.info;
   std::vector<uint64_t> chunk_hash(s.n_chunks);
-  st = for_each_decoded_chunk(tables, blob, s.n_chunks, every_chunk, threads, direct_out, before,
-                              [&](const DecodeTables&, uint64_t, uint64_t c, const uint8_t* symbols) {
-                                chunk_hash[c] = hash64(symbols, tables.chunk_length(c));
-                                return per_chunk(tables, c, symbols);
-                              });
+  st = for_each_decoded_chunk(
+      tables, blob, s.n_chunks, every_chunk, threads, direct_out, before,
+      [&](const DecodeTables&, uint64_t, uint64_t c, const uint8_t* symbols) { return per_chunk(tables, c, symbols); },
+      [&](const DecodeTables&, uint64_t c0, uint32_t count, uint8_t* const* symbols) {
+        hash_chunks(symbols, c0, count, [&](uint64_t c) { return tables.chunk_length(c); }, chunk_hash.data());
+        return Status::Ok;
+      });
   if (st != Status::Ok) return st;
   return combine_chunk_hashes(chunk_hash) == s.symbols_hash ? Status::Ok : Status::ChecksumMismatch;
 }
@@ -733,7 +794,7 @@ Status decode_listed_chunks(const uint8_t* blob_in, size_t len, const uint64_t* 
   for (uint64_t i = 0; i < n; ++i)
     if (chunks[i] >= tables.info.n_chunks) return Status::BadArgument;
   return for_each_decoded_chunk(tables, blob, n, [chunks](uint64_t i) { return chunks[i]; }, threads, direct_out,
-                                before, per_chunk);
+                                before, per_chunk, nothing_after);
 }
 
 template <class T>
@@ -925,7 +986,7 @@ Status affine_matvec(const uint8_t* blob_in, size_t len, const AffineMatvec& w, 
       dequant::dot_batch(weights.data(), w.k, x, batch, y + r, w.n);
     }
     return Status::Ok;
-  });
+  }, nothing_after);
 }
 
 Status plan_split(const uint16_t* bits, uint64_t n, split::Plan* plan, int threads) {

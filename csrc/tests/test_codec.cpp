@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../codec/codec.h"
+#include "../codec/cpu_vbmi.h"
 #include "../codec/dequant.h"
 #include "../codec/emulate.h"
 #include "../codec/hash.h"
@@ -533,6 +534,53 @@ static void test_hash_sensitivity() {
   CHECK(hash64(a.data(), 999) != hash64(a.data(), 1000));
 }
 
+// hash64 of up to eight buffers at once (cpu_vbmi.h, where the CPU has AVX-512 DQ) is hash64 of
+// each: every length 0..200 (every tail and block count), every count 1..8, buffers at odd
+// addresses and exactly sized (ASan sees a read past one). Then whole streams: encode and decode
+// hash their chunks so (a stream's short last chunk apart), so streams are the same bytes, and
+// decode, with the batches on and off.
+static void test_hash_batches() {
+#ifdef PYCODEC_HAVE_VBMI
+  if (vbmi::cpu_has_avx512dq()) {
+    std::mt19937 rng(41);
+    for (size_t n = 0; n <= 200; ++n)
+      for (uint32_t count = 1; count <= vbmi::kHashBatch; ++count) {
+        std::vector<std::vector<uint8_t>> buffers(count);
+        const uint8_t* data[vbmi::kHashBatch];
+        for (uint32_t k = 0; k < count; ++k) {
+          buffers[k].resize(n + 1);
+          for (auto& b : buffers[k]) b = uint8_t(rng());
+          data[k] = buffers[k].data() + 1;  // odd addresses; exactly n bytes from there on
+        }
+        uint64_t got[vbmi::kHashBatch];
+        vbmi::hash64_batch(data, count, n, got);
+        for (uint32_t k = 0; k < count; ++k) CHECK(got[k] == hash64(data[k], n));
+      }
+  }
+#endif
+  for (const uint64_t n : {uint64_t(1), uint64_t(4095), uint64_t(8 * 1024 + 17), uint64_t(100000)}) {
+    const auto v = gaussian_symbols(n, 3.0, uint32_t(n));
+    for (const Kind& kind : kKinds) {
+      EncodeOptions opt;
+      opt.coder = kind.coder;
+      opt.format_version = kind.version;
+      opt.chunk_symbols = 1024;
+      std::vector<uint8_t> with, without;
+      CHECK(encode(v.data(), &n, 1, opt, &with) == Status::Ok);
+      simd_wanted().store(false);
+      CHECK(encode(v.data(), &n, 1, opt, &without) == Status::Ok);
+      CHECK(with == without);
+      std::vector<uint8_t> out(n);
+      CHECK(decode(with.data(), with.size(), out.data(), n, 2) == Status::Ok && out == v);
+      simd_wanted().store(true);
+      std::fill(out.begin(), out.end(), 0);
+      CHECK(decode(with.data(), with.size(), out.data(), n, 2) == Status::Ok && out == v);
+      with[with.size() - 1] ^= 0x10;  // a payload bit: a chunk's symbols change, or it fails to decode
+      CHECK(decode(with.data(), with.size(), out.data(), n, 1) != Status::Ok);
+    }
+  }
+}
+
 // Lossless split of 16-bit floats, merged back by the vector merge (where the CPU has it) and
 // the scalar one: every raw width the plans pick, spans that start off a 64-element block,
 // more and fewer than 128 values.
@@ -1010,6 +1058,7 @@ int main() {
   test_chunk_groups_match_single_chunks();
   test_kernel_emulation_on_valid_and_hostile_streams();
   test_hash_sensitivity();
+  test_hash_batches();
   test_split_merge_paths_agree();
   test_split_packings();
   test_encode_split();
