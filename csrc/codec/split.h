@@ -114,12 +114,21 @@ inline Status make_plan(const T* bits, uint64_t n, Plan* plan) {
   return plan_from_counts(finest.data(), 8 * int(sizeof(T)), n, plan);
 }
 
-// A plan's symbol of each top value (number[top value] = its index in values).
+// A plan's symbol of each top value (number[top value] = its index in values). For the vector
+// split (split_vbmi.h): the 128-value ranges that hold a nonzero number (the others give 0,
+// looked up or not; a bf16 weight's values lie in two of eight), and its raw bytes' permute.
 struct Numbering {
   uint8_t number[kCounters];
+  uint8_t pairs[kCounters / 128];
+  uint32_t n_pairs = 0;
+  alignas(64) uint8_t from_qwords[vbmi::kBlock];
   explicit Numbering(const Plan& p) {
     std::memset(number, 0, sizeof(number));
     for (uint32_t s = 0; s < p.n_values; ++s) number[p.values[s]] = uint8_t(s);
+    for (uint32_t k = 0; k < kCounters / 128; ++k)
+      if (std::any_of(number + 128 * k, number + 128 * (k + 1), [](uint8_t x) { return x != 0; }))
+        pairs[n_pairs++] = uint8_t(k);
+    vbmi::split_permute(p.width - p.top >= 1 && p.width - p.top <= 8 ? p.width - p.top : 8, from_qwords);
   }
 };
 
@@ -189,10 +198,22 @@ inline void apply_plan_span(const T* bits, uint64_t first, uint64_t count, const
   const uint64_t mask = (uint64_t(1) << low) - 1;
   bits += first;
   raw += first * uint64_t(low) / 32;
-  const uint64_t blocks = count / 32;
+  uint64_t done = 0;
+#ifdef PYCODEC_HAVE_VBMI_MERGE
+  if constexpr (sizeof(T) == 2) {  // 64 16-bit floats at a time where the CPU has AVX-512 VBMI
+    if (low >= 1 && low <= 8 && p.top <= kMaxTop && ::pycodec::vbmi::use_vbmi()) {
+      done = count / vbmi::kBlock * vbmi::kBlock;
+      vbmi::split_blocks(bits, count / vbmi::kBlock, low, num.number, num.pairs, num.n_pairs, num.from_qwords,
+                         symbols, raw);
+    }
+  }
+#endif
   // Whole blocks unrolled where the width is one a plan picks; the rest (a caller's own Plan,
   // the tensor's last < 32 elements) one field at a time, the last word zero-padded.
-  const uint64_t done = detail::split_blocks_unrolled(low, bits, blocks, num.number, symbols, raw) ? 32 * blocks : 0;
+  const uint64_t blocks = (count - done) / 32;
+  if (detail::split_blocks_unrolled(low, bits + done, blocks, num.number, symbols + done,
+                                    raw + done / 32 * uint64_t(low)))
+    done += 32 * blocks;
   detail::FieldPacker packer{raw + done / 32 * uint64_t(low)};
   for (uint64_t i = done; i < count; ++i) {
     symbols[i] = num.number[bits[i] >> low];

@@ -627,11 +627,10 @@ static float from_bits(uint32_t b) {
   return f;
 }
 
-// dequant.h: fp32 values as (q - zero) * scale per group (the last one partial), and bf16 by
-// round-to-nearest-even, ties both ways, infinities and NaN.
 // The split's packings (one unrolled per raw width a plan picks, a loop for the rest) against
 // a field-by-field reference: every top of 16- and 32-bit floats, tensors that end mid-block,
-// and the parallel split (blocks on several threads) equal to the serial one.
+// and the parallel split (blocks on several threads) equal to the serial one; with the vector
+// split on and off.
 template <class T>
 static void check_split_widths(std::mt19937& rng) {
   const int width = 8 * int(sizeof(T));
@@ -659,13 +658,16 @@ static void check_split_widths(std::mt19937& rng) {
           want_raw[at / 32] |= 1u << (31 - at % 32);
         }
     }
-    for (int threads : {1, 2}) {
-      std::vector<uint8_t> symbols(n);
-      std::vector<uint32_t> raw(want_raw.size(), 0xDEADBEEF);  // every word is written
-      apply_split(bits.data(), n, plan, symbols.data(), raw.data(), threads);
-      CHECK(symbols == want_symbols);
-      CHECK(raw == want_raw);
-    }
+    for (bool simd : {true, false})  // the vector split (16-bit floats, low <= 8) and the scalar one
+      for (int threads : {1, 2}) {
+        simd_wanted().store(simd);
+        std::vector<uint8_t> symbols(n);
+        std::vector<uint32_t> raw(want_raw.size(), 0xDEADBEEF);  // every word is written
+        apply_split(bits.data(), n, plan, symbols.data(), raw.data(), threads);
+        CHECK(symbols == want_symbols);
+        CHECK(raw == want_raw);
+      }
+    simd_wanted().store(true);
     split::Plan serial, parallel;
     if (split::make_plan(bits.data(), n, &serial) == Status::Ok) {
       CHECK(plan_split(bits.data(), n, &parallel, 2) == Status::Ok);
@@ -681,6 +683,8 @@ static void test_split_packings() {
   check_split_widths<uint32_t>(rng);
 }
 
+// dequant.h: fp32 values as (q - zero) * scale per group (the last one partial), and bf16 by
+// round-to-nearest-even, ties both ways, infinities and NaN.
 static void test_affine_dequantization() {
   CHECK(dequant::bf16_bits(1.0f) == 0x3F80);
   CHECK(dequant::bf16_bits(from_bits(0x3F808000u)) == 0x3F80);  // a tie to even: down
