@@ -250,8 +250,10 @@ def _read_state(src: str, mmap: bool = False, lazy: frozenset | set = frozenset(
 def verify_streams(state: dict, checked: frozenset | set = frozenset()) -> None:
     """Decode every stream once (chunk by chunk) so a damaged tensor fails at load, by name;
     except those in ``checked``, whose bytes a checksum has matched: they are the bytes that
-    were written, whose symbols' own checksum every decode checks again (decoding them here took
-    0.15 s of SmolLM2's 0.58 s lossless load on one thread, for nothing the checksum had not shown)."""
+    were written (decoding them here took 0.15 s of SmolLM2's 0.58 s lossless load on one thread,
+    to find what the checksum had shown). Their symbols' own checksum is checked again wherever a
+    stream is decoded whole (lossless weights, decode, a move to a GPU); the CPU's fused matvec
+    and row lookups, which decode chunks, rely on the stream's header checksum and bounds checks."""
     for key, t in state.items():
         prefix, _, buffer = key.rpartition(".")
         if buffer not in STREAM_BUFFERS or t.dtype != torch.uint8 or key in checked:
