@@ -618,6 +618,33 @@ def test_absurd_sizes_fail_fast_without_allocating():
     assert worst < 0.25, f"absurd header took {worst:.3f}s to reject"
 
 
+_HISTOGRAM_PROBE = textwrap.dedent(
+    r"""
+    import resource, sys
+    import numpy as np
+    from pycodec import _C
+    # A valid stream of 2^20 one-symbol chunks: ~2.25 bytes of blob a chunk.
+    n = 1 << 20
+    symbols = (np.arange(n) % 3).astype(np.uint8)
+    import pycodec
+    blob = np.frombuffer(pycodec.encode(symbols, chunk_symbols=1), dtype=np.uint8)
+    with open("/proc/self/statm") as f:
+        vm_bytes = int(f.read().split()[0]) * resource.getpagesize()
+    limit = vm_bytes + (256 << 20)  # a histogram per chunk (2 KiB each) needed 2 GiB here
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    counts = _C.histogram(blob, 1)
+    assert counts[:3] == [len(range(k, n, 3)) for k in range(3)] and sum(counts) == n, counts[:4]
+    print("ok", blob.size)
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses RLIMIT_AS and /proc (Linux only)")
+def test_histogram_memory_is_not_a_multiple_of_the_stream():
+    proc = subprocess.run([sys.executable, "-c", _HISTOGRAM_PROBE], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stdout + proc.stderr[-2000:]
+
+
 def test_affine_matvec_with_kept_tables_is_the_call_without_them():
     """A StreamTables kept between calls (a layer's, every token) must give what opening the stream
     afresh gives: when the stream is another, or the same buffer changed in place (in its

@@ -116,8 +116,9 @@ Status decode_split(const uint8_t* blob, size_t len, const uint32_t* values, uin
 // The symbols of chosen chunks only: a row gather (an embedding lookup) decodes the chunks
 // that hold its rows, not the table. Chunk chunks[i] lands at out + i * chunk_symbols (a
 // stream's last chunk may be shorter: the rest of its slot is left as it was). The stream's
-// checksum covers all of its symbols and cannot be checked on a part: streams are verified
-// whole once (at load), and each chunk read here is bounds-checked as decode() checks it.
+// checksum covers all of its symbols and cannot be checked on a part: each chunk read here is
+// bounds-checked as decode() checks it (a checkpoint's tensor checksums vouch for its bytes,
+// pycodec/hub.py; a stream with none is decoded whole once at load).
 // OutputSize unless out_len == n * chunk_symbols; BadArgument for a chunk id past the end.
 Status decode_chunks(const uint8_t* blob, size_t len, const uint64_t* chunks, uint64_t n, uint8_t* out,
                      uint64_t out_len, int threads = 0);
