@@ -22,7 +22,7 @@ struct HostStream {
 
   Status open(const uint8_t* blob, size_t len) {
     aligned.assign((len + 3) / 4 + windowed::kSlackWords, 0);  // the kernels' readable slack
-    std::memcpy(aligned.data(), blob, len);
+    if (len) std::memcpy(aligned.data(), blob, len);  // an empty blob may come as a null pointer
     const uint8_t* b = reinterpret_cast<const uint8_t*>(aligned.data());
     Status st = parse_header(b, len, &info);
     if (st != Status::Ok) return st;

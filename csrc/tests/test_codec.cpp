@@ -416,8 +416,8 @@ static void test_lane_primitives_match_chunk_decoder() {
 }
 
 // An empty blob anywhere (at an odd address: the decoders copy a misaligned blob to read it as
-// words) is refused by every entry point, with nothing read or copied (UBSan: no memcpy from
-// it).
+// words; or null) is refused by every entry point, with nothing read or copied (UBSan: no
+// memcpy from it).
 static void test_empty_blob_at_any_address() {
   alignas(8) static const uint8_t storage[8] = {0};
   for (const uint8_t* blob : {storage, storage + 1}) {
@@ -433,7 +433,10 @@ static void test_empty_blob_at_any_address() {
     CHECK(decode_chunks(blob, 0, &chunk, 1, out8, 4, 1) != Status::Ok);
     CHECK(decode_split(blob, 0, values, 1, 10, raw, 1, out16, 0, 1) != Status::Ok);
     CHECK(decode_split_chunks(blob, 0, &chunk, 1, values, 1, 10, raw, 1, out16, 4, 1) != Status::Ok);
+    CHECK(emulate_decode(blob, 0, out8, 0) != Status::Ok);
   }
+  uint8_t out[1];
+  CHECK(emulate_decode(nullptr, 0, out, 0) != Status::Ok);  // the kernels' emulation copies the blob too
 }
 
 static void test_corruption_never_crashes() {
