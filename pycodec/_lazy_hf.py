@@ -12,15 +12,16 @@ import importlib.abc
 import sys
 import threading
 
-_done = threading.Event()
 _lock = threading.Lock()
+_registered = False
 
 
 def _register() -> None:
+    global _registered
     with _lock:
-        if _done.is_set():
+        if _registered:
             return
-        _done.set()
+        _registered = True
         try:
             from . import hf  # noqa: F401
         except ImportError:  # a transformers too old for out-of-tree quantizers: nothing to register

@@ -180,16 +180,16 @@ uint64_t combine_chunk_hashes(const std::vector<uint64_t>& h) {
   return hash64(reinterpret_cast<const uint8_t*>(h.data()), h.size() * sizeof(uint64_t));
 }
 
-// Chunks a task of an encode or a whole decode takes: up to kHashBatch, so that their hashes
-// run side by side (hash64_each); no more than kBatchBytes of symbols (a task's chunks stay in
-// cache between their coding and their hashing), nor fewer than four tasks a thread.
 constexpr uint32_t kMaxChunkBatch = 8;
 
+// Chunks a task of an encode or a whole decode takes: up to kMaxChunkBatch, so that their
+// hashes run side by side (hash64_each); no more than kBatchBytes of symbols (a task's chunks
+// stay in cache between their coding and their hashing), nor fewer than four tasks a thread.
 uint32_t chunk_batch(uint64_t n_chunks, uint64_t chunk_symbols, int threads) {
-  constexpr uint64_t kHashBatch = kMaxChunkBatch, kBatchBytes = uint64_t(1) << 16;
+  constexpr uint64_t kBatchBytes = uint64_t(1) << 16;
   const uint64_t per_thread = n_chunks / (4 * uint64_t(std::max(1, resolve_threads(threads, n_chunks))));
-  return uint32_t(std::max<uint64_t>(1, std::min({kHashBatch, kBatchBytes / std::max<uint64_t>(chunk_symbols, 1),
-                                                  per_thread})));
+  return uint32_t(std::max<uint64_t>(
+      1, std::min({uint64_t(kMaxChunkBatch), kBatchBytes / std::max<uint64_t>(chunk_symbols, 1), per_thread})));
 }
 
 #ifdef PYCODEC_HAVE_VBMI
