@@ -51,6 +51,7 @@ import numpy as np  # noqa: E402
 
 import pycodec  # noqa: E402
 import weights  # noqa: E402  (bench/weights.py)
+from machine import results_path  # noqa: E402
 
 try:
     import zstandard
@@ -65,7 +66,6 @@ try:
 except ImportError:  # pragma: no cover
     zipnn = None
 
-RESULTS_DIR = HERE / "results"
 SLOW_S = 1.5          # a first call slower than this is measured once (no separate warm-up)
 
 
@@ -385,9 +385,7 @@ def main(argv=None) -> int:
     print_table(rows, skipped)
     print(f"\ntotal {time.perf_counter() - t_all:.0f} s")
     if a.json:
-        out = Path(a.json)
-        if out.parent == Path("."):
-            out = RESULTS_DIR / out
+        out = Path(results_path(a.json))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"machine": info, "quick": a.quick, "rows": rows, "skipped": skipped}, indent=2))
         print(f"wrote {out}")

@@ -31,7 +31,7 @@ from pycodec import CompressionConfig  # noqa: E402
 from pycodec.cli import load_source  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import cpu_name  # noqa: E402
+from machine import cpu_name, results_path  # noqa: E402
 
 PROMPT = "The capital of France is"
 
@@ -106,7 +106,7 @@ def main() -> None:
                           f"{row['checkpoint_bytes'] / 1e6:.1f} MB, saved in {row['save_s']:.2f} s", flush=True)
                     del model
     if a.json:
-        path = a.json if os.sep in a.json else os.path.join(os.path.dirname(__file__), "results", a.json)
+        path = results_path(a.json)
         with open(path, "w") as f:
             json.dump({"machine": f"CPU: {cpu_name()}, {os.cpu_count()} cores",
                        "torch": torch.__version__, "transformers": transformers.__version__,

