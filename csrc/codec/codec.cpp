@@ -7,10 +7,12 @@
 #include <array>
 #include <atomic>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 
 #include "dequant.h"
@@ -410,6 +412,41 @@ int default_threads() { return resolve_threads(0, UINT64_MAX); }
 
 bool host_openmp_active() { return current_host_team() != nullptr; }
 
+namespace {
+
+// MiniLM's bf16 weights (21.5 MB decoded) on one core of the 2-core EPYC (32 MiB L3): 6.0 ->
+// 5.55 ms streamed; outputs of 2-10 MB that a benchmark's repeats keep in the cache lost up to
+// 8% streamed (2026-11-30).
+// The last-level cache that this core shares, as Linux describes it (sysconf's figure can be the
+// whole host's: 384 MiB in the EPYC VM, whose cores share 32).
+uint64_t default_streaming_output_bytes() {
+  uint64_t llc = 0;
+  for (int index = 0; index < 8; ++index) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+    FILE* level_file = std::fopen((dir + "level").c_str(), "r");
+    if (!level_file) break;
+    int level = 0;
+    const bool have_level = std::fscanf(level_file, "%d", &level) == 1;
+    std::fclose(level_file);
+    FILE* size_file = std::fopen((dir + "size").c_str(), "r");
+    if (!size_file) continue;
+    unsigned long long kib = 0;
+    if (have_level && level >= 2 && std::fscanf(size_file, "%lluK", &kib) == 1) llc = std::max<uint64_t>(llc, kib << 10);
+    std::fclose(size_file);
+  }
+  return llc ? llc / 2 : uint64_t(16) << 20;
+}
+
+std::atomic<uint64_t>& streaming_output_setting() {
+  static std::atomic<uint64_t> bytes{default_streaming_output_bytes()};
+  return bytes;
+}
+
+}  // namespace
+
+uint64_t set_streaming_output_bytes(uint64_t bytes) { return streaming_output_setting().exchange(bytes); }
+uint64_t streaming_output_bytes() { return streaming_output_setting().load(std::memory_order_relaxed); }
+
 void count_symbols(const uint8_t* p, uint64_t n, uint64_t counts[256], int threads) {
   // Whole blocks per worker: the count is ~10% of an encode, and serial it was a third of a
   // two-thread encode's time.
@@ -754,15 +791,21 @@ inline void prefetch_raw(const DecodeTables& tables, uint64_t c0, uint32_t count
   for (uint64_t w = first * low / 32; w < raw_end; w += 16) __builtin_prefetch(raw + w);
 }
 
-// Chunk c's decoded top bits merged with their raw low bits into o (the chunk's values).
+// Chunk c's decoded top bits merged with their raw low bits into o (the chunk's values), by
+// streaming stores where `stream` (set_streaming_output_bytes).
 template <class T>
 Status merge_chunk(const DecodeTables& tables, uint64_t c, const uint8_t* symbols, const split::MergeTable<T>& merge,
-                   const uint32_t* raw, uint64_t n_raw_words, T* o) {
+                   const uint32_t* raw, uint64_t n_raw_words, T* o, bool stream) {
   thread_local std::vector<uint8_t> be;  // per worker: the scalar merge's copy of the raw bits
   return split::merge_span(merge, symbols, c * tables.info.chunk_symbols, tables.chunk_length(c), raw, n_raw_words,
-                           o, be)
+                           o, be, stream)
              ? Status::Ok
              : Status::BadArgument;
+}
+
+template <class T>
+bool stream_output(uint64_t out_len) {
+  return out_len * sizeof(T) >= streaming_output_bytes();
 }
 
 template <class T>
@@ -771,13 +814,14 @@ Status decode_split_impl(const uint8_t* blob, size_t len, const uint32_t* values
   split::MergeTable<T> merge;
   const auto check = split_check(&merge, values, n_values, top, n_raw_words, out_len,
                                  [](const StreamInfo& s) { return s.n_symbols; });
+  const bool stream = stream_output<T>(out_len);
   return decode_stream(
       blob, len, threads, check, nullptr,
       [&](const DecodeTables& tables, uint64_t c0, uint32_t count) {
         prefetch_raw(tables, c0, count, merge.low, raw, n_raw_words);
       },
       [&](const DecodeTables& tables, uint64_t c, const uint8_t* symbols) {
-        return merge_chunk(tables, c, symbols, merge, raw, n_raw_words, out + c * tables.info.chunk_symbols);
+        return merge_chunk(tables, c, symbols, merge, raw, n_raw_words, out + c * tables.info.chunk_symbols, stream);
       });
 }
 
@@ -804,13 +848,14 @@ Status decode_split_chunks_impl(const uint8_t* blob, size_t len, const uint64_t*
   split::MergeTable<T> merge;
   const auto check = split_check(&merge, values, n_values, top, n_raw_words, out_len,
                                  [n](const StreamInfo& s) { return n * uint64_t(s.chunk_symbols); });
+  const bool stream = stream_output<T>(out_len);
   return decode_listed_chunks(
       blob, len, chunks, n, threads, check, nullptr,
       [&](const DecodeTables& tables, uint64_t slot, uint32_t count) {
         for (uint32_t i = 0; i < count; ++i) prefetch_raw(tables, chunks[slot + i], 1, merge.low, raw, n_raw_words);
       },
       [&](const DecodeTables& tables, uint64_t slot, uint64_t c, const uint8_t* symbols) {
-        return merge_chunk(tables, c, symbols, merge, raw, n_raw_words, out + slot * tables.info.chunk_symbols);
+        return merge_chunk(tables, c, symbols, merge, raw, n_raw_words, out + slot * tables.info.chunk_symbols, stream);
       });
 }
 

@@ -59,6 +59,14 @@ bool host_openmp_active();
 // (HostOpenMP::max_threads) when one is installed with it, else every core.
 int default_threads();
 
+// Lossless split decodes (decode_split, decode_split_chunks) whose output has at least this many
+// bytes write it by streaming stores, where the CPU's vector merge runs: such an output would
+// evict itself from the cache anyway, and a plain store first reads every line it fills.
+// Default: half the last-level cache (16 MiB where the system does not say). 0 streams every
+// output, UINT64_MAX none (the tests run both). Returns the previous setting.
+uint64_t set_streaming_output_bytes(uint64_t bytes);
+uint64_t streaming_output_bytes();
+
 struct EncodeOptions {
   Coder coder = Coder::Huffman;
   uint32_t chunk_symbols = 0;   // 0 = choose (v2: layout policy; v1: the coder default)

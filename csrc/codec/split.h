@@ -299,9 +299,12 @@ inline bool use_vbmi_merge() {
 // false for a symbol >= n_values or raw bits too short (out may then hold anything). be:
 // scratch, grown to the span's raw bytes: they are copied in stream order (each word
 // byte-swapped) once, so a field is one unaligned big-endian load away (the scalar merge).
+// stream: the vector merge writes out by streaming stores (split_vbmi.h, VectorWriter), for an
+// output too large to stay in cache (codec.h, streaming_output_bytes).
 template <class T>
 inline bool merge_span(const MergeTable<T>& t, const uint8_t* symbols, uint64_t first, uint64_t count,
-                       const uint32_t* raw, uint64_t n_raw_words, T* out, std::vector<uint8_t>& be) {
+                       const uint32_t* raw, uint64_t n_raw_words, T* out, std::vector<uint8_t>& be,
+                       bool stream = false) {
   const int low = t.low;
   const uint64_t first_word = first * low / 32, end_word = ((first + count) * low + 31) / 32;
   if (end_word > n_raw_words) return false;
@@ -326,7 +329,7 @@ inline bool merge_span(const MergeTable<T>& t, const uint8_t* symbols, uint64_t 
         largest = std::max(largest, vbmi::merge_blocks(t.value_lo, t.value_hi, t.n_values, low, t.to_qwords,
                                                        t.field_shift, symbols + i, blocks,
                                                        reinterpret_cast<const uint8_t*>(raw + word),
-                                                       reinterpret_cast<uint16_t*>(out + i)));
+                                                       reinterpret_cast<uint16_t*>(out + i), stream));
       for (i += vbmi::kBlock * blocks; i < count; ++i) one(i);
       return !count || largest < t.n_values;
     }

@@ -74,13 +74,60 @@ namespace vbmi {
 
 PYCODEC_INTRINSICS_BEGIN
 
+// Consecutive 64-byte vectors of 16-bit elements to out on: put(k, v) writes vector k (called
+// for k = 0, 1, ... in order), finish() after the last. Plain stores, or streaming
+// (non-temporal) ones, which write whole aligned lines only and do not first read the lines
+// they fill. Where out is not on a line, each line is joined from two vectors by one word
+// permute, and the partial lines at either end get plain masked stores: a neighbouring span's
+// writer fills the rest of those lines, so no line is both streamed and stored.
+class VectorWriter {
+ public:
+  __attribute__((target("avx512f,avx512bw"))) VectorWriter(uint16_t* out, bool stream)
+      : out_(out), stream_(stream && (reinterpret_cast<uintptr_t>(out) & 1) == 0) {
+    lead_ = uint32_t((64 - (reinterpret_cast<uintptr_t>(out) & 63)) & 63) / 2;
+    alignas(64) uint16_t join[32];
+    for (uint32_t i = 0; i < 32; ++i) join[i] = uint16_t(lead_ + i);  // >= 32: the second vector's
+    join_ = _mm512_load_si512(join);
+  }
+  __attribute__((target("avx512f,avx512bw"))) void put(uint64_t k, __m512i v) {
+    if (!stream_) return _mm512_storeu_si512(out_ + 32 * k, v);
+    if (!lead_) return _mm512_stream_si512(reinterpret_cast<__m512i*>(out_ + 32 * k), v);
+    if (k == 0)
+      _mm512_mask_storeu_epi16(out_, (__mmask32(1) << lead_) - 1, v);
+    else
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(out_ + lead_ + 32 * (k - 1)),
+                          _mm512_permutex2var_epi16(last_, join_, v));
+    last_ = v;
+    written_ = k + 1;
+  }
+  // Streaming stores are weakly ordered: the fence makes them visible before whatever tells
+  // another thread the output is done.
+  __attribute__((target("avx512f,avx512bw"))) void finish() {
+    if (!stream_) return;
+    if (lead_ && written_)
+      _mm512_mask_storeu_epi16(out_ + lead_ + 32 * (written_ - 1), (__mmask32(1) << (32 - lead_)) - 1,
+                               _mm512_permutex2var_epi16(last_, join_, last_));
+    _mm_sfence();
+  }
+
+ private:
+  uint16_t* out_;
+  bool stream_;
+  uint32_t lead_;  // words before out's first line boundary (0: out is on one)
+  __m512i join_;
+  __m512i last_ = _mm512_setzero_si512();
+  uint64_t written_ = 0;
+};
+
 // blocks * 64 elements: symbols, raw_bytes the raw bit string's bytes from the first block's word
-// on (8 * low bytes a block), out 16-bit floats. to_qwords, field_shift: block_permutes(low),
-// 64-byte aligned. Returns the largest symbol: the caller rejects the span (whose values are
-// then garbage) when it is not below n_values, so the symbols are read once.
+// on (8 * low bytes a block), out 16-bit floats (stream: by streaming stores, VectorWriter).
+// to_qwords, field_shift: block_permutes(low), 64-byte aligned. Returns the largest symbol: the
+// caller rejects the span (whose values are then garbage) when it is not below n_values, so
+// the symbols are read once.
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline uint8_t merge_blocks(
     const uint8_t* value_lo, const uint8_t* value_hi, uint32_t n_values, int low, const uint8_t* to_qwords,
-    const uint8_t* field_shift, const uint8_t* symbols, uint64_t blocks, const uint8_t* raw_bytes, uint16_t* out) {
+    const uint8_t* field_shift, const uint8_t* symbols, uint64_t blocks, const uint8_t* raw_bytes, uint16_t* out,
+    bool stream = false) {
   const __m512i lo_a = _mm512_load_si512(value_lo), lo_b = _mm512_load_si512(value_lo + 64);
   const __m512i lo_c = _mm512_load_si512(value_lo + 128), lo_d = _mm512_load_si512(value_lo + 192);
   const __m512i hi_a = _mm512_load_si512(value_hi), hi_b = _mm512_load_si512(value_hi + 64);
@@ -92,6 +139,7 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline uint8_t merge_bloc
   const __mmask64 raw_mask = low == 8 ? ~__mmask64(0) : (__mmask64(1) << (8 * low)) - 1;
   const bool wide = n_values > 128;
   __m512i largest = _mm512_setzero_si512();
+  VectorWriter writer(out, stream);
   for (uint64_t b = 0; b < blocks; ++b) {
     const __m512i sym = _mm512_loadu_si512(symbols + kBlock * b);
     largest = _mm512_max_epu8(largest, sym);
@@ -106,9 +154,10 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline uint8_t merge_bloc
     const __m512i fields =
         _mm512_and_si512(_mm512_multishift_epi64_epi8(shift, _mm512_permutexvar_epi8(qwords, raw)), field_mask);
     lo = _mm512_or_si512(lo, fields);  // value << low has zeros where the field goes
-    _mm512_storeu_si512(out + kBlock * b, _mm512_permutex2var_epi8(lo, interleave_0, hi));
-    _mm512_storeu_si512(out + kBlock * b + 32, _mm512_permutex2var_epi8(lo, interleave_1, hi));
+    writer.put(2 * b, _mm512_permutex2var_epi8(lo, interleave_0, hi));
+    writer.put(2 * b + 1, _mm512_permutex2var_epi8(lo, interleave_1, hi));
   }
+  writer.finish();
   const __m256i half = _mm256_max_epu8(_mm512_castsi512_si256(largest), _mm512_extracti64x4_epi64(largest, 1));
   __m128i q = _mm_max_epu8(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1));
   q = _mm_max_epu8(q, _mm_srli_si128(q, 8));

@@ -645,6 +645,63 @@ static void test_split_merge_paths_agree() {
   simd_wanted().store(true);
 }
 
+// The vector merge's streaming stores (split_vbmi.h, VectorWriter): an output at every word
+// offset from a cache line, spans from any element and of any length, give the scalar merge's
+// values and write nothing outside the span; a whole decode_split streamed (threshold 0, on two
+// threads) equals one that is not.
+static void test_split_merge_streaming() {
+  std::mt19937 rng(29);
+  for (int trial = 0; trial < 64; ++trial) {
+    const size_t n = 1 + rng() % 9000;
+    std::vector<uint16_t> bits(n);
+    const int spread = 1 + int(rng() % 200);
+    for (auto& b : bits) b = uint16_t(((rng() & 1) << 15) | ((rng() % spread) << 7) | (rng() & 127));
+    split::Plan plan;
+    CHECK(split::make_plan(bits.data(), n, &plan) == Status::Ok);
+    const int low = plan.width - plan.top;
+    std::vector<uint8_t> symbols(n);
+    std::vector<uint32_t> raw(split::raw_words(n, low));
+    split::apply_plan(bits.data(), n, plan, symbols.data(), raw.data());
+    split::MergeTable<uint16_t> t;
+    CHECK(split::make_merge_table(plan.values, plan.n_values, plan.top, &t) == Status::Ok);
+    const uint64_t first = trial < 32 ? 0 : rng() % n;
+    const uint64_t count = n - first;
+    const uint32_t offset = uint32_t(trial % 32);  // words from a line
+    constexpr uint16_t kGuard = 0xA5A5;
+    std::vector<uint16_t> space(count + 128, kGuard);
+    uint16_t* line = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(space.data()) + 63) & ~uintptr_t(63));
+    uint16_t* out = line + offset;
+    std::vector<uint8_t> be;
+    CHECK(split::merge_span(t, symbols.data() + first, first, count, raw.data(), raw.size(), out, be, true));
+    CHECK(std::equal(out, out + count, bits.begin() + long(first)));
+    bool guards_kept = true;
+    for (uint16_t* p = space.data(); p < out; ++p) guards_kept &= *p == kGuard;
+    for (uint16_t* p = out + count; p < space.data() + space.size(); ++p) guards_kept &= *p == kGuard;
+    CHECK(guards_kept);
+  }
+  for (const uint64_t n : {uint64_t(1), uint64_t(4095), uint64_t(70001)}) {
+    std::vector<uint16_t> bits(n);
+    for (auto& b : bits) b = uint16_t(((rng() & 1) << 15) | ((110 + rng() % 30) << 7) | (rng() & 127));
+    EncodeOptions opt;
+    opt.chunk_symbols = 4096;
+    split::Plan plan;
+    std::vector<uint32_t> raw;
+    std::vector<uint8_t> blob;
+    const auto allocate_raw = [&](size_t words) { raw.resize(words); return raw.data(); };
+    const auto allocate = [&](size_t bytes) { blob.resize(bytes); return blob.data(); };
+    CHECK(encode_split(bits.data(), &n, 1, opt, &plan, allocate_raw, allocate) == Status::Ok);
+    for (const uint64_t threshold : {uint64_t(0), ~uint64_t(0)}) {
+      const uint64_t before = set_streaming_output_bytes(threshold);
+      std::vector<uint16_t> space(n + 64, 0);
+      uint16_t* out = space.data() + 3;  // off a line, whatever the allocator gives
+      CHECK(decode_split(blob.data(), blob.size(), plan.values, plan.n_values, plan.top, raw.data(), raw.size(), out,
+                         n, 2) == Status::Ok);
+      CHECK(std::equal(out, out + n, bits.begin()));
+      set_streaming_output_bytes(before);
+    }
+  }
+}
+
 static float from_bits(uint32_t b) {
   float f;
   std::memcpy(&f, &b, 4);
@@ -1089,6 +1146,7 @@ int main() {
   test_hash_sensitivity();
   test_hash_batches();
   test_split_merge_paths_agree();
+  test_split_merge_streaming();
   test_split_packings();
   test_encode_split();
   test_affine_dequantization();
