@@ -267,7 +267,7 @@ struct DecodeTables {
       }
       return Status::Ok;
     }
-    windowed::ChunkJob jobs[windowed::kMaxLanes];
+    windowed::ChunkJob jobs[windowed::kMaxLanes] = {};  // filled to count; zeroed so GCC sees no uninitialised read
     Status status[windowed::kMaxLanes];
     for (uint32_t i = 0; i < count; ++i) {
       const uint64_t c = c0 + i;
@@ -719,7 +719,7 @@ Status for_each_decoded_chunk(const DecodeTables& tables, const uint8_t* blob, u
     const uint64_t i0 = t * batch;
     const uint32_t count = uint32_t(std::min<uint64_t>(batch, n - i0));
     if (!direct_out && buffer.size() < count * chunk) buffer.resize(count * chunk);
-    uint8_t* outs[windowed::kMaxLanes];
+    uint8_t* outs[windowed::kMaxLanes] = {};  // filled to count; zeroed so GCC sees no uninitialised read
     for (uint32_t i = 0; i < count; ++i) outs[i] = direct_out ? direct_out + (i0 + i) * chunk : buffer.data() + i * chunk;
     Status st = Status::Ok;
     for (uint32_t s0 = 0; s0 < count && st == Status::Ok; s0 += group) {
