@@ -414,11 +414,10 @@ bool host_openmp_active() { return current_host_team() != nullptr; }
 
 namespace {
 
-// MiniLM's bf16 weights (21.5 MB decoded) on one core of the 2-core EPYC (32 MiB L3): 6.0 ->
-// 5.55 ms streamed; outputs of 2-10 MB that a benchmark's repeats keep in the cache lost up to
-// 8% streamed (2026-11-30).
-// The last-level cache that this core shares, as Linux describes it (sysconf's figure can be the
-// whole host's: 384 MiB in the EPYC VM, whose cores share 32).
+// Half the last-level cache that this core shares, as Linux describes it (sysconf's figure can
+// be the whole host's: 384 MiB in the EPYC VM, whose cores share 32). There, MiniLM's bf16
+// weights (21.5 MB decoded, one core) took 6.0 -> 5.55 ms streamed, while outputs of 2-10 MB
+// that a benchmark's repeats keep in the cache lost up to 8% (2026-11-30).
 uint64_t default_streaming_output_bytes() {
   uint64_t llc = 0;
   for (int index = 0; index < 8; ++index) {

@@ -12,6 +12,9 @@
 //   bits from 64 - (j + 1) * low up: the multishift control of byte j.
 // - Chosen at run time where the CPU has AVX-512 F, BW and VBMI (and cpu_simd() is on:
 //   cpu_vbmi.h).
+// - An output larger than half the last-level cache is written by streaming stores
+//   (VectorWriter; codec.h, streaming_output_bytes): it would not stay in the cache, and a plain
+//   store first reads every line it fills.
 #pragma once
 
 #include <cstdint>

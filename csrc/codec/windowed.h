@@ -691,10 +691,11 @@ PYCODEC_CPU_INLINE void decode_lanes_lockstep(const MultiTable& t, const uint8_t
   const uint32_t* table = t.entry;
   // Four steps of every lane from the table alone; record(k, j, pos, out) sees each step's start.
   // A lane's state in a round is one register, at = output << 6 | bits taken (< 64: a round
-  // takes <= 48), moved by one add of the step entry's top byte (count << 6 | bits), and the
-  // peeked bits shift by `at` itself (a 64-bit shift reads only its count's low 6 bits). Two
-  // registers a lane, not three: eight lanes' state no longer spills to the stack (symbols of
-  // MiniLM's bf16 weights, one core of the 2-core EPYC: 2.40 -> 2.50 G/s; 2026-11-30).
+  // takes <= 48; a user-space address is below 2^57, so output << 6 fits), moved by one add of
+  // the step entry's top byte (count << 6 | bits); the peeked bits shift by `at` itself (a
+  // 64-bit shift reads only its count's low 6 bits). Two registers a lane, not three: eight
+  // lanes' state no longer spills to the stack (symbols of MiniLM's bf16 weights, one core of
+  // the 2-core EPYC: 2.40 -> 2.50 G/s; 2026-11-30).
   static_assert(kStepsPerPeek * kPeekBits < 64, "a round's bits taken must fit at's low 6 bits");
   const uint32_t* step = t.step;
   const auto round = [&](auto record) PYCODEC_CPU_INLINE_LAMBDA {
