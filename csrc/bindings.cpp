@@ -786,6 +786,45 @@ PYBIND11_MODULE(_C, m) {
       "(quantize.h).");
 
   m.def(
+      "row_median_mad",
+      [](py::buffer w, py::buffer med, py::buffer mad, int threads) {
+        const py::buffer_info wi = w.request(), di = med.request(true), ai = mad.request(true);
+        if (wi.itemsize != 4 || wi.format != py::format_descriptor<float>::format() || !is_contiguous(wi) ||
+            wi.ndim != 2)
+          throw CodecException("row_median_mad: w must be a contiguous float32 [rows, k] array");
+        const uint64_t rows = uint64_t(wi.shape[0]), k = uint64_t(wi.shape[1]);
+        for (const py::buffer_info* b : {&di, &ai})
+          if (b->itemsize != 4 || b->format != py::format_descriptor<float>::format() || !is_contiguous(*b) ||
+              uint64_t(b->size) != rows)
+            throw CodecException("row_median_mad: med and mad must be contiguous float32 arrays, one value per row");
+        py::gil_scoped_release release;
+        return row_median_mad(static_cast<const float*>(wi.ptr), rows, k, static_cast<float*>(di.ptr),
+                              static_cast<float*>(ai.ptr), threads);
+      },
+      py::arg("w"), py::arg("med"), py::arg("mad"), py::arg("threads") = 0,
+      "Each row's lower median into med and the lower median of |w - med| (fp32) into mad, the values of "
+      "quant._row_sigma's reference; False (med and mad unset) when w holds a NaN or an infinity (quantize.h).");
+
+  m.def(
+      "error_and_signal",
+      [](py::buffer a, py::buffer b, int threads) {
+        const py::buffer_info ai = a.request(), bi = b.request();
+        for (const py::buffer_info* x : {&ai, &bi})
+          if (x->itemsize != 4 || x->format != py::format_descriptor<float>::format() || !is_contiguous(*x))
+            throw CodecException("error_and_signal: a and b must be contiguous float32 arrays");
+        if (ai.size != bi.size) throw CodecException("error_and_signal: a and b must hold as many values");
+        double error = 0, signal = 0;
+        {
+          py::gil_scoped_release release;
+          error_and_signal(static_cast<const float*>(ai.ptr), static_cast<const float*>(bi.ptr), uint64_t(ai.size),
+                           &error, &signal, threads);
+        }
+        return py::make_tuple(error, signal);
+      },
+      py::arg("a"), py::arg("b"), py::arg("threads") = 0,
+      "(sum (a - b)^2, sum a^2) over float32 arrays in double, one pass: an SQNR's two sums (quantize.h).");
+
+  m.def(
       "affine_quantize",
       [](py::buffer w, py::buffer scale, py::buffer zero, uint64_t group_size, int qmax, py::buffer q) {
         const py::buffer_info wi = w.request(), si = scale.request(), zi = zero.request();

@@ -1209,8 +1209,9 @@ def test_rate_estimate_numpy_and_torch_agree():
 
 
 def test_sqnr_db_sums_as_float64_would():
-    """sqnr_db sums fp32 rows then float64 rows: within 1e-4 dB of float64 sums on 9M weights whose
-    error is 1e-4 of them (a single fp32 norm over the tensor is 0.002 dB off here)."""
+    """sqnr_db sums in float64 (C++ for fp32 CPU tensors, else fp32 rows then float64 rows): within
+    1e-4 dB of float64 sums on 9M weights whose error is 1e-4 of them (a single fp32 norm over the
+    tensor is 0.002 dB off here)."""
     from pycodec.quant import sqnr_db
 
     g = torch.Generator().manual_seed(0)
@@ -1220,6 +1221,32 @@ def test_sqnr_db_sums_as_float64_would():
     expected = 10 * math.log10(w.double().square().sum().item() / err)
     assert abs(sqnr_db(w, w_hat) - expected) < 1e-4
     assert sqnr_db(w, w) == math.inf and abs(sqnr_db(w[0], w_hat[0]) - sqnr_db(w[:1], w_hat[:1])) < 1e-9
+    a, b = torch.randn(300, 300, generator=g).bfloat16(), torch.randn(300, 300, generator=g).bfloat16()
+    b = a + b * 0.05  # bf16 tensors take the torch sums: the same figure
+    assert abs(sqnr_db(a, b) - sqnr_db(a.float(), b.float())) < 1e-4
+
+
+def test_error_and_signal_is_one_float64_pass_on_any_thread_count():
+    """_C.error_and_signal: sum (a - b)^2 and sum a^2 as float64 sums give them, the same bits on
+    one thread and on several (blocks summed in order), non-finite values propagated, and a clear
+    error for arrays it cannot take."""
+    g = torch.Generator().manual_seed(3)
+    for n in (0, 1, 7, 8, 9, 262143, 262144, 1000003):
+        a = torch.randn(n, generator=g).numpy()
+        b = (torch.from_numpy(a) + torch.randn(n, generator=g) * 1e-3).numpy()
+        one, many = _C.error_and_signal(a, b, 1), _C.error_and_signal(a, b, 4)
+        assert one == many
+        err = float(((a.astype(np.float64) - b) ** 2).sum())
+        sig = float((a.astype(np.float64) ** 2).sum())
+        assert one == pytest.approx((err, sig), rel=1e-12, abs=1e-300)
+    a = np.ones(10, np.float32)
+    b = a.copy()
+    b[3] = np.inf
+    assert math.isinf(_C.error_and_signal(a, b)[0])
+    with pytest.raises(CodecError, match="as many"):
+        _C.error_and_signal(a, a[:5])
+    with pytest.raises(CodecError, match="float32"):
+        _C.error_and_signal(a.astype(np.float64), a)
 
 
 @pytest.mark.parametrize("shape", [(7, 1), (5, 2), (64, 63), (33, 64), (3, 1000)])
@@ -1276,6 +1303,46 @@ def test_row_sigma_equals_torchs_two_medians(shape):
     got, want = _row_sigma(x), reference(x)
     assert torch.equal(got.isnan(), want.isnan())
     assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+
+
+@pytest.mark.parametrize("shape", [(7, 1), (5, 2), (64, 63), (33, 64), (3, 1000), (300, 577), (40, 4096)])
+def test_row_sigma_fast_path_is_the_reference_bit_for_bit(shape):
+    """Finite weights take _C.row_median_mad (radix selection, quantize.h): the sigmas of
+    _row_sigma_reference (numpy's partition) bit for bit, and each row's median and MAD those of
+    torch, on hostile rows: ties of bf16-cast values, signed zeros (a zero median), constant and
+    all-zero rows, subnormals, values near the float maximum, both signs only. A NaN or an
+    infinity sends the whole weight to the reference."""
+    from pycodec.quant import _row_sigma, _row_sigma_reference
+
+    g = torch.Generator().manual_seed(shape[0] * 31 + shape[1])
+    x = (torch.randn(shape, generator=g) * 0.02).bfloat16().float()  # few distinct values a row
+    x[::2, ::3] = 0.0
+    x[1::2, ::5] = -0.0
+    x[:, 1::4] = x[:, :1]
+    rows = shape[0]
+    x[min(1, rows - 1)] = 0.25
+    if rows > 6:
+        x[2] = 0.0
+        x[3] = torch.randn(shape[1], generator=g) * 1e-40  # subnormal
+        x[4] = torch.randn(shape[1], generator=g).sign() * 3e38
+        x[5] = -x[5].abs()
+        x[6] = torch.where(torch.arange(shape[1]) % 2 == 0, -0.0, 0.0)
+    med = np.empty(rows, np.float32)
+    mad = np.empty(rows, np.float32)
+    assert _C.row_median_mad(x.numpy(), med, mad)
+    torch_med = x.median(dim=1).values
+    assert torch.equal(torch.from_numpy(med), torch_med)  # == (a zero median's sign may differ)
+    assert torch.equal(torch.from_numpy(mad).view(torch.int32),
+                       (x - torch_med[:, None]).abs().median(dim=1).values.view(torch.int32))
+    assert torch.equal(_row_sigma(x).view(torch.int32), _row_sigma_reference(x).view(torch.int32))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        y = x.clone()
+        y[-1, -1] = bad
+        assert not _C.row_median_mad(y.numpy(), med, mad)
+        got, want = _row_sigma(y), _row_sigma_reference(y)
+        assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+    with pytest.raises(CodecError, match="one value per row"):
+        _C.row_median_mad(x.numpy(), med[:-1], mad)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

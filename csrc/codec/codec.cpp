@@ -18,6 +18,7 @@
 #include "dequant.h"
 #include "hash.h"
 #include "huffman.h"
+#include "quantize.h"
 #include "rans.h"
 #include "split.h"
 #include "windowed.h"
@@ -460,6 +461,34 @@ void count_symbols(const uint8_t* p, uint64_t n, uint64_t counts[256], int threa
   for (int s = 0; s < 256; ++s) counts[s] = 0;
   for (const auto& h : per_block)
     for (int s = 0; s < 256; ++s) counts[s] += h[s];
+}
+
+bool row_median_mad(const float* w, uint64_t rows, uint64_t k, float* med, float* mad, int threads) {
+  if (k == 0) return false;
+  const uint64_t block = std::max<uint64_t>(1, (uint64_t(1) << 16) / k);  // rows a task: ~64K weights
+  std::atomic<bool> finite{true};
+  for_each_chunk((rows + block - 1) / block, threads, [&](int, uint64_t b) {
+    thread_local std::vector<uint32_t> scratch;
+    if (scratch.size() < k) scratch.resize(k);
+    for (uint64_t r = b * block; r < std::min(rows, (b + 1) * block) && finite.load(std::memory_order_relaxed); ++r)
+      if (!quantize::row_median_mad(w + r * k, k, med + r, mad + r, scratch.data())) finite = false;
+    return Status::Ok;
+  });
+  return finite;
+}
+
+void error_and_signal(const float* a, const float* b, uint64_t n, double* error, double* signal, int threads) {
+  constexpr uint64_t kBlock = uint64_t(1) << 18;
+  const uint64_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<double> e(blocks), s(blocks);
+  for_each_chunk(blocks, threads, [&](int, uint64_t i) {
+    quantize::error_and_signal(a + i * kBlock, b + i * kBlock, std::min(kBlock, n - i * kBlock), &e[i], &s[i]);
+    return Status::Ok;
+  });
+  double error_sum = 0, signal_sum = 0;
+  for (uint64_t i = 0; i < blocks; ++i) error_sum += e[i], signal_sum += s[i];
+  *error = error_sum;
+  *signal = signal_sum;
 }
 
 Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,

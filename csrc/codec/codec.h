@@ -140,6 +140,14 @@ Status decode_split_chunks(const uint8_t* blob, size_t len, const uint64_t* chun
                            const uint32_t* values, uint32_t n_values, int top, const uint32_t* raw,
                            uint64_t n_raw_words, uint32_t* out, uint64_t out_len, int threads = 0);
 
+// Rate mode's row statistics of a [rows, k] fp32 matrix (quantize.h, row_median_mad): each row's
+// lower median and lower median absolute deviation. false (outputs unset) when any weight is a
+// NaN or an infinity: the caller's reference path handles those.
+bool row_median_mad(const float* w, uint64_t rows, uint64_t k, float* med, float* mad, int threads = 0);
+// sum (a - b)^2 and sum a^2 over n floats in double (quantize.h, error_and_signal), in blocks
+// summed in order: the same result on any number of threads.
+void error_and_signal(const float* a, const float* b, uint64_t n, double* error, double* signal, int threads = 0);
+
 // Bits of a stream outside its payload (header, table, chunk index) plus rANS lane states.
 // Padding inside a Huffman payload is not counted here: inspect() measures it exactly as
 // payload bits minus the sum of code lengths.

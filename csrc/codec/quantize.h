@@ -14,11 +14,15 @@
 //   NaN gives 0 likewise.
 // - Why here: the references make four or five passes over the layer (divide, round, compare or
 //   add, select or clamp, cast), and rate mode's step search quantizes each layer two to four times.
+// - Rate mode's row statistics (row_median_mad: each row's median and median absolute deviation,
+//   by radix selection on order-preserving float keys) and an SQNR's two sums (error_and_signal)
+//   live here too: both were passes of torch and numpy temporaries around the C++ quantizer.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace pycodec {
@@ -91,6 +95,98 @@ PYCODEC_QUANTIZE_CLONES inline void affine_rows(const float* w, uint64_t rows, u
         q[r * k + j] = uint8_t(x == x ? symbol : 0);
       }
     }
+}
+
+// The float at sorted position kth (0-based) of n keys (float_key: unsigned order = float order),
+// by radix selection a byte at a time from the top, the candidates compacted in place after
+// each: about two passes over the row and a few over what is left (introselect on weights cast
+// from bf16, whose rows repeat few values, ran ~8 ns an element, this ~1). keys is overwritten.
+inline uint32_t float_key(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, 4);
+  return b ^ (uint32_t(int32_t(b) >> 31) | 0x80000000u);
+}
+inline float key_float(uint32_t key) {
+  const uint32_t b = key & 0x80000000u ? key ^ 0x80000000u : ~key;
+  float x;
+  std::memcpy(&x, &b, 4);
+  return x;
+}
+inline float select_kth(uint32_t* keys, uint64_t n, uint64_t kth) {
+  uint32_t found = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    if (n <= 64) {  // few left (after one or two digits, on weights): a selection among them
+      std::nth_element(keys, keys + kth, keys + n);
+      return key_float(keys[kth]);
+    }
+    // Four counts a digit, by position mod 4: a row's values share few top bytes, and one count
+    // would make every increment wait on the one before it.
+    uint32_t counts[4][256] = {};
+    uint64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+      for (int c = 0; c < 4; ++c) ++counts[c][(keys[i + c] >> shift) & 255u];
+    for (; i < n; ++i) ++counts[0][(keys[i] >> shift) & 255u];
+    uint32_t count[256];
+    for (int d = 0; d < 256; ++d) count[d] = counts[0][d] + counts[1][d] + counts[2][d] + counts[3][d];
+    uint32_t digit = 0;
+    while (kth >= count[digit]) kth -= count[digit++];
+    found |= digit << shift;
+    uint64_t kept = 0;
+    for (uint64_t i = 0; i < n; ++i) {
+      const uint32_t key = keys[i];
+      keys[kept] = key;
+      kept += ((key >> shift) & 255u) == digit;
+    }
+    n = kept;
+  }
+  return key_float(found);
+}
+
+// Rate mode's robust scale (quant.py, _row_sigma) of one row of k >= 1 finite weights: med =
+// its lower median (sorted position (k - 1) / 2) and mad = the lower median of |w[j] - med| (an
+// fp32 subtraction): the values numpy's partition gives (a zero median may come out as -0 where
+// numpy gives +0 or the reverse, which changes no |w - med|). scratch: k keys. Returns false,
+// with med and mad unset, for a row holding a NaN or an infinity (the caller's reference path).
+// Why here: the reference copies each row twice for numpy's partition and makes a temporary of
+// w - med and of its absolute value: ~30% of SmolLM2's rate-mode compression.
+inline bool row_median_mad(const float* w, uint64_t k, float* med, float* mad, uint32_t* scratch) {
+  bool finite = true;
+  for (uint64_t j = 0; j < k; ++j) {
+    scratch[j] = float_key(w[j]);
+    finite &= std::isfinite(w[j]);
+  }
+  if (!finite) return false;
+  const uint64_t kth = (k - 1) / 2;
+  const float m = select_kth(scratch, k, kth);
+  for (uint64_t j = 0; j < k; ++j) scratch[j] = float_key(std::fabs(w[j] - m));
+  *med = m;
+  *mad = select_kth(scratch, k, kth);
+  return true;
+}
+
+// sum (a[i] - b[i])^2 and sum a[i]^2 over n floats, in double: the quantization error and signal
+// energy of an SQNR in one pass (NaN or infinite where a value is).
+// Eight partial sums (element i in sum i % 8, added in a fixed order): a chain per sum, not one
+// for all, and the same result on any machine.
+inline void error_and_signal(const float* a, const float* b, uint64_t n, double* error, double* signal) {
+  constexpr int kSums = 8;
+  double e[kSums] = {}, s[kSums] = {};
+  uint64_t i = 0;
+  for (; i + kSums <= n; i += kSums)
+    for (int l = 0; l < kSums; ++l) {
+      const double x = a[i + l], d = x - double(b[i + l]);
+      e[l] += d * d;
+      s[l] += x * x;
+    }
+  for (int l = 0; i < n; ++i, ++l) {
+    const double x = a[i], d = x - double(b[i]);
+    e[l] += d * d;
+    s[l] += x * x;
+  }
+  double error_sum = 0, signal_sum = 0;
+  for (int l = 0; l < kSums; ++l) error_sum += e[l], signal_sum += s[l];
+  *error = error_sum;
+  *signal = signal_sum;
 }
 
 }  // namespace quantize

@@ -702,6 +702,38 @@ static void test_split_merge_streaming() {
   }
 }
 
+// Rate mode's radix selection (quantize.h, select_kth): the element a sort puts at every
+// position, on rows of few distinct values (bf16-cast), signed zeros, subnormals and extremes,
+// for lengths around the point where it hands the rest to nth_element.
+static void test_select_kth() {
+  std::mt19937 rng(31);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  const float specials[] = {0.0f, -0.0f, 1e-40f, -1e-40f, 3e38f, -3e38f, 1.0f, -1.0f};
+  for (int trial = 0; trial < 300; ++trial) {
+    const uint64_t n = 1 + rng() % (trial < 100 ? 70 : 3000);
+    std::vector<float> row(n);
+    for (auto& x : row) {
+      x = normal(rng);
+      if (trial % 3 == 0) {  // bf16-cast: few distinct values
+        uint32_t b;
+        std::memcpy(&b, &x, 4);
+        b &= 0xFFFF0000u;
+        std::memcpy(&x, &b, 4);
+      }
+      if (rng() % 16 == 0) x = specials[rng() % 8];
+    }
+    std::vector<float> sorted = row;
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<uint32_t> keys(n);
+    bool all_equal = true;
+    for (uint64_t kth : {uint64_t(0), (n - 1) / 2, n - 1, uint64_t(rng() % n)}) {
+      for (uint64_t i = 0; i < n; ++i) keys[i] = quantize::float_key(row[i]);
+      all_equal &= quantize::select_kth(keys.data(), n, kth) == sorted[kth];  // -0 == +0: sort ties them
+    }
+    CHECK(all_equal);
+  }
+}
+
 static float from_bits(uint32_t b) {
   float f;
   std::memcpy(&f, &b, 4);
@@ -1147,6 +1179,7 @@ int main() {
   test_hash_batches();
   test_split_merge_paths_agree();
   test_split_merge_streaming();
+  test_select_kth();
   test_split_packings();
   test_encode_split();
   test_affine_dequantization();
