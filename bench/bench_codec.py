@@ -1,6 +1,6 @@
 """Entropy-coder benchmark: pycodec (rANS, Huffman) vs zstandard, constriction and ZipNN.
 
-Run as a plain script: ``python bench/bench_codec.py [--quick] [--json OUT]`` -- best of N after
+Run as a plain script: ``python bench/bench_codec.py [--quick] [--json OUT] [--turns ROUNDS]`` -- best of N after
 a warm-up with ``time.perf_counter``; prints one table and optionally writes JSON (a bare file
 name goes to ``bench/results/``). The same codecs and data sets are timed under pytest-benchmark
 by bench/test_bench_codec.py (``make bench``, ``make bench-quick``).
@@ -303,6 +303,39 @@ def measure(ds: Dataset, codec: Codec, reps: int, budget_s: float) -> dict:
     return row
 
 
+def take_turns(first: Callable, second: Callable, rounds: int, reps: int = 5, budget_s: float = 1.0) -> list:
+    """[(first's best seconds, second's), ...] over ``rounds`` rounds, each a best of ``reps`` of one
+    then the other, the order swapped every round: on a machine whose speed drifts (this VM's moves
+    ~10% within minutes), a ratio taken round by round compares the two at the same moment."""
+    times = []
+    for r in range(rounds):
+        pair = [first, second] if r % 2 == 0 else [second, first]
+        best = [best_time(fn, None, reps, budget_s)[0] for fn in pair]
+        times.append(tuple(best) if r % 2 == 0 else (best[1], best[0]))
+    return times
+
+
+def turns_vs_zipnn(rounds: int) -> dict | None:
+    """MiniLM bf16 on one thread, pycodec's lossless layout (v2 Huffman) against zipnn by take_turns:
+    decode and encode time ratios (pycodec / zipnn, < 1: pycodec faster), min / median / max."""
+    ds = DATASETS["minilm_bf16"]
+    by_name = {c.name: c for c in codecs_for(ds)}
+    ours, peer = by_name.get("pycodec-huffman"), by_name.get("zipnn")
+    if peer is None or peer.unavailable or ours is None:
+        return None
+    ours_blob, peer_blob = ours.encode(ds.data, 1), peer.encode(encode_input(peer, ds), 1)
+    if not (same(ds, ours.decode(ours_blob, 1)) and same(ds, peer.decode(peer_blob, 1))):
+        raise AssertionError("a round trip failed before the turns")
+    result = {"dataset": ds.name, "threads": 1, "rounds": rounds}
+    for what, a, b in (("decode", lambda: ours.decode(ours_blob, 1), lambda: peer.decode(peer_blob, 1)),
+                       ("encode", lambda: ours.encode(ds.data, 1), lambda: peer.encode(encode_input(peer, ds), 1))):
+        times = take_turns(a, b, rounds)
+        ratios = sorted(t_ours / t_peer for t_ours, t_peer in times)
+        result[what] = {"seconds": times, "ratio_min": ratios[0], "ratio_median": ratios[len(ratios) // 2],
+                        "ratio_max": ratios[-1]}
+    return result
+
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -356,6 +389,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="drop gauss_16M and zstd-19 on the large sets")
     ap.add_argument("--json", metavar="OUT", help="write results as JSON (bare file names go to bench/results/)")
     ap.add_argument("--datasets", nargs="*", choices=list(DATASETS), help="subset of data sets")
+    ap.add_argument("--turns", type=int, default=0, metavar="ROUNDS",
+                    help="then MiniLM bf16 decode and encode, pycodec and zipnn taking turns on one thread")
     a = ap.parse_args(argv)
 
     names = a.datasets or [d for d in DATASETS if not (a.quick and d == "gauss_16M")]
@@ -383,11 +418,21 @@ def main(argv=None) -> int:
             print(f"  ... {dname} {codec.name} done ({time.perf_counter() - t_all:.0f} s)", file=sys.stderr)
     print()
     print_table(rows, skipped)
+    turns = turns_vs_zipnn(a.turns) if a.turns > 0 else None
+    if a.turns > 0 and turns is None:
+        print("\nturns: zipnn not installed")
+    if turns:
+        print(f"\nMiniLM bf16, one thread, pycodec (v2 Huffman) and zipnn taking turns, {a.turns} rounds "
+              "(best of 5 each): pycodec's time / zipnn's, min / median / max")
+        for what in ("decode", "encode"):
+            t = turns[what]
+            print(f"  {what}: {t['ratio_min']:.3f} / {t['ratio_median']:.3f} / {t['ratio_max']:.3f}")
     print(f"\ntotal {time.perf_counter() - t_all:.0f} s")
     if a.json:
         out = Path(results_path(a.json))
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"machine": info, "quick": a.quick, "rows": rows, "skipped": skipped}, indent=2))
+        out.write_text(json.dumps({"machine": info, "quick": a.quick, "rows": rows, "skipped": skipped,
+                                   "turns": turns}, indent=2))
         print(f"wrote {out}")
     return 0
 

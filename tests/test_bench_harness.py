@@ -74,3 +74,32 @@ def test_only_runs_the_sections_asked_for(tmp_path, monkeypatch):
     assert result["sections"] == ["lossless_decode"] and "decode" not in result and "layers" not in result
     monkeypatch.setattr("sys.argv", ["gpu_suite.py", "--out", str(tmp_path), "--only", "layers,nope"])
     assert suite.main() == 2
+
+
+def load_bench_codec():
+    import sys
+    if os.path.join(ROOT, "bench") not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import bench_codec
+    return bench_codec
+
+
+def test_take_turns_swaps_the_order_and_keeps_each_time_with_its_codec(monkeypatch):
+    """bench_codec.take_turns (the pycodec / zipnn turns): the order alternates round by round, and
+    every pair still reads (first's time, second's) whichever ran first."""
+    bench = load_bench_codec()
+    calls = []
+
+    def fake_best_time(fn, setup, reps, budget_s):
+        calls.append(fn.__name__)
+        return ({"first": 1.0, "second": 2.0}[fn.__name__], reps, None)
+
+    def first():
+        pass
+
+    def second():
+        pass
+
+    monkeypatch.setattr(bench, "best_time", fake_best_time)
+    assert bench.take_turns(first, second, 5) == [(1.0, 2.0)] * 5
+    assert calls == ["first", "second", "second", "first"] * 2 + ["first", "second"]
