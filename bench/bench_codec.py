@@ -303,15 +303,17 @@ def measure(ds: Dataset, codec: Codec, reps: int, budget_s: float) -> dict:
     return row
 
 
-def take_turns(first: Callable, second: Callable, rounds: int, reps: int = 5, budget_s: float = 1.0) -> list:
+def take_turns(first: Callable, second: Callable, rounds: int, reps: int = 5, budget_s: float = 1.0,
+               setups: tuple = (None, None)) -> list:
     """[(first's best seconds, second's), ...] over ``rounds`` rounds, each a best of ``reps`` of one
     then the other, the order swapped every round: on a machine whose speed drifts (this VM's moves
-    ~10% within minutes), a ratio taken round by round compares the two at the same moment."""
+    ~10% within minutes), a ratio taken round by round compares the two at the same moment.
+    setups: each function's untimed argument maker (best_time's setup), or None."""
     times = []
     for r in range(rounds):
-        pair = [first, second] if r % 2 == 0 else [second, first]
-        best = [best_time(fn, None, reps, budget_s)[0] for fn in pair]
-        times.append(tuple(best) if r % 2 == 0 else (best[1], best[0]))
+        order = (0, 1) if r % 2 == 0 else (1, 0)
+        best = {i: best_time((first, second)[i], setups[i], reps, budget_s)[0] for i in order}
+        times.append((best[0], best[1]))
     return times
 
 
@@ -327,9 +329,12 @@ def turns_vs_zipnn(rounds: int) -> dict | None:
     if not (same(ds, ours.decode(ours_blob, 1)) and same(ds, peer.decode(peer_blob, 1))):
         raise AssertionError("a round trip failed before the turns")
     result = {"dataset": ds.name, "threads": 1, "rounds": rounds}
-    for what, a, b in (("decode", lambda: ours.decode(ours_blob, 1), lambda: peer.decode(peer_blob, 1)),
-                       ("encode", lambda: ours.encode(ds.data, 1), lambda: peer.encode(encode_input(peer, ds), 1))):
-        times = take_turns(a, b, rounds)
+    # zipnn's encode rewrites its input: each run gets a fresh copy, made outside the timing (as measure()).
+    for what, a, b, setups in (
+            ("decode", lambda: ours.decode(ours_blob, 1), lambda: peer.decode(peer_blob, 1), (None, None)),
+            ("encode", lambda: ours.encode(ds.data, 1), lambda raw: peer.encode(raw, 1),
+             (None, lambda: (encode_input(peer, ds),)))):
+        times = take_turns(a, b, rounds, setups=setups)
         ratios = sorted(t_ours / t_peer for t_ours, t_peer in times)
         result[what] = {"seconds": times, "ratio_min": ratios[0], "ratio_median": ratios[len(ratios) // 2],
                         "ratio_max": ratios[-1]}

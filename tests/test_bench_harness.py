@@ -91,7 +91,7 @@ def test_take_turns_swaps_the_order_and_keeps_each_time_with_its_codec(monkeypat
     calls = []
 
     def fake_best_time(fn, setup, reps, budget_s):
-        calls.append(fn.__name__)
+        calls.append((fn.__name__, setup))
         return ({"first": 1.0, "second": 2.0}[fn.__name__], reps, None)
 
     def first():
@@ -101,5 +101,6 @@ def test_take_turns_swaps_the_order_and_keeps_each_time_with_its_codec(monkeypat
         pass
 
     monkeypatch.setattr(bench, "best_time", fake_best_time)
-    assert bench.take_turns(first, second, 5) == [(1.0, 2.0)] * 5
-    assert calls == ["first", "second", "second", "first"] * 2 + ["first", "second"]
+    assert bench.take_turns(first, second, 5, setups=(None, "fresh input")) == [(1.0, 2.0)] * 5
+    order = [("first", None), ("second", "fresh input")]
+    assert calls == (order + order[::-1]) * 2 + order  # each function keeps its own setup
