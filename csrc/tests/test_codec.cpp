@@ -605,6 +605,24 @@ static void test_hash_batches() {
   }
 }
 
+// 16-bit floats split by their plan (split.h) and the table that merges them back: where the
+// merge tests start. raw holds exactly the raw words, so ASan sees a read past them.
+struct SplitCase {
+  explicit SplitCase(const std::vector<uint16_t>& bits) {
+    const size_t n = bits.size();
+    if (split::make_plan(bits.data(), n, &plan) != Status::Ok) return;
+    symbols.resize(n);
+    raw.resize(split::raw_words(n, plan.width - plan.top));
+    split::apply_plan(bits.data(), n, plan, symbols.data(), raw.data());
+    ok = split::make_merge_table(plan.values, plan.n_values, plan.top, &table) == Status::Ok;
+  }
+  bool ok = false;
+  split::Plan plan;
+  std::vector<uint8_t> symbols;
+  std::vector<uint32_t> raw;
+  split::MergeTable<uint16_t> table;
+};
+
 // Lossless split of 16-bit floats, merged back by the vector merge (where the CPU has it) and
 // the scalar one: every raw width the plans pick, spans that start off a 64-element block,
 // more and fewer than 128 values.
@@ -615,17 +633,13 @@ static void test_split_merge_paths_agree() {
     std::vector<uint16_t> bits(n);
     const int spread = 1 + int(rng() % 60);  // exponents in use: the number of top values
     for (auto& b : bits) b = uint16_t(((rng() & 1) << 15) | ((100 + rng() % spread) << 7) | (rng() & 127));
-    split::Plan plan;
-    if (split::make_plan(bits.data(), n, &plan) != Status::Ok) {
-      CHECK(false);
-      continue;
-    }
-    const int low = plan.width - plan.top;
-    std::vector<uint8_t> symbols(n);
-    std::vector<uint32_t> raw(split::raw_words(n, low));  // exactly: ASan sees a read past it
-    split::apply_plan(bits.data(), n, plan, symbols.data(), raw.data());
-    split::MergeTable<uint16_t> t;
-    CHECK(split::make_merge_table(plan.values, plan.n_values, plan.top, &t) == Status::Ok);
+    const SplitCase c(bits);
+    CHECK(c.ok);
+    if (!c.ok) continue;
+    const split::Plan& plan = c.plan;
+    const std::vector<uint8_t>& symbols = c.symbols;
+    const std::vector<uint32_t>& raw = c.raw;
+    const split::MergeTable<uint16_t>& t = c.table;
     for (bool simd : {true, false}) {
       simd_wanted().store(simd);
       const uint64_t first = rng() % n;  // a span from any element on
@@ -656,14 +670,9 @@ static void test_split_merge_streaming() {
     std::vector<uint16_t> bits(n);
     const int spread = 1 + int(rng() % 200);
     for (auto& b : bits) b = uint16_t(((rng() & 1) << 15) | ((rng() % spread) << 7) | (rng() & 127));
-    split::Plan plan;
-    CHECK(split::make_plan(bits.data(), n, &plan) == Status::Ok);
-    const int low = plan.width - plan.top;
-    std::vector<uint8_t> symbols(n);
-    std::vector<uint32_t> raw(split::raw_words(n, low));
-    split::apply_plan(bits.data(), n, plan, symbols.data(), raw.data());
-    split::MergeTable<uint16_t> t;
-    CHECK(split::make_merge_table(plan.values, plan.n_values, plan.top, &t) == Status::Ok);
+    const SplitCase c(bits);
+    CHECK(c.ok);
+    if (!c.ok) continue;
     const uint64_t first = trial < 32 ? 0 : rng() % n;
     const uint64_t count = n - first;
     const uint32_t offset = uint32_t(trial % 32);  // words from a line
@@ -672,7 +681,8 @@ static void test_split_merge_streaming() {
     uint16_t* line = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(space.data()) + 63) & ~uintptr_t(63));
     uint16_t* out = line + offset;
     std::vector<uint8_t> be;
-    CHECK(split::merge_span(t, symbols.data() + first, first, count, raw.data(), raw.size(), out, be, true));
+    CHECK(split::merge_span(c.table, c.symbols.data() + first, first, count, c.raw.data(), c.raw.size(), out, be,
+                            true));
     CHECK(std::equal(out, out + count, bits.begin() + long(first)));
     bool guards_kept = true;
     for (uint16_t* p = space.data(); p < out; ++p) guards_kept &= *p == kGuard;
