@@ -32,6 +32,7 @@ import platform
 import subprocess
 import sys
 import time
+import traceback
 
 import torch
 
@@ -466,13 +467,16 @@ def main() -> int:
             save()
             print(f"gpu_suite: interrupted in {section}; wrote {stem}.json with what was measured", file=sys.stderr)
             return 124
+        except Exception as e:  # one broken section must not cost a short lease the others
+            traceback.print_exc()
+            result.setdefault("errors", {})[section] = repr(e)
         if section == "layers":
             result["faster_than_bf16_up_to_batch"] = crossover(result["layers"])
         save()
     if result.get("layers"):
         plot(result, os.path.join(a.out, stem + ".png"))
     print(f"wrote {stem}.json{' and .png' if result.get('layers') else ''} to {a.out}")
-    return 0
+    return 1 if result.get("errors") else 0
 
 
 if __name__ == "__main__":
