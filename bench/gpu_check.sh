@@ -4,7 +4,7 @@
 #   tests (their own process), compute-sanitizer memcheck + racecheck on a small subset, then
 #   bench/gpu_suite.py and bench/bench_stream.py. JSON, PNG and logs go to $OUT (default
 #   bench/results). Peer wheels in .whl (make gpu-peers, carried along) are installed first.
-#   Not yet run on a GPU.
+#   First run on an H200 on 2026-11-30 (bench/results/gpu_H200_*).
 #
 # Device time is scarce (one short lease a task, if any, and at most 10 minutes a command):
 # - The whole run ends within DEADLINE seconds (default 540). Each stage gets its own limit or
@@ -82,7 +82,9 @@ if ! stage cuda-kernels-in 60 "$OUT/gpu_cuda_compiled.log" "$PY" -c \
 fi
 
 if wanted gpu-tests; then
-  stage gpu-tests 240 "$OUT/gpu_tests.log" "$PY" -m pytest -q -p no:cacheprovider tests/gpu
+  # --confcutdir: tests/conftest.py turns on the Triton interpreter for the CPU suite, which the
+  # GPU tests must not inherit (seen on an H200: every test errored at setup without it).
+  stage gpu-tests 240 "$OUT/gpu_tests.log" "$PY" -m pytest -q -p no:cacheprovider --confcutdir=tests/gpu -rfE tests/gpu
 fi
 
 if wanted smollm2; then

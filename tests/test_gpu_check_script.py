@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,18 @@ def test_stages_can_be_chosen_for_a_second_call(tmp_path):
 def test_no_cuda_kernels_stops_before_the_gpu_stages(tmp_path, stages):
     rc, calls, _ = run_check(tmp_path, STAGES=stages, STUB_KERNELS_RC=1)
     assert rc == 2 and not ran(calls, "gpu_suite.py")
+
+
+def test_gpu_tests_run_without_the_cpu_suites_conftest(tmp_path):
+    """tests/conftest.py turns on the Triton interpreter; the GPU tests, run as the script runs
+    them, must not load it (on an H200 every GPU test errored at setup when they did)."""
+    rc, calls, summary = run_check(tmp_path)
+    assert rc == 0, summary
+    call = next(c for c in calls if "-m pytest" in c)
+    args = call.split("-m pytest", 1)[1].split(" PYTHONPATH=", 1)[0].split()
+    probe = subprocess.run([sys.executable, "-m", "pytest", *args, "--collect-only", "--trace-config"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stdout[-2000:] + probe.stderr[-2000:]
+    loaded = [line for line in probe.stdout.splitlines() if "PLUGIN registered" in line and "conftest" in line]
+    assert any(str(ROOT / "tests" / "gpu" / "conftest.py") in line for line in loaded), loaded
+    assert not any(str(ROOT / "tests" / "conftest.py") in line for line in loaded), loaded
