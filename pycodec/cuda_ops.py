@@ -187,17 +187,30 @@ def gemv_supported(layout: list[int], n_rows: int, k: int, batch: int) -> bool:
     return bool(_C.gemv_supported(layout[4], layout[5], n_rows, k, batch))
 
 
+def column_prefix_sums(cols: torch.Tensor, padded: int) -> torch.Tensor:
+    """fp32 [K + 1, padded]: row j holds the sums of cols' first j rows (columns past cols' are 0).
+
+    Summed in float64 and rounded once, so every entry is the fp32 value nearest the exact sum,
+    whatever order the device sums in. An fp32 cumsum is not: on a GPU, torch scans one column
+    ([K, 1]) in parallel and several ([K, B]) one row after another, so batch-1 results differed
+    from the emulation's in the last bits (seen on an H200) and from one batch size to another."""
+    k, batch = cols.shape
+    p = torch.zeros((k + 1, padded), dtype=torch.float32, device=cols.device)
+    p[1:, :batch] = torch.cumsum(cols.double(), dim=0).float()
+    return p
+
+
 def gemv_inputs(x2: torch.Tensor, prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """x [B, K] as the kernels read it: fp32 [K + 3, Bp] (x transposed, 3 zero rows, batch padded to
-    an instantiated size: 9..15 -> 16), and the prefix sums fp32 [K + 1, Bp]. Returns (x_t, prefix, Bp)."""
+    an instantiated size: 9..15 -> 16), and the prefix sums fp32 [K + 1, Bp]
+    (column_prefix_sums). Returns (x_t, prefix, Bp)."""
     batch, k = x2.shape
     padded = batch if batch <= 8 else MAX_BATCH
     x_t = torch.zeros((k + int(_C.GEMV_X_PAD_ROWS), padded), dtype=torch.float32, device=x2.device)
     x_t[:k, :batch] = x2.t()
     p = None
     if prefix:
-        p = torch.zeros((k + 1, padded), dtype=torch.float32, device=x2.device)
-        torch.cumsum(x_t[:k], dim=0, out=p[1:])
+        p = column_prefix_sums(x_t[:k, :batch], padded)
     return x_t, p, padded
 
 
@@ -353,8 +366,7 @@ def _windowed_tile_affine(x, blob, table, scale, zero, escape_row, escape_col, e
     padded = int(_C.tile_batch_pad(batch))
     x16 = torch.zeros((padded, k), dtype=x.dtype, device=device)
     x16[:batch] = x
-    prefix = torch.zeros((k + 1, padded), dtype=torch.float32, device=device)
-    torch.cumsum(x16.t().float(), dim=0, out=prefix[1:])
+    prefix = column_prefix_sums(x.t().float(), padded)
     y = torch.empty((padded, n_rows), dtype=torch.float32, device=device)
     scale, zero = scale.contiguous(), zero.contiguous()
     if n_rows:

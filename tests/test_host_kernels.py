@@ -322,3 +322,22 @@ def test_damaged_escape_lists_stay_inside_their_buffers(host_ops):
     assert torch.equal(y[:, others], good[:, others])
     missing = float(x[0, int(kernel["escape_col"][0])] * kernel["escape_value"][0])
     assert abs(float(y[0, r0]) - (float(good[0, r0]) - missing)) < 1e-4 * max(1.0, abs(missing))
+
+
+@pytest.mark.parametrize("batch", [1, 3, 11])
+def test_prefix_sums_are_the_nearest_fp32_to_the_exact_sums(batch):
+    """The zero-point fold reads x's prefix sums: each must be the fp32 nearest the exact sum,
+    for any batch and in either kernel's inputs, so that no device's summation order shows in y
+    (on an H200, batch 1's parallel fp32 scan differed from the emulation's in the last bits)."""
+    rng = rng_for("prefix", batch)
+    k = 4096
+    x = torch.from_numpy((rng.standard_normal((batch, k)) * np.exp(rng.uniform(-3, 3, k))).astype(np.float32))
+    exact = np.cumsum(x.numpy().T.astype(np.float64), axis=0)
+    want = np.zeros((k + 1, batch), np.float32)
+    want[1:] = exact.astype(np.float32)
+    _, p, padded = cuda_ops.gemv_inputs(x)
+    assert p.shape == (k + 1, padded) and not p[:, batch:].any()
+    np.testing.assert_array_equal(p[:, :batch].numpy(), want)
+    tile = cuda_ops.column_prefix_sums(x.t(), int(_C.tile_batch_pad(batch)))
+    np.testing.assert_array_equal(tile[:, :batch].numpy(), want)
+    assert np.any(np.cumsum(x.numpy().T, axis=0, dtype=np.float32) != want[1:])  # fp32 order would show

@@ -34,7 +34,7 @@ def kernel_inputs(x: np.ndarray, prefix: bool = True):
     x_t = np.zeros((k + PAD, b), np.float32)
     x_t[:k] = x.T
     p = np.zeros((k + 1, b), np.float32)
-    p[1:] = np.cumsum(x_t[:k], axis=0, dtype=np.float32)
+    p[1:] = np.cumsum(x_t[:k], axis=0, dtype=np.float64).astype(np.float32)  # cuda_ops.column_prefix_sums
     return x_t, p
 
 
