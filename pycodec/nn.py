@@ -282,13 +282,48 @@ def _apply_packed_once(module: nn.Module, fn, recurse: bool) -> dict:
     Returns the packed tensors as they were before."""
     before = {n: module._buffers[n] for n in module._names if module._buffers.get(n) is not None}
     ids = {id(t) for t in before.values()}
+    streams = {id(t) for n, t in before.items() if n in _SLACK_BUFFERS}
 
     def keep_dtype(t):
         out = fn(t)
-        return out if out.dtype == t.dtype else t.to(out.device)
+        out = out if out.dtype == t.dtype else t.to(out.device)
+        # The kernels read past a stream's end: its slack comes with the move, so that modules
+        # sharing the stream (a tied embedding and lm_head) share the padded tensor too.
+        return cuda_ops.with_slack(out) if id(t) in streams and _wants_slack(out) else out
 
     nn.Module._apply(module, lambda t: _move_once(t, fn, keep_dtype) if id(t) in ids else fn(t), recurse)
     return before
+
+
+# Packed tensors the GPU kernels read past the end of (cuda_ops.SLACK_BYTES).
+_SLACK_BUFFERS = ("symbols", "raw")
+
+
+def _wants_slack(t: torch.Tensor) -> bool:
+    return t.is_cuda
+
+# Packed tensors are as long as their weight's code: loading another weight's state can change
+# their shapes, which nn.Module's loading refuses. _fit_packed_shapes gives a module's packed
+# buffers the shapes of the state it loads first. A buffer shared by modules (a tied embedding
+# and lm_head) gets one new tensor for all of them, so they stay tied: torch hands each module
+# its own filtered copy of the state dict, so the new tensors are kept here by id(old buffer),
+# as weak references checked like _MOVES', and dropped once either is gone.
+_RESIZES: dict = {}
+
+
+def _fit_packed_shapes(module: nn.Module, state_dict, prefix: str) -> None:
+    for key in [k for k, (old, new) in _RESIZES.items() if old() is None or new() is None]:
+        del _RESIZES[key]
+    for name in module._names:
+        own, incoming = module._buffers.get(name), state_dict.get(prefix + name)
+        if own is None or not isinstance(incoming, torch.Tensor) or incoming.shape == own.shape:
+            continue
+        hit = _RESIZES.get(id(own))
+        fitted = hit[1]() if hit is not None and hit[0]() is own else None
+        if fitted is None or fitted.shape != incoming.shape:
+            fitted = torch.empty(incoming.shape, dtype=own.dtype, device=own.device)
+            _RESIZES[id(own)] = (weakref.ref(own), weakref.ref(fitted))
+        module._buffers[name] = fitted
 
 
 def _packed_key(module: nn.Module) -> tuple:
@@ -443,6 +478,7 @@ class _PackedModule(_DecodedWeight, nn.Module):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        _fit_packed_shapes(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if not self.meta.is_meta:
             self._refresh_gpu_state()
@@ -618,6 +654,7 @@ class CompressedEmbedding(_DecodedWeight, nn.Module):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        _fit_packed_shapes(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._drop_decoded()
         self._keep_host_copy(self.packed())

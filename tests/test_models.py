@@ -1128,6 +1128,23 @@ def test_tied_table_stays_one_tensor_through_moves_and_casts(mode):
     assert all(head.packed()[n] is t for n, t in emb.packed().items())
 
 
+def test_tied_stream_gets_its_slack_once_in_the_move(monkeypatch):
+    """The GPU kernels read past a stream's end: the padded copy is made in the move itself, once,
+    so a tied embedding and lm_head still share it (on an H200 the lm_head padded its own copy).
+    Here every converted stream counts as bound for a GPU."""
+    monkeypatch.setattr(pycodec.nn, "_wants_slack", lambda t: True)
+    model = tiny_llama()
+    pycodec.compress_(model, CompressionConfig(mode="rate"), progress=False)
+    emb, head = model.model.embed_tokens, model.lm_head
+    with torch.no_grad():
+        ref = model(tokens()).logits
+    model._apply(lambda t: t.clone())
+    assert pycodec.cuda_ops._has_slack(emb.symbols)
+    assert all(head.packed()[n] is t for n, t in emb.packed().items())
+    with torch.no_grad():
+        assert torch.equal(model(tokens()).logits, ref)
+
+
 def test_embedding_lookup_decodes_only_the_chunks_it_needs(monkeypatch):
     emb = torch.nn.Embedding(4096, 64).to(torch.bfloat16)
     for config in (CompressionConfig(mode="rate"), CompressionConfig(mode="lossless")):
@@ -1399,3 +1416,38 @@ def test_dequantize_affine_refuses_mismatched_buffers():
         _C.dequantize_affine(q, s, z, 4, 4, np.empty(11, np.float32))
     with pytest.raises(CodecError, match="out must be"):
         _C.dequantize_affine(q, s, z, 4, 4, np.empty(12, np.float64))
+
+
+@pytest.mark.parametrize("assign", [False, True])
+def test_load_state_dict_of_another_weight_takes_its_stream_lengths(assign):
+    """Packed tensors are as long as their weight's code: loading another compressed weight of the
+    same layer shape must take its lengths, not fail on nn.Module's shape check."""
+    torch.manual_seed(11)
+    a = CompressedLinear.from_linear(torch.nn.Linear(512, 128), CompressionConfig(mode="rate", bits=3.5))
+    b = CompressedLinear.from_linear(torch.nn.Linear(512, 128), CompressionConfig(mode="rate", bits=2.5))
+    assert a.symbols.shape != b.symbols.shape
+    x = torch.randn(3, 512)
+    a.load_state_dict(b.state_dict(), assign=assign)
+    assert a.symbols.shape == b.symbols.shape and torch.equal(a.symbols, b.symbols)
+    assert torch.equal(a(x), b(x))
+
+
+def test_load_state_dict_with_new_stream_lengths_keeps_a_tied_table_tied():
+    torch.manual_seed(12)
+    cfg = CompressionConfig(mode="rate", bits=3.5)
+    emb = torch.nn.Embedding(300, 64)
+    model = torch.nn.ModuleDict({"emb": emb, "head": torch.nn.Linear(64, 300, bias=False)})
+    model["head"].weight = emb.weight
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other["emb"].weight.mul_(3.0)
+    for m in (model, other):
+        pycodec.compress_(m, cfg, progress=False)
+    src, dst = other["emb"].packed(), model["emb"].packed()
+    assert src["symbols"].shape != dst["symbols"].shape
+    assert all(model["head"].packed()[n] is t for n, t in dst.items())
+    model.load_state_dict(other.state_dict())
+    assert all(model["head"].packed()[n] is t for n, t in model["emb"].packed().items())
+    assert all(torch.equal(model["emb"].packed()[n], t) for n, t in src.items())
+    ids = torch.tensor([[1, 5, 299]])
+    assert torch.equal(model["emb"](ids), other["emb"](ids))
