@@ -419,7 +419,7 @@ def _constant_stream_bits(shape: tuple, coder: str, chunk_symbols: int | None) -
     return 8 * encoded_size(np.full(shape, RATE_ZERO, np.uint8), coder=coder, chunk_symbols=chunk_symbols)
 
 
-def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "rans", chunk_symbols: int | None = None):
+def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "huffman", chunk_symbols: int | None = None):
     """Entropy-constrained uniform quantization to ``target_bits`` per weight.
 
     One step per output row, step = c * sigma(row) (a robust std). Everything stored counts
@@ -498,7 +498,7 @@ def quantize_rate(w: torch.Tensor, target_bits: float, coder: str = "rans", chun
 
 def pack_affine(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int, dtype: torch.dtype,
                 escape_index: torch.Tensor | None = None, escape_value: torch.Tensor | None = None,
-                coder: str = "rans", chunk_symbols: int | None = None, stream: torch.Tensor | None = None) -> dict:
+                coder: str = "huffman", chunk_symbols: int | None = None, stream: torch.Tensor | None = None) -> dict:
     """Packs already-quantized integer weights (ours, or GPTQ/AWQ-style ones) losslessly."""
     if q.dtype != torch.uint8 or q.dim() != 2:
         raise CodecError(f"integer weights must be a uint8 [N, K] tensor, got {q.dtype} {tuple(q.shape)}")

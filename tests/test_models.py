@@ -19,7 +19,8 @@ import torch.nn.functional as F
 import pycodec
 from pycodec import CodecError, CompressedLinear, CompressionConfig
 from pycodec.codec import _C
-from pycodec.quant import compress_weight, dequantize_affine, pack_affine, quantize_int, sqnr_db, unpack
+from pycodec.quant import (compress_weight, dequantize_affine, pack_affine, quantize_int, quantize_rate, sqnr_db,
+                           unpack)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -80,6 +81,17 @@ def test_existing_integer_weights_are_coded_losslessly():
     assert torch.equal(unpack(packed), dequantize_affine(q, scale, zero, 128))
     with pytest.raises(CodecError, match="scale"):
         pack_affine(q, scale[:, :1], zero, 128, torch.float16)
+
+
+def test_packing_defaults_to_the_coder_the_gpu_kernels_fuse():
+    """pack_affine and quantize_rate default to CompressionConfig's coder (Huffman, format v2):
+    their old rANS default sent a GPU benchmark's rate layers to the v1 decode-then-matmul path."""
+    w = torch.randn(64, 256) * 0.02
+    q, scale, zero, idx, val, stream = quantize_rate(w, 3.5)
+    packed = pack_affine(q, scale, zero, 256, torch.float16, idx, val)
+    for blob in (stream, packed["symbols"]):
+        info = _C.info(blob.numpy())
+        assert (info["coder"], info["version"]) == (CompressionConfig().coder, 2)
 
 
 @pytest.mark.parametrize("target", [2.0, 3.5, 4.25])
