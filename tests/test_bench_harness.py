@@ -62,6 +62,26 @@ def test_sections_are_saved_as_they_finish_and_an_interruption_keeps_them(tmp_pa
     assert result["layers"][0]["method"] == "bf16 cuBLAS"  # the rows measured before the interruption
 
 
+def test_a_section_that_raises_costs_only_itself(tmp_path, monkeypatch):
+    import json
+
+    suite = load_suite()
+
+    def layers(shapes, batches, peak, rows):
+        rows.append({"shape": [4096, 4096], "batch": 1, "method": "bf16 cuBLAS", "speedup_vs_bf16": 1.0})
+        raise RuntimeError("a peer's API moved")
+
+    _fake_device(suite, monkeypatch, layers)
+    monkeypatch.setattr(suite, "end_to_end", lambda tokens, rows: rows.append({"tokens_per_s": 3.0}))
+    monkeypatch.setattr("sys.argv", ["gpu_suite.py", "--out", str(tmp_path), "--only", "layers,end_to_end,decode"])
+    assert suite.main() == 1
+    (path,) = tmp_path.glob("gpu_Test_GPU_*.json")
+    result = json.loads(path.read_text())
+    assert "a peer's API moved" in result["errors"]["layers"] and list(result["errors"]) == ["layers"]
+    assert result["end_to_end"] == [{"tokens_per_s": 3.0}] and result["decode"] == [{"decoded_GBps": 1.0}]
+    assert result["layers"][0]["method"] == "bf16 cuBLAS"
+
+
 def test_only_runs_the_sections_asked_for(tmp_path, monkeypatch):
     import json
 
