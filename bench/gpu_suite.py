@@ -124,6 +124,28 @@ class WithoutTileKernel(torch.nn.Module):
             gpu.TILE_BATCHES = saved
 
 
+class XFromGlobal(torch.nn.Module):
+    """A compressed layer whose fused GEMVs read x from global memory, not a shared-memory copy
+    (_C.gemv_x_shared_bytes(0)): the same bits, for the side-by-side timing of the two."""
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from pycodec import _C
+
+        saved = _C.gemv_x_shared_bytes()
+        _C.gemv_x_shared_bytes(0)
+        try:
+            return self.layer(x)
+        finally:
+            _C.gemv_x_shared_bytes(saved)
+
+
+X_GLOBAL_BATCHES = (1, 4)  # where a 4096-wide x fits the shared copy (64 KiB)
+
+
 def lossless_layer(dense: torch.nn.Linear, exact: bool = False):
     from pycodec import CompressedLinear, CompressionConfig
 
@@ -191,8 +213,10 @@ def layer_suite(shapes, batches, peak, rows: list | None = None) -> list[dict]:
         m = rate_layer(dense)
         variants["pycodec rate 3.5"] = (m, m.compressed_bytes())
         variants["pycodec rate 3.5 decoded"] = (WithoutTileKernel(m), m.compressed_bytes())
+        variants["pycodec rate 3.5 x global"] = (XFromGlobal(m), m.compressed_bytes())
         m = lossless_layer(dense)
         variants["pycodec lossless"] = (m, m.compressed_bytes())
+        variants["pycodec lossless x global"] = (XFromGlobal(m), m.compressed_bytes())
         m = lossless_layer(dense, exact=True)
         variants["pycodec lossless exact"] = (m, m.compressed_bytes())
         if not isinstance(df11, str):
@@ -215,6 +239,8 @@ def layer_suite(shapes, batches, peak, rows: list | None = None) -> list[dict]:
                 base = None
                 for label, (mod, weight_bytes) in variants.items():
                     if label.endswith("decoded") and batch <= 16:  # the same fused GEMV below 17
+                        continue
+                    if label.endswith("x global") and batch not in X_GLOBAL_BATCHES:
                         continue
                     try:
                         y = mod(x).float()

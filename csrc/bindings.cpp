@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -1011,4 +1012,14 @@ PYBIND11_MODULE(_C, m) {
       "enabled=False forces the scalar paths (the same bytes), True restores the default; returns what is in use.");
   m.def("cuda_compiled", [] { return cuda::compiled(); }, "True when this build contains the CUDA kernels.");
   m.def("cuda_device_count", [] { return cuda::device_count(); }, "CUDA devices visible (0 without a driver).");
+  m.def(
+      "gemv_x_shared_bytes",
+      [](std::optional<uint32_t> bytes) {
+        if (bytes) cuda::set_gemv_x_shared_bytes(*bytes);
+        return cuda::gemv_x_shared_bytes();
+      },
+      py::arg("bytes") = py::none(),
+      "The largest x ((K + 3) x padded batch x 4 bytes) that the fused GEMV kernels copy into each block's shared "
+      "memory instead of reading it from global memory: 64 KiB by default and at most, 0 never. bytes sets it; "
+      "returns the value in use. For side-by-side timings: the outputs are the same bits either way.");
 }

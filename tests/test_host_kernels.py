@@ -341,3 +341,14 @@ def test_prefix_sums_are_the_nearest_fp32_to_the_exact_sums(batch):
     tile = cuda_ops.column_prefix_sums(x.t(), int(_C.tile_batch_pad(batch)))
     np.testing.assert_array_equal(tile[:, :batch].numpy(), want)
     assert np.any(np.cumsum(x.numpy().T, axis=0, dtype=np.float32) != want[1:])  # fp32 order would show
+
+
+def test_gemv_x_shared_bytes_is_a_clamped_setting():
+    before = _C.gemv_x_shared_bytes()
+    try:
+        assert before == 64 * 1024  # the default, also the most
+        assert _C.gemv_x_shared_bytes(0) == 0 and _C.gemv_x_shared_bytes() == 0
+        assert _C.gemv_x_shared_bytes(1 << 30) == 64 * 1024
+        assert _C.gemv_x_shared_bytes(4096) == 4096
+    finally:
+        _C.gemv_x_shared_bytes(before)

@@ -46,7 +46,7 @@ struct HostStream {
 };
 
 // The emulated GEMV over a view, once the arguments passed windowed::check_affine / check_split.
-template <template <int> class Sink, class Args, class Entry>
+template <template <int, class> class Sink, class Args, class Entry>
 Status run(const windowed::StreamView& s, const uint8_t* count, const Entry* table, const uint8_t* lengths,
            const Args& a, uint32_t batch) {
   switch (batch) {

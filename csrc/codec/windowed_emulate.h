@@ -43,14 +43,14 @@ inline bool emulate_chunk_lanes(const StreamView& s, const ChunkView& v, const u
 
 // The warp of one chunk, lane after lane: pass 1, the scan (a running sum), pass 2 into sinks,
 // the butterfly over the slots. Returns false if a lane overran its window (corrupt chunk).
-template <int B, template <int> class Sink, class Args, class Entry>
+template <int B, template <int, class> class Sink, class Args, class Entry>
 inline bool emulate_chunk(const StreamView& s, uint64_t c, const uint8_t* count, const Entry* table,
                           const uint8_t* lengths, const Args& a, std::vector<float>& slots) {
   const ChunkView v = chunk_view(s, c);
   const uint32_t rows = v.m / a.k, first_row = uint32_t(v.first / a.k);
   slots.assign(size_t(rows) * B * 32, 0.f);
   const bool ok = emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t l, FastReader& reader, LaneRange r) {
-    Sink<B> sink;
+    Sink<B, XGlobal> sink;
     sink.begin(a, slots.data(), l, v, r.start);
     gemv_lane(table, lengths, reader, r.count, sink);
   });
@@ -163,7 +163,7 @@ inline bool emulate_tile_block(const StreamView& s, uint64_t tile, const uint8_t
   return ok;
 }
 
-template <int B, template <int> class Sink, class Args, class Entry>
+template <int B, template <int, class> class Sink, class Args, class Entry>
 inline bool emulate_gemv(const StreamView& s, const uint8_t* count, const Entry* table, const uint8_t* lengths,
                          const Args& a) {
   std::vector<float> slots;

@@ -242,7 +242,16 @@ inline void affine_values(float zc, uint16_t value[256]) {
   }
 }
 
-template <int B>
+// Where a sink reads x: XGlobal through the read-only cache, XShared with plain loads from a
+// block's copy in shared memory (windowed_cuda.cu: kXShared), where __ldg does not apply.
+struct XGlobal {
+  PYCODEC_HD static float load(const float* p) { return PYCODEC_LOAD(p); }
+};
+struct XShared {
+  PYCODEC_HD static float load(const float* p) { return *p; }
+};
+
+template <int B, class X>
 struct AffineSink {
   const AffineArgs* a;
   float* slots;  // this warp's [rows][B][32] partial sums
@@ -273,9 +282,9 @@ struct AffineSink {
   PYCODEC_HD void put(uint64_t e, uint32_t) {
     const float w0 = value_weight(e, 0), w1 = value_weight(e, 1), w2 = value_weight(e, 2);
     for (int b = 0; b < B; ++b) {
-      acc[b] = fmaf(PYCODEC_LOAD(xp + b), w0, acc[b]);
-      acc[b] = fmaf(PYCODEC_LOAD(xp + B + b), w1, acc[b]);
-      acc[b] = fmaf(PYCODEC_LOAD(xp + 2 * B + b), w2, acc[b]);
+      acc[b] = fmaf(X::load(xp + b), w0, acc[b]);
+      acc[b] = fmaf(X::load(xp + B + b), w1, acc[b]);
+      acc[b] = fmaf(X::load(xp + 2 * B + b), w2, acc[b]);
     }
     xp += entry_count(e) * B;
   }
@@ -327,7 +336,7 @@ PYCODEC_HD float with_escapes(const SplitArgs&, uint32_t, int, float sum) {
   return sum;
 }
 
-template <int B>
+template <int B, class X>
 struct SplitSink {
   const SplitArgs* a;
   float* slots;
@@ -360,9 +369,9 @@ struct SplitSink {
     const uint32_t fields = uint32_t(raw.buf >> 32);
     const float w0 = weight(e, fields, 0, n), w1 = weight(e, fields, 1, n), w2 = weight(e, fields, 2, n);
     for (int b = 0; b < B; ++b) {
-      acc[b] = fmaf(PYCODEC_LOAD(xp + b), w0, acc[b]);
-      acc[b] = fmaf(PYCODEC_LOAD(xp + B + b), w1, acc[b]);
-      acc[b] = fmaf(PYCODEC_LOAD(xp + 2 * B + b), w2, acc[b]);
+      acc[b] = fmaf(X::load(xp + b), w0, acc[b]);
+      acc[b] = fmaf(X::load(xp + B + b), w1, acc[b]);
+      acc[b] = fmaf(X::load(xp + 2 * B + b), w2, acc[b]);
     }
     xp += n * B;
     raw.skip(n * low);

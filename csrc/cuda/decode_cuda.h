@@ -65,6 +65,12 @@ Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev,
 Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value_table_dev, const uint32_t* table_dev,
                             const windowed::AffineArgs& a, uint32_t batch, uintptr_t stream);
 
+// The largest x, in bytes ((K + 3) x batch fp32), that the GEMVs above copy into each block's
+// shared memory rather than read from global memory (default and most: 64 KiB; 0: never).
+// Returns the previous value. For side-by-side timings; results are the same bits either way.
+uint32_t set_gemv_x_shared_bytes(uint32_t bytes);
+uint32_t gemv_x_shared_bytes();
+
 // y = x W^T for a lossless split bf16 weight (value entries hold values[s] << low).
 Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_table_dev, const uint32_t* table_dev,
                            const windowed::SplitArgs& a, uint32_t batch, uintptr_t stream);

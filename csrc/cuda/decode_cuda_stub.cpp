@@ -6,6 +6,13 @@ namespace cuda {
 bool compiled() { return false; }
 int device_count() { return 0; }
 const char* last_error_string() { return "this build has no CUDA kernels"; }
+static uint32_t x_shared_bytes = 64 * 1024;
+uint32_t set_gemv_x_shared_bytes(uint32_t bytes) {
+  const uint32_t before = x_shared_bytes;
+  x_shared_bytes = bytes < 64 * 1024 ? bytes : 64 * 1024;
+  return before;
+}
+uint32_t gemv_x_shared_bytes() { return x_shared_bytes; }
 Status decode_symbols(const DeviceStream&, uint8_t*, uintptr_t) { return Status::BadArgument; }
 Status windowed_decode(const windowed::StreamView&, const uint32_t*, uint8_t*, uint32_t*, uintptr_t) {
   return Status::BadArgument;

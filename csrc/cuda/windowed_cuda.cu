@@ -35,8 +35,11 @@
 //   stream before it reaches a GPU); the decode kernel also flags a lane that overruns.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <type_traits>
 
 #include "../codec/windowed.h"
 #include "../codec/windowed_gemv.h"
@@ -141,7 +144,23 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const StreamView s, co
 
 // ---------------------------------------------------------------------------- fused GEMV
 
-template <int B, template <int> class Sink, class Args, class Entry>
+// x ([k + kXPadRows][B] fp32) copied into the block's shared memory after the slots, by the whole
+// block, 16 bytes a thread where x is 16-byte aligned. The caller's barrier (load_tables') orders it.
+template <int B>
+__device__ __forceinline__ void stage_x(float* x_smem, const float* __restrict__ x, uint32_t k) {
+  const uint32_t n = (k + windowed::kXPadRows) * B;
+  const uint32_t n_vec = (reinterpret_cast<uintptr_t>(x) & 15u) == 0 ? n / 4 : 0;
+  for (uint32_t i = threadIdx.x; i < n_vec; i += blockDim.x)
+    reinterpret_cast<float4*>(x_smem)[i] = __ldg(reinterpret_cast<const float4*>(x) + i);
+  for (uint32_t i = n_vec * 4 + threadIdx.x; i < n; i += blockDim.x) x_smem[i] = __ldg(x + i);
+}
+
+// kXShared: the sinks read x from the block's shared copy (stage_x) instead of global memory.
+// Lanes hold runs of consecutive columns about K / 32 apart, so every load of x by a warp touches
+// ~32 different cache lines: through L1 that is ~32 wavefronts an instruction, and on an H200 the
+// batch-1 lossless GEMV spent 61% of its stall cycles waiting on L1 (ncu, 2026-11-30). In shared
+// memory the same loads cost a few bank conflicts each.
+template <int B, template <int, class> class Sink, class Args, class Entry, bool kXShared>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(const StreamView s, const Args a,
                                                         const Entry* __restrict__ table,
                                                         const uint8_t* __restrict__ aux, uint32_t max_rows) {
@@ -149,6 +168,14 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const StreamView s, cons
   Entry* table_smem = reinterpret_cast<Entry*>(smem);
   uint8_t* aux_smem = smem + table_bytes<Entry>();
   float* slots = reinterpret_cast<float*>(smem + table_bytes<Entry>() + kAuxBytes);
+  Args shared_x_args;  // kXShared: a's copy whose x is the block's
+  if constexpr (kXShared) {
+    float* x_smem = slots + size_t(kWarps) * max_rows * B * 32;
+    stage_x<B>(x_smem, a.x, a.k);
+    shared_x_args = a;
+    shared_x_args.x = x_smem;
+  }
+  const Args& sink_args = kXShared ? shared_x_args : a;
   const bool tables_ok = load_tables(table_smem, aux_smem, table, aux);
 
   const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -165,8 +192,8 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const StreamView s, cons
 
   const windowed::LaneRange r = warp_lane_range(v, s, table_smem, aux_smem, lane);
   if (lane < s.lanes) {
-    Sink<B> sink;
-    sink.begin(a, warp_slots, lane, v, r.start);
+    Sink<B, std::conditional_t<kXShared, windowed::XShared, windowed::XGlobal>> sink;
+    sink.begin(sink_args, warp_slots, lane, v, r.start);
     windowed::FastReader reader;
     reader.init(v.words, 0, lane * windowed::lane_window_bits(v.n_words, s.lanes));
     windowed::gemv_lane(table_smem, aux_smem, reader, r.count, sink);
@@ -332,20 +359,49 @@ Status opt_in_smem(size_t smem, size_t max_smem) {
   return from_cuda(opt_in_error[device]);
 }
 
-template <int B, template <int> class Sink, class Args, class Entry>
+// The largest x (bytes) a GEMV block copies into shared memory (kXShared); larger ones are read
+// from global memory. 0 turns the copy off: a switch for side-by-side timings (bench/gpu_suite.py).
+constexpr uint32_t kMaxXSharedBytes = 64 * 1024;
+std::atomic<uint32_t> x_shared_bytes{kMaxXSharedBytes};
+
+// The most dynamic shared memory a block of the current device may opt into (99 KiB on sm_86 and
+// sm_89, 163 on sm_80, 227 on sm_90), read once per device.
+size_t max_block_smem() {
+  static std::once_flag read[kMaxDevices];
+  static int bytes[kMaxDevices];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device >= kMaxDevices) return 48 * 1024;
+  std::call_once(read[device], [&] {
+    if (cudaDeviceGetAttribute(&bytes[device], cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
+      bytes[device] = 48 * 1024;
+  });
+  return size_t(bytes[device]);
+}
+
+template <int B, template <int, class> class Sink, class Args, class Entry>
 Status launch_gemv(const StreamView& s, const Args& a, const Entry* table, const uint8_t* aux, cudaStream_t cs) {
   constexpr size_t kFixed = table_bytes<Entry>() + kAuxBytes;
   constexpr size_t kMaxSmem = kFixed + size_t(kWarps) * windowed::kGemvMaxSlots * 32 * sizeof(float);
   const uint32_t max_rows = s.chunk_symbols / a.k;
   const size_t smem = kFixed + size_t(kWarps) * max_rows * B * 32 * sizeof(float);
-  const Status st = opt_in_smem<gemv_kernel<B, Sink, Args, Entry>>(smem, kMaxSmem);
-  if (st != Status::Ok) return st;
-  gemv_kernel<B, Sink, Args, Entry><<<grid_of(s), kThreads, smem, cs>>>(s, a, table, aux, max_rows);
+  const size_t x_bytes = size_t(a.k + windowed::kXPadRows) * B * sizeof(float);
+  const size_t device_smem = max_block_smem();
+  if (x_bytes <= x_shared_bytes.load(std::memory_order_relaxed) && smem + x_bytes <= device_smem) {
+    constexpr auto kKernel = gemv_kernel<B, Sink, Args, Entry, true>;
+    const Status st = opt_in_smem<kKernel>(smem + x_bytes, std::min(kMaxSmem + kMaxXSharedBytes, device_smem));
+    if (st != Status::Ok) return st;
+    kKernel<<<grid_of(s), kThreads, smem + x_bytes, cs>>>(s, a, table, aux, max_rows);
+  } else {
+    constexpr auto kKernel = gemv_kernel<B, Sink, Args, Entry, false>;
+    const Status st = opt_in_smem<kKernel>(smem, kMaxSmem);
+    if (st != Status::Ok) return st;
+    kKernel<<<grid_of(s), kThreads, smem, cs>>>(s, a, table, aux, max_rows);
+  }
   return from_cuda(cudaGetLastError());
 }
 
 // The one list of batch instantiations: 1..8 and 16 (the caller pads 9..15 to 16).
-template <template <int> class Sink, class Args, class Entry>
+template <template <int, class> class Sink, class Args, class Entry>
 Status dispatch_gemv(uint32_t batch, const StreamView& s, const Args& a, const Entry* table, const uint8_t* aux,
                      cudaStream_t cs) {
   switch (batch) {
@@ -388,6 +444,11 @@ Status dispatch_tile(uint32_t batch, const StreamView& s, const windowed::TileAr
 }  // namespace
 
 const char* last_error_string() { return cudaGetErrorString(last_cuda_error()); }
+
+uint32_t set_gemv_x_shared_bytes(uint32_t bytes) {
+  return x_shared_bytes.exchange(bytes < kMaxXSharedBytes ? bytes : kMaxXSharedBytes);
+}
+uint32_t gemv_x_shared_bytes() { return x_shared_bytes.load(std::memory_order_relaxed); }
 
 Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev, uint8_t* out_dev,
                        uint32_t* status_dev, uintptr_t stream) {

@@ -66,8 +66,18 @@ def _gemv_affine(packed: dict, x: np.ndarray) -> torch.Tensor:
                                          info.group_size, info.n, info.k)
 
 
+@pytest.fixture(params=["x shared", "x global"])
+def x_placement(request):
+    """Both instances of the fused GEMVs: x copied into shared memory (the default where it fits,
+    _C.gemv_x_shared_bytes) and x read from global memory (0). They must give the same bits."""
+    before = _C.gemv_x_shared_bytes()
+    _C.gemv_x_shared_bytes(0 if request.param == "x global" else 64 * 1024)
+    yield request.param
+    _C.gemv_x_shared_bytes(before)
+
+
 @pytest.mark.parametrize("n,k,bits,gs,sym,batch,rows", AFFINE_CASES)
-def test_fused_affine_equals_emulation_bitwise(n, k, bits, gs, sym, batch, rows):
+def test_fused_affine_equals_emulation_bitwise(n, k, bits, gs, sym, batch, rows, x_placement):
     rng = rng_for("affine-gpu", n, k, bits, gs, batch)
     w = torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32) * 0.05)
     cfg = CompressionConfig(mode="int", bits=bits, group_size=gs, symmetric=sym, chunk_symbols=rows * k if rows else None)
@@ -78,7 +88,7 @@ def test_fused_affine_equals_emulation_bitwise(n, k, bits, gs, sym, batch, rows)
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8, 11, 16])
-def test_fused_rate_with_escapes_equals_emulation_bitwise(batch):
+def test_fused_rate_with_escapes_equals_emulation_bitwise(batch, x_placement):
     rng = rng_for("rate-gpu", batch)
     w = rng.standard_normal((300, 1536)).astype(np.float32) * 0.02
     w[rng.integers(0, 300, 50), rng.integers(0, 1536, 50)] = 5.0
@@ -91,8 +101,9 @@ def test_fused_rate_with_escapes_equals_emulation_bitwise(batch):
     np.testing.assert_array_equal(got, emulate_affine(packed, xe)[:batch])
 
 
-@pytest.mark.parametrize("n,k,batch", [(64, 256, 1), (40, 576, 4), (9, 96, 2), (1536, 576, 1), (576, 1536, 8)])
-def test_fused_split_equals_emulation_bitwise(n, k, batch):
+@pytest.mark.parametrize("n,k,batch", [(64, 256, 1), (40, 576, 4), (9, 96, 2), (1536, 576, 1), (576, 1536, 8),
+                                       (256, 4096, 3), (128, 12288, 2)])
+def test_fused_split_equals_emulation_bitwise(n, k, batch, x_placement):
     from pycodec import gpu
 
     rng = rng_for("split-gpu", n, k, batch)
