@@ -282,6 +282,22 @@ def crossover(rows: list[dict]) -> dict:
 
 # ---------------------------------------------------------------------------- decode
 
+def with_decode_stage(symbols: int, fn):
+    """fn run with _C.decode_stage_symbols(symbols) (0: the decode kernel writes byte by byte to
+    global memory), restored after: set while a CUDA graph is captured, it holds in its replays."""
+    from pycodec import _C
+
+    def run():
+        saved = _C.decode_stage_symbols()
+        _C.decode_stage_symbols(symbols)
+        try:
+            return fn()
+        finally:
+            _C.decode_stage_symbols(saved)
+
+    return run
+
+
 def decode_suite(peak, quick: bool, rows: list | None = None) -> list[dict]:
     import pycodec
     from pycodec import _C, cuda_ops
@@ -294,10 +310,12 @@ def decode_suite(peak, quick: bool, rows: list | None = None) -> list[dict]:
     lossless = __import__("numpy").frombuffer(_C.split_float(bits, 16)[2], "uint8").reshape(w.shape)
     rows = [] if rows is None else rows
     for data_label, sym in (("rate 3.5 symbols", q), ("lossless symbols", lossless)):
-        variants = [("v2 default", dict()), ("v2 16 lanes", dict(lanes=16)), ("v2 8 lanes", dict(lanes=8)),
-                    ("v2 2 rows/chunk", dict(chunk_symbols=2 * sym.shape[1])),
+        variants = [("v2 default", dict()), ("v2 default, unstaged", dict()), ("v2 16 lanes", dict(lanes=16)),
+                    ("v2 8 lanes", dict(lanes=8)), ("v2 2 rows/chunk", dict(chunk_symbols=2 * sym.shape[1])),
                     ("v1 huffman (legacy)", "v1h"), ("v1 rans (legacy)", "v1r")]
         for label, kw in variants:
+            # "unstaged": chunks written byte by byte to global memory, not through shared memory
+            stage = 0 if label.endswith("unstaged") else _C.decode_stage_symbols()
             if kw == "v1h":
                 blob = _C.encode(sym, list(sym.shape), "huffman", 0, 0, 0, 1)
             elif kw == "v1r":
@@ -309,8 +327,7 @@ def decode_suite(peak, quick: bool, rows: list | None = None) -> list[dict]:
             dev = cuda_ops.with_slack(torch.frombuffer(bytearray(blob), dtype=torch.uint8).cuda())
             table = cuda_ops.kernel_tables(blob)["table"].cuda()
             if s.version == 2:
-                def run():
-                    return cuda_ops.windowed_decode(dev, table, s.ints)
+                run = with_decode_stage(stage, lambda: cuda_ops.windowed_decode(dev, table, s.ints))
             else:
                 index, payload = cuda_ops.v1_views(dev, s.ints)
 
@@ -354,9 +371,12 @@ def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
         flat = torch.cat([w.reshape(-1) for w in weights]).view(torch.int16)
         layers = [lossless_layer(dense_linear(w)) for w in weights]
         rebuild = [lossless_weight_fn(m) for m in layers]
+        coded = sum(m.compressed_bytes() for m in layers)
         methods = {"pycodec lossless": (lambda: [f() for f in rebuild],
-                                        lambda: torch.cat([f().reshape(-1).cpu() for f in rebuild]),
-                                        sum(m.compressed_bytes() for m in layers))}
+                                        lambda: torch.cat([f().reshape(-1).cpu() for f in rebuild]), coded),
+                   "pycodec lossless, unstaged": (
+                       with_decode_stage(0, lambda: [f() for f in rebuild]),
+                       with_decode_stage(0, lambda: torch.cat([f().reshape(-1).cpu() for f in rebuild])), coded)}
         if isinstance(df11, str):
             rows.append({"subject": subject, "method": "DFloat11", "error": df11})
         else:

@@ -121,10 +121,10 @@ def pick(found: list[dict], **want) -> dict | None:
     for lp in found:
         ops = lp["ops"]
         have = {"lds_u8": ops.count("LDS.U8"), "lds_64": ops.count("LDS.64"), "lds": ops.count("LDS"),
-                "ffma": ops.count("FFMA"), "stg": count(ops, "STG")}
-        if any(have[k] != v for k, v in want.items() if k not in ("ffma_min", "stg_min")):
+                "ffma": ops.count("FFMA"), "stg": count(ops, "STG"), "sts": count(ops, "STS")}
+        if any(have[k] != v for k, v in want.items() if not k.endswith("_min")):
             continue
-        if have["ffma"] < want.get("ffma_min", 0) or have["stg"] < want.get("stg_min", 0):
+        if any(have[k[:-4]] < v for k, v in want.items() if k.endswith("_min")):
             continue
         if best is None or lp["instructions"] < best["instructions"]:
             best = lp
@@ -235,10 +235,13 @@ def main() -> None:
         gemv_loop = pick(found, lds_u8=0, **{entry: 2}, ffma_min=6 * batch)
         result["kernels"][label] = {"count_loop": count_loop and count_loop["instructions"],
                                     "gemv_loop": gemv_loop and gemv_loop["instructions"], "batch": batch}
-    found = loops(kernel(v2, "decode_kernel"))
-    dec = pick(found, lds_u8=0, lds_64=0, lds=2, stg_min=2)
-    result["kernels"]["decode to bytes"] = {"count_loop": result["kernels"]["gemv affine B=1"]["count_loop"],
-                                            "decode_loop": dec and dec["instructions"]}
+    # Chunks of up to 16384 symbols are staged in shared memory (kStaged, Lb1E: byte stores to
+    # shared memory); longer ones are written byte by byte to global memory (Lb0E).
+    for label, needle, stores in (("decode to bytes", "decode_kernelILb1E", "sts_min"),
+                                  ("decode to bytes, unstaged", "decode_kernelILb0E", "stg_min")):
+        dec = pick(loops(kernel(v2, needle)), lds_u8=0, lds_64=0, lds=2, **{stores: 2})
+        result["kernels"][label] = {"count_loop": result["kernels"]["gemv affine B=1"]["count_loop"],
+                                    "decode_loop": dec and dec["instructions"]}
     for tiles in (2, 4, 8, 16):
         found = loops(kernel(v2, f"tile_kernelILi{tiles}ELb0E"))
         decode = min((lp for lp in found if lp["ops"].count("LDS") == 2 and count(lp["ops"], "STS") >= 2 and

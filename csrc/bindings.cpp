@@ -1022,4 +1022,14 @@ PYBIND11_MODULE(_C, m) {
       "The largest x ((K + 3) x padded batch x 4 bytes) that the fused GEMV kernels copy into each block's shared "
       "memory instead of reading it from global memory: 64 KiB by default and at most, 0 never. bytes sets it; "
       "returns the value in use. For side-by-side timings: the outputs are the same bits either way.");
+  m.def(
+      "decode_stage_symbols",
+      [](std::optional<uint32_t> symbols) {
+        if (symbols) cuda::set_decode_stage_symbols(*symbols);
+        return cuda::decode_stage_symbols_limit();
+      },
+      py::arg("symbols") = py::none(),
+      "The longest chunk (symbols) that the GPU's windowed decode stages in shared memory and writes out whole, "
+      "rather than byte by byte to global memory: 16384 by default and at most, 0 never. symbols sets it; returns "
+      "the value in use. For side-by-side timings: the output is the same bytes either way.");
 }

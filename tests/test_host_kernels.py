@@ -352,3 +352,14 @@ def test_gemv_x_shared_bytes_is_a_clamped_setting():
         assert _C.gemv_x_shared_bytes(4096) == 4096
     finally:
         _C.gemv_x_shared_bytes(before)
+
+
+def test_decode_stage_symbols_is_a_clamped_setting():
+    before = _C.decode_stage_symbols()
+    try:
+        assert before == 16384  # the default, also the most
+        assert _C.decode_stage_symbols(0) == 0
+        assert _C.decode_stage_symbols(1 << 20) == 16384
+        assert _C.decode_stage_symbols(777) == 777 and _C.decode_stage_symbols() == 777
+    finally:
+        _C.decode_stage_symbols(before)

@@ -71,6 +71,12 @@ Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value
 uint32_t set_gemv_x_shared_bytes(uint32_t bytes);
 uint32_t gemv_x_shared_bytes();
 
+// The longest chunk, in symbols, that windowed_decode stages in shared memory and writes out
+// whole (default and most: 16384; 0: never). Returns the previous value. For side-by-side
+// timings; the output is the same bytes either way.
+uint32_t set_decode_stage_symbols(uint32_t symbols);
+uint32_t decode_stage_symbols_limit();
+
 // y = x W^T for a lossless split bf16 weight (value entries hold values[s] << low).
 Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_table_dev, const uint32_t* table_dev,
                            const windowed::SplitArgs& a, uint32_t batch, uintptr_t stream);

@@ -13,6 +13,13 @@ uint32_t set_gemv_x_shared_bytes(uint32_t bytes) {
   return before;
 }
 uint32_t gemv_x_shared_bytes() { return x_shared_bytes; }
+static uint32_t decode_stage_symbols = 16384;
+uint32_t set_decode_stage_symbols(uint32_t symbols) {
+  const uint32_t before = decode_stage_symbols;
+  decode_stage_symbols = symbols < 16384 ? symbols : 16384;
+  return before;
+}
+uint32_t decode_stage_symbols_limit() { return decode_stage_symbols; }
 Status decode_symbols(const DeviceStream&, uint8_t*, uintptr_t) { return Status::BadArgument; }
 Status windowed_decode(const windowed::StreamView&, const uint32_t*, uint8_t*, uint32_t*, uintptr_t) {
   return Status::BadArgument;

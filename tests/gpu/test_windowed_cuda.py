@@ -35,18 +35,28 @@ def test_build_has_cuda_kernels():
     assert _C.cuda_compiled() and _C.cuda_device_count() >= 1
 
 
+@pytest.fixture(params=["staged", "unstaged"])
+def decode_staging(request):
+    """Both instances of the decode kernel: chunks staged in shared memory and written out whole
+    (the default up to 16384 symbols, _C.decode_stage_symbols) and written byte by byte (0)."""
+    before = _C.decode_stage_symbols()
+    _C.decode_stage_symbols(16384 if request.param == "staged" else 0)
+    yield request.param
+    _C.decode_stage_symbols(before)
+
+
 @pytest.mark.parametrize("kind", ["gauss", "constant", "two", "all256", "skewed", "uniform"])
 @pytest.mark.parametrize("n,chunk,lanes", [(1, None, None), (31, 31, 32), (1000, None, None), (5000, 333, 7),
                                            (20000, 4096, 32), (20000, 64, 32), (3000, 1500, 1),
-                                           (4_000_000, None, None)])
-def test_decode_kernel_bit_exact(kind, n, chunk, lanes):
+                                           (4_000_000, None, None), (200_000, 20_000, 32)])
+def test_decode_kernel_bit_exact(kind, n, chunk, lanes, decode_staging):
     x = hostile_symbols(kind, n, rng_for(kind, n, chunk, lanes))
     blob = pycodec.encode(x, chunk_symbols=chunk, lanes=lanes)
     got = cuda_ops.decode_cuda(blob).cpu().numpy()
     np.testing.assert_array_equal(got, x)
 
 
-def test_decode_of_a_corrupt_stream_raises():
+def test_decode_of_a_corrupt_stream_raises(decode_staging):
     x = hostile_symbols("gauss", 50_000, rng_for("corrupt-gpu"))
     blob = bytearray(pycodec.encode(x))
     blob[_C.info(bytes(blob))["payload_offset"] + 100] ^= 0x10
