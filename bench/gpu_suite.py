@@ -173,27 +173,44 @@ def dense_linear(weight: torch.Tensor) -> torch.nn.Linear:
     return dense
 
 
+def rtn_int4_g128(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric round-to-nearest int4 in groups of 128 along K: (q uint8 [N, K], scale, zero [N, K/128]),
+    w ~ (q - zero) * scale."""
+    w = weight.detach().float()
+    n, k = w.shape
+    g = w.reshape(n, k // 128, 128)
+    lo, hi = g.amin(-1), g.amax(-1)
+    scale = ((hi - lo) / 15).clamp_min(1e-8)
+    zero = (-lo / scale).round().clamp(0, 15)
+    q = (g / scale[..., None] + zero[..., None]).round().clamp(0, 15).to(torch.uint8).reshape(n, k)
+    return q, scale, zero
+
+
 def int4_peers() -> dict:
+    """Fused int4-g128 GEMMs beside which rate mode is measured. torchao's default int4 layout
+    needs fbgemm's kernels, which the GPU machine lacks: its tinygemm layout runs on torch's own
+    _weight_int4pack_mm. gemlite 0.6 names its int4 layer A16W4_HQQ_INT and takes quantized weights."""
     peers = {}
     try:
         from torchao.quantization import Int4WeightOnlyConfig, quantize_
 
         def torchao_int4(linear):
-            quantize_(linear, Int4WeightOnlyConfig(group_size=128))
+            quantize_(linear, Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d"))
             return linear
 
         peers["torchao int4-g128"] = torchao_int4
     except Exception as e:  # not installed on the device machine, or API drift
-        peers["torchao int4-g128"] = f"unavailable: {type(e).__name__}"
+        peers["torchao int4-g128"] = f"unavailable: {type(e).__name__}: {e}"
     try:
-        from gemlite.helper import A16W4
+        from gemlite.helper import A16W4_HQQ_INT
 
         def gemlite_int4(linear):
-            return A16W4(device="cuda").from_linear(linear)
+            q, scale, zero = rtn_int4_g128(linear.weight)
+            return A16W4_HQQ_INT(device="cuda", dtype=torch.bfloat16).from_weights(q.cuda(), scale.cuda(), zero.cuda())
 
-        peers["gemlite A16W4"] = gemlite_int4
+        peers["gemlite int4-g128"] = gemlite_int4
     except Exception as e:
-        peers["gemlite A16W4"] = f"unavailable: {type(e).__name__}"
+        peers["gemlite int4-g128"] = f"unavailable: {type(e).__name__}: {e}"
     return peers
 
 

@@ -124,3 +124,18 @@ def test_take_turns_swaps_the_order_and_keeps_each_time_with_its_codec(monkeypat
     assert bench.take_turns(first, second, 5, setups=(None, "fresh input")) == [(1.0, 2.0)] * 5
     order = [("first", None), ("second", "fresh input")]
     assert calls == (order + order[::-1]) * 2 + order  # each function keeps its own setup
+
+
+def test_rtn_int4_reference_for_the_int4_peers():
+    """gpu_suite hands gemlite round-to-nearest int4-g128 weights: codes in 0..15, each weight
+    within half a step of (q - zero) * scale, unless clamped at a group's end."""
+    import torch
+
+    suite = load_suite()
+    torch.manual_seed(0)
+    w = torch.randn(16, 384) * 0.02
+    q, scale, zero = suite.rtn_int4_g128(w)
+    assert q.dtype == torch.uint8 and q.shape == w.shape and int(q.max()) <= 15
+    assert scale.shape == zero.shape == (16, 3)
+    deq = ((q.float().reshape(16, 3, 128) - zero[..., None]) * scale[..., None]).reshape(16, 384)
+    assert float(((deq - w).abs() / scale.repeat_interleave(128, 1)).max()) <= 0.5 + 1e-4
