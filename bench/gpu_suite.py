@@ -1,6 +1,6 @@
 """The GPU benchmark suite: one command, one JSON + PNG under --out (default $OUT or bench/results).
 
-    python bench/gpu_suite.py [--out DIR] [--quick] [--e2e] [--only decode,lossless_decode,layers,end_to_end]
+    python bench/gpu_suite.py [--out DIR] [--quick] [--e2e] [--only decode,lossless_decode,layers,compiled,end_to_end]
 
 Measured on the CUDA device at hand, everything in the same run:
   * decode: GB/s of decoded symbols of the v2 decode kernel on a 4096 x 14336 rate-3.5 stream and its
@@ -11,14 +11,18 @@ Measured on the CUDA device at hand, everything in the same run:
     decode + Triton matmul (the route the tile kernel replaced: which is faster decides the
     dispatch), lossless (fused GEMV up to batch 16, decode + matmul above), lossless with
     exact_outputs (decode + split merge + cuBLAS), DFloat11 (bench/dfloat11_peer.py: decode to a
-    buffer + cuBLAS, as its forward hook does) and the int4 peers that import (torchao,
-    gemlite); kernel time under CUDA
+    buffer + cuBLAS, as its forward hook does) and the int4-g128 peers that run (torchao's
+    tinygemm layout, gemlite); kernel time under CUDA
     graphs (triton.testing.do_bench_cudagraph) and module time in eager mode (do_bench); the batch at
     which each method stops beating bf16;
   * lossless decode: GB/s of bf16 weights rebuilt, pycodec beside DFloat11, on a 4096 x 14336
     layer and a Llama-7B-shaped block, each checked bit-exact;
-  * --e2e: tokens/s and peak memory of a ~1.1B-parameter Llama with random weights (speed does not
-    depend on the values) at batch 1 and 8: bf16, pycodec lossless, pycodec rate 3.5.
+  * --e2e (or --only): compiled, module time under torch.compile(mode="reduce-overhead") on a
+    4096 x 4096 layer at batch 1; end_to_end, tokens/s and peak memory of a ~1.1B-parameter Llama
+    with random weights (speed does not depend on the values) at batch 1 and 8: bf16, pycodec
+    lossless, pycodec rate 3.5 (median of three generate runs).
+Layers and decodes are also timed with pycodec's shared-memory staging off (x global, unstaged):
+the same bits, for the side-by-side timing of the two.
 Nothing asserts on time. Without a CUDA device it exits with status 2.
 """
 from __future__ import annotations
@@ -73,14 +77,14 @@ def hbm_peak(name: str) -> float | None:
 def eager_ms(fn) -> float:
     from triton.testing import do_bench
 
-    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    return float(do_bench(fn, warmup=10, rep=40, return_mode="median"))  # short: one GPU lease runs ~600 rows
 
 
 def graph_ms(fn) -> float | None:
     from triton.testing import do_bench_cudagraph
 
     try:
-        return float(do_bench_cudagraph(fn, rep=100, return_mode="median"))
+        return float(do_bench_cudagraph(fn, rep=40, return_mode="median"))
     except Exception:  # a path that cannot be captured (reported as None, not hidden)
         return None
 
@@ -422,6 +426,44 @@ def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------------- compiled modules
+
+def compiled_suite(rows: list | None = None, shape=(4096, 4096), batches=(1,)) -> list[dict]:
+    """Module time under torch.compile(mode="reduce-overhead") (CUDA graphs made by inductor),
+    bf16 beside pycodec rate 3.5 and lossless: what a compiled model pays per layer."""
+    rows = [] if rows is None else rows
+    out_f, in_f = shape
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(in_f, out_f, bias=False, dtype=torch.bfloat16)
+    torch.nn.init.normal_(dense.weight, std=0.02)
+    modules = {"bf16 cuBLAS": copy.deepcopy(dense).cuda(), "pycodec rate 3.5": rate_layer(dense),
+               "pycodec lossless": lossless_layer(dense)}
+    for batch in batches:
+        x = torch.randn(batch, in_f, device="cuda", dtype=torch.bfloat16)
+        with torch.no_grad():
+            ref = modules["bf16 cuBLAS"](x).float()
+            base = None
+            for label, mod in modules.items():
+                try:
+                    fn = torch.compile(mod, mode="reduce-overhead")
+                    t0 = time.perf_counter()
+                    for _ in range(3):  # compile, then the graphs' recording runs
+                        y = fn(x).float()
+                    compile_s = time.perf_counter() - t0
+                    ms = eager_ms(lambda: fn(x))
+                except Exception as e:
+                    rows.append({"shape": list(shape), "batch": batch, "method": label, "error": f"{type(e).__name__}: {e}"})
+                    print(f"compiled {label}: {type(e).__name__}: {e}", flush=True)
+                    continue
+                base = ms if label == "bf16 cuBLAS" else base
+                rows.append({"shape": list(shape), "batch": batch, "method": label, "compiled_ms": ms,
+                             "compile_s": compile_s, "speedup_vs_bf16": base / ms if base else None,
+                             "rel_err_vs_bf16": float((y - ref).norm() / ref.norm())})
+                print(f"compiled {out_f}x{in_f} b={batch:<3d} {label:18s} {1e3 * ms:8.1f} us  "
+                      f"x{(base / ms if base else 0):.2f}  (compiled in {compile_s:.0f} s)", flush=True)
+    return rows
+
+
 # ---------------------------------------------------------------------------- end to end
 
 E2E_REPEATS = 3
@@ -497,20 +539,22 @@ def plot(result: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-SECTIONS = ("decode", "lossless_decode", "layers", "end_to_end")
+SECTIONS = ("decode", "lossless_decode", "layers", "compiled", "end_to_end")
+SLOW_SECTIONS = ("compiled", "end_to_end")  # run with --e2e or --only
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT", os.path.join(os.path.dirname(__file__), "results")))
     p.add_argument("--quick", action="store_true", help="fewer shapes and batches")
-    p.add_argument("--e2e", action="store_true", help="also tokens/s of a random ~1.1B Llama (section end_to_end)")
+    p.add_argument("--e2e", action="store_true",
+                   help="also torch.compile'd layers and tokens/s of a random ~1.1B Llama (compiled, end_to_end)")
     p.add_argument("--only", default=None, help=f"comma-separated sections to run, of {', '.join(SECTIONS)}")
     a = p.parse_args()
     if not torch.cuda.is_available():
         print("gpu_suite: no CUDA device; nothing measured", file=sys.stderr)
         return 2
-    wanted = a.only.split(",") if a.only else [s for s in SECTIONS if s != "end_to_end" or a.e2e]
+    wanted = a.only.split(",") if a.only else [s for s in SECTIONS if s not in SLOW_SECTIONS or a.e2e]
     unknown = sorted(set(wanted) - set(SECTIONS))
     if unknown:
         print(f"gpu_suite: unknown sections {unknown}; sections are {', '.join(SECTIONS)}", file=sys.stderr)
@@ -530,6 +574,7 @@ def main() -> int:
     run = {"decode": lambda rows: decode_suite(peak, a.quick, rows),
            "lossless_decode": lambda rows: lossless_decode_suite(peak, rows),
            "layers": lambda rows: layer_suite(shapes, batches, peak, rows),
+           "compiled": lambda rows: compiled_suite(rows),
            "end_to_end": lambda rows: end_to_end(64, rows=rows)}
     for section in wanted:
         result[section] = []

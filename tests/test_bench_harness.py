@@ -139,3 +139,19 @@ def test_rtn_int4_reference_for_the_int4_peers():
     assert scale.shape == zero.shape == (16, 3)
     deq = ((q.float().reshape(16, 3, 128) - zero[..., None]) * scale[..., None]).reshape(16, 384)
     assert float(((deq - w).abs() / scale.repeat_interleave(128, 1)).max()) <= 0.5 + 1e-4
+
+
+def test_slow_sections_run_only_when_asked(tmp_path, monkeypatch):
+    import json
+
+    suite = load_suite()
+    _fake_device(suite, monkeypatch, lambda shapes, batches, peak, rows: rows.append({"method": "bf16 cuBLAS"}))
+    monkeypatch.setattr(suite, "compiled_suite", lambda rows: rows.append({"compiled_ms": 1.0}))
+    monkeypatch.setattr(suite, "end_to_end", lambda tokens, rows: rows.append({"tokens_per_s": 3.0}))
+    monkeypatch.setattr(suite, "plot", lambda result, path: None)
+    for argv, sections in ((["--out", str(tmp_path / "a")], ["decode", "lossless_decode", "layers"]),
+                           (["--out", str(tmp_path / "b"), "--e2e"], list(suite.SECTIONS))):
+        monkeypatch.setattr("sys.argv", ["gpu_suite.py", *argv])
+        assert suite.main() == 0
+        (path,) = (tmp_path / argv[1].rsplit("/", 1)[1]).glob("gpu_Test_GPU_*.json")
+        assert json.loads(path.read_text())["sections"] == sections
