@@ -327,6 +327,19 @@ void bind_windowed(py::module_& m, const std::string& prefix) {
       "Decode 16 rows per block into shared memory, then tensor-core MMA (windowed_tile.h: TileArgs).");
 }
 
+// A GPU kernel setting read at each launch: name(arg=None) sets it when given, and returns the
+// value in use (the setter clamps).
+void def_kernel_setting(py::module_& m, const char* name, const char* arg, uint32_t (*set)(uint32_t),
+                        uint32_t (*get)(), const char* doc) {
+  m.def(
+      name,
+      [set, get](std::optional<uint32_t> value) {
+        if (value) set(*value);
+        return get();
+      },
+      py::arg(arg) = py::none(), doc);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -1012,23 +1025,13 @@ PYBIND11_MODULE(_C, m) {
       "enabled=False forces the scalar paths (the same bytes), True restores the default; returns what is in use.");
   m.def("cuda_compiled", [] { return cuda::compiled(); }, "True when this build contains the CUDA kernels.");
   m.def("cuda_device_count", [] { return cuda::device_count(); }, "CUDA devices visible (0 without a driver).");
-  m.def(
-      "gemv_x_shared_bytes",
-      [](std::optional<uint32_t> bytes) {
-        if (bytes) cuda::set_gemv_x_shared_bytes(*bytes);
-        return cuda::gemv_x_shared_bytes();
-      },
-      py::arg("bytes") = py::none(),
+  def_kernel_setting(
+      m, "gemv_x_shared_bytes", "bytes", cuda::set_gemv_x_shared_bytes, cuda::gemv_x_shared_bytes,
       "The largest x ((K + 3) x padded batch x 4 bytes) that the fused GEMV kernels copy into each block's shared "
       "memory instead of reading it from global memory: 64 KiB by default and at most, 0 never. bytes sets it; "
       "returns the value in use. For side-by-side timings: the outputs are the same bits either way.");
-  m.def(
-      "decode_stage_symbols",
-      [](std::optional<uint32_t> symbols) {
-        if (symbols) cuda::set_decode_stage_symbols(*symbols);
-        return cuda::decode_stage_symbols_limit();
-      },
-      py::arg("symbols") = py::none(),
+  def_kernel_setting(
+      m, "decode_stage_symbols", "symbols", cuda::set_decode_stage_symbols, cuda::decode_stage_symbols_limit,
       "The longest chunk (symbols) that the GPU's windowed decode stages in shared memory and writes out whole, "
       "rather than byte by byte to global memory: 16384 by default and at most, 0 never. symbols sets it; returns "
       "the value in use. For side-by-side timings: the output is the same bytes either way.");
