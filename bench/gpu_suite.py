@@ -21,8 +21,8 @@ Measured on the CUDA device at hand, everything in the same run:
     4096 x 4096 layer at batch 1; end_to_end, tokens/s and peak memory of a ~1.1B-parameter Llama
     with random weights (speed does not depend on the values) at batch 1 and 8: bf16, pycodec
     lossless, pycodec rate 3.5 (median of three generate runs).
-Layers and decodes are also timed with pycodec's shared-memory staging off (x global, unstaged):
-the same bits, for the side-by-side timing of the two.
+Layers and decodes are also timed with other pycodec GPU kernel settings (x global, unstaged:
+shared-memory staging off; 16 warps a block instead of 4): the same bits, side by side.
 Nothing asserts on time. Without a CUDA device it exits with status 2.
 """
 from __future__ import annotations
@@ -128,26 +128,39 @@ class WithoutTileKernel(torch.nn.Module):
             gpu.TILE_BATCHES = saved
 
 
-class XFromGlobal(torch.nn.Module):
-    """A compressed layer whose fused GEMVs read x from global memory, not a shared-memory copy
-    (_C.gemv_x_shared_bytes(0)): the same bits, for the side-by-side timing of the two."""
+def with_settings(settings: dict, fn):
+    """fn run with pycodec's GPU kernel settings set ({"gemv_x_shared_bytes": 0, ...}: _C functions
+    by name), restored after. Set while a CUDA graph is captured, they hold in its replays."""
+    from pycodec import _C
 
-    def __init__(self, layer: torch.nn.Module):
+    def run(*args):
+        before = {name: getattr(_C, name)() for name in settings}
+        for name, value in settings.items():
+            getattr(_C, name)(value)
+        try:
+            return fn(*args)
+        finally:
+            for name, value in before.items():
+                getattr(_C, name)(value)
+
+    return run
+
+
+class WithSettings(torch.nn.Module):
+    """A compressed layer run with other GPU kernel settings: the same bits, for side-by-side timings."""
+
+    def __init__(self, layer: torch.nn.Module, **settings):
         super().__init__()
         self.layer = layer
+        self.run = with_settings(settings, layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from pycodec import _C
-
-        saved = _C.gemv_x_shared_bytes()
-        _C.gemv_x_shared_bytes(0)
-        try:
-            return self.layer(x)
-        finally:
-            _C.gemv_x_shared_bytes(saved)
+        return self.run(x)
 
 
-X_GLOBAL_BATCHES = (1, 4)  # where a 4096-wide x fits the shared copy (64 KiB)
+# Setting variants of the fused GEMVs, timed at these batches: x from global memory instead of a
+# shared copy (a 4096-wide x fits 64 KiB up to batch 4), and blocks of 16 warps instead of 4.
+SETTING_VARIANTS = {"x global": ({"gemv_x_shared_bytes": 0}, (1, 4)), "16 warps": ({"warps_per_block": 16}, (1, 4))}
 
 
 def lossless_layer(dense: torch.nn.Linear, exact: bool = False):
@@ -234,10 +247,12 @@ def layer_suite(shapes, batches, peak, rows: list | None = None) -> list[dict]:
         m = rate_layer(dense)
         variants["pycodec rate 3.5"] = (m, m.compressed_bytes())
         variants["pycodec rate 3.5 decoded"] = (WithoutTileKernel(m), m.compressed_bytes())
-        variants["pycodec rate 3.5 x global"] = (XFromGlobal(m), m.compressed_bytes())
+        for suffix, (settings, _) in SETTING_VARIANTS.items():
+            variants[f"pycodec rate 3.5 {suffix}"] = (WithSettings(m, **settings), m.compressed_bytes())
         m = lossless_layer(dense)
         variants["pycodec lossless"] = (m, m.compressed_bytes())
-        variants["pycodec lossless x global"] = (XFromGlobal(m), m.compressed_bytes())
+        for suffix, (settings, _) in SETTING_VARIANTS.items():
+            variants[f"pycodec lossless {suffix}"] = (WithSettings(m, **settings), m.compressed_bytes())
         m = lossless_layer(dense, exact=True)
         variants["pycodec lossless exact"] = (m, m.compressed_bytes())
         if not isinstance(df11, str):
@@ -261,7 +276,7 @@ def layer_suite(shapes, batches, peak, rows: list | None = None) -> list[dict]:
                 for label, (mod, weight_bytes) in variants.items():
                     if label.endswith("decoded") and batch <= 16:  # the same fused GEMV below 17
                         continue
-                    if label.endswith("x global") and batch not in X_GLOBAL_BATCHES:
+                    if any(label.endswith(suffix) and batch not in at for suffix, (_, at) in SETTING_VARIANTS.items()):
                         continue
                     try:
                         y = mod(x).float()
@@ -303,22 +318,6 @@ def crossover(rows: list[dict]) -> dict:
 
 # ---------------------------------------------------------------------------- decode
 
-def with_decode_stage(symbols: int, fn):
-    """fn run with _C.decode_stage_symbols(symbols) (0: the decode kernel writes byte by byte to
-    global memory), restored after: set while a CUDA graph is captured, it holds in its replays."""
-    from pycodec import _C
-
-    def run():
-        saved = _C.decode_stage_symbols()
-        _C.decode_stage_symbols(symbols)
-        try:
-            return fn()
-        finally:
-            _C.decode_stage_symbols(saved)
-
-    return run
-
-
 def decode_suite(peak, quick: bool, rows: list | None = None) -> list[dict]:
     import pycodec
     from pycodec import _C, cuda_ops
@@ -331,12 +330,14 @@ def decode_suite(peak, quick: bool, rows: list | None = None) -> list[dict]:
     lossless = __import__("numpy").frombuffer(_C.split_float(bits, 16)[2], "uint8").reshape(w.shape)
     rows = [] if rows is None else rows
     for data_label, sym in (("rate 3.5 symbols", q), ("lossless symbols", lossless)):
-        variants = [("v2 default", dict()), ("v2 default, unstaged", dict()), ("v2 16 lanes", dict(lanes=16)),
-                    ("v2 8 lanes", dict(lanes=8)), ("v2 2 rows/chunk", dict(chunk_symbols=2 * sym.shape[1])),
+        variants = [("v2 default", dict()), ("v2 default, unstaged", dict()), ("v2 default, 16 warps", dict()),
+                    ("v2 16 lanes", dict(lanes=16)), ("v2 8 lanes", dict(lanes=8)),
+                    ("v2 2 rows/chunk", dict(chunk_symbols=2 * sym.shape[1])),
                     ("v1 huffman (legacy)", "v1h"), ("v1 rans (legacy)", "v1r")]
         for label, kw in variants:
-            # "unstaged": chunks written byte by byte to global memory, not through shared memory
-            stage = 0 if label.endswith("unstaged") else _C.decode_stage_symbols()
+            # unstaged: chunks written byte by byte to global memory, not through shared memory
+            settings = ({"decode_stage_symbols": 0} if label.endswith("unstaged") else
+                        {"warps_per_block": 16} if label.endswith("16 warps") else {})
             if kw == "v1h":
                 blob = _C.encode(sym, list(sym.shape), "huffman", 0, 0, 0, 1)
             elif kw == "v1r":
@@ -348,7 +349,7 @@ def decode_suite(peak, quick: bool, rows: list | None = None) -> list[dict]:
             dev = cuda_ops.with_slack(torch.frombuffer(bytearray(blob), dtype=torch.uint8).cuda())
             table = cuda_ops.kernel_tables(blob)["table"].cuda()
             if s.version == 2:
-                run = with_decode_stage(stage, lambda: cuda_ops.windowed_decode(dev, table, s.ints))
+                run = with_settings(settings, lambda: cuda_ops.windowed_decode(dev, table, s.ints))
             else:
                 index, payload = cuda_ops.v1_views(dev, s.ints)
 
@@ -396,8 +397,9 @@ def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
         methods = {"pycodec lossless": (lambda: [f() for f in rebuild],
                                         lambda: torch.cat([f().reshape(-1).cpu() for f in rebuild]), coded),
                    "pycodec lossless, unstaged": (
-                       with_decode_stage(0, lambda: [f() for f in rebuild]),
-                       with_decode_stage(0, lambda: torch.cat([f().reshape(-1).cpu() for f in rebuild])), coded)}
+                       with_settings({"decode_stage_symbols": 0}, lambda: [f() for f in rebuild]),
+                       with_settings({"decode_stage_symbols": 0},
+                                     lambda: torch.cat([f().reshape(-1).cpu() for f in rebuild])), coded)}
         if isinstance(df11, str):
             rows.append({"subject": subject, "method": "DFloat11", "error": df11})
         else:

@@ -1025,6 +1025,10 @@ PYBIND11_MODULE(_C, m) {
       "enabled=False forces the scalar paths (the same bytes), True restores the default; returns what is in use.");
   m.def("cuda_compiled", [] { return cuda::compiled(); }, "True when this build contains the CUDA kernels.");
   m.def("cuda_device_count", [] { return cuda::device_count(); }, "CUDA devices visible (0 without a driver).");
+  def_kernel_setting(m, "warps_per_block", "warps", cuda::set_warps_per_block, cuda::warps_per_block,
+                     "Warps per block (one chunk each) of the GPU's windowed decode and fused GEMVs: 4 by default, "
+                     "1..16 (clamped), fewer at a launch whose shared memory or chunk count calls for it. warps sets "
+                     "it; returns the value in use. For tuning: results are the same bits with any value.");
   def_kernel_setting(
       m, "gemv_x_shared_bytes", "bytes", cuda::set_gemv_x_shared_bytes, cuda::gemv_x_shared_bytes,
       "The largest x ((K + 3) x padded batch x 4 bytes) that the fused GEMV kernels copy into each block's shared "

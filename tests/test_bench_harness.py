@@ -155,3 +155,22 @@ def test_slow_sections_run_only_when_asked(tmp_path, monkeypatch):
         assert suite.main() == 0
         (path,) = (tmp_path / argv[1].rsplit("/", 1)[1]).glob("gpu_Test_GPU_*.json")
         assert json.loads(path.read_text())["sections"] == sections
+
+
+def test_with_settings_sets_pycodecs_kernel_settings_for_the_call_only():
+    from pycodec import _C
+
+    suite = load_suite()
+    seen = []
+    run = suite.with_settings({"warps_per_block": 16, "decode_stage_symbols": 0},
+                              lambda: seen.append((_C.warps_per_block(), _C.decode_stage_symbols())))
+    before = (_C.warps_per_block(), _C.decode_stage_symbols())
+    run()
+    assert seen == [(16, 0)] and (_C.warps_per_block(), _C.decode_stage_symbols()) == before
+
+    def fails():
+        raise RuntimeError("launch failed")
+
+    with pytest.raises(RuntimeError):
+        suite.with_settings({"gemv_x_shared_bytes": 0}, fails)()
+    assert _C.gemv_x_shared_bytes() == 64 * 1024

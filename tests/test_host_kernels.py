@@ -363,3 +363,12 @@ def test_decode_stage_symbols_is_a_clamped_setting():
         assert _C.decode_stage_symbols(777) == 777 and _C.decode_stage_symbols() == 777
     finally:
         _C.decode_stage_symbols(before)
+
+
+def test_warps_per_block_is_a_clamped_setting():
+    before = _C.warps_per_block()
+    try:
+        assert before == 4  # the default
+        assert _C.warps_per_block(0) == 1 and _C.warps_per_block(99) == 16 and _C.warps_per_block(8) == 8
+    finally:
+        _C.warps_per_block(before)

@@ -65,6 +65,12 @@ Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev,
 Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value_table_dev, const uint32_t* table_dev,
                             const windowed::AffineArgs& a, uint32_t batch, uintptr_t stream);
 
+// Warps per block of windowed_decode and the fused GEMVs, one chunk each (1..16, default 4;
+// fewer where shared memory or the chunk count calls for it). Returns the previous value. For
+// tuning; results are the same bits with any value.
+uint32_t set_warps_per_block(uint32_t warps);
+uint32_t warps_per_block();
+
 // The largest x, in bytes ((K + 3) x batch fp32), that the GEMVs above copy into each block's
 // shared memory rather than read from global memory (default and most: 64 KiB; 0: never).
 // Returns the previous value. For side-by-side timings; results are the same bits either way.

@@ -6,6 +6,13 @@ namespace cuda {
 bool compiled() { return false; }
 int device_count() { return 0; }
 const char* last_error_string() { return "this build has no CUDA kernels"; }
+static uint32_t warps = 4;
+uint32_t set_warps_per_block(uint32_t value) {
+  const uint32_t before = warps;
+  warps = value < 1 ? 1 : value > 16 ? 16 : value;
+  return before;
+}
+uint32_t warps_per_block() { return warps; }
 static uint32_t x_shared_bytes = 64 * 1024;
 uint32_t set_gemv_x_shared_bytes(uint32_t bytes) {
   const uint32_t before = x_shared_bytes;

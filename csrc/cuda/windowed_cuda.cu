@@ -54,8 +54,14 @@ namespace {
 using windowed::ChunkView;
 using windowed::StreamView;
 
-constexpr int kWarps = 4;  // per block: chunks are few for small layers, so small blocks reach more SMs
-constexpr int kThreads = kWarps * 32;
+// Warps (chunks) per block of the decode and GEMV kernels, chosen at launch (warps_per_block):
+// 4 by default, because chunks are few for small layers and small blocks reach more SMs; more
+// warps share one copy of the tables (and of x) per block. Kernels read it as blockDim.x / 32.
+// They carry no __launch_bounds__: with __launch_bounds__(512) nvcc 13.0 held some GEMV instances
+// to 40 registers and spilled inside their loops. 16 warps fit any kernel of up to 128 registers
+// (these use 18-66: bench/results/sass_sm90.json).
+constexpr uint32_t kDefaultWarps = 4;
+constexpr uint32_t kMaxWarps = 16;
 constexpr uint32_t kFullMask = 0xFFFFFFFFu;
 // After the 4096 entries of a stream's table (table_dev): the code lengths, then the count table.
 constexpr size_t kLengthBytes = 256;
@@ -146,18 +152,18 @@ __device__ __forceinline__ void write_chunk(uint8_t* __restrict__ out, const uin
 }
 
 template <bool kStaged>
-__global__ void __launch_bounds__(kThreads) decode_kernel(const StreamView s, const uint32_t* __restrict__ table,
+__global__ void decode_kernel(const StreamView s, const uint32_t* __restrict__ table,
                                                           uint8_t* __restrict__ out, uint32_t* __restrict__ status,
                                                           uint32_t stage_bytes) {
   __shared__ __align__(16) uint32_t table_smem[windowed::kTableSize];
   __shared__ __align__(16) uint8_t aux_smem[kAuxBytes];
-  extern __shared__ __align__(16) unsigned char stage_smem[];  // kStaged: kWarps x stage_bytes
+  extern __shared__ __align__(16) unsigned char stage_smem[];  // kStaged: warps x stage_bytes
   if (!load_tables(table_smem, aux_smem, table, reinterpret_cast<const uint8_t*>(table + windowed::kTableSize))) {
     if (threadIdx.x == 0) atomicOr(status, 2u);  // tables that are not a code's: decode nothing
     return;
   }
   const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const uint64_t c = uint64_t(blockIdx.x) * kWarps + warp;
+  const uint64_t c = uint64_t(blockIdx.x) * (blockDim.x / 32) + warp;
   if (c >= s.n_chunks) return;  // the whole warp: c is warp-uniform
   const ChunkView v = windowed::chunk_view(s, c);
   const windowed::LaneRange r = warp_lane_range(v, s, table_smem, aux_smem, lane);
@@ -194,7 +200,7 @@ __device__ __forceinline__ void stage_x(float* x_smem, const float* __restrict__
 // batch-1 lossless GEMV spent 61% of its stall cycles waiting on L1 (ncu, 2026-11-30). In shared
 // memory the same loads cost a few bank conflicts each.
 template <int B, template <int, class> class Sink, class Args, class Entry, bool kXShared>
-__global__ void __launch_bounds__(kThreads) gemv_kernel(const StreamView s, const Args a,
+__global__ void gemv_kernel(const StreamView s, const Args a,
                                                         const Entry* __restrict__ table,
                                                         const uint8_t* __restrict__ aux, uint32_t max_rows) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -203,7 +209,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const StreamView s, cons
   float* slots = reinterpret_cast<float*>(smem + table_bytes<Entry>() + kAuxBytes);
   Args shared_x_args;  // kXShared: a's copy whose x is the block's
   if constexpr (kXShared) {
-    float* x_smem = slots + size_t(kWarps) * max_rows * B * 32;
+    float* x_smem = slots + size_t(blockDim.x / 32) * max_rows * B * 32;
     stage_x<B>(x_smem, a.x, a.k);
     shared_x_args = a;
     shared_x_args.x = x_smem;
@@ -212,7 +218,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const StreamView s, cons
   const bool tables_ok = load_tables(table_smem, aux_smem, table, aux);
 
   const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const uint64_t c = uint64_t(blockIdx.x) * kWarps + warp;
+  const uint64_t c = uint64_t(blockIdx.x) * (blockDim.x / 32) + warp;
   if (c >= s.n_chunks) return;  // whole warp
   const ChunkView v = windowed::chunk_view(s, c);
   const uint32_t rows = v.m / a.k, first_row = uint32_t(v.first / a.k);
@@ -367,12 +373,25 @@ __global__ void split_merge_kernel(const uint8_t* __restrict__ symbols, uint64_t
 
 // ---------------------------------------------------------------------------- host side
 
-// Beyond the shared argument checks (windowed_gemv.h), only a launch needs a grid that fits.
-Status check_grid(const StreamView& s) {
-  return (s.n_chunks + kWarps - 1) / kWarps > 0x7FFFFFFFull ? Status::TooLarge : Status::Ok;
-}
+// Beyond the shared argument checks (windowed_gemv.h), only a launch needs a grid that fits
+// (checked for one warp a block, the most blocks any launch uses).
+Status check_grid(const StreamView& s) { return s.n_chunks > 0x7FFFFFFFull ? Status::TooLarge : Status::Ok; }
 
-unsigned grid_of(const StreamView& s) { return unsigned((s.n_chunks + kWarps - 1) / kWarps); }
+unsigned grid_of(const StreamView& s, uint32_t warps) { return unsigned((s.n_chunks + warps - 1) / warps); }
+
+std::atomic<uint32_t> warps_setting{kDefaultWarps};
+
+// The warps a block gets: the setting, but no more than the chunks need, nor than fit `device_smem`
+// at `per_warp` bytes each beside `fixed` bytes (0: not even one).
+uint32_t block_warps(const StreamView& s, size_t fixed, size_t per_warp, size_t device_smem) {
+  uint64_t warps = warps_setting.load(std::memory_order_relaxed);
+  if (warps > s.n_chunks) warps = s.n_chunks ? s.n_chunks : 1;
+  if (per_warp) {
+    const uint64_t fit = device_smem > fixed ? (device_smem - fixed) / per_warp : 0;
+    if (warps > fit) warps = fit;
+  }
+  return uint32_t(warps);
+}
 
 constexpr int kMaxDevices = 64;
 
@@ -417,24 +436,32 @@ size_t max_block_smem() {
   return size_t(bytes[device]);
 }
 
+// Shared memory of a GEMV block: tables, then each warp's slots, then (kXShared) x. Blocks of
+// fewer warps where the setting's would not fit the device; x from global memory where even one
+// warp's would not fit beside a shared x.
 template <int B, template <int, class> class Sink, class Args, class Entry>
 Status launch_gemv(const StreamView& s, const Args& a, const Entry* table, const uint8_t* aux, cudaStream_t cs) {
   constexpr size_t kFixed = table_bytes<Entry>() + kAuxBytes;
-  constexpr size_t kMaxSmem = kFixed + size_t(kWarps) * windowed::kGemvMaxSlots * 32 * sizeof(float);
   const uint32_t max_rows = s.chunk_symbols / a.k;
-  const size_t smem = kFixed + size_t(kWarps) * max_rows * B * 32 * sizeof(float);
+  const size_t per_warp = size_t(max_rows) * B * 32 * sizeof(float);
   const size_t x_bytes = size_t(a.k + windowed::kXPadRows) * B * sizeof(float);
   const size_t device_smem = max_block_smem();
-  if (x_bytes <= x_shared_bytes.load(std::memory_order_relaxed) && smem + x_bytes <= device_smem) {
+  const uint32_t shared_warps = x_bytes <= x_shared_bytes.load(std::memory_order_relaxed)
+                                    ? block_warps(s, kFixed + x_bytes, per_warp, device_smem) : 0;
+  if (shared_warps > 0) {
     constexpr auto kKernel = gemv_kernel<B, Sink, Args, Entry, true>;
-    const Status st = opt_in_smem<kKernel>(smem + x_bytes, std::min(kMaxSmem + kMaxXSharedBytes, device_smem));
+    const size_t smem = kFixed + shared_warps * per_warp + x_bytes;
+    const Status st = opt_in_smem<kKernel>(smem, device_smem);
     if (st != Status::Ok) return st;
-    kKernel<<<grid_of(s), kThreads, smem + x_bytes, cs>>>(s, a, table, aux, max_rows);
+    kKernel<<<grid_of(s, shared_warps), shared_warps * 32, smem, cs>>>(s, a, table, aux, max_rows);
   } else {
     constexpr auto kKernel = gemv_kernel<B, Sink, Args, Entry, false>;
-    const Status st = opt_in_smem<kKernel>(smem, kMaxSmem);
+    const uint32_t warps = block_warps(s, kFixed, per_warp, device_smem);
+    if (warps == 0) return Status::TooLarge;
+    const size_t smem = kFixed + warps * per_warp;
+    const Status st = opt_in_smem<kKernel>(smem, device_smem);
     if (st != Status::Ok) return st;
-    kKernel<<<grid_of(s), kThreads, smem, cs>>>(s, a, table, aux, max_rows);
+    kKernel<<<grid_of(s, warps), warps * 32, smem, cs>>>(s, a, table, aux, max_rows);
   }
   return from_cuda(cudaGetLastError());
 }
@@ -484,6 +511,11 @@ Status dispatch_tile(uint32_t batch, const StreamView& s, const windowed::TileAr
 
 const char* last_error_string() { return cudaGetErrorString(last_cuda_error()); }
 
+uint32_t set_warps_per_block(uint32_t warps) {
+  return warps_setting.exchange(warps < 1 ? 1 : warps > kMaxWarps ? kMaxWarps : warps);
+}
+uint32_t warps_per_block() { return warps_setting.load(std::memory_order_relaxed); }
+
 uint32_t set_gemv_x_shared_bytes(uint32_t bytes) {
   return x_shared_bytes.exchange(bytes < kMaxXSharedBytes ? bytes : kMaxXSharedBytes);
 }
@@ -503,14 +535,18 @@ Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev,
   if ((st = check_device_pointers(ptrs, 6)) != Status::Ok) return st;
   const cudaStream_t cs = reinterpret_cast<cudaStream_t>(stream);
   const uint32_t stage_bytes = (s.chunk_symbols + 15u) & ~15u;
-  const size_t smem = size_t(kWarps) * stage_bytes;
-  if (s.chunk_symbols <= decode_stage_symbols.load(std::memory_order_relaxed) &&
-      smem + kStaticDecodeSmem <= max_block_smem()) {
-    st = opt_in_smem<decode_kernel<true>>(smem, size_t(kWarps) * kMaxDecodeStageSymbols);
+  const size_t device_smem = max_block_smem();
+  const uint32_t staged_warps = s.chunk_symbols <= decode_stage_symbols.load(std::memory_order_relaxed)
+                                    ? block_warps(s, kStaticDecodeSmem, stage_bytes, device_smem) : 0;
+  if (staged_warps > 0) {
+    const size_t smem = size_t(staged_warps) * stage_bytes;
+    st = opt_in_smem<decode_kernel<true>>(smem, device_smem - kStaticDecodeSmem);
     if (st != Status::Ok) return st;
-    decode_kernel<true><<<grid_of(s), kThreads, smem, cs>>>(s, table_dev, out_dev, status_dev, stage_bytes);
+    decode_kernel<true><<<grid_of(s, staged_warps), staged_warps * 32, smem, cs>>>(s, table_dev, out_dev, status_dev,
+                                                                                  stage_bytes);
   } else {
-    decode_kernel<false><<<grid_of(s), kThreads, 0, cs>>>(s, table_dev, out_dev, status_dev, 0);
+    const uint32_t warps = block_warps(s, 0, 0, device_smem);
+    decode_kernel<false><<<grid_of(s, warps), warps * 32, 0, cs>>>(s, table_dev, out_dev, status_dev, 0);
   }
   return from_cuda(cudaGetLastError());
 }
