@@ -2,7 +2,9 @@
 
 Decode, fused affine and lossless GEMVs at batch 1, 3 and 16, and the tile kernel (shared-memory
 phases: racecheck's main subject) at 40 and 128, on a few shapes and layouts, including a
-constant stream, many lanes on a short chunk, and escapes.
+constant stream, many lanes on a short chunk, and escapes. The decode and GEMVs run under each
+kernel setting whose shared memory differs (staged decode and x in shared memory, on and off;
+blocks of 4, 16 and 1 warps).
 """
 from __future__ import annotations
 
@@ -18,7 +20,22 @@ import pycodec  # noqa: E402
 from pycodec import CompressedLinear, CompressionConfig, cuda_ops  # noqa: E402
 
 
+SETTINGS = ({}, {"warps_per_block": 16}, {"warps_per_block": 1, "decode_stage_symbols": 0, "gemv_x_shared_bytes": 0})
+
+
 def main() -> None:
+    from pycodec import _C
+
+    defaults = {name: getattr(_C, name)() for name in SETTINGS[-1]}
+    for settings in SETTINGS:
+        for name, value in {**defaults, **settings}.items():
+            getattr(_C, name)(value)
+        run_subset()
+    torch.cuda.synchronize()
+    print("sanitize subset: ok")
+
+
+def run_subset() -> None:
     rng = np.random.default_rng(0)
     for x, kw in ((np.clip(np.round(rng.normal(128, 3, (40, 500))), 0, 255).astype(np.uint8), {}),
                   (np.full((8, 64), 7, np.uint8), {}),
@@ -34,8 +51,6 @@ def main() -> None:
         m = CompressedLinear.from_linear(lin, CompressionConfig(mode=mode, bits=4 if mode == "int" else 3.5)).cuda()
         for batch in (1, 3, 16, 40, 128):
             m(torch.randn(batch, 576, dtype=torch.bfloat16, device="cuda"))
-    torch.cuda.synchronize()
-    print("sanitize subset: ok")
 
 
 if __name__ == "__main__":
