@@ -1,8 +1,11 @@
 """The GPU benchmark suite: one command, one JSON + PNG under --out (default $OUT or bench/results).
 
-    python bench/gpu_suite.py [--out DIR] [--quick] [--e2e] [--only decode,lossless_decode,layers,compiled,end_to_end]
+    python bench/gpu_suite.py [--out DIR] [--quick] [--e2e] [--only settings,decode,lossless_decode,layers,compiled,end_to_end]
 
 Measured on the CUDA device at hand, everything in the same run:
+  * settings (first: a lease cut short still has it): the fused GEMVs at batch 1 and 4 on
+    4096 x 4096 and 14336 x 4096, rate 3.5 and lossless, under each pycodec GPU kernel setting
+    (x in shared memory or not; 4, 8 or 16 warps a block), beside bf16, outputs checked equal;
   * decode: GB/s of decoded symbols of the v2 decode kernel on a 4096 x 14336 rate-3.5 stream and its
     lossless symbols, over layout variants (lanes per chunk, rows per chunk), beside the legacy v1
     decoders on the same symbols;
@@ -302,6 +305,37 @@ def layer_suite(shapes, batches, peak, rows: list | None = None) -> list[dict]:
     return rows
 
 
+def settings_suite(rows: list | None = None, shapes=((4096, 4096), (14336, 4096)), batches=(1, 4)) -> list[dict]:
+    """The kernel settings side by side, first and fast (a lease that ends early still has them):
+    the fused GEMVs at batch 1 and 4 under x shared / global x 4, 8, 16 warps, beside bf16."""
+    rows = [] if rows is None else rows
+    combos = [{"gemv_x_shared_bytes": x, "warps_per_block": w} for x in (64 * 1024, 0) for w in (4, 8, 16)]
+    for out_f, in_f in shapes:
+        torch.manual_seed(0)
+        dense = torch.nn.Linear(in_f, out_f, bias=False, dtype=torch.bfloat16)
+        torch.nn.init.normal_(dense.weight, std=0.02)
+        bf16 = copy.deepcopy(dense).cuda()
+        layers = {"rate 3.5": rate_layer(dense), "lossless": lossless_layer(dense)}
+        for batch in batches:
+            x = torch.randn(batch, in_f, device="cuda", dtype=torch.bfloat16)
+            with torch.no_grad():
+                base = graph_ms(lambda: bf16(x))
+                for label, layer in layers.items():
+                    ref = None
+                    for settings in combos:
+                        run = with_settings(settings, layer)
+                        y = run(x)
+                        ref = y if ref is None else ref
+                        ms = graph_ms(lambda: run(x))
+                        rows.append({"shape": [out_f, in_f], "batch": batch, "method": f"pycodec {label}", **settings,
+                                     "graph_ms": ms, "bf16_graph_ms": base, "same_bits": bool(torch.equal(y, ref)),
+                                     "speedup_vs_bf16": base / ms if base and ms else None})
+                        print(f"settings {out_f}x{in_f} b={batch} {label:9s} x_shared {settings['gemv_x_shared_bytes']:6d} "
+                              f"warps {settings['warps_per_block']:2d}: {1e3 * (ms or math.nan):8.1f} us "
+                              f"(bf16 {1e3 * (base or math.nan):.1f})", flush=True)
+    return rows
+
+
 def crossover(rows: list[dict]) -> dict:
     """Per shape and method: the largest batch at which it is faster than bf16, in graph time."""
     out = {}
@@ -541,7 +575,7 @@ def plot(result: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-SECTIONS = ("decode", "lossless_decode", "layers", "compiled", "end_to_end")
+SECTIONS = ("settings", "decode", "lossless_decode", "layers", "compiled", "end_to_end")
 SLOW_SECTIONS = ("compiled", "end_to_end")  # run with --e2e or --only
 
 
@@ -573,7 +607,8 @@ def main() -> int:
         with open(os.path.join(a.out, stem + ".json"), "w") as f:
             json.dump(result, f, indent=2, default=str)
 
-    run = {"decode": lambda rows: decode_suite(peak, a.quick, rows),
+    run = {"settings": lambda rows: settings_suite(rows),
+           "decode": lambda rows: decode_suite(peak, a.quick, rows),
            "lossless_decode": lambda rows: lossless_decode_suite(peak, rows),
            "layers": lambda rows: layer_suite(shapes, batches, peak, rows),
            "compiled": lambda rows: compiled_suite(rows),

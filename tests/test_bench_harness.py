@@ -41,6 +41,7 @@ def _fake_device(suite, monkeypatch, layers):
     monkeypatch.setattr(suite, "decode_suite", lambda peak, quick, rows: rows.append({"decoded_GBps": 1.0}))
     monkeypatch.setattr(suite, "lossless_decode_suite", lambda peak, rows: rows.append({"decoded_GBps": 2.0}))
     monkeypatch.setattr(suite, "layer_suite", layers)
+    monkeypatch.setattr(suite, "settings_suite", lambda rows: rows.append({"graph_ms": 0.5}))
 
 
 def test_sections_are_saved_as_they_finish_and_an_interruption_keeps_them(tmp_path, monkeypatch):
@@ -149,7 +150,7 @@ def test_slow_sections_run_only_when_asked(tmp_path, monkeypatch):
     monkeypatch.setattr(suite, "compiled_suite", lambda rows: rows.append({"compiled_ms": 1.0}))
     monkeypatch.setattr(suite, "end_to_end", lambda tokens, rows: rows.append({"tokens_per_s": 3.0}))
     monkeypatch.setattr(suite, "plot", lambda result, path: None)
-    for argv, sections in ((["--out", str(tmp_path / "a")], ["decode", "lossless_decode", "layers"]),
+    for argv, sections in ((["--out", str(tmp_path / "a")], ["settings", "decode", "lossless_decode", "layers"]),
                            (["--out", str(tmp_path / "b"), "--e2e"], list(suite.SECTIONS))):
         monkeypatch.setattr("sys.argv", ["gpu_suite.py", *argv])
         assert suite.main() == 0
