@@ -4,7 +4,7 @@
 #   tests (their own process), compute-sanitizer memcheck + racecheck on a small subset, then
 #   bench/gpu_suite.py and bench/bench_stream.py. JSON, PNG and logs go to $OUT (default
 #   bench/results). Peer wheels in .whl (make gpu-peers, carried along) are installed first.
-#   First run on an H200 on 2026-11-30 (bench/results/gpu_H200_*).
+#   First run on an H200 on 2026-11-30: bench/results/gpu_h200_20261130.md.
 #
 # Device time is scarce (one short lease a task, if any, and at most 10 minutes a command):
 # - The whole run ends within DEADLINE seconds (default 540). Each stage gets its own limit or

@@ -302,6 +302,7 @@ _SLACK_BUFFERS = ("symbols", "raw")
 def _wants_slack(t: torch.Tensor) -> bool:
     return t.is_cuda
 
+
 # Packed tensors are as long as their weight's code: loading another weight's state can change
 # their shapes, which nn.Module's loading refuses. _fit_packed_shapes gives a module's packed
 # buffers the shapes of the state it loads first. A buffer shared by modules (a tied embedding
