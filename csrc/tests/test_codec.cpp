@@ -1169,6 +1169,38 @@ static void test_encode_split() {
   check_encode_split<uint32_t>(rng);
 }
 
+// The lossless GEMV's weights, one entry at a time (windowed::SplitSink::put, which the CUDA
+// kernels and their emulation share): present slots are (value | raw field) as bf16, absent
+// slots exactly 0. Output sums of real layers cannot show a wrong absent slot: with fields of
+// all ones it weighs ~1e-38. Here x is 1e35 past the present slots, so it would show.
+static void test_split_sink_weights() {
+  using namespace windowed;
+  for (uint32_t low : {1u, 5u, 7u, 8u}) {
+    for (uint32_t n = 1; n <= 3; ++n) {
+      std::vector<uint32_t> raw(8 + kSlackWords, 0xFFFFFFFFu);  // every raw field all ones
+      std::vector<float> x(8 + kXPadRows, 1e35f);
+      for (uint32_t i = 0; i < n; ++i) x[i] = 1.0f;
+      SplitArgs a{x.data(), raw.data(), 8, 1, 8, low, nullptr};
+      ChunkView v{nullptr, 0, 8, 0};
+      std::vector<float> slots(32, 0.f);
+      SplitSink<1, XGlobal> sink;
+      sink.begin(a, slots.data(), 0, v, 0);
+      const uint16_t value[3] = {0x3F00u, 0x3E80u, 0xBF00u};  // bf16 0.5, 0.25, -0.5
+      uint64_t e = uint64_t(n) << 48;
+      for (uint32_t i = 0; i < n; ++i) e |= uint64_t(uint16_t(value[i] & ~((1u << low) - 1))) << (16 * i);
+      sink.put(e, 0);
+      float want = 0.f;
+      for (uint32_t i = 0; i < n; ++i) {
+        const uint32_t bits = (uint32_t(value[i] & ~((1u << low) - 1)) | ((1u << low) - 1)) << 16;
+        float w;
+        std::memcpy(&w, &bits, 4);
+        want = std::fmaf(1.0f, w, want);
+      }
+      CHECK(sink.acc[0] == want);
+    }
+  }
+}
+
 int main() {
   test_package_merge_limits_lengths();
   test_package_merge_optimal_on_dyadic();
@@ -1192,6 +1224,7 @@ int main() {
   test_select_kth();
   test_split_packings();
   test_encode_split();
+  test_split_sink_weights();
   test_affine_dequantization();
   test_affine_matvec();
   test_quantizers();
