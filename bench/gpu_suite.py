@@ -132,19 +132,13 @@ class WithoutTileKernel(torch.nn.Module):
 
 
 def with_settings(settings: dict, fn):
-    """fn run with pycodec's GPU kernel settings set ({"gemv_x_shared_bytes": 0, ...}: _C functions
-    by name), restored after. Set while a CUDA graph is captured, they hold in its replays."""
-    from pycodec import _C
+    """fn run under pycodec's GPU kernel settings ({"gemv_x_shared_bytes": 0, ...}:
+    cuda_ops.kernel_settings)."""
+    from pycodec import cuda_ops
 
     def run(*args):
-        before = {name: getattr(_C, name)() for name in settings}
-        for name, value in settings.items():
-            getattr(_C, name)(value)
-        try:
+        with cuda_ops.kernel_settings(**settings):
             return fn(*args)
-        finally:
-            for name, value in before.items():
-                getattr(_C, name)(value)
 
     return run
 

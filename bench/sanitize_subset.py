@@ -24,13 +24,9 @@ SETTINGS = ({}, {"warps_per_block": 16}, {"warps_per_block": 1, "decode_stage_sy
 
 
 def main() -> None:
-    from pycodec import _C
-
-    defaults = {name: getattr(_C, name)() for name in SETTINGS[-1]}
     for settings in SETTINGS:
-        for name, value in {**defaults, **settings}.items():
-            getattr(_C, name)(value)
-        run_subset()
+        with cuda_ops.kernel_settings(**settings):
+            run_subset()
     torch.cuda.synchronize()
     print("sanitize subset: ok")
 

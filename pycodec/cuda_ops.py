@@ -91,6 +91,28 @@ def kernel_tables(blob: Any, value16: np.ndarray | None = None) -> dict:
     return out
 
 
+KERNEL_SETTINGS = ("warps_per_block", "gemv_x_shared_bytes", "decode_stage_symbols")
+
+
+@contextlib.contextmanager
+def kernel_settings(**settings: int):
+    """The GPU kernels' launch settings (KERNEL_SETTINGS: _C functions of those names, which
+    clamp) set for a block, and restored after it, also when it raises. Results are the same bits
+    with any setting: they are for tuning and side-by-side timings. Set while a CUDA graph is
+    captured, they hold in its replays."""
+    unknown = sorted(set(settings) - set(KERNEL_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown kernel settings {unknown}; they are {', '.join(KERNEL_SETTINGS)}")
+    before = {name: getattr(_C, name)() for name in settings}
+    try:
+        for name, value in settings.items():
+            getattr(_C, name)(value)
+        yield
+    finally:
+        for name, value in before.items():
+            getattr(_C, name)(value)
+
+
 def with_slack(t: torch.Tensor) -> torch.Tensor:
     """t itself if SLACK_BYTES readable bytes follow its data in its storage, else a copy in
     storage that has them (zeros). A host-side test: no synchronization."""

@@ -372,3 +372,16 @@ def test_warps_per_block_is_a_clamped_setting():
         assert _C.warps_per_block(0) == 1 and _C.warps_per_block(99) == 16 and _C.warps_per_block(8) == 8
     finally:
         _C.warps_per_block(before)
+
+
+def test_kernel_settings_hold_for_the_block_only():
+    before = {name: getattr(_C, name)() for name in cuda_ops.KERNEL_SETTINGS}
+    with cuda_ops.kernel_settings(warps_per_block=16, decode_stage_symbols=0):
+        assert (_C.warps_per_block(), _C.decode_stage_symbols()) == (16, 0)
+        assert _C.gemv_x_shared_bytes() == before["gemv_x_shared_bytes"]
+    assert {name: getattr(_C, name)() for name in cuda_ops.KERNEL_SETTINGS} == before
+    with pytest.raises(RuntimeError), cuda_ops.kernel_settings(gemv_x_shared_bytes=0):
+        raise RuntimeError("a launch failed")
+    assert _C.gemv_x_shared_bytes() == before["gemv_x_shared_bytes"]
+    with pytest.raises(ValueError, match="unknown kernel settings"), cuda_ops.kernel_settings(warps=16):
+        pass

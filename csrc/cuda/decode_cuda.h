@@ -65,21 +65,26 @@ Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev,
 Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value_table_dev, const uint32_t* table_dev,
                             const windowed::AffineArgs& a, uint32_t batch, uintptr_t stream);
 
-// Warps per block of windowed_decode and the fused GEMVs, one chunk each (1..16, default 4;
-// fewer where shared memory or the chunk count calls for it). Returns the previous value. For
-// tuning; results are the same bits with any value.
+// Launch settings of windowed_decode and the fused GEMVs, read at each launch: for tuning and
+// side-by-side timings, since results are the same bits with any value. Each setter clamps its
+// value to the bounds below and returns the previous one; this build's kernels or stubs (no
+// CUDA) keep them alike.
+//   warps per block: one chunk a warp, 1..16, default 4 (fewer where shared memory or the chunk
+//     count calls for it);
+//   gemv x shared bytes: the largest x ((K + 3) x batch fp32) the GEMVs copy into each block's
+//     shared memory rather than read from global memory (default and most 64 KiB; 0: never);
+//   decode stage symbols: the longest chunk windowed_decode stages in shared memory and writes
+//     out whole (default and most 16384; 0: never).
+constexpr uint32_t kDefaultWarpsPerBlock = 4, kMaxWarpsPerBlock = 16;
+constexpr uint32_t kMaxGemvXSharedBytes = 64 * 1024;
+constexpr uint32_t kMaxDecodeStageSymbols = 16384;
+inline uint32_t clamp_setting(uint32_t value, uint32_t lo, uint32_t hi) {
+  return value < lo ? lo : value > hi ? hi : value;
+}
 uint32_t set_warps_per_block(uint32_t warps);
 uint32_t warps_per_block();
-
-// The largest x, in bytes ((K + 3) x batch fp32), that the GEMVs above copy into each block's
-// shared memory rather than read from global memory (default and most: 64 KiB; 0: never).
-// Returns the previous value. For side-by-side timings; results are the same bits either way.
 uint32_t set_gemv_x_shared_bytes(uint32_t bytes);
 uint32_t gemv_x_shared_bytes();
-
-// The longest chunk, in symbols, that windowed_decode stages in shared memory and writes out
-// whole (default and most: 16384; 0: never). Returns the previous value. For side-by-side
-// timings; the output is the same bytes either way.
 uint32_t set_decode_stage_symbols(uint32_t symbols);
 uint32_t decode_stage_symbols_limit();
 

@@ -6,27 +6,24 @@ namespace cuda {
 bool compiled() { return false; }
 int device_count() { return 0; }
 const char* last_error_string() { return "this build has no CUDA kernels"; }
-static uint32_t warps = 4;
-uint32_t set_warps_per_block(uint32_t value) {
-  const uint32_t before = warps;
-  warps = value < 1 ? 1 : value > 16 ? 16 : value;
+// The launch settings, kept and clamped as the kernels' build keeps them (nothing reads them).
+static uint32_t warps = kDefaultWarpsPerBlock, x_shared_bytes = kMaxGemvXSharedBytes,
+                stage_symbols = kMaxDecodeStageSymbols;
+static uint32_t exchange(uint32_t& setting, uint32_t value) {
+  const uint32_t before = setting;
+  setting = value;
   return before;
 }
+uint32_t set_warps_per_block(uint32_t value) { return exchange(warps, clamp_setting(value, 1, kMaxWarpsPerBlock)); }
 uint32_t warps_per_block() { return warps; }
-static uint32_t x_shared_bytes = 64 * 1024;
 uint32_t set_gemv_x_shared_bytes(uint32_t bytes) {
-  const uint32_t before = x_shared_bytes;
-  x_shared_bytes = bytes < 64 * 1024 ? bytes : 64 * 1024;
-  return before;
+  return exchange(x_shared_bytes, clamp_setting(bytes, 0, kMaxGemvXSharedBytes));
 }
 uint32_t gemv_x_shared_bytes() { return x_shared_bytes; }
-static uint32_t decode_stage_symbols = 16384;
 uint32_t set_decode_stage_symbols(uint32_t symbols) {
-  const uint32_t before = decode_stage_symbols;
-  decode_stage_symbols = symbols < 16384 ? symbols : 16384;
-  return before;
+  return exchange(stage_symbols, clamp_setting(symbols, 0, kMaxDecodeStageSymbols));
 }
-uint32_t decode_stage_symbols_limit() { return decode_stage_symbols; }
+uint32_t decode_stage_symbols_limit() { return stage_symbols; }
 Status decode_symbols(const DeviceStream&, uint8_t*, uintptr_t) { return Status::BadArgument; }
 Status windowed_decode(const windowed::StreamView&, const uint32_t*, uint8_t*, uint32_t*, uintptr_t) {
   return Status::BadArgument;

@@ -58,10 +58,8 @@ using windowed::StreamView;
 // 4 by default, because chunks are few for small layers and small blocks reach more SMs; more
 // warps share one copy of the tables (and of x) per block. Kernels read it as blockDim.x / 32.
 // They carry no __launch_bounds__: with __launch_bounds__(512) nvcc 13.0 held some GEMV instances
-// to 40 registers and spilled inside their loops. 16 warps fit any kernel of up to 128 registers
-// (these use 18-66: bench/results/sass_sm90.json).
-constexpr uint32_t kDefaultWarps = 4;
-constexpr uint32_t kMaxWarps = 16;
+// to 40 registers and spilled inside their loops. 16 warps (kMaxWarpsPerBlock) fit any kernel of
+// up to 128 registers (these use 18-66: bench/results/sass_sm90.json).
 constexpr uint32_t kFullMask = 0xFFFFFFFFu;
 // After the 4096 entries of a stream's table (table_dev): the code lengths, then the count table.
 constexpr size_t kLengthBytes = 256;
@@ -379,7 +377,7 @@ Status check_grid(const StreamView& s) { return s.n_chunks > 0x7FFFFFFFull ? Sta
 
 unsigned grid_of(const StreamView& s, uint32_t warps) { return unsigned((s.n_chunks + warps - 1) / warps); }
 
-std::atomic<uint32_t> warps_setting{kDefaultWarps};
+std::atomic<uint32_t> warps_setting{kDefaultWarpsPerBlock};
 
 // The warps a block gets: the setting, but no more than the chunks need, nor than fit `device_smem`
 // at `per_warp` bytes each beside `fixed` bytes (0: not even one).
@@ -413,14 +411,12 @@ Status opt_in_smem(size_t smem, size_t max_smem) {
 
 // The longest chunk (symbols) the decode kernel stages in shared memory (kStaged); longer ones
 // are written byte by byte to global memory. 0 turns staging off, for side-by-side timings.
-constexpr uint32_t kMaxDecodeStageSymbols = 16384;
 constexpr size_t kStaticDecodeSmem = windowed::kTableSize * sizeof(uint32_t) + kAuxBytes;
 std::atomic<uint32_t> decode_stage_symbols{kMaxDecodeStageSymbols};
 
 // The largest x (bytes) a GEMV block copies into shared memory (kXShared); larger ones are read
 // from global memory. 0 turns the copy off: a switch for side-by-side timings (bench/gpu_suite.py).
-constexpr uint32_t kMaxXSharedBytes = 64 * 1024;
-std::atomic<uint32_t> x_shared_bytes{kMaxXSharedBytes};
+std::atomic<uint32_t> x_shared_bytes{kMaxGemvXSharedBytes};
 
 // The most dynamic shared memory a block of the current device may opt into (99 KiB on sm_86 and
 // sm_89, 163 on sm_80, 227 on sm_90), read once per device.
@@ -512,17 +508,17 @@ Status dispatch_tile(uint32_t batch, const StreamView& s, const windowed::TileAr
 const char* last_error_string() { return cudaGetErrorString(last_cuda_error()); }
 
 uint32_t set_warps_per_block(uint32_t warps) {
-  return warps_setting.exchange(warps < 1 ? 1 : warps > kMaxWarps ? kMaxWarps : warps);
+  return warps_setting.exchange(clamp_setting(warps, 1, kMaxWarpsPerBlock));
 }
 uint32_t warps_per_block() { return warps_setting.load(std::memory_order_relaxed); }
 
 uint32_t set_gemv_x_shared_bytes(uint32_t bytes) {
-  return x_shared_bytes.exchange(bytes < kMaxXSharedBytes ? bytes : kMaxXSharedBytes);
+  return x_shared_bytes.exchange(clamp_setting(bytes, 0, kMaxGemvXSharedBytes));
 }
 uint32_t gemv_x_shared_bytes() { return x_shared_bytes.load(std::memory_order_relaxed); }
 
 uint32_t set_decode_stage_symbols(uint32_t symbols) {
-  return decode_stage_symbols.exchange(symbols < kMaxDecodeStageSymbols ? symbols : kMaxDecodeStageSymbols);
+  return decode_stage_symbols.exchange(clamp_setting(symbols, 0, kMaxDecodeStageSymbols));
 }
 uint32_t decode_stage_symbols_limit() { return decode_stage_symbols.load(std::memory_order_relaxed); }
 

@@ -35,23 +35,14 @@ def test_build_has_cuda_kernels():
     assert _C.cuda_compiled() and _C.cuda_device_count() >= 1
 
 
-def _kernel_settings(settings: dict) -> dict:
-    """Sets _C's GPU kernel settings by name ({"warps_per_block": 16, ...}); returns what they were."""
-    before = {name: getattr(_C, name)() for name in settings}
-    for name, value in settings.items():
-        getattr(_C, name)(value)
-    return before
-
-
 @pytest.fixture(params=[("staged", 4), ("unstaged", 4), ("staged", 16), ("unstaged", 1)], ids=str)
 def decode_staging(request):
     """Both instances of the decode kernel: chunks staged in shared memory and written out whole
     (the default up to 16384 symbols, _C.decode_stage_symbols) and written byte by byte (0); in
     blocks of the default 4 warps and of 16 or 1 (_C.warps_per_block)."""
     staging, warps = request.param
-    before = _kernel_settings({"warps_per_block": warps, "decode_stage_symbols": 16384 if staging == "staged" else 0})
-    yield request.param
-    _kernel_settings(before)
+    with cuda_ops.kernel_settings(warps_per_block=warps, decode_stage_symbols=16384 if staging == "staged" else 0):
+        yield request.param
 
 
 @pytest.mark.parametrize("kind", ["gauss", "constant", "two", "all256", "skewed", "uniform"])
@@ -92,9 +83,8 @@ def x_placement(request):
     of 16 or 1 (_C.warps_per_block). They must all give the same bits."""
     placement, warps = request.param
     x_bytes = 0 if placement == "x global" else 64 * 1024
-    before = _kernel_settings({"warps_per_block": warps, "gemv_x_shared_bytes": x_bytes})
-    yield request.param
-    _kernel_settings(before)
+    with cuda_ops.kernel_settings(warps_per_block=warps, gemv_x_shared_bytes=x_bytes):
+        yield request.param
 
 
 @pytest.mark.parametrize("n,k,bits,gs,sym,batch,rows", AFFINE_CASES)
