@@ -179,6 +179,14 @@ def dfloat11_peer():
         return f"unavailable: {type(e).__name__}: {e}"
 
 
+def random_linear(out_f: int, in_f: int) -> torch.nn.Linear:
+    """The layer every section measures at a shape: bf16, no bias, weights N(0, 0.02^2), seed 0."""
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(in_f, out_f, bias=False, dtype=torch.bfloat16)
+    torch.nn.init.normal_(dense.weight, std=0.02)
+    return dense
+
+
 def dense_linear(weight: torch.Tensor) -> torch.nn.Linear:
     out_f, in_f = weight.shape
     dense = torch.nn.Linear(in_f, out_f, bias=False, dtype=torch.bfloat16)
@@ -237,9 +245,7 @@ def layer_suite(shapes, batches, peak, rows: list | None = None) -> list[dict]:
         if isinstance(why, str):  # said now: an interrupted run never reaches the summary row
             print(f"peer {label}: {why}", flush=True)
     for out_f, in_f in shapes:
-        torch.manual_seed(0)
-        dense = torch.nn.Linear(in_f, out_f, bias=False, dtype=torch.bfloat16)
-        torch.nn.init.normal_(dense.weight, std=0.02)
+        dense = random_linear(out_f, in_f)
         variants = {"bf16 cuBLAS": (copy.deepcopy(dense).cuda(), 2 * in_f * out_f)}
         m = rate_layer(dense)
         variants["pycodec rate 3.5"] = (m, m.compressed_bytes())
@@ -305,9 +311,7 @@ def settings_suite(rows: list | None = None, shapes=((4096, 4096), (14336, 4096)
     rows = [] if rows is None else rows
     combos = [{"gemv_x_shared_bytes": x, "warps_per_block": w} for x in (64 * 1024, 0) for w in (4, 8, 16)]
     for out_f, in_f in shapes:
-        torch.manual_seed(0)
-        dense = torch.nn.Linear(in_f, out_f, bias=False, dtype=torch.bfloat16)
-        torch.nn.init.normal_(dense.weight, std=0.02)
+        dense = random_linear(out_f, in_f)
         bf16 = copy.deepcopy(dense).cuda()
         layers = {"rate 3.5": rate_layer(dense), "lossless": lossless_layer(dense)}
         for batch in batches:
@@ -463,9 +467,7 @@ def compiled_suite(rows: list | None = None, shape=(4096, 4096), batches=(1,)) -
     bf16 beside pycodec rate 3.5 and lossless: what a compiled model pays per layer."""
     rows = [] if rows is None else rows
     out_f, in_f = shape
-    torch.manual_seed(0)
-    dense = torch.nn.Linear(in_f, out_f, bias=False, dtype=torch.bfloat16)
-    torch.nn.init.normal_(dense.weight, std=0.02)
+    dense = random_linear(out_f, in_f)
     modules = {"bf16 cuBLAS": copy.deepcopy(dense).cuda(), "pycodec rate 3.5": rate_layer(dense),
                "pycodec lossless": lossless_layer(dense)}
     for batch in batches:
