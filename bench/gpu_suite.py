@@ -403,18 +403,24 @@ def decode_suite(peak, quick: bool, rows: list | None = None) -> list[dict]:
 LLAMA7B_BLOCK = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)]  # q k v o, gate up, down
 
 
-def lossless_weight_fn(layer):
+def lossless_weight_fn(layer, two_kernels: bool = False):
     """The bf16 weight of a lossless CompressedLinear rebuilt on the GPU, as its forward does
-    with exact_outputs (gpu.dense_weight: decode + split merge)."""
-    from pycodec import gpu
+    with exact_outputs (gpu.dense_weight: windowed_decode_split, one kernel); two_kernels: the
+    route before it, windowed_decode then split_merge, for the side-by-side rows."""
+    from pycodec import cuda_ops, gpu
 
     packed, kernel, info = layer.packed(), dict(zip(gpu.KERNEL_BUFFERS, layer.kernel())), layer._info
+    if two_kernels:
+        def rebuild():
+            q = cuda_ops.windowed_decode(packed["symbols"], kernel["table"], list(info.layout))
+            return cuda_ops.split_merge(q, kernel["value16"], packed["raw"], info.top).view(info.dtype)
+        return rebuild
     return lambda: gpu.dense_weight(packed, kernel, info, torch.device("cuda"))
 
 
 def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
-    """Standalone lossless decode to bf16, GB/s of decoded weights: pycodec (one stream a matrix,
-    decode + merge) beside DFloat11 (one stream for all, as it compresses a block), on one
+    """Standalone lossless decode to bf16, GB/s of decoded weights: pycodec (one stream a matrix;
+    the split decode in one kernel, and the two-kernel decode + merge before it) beside DFloat11 (one stream for all, as it compresses a block), on one
     4096 x 14336 layer and on a Llama-7B-shaped block; bit-exactness checked on each."""
     df11 = dfloat11_peer()
     rows = [] if rows is None else rows
@@ -425,13 +431,16 @@ def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
         flat = torch.cat([w.reshape(-1) for w in weights]).view(torch.int16)
         layers = [lossless_layer(dense_linear(w)) for w in weights]
         rebuild = [lossless_weight_fn(m) for m in layers]
+        two = [lossless_weight_fn(m, two_kernels=True) for m in layers]
         coded = sum(m.compressed_bytes() for m in layers)
         methods = {"pycodec lossless": (lambda: [f() for f in rebuild],
                                         lambda: torch.cat([f().reshape(-1).cpu() for f in rebuild]), coded),
-                   "pycodec lossless, unstaged": (
-                       with_settings({"decode_stage_symbols": 0}, lambda: [f() for f in rebuild]),
+                   "pycodec decode + merge": (lambda: [f() for f in two],
+                                              lambda: torch.cat([f().reshape(-1).cpu() for f in two]), coded),
+                   "pycodec decode + merge, unstaged": (
+                       with_settings({"decode_stage_symbols": 0}, lambda: [f() for f in two]),
                        with_settings({"decode_stage_symbols": 0},
-                                     lambda: torch.cat([f().reshape(-1).cpu() for f in rebuild])), coded)}
+                                     lambda: torch.cat([f().reshape(-1).cpu() for f in two])), coded)}
         if isinstance(df11, str):
             rows.append({"subject": subject, "method": "DFloat11", "error": df11})
         else:
@@ -453,9 +462,9 @@ def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
             moved_pct = 100 * (2 * n + nbytes) / ms / 1e6 / peak if peak else None
             rows.append({"subject": subject, "method": method, "weights": n, "bits_per_weight": 8 * nbytes / n,
                          "ms": ms, "decoded_GBps": gbs, "pct_hbm_of_bytes_moved": moved_pct, "bit_exact": exact})
-            print(f"lossless decode {subject:17s} {method:18s} {8 * nbytes / n:6.2f} b/w {ms * 1e3:9.1f} us "
+            print(f"lossless decode {subject:17s} {method:32s} {8 * nbytes / n:6.2f} b/w {ms * 1e3:9.1f} us "
                   f"{gbs:8.1f} GB/s of bf16  exact={exact}", flush=True)
-        del layers, rebuild, methods
+        del layers, rebuild, two, methods
         torch.cuda.empty_cache()
     return rows
 

@@ -1,7 +1,7 @@
 """A small run of every v2 kernel, for compute-sanitizer (memcheck, racecheck) in gpu_check.sh.
 
-Decode, fused affine and lossless GEMVs at batch 1, 3 and 16, and the tile kernel (shared-memory
-phases: racecheck's main subject) at 40 and 128, on a few shapes and layouts, including a
+Decode, fused affine and lossless GEMVs at batch 1, 3 and 16, the tile kernel (shared-memory
+phases: racecheck's main subject) and the lossless split decode (exact path) at 40 and 128, on a few shapes and layouts, including a
 constant stream, many lanes on a short chunk, and escapes. The decode and GEMVs run under each
 kernel setting whose shared memory differs (staged decode and x in shared memory, on and off;
 blocks of 4, 16 and 1 warps).
@@ -47,6 +47,10 @@ def run_subset() -> None:
         m = CompressedLinear.from_linear(lin, CompressionConfig(mode=mode, bits=4 if mode == "int" else 3.5)).cuda()
         for batch in (1, 3, 16, 40, 128):
             m(torch.randn(batch, 576, dtype=torch.bfloat16, device="cuda"))
+    # lossless rows of odd length: the split decode's chunks start off 16-byte lines (head and tail)
+    lin = torch.nn.Linear(203, 37, bias=False).to(torch.bfloat16)
+    m = CompressedLinear.from_linear(lin, CompressionConfig(mode="lossless", chunk_symbols=3 * 203)).cuda()
+    m(torch.randn(40, 203, dtype=torch.bfloat16, device="cuda"))
 
 
 if __name__ == "__main__":

@@ -186,6 +186,11 @@ struct CudaKernels {
                       uint16_t* out, uintptr_t cs) {
     return cuda::split_merge(sym, n, v, raw, rw, low, out, cs);
   }
+  static Status decode_split(const windowed::StreamView& s, const uint32_t* t, const windowed::SplitDecodeArgs& a,
+                             uint32_t* st, uintptr_t cs) {
+    return cuda::windowed_decode_split(s, t, a, st, cs);
+  }
+  static uint32_t split_decode_max_chunk() { return cuda::split_decode_max_chunk(); }
   static Status tile(const windowed::StreamView& s, const uint32_t* t, const windowed::TileArgs& a, uint32_t b,
                      uintptr_t cs) {
     return cuda::windowed_tile_affine(s, t, a, b, cs);
@@ -208,6 +213,11 @@ struct HostKernels {
                       uint16_t* out, uintptr_t) {
     return host::split_merge(sym, n, v, raw, rw, low, out);
   }
+  static Status decode_split(const windowed::StreamView& s, const uint32_t* t, const windowed::SplitDecodeArgs& a,
+                             uint32_t* st, uintptr_t) {
+    return host::windowed_decode_split(s, t, a, st);
+  }
+  static uint32_t split_decode_max_chunk() { return windowed::kMaxChunkSymbols; }  // host memory: any chunk
   static Status tile(const windowed::StreamView& s, const uint32_t* t, const windowed::TileArgs& a, uint32_t b,
                      uintptr_t) {
     return host::windowed_tile_affine(s, t, a, b);
@@ -302,6 +312,27 @@ void bind_windowed(py::module_& m, const std::string& prefix) {
       py::arg("symbols_dev"), py::arg("n"), py::arg("values_dev"), py::arg("raw_dev"), py::arg("raw_words"),
       py::arg("low"), py::arg("out_dev"), py::arg("stream"),
       "Rebuild exact 16-bit float bits from split symbols, values (value << low) and raw bits.");
+
+  m.def(
+      (prefix + "windowed_decode_split").c_str(),
+      [prefix](py::tuple view, uintptr_t table_dev, uintptr_t value_dev, uintptr_t raw_dev, uint64_t raw_words,
+               uint32_t low, uintptr_t out_dev, uintptr_t status_dev, uintptr_t stream) {
+        windowed::SplitDecodeArgs a;
+        a.value = reinterpret_cast<const uint16_t*>(value_dev);
+        a.raw = reinterpret_cast<const uint32_t*>(raw_dev);
+        a.raw_words = raw_words;
+        a.low = low;
+        a.out = reinterpret_cast<uint16_t*>(out_dev);
+        check(K::decode_split(stream_view(view), reinterpret_cast<const uint32_t*>(table_dev), a,
+                              reinterpret_cast<uint32_t*>(status_dev), stream),
+              (prefix + "windowed_decode_split").c_str());
+      },
+      py::arg("view"), py::arg("table_dev"), py::arg("value_dev"), py::arg("raw_dev"), py::arg("raw_words"),
+      py::arg("low"), py::arg("out_dev"), py::arg("status_dev"), py::arg("stream"),
+      "The 16-bit float bits of a lossless split weight, decoded and merged in one kernel "
+      "(windowed_gemv.h: SplitDecodeArgs).");
+  m.def((prefix + "split_decode_max_chunk").c_str(), [] { return K::split_decode_max_chunk(); },
+        "The longest chunk (symbols) windowed_decode_split takes here (the device's shared memory).");
 
   m.def(
       (prefix + "windowed_tile_affine").c_str(),

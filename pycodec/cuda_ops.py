@@ -17,6 +17,7 @@ lossless weight without bounds tests: those tensors must sit in storage with tha
   windowed_tile_affine  the same for batch 1..128: 16 rows decoded into shared memory, tensor-core MMA
   windowed_gemv_split   y = x W^T for a lossless split bf16 weight, batch 1..16
   split_merge           the exact bf16 (or fp16) bits of a split weight from its decoded symbols
+  windowed_decode_split both in one kernel: a split weight's exact bits from its stream and raw bits
   decode_symbols        legacy format-v1 streams (pycodec <= 0.1 checkpoints)
 
 Importing this module needs neither a GPU nor a CUDA build of torch.
@@ -34,8 +35,9 @@ from . import _C
 from .codec import CodecError, _as_buffer
 
 __all__ = ["CODER_IDS", "StreamLayout", "decode_cuda", "decode_symbols", "gemv_inputs", "gemv_supported",
-           "kernel_tables", "split_merge", "stream_layout", "tile_supported", "windowed_decode", "windowed_gemv_affine",
-           "windowed_gemv_split", "windowed_tile_affine", "with_slack"]
+           "kernel_tables", "split_decode_max_chunk", "split_merge", "stream_layout", "tile_supported",
+           "windowed_decode", "windowed_decode_split", "windowed_gemv_affine", "windowed_gemv_split",
+           "windowed_tile_affine", "with_slack"]
 
 CODER_IDS = {"huffman": 1, "rans": 2}  # format.h: the coder byte of the header
 MAX_BATCH = 16                        # windowed_gemv.h: kGemvMaxBatch
@@ -467,6 +469,48 @@ def _(symbols, value16, raw, top):
     return symbols.new_empty((symbols.numel(),), dtype=torch.int16)
 
 
+def split_decode_max_chunk() -> int:
+    """The longest chunk (symbols) windowed_decode_split stages in the current device's shared
+    memory (its warps keep a whole chunk there); longer chunks take windowed_decode + split_merge."""
+    return int(getattr(_C, _KERNELS.prefix + "split_decode_max_chunk")())
+
+
+@torch.library.custom_op("pycodec::windowed_decode_split", mutates_args=(), device_types="cuda")
+def windowed_decode_split(blob: torch.Tensor, table: torch.Tensor, value16: torch.Tensor, raw: torch.Tensor,
+                          layout: list[int], top: int) -> torch.Tensor:
+    """The 16-bit float bits (int16 [n]) of a lossless split weight, from its v2 stream in `blob`,
+    each symbol's value16 (int16 [256], values << (16 - top)) and its raw bytes, in one kernel:
+    windowed_decode + split_merge without the symbols crossing global memory."""
+    return _windowed_decode_split(blob, table, value16, raw, layout, top)
+
+
+def _windowed_decode_split(blob, table, value16, raw, layout, top):
+    op = "windowed_decode_split"
+    _check_stream(op, blob, table, layout)
+    device = _same_device(op, blob, table, value16, raw)
+    n, low = layout[4], 16 - top
+    if value16.dtype != torch.int16 or value16.numel() != 256 or not value16.is_contiguous() or not 8 <= top <= 15:
+        raise CodecError(f"{op}: value16 int16 [256], top in 8..15")
+    raw_words = (n * low + 31) // 32
+    if raw.dtype != torch.uint8 or raw.numel() != 4 * raw_words or not _has_slack(raw):
+        raise CodecError(f"{op}: raw must be the weight's {4 * raw_words} raw bytes, with slack after them")
+    if layout[5] > split_decode_max_chunk():
+        raise CodecError(f"{op}: chunks of {layout[5]} symbols do not fit this device's shared memory "
+                         f"(at most {split_decode_max_chunk()}): use windowed_decode + split_merge")
+    out = torch.empty(n, dtype=torch.int16, device=device)
+    status = torch.zeros(1, dtype=torch.int32, device=device)
+    if n:
+        with _guard(device):
+            _launch(op, _view(blob, layout), table.data_ptr(), value16.data_ptr(), raw.data_ptr(), raw_words, low,
+                    out.data_ptr(), status.data_ptr(), _stream())
+    return out
+
+
+@windowed_decode_split.register_fake
+def _(blob, table, value16, raw, layout, top):
+    return blob.new_empty((layout[4],), dtype=torch.int16)
+
+
 # ---------------------------------------------------------------------------- legacy v1 streams
 
 @torch.library.custom_op("pycodec::decode_symbols", mutates_args=(), device_types="cuda")
@@ -517,5 +561,6 @@ def _cpu_refusal(name: str):
     return refuse
 
 
-for _op in (windowed_decode, windowed_gemv_affine, windowed_gemv_split, split_merge, decode_symbols):
+for _op in (windowed_decode, windowed_gemv_affine, windowed_gemv_split, split_merge, windowed_decode_split,
+            decode_symbols):
     _op.register_kernel("cpu")(_cpu_refusal(_op._name.split("::")[-1]))

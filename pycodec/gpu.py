@@ -16,8 +16,9 @@ Dispatch (one place, ``linear``):
         pycodec::windowed_gemv_split: fused decode + GEMV; weights bit-exact, only the
         accumulation order differs from cuBLAS
   lossless split bf16 / fp16 otherwise
-        pycodec::windowed_decode + pycodec::split_merge rebuild the exact weight on the GPU, then
-        cuBLAS F.linear: outputs bitwise equal to the uncompressed nn.Linear
+        pycodec::windowed_decode_split rebuilds the exact weight on the GPU in one kernel (chunks too
+        long for shared memory: windowed_decode + split_merge), then cuBLAS F.linear: outputs
+        bitwise equal to the uncompressed nn.Linear
   affine, v2 stream, batch 17..128, x bf16 / fp16, K and group multiples of 16, K <= 12288
         pycodec::windowed_tile_affine: 16 rows per block decoded into shared memory, then
         tensor-core MMA in x's type, escapes in its epilogue
@@ -165,10 +166,15 @@ def linear(x: torch.Tensor, packed: dict, kernel: dict, bias: torch.Tensor | Non
 
 def dense_weight(packed: dict, kernel: dict, info: WeightInfo, device: torch.device) -> torch.Tensor:
     """The [n, k] weight in its dtype on `device`: a 16-bit lossless split weight rebuilt there
-    (decode + split merge, bit-exact), anything else decoded by the CPU decoder."""
+    (decode + split merge in one kernel, bit-exact), anything else decoded by the CPU decoder."""
     if info.kind == KIND_SPLIT and info.version == 2 and info.dtype in (torch.bfloat16, torch.float16):
-        q = cuda_ops.windowed_decode(packed["symbols"], kernel["table"], list(info.layout))
-        w = cuda_ops.split_merge(q, kernel["value16"], packed["raw"], info.top).view(info.dtype)
+        layout = list(info.layout)
+        if layout[5] <= cuda_ops.split_decode_max_chunk():
+            w = cuda_ops.windowed_decode_split(packed["symbols"], kernel["table"], kernel["value16"], packed["raw"],
+                                               layout, info.top).view(info.dtype)
+        else:  # a chunk longer than a block's shared memory holds
+            q = cuda_ops.windowed_decode(packed["symbols"], kernel["table"], layout)
+            w = cuda_ops.split_merge(q, kernel["value16"], packed["raw"], info.top).view(info.dtype)
     else:  # fp32 lossless, v1 byte planes
         w = unpack({name: t.cpu() for name, t in packed.items()}).to(device)
     return w.view(info.n, info.k)

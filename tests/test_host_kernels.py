@@ -28,7 +28,8 @@ def rng_for(*key) -> np.random.Generator:
 @pytest.fixture
 def host_ops(monkeypatch):
     """gpu.linear's calls to the registered ops go to their bodies, on host kernels."""
-    for name in ("windowed_decode", "windowed_gemv_affine", "windowed_gemv_split", "windowed_tile_affine", "split_merge"):
+    for name in ("windowed_decode", "windowed_gemv_affine", "windowed_gemv_split", "windowed_tile_affine", "split_merge",
+                 "windowed_decode_split"):
         monkeypatch.setattr(cuda_ops, name, getattr(cuda_ops, "_" + name))
     with cuda_ops.host_kernels():
         yield
@@ -246,6 +247,82 @@ def test_decode_and_merge_ops_rebuild_the_weight_bits():
     assert torch.equal(bits, w.view(torch.int16).reshape(-1))
 
 
+def lossless_packed(rng, n: int, k: int, dtype, chunk_symbols=None):
+    """A lossless split weight with inf, -inf, a NaN and a subnormal among its values."""
+    w = torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32) * 0.05).to(dtype)
+    specials = [0x7F80, -0x0080, 0x7FC1, 0x0001] if dtype == torch.bfloat16 else [0x7C00, -0x0400, 0x7E01, 0x0001]
+    w.view(torch.int16)[n // 2, :4] = torch.tensor(specials, dtype=torch.int16)
+    packed, _ = compress_weight(w, CompressionConfig(mode="lossless", chunk_symbols=chunk_symbols))
+    return w, packed
+
+
+@pytest.mark.parametrize("dtype,n,k,chunk_rows", [
+    (torch.bfloat16, 64, 200, None),
+    (torch.bfloat16, 37, 203, 3),   # odd rows: chunks start off 16-byte lines (head and tail paths)
+    (torch.float16, 48, 576, 2),
+    (torch.bfloat16, 5, 9, 1),      # shorter than a piece of 8
+])
+def test_decode_split_op_rebuilds_the_weight_bits(dtype, n, k, chunk_rows):
+    """windowed_decode_split: the weight's exact bits in one kernel, equal to decode + merge."""
+    w, packed = lossless_packed(rng_for("decode_split", n, k), n, k, dtype, chunk_rows and chunk_rows * k)
+    ready, kernel, info = device_ready(packed)
+    assert info.kind == 2 and (chunk_rows is None or info.layout[5] == chunk_rows * k)
+    with cuda_ops.host_kernels():
+        bits = cuda_ops._windowed_decode_split(ready["symbols"], kernel["table"], kernel["value16"], ready["raw"],
+                                               list(info.layout), info.top)
+        q = cuda_ops._windowed_decode(ready["symbols"], kernel["table"], list(info.layout))
+        merged = cuda_ops._split_merge(q, kernel["value16"], ready["raw"], info.top)
+    assert torch.equal(bits, w.view(torch.int16).reshape(-1))
+    assert torch.equal(bits, merged)
+
+
+def test_dense_weight_takes_the_fused_decode_and_falls_back_for_long_chunks(host_ops, monkeypatch):
+    """gpu.dense_weight rebuilds a split weight with windowed_decode_split; chunks longer than a
+    block's shared memory holds go through decode + merge, to the same bits."""
+    w, packed = lossless_packed(rng_for("dense_fallback"), 16, 320, torch.bfloat16)
+    ready, kernel, info = device_ready(packed)
+    calls = []
+    for name in ("windowed_decode_split", "split_merge"):
+        op = getattr(cuda_ops, name)
+        monkeypatch.setattr(cuda_ops, name, lambda *a, _op=op, _name=name: calls.append(_name) or _op(*a))
+    bits = w.view(torch.int16)  # NaN among the values: compared as bits
+    assert torch.equal(gpu.dense_weight(ready, kernel, info, torch.device("cpu")).view(torch.int16), bits)
+    monkeypatch.setattr(cuda_ops, "split_decode_max_chunk", lambda: info.layout[5] - 1)
+    assert torch.equal(gpu.dense_weight(ready, kernel, info, torch.device("cpu")).view(torch.int16), bits)
+    assert calls == ["windowed_decode_split", "split_merge"]
+
+
+def test_decode_split_equals_decode_and_merge_on_corrupt_payloads():
+    """Whatever the payload, the fused op's bits equal decode + merge of the same stream (a lane
+    that refuses to decode leaves symbol 0 in both), and both flag the same chunks."""
+    rng = rng_for("decode_split_corrupt")
+    _, packed = lossless_packed(rng, 24, 300, torch.bfloat16, 600)
+    ready, kernel, info = device_ready(packed)
+    layout = list(info.layout)
+    payload = slice(layout[2], layout[2] + 4 * layout[3])
+    flagged = 0
+    with cuda_ops.host_kernels():
+        for trial in range(120):
+            bad = cuda_ops.with_slack(ready["symbols"].clone())
+            if trial % 2:  # random bytes
+                for _ in range(1 + trial % 8):
+                    bad[int(rng.integers(payload.start, payload.stop))] = int(rng.integers(0, 256))
+            else:  # a run of ones (the longest codes): a window then holds too few codes for its lane
+                at = int(rng.integers(payload.start, payload.stop - 16))
+                bad[at:at + 16] = 0xFF
+            q, status = cuda_ops._decode_launch("windowed_decode", bad, kernel["table"], layout)
+            merged = cuda_ops._split_merge(q, kernel["value16"], ready["raw"], info.top)
+            out = torch.empty_like(merged)
+            split_status = torch.zeros(1, dtype=torch.int32)
+            _C.host_windowed_decode_split(cuda_ops._view(bad, layout), kernel["table"].data_ptr(),
+                                          kernel["value16"].data_ptr(), ready["raw"].data_ptr(),
+                                          ready["raw"].numel() // 4, 16 - info.top, out.data_ptr(),
+                                          split_status.data_ptr(), 0)
+            assert torch.equal(out, merged) and int(split_status) == int(status)
+            flagged += int(status) != 0
+    assert flagged > 0, flagged  # some trials made a lane overrun: the zero-filled path ran
+
+
 def test_host_ops_refuse_what_the_cuda_ops_refuse():
     w = torch.randn(16, 64)
     packed, _ = compress_weight(w, CompressionConfig(mode="int", bits=4, group_size=64))
@@ -268,6 +345,31 @@ def test_host_ops_refuse_what_the_cuda_ops_refuse():
             cuda_ops._windowed_decode(ready["symbols"], kernel["table"], bad)
     with pytest.raises(CodecError, match="CUDA"):  # outside host_kernels(), CPU tensors are refused
         cuda_ops._windowed_decode(ready["symbols"], kernel["table"], layout)
+
+
+def test_decode_split_refuses_bad_arguments(monkeypatch):
+    _, packed = lossless_packed(rng_for("decode_split_refuse"), 16, 64, torch.bfloat16)
+    ready, kernel, info = device_ready(packed)
+    layout, value16, raw = list(info.layout), kernel["value16"], ready["raw"]
+    with cuda_ops.host_kernels():
+        def run(blob=ready["symbols"], value16=value16, raw=raw, top=info.top):
+            return cuda_ops._windowed_decode_split(blob, kernel["table"], value16, raw, layout, top)
+
+        with pytest.raises(CodecError, match="raw bytes"):
+            run(raw=raw.clone())  # no slack after the raw bits
+        with pytest.raises(CodecError, match="raw bytes"):
+            run(raw=cuda_ops.with_slack(raw[:-4].clone()))
+        with pytest.raises(CodecError, match="value16"):
+            run(value16=value16[:255].clone())
+        with pytest.raises(CodecError, match="top"):
+            run(top=16)
+        with pytest.raises(CodecError, match="readable bytes"):
+            run(blob=ready["symbols"].clone())
+        monkeypatch.setattr(_C, "host_split_decode_max_chunk", lambda: layout[5] - 1)
+        with pytest.raises(CodecError, match="shared memory"):
+            run()
+    with pytest.raises(CodecError, match="CUDA"):
+        cuda_ops._windowed_decode_split(ready["symbols"], kernel["table"], value16, raw, layout, info.top)
 
 
 def test_tables_that_are_not_a_codes_are_refused_not_looped_on():

@@ -133,6 +133,19 @@ Status windowed_decode(const windowed::StreamView& s, const uint32_t* table, uin
   return Status::Ok;
 }
 
+Status windowed_decode_split(const windowed::StreamView& s, const uint32_t* table, const windowed::SplitDecodeArgs& a,
+                             uint32_t* status) {
+  const Status st = windowed::check_split_decode(s, table, a, status);
+  if (st != Status::Ok) return st;
+  if (s.n_chunks && !windowed::tables_ok(table, aux_of(table) + 256)) return Status::BadTable;
+  std::vector<uint8_t> stage;
+  bool ok = true;
+  for (uint64_t c = 0; c < s.n_chunks; ++c)
+    ok &= windowed::emulate_split_decode_chunk(s, c, aux_of(table) + 256, table, aux_of(table), a, a.value, stage);
+  if (!ok) *status |= 1u;
+  return Status::Ok;
+}
+
 Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value_table, const uint32_t* table,
                             const windowed::AffineArgs& a, uint32_t batch) {
   const Status st = windowed::check_affine(s, value_table, table, a, batch);

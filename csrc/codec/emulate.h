@@ -40,6 +40,8 @@ void build_value_table(const uint32_t* entries, const uint8_t* lengths, const ui
 // CorruptPayload, where a kernel has no way to report it (streams are verified before upload).
 namespace host {
 Status windowed_decode(const windowed::StreamView& s, const uint32_t* table, uint8_t* out, uint32_t* status);
+Status windowed_decode_split(const windowed::StreamView& s, const uint32_t* table, const windowed::SplitDecodeArgs& a,
+                             uint32_t* status);
 Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value_table, const uint32_t* table,
                             const windowed::AffineArgs& a, uint32_t batch);
 Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_table, const uint32_t* table,

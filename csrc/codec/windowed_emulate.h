@@ -74,6 +74,23 @@ inline bool emulate_decode_chunk(const StreamView& s, uint64_t c, const uint8_t*
   });
 }
 
+// The split decode kernel's warp for one chunk: symbols into a stage through the multi-symbol
+// table (zeros where a lane refused to decode, as the kernel clears a stage when a lane
+// overran), then every lane's share of the output (write_split_chunk). Returns false if a lane
+// overran its window.
+inline bool emulate_split_decode_chunk(const StreamView& s, uint64_t c, const uint8_t* count, const uint32_t* table,
+                                       const uint8_t* lengths, const SplitDecodeArgs& a, const uint16_t* value,
+                                       std::vector<uint8_t>& stage) {
+  const ChunkView v = chunk_view(s, c);
+  stage.assign(v.m, 0);
+  const bool ok = emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t, FastReader& reader, LaneRange r) {
+    ByteSink sink{stage.data() + r.start, r.count};
+    decode_count(table, lengths, reader, r.count, sink);
+  });
+  for (uint32_t lane = 0; lane < 32; ++lane) write_split_chunk(a, value, stage.data(), v.first, v.m, lane);
+  return ok;
+}
+
 // mma.sync.m16n8k16 with fp32 accumulators as the PTX ISA lays out its fragments (a[lane][4]:
 // bf16x2 or f16x2, b[lane][2], c[lane][4]); products are added in k order with fmaf, which a
 // tensor core need not match bit for bit: callers compare within a tolerance.

@@ -397,6 +397,134 @@ struct SplitSink {
   PYCODEC_HD void finish() { store_row(); }
 };
 
+// ---------------------------------------------------------------------------- lossless split decode
+
+// windowed_decode_split: a lossless split weight's 16-bit float bits, value[symbol] | raw field,
+// in one kernel. A warp decodes its chunk's symbols into a stage (shared memory), as the decode
+// kernel stages them, then all 32 lanes write the chunk out together: lane j takes pieces j,
+// j + 32, ... of kSplitPiece weights, one 16-byte store each. So a warp's stores and its raw-bit
+// loads are contiguous, where the lanes' own runs of the chunk lie ~m/32 apart; and no symbol
+// crosses global memory (decode + split_merge wrote each as a byte and read it back).
+struct SplitDecodeArgs {
+  const uint16_t* value;  // [256]: values[s] << low (split_values); the kernel copies it to shared memory
+  const uint32_t* raw;    // raw_words words of low bits, kSlackWords readable words past them
+  uint64_t raw_words;
+  uint32_t low;           // 1..8
+  uint16_t* out;          // [n_symbols] 16-bit float bits, 2-byte aligned
+};
+
+constexpr uint32_t kSplitPiece = 8;  // weights a lane writes per step: 16 bytes
+
+// Two 16-bit floats in one word, lo in the low half (lo, hi < 2^16).
+PYCODEC_HD uint32_t pack_halves(uint32_t lo, uint32_t hi) {
+#if defined(__CUDA_ARCH__)
+  return __byte_perm(lo, hi, 0x5410u);
+#else
+  return lo | (hi << 16);
+#endif
+}
+
+// The raw fields of kSplitPiece weights, left-aligned in 64 bits: 8 * low <= 64 bits from bit
+// `bit` of raw (bit < 32 + 2^20: chunk-relative, see write_split_chunk), three words, the last
+// at most 2 past the raw bits' end (inside the slack).
+PYCODEC_HD uint64_t raw_fields8(const uint32_t* raw, uint32_t bit) {
+  const uint32_t* p = raw + (bit >> 5);
+  const uint32_t off = bit & 31u;
+  const uint64_t head = (uint64_t(PYCODEC_LOAD(p)) << 32) | PYCODEC_LOAD(p + 1);
+  return (head << off) | ((uint64_t(PYCODEC_LOAD(p + 2)) << off) >> 32);
+}
+
+// One weight's bits from its symbol and its field at bit `bit` of raw (the head and tail of a
+// chunk's output).
+PYCODEC_HD uint16_t split_weight(const uint16_t* value, uint8_t symbol, const uint32_t* raw, uint32_t bit,
+                                 uint32_t low) {
+  const uint32_t* p = raw + (bit >> 5);
+  const uint64_t both = (uint64_t(PYCODEC_LOAD(p)) << 32) | PYCODEC_LOAD(p + 1);
+  return uint16_t(value[symbol] | uint32_t((both << (bit & 31u)) >> (64 - low)));
+}
+
+// Weights j .. j + 7 of a chunk from their 8 symbols (sym: little-endian, the first in the low
+// byte) and their fields (raw_fields8) as four words of two 16-bit floats, for one 16-byte store.
+// kLow is a template argument so that every shift and mask is an immediate: with `low` in a
+// register, nvcc recomputed most of the eight shift amounts in every iteration.
+template <uint32_t kLow>
+PYCODEC_HD void split_piece(const uint16_t* value, uint64_t sym, uint64_t fields, uint32_t w[4]) {
+  constexpr uint32_t kMask = (1u << kLow) - 1u;
+  for (int k = 0; k < 4; ++k) {
+    const uint32_t lo = value[uint8_t(sym >> (16 * k))] | (uint32_t(fields >> (64 - kLow * (2 * k + 1))) & kMask);
+    const uint32_t hi = value[uint8_t(sym >> (16 * k + 8))] | (uint32_t(fields >> (64 - kLow * (2 * k + 2))) & kMask);
+    w[k] = pack_halves(lo, hi);
+  }
+}
+
+// The whole pieces of a chunk's output, lane j taking pieces j, j + 32, ...: stage + lead and
+// out + lead are where they start, raw the word holding the chunk's first field and `bit` that
+// field's bit in it. kAligned: the pieces fall on 8-byte boundaries of the stage (lead == 0; the
+// stage is 16-byte aligned), so 8 symbols are one 8-byte load. One loop per (kAligned, kLow), so
+// that none carries another's loads or computes its shifts.
+template <bool kAligned, uint32_t kLow>
+PYCODEC_HD void write_split_pieces(const uint16_t* value, const uint8_t* stage, const uint32_t* raw, uint32_t bit,
+                                   uint16_t* out, uint32_t lead, uint32_t pieces, uint32_t lane) {
+  for (uint32_t p = lane; p < pieces; p += 32) {
+    const uint32_t j = lead + p * kSplitPiece;
+    uint64_t sym = 0;
+    if (kAligned) {
+#if defined(__CUDA_ARCH__)
+      const uint2 pair = *reinterpret_cast<const uint2*>(stage + j);
+      sym = (uint64_t(pair.y) << 32) | pair.x;
+#else
+      std::memcpy(&sym, stage + j, 8);  // little-endian hosts only, as the whole codec
+#endif
+    } else {
+      for (int b = 0; b < 8; ++b) sym |= uint64_t(stage[j + b]) << (8 * b);
+    }
+    uint32_t w[4];
+    split_piece<kLow>(value, sym, raw_fields8(raw, bit + j * kLow), w);
+#if defined(__CUDA_ARCH__)
+    *reinterpret_cast<uint4*>(out + j) = make_uint4(w[0], w[1], w[2], w[3]);
+#else
+    std::memcpy(out + j, w, 16);
+#endif
+  }
+}
+
+template <bool kAligned>
+PYCODEC_HD void write_split_pieces(const uint16_t* value, const uint8_t* stage, const uint32_t* raw, uint32_t bit,
+                                   uint32_t low, uint16_t* out, uint32_t lead, uint32_t pieces, uint32_t lane) {
+  switch (low) {  // 16-bit floats cut at split::kMinTop..kMaxTop = 8..12 top bits; 1..3 for other cuts
+    case 1: return write_split_pieces<kAligned, 1>(value, stage, raw, bit, out, lead, pieces, lane);
+    case 2: return write_split_pieces<kAligned, 2>(value, stage, raw, bit, out, lead, pieces, lane);
+    case 3: return write_split_pieces<kAligned, 3>(value, stage, raw, bit, out, lead, pieces, lane);
+    case 4: return write_split_pieces<kAligned, 4>(value, stage, raw, bit, out, lead, pieces, lane);
+    case 5: return write_split_pieces<kAligned, 5>(value, stage, raw, bit, out, lead, pieces, lane);
+    case 6: return write_split_pieces<kAligned, 6>(value, stage, raw, bit, out, lead, pieces, lane);
+    case 7: return write_split_pieces<kAligned, 7>(value, stage, raw, bit, out, lead, pieces, lane);
+    default: return write_split_pieces<kAligned, 8>(value, stage, raw, bit, out, lead, pieces, lane);  // checked: <= 8
+  }
+}
+
+// Lane `lane`'s share of writing a chunk out: stage[0, m) are the symbols of weights first ..
+// first + m - 1. The weights before the output's first 16-byte boundary and those after the
+// whole pieces go one per lane. Field positions are chunk-relative 32-bit bit offsets (m <= 2^17
+// weights of <= 8 bits), so the loop does no 64-bit multiply.
+PYCODEC_HD void write_split_chunk(const SplitDecodeArgs& a, const uint16_t* value, const uint8_t* stage,
+                                  uint64_t first, uint32_t m, uint32_t lane) {
+  uint16_t* out = a.out + first;
+  const uint64_t first_bit = first * a.low;
+  const uint32_t* raw = a.raw + (first_bit >> 5);
+  const uint32_t bit = uint32_t(first_bit & 31u), low = a.low;
+  const uint32_t head = uint32_t((16u - (reinterpret_cast<uintptr_t>(out) & 15u)) & 15u) / 2;
+  const uint32_t lead = head < m ? head : m;
+  const uint32_t pieces = (m - lead) / kSplitPiece;
+  if (lane < lead) out[lane] = split_weight(value, stage[lane], raw, bit + lane * low, low);
+  if (lead == 0)
+    write_split_pieces<true>(value, stage, raw, bit, low, out, lead, pieces, lane);
+  else
+    write_split_pieces<false>(value, stage, raw, bit, low, out, lead, pieces, lane);
+  for (uint32_t j = lead + pieces * kSplitPiece + lane; j < m; j += 32)
+    out[j] = split_weight(value, stage[j], raw, bit + j * low, low);
+}
+
 // ---------------------------------------------------------------------------- launch arguments
 
 // One set of checks for the CUDA entry points and their host twins (emulate.h: host::), so the
@@ -485,6 +613,17 @@ inline Status check_merge(const void* symbols, uint64_t n, const void* values, c
   if (low > 16 || (n * low + 31) / 32 != raw_words) return Status::BadArgument;
   if (n && (!symbols || !values || !out || (low && !raw) || misaligned(values, 2) || misaligned(raw, 4) ||
             misaligned(out, 2)))
+    return Status::BadArgument;
+  return Status::Ok;
+}
+
+inline Status check_split_decode(const StreamView& s, const void* table, const SplitDecodeArgs& a,
+                                 const void* status) {
+  const Status st = check_decode(s, table, a.out, status);
+  if (st != Status::Ok) return st;
+  if (a.low < 1 || a.low > 8 || a.raw_words != (s.n_symbols * a.low + 31) / 32) return Status::BadArgument;
+  if (s.n_chunks && (!a.value || (a.raw_words && !a.raw) || misaligned(a.value, 2) || misaligned(a.raw, 4) ||
+                     misaligned(a.out, 2)))
     return Status::BadArgument;
   return Status::Ok;
 }

@@ -59,6 +59,16 @@ const char* last_error_string();
 Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev, uint8_t* out_dev,
                        uint32_t* status_dev, uintptr_t stream);
 
+// The 16-bit float bits of a lossless split weight (a.out: n_symbols of them), decoded from its
+// stream and raw bits in one kernel (windowed_gemv.h: SplitDecodeArgs): what windowed_decode +
+// split_merge compute, without the symbols crossing global memory. Each warp stages its chunk in
+// shared memory: TooLarge when one chunk does not fit this device's (split_decode_max_chunk).
+// *status_dev as for windowed_decode.
+Status windowed_decode_split(const windowed::StreamView& s, const uint32_t* table_dev,
+                             const windowed::SplitDecodeArgs& a, uint32_t* status_dev, uintptr_t stream);
+// The longest chunk (symbols) windowed_decode_split stages on the current device (0 without CUDA).
+uint32_t split_decode_max_chunk();
+
 // y[b, n] = sum_k x[b, k] (q[n, k] - zero[n, g]) scale[n, g] (windowed_gemv.h: AffineArgs; the
 // value entries hold bf16(q - a.zero_in_values)), batch 1..8 or 16. Decoded weights never reach
 // global memory.

@@ -28,6 +28,11 @@ Status decode_symbols(const DeviceStream&, uint8_t*, uintptr_t) { return Status:
 Status windowed_decode(const windowed::StreamView&, const uint32_t*, uint8_t*, uint32_t*, uintptr_t) {
   return Status::BadArgument;
 }
+Status windowed_decode_split(const windowed::StreamView&, const uint32_t*, const windowed::SplitDecodeArgs&, uint32_t*,
+                             uintptr_t) {
+  return Status::BadArgument;
+}
+uint32_t split_decode_max_chunk() { return 0; }
 Status windowed_gemv_affine(const windowed::StreamView&, const uint64_t*, const uint32_t*, const windowed::AffineArgs&,
                             uint32_t, uintptr_t) {
   return Status::BadArgument;

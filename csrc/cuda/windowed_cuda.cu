@@ -149,13 +149,22 @@ __device__ __forceinline__ void write_chunk(uint8_t* __restrict__ out, const uin
   for (uint32_t i = first + pieces * 16 + lane; i < m; i += 32) out[i] = stage[i];
 }
 
-template <bool kStaged>
-__global__ void decode_kernel(const StreamView s, const uint32_t* __restrict__ table,
-                                                          uint8_t* __restrict__ out, uint32_t* __restrict__ status,
-                                                          uint32_t stage_bytes) {
+// What the decode kernel writes: symbols byte by byte straight to global memory; symbols staged
+// in shared memory and written out whole (write_chunk); or a lossless split weight's 16-bit
+// floats, the staged symbols merged with their raw bits on the way out (windowed_gemv.h:
+// write_split_chunk).
+enum class DecodeTo { kSymbols, kStagedSymbols, kStagedSplit };
+
+template <DecodeTo kTo>
+__global__ void decode_kernel(const StreamView s, const uint32_t* __restrict__ table, uint8_t* __restrict__ out,
+                              uint32_t* __restrict__ status, uint32_t stage_bytes, const windowed::SplitDecodeArgs split) {
+  constexpr bool kStaged = kTo != DecodeTo::kSymbols;
   __shared__ __align__(16) uint32_t table_smem[windowed::kTableSize];
   __shared__ __align__(16) uint8_t aux_smem[kAuxBytes];
+  __shared__ uint16_t value_smem[kTo == DecodeTo::kStagedSplit ? 256 : 1];
   extern __shared__ __align__(16) unsigned char stage_smem[];  // kStaged: warps x stage_bytes
+  if constexpr (kTo == DecodeTo::kStagedSplit)  // ordered before its reads by load_tables' barrier
+    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) value_smem[i] = __ldg(split.value + i);
   if (!load_tables(table_smem, aux_smem, table, reinterpret_cast<const uint8_t*>(table + windowed::kTableSize))) {
     if (threadIdx.x == 0) atomicOr(status, 2u);  // tables that are not a code's: decode nothing
     return;
@@ -167,6 +176,10 @@ __global__ void decode_kernel(const StreamView s, const uint32_t* __restrict__ t
   const windowed::LaneRange r = warp_lane_range(v, s, table_smem, aux_smem, lane);
   if (r.overrun) atomicOr(status, 1u);
   uint8_t* stage = stage_smem + size_t(warp) * stage_bytes;
+  if (kStaged && __any_sync(kFullMask, r.overrun)) {  // a corrupt chunk: what the lane refuses reads as symbol 0
+    for (uint32_t i = lane; i < v.m; i += 32) stage[i] = 0;
+    __syncwarp();
+  }
   if (lane < s.lanes) {  // writes [r.start, r.start + r.count), within [0, v.m) (lane_range)
     windowed::FastReader reader;
     reader.init(v.words, 0, lane * windowed::lane_window_bits(v.n_words, s.lanes));
@@ -175,7 +188,10 @@ __global__ void decode_kernel(const StreamView s, const uint32_t* __restrict__ t
   }
   if constexpr (kStaged) {
     __syncwarp();
-    write_chunk(out + v.first, stage, v.m, lane);
+    if constexpr (kTo == DecodeTo::kStagedSplit)
+      windowed::write_split_chunk(split, value_smem, stage, v.first, v.m, lane);
+    else
+      write_chunk(out + v.first, stage, v.m, lane);
   }
 }
 
@@ -412,6 +428,7 @@ Status opt_in_smem(size_t smem, size_t max_smem) {
 // The longest chunk (symbols) the decode kernel stages in shared memory (kStaged); longer ones
 // are written byte by byte to global memory. 0 turns staging off, for side-by-side timings.
 constexpr size_t kStaticDecodeSmem = windowed::kTableSize * sizeof(uint32_t) + kAuxBytes;
+constexpr size_t kSplitValueBytes = 256 * sizeof(uint16_t);  // the split decode's value[] in shared memory
 std::atomic<uint32_t> decode_stage_symbols{kMaxDecodeStageSymbols};
 
 // The largest x (bytes) a GEMV block copies into shared memory (kXShared); larger ones are read
@@ -534,16 +551,47 @@ Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev,
   const size_t device_smem = max_block_smem();
   const uint32_t staged_warps = s.chunk_symbols <= decode_stage_symbols.load(std::memory_order_relaxed)
                                     ? block_warps(s, kStaticDecodeSmem, stage_bytes, device_smem) : 0;
+  const windowed::SplitDecodeArgs none{};
   if (staged_warps > 0) {
+    constexpr auto kKernel = decode_kernel<DecodeTo::kStagedSymbols>;
     const size_t smem = size_t(staged_warps) * stage_bytes;
-    st = opt_in_smem<decode_kernel<true>>(smem, device_smem - kStaticDecodeSmem);
+    st = opt_in_smem<kKernel>(smem, device_smem - kStaticDecodeSmem);
     if (st != Status::Ok) return st;
-    decode_kernel<true><<<grid_of(s, staged_warps), staged_warps * 32, smem, cs>>>(s, table_dev, out_dev, status_dev,
-                                                                                  stage_bytes);
+    kKernel<<<grid_of(s, staged_warps), staged_warps * 32, smem, cs>>>(s, table_dev, out_dev, status_dev, stage_bytes,
+                                                                      none);
   } else {
     const uint32_t warps = block_warps(s, 0, 0, device_smem);
-    decode_kernel<false><<<grid_of(s, warps), warps * 32, 0, cs>>>(s, table_dev, out_dev, status_dev, 0);
+    decode_kernel<DecodeTo::kSymbols><<<grid_of(s, warps), warps * 32, 0, cs>>>(s, table_dev, out_dev, status_dev, 0,
+                                                                               none);
   }
+  return from_cuda(cudaGetLastError());
+}
+
+uint32_t split_decode_max_chunk() {
+  const size_t device_smem = max_block_smem();
+  const size_t fixed = kStaticDecodeSmem + kSplitValueBytes;
+  const size_t fit = device_smem > fixed ? (device_smem - fixed) & ~size_t(15) : 0;
+  return uint32_t(std::min<size_t>(fit, windowed::kMaxChunkSymbols));
+}
+
+Status windowed_decode_split(const windowed::StreamView& s, const uint32_t* table_dev, const windowed::SplitDecodeArgs& a,
+                             uint32_t* status_dev, uintptr_t stream) {
+  Status st = windowed::check_split_decode(s, table_dev, a, status_dev);
+  if (st == Status::Ok) st = check_grid(s);
+  if (st != Status::Ok || s.n_chunks == 0) return st;
+  const void* ptrs[8] = {a.out, status_dev, table_dev, s.super, s.sizes, s.payload_words ? s.payload : nullptr, a.value,
+                         a.raw};
+  if ((st = check_device_pointers(ptrs, 8)) != Status::Ok) return st;
+  const uint32_t stage_bytes = (s.chunk_symbols + 15u) & ~15u;
+  const size_t device_smem = max_block_smem();
+  const uint32_t warps = block_warps(s, kStaticDecodeSmem + kSplitValueBytes, stage_bytes, device_smem);
+  if (warps == 0) return Status::TooLarge;  // one chunk's stage does not fit (split_decode_max_chunk)
+  constexpr auto kKernel = decode_kernel<DecodeTo::kStagedSplit>;
+  const size_t smem = size_t(warps) * stage_bytes;
+  st = opt_in_smem<kKernel>(smem, device_smem - kStaticDecodeSmem - kSplitValueBytes);
+  if (st != Status::Ok) return st;
+  kKernel<<<grid_of(s, warps), warps * 32, smem, reinterpret_cast<cudaStream_t>(stream)>>>(
+      s, table_dev, reinterpret_cast<uint8_t*>(a.out), status_dev, stage_bytes, a);
   return from_cuda(cudaGetLastError());
 }
 

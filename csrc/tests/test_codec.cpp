@@ -1201,6 +1201,84 @@ static void test_split_sink_weights() {
   }
 }
 
+// windowed_decode_split's emulation (the kernel's lane code): every weight is value[symbol] |
+// its raw field, for chunks whose output starts at every 2-byte offset of a 16-byte line (the
+// head, whole pieces and tail of write_split_chunk) and chunks of odd length; on mutated payloads
+// it writes only its n outputs (canaries both sides, run under ASan) and equals the decode
+// kernel's symbols merged by split_merge (zeros where a lane refused), with the same status.
+static void test_split_decode_emulation() {
+  using namespace windowed;
+  std::mt19937 rng(31);
+  for (uint32_t lanes : {1u, 7u, 32u}) {
+    for (uint32_t chunk : {203u, 1000u}) {
+      const auto sym = gaussian_symbols(9000 + lanes, 1.5 + lanes % 3, lanes + chunk);
+      std::vector<uint8_t> blob;
+      const uint64_t shape[2] = {1, sym.size()};
+      EncodeOptions opt;
+      opt.lanes = lanes;
+      opt.chunk_symbols = chunk;
+      CHECK(encode(sym.data(), shape, 2, opt, &blob) == Status::Ok);
+      StreamInfo info;
+      CHECK(parse_header(blob.data(), blob.size(), &info) == Status::Ok);
+      alignas(16) uint32_t table[kDecodeTableEntries + 64 + kDecodeTableEntries / 4];
+      uint8_t* lengths = reinterpret_cast<uint8_t*>(table + kDecodeTableEntries);
+      CHECK(build_decode_table(blob.data(), blob.size(), table, lengths, lengths + 256) == Status::Ok);
+      const uint32_t low = 4 + rng() % 5;
+      const uint64_t n = sym.size(), raw_words = (n * low + 31) / 32;
+      std::vector<uint32_t> raw(raw_words + kSlackWords);
+      for (uint64_t w = 0; w < raw_words; ++w) raw[w] = rng();
+      uint16_t value[256];
+      for (auto& v : value) v = uint16_t(rng() & ~((1u << low) - 1));
+      auto run = [&](const std::vector<uint8_t>& b, uint32_t offset, std::vector<uint16_t>& out, uint32_t* status) {
+        std::vector<uint32_t> words((b.size() + 3) / 4 + kSlackWords, 0);
+        std::memcpy(words.data(), b.data(), b.size());
+        const uint8_t* base = reinterpret_cast<const uint8_t*>(words.data());
+        StreamView v{reinterpret_cast<const uint32_t*>(base + info.index_offset),
+                     reinterpret_cast<const uint16_t*>(base + info.sizes_offset),
+                     reinterpret_cast<const uint32_t*>(base + info.payload_offset), info.payload_words, n,
+                     info.chunk_symbols, info.n_chunks, info.lanes, false};
+        out.assign(n + offset + 1, 0xABCD);  // canaries at out[offset - 1] (if any) and out[offset + n]
+        SplitDecodeArgs a{value, raw.data(), raw_words, low, out.data() + offset};
+        *status = 0;
+        return host::windowed_decode_split(v, table, a, status);
+      };
+      for (uint32_t offset = 0; offset < 8; ++offset) {
+        std::vector<uint16_t> out;
+        uint32_t status;
+        CHECK(run(blob, offset, out, &status) == Status::Ok && status == 0);
+        bool all = true;
+        for (uint64_t i = 0; i < n; ++i)
+          all &= out[offset + i] == uint16_t(value[sym[i]] | chunk_bits(raw.data(), raw_words, i * low, int(low)));
+        CHECK(all);
+        CHECK(out[offset + n] == 0xABCD && (offset == 0 || out[offset - 1] == 0xABCD));
+      }
+      for (int trial = 0; trial < 60; ++trial) {
+        std::vector<uint8_t> bad = blob;
+        for (int k = 0; k < 1 + trial % 3; ++k)
+          bad[info.payload_offset + rng() % (bad.size() - info.payload_offset)] ^= uint8_t(1u << (rng() % 8));
+        const uint32_t offset = trial % 8;
+        std::vector<uint16_t> out;
+        uint32_t status;
+        CHECK(run(bad, offset, out, &status) == Status::Ok);
+        CHECK(out[offset + n] == 0xABCD && (offset == 0 || out[offset - 1] == 0xABCD));
+        std::vector<uint32_t> words((bad.size() + 3) / 4 + kSlackWords, 0);
+        std::memcpy(words.data(), bad.data(), bad.size());
+        const uint8_t* base = reinterpret_cast<const uint8_t*>(words.data());
+        StreamView v{reinterpret_cast<const uint32_t*>(base + info.index_offset),
+                     reinterpret_cast<const uint16_t*>(base + info.sizes_offset),
+                     reinterpret_cast<const uint32_t*>(base + info.payload_offset), info.payload_words, n,
+                     info.chunk_symbols, info.n_chunks, info.lanes, false};
+        std::vector<uint8_t> symbols(n, 0);
+        uint32_t decode_status = 0;
+        CHECK(host::windowed_decode(v, table, symbols.data(), &decode_status) == Status::Ok);
+        std::vector<uint16_t> merged(n);
+        CHECK(host::split_merge(symbols.data(), n, value, raw.data(), raw_words, low, merged.data()) == Status::Ok);
+        CHECK(std::equal(merged.begin(), merged.end(), out.begin() + offset) && decode_status == status);
+      }
+    }
+  }
+}
+
 int main() {
   test_package_merge_limits_lengths();
   test_package_merge_optimal_on_dyadic();
@@ -1225,6 +1303,7 @@ int main() {
   test_split_packings();
   test_encode_split();
   test_split_sink_weights();
+  test_split_decode_emulation();
   test_affine_dequantization();
   test_affine_matvec();
   test_quantizers();

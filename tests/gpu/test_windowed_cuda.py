@@ -137,6 +137,63 @@ def test_fused_split_equals_emulation_bitwise(n, k, batch, x_placement):
     assert torch.equal(bits.cpu(), w.view(torch.int16).reshape(-1))
 
 
+@pytest.mark.parametrize("warps", [1, 4, 16])
+@pytest.mark.parametrize("dtype,n,k,chunk_rows", [(torch.bfloat16, 4096, 4096, None), (torch.bfloat16, 37, 203, 3),
+                                                  (torch.float16, 576, 1536, 2), (torch.bfloat16, 5, 9, 1),
+                                                  (torch.bfloat16, 4, 65536, 1)])
+def test_decode_split_kernel_rebuilds_the_weight_bits(dtype, n, k, chunk_rows, warps):
+    """windowed_decode_split on the GPU: the weight's exact bits, equal to decode + merge, in blocks
+    of 1, 4 or 16 warps; chunks off 16-byte lines (K = 203) and a 64 KiB chunk per warp."""
+    from pycodec import gpu
+
+    rng = rng_for("decode-split-gpu", n, k, str(dtype))
+    w = torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32) * 0.03).to(dtype)
+    w.view(torch.int16)[n // 2, :2] = torch.tensor([0x7FC1, 0x0001], dtype=torch.int16)  # a NaN, a subnormal
+    packed, _ = compress_weight(w, CompressionConfig(mode="lossless", chunk_symbols=chunk_rows and chunk_rows * k))
+    info = gpu.weight_info(packed)
+    kb = {k_: v.cuda() for k_, v in gpu.kernel_buffers(packed, info).items()}
+    p = to_cuda(packed)
+    assert info.layout[5] <= cuda_ops.split_decode_max_chunk()
+    with cuda_ops.kernel_settings(warps_per_block=warps):
+        bits = cuda_ops.windowed_decode_split(p["symbols"], kb["table"], kb["value16"], p["raw"], list(info.layout),
+                                              info.top)
+    assert torch.equal(bits.cpu(), w.view(torch.int16).reshape(-1))
+
+
+def test_decode_split_kernel_on_corrupt_payloads_equals_its_emulation():
+    """Damaged payloads: the kernel's bits equal the host twin's (a lane that refuses to decode
+    leaves symbol 0: the kernel clears its stage), and both flag the same streams."""
+    from pycodec import gpu
+
+    rng = rng_for("decode-split-corrupt-gpu")
+    w = torch.from_numpy(rng.standard_normal((24, 300)).astype(np.float32) * 0.03).to(torch.bfloat16)
+    packed, _ = compress_weight(w, CompressionConfig(mode="lossless", chunk_symbols=600))
+    info = gpu.weight_info(packed)
+    kernel = gpu.kernel_buffers(packed, info)
+    kb = {k_: v.cuda() for k_, v in kernel.items()}
+    layout = list(info.layout)
+    raw = cuda_ops.with_slack(packed["raw"])
+    flagged = 0
+    for trial in range(60):
+        bad = packed["symbols"].clone()
+        at = int(rng.integers(layout[2], layout[2] + 4 * layout[3] - 16))
+        bad[at:at + 16] = 0xFF if trial % 2 else torch.from_numpy(rng.integers(0, 256, 16).astype(np.uint8))
+        host_out, host_status = torch.empty(info.n * info.k, dtype=torch.int16), torch.zeros(1, dtype=torch.int32)
+        host_bad = cuda_ops.with_slack(bad)
+        _C.host_windowed_decode_split(cuda_ops._view(host_bad, layout), kernel["table"].data_ptr(),
+                                      kernel["value16"].data_ptr(), raw.data_ptr(), raw.numel() // 4, 16 - info.top,
+                                      host_out.data_ptr(), host_status.data_ptr(), 0)
+        dev_bad, dev_raw = cuda_ops.with_slack(bad.cuda()), cuda_ops.with_slack(raw.cuda())
+        dev_out = torch.empty(info.n * info.k, dtype=torch.int16, device="cuda")
+        dev_status = torch.zeros(1, dtype=torch.int32, device="cuda")
+        _C.cuda_windowed_decode_split(cuda_ops._view(dev_bad, layout), kb["table"].data_ptr(), kb["value16"].data_ptr(),
+                                      dev_raw.data_ptr(), raw.numel() // 4, 16 - info.top, dev_out.data_ptr(),
+                                      dev_status.data_ptr(), torch.cuda.current_stream().cuda_stream)
+        assert torch.equal(dev_out.cpu(), host_out) and int(dev_status) == int(host_status)
+        flagged += int(host_status) != 0
+    assert flagged > 0
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n,k,batch,rows,mode", [(40, 320, 17, 1, "int"), (576, 1536, 64, 2, "rate"),
                                                  (1536, 576, 128, 1, "rate"), (64, 12288, 33, 4, "int"),
