@@ -18,6 +18,9 @@ into shared memory per iteration (as the decode kernel's loop, to global memory)
 converts one 16 x 16 A fragment and issues one MMA per batch tile of 8 (up to 4 per warp): per
 weight, loop * 32 lanes / 256 weights, times the warps that share a row tile's k-range
 (ceil(batch tiles / 4)).
+The lossless split decode (windowed_decode_split): the count pass, the decode pass into shared
+memory (two multi-symbol entries per iteration), and the write-out loop (8 floats a lane per
+iteration; the widest of its per-width instances counts).
 For comparison, the legacy v1 decoders' round loops (decode_cuda.cu): instructions per round over
 the symbols a lane decodes per round (Huffman 2, rANS 1).
 """
@@ -235,13 +238,24 @@ def main() -> None:
         gemv_loop = pick(found, lds_u8=0, **{entry: 2}, ffma_min=6 * batch)
         result["kernels"][label] = {"count_loop": count_loop and count_loop["instructions"],
                                     "gemv_loop": gemv_loop and gemv_loop["instructions"], "batch": batch}
-    # Chunks of up to 16384 symbols are staged in shared memory (kStaged, Lb1E: byte stores to
-    # shared memory); longer ones are written byte by byte to global memory (Lb0E).
-    for label, needle, stores in (("decode to bytes", "decode_kernelILb1E", "sts_min"),
-                                  ("decode to bytes, unstaged", "decode_kernelILb0E", "stg_min")):
+    # Chunks of up to 16384 symbols are staged in shared memory (DecodeTo::kStagedSymbols, E1E: byte
+    # stores to shared memory); longer ones are written byte by byte to global memory (kSymbols, E0E).
+    for label, needle, stores in (("decode to bytes", "DecodeToE1E", "sts_min"),
+                                  ("decode to bytes, unstaged", "DecodeToE0E", "stg_min")):
         dec = pick(loops(kernel(v2, needle)), lds_u8=0, lds_64=0, lds=2, **{stores: 2})
         result["kernels"][label] = {"count_loop": result["kernels"]["gemv affine B=1"]["count_loop"],
                                     "decode_loop": dec and dec["instructions"]}
+    # The lossless split decode (kStagedSplit, E2E): the staged decode, then the write-out loop, 8
+    # floats a lane per iteration, one instance per raw width; aligned instances (one 8-byte load
+    # of symbols, 8 value lookups, one 16-byte store) for low = 4..8, the widths of bf16 cuts.
+    found = loops(kernel(v2, "DecodeToE2E"))
+    dec = pick(found, lds_u8=0, lds_64=0, lds=2, sts_min=2)
+    merges = sorted(lp["instructions"] for lp in found
+                    if lp["ops"].count("LDS.64") == 1 and lp["ops"].count("LDS.U16") == 8 and count(lp["ops"], "STG") == 1)
+    result["kernels"]["decode lossless split to bf16"] = {
+        "count_loop": result["kernels"]["gemv affine B=1"]["count_loop"], "decode_loop": dec and dec["instructions"],
+        "merge_loop_min": merges[0] if merges else None, "merge_loop_max": merges[-1] if merges else None,
+        "weights_per_merge_iteration": 8}
     for tiles in (2, 4, 8, 16):
         found = loops(kernel(v2, f"tile_kernelILi{tiles}ELb0E"))
         decode = min((lp for lp in found if lp["ops"].count("LDS") == 2 and count(lp["ops"], "STS") >= 2 and
@@ -271,6 +285,16 @@ def main() -> None:
                                                         "count_pass": k["count_loop"] / (2 * y["codes_per_count_lookup"]),
                                                         "gemv_pass": k["gemv_loop"] / (2 * y["symbols_per_entry"])}
 
+    k = result["kernels"]["decode lossless split to bf16"]
+    result["split_decode_per_weight"] = {}
+    for model, modes in yields.items():
+        for mode, y in modes.items():
+            if mode.startswith("lossless") and k["decode_loop"] and k["merge_loop_max"]:
+                parts = {"count_pass": k["count_loop"] / (2 * y["codes_per_count_lookup"]),
+                         "decode_pass": k["decode_loop"] / (2 * y["symbols_per_entry"]),
+                         "merge_pass": k["merge_loop_max"] / 8}
+                result["split_decode_per_weight"][f"{model}, {mode}"] = {
+                    "lane_instructions_per_weight": sum(parts.values()), **parts}
     print(f"SASS of csrc/cuda/*.cu for {a.arch}: inner-loop instructions per iteration")
     for label, k in result["kernels"].items():
         print(f"  {label:28s} " + ", ".join(f"{key} {val}" for key, val in k.items() if val is not None))
@@ -278,6 +302,10 @@ def main() -> None:
     for label, r in result["per_symbol"].items():
         print(f"  {label:42s} {r['lane_instructions_per_symbol']:5.2f}  "
               f"({r['count_pass']:.2f} + {r['gemv_pass']:.2f})")
+    print("\nlane-instructions per weight (lossless split decode to bf16): count + decode + write-out")
+    for label, r in result["split_decode_per_weight"].items():
+        print(f"  {label:42s} {r['lane_instructions_per_weight']:5.2f}  "
+              f"({r['count_pass']:.2f} + {r['decode_pass']:.2f} + {r['merge_pass']:.2f})")
     if a.json:
         path = Path(a.json)
         path.parent.mkdir(parents=True, exist_ok=True)
