@@ -1229,14 +1229,19 @@ static void test_split_decode_emulation() {
       for (uint64_t w = 0; w < raw_words; ++w) raw[w] = rng();
       uint16_t value[256];
       for (auto& v : value) v = uint16_t(rng() & ~((1u << low) - 1));
-      auto run = [&](const std::vector<uint8_t>& b, uint32_t offset, std::vector<uint16_t>& out, uint32_t* status) {
-        std::vector<uint32_t> words((b.size() + 3) / 4 + kSlackWords, 0);
+      // The stream's pieces inside `words` (the blob copied with the kernels' readable slack).
+      auto view_of = [&](const std::vector<uint8_t>& b, std::vector<uint32_t>& words) {
+        words.assign((b.size() + 3) / 4 + kSlackWords, 0);
         std::memcpy(words.data(), b.data(), b.size());
         const uint8_t* base = reinterpret_cast<const uint8_t*>(words.data());
-        StreamView v{reinterpret_cast<const uint32_t*>(base + info.index_offset),
-                     reinterpret_cast<const uint16_t*>(base + info.sizes_offset),
-                     reinterpret_cast<const uint32_t*>(base + info.payload_offset), info.payload_words, n,
-                     info.chunk_symbols, info.n_chunks, info.lanes, false};
+        return StreamView{reinterpret_cast<const uint32_t*>(base + info.index_offset),
+                          reinterpret_cast<const uint16_t*>(base + info.sizes_offset),
+                          reinterpret_cast<const uint32_t*>(base + info.payload_offset), info.payload_words, n,
+                          info.chunk_symbols, info.n_chunks, info.lanes, false};
+      };
+      auto run = [&](const std::vector<uint8_t>& b, uint32_t offset, std::vector<uint16_t>& out, uint32_t* status) {
+        std::vector<uint32_t> words;
+        const StreamView v = view_of(b, words);
         out.assign(n + offset + 1, 0xABCD);  // canaries at out[offset - 1] (if any) and out[offset + n]
         SplitDecodeArgs a{value, raw.data(), raw_words, low, out.data() + offset};
         *status = 0;
@@ -1261,13 +1266,8 @@ static void test_split_decode_emulation() {
         uint32_t status;
         CHECK(run(bad, offset, out, &status) == Status::Ok);
         CHECK(out[offset + n] == 0xABCD && (offset == 0 || out[offset - 1] == 0xABCD));
-        std::vector<uint32_t> words((bad.size() + 3) / 4 + kSlackWords, 0);
-        std::memcpy(words.data(), bad.data(), bad.size());
-        const uint8_t* base = reinterpret_cast<const uint8_t*>(words.data());
-        StreamView v{reinterpret_cast<const uint32_t*>(base + info.index_offset),
-                     reinterpret_cast<const uint16_t*>(base + info.sizes_offset),
-                     reinterpret_cast<const uint32_t*>(base + info.payload_offset), info.payload_words, n,
-                     info.chunk_symbols, info.n_chunks, info.lanes, false};
+        std::vector<uint32_t> words;
+        const StreamView v = view_of(bad, words);
         std::vector<uint8_t> symbols(n, 0);
         uint32_t decode_status = 0;
         CHECK(host::windowed_decode(v, table, symbols.data(), &decode_status) == Status::Ok);
