@@ -435,6 +435,11 @@ def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
         coded = sum(m.compressed_bytes() for m in layers)
         methods = {"pycodec lossless": (lambda: [f() for f in rebuild],
                                         lambda: torch.cat([f().reshape(-1).cpu() for f in rebuild]), coded),
+                   # one table copy for up to 16 chunks: long rows' stages leave room for few blocks an SM
+                   "pycodec lossless, 16 warps": (
+                       with_settings({"warps_per_block": 16}, lambda: [f() for f in rebuild]),
+                       with_settings({"warps_per_block": 16},
+                                     lambda: torch.cat([f().reshape(-1).cpu() for f in rebuild])), coded),
                    "pycodec decode + merge": (lambda: [f() for f in two],
                                               lambda: torch.cat([f().reshape(-1).cpu() for f in two]), coded),
                    "pycodec decode + merge, unstaged": (

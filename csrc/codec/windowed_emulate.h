@@ -69,7 +69,7 @@ inline bool emulate_decode_chunk(const StreamView& s, uint64_t c, const uint8_t*
                                  const uint8_t* lengths, uint8_t* out) {
   const ChunkView v = chunk_view(s, c);
   return emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t, FastReader& reader, LaneRange r) {
-    ByteSink sink{out + v.first + r.start, r.count};
+    RunByteSink sink{out + v.first + r.start};
     decode_count(table, lengths, reader, r.count, sink);
   });
 }
@@ -84,7 +84,7 @@ inline bool emulate_split_decode_chunk(const StreamView& s, uint64_t c, const ui
   const ChunkView v = chunk_view(s, c);
   stage.assign(v.m, 0);
   const bool ok = emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t, FastReader& reader, LaneRange r) {
-    ByteSink sink{stage.data() + r.start, r.count};
+    RunByteSink sink{stage.data() + r.start};
     decode_count(table, lengths, reader, r.count, sink);
   });
   for (uint32_t lane = 0; lane < 32; ++lane) write_split_chunk(a, value, stage.data(), v.first, v.m, lane);

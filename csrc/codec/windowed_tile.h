@@ -110,6 +110,11 @@ struct TileSink {
     if (n > 1) dst[i + 1] = uint8_t(e >> 8);
     if (n > 2) dst[i + 2] = uint8_t(e >> 16);
   }
+  PYCODEC_HD void put_run(uint32_t e, uint32_t i) {  // all three slots (windowed.h: RunByteSink)
+    dst[i] = uint8_t(e);
+    dst[i + 1] = uint8_t(e >> 8);
+    dst[i + 2] = uint8_t(e >> 16);
+  }
   PYCODEC_HD void close_segment(uint32_t n) {
     dst += n;
     col += n;

@@ -114,16 +114,6 @@ __device__ __forceinline__ windowed::LaneRange warp_lane_range(const ChunkView& 
 
 // ---------------------------------------------------------------------------- decode
 
-struct GlobalByteSink {
-  uint8_t* out;  // the lane's first symbol
-  __device__ __forceinline__ void put(uint32_t e, uint32_t at) {  // predicated stores, no loop
-    const uint32_t n = windowed::entry_count(e);
-    uint8_t* o = out + at;
-    o[0] = uint8_t(e);
-    if (n > 1) o[1] = uint8_t(e >> 8);
-    if (n > 2) o[2] = uint8_t(e >> 16);
-  }
-};
 
 // A warp's chunk decoded into shared memory (kStaged) is then written out whole: consecutive lanes
 // store consecutive 16-byte pieces. Straight to global memory, each byte store of a warp lands in
@@ -183,7 +173,7 @@ __global__ void decode_kernel(const StreamView s, const uint32_t* __restrict__ t
   if (lane < s.lanes) {  // writes [r.start, r.start + r.count), within [0, v.m) (lane_range)
     windowed::FastReader reader;
     reader.init(v.words, 0, lane * windowed::lane_window_bits(v.n_words, s.lanes));
-    GlobalByteSink sink{(kStaged ? stage : out + v.first) + r.start};
+    windowed::RunByteSink sink{(kStaged ? stage : out + v.first) + r.start};
     windowed::decode_count(table_smem, aux_smem, reader, r.count, sink);
   }
   if constexpr (kStaged) {

@@ -409,6 +409,17 @@ static void test_lane_primitives_match_chunk_decoder() {
         windowed::ByteSink sink{out.data() + c * 1000 + start[l], start[l + 1] - start[l]};
         windowed::decode_count(t.entry, t.length, r, start[l + 1] - start[l], sink);
         CHECK(!sink.overflow);
+        // The kernels' sink writes whole entries while >= 6 symbols are left (put_run): its writes
+        // must stay inside the lane's range (on a GPU the next lane writes beside it at once).
+        const uint32_t count = start[l + 1] - start[l];
+        std::vector<uint8_t> run(count + 6, 0xAB);  // 3 canaries each side
+        windowed::LaneReader again;
+        again.init(w, n_words, l * window);
+        windowed::RunByteSink run_sink{run.data() + 3};
+        windowed::decode_count(t.entry, t.length, again, count, run_sink);
+        CHECK(std::equal(run.begin() + 3, run.end() - 3, out.begin() + c * 1000 + start[l]));
+        CHECK(run[0] == 0xAB && run[1] == 0xAB && run[2] == 0xAB && run[count + 3] == 0xAB &&
+              run[count + 4] == 0xAB && run[count + 5] == 0xAB);
       }
     }
     CHECK(out == v);
