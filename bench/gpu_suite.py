@@ -144,7 +144,8 @@ def with_settings(settings: dict, fn):
 
 
 class WithSettings(torch.nn.Module):
-    """A compressed layer run with other GPU kernel settings: the same bits, for side-by-side timings."""
+    """A compressed layer run with other GPU kernel settings, for side-by-side timings: the same bits
+    (split_gemv_staged: the other lossless GEMV, whose sums differ in order)."""
 
     def __init__(self, layer: torch.nn.Module, **settings):
         super().__init__()
@@ -158,6 +159,8 @@ class WithSettings(torch.nn.Module):
 # Setting variants of the fused GEMVs, timed at these batches: x from global memory instead of a
 # shared copy (a 4096-wide x fits 64 KiB up to batch 4), and blocks of 16 warps instead of 4.
 SETTING_VARIANTS = {"x global": ({"gemv_x_shared_bytes": 0}, (1, 4)), "16 warps": ({"warps_per_block": 16}, (1, 4))}
+# Lossless only: the fused GEMV beside the staged one (the default), at the GEMVs' batches.
+LOSSLESS_VARIANTS = {"fused GEMV": ({"split_gemv_staged": 0}, (1, 16))}
 
 
 def lossless_layer(dense: torch.nn.Linear, exact: bool = False):
@@ -254,7 +257,7 @@ def layer_suite(shapes, batches, peak, rows: list | None = None) -> list[dict]:
             variants[f"pycodec rate 3.5 {suffix}"] = (WithSettings(m, **settings), m.compressed_bytes())
         m = lossless_layer(dense)
         variants["pycodec lossless"] = (m, m.compressed_bytes())
-        for suffix, (settings, _) in SETTING_VARIANTS.items():
+        for suffix, (settings, _) in {**SETTING_VARIANTS, **LOSSLESS_VARIANTS}.items():
             variants[f"pycodec lossless {suffix}"] = (WithSettings(m, **settings), m.compressed_bytes())
         m = lossless_layer(dense, exact=True)
         variants["pycodec lossless exact"] = (m, m.compressed_bytes())
@@ -279,7 +282,8 @@ def layer_suite(shapes, batches, peak, rows: list | None = None) -> list[dict]:
                 for label, (mod, weight_bytes) in variants.items():
                     if label.endswith("decoded") and batch <= 16:  # the same fused GEMV below 17
                         continue
-                    if any(label.endswith(suffix) and batch not in at for suffix, (_, at) in SETTING_VARIANTS.items()):
+                    if any(label.endswith(suffix) and batch not in at
+                           for suffix, (_, at) in {**SETTING_VARIANTS, **LOSSLESS_VARIANTS}.items()):
                         continue
                     try:
                         y = mod(x).float()
@@ -307,28 +311,31 @@ def layer_suite(shapes, batches, peak, rows: list | None = None) -> list[dict]:
 
 def settings_suite(rows: list | None = None, shapes=((4096, 4096), (14336, 4096)), batches=(1, 4)) -> list[dict]:
     """The kernel settings side by side, first and fast (a lease that ends early still has them):
-    the fused GEMVs at batch 1 and 4 under x shared / global x 4, 8, 16 warps, beside bf16."""
+    the fused GEMVs at batch 1 and 4 under x shared / global x 4, 8, 16 warps, beside bf16; lossless
+    through the staged GEMV (the default) and the fused one (split_gemv_staged=0)."""
     rows = [] if rows is None else rows
     combos = [{"gemv_x_shared_bytes": x, "warps_per_block": w} for x in (64 * 1024, 0) for w in (4, 8, 16)]
     for out_f, in_f in shapes:
         dense = random_linear(out_f, in_f)
         bf16 = copy.deepcopy(dense).cuda()
-        layers = {"rate 3.5": rate_layer(dense), "lossless": lossless_layer(dense)}
+        lossless = lossless_layer(dense)
+        layers = {"rate 3.5": (rate_layer(dense), {}), "lossless": (lossless, {"split_gemv_staged": 1}),
+                  "lossless fused": (lossless, {"split_gemv_staged": 0})}
         for batch in batches:
             x = torch.randn(batch, in_f, device="cuda", dtype=torch.bfloat16)
             with torch.no_grad():
                 base = graph_ms(lambda: bf16(x))
-                for label, layer in layers.items():
+                for label, (layer, route) in layers.items():
                     ref = None
                     for settings in combos:
-                        run = with_settings(settings, layer)
+                        run = with_settings({**settings, **route}, layer)
                         y = run(x)
                         ref = y if ref is None else ref
                         ms = graph_ms(lambda: run(x))
                         rows.append({"shape": [out_f, in_f], "batch": batch, "method": f"pycodec {label}", **settings,
                                      "graph_ms": ms, "bf16_graph_ms": base, "same_bits": bool(torch.equal(y, ref)),
                                      "speedup_vs_bf16": base / ms if base and ms else None})
-                        print(f"settings {out_f}x{in_f} b={batch} {label:9s} x_shared {settings['gemv_x_shared_bytes']:6d} "
+                        print(f"settings {out_f}x{in_f} b={batch} {label:14s} x_shared {settings['gemv_x_shared_bytes']:6d} "
                               f"warps {settings['warps_per_block']:2d}: {1e3 * (ms or math.nan):8.1f} us "
                               f"(bf16 {1e3 * (base or math.nan):.1f})", flush=True)
     return rows

@@ -18,7 +18,9 @@ into shared memory per iteration (as the decode kernel's loop, to global memory)
 converts one 16 x 16 A fragment and issues one MMA per batch tile of 8 (up to 4 per warp): per
 weight, loop * 32 lanes / 256 weights, times the warps that share a row tile's k-range
 (ceil(batch tiles / 4)).
-The lossless split decode (windowed_decode_split): the count pass, the decode pass into shared
+The staged lossless GEMV (staged_split_gemv_kernel): the count pass, the decode pass into shared
+memory, then its dot loop, 8 columns a lane per iteration ("staged" rows; "GEMV pass" = decode +
+dot). The lossless split decode (windowed_decode_split): the count pass, the decode pass into shared
 memory (two multi-symbol entries per iteration), and the write-out loop (8 floats a lane per
 iteration; the widest of its per-width instances counts).
 For comparison, the legacy v1 decoders' round loops (decode_cuda.cu): instructions per round over
@@ -256,6 +258,17 @@ def main() -> None:
         "count_loop": result["kernels"]["gemv affine B=1"]["count_loop"], "decode_loop": dec and dec["instructions"],
         "merge_loop_min": merges[0] if merges else None, "merge_loop_max": merges[-1] if merges else None,
         "weights_per_merge_iteration": 8}
+    # The staged lossless GEMV (staged_split_gemv_kernel, x in shared memory: Lb1E): the staged decode,
+    # then 8 columns a lane per iteration of its dot loop (the vector-x instance: 2B LDS.128 at B=1).
+    for batch in (1, 4):
+        found = loops(kernel(v2, f"staged_split_gemv_kernelILi{batch}ELb1E"))
+        dec = pick(found, lds_u8=0, lds_64=0, lds=2, sts_min=2)
+        dots = [lp["instructions"] for lp in found if lp["ops"].count("LDS.64") == 1 and
+                lp["ops"].count("LDS.U16") == 8 and lp["ops"].count("FFMA") == 8 * batch and
+                lp["ops"].count("LDS.128") and not count(lp["ops"], "STS")]
+        result["kernels"][f"gemv lossless staged B={batch}"] = {
+            "count_loop": result["kernels"]["gemv affine B=1"]["count_loop"], "decode_loop": dec and dec["instructions"],
+            "dot_loop": min(dots) if dots else None, "weights_per_dot_iteration": 8, "batch": batch}
     for tiles in (2, 4, 8, 16):
         found = loops(kernel(v2, f"tile_kernelILi{tiles}ELb0E"))
         decode = min((lp for lp in found if lp["ops"].count("LDS") == 2 and count(lp["ops"], "STS") >= 2 and
@@ -285,6 +298,16 @@ def main() -> None:
                                                         "count_pass": k["count_loop"] / (2 * y["codes_per_count_lookup"]),
                                                         "gemv_pass": k["gemv_loop"] / (2 * y["symbols_per_entry"])}
 
+    st = result["kernels"]["gemv lossless staged B=1"]
+    for model, modes in yields.items():
+        for mode, y in modes.items():
+            if mode.startswith("lossless") and st["decode_loop"] and st["dot_loop"]:
+                parts = {"count_pass": st["count_loop"] / (2 * y["codes_per_count_lookup"]),
+                         "decode_pass": st["decode_loop"] / (2 * y["symbols_per_entry"]),
+                         "dot_pass": st["dot_loop"] / 8}
+                result["per_symbol"][f"{model}, {mode}, staged"] = {
+                    "kernel": "gemv lossless staged B=1", "lane_instructions_per_symbol": sum(parts.values()),
+                    "count_pass": parts["count_pass"], "gemv_pass": parts["decode_pass"] + parts["dot_pass"]}
     k = result["kernels"]["decode lossless split to bf16"]
     result["split_decode_per_weight"] = {}
     for model, modes in yields.items():

@@ -207,7 +207,7 @@ struct HostKernels {
   }
   static Status split(const windowed::StreamView& s, const uint64_t* v, const uint32_t* t, const windowed::SplitArgs& a,
                       uint32_t b, uintptr_t) {
-    return host::windowed_gemv_split(s, v, t, a, b);
+    return host::windowed_gemv_split(s, v, t, a, b, cuda::split_gemv_staged() != 0);
   }
   static Status merge(const uint8_t* sym, uint64_t n, const uint16_t* v, const uint32_t* raw, uint64_t rw, uint32_t low,
                       uint16_t* out, uintptr_t) {
@@ -998,12 +998,13 @@ PYBIND11_MODULE(_C, m) {
         a.low = uint32_t(16 - top);
         a.y = static_cast<float*>(o.ptr);
         check(emulate_gemv_split(static_cast<const uint8_t*>(b.ptr), size_t(b.size), values.data(),
-                                 uint32_t(values.size()), a, batch),
+                                 uint32_t(values.size()), a, batch, cuda::split_gemv_staged() != 0),
               "emulate_gemv_split");
       },
       py::arg("blob"), py::arg("values"), py::arg("top"), py::arg("raw"), py::arg("n_rows"), py::arg("k"),
       py::arg("x_t"), py::arg("batch"), py::arg("y"),
-      "The fused lossless (split bf16) GEMV kernel, emulated on the CPU lane by lane.");
+      "The lossless (split bf16) GEMV kernels, emulated on the CPU lane by lane: the route the kernel takes "
+      "under the split_gemv_staged setting (staged or fused).");
 
   m.def(
       "value_table",
@@ -1070,4 +1071,10 @@ PYBIND11_MODULE(_C, m) {
       "The longest chunk (symbols) that the GPU's windowed decode stages in shared memory and writes out whole, "
       "rather than byte by byte to global memory: 16384 by default and at most, 0 never. symbols sets it; returns "
       "the value in use. For side-by-side timings: the output is the same bytes either way.");
+  def_kernel_setting(
+      m, "split_gemv_staged", "on", cuda::set_split_gemv_staged, cuda::split_gemv_staged,
+      "1 (default): lossless GEMVs whose K is a multiple of 8 and whose chunks hold at most 16384 symbols take the "
+      "staged kernel (the chunk decoded into shared memory, then multiplied 8 columns a lane); 0: always the fused "
+      "kernel. on sets it (clamped to 0..1); returns the value in use. The two add in different orders, so their "
+      "outputs may differ in the last bits; the CPU emulation follows the setting.");
 }

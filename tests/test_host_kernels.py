@@ -204,8 +204,10 @@ def test_linear_keeps_leading_dims_and_input_dtype(host_ops):
     assert rel_error(y, ref) < 1e-2  # bf16 output rounding
 
 
+@pytest.mark.parametrize("staged", [1, 0], ids=["staged", "fused"])
 @pytest.mark.parametrize("batch", [1, 4, 16])
-def test_linear_split_fused_matches_reference(host_ops, fused_only, batch):
+def test_linear_split_fused_matches_reference(host_ops, fused_only, batch, staged):
+    """gpu.linear's lossless GEMV through either kernel (_C.split_gemv_staged), never a dense weight."""
     rng = rng_for("split", batch)
     n, k = 40, 576
     w = torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32) * 0.03).to(torch.bfloat16)
@@ -213,7 +215,8 @@ def test_linear_split_fused_matches_reference(host_ops, fused_only, batch):
     ready, kernel, info = device_ready(packed)
     assert info.kind == 2 and cuda_ops.gemv_supported(list(info.layout), n, k, batch)
     x = torch.from_numpy(rng.standard_normal((batch, k)).astype(np.float32))
-    y = gpu.linear(x, ready, kernel, None, info)
+    with cuda_ops.kernel_settings(split_gemv_staged=staged):
+        y = gpu.linear(x, ready, kernel, None, info)
     assert rel_error(y, x.double() @ w.double().T) < 1e-6
 
 

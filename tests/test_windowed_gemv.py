@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import pycodec
-from pycodec import CodecError, _C, gpu
+from pycodec import CodecError, _C, cuda_ops, gpu
 from pycodec.config import CompressionConfig
 from pycodec.quant import compress_weight, dequantize_affine, quantize_int
 
@@ -170,20 +170,67 @@ def test_emulation_refuses_shapes_the_kernel_does_not_take():
 
 # ---------------------------------------------------------------------------- fused lossless GEMV
 
-@pytest.mark.parametrize("n,k,batch", [(64, 256, 1), (40, 576, 4), (9, 96, 2), (128, 384, 16)])
-def test_emulated_split_gemv_matches_reference(n, k, batch):
+def emulate_split(packed: dict, x: np.ndarray, staged: int) -> np.ndarray:
+    """What pycodec::windowed_gemv_split returns under the split_gemv_staged setting `staged`."""
+    n, k = int(packed["meta"][2]), int(packed["meta"][3])
+    x_t, _ = kernel_inputs(x)
+    y = np.zeros((x.shape[0], n), np.float32)
+    with cuda_ops.kernel_settings(split_gemv_staged=staged):
+        _C.emulate_gemv_split(packed["symbols"].numpy(), packed["values"].tolist(), int(packed["meta"][6]),
+                              packed["raw"].numpy(), n, k, x_t, x.shape[0], y)
+    return y
+
+
+@pytest.mark.parametrize("staged", [1, 0], ids=["staged", "fused"])
+@pytest.mark.parametrize("n,k,batch,rows", [(64, 256, 1, 1), (40, 576, 4, 1), (9, 96, 2, 4), (128, 384, 16, 1),
+                                            (30, 200, 3, 2), (33, 104, 5, 3), (20, 100, 1, 1), (12, 8, 7, 4)])
+def test_emulated_split_gemv_matches_reference(n, k, batch, rows, staged):
+    """Both lossless GEMVs (the staged one where K % 8 == 0: the others take the fused one), chunks
+    of 1 to 4 rows, every batch shape class."""
     rng = rng_for("split", n, k, batch)
     w = torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32) * 0.03).to(torch.bfloat16)
-    packed, _ = compress_weight(w, CompressionConfig(mode="lossless"))
-    top = int(packed["meta"][6])
+    packed, _ = compress_weight(w, CompressionConfig(mode="lossless", chunk_symbols=rows * k))
     x = rng.standard_normal((batch, k)).astype(np.float32)
-    x_t, _ = kernel_inputs(x)
-    y = np.zeros((batch, n), np.float32)
-    _C.emulate_gemv_split(packed["symbols"].numpy(), packed["values"].tolist(), top, packed["raw"].numpy(), n, k,
-                          x_t, batch, y)
+    y = emulate_split(packed, x, staged)
     ref = x.astype(np.float64) @ w.double().numpy().T
     rel, rel_max = errors(y, ref)
     assert rel < 1e-6 and rel_max < 1e-5, (rel, rel_max)
+
+
+def test_split_gemv_route_follows_the_setting_and_the_shape():
+    """K % 8 == 0: the setting picks the staged or the fused GEMV, whose sums differ in order (so
+    somewhere in the last bits); K % 8 != 0: the fused one either way, the same bits."""
+    rng = rng_for("split-route")
+    x = rng.standard_normal((1, 4096)).astype(np.float32)
+    w = torch.from_numpy(rng.standard_normal((64, 4096)).astype(np.float32) * 0.03).to(torch.bfloat16)
+    packed, _ = compress_weight(w, CompressionConfig(mode="lossless"))
+    assert not np.array_equal(emulate_split(packed, x, 1), emulate_split(packed, x, 0))
+    packed, _ = compress_weight(w[:, :4092].contiguous(), CompressionConfig(mode="lossless"))
+    assert np.array_equal(emulate_split(packed, x[:, :4092], 1), emulate_split(packed, x[:, :4092], 0))
+
+
+def test_staged_split_gemv_on_corrupt_payloads():
+    """Mutated payloads through the staged route: a lane that overruns is reported (the twin
+    returns CorruptPayload, as the fused route does), anything else returns rows, never a crash."""
+    rng = rng_for("split-corrupt")
+    w = torch.from_numpy(rng.standard_normal((24, 256)).astype(np.float32) * 0.03).to(torch.bfloat16)
+    packed, _ = compress_weight(w, CompressionConfig(mode="lossless", chunk_symbols=512))
+    blob = packed["symbols"].numpy()
+    payload_offset = cuda_ops.stream_layout(blob).payload_offset
+    x = rng.standard_normal((2, 256)).astype(np.float32)
+    outcomes = set()
+    for trial in range(60):
+        bad = blob.copy()
+        at = int(rng.integers(payload_offset, bad.size - 16))
+        bad[at:at + 16] = 0xFF if trial % 2 else rng.integers(0, 256, 16)
+        damaged = dict(packed, symbols=torch.from_numpy(bad))
+        try:
+            emulate_split(damaged, x, 1)
+            outcomes.add("rows")
+        except CodecError as e:
+            assert "corrupt" in str(e)
+            outcomes.add("corrupt")
+    assert outcomes == {"rows", "corrupt"}
 
 
 def test_split_value_table_refuses_symbols_without_values():

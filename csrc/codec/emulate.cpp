@@ -60,6 +60,23 @@ Status run(const windowed::StreamView& s, const uint8_t* count, const Entry* tab
   return Status::BadArgument;
 }
 
+// The staged lossless GEMV (windowed_gemv.h: split_gemv_stages) over a view, once the arguments
+// passed windowed::check_split.
+Status run_staged_split(const windowed::StreamView& s, const uint8_t* count, const uint32_t* multi,
+                        const uint64_t* values, const uint8_t* lengths, const windowed::SplitArgs& a, uint32_t batch) {
+  switch (batch) {
+#define PYCODEC_EMULATE_CASE(B)                                                                              \
+  case B:                                                                                                    \
+    return windowed::emulate_staged_split_gemv<B>(s, count, multi, values, lengths, a) ? Status::Ok          \
+                                                                                      : Status::CorruptPayload;
+    PYCODEC_EMULATE_CASE(1) PYCODEC_EMULATE_CASE(2) PYCODEC_EMULATE_CASE(3) PYCODEC_EMULATE_CASE(4)
+    PYCODEC_EMULATE_CASE(5) PYCODEC_EMULATE_CASE(6) PYCODEC_EMULATE_CASE(7) PYCODEC_EMULATE_CASE(8)
+    PYCODEC_EMULATE_CASE(16)
+#undef PYCODEC_EMULATE_CASE
+  }
+  return Status::BadArgument;
+}
+
 }  // namespace
 
 Status emulate_gemv_affine(const uint8_t* blob, size_t len, const windowed::AffineArgs& a, uint32_t batch) {
@@ -86,7 +103,7 @@ Status emulate_decode(const uint8_t* blob, size_t len, uint8_t* out, uint64_t ou
 }
 
 Status emulate_gemv_split(const uint8_t* blob, size_t len, const uint32_t* values, uint32_t n_values,
-                          const windowed::SplitArgs& a, uint32_t batch) {
+                          const windowed::SplitArgs& a, uint32_t batch, bool staged) {
   HostStream hs;
   Status st = hs.open(blob, len);
   if (st != Status::Ok) return st;
@@ -98,6 +115,8 @@ Status emulate_gemv_split(const uint8_t* blob, size_t len, const uint32_t* value
   std::vector<uint64_t> value_table(windowed::kTableSize);
   build_value_table(hs.table.entry, hs.table.length, value, value_table.data());
   if ((st = windowed::check_split(hs.view, value_table.data(), hs.count, a, batch)) != Status::Ok) return st;
+  if (staged && windowed::split_gemv_stages(a.k, hs.view.chunk_symbols))
+    return run_staged_split(hs.view, hs.count, hs.table.entry, value_table.data(), hs.table.length, a, batch);
   return run<windowed::SplitSink>(hs.view, hs.count, value_table.data(), hs.table.length, a, batch);
 }
 
@@ -155,10 +174,14 @@ Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value
 }
 
 Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_table, const uint32_t* table,
-                           const windowed::SplitArgs& a, uint32_t batch) {
+                           const windowed::SplitArgs& a, uint32_t batch, bool staged) {
   const Status st = windowed::check_split(s, value_table, table, a, batch);
   if (st != Status::Ok) return st;
   if (s.n_chunks && !windowed::tables_ok(value_table, aux_of(table) + 256)) return Status::BadTable;
+  if (staged && windowed::split_gemv_stages(a.k, s.chunk_symbols)) {
+    if (s.n_chunks && !windowed::tables_ok(table, aux_of(table) + 256)) return Status::BadTable;
+    return run_staged_split(s, aux_of(table) + 256, table, value_table, aux_of(table), a, batch);
+  }
   return run<windowed::SplitSink>(s, aux_of(table) + 256, value_table, aux_of(table), a, batch);
 }
 

@@ -21,8 +21,10 @@ Status emulate_decode(const uint8_t* blob, size_t len, uint8_t* out, uint64_t ou
 Status emulate_gemv_affine(const uint8_t* blob, size_t len, const windowed::AffineArgs& a, uint32_t batch);
 
 // The same for a lossless split bf16 weight: symbols stream + values (n_values) + raw bits.
+// staged: the route the kernel takes with its split_gemv_staged setting on (the staged GEMV where
+// windowed::split_gemv_stages allows, else the fused one); the two add in different orders.
 Status emulate_gemv_split(const uint8_t* blob, size_t len, const uint32_t* values, uint32_t n_values,
-                          const windowed::SplitArgs& a, uint32_t batch);
+                          const windowed::SplitArgs& a, uint32_t batch, bool staged);
 
 // Symbol values of a lossless split weight for value entries: values[s] << low (16 bits each).
 Status split_values(const uint32_t* values, uint32_t n_values, uint32_t low, uint16_t value[256]);
@@ -45,7 +47,7 @@ Status windowed_decode_split(const windowed::StreamView& s, const uint32_t* tabl
 Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value_table, const uint32_t* table,
                             const windowed::AffineArgs& a, uint32_t batch);
 Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_table, const uint32_t* table,
-                           const windowed::SplitArgs& a, uint32_t batch);
+                           const windowed::SplitArgs& a, uint32_t batch, bool staged);
 Status split_merge(const uint8_t* symbols, uint64_t n, const uint16_t* values, const uint32_t* raw, uint64_t raw_words,
                    uint32_t low, uint16_t* out);
 Status windowed_tile_affine(const windowed::StreamView& s, const uint32_t* table, const windowed::TileArgs& a,

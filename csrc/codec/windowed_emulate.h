@@ -41,25 +41,57 @@ inline bool emulate_chunk_lanes(const StreamView& s, const ChunkView& v, const u
   return ok;
 }
 
-// The warp of one chunk, lane after lane: pass 1, the scan (a running sum), pass 2 into sinks,
-// the butterfly over the slots. Returns false if a lane overran its window (corrupt chunk).
-template <int B, template <int, class> class Sink, class Args, class Entry>
-inline bool emulate_chunk(const StreamView& s, uint64_t c, const uint8_t* count, const Entry* table,
-                          const uint8_t* lengths, const Args& a, std::vector<float>& slots) {
-  const ChunkView v = chunk_view(s, c);
-  const uint32_t rows = v.m / a.k, first_row = uint32_t(v.first / a.k);
-  slots.assign(size_t(rows) * B * 32, 0.f);
-  const bool ok = emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t l, FastReader& reader, LaneRange r) {
-    Sink<B, XGlobal> sink;
-    sink.begin(a, slots.data(), l, v, r.start);
-    gemv_lane(table, lengths, reader, r.count, sink);
-  });
+// A warp's slots[row][b][lane] summed over the lanes by the kernels' butterfly, into y with the
+// row's escapes.
+template <int B, class Args>
+inline void emulate_warp_sums(const Args& a, const float* slots, uint32_t rows, uint32_t first_row) {
   for (uint32_t row = 0; row < rows; ++row)
     for (int b = 0; b < B; ++b) {
       float lane_values[32];
       for (int l = 0; l < 32; ++l) lane_values[l] = slots[(row * B + b) * 32 + l];
       a.y[size_t(b) * a.n_rows + first_row + row] = with_escapes<B>(a, first_row + row, b, butterfly_sum(lane_values));
     }
+}
+
+// The warp of one chunk, lane after lane: pass 1, the scan (a running sum), pass 2 into sinks,
+// the butterfly over the slots. Returns false if a lane overran its window (corrupt chunk).
+template <int B, template <int, class> class Sink, class Args, class Entry>
+inline bool emulate_chunk(const StreamView& s, uint64_t c, const uint8_t* count, const Entry* table,
+                          const uint8_t* lengths, const Args& a, std::vector<float>& slots) {
+  const ChunkView v = chunk_view(s, c);
+  const uint32_t rows = v.m / a.k;
+  slots.assign(size_t(rows) * B * 32, 0.f);
+  const bool ok = emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t l, FastReader& reader, LaneRange r) {
+    Sink<B, XGlobal> sink;
+    sink.begin(a, slots.data(), l, v, r.start);
+    gemv_lane(table, lengths, reader, r.count, sink);
+  });
+  emulate_warp_sums<B>(a, slots.data(), rows, uint32_t(v.first / a.k));
+  return ok;
+}
+
+// The staged lossless GEMV's warp for one chunk: symbols into a stage (zeros where a lane
+// refused, as the kernel clears it), every lane's pieces (staged_split_lane), the butterfly.
+template <int B>
+inline bool emulate_staged_split_chunk(const StreamView& s, uint64_t c, const uint8_t* count, const uint32_t* table,
+                                       const uint8_t* lengths, const SplitArgs& a, const uint16_t* value,
+                                       std::vector<uint8_t>& stage, std::vector<float>& slots) {
+  const ChunkView v = chunk_view(s, c);
+  const uint32_t rows = v.m / a.k;
+  stage.assign(v.m, 0);
+  const bool ok = emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t, FastReader& reader, LaneRange r) {
+    RunByteSink sink{stage.data() + r.start};
+    decode_count(table, lengths, reader, r.count, sink);
+  });
+  slots.assign(size_t(rows) * B * 32, 0.f);
+  const bool vec = (reinterpret_cast<uintptr_t>(a.x) & 15u) == 0;
+  for (uint32_t lane = 0; lane < 32; ++lane) {
+    if (vec)
+      staged_split_lane<B, XGlobal, true>(a, value, stage.data(), a.x, v.first, rows, slots.data(), lane);
+    else
+      staged_split_lane<B, XGlobal, false>(a, value, stage.data(), a.x, v.first, rows, slots.data(), lane);
+  }
+  emulate_warp_sums<B>(a, slots.data(), rows, uint32_t(v.first / a.k));
   return ok;
 }
 
@@ -177,6 +209,21 @@ inline bool emulate_tile_block(const StreamView& s, uint64_t tile, const uint8_t
       a.y[size_t(b) * a.n_rows + row] = tile_with_escapes(a, uint32_t(row), b, sum);
     }
   }
+  return ok;
+}
+
+// The staged lossless GEMV over a stream: `multi` the multi-symbol table, `values` its value
+// entries (for each symbol's 16 bits, as the kernel builds them). Returns false if a lane overran.
+template <int B>
+inline bool emulate_staged_split_gemv(const StreamView& s, const uint8_t* count, const uint32_t* multi,
+                                      const uint64_t* values, const uint8_t* lengths, const SplitArgs& a) {
+  uint16_t value[256] = {0};
+  for (uint32_t i = 0; i < kTableSize; ++i) split_value_of_entry(multi, values, i, value);
+  std::vector<uint8_t> stage;
+  std::vector<float> slots;
+  bool ok = true;
+  for (uint64_t c = 0; c < s.n_chunks; ++c)
+    ok &= emulate_staged_split_chunk<B>(s, c, count, multi, lengths, a, value, stage, slots);
   return ok;
 }
 

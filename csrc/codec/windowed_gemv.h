@@ -246,11 +246,28 @@ inline void affine_values(float zc, uint16_t value[256]) {
 
 // Where a sink reads x: XGlobal through the read-only cache, XShared with plain loads from a
 // block's copy in shared memory (windowed_cuda.cu: kXShared), where __ldg does not apply.
+// load4: four floats from a 16-byte aligned address, one vector load on a GPU.
 struct XGlobal {
   PYCODEC_HD static float load(const float* p) { return PYCODEC_LOAD(p); }
+  PYCODEC_HD static void load4(const float* p, float out[4]) {
+#if defined(__CUDA_ARCH__)
+    const float4 v = __ldg(reinterpret_cast<const float4*>(p));
+    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+#else
+    std::memcpy(out, p, 16);
+#endif
+  }
 };
 struct XShared {
   PYCODEC_HD static float load(const float* p) { return *p; }
+  PYCODEC_HD static void load4(const float* p, float out[4]) {
+#if defined(__CUDA_ARCH__)
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+#else
+    std::memcpy(out, p, 16);
+#endif
+  }
 };
 
 template <int B, class X>
@@ -523,6 +540,99 @@ PYCODEC_HD void write_split_chunk(const SplitDecodeArgs& a, const uint16_t* valu
     write_split_pieces<false>(value, stage, raw, bit, low, out, lead, pieces, lane);
   for (uint32_t j = lead + pieces * kSplitPiece + lane; j < m; j += 32)
     out[j] = split_weight(value, stage[j], raw, bit + j * low, low);
+}
+
+// ---------------------------------------------------------------------------- lossless GEMV, staged
+
+// The lossless GEMV's staged route (windowed_cuda.cu: staged_split_gemv_kernel). The fused route
+// (SplitSink) multiplies each weight where its lane decodes it, so a warp's loads of x and of the
+// raw bits touch ~32 cache lines (lanes hold runs ~K/32 apart; ncu on an H200: most stall cycles
+// waited on L1). Here the warp decodes its chunk's symbols into a stage in shared memory (the
+// decode kernel's pass 2, RunByteSink), then lane j takes pieces j, j + 32, ... of 8 columns of
+// each row: value[symbol] | raw field, as floats, times x. A warp's raw loads and x loads are
+// then contiguous. The tables are the multi-symbol table (16 KiB, not the 32 KiB of value
+// entries) and each symbol's 16-bit value (split_value_of_entry), in shared memory.
+constexpr uint32_t kStagedGemvMaxChunk = 16384;  // symbols: a stage any sm_80+ block can hold
+
+// Whether a lossless GEMV may take the staged route: rows of whole pieces (K % 8 == 0, so every
+// piece lies in one row, 8-byte aligned in the stage) and chunks of at most kStagedGemvMaxChunk
+// symbols. It depends on the weight only, so the emulation takes the route the kernel takes.
+PYCODEC_HD bool split_gemv_stages(uint32_t k, uint32_t chunk_symbols) {
+  return k % kSplitPiece == 0 && chunk_symbols <= kStagedGemvMaxChunk;
+}
+
+// value[s] from table entry i: an entry's first slot holds its first code's symbol (multi-symbol
+// table) and that symbol's value (value entries). Every symbol of the code is some entry's first.
+PYCODEC_HD void split_value_of_entry(const uint32_t* multi, const uint64_t* values, uint32_t i, uint16_t* value) {
+  value[entry_symbol(multi[i], 0)] = uint16_t(PYCODEC_LOAD(values + i));
+}
+
+// 8 symbols of the stage from an 8-byte aligned place, the first in the low byte.
+PYCODEC_HD uint64_t stage_symbols8(const uint8_t* p) {
+#if defined(__CUDA_ARCH__)
+  const uint2 pair = *reinterpret_cast<const uint2*>(p);
+  return (uint64_t(pair.y) << 32) | pair.x;
+#else
+  uint64_t v;
+  std::memcpy(&v, p, 8);  // little-endian hosts only, as the whole codec
+  return v;
+#endif
+}
+
+// x[column][0 .. B) into out; kVec: x is 16-byte aligned, so rows of 4, 8 or 16 floats are
+// vector loads (the values, and so the sums, are the same either way).
+template <int B, class X, bool kVec>
+PYCODEC_HD void load_x_column(const float* p, float out[B]) {
+  if (kVec && B % 4 == 0) {
+    for (int q = 0; q < B / 4; ++q) X::load4(p + 4 * q, out + 4 * q);
+  } else {
+    for (int b = 0; b < B; ++b) out[b] = X::load(p + b);
+  }
+}
+
+// One lane's share of a staged chunk: the chunk's `rows` rows are stage[0, rows * K) (weights
+// from tensor position `first`); its partial sums of each (row, b) go to slots[row][b][lane],
+// as SplitSink's do, for the same butterfly. Per piece: 8 symbols in one load, their raw
+// fields in at most three, the 8 weights built as in write_split_chunk, then 8 multiply-adds per
+// batch row in column order.
+template <int B, class X, bool kVec>
+PYCODEC_HD void staged_split_lane(const SplitArgs& a, const uint16_t* value, const uint8_t* stage, const float* x,
+                                  uint64_t first, uint32_t rows, float* slots, uint32_t lane) {
+  const uint64_t first_bit = first * a.low;
+  const uint32_t* raw = a.raw + (first_bit >> 5);
+  const uint32_t bit0 = uint32_t(first_bit & 31u), low = a.low, mask = (1u << low) - 1u;
+  const uint32_t pieces = a.k / kSplitPiece;
+  for (uint32_t r = 0; r < rows; ++r) {
+    float acc[B];
+    for (int b = 0; b < B; ++b) acc[b] = 0.f;
+    for (uint32_t p = lane; p < pieces; p += 32) {
+      const uint32_t c = p * kSplitPiece, j = r * a.k + c;
+      const uint64_t sym = stage_symbols8(stage + j);
+      const uint64_t fields = raw_fields8(raw, bit0 + j * low);
+      const float* xp = x + size_t(c) * B;
+      float xs8[kSplitPiece];
+      if (B == 1) {  // the piece's 8 columns of x: two vector loads
+        if (kVec) {
+          X::load4(xp, xs8);
+          X::load4(xp + 4, xs8 + 4);
+        } else {
+          for (uint32_t i = 0; i < kSplitPiece; ++i) xs8[i] = X::load(xp + i);
+        }
+      }
+      for (uint32_t i = 0; i < kSplitPiece; ++i) {
+        const uint32_t h = value[uint8_t(sym >> (8 * i))] | (uint32_t(fields >> (64 - low * (i + 1))) & mask);
+        const float w = bits_float(h << 16);
+        if (B == 1) {
+          acc[0] = fmaf(xs8[i], w, acc[0]);
+        } else {
+          float xb[B];
+          load_x_column<B, X, kVec>(xp + i * B, xb);
+          for (int b = 0; b < B; ++b) acc[b] = fmaf(xb[b], w, acc[b]);
+        }
+      }
+    }
+    for (int b = 0; b < B; ++b) slots[(r * B + b) * 32 + lane] = acc[b];
+  }
 }
 
 // ---------------------------------------------------------------------------- launch arguments

@@ -97,6 +97,11 @@ uint32_t set_gemv_x_shared_bytes(uint32_t bytes);
 uint32_t gemv_x_shared_bytes();
 uint32_t set_decode_stage_symbols(uint32_t symbols);
 uint32_t decode_stage_symbols_limit();
+// split gemv staged: 1 (default) sends lossless GEMVs to the staged kernel where
+//   windowed::split_gemv_stages allows (K % 8 == 0, chunks <= 16384 symbols), 0 always to the
+//   fused one. The two add in different orders; the host twins take the setting as an argument.
+uint32_t set_split_gemv_staged(uint32_t on);
+uint32_t split_gemv_staged();
 
 // y = x W^T for a lossless split bf16 weight (value entries hold values[s] << low).
 Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_table_dev, const uint32_t* table_dev,

@@ -198,6 +198,22 @@ __device__ __forceinline__ void stage_x(float* x_smem, const float* __restrict__
   for (uint32_t i = n_vec * 4 + threadIdx.x; i < n; i += blockDim.x) x_smem[i] = __ldg(x + i);
 }
 
+// A warp's slots[row][b][lane] summed over the lanes with a fixed butterfly (the emulation's
+// butterfly_sum), into y with the row's escapes: the GEMVs' epilogue.
+template <int B, class Args>
+__device__ __forceinline__ void warp_sums(const Args& a, const float* warp_slots, uint32_t rows, uint32_t first_row,
+                                          uint32_t lane) {
+  for (uint32_t row = 0; row < rows; ++row) {
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      float t = warp_slots[(row * B + b) * 32 + lane];
+#pragma unroll
+      for (int off = 16; off > 0; off /= 2) t += __shfl_xor_sync(kFullMask, t, off);
+      if (lane == 0) a.y[size_t(b) * a.n_rows + first_row + row] = windowed::with_escapes<B>(a, first_row + row, b, t);
+    }
+  }
+}
+
 // kXShared: the sinks read x from the block's shared copy (stage_x) instead of global memory.
 // Lanes hold runs of consecutive columns about K / 32 apart, so every load of x by a warp touches
 // ~32 different cache lines: through L1 that is ~32 wavefronts an instruction, and on an H200 the
@@ -242,15 +258,67 @@ __global__ void gemv_kernel(const StreamView s, const Args a,
     windowed::gemv_lane(table_smem, aux_smem, reader, r.count, sink);
   }
   __syncwarp();
-  for (uint32_t row = 0; row < rows; ++row) {
-#pragma unroll
-    for (int b = 0; b < B; ++b) {
-      float t = warp_slots[(row * B + b) * 32 + lane];
-#pragma unroll
-      for (int off = 16; off > 0; off /= 2) t += __shfl_xor_sync(kFullMask, t, off);
-      if (lane == 0) a.y[size_t(b) * a.n_rows + first_row + row] = windowed::with_escapes<B>(a, first_row + row, b, t);
-    }
+  warp_sums<B>(a, warp_slots, rows, first_row, lane);
+}
+
+// The lossless GEMV's staged route (windowed_gemv.h: staged_split_lane): each warp decodes its
+// chunk into a stage in shared memory (as decode_kernel<kStagedSplit>), then its lanes multiply
+// pieces of 8 columns, so that a warp's raw-bit and x loads are contiguous. Shared memory: the
+// multi-symbol table and code lengths + count table, each symbol's 16-bit value, the warps'
+// slots, their stages, and x where it fits (kXShared).
+template <int B, bool kXShared>
+__global__ void staged_split_gemv_kernel(const StreamView s, const windowed::SplitArgs a,
+                                         const uint64_t* __restrict__ values, const uint32_t* __restrict__ table,
+                                         uint32_t max_rows, uint32_t stage_bytes) {
+  __shared__ __align__(16) uint32_t table_smem[windowed::kTableSize];
+  __shared__ __align__(16) uint8_t aux_smem[kAuxBytes];
+  __shared__ uint16_t value_smem[256];
+  extern __shared__ __align__(16) unsigned char smem[];  // slots, stages, then (kXShared) x
+  const uint32_t warps = blockDim.x / 32;
+  float* slots = reinterpret_cast<float*>(smem);
+  uint8_t* stages = smem + size_t(warps) * max_rows * B * 32 * sizeof(float);
+  const float* x = a.x;
+  if constexpr (kXShared) {
+    float* x_smem = reinterpret_cast<float*>(stages + size_t(warps) * stage_bytes);
+    stage_x<B>(x_smem, a.x, a.k);
+    x = x_smem;
   }
+  for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) value_smem[i] = 0;  // symbols no entry names
+  bool tables_ok = load_tables(table_smem, aux_smem, table, reinterpret_cast<const uint8_t*>(table + windowed::kTableSize));
+  for (uint32_t i = threadIdx.x; i < windowed::kTableSize; i += blockDim.x)
+    windowed::split_value_of_entry(table_smem, values, i, value_smem);
+  __syncthreads();
+
+  const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const uint64_t c = uint64_t(blockIdx.x) * warps + warp;
+  if (c >= s.n_chunks) return;  // whole warp
+  const ChunkView v = windowed::chunk_view(s, c);
+  const uint32_t rows = v.m / a.k, first_row = uint32_t(v.first / a.k);
+  if (!tables_ok) {  // tables that are not a code's: the rows say so (NaN) instead of hanging
+    for (uint32_t i = lane; i < rows * B; i += 32) a.y[size_t(i % B) * a.n_rows + first_row + i / B] = __int_as_float(0x7FC00000);
+    return;
+  }
+  const windowed::LaneRange r = warp_lane_range(v, s, table_smem, aux_smem, lane);
+  uint8_t* stage = stages + size_t(warp) * stage_bytes;
+  if (__any_sync(kFullMask, r.overrun)) {  // a corrupt chunk: what a lane refuses reads as symbol 0
+    for (uint32_t i = lane; i < v.m; i += 32) stage[i] = 0;
+    __syncwarp();
+  }
+  if (lane < s.lanes) {
+    windowed::FastReader reader;
+    reader.init(v.words, 0, lane * windowed::lane_window_bits(v.n_words, s.lanes));
+    windowed::RunByteSink sink{stage + r.start};
+    windowed::decode_count(table_smem, aux_smem, reader, r.count, sink);
+  }
+  __syncwarp();
+  float* warp_slots = slots + size_t(warp) * max_rows * B * 32;
+  using X = std::conditional_t<kXShared, windowed::XShared, windowed::XGlobal>;
+  if ((reinterpret_cast<uintptr_t>(x) & 15u) == 0)
+    windowed::staged_split_lane<B, X, true>(a, value_smem, stage, x, v.first, rows, warp_slots, lane);
+  else
+    windowed::staged_split_lane<B, X, false>(a, value_smem, stage, x, v.first, rows, warp_slots, lane);
+  __syncwarp();
+  warp_sums<B>(a, warp_slots, rows, first_row, lane);
 }
 
 // ---------------------------------------------------------------------------- tile: decode to shared memory + MMA
@@ -488,6 +556,56 @@ Status dispatch_gemv(uint32_t batch, const StreamView& s, const Args& a, const E
 }
 
 
+std::atomic<uint32_t> staged_gemv_setting{1};
+
+constexpr size_t kStaticStagedSmem = windowed::kTableSize * sizeof(uint32_t) + kAuxBytes + 256 * sizeof(uint16_t);
+
+// Shared memory of a staged GEMV block: per warp its slots and its stage, then (kXShared) x.
+template <int B>
+Status launch_staged_split(const StreamView& s, const windowed::SplitArgs& a, const uint64_t* values,
+                           const uint32_t* table, cudaStream_t cs) {
+  const uint32_t max_rows = s.chunk_symbols / a.k;
+  const uint32_t stage_bytes = (s.chunk_symbols + 15u) & ~15u;
+  const size_t per_warp = size_t(max_rows) * B * 32 * sizeof(float) + stage_bytes;
+  const size_t x_bytes = size_t(a.k + windowed::kXPadRows) * B * sizeof(float);
+  const size_t device_smem = max_block_smem();
+  const size_t dynamic_max = device_smem > kStaticStagedSmem ? device_smem - kStaticStagedSmem : 0;
+  const uint32_t shared_warps = x_bytes <= x_shared_bytes.load(std::memory_order_relaxed)
+                                    ? block_warps(s, x_bytes, per_warp, dynamic_max) : 0;
+  if (shared_warps > 0) {
+    constexpr auto kKernel = staged_split_gemv_kernel<B, true>;
+    const size_t smem = shared_warps * per_warp + x_bytes;
+    const Status st = opt_in_smem<kKernel>(smem, dynamic_max);
+    if (st != Status::Ok) return st;
+    kKernel<<<grid_of(s, shared_warps), shared_warps * 32, smem, cs>>>(s, a, values, table, max_rows, stage_bytes);
+  } else {
+    constexpr auto kKernel = staged_split_gemv_kernel<B, false>;
+    const uint32_t warps = block_warps(s, 0, per_warp, dynamic_max);
+    if (warps == 0) return Status::TooLarge;
+    const size_t smem = warps * per_warp;
+    const Status st = opt_in_smem<kKernel>(smem, dynamic_max);
+    if (st != Status::Ok) return st;
+    kKernel<<<grid_of(s, warps), warps * 32, smem, cs>>>(s, a, values, table, max_rows, stage_bytes);
+  }
+  return from_cuda(cudaGetLastError());
+}
+
+Status dispatch_staged_split(uint32_t batch, const StreamView& s, const windowed::SplitArgs& a, const uint64_t* values,
+                             const uint32_t* table, cudaStream_t cs) {
+  switch (batch) {
+    case 1: return launch_staged_split<1>(s, a, values, table, cs);
+    case 2: return launch_staged_split<2>(s, a, values, table, cs);
+    case 3: return launch_staged_split<3>(s, a, values, table, cs);
+    case 4: return launch_staged_split<4>(s, a, values, table, cs);
+    case 5: return launch_staged_split<5>(s, a, values, table, cs);
+    case 6: return launch_staged_split<6>(s, a, values, table, cs);
+    case 7: return launch_staged_split<7>(s, a, values, table, cs);
+    case 8: return launch_staged_split<8>(s, a, values, table, cs);
+    case 16: return launch_staged_split<16>(s, a, values, table, cs);
+    default: return Status::BadArgument;
+  }
+}
+
 template <int NT, bool kHalf>
 Status launch_tile(const StreamView& s, const windowed::TileArgs& a, const uint32_t* table, cudaStream_t cs) {
   const size_t smem = windowed::tile_smem_bytes(a.k);
@@ -528,6 +646,9 @@ uint32_t set_decode_stage_symbols(uint32_t symbols) {
   return decode_stage_symbols.exchange(clamp_setting(symbols, 0, kMaxDecodeStageSymbols));
 }
 uint32_t decode_stage_symbols_limit() { return decode_stage_symbols.load(std::memory_order_relaxed); }
+
+uint32_t set_split_gemv_staged(uint32_t on) { return staged_gemv_setting.exchange(clamp_setting(on, 0, 1)); }
+uint32_t split_gemv_staged() { return staged_gemv_setting.load(std::memory_order_relaxed); }
 
 Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev, uint8_t* out_dev,
                        uint32_t* status_dev, uintptr_t stream) {
@@ -601,8 +722,10 @@ Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_
   if (st == Status::Ok) st = check_grid(s);
   if (st != Status::Ok || s.n_chunks == 0) return st;
   const uint8_t* aux = reinterpret_cast<const uint8_t*>(table_dev + windowed::kTableSize);
-  return dispatch_gemv<windowed::SplitSink>(batch, s, a, value_table_dev, aux,
-                                            reinterpret_cast<cudaStream_t>(stream));
+  const cudaStream_t cs = reinterpret_cast<cudaStream_t>(stream);
+  if (staged_gemv_setting.load(std::memory_order_relaxed) && windowed::split_gemv_stages(a.k, s.chunk_symbols))
+    return dispatch_staged_split(batch, s, a, value_table_dev, table_dev, cs);
+  return dispatch_gemv<windowed::SplitSink>(batch, s, a, value_table_dev, aux, cs);
 }
 
 Status split_merge(const uint8_t* symbols_dev, uint64_t n, const uint16_t* values_dev, const uint32_t* raw_dev,

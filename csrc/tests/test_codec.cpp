@@ -1290,6 +1290,55 @@ static void test_split_decode_emulation() {
   }
 }
 
+// The staged lossless GEMV's emulation against the fused one's on valid streams (the same
+// weights, summed in another order: within a few ulps of each other), and both on mutated
+// payloads: they stay inside their buffers (ASan) and refuse or return rows, never crash.
+static void test_staged_split_gemv_emulation() {
+  using namespace windowed;
+  std::mt19937 rng(37);
+  const uint32_t n_rows = 48, k = 200, low = 5, top = 11;
+  for (uint32_t rows_per_chunk : {1u, 3u}) {
+    std::vector<uint8_t> sym(size_t(n_rows) * k);
+    std::normal_distribution<double> g(64.0, 6.0);
+    for (auto& v : sym) v = uint8_t(std::min(127.0, std::max(0.0, std::round(g(rng)))));
+    std::vector<uint8_t> blob;
+    const uint64_t shape[2] = {n_rows, k};
+    EncodeOptions opt;
+    opt.chunk_symbols = rows_per_chunk * k;
+    CHECK(encode(sym.data(), shape, 2, opt, &blob) == Status::Ok);
+    std::vector<uint32_t> values(128);
+    for (uint32_t v = 0; v < 128; ++v)  // bf16 tops of +-2^-8 .. +-1.75: sign, exponent 119..127, 2 mantissa bits
+      values[v] = ((v & 1u) << (top - 1)) | ((119u + (v >> 1) % 9) << 2) | ((v >> 4) & 3u);
+    const uint64_t raw_words = (uint64_t(n_rows) * k * low + 31) / 32;
+    std::vector<uint32_t> raw(raw_words + kSlackWords);
+    for (uint64_t w = 0; w < raw_words; ++w) raw[w] = rng();
+    for (uint32_t batch : {1u, 3u, 16u}) {
+      std::vector<float> x((k + kXPadRows) * batch, 0.f);
+      std::uniform_real_distribution<float> u(-1.f, 1.f);
+      for (uint32_t i = 0; i < k * batch; ++i) x[i] = u(rng);
+      auto run = [&](const std::vector<uint8_t>& b, bool staged, std::vector<float>& y) {
+        y.assign(size_t(batch) * n_rows + 1, 7.f);  // canary at the end
+        SplitArgs a{x.data(), raw.data(), raw_words, n_rows, k, low, y.data()};
+        return emulate_gemv_split(b.data(), b.size(), values.data(), 128, a, batch, staged);
+      };
+      std::vector<float> ys, yf;
+      CHECK(run(blob, true, ys) == Status::Ok && run(blob, false, yf) == Status::Ok);
+      bool close = true;
+      for (size_t i = 0; i + 1 < ys.size(); ++i) close &= std::fabs(ys[i] - yf[i]) <= 1e-4f * (1.f + std::fabs(yf[i]));
+      CHECK(close && ys.back() == 7.f);
+      StreamInfo info;
+      CHECK(parse_header(blob.data(), blob.size(), &info) == Status::Ok);
+      for (int trial = 0; trial < 40; ++trial) {
+        std::vector<uint8_t> bad = blob;
+        for (int j = 0; j < 1 + trial % 4; ++j)
+          bad[info.payload_offset + rng() % (bad.size() - info.payload_offset)] = uint8_t(rng());
+        const Status st = run(bad, true, ys);
+        CHECK((st == Status::Ok || st == Status::CorruptPayload) && ys.back() == 7.f);
+      }
+    }
+  }
+}
+
 int main() {
   test_package_merge_limits_lengths();
   test_package_merge_optimal_on_dyadic();
@@ -1315,6 +1364,7 @@ int main() {
   test_encode_split();
   test_split_sink_weights();
   test_split_decode_emulation();
+  test_staged_split_gemv_emulation();
   test_affine_dequantization();
   test_affine_matvec();
   test_quantizers();

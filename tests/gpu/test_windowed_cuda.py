@@ -112,14 +112,23 @@ def test_fused_rate_with_escapes_equals_emulation_bitwise(batch, x_placement):
     np.testing.assert_array_equal(got, emulate_affine(packed, xe)[:batch])
 
 
-@pytest.mark.parametrize("n,k,batch", [(64, 256, 1), (40, 576, 4), (9, 96, 2), (1536, 576, 1), (576, 1536, 8),
-                                       (256, 4096, 3), (128, 12288, 2)])
-def test_fused_split_equals_emulation_bitwise(n, k, batch, x_placement):
+@pytest.fixture(params=[1, 0], ids=["staged", "fused"])
+def split_route(request):
+    """Both lossless GEMVs (_C.split_gemv_staged): the staged one where K % 8 == 0, and the fused one.
+    The emulation follows the same setting."""
+    with cuda_ops.kernel_settings(split_gemv_staged=request.param):
+        yield request.param
+
+
+@pytest.mark.parametrize("n,k,batch,rows", [(64, 256, 1, 1), (40, 576, 4, 1), (9, 96, 2, 4), (1536, 576, 1, 1),
+                                            (576, 1536, 8, 1), (256, 4096, 3, 1), (128, 12288, 2, 1),
+                                            (30, 200, 16, 2), (20, 100, 5, 1)])
+def test_fused_split_equals_emulation_bitwise(n, k, batch, rows, x_placement, split_route):
     from pycodec import gpu
 
     rng = rng_for("split-gpu", n, k, batch)
     w = torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32) * 0.03).to(torch.bfloat16)
-    packed, _ = compress_weight(w, CompressionConfig(mode="lossless"))
+    packed, _ = compress_weight(w, CompressionConfig(mode="lossless", chunk_symbols=rows * k))
     info = gpu.weight_info(packed)
     kb = {k_: v.cuda() for k_, v in gpu.kernel_buffers(packed, info).items()}
     p = to_cuda(packed)
