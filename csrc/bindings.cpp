@@ -987,12 +987,13 @@ PYBIND11_MODULE(_C, m) {
             x.size != py::ssize_t(k + windowed::kXPadRows) * batch || o.itemsize != 4 ||
             o.size != py::ssize_t(batch) * n_rows)
           throw CodecException("emulate_gemv_split: argument sizes do not match the weight and batch");
-        std::vector<uint32_t> words(size_t(r.size) / 4);
-        if (!words.empty()) std::memcpy(words.data(), r.ptr, size_t(r.size));
+        // The kernels' readable slack after the raw bits (their readers load ahead, unchecked).
+        std::vector<uint32_t> words(size_t(r.size) / 4 + windowed::kSlackWords, 0);
+        if (r.size) std::memcpy(words.data(), r.ptr, size_t(r.size));
         windowed::SplitArgs a;
         a.x = static_cast<const float*>(x.ptr);
         a.raw = words.data();
-        a.raw_words = words.size();
+        a.raw_words = size_t(r.size) / 4;
         a.n_rows = n_rows;
         a.k = k;
         a.low = uint32_t(16 - top);

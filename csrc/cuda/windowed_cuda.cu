@@ -285,6 +285,8 @@ __global__ void staged_split_gemv_kernel(const StreamView s, const windowed::Spl
   }
   for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) value_smem[i] = 0;  // symbols no entry names
   bool tables_ok = load_tables(table_smem, aux_smem, table, reinterpret_cast<const uint8_t*>(table + windowed::kTableSize));
+  // Entries that share a first symbol store the same value (the value entries are built from the
+  // code: emulate.h, build_value_table), so which thread writes last does not matter.
   for (uint32_t i = threadIdx.x; i < windowed::kTableSize; i += blockDim.x)
     windowed::split_value_of_entry(table_smem, values, i, value_smem);
   __syncthreads();
