@@ -11,9 +11,10 @@
 #   what is left, whichever is less; a stage with under 20 s left is skipped.
 # - A stage that fails or overruns is recorded and the next one still runs, so failing tests
 #   never cost the benchmarks. Only a failed build stops the run.
-# - STAGES picks the stages (default: build gpu-tests smollm2 gpu-suite sanitizer streaming). A
-#   second call on the still-warm machine can run what the first had no time for, e.g.
-#   STAGES="smollm2 streaming" make gpu-check (the build from the first call is kept there).
+# - STAGES picks the stages (default: build gpu-tests smollm2 gpu-suite sanitizer streaming; also
+#   profile: ncu over bench/profile_kernels.py). A second call on the still-warm machine can run
+#   what the first had no time for, e.g. STAGES="smollm2 profile streaming" make gpu-check (the
+#   build from the first call is kept there).
 # - smollm2 runs once every part of SmolLM2's GGUF is in $CARRY (make gpu-smollm2 here: two
 #   parts, one carried by each call); until then it is listed as skipped.
 # - $OUT/gpu_check_summary.txt lists every stage's exit status and seconds (124: its time
@@ -113,6 +114,18 @@ if wanted sanitizer; then
     done
   else
     echo "compute-sanitizer not found: skipped" | tee -a "$SUMMARY"
+  fi
+fi
+
+if wanted profile; then
+  # Nsight Compute on one launch of each kernel in question (bench/profile_kernels.py): issue rate,
+  # stall reasons, L1 wavefronts, occupancy. Not in the default STAGES: a second call's work.
+  if command -v ncu >/dev/null; then
+    stage profile 150 "$OUT/ncu_profile.log" ncu --profile-from-start off --csv --page details \
+      --log-file "$OUT/ncu_kernels.csv" --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section MemoryWorkloadAnalysis "$PY" bench/profile_kernels.py
+  else
+    printf '%-28s skipped: ncu not found\n' profile | tee -a "$SUMMARY"
   fi
 fi
 

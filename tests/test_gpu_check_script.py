@@ -27,12 +27,17 @@ STUB_SANITIZER = """#!/usr/bin/env bash
 echo "sanitizer $*" >> "$STUB_LOG"
 exit "${STUB_SANITIZER_RC:-0}"
 """
+STUB_NCU = """#!/usr/bin/env bash
+echo "ncu $*" >> "$STUB_LOG"
+exit 0
+"""
 
 
-def run_check(tmp_path: Path, **env) -> tuple[int, list[str], str]:
+def run_check(tmp_path: Path, ncu: bool = False, **env) -> tuple[int, list[str], str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for name, text in (("fake_python", STUB_PY), ("compute-sanitizer", STUB_SANITIZER)):
+    stubs = (("fake_python", STUB_PY), ("compute-sanitizer", STUB_SANITIZER)) + ((("ncu", STUB_NCU),) if ncu else ())
+    for name, text in stubs:
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     log, out, wheels, carry = tmp_path / "calls.log", tmp_path / "out", tmp_path / "wheels", tmp_path / "carry"
@@ -137,3 +142,23 @@ def test_gpu_tests_run_without_the_cpu_suites_conftest(tmp_path):
     loaded = [line for line in probe.stdout.splitlines() if "PLUGIN registered" in line and "conftest" in line]
     assert any(str(ROOT / "tests" / "gpu" / "conftest.py") in line for line in loaded), loaded
     assert not any(str(ROOT / "tests" / "conftest.py") in line for line in loaded), loaded
+
+
+@pytest.mark.parametrize("ncu", [True, False])
+def test_profile_stage_runs_ncu_over_the_kernel_script_when_asked(tmp_path, ncu):
+    """STAGES=profile: ncu over bench/profile_kernels.py (its CSV in $OUT), or a skip where ncu is
+    missing; the default stages never profile."""
+    if not ncu and any((Path(d) / "ncu").exists() for d in os.environ["PATH"].split(os.pathsep)):
+        pytest.skip("a real ncu on PATH")
+    rc, calls, summary = run_check(tmp_path, ncu=ncu, STAGES="profile")
+    profiled = [c for c in calls if c.startswith("ncu ")]
+    if ncu:
+        assert rc == 0, summary
+        assert len(profiled) == 1 and "profile_kernels.py" in profiled[0] and "--profile-from-start off" in profiled[0]
+        assert str(tmp_path / "out" / "ncu_kernels.csv") in profiled[0]
+    else:
+        assert rc == 0 and "skipped: ncu not found" in summary and not profiled  # as a missing compute-sanitizer
+    default = tmp_path / "default"
+    default.mkdir()
+    _, calls, _ = run_check(default, ncu=True)
+    assert calls and not any(c.startswith("ncu ") for c in calls)
