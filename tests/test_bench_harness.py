@@ -203,3 +203,14 @@ def test_free_device_memory_collects_a_model_that_accelerates_hooks_keep_alive(m
         assert weight() is None
     finally:
         gc.enable()
+
+
+def test_profile_kernels_script_says_why_it_cannot_run_without_a_gpu(capsys):
+    """bench/profile_kernels.py (gpu_check's profile stage) imports here and refuses cleanly."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the script would profile")
+    spec = importlib.util.spec_from_file_location("profile_kernels", os.path.join(ROOT, "bench", "profile_kernels.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main() == 2 and "no CUDA device" in capsys.readouterr().err
