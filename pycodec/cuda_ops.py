@@ -15,7 +15,7 @@ lossless weight without bounds tests: those tensors must sit in storage with tha
   windowed_decode       symbols of a stream, uint8 [n]
   windowed_gemv_affine  y = x W^T, W = (q - z) * s from the stream, batch 1..16, escapes in the epilogue
   windowed_tile_affine  the same for batch 1..128: 16 rows decoded into shared memory, tensor-core MMA
-  windowed_gemv_split   y = x W^T for a lossless split bf16 weight, batch 1..16
+  windowed_gemv_split   y = x W^T for a lossless split bf16 weight, batch 1..16 (staged or fused kernel)
   split_merge           the exact bf16 (or fp16) bits of a split weight from its decoded symbols
   windowed_decode_split both in one kernel: a split weight's exact bits from its stream and raw bits
   decode_symbols        legacy format-v1 streams (pycodec <= 0.1 checkpoints)

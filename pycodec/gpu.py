@@ -13,8 +13,9 @@ Dispatch (one place, ``linear``):
   affine (int / rate), v2 stream, batch 1..16, chunks of whole rows
         pycodec::windowed_gemv_affine: fused decode + dequant + GEMV, escapes in its epilogue
   lossless split bf16, v2 stream, batch 1..16, not exact_outputs
-        pycodec::windowed_gemv_split: fused decode + GEMV; weights bit-exact, only the
-        accumulation order differs from cuBLAS
+        pycodec::windowed_gemv_split: decode + GEMV in one kernel (where K % 8 == 0 the staged
+        kernel: chunks decoded into shared memory, then multiplied 8 columns a lane; else the
+        fused one); weights bit-exact, only the accumulation order differs from cuBLAS
   lossless split bf16 / fp16 otherwise
         pycodec::windowed_decode_split rebuilds the exact weight on the GPU in one kernel (chunks too
         long for shared memory: windowed_decode + split_merge), then cuBLAS F.linear: outputs
