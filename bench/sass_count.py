@@ -298,24 +298,23 @@ def main() -> None:
                                                         "count_pass": k["count_loop"] / (2 * y["codes_per_count_lookup"]),
                                                         "gemv_pass": k["gemv_loop"] / (2 * y["symbols_per_entry"])}
 
+    def staged_passes(k: dict, y: dict, last: str, last_loop: int) -> dict:
+        """Per weight: count pass, decode pass into shared memory, and `last` (8 weights an iteration)."""
+        return {"count_pass": k["count_loop"] / (2 * y["codes_per_count_lookup"]),
+                "decode_pass": k["decode_loop"] / (2 * y["symbols_per_entry"]), last: last_loop / 8}
+
     st = result["kernels"]["gemv lossless staged B=1"]
-    for model, modes in yields.items():
-        for mode, y in modes.items():
-            if mode.startswith("lossless") and st["decode_loop"] and st["dot_loop"]:
-                parts = {"count_pass": st["count_loop"] / (2 * y["codes_per_count_lookup"]),
-                         "decode_pass": st["decode_loop"] / (2 * y["symbols_per_entry"]),
-                         "dot_pass": st["dot_loop"] / 8}
-                result["per_symbol"][f"{model}, {mode}, staged"] = {
-                    "kernel": "gemv lossless staged B=1", "lane_instructions_per_symbol": sum(parts.values()),
-                    "count_pass": parts["count_pass"], "gemv_pass": parts["decode_pass"] + parts["dot_pass"]}
     k = result["kernels"]["decode lossless split to bf16"]
     result["split_decode_per_weight"] = {}
     for model, modes in yields.items():
-        for mode, y in modes.items():
-            if mode.startswith("lossless") and k["decode_loop"] and k["merge_loop_max"]:
-                parts = {"count_pass": k["count_loop"] / (2 * y["codes_per_count_lookup"]),
-                         "decode_pass": k["decode_loop"] / (2 * y["symbols_per_entry"]),
-                         "merge_pass": k["merge_loop_max"] / 8}
+        for mode, y in (m for m in modes.items() if m[0].startswith("lossless")):
+            if st["decode_loop"] and st["dot_loop"]:
+                parts = staged_passes(st, y, "dot_pass", st["dot_loop"])
+                result["per_symbol"][f"{model}, {mode}, staged"] = {
+                    "kernel": "gemv lossless staged B=1", "lane_instructions_per_symbol": sum(parts.values()),
+                    "count_pass": parts["count_pass"], "gemv_pass": parts["decode_pass"] + parts["dot_pass"]}
+            if k["decode_loop"] and k["merge_loop_max"]:
+                parts = staged_passes(k, y, "merge_pass", k["merge_loop_max"])
                 result["split_decode_per_weight"][f"{model}, {mode}"] = {
                     "lane_instructions_per_weight": sum(parts.values()), **parts}
     print(f"SASS of csrc/cuda/*.cu for {a.arch}: inner-loop instructions per iteration")

@@ -198,6 +198,25 @@ __device__ __forceinline__ void stage_x(float* x_smem, const float* __restrict__
   for (uint32_t i = n_vec * 4 + threadIdx.x; i < n; i += blockDim.x) x_smem[i] = __ldg(x + i);
 }
 
+// A GEMV warp's chunk (block x warps + warp), its rows and first row; false when the block has no
+// chunk for this warp (c is warp-uniform), or when the tables are not a code's: then the rows
+// say so (NaN) instead of a decoding loop hanging on them.
+template <int B, class Args>
+__device__ __forceinline__ bool gemv_warp_chunk(const StreamView& s, const Args& a, bool tables_ok, uint32_t lane,
+                                                ChunkView* v, uint32_t* rows, uint32_t* first_row) {
+  const uint64_t c = uint64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (c >= s.n_chunks) return false;
+  *v = windowed::chunk_view(s, c);
+  *rows = v->m / a.k;
+  *first_row = uint32_t(v->first / a.k);
+  if (!tables_ok) {
+    for (uint32_t i = lane; i < *rows * B; i += 32)
+      a.y[size_t(i % B) * a.n_rows + *first_row + i / B] = __int_as_float(0x7FC00000);
+    return false;
+  }
+  return true;
+}
+
 // A warp's slots[row][b][lane] summed over the lanes with a fixed butterfly (the emulation's
 // butterfly_sum), into y with the row's escapes: the GEMVs' epilogue.
 template <int B, class Args>
@@ -238,14 +257,9 @@ __global__ void gemv_kernel(const StreamView s, const Args a,
   const bool tables_ok = load_tables(table_smem, aux_smem, table, aux);
 
   const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const uint64_t c = uint64_t(blockIdx.x) * (blockDim.x / 32) + warp;
-  if (c >= s.n_chunks) return;  // whole warp
-  const ChunkView v = windowed::chunk_view(s, c);
-  const uint32_t rows = v.m / a.k, first_row = uint32_t(v.first / a.k);
-  if (!tables_ok) {  // tables that are not a code's: the rows say so (NaN) instead of hanging
-    for (uint32_t i = lane; i < rows * B; i += 32) a.y[size_t(i % B) * a.n_rows + first_row + i / B] = __int_as_float(0x7FC00000);
-    return;
-  }
+  ChunkView v;
+  uint32_t rows, first_row;
+  if (!gemv_warp_chunk<B>(s, a, tables_ok, lane, &v, &rows, &first_row)) return;  // whole warp
   float* warp_slots = slots + size_t(warp) * max_rows * B * 32;
   for (uint32_t i = 0; i < rows * B; ++i) warp_slots[i * 32 + lane] = 0.f;
 
@@ -292,14 +306,9 @@ __global__ void staged_split_gemv_kernel(const StreamView s, const windowed::Spl
   __syncthreads();
 
   const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const uint64_t c = uint64_t(blockIdx.x) * warps + warp;
-  if (c >= s.n_chunks) return;  // whole warp
-  const ChunkView v = windowed::chunk_view(s, c);
-  const uint32_t rows = v.m / a.k, first_row = uint32_t(v.first / a.k);
-  if (!tables_ok) {  // tables that are not a code's: the rows say so (NaN) instead of hanging
-    for (uint32_t i = lane; i < rows * B; i += 32) a.y[size_t(i % B) * a.n_rows + first_row + i / B] = __int_as_float(0x7FC00000);
-    return;
-  }
+  ChunkView v;
+  uint32_t rows, first_row;
+  if (!gemv_warp_chunk<B>(s, a, tables_ok, lane, &v, &rows, &first_row)) return;  // whole warp
   const windowed::LaneRange r = warp_lane_range(v, s, table_smem, aux_smem, lane);
   uint8_t* stage = stages + size_t(warp) * stage_bytes;
   if (__any_sync(kFullMask, r.overrun)) {  // a corrupt chunk: what a lane refuses reads as symbol 0
