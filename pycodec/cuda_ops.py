@@ -197,6 +197,15 @@ def _check_values(op: str, values: torch.Tensor) -> None:
         raise CodecError(f"{op}: values must be the int64 [{TABLE_ENTRIES}] value entries of kernel_tables()")
 
 
+def _check_raw(op: str, raw: torch.Tensor, n: int, low: int) -> int:
+    """The words of n raw fields of `low` bits, once `raw` is checked to be their bytes with the
+    kernels' slack after them."""
+    raw_words = (n * low + 31) // 32
+    if raw.dtype != torch.uint8 or raw.numel() != 4 * raw_words or not _has_slack(raw):
+        raise CodecError(f"{op}: raw must be the weight's {4 * raw_words} raw bytes, with slack after them")
+    return raw_words
+
+
 def _same_device(op: str, *tensors: torch.Tensor) -> torch.device:
     device = tensors[0].device
     if device.type != _KERNELS.device_type:
@@ -424,9 +433,7 @@ def _windowed_gemv_split(x, blob, table, values, raw, layout, top, n_rows, k):
         raise CodecError(f"{op}: unsupported shape: x {tuple(x.shape)}, weight [{n_rows}, {k}], top {top}")
     _check_values(op, values)
     low = 16 - top
-    raw_words = (layout[4] * low + 31) // 32
-    if raw.dtype != torch.uint8 or raw.numel() != 4 * raw_words or not _has_slack(raw):
-        raise CodecError(f"{op}: raw must be the weight's {4 * raw_words} raw bytes, with slack after them")
+    raw_words = _check_raw(op, raw, layout[4], low)
     x_t, _, padded = gemv_inputs(x, prefix=False)
     y = torch.empty((padded, n_rows), dtype=torch.float32, device=device)
     if n_rows:
@@ -492,9 +499,7 @@ def _windowed_decode_split(blob, table, value16, raw, layout, top):
     n, low = layout[4], 16 - top
     if value16.dtype != torch.int16 or value16.numel() != 256 or not value16.is_contiguous() or not 8 <= top <= 15:
         raise CodecError(f"{op}: value16 int16 [256], top in 8..15")
-    raw_words = (n * low + 31) // 32
-    if raw.dtype != torch.uint8 or raw.numel() != 4 * raw_words or not _has_slack(raw):
-        raise CodecError(f"{op}: raw must be the weight's {4 * raw_words} raw bytes, with slack after them")
+    raw_words = _check_raw(op, raw, n, low)
     if layout[5] > split_decode_max_chunk():
         raise CodecError(f"{op}: chunks of {layout[5]} symbols do not fit this device's shared memory "
                          f"(at most {split_decode_max_chunk()}): use windowed_decode + split_merge")

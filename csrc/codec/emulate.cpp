@@ -49,32 +49,21 @@ struct HostStream {
 template <template <int, class> class Sink, class Args, class Entry>
 Status run(const windowed::StreamView& s, const uint8_t* count, const Entry* table, const uint8_t* lengths,
            const Args& a, uint32_t batch) {
-  switch (batch) {
-#define PYCODEC_EMULATE_CASE(B) \
-  case B: return windowed::emulate_gemv<B, Sink>(s, count, table, lengths, a) ? Status::Ok : Status::CorruptPayload;
-    PYCODEC_EMULATE_CASE(1) PYCODEC_EMULATE_CASE(2) PYCODEC_EMULATE_CASE(3) PYCODEC_EMULATE_CASE(4)
-    PYCODEC_EMULATE_CASE(5) PYCODEC_EMULATE_CASE(6) PYCODEC_EMULATE_CASE(7) PYCODEC_EMULATE_CASE(8)
-    PYCODEC_EMULATE_CASE(16)
-#undef PYCODEC_EMULATE_CASE
-  }
-  return Status::BadArgument;
+  return windowed::with_batch(batch, Status::BadArgument, [&](auto b) {
+    return windowed::emulate_gemv<decltype(b)::value, Sink>(s, count, table, lengths, a) ? Status::Ok
+                                                                                          : Status::CorruptPayload;
+  });
 }
 
 // The staged lossless GEMV (windowed_gemv.h: split_gemv_stages) over a view, once the arguments
 // passed windowed::check_split.
 Status run_staged_split(const windowed::StreamView& s, const uint8_t* count, const uint32_t* multi,
                         const uint64_t* values, const uint8_t* lengths, const windowed::SplitArgs& a, uint32_t batch) {
-  switch (batch) {
-#define PYCODEC_EMULATE_CASE(B)                                                                              \
-  case B:                                                                                                    \
-    return windowed::emulate_staged_split_gemv<B>(s, count, multi, values, lengths, a) ? Status::Ok          \
-                                                                                      : Status::CorruptPayload;
-    PYCODEC_EMULATE_CASE(1) PYCODEC_EMULATE_CASE(2) PYCODEC_EMULATE_CASE(3) PYCODEC_EMULATE_CASE(4)
-    PYCODEC_EMULATE_CASE(5) PYCODEC_EMULATE_CASE(6) PYCODEC_EMULATE_CASE(7) PYCODEC_EMULATE_CASE(8)
-    PYCODEC_EMULATE_CASE(16)
-#undef PYCODEC_EMULATE_CASE
-  }
-  return Status::BadArgument;
+  return windowed::with_batch(batch, Status::BadArgument, [&](auto b) {
+    return windowed::emulate_staged_split_gemv<decltype(b)::value>(s, count, multi, values, lengths, a)
+               ? Status::Ok
+               : Status::CorruptPayload;
+  });
 }
 
 }  // namespace

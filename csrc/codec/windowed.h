@@ -650,21 +650,6 @@ PYCODEC_X86_V3_CLONES inline Status encode_chunk(const uint8_t* sym, uint32_t m,
   return Status::Ok;
 }
 
-// Symbols of the chunk into out[0, m): writes only there; validates everything.
-struct ByteSink {
-  uint8_t* out;
-  uint32_t limit;  // symbols the lane may write
-  bool overflow = false;
-  PYCODEC_HD void put(uint32_t e, uint32_t at) {
-    const uint32_t n = entry_count(e);
-    if (at + n > limit) {
-      overflow = true;
-      return;
-    }
-    for (uint32_t k = 0; k < n; ++k) out[at + k] = uint8_t(entry_symbol(e, int(k)));
-  }
-};
-
 // Lane l's first symbol, given the window counts of the lanes before it: the running sum,
 // clamped to the chunk (lanes after the one holding the chunk's last symbol are zeros and
 // may count phantom codes there; the clamp gives them none).

@@ -41,6 +41,17 @@ inline bool emulate_chunk_lanes(const StreamView& s, const ChunkView& v, const u
   return ok;
 }
 
+// A chunk's symbols decoded into a stage as the staged kernels do (decode_chunk_symbols): zeros
+// where a lane refused to decode. Returns false if a lane overran its window.
+inline bool emulate_stage_chunk(const StreamView& s, const ChunkView& v, const uint8_t* count, const uint32_t* table,
+                                const uint8_t* lengths, std::vector<uint8_t>& stage) {
+  stage.assign(v.m, 0);
+  return emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t, FastReader& reader, LaneRange r) {
+    RunByteSink sink{stage.data() + r.start};
+    decode_count(table, lengths, reader, r.count, sink);
+  });
+}
+
 // A warp's slots[row][b][lane] summed over the lanes by the kernels' butterfly, into y with the
 // row's escapes.
 template <int B, class Args>
@@ -78,11 +89,7 @@ inline bool emulate_staged_split_chunk(const StreamView& s, uint64_t c, const ui
                                        std::vector<uint8_t>& stage, std::vector<float>& slots) {
   const ChunkView v = chunk_view(s, c);
   const uint32_t rows = v.m / a.k;
-  stage.assign(v.m, 0);
-  const bool ok = emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t, FastReader& reader, LaneRange r) {
-    RunByteSink sink{stage.data() + r.start};
-    decode_count(table, lengths, reader, r.count, sink);
-  });
+  const bool ok = emulate_stage_chunk(s, v, count, table, lengths, stage);
   slots.assign(size_t(rows) * B * 32, 0.f);
   const bool vec = (reinterpret_cast<uintptr_t>(a.x) & 15u) == 0;
   for (uint32_t lane = 0; lane < 32; ++lane) {
@@ -114,11 +121,7 @@ inline bool emulate_split_decode_chunk(const StreamView& s, uint64_t c, const ui
                                        const uint8_t* lengths, const SplitDecodeArgs& a, const uint16_t* value,
                                        std::vector<uint8_t>& stage) {
   const ChunkView v = chunk_view(s, c);
-  stage.assign(v.m, 0);
-  const bool ok = emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t, FastReader& reader, LaneRange r) {
-    RunByteSink sink{stage.data() + r.start};
-    decode_count(table, lengths, reader, r.count, sink);
-  });
+  const bool ok = emulate_stage_chunk(s, v, count, table, lengths, stage);
   for (uint32_t lane = 0; lane < 32; ++lane) write_split_chunk(a, value, stage.data(), v.first, v.m, lane);
   return ok;
 }

@@ -38,6 +38,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "windowed.h"
 
@@ -682,6 +683,24 @@ inline bool tables_ok(const Entry* table, const uint8_t* count) {
 
 // The batch sizes the GEMV kernels are instantiated for: 1..8 and 16 (callers pad 9..15 to 16).
 inline bool batch_instantiated(uint32_t batch) { return (batch >= 1 && batch <= 8) || batch == 16; }
+
+// fn(std::integral_constant<int, B>{}) for B = batch, one of batch_instantiated's sizes: the one
+// list that the kernels' launches and their emulation instantiate. `other` for any other batch.
+template <class Result, class Fn>
+inline Result with_batch(uint32_t batch, Result other, Fn fn) {
+  switch (batch) {
+    case 1: return fn(std::integral_constant<int, 1>{});
+    case 2: return fn(std::integral_constant<int, 2>{});
+    case 3: return fn(std::integral_constant<int, 3>{});
+    case 4: return fn(std::integral_constant<int, 4>{});
+    case 5: return fn(std::integral_constant<int, 5>{});
+    case 6: return fn(std::integral_constant<int, 6>{});
+    case 7: return fn(std::integral_constant<int, 7>{});
+    case 8: return fn(std::integral_constant<int, 8>{});
+    case 16: return fn(std::integral_constant<int, 16>{});
+    default: return other;
+  }
+}
 
 // The buffers of an affine launch (AffineArgs, TileArgs: the same names): present where there
 // is work, aligned for their loads (x to x_align bytes), escapes complete when there are any.

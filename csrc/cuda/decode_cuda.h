@@ -75,8 +75,9 @@ uint32_t split_decode_max_chunk();
 Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value_table_dev, const uint32_t* table_dev,
                             const windowed::AffineArgs& a, uint32_t batch, uintptr_t stream);
 
-// Launch settings of windowed_decode and the fused GEMVs, read at each launch: for tuning and
-// side-by-side timings, since results are the same bits with any value. Each setter clamps its
+// Launch settings of windowed_decode and the GEMVs, read at each launch: for tuning and
+// side-by-side timings. Results are the same bits with any value of the first three; the last
+// picks between two lossless GEMVs that add in different orders. Each setter clamps its
 // value to the bounds below and returns the previous one; this build's kernels or stubs (no
 // CUDA) keep them alike.
 //   warps per block: one chunk a warp, 1..16, default 4 (fewer where shared memory or the chunk

@@ -114,6 +114,27 @@ __device__ __forceinline__ windowed::LaneRange warp_lane_range(const ChunkView& 
 
 // ---------------------------------------------------------------------------- decode
 
+// Pass 2 of a warp: every lane's range of the chunk's symbols into dst (the chunk's first symbol:
+// a stage in shared memory, or the output), through the multi-symbol table; each lane writes
+// [r.start, r.start + r.count), within [0, v.m) (lane_range). kClear: a chunk with a lane that
+// overran is zeroed first, so that what the lane refuses reads as symbol 0 (as in an unstaged
+// output, which starts as zeros).
+template <bool kClear>
+__device__ __forceinline__ void decode_chunk_symbols(uint8_t* dst, const ChunkView& v, const StreamView& s,
+                                                     const windowed::LaneRange& r, const uint32_t* table,
+                                                     const uint8_t* aux, uint32_t lane) {
+  if (kClear && __any_sync(kFullMask, r.overrun)) {
+    for (uint32_t i = lane; i < v.m; i += 32) dst[i] = 0;
+    __syncwarp();
+  }
+  if (lane < s.lanes) {
+    windowed::FastReader reader;
+    reader.init(v.words, 0, lane * windowed::lane_window_bits(v.n_words, s.lanes));
+    windowed::RunByteSink sink{dst + r.start};
+    windowed::decode_count(table, aux, reader, r.count, sink);
+  }
+}
+
 
 // A warp's chunk decoded into shared memory (kStaged) is then written out whole: consecutive lanes
 // store consecutive 16-byte pieces. Straight to global memory, each byte store of a warp lands in
@@ -166,16 +187,7 @@ __global__ void decode_kernel(const StreamView s, const uint32_t* __restrict__ t
   const windowed::LaneRange r = warp_lane_range(v, s, table_smem, aux_smem, lane);
   if (r.overrun) atomicOr(status, 1u);
   uint8_t* stage = stage_smem + size_t(warp) * stage_bytes;
-  if (kStaged && __any_sync(kFullMask, r.overrun)) {  // a corrupt chunk: what the lane refuses reads as symbol 0
-    for (uint32_t i = lane; i < v.m; i += 32) stage[i] = 0;
-    __syncwarp();
-  }
-  if (lane < s.lanes) {  // writes [r.start, r.start + r.count), within [0, v.m) (lane_range)
-    windowed::FastReader reader;
-    reader.init(v.words, 0, lane * windowed::lane_window_bits(v.n_words, s.lanes));
-    windowed::RunByteSink sink{(kStaged ? stage : out + v.first) + r.start};
-    windowed::decode_count(table_smem, aux_smem, reader, r.count, sink);
-  }
+  decode_chunk_symbols<kStaged>(kStaged ? stage : out + v.first, v, s, r, table_smem, aux_smem, lane);
   if constexpr (kStaged) {
     __syncwarp();
     if constexpr (kTo == DecodeTo::kStagedSplit)
@@ -311,16 +323,7 @@ __global__ void staged_split_gemv_kernel(const StreamView s, const windowed::Spl
   if (!gemv_warp_chunk<B>(s, a, tables_ok, lane, &v, &rows, &first_row)) return;  // whole warp
   const windowed::LaneRange r = warp_lane_range(v, s, table_smem, aux_smem, lane);
   uint8_t* stage = stages + size_t(warp) * stage_bytes;
-  if (__any_sync(kFullMask, r.overrun)) {  // a corrupt chunk: what a lane refuses reads as symbol 0
-    for (uint32_t i = lane; i < v.m; i += 32) stage[i] = 0;
-    __syncwarp();
-  }
-  if (lane < s.lanes) {
-    windowed::FastReader reader;
-    reader.init(v.words, 0, lane * windowed::lane_window_bits(v.n_words, s.lanes));
-    windowed::RunByteSink sink{stage + r.start};
-    windowed::decode_count(table_smem, aux_smem, reader, r.count, sink);
-  }
+  decode_chunk_symbols<true>(stage, v, s, r, table_smem, aux_smem, lane);
   __syncwarp();
   float* warp_slots = slots + size_t(warp) * max_rows * B * 32;
   using X = std::conditional_t<kXShared, windowed::XShared, windowed::XGlobal>;
@@ -518,103 +521,74 @@ size_t max_block_smem() {
   return size_t(bytes[device]);
 }
 
-// Shared memory of a GEMV block: tables, then each warp's slots, then (kXShared) x. Blocks of
-// fewer warps where the setting's would not fit the device; x from global memory where even one
-// warp's would not fit beside a shared x.
-template <int B, template <int, class> class Sink, class Args, class Entry>
-Status launch_gemv(const StreamView& s, const Args& a, const Entry* table, const uint8_t* aux, cudaStream_t cs) {
-  constexpr size_t kFixed = table_bytes<Entry>() + kAuxBytes;
-  const uint32_t max_rows = s.chunk_symbols / a.k;
-  const size_t per_warp = size_t(max_rows) * B * 32 * sizeof(float);
-  const size_t x_bytes = size_t(a.k + windowed::kXPadRows) * B * sizeof(float);
-  const size_t device_smem = max_block_smem();
+// A GEMV launch whose x may go to shared memory: kShared (x after the warps' space) where x fits
+// the setting and, with at least one warp, the block's `dynamic_max` bytes of dynamic shared
+// memory; else kGlobal. `fixed`: dynamic bytes before the warps' (tables, when a kernel keeps them
+// there), `per_warp` each warp's. Blocks of fewer warps than the setting's where they would not
+// fit. The kernels take (s, args...).
+template <auto kShared, auto kGlobal, class... KernelArgs>
+Status launch_x_placed(const StreamView& s, size_t fixed, size_t per_warp, size_t x_bytes, size_t dynamic_max,
+                       cudaStream_t cs, const KernelArgs&... args) {
   const uint32_t shared_warps = x_bytes <= x_shared_bytes.load(std::memory_order_relaxed)
-                                    ? block_warps(s, kFixed + x_bytes, per_warp, device_smem) : 0;
+                                    ? block_warps(s, fixed + x_bytes, per_warp, dynamic_max) : 0;
   if (shared_warps > 0) {
-    constexpr auto kKernel = gemv_kernel<B, Sink, Args, Entry, true>;
-    const size_t smem = kFixed + shared_warps * per_warp + x_bytes;
-    const Status st = opt_in_smem<kKernel>(smem, device_smem);
+    const size_t smem = fixed + shared_warps * per_warp + x_bytes;
+    const Status st = opt_in_smem<kShared>(smem, dynamic_max);
     if (st != Status::Ok) return st;
-    kKernel<<<grid_of(s, shared_warps), shared_warps * 32, smem, cs>>>(s, a, table, aux, max_rows);
+    kShared<<<grid_of(s, shared_warps), shared_warps * 32, smem, cs>>>(s, args...);
   } else {
-    constexpr auto kKernel = gemv_kernel<B, Sink, Args, Entry, false>;
-    const uint32_t warps = block_warps(s, kFixed, per_warp, device_smem);
+    const uint32_t warps = block_warps(s, fixed, per_warp, dynamic_max);
     if (warps == 0) return Status::TooLarge;
-    const size_t smem = kFixed + warps * per_warp;
-    const Status st = opt_in_smem<kKernel>(smem, device_smem);
+    const size_t smem = fixed + warps * per_warp;
+    const Status st = opt_in_smem<kGlobal>(smem, dynamic_max);
     if (st != Status::Ok) return st;
-    kKernel<<<grid_of(s, warps), warps * 32, smem, cs>>>(s, a, table, aux, max_rows);
+    kGlobal<<<grid_of(s, warps), warps * 32, smem, cs>>>(s, args...);
   }
   return from_cuda(cudaGetLastError());
 }
 
-// The one list of batch instantiations: 1..8 and 16 (the caller pads 9..15 to 16).
+// Shared memory of a GEMV block: tables, then each warp's slots, then (kXShared) x.
+template <int B, template <int, class> class Sink, class Args, class Entry>
+Status launch_gemv(const StreamView& s, const Args& a, const Entry* table, const uint8_t* aux, cudaStream_t cs) {
+  const uint32_t max_rows = s.chunk_symbols / a.k;
+  return launch_x_placed<gemv_kernel<B, Sink, Args, Entry, true>, gemv_kernel<B, Sink, Args, Entry, false>>(
+      s, table_bytes<Entry>() + kAuxBytes, size_t(max_rows) * B * 32 * sizeof(float),
+      size_t(a.k + windowed::kXPadRows) * B * sizeof(float), max_block_smem(), cs, a, table, aux, max_rows);
+}
+
+// Batches 1..8 and 16 (the caller pads 9..15 to 16): windowed::with_batch's list.
 template <template <int, class> class Sink, class Args, class Entry>
 Status dispatch_gemv(uint32_t batch, const StreamView& s, const Args& a, const Entry* table, const uint8_t* aux,
                      cudaStream_t cs) {
-  switch (batch) {
-    case 1: return launch_gemv<1, Sink>(s, a, table, aux, cs);
-    case 2: return launch_gemv<2, Sink>(s, a, table, aux, cs);
-    case 3: return launch_gemv<3, Sink>(s, a, table, aux, cs);
-    case 4: return launch_gemv<4, Sink>(s, a, table, aux, cs);
-    case 5: return launch_gemv<5, Sink>(s, a, table, aux, cs);
-    case 6: return launch_gemv<6, Sink>(s, a, table, aux, cs);
-    case 7: return launch_gemv<7, Sink>(s, a, table, aux, cs);
-    case 8: return launch_gemv<8, Sink>(s, a, table, aux, cs);
-    case 16: return launch_gemv<16, Sink>(s, a, table, aux, cs);
-    default: return Status::BadArgument;
-  }
+  return windowed::with_batch(batch, Status::BadArgument, [&](auto b) {
+    return launch_gemv<decltype(b)::value, Sink>(s, a, table, aux, cs);
+  });
 }
-
 
 std::atomic<uint32_t> staged_gemv_setting{1};
 
 constexpr size_t kStaticStagedSmem = windowed::kTableSize * sizeof(uint32_t) + kAuxBytes + 256 * sizeof(uint16_t);
 
-// Shared memory of a staged GEMV block: per warp its slots and its stage, then (kXShared) x.
+// Shared memory of a staged GEMV block (its tables are static): per warp its slots and its stage,
+// then (kXShared) x.
 template <int B>
 Status launch_staged_split(const StreamView& s, const windowed::SplitArgs& a, const uint64_t* values,
                            const uint32_t* table, cudaStream_t cs) {
   const uint32_t max_rows = s.chunk_symbols / a.k;
   const uint32_t stage_bytes = (s.chunk_symbols + 15u) & ~15u;
-  const size_t per_warp = size_t(max_rows) * B * 32 * sizeof(float) + stage_bytes;
-  const size_t x_bytes = size_t(a.k + windowed::kXPadRows) * B * sizeof(float);
   const size_t device_smem = max_block_smem();
-  const size_t dynamic_max = device_smem > kStaticStagedSmem ? device_smem - kStaticStagedSmem : 0;
-  const uint32_t shared_warps = x_bytes <= x_shared_bytes.load(std::memory_order_relaxed)
-                                    ? block_warps(s, x_bytes, per_warp, dynamic_max) : 0;
-  if (shared_warps > 0) {
-    constexpr auto kKernel = staged_split_gemv_kernel<B, true>;
-    const size_t smem = shared_warps * per_warp + x_bytes;
-    const Status st = opt_in_smem<kKernel>(smem, dynamic_max);
-    if (st != Status::Ok) return st;
-    kKernel<<<grid_of(s, shared_warps), shared_warps * 32, smem, cs>>>(s, a, values, table, max_rows, stage_bytes);
-  } else {
-    constexpr auto kKernel = staged_split_gemv_kernel<B, false>;
-    const uint32_t warps = block_warps(s, 0, per_warp, dynamic_max);
-    if (warps == 0) return Status::TooLarge;
-    const size_t smem = warps * per_warp;
-    const Status st = opt_in_smem<kKernel>(smem, dynamic_max);
-    if (st != Status::Ok) return st;
-    kKernel<<<grid_of(s, warps), warps * 32, smem, cs>>>(s, a, values, table, max_rows, stage_bytes);
-  }
-  return from_cuda(cudaGetLastError());
+  return launch_x_placed<staged_split_gemv_kernel<B, true>, staged_split_gemv_kernel<B, false>>(
+      s, 0, size_t(max_rows) * B * 32 * sizeof(float) + stage_bytes,
+      size_t(a.k + windowed::kXPadRows) * B * sizeof(float),
+      device_smem > kStaticStagedSmem ? device_smem - kStaticStagedSmem : 0, cs, a, values, table, max_rows,
+      stage_bytes);
 }
 
 Status dispatch_staged_split(uint32_t batch, const StreamView& s, const windowed::SplitArgs& a, const uint64_t* values,
                              const uint32_t* table, cudaStream_t cs) {
-  switch (batch) {
-    case 1: return launch_staged_split<1>(s, a, values, table, cs);
-    case 2: return launch_staged_split<2>(s, a, values, table, cs);
-    case 3: return launch_staged_split<3>(s, a, values, table, cs);
-    case 4: return launch_staged_split<4>(s, a, values, table, cs);
-    case 5: return launch_staged_split<5>(s, a, values, table, cs);
-    case 6: return launch_staged_split<6>(s, a, values, table, cs);
-    case 7: return launch_staged_split<7>(s, a, values, table, cs);
-    case 8: return launch_staged_split<8>(s, a, values, table, cs);
-    case 16: return launch_staged_split<16>(s, a, values, table, cs);
-    default: return Status::BadArgument;
-  }
+  return windowed::with_batch(batch, Status::BadArgument, [&](auto b) {
+    return launch_staged_split<decltype(b)::value>(s, a, values, table, cs);
+  });
 }
 
 template <int NT, bool kHalf>

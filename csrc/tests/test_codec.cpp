@@ -365,6 +365,22 @@ static void test_multi_table_matches_single_codes() {
   }
 }
 
+// A lane's symbols into out[0, limit), written only there, any write past it flagged: the plain
+// reference for the decode kernels' RunByteSink (windowed.h), which writes whole entries.
+struct CheckedByteSink {
+  uint8_t* out;
+  uint32_t limit;
+  bool overflow = false;
+  void put(uint32_t e, uint32_t at) {
+    const uint32_t n = windowed::entry_count(e);
+    if (at + n > limit) {
+      overflow = true;
+      return;
+    }
+    for (uint32_t k = 0; k < n; ++k) out[at + k] = uint8_t(windowed::entry_symbol(e, int(k)));
+  }
+};
+
 // The per-lane primitives a GPU warp runs (count pass, prefix sum, count decode) rebuild
 // exactly what decode_chunk gives: the CPU emulation of the kernels' bit schedule.
 static void test_lane_primitives_match_chunk_decoder() {
@@ -406,7 +422,7 @@ static void test_lane_primitives_match_chunk_decoder() {
       for (uint32_t l = 0; l < lanes; ++l) {  // pass 2
         windowed::LaneReader r;
         r.init(w, n_words, l * window);
-        windowed::ByteSink sink{out.data() + c * 1000 + start[l], start[l + 1] - start[l]};
+        CheckedByteSink sink{out.data() + c * 1000 + start[l], start[l + 1] - start[l]};
         windowed::decode_count(t.entry, t.length, r, start[l + 1] - start[l], sink);
         CHECK(!sink.overflow);
         // The kernels' sink writes whole entries while >= 6 symbols are left (put_run): its writes
