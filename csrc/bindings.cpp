@@ -68,6 +68,12 @@ bool is_contiguous(const py::buffer_info& info) {
   return true;
 }
 
+bool is_float32(const py::buffer_info& info) {
+  return info.itemsize == 4 && info.format == py::format_descriptor<float>::format();
+}
+
+bool is_contiguous_float32(const py::buffer_info& info) { return is_float32(info) && is_contiguous(info); }
+
 // A bytes object of n bytes for C++ to fill before Python sees it (bytes are immutable only
 // once shared): large outputs are written once, not built in a vector and copied.
 py::bytes uninitialized_bytes(uint64_t n) {
@@ -753,14 +759,14 @@ PYBIND11_MODULE(_C, m) {
         const uint64_t groups = (k + group_size - 1) / group_size;
         const auto floats = [](const py::buffer& buf, bool writable, const char* what) {
           py::buffer_info info = buf.request(writable);
-          if (info.itemsize != 4 || info.format != py::format_descriptor<float>::format() || !is_contiguous(info))
+          if (!is_contiguous_float32(info))
             throw CodecException(std::string("affine_matvec: ") + what + " must be a contiguous float32 array");
           return info;
         };
         // scale and zero: both float32, or both float16 (the dtype packed weights store).
         const auto scales = [](const py::buffer& buf, const char* what) {
           py::buffer_info info = buf.request(false);
-          const bool f32 = info.itemsize == 4 && info.format == py::format_descriptor<float>::format();
+          const bool f32 = is_float32(info);
           const bool f16 = info.itemsize == 2 && info.format == "e";
           if (!(f32 || f16) || !is_contiguous(info))
             throw CodecException(std::string("affine_matvec: ") + what + " must be a contiguous float32 or float16 array");
@@ -807,12 +813,10 @@ PYBIND11_MODULE(_C, m) {
       [](py::buffer w, py::buffer step, int max_q, int zero, py::buffer q) {
         const py::buffer_info wi = w.request(), si = step.request();
         const py::buffer_info qi = contiguous_bytes(q, true, "q");
-        if (wi.itemsize != 4 || wi.format != py::format_descriptor<float>::format() || !is_contiguous(wi) ||
-            wi.ndim != 2)
+        if (!is_contiguous_float32(wi) || wi.ndim != 2)
           throw CodecException("rate_quantize: w must be a contiguous float32 [rows, k] array");
         const uint64_t rows = uint64_t(wi.shape[0]), k = uint64_t(wi.shape[1]);
-        if (si.itemsize != 4 || si.format != py::format_descriptor<float>::format() || !is_contiguous(si) ||
-            uint64_t(si.size) != rows)
+        if (!is_contiguous_float32(si) || uint64_t(si.size) != rows)
           throw CodecException("rate_quantize: step must be a contiguous float32 array, one per row");
         if (uint64_t(qi.size) != rows * k) throw CodecException("rate_quantize: q must hold rows * k bytes");
         if (max_q < 0 || zero < 0 || zero + max_q > 255 || zero - max_q < 0)
@@ -834,13 +838,11 @@ PYBIND11_MODULE(_C, m) {
       "row_median_mad",
       [](py::buffer w, py::buffer med, py::buffer mad, int threads) {
         const py::buffer_info wi = w.request(), di = med.request(true), ai = mad.request(true);
-        if (wi.itemsize != 4 || wi.format != py::format_descriptor<float>::format() || !is_contiguous(wi) ||
-            wi.ndim != 2)
+        if (!is_contiguous_float32(wi) || wi.ndim != 2)
           throw CodecException("row_median_mad: w must be a contiguous float32 [rows, k] array");
         const uint64_t rows = uint64_t(wi.shape[0]), k = uint64_t(wi.shape[1]);
         for (const py::buffer_info* b : {&di, &ai})
-          if (b->itemsize != 4 || b->format != py::format_descriptor<float>::format() || !is_contiguous(*b) ||
-              uint64_t(b->size) != rows)
+          if (!is_contiguous_float32(*b) || uint64_t(b->size) != rows)
             throw CodecException("row_median_mad: med and mad must be contiguous float32 arrays, one value per row");
         py::gil_scoped_release release;
         return row_median_mad(static_cast<const float*>(wi.ptr), rows, k, static_cast<float*>(di.ptr),
@@ -855,7 +857,7 @@ PYBIND11_MODULE(_C, m) {
       [](py::buffer a, py::buffer b, int threads) {
         const py::buffer_info ai = a.request(), bi = b.request();
         for (const py::buffer_info* x : {&ai, &bi})
-          if (x->itemsize != 4 || x->format != py::format_descriptor<float>::format() || !is_contiguous(*x))
+          if (!is_contiguous_float32(*x))
             throw CodecException("error_and_signal: a and b must be contiguous float32 arrays");
         if (ai.size != bi.size) throw CodecException("error_and_signal: a and b must hold as many values");
         double error = 0, signal = 0;
@@ -874,16 +876,14 @@ PYBIND11_MODULE(_C, m) {
       [](py::buffer w, py::buffer scale, py::buffer zero, uint64_t group_size, int qmax, py::buffer q) {
         const py::buffer_info wi = w.request(), si = scale.request(), zi = zero.request();
         const py::buffer_info qi = contiguous_bytes(q, true, "q");
-        if (wi.itemsize != 4 || wi.format != py::format_descriptor<float>::format() || !is_contiguous(wi) ||
-            wi.ndim != 2)
+        if (!is_contiguous_float32(wi) || wi.ndim != 2)
           throw CodecException("affine_quantize: w must be a contiguous float32 [rows, k] array");
         const uint64_t rows = uint64_t(wi.shape[0]), k = uint64_t(wi.shape[1]);
         if (group_size == 0 || qmax < 1 || qmax > 255)
           throw CodecException("affine_quantize: group_size must be >= 1 and qmax in 1..255");
         const uint64_t groups = (k + group_size - 1) / group_size;
         for (const py::buffer_info* b : {&si, &zi})
-          if (b->itemsize != 4 || b->format != py::format_descriptor<float>::format() || !is_contiguous(*b) ||
-              uint64_t(b->size) != rows * groups)
+          if (!is_contiguous_float32(*b) || uint64_t(b->size) != rows * groups)
             throw CodecException("affine_quantize: scale and zero must be contiguous float32 [rows, groups]");
         if (uint64_t(qi.size) != rows * k) throw CodecException("affine_quantize: q must hold rows * k bytes");
         py::gil_scoped_release release;
