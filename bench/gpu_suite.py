@@ -427,8 +427,9 @@ def lossless_weight_fn(layer, two_kernels: bool = False):
 
 def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
     """Standalone lossless decode to bf16, GB/s of decoded weights: pycodec (one stream a matrix;
-    the split decode in one kernel, and the two-kernel decode + merge before it) beside DFloat11 (one stream for all, as it compresses a block), on one
-    4096 x 14336 layer and on a Llama-7B-shaped block; bit-exactness checked on each."""
+    the split decode in one kernel, and the two-kernel decode + merge before it) beside DFloat11
+    (one stream for all, as it compresses a block), on one 4096 x 14336 layer and on a
+    Llama-7B-shaped block; bit-exactness checked on each."""
     df11 = dfloat11_peer()
     rows = [] if rows is None else rows
     for subject, shapes in (("4096x14336 layer", [(4096, 14336)]), ("Llama-7B block", LLAMA7B_BLOCK)):
@@ -440,19 +441,17 @@ def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
         rebuild = [lossless_weight_fn(m) for m in layers]
         two = [lossless_weight_fn(m, two_kernels=True) for m in layers]
         coded = sum(m.compressed_bytes() for m in layers)
-        methods = {"pycodec lossless": (lambda: [f() for f in rebuild],
-                                        lambda: torch.cat([f().reshape(-1).cpu() for f in rebuild]), coded),
-                   # one table copy for up to 16 chunks: long rows' stages leave room for few blocks an SM
-                   "pycodec lossless, 16 warps": (
-                       with_settings({"warps_per_block": 16}, lambda: [f() for f in rebuild]),
-                       with_settings({"warps_per_block": 16},
-                                     lambda: torch.cat([f().reshape(-1).cpu() for f in rebuild])), coded),
-                   "pycodec decode + merge": (lambda: [f() for f in two],
-                                              lambda: torch.cat([f().reshape(-1).cpu() for f in two]), coded),
-                   "pycodec decode + merge, unstaged": (
-                       with_settings({"decode_stage_symbols": 0}, lambda: [f() for f in two]),
-                       with_settings({"decode_stage_symbols": 0},
-                                     lambda: torch.cat([f().reshape(-1).cpu() for f in two])), coded)}
+
+        def rebuilt(fns, settings=None):
+            """(run, the flat result, coded bytes) of rebuilding every layer with fns, under settings."""
+            return (with_settings(settings or {}, lambda: [f() for f in fns]),
+                    with_settings(settings or {}, lambda: torch.cat([f().reshape(-1).cpu() for f in fns])), coded)
+
+        # 16 warps: one table copy for up to 16 chunks (long rows' stages leave room for few blocks an SM)
+        methods = {"pycodec lossless": rebuilt(rebuild),
+                   "pycodec lossless, 16 warps": rebuilt(rebuild, {"warps_per_block": 16}),
+                   "pycodec decode + merge": rebuilt(two),
+                   "pycodec decode + merge, unstaged": rebuilt(two, {"decode_stage_symbols": 0})}
         if isinstance(df11, str):
             rows.append({"subject": subject, "method": "DFloat11", "error": df11})
         else:
