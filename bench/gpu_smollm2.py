@@ -20,8 +20,8 @@ A bf16 model's greedy text can change between a CPU and a GPU with no compressio
 matmuls sum in different orders). On an H200 the kernels' lossless text left the CPU's after 3,
 12 and 16 tokens (the first run, which had no control). So `gpu` is compared with both: with the
 CPU (what the issue asks), and with gpu_decoded, which exact_outputs must equal token for token
-(its outputs are cuBLAS's, bit for bit). Exits 1 if that fails or a run raises, 2 without a CUDA device. --gpu cpu compares the
-CPU with itself: a dry run of the script where there is no GPU.
+(its outputs are cuBLAS's, bit for bit). Exits 1 if that fails or a run raises, 2 without a
+CUDA device. --gpu cpu compares the CPU with itself: a dry run of the script where there is no GPU.
 """
 from __future__ import annotations
 
