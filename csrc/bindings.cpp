@@ -36,7 +36,7 @@ void check(Status st, const char* where) {
 }
 
 windowed::StreamView stream_view(const py::tuple& t) {
-  if (t.size() != 9) throw CodecException("stream view: expected 9 fields");
+  if (t.size() != 10) throw CodecException("stream view: expected 10 fields");
   windowed::StreamView v;
   v.super = reinterpret_cast<const uint32_t*>(t[0].cast<uintptr_t>());
   v.sizes = reinterpret_cast<const uint16_t*>(t[1].cast<uintptr_t>());
@@ -47,6 +47,7 @@ windowed::StreamView stream_view(const py::tuple& t) {
   v.n_chunks = t[6].cast<uint64_t>();
   v.lanes = t[7].cast<uint32_t>();
   v.constant_code = t[8].cast<bool>();
+  v.lane_starts = reinterpret_cast<const uint16_t*>(t[9].cast<uintptr_t>());  // 0: none, pass 1 counts
   return v;
 }
 
@@ -175,7 +176,8 @@ StreamInfo parse(const py::buffer_info& b) {
 // The format-v2 kernel entry points, bound twice with one argument handling: "cuda_*" runs the
 // CUDA kernels, "host_*" their emulation on host memory (emulate.h), so tests drive the Python
 // ops' glue without a GPU. `view` = (super, sizes, payload, payload_words, n_symbols,
-// chunk_symbols, n_chunks, lanes, constant_code) with the addresses of the stream's pieces.
+// chunk_symbols, n_chunks, lanes, constant_code, lane_starts) with the addresses of the stream's
+// pieces (lane_starts 0: none).
 struct CudaKernels {
   static Status decode(const windowed::StreamView& s, const uint32_t* t, uint8_t* out, uint32_t* st, uintptr_t cs) {
     return cuda::windowed_decode(s, t, out, st, cs);
@@ -395,6 +397,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("GEMV_X_PAD_ROWS") = windowed::kXPadRows;
   m.attr("GEMV_MAX_SLOTS") = windowed::kGemvMaxSlots;
   m.attr("SLACK_WORDS") = windowed::kSlackWords;
+  m.attr("LANE_STARTS_MAX_CHUNK") = windowed::kLaneStartsMaxChunk;
   m.attr("LANES") = kLanes;
   m.attr("MAX_CHUNK_SYMBOLS") = kMaxChunkSymbols;
   m.attr("DEFAULT_CHUNK_SYMBOLS") = py::dict(py::arg("huffman") = kDefaultHuffmanChunk, py::arg("rans") = kDefaultRansChunk);
@@ -575,6 +578,28 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("blob"), py::arg("threads") = 0,
       "Decode chunk by chunk (checksum verified) and return the 256-bin symbol histogram.");
+  m.def(
+      "lane_starts",
+      [](py::buffer blob, int threads) {
+        const py::buffer_info b = contiguous_bytes(blob, false, "blob");
+        const uint8_t* p = static_cast<const uint8_t*>(b.ptr);
+        const uint64_t n = lane_start_count(parse(b));
+        py::array_t<uint16_t> starts(py::ssize_t{static_cast<py::ssize_t>(n)});
+        std::vector<uint64_t> counts(256);
+        uint16_t* out = starts.mutable_data();
+        Status st;
+        {
+          py::gil_scoped_release release;
+          st = lane_starts(p, size_t(b.size), out, n, counts.data(), threads);
+        }
+        check(st, "decode");
+        return starts;
+      },
+      py::arg("blob"), py::arg("threads") = 0,
+      "Decode chunk by chunk (checksum verified, as histogram) and return the stream's lane starts: uint16 "
+      "[n_chunks * lanes], each lane's first symbol in its chunk, what the GPU kernels read instead of "
+      "counting every lane's codes (pass 1). Empty for streams that have none (format v1, chunks of more "
+      "than 65535 symbols).");
 
   m.def(
       "decode_table",

@@ -7,7 +7,9 @@ so CUDA graphs capture them.
 
 Format v2 streams (windowed-lane Huffman, what pycodec writes) stay inside the uint8 tensor that
 holds the blob; a ``layout`` list of ints (``StreamLayout.ints``) says where their pieces lie,
-and the decode tables built on the host from the blob are uploaded once (``kernel_tables``).
+and the decode tables built on the host from the blob are uploaded once (``kernel_tables``). The
+table may carry the stream's lane starts after its TABLE_WORDS words (each lane's first symbol,
+uint16 [n_chunks * lanes], from ``_C.lane_starts``): the kernels then skip their count pass.
 The kernels read up to ``_C.SLACK_WORDS`` words past the payload and past the raw bits of a
 lossless weight without bounds tests: those tensors must sit in storage with that much slack
 (``with_slack``; CompressedLinear keeps its buffers that way).
@@ -44,6 +46,11 @@ MAX_BATCH = 16                        # windowed_gemv.h: kGemvMaxBatch
 TABLE_ENTRIES = 4096                  # lookups of 12 bits
 TABLE_WORDS = TABLE_ENTRIES + 64 + 1024  # entries, code lengths, count table (build_decode_table)
 SLACK_BYTES = 4 * int(_C.SLACK_WORDS)
+# Whether the tables built for a stream bound for a GPU (a module moved or loaded there,
+# decode_cuda) carry its lane starts: each lane's first symbol, 16 bits a lane (~0.13 bits a
+# weight in 4096-symbol chunks of 32 lanes), which spares every kernel its count pass over the
+# stream (a third of the rate GEMV's instructions, bench/sass_count.py). False: the kernels count.
+LANE_STARTS = True
 
 
 @dataclass(frozen=True)
@@ -81,12 +88,26 @@ def stream_layout(blob: Any) -> StreamLayout:
                         int(info["payload_offset"]), int(info["payload_words"]), constant)
 
 
-def kernel_tables(blob: Any, value16: np.ndarray | None = None) -> dict:
+def lane_start_words(layout: list[int]) -> int:
+    """The int32 words that a v2 stream's lane starts add to its table (0: it has none, its
+    chunks holding more than 65535 symbols)."""
+    chunk_symbols, n_chunks, lanes = layout[5], layout[6], layout[7]
+    return -(-n_chunks * lanes // 2) if chunk_symbols <= int(_C.LANE_STARTS_MAX_CHUNK) else 0
+
+
+def kernel_tables(blob: Any, value16: np.ndarray | None = None, lane_starts: np.ndarray | None = None) -> dict:
     """The decode tables of a stream, built on the host, as CPU tensors to upload once:
-    ``table`` (int32, entries + code lengths + count table) and, given each symbol's 16-bit
-    value (``value16``, 256 uint16), ``values`` (int64 [4096], the value entries the GEMVs read)."""
+    ``table`` (int32, entries + code lengths + count table, then the lane starts if given: the
+    uint16 array of ``_C.lane_starts(blob)``, which verifies the stream) and, given each symbol's
+    16-bit value (``value16``, 256 uint16), ``values`` (int64 [4096], the value entries the GEMVs
+    read)."""
     buf = _as_buffer(blob)
-    out = {"table": torch.from_numpy(np.frombuffer(_C.decode_table(buf), dtype="<i4").copy())}
+    table = np.frombuffer(_C.decode_table(buf), dtype="<i4")
+    if lane_starts is not None and len(lane_starts):
+        starts = np.zeros(2 * -(-len(lane_starts) // 2), dtype="<u2")
+        starts[:len(lane_starts)] = lane_starts
+        table = np.concatenate([table, starts.view("<i4")])
+    out = {"table": torch.from_numpy(table.copy())}
     if value16 is not None:
         v = np.ascontiguousarray(value16, dtype=np.uint16)
         out["values"] = torch.from_numpy(np.frombuffer(_C.value_table(buf, v), dtype="<i8").copy())
@@ -131,12 +152,14 @@ def _has_slack(t: torch.Tensor) -> bool:
     return with_slack(t) is t
 
 
-def _view(blob: torch.Tensor, layout: list[int]) -> tuple:
-    """The kernels' StreamView (device addresses) of a stream inside `blob`."""
+def _view(blob: torch.Tensor, layout: list[int], table: torch.Tensor) -> tuple:
+    """The kernels' StreamView (device addresses) of a stream inside `blob`, with the lane starts
+    that follow its table's TABLE_WORDS words if there are any (_check_stream has sized them)."""
     index_offset, sizes_offset, payload_offset, payload_words, n_symbols, chunk_symbols, n_chunks, lanes, constant = layout
     base = blob.data_ptr()
+    starts = table.data_ptr() + 4 * TABLE_WORDS if table.numel() > TABLE_WORDS else 0
     return (base + index_offset, base + sizes_offset, base + payload_offset, payload_words, n_symbols, chunk_symbols,
-            n_chunks, lanes, bool(constant))
+            n_chunks, lanes, bool(constant), starts)
 
 
 class _Kernels:
@@ -184,8 +207,10 @@ def _check_stream(op: str, blob: torch.Tensor, table: torch.Tensor, layout: list
     if (min(layout) < 0 or payload_offset + 4 * payload_words != blob.numel() or
             index_offset + 4 * -(-n_chunks // 16) > sizes_offset or sizes_offset + 2 * n_chunks > payload_offset):
         raise CodecError(f"{op}: layout does not match the stream (StreamLayout.ints of this blob)")
-    if table.dtype != torch.int32 or table.numel() != TABLE_WORDS or not table.is_contiguous():
-        raise CodecError(f"{op}: table must be the int32 [{TABLE_WORDS}] tables of kernel_tables()")
+    with_starts = TABLE_WORDS + lane_start_words(layout)
+    if table.dtype != torch.int32 or table.numel() not in (TABLE_WORDS, with_starts) or not table.is_contiguous():
+        raise CodecError(f"{op}: table must be the int32 [{TABLE_WORDS}] tables of kernel_tables(), or "
+                         f"[{with_starts}] with this stream's lane starts")
     if _KERNELS.device_type == "cuda" and not _C.cuda_compiled():
         raise CodecError(f"{op}: this pycodec build has no CUDA kernels (built without nvcc)")
     if not _has_slack(blob):
@@ -260,7 +285,7 @@ def _decode_launch(op: str, blob: torch.Tensor, table: torch.Tensor, layout: lis
     status = torch.zeros(1, dtype=torch.int32, device=blob.device)
     if layout[4]:
         with _guard(blob.device):
-            _launch("windowed_decode", _view(blob, layout), table.data_ptr(), out.data_ptr(), status.data_ptr(),
+            _launch("windowed_decode", _view(blob, layout, table), table.data_ptr(), out.data_ptr(), status.data_ptr(),
                     _stream())
     return out, status
 
@@ -289,14 +314,14 @@ def decode_cuda(blob: Any, device: Any = "cuda") -> torch.Tensor:
     buf = _as_buffer(blob)
     if isinstance(buf, np.ndarray):
         buf = buf.tobytes()
-    _C.histogram(buf, 0)  # raises CodecError on any corruption
+    starts = _C.lane_starts(buf, 0) if LANE_STARTS else _C.histogram(buf, 0)  # raise CodecError on corruption
     s = stream_layout(buf)
     device = torch.device(device)
     if s.version == 1:
         return _decode_v1(buf, s, device).view(s.shape)
     host = torch.frombuffer(bytearray(buf), dtype=torch.uint8) if len(buf) else torch.zeros(0, dtype=torch.uint8)
     dev = with_slack(host.to(device))
-    table = kernel_tables(buf)["table"].to(device)
+    table = kernel_tables(buf, lane_starts=starts if LANE_STARTS else None)["table"].to(device)
     out, status = _decode_launch("decode_cuda", dev, table, s.ints)
     if int(status.item()):
         raise CodecError("decode_cuda: payload is corrupt: a lane needs more codes than its window holds")
@@ -357,7 +382,7 @@ def _windowed_gemv_affine(x, blob, table, values, scale, zero, escape_row, escap
     scale, zero = scale.contiguous(), zero.contiguous()
     if n_rows:
         with _guard(device):
-            _launch("windowed_gemv_affine", _view(blob, layout), values.data_ptr(), table.data_ptr(), x_t.data_ptr(),
+            _launch("windowed_gemv_affine", _view(blob, layout, table), values.data_ptr(), table.data_ptr(), x_t.data_ptr(),
                     prefix.data_ptr(), scale.data_ptr(), zero.data_ptr(), tuple(zero.shape) == (1, 1), zero_in_values,
                     group_size, n_rows, k, padded, y.data_ptr(), *escapes, _stream())
     return y[:batch]
@@ -405,7 +430,7 @@ def _windowed_tile_affine(x, blob, table, scale, zero, escape_row, escape_col, e
     scale, zero = scale.contiguous(), zero.contiguous()
     if n_rows:
         with _guard(device):
-            _launch(op, _view(blob, layout), table.data_ptr(), x16.data_ptr(), x.dtype == torch.float16,
+            _launch(op, _view(blob, layout, table), table.data_ptr(), x16.data_ptr(), x.dtype == torch.float16,
                     prefix.data_ptr(), scale.data_ptr(), zero.data_ptr(), tuple(zero.shape) == (1, 1), zero_in_values,
                     group_size, n_rows, k, batch, padded, y.data_ptr(), *escapes, _stream())
     return y[:batch]
@@ -438,7 +463,7 @@ def _windowed_gemv_split(x, blob, table, values, raw, layout, top, n_rows, k):
     y = torch.empty((padded, n_rows), dtype=torch.float32, device=device)
     if n_rows:
         with _guard(device):
-            _launch("windowed_gemv_split", _view(blob, layout), values.data_ptr(), table.data_ptr(), x_t.data_ptr(),
+            _launch("windowed_gemv_split", _view(blob, layout, table), values.data_ptr(), table.data_ptr(), x_t.data_ptr(),
                     raw.data_ptr(), raw_words, low, n_rows, k, padded, y.data_ptr(), _stream())
     return y[:batch]
 
@@ -507,7 +532,7 @@ def _windowed_decode_split(blob, table, value16, raw, layout, top):
     status = torch.zeros(1, dtype=torch.int32, device=device)
     if n:
         with _guard(device):
-            _launch(op, _view(blob, layout), table.data_ptr(), value16.data_ptr(), raw.data_ptr(), raw_words, low,
+            _launch(op, _view(blob, layout, table), table.data_ptr(), value16.data_ptr(), raw.data_ptr(), raw_words, low,
                     out.data_ptr(), status.data_ptr(), _stream())
     return out
 

@@ -6,8 +6,9 @@ CUDA graphs capture it):
 
   WeightInfo      ints from the packed meta and the stream's header: kind, shapes, zero point,
                   stream layout (cuda_ops.StreamLayout.ints), the exact_outputs choice
-  kernel_buffers  the stream's decode tables, the value entries the fused GEMVs decode through,
-                  escapes as CSR by row, each symbol's 16-bit value for the exact lossless path
+  kernel_buffers  the stream's decode tables (with its lane starts: cuda_ops.LANE_STARTS), the value
+                  entries the fused GEMVs decode through, escapes as CSR by row, each symbol's
+                  16-bit value for the exact lossless path
 
 Dispatch (one place, ``linear``):
   affine (int / rate), v2 stream, batch 1..16, chunks of whole rows
@@ -100,8 +101,10 @@ def weight_info(packed: dict, exact_outputs: bool = False) -> WeightInfo:
 KERNEL_BUFFERS = ("table", "values", "value16", "escape_row", "escape_col", "escape_value")
 
 
-def kernel_buffers(packed: dict, info: WeightInfo) -> dict[str, torch.Tensor]:
-    """The host-built tables and escapes of a packed weight (CPU tensors, uploaded by the module)."""
+def kernel_buffers(packed: dict, info: WeightInfo, lane_starts: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """The host-built tables and escapes of a packed weight (CPU tensors, uploaded by the module).
+    lane_starts: the stream's (``_C.lane_starts``, which verifies it) if the caller has them; else
+    they are computed here when cuda_ops.LANE_STARTS is set."""
     empty = {"table": torch.zeros(0, dtype=torch.int32), "values": torch.zeros(0, dtype=torch.int64),
              "value16": torch.zeros(0, dtype=torch.int16), "escape_row": torch.zeros(0, dtype=torch.int32),
              "escape_col": torch.zeros(0, dtype=torch.int32), "escape_value": torch.zeros(0, dtype=torch.float32)}
@@ -110,9 +113,13 @@ def kernel_buffers(packed: dict, info: WeightInfo) -> dict[str, torch.Tensor]:
     blob = packed["symbols"].numpy()
     if info.version == 1:  # legacy: the symbol decoder's table only
         return dict(empty, **cuda_ops.kernel_tables(blob))
+    if not cuda_ops.LANE_STARTS:
+        lane_starts = None
+    elif lane_starts is None:
+        lane_starts = _C.lane_starts(blob, 0)
     if info.kind == KIND_AFFINE:
         _, value16 = _affine_values(packed["zero"])
-        out = dict(empty, **cuda_ops.kernel_tables(blob, np.asarray(value16, np.uint16)))
+        out = dict(empty, **cuda_ops.kernel_tables(blob, np.asarray(value16, np.uint16), lane_starts))
         idx = packed["escape_index"]
         if idx.numel():
             rows, cols = idx // info.k, idx % info.k
@@ -123,7 +130,7 @@ def kernel_buffers(packed: dict, info: WeightInfo) -> dict[str, torch.Tensor]:
                        escape_value=packed["escape_value"][order].to(torch.float32))
         return out
     value16 = np.asarray(_C.split_values(packed["values"].tolist(), info.top), np.uint16)
-    out = dict(empty, **cuda_ops.kernel_tables(blob, value16))
+    out = dict(empty, **cuda_ops.kernel_tables(blob, value16, lane_starts))
     out["value16"] = torch.from_numpy(value16.view(np.int16).copy())
     return out
 

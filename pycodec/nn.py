@@ -441,14 +441,18 @@ class _PackedModule(_DecodedWeight, nn.Module):
         self._matvec = None
         device = self.meta.device
         if device.type == "cuda":
+            lane_starts = None
             for name, t in host.items():
                 if name in ("symbols", "plane0", "plane1", "plane2", "plane3") and (
                         not name.startswith("plane") or int(host["plane_coded"][int(name[5:])])):
-                    try:
-                        _C.histogram(t.numpy(), 0)
+                    try:  # one decode verifies a stream and gives its lane starts
+                        if name == "symbols" and cuda_ops.LANE_STARTS:
+                            lane_starts = _C.lane_starts(t.numpy(), 0)
+                        else:
+                            _C.histogram(t.numpy(), 0)
                     except CodecError as e:
                         raise CodecError(f"{type(self).__name__} buffer {name!r}: {e}") from None
-            for name, t in gpu.kernel_buffers(host, self._info).items():
+            for name, t in gpu.kernel_buffers(host, self._info, lane_starts).items():
                 self._buffers[f"_k_{name}"] = t.to(device)
             for name in ("symbols", "raw"):
                 if name in self._buffers:

@@ -176,10 +176,10 @@ def test_tile_kernel_refusals():
             cuda_ops._windowed_tile_affine(*tile_args(torch.randn(129, 128).to(torch.bfloat16), ready, kernel,
                                                       packed, info))
         zero_counts = kernel["table"].clone()
-        zero_counts[-1024:] = 0
+        zero_counts[cuda_ops.TABLE_WORDS - 1024:cuda_ops.TABLE_WORDS] = 0  # the count table
         with pytest.raises(CodecError, match="table"):
             cuda_ops._windowed_tile_affine(*tile_args(x, ready, dict(kernel, table=zero_counts), packed, info))
-        view = cuda_ops._view(ready["symbols"], list(info.layout))
+        view = cuda_ops._view(ready["symbols"], list(info.layout), kernel["table"])
         x16 = torch.zeros(32, 128, dtype=torch.bfloat16)
         prefix = torch.zeros(129, 32)
         y = torch.empty(32, 32)
@@ -295,12 +295,14 @@ def test_dense_weight_takes_the_fused_decode_and_falls_back_for_long_chunks(host
     assert calls == ["windowed_decode_split", "split_merge"]
 
 
-def test_decode_split_equals_decode_and_merge_on_corrupt_payloads():
+@pytest.mark.parametrize("starts", [True, False], ids=["lane-starts", "counted"])
+def test_decode_split_equals_decode_and_merge_on_corrupt_payloads(starts):
     """Whatever the payload, the fused op's bits equal decode + merge of the same stream (a lane
     that refuses to decode leaves symbol 0 in both), and both flag the same chunks."""
     rng = rng_for("decode_split_corrupt")
     _, packed = lossless_packed(rng, 24, 300, torch.bfloat16, 600)
     ready, kernel, info = device_ready(packed)
+    kernel = kernel if starts else counted(kernel)
     layout = list(info.layout)
     payload = slice(layout[2], layout[2] + 4 * layout[3])
     flagged = 0
@@ -317,7 +319,7 @@ def test_decode_split_equals_decode_and_merge_on_corrupt_payloads():
             merged = cuda_ops._split_merge(q, kernel["value16"], ready["raw"], info.top)
             out = torch.empty_like(merged)
             split_status = torch.zeros(1, dtype=torch.int32)
-            _C.host_windowed_decode_split(cuda_ops._view(bad, layout), kernel["table"].data_ptr(),
+            _C.host_windowed_decode_split(cuda_ops._view(bad, layout, kernel["table"]), kernel["table"].data_ptr(),
                                           kernel["value16"].data_ptr(), ready["raw"].data_ptr(),
                                           ready["raw"].numel() // 4, 16 - info.top, out.data_ptr(),
                                           split_status.data_ptr(), 0)
@@ -343,8 +345,10 @@ def test_host_ops_refuse_what_the_cuda_ops_refuse():
         with pytest.raises(CodecError, match="invalid argument"):
             cuda_ops._windowed_decode(ready["symbols"], kernel["table"], bad)
         bad = list(layout)
-        bad[7], bad[8] = 2, 1  # "constant code" with two lanes
+        bad[7], bad[8] = 2, 1  # "constant code" with two lanes (a table without lane starts: they would not fit)
         with pytest.raises(CodecError, match="invalid argument"):
+            cuda_ops._windowed_decode(ready["symbols"], kernel["table"][:cuda_ops.TABLE_WORDS], bad)
+        with pytest.raises(CodecError, match="lane starts"):  # starts of another lane count
             cuda_ops._windowed_decode(ready["symbols"], kernel["table"], bad)
     with pytest.raises(CodecError, match="CUDA"):  # outside host_kernels(), CPU tensors are refused
         cuda_ops._windowed_decode(ready["symbols"], kernel["table"], layout)
@@ -382,7 +386,7 @@ def test_tables_that_are_not_a_codes_are_refused_not_looped_on():
     ready, kernel, info = device_ready(packed)
     layout = list(info.layout)
     zero_counts = kernel["table"].clone()
-    zero_counts[-1024:] = 0
+    zero_counts[cuda_ops.TABLE_WORDS - 1024:cuda_ops.TABLE_WORDS] = 0  # the count table
     no_codes = kernel["table"].clone()
     no_codes[:4096] &= ~(15 << 24)  # entries with a count of 0
     x = torch.randn(1, 64)
@@ -490,3 +494,103 @@ def test_kernel_settings_hold_for_the_block_only():
     assert _C.gemv_x_shared_bytes() == before["gemv_x_shared_bytes"]
     with pytest.raises(ValueError, match="unknown kernel settings"), cuda_ops.kernel_settings(warps=16):
         pass
+
+
+# ---------------------------------------------------------------------------- lane starts
+
+def counted(kernel: dict) -> dict:
+    """kernel buffers whose table has no lane starts: the kernels count every lane's codes."""
+    return dict(kernel, table=kernel["table"][:cuda_ops.TABLE_WORDS])
+
+
+@pytest.mark.parametrize("mode", ["int4-g64", "int3-sym-g32", "rate"])
+@pytest.mark.parametrize("chunk_rows", [1, 4])
+def test_lane_starts_give_the_count_pass_results_bit_for_bit(host_ops, mode, chunk_rows):
+    """Every v2 op reads the same ranges from the lane starts as its count pass finds: symbols,
+    GEMV rows at every batch size and the tile kernel's rows are the same bits either way."""
+    rng = rng_for("lane-starts", mode, chunk_rows)
+    n, k = 48, 256
+    packed = affine_weight(mode, rng, n, k, chunk_rows)
+    ready, kernel, info = device_ready(packed)
+    layout = list(info.layout)
+    assert kernel["table"].numel() == cuda_ops.TABLE_WORDS + cuda_ops.lane_start_words(layout) > cuda_ops.TABLE_WORDS
+    with cuda_ops.host_kernels():
+        outs = []
+        for kb in (kernel, counted(kernel)):
+            q = cuda_ops._windowed_decode(ready["symbols"], kb["table"], layout)
+            ys = []
+            for batch in (1, 3, 16):
+                x = torch.from_numpy(rng_for("x", batch).standard_normal((batch, k)).astype(np.float32))
+                ys.append(gpu.linear(x, ready, kb, None, info))
+            x = torch.from_numpy(rng_for("x", 33).standard_normal((33, k)).astype(np.float32)).to(torch.bfloat16)
+            ys.append(cuda_ops._windowed_tile_affine(*tile_args(x, ready, kb, packed, info)))
+            outs.append((q, ys))
+    (q, ys), (q_counted, ys_counted) = outs
+    assert np.array_equal(q.numpy(), pycodec.decode(packed["symbols"].numpy()).reshape(-1))
+    assert torch.equal(q, q_counted)
+    for y, y_counted in zip(ys, ys_counted):
+        assert torch.equal(y, y_counted)
+
+
+@pytest.mark.parametrize("staged", [1, 0], ids=["staged", "fused"])
+def test_lane_starts_give_the_same_lossless_bits(staged):
+    w, packed = lossless_packed(rng_for("lane-starts-split", staged), 37, 208, torch.bfloat16, 3 * 208)
+    ready, kernel, info = device_ready(packed)
+    layout = list(info.layout)
+    x = torch.from_numpy(rng_for("lane-starts-x").standard_normal((4, 208)).astype(np.float32))
+    outs = []
+    with cuda_ops.host_kernels(), cuda_ops.kernel_settings(split_gemv_staged=staged):
+        for kb in (kernel, counted(kernel)):
+            bits = cuda_ops._windowed_decode_split(ready["symbols"], kb["table"], kb["value16"], ready["raw"], layout,
+                                                   info.top)
+            y = cuda_ops._windowed_gemv_split(x, ready["symbols"], kb["table"], kb["values"], ready["raw"], layout,
+                                              info.top, info.n, info.k)
+            outs.append((bits, y))
+    assert torch.equal(outs[0][0], w.view(torch.int16).reshape(-1)) and torch.equal(outs[0][0], outs[1][0])
+    assert torch.equal(outs[0][1].view(torch.int32), outs[1][1].view(torch.int32))  # NaN rows too: as bits
+
+
+def test_lane_starts_of_streams_and_tables(monkeypatch):
+    """_C.lane_starts: each lane's first symbol of its chunk (0 for the first lane, in order, at
+    most the chunk's length), none for streams whose chunks exceed u16 or for format v1; a corrupt
+    stream raises as histogram does. cuda_ops.LANE_STARTS off builds tables without them."""
+    sym = np.random.default_rng(3).integers(0, 9, size=(40, 1000)).astype(np.uint8)
+    blob = pycodec.encode(sym, chunk_symbols=3000, lanes=32)
+    s = cuda_ops.stream_layout(blob)
+    starts = _C.lane_starts(blob)
+    assert starts.dtype == np.uint16 and starts.shape == (s.n_chunks * s.lanes,)
+    per_chunk = starts.reshape(s.n_chunks, s.lanes).astype(np.int64)
+    lengths = np.minimum(s.chunk_symbols, s.n_symbols - np.arange(s.n_chunks) * s.chunk_symbols)
+    assert (per_chunk[:, 0] == 0).all() and (np.diff(per_chunk, axis=1) >= 0).all()
+    assert (per_chunk <= lengths[:, None]).all() and (per_chunk[:, -1] > 0).all()
+    big = pycodec.encode(np.zeros((2, 70000), np.uint8) + np.arange(70000, dtype=np.uint8) % 7, chunk_symbols=70000)
+    assert _C.lane_starts(big).size == 0 and cuda_ops.lane_start_words(cuda_ops.stream_layout(big).ints) == 0
+    assert _C.lane_starts(pycodec.encode(sym, coder="rans")).size == 0  # format v1
+    bad = bytearray(blob)
+    bad[-5] ^= 0x10
+    with pytest.raises(CodecError):
+        _C.lane_starts(bytes(bad))
+    packed = affine_weight("int4-g64", rng_for("lane-starts-off"), 16, 128)
+    info = gpu.weight_info(packed)
+    assert gpu.kernel_buffers(packed, info)["table"].numel() > cuda_ops.TABLE_WORDS
+    monkeypatch.setattr(cuda_ops, "LANE_STARTS", False)
+    assert gpu.kernel_buffers(packed, info)["table"].numel() == cuda_ops.TABLE_WORDS
+
+
+def test_wrong_lane_starts_are_flagged_not_trusted():
+    """Starts that are not the stream's make the decode flag its chunks (out of order) or decode
+    garbage inside its buffers; never a read outside them (csrc/tests checks that under ASan)."""
+    packed = affine_weight("rate", rng_for("lane-starts-wrong"), 32, 256, 2)
+    ready, kernel, info = device_ready(packed)
+    layout = list(info.layout)
+    n_starts = layout[6] * layout[7]
+    with cuda_ops.host_kernels():
+        _, status = cuda_ops._decode_launch("windowed_decode", ready["symbols"], kernel["table"], layout)
+        assert int(status) == 0
+        table = kernel["table"].clone()
+        starts = table[cuda_ops.TABLE_WORDS:].view(torch.int16)[:n_starts]
+        starts[1::layout[7]] = -1  # lane 1 of every chunk starts at 65535: past its chunk
+        _, status = cuda_ops._decode_launch("windowed_decode", ready["symbols"], table, layout)
+        assert int(status) == 1
+        with pytest.raises(CodecError, match="lane starts"):
+            cuda_ops._decode_launch("windowed_decode", ready["symbols"], table[:-1], layout)

@@ -224,6 +224,11 @@ struct DecodeTables {
   std::unique_ptr<uint32_t[]> rans;
   std::unique_ptr<windowed::MultiTable> multi;
   std::vector<uint64_t> offsets;  // chunk c spans payload words [offsets[c], offsets[c + 1])
+  // If set (v2, windowed::lane_starts_fit): chunk c's lane starts go to lane_starts + c * lanes
+  // as its lanes are placed (chunks write disjoint slices: threads may share it).
+  uint16_t* lane_starts = nullptr;
+
+  uint16_t* lane_starts_of(uint64_t c) const { return lane_starts ? lane_starts + c * info.lanes : nullptr; }
 
   Status build(const uint8_t* blob, const StreamInfo& s) {
     info = s;
@@ -273,7 +278,7 @@ struct DecodeTables {
     for (uint32_t i = 0; i < count; ++i) {
       const uint64_t c = c0 + i;
       jobs[i] = {reinterpret_cast<const uint32_t*>(blob + info.payload_offset) + offsets[c],
-                 uint32_t(offsets[c + 1] - offsets[c]), outs[i], chunk_length(c)};
+                 uint32_t(offsets[c + 1] - offsets[c]), outs[i], chunk_length(c), lane_starts_of(c)};
     }
     thread_local std::vector<uint8_t> scratch;  // per worker: the lanes' regions and the chunks' bytes
     windowed::decode_chunk_group(*multi, jobs, count, info.lanes, status, scratch);
@@ -288,7 +293,8 @@ struct DecodeTables {
     const uint32_t n = chunk_length(c);
     if (multi) {
       thread_local std::vector<uint8_t> scratch;  // per worker: lanes x (window + slack) bytes
-      return windowed::decode_chunk(*multi, words, uint32_t(end - begin), info.lanes, out, n, scratch);
+      return windowed::decode_chunk(*multi, words, uint32_t(end - begin), info.lanes, out, n, scratch,
+                                    lane_starts_of(c));
     }
     return huffman ? huffman::decode_chunk(huffman.get(), words, end - begin, out, n)
                    : rans::decode_chunk(rans.get(), words, end - begin, out, n);
@@ -776,14 +782,17 @@ const auto nothing_before = [](const DecodeTables&, uint64_t, uint32_t) {};
 // The frame of every whole-stream decode: open the stream, decode every chunk (as
 // for_each_decoded_chunk: before(tables, c0, count), then per_chunk(tables, c, symbols)), hash
 // each chunk's symbols, then compare the checksum.
+// lane_starts: if set, a v2 stream's lane starts (DecodeTables::lane_starts), which the caller
+// sized through check(info).
 template <class Check, class Before, class PerChunk>
 Status decode_stream(const uint8_t* blob_in, size_t len, int threads, Check check, uint8_t* direct_out, Before before,
-                     PerChunk per_chunk) {
+                     PerChunk per_chunk, uint16_t* lane_starts = nullptr) {
   const AlignedBlob aligned(blob_in, len);
   const uint8_t* blob = aligned.data;
   DecodeTables tables;
   Status st = open_stream(blob, len, check, &tables);
   if (st != Status::Ok) return st;
+  if (tables.multi) tables.lane_starts = lane_starts;
   const StreamInfo& s = tables.info;
   std::vector<uint64_t> chunk_hash(s.n_chunks);
   st = for_each_decoded_chunk(
@@ -1124,23 +1133,48 @@ uint64_t side_bits(const uint8_t* blob, const StreamInfo& s) {
   return 8 * bytes;
 }
 
-Status histogram(const uint8_t* blob, size_t len, uint64_t counts[256], int threads) {
+namespace {
+
+// histogram() and lane_starts(): a whole-stream decode that keeps only per-chunk results.
+template <class Check>
+Status histogram_and_starts(const uint8_t* blob, size_t len, uint64_t counts[256], int threads, Check check,
+                            uint16_t* lane_starts) {
   // Each chunk's counts go straight into one histogram: a histogram per chunk (2 KiB) let a
   // valid stream of one-symbol chunks (~2.25 bytes of blob each) allocate ~900x its size.
   std::array<std::atomic<uint64_t>, 256> total;
   for (auto& t : total) t.store(0, std::memory_order_relaxed);
   const Status st = decode_stream(
-      blob, len, threads, [](const StreamInfo&) { return Status::Ok; }, nullptr, nothing_before,
+      blob, len, threads, check, nullptr, nothing_before,
       [&](const DecodeTables& tables, uint64_t c, const uint8_t* symbols) {
         uint64_t chunk_counts[256];
         count_block(symbols, tables.chunk_length(c), chunk_counts);
         for (int k = 0; k < 256; ++k)
           if (chunk_counts[k]) total[k].fetch_add(chunk_counts[k], std::memory_order_relaxed);
         return Status::Ok;
-      });
+      },
+      lane_starts);
   if (st != Status::Ok) return st;
   for (int k = 0; k < 256; ++k) counts[k] = total[k].load(std::memory_order_relaxed);
   return Status::Ok;
+}
+
+}  // namespace
+
+Status histogram(const uint8_t* blob, size_t len, uint64_t counts[256], int threads) {
+  return histogram_and_starts(blob, len, counts, threads, [](const StreamInfo&) { return Status::Ok; }, nullptr);
+}
+
+uint64_t lane_start_count(const StreamInfo& s) {
+  const bool fit = s.version == 2 && s.coder == Coder::Huffman && windowed::lane_starts_fit(s.chunk_symbols);
+  return fit ? s.n_chunks * s.lanes : 0;
+}
+
+Status lane_starts(const uint8_t* blob, size_t len, uint16_t* out, uint64_t out_len, uint64_t counts[256],
+                   int threads) {
+  return histogram_and_starts(
+      blob, len, counts, threads,
+      [&](const StreamInfo& s) { return out_len == lane_start_count(s) ? Status::Ok : Status::OutputSize; },
+      out_len ? out : nullptr);
 }
 
 }  // namespace pycodec

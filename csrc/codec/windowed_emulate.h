@@ -18,21 +18,28 @@
 namespace pycodec {
 namespace windowed {
 
-// The warp glue of one chunk: pass 1 for every lane, the scan (a running sum), then
-// lane(l, reader at its window, its range) for each of the stream's lanes. Returns false if a
-// lane overran its window (corrupt chunk).
+// The warp glue of one chunk: every lane's range (from the lane starts, or pass 1 for every
+// lane and the scan, a running sum), then lane(l, reader at its window, its range) for each of
+// the stream's lanes. Returns false if a lane overran its window (corrupt chunk).
 template <class Entry, class LaneFn>
 inline bool emulate_chunk_lanes(const StreamView& s, const ChunkView& v, const uint8_t* count, const Entry* table,
                                 const uint8_t* lengths, LaneFn lane) {
   uint32_t counts[kMaxLanes] = {0};
-  for (uint32_t l = 0; l < s.lanes; ++l) counts[l] = lane_window_count(v, s, count, table, lengths, l);
+  if (!s.lane_starts)
+    for (uint32_t l = 0; l < s.lanes; ++l) counts[l] = lane_window_count(v, s, count, table, lengths, l);
   const uint64_t window = lane_window_bits(v.n_words, s.lanes);
+  const uint16_t* starts = s.lane_starts ? s.lane_starts + v.index * s.lanes : nullptr;
   bool ok = true;
   uint32_t before = 0;
   for (uint32_t l = 0; l < s.lanes; ++l) {
-    const uint32_t through = before + (l + 1 < s.lanes ? counts[l] : 0);
-    const LaneRange r = lane_range(l, s.lanes, v.m, counts[l], before, through);
-    before = through;
+    LaneRange r;
+    if (starts) {  // the kernel's shuffle: lane l + 1's start (the last lane's is not read)
+      r = lane_range_from_starts(v, s, count, table, lengths, l, starts[l], l + 1 < s.lanes ? starts[l + 1] : v.m);
+    } else {
+      const uint32_t through = before + (l + 1 < s.lanes ? counts[l] : 0);
+      r = lane_range(l, s.lanes, v.m, counts[l], before, through);
+      before = through;
+    }
     ok &= !r.overrun;
     FastReader reader;
     reader.init(v.words, 0, l * window);

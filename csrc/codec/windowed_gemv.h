@@ -87,6 +87,9 @@ struct StreamView {
   uint64_t n_chunks;
   uint32_t lanes;
   bool constant_code;       // one distinct symbol: zero-bit codes, one lane (the kernels go by the table)
+  // The stream's lane starts (windowed.h; [n_chunks][lanes], chunks within kLaneStartsMaxChunk),
+  // or null: then pass 1 counts every lane's codes to find them.
+  const uint16_t* lane_starts = nullptr;
 };
 
 struct ChunkView {
@@ -94,6 +97,7 @@ struct ChunkView {
   uint32_t n_words;
   uint32_t m;      // symbols
   uint64_t first;  // position of the chunk's first symbol in the tensor
+  uint64_t index;  // the chunk's number
 };
 
 // Chunk c's words: one stored offset per 16 chunks plus at most 15 sizes (warp-uniform loads),
@@ -108,6 +112,7 @@ PYCODEC_HD ChunkView chunk_view(const StreamView& s, uint64_t c) {
   v.words = s.payload + begin;
   v.n_words = uint32_t(end - begin);
   v.first = c * s.chunk_symbols;
+  v.index = c;
   const uint64_t left = s.n_symbols - v.first;
   v.m = uint32_t(left < s.chunk_symbols ? left : s.chunk_symbols);
   return v;
@@ -151,6 +156,16 @@ PYCODEC_HD bool constant_table(const Entry* table) {
   return entry_bits(table[0]) == 0;
 }
 
+// Whether decoding `count` codes from the start of lane `lane`'s window reads only the payload
+// and its slack, whatever the codes: a code takes at most kPeekBits bits, and a reader loads at
+// most 3 words past the bits it has taken (FastReader: two in buf, one pending), so its loads
+// stay below word (bit0 + kPeekBits count + 96) / 32 <= payload_words + 3 < payload_words +
+// kSlackWords.
+PYCODEC_HD bool lane_reads_bounded(const StreamView& s, const ChunkView& v, uint32_t lane, uint32_t count) {
+  const uint64_t bit0 = uint64_t(v.words - s.payload) * 32u + lane * lane_window_bits(v.n_words, s.lanes);
+  return bit0 + uint64_t(kPeekBits) * count <= 32u * s.payload_words;
+}
+
 // Pass 1 of one lane: its window count (the whole chunk for a constant code). Constant-ness is
 // the table's, not the view's flag: a flag that disagreed could otherwise send count decoding
 // of real codes past the chunk.
@@ -164,6 +179,33 @@ PYCODEC_HD uint32_t lane_window_count(const ChunkView& v, const StreamView& s, c
   r.init(v.words, 0, lane * window);
   uint32_t used;
   return count_window(count, table, length, r, uint32_t(window), &used);
+}
+
+// A lane's pass-2 range from the lane starts instead of pass 1: [start, next), next being the
+// next lane's start (the last lane's range ends at m). Starts that are not a chunk's (out of
+// order, past m) make the lane refuse (overrun). They are trusted no further than memory safety
+// needs: a lane whose codes could read past the payload's slack (lane_reads_bounded; a valid
+// stream's last few lanes) counts its window as pass 1 would and refuses a range longer than
+// that. So a wrong start can garble the output but never make a kernel read or write out of
+// bounds. For a valid stream's starts the ranges are exactly lane_range's.
+template <class Entry>
+PYCODEC_HD LaneRange lane_range_from_starts(const ChunkView& v, const StreamView& s, const uint8_t* count,
+                                            const Entry* table, const uint8_t* length, uint32_t lane, uint32_t start,
+                                            uint32_t next) {
+  LaneRange r{v.m, 0, false};
+  if (lane >= s.lanes) return r;
+  if (lane + 1 == s.lanes) next = v.m;
+  if (start > next || next > v.m) {
+    r.overrun = true;
+    return r;
+  }
+  r.start = start;
+  r.count = next - start;
+  if (!lane_reads_bounded(s, v, lane, r.count) && r.count > lane_window_count(v, s, count, table, length, lane)) {
+    r.overrun = true;
+    r.count = 0;
+  }
+  return r;
 }
 
 // The weight in value slot i of an entry (bf16 bits in 16 bits, here as a float).

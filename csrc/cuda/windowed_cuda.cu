@@ -95,12 +95,18 @@ __device__ __forceinline__ bool load_tables(Entry* table_smem, uint8_t* aux_smem
   return __syncthreads_or(bad) == 0;
 }
 
-// Pass 1 and the warp prefix sum of the counts (lanes before the last): every lane's range for
-// pass 2 (windowed_gemv.h: lane_range). Called by all 32 lanes.
+// Every lane's range for pass 2. With lane starts: one load a lane and a shuffle for the next
+// lane's start (windowed_gemv.h: lane_range_from_starts). Without: pass 1 and the warp prefix sum
+// of the counts (lanes before the last; lane_range). Called by all 32 lanes.
 template <class Entry>
 __device__ __forceinline__ windowed::LaneRange warp_lane_range(const ChunkView& v, const StreamView& s,
                                                                const Entry* table, const uint8_t* aux,
                                                                uint32_t lane) {
+  if (s.lane_starts) {  // warp-uniform
+    const uint32_t start = lane < s.lanes ? __ldg(s.lane_starts + v.index * s.lanes + lane) : v.m;
+    const uint32_t next = __shfl_down_sync(kFullMask, start, 1);
+    return windowed::lane_range_from_starts(v, s, aux + kLengthBytes, table, aux, lane, start, next);
+  }
   const uint32_t count = windowed::lane_window_count(v, s, aux + kLengthBytes, table, aux, lane);
   const uint32_t scanned = lane + 1 < s.lanes ? count : 0;
   uint32_t through = scanned;

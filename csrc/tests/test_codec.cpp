@@ -574,6 +574,93 @@ static void test_kernel_emulation_on_valid_and_hostile_streams() {
   }
 }
 
+// Lane starts (windowed.h): lane_starts() gives each lane's first symbol as the CPU decoder places
+// the lanes, and the decode kernel's emulation reading them decodes what its count pass decodes.
+// Hostile starts (any u16s) on buffers with exactly the kernels' slack stay inside them (ASan)
+// and are flagged where they are not a chunk's (out of order, past its end).
+static void test_lane_starts() {
+  using namespace windowed;
+  std::mt19937 rng(41);
+  struct Case {
+    uint32_t lanes, chunk;
+    size_t n;
+  };
+  for (const Case& c : {Case{1, 977, 5000}, Case{3, 977, 12000}, Case{16, 4096, 30000}, Case{32, 4096, 40000},
+                        Case{32, 65535, 70000}, Case{32, 65536, 70000}, Case{8, 333, 333}}) {
+    const auto sym = gaussian_symbols(c.n, 1.0 + c.lanes % 5, c.lanes + c.chunk);
+    std::vector<uint8_t> blob;
+    const uint64_t shape[2] = {1, sym.size()};
+    EncodeOptions opt;
+    opt.lanes = c.lanes;
+    opt.chunk_symbols = c.chunk;
+    CHECK(encode(sym.data(), shape, 2, opt, &blob) == Status::Ok);
+    StreamInfo info;
+    CHECK(parse_header(blob.data(), blob.size(), &info) == Status::Ok);
+    const uint64_t n_starts = lane_start_count(info);
+    CHECK(n_starts == (c.chunk <= kLaneStartsMaxChunk ? info.n_chunks * info.lanes : 0));
+    std::vector<uint16_t> starts(n_starts + 1, 0xBEEF);  // a canary after them
+    uint64_t counts[256];
+    CHECK(lane_starts(blob.data(), blob.size(), starts.data(), n_starts, counts) == Status::Ok);
+    CHECK(starts[n_starts] == 0xBEEF);
+    CHECK(lane_starts(blob.data(), blob.size(), starts.data(), n_starts + 1, counts) == Status::OutputSize);
+    if (!n_starts) continue;
+    bool ordered = true;
+    for (uint64_t ch = 0; ch < info.n_chunks; ++ch) {
+      const uint32_t m = uint32_t(std::min<uint64_t>(info.chunk_symbols, sym.size() - ch * info.chunk_symbols));
+      ordered &= starts[ch * info.lanes] == 0;
+      for (uint32_t l = 1; l < info.lanes; ++l)
+        ordered &= starts[ch * info.lanes + l] >= starts[ch * info.lanes + l - 1] && starts[ch * info.lanes + l] <= m;
+    }
+    CHECK(ordered);
+    alignas(16) uint32_t table[kDecodeTableEntries + 64 + kDecodeTableEntries / 4];
+    uint8_t* lengths = reinterpret_cast<uint8_t*>(table + kDecodeTableEntries);
+    CHECK(build_decode_table(blob.data(), blob.size(), table, lengths, lengths + 256) == Status::Ok);
+    std::vector<uint32_t> words((blob.size() + 3) / 4 + kSlackWords, 0);  // the kernels' slack, no more
+    std::memcpy(words.data(), blob.data(), blob.size());
+    const uint8_t* base = reinterpret_cast<const uint8_t*>(words.data());
+    StreamView v{reinterpret_cast<const uint32_t*>(base + info.index_offset),
+                 reinterpret_cast<const uint16_t*>(base + info.sizes_offset),
+                 reinterpret_cast<const uint32_t*>(base + info.payload_offset), info.payload_words, sym.size(),
+                 info.chunk_symbols, info.n_chunks, info.lanes, false};
+    auto decode_with = [&](const uint16_t* lane_starts, std::vector<uint8_t>& out, uint32_t* status) {
+      v.lane_starts = lane_starts;
+      out.assign(sym.size() + 1, 0xAB);
+      *status = 0;
+      CHECK(host::windowed_decode(v, table, out.data(), status) == Status::Ok);
+      CHECK(out[sym.size()] == 0xAB);
+      out.pop_back();
+    };
+    std::vector<uint8_t> counted, started;
+    uint32_t counted_status, started_status;
+    decode_with(nullptr, counted, &counted_status);
+    decode_with(starts.data(), started, &started_status);
+    CHECK(counted == sym && started == sym && counted_status == 0 && started_status == 0);
+    int flagged = 0;
+    for (int trial = 0; trial < 200; ++trial) {
+      std::vector<uint16_t> bad(starts.begin(), starts.begin() + n_starts);
+      switch (trial % 4) {
+        case 0:  // any u16s
+          for (auto& s : bad) s = uint16_t(rng());
+          break;
+        case 1:  // one lane moved by a little
+          bad[rng() % n_starts] += uint16_t(int(rng() % 7) - 3);
+          break;
+        case 2:  // the longest ranges a start can claim
+          bad[rng() % n_starts] = trial % 8 == 2 ? 0 : 0xFFFF;
+          break;
+        default:  // another chunk's starts
+          std::rotate(bad.begin(), bad.begin() + info.lanes / 2 + 1, bad.end());
+      }
+      std::vector<uint8_t> out;
+      uint32_t status;
+      decode_with(bad.data(), out, &status);
+      flagged += status != 0;
+      if (status == 0 && bad == std::vector<uint16_t>(starts.begin(), starts.begin() + n_starts)) CHECK(out == sym);
+    }
+    CHECK(flagged > 0);
+  }
+}
+
 static void test_hash_sensitivity() {
   std::vector<uint8_t> a(1000, 1);
   const uint64_t h = hash64(a.data(), a.size());
@@ -1371,6 +1458,7 @@ int main() {
   test_empty_blob_at_any_address();
   test_chunk_groups_match_single_chunks();
   test_kernel_emulation_on_valid_and_hostile_streams();
+  test_lane_starts();
   test_hash_sensitivity();
   test_hash_batches();
   test_split_merge_paths_agree();

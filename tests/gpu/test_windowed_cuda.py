@@ -35,13 +35,16 @@ def test_build_has_cuda_kernels():
     assert _C.cuda_compiled() and _C.cuda_device_count() >= 1
 
 
-@pytest.fixture(params=[("staged", 4), ("unstaged", 4), ("staged", 16), ("unstaged", 1)], ids=str)
-def decode_staging(request):
+@pytest.fixture(params=[("staged", 4), ("unstaged", 4), ("staged", 16), ("unstaged", 1), ("staged, counted", 4)],
+                ids=str)
+def decode_staging(request, monkeypatch):
     """Both instances of the decode kernel: chunks staged in shared memory and written out whole
     (the default up to 16384 symbols, _C.decode_stage_symbols) and written byte by byte (0); in
-    blocks of the default 4 warps and of 16 or 1 (_C.warps_per_block)."""
+    blocks of the default 4 warps and of 16 or 1 (_C.warps_per_block); lane ranges from the lane
+    starts (the default) or from the count pass ("counted": cuda_ops.LANE_STARTS off)."""
     staging, warps = request.param
-    with cuda_ops.kernel_settings(warps_per_block=warps, decode_stage_symbols=16384 if staging == "staged" else 0):
+    monkeypatch.setattr(cuda_ops, "LANE_STARTS", "counted" not in staging)
+    with cuda_ops.kernel_settings(warps_per_block=warps, decode_stage_symbols=16384 if staging.startswith("staged") else 0):
         yield request.param
 
 
@@ -76,12 +79,15 @@ def _gemv_affine(packed: dict, x: np.ndarray) -> torch.Tensor:
                                          info.group_size, info.n, info.k)
 
 
-@pytest.fixture(params=[("x shared", 4), ("x global", 4), ("x shared", 16), ("x global", 1)], ids=str)
-def x_placement(request):
+@pytest.fixture(params=[("x shared", 4), ("x global", 4), ("x shared", 16), ("x global", 1), ("x shared, counted", 4)],
+                ids=str)
+def x_placement(request, monkeypatch):
     """Both instances of the fused GEMVs: x copied into shared memory (the default where it fits,
     _C.gemv_x_shared_bytes) and x read from global memory (0); in blocks of the default 4 warps and
-    of 16 or 1 (_C.warps_per_block). They must all give the same bits."""
+    of 16 or 1 (_C.warps_per_block); lane ranges from the lane starts or the count pass ("counted").
+    They must all give the same bits."""
     placement, warps = request.param
+    monkeypatch.setattr(cuda_ops, "LANE_STARTS", "counted" not in placement)
     x_bytes = 0 if placement == "x global" else 64 * 1024
     with cuda_ops.kernel_settings(warps_per_block=warps, gemv_x_shared_bytes=x_bytes):
         yield request.param
@@ -169,9 +175,12 @@ def test_decode_split_kernel_rebuilds_the_weight_bits(dtype, n, k, chunk_rows, w
     assert torch.equal(bits.cpu(), w.view(torch.int16).reshape(-1))
 
 
-def test_decode_split_kernel_on_corrupt_payloads_equals_its_emulation():
+@pytest.mark.parametrize("starts", [True, False], ids=["lane-starts", "counted"])
+def test_decode_split_kernel_on_corrupt_payloads_equals_its_emulation(starts):
     """Damaged payloads: the kernel's bits equal the host twin's (a lane that refuses to decode
-    leaves symbol 0: the kernel clears its stage), and both flag the same streams."""
+    leaves symbol 0: the kernel clears its stage), and both flag the same streams. With lane starts
+    a lane takes the valid stream's range and decodes the damaged bits there; the count pass (and
+    the starts' bound near the payload's end) flags lanes whose window holds too few codes."""
     from pycodec import gpu
 
     rng = rng_for("decode-split-corrupt-gpu")
@@ -179,6 +188,8 @@ def test_decode_split_kernel_on_corrupt_payloads_equals_its_emulation():
     packed, _ = compress_weight(w, CompressionConfig(mode="lossless", chunk_symbols=600))
     info = gpu.weight_info(packed)
     kernel = gpu.kernel_buffers(packed, info)
+    if not starts:
+        kernel["table"] = kernel["table"][:cuda_ops.TABLE_WORDS]
     kb = {k_: v.cuda() for k_, v in kernel.items()}
     layout = list(info.layout)
     raw = cuda_ops.with_slack(packed["raw"])
@@ -189,18 +200,18 @@ def test_decode_split_kernel_on_corrupt_payloads_equals_its_emulation():
         bad[at:at + 16] = 0xFF if trial % 2 else torch.from_numpy(rng.integers(0, 256, 16).astype(np.uint8))
         host_out, host_status = torch.empty(info.n * info.k, dtype=torch.int16), torch.zeros(1, dtype=torch.int32)
         host_bad = cuda_ops.with_slack(bad)
-        _C.host_windowed_decode_split(cuda_ops._view(host_bad, layout), kernel["table"].data_ptr(),
+        _C.host_windowed_decode_split(cuda_ops._view(host_bad, layout, kernel["table"]), kernel["table"].data_ptr(),
                                       kernel["value16"].data_ptr(), raw.data_ptr(), raw.numel() // 4, 16 - info.top,
                                       host_out.data_ptr(), host_status.data_ptr(), 0)
         dev_bad, dev_raw = cuda_ops.with_slack(bad.cuda()), cuda_ops.with_slack(raw.cuda())
         dev_out = torch.empty(info.n * info.k, dtype=torch.int16, device="cuda")
         dev_status = torch.zeros(1, dtype=torch.int32, device="cuda")
-        _C.cuda_windowed_decode_split(cuda_ops._view(dev_bad, layout), kb["table"].data_ptr(), kb["value16"].data_ptr(),
-                                      dev_raw.data_ptr(), raw.numel() // 4, 16 - info.top, dev_out.data_ptr(),
+        _C.cuda_windowed_decode_split(cuda_ops._view(dev_bad, layout, kb["table"]), kb["table"].data_ptr(),
+                                      kb["value16"].data_ptr(), dev_raw.data_ptr(), raw.numel() // 4, 16 - info.top, dev_out.data_ptr(),
                                       dev_status.data_ptr(), torch.cuda.current_stream().cuda_stream)
         assert torch.equal(dev_out.cpu(), host_out) and int(dev_status) == int(host_status)
         flagged += int(host_status) != 0
-    assert flagged > 0
+    assert flagged > 0 or starts
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
