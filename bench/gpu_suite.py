@@ -100,8 +100,7 @@ def rate_layer(dense: torch.nn.Linear, lanes: int | None = None, rows: int | Non
     from pycodec.quant import _rate_quantize, pack_affine
 
     w = dense.weight.detach().float().cpu()
-    q, step, escaped = _rate_quantize(w, RATE_C)
-    idx = escaped.reshape(-1).nonzero().reshape(-1)
+    q, step, idx = _rate_quantize(w, RATE_C)  # idx: the escapes' flat indices
     chunk = rows * w.shape[1] if rows else None
     stream = None
     if lanes or rows:

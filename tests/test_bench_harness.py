@@ -214,3 +214,40 @@ def test_profile_kernels_script_says_why_it_cannot_run_without_a_gpu(capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main() == 2 and "no CUDA device" in capsys.readouterr().err
+
+
+def test_rate_layer_escapes_the_outliers(monkeypatch):
+    """gpu_suite.rate_layer packs the quantizer's escapes (flat indices) at their own weights: it
+    once took the indices for a mask and escaped weights 0, 1, ... instead."""
+    import torch
+
+    from pycodec import CompressedLinear
+
+    suite = load_suite()
+    monkeypatch.setattr(CompressedLinear, "cuda", lambda self, *a, **k: self)
+    dense = torch.nn.Linear(256, 64, bias=False)
+    with torch.no_grad():
+        dense.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(5))
+        dense.weight[3, 17] = dense.weight[40, 200] = 9.0
+    layer = suite.rate_layer(dense)
+    assert layer.escape_index.tolist() == [3 * 256 + 17, 40 * 256 + 200]
+    x = torch.randn(2, 256, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        y, ref = layer(x).double(), dense(x).double()
+    assert float((y - ref).norm() / ref.norm()) < 0.1
+
+
+def test_bench_layout_counts_each_escape_once():
+    """bench_layout's rate bits count 96 bits per escape (it once summed the escapes' indices)."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_layout", os.path.join(ROOT, "bench", "bench_layout.py"))
+    layout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layout)
+    w = torch.randn(128, 384, generator=torch.Generator().manual_seed(7)) * 0.02
+    w[100, 300] = 5.0
+    rate = layout.measure("test", {"w": w.to(torch.bfloat16)})["rate 3.5"]
+    assert 2.0 < rate["v2_bits_per_weight"] < 5.0
+    assert rate["lane_starts_bits_per_weight"] > 0
