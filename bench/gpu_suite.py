@@ -5,7 +5,9 @@
 Measured on the CUDA device at hand, everything in the same run:
   * settings (first: a lease cut short still has it): the fused GEMVs at batch 1 and 4 on
     4096 x 4096 and 14336 x 4096, rate 3.5 and lossless, under each pycodec GPU kernel setting
-    (x in shared memory or not; 4, 8 or 16 warps a block), beside bf16, outputs checked equal;
+    (x in shared memory or not; 4, 8 or 16 warps a block), and with lane ranges from the count pass
+    instead of the lane starts ("counted": cuda_ops.LANE_STARTS off), beside bf16, outputs checked
+    equal;
   * decode: GB/s of decoded symbols of the v2 decode kernel on a 4096 x 14336 rate-3.5 stream and its
     lossless symbols, over layout variants (lanes per chunk, rows per chunk), beside the legacy v1
     decoders on the same symbols;
@@ -160,6 +162,18 @@ class WithSettings(torch.nn.Module):
 SETTING_VARIANTS = {"x global": ({"gemv_x_shared_bytes": 0}, (1, 4)), "16 warps": ({"warps_per_block": 16}, (1, 4))}
 # Lossless only: the fused GEMV beside the staged one (the default), at the GEMVs' batches.
 LOSSLESS_VARIANTS = {"fused GEMV": ({"split_gemv_staged": 0}, (1, 16))}
+
+
+def counted(build, *args):
+    """build(*args), a layer whose kernel tables carry no lane starts (cuda_ops.LANE_STARTS off):
+    its kernels find every lane's range with the count pass, the route before lane starts."""
+    from pycodec import cuda_ops
+
+    saved, cuda_ops.LANE_STARTS = cuda_ops.LANE_STARTS, False
+    try:
+        return build(*args)
+    finally:
+        cuda_ops.LANE_STARTS = saved
 
 
 def lossless_layer(dense: torch.nn.Linear, exact: bool = False):
@@ -318,23 +332,28 @@ def settings_suite(rows: list | None = None, shapes=((4096, 4096), (14336, 4096)
         dense = random_linear(out_f, in_f)
         bf16 = copy.deepcopy(dense).cuda()
         lossless = lossless_layer(dense)
-        layers = {"rate 3.5": (rate_layer(dense), {}), "lossless": (lossless, {"split_gemv_staged": 1}),
-                  "lossless fused": (lossless, {"split_gemv_staged": 0})}
+        lossless_counted = counted(lossless_layer, dense)
+        layers = {"rate 3.5": (rate_layer(dense), {}), "rate 3.5 counted": (counted(rate_layer, dense), {}),
+                  "lossless": (lossless, {"split_gemv_staged": 1}),
+                  "lossless counted": (lossless_counted, {"split_gemv_staged": 1}),
+                  "lossless fused": (lossless, {"split_gemv_staged": 0}),
+                  "lossless fused counted": (lossless_counted, {"split_gemv_staged": 0})}
         for batch in batches:
             x = torch.randn(batch, in_f, device="cuda", dtype=torch.bfloat16)
             with torch.no_grad():
                 base = graph_ms(lambda: bf16(x))
+                refs = {}  # per layer without " counted": every variant of it must give the same bits
                 for label, (layer, route) in layers.items():
-                    ref = None
-                    for settings in combos:
+                    # counted layers beside the default settings only: the lane starts' gain, not a sweep
+                    for settings in combos[:1] if label.endswith("counted") else combos:
                         run = with_settings({**settings, **route}, layer)
                         y = run(x)
-                        ref = y if ref is None else ref
+                        ref = refs.setdefault(label.removesuffix(" counted"), y)
                         ms = graph_ms(lambda: run(x))
                         rows.append({"shape": [out_f, in_f], "batch": batch, "method": f"pycodec {label}", **settings,
                                      "graph_ms": ms, "bf16_graph_ms": base, "same_bits": bool(torch.equal(y, ref)),
                                      "speedup_vs_bf16": base / ms if base and ms else None})
-                        print(f"settings {out_f}x{in_f} b={batch} {label:14s} x_shared {settings['gemv_x_shared_bytes']:6d} "
+                        print(f"settings {out_f}x{in_f} b={batch} {label:22s} x_shared {settings['gemv_x_shared_bytes']:6d} "
                               f"warps {settings['warps_per_block']:2d}: {1e3 * (ms or math.nan):8.1f} us "
                               f"(bf16 {1e3 * (base or math.nan):.1f})", flush=True)
     return rows
@@ -368,7 +387,8 @@ def decode_suite(peak, quick: bool, rows: list | None = None) -> list[dict]:
     lossless = __import__("numpy").frombuffer(_C.split_float(bits, 16)[2], "uint8").reshape(w.shape)
     rows = [] if rows is None else rows
     for data_label, sym in (("rate 3.5 symbols", q), ("lossless symbols", lossless)):
-        variants = [("v2 default", dict()), ("v2 default, unstaged", dict()), ("v2 default, 16 warps", dict()),
+        variants = [("v2 default", dict()), ("v2 default, counted", dict()), ("v2 default, unstaged", dict()),
+                    ("v2 default, 16 warps", dict()),
                     ("v2 16 lanes", dict(lanes=16)), ("v2 8 lanes", dict(lanes=8)),
                     ("v2 2 rows/chunk", dict(chunk_symbols=2 * sym.shape[1])),
                     ("v1 huffman (legacy)", "v1h"), ("v1 rans (legacy)", "v1r")]
@@ -385,7 +405,9 @@ def decode_suite(peak, quick: bool, rows: list | None = None) -> list[dict]:
             info = _C.info(blob)
             s = cuda_ops.stream_layout(blob)
             dev = cuda_ops.with_slack(torch.frombuffer(bytearray(blob), dtype=torch.uint8).cuda())
-            table = cuda_ops.kernel_tables(blob)["table"].cuda()
+            # lane starts as a module's tables carry them (counted: the count pass finds the ranges)
+            starts = _C.lane_starts(blob) if s.version == 2 and not label.endswith("counted") else None
+            table = cuda_ops.kernel_tables(blob, lane_starts=starts)["table"].cuda()
             if s.version == 2:
                 run = with_settings(settings, lambda: cuda_ops.windowed_decode(dev, table, s.ints))
             else:
