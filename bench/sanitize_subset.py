@@ -3,8 +3,9 @@
 Decode, fused affine and lossless GEMVs at batch 1, 3 and 16, the tile kernel (shared-memory
 phases: racecheck's main subject) and the lossless split decode (exact path) at 40 and 128, on a few shapes and layouts, including a
 constant stream, many lanes on a short chunk, and escapes. The decode and GEMVs run under each
-kernel setting whose shared memory differs (staged decode, x in shared memory and the staged
-lossless GEMV, on and off; blocks of 4, 16 and 1 warps).
+kernel setting whose shared memory differs (staged decode, x in shared memory, the GEMVs' stream
+stage and the staged lossless GEMV, on and off; blocks of 4, 16 and 1 warps), with lane starts and
+(the last setting) with the count pass.
 """
 from __future__ import annotations
 
@@ -21,13 +22,16 @@ from pycodec import CompressedLinear, CompressionConfig, cuda_ops  # noqa: E402
 
 
 SETTINGS = ({}, {"warps_per_block": 16},
-            {"warps_per_block": 1, "decode_stage_symbols": 0, "gemv_x_shared_bytes": 0, "split_gemv_staged": 0})
+            {"warps_per_block": 1, "decode_stage_symbols": 0, "gemv_x_shared_bytes": 0, "split_gemv_staged": 0,
+             "gemv_stream_shared": 0})
 
 
 def main() -> None:
-    for settings in SETTINGS:
+    for i, settings in enumerate(SETTINGS):
+        cuda_ops.LANE_STARTS = i + 1 < len(SETTINGS)  # the last without: the kernels' count pass
         with cuda_ops.kernel_settings(**settings):
             run_subset()
+    cuda_ops.LANE_STARTS = True
     torch.cuda.synchronize()
     print("sanitize subset: ok")
 

@@ -36,7 +36,7 @@ void check(Status st, const char* where) {
 }
 
 windowed::StreamView stream_view(const py::tuple& t) {
-  if (t.size() != 10) throw CodecException("stream view: expected 10 fields");
+  if (t.size() != 11) throw CodecException("stream view: expected 11 fields");
   windowed::StreamView v;
   v.super = reinterpret_cast<const uint32_t*>(t[0].cast<uintptr_t>());
   v.sizes = reinterpret_cast<const uint16_t*>(t[1].cast<uintptr_t>());
@@ -48,6 +48,7 @@ windowed::StreamView stream_view(const py::tuple& t) {
   v.lanes = t[7].cast<uint32_t>();
   v.constant_code = t[8].cast<bool>();
   v.lane_starts = reinterpret_cast<const uint16_t*>(t[9].cast<uintptr_t>());  // 0: none, pass 1 counts
+  v.max_chunk_words = t[10].cast<uint32_t>();
   return v;
 }
 
@@ -176,8 +177,8 @@ StreamInfo parse(const py::buffer_info& b) {
 // The format-v2 kernel entry points, bound twice with one argument handling: "cuda_*" runs the
 // CUDA kernels, "host_*" their emulation on host memory (emulate.h), so tests drive the Python
 // ops' glue without a GPU. `view` = (super, sizes, payload, payload_words, n_symbols,
-// chunk_symbols, n_chunks, lanes, constant_code, lane_starts) with the addresses of the stream's
-// pieces (lane_starts 0: none).
+// chunk_symbols, n_chunks, lanes, constant_code, lane_starts, max_chunk_words) with the addresses
+// of the stream's pieces (lane_starts 0: none).
 struct CudaKernels {
   static Status decode(const windowed::StreamView& s, const uint32_t* t, uint8_t* out, uint32_t* st, uintptr_t cs) {
     return cuda::windowed_decode(s, t, out, st, cs);
@@ -515,6 +516,7 @@ PYBIND11_MODULE(_C, m) {
         d["sizes_offset"] = s.sizes_offset;      // v2: u16 chunk sizes (v1: = index_offset)
         d["payload_offset"] = s.payload_offset;
         d["payload_words"] = s.payload_words;
+        d["max_chunk_words"] = max_chunk_words(static_cast<const uint8_t*>(b.ptr), s);
         d["side_bits"] = side_bits(static_cast<const uint8_t*>(b.ptr), s);
         d["payload_bits"] = 8 * uint64_t(s.total_bytes) - side_bits(static_cast<const uint8_t*>(b.ptr), s);
         return d;
@@ -1103,4 +1105,10 @@ PYBIND11_MODULE(_C, m) {
       "staged kernel (the chunk decoded into shared memory, then multiplied 8 columns a lane); 0: always the fused "
       "kernel. on sets it (clamped to 0..1); returns the value in use. The two add in different orders, so their "
       "outputs may differ in the last bits; the CPU emulation follows the setting.");
+  def_kernel_setting(
+      m, "gemv_stream_shared", "on", cuda::set_gemv_stream_shared, cuda::gemv_stream_shared,
+      "1 (default): each warp of the fused GEMVs copies its chunk's words into shared memory with whole-line "
+      "loads before its lanes decode them, where a block of one warp fits; 0: lanes read their windows from "
+      "global memory (~32 cache lines a warp-wide load). on sets it (clamped to 0..1); returns the value in use. "
+      "For side-by-side timings: the same bits for a valid stream.");
 }

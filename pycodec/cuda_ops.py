@@ -46,6 +46,7 @@ MAX_BATCH = 16                        # windowed_gemv.h: kGemvMaxBatch
 TABLE_ENTRIES = 4096                  # lookups of 12 bits
 TABLE_WORDS = TABLE_ENTRIES + 64 + 1024  # entries, code lengths, count table (build_decode_table)
 SLACK_BYTES = 4 * int(_C.SLACK_WORDS)
+LAYOUT_INTS = 10  # StreamLayout.ints
 # Whether the tables built for a stream bound for a GPU (a module moved or loaded there,
 # decode_cuda) carry its lane starts: each lane's first symbol, 16 bits a lane (~0.13 bits a
 # weight in 4096-symbol chunks of 32 lanes), which spares every kernel its count pass over the
@@ -69,12 +70,13 @@ class StreamLayout:
     payload_offset: int
     payload_words: int
     constant: bool
+    max_chunk_words: int
 
     @property
     def ints(self) -> list[int]:
-        """The ops' `layout` argument."""
+        """The ops' `layout` argument (LAYOUT_INTS)."""
         return [self.index_offset, self.sizes_offset, self.payload_offset, self.payload_words, self.n_symbols,
-                self.chunk_symbols, self.n_chunks, self.lanes, int(self.constant)]
+                self.chunk_symbols, self.n_chunks, self.lanes, int(self.constant), self.max_chunk_words]
 
 
 def stream_layout(blob: Any) -> StreamLayout:
@@ -85,7 +87,8 @@ def stream_layout(blob: Any) -> StreamLayout:
     return StreamLayout(int(info["version"]), info["coder"], tuple(int(d) for d in info["shape"]),
                         int(info["n_symbols"]), int(info["chunk_symbols"]), int(info["n_chunks"]),
                         int(info["lanes"]), int(info["index_offset"]), int(info["sizes_offset"]),
-                        int(info["payload_offset"]), int(info["payload_words"]), constant)
+                        int(info["payload_offset"]), int(info["payload_words"]), constant,
+                        int(info["max_chunk_words"]))
 
 
 def lane_start_words(layout: list[int]) -> int:
@@ -114,7 +117,8 @@ def kernel_tables(blob: Any, value16: np.ndarray | None = None, lane_starts: np.
     return out
 
 
-KERNEL_SETTINGS = ("warps_per_block", "gemv_x_shared_bytes", "decode_stage_symbols", "split_gemv_staged")
+KERNEL_SETTINGS = ("warps_per_block", "gemv_x_shared_bytes", "decode_stage_symbols", "split_gemv_staged",
+                   "gemv_stream_shared")
 
 
 @contextlib.contextmanager
@@ -155,11 +159,12 @@ def _has_slack(t: torch.Tensor) -> bool:
 def _view(blob: torch.Tensor, layout: list[int], table: torch.Tensor) -> tuple:
     """The kernels' StreamView (device addresses) of a stream inside `blob`, with the lane starts
     that follow its table's TABLE_WORDS words if there are any (_check_stream has sized them)."""
-    index_offset, sizes_offset, payload_offset, payload_words, n_symbols, chunk_symbols, n_chunks, lanes, constant = layout
+    (index_offset, sizes_offset, payload_offset, payload_words, n_symbols, chunk_symbols, n_chunks, lanes, constant,
+     max_chunk_words) = layout
     base = blob.data_ptr()
     starts = table.data_ptr() + 4 * TABLE_WORDS if table.numel() > TABLE_WORDS else 0
     return (base + index_offset, base + sizes_offset, base + payload_offset, payload_words, n_symbols, chunk_symbols,
-            n_chunks, lanes, bool(constant), starts)
+            n_chunks, lanes, bool(constant), starts, max_chunk_words)
 
 
 class _Kernels:
@@ -199,8 +204,8 @@ def _stream() -> int:
 
 
 def _check_stream(op: str, blob: torch.Tensor, table: torch.Tensor, layout: list[int]) -> None:
-    if len(layout) != 9:
-        raise CodecError(f"{op}: layout must have 9 fields (StreamLayout.ints)")
+    if len(layout) != LAYOUT_INTS:
+        raise CodecError(f"{op}: layout must have {LAYOUT_INTS} fields (StreamLayout.ints)")
     if blob.dtype != torch.uint8 or blob.dim() != 1 or not blob.is_contiguous():
         raise CodecError(f"{op}: the stream must be a contiguous 1-D uint8 tensor")
     index_offset, sizes_offset, payload_offset, payload_words, _, _, n_chunks = layout[:7]

@@ -45,7 +45,7 @@ MAX_FUSED_BATCH = 16
 # Batches the tile kernel takes (above the GEMVs'). A module setting, so that bench/gpu_suite.py
 # can time the decoded route beside it on the same weights.
 TILE_BATCHES = range(MAX_FUSED_BATCH + 1, int(_C.TILE_MAX_BATCH) + 1)
-_NO_LAYOUT = (0,) * 9
+_NO_LAYOUT = (0,) * cuda_ops.LAYOUT_INTS
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class WeightInfo:
 
     @classmethod
     def from_ints(cls, v: list[int]) -> "WeightInfo":
-        return cls(*v[:10], tuple(v[10:19]))
+        return cls(*v[:10], tuple(v[10:10 + cuda_ops.LAYOUT_INTS]))
 
     @property
     def dtype(self) -> torch.dtype:

@@ -72,13 +72,13 @@ def test_op_fake_shapes():
     with FakeTensorMode():
         blob = torch.empty(1000, dtype=torch.uint8)
         table = torch.empty(cuda_ops.TABLE_WORDS, dtype=torch.int32)
-        out = torch.ops.pycodec.windowed_decode(blob, table, [0, 0, 0, 0, 777, 777, 1, 32, 0])
+        out = torch.ops.pycodec.windowed_decode(blob, table, [0, 0, 0, 0, 777, 777, 1, 32, 0, 0])
         assert out.shape == (777,) and out.dtype == torch.uint8
         x = torch.empty(3, 64)
         e = torch.empty(0)
-        y = torch.ops.pycodec.windowed_gemv_affine(x, blob, table, e, e, e, e, e, e, [0] * 9, 0.0, 64, 10, 64)
+        y = torch.ops.pycodec.windowed_gemv_affine(x, blob, table, e, e, e, e, e, e, [0] * 10, 0.0, 64, 10, 64)
         assert y.shape == (3, 10) and y.dtype == torch.float32
-        y = torch.ops.pycodec.windowed_gemv_split(x, blob, table, e, e, [0] * 9, 10, 12, 64)
+        y = torch.ops.pycodec.windowed_gemv_split(x, blob, table, e, e, [0] * 10, 10, 12, 64)
         assert y.shape == (3, 12)
 
 

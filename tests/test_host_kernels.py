@@ -474,6 +474,27 @@ def test_decode_stage_symbols_is_a_clamped_setting():
         _C.decode_stage_symbols(before)
 
 
+def test_gemv_stream_shared_is_a_clamped_setting():
+    before = _C.gemv_stream_shared()
+    try:
+        assert before == 1  # the default
+        assert _C.gemv_stream_shared(0) == 0 and _C.gemv_stream_shared(7) == 1 and _C.gemv_stream_shared() == 1
+    finally:
+        _C.gemv_stream_shared(before)
+
+
+def test_stream_layout_gives_the_longest_chunk():
+    """StreamLayout.max_chunk_words, what a GEMV warp's stream stage holds: the largest of the
+    index's chunk sizes (u16 each, after the super offsets)."""
+    sym = np.random.default_rng(9).integers(0, 60, size=(24, 700)).astype(np.uint8)
+    sym[5] = 0  # a cheap row: chunks of unequal sizes
+    blob = pycodec.encode(sym, chunk_symbols=1400, lanes=8)
+    s = cuda_ops.stream_layout(blob)
+    sizes = np.frombuffer(blob, np.uint16, count=s.n_chunks, offset=s.sizes_offset)
+    assert s.max_chunk_words == int(sizes.max()) > int(sizes.min()) and len(s.ints) == cuda_ops.LAYOUT_INTS
+    assert cuda_ops.stream_layout(pycodec.encode(sym, coder="rans")).max_chunk_words == 0  # format v1
+
+
 def test_warps_per_block_is_a_clamped_setting():
     before = _C.warps_per_block()
     try:

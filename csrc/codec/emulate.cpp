@@ -41,6 +41,7 @@ struct HostStream {
     view.n_chunks = info.n_chunks;
     view.lanes = info.lanes;
     view.constant_code = code.constant;
+    view.max_chunk_words = max_chunk_words(b, info);
     return Status::Ok;
   }
 };

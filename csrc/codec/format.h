@@ -29,6 +29,7 @@
 // n_symbols <= chunk_symbols * chunks <= 2^20 * blob_bytes / 2).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -188,6 +189,15 @@ inline Status parse_header(const uint8_t* blob, size_t len, StreamInfo* info) {
   if (st != Status::Ok) return st;
   *info = s;
   return Status::Ok;
+}
+
+// The most words any chunk of a v2 stream holds (0 for v1, whose index holds offsets): the size of
+// the GPU GEMVs' per-warp copy of a chunk (windowed_gemv.h: stream_stage_words).
+inline uint32_t max_chunk_words(const uint8_t* blob, const StreamInfo& s) {
+  uint32_t most = 0;
+  if (s.version == 2)
+    for (uint64_t c = 0; c < s.n_chunks; ++c) most = std::max<uint32_t>(most, uint32_t(chunk_size_v2(blob, s, c)));
+  return most;
 }
 
 // Word offset of every chunk inside the payload, plus the payload's end (n_chunks + 1

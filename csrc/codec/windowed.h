@@ -215,30 +215,40 @@ inline void build_count_table(const huffman::Code& c, uint8_t out[kTableSize]) {
 // A lane's bits, read forward from any bit offset. buf holds the next bits left-aligned,
 // avail >= 32 of them are valid between steps, and `pending` is the word after those: loaded
 // one refill ahead, so its memory latency hides behind the lookups in between instead of
-// stalling the refill.
-// kChecked: every load is tested against the chunk's end (reads there and past it give 0): the
-// CPU decoder's policy, which must take any blob. Unchecked: the kernels' policy; they read
-// from buffers with kSlackWords readable words past their end and bound each lane's reads
-// before it starts (a window read never runs past its chunk by more than 3 words).
+// stalling the refill. How loads treat the words' end (`end`):
+//   kChecked    every load is tested against the chunk's end (reads there and past it give 0):
+//               the CPU decoder's policy, which must take any blob;
+//   kUnchecked  the kernels' policy for global memory: they read from buffers with kSlackWords
+//               readable words past their end and bound each lane's reads before it starts (a
+//               window read never runs past its chunk by more than 3 words);
+//   kClamped    loads past the end read its last word: a warp's copy of its chunk in shared
+//               memory (the fused GEMVs' stream stage, windowed_cuda.cu; StageReader), which no
+//               range, however wrong, can read outside. The warp copies its chunk with
+//               whole-line loads, where lanes reading their own windows from global memory touch
+//               ~32 lines a load (ncu on an H200: the fused GEMVs' stalls were mostly such waits).
 constexpr uint32_t kSlackWords = 4;
 
-template <bool kChecked>
+enum class Reads { kChecked, kUnchecked, kClamped };
+
+template <Reads kReads>
 struct BitReader {
   const uint32_t* next;  // the word after `pending`
-  const uint32_t* end;   // kChecked: the chunk's end; loads there and past it give 0
+  const uint32_t* end;   // the words' end (kChecked, kClamped)
   uint32_t pending;
   int32_t avail;
   uint64_t buf;
 
   PYCODEC_HD uint32_t load(const uint32_t* p) const {
-    if (kChecked) return p < end ? PYCODEC_LOAD_WORD(p) : 0u;
+    if (kReads == Reads::kChecked) return p < end ? PYCODEC_LOAD_WORD(p) : 0u;
+    if (kReads == Reads::kClamped) return *(p < end ? p : end - 1);
     return PYCODEC_LOAD_WORD(p);
   }
+  // kClamped: n_words >= 1.
   PYCODEC_HD void init(const uint32_t* w, uint32_t n_words, uint64_t bit) {
     end = w + n_words;
     uint64_t i = bit >> 5;
     const int off = int(bit & 31u);
-    if (kChecked && i > n_words) i = n_words;
+    if (kReads == Reads::kChecked && i > n_words) i = n_words;
     const uint32_t* p = w + i;
     buf = ((uint64_t(load(p)) << 32) | load(p + 1)) << off;
     avail = 64 - off;
@@ -262,8 +272,9 @@ struct BitReader {
     refill();
   }
 };
-using LaneReader = BitReader<true>;
-using FastReader = BitReader<false>;
+using LaneReader = BitReader<Reads::kChecked>;
+using FastReader = BitReader<Reads::kUnchecked>;
+using StageReader = BitReader<Reads::kClamped>;
 
 // A single code as an entry, for the last codes of a lane where a whole entry may not fit.
 PYCODEC_HD uint32_t first_code_entry(uint32_t e, const uint8_t* length) {

@@ -73,15 +73,21 @@ inline void emulate_warp_sums(const Args& a, const float* slots, uint32_t rows, 
 
 // The warp of one chunk, lane after lane: pass 1, the scan (a running sum), pass 2 into sinks,
 // the butterfly over the slots. Returns false if a lane overran its window (corrupt chunk).
+// Pass 2 reads the chunk's words from a copy, as the kernel's stream stage does (for valid streams
+// the same bits as the words in place).
 template <int B, template <int, class> class Sink, class Args, class Entry>
 inline bool emulate_chunk(const StreamView& s, uint64_t c, const uint8_t* count, const Entry* table,
                           const uint8_t* lengths, const Args& a, std::vector<float>& slots) {
   const ChunkView v = chunk_view(s, c);
   const uint32_t rows = v.m / a.k;
   slots.assign(size_t(rows) * B * 32, 0.f);
-  const bool ok = emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t l, FastReader& reader, LaneRange r) {
+  const std::vector<uint32_t> stage(v.words, v.words + chunk_stage_words(v, stream_stage_words(s)));
+  const uint64_t window = lane_window_bits(v.n_words, s.lanes);
+  const bool ok = emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t l, FastReader&, LaneRange r) {
     Sink<B, XGlobal> sink;
     sink.begin(a, slots.data(), l, v, r.start);
+    StageReader reader;
+    reader.init(stage.data(), uint32_t(stage.size()), l * window);
     gemv_lane(table, lengths, reader, r.count, sink);
   });
   emulate_warp_sums<B>(a, slots.data(), rows, uint32_t(v.first / a.k));

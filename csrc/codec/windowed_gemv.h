@@ -90,6 +90,7 @@ struct StreamView {
   // The stream's lane starts (windowed.h; [n_chunks][lanes], chunks within kLaneStartsMaxChunk),
   // or null: then pass 1 counts every lane's codes to find them.
   const uint16_t* lane_starts = nullptr;
+  uint32_t max_chunk_words = 0;  // the longest chunk's words: what a warp's stream stage holds
 };
 
 struct ChunkView {
@@ -179,6 +180,18 @@ PYCODEC_HD uint32_t lane_window_count(const ChunkView& v, const StreamView& s, c
   r.init(v.words, 0, lane * window);
   uint32_t used;
   return count_window(count, table, length, r, uint32_t(window), &used);
+}
+
+// A warp's stream stage (the fused GEMVs copy their chunk's words into shared memory, StageReader):
+// the longest chunk and the readable slack after it, in whole 16-byte pieces. A chunk's copy is its
+// words and slack, cut to the stage (max_chunk_words comes from the host's index: a wrong one
+// garbles, never overflows).
+PYCODEC_HD uint32_t stream_stage_words(const StreamView& s) {
+  return (s.max_chunk_words + kSlackWords + 3u) & ~3u;
+}
+PYCODEC_HD uint32_t chunk_stage_words(const ChunkView& v, uint32_t stage_words) {
+  const uint32_t n = v.n_words + kSlackWords;
+  return n < stage_words ? n : stage_words;
 }
 
 // A lane's pass-2 range from the lane starts instead of pass 1: [start, next), next being the

@@ -256,17 +256,23 @@ __device__ __forceinline__ void warp_sums(const Args& a, const float* warp_slots
 // ~32 different cache lines: through L1 that is ~32 wavefronts an instruction, and on an H200 the
 // batch-1 lossless GEMV spent 61% of its stall cycles waiting on L1 (ncu, 2026-11-30). In shared
 // memory the same loads cost a few bank conflicts each.
-template <int B, template <int, class> class Sink, class Args, class Entry, bool kXShared>
-__global__ void gemv_kernel(const StreamView s, const Args a,
-                                                        const Entry* __restrict__ table,
-                                                        const uint8_t* __restrict__ aux, uint32_t max_rows) {
+// kStreamShared: each warp first copies its chunk's words (and the slack after them) into its
+// stream stage, 32 consecutive words a load, and its lanes read their windows there (StageReader)
+// instead of ~32 scattered lines a warp-wide load. stage_words: each warp's stage
+// (windowed_gemv.h: stream_stage_words), 0 without.
+template <int B, template <int, class> class Sink, class Args, class Entry, bool kXShared, bool kStreamShared>
+__global__ void gemv_kernel(const StreamView s, const Args a, const Entry* __restrict__ table,
+                            const uint8_t* __restrict__ aux, uint32_t max_rows, uint32_t stage_words) {
   extern __shared__ __align__(16) unsigned char smem[];
   Entry* table_smem = reinterpret_cast<Entry*>(smem);
   uint8_t* aux_smem = smem + table_bytes<Entry>();
   float* slots = reinterpret_cast<float*>(smem + table_bytes<Entry>() + kAuxBytes);
+  uint32_t* stages = reinterpret_cast<uint32_t*>(slots + size_t(blockDim.x / 32) * max_rows * B * 32);
   Args shared_x_args;  // kXShared: a's copy whose x is the block's
   if constexpr (kXShared) {
-    float* x_smem = slots + size_t(blockDim.x / 32) * max_rows * B * 32;
+    // stage_words is a multiple of 4 (stream_stage_words); masked, so that nvcc sees x 16-byte
+    // aligned and loads a batch row's column in one LDS.128 (B = 4: 72 instructions a loop, not 90)
+    float* x_smem = reinterpret_cast<float*>(stages + size_t(blockDim.x / 32) * (stage_words & ~3u));
     stage_x<B>(x_smem, a.x, a.k);
     shared_x_args = a;
     shared_x_args.x = x_smem;
@@ -280,13 +286,23 @@ __global__ void gemv_kernel(const StreamView s, const Args a,
   if (!gemv_warp_chunk<B>(s, a, tables_ok, lane, &v, &rows, &first_row)) return;  // whole warp
   float* warp_slots = slots + size_t(warp) * max_rows * B * 32;
   for (uint32_t i = 0; i < rows * B; ++i) warp_slots[i * 32 + lane] = 0.f;
+  uint32_t* stage = stages + size_t(warp) * stage_words;
+  const uint32_t staged_words = windowed::chunk_stage_words(v, stage_words);
+  if constexpr (kStreamShared) {  // words and slack are readable (chunk_view clamps to the payload)
+    for (uint32_t i = lane; i < staged_words; i += 32) stage[i] = __ldg(v.words + i);
+  }
 
   const windowed::LaneRange r = warp_lane_range(v, s, table_smem, aux_smem, lane);
+  if constexpr (kStreamShared) __syncwarp();
   if (lane < s.lanes) {
     Sink<B, std::conditional_t<kXShared, windowed::XShared, windowed::XGlobal>> sink;
     sink.begin(sink_args, warp_slots, lane, v, r.start);
-    windowed::FastReader reader;
-    reader.init(v.words, 0, lane * windowed::lane_window_bits(v.n_words, s.lanes));
+    const uint64_t first_bit = lane * windowed::lane_window_bits(v.n_words, s.lanes);
+    std::conditional_t<kStreamShared, windowed::StageReader, windowed::FastReader> reader;
+    if constexpr (kStreamShared)
+      reader.init(stage, staged_words, first_bit);
+    else
+      reader.init(v.words, 0, first_bit);
     windowed::gemv_lane(table_smem, aux_smem, reader, r.count, sink);
   }
   __syncwarp();
@@ -553,13 +569,23 @@ Status launch_x_placed(const StreamView& s, size_t fixed, size_t per_warp, size_
   return from_cuda(cudaGetLastError());
 }
 
-// Shared memory of a GEMV block: tables, then each warp's slots, then (kXShared) x.
+std::atomic<uint32_t> stream_shared_setting{1};
+
+// Shared memory of a GEMV block: tables, then each warp's slots, then (kStreamShared) each warp's
+// stream stage, then (kXShared) x. The stream stage where the setting allows and a block of one
+// warp fits with it (x then placed as launch_x_placed decides), else lanes read global memory.
 template <int B, template <int, class> class Sink, class Args, class Entry>
 Status launch_gemv(const StreamView& s, const Args& a, const Entry* table, const uint8_t* aux, cudaStream_t cs) {
   const uint32_t max_rows = s.chunk_symbols / a.k;
-  return launch_x_placed<gemv_kernel<B, Sink, Args, Entry, true>, gemv_kernel<B, Sink, Args, Entry, false>>(
-      s, table_bytes<Entry>() + kAuxBytes, size_t(max_rows) * B * 32 * sizeof(float),
-      size_t(a.k + windowed::kXPadRows) * B * sizeof(float), max_block_smem(), cs, a, table, aux, max_rows);
+  const size_t fixed = table_bytes<Entry>() + kAuxBytes, slots = size_t(max_rows) * B * 32 * sizeof(float);
+  const size_t x_bytes = size_t(a.k + windowed::kXPadRows) * B * sizeof(float), device_smem = max_block_smem();
+  const uint32_t stage_words = windowed::stream_stage_words(s);
+  const size_t staged = slots + size_t(stage_words) * sizeof(uint32_t);
+  if (stream_shared_setting.load(std::memory_order_relaxed) && block_warps(s, fixed, staged, device_smem) > 0)
+    return launch_x_placed<gemv_kernel<B, Sink, Args, Entry, true, true>, gemv_kernel<B, Sink, Args, Entry, false, true>>(
+        s, fixed, staged, x_bytes, device_smem, cs, a, table, aux, max_rows, stage_words);
+  return launch_x_placed<gemv_kernel<B, Sink, Args, Entry, true, false>, gemv_kernel<B, Sink, Args, Entry, false, false>>(
+      s, fixed, slots, x_bytes, device_smem, cs, a, table, aux, max_rows, 0u);
 }
 
 // Batches 1..8 and 16 (the caller pads 9..15 to 16): windowed::with_batch's list.
@@ -640,6 +666,9 @@ uint32_t decode_stage_symbols_limit() { return decode_stage_symbols.load(std::me
 
 uint32_t set_split_gemv_staged(uint32_t on) { return staged_gemv_setting.exchange(clamp_setting(on, 0, 1)); }
 uint32_t split_gemv_staged() { return staged_gemv_setting.load(std::memory_order_relaxed); }
+
+uint32_t set_gemv_stream_shared(uint32_t on) { return stream_shared_setting.exchange(clamp_setting(on, 0, 1)); }
+uint32_t gemv_stream_shared() { return stream_shared_setting.load(std::memory_order_relaxed); }
 
 Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev, uint8_t* out_dev,
                        uint32_t* status_dev, uintptr_t stream) {

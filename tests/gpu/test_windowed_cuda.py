@@ -79,17 +79,19 @@ def _gemv_affine(packed: dict, x: np.ndarray) -> torch.Tensor:
                                          info.group_size, info.n, info.k)
 
 
-@pytest.fixture(params=[("x shared", 4), ("x global", 4), ("x shared", 16), ("x global", 1), ("x shared, counted", 4)],
-                ids=str)
+@pytest.fixture(params=[("x shared", 4), ("x global", 4), ("x shared", 16), ("x global", 1), ("x shared, counted", 4),
+                        ("x shared, global stream", 4)], ids=str)
 def x_placement(request, monkeypatch):
-    """Both instances of the fused GEMVs: x copied into shared memory (the default where it fits,
+    """The instances of the fused GEMVs: x copied into shared memory (the default where it fits,
     _C.gemv_x_shared_bytes) and x read from global memory (0); in blocks of the default 4 warps and
-    of 16 or 1 (_C.warps_per_block); lane ranges from the lane starts or the count pass ("counted").
-    They must all give the same bits."""
+    of 16 or 1 (_C.warps_per_block); lane ranges from the lane starts or the count pass ("counted");
+    each warp's chunk copied into shared memory (the default, _C.gemv_stream_shared) or read in
+    place ("global stream"). They must all give the same bits."""
     placement, warps = request.param
     monkeypatch.setattr(cuda_ops, "LANE_STARTS", "counted" not in placement)
-    x_bytes = 0 if placement == "x global" else 64 * 1024
-    with cuda_ops.kernel_settings(warps_per_block=warps, gemv_x_shared_bytes=x_bytes):
+    x_bytes = 0 if placement.startswith("x global") else 64 * 1024
+    with cuda_ops.kernel_settings(warps_per_block=warps, gemv_x_shared_bytes=x_bytes,
+                                  gemv_stream_shared=int("global stream" not in placement)):
         yield request.param
 
 
