@@ -6,7 +6,7 @@ Measured on the CUDA device at hand, everything in the same run:
   * settings (first: a lease cut short still has it): the fused GEMVs at batch 1 and 4 on
     4096 x 4096 and 14336 x 4096, rate 3.5 and lossless, under each pycodec GPU kernel setting
     (x in shared memory or not; 4, 8 or 16 warps a block; each warp's chunk copied into shared memory
-    or read in place: gemv_stream_shared), and with lane ranges from the count pass
+    or read in place: stream_shared), and with lane ranges from the count pass
     instead of the lane starts ("counted": cuda_ops.LANE_STARTS off), beside bf16, outputs checked
     equal;
   * decode: GB/s of decoded symbols of the v2 decode kernel on a 4096 x 14336 rate-3.5 stream and its
@@ -328,8 +328,8 @@ def settings_suite(rows: list | None = None, shapes=((4096, 4096), (14336, 4096)
     the fused GEMVs at batch 1 and 4 under x shared / global x 4, 8, 16 warps, beside bf16; lossless
     through the staged GEMV (the default) and the fused one (split_gemv_staged=0)."""
     rows = [] if rows is None else rows
-    combos = [{"gemv_x_shared_bytes": x, "warps_per_block": w, "gemv_stream_shared": 1} for x in (64 * 1024, 0)
-              for w in (4, 8, 16)] + [{"gemv_x_shared_bytes": 64 * 1024, "warps_per_block": 4, "gemv_stream_shared": 0}]
+    combos = [{"gemv_x_shared_bytes": x, "warps_per_block": w, "stream_shared": 1} for x in (64 * 1024, 0)
+              for w in (4, 8, 16)] + [{"gemv_x_shared_bytes": 64 * 1024, "warps_per_block": 4, "stream_shared": 0}]
     for out_f, in_f in shapes:
         dense = random_linear(out_f, in_f)
         bf16 = copy.deepcopy(dense).cuda()
@@ -355,7 +355,7 @@ def settings_suite(rows: list | None = None, shapes=((4096, 4096), (14336, 4096)
                         rows.append({"shape": [out_f, in_f], "batch": batch, "method": f"pycodec {label}", **settings,
                                      "graph_ms": ms, "bf16_graph_ms": base, "same_bits": bool(torch.equal(y, ref)),
                                      "speedup_vs_bf16": base / ms if base and ms else None})
-                        print(f"settings {out_f}x{in_f} b={batch} {label:22s} stream_shared {settings['gemv_stream_shared']} "
+                        print(f"settings {out_f}x{in_f} b={batch} {label:22s} stream_shared {settings['stream_shared']} "
                               f"x_shared {settings['gemv_x_shared_bytes']:6d} "
                               f"warps {settings['warps_per_block']:2d}: {1e3 * (ms or math.nan):8.1f} us "
                               f"(bf16 {1e3 * (base or math.nan):.1f})", flush=True)

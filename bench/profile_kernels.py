@@ -53,7 +53,7 @@ def launches() -> list[tuple[str, object]]:
         ("lossless fused GEMV, 4096x4096, batch 1", with_settings(lambda: lossless(x1), split_gemv_staged=0)),
         ("rate 3.5 fused GEMV, 4096x4096, batch 1", lambda: rate(x1)),
         ("rate 3.5 fused GEMV, stream read in place, 4096x4096, batch 1",
-         with_settings(lambda: rate(x1), gemv_stream_shared=0)),
+         with_settings(lambda: rate(x1), stream_shared=0)),
         ("lossless decode to bf16 in one kernel, 4096x14336",
          lambda: gpu.dense_weight(packed, kernel, exact._info, torch.device("cuda"))),
         ("lossless decode + split_merge (two kernels), 4096x14336", two_kernels),

@@ -23,7 +23,7 @@ from pycodec import CompressedLinear, CompressionConfig, cuda_ops  # noqa: E402
 
 SETTINGS = ({}, {"warps_per_block": 16},
             {"warps_per_block": 1, "decode_stage_symbols": 0, "gemv_x_shared_bytes": 0, "split_gemv_staged": 0,
-             "gemv_stream_shared": 0})
+             "stream_shared": 0})
 
 
 def main() -> None:

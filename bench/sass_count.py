@@ -49,6 +49,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PEEK_BITS = 12
 MAX_PER_ENTRY = 3
+STAGE_LDS = 3  # a decode loop's 32-bit shared loads with the stream stage: two table entries, one refill
 
 
 def find_tool(name: str) -> str | None:
@@ -246,16 +247,19 @@ def main() -> None:
                                     "gemv_loop": gemv_loop and gemv_loop["instructions"], "batch": batch}
     # Chunks of up to 16384 symbols are staged in shared memory (DecodeTo::kStagedSymbols, E1E: byte
     # stores to shared memory); longer ones are written byte by byte to global memory (kSymbols, E0E).
-    for label, needle, stores in (("decode to bytes", "DecodeToE1E", "sts_min"),
-                                  ("decode to bytes, unstaged", "DecodeToE0E", "stg_min")):
-        dec = pick(loops(kernel(v2, needle)), lds_u8=0, lds_64=0, lds=2, **{stores: 2})
+    # A decode loop reads its words from the warp's stream stage (StageReader: a third LDS, the
+    # refill's; the default) or in place ("stream in place": an LDG instead).
+    for label, needle, stores, lds in (("decode to bytes", "DecodeToE1E", "sts_min", STAGE_LDS),
+                                       ("decode to bytes, stream in place", "DecodeToE1E", "sts_min", 2),
+                                       ("decode to bytes, unstaged", "DecodeToE0E", "stg_min", STAGE_LDS)):
+        dec = pick(loops(kernel(v2, needle)), lds_u8=0, lds_64=0, lds=lds, **{stores: 2})
         result["kernels"][label] = {"count_loop": result["kernels"]["gemv affine B=1"]["count_loop"],
                                     "decode_loop": dec and dec["instructions"]}
     # The lossless split decode (kStagedSplit, E2E): the staged decode, then the write-out loop, 8
     # floats a lane per iteration, one instance per raw width; aligned instances (one 8-byte load
     # of symbols, 8 value lookups, one 16-byte store) for low = 4..8, the widths of bf16 cuts.
     found = loops(kernel(v2, "DecodeToE2E"))
-    dec = pick(found, lds_u8=0, lds_64=0, lds=2, sts_min=2)
+    dec = pick(found, lds_u8=0, lds_64=0, lds=STAGE_LDS, sts_min=2)
     merges = sorted(lp["instructions"] for lp in found
                     if lp["ops"].count("LDS.64") == 1 and lp["ops"].count("LDS.U16") == 8 and count(lp["ops"], "STG") == 1)
     result["kernels"]["decode lossless split to bf16"] = {
@@ -266,7 +270,7 @@ def main() -> None:
     # then 8 columns a lane per iteration of its dot loop (the vector-x instance: 2B LDS.128 at B=1).
     for batch in (1, 4):
         found = loops(kernel(v2, f"staged_split_gemv_kernelILi{batch}ELb1E"))
-        dec = pick(found, lds_u8=0, lds_64=0, lds=2, sts_min=2)
+        dec = pick(found, lds_u8=0, lds_64=0, lds=STAGE_LDS, sts_min=2)
         dots = [lp["instructions"] for lp in found if lp["ops"].count("LDS.64") == 1 and
                 lp["ops"].count("LDS.U16") == 8 and lp["ops"].count("FFMA") == 8 * batch and
                 lp["ops"].count("LDS.128") and not count(lp["ops"], "STS")]

@@ -1106,9 +1106,9 @@ PYBIND11_MODULE(_C, m) {
       "kernel. on sets it (clamped to 0..1); returns the value in use. The two add in different orders, so their "
       "outputs may differ in the last bits; the CPU emulation follows the setting.");
   def_kernel_setting(
-      m, "gemv_stream_shared", "on", cuda::set_gemv_stream_shared, cuda::gemv_stream_shared,
-      "1 (default): each warp of the fused GEMVs copies its chunk's words into shared memory with whole-line "
-      "loads before its lanes decode them, where a block of one warp fits; 0: lanes read their windows from "
-      "global memory (~32 cache lines a warp-wide load). on sets it (clamped to 0..1); returns the value in use. "
-      "For side-by-side timings: the same bits for a valid stream.");
+      m, "stream_shared", "on", cuda::set_stream_shared, cuda::stream_shared,
+      "1 (default): each warp of the GPU's v2 decodes and GEMVs (not the tile kernel) copies its chunk's words "
+      "into shared memory with whole-line loads before its lanes decode them, where a block of one warp fits; "
+      "0: lanes read their windows from global memory (~32 cache lines a warp-wide load). on sets it (clamped "
+      "to 0..1); returns the value in use. For side-by-side timings: the same output for a valid stream.");
 }

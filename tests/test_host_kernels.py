@@ -474,13 +474,13 @@ def test_decode_stage_symbols_is_a_clamped_setting():
         _C.decode_stage_symbols(before)
 
 
-def test_gemv_stream_shared_is_a_clamped_setting():
-    before = _C.gemv_stream_shared()
+def test_stream_shared_is_a_clamped_setting():
+    before = _C.stream_shared()
     try:
         assert before == 1  # the default
-        assert _C.gemv_stream_shared(0) == 0 and _C.gemv_stream_shared(7) == 1 and _C.gemv_stream_shared() == 1
+        assert _C.stream_shared(0) == 0 and _C.stream_shared(7) == 1 and _C.stream_shared() == 1
     finally:
-        _C.gemv_stream_shared(before)
+        _C.stream_shared(before)
 
 
 def test_stream_layout_gives_the_longest_chunk():

@@ -9,6 +9,7 @@
 // Host only: tests and the reference for GPU runs.
 #pragma once
 
+#include <type_traits>
 #include <vector>
 
 #include "windowed.h"
@@ -20,10 +21,15 @@ namespace windowed {
 
 // The warp glue of one chunk: every lane's range (from the lane starts, or pass 1 for every
 // lane and the scan, a running sum), then lane(l, reader at its window, its range) for each of
-// the stream's lanes. Returns false if a lane overran its window (corrupt chunk).
-template <class Entry, class LaneFn>
+// the stream's lanes. Reader: StageReader reads a copy of the chunk's words, as the decode and
+// GEMV kernels' stream stage does (their default: stream_shared), FastReader the words in place
+// (the tile kernel). Returns false if a lane overran its window (corrupt chunk).
+template <class Reader = StageReader, class Entry, class LaneFn>
 inline bool emulate_chunk_lanes(const StreamView& s, const ChunkView& v, const uint8_t* count, const Entry* table,
                                 const uint8_t* lengths, LaneFn lane) {
+  std::vector<uint32_t> stage;
+  if constexpr (std::is_same<Reader, StageReader>::value)
+    stage.assign(v.words, v.words + chunk_stage_words(v, stream_stage_words(s)));
   uint32_t counts[kMaxLanes] = {0};
   if (!s.lane_starts)
     for (uint32_t l = 0; l < s.lanes; ++l) counts[l] = lane_window_count(v, s, count, table, lengths, l);
@@ -41,8 +47,11 @@ inline bool emulate_chunk_lanes(const StreamView& s, const ChunkView& v, const u
       before = through;
     }
     ok &= !r.overrun;
-    FastReader reader;
-    reader.init(v.words, 0, l * window);
+    Reader reader;
+    if constexpr (std::is_same<Reader, StageReader>::value)
+      reader.init(stage.data(), uint32_t(stage.size()), l * window);
+    else
+      reader.init(v.words, 0, l * window);
     lane(l, reader, r);
   }
   return ok;
@@ -53,7 +62,7 @@ inline bool emulate_chunk_lanes(const StreamView& s, const ChunkView& v, const u
 inline bool emulate_stage_chunk(const StreamView& s, const ChunkView& v, const uint8_t* count, const uint32_t* table,
                                 const uint8_t* lengths, std::vector<uint8_t>& stage) {
   stage.assign(v.m, 0);
-  return emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t, FastReader& reader, LaneRange r) {
+  return emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t, StageReader& reader, LaneRange r) {
     RunByteSink sink{stage.data() + r.start};
     decode_count(table, lengths, reader, r.count, sink);
   });
@@ -73,21 +82,15 @@ inline void emulate_warp_sums(const Args& a, const float* slots, uint32_t rows, 
 
 // The warp of one chunk, lane after lane: pass 1, the scan (a running sum), pass 2 into sinks,
 // the butterfly over the slots. Returns false if a lane overran its window (corrupt chunk).
-// Pass 2 reads the chunk's words from a copy, as the kernel's stream stage does (for valid streams
-// the same bits as the words in place).
 template <int B, template <int, class> class Sink, class Args, class Entry>
 inline bool emulate_chunk(const StreamView& s, uint64_t c, const uint8_t* count, const Entry* table,
                           const uint8_t* lengths, const Args& a, std::vector<float>& slots) {
   const ChunkView v = chunk_view(s, c);
   const uint32_t rows = v.m / a.k;
   slots.assign(size_t(rows) * B * 32, 0.f);
-  const std::vector<uint32_t> stage(v.words, v.words + chunk_stage_words(v, stream_stage_words(s)));
-  const uint64_t window = lane_window_bits(v.n_words, s.lanes);
-  const bool ok = emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t l, FastReader&, LaneRange r) {
+  const bool ok = emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t l, StageReader& reader, LaneRange r) {
     Sink<B, XGlobal> sink;
     sink.begin(a, slots.data(), l, v, r.start);
-    StageReader reader;
-    reader.init(stage.data(), uint32_t(stage.size()), l * window);
     gemv_lane(table, lengths, reader, r.count, sink);
   });
   emulate_warp_sums<B>(a, slots.data(), rows, uint32_t(v.first / a.k));
@@ -120,7 +123,7 @@ inline bool emulate_staged_split_chunk(const StreamView& s, uint64_t c, const ui
 inline bool emulate_decode_chunk(const StreamView& s, uint64_t c, const uint8_t* count, const uint32_t* table,
                                  const uint8_t* lengths, uint8_t* out) {
   const ChunkView v = chunk_view(s, c);
-  return emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t, FastReader& reader, LaneRange r) {
+  return emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t, StageReader& reader, LaneRange r) {
     RunByteSink sink{out + v.first + r.start};
     decode_count(table, lengths, reader, r.count, sink);
   });
@@ -182,7 +185,7 @@ inline bool emulate_tile_block(const StreamView& s, uint64_t tile, const uint8_t
     const uint64_t c = row0 / rows_per_chunk + ci;
     if (c >= s.n_chunks) break;
     const ChunkView v = chunk_view(s, c);
-    ok &= emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t, FastReader& reader, LaneRange r) {
+    ok &= emulate_chunk_lanes<FastReader>(s, v, count, table, lengths, [&](uint32_t, FastReader& reader, LaneRange r) {
       TileSink sink;
       sink.begin(symbols.data(), a.k, ci * rows_per_chunk, r.start);
       gemv_lane(table, lengths, reader, r.count, sink);

@@ -103,12 +103,13 @@ uint32_t decode_stage_symbols_limit();
 //   fused one. The two add in different orders; the host twins take the setting as an argument.
 uint32_t set_split_gemv_staged(uint32_t on);
 uint32_t split_gemv_staged();
-// gemv stream shared: 1 (default) has each warp of the fused GEMVs copy its chunk's words into
-//   shared memory with whole-line loads before its lanes read them (where a block of one warp
-//   fits), 0 lanes read their windows from global memory. The same bits either way for a valid
-//   stream (a corrupt one may decode differently past its chunk's words).
-uint32_t set_gemv_stream_shared(uint32_t on);
-uint32_t gemv_stream_shared();
+// stream shared: 1 (default) has each warp of the v2 decodes and GEMVs (not the tile kernel)
+//   copy its chunk's words into shared memory with whole-line loads before its lanes read them
+//   (where a block of one warp fits with it), 0 lanes read their windows from global memory. The
+//   same output either way for a valid stream (a corrupt one may decode differently past its
+//   chunk's words; the CPU emulation reads a copy, as the default).
+uint32_t set_stream_shared(uint32_t on);
+uint32_t stream_shared();
 
 // y = x W^T for a lossless split bf16 weight (value entries hold values[s] << low).
 Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_table_dev, const uint32_t* table_dev,

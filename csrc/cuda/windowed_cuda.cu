@@ -125,20 +125,40 @@ __device__ __forceinline__ windowed::LaneRange warp_lane_range(const ChunkView& 
 // [r.start, r.start + r.count), within [0, v.m) (lane_range). kClear: a chunk with a lane that
 // overran is zeroed first, so that what the lane refuses reads as symbol 0 (as in an unstaged
 // output, which starts as zeros).
+// words: the warp's copy of the chunk's words (stage_chunk_words; staged_words of them), or null to
+// read them in place.
 template <bool kClear>
 __device__ __forceinline__ void decode_chunk_symbols(uint8_t* dst, const ChunkView& v, const StreamView& s,
                                                      const windowed::LaneRange& r, const uint32_t* table,
-                                                     const uint8_t* aux, uint32_t lane) {
+                                                     const uint8_t* aux, uint32_t lane, const uint32_t* words,
+                                                     uint32_t staged_words) {
   if (kClear && __any_sync(kFullMask, r.overrun)) {
     for (uint32_t i = lane; i < v.m; i += 32) dst[i] = 0;
     __syncwarp();
   }
   if (lane < s.lanes) {
-    windowed::FastReader reader;
-    reader.init(v.words, 0, lane * windowed::lane_window_bits(v.n_words, s.lanes));
+    const uint64_t first_bit = lane * windowed::lane_window_bits(v.n_words, s.lanes);
     windowed::RunByteSink sink{dst + r.start};
-    windowed::decode_count(table, aux, reader, r.count, sink);
+    if (words) {  // warp-uniform
+      windowed::StageReader reader;
+      reader.init(words, staged_words, first_bit);
+      windowed::decode_count(table, aux, reader, r.count, sink);
+    } else {
+      windowed::FastReader reader;
+      reader.init(v.words, 0, first_bit);
+      windowed::decode_count(table, aux, reader, r.count, sink);
+    }
   }
+}
+
+// A warp's stream stage (windowed_gemv.h: stream_stage_words): its chunk's words and the readable
+// slack after them (chunk_view keeps both inside the payload's buffer), 32 consecutive words a
+// load; returns how many (chunk_stage_words). The caller's __syncwarp orders the reads after it.
+__device__ __forceinline__ uint32_t stage_chunk_words(uint32_t* stage, const ChunkView& v, uint32_t stage_words,
+                                                      uint32_t lane) {
+  const uint32_t n = windowed::chunk_stage_words(v, stage_words);
+  for (uint32_t i = lane; i < n; i += 32) stage[i] = __ldg(v.words + i);
+  return n;
 }
 
 
@@ -172,14 +192,17 @@ __device__ __forceinline__ void write_chunk(uint8_t* __restrict__ out, const uin
 // write_split_chunk).
 enum class DecodeTo { kSymbols, kStagedSymbols, kStagedSplit };
 
+// Dynamic shared memory: per warp its symbol stage (kStaged: stage_bytes) and then, where
+// stream_words > 0, its stream stage (stage_chunk_words).
 template <DecodeTo kTo>
 __global__ void decode_kernel(const StreamView s, const uint32_t* __restrict__ table, uint8_t* __restrict__ out,
-                              uint32_t* __restrict__ status, uint32_t stage_bytes, const windowed::SplitDecodeArgs split) {
+                              uint32_t* __restrict__ status, uint32_t stage_bytes, uint32_t stream_words,
+                              const windowed::SplitDecodeArgs split) {
   constexpr bool kStaged = kTo != DecodeTo::kSymbols;
   __shared__ __align__(16) uint32_t table_smem[windowed::kTableSize];
   __shared__ __align__(16) uint8_t aux_smem[kAuxBytes];
   __shared__ uint16_t value_smem[kTo == DecodeTo::kStagedSplit ? 256 : 1];
-  extern __shared__ __align__(16) unsigned char stage_smem[];  // kStaged: warps x stage_bytes
+  extern __shared__ __align__(16) unsigned char stage_smem[];  // warps x (stage_bytes + 4 stream_words)
   if constexpr (kTo == DecodeTo::kStagedSplit)  // ordered before its reads by load_tables' barrier
     for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) value_smem[i] = __ldg(split.value + i);
   if (!load_tables(table_smem, aux_smem, table, reinterpret_cast<const uint8_t*>(table + windowed::kTableSize))) {
@@ -190,10 +213,15 @@ __global__ void decode_kernel(const StreamView s, const uint32_t* __restrict__ t
   const uint64_t c = uint64_t(blockIdx.x) * (blockDim.x / 32) + warp;
   if (c >= s.n_chunks) return;  // the whole warp: c is warp-uniform
   const ChunkView v = windowed::chunk_view(s, c);
+  const uint32_t stream = stream_words & ~3u;  // a multiple of 4 (stream_stage_words): stages stay 16-byte aligned
+  uint8_t* stage = stage_smem + size_t(warp) * (stage_bytes + 4 * stream);
+  uint32_t* words = stream ? reinterpret_cast<uint32_t*>(stage + stage_bytes) : nullptr;
+  const uint32_t staged_words = words ? stage_chunk_words(words, v, stream, lane) : 0;
   const windowed::LaneRange r = warp_lane_range(v, s, table_smem, aux_smem, lane);
   if (r.overrun) atomicOr(status, 1u);
-  uint8_t* stage = stage_smem + size_t(warp) * stage_bytes;
-  decode_chunk_symbols<kStaged>(kStaged ? stage : out + v.first, v, s, r, table_smem, aux_smem, lane);
+  __syncwarp();
+  decode_chunk_symbols<kStaged>(kStaged ? stage : out + v.first, v, s, r, table_smem, aux_smem, lane, words,
+                                staged_words);
   if constexpr (kStaged) {
     __syncwarp();
     if constexpr (kTo == DecodeTo::kStagedSplit)
@@ -287,10 +315,7 @@ __global__ void gemv_kernel(const StreamView s, const Args a, const Entry* __res
   float* warp_slots = slots + size_t(warp) * max_rows * B * 32;
   for (uint32_t i = 0; i < rows * B; ++i) warp_slots[i * 32 + lane] = 0.f;
   uint32_t* stage = stages + size_t(warp) * stage_words;
-  const uint32_t staged_words = windowed::chunk_stage_words(v, stage_words);
-  if constexpr (kStreamShared) {  // words and slack are readable (chunk_view clamps to the payload)
-    for (uint32_t i = lane; i < staged_words; i += 32) stage[i] = __ldg(v.words + i);
-  }
+  const uint32_t staged_words = kStreamShared ? stage_chunk_words(stage, v, stage_words, lane) : 0;
 
   const windowed::LaneRange r = warp_lane_range(v, s, table_smem, aux_smem, lane);
   if constexpr (kStreamShared) __syncwarp();
@@ -317,17 +342,20 @@ __global__ void gemv_kernel(const StreamView s, const Args a, const Entry* __res
 template <int B, bool kXShared>
 __global__ void staged_split_gemv_kernel(const StreamView s, const windowed::SplitArgs a,
                                          const uint64_t* __restrict__ values, const uint32_t* __restrict__ table,
-                                         uint32_t max_rows, uint32_t stage_bytes) {
+                                         uint32_t max_rows, uint32_t stage_bytes, uint32_t stream_words) {
   __shared__ __align__(16) uint32_t table_smem[windowed::kTableSize];
   __shared__ __align__(16) uint8_t aux_smem[kAuxBytes];
   __shared__ uint16_t value_smem[256];
-  extern __shared__ __align__(16) unsigned char smem[];  // slots, stages, then (kXShared) x
+  // slots, stages (each warp's symbols, then its stream stage where stream_words > 0), then (kXShared) x
+  extern __shared__ __align__(16) unsigned char smem[];
   const uint32_t warps = blockDim.x / 32;
+  const uint32_t stream = stream_words & ~3u;  // a multiple of 4 (stream_stage_words): stages stay 16-byte aligned
+  const size_t warp_stage = stage_bytes + 4 * size_t(stream);
   float* slots = reinterpret_cast<float*>(smem);
   uint8_t* stages = smem + size_t(warps) * max_rows * B * 32 * sizeof(float);
   const float* x = a.x;
   if constexpr (kXShared) {
-    float* x_smem = reinterpret_cast<float*>(stages + size_t(warps) * stage_bytes);
+    float* x_smem = reinterpret_cast<float*>(stages + size_t(warps) * warp_stage);
     stage_x<B>(x_smem, a.x, a.k);
     x = x_smem;
   }
@@ -343,9 +371,12 @@ __global__ void staged_split_gemv_kernel(const StreamView s, const windowed::Spl
   ChunkView v;
   uint32_t rows, first_row;
   if (!gemv_warp_chunk<B>(s, a, tables_ok, lane, &v, &rows, &first_row)) return;  // whole warp
+  uint8_t* stage = stages + size_t(warp) * warp_stage;
+  uint32_t* words = stream ? reinterpret_cast<uint32_t*>(stage + stage_bytes) : nullptr;
+  const uint32_t staged_words = words ? stage_chunk_words(words, v, stream, lane) : 0;
   const windowed::LaneRange r = warp_lane_range(v, s, table_smem, aux_smem, lane);
-  uint8_t* stage = stages + size_t(warp) * stage_bytes;
-  decode_chunk_symbols<true>(stage, v, s, r, table_smem, aux_smem, lane);
+  __syncwarp();
+  decode_chunk_symbols<true>(stage, v, s, r, table_smem, aux_smem, lane, words, staged_words);
   __syncwarp();
   float* warp_slots = slots + size_t(warp) * max_rows * B * 32;
   using X = std::conditional_t<kXShared, windowed::XShared, windowed::XGlobal>;
@@ -609,11 +640,14 @@ Status launch_staged_split(const StreamView& s, const windowed::SplitArgs& a, co
   const uint32_t max_rows = s.chunk_symbols / a.k;
   const uint32_t stage_bytes = (s.chunk_symbols + 15u) & ~15u;
   const size_t device_smem = max_block_smem();
+  const size_t dynamic_max = device_smem > kStaticStagedSmem ? device_smem - kStaticStagedSmem : 0;
+  const size_t per_warp = size_t(max_rows) * B * 32 * sizeof(float) + stage_bytes;
+  // Each warp's stream stage after its symbols where a block of one warp fits with it (the setting).
+  uint32_t stream_words = stream_shared_setting.load(std::memory_order_relaxed) ? windowed::stream_stage_words(s) : 0;
+  if (stream_words && block_warps(s, 0, per_warp + 4 * size_t(stream_words), dynamic_max) == 0) stream_words = 0;
   return launch_x_placed<staged_split_gemv_kernel<B, true>, staged_split_gemv_kernel<B, false>>(
-      s, 0, size_t(max_rows) * B * 32 * sizeof(float) + stage_bytes,
-      size_t(a.k + windowed::kXPadRows) * B * sizeof(float),
-      device_smem > kStaticStagedSmem ? device_smem - kStaticStagedSmem : 0, cs, a, values, table, max_rows,
-      stage_bytes);
+      s, 0, per_warp + 4 * size_t(stream_words), size_t(a.k + windowed::kXPadRows) * B * sizeof(float), dynamic_max,
+      cs, a, values, table, max_rows, stage_bytes, stream_words);
 }
 
 Status dispatch_staged_split(uint32_t batch, const StreamView& s, const windowed::SplitArgs& a, const uint64_t* values,
@@ -667,8 +701,8 @@ uint32_t decode_stage_symbols_limit() { return decode_stage_symbols.load(std::me
 uint32_t set_split_gemv_staged(uint32_t on) { return staged_gemv_setting.exchange(clamp_setting(on, 0, 1)); }
 uint32_t split_gemv_staged() { return staged_gemv_setting.load(std::memory_order_relaxed); }
 
-uint32_t set_gemv_stream_shared(uint32_t on) { return stream_shared_setting.exchange(clamp_setting(on, 0, 1)); }
-uint32_t gemv_stream_shared() { return stream_shared_setting.load(std::memory_order_relaxed); }
+uint32_t set_stream_shared(uint32_t on) { return stream_shared_setting.exchange(clamp_setting(on, 0, 1)); }
+uint32_t stream_shared() { return stream_shared_setting.load(std::memory_order_relaxed); }
 
 Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev, uint8_t* out_dev,
                        uint32_t* status_dev, uintptr_t stream) {
@@ -680,22 +714,31 @@ Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev,
   const cudaStream_t cs = reinterpret_cast<cudaStream_t>(stream);
   const uint32_t stage_bytes = (s.chunk_symbols + 15u) & ~15u;
   const size_t device_smem = max_block_smem();
-  const uint32_t staged_warps = s.chunk_symbols <= decode_stage_symbols.load(std::memory_order_relaxed)
-                                    ? block_warps(s, kStaticDecodeSmem, stage_bytes, device_smem) : 0;
+  const bool staged = s.chunk_symbols <= decode_stage_symbols.load(std::memory_order_relaxed);
   const windowed::SplitDecodeArgs none{};
-  if (staged_warps > 0) {
-    constexpr auto kKernel = decode_kernel<DecodeTo::kStagedSymbols>;
-    const size_t smem = size_t(staged_warps) * stage_bytes;
-    st = opt_in_smem<kKernel>(smem, device_smem - kStaticDecodeSmem);
-    if (st != Status::Ok) return st;
-    kKernel<<<grid_of(s, staged_warps), staged_warps * 32, smem, cs>>>(s, table_dev, out_dev, status_dev, stage_bytes,
-                                                                      none);
-  } else {
-    const uint32_t warps = block_warps(s, 0, 0, device_smem);
-    decode_kernel<DecodeTo::kSymbols><<<grid_of(s, warps), warps * 32, 0, cs>>>(s, table_dev, out_dev, status_dev, 0,
-                                                                               none);
+  const auto launch = [&](auto kernel, uint32_t symbol_bytes, uint32_t stream_words) {
+    const size_t per_warp = symbol_bytes + 4 * size_t(stream_words);
+    const uint32_t warps = block_warps(s, kStaticDecodeSmem, per_warp, device_smem);
+    if (warps == 0) return Status::TooLarge;
+    const size_t smem = warps * per_warp;
+    const Status opted = opt_in_smem<decltype(kernel)::value>(smem, device_smem - kStaticDecodeSmem);
+    if (opted != Status::Ok) return opted;
+    decltype(kernel)::value<<<grid_of(s, warps), warps * 32, smem, cs>>>(s, table_dev, out_dev, status_dev,
+                                                                        symbol_bytes, stream_words, none);
+    return from_cuda(cudaGetLastError());
+  };
+  using Staged = std::integral_constant<decltype(&decode_kernel<DecodeTo::kStagedSymbols>),
+                                        &decode_kernel<DecodeTo::kStagedSymbols>>;
+  using Unstaged = std::integral_constant<decltype(&decode_kernel<DecodeTo::kSymbols>), &decode_kernel<DecodeTo::kSymbols>>;
+  // The first that fits: symbols staged (chunks within the setting) with the stream stage (its
+  // setting), symbols staged alone, the stream stage alone, neither (no dynamic shared memory).
+  const uint32_t stream_words = stream_shared_setting.load(std::memory_order_relaxed) ? windowed::stream_stage_words(s) : 0;
+  if (staged) {
+    if (stream_words && (st = launch(Staged{}, stage_bytes, stream_words)) != Status::TooLarge) return st;
+    if ((st = launch(Staged{}, stage_bytes, 0)) != Status::TooLarge) return st;
   }
-  return from_cuda(cudaGetLastError());
+  if (stream_words && (st = launch(Unstaged{}, 0, stream_words)) != Status::TooLarge) return st;
+  return launch(Unstaged{}, 0, 0);
 }
 
 uint32_t split_decode_max_chunk() {
@@ -714,15 +757,19 @@ Status windowed_decode_split(const windowed::StreamView& s, const uint32_t* tabl
                          a.raw};
   if ((st = check_device_pointers(ptrs, 8)) != Status::Ok) return st;
   const uint32_t stage_bytes = (s.chunk_symbols + 15u) & ~15u;
-  const size_t device_smem = max_block_smem();
-  const uint32_t warps = block_warps(s, kStaticDecodeSmem + kSplitValueBytes, stage_bytes, device_smem);
+  const size_t device_smem = max_block_smem(), fixed = kStaticDecodeSmem + kSplitValueBytes;
+  // Each warp's stream stage beside its symbols where both fit (and the setting allows), else symbols only.
+  uint32_t stream_words = stream_shared_setting.load(std::memory_order_relaxed) ? windowed::stream_stage_words(s) : 0;
+  if (stream_words && block_warps(s, fixed, stage_bytes + 4 * size_t(stream_words), device_smem) == 0) stream_words = 0;
+  const size_t per_warp = stage_bytes + 4 * size_t(stream_words);
+  const uint32_t warps = block_warps(s, fixed, per_warp, device_smem);
   if (warps == 0) return Status::TooLarge;  // one chunk's stage does not fit (split_decode_max_chunk)
   constexpr auto kKernel = decode_kernel<DecodeTo::kStagedSplit>;
-  const size_t smem = size_t(warps) * stage_bytes;
-  st = opt_in_smem<kKernel>(smem, device_smem - kStaticDecodeSmem - kSplitValueBytes);
+  const size_t smem = size_t(warps) * per_warp;
+  st = opt_in_smem<kKernel>(smem, device_smem - fixed);
   if (st != Status::Ok) return st;
   kKernel<<<grid_of(s, warps), warps * 32, smem, reinterpret_cast<cudaStream_t>(stream)>>>(
-      s, table_dev, reinterpret_cast<uint8_t*>(a.out), status_dev, stage_bytes, a);
+      s, table_dev, reinterpret_cast<uint8_t*>(a.out), status_dev, stage_bytes, stream_words, a);
   return from_cuda(cudaGetLastError());
 }
 

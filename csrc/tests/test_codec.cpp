@@ -622,6 +622,7 @@ static void test_lane_starts() {
                  reinterpret_cast<const uint16_t*>(base + info.sizes_offset),
                  reinterpret_cast<const uint32_t*>(base + info.payload_offset), info.payload_words, sym.size(),
                  info.chunk_symbols, info.n_chunks, info.lanes, false};
+    v.max_chunk_words = max_chunk_words(base, info);
     auto decode_with = [&](const uint16_t* lane_starts, std::vector<uint8_t>& out, uint32_t* status) {
       v.lane_starts = lane_starts;
       out.assign(sym.size() + 1, 0xAB);
@@ -662,7 +663,7 @@ static void test_lane_starts() {
 }
 
 // The fused GEMV's host twin reads each chunk from a stream stage (StageReader, as the kernel's
-// gemv_stream_shared copy): with honest lane starts and the stream's max_chunk_words, the rows
+// stream_shared copy): with honest lane starts and the stream's max_chunk_words, the rows
 // equal those of the count pass bit for bit; with hostile starts, or a max_chunk_words that
 // understates the chunks (a stage cut short), it stays inside every buffer (ASan) and never hangs.
 static void test_gemv_stream_stage() {
@@ -1417,10 +1418,12 @@ static void test_split_decode_emulation() {
         words.assign((b.size() + 3) / 4 + kSlackWords, 0);
         std::memcpy(words.data(), b.data(), b.size());
         const uint8_t* base = reinterpret_cast<const uint8_t*>(words.data());
-        return StreamView{reinterpret_cast<const uint32_t*>(base + info.index_offset),
-                          reinterpret_cast<const uint16_t*>(base + info.sizes_offset),
-                          reinterpret_cast<const uint32_t*>(base + info.payload_offset), info.payload_words, n,
-                          info.chunk_symbols, info.n_chunks, info.lanes, false};
+        StreamView v{reinterpret_cast<const uint32_t*>(base + info.index_offset),
+                     reinterpret_cast<const uint16_t*>(base + info.sizes_offset),
+                     reinterpret_cast<const uint32_t*>(base + info.payload_offset), info.payload_words, n,
+                     info.chunk_symbols, info.n_chunks, info.lanes, false};
+        v.max_chunk_words = max_chunk_words(base, info);  // the stream stage holds any chunk
+        return v;
       };
       auto run = [&](const std::vector<uint8_t>& b, uint32_t offset, std::vector<uint16_t>& out, uint32_t* status) {
         std::vector<uint32_t> words;

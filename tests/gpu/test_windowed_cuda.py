@@ -35,16 +35,18 @@ def test_build_has_cuda_kernels():
     assert _C.cuda_compiled() and _C.cuda_device_count() >= 1
 
 
-@pytest.fixture(params=[("staged", 4), ("unstaged", 4), ("staged", 16), ("unstaged", 1), ("staged, counted", 4)],
-                ids=str)
+@pytest.fixture(params=[("staged", 4), ("unstaged", 4), ("staged", 16), ("unstaged", 1), ("staged, counted", 4),
+                        ("staged, global stream", 4), ("unstaged, global stream", 1)], ids=str)
 def decode_staging(request, monkeypatch):
-    """Both instances of the decode kernel: chunks staged in shared memory and written out whole
+    """The instances of the decode kernel: chunks staged in shared memory and written out whole
     (the default up to 16384 symbols, _C.decode_stage_symbols) and written byte by byte (0); in
     blocks of the default 4 warps and of 16 or 1 (_C.warps_per_block); lane ranges from the lane
-    starts (the default) or from the count pass ("counted": cuda_ops.LANE_STARTS off)."""
+    starts (the default) or from the count pass ("counted": cuda_ops.LANE_STARTS off); each warp's
+    chunk words copied into shared memory (the default, _C.stream_shared) or read in place."""
     staging, warps = request.param
     monkeypatch.setattr(cuda_ops, "LANE_STARTS", "counted" not in staging)
-    with cuda_ops.kernel_settings(warps_per_block=warps, decode_stage_symbols=16384 if staging.startswith("staged") else 0):
+    with cuda_ops.kernel_settings(warps_per_block=warps, decode_stage_symbols=16384 if staging.startswith("staged") else 0,
+                                  stream_shared=int("global stream" not in staging)):
         yield request.param
 
 
@@ -85,13 +87,13 @@ def x_placement(request, monkeypatch):
     """The instances of the fused GEMVs: x copied into shared memory (the default where it fits,
     _C.gemv_x_shared_bytes) and x read from global memory (0); in blocks of the default 4 warps and
     of 16 or 1 (_C.warps_per_block); lane ranges from the lane starts or the count pass ("counted");
-    each warp's chunk copied into shared memory (the default, _C.gemv_stream_shared) or read in
+    each warp's chunk copied into shared memory (the default, _C.stream_shared) or read in
     place ("global stream"). They must all give the same bits."""
     placement, warps = request.param
     monkeypatch.setattr(cuda_ops, "LANE_STARTS", "counted" not in placement)
     x_bytes = 0 if placement.startswith("x global") else 64 * 1024
     with cuda_ops.kernel_settings(warps_per_block=warps, gemv_x_shared_bytes=x_bytes,
-                                  gemv_stream_shared=int("global stream" not in placement)):
+                                  stream_shared=int("global stream" not in placement)):
         yield request.param
 
 
@@ -158,7 +160,8 @@ def test_fused_split_equals_emulation_bitwise(n, k, batch, rows, x_placement, sp
 @pytest.mark.parametrize("dtype,n,k,chunk_rows", [(torch.bfloat16, 4096, 4096, None), (torch.bfloat16, 37, 203, 3),
                                                   (torch.float16, 576, 1536, 2), (torch.bfloat16, 5, 9, 1),
                                                   (torch.bfloat16, 4, 65536, 1)])
-def test_decode_split_kernel_rebuilds_the_weight_bits(dtype, n, k, chunk_rows, warps):
+@pytest.mark.parametrize("stream", [1, 0], ids=["stream staged", "stream in place"])
+def test_decode_split_kernel_rebuilds_the_weight_bits(dtype, n, k, chunk_rows, warps, stream):
     """windowed_decode_split on the GPU: the weight's exact bits, equal to decode + merge, in blocks
     of 1, 4 or 16 warps; chunks off 16-byte lines (K = 203) and a 64 KiB chunk per warp."""
     from pycodec import gpu
@@ -171,7 +174,7 @@ def test_decode_split_kernel_rebuilds_the_weight_bits(dtype, n, k, chunk_rows, w
     kb = {k_: v.cuda() for k_, v in gpu.kernel_buffers(packed, info).items()}
     p = to_cuda(packed)
     assert info.layout[5] <= cuda_ops.split_decode_max_chunk()
-    with cuda_ops.kernel_settings(warps_per_block=warps):
+    with cuda_ops.kernel_settings(warps_per_block=warps, stream_shared=stream):
         bits = cuda_ops.windowed_decode_split(p["symbols"], kb["table"], kb["value16"], p["raw"], list(info.layout),
                                               info.top)
     assert torch.equal(bits.cpu(), w.view(torch.int16).reshape(-1))
