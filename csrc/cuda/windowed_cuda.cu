@@ -5,21 +5,25 @@
 // Read me first
 // - One warp per chunk; the 32 CUDA lanes are the format's lanes (windowed.h), lanes >= the
 //   stream's lane count only join the warp-wide steps. Per chunk:
-//     pass 1  every lane counts the codes of its window (count_window, no output; the last lane
-//             too, so that its pass-2 count can be bounded by what its window holds);
-//     scan    a warp prefix sum of the counts, clamped to the chunk, gives each lane its first
-//             symbol (5 shuffles);
-//     pass 2  every lane decodes exactly its symbols again, now with known positions, straight
-//             into its consumer (decode_count + a sink of windowed_gemv.h).
+//     ranges  each lane's first symbol: from the lane starts that the stream's tables carry (one
+//             u16 load a lane and a shuffle for the next lane's; windowed.h), or, without them,
+//             pass 1: every lane counts the codes of its window (count_window, no output; the last
+//             lane too, so that its pass-2 count can be bounded by what its window holds) and a
+//             warp prefix sum of the counts, clamped to the chunk (5 shuffles);
+//     pass 2  every lane decodes exactly its symbols, with known positions, straight into its
+//             consumer (decode_count + a sink of windowed_gemv.h).
 //   The lane code is the torch-free windowed.h / windowed_gemv.h, which the CPU emulation runs
 //   too (csrc/codec/windowed_emulate.h, tests/test_windowed_gemv.py): only the warp glue below is
 //   GPU-only.
-// - Why decode twice: storing per-lane counts or offsets would cost 5-11 bits per lane, and a
-//   4096 x 4096 layer has 131k lanes; pass 1 costs about 3 lane-instructions per symbol
-//   (bench/sass_count.py counts them), the side information it saves ~1% of the weight.
-// - Memory: each lane reads its window through a FastReader, whose next word is loaded one
-//   refill ahead (a refill never waits on a load issued in the same step), two table entries per
-//   refill. The decode kernel uses the multi-symbol table (16 KiB), the GEMVs its value entries
+// - Why the lane starts are not in the stream: at 16 bits a lane they cost 0.12-0.22 bits a
+//   weight (bench/results/layout_cpu.json), 1-5% of a stream, beyond the format's 1.5% side
+//   budget; pass 1 costs 4.4-7.9 lane-instructions per symbol (bench/sass_count.py), a third of
+//   the rate GEMV's. So they are derived on the host when a stream is bound for a GPU (the
+//   verifying decode gives them) and kept in device memory only: cuda_ops.LANE_STARTS decides.
+// - Memory: each warp first copies its chunk's words into shared memory (the stream stage,
+//   stream_shared; not the tile kernel), and each lane reads its window there through a
+//   StageReader, or in place through a FastReader; either loads its next word one refill ahead (a
+//   refill never waits on a load issued in the same step), two table entries per refill. The decode kernel uses the multi-symbol table (16 KiB), the GEMVs its value entries
 //   (32 KiB: weights in bf16 beside the codes), pass 1 the count table (4 KiB); they sit in
 //   shared memory with the code lengths, copied in 16-byte pieces by the whole block. x and the prefix sums are read through
 //   the read-only cache (all warps of an SM read the same columns at about the same time).
@@ -29,8 +33,10 @@
 //   emulation's, bit for bit.
 // - Bounds: loads are not tested one by one. chunk_view clamps a chunk to the payload, a window
 //   read runs at most 3 words past its chunk, every buffer has windowed::kSlackWords readable
-//   words of slack (the host pads them), and a lane's pass-2 count never exceeds what its window
-//   holds (lane_range), so a corrupt stream cannot make a kernel read or write out of bounds.
+//   words of slack (the host pads them), a lane's pass-2 count never exceeds what its window
+//   holds (lane_range) or, from lane starts, what the payload's slack bounds (lane_range_from_starts),
+//   and a stream stage's reads are clamped to it, so a corrupt stream cannot make a kernel read or
+//   write out of bounds.
 //   Corruption itself is detected on the CPU when a stream is loaded (pycodec verifies every
 //   stream before it reaches a GPU); the decode kernel also flags a lane that overruns.
 #include <cuda_runtime.h>
