@@ -9,7 +9,8 @@ writes them by default (format v2 windowed Huffman):
     the issue's budget is 1.5% per stream;
   * chunks and lanes: how many independent chunks (GPU warps) each layer gets;
   * lane starts: the device memory a stream bound for a GPU adds to skip the kernels' count pass
-    (16 bits per lane, chunks of at most 65535 symbols; cuda_ops.LANE_STARTS), per weight;
+    (a byte per lane; cuda_ops.LANE_STARTS), per weight, and the chunks whose counts no byte holds
+    (the kernels count those);
   * bits per weight, everything counted, against format v1 rANS (pycodec <= 0.1's default) on the
     same symbols: lossless with the old byte-plane layout, int4 and rate 3.5 symbol streams.
 Rate mode here quantizes at a fixed step (c = 0.45, about 3.5 bits) rather than bisecting on the bit
@@ -51,9 +52,11 @@ def load(smollm2: bool) -> dict:
 
 def stream_row(blob: bytes) -> dict:
     i = pycodec.inspect(blob)
+    starts = pycodec._C.lane_starts(blob).reshape(i["n_chunks"], i["lanes"])
     return {"chunks": i["n_chunks"], "lanes": i["lanes"], "chunk_symbols": i["chunk_symbols"],
             "code_bits": i["code_bits"], "overhead_bits": i["overhead_bits"],
-            "lane_start_bits": 16 * len(pycodec._C.lane_starts(blob)),
+            "lane_start_bits": 8 * starts.size,
+            "lane_start_escapes": int((starts[:, :-1] == 255).any(axis=1).sum()),  # chunks the kernels count
             "side_pct": 100.0 * i["overhead_bits"] / max(i["code_bits"], 1)}
 
 
@@ -95,11 +98,13 @@ def measure(model: str, weights: dict) -> dict:
                   "min_chunks": min(r["chunks"] for r in rows),
                   "v2_bits_per_weight": t["v2_bits"] / t["n"], "v1_rans_bits_per_weight": t["v1_bits"] / t["n"],
                   "lane_starts_bits_per_weight": sum(r["lane_start_bits"] for r in rows) / t["n"],
+                  "lane_start_escapes": sum(r["lane_start_escapes"] for r in rows),
                   "v2_over_v1_pct": 100.0 * (t["v2_bits"] / t["v1_bits"] - 1)}
         print(f"{model:18s} {m:10s} side info: max {max(sides):5.2f}% per stream, {out[m]['side_pct_all_streams']:5.2f}% "
               f"overall; >= {out[m]['min_chunks']:4d} chunks; bits/weight v2 {out[m]['v2_bits_per_weight']:.4f} vs "
               f"v1 rANS {out[m]['v1_rans_bits_per_weight']:.4f} ({out[m]['v2_over_v1_pct']:+.2f}%); lane starts "
-              f"+{out[m]['lane_starts_bits_per_weight']:.4f} on a GPU", flush=True)
+              f"+{out[m]['lane_starts_bits_per_weight']:.4f} on a GPU ({out[m]['lane_start_escapes']} chunks escape)",
+              flush=True)
     return out
 
 

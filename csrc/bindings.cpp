@@ -47,7 +47,7 @@ windowed::StreamView stream_view(const py::tuple& t) {
   v.n_chunks = t[6].cast<uint64_t>();
   v.lanes = t[7].cast<uint32_t>();
   v.constant_code = t[8].cast<bool>();
-  v.lane_starts = reinterpret_cast<const uint16_t*>(t[9].cast<uintptr_t>());  // 0: none, pass 1 counts
+  v.lane_starts = reinterpret_cast<const uint8_t*>(t[9].cast<uintptr_t>());  // 0: none, pass 1 counts
   v.max_chunk_words = t[10].cast<uint32_t>();
   return v;
 }
@@ -398,7 +398,6 @@ PYBIND11_MODULE(_C, m) {
   m.attr("GEMV_X_PAD_ROWS") = windowed::kXPadRows;
   m.attr("GEMV_MAX_SLOTS") = windowed::kGemvMaxSlots;
   m.attr("SLACK_WORDS") = windowed::kSlackWords;
-  m.attr("LANE_STARTS_MAX_CHUNK") = windowed::kLaneStartsMaxChunk;
   m.attr("LANES") = kLanes;
   m.attr("MAX_CHUNK_SYMBOLS") = kMaxChunkSymbols;
   m.attr("DEFAULT_CHUNK_SYMBOLS") = py::dict(py::arg("huffman") = kDefaultHuffmanChunk, py::arg("rans") = kDefaultRansChunk);
@@ -586,9 +585,9 @@ PYBIND11_MODULE(_C, m) {
         const py::buffer_info b = contiguous_bytes(blob, false, "blob");
         const uint8_t* p = static_cast<const uint8_t*>(b.ptr);
         const uint64_t n = lane_start_count(parse(b));
-        py::array_t<uint16_t> starts(py::ssize_t{static_cast<py::ssize_t>(n)});
+        py::array_t<uint8_t> starts(py::ssize_t{static_cast<py::ssize_t>(n)});
         std::vector<uint64_t> counts(256);
-        uint16_t* out = starts.mutable_data();
+        uint8_t* out = starts.mutable_data();
         Status st;
         {
           py::gil_scoped_release release;
@@ -598,10 +597,10 @@ PYBIND11_MODULE(_C, m) {
         return starts;
       },
       py::arg("blob"), py::arg("threads") = 0,
-      "Decode chunk by chunk (checksum verified, as histogram) and return the stream's lane starts: uint16 "
-      "[n_chunks * lanes], each lane's first symbol in its chunk, what the GPU kernels read instead of "
-      "counting every lane's codes (pass 1). Empty for streams that have none (format v1, chunks of more "
-      "than 65535 symbols).");
+      "Decode chunk by chunk (checksum verified, as histogram) and return the stream's lane start bytes: uint8 "
+      "[n_chunks * lanes], each lane's count of symbols as a distance from chunk length / lanes (biased by 128; "
+      "255 in every byte of a chunk whose counts stray further; the last lane's byte unused), what the GPU "
+      "kernels read instead of counting every lane's codes (pass 1). Empty for format v1.");
 
   m.def(
       "decode_table",

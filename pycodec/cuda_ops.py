@@ -8,8 +8,9 @@ so CUDA graphs capture them.
 Format v2 streams (windowed-lane Huffman, what pycodec writes) stay inside the uint8 tensor that
 holds the blob; a ``layout`` list of ints (``StreamLayout.ints``) says where their pieces lie,
 and the decode tables built on the host from the blob are uploaded once (``kernel_tables``). The
-table may carry the stream's lane starts after its TABLE_WORDS words (each lane's first symbol,
-uint16 [n_chunks * lanes], from ``_C.lane_starts``): the kernels then skip their count pass.
+table may carry the stream's lane starts after its TABLE_WORDS words (a byte a lane that says
+where it starts, uint8 [n_chunks * lanes], from ``_C.lane_starts``): the kernels then skip their
+count pass.
 The kernels read up to ``_C.SLACK_WORDS`` words past the payload and past the raw bits of a
 lossless weight without bounds tests: those tensors must sit in storage with that much slack
 (``with_slack``; CompressedLinear keeps its buffers that way).
@@ -48,8 +49,8 @@ TABLE_WORDS = TABLE_ENTRIES + 64 + 1024  # entries, code lengths, count table (b
 SLACK_BYTES = 4 * int(_C.SLACK_WORDS)
 LAYOUT_INTS = 10  # StreamLayout.ints
 # Whether the tables built for a stream bound for a GPU (a module moved or loaded there,
-# decode_cuda) carry its lane starts: each lane's first symbol, 16 bits a lane (~0.13 bits a
-# weight in 4096-symbol chunks of 32 lanes), which spares every kernel its count pass over the
+# decode_cuda) carry its lane starts: a byte a lane (0.06-0.11 bits a weight on MiniLM and
+# SmolLM2, bench/results/layout_cpu.json), which spares every kernel its count pass over the
 # stream (a third of the rate GEMV's instructions, bench/sass_count.py). False: the kernels count.
 LANE_STARTS = True
 
@@ -92,22 +93,21 @@ def stream_layout(blob: Any) -> StreamLayout:
 
 
 def lane_start_words(layout: list[int]) -> int:
-    """The int32 words that a v2 stream's lane starts add to its table (0: it has none, its
-    chunks holding more than 65535 symbols)."""
-    chunk_symbols, n_chunks, lanes = layout[5], layout[6], layout[7]
-    return -(-n_chunks * lanes // 2) if chunk_symbols <= int(_C.LANE_STARTS_MAX_CHUNK) else 0
+    """The int32 words that a v2 stream's lane start bytes add to its table."""
+    n_chunks, lanes = layout[6], layout[7]
+    return -(-n_chunks * lanes // 4)
 
 
 def kernel_tables(blob: Any, value16: np.ndarray | None = None, lane_starts: np.ndarray | None = None) -> dict:
     """The decode tables of a stream, built on the host, as CPU tensors to upload once:
     ``table`` (int32, entries + code lengths + count table, then the lane starts if given: the
-    uint16 array of ``_C.lane_starts(blob)``, which verifies the stream) and, given each symbol's
+    uint8 array of ``_C.lane_starts(blob)``, which verifies the stream) and, given each symbol's
     16-bit value (``value16``, 256 uint16), ``values`` (int64 [4096], the value entries the GEMVs
     read)."""
     buf = _as_buffer(blob)
     table = np.frombuffer(_C.decode_table(buf), dtype="<i4")
     if lane_starts is not None and len(lane_starts):
-        starts = np.zeros(2 * -(-len(lane_starts) // 2), dtype="<u2")
+        starts = np.zeros(4 * -(-len(lane_starts) // 4), dtype=np.uint8)
         starts[:len(lane_starts)] = lane_starts
         table = np.concatenate([table, starts.view("<i4")])
     out = {"table": torch.from_numpy(table.copy())}

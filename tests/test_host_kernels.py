@@ -337,7 +337,7 @@ def test_host_ops_refuse_what_the_cuda_ops_refuse():
         with pytest.raises(CodecError, match="readable bytes"):  # no slack after the stream
             cuda_ops._windowed_decode(ready["symbols"].clone(), kernel["table"], layout)
         with pytest.raises(CodecError, match="tables"):
-            cuda_ops._windowed_decode(ready["symbols"], kernel["table"][:-1], layout)
+            cuda_ops._windowed_decode(ready["symbols"], kernel["table"][:cuda_ops.TABLE_WORDS - 1], layout)
         with pytest.raises(CodecError, match="layout does not match"):  # an index past the payload's start
             cuda_ops._windowed_decode(ready["symbols"], kernel["table"], layout[:6] + [layout[6] + 64] + layout[7:])
         bad = list(layout)
@@ -571,21 +571,35 @@ def test_lane_starts_give_the_same_lossless_bits(staged):
     assert torch.equal(outs[0][1].view(torch.int32), outs[1][1].view(torch.int32))  # NaN rows too: as bits
 
 
+def lane_starts_of(bytes_: np.ndarray, layout: list[int]) -> np.ndarray:
+    """Each lane's first symbol from its stream's lane start bytes (windowed.h), -1 for the lanes of a
+    chunk whose bytes escape (the kernels count those)."""
+    n_symbols, chunk_symbols, n_chunks, lanes = layout[4:8]
+    b = bytes_.reshape(n_chunks, lanes).astype(np.int64)
+    m = np.minimum(chunk_symbols, n_symbols - np.arange(n_chunks) * chunk_symbols)
+    counts = np.maximum(0, (m // lanes)[:, None] - 128 + b)
+    counts[:, -1] = 0
+    starts = np.concatenate([np.zeros((n_chunks, 1), np.int64), np.cumsum(counts, axis=1)[:, :-1]], axis=1)
+    starts[(b[:, :-1] == 255).any(axis=1)] = -1
+    return starts
+
+
 def test_lane_starts_of_streams_and_tables(monkeypatch):
-    """_C.lane_starts: each lane's first symbol of its chunk (0 for the first lane, in order, at
-    most the chunk's length), none for streams whose chunks exceed u16 or for format v1; a corrupt
-    stream raises as histogram does. cuda_ops.LANE_STARTS off builds tables without them."""
+    """_C.lane_starts: a byte a lane whose counts sum to each lane's first symbol of its chunk (0 for
+    the first lane, in order, within the chunk), for chunks of any length; none for format v1; a
+    corrupt stream raises as histogram does. cuda_ops.LANE_STARTS off builds tables without them."""
     sym = np.random.default_rng(3).integers(0, 9, size=(40, 1000)).astype(np.uint8)
-    blob = pycodec.encode(sym, chunk_symbols=3000, lanes=32)
-    s = cuda_ops.stream_layout(blob)
-    starts = _C.lane_starts(blob)
-    assert starts.dtype == np.uint16 and starts.shape == (s.n_chunks * s.lanes,)
-    per_chunk = starts.reshape(s.n_chunks, s.lanes).astype(np.int64)
-    lengths = np.minimum(s.chunk_symbols, s.n_symbols - np.arange(s.n_chunks) * s.chunk_symbols)
-    assert (per_chunk[:, 0] == 0).all() and (np.diff(per_chunk, axis=1) >= 0).all()
-    assert (per_chunk <= lengths[:, None]).all() and (per_chunk[:, -1] > 0).all()
-    big = pycodec.encode(np.zeros((2, 70000), np.uint8) + np.arange(70000, dtype=np.uint8) % 7, chunk_symbols=70000)
-    assert _C.lane_starts(big).size == 0 and cuda_ops.lane_start_words(cuda_ops.stream_layout(big).ints) == 0
+    for chunk in (3000, 40000):
+        blob = pycodec.encode(sym, chunk_symbols=chunk, lanes=32)
+        s = cuda_ops.stream_layout(blob)
+        got = _C.lane_starts(blob)
+        assert got.dtype == np.uint8 and got.shape == (s.n_chunks * s.lanes,)
+        starts = lane_starts_of(got, s.ints)
+        lengths = np.minimum(s.chunk_symbols, s.n_symbols - np.arange(s.n_chunks) * s.chunk_symbols)
+        assert (starts[:, 0] == 0).all() and (np.diff(starts, axis=1) > 0).all()
+        assert (starts <= lengths[:, None]).all()
+        # Even lanes: every lane's share of its chunk (~window bits / 3 bits a code) lies near m / 32.
+        assert abs(int(starts[0, 16]) - 16 * int(lengths[0]) // 32) < 200
     assert _C.lane_starts(pycodec.encode(sym, coder="rans")).size == 0  # format v1
     bad = bytearray(blob)
     bad[-5] ^= 0x10
@@ -593,13 +607,14 @@ def test_lane_starts_of_streams_and_tables(monkeypatch):
         _C.lane_starts(bytes(bad))
     packed = affine_weight("int4-g64", rng_for("lane-starts-off"), 16, 128)
     info = gpu.weight_info(packed)
-    assert gpu.kernel_buffers(packed, info)["table"].numel() > cuda_ops.TABLE_WORDS
+    assert gpu.kernel_buffers(packed, info)["table"].numel() == cuda_ops.TABLE_WORDS + cuda_ops.lane_start_words(
+        list(info.layout))
     monkeypatch.setattr(cuda_ops, "LANE_STARTS", False)
     assert gpu.kernel_buffers(packed, info)["table"].numel() == cuda_ops.TABLE_WORDS
 
 
 def test_wrong_lane_starts_are_flagged_not_trusted():
-    """Starts that are not the stream's make the decode flag its chunks (out of order) or decode
+    """Starts that are not the stream's make the decode flag its chunks (sums past a chunk's end) or decode
     garbage inside its buffers; never a read outside them (csrc/tests checks that under ASan)."""
     packed = affine_weight("rate", rng_for("lane-starts-wrong"), 32, 256, 2)
     ready, kernel, info = device_ready(packed)
@@ -609,8 +624,9 @@ def test_wrong_lane_starts_are_flagged_not_trusted():
         _, status = cuda_ops._decode_launch("windowed_decode", ready["symbols"], kernel["table"], layout)
         assert int(status) == 0
         table = kernel["table"].clone()
-        starts = table[cuda_ops.TABLE_WORDS:].view(torch.int16)[:n_starts]
-        starts[1::layout[7]] = -1  # lane 1 of every chunk starts at 65535: past its chunk
+        starts = table[cuda_ops.TABLE_WORDS:].view(torch.uint8)[:n_starts]
+        starts[0::layout[7]] = 254  # lane 0 of every chunk takes 126 symbols more than its share
+        starts[1::layout[7]] = 254  # and lane 1 too: past the chunk's end
         _, status = cuda_ops._decode_launch("windowed_decode", ready["symbols"], table, layout)
         assert int(status) == 1
         with pytest.raises(CodecError, match="lane starts"):

@@ -224,11 +224,11 @@ struct DecodeTables {
   std::unique_ptr<uint32_t[]> rans;
   std::unique_ptr<windowed::MultiTable> multi;
   std::vector<uint64_t> offsets;  // chunk c spans payload words [offsets[c], offsets[c + 1])
-  // If set (v2, windowed::lane_starts_fit): chunk c's lane starts go to lane_starts + c * lanes
-  // as its lanes are placed (chunks write disjoint slices: threads may share it).
-  uint16_t* lane_starts = nullptr;
+  // If set (v2): chunk c's lane start bytes (windowed.h) go to lane_starts + c * lanes as its lanes
+  // are placed (chunks write disjoint slices: threads may share it).
+  uint8_t* lane_starts = nullptr;
 
-  uint16_t* lane_starts_of(uint64_t c) const { return lane_starts ? lane_starts + c * info.lanes : nullptr; }
+  uint8_t* lane_starts_of(uint64_t c) const { return lane_starts ? lane_starts + c * info.lanes : nullptr; }
 
   Status build(const uint8_t* blob, const StreamInfo& s) {
     info = s;
@@ -782,11 +782,11 @@ const auto nothing_before = [](const DecodeTables&, uint64_t, uint32_t) {};
 // The frame of every whole-stream decode: open the stream, decode every chunk (as
 // for_each_decoded_chunk: before(tables, c0, count), then per_chunk(tables, c, symbols)), hash
 // each chunk's symbols, then compare the checksum.
-// lane_starts: if set, a v2 stream's lane starts (DecodeTables::lane_starts), which the caller
-// sized through check(info).
+// lane_starts: if set, a v2 stream's lane start bytes (DecodeTables::lane_starts), which the
+// caller sized through check(info).
 template <class Check, class Before, class PerChunk>
 Status decode_stream(const uint8_t* blob_in, size_t len, int threads, Check check, uint8_t* direct_out, Before before,
-                     PerChunk per_chunk, uint16_t* lane_starts = nullptr) {
+                     PerChunk per_chunk, uint8_t* lane_starts = nullptr) {
   const AlignedBlob aligned(blob_in, len);
   const uint8_t* blob = aligned.data;
   DecodeTables tables;
@@ -1138,7 +1138,7 @@ namespace {
 // histogram() and lane_starts(): a whole-stream decode that keeps only per-chunk results.
 template <class Check>
 Status histogram_and_starts(const uint8_t* blob, size_t len, uint64_t counts[256], int threads, Check check,
-                            uint16_t* lane_starts) {
+                            uint8_t* lane_starts) {
   // Each chunk's counts go straight into one histogram: a histogram per chunk (2 KiB) let a
   // valid stream of one-symbol chunks (~2.25 bytes of blob each) allocate ~900x its size.
   std::array<std::atomic<uint64_t>, 256> total;
@@ -1165,11 +1165,10 @@ Status histogram(const uint8_t* blob, size_t len, uint64_t counts[256], int thre
 }
 
 uint64_t lane_start_count(const StreamInfo& s) {
-  const bool fit = s.version == 2 && s.coder == Coder::Huffman && windowed::lane_starts_fit(s.chunk_symbols);
-  return fit ? s.n_chunks * s.lanes : 0;
+  return s.version == 2 && s.coder == Coder::Huffman ? s.n_chunks * s.lanes : 0;
 }
 
-Status lane_starts(const uint8_t* blob, size_t len, uint16_t* out, uint64_t out_len, uint64_t counts[256],
+Status lane_starts(const uint8_t* blob, size_t len, uint8_t* out, uint64_t out_len, uint64_t counts[256],
                    int threads) {
   return histogram_and_starts(
       blob, len, counts, threads,

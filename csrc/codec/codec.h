@@ -209,14 +209,14 @@ void count_symbols(const uint8_t* symbols, uint64_t n, uint64_t counts[256], int
 // Symbol histogram of a (validated) stream without materialising the symbols at once.
 Status histogram(const uint8_t* blob, size_t len, uint64_t counts[256], int threads = 0);
 
-// The lane starts of a v2 Huffman stream whose chunks hold at most windowed::kLaneStartsMaxChunk
-// symbols (windowed.h: each lane's first symbol in its chunk, [n_chunks][lanes]), what the GPU
-// kernels read instead of counting every lane's codes; none (0) for other streams.
+// The lane start bytes of a v2 Huffman stream (windowed.h: one byte a lane, [n_chunks][lanes],
+// each lane's count as a distance from m / lanes, or a chunk's escape), what the GPU kernels read
+// instead of counting every lane's codes; none (0) for format v1.
 uint64_t lane_start_count(const StreamInfo& info);
-// histogram() that also writes the lane starts (out_len == lane_start_count, else OutputSize):
-// the whole stream is decoded and verified, checksum included, so the starts are those of a
-// valid stream.
-Status lane_starts(const uint8_t* blob, size_t len, uint16_t* out, uint64_t out_len, uint64_t counts[256],
+// histogram() that also writes the lane start bytes (out_len == lane_start_count, else
+// OutputSize): the whole stream is decoded and verified, checksum included, so the bytes are
+// those of a valid stream.
+Status lane_starts(const uint8_t* blob, size_t len, uint8_t* out, uint64_t out_len, uint64_t counts[256],
                    int threads = 0);
 
 }  // namespace pycodec

@@ -36,11 +36,15 @@
 // - A stream with a single distinct symbol ("constant" code, zero bits per symbol) has
 //   G = 1 and W = 0 in every chunk.
 // - Lane starts (not part of the stream: derived from it). Lane l's first symbol within its
-//   chunk, n_0 + ... + n_{l-1} clamped to m, as a u16 per lane ([n_chunks][G], chunks of at most
-//   kLaneStartsMaxChunk symbols). The CPU decoder gets them for free as it places the lanes
-//   (ChunkJob::lane_starts); a stream bound for a GPU keeps them beside its tables, and the
-//   kernels then skip pass 1 (the count pass, a third of the rate GEMV's instructions) for
-//   16 bits of device memory per lane (windowed_gemv.h: lane_range_from_starts).
+//   chunk is n_0 + ... + n_{l-1} clamped to m; it is kept as one byte per lane ([n_chunks][G]):
+//   lane l < G - 1 holds its clamped count's distance from m / G, biased by kLaneCountBias
+//   (lane_count_byte), and the last lane's byte is unused. A chunk whose counts stray further
+//   (rare: lanes past a short chunk's last symbol) holds kLaneCountEscape, and the kernels count
+//   it (pass 1). The CPU decoder gets the counts for free as it places the lanes
+//   (ChunkJob::lane_starts); a stream bound for a GPU keeps the bytes beside its tables, and the
+//   kernels then skip pass 1 (a third of the rate GEMV's instructions) for 8 bits of device
+//   memory a lane: each lane's byte and a warp prefix sum (windowed_gemv.h:
+//   lane_range_from_starts).
 // - Every function that a GPU kernel shares is PYCODEC_HD and reads words through
 //   LaneReader, which returns 0 past the chunk's last word, so corrupt input can never
 //   read outside its chunk nor loop without end (window decoding always consumes >= 1 bit
@@ -72,10 +76,19 @@ constexpr int kMaxPerEntry = 3;                        // 3 symbol bytes + count
 constexpr uint32_t kMaxChunkSymbols = 1u << 17;        // W < 2^16 words even at 12 bits/symbol
 constexpr uint32_t kChunkSizeBits = 16;                // per-chunk word count, stored as u16
 constexpr uint32_t kSuperChunks = 16;                  // one absolute u32 offset per 16 chunks
-constexpr uint32_t kLaneStartsMaxChunk = 0xFFFF;       // lane starts (<= m) held in u16
+constexpr uint32_t kLaneCountBias = 128;               // a lane start byte: count - m / G + bias
+constexpr uint8_t kLaneCountEscape = 255;              // a chunk whose counts no byte holds
 
-// Whether a stream's lane starts fit their u16s: chunks of at most kLaneStartsMaxChunk symbols.
-PYCODEC_HD bool lane_starts_fit(uint32_t chunk_symbols) { return chunk_symbols <= kLaneStartsMaxChunk; }
+// A lane's clamped count as its lane start byte (kLaneCountEscape if it strays too far).
+inline uint8_t lane_count_byte(uint32_t count, uint32_t m, uint32_t lanes) {
+  const int64_t b = int64_t(count) - int64_t(m / lanes) + int64_t(kLaneCountBias);
+  return b >= 0 && b < int64_t(kLaneCountEscape) ? uint8_t(b) : kLaneCountEscape;
+}
+// The count a lane start byte (not the escape) says, never negative.
+PYCODEC_HD uint32_t lane_count_of_byte(uint8_t b, uint32_t m, uint32_t lanes) {
+  const uint32_t expected = m / lanes;
+  return expected + b > kLaneCountBias ? expected + b - kLaneCountBias : 0u;
+}
 
 static_assert(uint64_t(kMaxChunkSymbols) * kPeekBits / 32 < (1u << kChunkSizeBits),
               "a chunk's word count must fit its u16 size field");
@@ -895,7 +908,7 @@ struct ChunkJob {
   uint32_t n_words;
   uint8_t* out;
   uint32_t m;
-  uint16_t* lane_starts = nullptr;  // if set (m <= kLaneStartsMaxChunk): each lane's first symbol, once placed
+  uint8_t* lane_starts = nullptr;  // if set: the chunk's lane start bytes (lane_count_byte), once placed
 };
 
 // A chunk's window-decoded lanes (decode_lanes: dst, n, used) into place, checking every rule
@@ -910,15 +923,24 @@ PYCODEC_CPU_INLINE Status place_lanes(const MultiTable& t, const ChunkJob& job, 
   const uint32_t* const words = job.words;  // locals: stores to out could alias job's fields
   uint8_t* const out = job.out;
   const uint32_t n_words = job.n_words, m = job.m;
-  uint16_t* const lane_starts = job.lane_starts;
+  uint8_t* const lane_starts = job.lane_starts;
+  if (lane_starts) {  // each lane's clamped count (next_lane_start), the last lane's byte unused
+    uint32_t at = 0;
+    bool escape = false;
+    for (uint32_t l = 0; l + 1 < lanes; ++l) {
+      const uint32_t next = next_lane_start(at, n[l], m);
+      lane_starts[l] = lane_count_byte(next - at, m, lanes);
+      escape |= lane_starts[l] == kLaneCountEscape;
+      at = next;
+    }
+    lane_starts[lanes - 1] = uint8_t(kLaneCountBias);
+    if (escape) std::fill(lane_starts, lane_starts + lanes, kLaneCountEscape);
+  }
   uint32_t start = 0;
   uint64_t zero_from = 32ull * n_words;  // bits from here to the chunk's end must be zero
   for (uint32_t l = 0; l < lanes; ++l) {
     const uint64_t base = l * window;
-    if (lane_starts) lane_starts[l] = uint16_t(start);
     if (n[l] >= m - start) {  // this lane holds the chunk's last symbol: zeros follow it
-      if (lane_starts)  // the lanes after it hold none: they start at m (next_lane_start's clamp)
-        for (uint32_t later = l + 1; later < lanes; ++later) lane_starts[later] = uint16_t(m);
       const uint32_t take = m - start;
       // Its codes end where the window's decode ended less the codes after the chunk's last
       // symbol (few: the encoder leaves the last lane < one code of zeros, unless the chunk
@@ -958,7 +980,7 @@ PYCODEC_CPU_INLINE void decode_chunk_group_inline(const MultiTable& t, const Chu
     for (uint32_t i = 0; i < count; ++i) {
       status[i] = jobs[i].n_words == 0 && lanes == 1 ? Status::Ok : Status::CorruptPayload;
       if (status[i] == Status::Ok) std::memset(jobs[i].out, int(entry_symbol(t.entry[0], 0)), jobs[i].m);
-      if (status[i] == Status::Ok && jobs[i].lane_starts) jobs[i].lane_starts[0] = 0;
+      if (status[i] == Status::Ok && jobs[i].lane_starts) jobs[i].lane_starts[0] = uint8_t(kLaneCountBias);
     }
     return;
   }
@@ -1018,7 +1040,7 @@ PYCODEC_X86_V3_CLONES inline void decode_chunk_group(const MultiTable& t, const 
 // One chunk: a group of one.
 PYCODEC_X86_V3_CLONES inline Status decode_chunk(const MultiTable& t, const uint32_t* words, uint32_t n_words,
                                                  uint32_t lanes, uint8_t* out, uint32_t m,
-                                                 std::vector<uint8_t>& scratch, uint16_t* lane_starts = nullptr) {
+                                                 std::vector<uint8_t>& scratch, uint8_t* lane_starts = nullptr) {
   if (lanes == 0 || lanes > uint32_t(kMaxLanes)) return Status::CorruptPayload;
   const ChunkJob job{words, n_words, out, m, lane_starts};
   Status status;

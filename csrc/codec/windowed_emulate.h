@@ -31,16 +31,21 @@ inline bool emulate_chunk_lanes(const StreamView& s, const ChunkView& v, const u
   if constexpr (std::is_same<Reader, StageReader>::value)
     stage.assign(v.words, v.words + chunk_stage_words(v, stream_stage_words(s)));
   uint32_t counts[kMaxLanes] = {0};
-  if (!s.lane_starts)
+  const uint8_t* starts = s.lane_starts ? s.lane_starts + v.index * s.lanes : nullptr;
+  bool escaped = false;  // the kernel's vote: a chunk whose bytes escape is counted
+  for (uint32_t l = 0; starts && l < s.lanes; ++l) escaped |= start_byte_escapes(starts[l], l, s.lanes);
+  if (escaped) starts = nullptr;
+  if (!starts)
     for (uint32_t l = 0; l < s.lanes; ++l) counts[l] = lane_window_count(v, s, count, table, lengths, l);
   const uint64_t window = lane_window_bits(v.n_words, s.lanes);
-  const uint16_t* starts = s.lane_starts ? s.lane_starts + v.index * s.lanes : nullptr;
   bool ok = true;
   uint32_t before = 0;
   for (uint32_t l = 0; l < s.lanes; ++l) {
     LaneRange r;
-    if (starts) {  // the kernel's shuffle: lane l + 1's start (the last lane's is not read)
-      r = lane_range_from_starts(v, s, count, table, lengths, l, starts[l], l + 1 < s.lanes ? starts[l + 1] : v.m);
+    if (starts) {  // the kernel's prefix sum of the bytes' counts
+      const uint32_t n = lane_count_from_start_byte(starts[l], l, s.lanes, v.m);
+      r = lane_range_from_starts(v, s, count, table, lengths, l, before, before + n);
+      before += n;
     } else {
       const uint32_t through = before + (l + 1 < s.lanes ? counts[l] : 0);
       r = lane_range(l, s.lanes, v.m, counts[l], before, through);

@@ -87,9 +87,9 @@ struct StreamView {
   uint64_t n_chunks;
   uint32_t lanes;
   bool constant_code;       // one distinct symbol: zero-bit codes, one lane (the kernels go by the table)
-  // The stream's lane starts (windowed.h; [n_chunks][lanes], chunks within kLaneStartsMaxChunk),
-  // or null: then pass 1 counts every lane's codes to find them.
-  const uint16_t* lane_starts = nullptr;
+  // The stream's lane start bytes (windowed.h; [n_chunks][lanes]), or null: then pass 1 counts
+  // every lane's codes to find where it starts.
+  const uint8_t* lane_starts = nullptr;
   uint32_t max_chunk_words = 0;  // the longest chunk's words: what a warp's stream stage holds
 };
 
@@ -194,9 +194,19 @@ PYCODEC_HD uint32_t chunk_stage_words(const ChunkView& v, uint32_t stage_words) 
   return n < stage_words ? n : stage_words;
 }
 
-// A lane's pass-2 range from the lane starts instead of pass 1: [start, next), next being the
-// next lane's start (the last lane's range ends at m). Starts that are not a chunk's (out of
-// order, past m) make the lane refuse (overrun). They are trusted no further than memory safety
+// Lane l's count from its lane start byte: the byte's count for lanes before the last, 0 for
+// the last (its range ends at m). Whether a chunk's bytes escape (the kernels then count it):
+// starts_escaped.
+PYCODEC_HD uint32_t lane_count_from_start_byte(uint8_t b, uint32_t lane, uint32_t lanes, uint32_t m) {
+  return lane + 1 < lanes ? lane_count_of_byte(b, m, lanes) : 0u;
+}
+PYCODEC_HD bool start_byte_escapes(uint8_t b, uint32_t lane, uint32_t lanes) {
+  return lane + 1 < lanes && b == kLaneCountEscape;
+}
+
+// A lane's pass-2 range from the lane starts instead of pass 1: [start, next), the running sums
+// of the counts of the lanes before it and through it (the last lane's range ends at m). Starts
+// that are not a chunk's (past m) make the lane refuse (overrun). They are trusted no further than memory safety
 // needs: a lane whose codes could read past the payload's slack (lane_reads_bounded; a valid
 // stream's last few lanes) counts its window as pass 1 would and refuses a range longer than
 // that. So a wrong start can garble the output but never make a kernel read or write out of

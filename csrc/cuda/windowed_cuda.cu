@@ -5,8 +5,8 @@
 // Read me first
 // - One warp per chunk; the 32 CUDA lanes are the format's lanes (windowed.h), lanes >= the
 //   stream's lane count only join the warp-wide steps. Per chunk:
-//     ranges  each lane's first symbol: from the lane starts that the stream's tables carry (one
-//             u16 load a lane and a shuffle for the next lane's; windowed.h), or, without them,
+//     ranges  each lane's first symbol: from the lane start bytes that the stream's tables carry
+//             (a byte a lane, its count, and a warp prefix sum; windowed.h), or, without them,
 //             pass 1: every lane counts the codes of its window (count_window, no output; the last
 //             lane too, so that its pass-2 count can be bounded by what its window holds) and a
 //             warp prefix sum of the counts, clamped to the chunk (5 shuffles);
@@ -15,9 +15,9 @@
 //   The lane code is the torch-free windowed.h / windowed_gemv.h, which the CPU emulation runs
 //   too (csrc/codec/windowed_emulate.h, tests/test_windowed_gemv.py): only the warp glue below is
 //   GPU-only.
-// - Why the lane starts are not in the stream: at 16 bits a lane they cost 0.12-0.22 bits a
-//   weight (bench/results/layout_cpu.json), 1-5% of a stream, beyond the format's 1.5% side
-//   budget; pass 1 costs 4.4-7.9 lane-instructions per symbol (bench/sass_count.py), a third of
+// - Why the lane starts are not in the stream: at 8 bits a lane they cost 0.06-0.11 bits a
+//   weight (bench/results/layout_cpu.json), 0.6-2.5% of a stream, beyond the format's 1.5% side
+//   budget for rate and int weights; pass 1 costs 4.4-7.9 lane-instructions per symbol (bench/sass_count.py), a third of
 //   the rate GEMV's. So they are derived on the host when a stream is bound for a GPU (the
 //   verifying decode gives them) and kept in device memory only: cuda_ops.LANE_STARTS decides.
 // - Memory: each warp first copies its chunk's words into shared memory (the stream stage,
@@ -108,19 +108,25 @@ template <class Entry>
 __device__ __forceinline__ windowed::LaneRange warp_lane_range(const ChunkView& v, const StreamView& s,
                                                                const Entry* table, const uint8_t* aux,
                                                                uint32_t lane) {
-  if (s.lane_starts) {  // warp-uniform
-    const uint32_t start = lane < s.lanes ? __ldg(s.lane_starts + v.index * s.lanes + lane) : v.m;
-    const uint32_t next = __shfl_down_sync(kFullMask, start, 1);
-    return windowed::lane_range_from_starts(v, s, aux + kLengthBytes, table, aux, lane, start, next);
+  const auto inclusive_sum = [lane](uint32_t x) {  // over the warp's lanes, 5 shuffles
+#pragma unroll
+    for (int off = 1; off < 32; off *= 2) {
+      const uint32_t t = __shfl_up_sync(kFullMask, x, off);
+      if (lane >= uint32_t(off)) x += t;
+    }
+    return x;
+  };
+  if (s.lane_starts) {  // warp-uniform; a chunk whose bytes escape is counted below
+    const uint8_t b = lane < s.lanes ? __ldg(s.lane_starts + v.index * s.lanes + lane) : uint8_t(0);
+    if (!__any_sync(kFullMask, windowed::start_byte_escapes(b, lane, s.lanes))) {
+      const uint32_t count = lane < s.lanes ? windowed::lane_count_from_start_byte(b, lane, s.lanes, v.m) : 0u;
+      const uint32_t through = inclusive_sum(count);
+      return windowed::lane_range_from_starts(v, s, aux + kLengthBytes, table, aux, lane, through - count, through);
+    }
   }
   const uint32_t count = windowed::lane_window_count(v, s, aux + kLengthBytes, table, aux, lane);
   const uint32_t scanned = lane + 1 < s.lanes ? count : 0;
-  uint32_t through = scanned;
-#pragma unroll
-  for (int off = 1; off < 32; off *= 2) {
-    const uint32_t t = __shfl_up_sync(kFullMask, through, off);
-    if (lane >= uint32_t(off)) through += t;
-  }
+  const uint32_t through = inclusive_sum(scanned);
   return windowed::lane_range(lane, s.lanes, v.m, count, through - scanned, through);
 }
 
