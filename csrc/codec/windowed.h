@@ -235,10 +235,11 @@ inline void build_count_table(const huffman::Code& c, uint8_t out[kTableSize]) {
 //               readable words past their end and bound each lane's reads before it starts (a
 //               window read never runs past its chunk by more than 3 words);
 //   kClamped    loads past the end read its last word: a warp's copy of its chunk in shared
-//               memory (the fused GEMVs' stream stage, windowed_cuda.cu; StageReader), which no
-//               range, however wrong, can read outside. The warp copies its chunk with
-//               whole-line loads, where lanes reading their own windows from global memory touch
-//               ~32 lines a load (ncu on an H200: the fused GEMVs' stalls were mostly such waits).
+//               memory (the decode and GEMV kernels' stream stage, windowed_cuda.cu;
+//               StageReader), which no range, however wrong, can read outside. The warp copies
+//               its chunk with whole-line loads, where lanes reading their own windows from
+//               global memory touch ~32 lines a load (ncu on an H200: the fused GEMV's stalls
+//               were mostly such waits).
 constexpr uint32_t kSlackWords = 4;
 
 enum class Reads { kChecked, kUnchecked, kClamped };

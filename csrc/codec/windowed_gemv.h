@@ -182,10 +182,10 @@ PYCODEC_HD uint32_t lane_window_count(const ChunkView& v, const StreamView& s, c
   return count_window(count, table, length, r, uint32_t(window), &used);
 }
 
-// A warp's stream stage (the fused GEMVs copy their chunk's words into shared memory, StageReader):
-// the longest chunk and the readable slack after it, in whole 16-byte pieces. A chunk's copy is its
-// words and slack, cut to the stage (max_chunk_words comes from the host's index: a wrong one
-// garbles, never overflows).
+// A warp's stream stage (the decode and GEMV kernels copy their chunk's words into shared memory,
+// StageReader): the longest chunk and the readable slack after it, in whole 16-byte pieces. A
+// chunk's copy is its words and slack, cut to the stage (max_chunk_words comes from the host's
+// index: a wrong one garbles, never overflows).
 PYCODEC_HD uint32_t stream_stage_words(const StreamView& s) {
   return (s.max_chunk_words + kSlackWords + 3u) & ~3u;
 }
@@ -195,8 +195,8 @@ PYCODEC_HD uint32_t chunk_stage_words(const ChunkView& v, uint32_t stage_words) 
 }
 
 // Lane l's count from its lane start byte: the byte's count for lanes before the last, 0 for
-// the last (its range ends at m). Whether a chunk's bytes escape (the kernels then count it):
-// starts_escaped.
+// the last (its range ends at m). start_byte_escapes: whether lane l's byte marks its chunk as
+// one that no byte holds (the kernels then count the chunk).
 PYCODEC_HD uint32_t lane_count_from_start_byte(uint8_t b, uint32_t lane, uint32_t lanes, uint32_t m) {
   return lane + 1 < lanes ? lane_count_of_byte(b, m, lanes) : 0u;
 }
@@ -205,12 +205,12 @@ PYCODEC_HD bool start_byte_escapes(uint8_t b, uint32_t lane, uint32_t lanes) {
 }
 
 // A lane's pass-2 range from the lane starts instead of pass 1: [start, next), the running sums
-// of the counts of the lanes before it and through it (the last lane's range ends at m). Starts
-// that are not a chunk's (past m) make the lane refuse (overrun). They are trusted no further than memory safety
-// needs: a lane whose codes could read past the payload's slack (lane_reads_bounded; a valid
-// stream's last few lanes) counts its window as pass 1 would and refuses a range longer than
-// that. So a wrong start can garble the output but never make a kernel read or write out of
-// bounds. For a valid stream's starts the ranges are exactly lane_range's.
+// of the counts of the lanes before it and through it (the last lane's range ends at m). Sums
+// past m make the lane refuse (overrun). Starts are trusted no further than memory safety needs:
+// a lane whose codes could read past the payload's slack (lane_reads_bounded; a valid stream's
+// last few lanes) counts its window as pass 1 would and refuses a range longer than that. So a
+// wrong byte can garble the output but never make a kernel read or write out of bounds. For a
+// valid stream's starts the ranges are exactly lane_range's.
 template <class Entry>
 PYCODEC_HD LaneRange lane_range_from_starts(const ChunkView& v, const StreamView& s, const uint8_t* count,
                                             const Entry* table, const uint8_t* length, uint32_t lane, uint32_t start,

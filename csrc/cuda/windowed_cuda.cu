@@ -17,13 +17,15 @@
 //   GPU-only.
 // - Why the lane starts are not in the stream: at 8 bits a lane they cost 0.06-0.11 bits a
 //   weight (bench/results/layout_cpu.json), 0.6-2.5% of a stream, beyond the format's 1.5% side
-//   budget for rate and int weights; pass 1 costs 4.4-7.9 lane-instructions per symbol (bench/sass_count.py), a third of
-//   the rate GEMV's. So they are derived on the host when a stream is bound for a GPU (the
-//   verifying decode gives them) and kept in device memory only: cuda_ops.LANE_STARTS decides.
+//   budget for rate and int weights; pass 1 costs 4.4-7.4 lane-instructions per symbol
+//   (bench/sass_count.py), a third of the rate GEMV's. So they are derived on the host when a
+//   stream is bound for a GPU (the verifying decode gives them) and kept in device memory only:
+//   cuda_ops.LANE_STARTS decides.
 // - Memory: each warp first copies its chunk's words into shared memory (the stream stage,
 //   stream_shared; not the tile kernel), and each lane reads its window there through a
-//   StageReader, or in place through a FastReader; either loads its next word one refill ahead (a
-//   refill never waits on a load issued in the same step), two table entries per refill. The decode kernel uses the multi-symbol table (16 KiB), the GEMVs its value entries
+//   StageReader, or in place through a FastReader; either loads its next word one refill ahead
+//   (a refill never waits on a load issued in the same step), two table entries per refill.
+//   The decode kernel uses the multi-symbol table (16 KiB), the GEMVs its value entries
 //   (32 KiB: weights in bf16 beside the codes), pass 1 the count table (4 KiB); they sit in
 //   shared memory with the code lengths, copied in 16-byte pieces by the whole block. x and the prefix sums are read through
 //   the read-only cache (all warps of an SM read the same columns at about the same time).
@@ -34,9 +36,9 @@
 // - Bounds: loads are not tested one by one. chunk_view clamps a chunk to the payload, a window
 //   read runs at most 3 words past its chunk, every buffer has windowed::kSlackWords readable
 //   words of slack (the host pads them), a lane's pass-2 count never exceeds what its window
-//   holds (lane_range) or, from lane starts, what the payload's slack bounds (lane_range_from_starts),
-//   and a stream stage's reads are clamped to it, so a corrupt stream cannot make a kernel read or
-//   write out of bounds.
+//   holds (lane_range) or, from lane starts, what the payload's slack bounds
+//   (lane_range_from_starts), and a stream stage's reads are clamped to it, so a corrupt stream
+//   cannot make a kernel read or write out of bounds.
 //   Corruption itself is detected on the CPU when a stream is loaded (pycodec verifies every
 //   stream before it reaches a GPU); the decode kernel also flags a lane that overruns.
 #include <cuda_runtime.h>
@@ -101,9 +103,10 @@ __device__ __forceinline__ bool load_tables(Entry* table_smem, uint8_t* aux_smem
   return __syncthreads_or(bad) == 0;
 }
 
-// Every lane's range for pass 2. With lane starts: one load a lane and a shuffle for the next
-// lane's start (windowed_gemv.h: lane_range_from_starts). Without: pass 1 and the warp prefix sum
-// of the counts (lanes before the last; lane_range). Called by all 32 lanes.
+// Every lane's range for pass 2. With lane starts: a byte a lane, its count, and a warp prefix sum
+// of the counts (windowed_gemv.h: lane_range_from_starts). Without them, or for a chunk whose
+// bytes escape: pass 1 and the same prefix sum of its window counts (lanes before the last;
+// lane_range). Called by all 32 lanes.
 template <class Entry>
 __device__ __forceinline__ windowed::LaneRange warp_lane_range(const ChunkView& v, const StreamView& s,
                                                                const Entry* table, const uint8_t* aux,
@@ -625,8 +628,9 @@ Status launch_gemv(const StreamView& s, const Args& a, const Entry* table, const
   const uint32_t stage_words = windowed::stream_stage_words(s);
   const size_t staged = slots + size_t(stage_words) * sizeof(uint32_t);
   if (stream_shared_setting.load(std::memory_order_relaxed) && block_warps(s, fixed, staged, device_smem) > 0)
-    return launch_x_placed<gemv_kernel<B, Sink, Args, Entry, true, true>, gemv_kernel<B, Sink, Args, Entry, false, true>>(
-        s, fixed, staged, x_bytes, device_smem, cs, a, table, aux, max_rows, stage_words);
+    return launch_x_placed<gemv_kernel<B, Sink, Args, Entry, true, true>,
+                           gemv_kernel<B, Sink, Args, Entry, false, true>>(s, fixed, staged, x_bytes, device_smem, cs, a,
+                                                                          table, aux, max_rows, stage_words);
   return launch_x_placed<gemv_kernel<B, Sink, Args, Entry, true, false>, gemv_kernel<B, Sink, Args, Entry, false, false>>(
       s, fixed, slots, x_bytes, device_smem, cs, a, table, aux, max_rows, 0u);
 }
@@ -741,10 +745,12 @@ Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev,
   };
   using Staged = std::integral_constant<decltype(&decode_kernel<DecodeTo::kStagedSymbols>),
                                         &decode_kernel<DecodeTo::kStagedSymbols>>;
-  using Unstaged = std::integral_constant<decltype(&decode_kernel<DecodeTo::kSymbols>), &decode_kernel<DecodeTo::kSymbols>>;
+  using Unstaged =
+      std::integral_constant<decltype(&decode_kernel<DecodeTo::kSymbols>), &decode_kernel<DecodeTo::kSymbols>>;
   // The first that fits: symbols staged (chunks within the setting) with the stream stage (its
   // setting), symbols staged alone, the stream stage alone, neither (no dynamic shared memory).
-  const uint32_t stream_words = stream_shared_setting.load(std::memory_order_relaxed) ? windowed::stream_stage_words(s) : 0;
+  const uint32_t stream_words =
+      stream_shared_setting.load(std::memory_order_relaxed) ? windowed::stream_stage_words(s) : 0;
   if (staged) {
     if (stream_words && (st = launch(Staged{}, stage_bytes, stream_words)) != Status::TooLarge) return st;
     if ((st = launch(Staged{}, stage_bytes, 0)) != Status::TooLarge) return st;
