@@ -53,6 +53,31 @@ static std::vector<uint8_t> gaussian_symbols(size_t n, double sigma, uint32_t se
   return v;
 }
 
+// n symbols drawn from a normal distribution, rounded and clipped to [0, top].
+static std::vector<uint8_t> rounded_normal(size_t n, double mean, double sd, double top, std::mt19937& rng) {
+  std::vector<uint8_t> sym(n);
+  std::normal_distribution<double> g(mean, sd);
+  for (auto& v : sym) v = uint8_t(std::min(top, std::max(0.0, std::round(g(rng)))));
+  return sym;
+}
+
+// A blob copied as the kernels read it (word-aligned, exactly kSlackWords readable words after
+// it) and its kernel view, the stream stage sized to its longest chunk.
+struct KernelStream {
+  std::vector<uint32_t> words;
+  windowed::StreamView view;
+};
+static void kernel_stream(const std::vector<uint8_t>& blob, const StreamInfo& info, KernelStream* ks) {
+  ks->words.assign((blob.size() + 3) / 4 + windowed::kSlackWords, 0);
+  std::memcpy(ks->words.data(), blob.data(), blob.size());
+  const uint8_t* base = reinterpret_cast<const uint8_t*>(ks->words.data());
+  ks->view = windowed::StreamView{reinterpret_cast<const uint32_t*>(base + info.index_offset),
+                                  reinterpret_cast<const uint16_t*>(base + info.sizes_offset),
+                                  reinterpret_cast<const uint32_t*>(base + info.payload_offset), info.payload_words,
+                                  info.n_symbols, info.chunk_symbols, info.n_chunks, info.lanes, false};
+  ks->view.max_chunk_words = max_chunk_words(base, info);
+}
+
 static double entropy_bits(const std::vector<uint8_t>& v) {
   double counts[256] = {0};
   for (uint8_t x : v) counts[x] += 1;
@@ -627,14 +652,9 @@ static void test_lane_starts() {
     alignas(16) uint32_t table[kDecodeTableEntries + 64 + kDecodeTableEntries / 4];
     uint8_t* lengths = reinterpret_cast<uint8_t*>(table + kDecodeTableEntries);
     CHECK(build_decode_table(blob.data(), blob.size(), table, lengths, lengths + 256) == Status::Ok);
-    std::vector<uint32_t> words((blob.size() + 3) / 4 + kSlackWords, 0);  // the kernels' slack, no more
-    std::memcpy(words.data(), blob.data(), blob.size());
-    const uint8_t* base = reinterpret_cast<const uint8_t*>(words.data());
-    StreamView v{reinterpret_cast<const uint32_t*>(base + info.index_offset),
-                 reinterpret_cast<const uint16_t*>(base + info.sizes_offset),
-                 reinterpret_cast<const uint32_t*>(base + info.payload_offset), info.payload_words, sym.size(),
-                 info.chunk_symbols, info.n_chunks, info.lanes, false};
-    v.max_chunk_words = max_chunk_words(base, info);
+    KernelStream ks;  // the kernels' slack, no more
+    kernel_stream(blob, info, &ks);
+    StreamView& v = ks.view;
     auto decode_with = [&](const uint8_t* lane_starts, std::vector<uint8_t>& out, uint32_t* status) {
       v.lane_starts = lane_starts;
       out.assign(sym.size() + 1, 0xAB);
@@ -682,9 +702,7 @@ static void test_gemv_stream_stage() {
   using namespace windowed;
   std::mt19937 rng(43);
   const uint32_t n_rows = 64, k = 512, group = 128, groups = k / group;
-  std::vector<uint8_t> sym(size_t(n_rows) * k);
-  std::normal_distribution<double> g(128.0, 5.0);
-  for (auto& v : sym) v = uint8_t(std::min(255.0, std::max(0.0, std::round(g(rng)))));
+  const std::vector<uint8_t> sym = rounded_normal(size_t(n_rows) * k, 128.0, 5.0, 255.0, rng);
   std::vector<uint8_t> blob;
   const uint64_t shape[2] = {n_rows, k};
   EncodeOptions opt;
@@ -703,14 +721,10 @@ static void test_gemv_stream_stage() {
   affine_values(128.f, value);
   std::vector<uint64_t> values(kTableSize);
   build_value_table(table, lengths, value, values.data());
-  std::vector<uint32_t> words((blob.size() + 3) / 4 + kSlackWords, 0);
-  std::memcpy(words.data(), blob.data(), blob.size());
-  const uint8_t* base = reinterpret_cast<const uint8_t*>(words.data());
-  StreamView v{reinterpret_cast<const uint32_t*>(base + info.index_offset),
-               reinterpret_cast<const uint16_t*>(base + info.sizes_offset),
-               reinterpret_cast<const uint32_t*>(base + info.payload_offset), info.payload_words, sym.size(),
-               info.chunk_symbols, info.n_chunks, info.lanes, false};
-  const uint32_t most = max_chunk_words(blob.data(), info);
+  KernelStream ks;
+  kernel_stream(blob, info, &ks);
+  StreamView& v = ks.view;
+  const uint32_t most = v.max_chunk_words;
   CHECK(most > 0);
   std::vector<float> x(k + kXPadRows, 0.f), prefix(k + 1, 0.f);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
@@ -1450,21 +1464,10 @@ static void test_split_decode_emulation() {
       for (uint64_t w = 0; w < raw_words; ++w) raw[w] = rng();
       uint16_t value[256];
       for (auto& v : value) v = uint16_t(rng() & ~((1u << low) - 1));
-      // The stream's pieces inside `words` (the blob copied with the kernels' readable slack).
-      auto view_of = [&](const std::vector<uint8_t>& b, std::vector<uint32_t>& words) {
-        words.assign((b.size() + 3) / 4 + kSlackWords, 0);
-        std::memcpy(words.data(), b.data(), b.size());
-        const uint8_t* base = reinterpret_cast<const uint8_t*>(words.data());
-        StreamView v{reinterpret_cast<const uint32_t*>(base + info.index_offset),
-                     reinterpret_cast<const uint16_t*>(base + info.sizes_offset),
-                     reinterpret_cast<const uint32_t*>(base + info.payload_offset), info.payload_words, n,
-                     info.chunk_symbols, info.n_chunks, info.lanes, false};
-        v.max_chunk_words = max_chunk_words(base, info);  // the stream stage holds any chunk
-        return v;
-      };
       auto run = [&](const std::vector<uint8_t>& b, uint32_t offset, std::vector<uint16_t>& out, uint32_t* status) {
-        std::vector<uint32_t> words;
-        const StreamView v = view_of(b, words);
+        KernelStream ks;
+        kernel_stream(b, info, &ks);
+        const StreamView& v = ks.view;
         out.assign(n + offset + 1, 0xABCD);  // canaries at out[offset - 1] (if any) and out[offset + n]
         SplitDecodeArgs a{value, raw.data(), raw_words, low, out.data() + offset};
         *status = 0;
@@ -1489,8 +1492,9 @@ static void test_split_decode_emulation() {
         uint32_t status;
         CHECK(run(bad, offset, out, &status) == Status::Ok);
         CHECK(out[offset + n] == 0xABCD && (offset == 0 || out[offset - 1] == 0xABCD));
-        std::vector<uint32_t> words;
-        const StreamView v = view_of(bad, words);
+        KernelStream ks;
+        kernel_stream(bad, info, &ks);
+        const StreamView& v = ks.view;
         std::vector<uint8_t> symbols(n, 0);
         uint32_t decode_status = 0;
         CHECK(host::windowed_decode(v, table, symbols.data(), &decode_status) == Status::Ok);
@@ -1510,9 +1514,7 @@ static void test_staged_split_gemv_emulation() {
   std::mt19937 rng(37);
   const uint32_t n_rows = 48, k = 200, low = 5, top = 11;
   for (uint32_t rows_per_chunk : {1u, 3u}) {
-    std::vector<uint8_t> sym(size_t(n_rows) * k);
-    std::normal_distribution<double> g(64.0, 6.0);
-    for (auto& v : sym) v = uint8_t(std::min(127.0, std::max(0.0, std::round(g(rng)))));
+    const std::vector<uint8_t> sym = rounded_normal(size_t(n_rows) * k, 64.0, 6.0, 127.0, rng);
     std::vector<uint8_t> blob;
     const uint64_t shape[2] = {n_rows, k};
     EncodeOptions opt;
