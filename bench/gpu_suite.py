@@ -5,10 +5,9 @@
 Measured on the CUDA device at hand, everything in the same run:
   * settings (first: a lease cut short still has it): the fused GEMVs at batch 1 and 4 on
     4096 x 4096 and 14336 x 4096, rate 3.5 and lossless, under each pycodec GPU kernel setting
-    (x in shared memory or not; 4, 8 or 16 warps a block; each warp's chunk copied into shared memory
-    or read in place: stream_shared), and with lane ranges from the count pass
-    instead of the lane starts ("counted": cuda_ops.LANE_STARTS off), beside bf16, outputs checked
-    equal;
+    (x in shared memory or not; 4, 8 or 16 warps a block; each warp's chunk copied into shared
+    memory or read in place: stream_shared), and with lane ranges from the count pass instead of
+    the lane starts ("counted": cuda_ops.LANE_STARTS off), beside bf16, outputs checked equal;
   * decode: GB/s of decoded symbols of the v2 decode kernel on a 4096 x 14336 rate-3.5 stream and its
     lossless symbols, over layout variants (lanes per chunk, rows per chunk), beside the legacy v1
     decoders on the same symbols;
@@ -325,8 +324,9 @@ def layer_suite(shapes, batches, peak, rows: list | None = None) -> list[dict]:
 
 def settings_suite(rows: list | None = None, shapes=((4096, 4096), (14336, 4096)), batches=(1, 4)) -> list[dict]:
     """The kernel settings side by side, first and fast (a lease that ends early still has them):
-    the fused GEMVs at batch 1 and 4 under x shared / global x 4, 8, 16 warps, beside bf16; lossless
-    through the staged GEMV (the default) and the fused one (split_gemv_staged=0)."""
+    the fused GEMVs at batch 1 and 4 under x shared / global x 4, 8, 16 warps and with the stream
+    read in place (stream_shared=0), beside bf16; lossless through the staged GEMV (the default) and
+    the fused one (split_gemv_staged=0); each also without lane starts ("counted", default settings)."""
     rows = [] if rows is None else rows
     combos = [{"gemv_x_shared_bytes": x, "warps_per_block": w, "stream_shared": 1} for x in (64 * 1024, 0)
               for w in (4, 8, 16)] + [{"gemv_x_shared_bytes": 64 * 1024, "warps_per_block": 4, "stream_shared": 0}]

@@ -192,7 +192,7 @@ inline Status parse_header(const uint8_t* blob, size_t len, StreamInfo* info) {
 }
 
 // The most words any chunk of a v2 stream holds (0 for v1, whose index holds offsets): the size of
-// the GPU GEMVs' per-warp copy of a chunk (windowed_gemv.h: stream_stage_words).
+// the GPU kernels' per-warp copy of a chunk (windowed_gemv.h: stream_stage_words).
 inline uint32_t max_chunk_words(const uint8_t* blob, const StreamInfo& s) {
   uint32_t most = 0;
   if (s.version == 2)
