@@ -121,9 +121,15 @@ if wanted profile; then
   # Nsight Compute on one launch of each kernel in question (bench/profile_kernels.py): issue rate,
   # stall reasons, L1 wavefronts, occupancy. Not in the default STAGES: a second call's work.
   if command -v ncu >/dev/null; then
+    # Shared memory's wavefronts and bank conflicts beside the issued instructions. A fused rate
+    # GEMV warp issues ~26 instructions a table entry (an SM issues four a cycle) and, estimated
+    # from its loads' random addresses, needs ~17 shared-memory wavefronts (an SM serves one a
+    # cycle): these metrics say which bound holds (README: GPU).
     stage profile 150 "$OUT/ncu_profile.log" ncu --profile-from-start off --csv --page details \
       --log-file "$OUT/ncu_kernels.csv" --section SpeedOfLight --section Occupancy --section LaunchStats \
-      --section WarpStateStats --section MemoryWorkloadAnalysis "$PY" bench/profile_kernels.py
+      --section WarpStateStats --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
+      --metrics smsp__inst_executed.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,sm__cycles_active.avg \
+      "$PY" bench/profile_kernels.py
   else
     printf '%-28s skipped: ncu not found\n' profile | tee -a "$SUMMARY"
   fi
