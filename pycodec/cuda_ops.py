@@ -264,6 +264,14 @@ def column_prefix_sums(cols: torch.Tensor, padded: int) -> torch.Tensor:
     return p
 
 
+def _zero_folded(zero: torch.Tensor, zero_in_values: float) -> bool:
+    """Whether an affine weight's zero point lies whole in its value entries: a broadcast zero that
+    zero_in_values equals (windowed_gemv.h: affine_zero_in_values sets it only to the broadcast zero
+    itself, rate mode's 128). The kernels then need no prefix sums of x: two to three fewer launches
+    a call (a host-side test of the arguments, no device read)."""
+    return tuple(zero.shape) == (1, 1) and zero_in_values != 0.0
+
+
 def gemv_inputs(x2: torch.Tensor, prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """x [B, K] as the kernels read it: fp32 [K + 3, Bp] (x transposed, 3 zero rows, batch padded to
     an instantiated size: 9..15 -> 16), and the prefix sums fp32 [K + 1, Bp]
@@ -344,7 +352,9 @@ def windowed_gemv_affine(x: torch.Tensor, blob: torch.Tensor, table: torch.Tenso
 
     x: [B, k] (1 <= B <= 16, any float dtype); scale / zero: fp16 [n_rows, groups] (zero may be
     [1, 1]); values: the value entries of kernel_tables(blob, affine values at zero_in_values);
-    escapes: CSR by row (int32 [n_rows + 1], int32 columns, fp32 values), or empty tensors.
+    a nonzero zero_in_values with a [1, 1] zero must equal it (gpu.weight_info's do), and the
+    kernel then skips the zero point's term; escapes: CSR by row (int32 [n_rows + 1], int32
+    columns, fp32 values), or empty tensors.
     """
     return _windowed_gemv_affine(x, blob, table, values, scale, zero, escape_row, escape_col, escape_value, layout,
                                  zero_in_values, group_size, n_rows, k)
@@ -382,14 +392,15 @@ def _windowed_gemv_affine(x, blob, table, values, scale, zero, escape_row, escap
         raise CodecError(f"{op}: unsupported shape: x {tuple(x.shape)}, weight [{n_rows}, {k}], chunks of "
                          f"{layout[5]} symbols (chunks must be whole rows, batch 1..16)")
     _check_values(op, values)
-    x_t, prefix, padded = gemv_inputs(x)
+    x_t, prefix, padded = gemv_inputs(x, prefix=not _zero_folded(zero, zero_in_values))
     y = torch.empty((padded, n_rows), dtype=torch.float32, device=device)
     scale, zero = scale.contiguous(), zero.contiguous()
     if n_rows:
         with _guard(device):
             _launch("windowed_gemv_affine", _view(blob, layout, table), values.data_ptr(), table.data_ptr(), x_t.data_ptr(),
-                    prefix.data_ptr(), scale.data_ptr(), zero.data_ptr(), tuple(zero.shape) == (1, 1), zero_in_values,
-                    group_size, n_rows, k, padded, y.data_ptr(), *escapes, _stream())
+                    0 if prefix is None else prefix.data_ptr(), scale.data_ptr(), zero.data_ptr(),
+                    tuple(zero.shape) == (1, 1), zero_in_values, group_size, n_rows, k, padded, y.data_ptr(), *escapes,
+                    _stream())
     return y[:batch]
 
 
@@ -430,14 +441,15 @@ def _windowed_tile_affine(x, blob, table, scale, zero, escape_row, escape_col, e
     padded = int(_C.tile_batch_pad(batch))
     x16 = torch.zeros((padded, k), dtype=x.dtype, device=device)
     x16[:batch] = x
-    prefix = column_prefix_sums(x.t().float(), padded)
+    prefix = None if _zero_folded(zero, zero_in_values) else column_prefix_sums(x.t().float(), padded)
     y = torch.empty((padded, n_rows), dtype=torch.float32, device=device)
     scale, zero = scale.contiguous(), zero.contiguous()
     if n_rows:
         with _guard(device):
             _launch(op, _view(blob, layout, table), table.data_ptr(), x16.data_ptr(), x.dtype == torch.float16,
-                    prefix.data_ptr(), scale.data_ptr(), zero.data_ptr(), tuple(zero.shape) == (1, 1), zero_in_values,
-                    group_size, n_rows, k, batch, padded, y.data_ptr(), *escapes, _stream())
+                    0 if prefix is None else prefix.data_ptr(), scale.data_ptr(), zero.data_ptr(),
+                    tuple(zero.shape) == (1, 1), zero_in_values, group_size, n_rows, k, batch, padded, y.data_ptr(),
+                    *escapes, _stream())
     return y[:batch]
 
 

@@ -631,3 +631,38 @@ def test_wrong_lane_starts_are_flagged_not_trusted():
         assert int(status) == 1
         with pytest.raises(CodecError, match="lane starts"):
             cuda_ops._decode_launch("windowed_decode", ready["symbols"], table[:-1], layout)
+
+
+def test_rate_gemvs_skip_the_prefix_sums_their_zero_point_does_not_need(host_ops, monkeypatch):
+    """Rate mode's broadcast zero (128) lies whole in the value entries: the GEMV and the tile
+    kernel run without prefix sums of x (two to three launches fewer a call) and still match the
+    float64 reference; a grouped zero point needs them."""
+    calls = []
+    real = cuda_ops.column_prefix_sums
+    monkeypatch.setattr(cuda_ops, "column_prefix_sums", lambda *a: calls.append(1) or real(*a))
+    rng = rng_for("prefix-skip")
+    for mode, expect in (("rate", 0), ("int4-g64", 1)):
+        packed = affine_weight(mode, rng, 32, 256, 2)
+        ready, kernel, info = device_ready(packed)
+        assert (info.zero_in_values != 0) == (mode == "rate")
+        for batch, dtype in ((3, torch.float32), (40, torch.bfloat16)):  # fused GEMV, tile kernel
+            calls.clear()
+            x = torch.from_numpy(rng.standard_normal((batch, 256)).astype(np.float32)).to(dtype)
+            y = gpu.linear(x, ready, kernel, None, info)
+            ref = x.double() @ unpack(packed).double().T
+            assert len(calls) == expect, (mode, batch)
+            assert rel_error(y.float(), ref) < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_a_broadcast_zero_the_values_do_not_hold_keeps_its_term(host_ops):
+    """A [1, 1] zero that is not an integer (zero_in_values 0): the values hold q, and the zero
+    point's term needs the prefix sums; the op computes them and matches the reference."""
+    rng = rng_for("broadcast-zero")
+    packed = affine_weight("int4-g64", rng, 32, 256, 2)
+    packed["zero"] = torch.tensor([[7.5]], dtype=torch.float16)
+    ready, kernel, info = device_ready(packed)
+    assert info.zero_in_values == 0
+    x = torch.from_numpy(rng.standard_normal((3, 256)).astype(np.float32))
+    y = gpu.linear(x, ready, kernel, None, info)
+    ref = x.double() @ unpack(packed).double().T
+    assert rel_error(y, ref) < 1e-5

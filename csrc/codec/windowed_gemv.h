@@ -262,7 +262,9 @@ PYCODEC_HD void gemv_lane(const Entry* table, const uint8_t* length, Reader& r, 
 
 struct AffineArgs {
   const float* x;         // [k + kXPadRows][batch] fp32: x transposed, zero rows past k
-  const float* prefix;    // [k + 1][batch] fp32: prefix[j][b] = x[b][0] + ... + x[b][j-1]
+  const float* prefix;    // [k + 1][batch] fp32: prefix[j][b] = x[b][0] + ... + x[b][j-1]; null where
+                          // the zero point is folded whole into the values (zero_broadcast and equal to
+                          // zero_in_values, rate mode's 128): then no term needs sums of x
   const uint16_t* scale;  // fp16 bits [n_rows][n_groups]
   const uint16_t* zero;   // fp16 bits [n_rows][n_groups], or a single value when zero_broadcast
   uint32_t n_rows, k, group_size, n_groups;
@@ -378,13 +380,20 @@ struct AffineSink {
   PYCODEC_HD void close_segment(uint32_t n) {
     const size_t gi = size_t(first_row + row) * a->n_groups + group;
     const float s = half_to_float(PYCODEC_LOAD(a->scale + gi));
-    const float z = half_to_float(PYCODEC_LOAD(a->zero + (a->zero_broadcast ? 0 : gi))) - a->zero_in_values;
-    const float* p1 = a->prefix + size_t(col + n) * B;
-    const float* p0 = a->prefix + size_t(col) * B;
-    for (int b = 0; b < B; ++b) {
-      const float sum_x = PYCODEC_LOAD(p1 + b) - PYCODEC_LOAD(p0 + b);
-      part[b] = fmaf(s, fmaf(-z, sum_x, acc[b]), part[b]);
-      acc[b] = 0.f;
+    if (a->prefix) {
+      const float z = half_to_float(PYCODEC_LOAD(a->zero + (a->zero_broadcast ? 0 : gi))) - a->zero_in_values;
+      const float* p1 = a->prefix + size_t(col + n) * B;
+      const float* p0 = a->prefix + size_t(col) * B;
+      for (int b = 0; b < B; ++b) {
+        const float sum_x = PYCODEC_LOAD(p1 + b) - PYCODEC_LOAD(p0 + b);
+        part[b] = fmaf(s, fmaf(-z, sum_x, acc[b]), part[b]);
+        acc[b] = 0.f;
+      }
+    } else {  // the zero point is in the values: s * sum x (q - zc) is the segment's whole part
+      for (int b = 0; b < B; ++b) {
+        part[b] = fmaf(s, acc[b], part[b]);
+        acc[b] = 0.f;
+      }
     }
     col += n;
     if (col == a->k) {
@@ -771,8 +780,10 @@ inline Result with_batch(uint32_t batch, Result other, Fn fn) {
 // is work, aligned for their loads (x to x_align bytes), escapes complete when there are any.
 template <class Args>
 inline bool affine_buffers_ok(const StreamView& s, const Args& a, uintptr_t x_align) {
-  if (s.n_chunks && (!a.x || !a.prefix || !a.scale || !a.zero || !a.y || misaligned(a.x, x_align) ||
-                     misaligned(a.prefix, 4) || misaligned(a.y, 4) || misaligned(a.scale, 2) || misaligned(a.zero, 2)))
+  // prefix may be null only with a broadcast zero (AffineArgs::prefix)
+  if (s.n_chunks && (!a.x || (!a.prefix && !a.zero_broadcast) || !a.scale || !a.zero || !a.y ||
+                     misaligned(a.x, x_align) || misaligned(a.prefix, 4) || misaligned(a.y, 4) ||
+                     misaligned(a.scale, 2) || misaligned(a.zero, 2)))
     return false;
   return !(a.escape_row && a.n_escapes && (!a.escape_col || !a.escape_value || misaligned(a.escape_row, 4) ||
                                            misaligned(a.escape_col, 4) || misaligned(a.escape_value, 4)));

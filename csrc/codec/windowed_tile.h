@@ -74,7 +74,7 @@ inline size_t tile_smem_bytes(uint32_t k) {
 
 struct TileArgs {
   const uint16_t* x;      // [batch_pad][k] bf16 or fp16 bits (x_half), zero rows past the batch
-  const float* prefix;    // [k + 1][batch_pad] fp32 prefix sums of x along k (as AffineArgs)
+  const float* prefix;    // [k + 1][batch_pad] fp32 prefix sums of x along k, or null (as AffineArgs)
   const uint16_t* scale;  // fp16 bits [n_rows][n_groups]
   const uint16_t* zero;   // fp16 bits [n_rows][n_groups], or a single value when zero_broadcast
   uint32_t n_rows, k, group_size, n_groups, batch_pad;
@@ -214,10 +214,14 @@ PYCODEC_HD void tile_fold(const TileArgs& a, uint32_t row0, uint32_t group, uint
     const uint32_t r = row < a.n_rows ? row : a.n_rows - 1;  // rows past the weight: computed, never stored
     const size_t gi = size_t(r) * a.n_groups + group;
     const float s = half_to_float(PYCODEC_LOAD(a.scale + gi));
-    const float z = half_to_float(PYCODEC_LOAD(a.zero + (a.zero_broadcast ? 0 : gi))) - a.zero_in_values;
-    const float sum_x = PYCODEC_LOAD(a.prefix + size_t(k_end) * a.batch_pad + col) -
-                        PYCODEC_LOAD(a.prefix + size_t(k_begin) * a.batch_pad + col);
-    acc[i] = fmaf(s, fmaf(-z, sum_x, p[i]), acc[i]);
+    if (a.prefix) {
+      const float z = half_to_float(PYCODEC_LOAD(a.zero + (a.zero_broadcast ? 0 : gi))) - a.zero_in_values;
+      const float sum_x = PYCODEC_LOAD(a.prefix + size_t(k_end) * a.batch_pad + col) -
+                          PYCODEC_LOAD(a.prefix + size_t(k_begin) * a.batch_pad + col);
+      acc[i] = fmaf(s, fmaf(-z, sum_x, p[i]), acc[i]);
+    } else {  // the zero point is in the values (AffineArgs::prefix)
+      acc[i] = fmaf(s, p[i], acc[i]);
+    }
     p[i] = 0.f;
   }
 }
