@@ -218,7 +218,7 @@ PYCODEC_HD LaneRange lane_range_from_starts(const ChunkView& v, const StreamView
   LaneRange r{v.m, 0, false};
   if (lane >= s.lanes) return r;
   if (lane + 1 == s.lanes) next = v.m;
-  if (start > next || next > v.m) {
+  if (start > next || next > v.m) {  // start > next: the last lane, whose range ends at m, past m
     r.overrun = true;
     return r;
   }

@@ -617,6 +617,12 @@ Status launch_x_placed(const StreamView& s, size_t fixed, size_t per_warp, size_
 
 std::atomic<uint32_t> stream_shared_setting{1};
 
+// The words of each warp's stream stage the setting asks for (0: lanes read in place); a launch
+// still drops it where a block of one warp does not fit with it.
+uint32_t wanted_stream_words(const StreamView& s) {
+  return stream_shared_setting.load(std::memory_order_relaxed) ? windowed::stream_stage_words(s) : 0;
+}
+
 // Shared memory of a GEMV block: tables, then each warp's slots, then (kStreamShared) each warp's
 // stream stage, then (kXShared) x. The stream stage where the setting allows and a block of one
 // warp fits with it (x then placed as launch_x_placed decides), else lanes read global memory.
@@ -625,9 +631,9 @@ Status launch_gemv(const StreamView& s, const Args& a, const Entry* table, const
   const uint32_t max_rows = s.chunk_symbols / a.k;
   const size_t fixed = table_bytes<Entry>() + kAuxBytes, slots = size_t(max_rows) * B * 32 * sizeof(float);
   const size_t x_bytes = size_t(a.k + windowed::kXPadRows) * B * sizeof(float), device_smem = max_block_smem();
-  const uint32_t stage_words = windowed::stream_stage_words(s);
+  const uint32_t stage_words = wanted_stream_words(s);
   const size_t staged = slots + size_t(stage_words) * sizeof(uint32_t);
-  if (stream_shared_setting.load(std::memory_order_relaxed) && block_warps(s, fixed, staged, device_smem) > 0)
+  if (stage_words && block_warps(s, fixed, staged, device_smem) > 0)
     return launch_x_placed<gemv_kernel<B, Sink, Args, Entry, true, true>,
                            gemv_kernel<B, Sink, Args, Entry, false, true>>(s, fixed, staged, x_bytes, device_smem, cs, a,
                                                                           table, aux, max_rows, stage_words);
@@ -659,7 +665,7 @@ Status launch_staged_split(const StreamView& s, const windowed::SplitArgs& a, co
   const size_t dynamic_max = device_smem > kStaticStagedSmem ? device_smem - kStaticStagedSmem : 0;
   const size_t per_warp = size_t(max_rows) * B * 32 * sizeof(float) + stage_bytes;
   // Each warp's stream stage after its symbols where a block of one warp fits with it (the setting).
-  uint32_t stream_words = stream_shared_setting.load(std::memory_order_relaxed) ? windowed::stream_stage_words(s) : 0;
+  uint32_t stream_words = wanted_stream_words(s);
   if (stream_words && block_warps(s, 0, per_warp + 4 * size_t(stream_words), dynamic_max) == 0) stream_words = 0;
   return launch_x_placed<staged_split_gemv_kernel<B, true>, staged_split_gemv_kernel<B, false>>(
       s, 0, per_warp + 4 * size_t(stream_words), size_t(a.k + windowed::kXPadRows) * B * sizeof(float), dynamic_max,
@@ -749,8 +755,7 @@ Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev,
       std::integral_constant<decltype(&decode_kernel<DecodeTo::kSymbols>), &decode_kernel<DecodeTo::kSymbols>>;
   // The first that fits: symbols staged (chunks within the setting) with the stream stage (its
   // setting), symbols staged alone, the stream stage alone, neither (no dynamic shared memory).
-  const uint32_t stream_words =
-      stream_shared_setting.load(std::memory_order_relaxed) ? windowed::stream_stage_words(s) : 0;
+  const uint32_t stream_words = wanted_stream_words(s);
   if (staged) {
     if (stream_words && (st = launch(Staged{}, stage_bytes, stream_words)) != Status::TooLarge) return st;
     if ((st = launch(Staged{}, stage_bytes, 0)) != Status::TooLarge) return st;
@@ -777,7 +782,7 @@ Status windowed_decode_split(const windowed::StreamView& s, const uint32_t* tabl
   const uint32_t stage_bytes = (s.chunk_symbols + 15u) & ~15u;
   const size_t device_smem = max_block_smem(), fixed = kStaticDecodeSmem + kSplitValueBytes;
   // Each warp's stream stage beside its symbols where both fit (and the setting allows), else symbols only.
-  uint32_t stream_words = stream_shared_setting.load(std::memory_order_relaxed) ? windowed::stream_stage_words(s) : 0;
+  uint32_t stream_words = wanted_stream_words(s);
   if (stream_words && block_warps(s, fixed, stage_bytes + 4 * size_t(stream_words), device_smem) == 0) stream_words = 0;
   const size_t per_warp = stage_bytes + 4 * size_t(stream_words);
   const uint32_t warps = block_warps(s, fixed, per_warp, device_smem);
