@@ -8,6 +8,7 @@ Measured on the CUDA device at hand, everything in the same run:
     (x in shared memory or not; 4, 8 or 16 warps a block; each warp's chunk copied into shared
     memory or read in place: stream_shared), and with lane ranges from the count pass instead of
     the lane starts ("counted": cuda_ops.LANE_STARTS off), beside bf16, outputs checked equal;
+    "lossless byte" rows: the byte split (lossless_split="byte"), the kernels' byte instances;
   * decode: GB/s of decoded symbols of the v2 decode kernel on a 4096 x 14336 rate-3.5 stream and its
     lossless symbols, over layout variants (lanes per chunk, rows per chunk), beside the legacy v1
     decoders on the same symbols;
@@ -15,17 +16,17 @@ Measured on the CUDA device at hand, everything in the same run:
     (fused GEMV up to batch 16, the tile kernel to 128) and, above 16, the same weight through
     decode + Triton matmul (the route the tile kernel replaced: which is faster decides the
     dispatch), lossless (fused GEMV up to batch 16, decode + matmul above), lossless with
-    exact_outputs (decode + split merge + cuBLAS), DFloat11 (bench/dfloat11_peer.py: decode to a
+    exact_outputs (decode + split merge + cuBLAS), both again in the byte split, DFloat11 (bench/dfloat11_peer.py: decode to a
     buffer + cuBLAS, as its forward hook does) and the int4-g128 peers that run (torchao's
     tinygemm layout, gemlite); kernel time under CUDA
     graphs (triton.testing.do_bench_cudagraph) and module time in eager mode (do_bench); the batch at
     which each method stops beating bf16;
-  * lossless decode: GB/s of bf16 weights rebuilt, pycodec beside DFloat11, on a 4096 x 14336
-    layer and a Llama-7B-shaped block, each checked bit-exact;
+  * lossless decode: GB/s of bf16 weights rebuilt, pycodec (smallest and byte split) beside
+    DFloat11, on a 4096 x 14336 layer and a Llama-7B-shaped block, each checked bit-exact;
   * --e2e (or --only): compiled, module time under torch.compile(mode="reduce-overhead") on a
     4096 x 4096 layer at batch 1; end_to_end, tokens/s and peak memory of a ~1.1B-parameter Llama
     with random weights (speed does not depend on the values) at batch 1 and 8: bf16, pycodec
-    lossless, pycodec rate 3.5 (median of three generate runs).
+    lossless (smallest and byte split), pycodec rate 3.5 (median of three generate runs).
 Layers and decodes are also timed with other pycodec GPU kernel settings (x global, unstaged:
 shared-memory staging off; 16 warps a block instead of 4): the same bits, side by side.
 Nothing asserts on time. Without a CUDA device it exits with status 2.
@@ -176,10 +177,12 @@ def counted(build, *args):
         cuda_ops.LANE_STARTS = saved
 
 
-def lossless_layer(dense: torch.nn.Linear, exact: bool = False):
+def lossless_layer(dense: torch.nn.Linear, exact: bool = False, split: str = "smallest"):
+    """split "byte": the byte split (CompressionConfig.lossless_split), the kernels' byte instances."""
     from pycodec import CompressedLinear, CompressionConfig
 
-    return CompressedLinear.from_linear(dense, CompressionConfig(mode="lossless", exact_outputs=exact)).cuda()
+    return CompressedLinear.from_linear(
+        dense, CompressionConfig(mode="lossless", exact_outputs=exact, lossless_split=split)).cuda()
 
 
 def dfloat11_peer():
@@ -274,6 +277,10 @@ def layer_suite(shapes, batches, peak, rows: list | None = None) -> list[dict]:
             variants[f"pycodec lossless {suffix}"] = (WithSettings(m, **settings), m.compressed_bytes())
         m = lossless_layer(dense, exact=True)
         variants["pycodec lossless exact"] = (m, m.compressed_bytes())
+        m = lossless_layer(dense, split="byte")
+        variants["pycodec lossless byte"] = (m, m.compressed_bytes())
+        m = lossless_layer(dense, exact=True, split="byte")
+        variants["pycodec lossless byte exact"] = (m, m.compressed_bytes())
         if not isinstance(df11, str):
             try:
                 m = df11.DF11Linear(dense)
@@ -326,7 +333,8 @@ def settings_suite(rows: list | None = None, shapes=((4096, 4096), (14336, 4096)
     """The kernel settings side by side, first and fast (a lease that ends early still has them):
     the fused GEMVs at batch 1 and 4 under x shared / global x 4, 8, 16 warps and with the stream
     read in place (stream_shared=0), beside bf16; lossless through the staged GEMV (the default) and
-    the fused one (split_gemv_staged=0); each also without lane starts ("counted", default settings)."""
+    the fused one (split_gemv_staged=0), and in the byte split (its staged GEMV's byte instance);
+    each also without lane starts ("counted", default settings)."""
     rows = [] if rows is None else rows
     combos = [{"gemv_x_shared_bytes": x, "warps_per_block": w, "stream_shared": 1} for x in (64 * 1024, 0)
               for w in (4, 8, 16)] + [{"gemv_x_shared_bytes": 64 * 1024, "warps_per_block": 4, "stream_shared": 0}]
@@ -339,7 +347,8 @@ def settings_suite(rows: list | None = None, shapes=((4096, 4096), (14336, 4096)
                   "lossless": (lossless, {"split_gemv_staged": 1}),
                   "lossless counted": (lossless_counted, {"split_gemv_staged": 1}),
                   "lossless fused": (lossless, {"split_gemv_staged": 0}),
-                  "lossless fused counted": (lossless_counted, {"split_gemv_staged": 0})}
+                  "lossless fused counted": (lossless_counted, {"split_gemv_staged": 0}),
+                  "lossless byte": (lossless_layer(dense, split="byte"), {"split_gemv_staged": 1})}
         for batch in batches:
             x = torch.randn(batch, in_f, device="cuda", dtype=torch.bfloat16)
             with torch.no_grad():
@@ -462,18 +471,20 @@ def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
         n = sum(w.numel() for w in weights)
         flat = torch.cat([w.reshape(-1) for w in weights]).view(torch.int16)
         layers = [lossless_layer(dense_linear(w)) for w in weights]
+        byte_layers = [lossless_layer(dense_linear(w), split="byte") for w in weights]
         rebuild = [lossless_weight_fn(m) for m in layers]
         two = [lossless_weight_fn(m, two_kernels=True) for m in layers]
-        coded = sum(m.compressed_bytes() for m in layers)
 
-        def rebuilt(fns, settings=None):
+        def rebuilt(fns, settings=None, of=layers):
             """(run, the flat result, coded bytes) of rebuilding every layer with fns, under settings."""
             return (with_settings(settings or {}, lambda: [f() for f in fns]),
-                    with_settings(settings or {}, lambda: torch.cat([f().reshape(-1).cpu() for f in fns])), coded)
+                    with_settings(settings or {}, lambda: torch.cat([f().reshape(-1).cpu() for f in fns])),
+                    sum(m.compressed_bytes() for m in of))
 
         # 16 warps: one table copy for up to 16 chunks (long rows' stages leave room for few blocks an SM)
         methods = {"pycodec lossless": rebuilt(rebuild),
                    "pycodec lossless, 16 warps": rebuilt(rebuild, {"warps_per_block": 16}),
+                   "pycodec lossless byte": rebuilt([lossless_weight_fn(m) for m in byte_layers], of=byte_layers),
                    "pycodec decode + merge": rebuilt(two),
                    "pycodec decode + merge, unstaged": rebuilt(two, {"decode_stage_symbols": 0})}
         if isinstance(df11, str):
@@ -513,7 +524,7 @@ def compiled_suite(rows: list | None = None, shape=(4096, 4096), batches=(1,)) -
     out_f, in_f = shape
     dense = random_linear(out_f, in_f)
     modules = {"bf16 cuBLAS": copy.deepcopy(dense).cuda(), "pycodec rate 3.5": rate_layer(dense),
-               "pycodec lossless": lossless_layer(dense)}
+               "pycodec lossless": lossless_layer(dense), "pycodec lossless byte": lossless_layer(dense, split="byte")}
     for batch in batches:
         x = torch.randn(batch, in_f, device="cuda", dtype=torch.bfloat16)
         with torch.no_grad():
@@ -558,6 +569,7 @@ def end_to_end(tokens: int, batches=(1, 8), rows: list | None = None) -> list[di
     base = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
     rows = [] if rows is None else rows
     for label, c in (("bf16", None), ("pycodec lossless", CompressionConfig(mode="lossless")),
+                     ("pycodec lossless byte", CompressionConfig(mode="lossless", lossless_split="byte")),
                      ("pycodec rate 3.5", CompressionConfig(mode="rate", bits=3.5))):
         m = copy.deepcopy(base)
         t0 = time.perf_counter()

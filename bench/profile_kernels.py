@@ -30,12 +30,15 @@ def launches() -> list[tuple[str, object]]:
     dense = torch.nn.Linear(4096, 4096, bias=False, dtype=torch.bfloat16)
     dense.weight.data.normal_(0, 0.02)
     lossless = CompressedLinear.from_linear(dense, CompressionConfig(mode="lossless")).cuda()
+    lossless_byte = CompressedLinear.from_linear(dense, CompressionConfig(mode="lossless", lossless_split="byte")).cuda()
     rate = CompressedLinear.from_linear(dense, CompressionConfig(mode="rate", bits=3.5)).cuda()
     bf16 = dense.cuda()
     wide = torch.nn.Linear(14336, 4096, bias=False, dtype=torch.bfloat16)
     wide.weight.data.normal_(0, 0.02)
     exact = CompressedLinear.from_linear(wide, CompressionConfig(mode="lossless")).cuda()
     packed, kernel = exact.packed(), dict(zip(gpu.KERNEL_BUFFERS, exact.kernel()))
+    exact_byte = CompressedLinear.from_linear(wide, CompressionConfig(mode="lossless", lossless_split="byte")).cuda()
+    byte_packed, byte_kernel = exact_byte.packed(), dict(zip(gpu.KERNEL_BUFFERS, exact_byte.kernel()))
 
     def with_settings(fn, **settings):
         def run():
@@ -51,12 +54,15 @@ def launches() -> list[tuple[str, object]]:
         ("bf16 cuBLAS, 4096x4096, batch 1", lambda: bf16(x1)),
         ("lossless staged GEMV, 4096x4096, batch 1", with_settings(lambda: lossless(x1), split_gemv_staged=1)),
         ("lossless fused GEMV, 4096x4096, batch 1", with_settings(lambda: lossless(x1), split_gemv_staged=0)),
+        ("lossless byte split staged GEMV, 4096x4096, batch 1", lambda: lossless_byte(x1)),
         ("rate 3.5 fused GEMV, 4096x4096, batch 1", lambda: rate(x1)),
         ("rate 3.5 fused GEMV, stream read in place, 4096x4096, batch 1",
          with_settings(lambda: rate(x1), stream_shared=0)),
         ("lossless decode to bf16 in one kernel, 4096x14336",
          lambda: gpu.dense_weight(packed, kernel, exact._info, torch.device("cuda"))),
         ("lossless decode + split_merge (two kernels), 4096x14336", two_kernels),
+        ("lossless byte split decode to bf16 in one kernel, 4096x14336",
+         lambda: gpu.dense_weight(byte_packed, byte_kernel, exact_byte._info, torch.device("cuda"))),
     ]
 
 

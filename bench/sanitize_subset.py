@@ -2,7 +2,7 @@
 
 Decode, fused affine and lossless GEMVs at batch 1, 3 and 16, the tile kernel (shared-memory
 phases: racecheck's main subject) and the lossless split decode (exact path) at 40 and 128, on a few shapes and layouts, including a
-constant stream, many lanes on a short chunk, and escapes. The decode and GEMVs run under each
+constant stream, many lanes on a short chunk, and escapes; lossless weights in the byte split too. The decode and GEMVs run under each
 kernel setting whose shared memory differs (staged decode, x in shared memory, the GEMVs' stream
 stage and the staged lossless GEMV, on and off; blocks of 4, 16 and 1 warps), with lane starts and
 (the last setting) with the count pass.
@@ -52,10 +52,17 @@ def run_subset() -> None:
         m = CompressedLinear.from_linear(lin, CompressionConfig(mode=mode, bits=4 if mode == "int" else 3.5)).cuda()
         for batch in (1, 3, 16, 40, 128):
             m(torch.randn(batch, 576, dtype=torch.bfloat16, device="cuda"))
-    # lossless rows of odd length: the split decode's chunks start off 16-byte lines (head and tail)
-    lin = torch.nn.Linear(203, 37, bias=False).to(torch.bfloat16)
-    m = CompressedLinear.from_linear(lin, CompressionConfig(mode="lossless", chunk_symbols=3 * 203)).cuda()
-    m(torch.randn(40, 203, dtype=torch.bfloat16, device="cuda"))
+    # lossless rows of odd length: the split decode's chunks start off 16-byte lines (head and tail);
+    # each in the byte split too (the kernels' byte instances)
+    for split in ("smallest", "byte"):
+        lin = torch.nn.Linear(203, 37, bias=False).to(torch.bfloat16)
+        m = CompressedLinear.from_linear(lin, CompressionConfig(mode="lossless", chunk_symbols=3 * 203,
+                                                                lossless_split=split)).cuda()
+        m(torch.randn(40, 203, dtype=torch.bfloat16, device="cuda"))
+    lin = torch.nn.Linear(576, 192, bias=False).to(torch.bfloat16)
+    m = CompressedLinear.from_linear(lin, CompressionConfig(mode="lossless", lossless_split="byte")).cuda()
+    for batch in (1, 3, 16, 40):
+        m(torch.randn(batch, 576, dtype=torch.bfloat16, device="cuda"))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ memory, then its dot loop, 8 columns a lane per iteration ("staged" rows; "GEMV 
 dot). The lossless split decode (windowed_decode_split): the count pass, the decode pass into shared
 memory (two multi-symbol entries per iteration), and the write-out loop (8 floats a lane per
 iteration; the widest of its per-width instances counts).
+The byte split (CompressionConfig(lossless_split="byte"): top 8, every top byte its own symbol) has
+its own yields (~2.8-bit symbols) and its own instances of the dot and write-out loops (byte
+permutes, no value lookups; nvcc unrolls them, so their weights per iteration are counted: FFMAs
+over the batch, two per permute in the write-out); its rows are "lossless bf16, byte split".
 With lane starts (a GPU stream's tables carry them by default: cuda_ops.LANE_STARTS) the kernels
 skip the count pass: the "with lane starts" figures are the totals without it.
 For comparison, the legacy v1 decoders' round loops (decode_cuda.cu): instructions per round over
@@ -50,6 +54,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PEEK_BITS = 12
 MAX_PER_ENTRY = 3
 STAGE_LDS = 3  # a decode loop's 32-bit shared loads with the stream stage: two table entries, one refill
+BYTE_SPLIT = "lossless bf16, byte split"  # pycodec.codec.encode_split(split="byte"): top 8, values 0..255
 
 
 def find_tool(name: str) -> str | None:
@@ -172,7 +177,7 @@ def weight_yields(weights: dict, sample: int) -> dict:
     from pycodec.quant import quantize_int, quantize_rate
 
     rows = {}
-    for mode in ("rate 3.5 bits", "int4 g128", "lossless bf16"):
+    for mode in ("rate 3.5 bits", "int4 g128", "lossless bf16", BYTE_SPLIT):
         lengths = []
         for w in weights.values():
             w = w.to(torch.bfloat16)
@@ -182,7 +187,8 @@ def weight_yields(weights: dict, sample: int) -> dict:
                 q = quantize_int(w.float(), 4, 128)[0].numpy()
             else:
                 bits = w.contiguous().view(torch.int16).numpy().view(np.uint16)
-                q = np.frombuffer(_C.split_float(bits, 16)[2], np.uint8).reshape(w.shape)
+                split_top = _C.BYTE_SPLIT_TOP if mode == BYTE_SPLIT else 0
+                q = np.frombuffer(_C.split_float(bits, 16, split_top=split_top)[2], np.uint8).reshape(w.shape)
             code_length = pycodec.codec.code_lengths(pycodec.encode(q)).astype(np.int64)
             lengths.append(code_length[q.reshape(-1)[:sample]])
         seq = np.concatenate(lengths)
@@ -262,10 +268,17 @@ def main() -> None:
     dec = pick(found, lds_u8=0, lds_64=0, lds=STAGE_LDS, sts_min=2)
     merges = sorted(lp["instructions"] for lp in found
                     if lp["ops"].count("LDS.64") == 1 and lp["ops"].count("LDS.U16") == 8 and count(lp["ops"], "STG") == 1)
+    # The byte split's aligned instance (write_split_pieces<true, 8, true>): 8-byte symbol loads, no
+    # value lookups, four byte permutes a 16-byte store of 8 weights (nvcc unrolls it: weights = 2 x permutes).
+    byte_merges = [lp for lp in found if count(lp["ops"], "PRMT") >= 2 and not lp["ops"].count("LDS.U16") and
+                   not lp["ops"].count("LDS.U8") and lp["ops"].count("LDS.64") and count(lp["ops"], "STG")]
+    byte_merge = min(byte_merges, key=lambda lp: lp["instructions"] / count(lp["ops"], "PRMT"), default=None)
     result["kernels"]["decode lossless split to bf16"] = {
         "count_loop": result["kernels"]["gemv affine B=1"]["count_loop"], "decode_loop": dec and dec["instructions"],
         "merge_loop_min": merges[0] if merges else None, "merge_loop_max": merges[-1] if merges else None,
-        "weights_per_merge_iteration": 8}
+        "weights_per_merge_iteration": 8,
+        "byte_split_merge_loop": byte_merge and byte_merge["instructions"],
+        "weights_per_byte_split_merge_iteration": byte_merge and 2 * count(byte_merge["ops"], "PRMT")}
     # The staged lossless GEMV (staged_split_gemv_kernel, x in shared memory: Lb1E): the staged decode,
     # then 8 columns a lane per iteration of its dot loop (the vector-x instance: 2B LDS.128 at B=1).
     for batch in (1, 4):
@@ -274,9 +287,17 @@ def main() -> None:
         dots = [lp["instructions"] for lp in found if lp["ops"].count("LDS.64") == 1 and
                 lp["ops"].count("LDS.U16") == 8 and lp["ops"].count("FFMA") == 8 * batch and
                 lp["ops"].count("LDS.128") and not count(lp["ops"], "STS")]
+        # The byte split's instance (staged_split_lane<..., kBytes>): permutes instead of value lookups;
+        # nvcc unrolls it, so its weights per iteration are its FFMAs over the batch.
+        byte_dots = [lp for lp in found if count(lp["ops"], "PRMT") and not lp["ops"].count("LDS.U16") and
+                     lp["ops"].count("FFMA") and lp["ops"].count("FFMA") % (8 * batch) == 0 and
+                     lp["ops"].count("LDS.128") and not count(lp["ops"], "STS")]
+        byte_dot = min(byte_dots, key=lambda lp: lp["instructions"] * batch / lp["ops"].count("FFMA"), default=None)
         result["kernels"][f"gemv lossless staged B={batch}"] = {
             "count_loop": result["kernels"]["gemv affine B=1"]["count_loop"], "decode_loop": dec and dec["instructions"],
-            "dot_loop": min(dots) if dots else None, "weights_per_dot_iteration": 8, "batch": batch}
+            "dot_loop": min(dots) if dots else None, "weights_per_dot_iteration": 8,
+            "byte_split_dot_loop": byte_dot and byte_dot["instructions"],
+            "weights_per_byte_split_dot_iteration": byte_dot and byte_dot["ops"].count("FFMA") // batch, "batch": batch}
     for tiles in (2, 4, 8, 16):
         found = loops(kernel(v2, f"tile_kernelILi{tiles}ELb0E"))
         decode = min((lp for lp in found if lp["ops"].count("LDS") == 2 and count(lp["ops"], "STS") >= 2 and
@@ -306,23 +327,28 @@ def main() -> None:
                                                         "count_pass": k["count_loop"] / (2 * y["codes_per_count_lookup"]),
                                                         "gemv_pass": k["gemv_loop"] / (2 * y["symbols_per_entry"])}
 
-    def staged_passes(k: dict, y: dict, last: str, last_loop: int) -> dict:
-        """Per weight: count pass, decode pass into shared memory, and `last` (8 weights an iteration)."""
+    def staged_passes(k: dict, y: dict, last: str, last_loop: int, weights: int) -> dict:
+        """Per weight: count pass, decode pass into shared memory, and `last` (`weights` an iteration)."""
         return {"count_pass": k["count_loop"] / (2 * y["codes_per_count_lookup"]),
-                "decode_pass": k["decode_loop"] / (2 * y["symbols_per_entry"]), last: last_loop / 8}
+                "decode_pass": k["decode_loop"] / (2 * y["symbols_per_entry"]), last: last_loop / weights}
 
     st = result["kernels"]["gemv lossless staged B=1"]
     k = result["kernels"]["decode lossless split to bf16"]
     result["split_decode_per_weight"] = {}
     for model, modes in yields.items():
         for mode, y in (m for m in modes.items() if m[0].startswith("lossless")):
-            if st["decode_loop"] and st["dot_loop"]:
-                parts = staged_passes(st, y, "dot_pass", st["dot_loop"])
+            # The byte split's weights take the kernels' byte instances (windowed_gemv.h: byte_split_value).
+            dot, dot_weights, merge, merge_weights = (
+                (st["byte_split_dot_loop"], st["weights_per_byte_split_dot_iteration"], k["byte_split_merge_loop"],
+                 k["weights_per_byte_split_merge_iteration"]) if mode == BYTE_SPLIT else
+                (st["dot_loop"], 8, k["merge_loop_max"], 8))
+            if st["decode_loop"] and dot:
+                parts = staged_passes(st, y, "dot_pass", dot, dot_weights)
                 result["per_symbol"][f"{model}, {mode}, staged"] = {
                     "kernel": "gemv lossless staged B=1", "lane_instructions_per_symbol": sum(parts.values()),
                     "count_pass": parts["count_pass"], "gemv_pass": parts["decode_pass"] + parts["dot_pass"]}
-            if k["decode_loop"] and k["merge_loop_max"]:
-                parts = staged_passes(k, y, "merge_pass", k["merge_loop_max"])
+            if k["decode_loop"] and merge:
+                parts = staged_passes(k, y, "merge_pass", merge, merge_weights)
                 result["split_decode_per_weight"][f"{model}, {mode}"] = {
                     "lane_instructions_per_weight": sum(parts.values()), **parts}
     print(f"SASS of csrc/cuda/*.cu for {a.arch}: inner-loop instructions per iteration")

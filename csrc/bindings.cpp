@@ -100,6 +100,12 @@ EncodeOptions encode_options(const py::buffer_info& in, const std::vector<uint64
   return opt;
 }
 
+void check_split_top(int split_top, const char* what) {
+  if (split_top != 0 && split_top != split::kByteSplitTop)
+    throw CodecException(std::string(what) + ": split_top must be 0 (the smallest split) or " +
+                         std::to_string(split::kByteSplitTop) + " (the byte split), got " + std::to_string(split_top));
+}
+
 void check_encode(Status st, const char* what) {
   if (st == Status::BadArgument)
     throw CodecException(std::string(what) + ": invalid layout: format version 2 (huffman) takes chunk_symbols in [1, " +
@@ -645,17 +651,18 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "split_float",
-      [](py::buffer bits, int width, int threads, py::object counts) {
+      [](py::buffer bits, int width, int threads, py::object counts, int split_top) {
         const py::buffer_info b = bits.request();
         if ((width != 16 && width != 32) || b.itemsize != width / 8 || !is_contiguous(b))
           throw CodecException("split_float: expected a contiguous buffer of 16- or 32-bit float bit patterns");
+        check_split_top(split_top, "split_float");
         const uint64_t n = uint64_t(b.size);
         split::Plan plan;
         Status st;
         {
           py::gil_scoped_release release;
-          st = width == 16 ? plan_split(static_cast<const uint16_t*>(b.ptr), n, &plan, threads)
-                           : plan_split(static_cast<const uint32_t*>(b.ptr), n, &plan, threads);
+          st = width == 16 ? plan_split(static_cast<const uint16_t*>(b.ptr), n, &plan, threads, split_top)
+                           : plan_split(static_cast<const uint32_t*>(b.ptr), n, &plan, threads, split_top);
         }
         check(st, "split_float");
         if (!counts.is_none()) {  // the symbols' histogram, from the planning's count
@@ -678,18 +685,22 @@ PYBIND11_MODULE(_C, m) {
         return py::make_tuple(plan.top, std::vector<uint32_t>(plan.values, plan.values + plan.n_values), symbols, raw);
       },
       py::arg("bits"), py::arg("width"), py::arg("threads") = 0, py::arg("counts") = py::none(),
+      py::arg("split_top") = 0,
       "Split float bit patterns into (top, values, symbols, raw): symbol i numbers bits[i]'s top `top` bits "
       "among the ascending distinct `values`; raw holds the low bits (split.h). threads as for encode. counts: "
-      "a uint64 array of 256 to receive the symbols' histogram, or None.");
+      "a uint64 array of 256 to receive the symbols' histogram, or None. split_top: 0 for the smallest split, "
+      "BYTE_SPLIT_TOP for the byte split (top 8, values 0..255: a symbol is its float's top byte).");
 
   m.def(
       "encode_split",
       [](py::buffer bits, int width, std::vector<uint64_t> shape, const std::string& coder, uint32_t chunk_symbols,
-         int threads, uint32_t lanes, uint16_t format_version) {
+         int threads, uint32_t lanes, uint16_t format_version, int split_top) {
         const py::buffer_info b = bits.request();
         if ((width != 16 && width != 32) || b.itemsize != width / 8 || !is_contiguous(b))
           throw CodecException("encode_split: expected a contiguous buffer of 16- or 32-bit float bit patterns");
-        const EncodeOptions opt = encode_options(b, shape, coder, chunk_symbols, threads, lanes, format_version);
+        check_split_top(split_top, "encode_split");
+        EncodeOptions opt = encode_options(b, shape, coder, chunk_symbols, threads, lanes, format_version);
+        opt.split_top = split_top;
         py::array_t<uint8_t> raw, blob;
         const auto into_raw = [&raw](size_t words) {  // written in place, like the stream: no copy
           py::gil_scoped_acquire gil;
@@ -718,10 +729,11 @@ PYBIND11_MODULE(_C, m) {
                               raw);
       },
       py::arg("bits"), py::arg("width"), py::arg("shape"), py::arg("coder"), py::arg("chunk_symbols") = 0,
-      py::arg("threads") = 0, py::arg("lanes") = 0, py::arg("format_version") = 0,
+      py::arg("threads") = 0, py::arg("lanes") = 0, py::arg("format_version") = 0, py::arg("split_top") = 0,
       "split_float and encode of its symbols in one pass over the data: returns (top, values, counts, stream, raw), "
       "counts the symbols' histogram (uint64 [256]), stream and raw uint8 arrays equal to encode()'s bytes and "
-      "split_float's raw bytes.");
+      "split_float's raw bytes. split_top as for split_float.");
+  m.attr("BYTE_SPLIT_TOP") = split::kByteSplitTop;
 
   m.def(
       "merge_split",

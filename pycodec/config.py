@@ -5,7 +5,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from .codec import CODERS, CodecError
+from .codec import CODERS, SPLITS, CodecError
 
 CONFIG_VERSION = 1
 MODES = ("lossless", "int", "rate")
@@ -42,6 +42,11 @@ class CompressionConfig:
     ``bits`` + 2 in int mode, at most 8 (llama.cpp's k-quants likewise keep them wider).
     coder: ``"huffman"`` (stream format v2, what the GPU kernels decode) or ``"rans"`` (v1: a
     little smaller, decoded on the CPU; on a GPU only through a slower decode-then-matmul path).
+    lossless_split: lossless mode: ``"smallest"`` cuts each 16-bit float weight at the top bits
+      that make it smallest; ``"byte"`` at its top byte, every top byte its own symbol: ~0.13
+      bits a weight more (SmolLM2 bf16 10.76 against 10.63), about half the instructions per
+      weight in the GPU's lossless kernels (bench/sass_count.py). Saved configs without it read
+      ``"smallest"``, as they were made.
     exact_outputs: on a GPU, lossless weights are rebuilt and multiplied by cuBLAS, so outputs
     are bitwise those of the uncompressed model; by default they go through the fused GEMV
     (weights bit-exact, accumulation order different, faster).
@@ -73,6 +78,7 @@ class CompressionConfig:
     skip: tuple = ()
     embedding_bits: float | None = None
     exact_outputs: bool = False
+    lossless_split: str = "smallest"
     calibration: str | None = None
     calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS
     damp: float = DEFAULT_DAMP
@@ -89,6 +95,10 @@ class CompressionConfig:
             raise CodecError(f"int mode needs an integer bit width in 2..8, got {self.bits}")
         if self.mode == "rate" and not (0.5 <= self.bits <= 8):
             raise CodecError(f"rate mode needs a target of 0.5..8 bits per weight, got {self.bits}")
+        if self.lossless_split not in SPLITS:
+            raise CodecError(f"lossless_split must be one of {SPLITS}, got {self.lossless_split!r}")
+        if self.lossless_split != "smallest" and self.mode != "lossless":
+            raise CodecError("lossless_split applies to lossless mode only")
         if self.group_size < 1:
             raise CodecError(f"group_size must be positive, got {self.group_size}")
         if not 0.0 <= self.prune < 1.0:
@@ -153,6 +163,8 @@ class CompressionConfig:
         if self.calibration is None:  # as configs were written before calibration existed
             for k in CALIBRATION_FIELDS:
                 del d[k]
+        if self.lossless_split == "smallest":  # as configs were written before the byte split existed
+            del d["lossless_split"]
         return d
 
     @classmethod

@@ -168,9 +168,11 @@ FLOAT_WIDTHS = {torch.bfloat16: 16, torch.float16: 16, torch.float32: 32}
 _BITS_VIEW = {16: (torch.int16, np.uint16), 32: (torch.int32, np.uint32)}  # torch view, numpy view
 
 
-def pack_lossless(w: torch.Tensor, coder: str = "huffman", chunk_symbols: int | None = None
-                  ) -> tuple[dict, LayerStats]:
-    """Bit-exact packing of a float weight as coded top bits + raw low bits (KIND_SPLIT)."""
+def pack_lossless(w: torch.Tensor, coder: str = "huffman", chunk_symbols: int | None = None,
+                  split: str = "smallest") -> tuple[dict, LayerStats]:
+    """Bit-exact packing of a float weight as coded top bits + raw low bits (KIND_SPLIT). split:
+    codec.encode_split's, for 16-bit floats; float32 weights always take the smallest split (the
+    byte split is for the GPU's bf16 kernels, and would leave 24 bits of an fp32 raw)."""
     w = w.detach().cpu()
     if w.dim() != 2:
         raise CodecError(f"expected a 2-D weight, got shape {tuple(w.shape)}")
@@ -179,7 +181,8 @@ def pack_lossless(w: torch.Tensor, coder: str = "huffman", chunk_symbols: int | 
     width = FLOAT_WIDTHS[w.dtype]
     tview, nview = _BITS_VIEW[width]
     bits = w.contiguous().view(tview).numpy().view(nview)
-    top, values, counts, blob, raw = encode_split(bits, coder, chunk_symbols)
+    top, values, counts, blob, raw = encode_split(bits, coder, chunk_symbols,
+                                                  split=split if width == 16 else "smallest")
     packed = {
         "meta": _meta(KIND_SPLIT, w.shape[0], w.shape[1], 0, w.dtype, top),
         "symbols": torch.from_numpy(blob),
@@ -522,7 +525,7 @@ def pack_affine(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_
 def compress_weight(w: torch.Tensor, config) -> tuple[dict, LayerStats]:
     """Compress one 2-D weight according to a CompressionConfig."""
     if config.mode == "lossless":
-        return pack_lossless(w, config.coder, config.chunk_symbols)
+        return pack_lossless(w, config.coder, config.chunk_symbols, config.lossless_split)
     dtype = w.dtype
     w32 = w.detach().float().cpu()  # once: the bf16 -> fp32 copy of a large layer is not free
     wf = _prune(w32, config.prune)

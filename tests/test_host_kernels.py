@@ -220,6 +220,26 @@ def test_linear_split_fused_matches_reference(host_ops, fused_only, batch, stage
     assert rel_error(y, x.double() @ w.double().T) < 1e-6
 
 
+@pytest.mark.parametrize("batch", [1, 4, 16])
+def test_byte_split_gemv_gives_the_smallest_splits_sums(host_ops, fused_only, batch):
+    """The byte split (lossless_split="byte") takes the staged GEMV's byte instance (permutes, no
+    value lookups; the kernel votes on its values) and sums the same weights in the same order as
+    the smallest split of the same weight: the same bits. With one value changed it is no longer a
+    byte split, and takes the general instance, to the same bits too."""
+    rng = rng_for("byte-split", batch)
+    n, k = 40, 576
+    w = torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32) * 0.03).to(torch.bfloat16)
+    x = torch.from_numpy(rng.standard_normal((batch, k)).astype(np.float32))
+    ys = {}
+    for split in ("smallest", "byte"):
+        packed, _ = compress_weight(w, CompressionConfig(mode="lossless", lossless_split=split))
+        ready, kernel, info = device_ready(packed)
+        assert (info.top == 8) == (split == "byte")
+        ys[split] = gpu.linear(x, ready, kernel, None, info)
+    assert torch.equal(ys["byte"], ys["smallest"])
+    assert rel_error(ys["byte"], x.double() @ w.double().T) < 1e-6
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_linear_split_exact_outputs_is_nn_linear_bit_for_bit(host_ops, dtype):
     """exact_outputs (and float16, which the fused GEMV does not take): decode, merge, F.linear."""
@@ -250,26 +270,30 @@ def test_decode_and_merge_ops_rebuild_the_weight_bits():
     assert torch.equal(bits, w.view(torch.int16).reshape(-1))
 
 
-def lossless_packed(rng, n: int, k: int, dtype, chunk_symbols=None):
+def lossless_packed(rng, n: int, k: int, dtype, chunk_symbols=None, split="smallest"):
     """A lossless split weight with inf, -inf, a NaN and a subnormal among its values."""
     w = torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32) * 0.05).to(dtype)
     specials = [0x7F80, -0x0080, 0x7FC1, 0x0001] if dtype == torch.bfloat16 else [0x7C00, -0x0400, 0x7E01, 0x0001]
     w.view(torch.int16)[n // 2, :4] = torch.tensor(specials, dtype=torch.int16)
-    packed, _ = compress_weight(w, CompressionConfig(mode="lossless", chunk_symbols=chunk_symbols))
+    packed, _ = compress_weight(w, CompressionConfig(mode="lossless", chunk_symbols=chunk_symbols,
+                                                     lossless_split=split))
     return w, packed
 
 
+@pytest.mark.parametrize("split", ["smallest", "byte"])
 @pytest.mark.parametrize("dtype,n,k,chunk_rows", [
     (torch.bfloat16, 64, 200, None),
     (torch.bfloat16, 37, 203, 3),   # odd rows: chunks start off 16-byte lines (head and tail paths)
     (torch.float16, 48, 576, 2),
     (torch.bfloat16, 5, 9, 1),      # shorter than a piece of 8
 ])
-def test_decode_split_op_rebuilds_the_weight_bits(dtype, n, k, chunk_rows):
-    """windowed_decode_split: the weight's exact bits in one kernel, equal to decode + merge."""
-    w, packed = lossless_packed(rng_for("decode_split", n, k), n, k, dtype, chunk_rows and chunk_rows * k)
+def test_decode_split_op_rebuilds_the_weight_bits(dtype, n, k, chunk_rows, split):
+    """windowed_decode_split: the weight's exact bits in one kernel, equal to decode + merge (the
+    byte split through its byte-permute instance, chunks starting at any byte of a raw word)."""
+    w, packed = lossless_packed(rng_for("decode_split", n, k), n, k, dtype, chunk_rows and chunk_rows * k, split)
     ready, kernel, info = device_ready(packed)
     assert info.kind == 2 and (chunk_rows is None or info.layout[5] == chunk_rows * k)
+    assert split == "smallest" or (info.top == 8 and packed["values"].tolist() == list(range(256)))
     with cuda_ops.host_kernels():
         bits = cuda_ops._windowed_decode_split(ready["symbols"], kernel["table"], kernel["value16"], ready["raw"],
                                                list(info.layout), info.top)

@@ -42,13 +42,17 @@ def tokens(seed=1, n=24):
 
 # ---------------------------------------------------------------------------- quantizers
 
+@pytest.mark.parametrize("split", ["smallest", "byte"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("coder", ["rans", "huffman"])
-def test_lossless_weight_bit_exact(dtype, coder):
+def test_lossless_weight_bit_exact(dtype, coder, split):
     w = torch.randn(70, 130, dtype=torch.float32) * 0.03
     w[0, :5] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan")])
     w = w.to(dtype)
-    packed, stats = compress_weight(w, CompressionConfig(mode="lossless", coder=coder))
+    packed, stats = compress_weight(w, CompressionConfig(mode="lossless", coder=coder, lossless_split=split))
+    # the byte split is for 16-bit floats (the GPU's bf16 kernels); float32 keeps the smallest
+    byte = split == "byte" and dtype != torch.float32
+    assert byte == (int(packed["meta"][6]) == 8 and packed["values"].tolist() == list(range(256)))
     back = unpack(packed)
     assert back.dtype == dtype
     int_view = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}[dtype]
@@ -297,6 +301,15 @@ def test_config_validation_and_json():
             CompressionConfig(**bad)
     with pytest.raises(CodecError, match="unknown"):
         CompressionConfig.from_dict({"mode": "rate", "colour": "red"})
+    # lossless_split: lossless mode only; written only when not the default, so configs saved
+    # before it existed (and those that keep the default) read and write as they did
+    byte = CompressionConfig(mode="lossless", lossless_split="byte")
+    assert CompressionConfig.from_json(byte.to_json()) == byte and byte.to_dict()["lossless_split"] == "byte"
+    assert "lossless_split" not in CompressionConfig(mode="lossless").to_dict()
+    assert CompressionConfig.from_dict({"mode": "lossless"}).lossless_split == "smallest"
+    for bad in (dict(mode="lossless", lossless_split="bytes"), dict(mode="rate", lossless_split="byte")):
+        with pytest.raises(CodecError, match="lossless_split"):
+            CompressionConfig(**bad)
 
 
 # ---------------------------------------------------------------------------- module
@@ -1039,6 +1052,22 @@ def test_split_layout_is_smaller_than_byte_planes_and_bit_exact():
     bad["raw"] = bad["raw"][:-4].clone()
     with pytest.raises(CodecError):
         CompressedLinear(512, 256, bad).decoded_weight()
+
+
+def test_byte_split_model_saves_and_loads_bit_exact(tmp_path):
+    """A whole model in the byte split: logits bit-exact, its config saved, every 16-bit weight cut
+    at its top byte, loaded back by pycodec.from_pretrained to the same logits."""
+    model = tiny_llama()
+    ids = tokens()
+    ref = model(ids).logits
+    report = pycodec.compress_(model, CompressionConfig(mode="lossless", lossless_split="byte"), progress=False)
+    assert torch.equal(model(ids).logits, ref)
+    tops = {int(m.meta[6]) for m in model.modules() if isinstance(m, CompressedLinear)}
+    assert tops == {8} and report["bits_per_weight"] < 16
+    pycodec.save_pretrained(model, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert saved["lossless_split"] == "byte"
+    assert torch.equal(pycodec.from_pretrained(str(tmp_path))(ids).logits, ref)
 
 
 def test_lossless_compresses_untied_embeddings_bit_exact(tmp_path):

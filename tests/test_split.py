@@ -163,6 +163,38 @@ def test_encode_split_equals_split_then_encode(width, kind, shape, coder, chunk)
     assert np.array_equal(out, bits)
 
 
+@pytest.mark.parametrize("width", [16, 32])
+@pytest.mark.parametrize("kind", ["gauss", "uniform", "specials", "constant"])
+@pytest.mark.parametrize("shape,chunk", [((0,), None), ((1,), None), ((96, 64), None), ((150, 100), None),
+                                         ((4099,), 1000)])
+def test_byte_split_numbers_every_top_byte_as_itself(width, kind, shape, chunk):
+    """split="byte": top 8 whatever the data, values 0..255 (symbol = the float's top byte), the
+    histogram of top bytes, a bit-exact round trip; the same as split_float with BYTE_SPLIT_TOP."""
+    bits = weights_bits(rng_for("byte_split", width, kind, shape), int(np.prod(shape)), kind, width).reshape(shape)
+    top, values, counts, blob, raw = pycodec.codec.encode_split(bits, "huffman", chunk, split="byte")
+    assert top == _C.BYTE_SPLIT_TOP == 8 and values == list(range(256))
+    tops = (bits.reshape(-1) >> (width - 8)).astype(np.int64)
+    assert np.array_equal(counts, np.bincount(tops, minlength=256).astype(np.uint64))
+    assert np.array_equal(pycodec.decode(blob).reshape(-1), tops.astype(np.uint8))
+    out = np.empty_like(bits)
+    _C.decode_split(blob, values, top, raw, out.reshape(-1))
+    assert np.array_equal(out, bits)
+    split_top, split_values, symbols, split_raw = _C.split_float(bits, width, split_top=_C.BYTE_SPLIT_TOP)
+    assert (split_top, split_values) == (top, values) and split_raw == raw.tobytes()
+    assert np.array_equal(np.frombuffer(symbols, np.uint8), tops.astype(np.uint8))
+
+
+def test_byte_split_costs_little_on_weights():
+    """On weight-like bf16 the byte split is a little larger than the smallest split (its ~2.8-bit
+    symbols leave the exponent's last bit raw) and smaller than 11 bits a weight."""
+    bits = weights_bits(rng_for("byte_split_size"), 1 << 16, "gauss", 16)
+    sizes = {}
+    for split in ("smallest", "byte"):
+        top, values, _, blob, raw = pycodec.codec.encode_split(bits, split=split)
+        sizes[split] = 8 * (blob.size + raw.size) / bits.size
+    assert sizes["smallest"] < sizes["byte"] < min(11.0, sizes["smallest"] + 0.3), sizes
+
+
 def test_encode_split_refuses_bad_input():
     bits = weights_bits(rng_for("encode_split_bad"), 4096, "gauss", 16).reshape(64, 64)
     for bad in (bits.astype(np.int16), bits.astype(np.float32), bits[:, ::2], bits.tolist()):
@@ -178,6 +210,13 @@ def test_encode_split_refuses_bad_input():
         _C.encode_split(bits, 32, [64, 64], "huffman")
     with pytest.raises(CodecError, match="lanes"):
         _C.encode_split(bits, 16, [64, 64], "huffman", 0, 1, 33)
+    with pytest.raises(CodecError, match="unknown split"):
+        pycodec.codec.encode_split(bits, split="bytes")
+    for top in (9, 16, -1):
+        with pytest.raises(CodecError, match="split_top"):
+            _C.encode_split(bits, 16, [64, 64], "huffman", split_top=top)
+        with pytest.raises(CodecError, match="split_top"):
+            _C.split_float(bits, 16, split_top=top)
 
 
 def test_an_empty_weight_round_trips_losslessly():

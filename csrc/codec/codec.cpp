@@ -631,7 +631,7 @@ Status encode_split_impl(const T* bits, const uint64_t* shape, int ndim, const E
   uint64_t n = 0;
   Status st = element_count(shape, ndim, &n);
   if (st != Status::Ok) return st;
-  st = plan_split(bits, n, plan, opt.threads);
+  st = plan_split(bits, n, plan, opt.threads, opt.split_top);
   if (st != Status::Ok) return st;
   const uint64_t n_raw = split::raw_words(n, plan->width - plan->top);
   uint32_t* const raw = allocate_raw(n_raw);
@@ -929,7 +929,7 @@ Status decode(const uint8_t* blob, size_t len, uint8_t* out, uint64_t out_len, i
 namespace {
 
 template <class T>
-Status plan_split_impl(const T* bits, uint64_t n, split::Plan* plan, int threads) {
+Status plan_split_impl(const T* bits, uint64_t n, split::Plan* plan, int threads, int forced_top) {
   const uint64_t blocks = std::max<uint64_t>(1, (n + kSplitBlock - 1) / kSplitBlock);
   const int t = resolve_threads(threads, blocks);
   std::vector<uint64_t> finest(size_t(t) * split::kCounters, 0);  // one histogram per worker
@@ -941,7 +941,7 @@ Status plan_split_impl(const T* bits, uint64_t n, split::Plan* plan, int threads
   });
   for (int w = 1; w < t; ++w)
     for (uint32_t v = 0; v < split::kCounters; ++v) finest[v] += finest[size_t(w) * split::kCounters + v];
-  return split::plan_from_counts(finest.data(), 8 * int(sizeof(T)), n, plan);
+  return split::plan_from_counts(finest.data(), 8 * int(sizeof(T)), n, plan, forced_top);
 }
 
 template <class T>
@@ -1071,11 +1071,11 @@ Status affine_matvec(const uint8_t* blob_in, size_t len, const AffineMatvec& w, 
   }, nothing_after);
 }
 
-Status plan_split(const uint16_t* bits, uint64_t n, split::Plan* plan, int threads) {
-  return plan_split_impl(bits, n, plan, threads);
+Status plan_split(const uint16_t* bits, uint64_t n, split::Plan* plan, int threads, int forced_top) {
+  return plan_split_impl(bits, n, plan, threads, forced_top);
 }
-Status plan_split(const uint32_t* bits, uint64_t n, split::Plan* plan, int threads) {
-  return plan_split_impl(bits, n, plan, threads);
+Status plan_split(const uint32_t* bits, uint64_t n, split::Plan* plan, int threads, int forced_top) {
+  return plan_split_impl(bits, n, plan, threads, forced_top);
 }
 void apply_split(const uint16_t* bits, uint64_t n, const split::Plan& plan, uint8_t* symbols, uint32_t* raw,
                  int threads) {

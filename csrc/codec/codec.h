@@ -73,6 +73,7 @@ struct EncodeOptions {
   uint32_t lanes = 0;           // v2 only: bit windows per chunk, 1..32; 0 = choose
   int threads = 0;              // 0 = hardware concurrency
   uint16_t format_version = 0;  // 0 = the newest the coder has: Huffman 2, rANS 1
+  int split_top = 0;            // encode_split only: 0 = the smallest split, split::kByteSplitTop = the byte split
 };
 
 Status encode(const uint8_t* symbols, const uint64_t* shape, int ndim, const EncodeOptions& opt,
@@ -92,8 +93,9 @@ Status decode(const uint8_t* blob, size_t len, uint8_t* out, uint64_t out_len, i
 // Lossless mode's split (split.h) of n floats of 16 or 32 bits, in parallel over blocks of the
 // tensor: plan_split counts their top bits and picks the plan; apply_split then writes the
 // symbols (n bytes) and the raw low bits (split::raw_words(n, width - top) words).
-Status plan_split(const uint16_t* bits, uint64_t n, split::Plan* plan, int threads = 0);
-Status plan_split(const uint32_t* bits, uint64_t n, split::Plan* plan, int threads = 0);
+// forced_top: 0 for the smallest split, split::kByteSplitTop for the byte split (split.h).
+Status plan_split(const uint16_t* bits, uint64_t n, split::Plan* plan, int threads = 0, int forced_top = 0);
+Status plan_split(const uint32_t* bits, uint64_t n, split::Plan* plan, int threads = 0, int forced_top = 0);
 void apply_split(const uint16_t* bits, uint64_t n, const split::Plan& plan, uint8_t* symbols, uint32_t* raw,
                  int threads = 0);
 void apply_split(const uint32_t* bits, uint64_t n, const split::Plan& plan, uint8_t* symbols, uint32_t* raw,

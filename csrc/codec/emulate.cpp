@@ -149,8 +149,10 @@ Status windowed_decode_split(const windowed::StreamView& s, const uint32_t* tabl
   if (s.n_chunks && !windowed::tables_ok(table, aux_of(table) + 256)) return Status::BadTable;
   std::vector<uint8_t> stage;
   bool ok = true;
+  const bool bytes = s.n_chunks && windowed::split_decode_bytes(a, a.value);
   for (uint64_t c = 0; c < s.n_chunks; ++c)
-    ok &= windowed::emulate_split_decode_chunk(s, c, aux_of(table) + 256, table, aux_of(table), a, a.value, stage);
+    ok &= windowed::emulate_split_decode_chunk(s, c, aux_of(table) + 256, table, aux_of(table), a, a.value, bytes,
+                                               stage);
   if (!ok) *status |= 1u;
   return Status::Ok;
 }

@@ -14,6 +14,13 @@
 //   byte planes (bench/bench_lossless.py).
 // - `top` is chosen per tensor among kMinTop..kMaxTop (the fewest estimated bits with at most
 //   kMaxValues distinct top values); kMinTop = 8 always qualifies.
+// - The byte split (plan_from_counts with kByteSplitTop, a caller's choice): top = 8 and every
+//   top byte is its own symbol (values[s] = s, all 256 listed, absent ones with count 0). A
+//   16-bit float is then its symbol byte and its raw byte, so a GPU kernel builds weights by
+//   byte permutes, with no value lookup and no shifts; and ~2.8-bit symbols give ~2.9 codes a
+//   12-bit table entry where the smallest split's ~4.6-bit ones give ~2.2: about half the
+//   instructions per weight of the lossless kernels (bench/sass_count.py), for ~0.13 bits a
+//   weight more (SmolLM2 bf16 10.76 against 10.63).
 // - Raw bits: field i (low = width - top bits) at bit offset i * low of a bit string of 32-bit
 //   little-endian words, most significant bit first, zero-padded to a whole word: the same
 //   convention as a stream payload, so a GPU lane reads both with one kind of bit reader.
@@ -38,6 +45,7 @@ constexpr int kMinTop = 8;                 // <= 256 distinct values whatever th
 constexpr int kMaxTop = 12;                // 4096 counters; more top bits stop paying on weights
 constexpr uint32_t kMaxValues = 256;       // symbols are bytes
 constexpr uint32_t kCounters = 1u << kMaxTop;
+constexpr int kByteSplitTop = kMinTop;     // plan_from_counts(..., forced_top): the byte split
 
 struct Plan {
   int width;  // 16 or 32
@@ -70,13 +78,42 @@ inline void count_top_bits(const T* bits, uint64_t n, uint64_t* finest) {
   for (; i < n; ++i) ++finest[bits[i] >> kShift];
 }
 
-// The plan for n floats of `width` bits from their top-bit counts (count_top_bits).
-inline Status plan_from_counts(const uint64_t* finest, int width, uint64_t n, Plan* plan) {
+// The estimated bits of a plan whose values and counts are set: Huffman-coded symbols, the
+// stream's lane padding and index (about 1% of the coded bits, windowed.h), raw bits, values.
+inline Status estimate_plan_bits(uint64_t n, Plan* p) {
+  uint64_t sym_counts[kMaxValues] = {0};
+  std::copy(p->counts, p->counts + p->n_values, sym_counts);
+  huffman::Code code;
+  if (huffman::build_code(sym_counts, code) != Status::Ok) return Status::BadArgument;
+  uint64_t coded = 0;
+  for (uint32_t s = 0; s < p->n_values; ++s) coded += sym_counts[s] * code.length[s];
+  p->estimated_bits = coded + coded / 100 + n * uint64_t(p->width - p->top) + 32ull * p->n_values;
+  return Status::Ok;
+}
+
+// The byte split's plan (kByteSplitTop, every top byte its own symbol) from the top-bit counts.
+inline Status byte_split_plan(const uint64_t* finest, int width, uint64_t n, Plan* plan) {
+  Plan p{};
+  p.width = width;
+  p.top = kByteSplitTop;
+  p.n_values = kMaxValues;
+  for (uint32_t v = 0; v < kCounters; ++v) p.counts[v >> (kMaxTop - kByteSplitTop)] += finest[v];
+  for (uint32_t s = 0; s < kMaxValues; ++s) p.values[s] = s;
+  const Status st = estimate_plan_bits(n, &p);
+  if (st == Status::Ok) *plan = p;
+  return st;
+}
+
+// The plan for n floats of `width` bits from their top-bit counts (count_top_bits): the fewest
+// estimated bits (forced_top 0) or the byte split (forced_top kByteSplitTop; any other value is
+// BadArgument).
+inline Status plan_from_counts(const uint64_t* finest, int width, uint64_t n, Plan* plan, int forced_top = 0) {
+  if (forced_top == kByteSplitTop) return byte_split_plan(finest, width, n, plan);
+  if (forced_top != 0) return Status::BadArgument;
   std::vector<uint64_t> counts(kCounters);
   Plan best{};
   best.estimated_bits = UINT64_MAX;
   for (int top = kMinTop; top <= kMaxTop; ++top) {
-    const int shift = width - top;
     std::fill(counts.begin(), counts.end(), 0);
     for (uint32_t v = 0; v < kCounters; ++v) counts[v >> (kMaxTop - top)] += finest[v];
     Plan p{};
@@ -93,13 +130,8 @@ inline Status plan_from_counts(const uint64_t* finest, int width, uint64_t n, Pl
       p.values[p.n_values++] = v;
     }
     if (p.n_values > kMaxValues) continue;
-    huffman::Code code;
-    if (huffman::build_code(sym_counts, code) != Status::Ok) return Status::BadArgument;
-    uint64_t coded = 0;
-    for (uint32_t s = 0; s < p.n_values; ++s) coded += sym_counts[s] * code.length[s];
-    // The stream's lane padding and index cost about 1% of the coded bits (windowed.h).
-    p.estimated_bits = coded + coded / 100 + n * uint64_t(shift) + 32ull * p.n_values;
     std::copy(sym_counts, sym_counts + p.n_values, p.counts);
+    if (estimate_plan_bits(n, &p) != Status::Ok) return Status::BadArgument;
     if (p.estimated_bits < best.estimated_bits) best = p;
   }
   if (best.estimated_bits == UINT64_MAX) return Status::BadArgument;
@@ -108,10 +140,10 @@ inline Status plan_from_counts(const uint64_t* finest, int width, uint64_t n, Pl
 }
 
 template <class T>
-inline Status make_plan(const T* bits, uint64_t n, Plan* plan) {
+inline Status make_plan(const T* bits, uint64_t n, Plan* plan, int forced_top = 0) {
   std::vector<uint64_t> finest(kCounters, 0);
   count_top_bits(bits, n, finest.data());
-  return plan_from_counts(finest.data(), 8 * int(sizeof(T)), n, plan);
+  return plan_from_counts(finest.data(), 8 * int(sizeof(T)), n, plan, forced_top);
 }
 
 // A plan's symbol of each top value (number[top value] = its index in values). For the vector

@@ -106,18 +106,23 @@ inline bool emulate_chunk(const StreamView& s, uint64_t c, const uint8_t* count,
 // refused, as the kernel clears it), every lane's pieces (staged_split_lane), the butterfly.
 template <int B>
 inline bool emulate_staged_split_chunk(const StreamView& s, uint64_t c, const uint8_t* count, const uint32_t* table,
-                                       const uint8_t* lengths, const SplitArgs& a, const uint16_t* value,
+                                       const uint8_t* lengths, const SplitArgs& a, const uint16_t* value, bool bytes,
                                        std::vector<uint8_t>& stage, std::vector<float>& slots) {
   const ChunkView v = chunk_view(s, c);
   const uint32_t rows = v.m / a.k;
   const bool ok = emulate_stage_chunk(s, v, count, table, lengths, stage);
   slots.assign(size_t(rows) * B * 32, 0.f);
   const bool vec = (reinterpret_cast<uintptr_t>(a.x) & 15u) == 0;
+  bytes = staged_lane_bytes(bytes, v.first);
   for (uint32_t lane = 0; lane < 32; ++lane) {
-    if (vec)
-      staged_split_lane<B, XGlobal, true>(a, value, stage.data(), a.x, v.first, rows, slots.data(), lane);
+    if (bytes && vec)
+      staged_split_lane<B, XGlobal, true, true>(a, value, stage.data(), a.x, v.first, rows, slots.data(), lane);
+    else if (bytes)
+      staged_split_lane<B, XGlobal, false, true>(a, value, stage.data(), a.x, v.first, rows, slots.data(), lane);
+    else if (vec)
+      staged_split_lane<B, XGlobal, true, false>(a, value, stage.data(), a.x, v.first, rows, slots.data(), lane);
     else
-      staged_split_lane<B, XGlobal, false>(a, value, stage.data(), a.x, v.first, rows, slots.data(), lane);
+      staged_split_lane<B, XGlobal, false, false>(a, value, stage.data(), a.x, v.first, rows, slots.data(), lane);
   }
   emulate_warp_sums<B>(a, slots.data(), rows, uint32_t(v.first / a.k));
   return ok;
@@ -136,16 +141,17 @@ inline bool emulate_decode_chunk(const StreamView& s, uint64_t c, const uint8_t*
 
 // The split decode kernel's warp for one chunk: symbols into a stage through the multi-symbol
 // table (zeros where a lane refused to decode, as the kernel clears a stage when a lane
-// overran), then every lane's share of the output (write_split_chunk). Returns false if a lane
-// overran its window.
+// overran), then every lane's share of the output (write_split_chunk; bytes as the kernel votes:
+// split_decode_bytes). Returns false if a lane overran its window.
 inline bool emulate_split_decode_chunk(const StreamView& s, uint64_t c, const uint8_t* count, const uint32_t* table,
                                        const uint8_t* lengths, const SplitDecodeArgs& a, const uint16_t* value,
-                                       std::vector<uint8_t>& stage) {
+                                       bool bytes, std::vector<uint8_t>& stage) {
   const ChunkView v = chunk_view(s, c);
   const bool ok = emulate_stage_chunk(s, v, count, table, lengths, stage);
-  for (uint32_t lane = 0; lane < 32; ++lane) write_split_chunk(a, value, stage.data(), v.first, v.m, lane);
+  for (uint32_t lane = 0; lane < 32; ++lane) write_split_chunk(a, value, stage.data(), v.first, v.m, lane, bytes);
   return ok;
 }
+
 
 // mma.sync.m16n8k16 with fp32 accumulators as the PTX ISA lays out its fragments (a[lane][4]:
 // bf16x2 or f16x2, b[lane][2], c[lane][4]); products are added in k order with fmaf, which a
@@ -242,12 +248,16 @@ template <int B>
 inline bool emulate_staged_split_gemv(const StreamView& s, const uint8_t* count, const uint32_t* multi,
                                       const uint64_t* values, const uint8_t* lengths, const SplitArgs& a) {
   uint16_t value[256] = {0};
-  for (uint32_t i = 0; i < kTableSize; ++i) split_value_of_entry(multi, values, i, value);
+  bool bytes = a.low == 8;
+  for (uint32_t i = 0; i < kTableSize; ++i) {
+    split_value_of_entry(multi, values, i, value);
+    bytes = bytes && entry_is_byte_split(multi, values, i);
+  }
   std::vector<uint8_t> stage;
   std::vector<float> slots;
   bool ok = true;
   for (uint64_t c = 0; c < s.n_chunks; ++c)
-    ok &= emulate_staged_split_chunk<B>(s, c, count, multi, lengths, a, value, stage, slots);
+    ok &= emulate_staged_split_chunk<B>(s, c, count, multi, lengths, a, value, bytes, stage, slots);
   return ok;
 }
 

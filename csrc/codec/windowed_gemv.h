@@ -516,6 +516,41 @@ PYCODEC_HD uint32_t pack_halves(uint32_t lo, uint32_t hi) {
 #endif
 }
 
+// The byte split (split.h: kByteSplitTop): every top byte is its own symbol, so symbol s's
+// 16-bit value is s << 8 and a weight's bits are its symbol byte and its raw byte (low = 8). The
+// kernels learn it from the values they are given (byte_split_value for every symbol), not from
+// a flag that could disagree with them, and then build weights by byte permutes: no value
+// lookup, no shifts (bench/sass_count.py: the "byte split" rows).
+PYCODEC_HD bool byte_split_value(uint32_t symbol, uint16_t value) { return value == uint16_t(symbol << 8); }
+
+// CUDA's __byte_perm (default mode), and its host twin, so that the selectors below are the
+// kernels' on both: byte n of the result is byte (s >> 4n) & 7 of y:x (x bytes 0-3, y bytes 4-7).
+PYCODEC_HD uint32_t byte_perm(uint32_t x, uint32_t y, uint32_t s) {
+#if defined(__CUDA_ARCH__)
+  return __byte_perm(x, y, s);
+#else
+  const uint64_t both = uint64_t(y) << 32 | x;
+  uint32_t r = 0;
+  for (int n = 0; n < 4; ++n) r |= uint32_t(both >> (8 * ((s >> (4 * n)) & 7u)) & 0xFFu) << (8 * n);
+  return r;
+#endif
+}
+
+// Four weights' 16-bit bits, two to a word (pair[0] = w1 << 16 | w0, pair[1] = w3 << 16 | w2),
+// from their symbols (sym4: little-endian bytes, the first lowest) and their raw bytes (fields4:
+// most significant first, as raw_fields8 gives them): w_i = s_i << 8 | f_i, one byte permute a pair.
+PYCODEC_HD void byte_split_pairs(uint32_t sym4, uint32_t fields4, uint32_t pair[2]) {
+  pair[0] = byte_perm(sym4, fields4, 0x1607u);  // s1 f1 s0 f0, from the top byte down
+  pair[1] = byte_perm(sym4, fields4, 0x3425u);  // s3 f3 s2 f2
+}
+
+// The 8 weights of a piece as four words of two 16-bit floats (byte_split_pairs), from its 8
+// symbols (stage_symbols8's order) and raw bytes (raw_fields8 at low = 8).
+PYCODEC_HD void byte_split_piece(uint64_t sym, uint64_t fields, uint32_t w[4]) {
+  byte_split_pairs(uint32_t(sym), uint32_t(fields >> 32), w);
+  byte_split_pairs(uint32_t(sym >> 32), uint32_t(fields), w + 2);
+}
+
 // The raw fields of kSplitPiece weights, left-aligned in 64 bits: 8 * low <= 64 bits from bit
 // `bit` of raw (bit < 32 + 2^20: chunk-relative, see write_split_chunk), three words, the last
 // at most 2 past the raw bits' end (inside the slack).
@@ -552,9 +587,10 @@ PYCODEC_HD void split_piece(const uint16_t* value, uint64_t sym, uint64_t fields
 // The whole pieces of a chunk's output, lane j taking pieces j, j + 32, ...: stage + lead and
 // out + lead are where they start, raw the word holding the chunk's first field and `bit` that
 // field's bit in it. kAligned: the pieces fall on 8-byte boundaries of the stage (lead == 0; the
-// stage is 16-byte aligned), so 8 symbols are one 8-byte load. One loop per (kAligned, kLow), so
-// that none carries another's loads or computes its shifts.
-template <bool kAligned, uint32_t kLow>
+// stage is 16-byte aligned), so 8 symbols are one 8-byte load. kBytes: a byte split's (kLow = 8),
+// whose weights are byte permutes of symbols and raw bytes. One loop per (kAligned, kLow, kBytes),
+// so that none carries another's loads or computes its shifts.
+template <bool kAligned, uint32_t kLow, bool kBytes = false>
 PYCODEC_HD void write_split_pieces(const uint16_t* value, const uint8_t* stage, const uint32_t* raw, uint32_t bit,
                                    uint16_t* out, uint32_t lead, uint32_t pieces, uint32_t lane) {
   for (uint32_t p = lane; p < pieces; p += 32) {
@@ -571,7 +607,10 @@ PYCODEC_HD void write_split_pieces(const uint16_t* value, const uint8_t* stage, 
       for (int b = 0; b < 8; ++b) sym |= uint64_t(stage[j + b]) << (8 * b);
     }
     uint32_t w[4];
-    split_piece<kLow>(value, sym, raw_fields8(raw, bit + j * kLow), w);
+    if (kBytes)
+      byte_split_piece(sym, raw_fields8(raw, bit + j * 8u), w);
+    else
+      split_piece<kLow>(value, sym, raw_fields8(raw, bit + j * kLow), w);
 #if defined(__CUDA_ARCH__)
     *reinterpret_cast<uint4*>(out + j) = make_uint4(w[0], w[1], w[2], w[3]);
 #else
@@ -582,7 +621,9 @@ PYCODEC_HD void write_split_pieces(const uint16_t* value, const uint8_t* stage, 
 
 template <bool kAligned>
 PYCODEC_HD void write_split_pieces(const uint16_t* value, const uint8_t* stage, const uint32_t* raw, uint32_t bit,
-                                   uint32_t low, uint16_t* out, uint32_t lead, uint32_t pieces, uint32_t lane) {
+                                   uint32_t low, bool bytes, uint16_t* out, uint32_t lead, uint32_t pieces,
+                                   uint32_t lane) {
+  if (bytes) return write_split_pieces<kAligned, 8, true>(value, stage, raw, bit, out, lead, pieces, lane);
   switch (low) {  // 16-bit floats cut at split::kMinTop..kMaxTop = 8..12 top bits; 1..3 for other cuts
     case 1: return write_split_pieces<kAligned, 1>(value, stage, raw, bit, out, lead, pieces, lane);
     case 2: return write_split_pieces<kAligned, 2>(value, stage, raw, bit, out, lead, pieces, lane);
@@ -598,9 +639,10 @@ PYCODEC_HD void write_split_pieces(const uint16_t* value, const uint8_t* stage, 
 // Lane `lane`'s share of writing a chunk out: stage[0, m) are the symbols of weights first ..
 // first + m - 1. The weights before the output's first 16-byte boundary and those after the
 // whole pieces go one per lane. Field positions are chunk-relative 32-bit bit offsets (m <= 2^17
-// weights of <= 8 bits), so the loop does no 64-bit multiply.
+// weights of <= 8 bits), so the loop does no 64-bit multiply. bytes: a.low is 8 and every
+// value[s] is byte_split_value's (the caller checks all 256), so the pieces are byte permutes.
 PYCODEC_HD void write_split_chunk(const SplitDecodeArgs& a, const uint16_t* value, const uint8_t* stage,
-                                  uint64_t first, uint32_t m, uint32_t lane) {
+                                  uint64_t first, uint32_t m, uint32_t lane, bool bytes) {
   uint16_t* out = a.out + first;
   const uint64_t first_bit = first * a.low;
   const uint32_t* raw = a.raw + (first_bit >> 5);
@@ -610,9 +652,9 @@ PYCODEC_HD void write_split_chunk(const SplitDecodeArgs& a, const uint16_t* valu
   const uint32_t pieces = (m - lead) / kSplitPiece;
   if (lane < lead) out[lane] = split_weight(value, stage[lane], raw, bit + lane * low, low);
   if (lead == 0)
-    write_split_pieces<true>(value, stage, raw, bit, low, out, lead, pieces, lane);
+    write_split_pieces<true>(value, stage, raw, bit, low, bytes, out, lead, pieces, lane);
   else
-    write_split_pieces<false>(value, stage, raw, bit, low, out, lead, pieces, lane);
+    write_split_pieces<false>(value, stage, raw, bit, low, bytes, out, lead, pieces, lane);
   for (uint32_t j = lead + pieces * kSplitPiece + lane; j < m; j += 32)
     out[j] = split_weight(value, stage[j], raw, bit + j * low, low);
 }
@@ -668,22 +710,29 @@ PYCODEC_HD void load_x_column(const float* p, float out[B]) {
 // One lane's share of a staged chunk: the chunk's `rows` rows are stage[0, rows * K) (weights
 // from tensor position `first`); its partial sums of each (row, b) go to slots[row][b][lane],
 // as SplitSink's do, for the same butterfly. Per piece: 8 symbols in one load, their raw
-// fields in at most three, the 8 weights built as in write_split_chunk, then 8 multiply-adds per
-// batch row in column order.
-template <int B, class X, bool kVec>
+// fields in at most three, the 8 weights built as in write_split_chunk (kBytes: a byte split's,
+// by byte permutes, the same weights; its pieces' raw bytes are two whole words, so it needs
+// first % 4 == 0: staged_lane_bytes), then 8 multiply-adds per batch row in column order.
+template <int B, class X, bool kVec, bool kBytes>
 PYCODEC_HD void staged_split_lane(const SplitArgs& a, const uint16_t* value, const uint8_t* stage, const float* x,
                                   uint64_t first, uint32_t rows, float* slots, uint32_t lane) {
-  const uint64_t first_bit = first * a.low;
+  const uint32_t low = kBytes ? 8u : a.low, mask = (1u << low) - 1u;
+  const uint64_t first_bit = first * low;
   const uint32_t* raw = a.raw + (first_bit >> 5);
-  const uint32_t bit0 = uint32_t(first_bit & 31u), low = a.low, mask = (1u << low) - 1u;
+  const uint32_t bit0 = uint32_t(first_bit & 31u);
   const uint32_t pieces = a.k / kSplitPiece;
   for (uint32_t r = 0; r < rows; ++r) {
     float acc[B];
     for (int b = 0; b < B; ++b) acc[b] = 0.f;
-    for (uint32_t p = lane; p < pieces; p += 32) {
+    // kBytes: the piece's raw bytes are two whole words, walked by a pointer (no 64-bit index math)
+    const uint32_t* piece_raw = raw + (r * a.k + lane * kSplitPiece) / 4;
+    for (uint32_t p = lane; p < pieces; p += 32, piece_raw += 32 * kSplitPiece / 4) {
       const uint32_t c = p * kSplitPiece, j = r * a.k + c;
       const uint64_t sym = stage_symbols8(stage + j);
-      const uint64_t fields = raw_fields8(raw, bit0 + j * low);
+      const uint64_t fields = kBytes ? uint64_t(PYCODEC_LOAD(piece_raw)) << 32 | PYCODEC_LOAD(piece_raw + 1)
+                                     : raw_fields8(raw, bit0 + j * low);
+      uint32_t pairs[4];  // kBytes: the piece's weights two to a word
+      if (kBytes) byte_split_piece(sym, fields, pairs);
       const float* xp = x + size_t(c) * B;
       float xs8[kSplitPiece];
       if (B == 1) {  // the piece's 8 columns of x: two vector loads
@@ -695,8 +744,9 @@ PYCODEC_HD void staged_split_lane(const SplitArgs& a, const uint16_t* value, con
         }
       }
       for (uint32_t i = 0; i < kSplitPiece; ++i) {
-        const uint32_t h = value[uint8_t(sym >> (8 * i))] | (uint32_t(fields >> (64 - low * (i + 1))) & mask);
-        const float w = bits_float(h << 16);
+        const float w = kBytes ? bits_float(i % 2 ? pairs[i / 2] & 0xFFFF0000u : pairs[i / 2] << 16)
+                               : bits_float((value[uint8_t(sym >> (8 * i))] |
+                                             (uint32_t(fields >> (64 - low * (i + 1))) & mask)) << 16);
         if (B == 1) {
           acc[0] = fmaf(xs8[i], w, acc[0]);
         } else {
@@ -708,6 +758,26 @@ PYCODEC_HD void staged_split_lane(const SplitArgs& a, const uint16_t* value, con
     }
     for (int b = 0; b < B; ++b) slots[(r * B + b) * 32 + lane] = acc[b];
   }
+}
+
+// Whether a staged lossless GEMV's weight is a byte split: low 8 and, for each of the table's
+// entries, its first symbol's value byte_split_value's (split_value_of_entry's values; every
+// symbol a chunk can decode is some entry's first). The kernel checks its share of the entries
+// and takes a block vote.
+PYCODEC_HD bool entry_is_byte_split(const uint32_t* multi, const uint64_t* values, uint32_t i) {
+  return byte_split_value(entry_symbol(multi[i], 0), uint16_t(PYCODEC_LOAD(values + i)));
+}
+
+// Whether a staged GEMV's lanes take a chunk's byte-split instance: a byte split (the block's
+// vote) whose chunk starts on a raw word, as every chunk of whole rows of K % 8 == 0 does.
+PYCODEC_HD bool staged_lane_bytes(bool byte_split, uint64_t first) { return byte_split && first % 4 == 0; }
+
+// Whether the split decode writes a byte split's pieces: low 8 and all 256 values byte_split_value's
+// (the kernel's vote over its threads' shares of them).
+inline bool split_decode_bytes(const SplitDecodeArgs& a, const uint16_t* value) {
+  bool bytes = a.low == 8;
+  for (uint32_t sym = 0; sym < 256; ++sym) bytes = bytes && byte_split_value(sym, value[sym]);
+  return bytes;
 }
 
 // ---------------------------------------------------------------------------- launch arguments

@@ -218,8 +218,16 @@ __global__ void decode_kernel(const StreamView s, const uint32_t* __restrict__ t
   __shared__ __align__(16) uint8_t aux_smem[kAuxBytes];
   __shared__ uint16_t value_smem[kTo == DecodeTo::kStagedSplit ? 256 : 1];
   extern __shared__ __align__(16) unsigned char stage_smem[];  // warps x (stage_bytes + 4 stream_words)
-  if constexpr (kTo == DecodeTo::kStagedSplit)  // ordered before its reads by load_tables' barrier
-    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) value_smem[i] = __ldg(split.value + i);
+  bool bytes = false;  // kStagedSplit: a byte split's values (windowed_gemv.h: split_decode_bytes), by a block vote
+  if constexpr (kTo == DecodeTo::kStagedSplit) {  // ordered before its reads by the vote's barrier
+    bool mine = split.low == 8;
+    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
+      const uint16_t value = __ldg(split.value + i);
+      value_smem[i] = value;
+      mine = mine && windowed::byte_split_value(i, value);
+    }
+    bytes = __syncthreads_and(mine);
+  }
   if (!load_tables(table_smem, aux_smem, table, reinterpret_cast<const uint8_t*>(table + windowed::kTableSize))) {
     if (threadIdx.x == 0) atomicOr(status, 2u);  // tables that are not a code's: decode nothing
     return;
@@ -240,7 +248,7 @@ __global__ void decode_kernel(const StreamView s, const uint32_t* __restrict__ t
   if constexpr (kStaged) {
     __syncwarp();
     if constexpr (kTo == DecodeTo::kStagedSplit)
-      windowed::write_split_chunk(split, value_smem, stage, v.first, v.m, lane);
+      windowed::write_split_chunk(split, value_smem, stage, v.first, v.m, lane, bytes);
     else
       write_chunk(out + v.first, stage, v.m, lane);
   }
@@ -378,9 +386,12 @@ __global__ void staged_split_gemv_kernel(const StreamView s, const windowed::Spl
   bool tables_ok = load_tables(table_smem, aux_smem, table, reinterpret_cast<const uint8_t*>(table + windowed::kTableSize));
   // Entries that share a first symbol store the same value (the value entries are built from the
   // code: emulate.h, build_value_table), so which thread writes last does not matter.
-  for (uint32_t i = threadIdx.x; i < windowed::kTableSize; i += blockDim.x)
+  bool mine = a.low == 8;  // whether the weight is a byte split (windowed_gemv.h: entry_is_byte_split), by a vote
+  for (uint32_t i = threadIdx.x; i < windowed::kTableSize; i += blockDim.x) {
     windowed::split_value_of_entry(table_smem, values, i, value_smem);
-  __syncthreads();
+    mine = mine && windowed::entry_is_byte_split(table_smem, values, i);
+  }
+  const bool bytes = __syncthreads_and(mine);
 
   const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   ChunkView v;
@@ -395,10 +406,15 @@ __global__ void staged_split_gemv_kernel(const StreamView s, const windowed::Spl
   __syncwarp();
   float* warp_slots = slots + size_t(warp) * max_rows * B * 32;
   using X = std::conditional_t<kXShared, windowed::XShared, windowed::XGlobal>;
-  if ((reinterpret_cast<uintptr_t>(x) & 15u) == 0)
-    windowed::staged_split_lane<B, X, true>(a, value_smem, stage, x, v.first, rows, warp_slots, lane);
+  const bool vec = (reinterpret_cast<uintptr_t>(x) & 15u) == 0, lane_bytes = windowed::staged_lane_bytes(bytes, v.first);
+  if (lane_bytes && vec)
+    windowed::staged_split_lane<B, X, true, true>(a, value_smem, stage, x, v.first, rows, warp_slots, lane);
+  else if (lane_bytes)
+    windowed::staged_split_lane<B, X, false, true>(a, value_smem, stage, x, v.first, rows, warp_slots, lane);
+  else if (vec)
+    windowed::staged_split_lane<B, X, true, false>(a, value_smem, stage, x, v.first, rows, warp_slots, lane);
   else
-    windowed::staged_split_lane<B, X, false>(a, value_smem, stage, x, v.first, rows, warp_slots, lane);
+    windowed::staged_split_lane<B, X, false, false>(a, value_smem, stage, x, v.first, rows, warp_slots, lane);
   __syncwarp();
   warp_sums<B>(a, warp_slots, rows, first_row, lane);
 }

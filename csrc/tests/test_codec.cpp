@@ -1553,6 +1553,109 @@ static void test_staged_split_gemv_emulation() {
   }
 }
 
+// The byte split (split.h, kByteSplitTop): its plan numbers every top byte as itself, counts
+// them, and round-trips bit-exactly through encode_split and decode_split; its weights by byte
+// permutes (byte_split_piece, the kernels' selectors) are s << 8 | f; the staged lossless GEMV and
+// the split decode take its byte path (their emulation votes as the kernels do) and give the bits
+// of the general path: the GEMV the same sums as on the smallest split of the same weight.
+static void test_byte_split() {
+  using namespace windowed;
+  std::mt19937 rng(43);
+  for (int trial = 0; trial < 2000; ++trial) {
+    const uint64_t sym = uint64_t(rng()) << 32 | rng(), fields = uint64_t(rng()) << 32 | rng();
+    uint32_t w[4];
+    byte_split_piece(sym, fields, w);
+    bool all = true;
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t want = uint32_t((sym >> (8 * i)) & 0xFF) << 8 | uint32_t((fields >> (56 - 8 * i)) & 0xFF);
+      all &= ((w[i / 2] >> (16 * (i % 2))) & 0xFFFFu) == want;
+    }
+    CHECK(all);
+  }
+  const uint32_t n_rows = 40, k = 96;  // K % 8 == 0: the staged route
+  const uint64_t n = uint64_t(n_rows) * k, shape[2] = {n_rows, k};
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  std::vector<uint16_t> bits(n);
+  for (auto& b : bits) {
+    const float f = normal(rng);
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    b = uint16_t(u >> 16);
+  }
+  bits[7] = 0x7FC1;  // a NaN
+  split::Plan plan, smallest;
+  CHECK(plan_split(bits.data(), n, &plan, 2, split::kByteSplitTop) == Status::Ok);
+  CHECK(plan_split(bits.data(), n, &smallest, 2) == Status::Ok && smallest.top > split::kByteSplitTop);
+  CHECK(plan.top == 8 && plan.n_values == 256);
+  uint64_t histogram[256] = {0};
+  for (uint16_t b : bits) ++histogram[b >> 8];
+  bool identity = true;
+  for (uint32_t v = 0; v < 256; ++v) identity &= plan.values[v] == v && plan.counts[v] == histogram[v];
+  CHECK(identity && plan.estimated_bits > smallest.estimated_bits);
+  split::Plan refused;
+  CHECK(plan_split(bits.data(), n, &refused, 1, 9) == Status::BadArgument);
+  // Both splits' streams, raw bits and values, each chunk two whole rows.
+  struct Split {
+    split::Plan plan;
+    std::vector<uint32_t> raw;
+    std::vector<uint8_t> blob;
+  };
+  Split splits[2];
+  for (int which = 0; which < 2; ++which) {
+    EncodeOptions opt;
+    opt.chunk_symbols = 2 * k;
+    opt.split_top = which == 0 ? split::kByteSplitTop : 0;
+    Split& sp = splits[which];
+    CHECK(encode_split(bits.data(), shape, 2, opt, &sp.plan,
+                       [&](size_t words) { sp.raw.assign(words + kSlackWords, 0); return sp.raw.data(); },
+                       [&](size_t bytes) { sp.blob.assign(bytes, 0); return sp.blob.data(); }) == Status::Ok);
+    std::vector<uint16_t> back(n);
+    CHECK(decode_split(sp.blob.data(), sp.blob.size(), sp.plan.values, sp.plan.n_values, sp.plan.top, sp.raw.data(),
+                       split::raw_words(n, 16 - sp.plan.top), back.data(), n) == Status::Ok);
+    CHECK(back == bits);
+  }
+  CHECK(splits[0].plan.top == 8 && splits[0].plan.n_values == 256);
+  for (uint32_t batch : {1u, 4u}) {
+    std::vector<float> x((k + kXPadRows) * batch, 0.f);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    for (uint32_t i = 0; i < k * batch; ++i) x[i] = u(rng);
+    std::vector<float> y[2];
+    for (int which = 0; which < 2; ++which) {
+      const Split& sp = splits[which];
+      y[which].assign(size_t(batch) * n_rows, 0.f);
+      const uint32_t low = 16 - uint32_t(sp.plan.top);
+      SplitArgs a{x.data(), sp.raw.data(), split::raw_words(n, int(low)), n_rows, k, low, y[which].data()};
+      CHECK(emulate_gemv_split(sp.blob.data(), sp.blob.size(), sp.plan.values, sp.plan.n_values, a, batch, true) ==
+            Status::Ok);
+    }
+    bool same = true;  // NaN row included: compare bits
+    for (size_t i = 0; i < y[0].size(); ++i) same &= std::memcmp(&y[0][i], &y[1][i], 4) == 0;
+    CHECK(same);
+  }
+  // The split decode's byte path: the original bits.
+  const Split& sp = splits[0];
+  StreamInfo info;
+  CHECK(parse_header(sp.blob.data(), sp.blob.size(), &info) == Status::Ok);
+  alignas(16) uint32_t table[kDecodeTableEntries + 64 + kDecodeTableEntries / 4];
+  uint8_t* lengths = reinterpret_cast<uint8_t*>(table + kDecodeTableEntries);
+  CHECK(build_decode_table(sp.blob.data(), sp.blob.size(), table, lengths, lengths + 256) == Status::Ok);
+  KernelStream ks;
+  kernel_stream(sp.blob, info, &ks);
+  uint16_t value[256];
+  for (uint32_t v = 0; v < 256; ++v) value[v] = uint16_t(v << 8);
+  for (uint32_t offset = 0; offset < 8; offset += 3) {
+    std::vector<uint16_t> out(n + offset, 0);
+    SplitDecodeArgs a{value, sp.raw.data(), split::raw_words(n, 8), 8, out.data() + offset};
+    CHECK(split_decode_bytes(a, value));
+    uint32_t status = 0;
+    CHECK(host::windowed_decode_split(ks.view, table, a, &status) == Status::Ok && status == 0);
+    CHECK(std::equal(bits.begin(), bits.end(), out.begin() + offset));
+  }
+  value[200] ^= 1;  // one value that is not its symbol's byte: the general path
+  SplitDecodeArgs a{value, sp.raw.data(), split::raw_words(n, 8), 8, nullptr};
+  CHECK(!split_decode_bytes(a, value));
+}
+
 int main() {
   test_package_merge_limits_lengths();
   test_package_merge_optimal_on_dyadic();
@@ -1581,6 +1684,7 @@ int main() {
   test_split_sink_weights();
   test_split_decode_emulation();
   test_staged_split_gemv_emulation();
+  test_byte_split();
   test_affine_dequantization();
   test_affine_matvec();
   test_quantizers();

@@ -130,15 +130,23 @@ def split_route(request):
         yield request.param
 
 
+@pytest.fixture(params=["smallest", "byte"])
+def lossless_split(request):
+    """Both lossless splits (CompressionConfig.lossless_split): the byte split takes the kernels'
+    byte-permute instances (they vote on its values), the smallest split the general ones."""
+    return request.param
+
+
 @pytest.mark.parametrize("n,k,batch,rows", [(64, 256, 1, 1), (40, 576, 4, 1), (9, 96, 2, 4), (1536, 576, 1, 1),
                                             (576, 1536, 8, 1), (256, 4096, 3, 1), (128, 12288, 2, 1),
                                             (30, 200, 16, 2), (20, 100, 5, 1)])
-def test_fused_split_equals_emulation_bitwise(n, k, batch, rows, x_placement, split_route):
+def test_fused_split_equals_emulation_bitwise(n, k, batch, rows, x_placement, split_route, lossless_split):
     from pycodec import gpu
 
     rng = rng_for("split-gpu", n, k, batch)
     w = torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32) * 0.03).to(torch.bfloat16)
-    packed, _ = compress_weight(w, CompressionConfig(mode="lossless", chunk_symbols=rows * k))
+    packed, _ = compress_weight(w, CompressionConfig(mode="lossless", chunk_symbols=rows * k,
+                                                     lossless_split=lossless_split))
     info = gpu.weight_info(packed)
     kb = {k_: v.cuda() for k_, v in gpu.kernel_buffers(packed, info).items()}
     p = to_cuda(packed)
@@ -161,7 +169,7 @@ def test_fused_split_equals_emulation_bitwise(n, k, batch, rows, x_placement, sp
                                                   (torch.float16, 576, 1536, 2), (torch.bfloat16, 5, 9, 1),
                                                   (torch.bfloat16, 4, 65536, 1)])
 @pytest.mark.parametrize("stream", [1, 0], ids=["stream staged", "stream in place"])
-def test_decode_split_kernel_rebuilds_the_weight_bits(dtype, n, k, chunk_rows, warps, stream):
+def test_decode_split_kernel_rebuilds_the_weight_bits(dtype, n, k, chunk_rows, warps, stream, lossless_split):
     """windowed_decode_split on the GPU: the weight's exact bits, equal to decode + merge, in blocks
     of 1, 4 or 16 warps; chunks off 16-byte lines (K = 203) and a 64 KiB chunk per warp."""
     from pycodec import gpu
@@ -169,7 +177,8 @@ def test_decode_split_kernel_rebuilds_the_weight_bits(dtype, n, k, chunk_rows, w
     rng = rng_for("decode-split-gpu", n, k, str(dtype))
     w = torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32) * 0.03).to(dtype)
     w.view(torch.int16)[n // 2, :2] = torch.tensor([0x7FC1, 0x0001], dtype=torch.int16)  # a NaN, a subnormal
-    packed, _ = compress_weight(w, CompressionConfig(mode="lossless", chunk_symbols=chunk_rows and chunk_rows * k))
+    packed, _ = compress_weight(w, CompressionConfig(mode="lossless", chunk_symbols=chunk_rows and chunk_rows * k,
+                                                     lossless_split=lossless_split))
     info = gpu.weight_info(packed)
     kb = {k_: v.cuda() for k_, v in gpu.kernel_buffers(packed, info).items()}
     p = to_cuda(packed)
