@@ -17,7 +17,9 @@ plain dtypes (so it lives in registered buffers, ``state_dict`` and safetensors)
     raw           uint8 [R]   the low (width - top) bits, one field per weight in row-major order, MSB first
                               in 32-bit little-endian words (the stream payload's convention)
     meta[6] = top. Joining sign, exponent and the first mantissa bits into one ~4.6-bit symbol keeps their
-    dependence, and leaves near-uniform bits raw.
+    dependence, and leaves near-uniform bits raw. The byte split (lossless_split="byte") is the same layout
+    with top = 8 and values = 0..255 (every top byte its own symbol, counted or not): a 16-bit weight is
+    then its symbol byte and its raw byte, which the GPU kernels join by byte permutes.
   kind = KIND_LOSSLESS (bit-exact floats, pycodec <= 0.1 checkpoints; still read), byte planes:
     plane{i}      uint8 [B_i] a pycodec stream, or the plane's raw bytes when coding does not pay
     plane_coded   uint8 [P]   1 = plane{i} is a stream, 0 = raw

@@ -899,6 +899,7 @@ def test_cli_compress_inspect_generate(tmp_path):
     (["compress", "smollm2", "OUT", "--bits", "99"], "0.5..8 bits"),
     (["compress", "smollm2", "OUT", "--mode", "int", "--bits", "4", "--group-size", "0"], "group_size"),
     (["compress", "smollm2", "OUT", "--prune", "1.5"], "prune"),
+    (["compress", "smollm2", "OUT", "--lossless-split", "byte"], "lossless_split applies to lossless mode"),
     (["eval", "MISSING", "--max-tokens", "0"], "--max-tokens"),
     (["generate", "MISSING", "hi", "--max-new-tokens", "-5"], "--max-new-tokens"),
 ])
@@ -942,6 +943,16 @@ def test_cli_compress_takes_the_load_dtype(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli.main(["compress", "smollm2", str(tmp_path / "o"), "--dtype", "float32"])
     assert seen == ["float32"] and "stop here" in capsys.readouterr().err
+
+
+def test_cli_compress_takes_the_lossless_split(tmp_path, monkeypatch, capsys):
+    from pycodec import cli
+
+    monkeypatch.setattr(cli, "load_source", lambda *a, **k: (tiny_llama(), None))
+    cli.main(["compress", "smollm2", str(tmp_path / "o"), "--mode", "lossless", "--lossless-split", "byte", "--json"])
+    assert json.loads(capsys.readouterr().out)["bits_per_weight"] < 16
+    saved = json.loads((tmp_path / "o" / "config.json").read_text())["quantization_config"]
+    assert saved["mode"] == "lossless" and saved["lossless_split"] == "byte"
 
 
 def test_cli_version_and_standard_json(capsys):
