@@ -1631,6 +1631,19 @@ static void test_byte_split() {
     bool same = true;  // NaN row included: compare bits
     for (size_t i = 0; i < y[0].size(); ++i) same &= std::memcmp(&y[0][i], &y[1][i], 4) == 0;
     CHECK(same);
+    // Mutated payloads through the byte instance: rows or CorruptPayload, inside the buffers (ASan).
+    const Split& sp = splits[0];
+    StreamInfo info;
+    CHECK(parse_header(sp.blob.data(), sp.blob.size(), &info) == Status::Ok);
+    for (int trial = 0; trial < 20; ++trial) {
+      std::vector<uint8_t> bad = sp.blob;
+      for (int j = 0; j < 1 + trial % 3; ++j)
+        bad[info.payload_offset + rng() % (bad.size() - info.payload_offset)] = uint8_t(rng());
+      std::vector<float> yb(size_t(batch) * n_rows + 1, 7.f);  // canary at the end
+      SplitArgs a{x.data(), sp.raw.data(), split::raw_words(n, 8), n_rows, k, 8, yb.data()};
+      const Status st = emulate_gemv_split(bad.data(), bad.size(), sp.plan.values, sp.plan.n_values, a, batch, true);
+      CHECK((st == Status::Ok || st == Status::CorruptPayload) && yb.back() == 7.f);
+    }
   }
   // The split decode's byte path: the original bits.
   const Split& sp = splits[0];
