@@ -3,7 +3,8 @@
     python bench/bench_layout.py [--json bench/results/layout_cpu.json] [--no-smollm2]
 
 For every linear weight of all-MiniLM-L6-v2 and SmolLM2-135M, in the three modes as compress_
-writes them by default (format v2 windowed Huffman):
+writes them by default (format v2 windowed Huffman), and lossless in the byte split too
+(lossless_split="byte"):
   * side information of every stream: all of a blob that is not a code bit (header, table, chunk
     index, lane padding, chunk slack) over its code bits (pycodec.inspect: overhead_bits / code_bits);
     the issue's budget is 1.5% per stream;
@@ -67,14 +68,16 @@ def legacy_lossless_bits(w: torch.Tensor) -> int:
 
 
 def measure(model: str, weights: dict) -> dict:
-    modes = {"lossless": [], "int4 g128": [], "rate 3.5": []}
+    modes = {"lossless": [], "lossless byte": [], "int4 g128": [], "rate 3.5": []}
     totals = {m: {"n": 0, "v2_bits": 0, "v1_bits": 0} for m in modes}
     for name, w in weights.items():
         n = w.numel()
-        packed, _ = pack_lossless(w)
-        modes["lossless"].append(dict(stream_row(packed["symbols"].numpy().tobytes()), layer=name, shape=list(w.shape)))
-        totals["lossless"]["v2_bits"] += packed_bits(packed)
-        totals["lossless"]["v1_bits"] += legacy_lossless_bits(w)
+        legacy = legacy_lossless_bits(w)
+        for mode, split in (("lossless", "smallest"), ("lossless byte", "byte")):
+            packed, _ = pack_lossless(w, split=split)
+            modes[mode].append(dict(stream_row(packed["symbols"].numpy().tobytes()), layer=name, shape=list(w.shape)))
+            totals[mode]["v2_bits"] += packed_bits(packed)
+            totals[mode]["v1_bits"] += legacy
         for mode in ("int4 g128", "rate 3.5"):
             if mode == "int4 g128":
                 q, scale, zero = quantize_int(w.float(), 4, 128)
@@ -100,7 +103,7 @@ def measure(model: str, weights: dict) -> dict:
                   "lane_starts_bits_per_weight": sum(r["lane_start_bits"] for r in rows) / t["n"],
                   "lane_start_escapes": sum(r["lane_start_escapes"] for r in rows),
                   "v2_over_v1_pct": 100.0 * (t["v2_bits"] / t["v1_bits"] - 1)}
-        print(f"{model:18s} {m:10s} side info: max {max(sides):5.2f}% per stream, {out[m]['side_pct_all_streams']:5.2f}% "
+        print(f"{model:18s} {m:13s} side info: max {max(sides):5.2f}% per stream, {out[m]['side_pct_all_streams']:5.2f}% "
               f"overall; >= {out[m]['min_chunks']:4d} chunks; bits/weight v2 {out[m]['v2_bits_per_weight']:.4f} vs "
               f"v1 rANS {out[m]['v1_rans_bits_per_weight']:.4f} ({out[m]['v2_over_v1_pct']:+.2f}%); lane starts "
               f"+{out[m]['lane_starts_bits_per_weight']:.4f} on a GPU ({out[m]['lane_start_escapes']} chunks escape)",
