@@ -55,6 +55,8 @@ def launches() -> list[tuple[str, object]]:
         ("lossless staged GEMV, 4096x4096, batch 1", with_settings(lambda: lossless(x1), split_gemv_staged=1)),
         ("lossless fused GEMV, 4096x4096, batch 1", with_settings(lambda: lossless(x1), split_gemv_staged=0)),
         ("lossless byte split staged GEMV, 4096x4096, batch 1", lambda: lossless_byte(x1)),
+        ("lossless byte split staged GEMV, stage stored byte by byte, 4096x4096, batch 1",
+         with_settings(lambda: lossless_byte(x1), stage_word_stores=0)),
         ("rate 3.5 fused GEMV, 4096x4096, batch 1", lambda: rate(x1)),
         ("rate 3.5 fused GEMV, stream read in place, 4096x4096, batch 1",
          with_settings(lambda: rate(x1), stream_shared=0)),

@@ -20,7 +20,8 @@ weight, loop * 32 lanes / 256 weights, times the warps that share a row tile's k
 (ceil(batch tiles / 4)).
 The staged lossless GEMV (staged_split_gemv_kernel): the count pass, the decode pass into shared
 memory, then its dot loop, 8 columns a lane per iteration ("staged" rows; "GEMV pass" = decode +
-dot). The lossless split decode (windowed_decode_split): the count pass, the decode pass into shared
+dot). Staged decode loops store a word at a time (windowed.h: WordRunSink, the default), or each
+entry's bytes (_C.stage_word_stores(0)): the figures in brackets. The lossless split decode (windowed_decode_split): the count pass, the decode pass into shared
 memory (two multi-symbol entries per iteration), and the write-out loop (8 floats a lane per
 iteration; the widest of its per-width instances counts).
 The byte split (CompressionConfig(lossless_split="byte"): top 8, every top byte its own symbol) has
@@ -54,6 +55,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PEEK_BITS = 12
 MAX_PER_ENTRY = 3
 STAGE_LDS = 3  # a decode loop's 32-bit shared loads with the stream stage: two table entries, one refill
+WORD_STORES = {"sts_32": 2, "sts_u8": 0}  # a staged decode loop's stores, two entries an iteration: WordRunSink
+BYTE_STORES = {"sts_u8_min": 6}          # RunByteSink (_C.stage_word_stores(0)): three bytes an entry
 BYTE_SPLIT = "lossless bf16, byte split"  # pycodec.codec.encode_split(split="byte"): top 8, values 0..255
 
 
@@ -128,13 +131,14 @@ def count(ops: list[str], prefix: str) -> int:
 
 
 def pick(found: list[dict], **want) -> dict | None:
-    """The innermost loop with exactly the given numbers of LDS.U8 / LDS.64 / LDS (32-bit) and
-    at least the given FFMA."""
+    """The innermost loop with exactly the given numbers of the counted opcodes (`have`), and at
+    least those given with the suffix _min."""
     best = None
     for lp in found:
         ops = lp["ops"]
         have = {"lds_u8": ops.count("LDS.U8"), "lds_64": ops.count("LDS.64"), "lds": ops.count("LDS"),
-                "ffma": ops.count("FFMA"), "stg": count(ops, "STG"), "sts": count(ops, "STS")}
+                "ffma": ops.count("FFMA"), "stg": count(ops, "STG"), "sts": count(ops, "STS"),
+                "sts_u8": ops.count("STS.U8"), "sts_32": ops.count("STS")}
         if any(have[k] != v for k, v in want.items() if not k.endswith("_min")):
             continue
         if any(have[k[:-4]] < v for k, v in want.items() if k.endswith("_min")):
@@ -255,17 +259,21 @@ def main() -> None:
     # stores to shared memory); longer ones are written byte by byte to global memory (kSymbols, E0E).
     # A decode loop reads its words from the warp's stream stage (StageReader: a third LDS, the
     # refill's; the default) or in place ("stream in place": an LDG instead).
-    for label, needle, stores, lds in (("decode to bytes", "DecodeToE1E", "sts_min", STAGE_LDS),
-                                       ("decode to bytes, stream in place", "DecodeToE1E", "sts_min", 2),
-                                       ("decode to bytes, unstaged", "DecodeToE0E", "stg_min", STAGE_LDS)):
-        dec = pick(loops(kernel(v2, needle)), lds_u8=0, lds_64=0, lds=lds, **{stores: 2})
+    # Staged loops store a word at a time (WordRunSink: two STS an iteration at most, the default) or,
+    # with _C.stage_word_stores(0), each entry's three bytes (six STS.U8): "byte stores" rows.
+    for label, needle, stores, lds in (("decode to bytes", "DecodeToE1E", WORD_STORES, STAGE_LDS),
+                                       ("decode to bytes, byte stores", "DecodeToE1E", BYTE_STORES, STAGE_LDS),
+                                       ("decode to bytes, stream in place", "DecodeToE1E", WORD_STORES, 2),
+                                       ("decode to bytes, unstaged", "DecodeToE0E", {"stg_min": 2}, STAGE_LDS)):
+        dec = pick(loops(kernel(v2, needle)), lds_u8=0, lds_64=0, lds=lds, **stores)
         result["kernels"][label] = {"count_loop": result["kernels"]["gemv affine B=1"]["count_loop"],
                                     "decode_loop": dec and dec["instructions"]}
     # The lossless split decode (kStagedSplit, E2E): the staged decode, then the write-out loop, 8
     # floats a lane per iteration, one instance per raw width; aligned instances (one 8-byte load
     # of symbols, 8 value lookups, one 16-byte store) for low = 4..8, the widths of bf16 cuts.
     found = loops(kernel(v2, "DecodeToE2E"))
-    dec = pick(found, lds_u8=0, lds_64=0, lds=STAGE_LDS, sts_min=2)
+    dec = pick(found, lds_u8=0, lds_64=0, lds=STAGE_LDS, **WORD_STORES)
+    dec_bytes = pick(found, lds_u8=0, lds_64=0, lds=STAGE_LDS, **BYTE_STORES)
     merges = sorted(lp["instructions"] for lp in found
                     if lp["ops"].count("LDS.64") == 1 and lp["ops"].count("LDS.U16") == 8 and count(lp["ops"], "STG") == 1)
     # The byte split's aligned instance (write_split_pieces<true, 8, true>): 8-byte symbol loads, no
@@ -275,6 +283,7 @@ def main() -> None:
     byte_merge = min(byte_merges, key=lambda lp: lp["instructions"] / count(lp["ops"], "PRMT"), default=None)
     result["kernels"]["decode lossless split to bf16"] = {
         "count_loop": result["kernels"]["gemv affine B=1"]["count_loop"], "decode_loop": dec and dec["instructions"],
+        "decode_loop_byte_stores": dec_bytes and dec_bytes["instructions"],
         "merge_loop_min": merges[0] if merges else None, "merge_loop_max": merges[-1] if merges else None,
         "weights_per_merge_iteration": 8,
         "byte_split_merge_loop": byte_merge and byte_merge["instructions"],
@@ -283,7 +292,8 @@ def main() -> None:
     # then 8 columns a lane per iteration of its dot loop (the vector-x instance: 2B LDS.128 at B=1).
     for batch in (1, 4):
         found = loops(kernel(v2, f"staged_split_gemv_kernelILi{batch}ELb1E"))
-        dec = pick(found, lds_u8=0, lds_64=0, lds=STAGE_LDS, sts_min=2)
+        dec = pick(found, lds_u8=0, lds_64=0, lds=STAGE_LDS, **WORD_STORES)
+        dec_bytes = pick(found, lds_u8=0, lds_64=0, lds=STAGE_LDS, **BYTE_STORES)
         dots = [lp["instructions"] for lp in found if lp["ops"].count("LDS.64") == 1 and
                 lp["ops"].count("LDS.U16") == 8 and lp["ops"].count("FFMA") == 8 * batch and
                 lp["ops"].count("LDS.128") and not count(lp["ops"], "STS")]
@@ -295,6 +305,7 @@ def main() -> None:
         byte_dot = min(byte_dots, key=lambda lp: lp["instructions"] * batch / lp["ops"].count("FFMA"), default=None)
         result["kernels"][f"gemv lossless staged B={batch}"] = {
             "count_loop": result["kernels"]["gemv affine B=1"]["count_loop"], "decode_loop": dec and dec["instructions"],
+            "decode_loop_byte_stores": dec_bytes and dec_bytes["instructions"],
             "dot_loop": min(dots) if dots else None, "weights_per_dot_iteration": 8,
             "byte_split_dot_loop": byte_dot and byte_dot["instructions"],
             "weights_per_byte_split_dot_iteration": byte_dot and byte_dot["ops"].count("FFMA") // batch, "batch": batch}
@@ -346,11 +357,15 @@ def main() -> None:
                 parts = staged_passes(st, y, "dot_pass", dot, dot_weights)
                 result["per_symbol"][f"{model}, {mode}, staged"] = {
                     "kernel": "gemv lossless staged B=1", "lane_instructions_per_symbol": sum(parts.values()),
-                    "count_pass": parts["count_pass"], "gemv_pass": parts["decode_pass"] + parts["dot_pass"]}
+                    "count_pass": parts["count_pass"], "gemv_pass": parts["decode_pass"] + parts["dot_pass"],
+                    "gemv_pass_byte_stores": st["decode_loop_byte_stores"] and
+                    st["decode_loop_byte_stores"] / (2 * y["symbols_per_entry"]) + parts["dot_pass"]}
             if k["decode_loop"] and merge:
                 parts = staged_passes(k, y, "merge_pass", merge, merge_weights)
                 result["split_decode_per_weight"][f"{model}, {mode}"] = {
-                    "lane_instructions_per_weight": sum(parts.values()), **parts}
+                    "lane_instructions_per_weight": sum(parts.values()), **parts,
+                    "with_lane_starts_byte_stores": k["decode_loop_byte_stores"] and
+                    k["decode_loop_byte_stores"] / (2 * y["symbols_per_entry"]) + parts["merge_pass"]}
     print(f"SASS of csrc/cuda/*.cu for {a.arch}: inner-loop instructions per iteration")
     for label, k in result["kernels"].items():
         print(f"  {label:28s} " + ", ".join(f"{key} {val}" for key, val in k.items() if val is not None))
@@ -358,14 +373,19 @@ def main() -> None:
         r["with_lane_starts"] = r["gemv_pass"]
     for r in result["split_decode_per_weight"].values():
         r["with_lane_starts"] = r["lane_instructions_per_weight"] - r["count_pass"]
-    print("\nlane-instructions per symbol (fused GEMV, batch 1): count pass + GEMV pass; with lane starts")
+    print("\nlane-instructions per symbol (fused GEMV, batch 1): count pass + GEMV pass; with lane starts "
+          "(staged: [with byte stores])")
     for label, r in result["per_symbol"].items():
+        byte_stores = f"  [{r['gemv_pass_byte_stores']:5.2f}]" if r.get("gemv_pass_byte_stores") else ""
         print(f"  {label:42s} {r['lane_instructions_per_symbol']:5.2f}  "
-              f"({r['count_pass']:.2f} + {r['gemv_pass']:.2f});  {r['with_lane_starts']:5.2f}")
-    print("\nlane-instructions per weight (lossless split decode to bf16): count + decode + write-out; with lane starts")
+              f"({r['count_pass']:.2f} + {r['gemv_pass']:.2f});  {r['with_lane_starts']:5.2f}{byte_stores}")
+    print("\nlane-instructions per weight (lossless split decode to bf16): count + decode + write-out; with lane starts "
+          "[with byte stores]")
     for label, r in result["split_decode_per_weight"].items():
+        byte_stores = f"  [{r['with_lane_starts_byte_stores']:5.2f}]" if r.get("with_lane_starts_byte_stores") else ""
         print(f"  {label:42s} {r['lane_instructions_per_weight']:5.2f}  "
-              f"({r['count_pass']:.2f} + {r['decode_pass']:.2f} + {r['merge_pass']:.2f});  {r['with_lane_starts']:5.2f}")
+              f"({r['count_pass']:.2f} + {r['decode_pass']:.2f} + {r['merge_pass']:.2f});  "
+              f"{r['with_lane_starts']:5.2f}{byte_stores}")
     if a.json:
         path = Path(a.json)
         path.parent.mkdir(parents=True, exist_ok=True)

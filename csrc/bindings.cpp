@@ -1122,4 +1122,10 @@ PYBIND11_MODULE(_C, m) {
       "into shared memory with whole-line loads before its lanes decode them, where a block of one warp fits; "
       "0: lanes read their windows from global memory (~32 cache lines a warp-wide load). on sets it (clamped "
       "to 0..1); returns the value in use. For side-by-side timings: the same output for a valid stream.");
+  def_kernel_setting(
+      m, "stage_word_stores", "on", cuda::set_stage_word_stores, cuda::stage_word_stores,
+      "1 (default): the GPU's staged decodes (decode to symbols, to a lossless weight's floats, the staged lossless "
+      "GEMV) store each lane's symbols into shared memory a 32-bit word at a time; 0: byte by byte (three stores "
+      "a table entry, at scattered banks). on sets it (clamped to 0..1); returns the value in use. For "
+      "side-by-side timings: the same stage, so the same output, either way.");
 }

@@ -118,7 +118,7 @@ def kernel_tables(blob: Any, value16: np.ndarray | None = None, lane_starts: np.
 
 
 KERNEL_SETTINGS = ("warps_per_block", "gemv_x_shared_bytes", "decode_stage_symbols", "split_gemv_staged",
-                   "stream_shared")
+                   "stream_shared", "stage_word_stores")
 
 
 @contextlib.contextmanager

@@ -507,6 +507,18 @@ def test_stream_shared_is_a_clamped_setting():
         _C.stream_shared(before)
 
 
+def test_stage_word_stores_is_a_clamped_setting():
+    before = _C.stage_word_stores()
+    try:
+        assert before == 1  # the default
+        assert _C.stage_word_stores(0) == 0 and _C.stage_word_stores(7) == 1 and _C.stage_word_stores() == 1
+        with cuda_ops.kernel_settings(stage_word_stores=0):
+            assert _C.stage_word_stores() == 0
+        assert _C.stage_word_stores() == 1
+    finally:
+        _C.stage_word_stores(before)
+
+
 def test_stream_layout_gives_the_longest_chunk():
     """StreamLayout.max_chunk_words, what a GEMV warp's stream stage holds: the largest of the
     index's chunk sizes (u16 each, after the super offsets)."""

@@ -375,6 +375,56 @@ struct RunByteSink {
   }
 };
 
+// A lane's symbols into a warp's stage in shared memory a 32-bit word at a time, where
+// RunByteSink stores each entry's three bytes: a warp's byte stores land at ~random banks (lane
+// runs lie ~m/32 apart), ~3.5 shared-memory wavefronts each, so three an entry cost more than an
+// entry's instructions issue (an estimate; bench/gpu_suite.py times both: _C.stage_word_stores).
+// Here the entry's bytes join the pending word, and only a word the lane has filled is stored:
+// ~0.3-0.4 stores an entry. The bytes of the word the lane's range starts in that lie before it
+// are stored as 0 with its first full word; they are the previous lanes' last bytes, which those
+// lanes store byte by byte in finish(), after the warp's __syncwarp, as each lane does its own
+// last partial word (and, if it never filled a word, its bytes after its start). No two lanes
+// store the same word in the loop: a lane stores only words that end inside its range. The
+// stage (16-byte aligned) then holds exactly what RunByteSink leaves there.
+struct WordRunSink {
+  uint32_t* at;     // the word the pending bytes fill
+  uint32_t* first;  // the word the lane's range starts in
+  uint32_t head;    // bytes of that word before the range
+  uint32_t fill;    // bits of *at pending: 8 x (bytes before the range there + symbols put), < 32
+  uint32_t lo;      // *at's pending bytes
+  PYCODEC_HD void init(uint8_t* stage, uint32_t start) {
+    at = first = reinterpret_cast<uint32_t*>(stage) + (start >> 2);
+    head = start & 3u;
+    fill = 8 * head;
+    lo = 0;
+  }
+  PYCODEC_HD void put(uint32_t e, uint32_t) {
+    const uint32_t symbols = e & 0xFFFFFFu;  // absent slots are 0
+    lo |= symbols << fill;
+#if defined(__CUDA_ARCH__)
+    const uint32_t spill = __funnelshift_l(symbols, 0u, fill);  // what passes the word: symbols >> (32 - fill)
+#else
+    const uint32_t spill = fill ? symbols >> (32 - fill) : 0u;
+#endif
+    fill += 8 * entry_count(e);
+    if (fill >= 32) {  // the word is whole (fill <= 31 + 24: one word at most an entry)
+#if defined(__CUDA_ARCH__)
+      *at++ = lo;
+#else
+      std::memcpy(at++, &lo, 4);  // the emulation's stage is a byte vector
+#endif
+      lo = spill;
+      fill -= 32;
+    }
+  }
+  PYCODEC_HD void put_run(uint32_t e, uint32_t at_symbol) { put(e, at_symbol); }
+  // After every lane of the warp has put its symbols (__syncwarp between).
+  PYCODEC_HD void finish() {
+    uint8_t* bytes = reinterpret_cast<uint8_t*>(at);
+    for (uint32_t b = at == first ? head : 0u; b < fill / 8; ++b) bytes[b] = uint8_t(lo >> (8 * b));
+  }
+};
+
 // Whether a sink has put_run (decode_count's unconditional writes).
 template <class Sink, class = void>
 struct HasPutRun {

@@ -64,13 +64,26 @@ inline bool emulate_chunk_lanes(const StreamView& s, const ChunkView& v, const u
 
 // A chunk's symbols decoded into a stage as the staged kernels do (decode_chunk_symbols): zeros
 // where a lane refused to decode. Returns false if a lane overran its window.
+// kWordStores (the kernels' default, _C.stage_word_stores): each lane's WordRunSink, finished
+// after every lane has decoded (the kernels' __syncwarp); else RunByteSink. The same stage either way.
+template <bool kWordStores = true>
 inline bool emulate_stage_chunk(const StreamView& s, const ChunkView& v, const uint8_t* count, const uint32_t* table,
                                 const uint8_t* lengths, std::vector<uint8_t>& stage) {
-  stage.assign(v.m, 0);
-  return emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t, StageReader& reader, LaneRange r) {
-    RunByteSink sink{stage.data() + r.start};
-    decode_count(table, lengths, reader, r.count, sink);
+  stage.assign((v.m + 3) & ~3u, 0);  // whole words (WordRunSink stores only words inside [0, m))
+  WordRunSink sinks[kMaxLanes];
+  const bool ok = emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t l, StageReader& reader, LaneRange r) {
+    if constexpr (kWordStores) {
+      sinks[l].init(stage.data(), r.start);
+      decode_count(table, lengths, reader, r.count, sinks[l]);
+    } else {
+      RunByteSink sink{stage.data() + r.start};
+      decode_count(table, lengths, reader, r.count, sink);
+    }
   });
+  if constexpr (kWordStores)
+    for (uint32_t l = 0; l < s.lanes; ++l) sinks[l].finish();
+  stage.resize(v.m);
+  return ok;
 }
 
 // A warp's slots[row][b][lane] summed over the lanes by the kernels' butterfly, into y with the

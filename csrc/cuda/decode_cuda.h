@@ -110,6 +110,11 @@ uint32_t split_gemv_staged();
 //   chunk's words; the CPU emulation reads a copy, as the default).
 uint32_t set_stream_shared(uint32_t on);
 uint32_t stream_shared();
+// stage word stores: 1 (default) has the staged decodes (decode to symbols or to a split weight's
+//   floats, the staged lossless GEMV) store each lane's symbols into the warp's stage a 32-bit word
+//   at a time (windowed.h: WordRunSink), 0 byte by byte. The same stage either way.
+uint32_t set_stage_word_stores(uint32_t on);
+uint32_t stage_word_stores();
 
 // y = x W^T for a lossless split bf16 weight (value entries hold values[s] << low).
 Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_table_dev, const uint32_t* table_dev,

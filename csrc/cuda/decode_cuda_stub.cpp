@@ -30,6 +30,9 @@ uint32_t split_gemv_staged() { return staged_gemv; }
 static uint32_t stream_shared_on = 1;
 uint32_t set_stream_shared(uint32_t on) { return exchange(stream_shared_on, clamp_setting(on, 0, 1)); }
 uint32_t stream_shared() { return stream_shared_on; }
+static uint32_t word_stores_on = 1;
+uint32_t set_stage_word_stores(uint32_t on) { return exchange(word_stores_on, clamp_setting(on, 0, 1)); }
+uint32_t stage_word_stores() { return word_stores_on; }
 Status decode_symbols(const DeviceStream&, uint8_t*, uintptr_t) { return Status::BadArgument; }
 Status windowed_decode(const windowed::StreamView&, const uint32_t*, uint8_t*, uint32_t*, uintptr_t) {
   return Status::BadArgument;

@@ -141,19 +141,20 @@ __device__ __forceinline__ windowed::LaneRange warp_lane_range(const ChunkView& 
 // overran is zeroed first, so that what the lane refuses reads as symbol 0 (as in an unstaged
 // output, which starts as zeros).
 // words: the warp's copy of the chunk's words (stage_chunk_words; staged_words of them), or null to
-// read them in place.
+// read them in place. word_stores (kClear only, warp-uniform): dst is the warp's 16-byte aligned stage
+// in shared memory, stored a word at a time (windowed.h: WordRunSink); else byte by byte.
 template <bool kClear>
 __device__ __forceinline__ void decode_chunk_symbols(uint8_t* dst, const ChunkView& v, const StreamView& s,
                                                      const windowed::LaneRange& r, const uint32_t* table,
                                                      const uint8_t* aux, uint32_t lane, const uint32_t* words,
-                                                     uint32_t staged_words) {
+                                                     uint32_t staged_words, bool word_stores = false) {
   if (kClear && __any_sync(kFullMask, r.overrun)) {
     for (uint32_t i = lane; i < v.m; i += 32) dst[i] = 0;
     __syncwarp();
   }
-  if (lane < s.lanes) {
+  const auto decode = [&](auto& sink) {
+    if (lane >= s.lanes) return;
     const uint64_t first_bit = lane * windowed::lane_window_bits(v.n_words, s.lanes);
-    windowed::RunByteSink sink{dst + r.start};
     if (words) {  // warp-uniform
       windowed::StageReader reader;
       reader.init(words, staged_words, first_bit);
@@ -163,6 +164,16 @@ __device__ __forceinline__ void decode_chunk_symbols(uint8_t* dst, const ChunkVi
       reader.init(v.words, 0, first_bit);
       windowed::decode_count(table, aux, reader, r.count, sink);
     }
+  };
+  if (kClear && word_stores) {
+    windowed::WordRunSink sink;
+    sink.init(dst, lane < s.lanes ? r.start : 0u);
+    decode(sink);
+    __syncwarp();  // every lane's whole words, before the last bytes (which share words with them)
+    if (lane < s.lanes) sink.finish();
+  } else {
+    windowed::RunByteSink sink{dst + r.start};
+    decode(sink);
   }
 }
 
@@ -212,7 +223,7 @@ enum class DecodeTo { kSymbols, kStagedSymbols, kStagedSplit };
 template <DecodeTo kTo>
 __global__ void decode_kernel(const StreamView s, const uint32_t* __restrict__ table, uint8_t* __restrict__ out,
                               uint32_t* __restrict__ status, uint32_t stage_bytes, uint32_t stream_words,
-                              const windowed::SplitDecodeArgs split) {
+                              uint32_t word_stores, const windowed::SplitDecodeArgs split) {
   constexpr bool kStaged = kTo != DecodeTo::kSymbols;
   __shared__ __align__(16) uint32_t table_smem[windowed::kTableSize];
   __shared__ __align__(16) uint8_t aux_smem[kAuxBytes];
@@ -244,7 +255,7 @@ __global__ void decode_kernel(const StreamView s, const uint32_t* __restrict__ t
   if (r.overrun) atomicOr(status, 1u);
   __syncwarp();
   decode_chunk_symbols<kStaged>(kStaged ? stage : out + v.first, v, s, r, table_smem, aux_smem, lane, words,
-                                staged_words);
+                                staged_words, word_stores != 0);
   if constexpr (kStaged) {
     __syncwarp();
     if constexpr (kTo == DecodeTo::kStagedSplit)
@@ -365,7 +376,8 @@ __global__ void gemv_kernel(const StreamView s, const Args a, const Entry* __res
 template <int B, bool kXShared>
 __global__ void staged_split_gemv_kernel(const StreamView s, const windowed::SplitArgs a,
                                          const uint64_t* __restrict__ values, const uint32_t* __restrict__ table,
-                                         uint32_t max_rows, uint32_t stage_bytes, uint32_t stream_words) {
+                                         uint32_t max_rows, uint32_t stage_bytes, uint32_t stream_words,
+                                         uint32_t word_stores) {
   __shared__ __align__(16) uint32_t table_smem[windowed::kTableSize];
   __shared__ __align__(16) uint8_t aux_smem[kAuxBytes];
   __shared__ uint16_t value_smem[256];
@@ -402,7 +414,7 @@ __global__ void staged_split_gemv_kernel(const StreamView s, const windowed::Spl
   const uint32_t staged_words = words ? stage_chunk_words(words, v, stream, lane) : 0;
   const windowed::LaneRange r = warp_lane_range(v, s, table_smem, aux_smem, lane);
   __syncwarp();
-  decode_chunk_symbols<true>(stage, v, s, r, table_smem, aux_smem, lane, words, staged_words);
+  decode_chunk_symbols<true>(stage, v, s, r, table_smem, aux_smem, lane, words, staged_words, word_stores != 0);
   __syncwarp();
   float* warp_slots = slots + size_t(warp) * max_rows * B * 32;
   using X = std::conditional_t<kXShared, windowed::XShared, windowed::XGlobal>;
@@ -633,6 +645,10 @@ Status launch_x_placed(const StreamView& s, size_t fixed, size_t per_warp, size_
 
 std::atomic<uint32_t> stream_shared_setting{1};
 
+// Whether the staged decodes store their stages a word at a time (windowed.h: WordRunSink).
+std::atomic<uint32_t> stage_word_stores_setting{1};
+uint32_t word_stores() { return stage_word_stores_setting.load(std::memory_order_relaxed); }
+
 // The words of each warp's stream stage the setting asks for (0: lanes read in place); a launch
 // still drops it where a block of one warp does not fit with it.
 uint32_t wanted_stream_words(const StreamView& s) {
@@ -685,7 +701,7 @@ Status launch_staged_split(const StreamView& s, const windowed::SplitArgs& a, co
   if (stream_words && block_warps(s, 0, per_warp + 4 * size_t(stream_words), dynamic_max) == 0) stream_words = 0;
   return launch_x_placed<staged_split_gemv_kernel<B, true>, staged_split_gemv_kernel<B, false>>(
       s, 0, per_warp + 4 * size_t(stream_words), size_t(a.k + windowed::kXPadRows) * B * sizeof(float), dynamic_max,
-      cs, a, values, table, max_rows, stage_bytes, stream_words);
+      cs, a, values, table, max_rows, stage_bytes, stream_words, word_stores());
 }
 
 Status dispatch_staged_split(uint32_t batch, const StreamView& s, const windowed::SplitArgs& a, const uint64_t* values,
@@ -742,6 +758,9 @@ uint32_t split_gemv_staged() { return staged_gemv_setting.load(std::memory_order
 uint32_t set_stream_shared(uint32_t on) { return stream_shared_setting.exchange(clamp_setting(on, 0, 1)); }
 uint32_t stream_shared() { return stream_shared_setting.load(std::memory_order_relaxed); }
 
+uint32_t set_stage_word_stores(uint32_t on) { return stage_word_stores_setting.exchange(clamp_setting(on, 0, 1)); }
+uint32_t stage_word_stores() { return word_stores(); }
+
 Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev, uint8_t* out_dev,
                        uint32_t* status_dev, uintptr_t stream) {
   Status st = windowed::check_decode(s, table_dev, out_dev, status_dev);
@@ -762,7 +781,8 @@ Status windowed_decode(const windowed::StreamView& s, const uint32_t* table_dev,
     const Status opted = opt_in_smem<decltype(kernel)::value>(smem, device_smem - kStaticDecodeSmem);
     if (opted != Status::Ok) return opted;
     decltype(kernel)::value<<<grid_of(s, warps), warps * 32, smem, cs>>>(s, table_dev, out_dev, status_dev,
-                                                                        symbol_bytes, stream_words, none);
+                                                                        symbol_bytes, stream_words, word_stores(),
+                                                                        none);
     return from_cuda(cudaGetLastError());
   };
   using Staged = std::integral_constant<decltype(&decode_kernel<DecodeTo::kStagedSymbols>),
@@ -808,7 +828,7 @@ Status windowed_decode_split(const windowed::StreamView& s, const uint32_t* tabl
   st = opt_in_smem<kKernel>(smem, device_smem - fixed);
   if (st != Status::Ok) return st;
   kKernel<<<grid_of(s, warps), warps * 32, smem, reinterpret_cast<cudaStream_t>(stream)>>>(
-      s, table_dev, reinterpret_cast<uint8_t*>(a.out), status_dev, stage_bytes, stream_words, a);
+      s, table_dev, reinterpret_cast<uint8_t*>(a.out), status_dev, stage_bytes, stream_words, word_stores(), a);
   return from_cuda(cudaGetLastError());
 }
 

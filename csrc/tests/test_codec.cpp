@@ -23,6 +23,7 @@
 #include "../codec/rans.h"
 #include "../codec/split.h"
 #include "../codec/windowed.h"
+#include "../codec/windowed_emulate.h"
 
 using namespace pycodec;
 
@@ -1669,6 +1670,50 @@ static void test_byte_split() {
   CHECK(!split_decode_bytes(a, value));
 }
 
+// WordRunSink (the staged kernels' default stage stores: a word at a time, the last bytes after
+// the warp's __syncwarp) leaves exactly the stage RunByteSink leaves, on valid chunks of 1 to 32
+// lanes (runs starting at every byte of a word, lanes shorter than a word, empty lanes) and on
+// mutated payloads (lanes that refuse, garbled ranges), with the stage sized to m (ASan).
+static void test_word_stage_stores() {
+  using namespace windowed;
+  std::mt19937 rng(47);
+  uint64_t chunks = 0, differ = 0;
+  for (uint32_t lanes : {1u, 3u, 7u, 16u, 32u}) {
+    for (uint32_t chunk : {37u, 203u, 977u, 4096u}) {
+      const auto sym = gaussian_symbols(3 * chunk + 5, 0.6 + lanes % 4, lanes * 7 + chunk);
+      std::vector<uint8_t> blob;
+      const uint64_t shape[2] = {1, sym.size()};
+      EncodeOptions opt;
+      opt.lanes = lanes;
+      opt.chunk_symbols = chunk;
+      CHECK(encode(sym.data(), shape, 2, opt, &blob) == Status::Ok);
+      StreamInfo info;
+      CHECK(parse_header(blob.data(), blob.size(), &info) == Status::Ok);
+      alignas(16) uint32_t table[kDecodeTableEntries + 64 + kDecodeTableEntries / 4];
+      uint8_t* lengths = reinterpret_cast<uint8_t*>(table + kDecodeTableEntries);
+      CHECK(build_decode_table(blob.data(), blob.size(), table, lengths, lengths + 256) == Status::Ok);
+      for (int trial = 0; trial < 25; ++trial) {
+        std::vector<uint8_t> b = blob;
+        for (int k = 0; trial > 0 && k < 1 + trial % 3; ++k)  // trial 0: the valid stream
+          b[info.payload_offset + rng() % (b.size() - info.payload_offset)] = uint8_t(rng());
+        KernelStream ks;
+        kernel_stream(b, info, &ks);
+        for (uint64_t c = 0; c < info.n_chunks; ++c) {
+          const ChunkView v = chunk_view(ks.view, c);
+          std::vector<uint8_t> words, bytes;
+          const bool ok_words = emulate_stage_chunk<true>(ks.view, v, lengths + 256, table, lengths, words);
+          const bool ok_bytes = emulate_stage_chunk<false>(ks.view, v, lengths + 256, table, lengths, bytes);
+          ++chunks;
+          differ += words != bytes || ok_words != ok_bytes;
+          if (trial == 0)
+            CHECK(ok_words && std::equal(words.begin(), words.end(), sym.begin() + v.first));
+        }
+      }
+    }
+  }
+  CHECK(chunks > 1000 && differ == 0);
+}
+
 int main() {
   test_package_merge_limits_lengths();
   test_package_merge_optimal_on_dyadic();
@@ -1698,6 +1743,7 @@ int main() {
   test_split_decode_emulation();
   test_staged_split_gemv_emulation();
   test_byte_split();
+  test_word_stage_stores();
   test_affine_dequantization();
   test_affine_matvec();
   test_quantizers();

@@ -36,17 +36,20 @@ def test_build_has_cuda_kernels():
 
 
 @pytest.fixture(params=[("staged", 4), ("unstaged", 1), ("staged", 16), ("staged, counted", 4),
-                        ("staged, global stream", 4), ("unstaged, global stream", 4)], ids=str)
+                        ("staged, global stream", 4), ("unstaged, global stream", 4), ("staged, byte stores", 4)],
+                ids=str)
 def decode_staging(request, monkeypatch):
     """The instances of the decode kernel: chunks staged in shared memory and written out whole
     (the default up to 16384 symbols, _C.decode_stage_symbols) and written byte by byte (0); in
     blocks of the default 4 warps and of 16 or 1 (_C.warps_per_block); lane ranges from the lane
     starts (the default) or from the count pass ("counted": cuda_ops.LANE_STARTS off); each warp's
-    chunk words copied into shared memory (the default, _C.stream_shared) or read in place."""
+    chunk words copied into shared memory (the default, _C.stream_shared) or read in place; the
+    stage stored a word at a time (the default, _C.stage_word_stores) or byte by byte."""
     staging, warps = request.param
     monkeypatch.setattr(cuda_ops, "LANE_STARTS", "counted" not in staging)
     with cuda_ops.kernel_settings(warps_per_block=warps, decode_stage_symbols=16384 if staging.startswith("staged") else 0,
-                                  stream_shared=int("global stream" not in staging)):
+                                  stream_shared=int("global stream" not in staging),
+                                  stage_word_stores=int("byte stores" not in staging)):
         yield request.param
 
 
@@ -122,12 +125,14 @@ def test_fused_rate_with_escapes_equals_emulation_bitwise(batch, x_placement):
     np.testing.assert_array_equal(got, emulate_affine(packed, xe)[:batch])
 
 
-@pytest.fixture(params=[1, 0], ids=["staged", "fused"])
+@pytest.fixture(params=[(1, 1), (0, 1), (1, 0)], ids=["staged", "fused", "staged, byte stores"])
 def split_route(request):
-    """Both lossless GEMVs (_C.split_gemv_staged): the staged one where K % 8 == 0, and the fused one.
-    The emulation follows the same setting."""
-    with cuda_ops.kernel_settings(split_gemv_staged=request.param):
-        yield request.param
+    """Both lossless GEMVs (_C.split_gemv_staged): the staged one where K % 8 == 0, and the fused one;
+    the staged one's stage stored a word at a time (the default) and byte by byte
+    (_C.stage_word_stores, the same stage). The emulation follows the route setting."""
+    staged, word_stores = request.param
+    with cuda_ops.kernel_settings(split_gemv_staged=staged, stage_word_stores=word_stores):
+        yield staged
 
 
 @pytest.fixture(params=["smallest", "byte"])
@@ -140,7 +145,18 @@ def lossless_split(request):
 @pytest.mark.parametrize("n,k,batch,rows", [(64, 256, 1, 1), (40, 576, 4, 1), (9, 96, 2, 4), (1536, 576, 1, 1),
                                             (576, 1536, 8, 1), (256, 4096, 3, 1), (128, 12288, 2, 1),
                                             (30, 200, 16, 2), (20, 100, 5, 1)])
-def test_fused_split_equals_emulation_bitwise(n, k, batch, rows, x_placement, split_route, lossless_split):
+def test_fused_split_equals_emulation_bitwise(n, k, batch, rows, x_placement, split_route):
+    check_split_gemv(n, k, batch, rows, "smallest")
+
+
+@pytest.mark.parametrize("n,k,batch,rows", [(64, 256, 1, 1), (40, 576, 4, 1), (9, 96, 2, 4), (1536, 576, 1, 1),
+                                            (576, 1536, 8, 1), (128, 12288, 2, 1), (30, 200, 16, 2)])
+def test_byte_split_gemv_equals_emulation_bitwise(n, k, batch, rows, split_route):
+    """The byte split through the staged GEMV's byte-permute instance (and the fused GEMV), default settings."""
+    check_split_gemv(n, k, batch, rows, "byte")
+
+
+def check_split_gemv(n: int, k: int, batch: int, rows: int, lossless_split: str) -> None:
     from pycodec import gpu
 
     rng = rng_for("split-gpu", n, k, batch)
@@ -168,10 +184,13 @@ def test_fused_split_equals_emulation_bitwise(n, k, batch, rows, x_placement, sp
 @pytest.mark.parametrize("dtype,n,k,chunk_rows", [(torch.bfloat16, 4096, 4096, None), (torch.bfloat16, 37, 203, 3),
                                                   (torch.float16, 576, 1536, 2), (torch.bfloat16, 5, 9, 1),
                                                   (torch.bfloat16, 4, 65536, 1)])
-@pytest.mark.parametrize("stream", [1, 0], ids=["stream staged", "stream in place"])
-def test_decode_split_kernel_rebuilds_the_weight_bits(dtype, n, k, chunk_rows, warps, stream, lossless_split):
+@pytest.mark.parametrize("stream,word_stores", [(1, 1), (0, 1), (1, 0)],
+                         ids=["stream staged", "stream in place", "byte stores"])
+def test_decode_split_kernel_rebuilds_the_weight_bits(dtype, n, k, chunk_rows, warps, stream, word_stores,
+                                                      lossless_split):
     """windowed_decode_split on the GPU: the weight's exact bits, equal to decode + merge, in blocks
-    of 1, 4 or 16 warps; chunks off 16-byte lines (K = 203) and a 64 KiB chunk per warp."""
+    of 1, 4 or 16 warps; chunks off 16-byte lines (K = 203) and a 64 KiB chunk per warp; the stage
+    stored a word at a time (the default) or byte by byte."""
     from pycodec import gpu
 
     rng = rng_for("decode-split-gpu", n, k, str(dtype))
@@ -183,7 +202,7 @@ def test_decode_split_kernel_rebuilds_the_weight_bits(dtype, n, k, chunk_rows, w
     kb = {k_: v.cuda() for k_, v in gpu.kernel_buffers(packed, info).items()}
     p = to_cuda(packed)
     assert info.layout[5] <= cuda_ops.split_decode_max_chunk()
-    with cuda_ops.kernel_settings(warps_per_block=warps, stream_shared=stream):
+    with cuda_ops.kernel_settings(warps_per_block=warps, stream_shared=stream, stage_word_stores=word_stores):
         bits = cuda_ops.windowed_decode_split(p["symbols"], kb["table"], kb["value16"], p["raw"], list(info.layout),
                                               info.top)
     assert torch.equal(bits.cpu(), w.view(torch.int16).reshape(-1))
