@@ -7,7 +7,8 @@ Measured on the CUDA device at hand, everything in the same run:
     4096 x 4096 and 14336 x 4096, rate 3.5 and lossless, under each pycodec GPU kernel setting
     (x in shared memory or not; 4, 8 or 16 warps a block; each warp's chunk copied into shared
     memory or read in place: stream_shared; staged stages stored a word at a time or byte by byte:
-    stage_word_stores), and with lane ranges from the count pass instead of
+    stage_word_stores; rate at batch 1 through the staged or the fused GEMV: affine_gemv_staged),
+    and with lane ranges from the count pass instead of
     the lane starts ("counted": cuda_ops.LANE_STARTS off), beside bf16, outputs checked equal;
     "lossless byte" rows: the byte split (lossless_split="byte"), the kernels' byte instances;
   * decode: GB/s of decoded symbols of the v2 decode kernel on a 4096 x 14336 rate-3.5 stream and its
@@ -342,10 +343,10 @@ def settings_suite(rows: list | None = None, shapes=((4096, 4096), (14336, 4096)
     the fused one (split_gemv_staged=0), and in the byte split (its staged GEMV's byte instance);
     each also without lane starts ("counted", default settings)."""
     rows = [] if rows is None else rows
-    combos = [{"gemv_x_shared_bytes": x, "warps_per_block": w, "stream_shared": 1, "stage_word_stores": 1}
-              for x in (64 * 1024, 0) for w in (4, 8, 16)]
-    combos += [{"gemv_x_shared_bytes": 64 * 1024, "warps_per_block": 4, "stream_shared": 0, "stage_word_stores": 1},
-               {"gemv_x_shared_bytes": 64 * 1024, "warps_per_block": 4, "stream_shared": 1, "stage_word_stores": 0}]
+    base = {"gemv_x_shared_bytes": 64 * 1024, "warps_per_block": 4, "stream_shared": 1, "stage_word_stores": 1,
+            "affine_gemv_staged": 1}
+    combos = [{**base, "gemv_x_shared_bytes": x, "warps_per_block": w} for x in (64 * 1024, 0) for w in (4, 8, 16)]
+    combos += [{**base, "stream_shared": 0}, {**base, "stage_word_stores": 0}, {**base, "affine_gemv_staged": 0}]
     for out_f, in_f in shapes:
         dense = random_linear(out_f, in_f)
         bf16 = copy.deepcopy(dense).cuda()
@@ -374,6 +375,7 @@ def settings_suite(rows: list | None = None, shapes=((4096, 4096), (14336, 4096)
                                      "speedup_vs_bf16": base / ms if base and ms else None})
                         print(f"settings {out_f}x{in_f} b={batch} {label:22s} stream_shared {settings['stream_shared']} "
                               f"word_stores {settings['stage_word_stores']} "
+                              f"affine_staged {settings['affine_gemv_staged']} "
                               f"x_shared {settings['gemv_x_shared_bytes']:6d} "
                               f"warps {settings['warps_per_block']:2d}: {1e3 * (ms or math.nan):8.1f} us "
                               f"(bf16 {1e3 * (base or math.nan):.1f})", flush=True)

@@ -4,8 +4,8 @@ Decode, fused affine and lossless GEMVs at batch 1, 3 and 16, the tile kernel (s
 phases: racecheck's main subject) and the lossless split decode (exact path) at 40 and 128, on a
 few shapes and layouts, including a constant stream, many lanes on a short chunk, and escapes;
 lossless weights in the byte split too. The decode and GEMVs run under each kernel setting whose
-shared memory differs (staged decode, x in shared memory, the GEMVs' stream stage and the staged
-lossless GEMV, on and off; stages stored by words, whose last bytes follow a __syncwarp, and by
+shared memory differs (staged decode, x in shared memory, the GEMVs' stream stage, the staged lossless
+and affine GEMVs, on and off; stages stored by words, whose last bytes follow a __syncwarp, and by
 bytes; blocks of 4, 16 and 1 warps), with lane starts and (the last setting) with the count pass.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pycodec import CompressedLinear, CompressionConfig, cuda_ops  # noqa: E402
 
 SETTINGS = ({}, {"warps_per_block": 16},
             {"warps_per_block": 1, "decode_stage_symbols": 0, "gemv_x_shared_bytes": 0, "split_gemv_staged": 0,
-             "stream_shared": 0, "stage_word_stores": 0})
+             "stream_shared": 0, "stage_word_stores": 0, "affine_gemv_staged": 0})
 
 
 def main() -> None:

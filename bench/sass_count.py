@@ -18,9 +18,10 @@ into shared memory per iteration (as the decode kernel's loop, to global memory)
 converts one 16 x 16 A fragment and issues one MMA per batch tile of 8 (up to 4 per warp): per
 weight, loop * 32 lanes / 256 weights, times the warps that share a row tile's k-range
 (ceil(batch tiles / 4)).
-The staged lossless GEMV (staged_split_gemv_kernel): the count pass, the decode pass into shared
+The staged lossless GEMV (staged_gemv_kernel with SplitArgs): the count pass, the decode pass into shared
 memory, then its dot loop, 8 columns a lane per iteration ("staged" rows; "GEMV pass" = decode +
-dot). Staged decode loops store a word at a time (windowed.h: WordRunSink, the default), or each
+dot). The staged rate GEMV (staged_gemv_kernel with AffineArgs, batch 1: "rate ..., staged" rows) likewise,
+its dot loop a byte permute and an exact subtraction a weight. Staged decode loops store a word at a time (windowed.h: WordRunSink, the default), or each
 entry's bytes (_C.stage_word_stores(0)): the figures in brackets. The lossless split decode (windowed_decode_split): the count pass, the decode pass into shared
 memory (two multi-symbol entries per iteration), and the write-out loop (8 floats a lane per
 iteration; the widest of its per-width instances counts).
@@ -288,10 +289,10 @@ def main() -> None:
         "weights_per_merge_iteration": 8,
         "byte_split_merge_loop": byte_merge and byte_merge["instructions"],
         "weights_per_byte_split_merge_iteration": byte_merge and 2 * count(byte_merge["ops"], "PRMT")}
-    # The staged lossless GEMV (staged_split_gemv_kernel, x in shared memory: Lb1E): the staged decode,
+    # The staged lossless GEMV (staged_gemv_kernel with SplitArgs, x in shared memory: Lb1E): the staged decode,
     # then 8 columns a lane per iteration of its dot loop (the vector-x instance: 2B LDS.128 at B=1).
     for batch in (1, 4):
-        found = loops(kernel(v2, f"staged_split_gemv_kernelILi{batch}ELb1E"))
+        found = loops(kernel(v2, f"staged_gemv_kernelILi{batch}ELb1ENS_8windowed9SplitArgs"))
         dec = pick(found, lds_u8=0, lds_64=0, lds=STAGE_LDS, **WORD_STORES)
         dec_bytes = pick(found, lds_u8=0, lds_64=0, lds=STAGE_LDS, **BYTE_STORES)
         dots = [lp["instructions"] for lp in found if lp["ops"].count("LDS.64") == 1 and
@@ -309,6 +310,20 @@ def main() -> None:
             "dot_loop": min(dots) if dots else None, "weights_per_dot_iteration": 8,
             "byte_split_dot_loop": byte_dot and byte_dot["instructions"],
             "weights_per_byte_split_dot_iteration": byte_dot and byte_dot["ops"].count("FFMA") // batch, "batch": batch}
+    # The staged rate GEMV (staged_gemv_kernel with AffineArgs, batch 1, x in shared memory): the
+    # staged decode, then 8 columns a lane per piece (a byte permute and an exact subtraction a
+    # weight; nvcc unrolls it, so its weights per iteration are its FFMAs).
+    found = loops(kernel(v2, "staged_gemv_kernelILi1ELb1ENS_8windowed10AffineArgs"))
+    dec = pick(found, lds_u8=0, lds_64=0, lds=STAGE_LDS, **WORD_STORES)
+    dec_bytes = pick(found, lds_u8=0, lds_64=0, lds=STAGE_LDS, **BYTE_STORES)
+    affine_dots = [lp for lp in found if count(lp["ops"], "PRMT") and lp["ops"].count("FFMA") and
+                   lp["ops"].count("FFMA") % 8 == 0 and lp["ops"].count("LDS.128") and not count(lp["ops"], "STS")]
+    affine_dot = min(affine_dots, key=lambda lp: lp["instructions"] / lp["ops"].count("FFMA"), default=None)
+    result["kernels"]["gemv affine staged B=1"] = {
+        "count_loop": result["kernels"]["gemv affine B=1"]["count_loop"], "decode_loop": dec and dec["instructions"],
+        "decode_loop_byte_stores": dec_bytes and dec_bytes["instructions"],
+        "dot_loop": affine_dot and affine_dot["instructions"],
+        "weights_per_dot_iteration": affine_dot and affine_dot["ops"].count("FFMA"), "batch": 1}
     for tiles in (2, 4, 8, 16):
         found = loops(kernel(v2, f"tile_kernelILi{tiles}ELb0E"))
         decode = min((lp for lp in found if lp["ops"].count("LDS") == 2 and count(lp["ops"], "STS") >= 2 and
@@ -337,6 +352,18 @@ def main() -> None:
             result["per_symbol"][f"{model}, {mode}"] = {"kernel": label, "lane_instructions_per_symbol": per,
                                                         "count_pass": k["count_loop"] / (2 * y["codes_per_count_lookup"]),
                                                         "gemv_pass": k["gemv_loop"] / (2 * y["symbols_per_entry"])}
+
+    sa = result["kernels"]["gemv affine staged B=1"]
+    for model, modes in yields.items():
+        for mode, y in (m for m in modes.items() if m[0].startswith("rate")):
+            if sa["decode_loop"] and sa["dot_loop"]:
+                decode, dot = sa["decode_loop"] / (2 * y["symbols_per_entry"]), sa["dot_loop"] / sa["weights_per_dot_iteration"]
+                result["per_symbol"][f"{model}, {mode}, staged"] = {
+                    "kernel": "gemv affine staged B=1",
+                    "lane_instructions_per_symbol": sa["count_loop"] / (2 * y["codes_per_count_lookup"]) + decode + dot,
+                    "count_pass": sa["count_loop"] / (2 * y["codes_per_count_lookup"]), "gemv_pass": decode + dot,
+                    "gemv_pass_byte_stores": sa["decode_loop_byte_stores"] and
+                    sa["decode_loop_byte_stores"] / (2 * y["symbols_per_entry"]) + dot}
 
     def staged_passes(k: dict, y: dict, last: str, last_loop: int, weights: int) -> dict:
         """Per weight: count pass, decode pass into shared memory, and `last` (`weights` an iteration)."""

@@ -218,7 +218,7 @@ struct HostKernels {
   }
   static Status affine(const windowed::StreamView& s, const uint64_t* v, const uint32_t* t, const windowed::AffineArgs& a,
                        uint32_t b, uintptr_t) {
-    return host::windowed_gemv_affine(s, v, t, a, b);
+    return host::windowed_gemv_affine(s, v, t, a, b, cuda::affine_gemv_staged() != 0);
   }
   static Status split(const windowed::StreamView& s, const uint64_t* v, const uint32_t* t, const windowed::SplitArgs& a,
                       uint32_t b, uintptr_t) {
@@ -985,17 +985,22 @@ PYBIND11_MODULE(_C, m) {
         a.n_groups = groups;
         a.zero_broadcast = zero_broadcast;
         a.zero_in_values = windowed::affine_zero_in_values(zero_broadcast, a.zero[0]);
+        // as the op (cuda_ops._zero_folded): no prefix sums where the zero point lies whole in the values
+        if (zero_broadcast && a.zero_in_values != 0.f) a.prefix = nullptr;
         a.escape_row = ec.size ? rp : nullptr;
         a.escape_col = cp;
         a.escape_value = static_cast<const float*>(ev.ptr);
         a.n_escapes = uint32_t(ec.size);
         a.y = static_cast<float*>(o.ptr);
-        check(emulate_gemv_affine(static_cast<const uint8_t*>(b.ptr), size_t(b.size), a, batch), "emulate_gemv_affine");
+        check(emulate_gemv_affine(static_cast<const uint8_t*>(b.ptr), size_t(b.size), a, batch,
+                                  cuda::affine_gemv_staged() != 0),
+              "emulate_gemv_affine");
       },
       py::arg("blob"), py::arg("scale"), py::arg("zero"), py::arg("zero_broadcast"), py::arg("group_size"),
       py::arg("n_rows"), py::arg("k"), py::arg("x_t"), py::arg("prefix"), py::arg("batch"), py::arg("y"),
       py::arg("escape_row"), py::arg("escape_col"), py::arg("escape_value"),
-      "The fused affine GEMV kernel, emulated on the CPU lane by lane (bit-exact with the GPU).");
+      "The affine GEMV kernels, emulated on the CPU lane by lane (bit-exact with the GPU): the route "
+      "affine_gemv_staged picks, and, as the op, no prefix sums where the zero point lies whole in the values.");
 
   m.def(
       "emulate_decode",
@@ -1116,6 +1121,13 @@ PYBIND11_MODULE(_C, m) {
       "staged kernel (the chunk decoded into shared memory, then multiplied 8 columns a lane); 0: always the fused "
       "kernel. on sets it (clamped to 0..1); returns the value in use. The two add in different orders, so their "
       "outputs may differ in the last bits; the CPU emulation follows the setting.");
+  def_kernel_setting(
+      m, "affine_gemv_staged", "on", cuda::set_affine_gemv_staged, cuda::affine_gemv_staged,
+      "1 (default): affine GEMVs at batch 1 whose zero point lies whole in the values (rate mode's), with one group "
+      "a row, K a multiple of 8 and chunks of at most 16384 symbols take the staged kernel (the chunk decoded into shared "
+      "memory, then multiplied 8 columns a lane); 0: always the fused kernel. on sets it (clamped to 0..1); "
+      "returns the value in use. The two add in different orders, so their outputs may differ in the last bits; "
+      "the CPU emulation follows the setting.");
   def_kernel_setting(
       m, "stream_shared", "on", cuda::set_stream_shared, cuda::stream_shared,
       "1 (default): each warp of the GPU's v2 decodes and GEMVs (not the tile kernel) copies its chunk's words "

@@ -159,6 +159,45 @@ def test_emulated_rate_gemv_with_escapes(batch):
     assert rel < 1e-5 and rel_max < 1e-5, (rel, rel_max)
 
 
+@pytest.mark.parametrize("n,k,batch,rows", [(72, 576, 1, 1), (40, 384, 1, 2), (64, 1536, 16, 1), (96, 200, 1, 1),
+                                            (30, 64, 1, 4), (48, 256, 3, 1)])
+def test_rate_gemv_routes_agree_with_the_reference(n, k, batch, rows):
+    """Rate weights (zero folded into the values, one step a row) take the staged affine GEMV at
+    batch 1 where K % 8 == 0 (_C.affine_gemv_staged, the default) and the fused one otherwise or
+    with the setting off: both within float rounding of float64, escapes included; where both run
+    they add in different orders (so somewhere in the last bits), where only the fused one does,
+    the same bits."""
+    from pycodec.quant import unpack
+
+    rng = rng_for("rate-routes", n, k, batch)
+    w = rng.standard_normal((n, k)).astype(np.float32) * 0.02
+    w[rng.integers(0, n, 20), rng.integers(0, k, 20)] = 5.0
+    packed, _ = compress_weight(torch.from_numpy(w), CompressionConfig(mode="rate", bits=3.5, chunk_symbols=k * rows))
+    x = rng.standard_normal((batch, k)).astype(np.float32)
+    ref = x.astype(np.float64) @ unpack(packed).double().numpy().T
+    with cuda_ops.kernel_settings(affine_gemv_staged=1):
+        staged = emulate_affine(packed, x)
+    with cuda_ops.kernel_settings(affine_gemv_staged=0):
+        fused = emulate_affine(packed, x)
+    for y in (staged, fused):
+        rel, rel_max = errors(y, ref)
+        assert rel < 1e-5 and rel_max < 1e-5, (rel, rel_max)
+    assert np.array_equal(staged, fused) == (k % 8 != 0 or batch > 1)
+
+
+def test_int_gemv_takes_the_fused_route_either_way():
+    """Int weights keep per-group zero points (prefix sums): the staged route does not take them."""
+    rng = rng_for("int-route")
+    packed, _ = compress_weight(torch.from_numpy(rng.standard_normal((64, 512)).astype(np.float32)),
+                                CompressionConfig(mode="int", bits=4, group_size=128))
+    x = rng.standard_normal((2, 512)).astype(np.float32)
+    with cuda_ops.kernel_settings(affine_gemv_staged=1):
+        staged = emulate_affine(packed, x)
+    with cuda_ops.kernel_settings(affine_gemv_staged=0):
+        fused = emulate_affine(packed, x)
+    assert np.array_equal(staged, fused)
+
+
 def test_emulation_refuses_shapes_the_kernel_does_not_take():
     packed, _ = compress_weight(torch.randn(16, 64), CompressionConfig(mode="int", bits=4, group_size=64,
                                                                         chunk_symbols=64 * 16))

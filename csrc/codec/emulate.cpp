@@ -67,9 +67,21 @@ Status run_staged_split(const windowed::StreamView& s, const uint8_t* count, con
   });
 }
 
+// The staged affine GEMV (windowed_gemv.h: affine_gemv_stages) over a view, once the arguments
+// passed windowed::check_affine.
+Status run_staged_affine(const windowed::StreamView& s, const uint8_t* count, const uint32_t* multi,
+                         const uint8_t* lengths, const windowed::AffineArgs& a, uint32_t batch) {
+  return windowed::with_batch(batch, Status::BadArgument, [&](auto b) {
+    return windowed::emulate_staged_affine_gemv<decltype(b)::value>(s, count, multi, lengths, a)
+               ? Status::Ok
+               : Status::CorruptPayload;
+  });
+}
+
 }  // namespace
 
-Status emulate_gemv_affine(const uint8_t* blob, size_t len, const windowed::AffineArgs& a, uint32_t batch) {
+Status emulate_gemv_affine(const uint8_t* blob, size_t len, const windowed::AffineArgs& a, uint32_t batch,
+                           bool staged) {
   HostStream hs;
   Status st = hs.open(blob, len);
   if (st != Status::Ok) return st;
@@ -78,6 +90,8 @@ Status emulate_gemv_affine(const uint8_t* blob, size_t len, const windowed::Affi
   std::vector<uint64_t> value_table(windowed::kTableSize);
   build_value_table(hs.table.entry, hs.table.length, value, value_table.data());
   if ((st = windowed::check_affine(hs.view, value_table.data(), hs.count, a, batch)) != Status::Ok) return st;
+  if (staged && windowed::affine_gemv_stages(a, hs.view.chunk_symbols, batch))
+    return run_staged_affine(hs.view, hs.count, hs.table.entry, hs.table.length, a, batch);
   return run<windowed::AffineSink>(hs.view, hs.count, value_table.data(), hs.table.length, a, batch);
 }
 
@@ -158,10 +172,14 @@ Status windowed_decode_split(const windowed::StreamView& s, const uint32_t* tabl
 }
 
 Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value_table, const uint32_t* table,
-                            const windowed::AffineArgs& a, uint32_t batch) {
+                            const windowed::AffineArgs& a, uint32_t batch, bool staged) {
   const Status st = windowed::check_affine(s, value_table, table, a, batch);
   if (st != Status::Ok) return st;
   if (s.n_chunks && !windowed::tables_ok(value_table, aux_of(table) + 256)) return Status::BadTable;
+  if (staged && windowed::affine_gemv_stages(a, s.chunk_symbols, batch)) {
+    if (s.n_chunks && !windowed::tables_ok(table, aux_of(table) + 256)) return Status::BadTable;
+    return run_staged_affine(s, aux_of(table) + 256, table, aux_of(table), a, batch);
+  }
   return run<windowed::AffineSink>(s, aux_of(table) + 256, value_table, aux_of(table), a, batch);
 }
 

@@ -17,8 +17,11 @@ namespace pycodec {
 Status emulate_decode(const uint8_t* blob, size_t len, uint8_t* out, uint64_t out_len);
 
 // y = x W^T as the CUDA kernel computes it, for a format-v2 stream of affine symbols [n_rows, k]
-// (a.y receives [batch][n_rows]); batch 1..8 or 16.
-Status emulate_gemv_affine(const uint8_t* blob, size_t len, const windowed::AffineArgs& a, uint32_t batch);
+// (a.y receives [batch][n_rows]); batch 1..8 or 16. staged: the route the kernel takes with its
+// affine_gemv_staged setting on (the staged GEMV where windowed::affine_gemv_stages allows, else
+// the fused one); the two add in different orders.
+Status emulate_gemv_affine(const uint8_t* blob, size_t len, const windowed::AffineArgs& a, uint32_t batch,
+                           bool staged);
 
 // The same for a lossless split bf16 weight: symbols stream + values (n_values) + raw bits.
 // staged: the route the kernel takes with its split_gemv_staged setting on (the staged GEMV where
@@ -45,7 +48,7 @@ Status windowed_decode(const windowed::StreamView& s, const uint32_t* table, uin
 Status windowed_decode_split(const windowed::StreamView& s, const uint32_t* table, const windowed::SplitDecodeArgs& a,
                              uint32_t* status);
 Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value_table, const uint32_t* table,
-                            const windowed::AffineArgs& a, uint32_t batch);
+                            const windowed::AffineArgs& a, uint32_t batch, bool staged);
 Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_table, const uint32_t* table,
                            const windowed::SplitArgs& a, uint32_t batch, bool staged);
 Status split_merge(const uint8_t* symbols, uint64_t n, const uint16_t* values, const uint32_t* raw, uint64_t raw_words,

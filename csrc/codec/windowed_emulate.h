@@ -274,6 +274,31 @@ inline bool emulate_staged_split_gemv(const StreamView& s, const uint8_t* count,
   return ok;
 }
 
+// The staged affine GEMV (affine_gemv_stages) over a stream: each chunk's symbols into a stage
+// through the multi-symbol table, every lane's pieces (staged_affine_lane), the butterfly and escapes.
+template <int B>
+inline bool emulate_staged_affine_gemv(const StreamView& s, const uint8_t* count, const uint32_t* multi,
+                                       const uint8_t* lengths, const AffineArgs& a) {
+  std::vector<uint8_t> stage;
+  std::vector<float> slots;
+  bool ok = true;
+  const bool vec = (reinterpret_cast<uintptr_t>(a.x) & 15u) == 0;
+  for (uint64_t c = 0; c < s.n_chunks; ++c) {
+    const ChunkView v = chunk_view(s, c);
+    const uint32_t rows = v.m / a.k;
+    ok &= emulate_stage_chunk(s, v, count, multi, lengths, stage);
+    slots.assign(size_t(rows) * B * 32, 0.f);
+    for (uint32_t lane = 0; lane < 32; ++lane) {
+      if (vec)
+        staged_affine_lane<B, XGlobal, true>(a, stage.data(), a.x, v.first, rows, slots.data(), lane);
+      else
+        staged_affine_lane<B, XGlobal, false>(a, stage.data(), a.x, v.first, rows, slots.data(), lane);
+    }
+    emulate_warp_sums<B>(a, slots.data(), rows, uint32_t(v.first / a.k));
+  }
+  return ok;
+}
+
 template <int B, template <int, class> class Sink, class Args, class Entry>
 inline bool emulate_gemv(const StreamView& s, const uint8_t* count, const Entry* table, const uint8_t* lengths,
                          const Args& a) {

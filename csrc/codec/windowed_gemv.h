@@ -661,7 +661,7 @@ PYCODEC_HD void write_split_chunk(const SplitDecodeArgs& a, const uint16_t* valu
 
 // ---------------------------------------------------------------------------- lossless GEMV, staged
 
-// The lossless GEMV's staged route (windowed_cuda.cu: staged_split_gemv_kernel). The fused route
+// The lossless GEMV's staged route (windowed_cuda.cu: staged_gemv_kernel). The fused route
 // (SplitSink) multiplies each weight where its lane decodes it, so a warp's loads of x and of the
 // raw bits touch ~32 cache lines (lanes hold runs ~K/32 apart; ncu on an H200: most stall cycles
 // waited on L1). Here the warp decodes its chunk's symbols into a stage in shared memory (the
@@ -707,6 +707,31 @@ PYCODEC_HD void load_x_column(const float* p, float out[B]) {
   }
 }
 
+// The staged GEMVs' step: acc[b] += x[c + i][b] * weight(i) for the 8 columns of a piece, in
+// column order; xp is x at its first column (at B = 1, two vector loads where kVec).
+template <int B, class X, bool kVec, class Weight>
+PYCODEC_HD void piece_dot(const float* xp, Weight weight, float acc[B]) {
+  float xs8[kSplitPiece];
+  if (B == 1) {
+    if (kVec) {
+      X::load4(xp, xs8);
+      X::load4(xp + 4, xs8 + 4);
+    } else {
+      for (uint32_t i = 0; i < kSplitPiece; ++i) xs8[i] = X::load(xp + i);
+    }
+  }
+  for (uint32_t i = 0; i < kSplitPiece; ++i) {
+    const float w = weight(i);
+    if (B == 1) {
+      acc[0] = fmaf(xs8[i], w, acc[0]);
+    } else {
+      float xb[B];
+      load_x_column<B, X, kVec>(xp + i * B, xb);
+      for (int b = 0; b < B; ++b) acc[b] = fmaf(xb[b], w, acc[b]);
+    }
+  }
+}
+
 // One lane's share of a staged chunk: the chunk's `rows` rows are stage[0, rows * K) (weights
 // from tensor position `first`); its partial sums of each (row, b) go to slots[row][b][lane],
 // as SplitSink's do, for the same butterfly. Per piece: 8 symbols in one load, their raw
@@ -733,28 +758,11 @@ PYCODEC_HD void staged_split_lane(const SplitArgs& a, const uint16_t* value, con
                                      : raw_fields8(raw, bit0 + j * low);
       uint32_t pairs[4];  // kBytes: the piece's weights two to a word
       if (kBytes) byte_split_piece(sym, fields, pairs);
-      const float* xp = x + size_t(c) * B;
-      float xs8[kSplitPiece];
-      if (B == 1) {  // the piece's 8 columns of x: two vector loads
-        if (kVec) {
-          X::load4(xp, xs8);
-          X::load4(xp + 4, xs8 + 4);
-        } else {
-          for (uint32_t i = 0; i < kSplitPiece; ++i) xs8[i] = X::load(xp + i);
-        }
-      }
-      for (uint32_t i = 0; i < kSplitPiece; ++i) {
-        const float w = kBytes ? bits_float(i % 2 ? pairs[i / 2] & 0xFFFF0000u : pairs[i / 2] << 16)
-                               : bits_float((value[uint8_t(sym >> (8 * i))] |
-                                             (uint32_t(fields >> (64 - low * (i + 1))) & mask)) << 16);
-        if (B == 1) {
-          acc[0] = fmaf(xs8[i], w, acc[0]);
-        } else {
-          float xb[B];
-          load_x_column<B, X, kVec>(xp + i * B, xb);
-          for (int b = 0; b < B; ++b) acc[b] = fmaf(xb[b], w, acc[b]);
-        }
-      }
+      piece_dot<B, X, kVec>(x + size_t(c) * B, [&](uint32_t i) {
+        return kBytes ? bits_float(i % 2 ? pairs[i / 2] & 0xFFFF0000u : pairs[i / 2] << 16)
+                      : bits_float((value[uint8_t(sym >> (8 * i))] | (uint32_t(fields >> (64 - low * (i + 1))) & mask))
+                                   << 16);
+      }, acc);
     }
     for (int b = 0; b < B; ++b) slots[(r * B + b) * 32 + lane] = acc[b];
   }
@@ -778,6 +786,52 @@ inline bool split_decode_bytes(const SplitDecodeArgs& a, const uint16_t* value) 
   bool bytes = a.low == 8;
   for (uint32_t sym = 0; sym < 256; ++sym) bytes = bytes && byte_split_value(sym, value[sym]);
   return bytes;
+}
+
+// ---------------------------------------------------------------------------- affine GEMV, staged
+
+// The rate GEMV's staged route (windowed_cuda.cu: staged_gemv_kernel with AffineArgs), beside the
+// fused one (AffineSink). The fused GEMV loads x three times a table entry at banks that lanes
+// share (their runs lie ~K/32 apart), and a 64-bit value entry: ~17 shared-memory wavefronts an
+// entry against ~7 cycles of issue (an estimate, not a measurement). Here a warp decodes its
+// chunk's symbols into a stage (the decode kernel's pass 2), then lane j multiplies pieces j, j +
+// 32, ... of 8 columns: 8 symbols in one load, x in two vector loads, contiguous across the warp.
+// Only for weights whose zero point lies whole in the values (no prefix sums: rate mode's
+// broadcast 128) and one group a row (rate mode's one step a row), so a row's sum is s * sum x (q - zc);
+// and at batch 1: with B > 1, x's rows of B floats put the 8-column pieces of a warp's lanes 32 B
+// x B apart, on the same banks (B = 4: each 16-byte load of a column ~32 wavefronts, an estimate),
+// where the fused GEMV's x loads are not so aligned.
+PYCODEC_HD bool affine_gemv_stages(const AffineArgs& a, uint32_t chunk_symbols, uint32_t batch) {
+  return batch == 1 && !a.prefix && a.n_groups == 1 && a.k % kSplitPiece == 0 && chunk_symbols <= kStagedGemvMaxChunk;
+}
+
+// q - zc as a float, exactly, from symbol byte i of sym4: 0x4B0000qq is 2^23 + q, and `offset`
+// is 2^23 + zc (zc an integer 0..255: affine_zero_in_values), so one exact subtraction.
+PYCODEC_HD float affine_stage_value(uint32_t sym4, uint32_t i, float offset) {
+  return bits_float(byte_perm(sym4, 0x4B000000u, 0x7540u | i)) - offset;
+}
+
+// One lane's share of a staged affine chunk (affine_gemv_stages): its pieces of every row, summed
+// in column order per batch row, times the row's scale, into slots[row][b][lane] (AffineSink's
+// slots, for the same butterfly and escapes).
+template <int B, class X, bool kVec>
+PYCODEC_HD void staged_affine_lane(const AffineArgs& a, const uint8_t* stage, const float* x, uint64_t first,
+                                   uint32_t rows, float* slots, uint32_t lane) {
+  const float offset = 8388608.f + a.zero_in_values;
+  const uint32_t pieces = a.k / kSplitPiece, first_row = uint32_t(first / a.k);
+  for (uint32_t r = 0; r < rows; ++r) {
+    float acc[B];
+    for (int b = 0; b < B; ++b) acc[b] = 0.f;
+    for (uint32_t p = lane; p < pieces; p += 32) {
+      const uint32_t c = p * kSplitPiece;
+      const uint64_t sym = stage_symbols8(stage + r * a.k + c);
+      piece_dot<B, X, kVec>(x + size_t(c) * B, [&](uint32_t i) {
+        return affine_stage_value(uint32_t(sym >> (32 * (i / 4))), i % 4, offset);
+      }, acc);
+    }
+    const float s = half_to_float(PYCODEC_LOAD(a.scale + size_t(first_row + r) * a.n_groups));
+    for (int b = 0; b < B; ++b) slots[(r * B + b) * 32 + lane] = s * acc[b];
+  }
 }
 
 // ---------------------------------------------------------------------------- launch arguments

@@ -103,6 +103,11 @@ uint32_t decode_stage_symbols_limit();
 //   fused one. The two add in different orders; the host twins take the setting as an argument.
 uint32_t set_split_gemv_staged(uint32_t on);
 uint32_t split_gemv_staged();
+// affine gemv staged: 1 (default) sends batch-1 affine GEMVs whose zero point lies whole in the values
+//   (rate mode) to the staged kernel where windowed::affine_gemv_stages allows, 0 always to the fused one.
+//   The two add in different orders; the host twins take the setting as an argument.
+uint32_t set_affine_gemv_staged(uint32_t on);
+uint32_t affine_gemv_staged();
 // stream shared: 1 (default) has each warp of the v2 decodes and GEMVs (not the tile kernel)
 //   copy its chunk's words into shared memory with whole-line loads before its lanes read them
 //   (where a block of one warp fits with it), 0 lanes read their windows from global memory. The

@@ -27,6 +27,9 @@ uint32_t decode_stage_symbols_limit() { return stage_symbols; }
 static uint32_t staged_gemv = 1;
 uint32_t set_split_gemv_staged(uint32_t on) { return exchange(staged_gemv, clamp_setting(on, 0, 1)); }
 uint32_t split_gemv_staged() { return staged_gemv; }
+static uint32_t affine_staged = 1;
+uint32_t set_affine_gemv_staged(uint32_t on) { return exchange(affine_staged, clamp_setting(on, 0, 1)); }
+uint32_t affine_gemv_staged() { return affine_staged; }
 static uint32_t stream_shared_on = 1;
 uint32_t set_stream_shared(uint32_t on) { return exchange(stream_shared_on, clamp_setting(on, 0, 1)); }
 uint32_t stream_shared() { return stream_shared_on; }

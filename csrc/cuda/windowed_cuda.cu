@@ -368,19 +368,20 @@ __global__ void gemv_kernel(const StreamView s, const Args a, const Entry* __res
   warp_sums<B>(a, warp_slots, rows, first_row, lane);
 }
 
-// The lossless GEMV's staged route (windowed_gemv.h: staged_split_lane): each warp decodes its
-// chunk into a stage in shared memory (as decode_kernel<kStagedSplit>), then its lanes multiply
-// pieces of 8 columns, so that a warp's raw-bit and x loads are contiguous. Shared memory: the
-// multi-symbol table and code lengths + count table, each symbol's 16-bit value, the warps'
-// slots, their stages, and x where it fits (kXShared).
-template <int B, bool kXShared>
-__global__ void staged_split_gemv_kernel(const StreamView s, const windowed::SplitArgs a,
-                                         const uint64_t* __restrict__ values, const uint32_t* __restrict__ table,
-                                         uint32_t max_rows, uint32_t stage_bytes, uint32_t stream_words,
-                                         uint32_t word_stores) {
+// The staged GEMVs (windowed_gemv.h: staged_split_lane, lossless; staged_affine_lane, rate): each
+// warp decodes its chunk into a stage in shared memory (as decode_kernel's staged pass 2), then its
+// lanes multiply pieces of 8 columns, so that a warp's x loads (and raw-bit loads) are contiguous.
+// Shared memory: the multi-symbol table and code lengths + count table, (lossless) each symbol's
+// 16-bit value, the warps' slots, their stages, and x where it fits (kXShared). `values`: the value
+// entries, read by the lossless route only (each symbol's value, and whether it is a byte split).
+template <int B, bool kXShared, class Args>
+__global__ void staged_gemv_kernel(const StreamView s, const Args a, const uint64_t* __restrict__ values,
+                                   const uint32_t* __restrict__ table, uint32_t max_rows, uint32_t stage_bytes,
+                                   uint32_t stream_words, uint32_t word_stores) {
+  constexpr bool kSplit = std::is_same<Args, windowed::SplitArgs>::value;
   __shared__ __align__(16) uint32_t table_smem[windowed::kTableSize];
   __shared__ __align__(16) uint8_t aux_smem[kAuxBytes];
-  __shared__ uint16_t value_smem[256];
+  __shared__ uint16_t value_smem[kSplit ? 256 : 1];
   // slots, stages (each warp's symbols, then its stream stage where stream_words > 0), then (kXShared) x
   extern __shared__ __align__(16) unsigned char smem[];
   const uint32_t warps = blockDim.x / 32;
@@ -394,16 +395,20 @@ __global__ void staged_split_gemv_kernel(const StreamView s, const windowed::Spl
     stage_x<B>(x_smem, a.x, a.k);
     x = x_smem;
   }
-  for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) value_smem[i] = 0;  // symbols no entry names
+  if constexpr (kSplit)
+    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) value_smem[i] = 0;  // symbols no entry names
   bool tables_ok = load_tables(table_smem, aux_smem, table, reinterpret_cast<const uint8_t*>(table + windowed::kTableSize));
-  // Entries that share a first symbol store the same value (the value entries are built from the
-  // code: emulate.h, build_value_table), so which thread writes last does not matter.
-  bool mine = a.low == 8;  // whether the weight is a byte split (windowed_gemv.h: entry_is_byte_split), by a vote
-  for (uint32_t i = threadIdx.x; i < windowed::kTableSize; i += blockDim.x) {
-    windowed::split_value_of_entry(table_smem, values, i, value_smem);
-    mine = mine && windowed::entry_is_byte_split(table_smem, values, i);
+  bool bytes = false;  // lossless: whether the weight is a byte split (windowed_gemv.h: entry_is_byte_split), by a vote
+  if constexpr (kSplit) {
+    // Entries that share a first symbol store the same value (the value entries are built from the
+    // code: emulate.h, build_value_table), so which thread writes last does not matter.
+    bool mine = a.low == 8;
+    for (uint32_t i = threadIdx.x; i < windowed::kTableSize; i += blockDim.x) {
+      windowed::split_value_of_entry(table_smem, values, i, value_smem);
+      mine = mine && windowed::entry_is_byte_split(table_smem, values, i);
+    }
+    bytes = __syncthreads_and(mine);
   }
-  const bool bytes = __syncthreads_and(mine);
 
   const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   ChunkView v;
@@ -418,15 +423,23 @@ __global__ void staged_split_gemv_kernel(const StreamView s, const windowed::Spl
   __syncwarp();
   float* warp_slots = slots + size_t(warp) * max_rows * B * 32;
   using X = std::conditional_t<kXShared, windowed::XShared, windowed::XGlobal>;
-  const bool vec = (reinterpret_cast<uintptr_t>(x) & 15u) == 0, lane_bytes = windowed::staged_lane_bytes(bytes, v.first);
-  if (lane_bytes && vec)
-    windowed::staged_split_lane<B, X, true, true>(a, value_smem, stage, x, v.first, rows, warp_slots, lane);
-  else if (lane_bytes)
-    windowed::staged_split_lane<B, X, false, true>(a, value_smem, stage, x, v.first, rows, warp_slots, lane);
-  else if (vec)
-    windowed::staged_split_lane<B, X, true, false>(a, value_smem, stage, x, v.first, rows, warp_slots, lane);
-  else
-    windowed::staged_split_lane<B, X, false, false>(a, value_smem, stage, x, v.first, rows, warp_slots, lane);
+  const bool vec = (reinterpret_cast<uintptr_t>(x) & 15u) == 0;
+  if constexpr (kSplit) {
+    const bool lane_bytes = windowed::staged_lane_bytes(bytes, v.first);
+    if (lane_bytes && vec)
+      windowed::staged_split_lane<B, X, true, true>(a, value_smem, stage, x, v.first, rows, warp_slots, lane);
+    else if (lane_bytes)
+      windowed::staged_split_lane<B, X, false, true>(a, value_smem, stage, x, v.first, rows, warp_slots, lane);
+    else if (vec)
+      windowed::staged_split_lane<B, X, true, false>(a, value_smem, stage, x, v.first, rows, warp_slots, lane);
+    else
+      windowed::staged_split_lane<B, X, false, false>(a, value_smem, stage, x, v.first, rows, warp_slots, lane);
+  } else {
+    if (vec)
+      windowed::staged_affine_lane<B, X, true>(a, stage, x, v.first, rows, warp_slots, lane);
+    else
+      windowed::staged_affine_lane<B, X, false>(a, stage, x, v.first, rows, warp_slots, lane);
+  }
   __syncwarp();
   warp_sums<B>(a, warp_slots, rows, first_row, lane);
 }
@@ -683,14 +696,15 @@ Status dispatch_gemv(uint32_t batch, const StreamView& s, const Args& a, const E
 }
 
 std::atomic<uint32_t> staged_gemv_setting{1};
+std::atomic<uint32_t> affine_staged_setting{1};
 
 constexpr size_t kStaticStagedSmem = windowed::kTableSize * sizeof(uint32_t) + kAuxBytes + 256 * sizeof(uint16_t);
 
 // Shared memory of a staged GEMV block (its tables are static): per warp its slots and its stage,
 // then (kXShared) x.
-template <int B>
-Status launch_staged_split(const StreamView& s, const windowed::SplitArgs& a, const uint64_t* values,
-                           const uint32_t* table, cudaStream_t cs) {
+template <int B, class Args>
+Status launch_staged(const StreamView& s, const Args& a, const uint64_t* values, const uint32_t* table,
+                     cudaStream_t cs) {
   const uint32_t max_rows = s.chunk_symbols / a.k;
   const uint32_t stage_bytes = (s.chunk_symbols + 15u) & ~15u;
   const size_t device_smem = max_block_smem();
@@ -699,15 +713,16 @@ Status launch_staged_split(const StreamView& s, const windowed::SplitArgs& a, co
   // Each warp's stream stage after its symbols where a block of one warp fits with it (the setting).
   uint32_t stream_words = wanted_stream_words(s);
   if (stream_words && block_warps(s, 0, per_warp + 4 * size_t(stream_words), dynamic_max) == 0) stream_words = 0;
-  return launch_x_placed<staged_split_gemv_kernel<B, true>, staged_split_gemv_kernel<B, false>>(
+  return launch_x_placed<staged_gemv_kernel<B, true, Args>, staged_gemv_kernel<B, false, Args>>(
       s, 0, per_warp + 4 * size_t(stream_words), size_t(a.k + windowed::kXPadRows) * B * sizeof(float), dynamic_max,
       cs, a, values, table, max_rows, stage_bytes, stream_words, word_stores());
 }
 
-Status dispatch_staged_split(uint32_t batch, const StreamView& s, const windowed::SplitArgs& a, const uint64_t* values,
-                             const uint32_t* table, cudaStream_t cs) {
+template <class Args>
+Status dispatch_staged(uint32_t batch, const StreamView& s, const Args& a, const uint64_t* values,
+                       const uint32_t* table, cudaStream_t cs) {
   return windowed::with_batch(batch, Status::BadArgument, [&](auto b) {
-    return launch_staged_split<decltype(b)::value>(s, a, values, table, cs);
+    return launch_staged<decltype(b)::value>(s, a, values, table, cs);
   });
 }
 
@@ -754,6 +769,8 @@ uint32_t decode_stage_symbols_limit() { return decode_stage_symbols.load(std::me
 
 uint32_t set_split_gemv_staged(uint32_t on) { return staged_gemv_setting.exchange(clamp_setting(on, 0, 1)); }
 uint32_t split_gemv_staged() { return staged_gemv_setting.load(std::memory_order_relaxed); }
+uint32_t set_affine_gemv_staged(uint32_t on) { return affine_staged_setting.exchange(clamp_setting(on, 0, 1)); }
+uint32_t affine_gemv_staged() { return affine_staged_setting.load(std::memory_order_relaxed); }
 
 uint32_t set_stream_shared(uint32_t on) { return stream_shared_setting.exchange(clamp_setting(on, 0, 1)); }
 uint32_t stream_shared() { return stream_shared_setting.load(std::memory_order_relaxed); }
@@ -838,8 +855,10 @@ Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value
   if (st == Status::Ok) st = check_grid(s);
   if (st != Status::Ok || s.n_chunks == 0) return st;
   const uint8_t* aux = reinterpret_cast<const uint8_t*>(table_dev + windowed::kTableSize);
-  return dispatch_gemv<windowed::AffineSink>(batch, s, a, value_table_dev, aux,
-                                             reinterpret_cast<cudaStream_t>(stream));
+  const cudaStream_t cs = reinterpret_cast<cudaStream_t>(stream);
+  if (affine_staged_setting.load(std::memory_order_relaxed) && windowed::affine_gemv_stages(a, s.chunk_symbols, batch))
+    return dispatch_staged(batch, s, a, value_table_dev, table_dev, cs);
+  return dispatch_gemv<windowed::AffineSink>(batch, s, a, value_table_dev, aux, cs);
 }
 
 Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_table_dev, const uint32_t* table_dev,
@@ -850,7 +869,7 @@ Status windowed_gemv_split(const windowed::StreamView& s, const uint64_t* value_
   const uint8_t* aux = reinterpret_cast<const uint8_t*>(table_dev + windowed::kTableSize);
   const cudaStream_t cs = reinterpret_cast<cudaStream_t>(stream);
   if (staged_gemv_setting.load(std::memory_order_relaxed) && windowed::split_gemv_stages(a.k, s.chunk_symbols))
-    return dispatch_staged_split(batch, s, a, value_table_dev, table_dev, cs);
+    return dispatch_staged(batch, s, a, value_table_dev, table_dev, cs);
   return dispatch_gemv<windowed::SplitSink>(batch, s, a, value_table_dev, aux, cs);
 }
 

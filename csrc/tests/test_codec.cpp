@@ -79,6 +79,34 @@ static void kernel_stream(const std::vector<uint8_t>& blob, const StreamInfo& in
   ks->view.max_chunk_words = max_chunk_words(base, info);
 }
 
+// A 1 x n stream of `sym` in chunks of `chunk` symbols and `lanes` lanes, with its header and the
+// decode tables the kernels take (multi-symbol entries, code lengths, count table).
+struct LaneStream {
+  std::vector<uint8_t> blob;
+  StreamInfo info;
+  alignas(16) uint32_t table[kDecodeTableEntries + 64 + kDecodeTableEntries / 4];
+  const uint8_t* lengths() const { return reinterpret_cast<const uint8_t*>(table + kDecodeTableEntries); }
+  const uint8_t* count() const { return lengths() + 256; }
+};
+static void lane_stream(const std::vector<uint8_t>& sym, uint32_t lanes, uint32_t chunk, LaneStream* ls) {
+  const uint64_t shape[2] = {1, sym.size()};
+  EncodeOptions opt;
+  opt.lanes = lanes;
+  opt.chunk_symbols = chunk;
+  CHECK(encode(sym.data(), shape, 2, opt, &ls->blob) == Status::Ok);
+  CHECK(parse_header(ls->blob.data(), ls->blob.size(), &ls->info) == Status::Ok);
+  uint8_t* lengths = reinterpret_cast<uint8_t*>(ls->table + kDecodeTableEntries);
+  CHECK(build_decode_table(ls->blob.data(), ls->blob.size(), ls->table, lengths, lengths + 256) == Status::Ok);
+}
+
+// x as the GEMV kernels read it ([k + kXPadRows][batch], zero rows past k), uniform in [-1, 1).
+static std::vector<float> kernel_x(uint32_t k, uint32_t batch, std::mt19937& rng) {
+  std::vector<float> x((k + windowed::kXPadRows) * batch, 0.f);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  for (uint32_t i = 0; i < k * batch; ++i) x[i] = u(rng);
+  return x;
+}
+
 static double entropy_bits(const std::vector<uint8_t>& v) {
   double counts[256] = {0};
   for (uint8_t x : v) counts[x] += 1;
@@ -738,7 +766,7 @@ static void test_gemv_stream_stage() {
     y.assign(n_rows + 1, 7.f);  // canary at the end
     AffineArgs a{x.data(), prefix.data(), scale.data(), &zero, n_rows, k, group, groups, true, 128.f,
                  nullptr, nullptr, nullptr, 0, y.data()};
-    const Status st = host::windowed_gemv_affine(v, values.data(), table, a, 1);
+    const Status st = host::windowed_gemv_affine(v, values.data(), table, a, 1, false);
     CHECK((st == Status::Ok || st == Status::CorruptPayload) && y.back() == 7.f);
     return st;
   };
@@ -1448,17 +1476,11 @@ static void test_split_decode_emulation() {
   for (uint32_t lanes : {1u, 7u, 32u}) {
     for (uint32_t chunk : {203u, 1000u}) {
       const auto sym = gaussian_symbols(9000 + lanes, 1.5 + lanes % 3, lanes + chunk);
-      std::vector<uint8_t> blob;
-      const uint64_t shape[2] = {1, sym.size()};
-      EncodeOptions opt;
-      opt.lanes = lanes;
-      opt.chunk_symbols = chunk;
-      CHECK(encode(sym.data(), shape, 2, opt, &blob) == Status::Ok);
-      StreamInfo info;
-      CHECK(parse_header(blob.data(), blob.size(), &info) == Status::Ok);
-      alignas(16) uint32_t table[kDecodeTableEntries + 64 + kDecodeTableEntries / 4];
-      uint8_t* lengths = reinterpret_cast<uint8_t*>(table + kDecodeTableEntries);
-      CHECK(build_decode_table(blob.data(), blob.size(), table, lengths, lengths + 256) == Status::Ok);
+      LaneStream ls;
+      lane_stream(sym, lanes, chunk, &ls);
+      const std::vector<uint8_t>& blob = ls.blob;
+      const StreamInfo& info = ls.info;
+      const uint32_t* table = ls.table;
       const uint32_t low = 4 + rng() % 5;
       const uint64_t n = sym.size(), raw_words = (n * low + 31) / 32;
       std::vector<uint32_t> raw(raw_words + kSlackWords);
@@ -1528,9 +1550,7 @@ static void test_staged_split_gemv_emulation() {
     std::vector<uint32_t> raw(raw_words + kSlackWords);
     for (uint64_t w = 0; w < raw_words; ++w) raw[w] = rng();
     for (uint32_t batch : {1u, 3u, 16u}) {
-      std::vector<float> x((k + kXPadRows) * batch, 0.f);
-      std::uniform_real_distribution<float> u(-1.f, 1.f);
-      for (uint32_t i = 0; i < k * batch; ++i) x[i] = u(rng);
+      const std::vector<float> x = kernel_x(k, batch, rng);
       auto run = [&](const std::vector<uint8_t>& b, bool staged, std::vector<float>& y) {
         y.assign(size_t(batch) * n_rows + 1, 7.f);  // canary at the end
         SplitArgs a{x.data(), raw.data(), raw_words, n_rows, k, low, y.data()};
@@ -1617,9 +1637,7 @@ static void test_byte_split() {
   }
   CHECK(splits[0].plan.top == 8 && splits[0].plan.n_values == 256);
   for (uint32_t batch : {1u, 4u}) {
-    std::vector<float> x((k + kXPadRows) * batch, 0.f);
-    std::uniform_real_distribution<float> u(-1.f, 1.f);
-    for (uint32_t i = 0; i < k * batch; ++i) x[i] = u(rng);
+    const std::vector<float> x = kernel_x(k, batch, rng);
     std::vector<float> y[2];
     for (int which = 0; which < 2; ++which) {
       const Split& sp = splits[which];
@@ -1681,19 +1699,11 @@ static void test_word_stage_stores() {
   for (uint32_t lanes : {1u, 3u, 7u, 16u, 32u}) {
     for (uint32_t chunk : {37u, 203u, 977u, 4096u}) {
       const auto sym = gaussian_symbols(3 * chunk + 5, 0.6 + lanes % 4, lanes * 7 + chunk);
-      std::vector<uint8_t> blob;
-      const uint64_t shape[2] = {1, sym.size()};
-      EncodeOptions opt;
-      opt.lanes = lanes;
-      opt.chunk_symbols = chunk;
-      CHECK(encode(sym.data(), shape, 2, opt, &blob) == Status::Ok);
-      StreamInfo info;
-      CHECK(parse_header(blob.data(), blob.size(), &info) == Status::Ok);
-      alignas(16) uint32_t table[kDecodeTableEntries + 64 + kDecodeTableEntries / 4];
-      uint8_t* lengths = reinterpret_cast<uint8_t*>(table + kDecodeTableEntries);
-      CHECK(build_decode_table(blob.data(), blob.size(), table, lengths, lengths + 256) == Status::Ok);
+      LaneStream ls;
+      lane_stream(sym, lanes, chunk, &ls);
+      const StreamInfo& info = ls.info;
       for (int trial = 0; trial < 25; ++trial) {
-        std::vector<uint8_t> b = blob;
+        std::vector<uint8_t> b = ls.blob;
         for (int k = 0; trial > 0 && k < 1 + trial % 3; ++k)  // trial 0: the valid stream
           b[info.payload_offset + rng() % (b.size() - info.payload_offset)] = uint8_t(rng());
         KernelStream ks;
@@ -1701,8 +1711,8 @@ static void test_word_stage_stores() {
         for (uint64_t c = 0; c < info.n_chunks; ++c) {
           const ChunkView v = chunk_view(ks.view, c);
           std::vector<uint8_t> words, bytes;
-          const bool ok_words = emulate_stage_chunk<true>(ks.view, v, lengths + 256, table, lengths, words);
-          const bool ok_bytes = emulate_stage_chunk<false>(ks.view, v, lengths + 256, table, lengths, bytes);
+          const bool ok_words = emulate_stage_chunk<true>(ks.view, v, ls.count(), ls.table, ls.lengths(), words);
+          const bool ok_bytes = emulate_stage_chunk<false>(ks.view, v, ls.count(), ls.table, ls.lengths(), bytes);
           ++chunks;
           differ += words != bytes || ok_words != ok_bytes;
           if (trial == 0)
@@ -1712,6 +1722,51 @@ static void test_word_stage_stores() {
     }
   }
   CHECK(chunks > 1000 && differ == 0);
+}
+
+// The staged affine GEMV (rate weights: zero folded into the values, one group a row): within float
+// rounding of the fused one on a valid stream (the same terms, another order), and on mutated
+// payloads it stays inside its buffers (ASan) and returns rows or CorruptPayload.
+static void test_staged_affine_gemv_emulation() {
+  using namespace windowed;
+  std::mt19937 rng(53);
+  const uint32_t n_rows = 40, k = 384;
+  const std::vector<uint8_t> sym = rounded_normal(size_t(n_rows) * k, 128.0, 4.0, 255.0, rng);
+  std::vector<uint8_t> blob;
+  const uint64_t shape[2] = {n_rows, k};
+  EncodeOptions opt;
+  opt.chunk_symbols = 2 * k;
+  CHECK(encode(sym.data(), shape, 2, opt, &blob) == Status::Ok);
+  StreamInfo info;
+  CHECK(parse_header(blob.data(), blob.size(), &info) == Status::Ok);
+  std::vector<uint16_t> scale(n_rows);
+  for (uint32_t r = 0; r < n_rows; ++r) scale[r] = uint16_t(0x2000 + 64 * r);  // fp16 2^-7 and up
+  const uint16_t zero = 0x5800;                                                   // fp16 128
+  for (uint32_t batch : {1u, 5u, 16u}) {
+    const std::vector<float> x = kernel_x(k, batch, rng);
+    auto run = [&](const std::vector<uint8_t>& b, bool staged, std::vector<float>& y) {
+      y.assign(size_t(batch) * n_rows + 1, 7.f);  // canary at the end
+      AffineArgs a{x.data(), nullptr, scale.data(), &zero, n_rows, k, k, 1, true, 128.f,
+                   nullptr, nullptr, nullptr, 0, y.data()};
+      CHECK(affine_gemv_stages(a, info.chunk_symbols, batch) == (batch == 1));
+      return emulate_gemv_affine(b.data(), b.size(), a, batch, staged);
+    };
+    std::vector<float> ys, yf;
+    CHECK(run(blob, true, ys) == Status::Ok && run(blob, false, yf) == Status::Ok);
+    bool close = true, differ = false;
+    for (size_t i = 0; i + 1 < ys.size(); ++i) {
+      close &= std::fabs(ys[i] - yf[i]) <= 1e-5f * (1.f + std::fabs(yf[i]));
+      differ |= ys[i] != yf[i];
+    }
+    CHECK(close && differ == (batch == 1) && ys.back() == 7.f);  // batch > 1: the fused route both times
+    for (int trial = 0; trial < 30; ++trial) {
+      std::vector<uint8_t> bad = blob;
+      for (int j = 0; j < 1 + trial % 3; ++j)
+        bad[info.payload_offset + rng() % (bad.size() - info.payload_offset)] = uint8_t(rng());
+      const Status st = run(bad, true, ys);
+      CHECK((st == Status::Ok || st == Status::CorruptPayload) && ys.back() == 7.f);
+    }
+  }
 }
 
 int main() {
@@ -1744,6 +1799,7 @@ int main() {
   test_staged_split_gemv_emulation();
   test_byte_split();
   test_word_stage_stores();
+  test_staged_affine_gemv_emulation();
   test_affine_dequantization();
   test_affine_matvec();
   test_quantizers();

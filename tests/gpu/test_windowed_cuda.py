@@ -111,8 +111,16 @@ def test_fused_affine_equals_emulation_bitwise(n, k, bits, gs, sym, batch, rows,
     np.testing.assert_array_equal(got, emulate_affine(packed, x))
 
 
+@pytest.mark.parametrize("staged", [1, 0], ids=["staged at batch 1", "fused"])
 @pytest.mark.parametrize("batch", [1, 3, 8, 11, 16])
-def test_fused_rate_with_escapes_equals_emulation_bitwise(batch, x_placement):
+def test_fused_rate_with_escapes_equals_emulation_bitwise(batch, x_placement, staged):
+    """Rate weights: the staged GEMV at batch 1 (_C.affine_gemv_staged, the default), the fused one
+    at other batches or with the setting off; the emulation follows the setting."""
+    with cuda_ops.kernel_settings(affine_gemv_staged=staged):
+        check_rate_gemv(batch)
+
+
+def check_rate_gemv(batch: int) -> None:
     rng = rng_for("rate-gpu", batch)
     w = rng.standard_normal((300, 1536)).astype(np.float32) * 0.02
     w[rng.integers(0, 300, 50), rng.integers(0, 1536, 50)] = 5.0
