@@ -71,11 +71,8 @@ Status run_staged_split(const windowed::StreamView& s, const uint8_t* count, con
 // passed windowed::check_affine.
 Status run_staged_affine(const windowed::StreamView& s, const uint8_t* count, const uint32_t* multi,
                          const uint8_t* lengths, const windowed::AffineArgs& a, uint32_t batch) {
-  return windowed::with_batch(batch, Status::BadArgument, [&](auto b) {
-    return windowed::emulate_staged_affine_gemv<decltype(b)::value>(s, count, multi, lengths, a)
-               ? Status::Ok
-               : Status::CorruptPayload;
-  });
+  if (batch != 1) return Status::BadArgument;  // affine_gemv_stages: batch 1 only, as the kernel's one instance
+  return windowed::emulate_staged_affine_gemv<1>(s, count, multi, lengths, a) ? Status::Ok : Status::CorruptPayload;
 }
 
 }  // namespace

@@ -856,8 +856,9 @@ Status windowed_gemv_affine(const windowed::StreamView& s, const uint64_t* value
   if (st != Status::Ok || s.n_chunks == 0) return st;
   const uint8_t* aux = reinterpret_cast<const uint8_t*>(table_dev + windowed::kTableSize);
   const cudaStream_t cs = reinterpret_cast<cudaStream_t>(stream);
+  // batch 1 only (affine_gemv_stages), so only that instance is built
   if (affine_staged_setting.load(std::memory_order_relaxed) && windowed::affine_gemv_stages(a, s.chunk_symbols, batch))
-    return dispatch_staged(batch, s, a, value_table_dev, table_dev, cs);
+    return launch_staged<1>(s, a, value_table_dev, table_dev, cs);
   return dispatch_gemv<windowed::AffineSink>(batch, s, a, value_table_dev, aux, cs);
 }
 
