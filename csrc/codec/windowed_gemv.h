@@ -861,13 +861,16 @@ inline Status check_decode(const StreamView& s, const void* table, const void* o
   return s.n_chunks && (!out || !status || misaligned(status, 4)) ? Status::BadArgument : Status::Ok;
 }
 
-// Whether an entry and its count byte let every decoding loop make progress: each entry holds
-// a code, and outside a constant table each entry and count byte consumes bits. The kernels
-// check every entry of their tables once per block (the host twins once per call), so a table
-// that did not come from the stream's code (kernel_tables) cannot hang a loop.
+// Whether an entry and its count byte let every decoding loop make progress and stay in its
+// range: each entry holds 1..kMaxPerEntry codes (decode_count's steps take at most that many from
+// what is left; a larger count would wrap it and send the writes past the lane's range), and
+// outside a constant table each entry and count byte consumes bits. The kernels check every
+// entry of their tables once per block (the host twins once per call), so a table that did not
+// come from the stream's code (kernel_tables) can garble the output but never hang a loop nor
+// move a write or a read of x outside its buffer.
 template <class Entry>
 PYCODEC_HD bool table_entry_ok(Entry e, bool constant) {
-  return entry_count(e) >= 1 && (constant || entry_bits(e) >= 1);
+  return entry_count(e) >= 1 && entry_count(e) <= uint32_t(kMaxPerEntry) && (constant || entry_bits(e) >= 1);
 }
 PYCODEC_HD bool count_byte_ok(uint8_t c, bool constant) { return constant || count_bits(c) >= 1; }
 

@@ -1769,6 +1769,27 @@ static void test_staged_affine_gemv_emulation() {
   }
 }
 
+// A table whose entries claim more codes than an entry holds (not a code's table: only a caller
+// that builds its own) is refused by every twin's check, as the kernels refuse it per block:
+// decode_count would otherwise wrap its count and write past the lane's range (ASan saw it).
+static void test_tables_with_too_many_codes_are_refused() {
+  using namespace windowed;
+  const auto sym = gaussian_symbols(5000, 2.0, 3);
+  LaneStream ls;
+  lane_stream(sym, 32, 1000, &ls);
+  KernelStream ks;
+  kernel_stream(ls.blob, ls.info, &ks);
+  std::vector<uint8_t> out(sym.size());
+  uint32_t status = 0;
+  CHECK(host::windowed_decode(ks.view, ls.table, out.data(), &status) == Status::Ok && status == 0 && out == sym);
+  for (uint32_t count : {4u, 15u}) {
+    LaneStream bad = ls;
+    for (uint32_t v = 0; v < kTableSize; v += 7) bad.table[v] = (bad.table[v] & ~(15u << 24)) | (count << 24);
+    CHECK(!tables_ok(bad.table, bad.count()));
+    CHECK(host::windowed_decode(ks.view, bad.table, out.data(), &status) == Status::BadTable);
+  }
+}
+
 int main() {
   test_package_merge_limits_lengths();
   test_package_merge_optimal_on_dyadic();
@@ -1800,6 +1821,7 @@ int main() {
   test_byte_split();
   test_word_stage_stores();
   test_staged_affine_gemv_emulation();
+  test_tables_with_too_many_codes_are_refused();
   test_affine_dequantization();
   test_affine_matvec();
   test_quantizers();
