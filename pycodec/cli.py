@@ -455,7 +455,7 @@ def main(argv=None) -> None:
                         "rans writes v1 (slightly smaller, CPU decode)")
     c.add_argument("--lossless-split", choices=SPLITS, default="smallest",
                    help="lossless mode: 'smallest' cuts each 16-bit weight at the top bits that make it smallest; "
-                        "'byte' at its top byte: ~0.13 bits a weight more, about half the instructions per weight "
+                        "'byte' at its top byte: ~0.15 bits a weight more, about half the instructions per weight "
                         "in the GPU's lossless kernels")
     c.add_argument("--calibration", default=None, metavar="FILE|default",
                    help="int and rate modes: round each layer for its outputs on this text (GPTQ; rate mode also "

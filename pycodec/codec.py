@@ -102,7 +102,7 @@ def encode_split(bits: np.ndarray, coder: str = DEFAULT_CODER, chunk_symbols: in
     split: ``"smallest"`` cuts each tensor at the top bits that make it smallest (8..12);
     ``"byte"`` cuts at 8 and makes every top byte its own symbol (``values`` is 0..255), so a
     16-bit weight is its symbol byte and its raw byte: about half the GPU kernels' instructions
-    per weight for ~0.13 bits a weight more (split.h)."""
+    per weight for ~0.15 bits a weight more (split.h)."""
     if split not in SPLITS:
         raise CodecError(f"unknown split {split!r}: expected one of {SPLITS}")
     if coder not in CODERS:

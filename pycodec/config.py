@@ -43,8 +43,8 @@ class CompressionConfig:
     coder: ``"huffman"`` (stream format v2, what the GPU kernels decode) or ``"rans"`` (v1: a
     little smaller, decoded on the CPU; on a GPU only through a slower decode-then-matmul path).
     lossless_split: lossless mode: ``"smallest"`` cuts each 16-bit float weight at the top bits
-      that make it smallest; ``"byte"`` at its top byte, every top byte its own symbol: ~0.13
-      bits a weight more (SmolLM2 bf16 10.76 against 10.63), about half the instructions per
+      that make it smallest; ``"byte"`` at its top byte, every top byte its own symbol: ~0.15
+      bits a weight more (SmolLM2 bf16 10.78 against 10.63), about half the instructions per
       weight in the GPU's lossless kernels (bench/sass_count.py). Saved configs without it read
       ``"smallest"``, as they were made.
     exact_outputs: on a GPU, lossless weights are rebuilt and multiplied by cuBLAS, so outputs

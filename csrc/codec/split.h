@@ -19,8 +19,8 @@
 //   16-bit float is then its symbol byte and its raw byte, so a GPU kernel builds weights by
 //   byte permutes, with no value lookup and no shifts; and ~2.8-bit symbols give ~2.9 codes a
 //   12-bit table entry where the smallest split's ~4.6-bit ones give ~2.2: about half the
-//   instructions per weight of the lossless kernels (bench/sass_count.py), for ~0.13 bits a
-//   weight more (SmolLM2 bf16 10.76 against 10.63).
+//   instructions per weight of the lossless kernels (bench/sass_count.py), for ~0.15 bits a
+//   weight more (SmolLM2 bf16 10.78 against 10.63, bench/bench_lossless.py).
 // - Raw bits: field i (low = width - top bits) at bit offset i * low of a bit string of 32-bit
 //   little-endian words, most significant bit first, zero-padded to a whole word: the same
 //   convention as a stream payload, so a GPU lane reads both with one kind of bit reader.

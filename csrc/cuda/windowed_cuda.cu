@@ -1,6 +1,7 @@
 // pycodec CUDA kernels for format-v2 (windowed-lane Huffman) streams: symbol decode, fused
-// decode + dequant + GEMV for affine and lossless-split weights, and the split merge that
-// rebuilds exact bf16 weights.
+// decode + dequant + GEMV for affine and lossless-split weights, staged GEMVs (each warp's chunk
+// decoded into shared memory first: lossless weights, and rate weights at batch 1), and the split
+// merge that rebuilds exact bf16 weights.
 //
 // Read me first
 // - One warp per chunk; the 32 CUDA lanes are the format's lanes (windowed.h), lanes >= the
@@ -11,7 +12,9 @@
 //             lane too, so that its pass-2 count can be bounded by what its window holds) and a
 //             warp prefix sum of the counts, clamped to the chunk (5 shuffles);
 //     pass 2  every lane decodes exactly its symbols, with known positions, straight into its
-//             consumer (decode_count + a sink of windowed_gemv.h).
+//             consumer (decode_count + a sink of windowed_gemv.h), or into the warp's stage in
+//             shared memory a word at a time (windowed.h: WordRunSink; stage_word_stores) for the
+//             staged kernels, whose lanes then read the stage 8 contiguous symbols at a time.
 //   The lane code is the torch-free windowed.h / windowed_gemv.h, which the CPU emulation runs
 //   too (csrc/codec/windowed_emulate.h, tests/test_windowed_gemv.py): only the warp glue below is
 //   GPU-only.
