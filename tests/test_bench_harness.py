@@ -251,3 +251,20 @@ def test_bench_layout_counts_each_escape_once():
     rate = layout.measure("test", {"w": w.to(torch.bfloat16)})["rate 3.5"]
     assert 2.0 < rate["v2_bits_per_weight"] < 5.0
     assert rate["lane_starts_bits_per_weight"] > 0
+
+
+def test_settings_section_runs_every_combination(monkeypatch):
+    """gpu_suite's settings section on the CPU (modules' CPU forwards, a stand-in timer): every
+    layer under every setting combination gives a row, and every row the bits of its reference
+    (on the CPU the settings change nothing), so a slip in its bookkeeping shows before a lease."""
+    import torch
+
+    suite = load_suite()
+    monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
+    monkeypatch.setattr(suite, "DEVICE", "cpu")
+    monkeypatch.setattr(suite, "graph_ms", lambda fn: (fn(), 1e-3)[1])
+    rows = suite.settings_suite(shapes=((64, 128),), batches=(1, 2))
+    methods = {r["method"] for r in rows}
+    assert {"pycodec rate 3.5", "pycodec lossless byte", "pycodec lossless fused counted"} <= methods
+    assert len(rows) == 2 * (4 * 9 + 3) and all(r["same_bits"] for r in rows)
+    assert {r["affine_gemv_staged"] for r in rows} == {0, 1} and {r["stage_word_stores"] for r in rows} == {0, 1}
