@@ -168,6 +168,7 @@ LOSSLESS_VARIANTS = {"fused GEMV": ({"split_gemv_staged": 0}, (1, 16))}
 # The byte split's layers at fewer batches (the layers section is the one a time limit cuts): its
 # GEMV where it may beat bf16, its exact route (decode + cuBLAS) at a few.
 BYTE_SPLIT_BATCHES = {"pycodec lossless byte": (1, 2, 4, 8, 16, 32), "pycodec lossless byte exact": (1, 16, 64)}
+DEVICE = "cuda"  # the settings and layers sections' activations; tests/test_bench_harness.py runs them on the CPU
 
 
 def counted(build, *args):
@@ -300,7 +301,7 @@ def layer_suite(shapes, batches, peak, rows: list | None = None) -> list[dict]:
                     peers[label] = f"unavailable: {type(e).__name__}: {e}"
                     print(f"peer {label}: {peers[label]}", flush=True)
         for batch in batches:
-            x = torch.randn(batch, in_f, device="cuda", dtype=torch.bfloat16)
+            x = torch.randn(batch, in_f, device=DEVICE, dtype=torch.bfloat16)
             with torch.no_grad():
                 ref = variants["bf16 cuBLAS"][0](x).float()
                 base = None
@@ -336,7 +337,6 @@ def layer_suite(shapes, batches, peak, rows: list | None = None) -> list[dict]:
     return rows
 
 
-DEVICE = "cuda"  # the settings section's activations; tests/test_bench_harness.py runs it on the CPU
 
 
 def settings_suite(rows: list | None = None, shapes=((4096, 4096), (14336, 4096)), batches=(1, 4)) -> list[dict]:

@@ -268,3 +268,25 @@ def test_settings_section_runs_every_combination(monkeypatch):
     assert {"pycodec rate 3.5", "pycodec lossless byte", "pycodec lossless fused counted"} <= methods
     assert len(rows) == 2 * (4 * 9 + 3) and all(r["same_bits"] for r in rows)
     assert {r["affine_gemv_staged"] for r in rows} == {0, 1} and {r["stage_word_stores"] for r in rows} == {0, 1}
+
+
+def test_layers_section_runs_on_the_cpu(monkeypatch):
+    """gpu_suite's layers section on the CPU, peers absent (modules' CPU forwards, stand-in timers):
+    the byte split's rows only at their batches, every row near bf16's output."""
+    import torch
+
+    suite = load_suite()
+    monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
+    monkeypatch.setattr(suite, "DEVICE", "cpu")
+    monkeypatch.setattr(suite, "graph_ms", lambda fn: (fn(), 1e-3)[1])
+    monkeypatch.setattr(suite, "eager_ms", lambda fn: (fn(), 2e-3)[1])
+    monkeypatch.setattr(suite, "int4_peers", lambda: {})
+    monkeypatch.setattr(suite, "dfloat11_peer", lambda: "unavailable: not on this machine")
+    rows = suite.layer_suite([(64, 128)], [1, 16, 64], peak=None)
+    timed = [r for r in rows if "method" in r]
+    byte = {(r["method"], r["batch"]) for r in timed if "byte" in r["method"]}
+    assert byte == {("pycodec lossless byte", 1), ("pycodec lossless byte", 16),
+                    ("pycodec lossless byte exact", 1), ("pycodec lossless byte exact", 16),
+                    ("pycodec lossless byte exact", 64)}
+    assert all("error" not in r for r in timed), [r for r in timed if "error" in r]
+    assert all(r["rel_err_vs_bf16"] < 0.2 for r in timed)
