@@ -12,7 +12,9 @@ CUDA graphs capture it):
 
 Dispatch (one place, ``linear``):
   affine (int / rate), v2 stream, batch 1..16, chunks of whole rows
-        pycodec::windowed_gemv_affine: fused decode + dequant + GEMV, escapes in its epilogue
+        pycodec::windowed_gemv_affine: fused decode + dequant + GEMV, escapes in its epilogue (rate
+        weights at batch 1 where K % 8 == 0: the staged kernel, each chunk decoded into shared
+        memory first; _C.affine_gemv_staged(0) keeps the fused one)
   lossless split bf16, v2 stream, batch 1..16, not exact_outputs
         pycodec::windowed_gemv_split: decode + GEMV in one kernel (where K % 8 == 0 the staged
         kernel: chunks decoded into shared memory, then multiplied 8 columns a lane; else the
