@@ -85,7 +85,11 @@ fi
 if wanted gpu-tests; then
   # --confcutdir: tests/conftest.py turns on the Triton interpreter for the CPU suite, which the
   # GPU tests must not inherit (seen on an H200: every test errored at setup without it).
-  stage gpu-tests 240 "$OUT/gpu_tests.log" "$PY" -m pytest -q -p no:cacheprovider --confcutdir=tests/gpu -rfE tests/gpu
+  # The v2 kernels' file first (a time limit cuts the last files), the slowest tests listed at the end.
+  gpu_test_files=(tests/gpu/test_windowed_cuda.py)
+  for f in tests/gpu/test_*.py; do [ "$f" = tests/gpu/test_windowed_cuda.py ] || gpu_test_files+=("$f"); done
+  stage gpu-tests 240 "$OUT/gpu_tests.log" "$PY" -m pytest -q -p no:cacheprovider --confcutdir=tests/gpu -rfE \
+    --durations=15 "${gpu_test_files[@]}"
 fi
 
 if wanted smollm2; then

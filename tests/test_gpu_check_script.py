@@ -67,6 +67,11 @@ def test_every_stage_runs_and_passes(tmp_path):
         assert ran(calls, what), (what, calls)
     assert summary.count("rc=0") == 7, summary
     assert "smollm2" in summary and "skipped" in summary and not ran(calls, "gpu_smollm2.py")  # no parts carried
+    # every GPU test file, the v2 kernels' first (a time limit cuts the last ones)
+    (tests,) = [c for c in calls if "-m pytest" in c]
+    files = [a for a in tests.split() if a.startswith("tests/gpu/")]
+    assert files[0] == "tests/gpu/test_windowed_cuda.py"
+    assert sorted(files) == sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "gpu").glob("test_*.py"))
 
 
 @pytest.mark.parametrize("carried", [["smollm2.gguf.part1"], ["smollm2.gguf.part1", "smollm2.gguf.part2"]])
