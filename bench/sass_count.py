@@ -20,9 +20,11 @@ weight, loop * 32 lanes / 256 weights, times the warps that share a row tile's k
 (ceil(batch tiles / 4)).
 The staged lossless GEMV (staged_gemv_kernel with SplitArgs): the count pass, the decode pass into shared
 memory, then its dot loop, 8 columns a lane per iteration ("staged" rows; "GEMV pass" = decode +
-dot). The staged rate GEMV (staged_gemv_kernel with AffineArgs, batch 1: "rate ..., staged" rows) likewise,
-its dot loop a byte permute and an exact subtraction a weight. Staged decode loops store a word at a time (windowed.h: WordRunSink, the default), or each
-entry's bytes (_C.stage_word_stores(0)): the figures in brackets. The lossless split decode (windowed_decode_split): the count pass, the decode pass into shared
+dot). The staged rate GEMV (staged_gemv_kernel with AffineArgs, batch 1: "rate ..., staged"
+rows) likewise, its dot loop a byte permute and an exact subtraction a weight. Staged decode loops
+store a word at a time (windowed.h: WordRunSink, the default), or each entry's bytes
+(_C.stage_word_stores(0)): the figures in brackets. The lossless split decode
+(windowed_decode_split): the count pass, the decode pass into shared
 memory (two multi-symbol entries per iteration), and the write-out loop (8 floats a lane per
 iteration; the widest of its per-width instances counts).
 The byte split (CompressionConfig(lossless_split="byte"): top 8, every top byte its own symbol) has
