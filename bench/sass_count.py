@@ -300,11 +300,14 @@ def main() -> None:
         dots = [lp["instructions"] for lp in found if lp["ops"].count("LDS.64") == 1 and
                 lp["ops"].count("LDS.U16") == 8 and lp["ops"].count("FFMA") == 8 * batch and
                 lp["ops"].count("LDS.128") and not count(lp["ops"], "STS")]
-        # The byte split's instance (staged_split_lane<..., kBytes>): permutes instead of value lookups;
-        # nvcc unrolls it, so its weights per iteration are its FFMAs over the batch.
-        byte_dots = [lp for lp in found if count(lp["ops"], "PRMT") and not lp["ops"].count("LDS.U16") and
-                     lp["ops"].count("FFMA") and lp["ops"].count("FFMA") % (8 * batch) == 0 and
-                     lp["ops"].count("LDS.128") and not count(lp["ops"], "STS")]
+        # The byte split's instance (staged_split_lane<..., kBytes>): at batch 1 permutes instead of
+        # value lookups, above it a column a lane at a time (staged_byte_columns_lane: a symbol byte and
+        # a raw byte a weight); nvcc unrolls them, so their weights per iteration are their FFMAs over
+        # the batch.
+        byte_dots = [lp for lp in found if not lp["ops"].count("LDS.U16") and lp["ops"].count("FFMA") and
+                     lp["ops"].count("LDS.128") and not count(lp["ops"], "STS") and
+                     (count(lp["ops"], "PRMT") and lp["ops"].count("FFMA") % (8 * batch) == 0 if batch == 1 else
+                      lp["ops"].count("LDS.U8") and lp["ops"].count("FFMA") % batch == 0)]
         byte_dot = min(byte_dots, key=lambda lp: lp["instructions"] * batch / lp["ops"].count("FFMA"), default=None)
         result["kernels"][f"gemv lossless staged B={batch}"] = {
             "count_loop": result["kernels"]["gemv affine B=1"]["count_loop"], "decode_loop": dec and dec["instructions"],

@@ -222,10 +222,11 @@ def test_linear_split_fused_matches_reference(host_ops, fused_only, batch, stage
 
 @pytest.mark.parametrize("batch", [1, 4, 16])
 def test_byte_split_gemv_gives_the_smallest_splits_sums(host_ops, fused_only, batch):
-    """The byte split (lossless_split="byte") takes the staged GEMV's byte instance (permutes, no
-    value lookups; the kernel votes on its values) and sums the same weights in the same order as
-    the smallest split of the same weight: the same bits. With one value changed it is no longer a
-    byte split, and takes the general instance, to the same bits too."""
+    """The byte split (lossless_split="byte") takes the staged GEMV's byte instances (the kernel
+    votes on its values). At batch 1 (permutes, no value lookups) it sums the same weights in the
+    same order as the smallest split of the same weight: the same bits. Above, its lanes take
+    columns one at a time (x's rows of B floats would put pieces on the same banks): another
+    order, within float rounding."""
     rng = rng_for("byte-split", batch)
     n, k = 40, 576
     w = torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32) * 0.03).to(torch.bfloat16)
@@ -236,7 +237,7 @@ def test_byte_split_gemv_gives_the_smallest_splits_sums(host_ops, fused_only, ba
         ready, kernel, info = device_ready(packed)
         assert (info.top == 8) == (split == "byte")
         ys[split] = gpu.linear(x, ready, kernel, None, info)
-    assert torch.equal(ys["byte"], ys["smallest"])
+    assert torch.equal(ys["byte"], ys["smallest"]) == (batch == 1)
     assert rel_error(ys["byte"], x.double() @ w.double().T) < 1e-6
 
 

@@ -732,6 +732,33 @@ PYCODEC_HD void piece_dot(const float* xp, Weight weight, float acc[B]) {
   }
 }
 
+// A byte split's staged lane at B > 1: lane j takes columns j, j + 32, ... of each row, one at a
+// time, where pieces of 8 would put a warp's x loads on the same banks. x's rows are B floats,
+// so a piece's lanes sit 32 B x B apart: at B = 4 every lane's 16-byte load of a column falls on
+// the same four banks (32 wavefronts where 4 carry the warp's 512 bytes) or, from global
+// memory, on 32 lines. Here a warp's loads of a column step are contiguous: its symbols (32
+// bytes), its raw bytes (raw field i is byte i ^ 3 of the raw words: most significant first in
+// little-endian words) and x (32 x B floats). Weights in column order per lane, as the emulation.
+template <int B, class X, bool kVec>
+PYCODEC_HD void staged_byte_columns_lane(const SplitArgs& a, const uint8_t* stage, const float* x, uint64_t first,
+                                         uint32_t rows, float* slots, uint32_t lane) {
+  const uint8_t* raw_bytes = reinterpret_cast<const uint8_t*>(a.raw);
+  for (uint32_t r = 0; r < rows; ++r) {
+    float acc[B];
+    for (int b = 0; b < B; ++b) acc[b] = 0.f;
+    const uint8_t* row_symbols = stage + size_t(r) * a.k;
+    const uint64_t row_first = first + uint64_t(r) * a.k;
+    for (uint32_t c = lane; c < a.k; c += 32) {
+      const uint32_t symbol = row_symbols[c], field = PYCODEC_LOAD(raw_bytes + ((row_first + c) ^ 3u));
+      const float w = bits_float(symbol << 24 | field << 16);
+      float xb[B];
+      load_x_column<B, X, kVec>(x + size_t(c) * B, xb);
+      for (int b = 0; b < B; ++b) acc[b] = fmaf(xb[b], w, acc[b]);
+    }
+    for (int b = 0; b < B; ++b) slots[(r * B + b) * 32 + lane] = acc[b];
+  }
+}
+
 // One lane's share of a staged chunk: the chunk's `rows` rows are stage[0, rows * K) (weights
 // from tensor position `first`); its partial sums of each (row, b) go to slots[row][b][lane],
 // as SplitSink's do, for the same butterfly. Per piece: 8 symbols in one load, their raw
@@ -741,6 +768,7 @@ PYCODEC_HD void piece_dot(const float* xp, Weight weight, float acc[B]) {
 template <int B, class X, bool kVec, bool kBytes>
 PYCODEC_HD void staged_split_lane(const SplitArgs& a, const uint16_t* value, const uint8_t* stage, const float* x,
                                   uint64_t first, uint32_t rows, float* slots, uint32_t lane) {
+  if constexpr (kBytes && B > 1) return staged_byte_columns_lane<B, X, kVec>(a, stage, x, first, rows, slots, lane);
   const uint32_t low = kBytes ? 8u : a.low, mask = (1u << low) - 1u;
   const uint64_t first_bit = first * low;
   const uint32_t* raw = a.raw + (first_bit >> 5);

@@ -1578,7 +1578,8 @@ static void test_staged_split_gemv_emulation() {
 // them, and round-trips bit-exactly through encode_split and decode_split; its weights by byte
 // permutes (byte_split_piece, the kernels' selectors) are s << 8 | f; the staged lossless GEMV and
 // the split decode take its byte path (their emulation votes as the kernels do) and give the bits
-// of the general path: the GEMV the same sums as on the smallest split of the same weight.
+// of the general path: the GEMV at batch 1 the same sums as on the smallest split of the same
+// weight, at batch > 1 (columns one at a time) the same within float rounding.
 static void test_byte_split() {
   using namespace windowed;
   std::mt19937 rng(43);
@@ -1647,9 +1648,15 @@ static void test_byte_split() {
       CHECK(emulate_gemv_split(sp.blob.data(), sp.blob.size(), sp.plan.values, sp.plan.n_values, a, batch, true) ==
             Status::Ok);
     }
-    bool same = true;  // NaN row included: compare bits
-    for (size_t i = 0; i < y[0].size(); ++i) same &= std::memcmp(&y[0][i], &y[1][i], 4) == 0;
-    CHECK(same);
+    // Batch 1: the same sums in the same order, so the same bits (the NaN row too). Batch > 1: the
+    // byte split's lanes take columns one at a time (staged_byte_columns_lane), another order:
+    // within float rounding, the NaN row NaN in both.
+    bool same = true, close = true;
+    for (size_t i = 0; i < y[0].size(); ++i) {
+      same &= std::memcmp(&y[0][i], &y[1][i], 4) == 0;
+      close &= std::isnan(y[0][i]) ? std::isnan(y[1][i]) : std::fabs(y[0][i] - y[1][i]) <= 1e-5f * (1.f + std::fabs(y[1][i]));
+    }
+    CHECK(batch == 1 ? same : close && !same);
     // Mutated payloads through the byte instance: rows or CorruptPayload, inside the buffers (ASan).
     const Split& sp = splits[0];
     StreamInfo info;
