@@ -759,16 +759,13 @@ PYCODEC_HD void staged_byte_columns_lane(const SplitArgs& a, const uint8_t* stag
   }
 }
 
-// One lane's share of a staged chunk: the chunk's `rows` rows are stage[0, rows * K) (weights
-// from tensor position `first`); its partial sums of each (row, b) go to slots[row][b][lane],
-// as SplitSink's do, for the same butterfly. Per piece: 8 symbols in one load, their raw
-// fields in at most three, the 8 weights built as in write_split_chunk (kBytes: a byte split's,
-// by byte permutes, the same weights; its pieces' raw bytes are two whole words, so it needs
-// first % 4 == 0: staged_lane_bytes), then 8 multiply-adds per batch row in column order.
+// Pieces of a staged chunk (staged_split_lane): per piece, 8 symbols in one load, their raw
+// fields in at most three, the 8 weights built as in write_split_chunk (kBytes: a byte split's
+// at batch 1, by byte permutes, the same weights; its pieces' raw bytes are two whole words, so
+// it needs first % 4 == 0: staged_lane_bytes), then 8 multiply-adds per batch row in column order.
 template <int B, class X, bool kVec, bool kBytes>
-PYCODEC_HD void staged_split_lane(const SplitArgs& a, const uint16_t* value, const uint8_t* stage, const float* x,
-                                  uint64_t first, uint32_t rows, float* slots, uint32_t lane) {
-  if constexpr (kBytes && B > 1) return staged_byte_columns_lane<B, X, kVec>(a, stage, x, first, rows, slots, lane);
+PYCODEC_HD void staged_split_pieces_lane(const SplitArgs& a, const uint16_t* value, const uint8_t* stage,
+                                         const float* x, uint64_t first, uint32_t rows, float* slots, uint32_t lane) {
   const uint32_t low = kBytes ? 8u : a.low, mask = (1u << low) - 1u;
   const uint64_t first_bit = first * low;
   const uint32_t* raw = a.raw + (first_bit >> 5);
@@ -794,6 +791,19 @@ PYCODEC_HD void staged_split_lane(const SplitArgs& a, const uint16_t* value, con
     }
     for (int b = 0; b < B; ++b) slots[(r * B + b) * 32 + lane] = acc[b];
   }
+}
+
+// One lane's share of a staged chunk: the chunk's `rows` rows are stage[0, rows * K) (weights
+// from tensor position `first`); its partial sums of each (row, b) go to slots[row][b][lane],
+// as SplitSink's do, for the same butterfly. A byte split (kBytes) above batch 1 goes a column
+// at a time (staged_byte_columns_lane), anything else by pieces of 8 columns.
+template <int B, class X, bool kVec, bool kBytes>
+PYCODEC_HD void staged_split_lane(const SplitArgs& a, const uint16_t* value, const uint8_t* stage, const float* x,
+                                  uint64_t first, uint32_t rows, float* slots, uint32_t lane) {
+  if constexpr (kBytes && B > 1)
+    staged_byte_columns_lane<B, X, kVec>(a, stage, x, first, rows, slots, lane);
+  else
+    staged_split_pieces_lane<B, X, kVec, kBytes>(a, value, stage, x, first, rows, slots, lane);
 }
 
 // Whether a staged lossless GEMV's weight is a byte split: low 8 and, for each of the table's
