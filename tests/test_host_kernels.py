@@ -499,25 +499,19 @@ def test_decode_stage_symbols_is_a_clamped_setting():
         _C.decode_stage_symbols(before)
 
 
-def test_stream_shared_is_a_clamped_setting():
-    before = _C.stream_shared()
+@pytest.mark.parametrize("name", ["stream_shared", "stage_word_stores", "affine_gemv_staged", "split_gemv_staged"])
+def test_switch_settings_are_clamped(name):
+    """The on/off kernel settings: on by default, clamped to 0..1, set and restored by kernel_settings."""
+    setting = getattr(_C, name)
+    before = setting()
     try:
         assert before == 1  # the default
-        assert _C.stream_shared(0) == 0 and _C.stream_shared(7) == 1 and _C.stream_shared() == 1
+        assert setting(0) == 0 and setting(7) == 1 and setting() == 1
+        with cuda_ops.kernel_settings(**{name: 0}):
+            assert setting() == 0
+        assert setting() == 1
     finally:
-        _C.stream_shared(before)
-
-
-def test_stage_word_stores_is_a_clamped_setting():
-    before = _C.stage_word_stores()
-    try:
-        assert before == 1  # the default
-        assert _C.stage_word_stores(0) == 0 and _C.stage_word_stores(7) == 1 and _C.stage_word_stores() == 1
-        with cuda_ops.kernel_settings(stage_word_stores=0):
-            assert _C.stage_word_stores() == 0
-        assert _C.stage_word_stores() == 1
-    finally:
-        _C.stage_word_stores(before)
+        setting(before)
 
 
 def test_stream_layout_gives_the_longest_chunk():
