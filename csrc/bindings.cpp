@@ -950,10 +950,13 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "emulate_gemv_affine",
       [](py::buffer blob, py::buffer scale, py::buffer zero, bool zero_broadcast, uint32_t group_size, uint32_t n_rows,
-         uint32_t k, py::buffer x_t, py::buffer prefix, uint32_t batch, py::buffer y, py::buffer escape_row,
+         uint32_t k, py::buffer x_t, py::object prefix, uint32_t batch, py::buffer y, py::buffer escape_row,
          py::buffer escape_col, py::buffer escape_value) {
         const py::buffer_info b = contiguous_bytes(blob, false, "blob");
-        const py::buffer_info s = scale.request(), z = zero.request(), x = x_t.request(), p = prefix.request();
+        const py::buffer_info s = scale.request(), z = zero.request(), x = x_t.request();
+        // None: no prefix sums, as the op passes where the zero point lies whole in the values
+        const std::optional<py::buffer_info> p =
+            prefix.is_none() ? std::nullopt : std::optional<py::buffer_info>(prefix.cast<py::buffer>().request());
         const py::buffer_info o = y.request(true);
         const py::buffer_info er = escape_row.request(), ec = escape_col.request(), ev = escape_value.request();
         if (er.itemsize != 4 || ec.itemsize != 4 || ev.itemsize != 4 || er.size != py::ssize_t(n_rows) + 1 ||
@@ -971,12 +974,13 @@ PYBIND11_MODULE(_C, m) {
         const uint32_t groups = (k + group_size - 1) / group_size;
         if (s.itemsize != 2 || s.size != py::ssize_t(n_rows) * groups || z.itemsize != 2 ||
             z.size != (zero_broadcast ? 1 : s.size) || x.itemsize != 4 ||
-            x.size != py::ssize_t(k + windowed::kXPadRows) * batch || p.itemsize != 4 ||
-            p.size != py::ssize_t(k + 1) * batch || o.itemsize != 4 || o.size != py::ssize_t(batch) * n_rows)
+            x.size != py::ssize_t(k + windowed::kXPadRows) * batch ||
+            (p && (p->itemsize != 4 || p->size != py::ssize_t(k + 1) * batch)) || o.itemsize != 4 ||
+            o.size != py::ssize_t(batch) * n_rows)
           throw CodecException("emulate_gemv_affine: argument sizes do not match the weight and batch");
         windowed::AffineArgs a;
         a.x = static_cast<const float*>(x.ptr);
-        a.prefix = static_cast<const float*>(p.ptr);
+        a.prefix = p ? static_cast<const float*>(p->ptr) : nullptr;
         a.scale = static_cast<const uint16_t*>(s.ptr);
         a.zero = static_cast<const uint16_t*>(z.ptr);
         a.n_rows = n_rows;
@@ -985,8 +989,6 @@ PYBIND11_MODULE(_C, m) {
         a.n_groups = groups;
         a.zero_broadcast = zero_broadcast;
         a.zero_in_values = windowed::affine_zero_in_values(zero_broadcast, a.zero[0]);
-        // as the op (cuda_ops._zero_folded): no prefix sums where the zero point lies whole in the values
-        if (zero_broadcast && a.zero_in_values != 0.f) a.prefix = nullptr;
         a.escape_row = ec.size ? rp : nullptr;
         a.escape_col = cp;
         a.escape_value = static_cast<const float*>(ev.ptr);
@@ -1000,7 +1002,8 @@ PYBIND11_MODULE(_C, m) {
       py::arg("n_rows"), py::arg("k"), py::arg("x_t"), py::arg("prefix"), py::arg("batch"), py::arg("y"),
       py::arg("escape_row"), py::arg("escape_col"), py::arg("escape_value"),
       "The affine GEMV kernels, emulated on the CPU lane by lane (bit-exact with the GPU): the route "
-      "affine_gemv_staged picks, and, as the op, no prefix sums where the zero point lies whole in the values.");
+      "affine_gemv_staged picks. prefix: the prefix sums of x, or None where the op passes none (a broadcast zero "
+      "point that lies whole in the values).");
 
   m.def(
       "emulate_decode",

@@ -52,6 +52,8 @@ def emulate_affine(packed: dict, x: np.ndarray) -> np.ndarray:
     x_t, p = kernel_inputs(x)
     y = np.zeros((x.shape[0], info.n), np.float32)
     zero = packed["zero"]
+    if cuda_ops._zero_folded(zero, float(info.zero_in_values)):  # as the op: no prefix sums
+        p = None
     row = kb["escape_row"].numpy() if kb["escape_col"].numel() else np.zeros(info.n + 1, np.int32)
     _C.emulate_gemv_affine(packed["symbols"].numpy(), packed["scale"].numpy().view(np.uint16),
                            zero.numpy().view(np.uint16), tuple(zero.shape) == (1, 1), info.group_size, info.n, info.k,
