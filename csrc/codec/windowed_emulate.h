@@ -69,7 +69,7 @@ inline bool emulate_chunk_lanes(const StreamView& s, const ChunkView& v, const u
 template <bool kWordStores = true>
 inline bool emulate_stage_chunk(const StreamView& s, const ChunkView& v, const uint8_t* count, const uint32_t* table,
                                 const uint8_t* lengths, std::vector<uint8_t>& stage) {
-  stage.assign((v.m + 3) & ~3u, 0);  // whole words (WordRunSink stores only words inside [0, m))
+  stage.assign(v.m, 0);  // WordRunSink stores only words inside [0, m)
   WordRunSink sinks[kMaxLanes];
   const bool ok = emulate_chunk_lanes(s, v, count, table, lengths, [&](uint32_t l, StageReader& reader, LaneRange r) {
     if constexpr (kWordStores) {
@@ -82,7 +82,6 @@ inline bool emulate_stage_chunk(const StreamView& s, const ChunkView& v, const u
   });
   if constexpr (kWordStores)
     for (uint32_t l = 0; l < s.lanes; ++l) sinks[l].finish();
-  stage.resize(v.m);
   return ok;
 }
 
