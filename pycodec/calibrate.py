@@ -56,6 +56,8 @@ import torch
 from torch import nn
 
 from .codec import CodecError
+from .experts import compress_experts
+from .nn import is_conv1d, linear_weight
 from .quant import (ESCAPE_BITS, RATE_MAX_Q, RATE_ZERO, LayerStats, _constant_stream_bits, _RateEstimate,
                     _row_chunk_symbols, _row_sigma, _solve_log, _stream, _symbol_entropy_bits, coder_overhead,
                     pack_affine, packed_bits, quantize_int, sqnr_db, unpack)
@@ -102,20 +104,26 @@ def calibration_text(spec: str) -> tuple[list[str], str]:
     return paths, text
 
 
-def calibration_ids(tokenizer, text: str, n_tokens: int) -> torch.Tensor:
+def calibration_ids(tokenizer, text: str, n_tokens: int, max_positions: int | None = None) -> torch.Tensor:
     """The first n_tokens tokens of text as equal-length sequences [n_seq, seq_len] of about
-    CALIBRATION_SEQUENCE tokens (fewer tokens if the text is shorter)."""
+    CALIBRATION_SEQUENCE tokens, or at most ``max_positions`` (the model's context), fewer
+    tokens if the text is shorter."""
     if tokenizer is None:
         raise CodecError("calibration needs the model's tokenizer: compress_(model, config, tokenizer=tok)")
     ids = tokenizer(text, return_tensors="pt").input_ids.reshape(-1)[:n_tokens]
     if ids.numel() < 2:
         raise CodecError(f"the calibration text gives {ids.numel()} token(s); at least 2 are needed")
-    n_seq = math.ceil(ids.numel() / CALIBRATION_SEQUENCE)
+    longest = CALIBRATION_SEQUENCE if not max_positions else max(2, min(CALIBRATION_SEQUENCE, max_positions))
+    n_seq = math.ceil(ids.numel() / longest)
     seq_len = ids.numel() // n_seq
     return ids[:n_seq * seq_len].reshape(n_seq, seq_len)
 
 
 # ---------------------------------------------------------------------------- Hessians
+
+def _is_linear(m: nn.Module) -> bool:
+    return isinstance(m, nn.Linear) or is_conv1d(m)
+
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The stack of transformer blocks: the nn.ModuleList of blocks of one class that holds the
@@ -126,7 +134,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
             continue
         if len({type(block) for block in module}) != 1:
             continue
-        if not any(isinstance(m, nn.Linear) for m in module[0].modules()):
+        if not any(_is_linear(m) for m in module[0].modules()):
             continue
         size = sum(p.numel() for p in module.parameters())
         if size > best_size:
@@ -558,7 +566,7 @@ def output_sensitivity(model: nn.Module, names: list, ids: torch.Tensor, progres
     if embeddings is None or not callable(can_generate) or not can_generate():
         return None
     modules = dict(model.named_modules())
-    sums = {n: torch.zeros(modules[n].out_features, dtype=torch.float64) for n in names}
+    sums = {n: torch.zeros(linear_weight(modules[n]).shape[0], dtype=torch.float64) for n in names}
 
     def hook_for(name):
         def hook(module, inputs, output):
@@ -594,7 +602,7 @@ def output_sensitivity(model: nn.Module, names: list, ids: torch.Tensor, progres
         for h in handles:
             h.remove()
     tokens = ids.numel()
-    return {n: v / (modules[n].in_features * tokens) for n, v in sums.items()}
+    return {n: v / (linear_weight(modules[n]).shape[1] * tokens) for n, v in sums.items()}
 
 
 def _rate_distortion(w: torch.Tensor, sensitivity: torch.Tensor, coder: str, cs: torch.Tensor):
@@ -678,6 +686,17 @@ def _progress(iterable, desc: str, unit: str):
 
 # ---------------------------------------------------------------------------- the model
 
+def _max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the model's position embeddings take (GPT-2's n_positions), if it says."""
+    cfg = getattr(model, "config", None)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 def compress_calibrated(model: nn.Module, config, tokenizer=None, skip=None, progress: bool = True) -> dict:
     """pycodec.compress_ with calibration: the same modules are replaced (pycodec.nn.compression_plan),
     and the linears of the decoder layers are quantized in order, each on the inputs that the
@@ -687,19 +706,19 @@ def compress_calibrated(model: nn.Module, config, tokenizer=None, skip=None, pro
     bit_allocation="sensitivity", ``bits`` is the mean of those linears: allocate_bits splits it
     by output_sensitivity, measured first on the dense model. Returns compress_'s report, plus
     "calibration": {"texts": the files read, "tokens", "sequences", "bit_allocation"}."""
-    from .nn import (CompressedEmbedding, CompressedLinear, _compressed, _layer_report, _set_submodule,
-                     compression_plan, whole_model_report)
+    from .nn import (CompressedConv1D, CompressedEmbedding, CompressedLinear, _compressed, _layer_report, _plan,
+                     _set_submodule, is_conv1d, whole_model_report)
 
     layers = decoder_layers(model)
     paths, text = calibration_text(config.calibration)
-    ids = calibration_ids(tokenizer, text, config.calibration_tokens)
-    plan = compression_plan(model, config, skip)
+    ids = calibration_ids(tokenizer, text, config.calibration_tokens, _max_positions(model))
+    plan, kept_dense = _plan(model, config, skip)
     if not plan and any(isinstance(m, (CompressedLinear, CompressedEmbedding)) for m in model.modules()):
         raise CodecError("the model is already compressed (pycodec.decompress_ restores dense modules first)")
     n_parameters = sum(p.numel() for p in model.parameters())  # before compression: tied ones once
     in_layers = {id(m) for layer in layers for m in layer.modules()}
     calibrated = {id(m): (name, cfg) for name, m, cfg, shares in plan
-                  if id(m) in in_layers and isinstance(m, nn.Linear) and shares is None}
+                  if id(m) in in_layers and _is_linear(m) and shares is None}
     targets, allocation = {}, "uniform"
     if config.mode == "rate" and config.bit_allocation == "sensitivity" and calibrated:
         # Measured on the dense model, before anything is compressed: how much the loss cares
@@ -710,7 +729,8 @@ def compress_calibrated(model: nn.Module, config, tokenizer=None, skip=None, pro
             allocation = f"uniform ({type(model).__name__} does not predict next tokens)"
         else:
             modules = dict(model.named_modules())
-            targets = allocate_bits({n: modules[n].weight for n in names}, sensitivity, config.bits, config.coder)
+            targets = allocate_bits({n: linear_weight(modules[n]) for n in names}, sensitivity, config.bits,
+                                    config.coder)
             allocation = "sensitivity"
     reports, done = {}, {}
 
@@ -736,11 +756,12 @@ def compress_calibrated(model: nn.Module, config, tokenizer=None, skip=None, pro
                 by_config.setdefault(calibrated[id(linears[n])][1], []).append(n)
             for cfg, names in by_config.items():
                 modules = [linears[n] for n in names]
-                weights = [m.weight.detach().to(dtype) for m in modules]  # the values the model holds
+                weights = [linear_weight(m).detach().to(dtype).contiguous() for m in modules]  # the values it holds
                 bits = [targets.get(n, cfg.bits) for n in names]
-                for n, m, (packed, stats) in zip(names, modules,
-                                                 compress_weights_calibrated(weights, group.hessian, cfg, bits)):
-                    new = CompressedLinear(m.in_features, m.out_features, packed, m.bias, False, cfg.exact_outputs)
+                for n, m, w, (packed, stats) in zip(names, modules, weights,
+                                                    compress_weights_calibrated(weights, group.hessian, cfg, bits)):
+                    cls = CompressedConv1D if is_conv1d(m) else CompressedLinear
+                    new = cls(w.shape[1], w.shape[0], packed, m.bias, False, cfg.exact_outputs)
                     new.to(m.weight.device)
                     new.stats = stats
                     install(n, m, new)
@@ -750,8 +771,11 @@ def compress_calibrated(model: nn.Module, config, tokenizer=None, skip=None, pro
         if name not in done:
             install(name, module, _compressed(module, cfg or config, done[shares].packed() if shares else None), shares)
 
+    # Expert banks from their weights alone: the layer sweep calibrates linears.
+    reports.update(compress_experts(model, config, tuple(config.skip if skip is None else skip), progress))
     model.pycodec_config = config
-    report = whole_model_report(model, {name: reports[name] for name, *_ in plan}, config, n_parameters)
+    report = whole_model_report(model, {name: reports[name] for name, *_ in plan} | {
+        name: r for name, r in reports.items() if "experts" in r}, config, n_parameters, kept_dense, skip)
     report["calibration"] = {"texts": paths, "tokens": int(ids.numel()), "sequences": ids.shape[0],
                              "bit_allocation": allocation}
     return report

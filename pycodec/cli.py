@@ -291,14 +291,22 @@ def cmd_inspect(a) -> None:
         if entry.get("shares"):  # a tied module: its owner's row counts its weight
             rows[name] = {"shares": entry["shares"]}
             continue
-        keys = [f"{name}.{b}" for b in entry["buffers"]]
-        packed_keys.update(keys)
-        nbytes = sum(state[k].numel() * state[k].element_size() for k in keys if not k.endswith(".meta"))
-        meta = state[f"{name}.meta"].tolist()
-        rows[name] = {"shape": [meta[2], meta[3]], "bits_per_weight": 8 * nbytes / (meta[2] * meta[3])}
+        # An experts bank holds one packed weight per expert, under <bank>.<expert>.
+        parts = ([(f"{name}.{e}", shapes) for e, shapes in enumerate(entry["experts"])]
+                 if entry.get("class") == "CompressedExperts" else [(name, entry["buffers"])])
+        nbytes = n_weights = 0
+        for prefix, shapes in parts:
+            keys = [f"{prefix}.{b}" for b in shapes]
+            packed_keys.update(keys)
+            nbytes += sum(state[k].numel() * state[k].element_size() for k in keys if not k.endswith(".meta"))
+            meta = state[f"{prefix}.meta"].tolist()
+            n_weights += meta[2] * meta[3]
+        meta = state[f"{parts[0][0]}.meta"].tolist()
+        shape = [meta[2], meta[3]] if len(parts) == 1 else [len(parts), meta[2], meta[3]]
+        rows[name] = {"shape": shape, "bits_per_weight": 8 * nbytes / n_weights if n_weights else math.nan}
     coded = [r for r in rows.values() if "shape" in r]
-    total_w = sum(r["shape"][0] * r["shape"][1] for r in coded)
-    total_b = sum(r["bits_per_weight"] * r["shape"][0] * r["shape"][1] for r in coded)
+    total_w = sum(math.prod(r["shape"]) for r in coded)
+    total_b = sum(r["bits_per_weight"] * math.prod(r["shape"]) for r in coded)
     # The whole checkpoint: every stored byte over every parameter (dense tensors' elements plus
     # the compressed weights' shapes).
     stored = sum(t.numel() * t.element_size() for t in state.values())

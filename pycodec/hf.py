@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 
+import torch
+
 from transformers.quantizers import HfQuantizer
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 from transformers.quantizers.auto import register_quantization_config, register_quantizer
@@ -17,6 +19,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .config import CompressionConfig
 from .hub import QUANT_METHOD, _read_state, check_tensor, install_modules, retie_shared, verify_streams
+from .experts import CompressedExperts
 from .nn import COMPRESSED_MODULES
 
 
@@ -46,6 +49,19 @@ class PycodecHfQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model, **kwargs):
         install_modules(model, self.quantization_config.to_dict(), device=next(model.parameters()).device)
+        # transformers then initializes every module it did not see loaded, and a model's
+        # _init_weights may reach into a child's weight (GPT-2 rescales its c_proj's): until
+        # loading ends, each compressed module holds a weightless stand-in marked initialized,
+        # which transformers' init functions leave alone. Nothing of theirs is needed.
+        # An experts module whose banks are compressed is initialized by what loads (its biases).
+        for m in model.modules():
+            if isinstance(m, tuple(COMPRESSED_MODULES.values())):
+                m._is_hf_initialized = True
+                stand_in = torch.empty(0, device="meta")
+                stand_in._is_hf_initialized = True
+                m.__dict__["weight"] = stand_in
+            elif any(isinstance(c, CompressedExperts) for c in m.children()):
+                m._is_hf_initialized = True
         # A module that shares another's weight (a tied lm_head) has no tensors of its own in
         # the checkpoint: not "missing", it is tied after loading.
         shared = [re.escape(n) + r"\." for n, e in self.quantization_config.modules.items() if e.get("shares")]
@@ -55,6 +71,9 @@ class PycodecHfQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         modules = self.quantization_config.modules
+        for m in model.modules():
+            if isinstance(m, tuple(COMPRESSED_MODULES.values())):
+                m.__dict__.pop("weight", None)  # the stand-in of _process_model_before_weight_loading
         retie_shared(model, modules)  # the loader filled the owners' tensors, not the sharers'
         state = {f"{n}.{b}": t for n, m in model.named_modules() if isinstance(m, tuple(COMPRESSED_MODULES.values()))
                  and "shares" not in modules.get(n, {}) for b, t in m.packed().items()}

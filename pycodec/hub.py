@@ -18,7 +18,9 @@ from torch import nn
 
 from .codec import CodecError, _C
 from .config import CompressionConfig
-from .nn import COMPRESSED_MODULES, CompressedEmbedding, CompressedLinear, _packed_key, _set_submodule, buffer_dtype
+from .experts import CompressedExperts, use_implementation
+from .nn import (COMPRESSED_MODULES, CompressedConv1D, CompressedEmbedding, CompressedLinear, _packed_key,
+                 _set_submodule, buffer_dtype, embedding_scale, is_conv1d)
 
 QUANT_METHOD = "pycodec"
 WEIGHTS_NAME = "model.safetensors"
@@ -31,9 +33,20 @@ def _quantization_config(model: nn.Module) -> dict:
     if cfg is None:
         raise CodecError("model has not been compressed: call pycodec.compress_(model, config) first")
     modules, owners = {}, {}
+    banks = {name: m for name, m in model.named_modules() if isinstance(m, CompressedExperts)}
+    for name, bank in banks.items():
+        first = bank.linear(0)
+        modules[name] = {"class": "CompressedExperts", "transposed": bank.transposed,
+                         "in_features": first.in_features, "out_features": first.out_features,
+                         "experts": [{b: list(t.shape) for b, t in bank.linear(e).packed().items()}
+                                     for e in range(len(bank))]}
     for name, m in model.named_modules():
+        if name.rpartition(".")[0] in banks:  # listed with its bank
+            continue
         if isinstance(m, tuple(COMPRESSED_MODULES.values())):
             entry = {"class": type(m).__name__, "buffers": {b: list(t.shape) for b, t in m.packed().items()}}
+            if getattr(m, "output_scale", None) is not None:
+                entry["output_scale"] = list(m.output_scale)
             key = _packed_key(m)
             if key in owners:  # a tied weight: stored once, under the first module that holds it
                 entry["shares"] = owners[key]
@@ -280,33 +293,98 @@ def build_module(old: nn.Module, entry: dict, name: str, state: dict | None = No
     cls_name, shapes = entry.get("class"), entry.get("buffers")
     if cls_name not in COMPRESSED_MODULES or not isinstance(shapes, dict):
         raise CodecError(f"quantization_config entry for {name!r} is malformed: {entry!r:.200}")
-    expected = nn.Linear if cls_name == "CompressedLinear" else nn.Embedding
-    if not isinstance(old, expected):
+    fits = {"CompressedLinear": lambda m: isinstance(m, nn.Linear), "CompressedConv1D": is_conv1d,
+            "CompressedEmbedding": lambda m: isinstance(m, nn.Embedding)}[cls_name]
+    if not fits(old):
         raise CodecError(f"module {name!r} is a {type(old).__name__}, config says {cls_name}")
-    if state is None:
-        packed = {b: torch.empty(shape, dtype=buffer_dtype(b), device=device) for b, shape in shapes.items()}
-    else:
-        packed = {}
-        for b, shape in shapes.items():
-            key = f"{name}.{b}"
-            if key not in state:
-                raise CodecError(f"checkpoint lacks tensor {key!r}")
-            if list(state[key].shape) != list(shape):
-                raise CodecError(f"tensor {key!r} has shape {list(state[key].shape)}, config says {shape}")
-            packed[b] = state[key]
+    packed = _packed_of(name, shapes, state, device)
     if cls_name == "CompressedEmbedding":
-        return CompressedEmbedding(old.num_embeddings, old.embedding_dim, packed, old.padding_idx)
+        return CompressedEmbedding(old.num_embeddings, old.embedding_dim, packed, old.padding_idx,
+                                   _output_scale(old, entry, name))
+    cls = COMPRESSED_MODULES[cls_name]
+    # Conv1D holds W as [in, out]; its compressed module codes it as a linear's [out, in].
+    in_features, out_features = old.weight.shape if cls is CompressedConv1D else (old.in_features, old.out_features)
     bias = None
     if old.bias is not None:
-        bias = state.get(f"{name}.bias") if state is not None else torch.empty(old.out_features, device=device)
-    return CompressedLinear(old.in_features, old.out_features, packed, bias, exact_outputs=exact_outputs)
+        bias = state.get(f"{name}.bias") if state is not None else torch.empty(out_features, device=device)
+    return cls(in_features, out_features, packed, bias, exact_outputs=exact_outputs)
+
+
+def _output_scale(old: nn.Module, entry: dict, name: str) -> tuple[str, float] | None:
+    """The output scale of the embedding ``name``: the checkpoint's; else, for a checkpoint
+    written before pycodec kept one, that of the model's own scaled embedding (its table was
+    stored unscaled either way). Any other embedding whose class overrides forward is refused:
+    a plain lookup would silently differ from it."""
+    if "output_scale" in entry:
+        scale = entry["output_scale"]
+        if not isinstance(scale, list):
+            raise CodecError(f"quantization_config entry for {name!r} is malformed: output_scale {scale!r:.100}")
+        return tuple(scale)
+    if type(old).forward is nn.Embedding.forward:
+        return None
+    scale = embedding_scale(old)
+    if scale is None:
+        raise CodecError(f"module {name!r} is a {type(old).__name__}, whose forward is not a plain lookup; "
+                         "this checkpoint replaces it by one: compress the model again with this pycodec")
+    return scale
+
+
+def _packed_of(name: str, shapes, state: dict | None, device) -> dict:
+    """A compressed module's packed tensors: the checkpoint's (shapes checked), or empty ones on
+    ``device`` for a loader to fill."""
+    if not isinstance(shapes, dict):
+        raise CodecError(f"quantization_config entry for {name!r} is malformed: buffers {shapes!r:.200}")
+    if state is None:
+        return {b: torch.empty(shape, dtype=buffer_dtype(b), device=device) for b, shape in shapes.items()}
+    packed = {}
+    for b, shape in shapes.items():
+        key = f"{name}.{b}"
+        if key not in state:
+            raise CodecError(f"checkpoint lacks tensor {key!r}")
+        if list(state[key].shape) != list(shape):
+            raise CodecError(f"tensor {key!r} has shape {list(state[key].shape)}, config says {shape}")
+        packed[b] = state[key]
+    return packed
+
+
+def build_experts(parent: nn.Module, attr: str, entry: dict, name: str, state: dict | None = None, device=None,
+                  exact_outputs: bool = False) -> CompressedExperts:
+    """The CompressedExperts that replaces ``parent``'s expert parameter ``attr``."""
+    experts, transposed = entry.get("experts"), entry.get("transposed")
+    n_in, n_out = entry.get("in_features"), entry.get("out_features")
+    if (not isinstance(experts, list) or not experts or not isinstance(transposed, bool)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (n_in, n_out))):
+        raise CodecError(f"quantization_config entry for {name!r} is malformed: {entry!r:.200}")
+    old = parent._parameters.get(attr)
+    rows, cols = (n_in, n_out) if transposed else (n_out, n_in)
+    if not isinstance(old, torch.Tensor) or tuple(old.shape) != (len(experts), rows, cols):
+        have = "nothing" if old is None else f"a {type(old).__name__} of shape {list(getattr(old, 'shape', []))}"
+        raise CodecError(f"module {name!r}: the model holds {have}, config says {len(experts)} experts "
+                         f"of {rows}x{cols}")
+    cls = CompressedConv1D if transposed else CompressedLinear
+    return CompressedExperts([cls(n_in, n_out, _packed_of(f"{name}.{e}", shapes, state, device), None,
+                                  exact_outputs=exact_outputs) for e, shapes in enumerate(experts)], transposed)
 
 
 def install_modules(model: nn.Module, qcfg: dict, state: dict | None = None, device=None) -> None:
     """Replace the modules listed in quantization_config by their compressed counterparts; a
-    module that ``shares`` another's weight (a tied lm_head) gets that module's tensors."""
+    module that ``shares`` another's weight (a tied lm_head) gets that module's tensors, and an
+    expert parameter becomes a CompressedExperts (its module then runs the "pycodec" experts
+    implementation)."""
     exact = bool(qcfg.get("exact_outputs", False))
     modules = qcfg["modules"]
+    for name, entry in modules.items():
+        if isinstance(entry, dict) and entry.get("class") == "CompressedExperts":
+            parent_name, _, attr = name.rpartition(".")
+            try:
+                parent = model.get_submodule(parent_name)
+            except AttributeError:
+                raise CodecError(f"quantization_config lists {name!r}, which the model does not have") from None
+            bank = build_experts(parent, attr, entry, name, state, device, exact)
+            del parent._parameters[attr]
+            parent.add_module(attr, bank)
+            use_implementation(parent)
+    modules = {n: e for n, e in modules.items() if not (isinstance(e, dict) and e.get("class") == "CompressedExperts")}
     built = {}
     for name, entry in sorted(modules.items(), key=lambda kv: "shares" in kv[1]):  # owners first
         try:

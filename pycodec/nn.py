@@ -26,6 +26,7 @@ from torch import nn
 
 from . import _C, cuda_ops, gpu
 from .codec import CodecError
+from .experts import CompressedExperts, compress_experts
 from .quant import KIND_AFFINE, KIND_LOSSLESS, KIND_SPLIT, LayerStats, compress_weight, unpack
 
 AFFINE_BUFFERS = ("meta", "symbols", "scale", "zero", "escape_index", "escape_value")
@@ -586,16 +587,74 @@ class CompressedLinear(_PackedModule):
                 f"{kind}, {bpw:.3f} bits/weight")
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2's linear layers: y = x W + b, W stored [in, out]), checked
+    by name so that importing pycodec does not import transformers."""
+    cls = type(module)
+    return cls.__name__ == "Conv1D" and cls.__module__ == "transformers.pytorch_utils"
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The [out, in] weight of an nn.Linear, or of a Conv1D (a transposed view of its [in, out])."""
+    return module.weight.t() if is_conv1d(module) else module.weight
+
+
+class CompressedConv1D(CompressedLinear):
+    """transformers' Conv1D with a packed weight. The stream codes W transposed, [out, in] as
+    an nn.Linear's, so the GPU kernels and the CPU matvec run it unchanged (rate mode's steps
+    are per output, as for a linear).
+
+    A lossless weight decodes to a transposed view of a contiguous [in, out] tensor, the layout
+    Conv1D's addmm reads, so CPU outputs stay bitwise Conv1D's (F.linear on the [out, in]
+    tensor itself can round differently). decompress_ gives back a Conv1D.
+    """
+
+    @classmethod
+    def from_conv1d(cls, conv, config) -> "CompressedConv1D":
+        linear = nn.Linear(conv.weight.shape[0], conv.weight.shape[1], device="meta")
+        linear.weight = nn.Parameter(conv.weight.detach().t(), requires_grad=False)
+        linear.bias = conv.bias
+        return cls.from_linear(linear, config)
+
+    def decoded_weight(self) -> torch.Tensor:
+        return super().decoded_weight().t().contiguous().t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda or (self._info.kind if self._info is not None else int(self.meta[1])) == KIND_AFFINE:
+            return super().forward(x)  # (no _info: loaded by transformers, which sets tensors itself)
+        if self._unchecked:
+            self.verify()
+        w = self._weight_for(x.device) if self._uses_decoded(x.device) else None
+        w = self.decoded_weight() if w is None else w
+        return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def dense(self) -> nn.Module:
+        """The transformers Conv1D holding the decoded weight."""
+        from transformers.pytorch_utils import Conv1D
+
+        conv = Conv1D(self.out_features, self.in_features).to("meta")
+        conv.weight = nn.Parameter(self.decoded_weight().t().to(self.meta.device), requires_grad=False)
+        conv.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=False)
+        return conv
+
+
 class CompressedEmbedding(_DecodedWeight, nn.Module):
     """nn.Embedding with a packed weight: lossless (lookups bit-exact) or affine (int / rate).
 
     ``forward`` decodes only the stream chunks that hold the rows looked up (the opaque op
     ``pycodec::embedding_rows``, so ``torch.compile`` traces through it), unless the model
     keeps decoded weights (``cache_decoded``), then it gathers from the decoded table.
+
+    ``output_scale`` reproduces a scaled word embedding (Gemma's, MBart's: rows times
+    ``embed_scale``): ("tensor", s) multiplies by s rounded to the table's dtype, as a 0-dim
+    tensor scale does; ("float", s) by the Python float s. See ``embedding_scale``.
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, packed: dict, padding_idx: int | None = None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, packed: dict, padding_idx: int | None = None,
+                 output_scale: tuple[str, float] | None = None):
         super().__init__()
+        self.output_scale = _checked_scale(output_scale)
+        self._scale_by_dtype = _scale_factors(self.output_scale)
         meta = packed["meta"]
         if meta.is_meta:
             self._names = tuple(packed)
@@ -617,7 +676,7 @@ class CompressedEmbedding(_DecodedWeight, nn.Module):
     def from_embedding(cls, emb: nn.Embedding, config) -> "CompressedEmbedding":
         packed, stats = compress_weight(emb.weight, config)
         m = cls(emb.num_embeddings, emb.embedding_dim, {k: v.to(emb.weight.device) for k, v in packed.items()},
-                emb.padding_idx)
+                emb.padding_idx, embedding_scale(emb))
         m.stats = stats
         return m
 
@@ -636,9 +695,11 @@ class CompressedEmbedding(_DecodedWeight, nn.Module):
         if self._unchecked:
             self.verify()
         if self._uses_decoded(idx.device) and (w := self._weight_for(idx.device)) is not None:
-            return F.embedding(idx, w, self.padding_idx)
-        packed = self._host if self._host is not None else self.packed()
-        return embedding_rows(list(packed.values()), idx, self.embedding_dim, self.weight_dtype)
+            rows = F.embedding(idx, w, self.padding_idx)
+        else:
+            packed = self._host if self._host is not None else self.packed()
+            rows = embedding_rows(list(packed.values()), idx, self.embedding_dim, self.weight_dtype)
+        return rows if self.output_scale is None else rows * self._scale_by_dtype[rows.dtype]
 
     @property
     def weight_dtype(self) -> torch.dtype:
@@ -672,11 +733,130 @@ class CompressedEmbedding(_DecodedWeight, nn.Module):
     def extra_repr(self) -> str:
         nbytes = sum(t.numel() * t.element_size() for n, t in self.packed().items() if n != "meta")
         kind = "affine" if int(self.meta[1]) == KIND_AFFINE else "lossless"
+        scale = "" if self.output_scale is None else f", scaled by {self.output_scale[1]:g}"
         return (f"{self.num_embeddings}, {self.embedding_dim}, {kind}, "
-                f"{8 * nbytes / (self.num_embeddings * self.embedding_dim):.3f} bits/weight")
+                f"{8 * nbytes / (self.num_embeddings * self.embedding_dim):.3f} bits/weight{scale}")
 
 
-COMPRESSED_MODULES = {"CompressedLinear": CompressedLinear, "CompressedEmbedding": CompressedEmbedding}
+class ScaledEmbedding(nn.Embedding):
+    """nn.Embedding whose rows are multiplied by ``output_scale`` (as CompressedEmbedding's):
+    what decompress_ gives back for a scaled word embedding."""
+
+    def __init__(self, *args, output_scale: tuple[str, float], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.output_scale = _checked_scale(output_scale)
+        self._scale_by_dtype = _scale_factors(self.output_scale)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        rows = super().forward(idx)
+        return rows * self._scale_by_dtype[rows.dtype]
+
+
+def _checked_scale(scale) -> tuple[str, float] | None:
+    if scale is None:
+        return None
+    if (not isinstance(scale, (tuple, list)) or len(scale) != 2 or scale[0] not in ("tensor", "float")
+            or isinstance(scale[1], bool) or not isinstance(scale[1], (int, float)) or not math.isfinite(scale[1])):
+        raise CodecError(f"an embedding's output scale must be ('tensor' or 'float', a finite number), got {scale!r:.100}")
+    return (scale[0], float(scale[1]))
+
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _scale_factors(scale: tuple[str, float] | None) -> dict | None:
+    """{rows' dtype: the factor}, made once so that forward only looks it up (torch.compile)."""
+    if scale is None:
+        return None
+    kind, value = scale
+    # A 0-dim tensor scale is cast to the rows' dtype before the product; a Python float is not.
+    return {dt: float(torch.tensor(value, dtype=torch.float32, device="cpu").to(dt)) if kind == "tensor" else value
+            for dt in _FLOAT_DTYPES}
+
+
+def embedding_scale(module: nn.Module) -> tuple[str, float] | None:
+    """The output scale of a scaled word embedding (an nn.Embedding subclass with an
+    ``embed_scale`` whose forward multiplies its rows by it), read off the module: no check
+    that its forward does so (``dense_reason`` checks that before compressing one)."""
+    if type(module).forward is nn.Embedding.forward:
+        return None
+    scale = getattr(module, "embed_scale", None)
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1:
+            return None
+        if scale.is_meta:  # a skeleton being loaded: Gemma's keeps the value as a float too
+            value = getattr(module, "scalar_embed_scale", None)
+            return ("tensor", float(value)) if isinstance(value, (int, float)) else None
+        return ("tensor", float(scale.detach().float().cpu()))
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        return ("float", float(scale))
+    return None
+
+
+def _computes_linear(module: nn.Linear) -> bool:
+    """Whether a subclass's own forward gives nn.Linear's outputs on a probe (Falcon's, which
+    adds its bias after the product), within a few roundings of the weight's dtype: the
+    compressed module then computes F.linear, whose last bits may differ from the subclass's."""
+    w = module.weight
+    if w.is_meta or w.dtype not in _FLOAT_DTYPES or w.dim() != 2 or not w.numel():
+        return False
+    b = module.bias.detach() if isinstance(module.bias, torch.Tensor) else None
+    gen = torch.Generator(device=w.device).manual_seed(0)
+    x = torch.randn(3, w.shape[1], generator=gen, device=w.device, dtype=torch.float32).to(w.dtype)
+    try:
+        with torch.no_grad():
+            got = module(x)
+    except Exception:  # noqa: BLE001 - a forward that wants more than an input is not a linear map
+        return False
+    with torch.no_grad():
+        want = F.linear(x, w.detach(), b)
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape or got.dtype != want.dtype:
+            return False
+        bound = x.float().abs() @ w.detach().float().abs().T + (0 if b is None else b.float().abs())
+        tol = 8 * torch.finfo(w.dtype).eps * (bound + torch.finfo(w.dtype).tiny)
+        return bool(((got.float() - want.float()).abs() <= tol).all())
+
+
+# Parent modules that read a child linear's .weight themselves instead of calling it.
+_WEIGHT_READERS = {nn.MultiheadAttention: ("out_proj",), nn.TransformerEncoderLayer: ("linear1", "linear2")}
+
+
+def dense_reason(module: nn.Module, weight_read_by_parent: bool = False) -> str | None:
+    """Why ``compress_`` keeps an nn.Linear / nn.Embedding dense, or None when it compresses it.
+
+    A compressed module runs nn.Linear's / nn.Embedding's forward. A subclass that overrides
+    forward would lose what it adds (OPT's position offset), so it stays dense; the exception
+    is a scaled word embedding (Gemma's), whose scale CompressedEmbedding applies and which is
+    checked here on the table's first rows, bit for bit.
+    """
+    if weight_read_by_parent:
+        return "its parent reads its weight directly"
+    if isinstance(module, nn.Linear):
+        if type(module).forward is nn.Linear.forward:
+            return None
+        reason = f"{type(module).__name__} overrides nn.Linear's forward"
+        return None if _computes_linear(module) else reason
+    if type(module).forward is nn.Embedding.forward:
+        return None
+    reason = f"{type(module).__name__} overrides nn.Embedding's forward"
+    scale = embedding_scale(module)
+    if scale is None or module.weight.is_meta or module.weight.dtype not in _FLOAT_DTYPES:
+        return reason
+    w = module.weight.detach()
+    ids = torch.arange(min(module.num_embeddings, 64), device=w.device)
+    try:
+        with torch.no_grad():
+            got = module(ids)
+    except Exception:  # noqa: BLE001 - a forward that wants more than ids is not a plain lookup
+        return reason
+    want = F.embedding(ids, w, module.padding_idx) * _scale_factors(scale)[w.dtype]
+    same = (isinstance(got, torch.Tensor) and got.shape == want.shape and got.dtype == want.dtype
+            and torch.equal(got.view(-1).view(torch.uint8), want.view(-1).view(torch.uint8)))
+    return None if same else reason + " (not as a scaled lookup)"
+
+
+COMPRESSED_MODULES = {"CompressedLinear": CompressedLinear, "CompressedEmbedding": CompressedEmbedding,
+                      "CompressedConv1D": CompressedConv1D}
 
 
 def _skipped(name: str, skip) -> bool:
@@ -695,7 +875,7 @@ def compress_(model: nn.Module, config, skip=None, progress: bool = True, tokeni
         from .calibrate import compress_calibrated
 
         return compress_calibrated(model, config, tokenizer, skip, progress)
-    plan = compression_plan(model, config, skip)
+    plan, kept_dense = _plan(model, config, skip)
     if not plan and any(isinstance(m, (CompressedLinear, CompressedEmbedding)) for m in model.modules()):
         raise CodecError("the model is already compressed (pycodec.decompress_ restores dense modules first)")
     iterator = plan
@@ -713,17 +893,53 @@ def compress_(model: nn.Module, config, skip=None, progress: bool = True, tokeni
         _set_submodule(model, name, new)
         done[name] = new
         layers[name] = _layer_report(module, new, shares)
+    layers.update(compress_experts(model, config, tuple(config.skip if skip is None else skip), progress))
     model.pycodec_config = config
-    return whole_model_report(model, layers, config, n_parameters)
+    return whole_model_report(model, layers, config, n_parameters, kept_dense, skip)
 
 
-def whole_model_report(model: nn.Module, layers: dict, config, n_parameters: int) -> dict:
+# compress_ warns when weights it cannot compress hold more than this share of the parameters.
+DENSE_WARNING_SHARE = 0.05
+
+
+def whole_model_report(model: nn.Module, layers: dict, config, n_parameters: int, kept_dense: dict | None = None,
+                       skip=None) -> dict:
     """summarize() of the coded layers, plus the whole checkpoint: its bytes, everything stored
-    counted (dense tensors, side information, each shared tensor once), per parameter."""
+    counted (dense tensors, side information, each shared tensor once), per parameter; and
+    "dense_weights": {parameter: (numel, why)} of the matrices (2-D and up) left dense other
+    than by ``skip``, with a warning when they hold over DENSE_WARNING_SHARE of the parameters."""
     report = summarize(layers, config)
     report["checkpoint_bytes"] = stored_bytes(model)
     report["bits_per_parameter"] = 8 * report["checkpoint_bytes"] / n_parameters if n_parameters else math.nan
+    report["dense_weights"] = dense_weights(model, kept_dense or {}, tuple(config.skip if skip is None else skip))
+    left = sum(n for n, _ in report["dense_weights"].values())
+    if n_parameters and left > DENSE_WARNING_SHARE * n_parameters:
+        import warnings
+
+        biggest = sorted(report["dense_weights"].items(), key=lambda kv: -kv[1][0])[:3]
+        listed = "; ".join(f"{name} ({why})" for name, (_, why) in biggest)
+        warnings.warn(f"pycodec: {100 * left / n_parameters:.0f}% of the model's parameters stay dense, "
+                      f"among them {listed}", stacklevel=3)
     return report
+
+
+def dense_weights(model: nn.Module, kept_dense: dict, skip: tuple) -> dict:
+    """{parameter name: (numel, why it stays dense)} for the model's parameters of two or more
+    dimensions that compress_ left dense, except those of modules named in ``skip``."""
+    out, seen = {}, set()
+    for mod_name, m in model.named_modules():
+        parts = mod_name.split(".")
+        if any(_skipped(".".join(parts[:k]), skip) for k in range(1, len(parts) + 1)):
+            seen.update(id(p) for p in m.parameters(recurse=False))  # skipped, under any name it has
+    for mod_name, m in model.named_modules():
+        for p_name, p in m._parameters.items():
+            if p is None or p.dim() < 2 or id(p) in seen:
+                continue
+            seen.add(id(p))
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            why = kept_dense.get(mod_name) or f"held by a {type(m).__name__}, which pycodec does not compress"
+            out[full] = (p.numel(), why)
+    return out
 
 
 def stored_bytes(model: nn.Module) -> int:
@@ -746,10 +962,25 @@ def compression_plan(model: nn.Module, config, skip=None) -> list:
     module, whose packed tensors it uses. A weight that a module staying dense also holds is
     left dense everywhere: compressing it for the others would store it twice.
     """
+    return _plan(model, config, skip)[0]
+
+
+def _plan(model: nn.Module, config, skip=None) -> tuple[list, dict]:
+    """compression_plan, and {name: reason} of the nn.Linear / nn.Embedding modules not in
+    ``skip`` that stay dense (dense_reason)."""
     skip = tuple(config.skip if skip is None else skip)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    candidates = [(n, m) for n, m in model.named_modules()
-                  if isinstance(m, (nn.Linear, nn.Embedding)) and not _skipped(n, skip)]
+    read_by_parent = {id(getattr(m, child)) for m in model.modules() for cls, children in _WEIGHT_READERS.items()
+                      if isinstance(m, cls) for child in children if isinstance(getattr(m, child, None), nn.Module)}
+    candidates, kept_dense = [], {}
+    for n, m in model.named_modules():
+        if not (isinstance(m, (nn.Linear, nn.Embedding)) or is_conv1d(m)) or _skipped(n, skip):
+            continue
+        reason = None if is_conv1d(m) else dense_reason(m, id(m) in read_by_parent)
+        if reason is None:
+            candidates.append((n, m))
+        else:
+            kept_dense[n] = reason
     holders: dict[int, list[nn.Module]] = {}
     for m in model.modules():
         for p in m._parameters.values():
@@ -764,6 +995,7 @@ def compression_plan(model: nn.Module, config, skip=None) -> list:
         for n, m in dropped:
             candidates.remove((n, m))
             chosen.discard(id(m))
+            kept_dense[n] = "its weight is tied to a module that stays dense"
     plan, first = [], {}
     for name, m in candidates:
         group = holders.get(id(m.weight), [m])
@@ -773,7 +1005,7 @@ def compression_plan(model: nn.Module, config, skip=None) -> list:
         else:
             first[id(m.weight)] = name
             plan.append((name, m, config.for_embeddings() if wide else config, None))
-    return plan
+    return plan, kept_dense
 
 
 def _compressed(module: nn.Module, config, shared: dict | None) -> nn.Module:
@@ -782,7 +1014,13 @@ def _compressed(module: nn.Module, config, shared: dict | None) -> nn.Module:
     if isinstance(module, nn.Embedding):
         if shared is None:
             return CompressedEmbedding.from_embedding(module, config)
-        return CompressedEmbedding(module.num_embeddings, module.embedding_dim, dict(shared), module.padding_idx)
+        return CompressedEmbedding(module.num_embeddings, module.embedding_dim, dict(shared), module.padding_idx,
+                                   embedding_scale(module))
+    if is_conv1d(module):
+        if shared is None:
+            return CompressedConv1D.from_conv1d(module, config)
+        return CompressedConv1D(module.weight.shape[0], module.weight.shape[1], dict(shared), module.bias,
+                                exact_outputs=config.exact_outputs)
     if shared is None:
         return CompressedLinear.from_linear(module, config)
     return CompressedLinear(module.in_features, module.out_features, dict(shared), module.bias,
@@ -800,9 +1038,9 @@ def _layer_report(module: nn.Module, new: nn.Module, shares: str | None) -> dict
 def summarize(layers: dict, config) -> dict:
     """Totals over the coded layers (a tied module that shares another's weight counts once)."""
     coded = {k: v for k, v in layers.items() if "shares" not in v}
-    n = sum(v["shape"][0] * v["shape"][1] for v in coded.values())
-    bits = sum(v["bits_per_weight"] * v["shape"][0] * v["shape"][1] for v in coded.values())
-    ent = sum(v["entropy_bits_per_weight"] * v["shape"][0] * v["shape"][1] for v in coded.values())
+    n = sum(math.prod(v["shape"]) for v in coded.values())
+    bits = sum(v["bits_per_weight"] * math.prod(v["shape"]) for v in coded.values())
+    ent = sum(v["entropy_bits_per_weight"] * math.prod(v["shape"]) for v in coded.values())
     finite = [v for v in coded.values() if math.isfinite(v["sqnr_db"])]
     # The mean of per-layer SQNR in dB (each layer counts once, whatever its size).
     mean_sqnr = sum(v["sqnr_db"] for v in finite) / len(finite) if finite else math.inf
@@ -822,11 +1060,23 @@ def decompress_(model: nn.Module) -> nn.Module:
             decoded[key] = nn.Parameter(m.decoded_weight().to(m.meta.device), requires_grad=False)
         return decoded[key]
 
+    banks = [name for name, m in model.named_modules() if isinstance(m, CompressedExperts)]
+    for name in banks:  # each back to one [experts, rows, columns] parameter
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        bank = parent._modules.pop(attr)
+        parent.register_parameter(attr, bank.dense())
     for name, m in list(model.named_modules()):
         if isinstance(m, CompressedEmbedding):
-            emb = nn.Embedding(m.num_embeddings, m.embedding_dim, m.padding_idx, device="meta")
+            if m.output_scale is None:
+                emb = nn.Embedding(m.num_embeddings, m.embedding_dim, m.padding_idx, device="meta")
+            else:
+                emb = ScaledEmbedding(m.num_embeddings, m.embedding_dim, m.padding_idx, device="meta",
+                                      output_scale=m.output_scale)
             emb.weight = weight_of(m)  # the very parameter a tied module gets too
             _set_submodule(model, name, emb)
+        elif isinstance(m, CompressedConv1D):
+            _set_submodule(model, name, m.dense())
         elif isinstance(m, CompressedLinear):
             lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
             lin.weight = weight_of(m)

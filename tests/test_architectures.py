@@ -1,0 +1,448 @@
+"""compress_ across model families: what each family's modules do beyond nn.Linear / nn.Embedding.
+
+Tiny random models of transformers' own classes (no hub): a module pycodec replaces must keep its
+forward's meaning (Gemma's scaled embedding, GPT-2's Conv1D), and one whose meaning it cannot
+keep stays dense and is named in the report (OPT's positional offset, nn.MultiheadAttention's
+out_proj), never silently changed.
+"""
+import json
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import pycodec
+from pycodec import CodecError, CompressionConfig
+
+transformers = pytest.importorskip("transformers")
+
+IDS = torch.tensor([[3, 17, 200, 5, 99, 0, 255, 42, 7, 128]])
+
+
+def tiny(model_type: str, **kw):
+    torch.manual_seed(0)
+    cfg = transformers.AutoConfig.for_model(model_type, **kw)
+    return transformers.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def gemma():
+    return tiny("gemma", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, vocab_size=256)
+
+
+def gpt2(n_positions=64):
+    return tiny("gpt2", n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=n_positions)
+
+
+def logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+def reloads(model, tmp_path):
+    """The model saved, then loaded by pycodec and by transformers."""
+    pycodec.save_pretrained(model, tmp_path / "out")
+    return (pycodec.from_pretrained(tmp_path / "out"),
+            transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out"))
+
+
+def loaded_logits(dense, tmp_path):
+    """The dense model's logits once saved and loaded back: a loaded model computes its
+    non-persistent buffers afresh (rotary frequencies in fp32, where .to(bf16) had cast them)."""
+    dense.save_pretrained(tmp_path / "dense")
+    return logits(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "dense"))
+
+
+# ---------------------------------------------------------------- scaled word embeddings
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gemma_scaled_embedding_keeps_its_scale_bit_exactly(tmp_path, dtype):
+    model = gemma().to(dtype)
+    ref = logits(model)
+    report = pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    emb = model.model.embed_tokens
+    assert isinstance(emb, pycodec.nn.CompressedEmbedding) and emb.output_scale == ("tensor", 8.0)
+    assert "model.embed_tokens" in report["layers"] and not report["dense_weights"]
+    assert bits_equal(logits(model), ref)
+    with pycodec.cache_decoded(model):
+        assert bits_equal(logits(model), ref)
+    ref_loaded = loaded_logits(gemma().to(dtype), tmp_path)
+    for loaded in reloads(model, tmp_path):
+        assert bits_equal(logits(loaded), ref_loaded)
+    pycodec.decompress_(model)
+    assert bits_equal(logits(model), ref)
+
+
+def test_scaled_embedding_in_rate_mode_is_scaled():
+    dense = gemma()
+    model = gemma()
+    pycodec.compress_(model, CompressionConfig(mode="rate", bits=6), progress=False)
+    rows = model.model.embed_tokens(IDS)
+    want = dense.model.embed_tokens(IDS)
+    # Within the quantization error of 6-bit rate mode, far from the unscaled rows (8x smaller).
+    assert torch.nn.functional.cosine_similarity(rows.flatten(), want.flatten(), dim=0) > 0.99
+    assert float(rows.norm()) == pytest.approx(float(want.norm()), rel=0.05)
+
+
+def test_a_checkpoint_without_the_scale_takes_the_models_own(tmp_path):
+    """Checkpoints of pycodec before the scale was kept hold the table unscaled, as now: they load
+    with the scale of the model's own embedding class."""
+    model = gemma()
+    ref = logits(model)
+    pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    pycodec.save_pretrained(model, tmp_path / "out")
+    path = tmp_path / "out" / "config.json"
+    cfg = json.loads(path.read_text())
+    del cfg["quantization_config"]["modules"]["model.embed_tokens"]["output_scale"]
+    path.write_text(json.dumps(cfg))
+    assert bits_equal(logits(pycodec.from_pretrained(tmp_path / "out")), ref)
+
+
+def test_a_malformed_scale_is_refused(tmp_path):
+    model = gemma()
+    pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    pycodec.save_pretrained(model, tmp_path / "out")
+    path = tmp_path / "out" / "config.json"
+    for bad in (["tensor", "eight"], ["scale", 8.0], [8.0], "8", ["float", float("nan")]):
+        cfg = json.loads(path.read_text())
+        cfg["quantization_config"]["modules"]["model.embed_tokens"]["output_scale"] = bad
+        path.write_text(json.dumps(cfg))
+        with pytest.raises(CodecError, match="output scale|output_scale"):
+            pycodec.from_pretrained(tmp_path / "out")
+
+
+class OffsetEmbedding(nn.Embedding):
+    """Has an embed_scale, but its forward adds it: not a scaled lookup."""
+
+    embed_scale = 2.0
+
+    def forward(self, idx):
+        return super().forward(idx) + self.embed_scale
+
+
+class PositionalEmbedding(nn.Embedding):
+    def forward(self, idx, offset: int = 2):
+        return super().forward(idx + offset)
+
+
+class TwoTables(nn.Module):
+    def __init__(self, emb_cls):
+        super().__init__()
+        self.emb = emb_cls(300, 16)
+        self.proj = nn.Linear(16, 8)
+
+    def forward(self, idx):
+        return self.proj(self.emb(idx))
+
+
+@pytest.mark.parametrize("emb_cls", [OffsetEmbedding, PositionalEmbedding])
+def test_an_embedding_whose_forward_is_not_a_lookup_stays_dense(emb_cls):
+    torch.manual_seed(0)
+    model = TwoTables(emb_cls)
+    idx = torch.tensor([[1, 2, 250]])
+    ref = model(idx)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    assert type(model.emb) is emb_cls
+    assert isinstance(model.proj, pycodec.CompressedLinear)
+    assert "overrides nn.Embedding's forward" in report["dense_weights"]["emb.weight"][1]
+    assert any("stay dense" in str(w.message) and "emb.weight" in str(w.message) for w in caught)
+    assert torch.equal(model(idx), ref)
+
+
+# ---------------------------------------------------------------- linears
+
+
+class DoubledLinear(nn.Linear):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class BiasAfterLinear(nn.Linear):
+    """Falcon's: the product, then the bias (F.linear's outputs up to rounding)."""
+
+    def forward(self, x):
+        out = x @ self.weight.T
+        return out if self.bias is None else out + self.bias
+
+
+class Stack(nn.Module):
+    def __init__(self, cls):
+        super().__init__()
+        self.a = cls(32, 48)
+        self.b = nn.Linear(48, 16)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_linear_subclass_is_compressed_only_when_it_computes_a_linear():
+    torch.manual_seed(0)
+    x = torch.randn(4, 32)
+    doubled = Stack(DoubledLinear)
+    ref = doubled(x)
+    report = pycodec.compress_(doubled, CompressionConfig(mode="lossless"), progress=False)
+    assert type(doubled.a) is DoubledLinear and "a" not in report["layers"]
+    assert "overrides nn.Linear's forward" in report["dense_weights"]["a.weight"][1]
+    assert torch.equal(doubled(x), ref)
+
+    falcon_like = Stack(BiasAfterLinear)
+    ref = falcon_like(x)
+    report = pycodec.compress_(falcon_like, CompressionConfig(mode="lossless"), progress=False)
+    assert isinstance(falcon_like.a, pycodec.CompressedLinear) and not report["dense_weights"]
+    torch.testing.assert_close(falcon_like(x), ref)
+
+
+def test_falcon_linears_are_compressed():
+    model = tiny("falcon", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=256, bias=True)
+    ref = logits(model)
+    report = pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    assert not report["dense_weights"]
+    assert sum(isinstance(m, pycodec.CompressedLinear) for m in model.modules()) == 2 * 4 + 1
+    torch.testing.assert_close(logits(model), ref)
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.ffn = nn.Linear(32, 32)
+
+    def forward(self, x):
+        return self.ffn(self.attn(x, x, x, need_weights=False)[0])
+
+
+def test_modules_that_read_their_linears_weights_keep_them_dense():
+    """nn.MultiheadAttention reads out_proj.weight itself, nn.TransformerEncoderLayer its
+    linear1 / linear2 weights (its fast path): compressed, they would break."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 32)
+    # Frozen like a compressed weight: for a non-contiguous fp32 input (the attention's output),
+    # torch's linear takes another matmul path when the weight requires grad.
+    block = AttentionBlock().eval().requires_grad_(False)
+    ref = block(x)
+    report = pycodec.compress_(block, CompressionConfig(mode="lossless"), progress=False)
+    assert isinstance(block.ffn, pycodec.CompressedLinear) and type(block.attn.out_proj) is not pycodec.CompressedLinear
+    assert report["dense_weights"]["attn.out_proj.weight"][1] == "its parent reads its weight directly"
+    assert torch.equal(block(x), ref)
+
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2).eval()
+    encoder.requires_grad_(False)
+    ref = encoder(x)
+    with pytest.warns(UserWarning, match="stay dense"):
+        report = pycodec.compress_(encoder, CompressionConfig(mode="lossless"), progress=False)
+    assert report["dense_weights"]["layers.1.linear2.weight"][1] == "its parent reads its weight directly"
+    assert torch.equal(encoder(x), ref)
+
+
+# ---------------------------------------------------------------- GPT-2's Conv1D
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpt2_conv1d_lossless_is_bit_exact_everywhere(tmp_path, dtype):
+    from transformers.pytorch_utils import Conv1D
+
+    model = gpt2().to(dtype)
+    ref = logits(model)
+    state = {k: v.shape for k, v in model.state_dict().items()}
+    report = pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    assert isinstance(model.transformer.h[0].attn.c_attn, pycodec.nn.CompressedConv1D)
+    assert report["layers"]["transformer.h.0.mlp.c_fc"]["shape"] == [64, 256]  # as Conv1D holds it
+    assert not report["dense_weights"]
+    assert bits_equal(logits(model), ref)
+    with pycodec.cache_decoded(model):
+        assert bits_equal(logits(model), ref)
+    for loaded in reloads(model, tmp_path):
+        assert isinstance(loaded.transformer.h[1].mlp.c_proj, pycodec.nn.CompressedConv1D)
+        assert bits_equal(logits(loaded), ref)
+    pycodec.decompress_(model)
+    assert type(model.transformer.h[0].attn.c_attn) is Conv1D
+    assert {k: v.shape for k, v in model.state_dict().items()} == state
+    assert bits_equal(logits(model), ref)
+
+
+def test_gpt2_conv1d_rate_mode_codes_each_output_row():
+    dense = gpt2()
+    model = gpt2()
+    report = pycodec.compress_(model, CompressionConfig(mode="rate", bits=4), progress=False)
+    c_fc = model.transformer.h[0].mlp.c_fc
+    w = dense.transformer.h[0].mlp.c_fc.weight.detach()
+    w_hat = c_fc.decoded_weight().t()  # back to Conv1D's [in, out]
+    sqnr = 10 * torch.log10(w.pow(2).sum() / (w - w_hat).pow(2).sum())
+    assert float(sqnr) == pytest.approx(report["layers"]["transformer.h.0.mlp.c_fc"]["sqnr_db"], abs=0.01)
+    assert sqnr > 15
+    ref = logits(dense)
+    out = logits(model)
+    assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.99
+
+
+def test_gpt2_calibrates_on_sequences_its_positions_hold():
+    """GPT-2's Conv1D linears are calibrated too, on sequences no longer than n_positions."""
+    from test_calibrate import byte_tokenizer
+
+    model = gpt2(n_positions=128)
+    report = pycodec.compress_(model, CompressionConfig(mode="rate", bits=3, calibration="default",
+                                                        calibration_tokens=1024),
+                               tokenizer=byte_tokenizer(), progress=False)
+    assert report["calibration"]["sequences"] == 8  # 1024 tokens in sequences of 128
+    assert isinstance(model.transformer.h[1].attn.c_proj, pycodec.nn.CompressedConv1D)
+    assert not report["dense_weights"]
+
+
+# ---------------------------------------------------------------- what stays dense
+
+
+class ThreeD(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bank = nn.Parameter(torch.randn(4, 32, 32))
+        self.proj = nn.Linear(32, 32)
+
+    def forward(self, x):
+        return self.proj(x @ self.bank[0])
+
+
+def test_weights_left_dense_are_reported_and_warned_of():
+    model = ThreeD()
+    with pytest.warns(UserWarning, match=r"80% of the model's parameters stay dense, among them bank \(held by a ThreeD"):
+        report = pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    assert report["dense_weights"] == {"bank": (4 * 32 * 32, "held by a ThreeD, which pycodec does not compress")}
+
+
+def test_what_skip_names_is_not_warned_of():
+    model = tiny("llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=256, tie_word_embeddings=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = pycodec.compress_(model, CompressionConfig(mode="lossless", skip=("embed_tokens",)), progress=False)
+    assert report["dense_weights"] == {}
+    assert isinstance(model.lm_head, nn.Linear) and not isinstance(model.lm_head, pycodec.CompressedLinear)
+
+
+# ---------------------------------------------------------------- mixtures of experts
+
+MOE = {
+    "mixtral": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, vocab_size=256, num_local_experts=4, num_experts_per_tok=2),
+    "qwen3_moe": dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, vocab_size=256, num_experts=4,
+                      num_experts_per_tok=2, head_dim=16),
+    # transposed experts ([experts, in, out]), biases, gate and up interleaved, its own gate
+    "gpt_oss": dict(hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, vocab_size=256, num_local_experts=4, num_experts_per_tok=2, head_dim=16),
+}
+MOE_IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+def moe(family: str, implementation: str | None = None):
+    model = tiny(family, **MOE[family])
+    torch.manual_seed(1)
+    for p in model.parameters():
+        if p.dim() == 3:  # the experts: transformers leaves them at 0 or tiny from_config
+            torch.nn.init.normal_(p, std=0.05)
+    if implementation:
+        model.set_experts_implementation(implementation)
+    return model
+
+
+@pytest.mark.parametrize("family", sorted(MOE))
+def test_moe_experts_lossless_are_bit_exact_through_save_and_load(family, tmp_path):
+    from pycodec.experts import CompressedExperts
+
+    eager = moe(family, "eager")
+    ref = logits(eager, MOE_IDS)
+    model = moe(family)
+    n_experts = sum(p.numel() for p in model.parameters() if p.dim() == 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing large stays dense: no warning
+        report = pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    banks = {n: m for n, m in model.named_modules() if isinstance(m, CompressedExperts)}
+    assert len(banks) == 2 * 2 and sum(m.shape.numel() for m in banks.values()) == n_experts
+    experts = next(m for n, m in model.named_modules() if hasattr(m, "has_gate"))
+    assert experts.config._experts_implementation == "pycodec"
+    assert all(report["layers"][n]["experts"] == 4 for n in banks)
+    assert all("router" in n or n.endswith(("_bias", "gate.weight")) for n in report["dense_weights"])
+    assert bits_equal(logits(model, MOE_IDS), ref)
+    # Indexing a bank gives the expert's weight as the parameter held it.
+    bank_name, bank = next(iter(banks.items()))
+    assert bits_equal(bank[2], eager.get_parameter(bank_name)[2].detach())
+    assert bits_equal(bank[torch.tensor([3, 1])], eager.get_parameter(bank_name)[[3, 1]].detach())
+    for loaded in reloads(model, tmp_path):
+        assert bits_equal(logits(loaded, MOE_IDS), ref)
+    model.set_experts_implementation("eager")  # the model's own forward, through bank[e]
+    assert bits_equal(logits(model, MOE_IDS), ref)
+    pycodec.decompress_(model)
+    assert all(p.dim() == 3 for n, p in model.named_parameters() if n in banks)
+    assert bits_equal(logits(model, MOE_IDS), ref)
+
+
+@pytest.mark.parametrize("family", sorted(MOE))
+def test_moe_experts_in_rate_mode_meet_the_budget(family, tmp_path, capsys):
+    dense = moe(family, "eager")
+    model = moe(family)
+    report = pycodec.compress_(model, CompressionConfig(mode="rate", bits=5), progress=False)
+    banks = {n: v for n, v in report["layers"].items() if "experts" in v}
+    assert banks
+    for name, layer in banks.items():
+        assert layer["bits_per_weight"] <= 5.0 + 1e-9
+        w = dense.get_parameter(name).detach()
+        bank = model.get_submodule(name)
+        w_hat = torch.stack([bank[e] for e in range(len(bank))])
+        sqnr = 10 * torch.log10(w.double().pow(2).sum() / (w.double() - w_hat.double()).pow(2).sum())
+        assert float(sqnr) == pytest.approx(layer["sqnr_db"], abs=0.01)
+        assert layer["sqnr_db"] > 15
+    out = logits(model, MOE_IDS)
+    ref = logits(dense, MOE_IDS)
+    # Every layer of the tiny model at 5 bits, attention included.
+    assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.95
+    for loaded in reloads(model, tmp_path):
+        assert bits_equal(logits(loaded, MOE_IDS), out)
+    inspected = inspect_json(tmp_path / "out", capsys)
+    for name, layer in banks.items():
+        assert inspected["layers"][name]["shape"][0] == layer["experts"]
+        assert inspected["layers"][name]["bits_per_weight"] == pytest.approx(layer["bits_per_weight"], rel=1e-6)
+    assert inspected["bits_per_parameter"] == pytest.approx(report["bits_per_parameter"], rel=1e-3)
+
+
+def inspect_json(path, capsys) -> dict:
+    from pycodec import cli
+
+    capsys.readouterr()
+    cli.main(["inspect", str(path), "--json"])
+    return json.loads(capsys.readouterr().out)
+
+
+def test_moe_experts_named_in_skip_stay_dense():
+    model = moe("mixtral")
+    report = pycodec.compress_(model, CompressionConfig(mode="lossless", skip=("down_proj",)), progress=False)
+    assert "model.layers.0.mlp.experts.gate_up_proj" in report["layers"]
+    assert "model.layers.0.mlp.experts.down_proj" not in report["layers"]
+    assert isinstance(model.model.layers[1].mlp.experts.down_proj, nn.Parameter)
+    assert bits_equal(logits(model, MOE_IDS), logits(moe("mixtral", "eager"), MOE_IDS))
+
+
+def test_a_malformed_experts_entry_is_refused(tmp_path):
+    model = moe("mixtral")
+    pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    pycodec.save_pretrained(model, tmp_path / "out")
+    path = tmp_path / "out" / "config.json"
+    good = json.loads(path.read_text())
+    name = "model.layers.0.mlp.experts.down_proj"
+    for change, message in [(lambda e: e.update(experts=[]), "malformed"),
+                            (lambda e: e.update(transposed="no"), "malformed"),
+                            (lambda e: e.update(in_features=-1), "malformed"),
+                            (lambda e: e.update(in_features=e["in_features"] + 1), "config says 4 experts"),
+                            (lambda e: e["experts"].pop(), "config says 3 experts"),
+                            (lambda e: e["experts"][1].update(symbols=[7]), "has shape")]:
+        cfg = json.loads(json.dumps(good))
+        change(cfg["quantization_config"]["modules"][name])
+        path.write_text(json.dumps(cfg))
+        with pytest.raises(CodecError, match=message):
+            pycodec.from_pretrained(tmp_path / "out")
