@@ -59,7 +59,7 @@ class PycodecHfQuantizer(HfQuantizer):
                 m._is_hf_initialized = True
                 stand_in = torch.empty(0, device="meta")
                 stand_in._is_hf_initialized = True
-                m.__dict__["weight"] = stand_in
+                m._load_stand_in = stand_in  # what .weight gives until loading ends
             elif any(isinstance(c, CompressedExperts) for c in m.children()):
                 m._is_hf_initialized = True
         # A module that shares another's weight (a tied lm_head) has no tensors of its own in
@@ -73,7 +73,7 @@ class PycodecHfQuantizer(HfQuantizer):
         modules = self.quantization_config.modules
         for m in model.modules():
             if isinstance(m, tuple(COMPRESSED_MODULES.values())):
-                m.__dict__.pop("weight", None)  # the stand-in of _process_model_before_weight_loading
+                m.__dict__.pop("_load_stand_in", None)  # the stand-in of _process_model_before_weight_loading
         retie_shared(model, modules)  # the loader filled the owners' tensors, not the sharers'
         state = {f"{n}.{b}": t for n, m in model.named_modules() if isinstance(m, tuple(COMPRESSED_MODULES.values()))
                  and "shares" not in modules.get(n, {}) for b, t in m.packed().items()}

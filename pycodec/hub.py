@@ -347,6 +347,20 @@ def _packed_of(name: str, shapes, state: dict | None, device) -> dict:
     return packed
 
 
+def packed_modules(modules: dict) -> list[tuple[str, dict]]:
+    """(module name, {buffer: shape}) of every module of quantization_config that stores packed
+    tensors: an experts bank's experts one by one ("<bank>.<expert>"), no module that shares."""
+    out = []
+    for name, entry in modules.items():
+        if not isinstance(entry, dict) or "shares" in entry:
+            continue
+        if entry.get("class") == "CompressedExperts" and isinstance(entry.get("experts"), list):
+            out += [(f"{name}.{e}", shapes) for e, shapes in enumerate(entry["experts"]) if isinstance(shapes, dict)]
+        elif isinstance(entry.get("buffers"), dict):
+            out.append((name, entry["buffers"]))
+    return out
+
+
 def build_experts(parent: nn.Module, attr: str, entry: dict, name: str, state: dict | None = None, device=None,
                   exact_outputs: bool = False) -> CompressedExperts:
     """The CompressedExperts that replaces ``parent``'s expert parameter ``attr``."""
@@ -507,8 +521,7 @@ def from_pretrained(src: str, device: str | torch.device = "cpu", verify: bool =
     modules = qcfg.get("modules")
     if not isinstance(modules, dict):
         raise CodecError(f"{src}/config.json: quantization_config has no modules table")
-    compressed_keys = {f"{name}.{b}" for name, entry in modules.items() if isinstance(entry, dict)
-                       and "shares" not in entry for b in entry.get("buffers") or ()}
+    compressed_keys = {f"{name}.{b}" for name, shapes in packed_modules(modules) for b in shapes}
     state, pending, checked = _read_state(src, mmap=mmap, lazy=compressed_keys if mmap else frozenset())
     if verify and not mmap:
         verify_streams(state, checked)
@@ -534,11 +547,9 @@ def from_pretrained(src: str, device: str | torch.device = "cpu", verify: bool =
     if absent or on_meta:
         raise CodecError(f"checkpoint lacks tensors {sorted(set(absent) | set(on_meta))[:5]}")
     if pending:
-        for name, entry in modules.items():
-            if "shares" in entry:
-                continue  # its owner checks the tensors they share
+        for name, shapes in packed_modules(modules):  # a module that shares: its owner checks them
             module = model.get_submodule(name)
-            module._unchecked = {b: (f"{name}.{b}", *pending[f"{name}.{b}"]) for b in entry["buffers"]
+            module._unchecked = {b: (f"{name}.{b}", *pending[f"{name}.{b}"]) for b in shapes
                                  if f"{name}.{b}" in pending}
     model.pycodec_config = config
     model.eval()

@@ -28,6 +28,7 @@ from . import _C, cuda_ops, gpu
 from .codec import CodecError
 from .experts import CompressedExperts, compress_experts
 from .quant import KIND_AFFINE, KIND_LOSSLESS, KIND_SPLIT, LayerStats, compress_weight, unpack
+from .weight_view import DecodedOnUse
 
 AFFINE_BUFFERS = ("meta", "symbols", "scale", "zero", "escape_index", "escape_value")
 SPLIT_BUFFERS = ("meta", "symbols", "values", "raw")
@@ -363,6 +364,22 @@ class _DecodedWeight:
             self._unchecked = pending  # still unchecked: every later use raises too
             raise
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight for code that reads a module's ``.weight`` instead of calling it
+        (pycodec.weight_view): its shape, dtype and device, decoded by each operation on it."""
+        stand_in = self.__dict__.get("_load_stand_in")  # hf.py, while transformers loads
+        return stand_in if stand_in is not None else DecodedOnUse(self)
+
+    def _weight_meta(self) -> tuple[tuple, torch.dtype, torch.device]:
+        return self._weight_shape(), self.weight_dtype, self.meta.device
+
+    def _weight_in_use(self) -> torch.Tensor:
+        """The decoded weight as ``.weight`` shows it: the one kept, else decoded now."""
+        device = self.meta.device
+        w = self._weight_for(device) if self._uses_decoded(device) else None
+        return self.decoded_weight().to(device) if w is None else w
+
     def _uses_decoded(self, device: torch.device) -> bool:
         return bool(getattr(self, "cache_decoded", False)) or (self._decoded_cache is not None and
                                                                 device.type == "cpu")
@@ -553,6 +570,20 @@ class CompressedLinear(_PackedModule):
     def _dense_numel(self) -> int:
         return self.out_features * self.in_features
 
+    def _weight_shape(self) -> tuple:
+        return (self.out_features, self.in_features)
+
+    def _weight_in_use(self) -> torch.Tensor:
+        device = self.meta.device
+        if (device.type == "cuda" and self._info is not None and self._info.kind != KIND_AFFINE
+                and not self._uses_decoded(device)):
+            if self._unchecked:
+                self.verify()
+            # Rebuilt on the device by the decode kernel (a 16-bit lossless split weight).
+            kernel = dict(zip(gpu.KERNEL_BUFFERS, self.kernel()))
+            return gpu.dense_weight(self.packed(), kernel, self._info, device).to(self.weight_dtype)
+        return super()._weight_in_use()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._unchecked:
             self.verify()
@@ -618,6 +649,12 @@ class CompressedConv1D(CompressedLinear):
 
     def decoded_weight(self) -> torch.Tensor:
         return super().decoded_weight().t().contiguous().t()
+
+    def _weight_shape(self) -> tuple:
+        return (self.in_features, self.out_features)  # Conv1D's [in, out]
+
+    def _weight_in_use(self) -> torch.Tensor:
+        return super()._weight_in_use().t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda or (self._info.kind if self._info is not None else int(self.meta[1])) == KIND_AFFINE:
@@ -690,6 +727,9 @@ class CompressedEmbedding(_DecodedWeight, nn.Module):
 
     def _dense_numel(self) -> int:
         return self.num_embeddings * self.embedding_dim
+
+    def _weight_shape(self) -> tuple:
+        return (self.num_embeddings, self.embedding_dim)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if self._unchecked:
@@ -817,11 +857,7 @@ def _computes_linear(module: nn.Linear) -> bool:
         return bool(((got.float() - want.float()).abs() <= tol).all())
 
 
-# Parent modules that read a child linear's .weight themselves instead of calling it.
-_WEIGHT_READERS = {nn.MultiheadAttention: ("out_proj",), nn.TransformerEncoderLayer: ("linear1", "linear2")}
-
-
-def dense_reason(module: nn.Module, weight_read_by_parent: bool = False) -> str | None:
+def dense_reason(module: nn.Module) -> str | None:
     """Why ``compress_`` keeps an nn.Linear / nn.Embedding dense, or None when it compresses it.
 
     A compressed module runs nn.Linear's / nn.Embedding's forward. A subclass that overrides
@@ -829,8 +865,6 @@ def dense_reason(module: nn.Module, weight_read_by_parent: bool = False) -> str 
     is a scaled word embedding (Gemma's), whose scale CompressedEmbedding applies and which is
     checked here on the table's first rows, bit for bit.
     """
-    if weight_read_by_parent:
-        return "its parent reads its weight directly"
     if isinstance(module, nn.Linear):
         if type(module).forward is nn.Linear.forward:
             return None
@@ -970,13 +1004,11 @@ def _plan(model: nn.Module, config, skip=None) -> tuple[list, dict]:
     ``skip`` that stay dense (dense_reason)."""
     skip = tuple(config.skip if skip is None else skip)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    read_by_parent = {id(getattr(m, child)) for m in model.modules() for cls, children in _WEIGHT_READERS.items()
-                      if isinstance(m, cls) for child in children if isinstance(getattr(m, child, None), nn.Module)}
     candidates, kept_dense = [], {}
     for n, m in model.named_modules():
         if not (isinstance(m, (nn.Linear, nn.Embedding)) or is_conv1d(m)) or _skipped(n, skip):
             continue
-        reason = None if is_conv1d(m) else dense_reason(m, id(m) in read_by_parent)
+        reason = None if is_conv1d(m) else dense_reason(m)
         if reason is None:
             candidates.append((n, m))
         else:

@@ -219,27 +219,81 @@ class AttentionBlock(nn.Module):
         return self.ffn(self.attn(x, x, x, need_weights=False)[0])
 
 
-def test_modules_that_read_their_linears_weights_keep_them_dense():
+def test_modules_that_read_their_linears_weights_run_compressed():
     """nn.MultiheadAttention reads out_proj.weight itself, nn.TransformerEncoderLayer its
-    linear1 / linear2 weights (its fast path): compressed, they would break."""
+    linear1 / linear2 weights (its fast path): a compressed module's .weight decodes on use."""
     torch.manual_seed(0)
     x = torch.randn(2, 5, 32)
     # Frozen like a compressed weight: for a non-contiguous fp32 input (the attention's output),
     # torch's linear takes another matmul path when the weight requires grad.
     block = AttentionBlock().eval().requires_grad_(False)
     ref = block(x)
-    report = pycodec.compress_(block, CompressionConfig(mode="lossless"), progress=False)
-    assert isinstance(block.ffn, pycodec.CompressedLinear) and type(block.attn.out_proj) is not pycodec.CompressedLinear
-    assert report["dense_weights"]["attn.out_proj.weight"][1] == "its parent reads its weight directly"
-    assert torch.equal(block(x), ref)
+    pycodec.compress_(block, CompressionConfig(mode="lossless"), progress=False)
+    assert isinstance(block.ffn, pycodec.CompressedLinear) and isinstance(block.attn.out_proj, pycodec.CompressedLinear)
+    assert torch.equal(block.requires_grad_(False)(x), ref)  # the biases too
 
     encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2).eval()
     encoder.requires_grad_(False)
     ref = encoder(x)
-    with pytest.warns(UserWarning, match="stay dense"):
+    with pytest.warns(UserWarning, match="in_proj_weight"):  # a parameter of the attention itself
         report = pycodec.compress_(encoder, CompressionConfig(mode="lossless"), progress=False)
-    assert report["dense_weights"]["layers.1.linear2.weight"][1] == "its parent reads its weight directly"
-    assert torch.equal(encoder(x), ref)
+    assert "layers.1.linear2" in report["layers"]
+    assert torch.equal(encoder.requires_grad_(False)(x), ref)
+
+
+@pytest.mark.parametrize("family", ["t5", "mamba"])
+def test_models_that_read_weights_run_compressed(family):
+    """T5 checks wo.weight.dtype, Mamba's slow path multiplies by dt_proj.weight."""
+    if family == "t5":
+        cfg = transformers.T5Config(d_model=64, d_ff=128, num_layers=2, num_heads=4, d_kv=16, vocab_size=256)
+        model = transformers.T5ForConditionalGeneration(cfg)
+        inputs = dict(input_ids=IDS, decoder_input_ids=IDS[:, :4])
+    else:
+        cfg = transformers.MambaConfig(hidden_size=64, num_hidden_layers=2, vocab_size=256, state_size=8)
+        model = transformers.MambaForCausalLM(cfg)
+        inputs = dict(input_ids=IDS)
+    model.eval().requires_grad_(False)  # Mamba's out_proj takes a non-contiguous fp32 input (see above)
+    with torch.no_grad():
+        ref = model(**inputs).logits
+    pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    with torch.no_grad():
+        assert bits_equal(model(**inputs).logits, ref)
+
+
+def test_a_compressed_weight_reads_as_a_tensor_and_is_read_only():
+    from pycodec.weight_view import DecodedOnUse
+
+    torch.manual_seed(0)
+    dense = nn.Linear(24, 40).to(torch.bfloat16)
+    model = nn.Sequential(nn.Linear(24, 40).to(torch.bfloat16))
+    model[0].load_state_dict(dense.state_dict())
+    pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    w = model[0].weight
+    assert isinstance(w, DecodedOnUse) and isinstance(w, torch.Tensor)
+    assert (w.shape, w.dtype, w.device, w.requires_grad) == (torch.Size([40, 24]), torch.bfloat16,
+                                                              torch.device("cpu"), False)
+    assert bits_equal(w + 0, dense.weight.detach())  # any operation sees the decoded weight
+    assert bits_equal(w.detach().clone(), dense.weight.detach())
+    x = torch.randn(3, 24, dtype=torch.bfloat16)
+    assert bits_equal(torch.nn.functional.linear(x, w), torch.nn.functional.linear(x, dense.weight.detach()))
+    for write in (lambda t: t.add_(1), lambda t: t.zero_(), lambda t: t.copy_(dense.weight.detach()),
+                  lambda t: torch.nn.init.normal_(t)):
+        with pytest.raises(CodecError, match="read-only"):
+            write(w)
+    assert bits_equal(model[0].decoded_weight(), dense.weight.detach())  # nothing was written
+    assert "decoded where it is used" in repr(w)
+    with pycodec.cache_decoded(model):
+        model(x)
+        assert model[0]._weight_in_use() is model[0]._decoded  # the kept weight, not a new decode
+
+
+def test_conv1d_and_embedding_weights_read_in_their_own_layouts():
+    dense = gpt2()
+    model = gpt2()
+    pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    for name in ("transformer.h.0.attn.c_attn", "transformer.wte"):
+        w, want = model.get_submodule(name).weight, dense.get_submodule(name).weight.detach()
+        assert w.shape == want.shape and bits_equal(w * 1, want)
 
 
 # ---------------------------------------------------------------- GPT-2's Conv1D
@@ -446,3 +500,19 @@ def test_a_malformed_experts_entry_is_refused(tmp_path):
         path.write_text(json.dumps(cfg))
         with pytest.raises(CodecError, match=message):
             pycodec.from_pretrained(tmp_path / "out")
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_moe_experts_load_memory_mapped_and_stream(tmp_path, mmap):
+    ref = logits(moe("mixtral", "eager"), MOE_IDS)
+    model = moe("mixtral")
+    pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    pycodec.save_pretrained(model, tmp_path / "out")
+    loaded = pycodec.from_pretrained(tmp_path / "out", mmap=mmap)
+    streamer = pycodec.stream(loaded, "cpu", resident_bytes=200_000, prefetch=1)
+    try:
+        assert any(".experts.down_proj." in n for n in streamer.report()["streamed"])
+        assert bits_equal(logits(loaded, MOE_IDS), ref)
+    finally:
+        streamer.close()
+    assert bits_equal(logits(loaded, MOE_IDS), ref)

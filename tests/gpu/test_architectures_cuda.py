@@ -29,3 +29,17 @@ def test_family_on_gpu_matches_cpu(family, mode):
     cpu, gpu = cpu_and_device(family, mode)
     # Lossless weights are exact on both; the fused GEMV sums in another order than the CPU.
     torch.testing.assert_close(gpu.float(), cpu.float(), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("mode", ["lossless", "rate"])
+def test_weight_read_on_gpu_is_the_decoded_weight(mode):
+    """.weight of a module on the GPU: a 16-bit lossless weight rebuilt by the decode kernel,
+    a rate weight decoded on the host; the same bits as the CPU's decode either way."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 384).to(torch.bfloat16))
+    pycodec.compress_(model, CompressionConfig(mode=mode, bits=4), progress=False)
+    want = model[0].decoded_weight()
+    model.to("cuda")
+    w = model[0].weight
+    assert w.device.type == "cuda" and w.shape == want.shape and w.dtype == want.dtype
+    assert torch.equal((w * 1).cpu(), want)
