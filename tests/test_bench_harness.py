@@ -2,6 +2,7 @@
 without a GPU."""
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -290,3 +291,27 @@ def test_layers_section_runs_on_the_cpu(monkeypatch):
                     ("pycodec lossless byte exact", 64)}
     assert all("error" not in r for r in timed), [r for r in timed if "error" in r]
     assert all(r["rel_err_vs_bf16"] < 0.2 for r in timed)
+
+
+def test_bench_moe_runs_every_row_on_a_tiny_model(tmp_path, monkeypatch):
+    """bench/bench_moe.py end to end on a tiny MoE: every row timed, the lossless logits equal to
+    the dense eager model's."""
+    import json
+
+    pytest.importorskip("transformers")
+    if os.path.join(ROOT, "bench") not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import bench_moe
+
+    monkeypatch.setattr(bench_moe, "SHAPE", dict(bench_moe.SHAPE, hidden_size=64, intermediate_size=128,
+                                                 moe_intermediate_size=32, num_hidden_layers=1,
+                                                 num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                                 vocab_size=256, num_experts=4))
+    out = tmp_path / "moe.json"
+    monkeypatch.setattr(sys, "argv", ["bench_moe.py", "--tokens", "2", "--json", str(out)])
+    bench_moe.main()
+    result = json.loads(out.read_text())
+    assert [r["method"].split(",")[0] for r in result["rows"]] == ["dense bf16"] * 2 + ["pycodec lossless"] * 2 + \
+        ["pycodec rate 3.5"] * 2
+    assert all(r["seconds_per_token_batch1"] > 0 and r["seconds_per_token_batch8"] > 0 for r in result["rows"])
+    assert result["rows"][2]["logits_bitwise_eager"] is True and result["rows"][2]["expert_banks"] == 2
