@@ -14,6 +14,7 @@ from torch import nn
 
 import pycodec
 from pycodec import CodecError, CompressionConfig
+from pycodec.nn import DENSE_WARNING_SHARE
 
 transformers = pytest.importorskip("transformers")
 
@@ -516,3 +517,46 @@ def test_moe_experts_load_memory_mapped_and_stream(tmp_path, mmap):
     finally:
         streamer.close()
     assert bits_equal(logits(loaded, MOE_IDS), ref)
+
+
+# ---------------------------------------------------------------- a sweep of transformers' causal LMs
+
+# Fields that shrink any of these families' default configs to a tiny model.
+TINY = dict(hidden_size=64, n_embd=64, d_model=64, num_hidden_layers=2, n_layer=2, num_layers=2, num_attention_heads=4,
+            n_head=4, num_key_value_heads=2, intermediate_size=128, ffn_hidden_size=128, vocab_size=256, head_dim=16,
+            kv_channels=16, moe_intermediate_size=32, shared_expert_intermediate_size=32, num_experts=4,
+            num_local_experts=4, n_routed_experts=4, num_experts_per_tok=2, max_position_embeddings=128,
+            n_positions=128, pad_token_id=0, bos_token_id=1, eos_token_id=2, rotary_dim=8, partial_rotary_factor=0.5)
+# Each kind of module a family brings: scaled embeddings (gemma2, gemma3_text, xglm's float scale),
+# fused qkv and odd biases, learned positions (biogpt's stay dense), expert banks (the MoE families),
+# mixers with convolutions (nemotron_h, lfm2).
+FAMILIES = ["bloom", "biogpt", "codegen", "cohere", "gemma2", "gemma3_text", "glm4_moe", "gpt_bigcode", "gpt_neo",
+            "gpt_oss", "gptj", "granitemoe", "hunyuan_v1_moe", "lfm2", "llama", "mpt", "nemotron_h", "olmo2", "olmoe",
+            "phi", "phimoe", "qwen2", "qwen2_moe", "starcoder2", "xglm"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_causal_lm_family_is_bit_exact_in_lossless_mode(family):
+    cfg = transformers.AutoConfig.for_model(family)
+    for key, value in TINY.items():
+        if hasattr(cfg, key):
+            setattr(cfg, key, value)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval().requires_grad_(False)
+    for p in model.parameters():
+        if p.dim() == 3:
+            torch.nn.init.normal_(p, std=0.05)
+    if getattr(model, "_can_set_experts_implementation", lambda: False)():
+        model.set_experts_implementation("eager")
+    ids = torch.randint(3, 256, (1, 10), generator=torch.Generator().manual_seed(0))
+    ref = logits(model, ids)
+    n_parameters = sum(p.numel() for p in model.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # biogpt's: its learned positions stay dense
+        report = pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    dense = report["dense_weights"]
+    if family == "biogpt":
+        assert list(dense) == ["biogpt.embed_positions.weight"] and "overrides" in dense[list(dense)[0]][1]
+    else:  # routers at most
+        assert sum(n for n, _ in dense.values()) <= DENSE_WARNING_SHARE * n_parameters, dense
+    assert bits_equal(logits(model.requires_grad_(False), ids), ref)
