@@ -132,6 +132,10 @@ def save_pretrained(model: nn.Module, out_dir: str, tokenizer=None, max_shard_by
             json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
     config = getattr(model, "config", None)
     cfg_dict = config.to_dict() if config is not None and hasattr(config, "to_dict") else {}
+    if cfg_dict and not cfg_dict.get("architectures"):
+        # As transformers' save_pretrained records it: which class to build at load (a BertModel
+        # or a T5 made from a config has none, and the loader's fallback is a causal LM).
+        cfg_dict["architectures"] = [type(model).__name__]
     cfg_dict["quantization_config"] = qcfg
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(cfg_dict, f, indent=2, default=str)
@@ -416,7 +420,7 @@ def install_modules(model: nn.Module, qcfg: dict, state: dict | None = None, dev
             new = build_module(old, entry, name, state, device, exact)
         built[name] = new
         _set_submodule(model, name, new)
-    _drop_tied_parameter_keys(model, {n for n, e in modules.items() if isinstance(e, dict) and "shares" in e})
+    _drop_tied_parameter_keys(model, set(built))
 
 
 def tie_packed(module: nn.Module, owner: nn.Module) -> None:
@@ -434,20 +438,29 @@ def retie_shared(model: nn.Module, modules: dict) -> None:
             tie_packed(model.get_submodule(name), model.get_submodule(entry["shares"]))
 
 
-def _drop_tied_parameter_keys(model: nn.Module, shared: set) -> None:
+def _drop_tied_parameter_keys(model: nn.Module, compressed: set) -> None:
     """transformers ties the dense weights of tied modules by parameter name ("lm_head.weight"
-    to "model.embed_tokens.weight"); once both are compressed those names do not exist and the
-    tie is ours (``shares``), so its entries go."""
-    if not shared:
+    to "model.embed_tokens.weight"); once they are compressed those parameters do not exist and
+    the tie is ours (``shares``), so its entries go: the model's own and those of every
+    sub-model (MBart's inner model ties its encoder's and decoder's tables to ``shared``), whose
+    names are relative to it."""
+    if not compressed:
         return
-    for attr in ("all_tied_weights_keys", "_tied_weights_keys"):
-        keys = getattr(model, attr, None)
-        if isinstance(keys, dict):
-            kept = {t: s for t, s in keys.items() if t.rpartition(".")[0] not in shared}
-            try:
-                setattr(model, attr, kept)
-            except AttributeError:
-                pass
+    for prefix, sub in model.named_modules():
+        for attr in ("all_tied_weights_keys", "_tied_weights_keys"):
+            keys = getattr(sub, attr, None)
+            if not isinstance(keys, dict):
+                continue
+
+            def owner(param: str) -> str:
+                return (f"{prefix}.{param}" if prefix else param).rpartition(".")[0]
+
+            kept = {t: s for t, s in keys.items() if owner(t) not in compressed and owner(str(s)) not in compressed}
+            if kept != keys:
+                try:
+                    setattr(sub, attr, kept)
+                except AttributeError:
+                    pass
 
 
 def _tied_keys(model: nn.Module) -> set:

@@ -560,3 +560,37 @@ def test_causal_lm_family_is_bit_exact_in_lossless_mode(family):
     else:  # routers at most
         assert sum(n for n, _ in dense.values()) <= DENSE_WARNING_SHARE * n_parameters, dense
     assert bits_equal(logits(model.requires_grad_(False), ids), ref)
+
+
+# ---------------------------------------------------------------- beyond causal LMs
+
+
+def encoder_decoders():
+    t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(
+        d_model=64, d_ff=128, num_layers=2, num_heads=4, d_kv=16, vocab_size=256))
+    mbart = transformers.MBartForConditionalGeneration(transformers.MBartConfig(
+        d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=256, max_position_embeddings=64, scale_embedding=True))
+    bert = transformers.BertModel(transformers.BertConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=256))
+    seq2seq = dict(input_ids=IDS, decoder_input_ids=IDS[:, :4])
+    return {"t5": (t5, seq2seq), "mbart": (mbart, seq2seq), "bert": (bert, dict(input_ids=IDS))}
+
+
+@pytest.mark.parametrize("family", ["t5", "mbart", "bert"])
+def test_models_made_from_a_config_save_and_load_as_their_own_class(family, tmp_path):
+    """A model built from a config has no "architectures" until saved: pycodec records its class
+    (the loader's fallback is a causal LM), and drops the ties of sub-models too (MBart's inner
+    model ties both its tables to "shared", which are one compressed, scaled embedding)."""
+    torch.manual_seed(0)
+    model, inputs = encoder_decoders()[family]
+    model.eval().requires_grad_(False)
+    with torch.no_grad():
+        ref = model(**inputs)[0]
+    pycodec.compress_(model, CompressionConfig(mode="lossless"), progress=False)
+    pycodec.save_pretrained(model, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == [type(model).__name__]
+    for loaded in (pycodec.from_pretrained(tmp_path / "out"), type(model).from_pretrained(tmp_path / "out")):
+        assert type(loaded) is type(model)
+        with torch.no_grad():
+            assert bits_equal(loaded.eval().requires_grad_(False)(**inputs)[0], ref)
