@@ -56,7 +56,8 @@ import torch
 from torch import nn
 
 from .codec import CodecError
-from .experts import compress_experts
+from .experts import (CompressedExperts, ExpertInputs, bank_report, compress_experts, expert_targets, install_bank,
+                      use_implementation)
 from .nn import is_conv1d, linear_weight
 from .quant import (ESCAPE_BITS, RATE_MAX_Q, RATE_ZERO, LayerStats, _constant_stream_bits, _RateEstimate,
                     _row_chunk_symbols, _row_sigma, _solve_log, _stream, _symbol_entropy_bits, coder_overhead,
@@ -686,6 +687,24 @@ def _progress(iterable, desc: str, unit: str):
 
 # ---------------------------------------------------------------------------- the model
 
+def compress_bank_calibrated(weight: torch.Tensor, transposed: bool, param: str, inputs: ExpertInputs,
+                             config) -> CompressedExperts:
+    """A CompressedExperts of ``weight`` [experts, rows, columns], each expert rounded for its
+    outputs on the inputs routed to it (an expert no token reached: as if all inputs were alike)."""
+    from .nn import CompressedConv1D, CompressedLinear
+
+    experts = []
+    for e in range(weight.shape[0]):
+        w = (weight[e].t() if transposed else weight[e]).contiguous()  # [out, in]
+        (packed, stats), = compress_weights_calibrated([w], inputs.hessian(param, e, w.shape[1]), config)
+        cls = CompressedConv1D if transposed else CompressedLinear
+        m = cls(w.shape[1], w.shape[0], {k: v.to(weight.device) for k, v in packed.items()}, None, False,
+                config.exact_outputs)
+        m.stats = stats
+        experts.append(m)
+    return CompressedExperts(experts, transposed)
+
+
 def _max_positions(model: nn.Module) -> int | None:
     """The longest sequence the model's position embeddings take (GPT-2's n_positions), if it says."""
     cfg = getattr(model, "config", None)
@@ -745,12 +764,29 @@ def compress_calibrated(model: nn.Module, config, tokenizer=None, skip=None, pro
 
     hidden, args, kwargs = capture_layer_inputs(model, layers, ids)
     hidden, args, kwargs = hidden.float(), _as_float32(args), _as_float32(kwargs)
+    skip_names = tuple(config.skip if skip is None else skip)
     iterator = _progress(layers, f"pycodec {config.mode} calibrated", "layer") if progress else layers
     for layer in iterator:
         dtype = next(layer.parameters()).dtype
         layer.float()  # computed in float32, as H is accumulated; cast back below
         linears = {calibrated[id(m)][0]: m for m in layer.modules() if id(m) in calibrated}
-        for group in collect_hessians(layer, linears, hidden, args, kwargs):
+        banks = expert_targets(model, skip_names, within=layer)
+        inputs = ExpertInputs()
+        for _, module, _ in banks:  # the pass below gathers each expert's inputs, routed as they come
+            use_implementation(module)
+            module._pycodec_inputs = inputs
+        try:
+            groups = collect_hessians(layer, linears, hidden, args, kwargs)
+        finally:
+            for _, module, _ in banks:
+                module.__dict__.pop("_pycodec_inputs", None)
+        for name, module, param in banks:
+            weight = module._parameters[param]
+            bank = compress_bank_calibrated(weight.detach().to(dtype), bool(module.is_transposed), param, inputs,
+                                            config)
+            install_bank(model, name, module, param, bank)
+            reports[name] = bank_report(bank, weight.detach().to(dtype))
+        for group in groups:
             by_config: dict = {}  # layers that share an input and a config are swept together
             for n in group.names:
                 by_config.setdefault(calibrated[id(linears[n])][1], []).append(n)
@@ -771,8 +807,8 @@ def compress_calibrated(model: nn.Module, config, tokenizer=None, skip=None, pro
         if name not in done:
             install(name, module, _compressed(module, cfg or config, done[shares].packed() if shares else None), shares)
 
-    # Expert banks from their weights alone: the layer sweep calibrates linears.
-    reports.update(compress_experts(model, config, tuple(config.skip if skip is None else skip), progress))
+    # Expert banks outside the decoder layers, if any, from their weights alone.
+    reports.update(compress_experts(model, config, skip_names, progress))
     model.pycodec_config = config
     report = whole_model_report(model, {name: reports[name] for name, *_ in plan} | {
         name: r for name, r in reports.items() if "experts" in r}, config, n_parameters, kept_dense, skip)

@@ -145,6 +145,7 @@ def experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: t
     with torch.no_grad():
         mask = F.one_hot(top_k_index, num_classes=n_experts + 1).permute(2, 1, 0)
         hit = torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero()
+    inputs = getattr(self, "_pycodec_inputs", None)  # ExpertInputs, while calibration gathers them
     for e in hit.reshape(-1).tolist():
         if e >= n_experts:  # an expert-parallel sentinel: not on this rank
             continue
@@ -152,6 +153,9 @@ def experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: t
         x = hidden_states[token_idx]
         up = _project(self, up_name, e, x)
         h = self._apply_gate(up) if self.has_gate else self.act_fn(up)
+        if inputs is not None:
+            inputs.add(up_name, e, x)
+            inputs.add("down_proj", e, h)
         out = _project(self, "down_proj", e, h)
         if getattr(self, "has_post_expert_norm", False):
             out = self.post_expert_norm(out)
@@ -178,14 +182,53 @@ def use_implementation(module: nn.Module) -> None:
     module.config._experts_implementation = IMPLEMENTATION
 
 
+class ExpertInputs:
+    """The second moment H = XᵀX / n of each expert's inputs to each of its matrices, gathered
+    while experts_forward runs (calibration): the tokens routed to it, and their activations."""
+
+    def __init__(self):
+        self._sums: dict[tuple[str, int], tuple[torch.Tensor, int]] = {}
+
+    def add(self, param: str, e: int, x: torch.Tensor) -> None:
+        x2 = x.detach().reshape(-1, x.shape[-1]).float()
+        h, n = self._sums.get((param, e), (0, 0))
+        self._sums[(param, e)] = (x2.t() @ x2 + h, n + x2.shape[0])
+
+    def hessian(self, param: str, e: int, k: int) -> torch.Tensor:
+        """H of expert e's ``param`` input ([k, k]); zeros when no token reached it."""
+        h, n = self._sums.get((param, e), (None, 0))
+        return torch.zeros(k, k) if n == 0 else (h / n).cpu()
+
+    def tokens(self, param: str, e: int) -> int:
+        return self._sums.get((param, e), (None, 0))[1]
+
+
+def expert_targets(model: nn.Module, skip: tuple, within: nn.Module | None = None) -> list:
+    """(parameter name, experts module, parameter) for each expert weight compress_ codes (in
+    ``within`` only, when given), except those named in ``skip``."""
+    from .nn import _skipped
+
+    inside = None if within is None else {id(m) for m in within.modules()}
+    targets = [(f"{n}.{p}" if n else p, m, p) for n, m in model.named_modules()
+               if is_experts_module(m) and (inside is None or id(m) in inside) for p in expert_parameters(m)]
+    return [t for t in targets if not _skipped(t[0], skip) and not _skipped(t[0].rpartition(".")[0], skip)]
+
+
+def install_bank(model: nn.Module, name: str, module: nn.Module, param: str, bank: CompressedExperts) -> None:
+    """Puts ``bank`` where ``module``'s expert parameter was, and points the module at the
+    "pycodec" experts implementation."""
+    from .nn import _set_submodule
+
+    del module._parameters[param]
+    _set_submodule(model, name, bank)
+    use_implementation(module)
+
+
 def compress_experts(model: nn.Module, config, skip: tuple, progress: bool = False) -> dict:
     """Replaces the expert parameters of every experts module not named in ``skip`` by a
-    CompressedExperts; returns {parameter name: its layer report}."""
-    from .nn import _set_submodule, _skipped
-
-    targets = [(f"{n}.{p}" if n else p, m, p) for n, m in model.named_modules()
-               if is_experts_module(m) for p in expert_parameters(m)]
-    targets = [t for t in targets if not _skipped(t[0], skip) and not _skipped(t[0].rpartition(".")[0], skip)]
+    CompressedExperts, each expert from its weight alone; returns {parameter name: its layer
+    report}."""
+    targets = expert_targets(model, skip)
     if progress and targets:
         try:
             from tqdm.auto import tqdm
@@ -197,9 +240,7 @@ def compress_experts(model: nn.Module, config, skip: tuple, progress: bool = Fal
     for name, module, param in targets:
         weight = module._parameters[param]
         bank = CompressedExperts.from_parameter(weight, bool(module.is_transposed), config)
-        del module._parameters[param]
-        _set_submodule(model, name, bank)
-        use_implementation(module)
+        install_bank(model, name, module, param, bank)
         layers[name] = bank_report(bank, weight)
     return layers
 
