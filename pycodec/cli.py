@@ -301,8 +301,11 @@ def cmd_inspect(a) -> None:
             nbytes += sum(state[k].numel() * state[k].element_size() for k in keys if not k.endswith(".meta"))
             meta = state[f"{prefix}.meta"].tolist()
             n_weights += meta[2] * meta[3]
-        meta = state[f"{parts[0][0]}.meta"].tolist()
-        shape = [meta[2], meta[3]] if len(parts) == 1 else [len(parts), meta[2], meta[3]]
+        meta = state[f"{parts[0][0]}.meta"].tolist()  # rows, columns as coded
+        if entry.get("class") == "CompressedExperts":  # the parameter's shape, as compress_ reports it
+            shape = [len(parts), meta[3], meta[2]] if entry.get("transposed") else [len(parts), meta[2], meta[3]]
+        else:
+            shape = [meta[2], meta[3]]
         rows[name] = {"shape": shape, "bits_per_weight": 8 * nbytes / n_weights if n_weights else math.nan}
     coded = [r for r in rows.values() if "shape" in r]
     total_w = sum(math.prod(r["shape"]) for r in coded)

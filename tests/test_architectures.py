@@ -461,7 +461,7 @@ def test_moe_experts_in_rate_mode_meet_the_budget(family, tmp_path, capsys):
         assert bits_equal(logits(loaded, MOE_IDS), out)
     inspected = inspect_json(tmp_path / "out", capsys)
     for name, layer in banks.items():
-        assert inspected["layers"][name]["shape"][0] == layer["experts"]
+        assert inspected["layers"][name]["shape"] == layer["shape"]
         assert inspected["layers"][name]["bits_per_weight"] == pytest.approx(layer["bits_per_weight"], rel=1e-6)
     assert inspected["bits_per_parameter"] == pytest.approx(report["bits_per_parameter"], rel=1e-3)
 
