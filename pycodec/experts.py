@@ -92,11 +92,7 @@ class CompressedExperts(nn.Module):
         e = int(e)
         if not -len(self) <= e < len(self):
             raise IndexError(f"expert {e} of {len(self)}")
-        m = self.linear(e % len(self))
-        device = m.meta.device
-        w = m._weight_for(device) if m._uses_decoded(device) else None
-        w = (m.decoded_weight() if w is None else w).to(device)
-        return w.t() if self.transposed else w
+        return self.linear(e % len(self))._weight_in_use()  # what the expert's .weight shows: this layout
 
     @property
     def dtype(self) -> torch.dtype:
