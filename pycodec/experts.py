@@ -195,9 +195,6 @@ class ExpertInputs:
         h, n = self._sums.get((param, e), (None, 0))
         return torch.zeros(k, k) if n == 0 else (h / n).cpu()
 
-    def tokens(self, param: str, e: int) -> int:
-        return self._sums.get((param, e), (None, 0))[1]
-
 
 def expert_targets(model: nn.Module, skip: tuple, within: nn.Module | None = None) -> list:
     """(parameter name, experts module, parameter) for each expert weight compress_ codes (in

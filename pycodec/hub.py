@@ -18,7 +18,7 @@ from torch import nn
 
 from .codec import CodecError, _C
 from .config import CompressionConfig
-from .experts import CompressedExperts, use_implementation
+from .experts import CompressedExperts, install_bank
 from .nn import (COMPRESSED_MODULES, CompressedConv1D, CompressedEmbedding, CompressedLinear, _packed_key,
                  _set_submodule, buffer_dtype, embedding_scale, is_conv1d)
 
@@ -398,10 +398,7 @@ def install_modules(model: nn.Module, qcfg: dict, state: dict | None = None, dev
                 parent = model.get_submodule(parent_name)
             except AttributeError:
                 raise CodecError(f"quantization_config lists {name!r}, which the model does not have") from None
-            bank = build_experts(parent, attr, entry, name, state, device, exact)
-            del parent._parameters[attr]
-            parent.add_module(attr, bank)
-            use_implementation(parent)
+            install_bank(model, name, parent, attr, build_experts(parent, attr, entry, name, state, device, exact))
     modules = {n: e for n, e in modules.items() if not (isinstance(e, dict) and e.get("class") == "CompressedExperts")}
     built = {}
     for name, entry in sorted(modules.items(), key=lambda kv: "shares" in kv[1]):  # owners first
