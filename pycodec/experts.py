@@ -43,7 +43,10 @@ def expert_parameters(module: nn.Module) -> list[str]:
 
 class CompressedExperts(nn.Module):
     """A [experts, rows, columns] expert weight held as one compressed module per expert
-    (children "0", "1", ...). ``transposed``: the parameter held each expert as [in, out]."""
+    (children "0", "1", ...). ``transposed``: the parameter held each expert as [in, out].
+    ``streamer``: the pycodec.stream Streamer that uploads its experts, while one does."""
+
+    streamer = None
 
     def __init__(self, experts: list[nn.Module], transposed: bool):
         super().__init__()
@@ -142,9 +145,12 @@ def experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: t
         mask = F.one_hot(top_k_index, num_classes=n_experts + 1).permute(2, 1, 0)
         hit = torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero()
     inputs = getattr(self, "_pycodec_inputs", None)  # ExpertInputs, while calibration gathers them
-    for e in hit.reshape(-1).tolist():
-        if e >= n_experts:  # an expert-parallel sentinel: not on this rank
-            continue
+    routed = [e for e in hit.reshape(-1).tolist() if e < n_experts]  # not an expert-parallel sentinel
+    banks = [b for b in (getattr(self, up_name), self.down_proj) if isinstance(b, CompressedExperts)]
+    streamer = next((b.streamer for b in banks if b.streamer is not None), None)
+    if streamer is not None:  # streamed experts: upload those routed to, in the order they run
+        streamer.expect([b.linear(e) for e in routed for b in banks])
+    for e in routed:
         top_k_pos, token_idx = torch.where(mask[e])
         x = hidden_states[token_idx]
         up = _project(self, up_name, e, x)

@@ -24,6 +24,11 @@ outside a forward ever sees a slot that another module may overwrite.
 A module that runs out of the planned order (registration order) is uploaded when it runs,
 synchronously: correct, slower, and counted in ``report()["prefetch_misses"]``.
 
+Experts (the modules of a CompressedExperts bank) are not in that order: which of them run
+depends on the router. They are uploaded when the experts' forward knows which tokens went where
+(``expect``: the routed experts, in the order they will run, as many as the ring holds), and
+the order's prefetch passes over them, so no expert that no token was routed to is uploaded.
+
 ``generate()`` works. ``torch.compile`` works with a graph break at each streamed module: its
 hooks (uploads, stream and event calls) run eagerly, between compiled regions; CUDA graphs
 (``mode="reduce-overhead"``) cannot hold uploads that depend on the host's order of calls.
@@ -37,6 +42,7 @@ from torch import nn
 
 from . import cuda_ops, gpu
 from .codec import CodecError
+from .experts import CompressedExperts
 from .nn import CompressedEmbedding, CompressedLinear, _packed_key
 
 ALIGN = 256  # bytes: each packed tensor's start in a slot (what CUDA allocations give)
@@ -69,8 +75,10 @@ def _is_mapped(t: torch.Tensor) -> bool:
 class _Streamed:
     """One streamed module: its host tensors, its slot and its views of that slot."""
 
-    def __init__(self, name: str, module: nn.Module, index: int):
+    def __init__(self, name: str, module: nn.Module, index: int, routed: bool = False):
         self.name, self.module, self.index = name, module, index
+        self.routed = routed  # an expert: uploaded when routed to (Streamer.expect), not in order
+        self.order: int | None = None  # its place among the streamed modules that run in order
         self.host = dict(module.packed())
         self.offsets, self.span = _slot_layout(self.host)
         self.blob: torch.Tensor | None = None  # pinned host copy in the slot's layout (one upload)
@@ -143,9 +151,14 @@ class Streamer:
                     free -= spans[name]
         resident_set = set(resident)
         self.resident = resident
-        self.streamed = [_Streamed(n, m, 0) for n, m in compressed if n not in resident_set]
+        experts = {id(e) for m in model.modules() if isinstance(m, CompressedExperts) for e in m.children()}
+        self.streamed = [_Streamed(n, m, 0, id(m) in experts) for n, m in compressed if n not in resident_set]
         for i, s in enumerate(self.streamed):
             s.index = i
+        self.in_order = [s for s in self.streamed if not s.routed]
+        for i, s in enumerate(self.in_order):
+            s.order = i
+        self._by_module = {id(s.module): s for s in self.streamed if s.routed}
         self.slots = min(ring_slots, len(self.streamed))
         self.device_bytes = {"dense": dense, "resident": sum(spans.get(n, 0) for n in resident),
                              "ring": self.slots * slot_bytes}
@@ -161,6 +174,9 @@ class Streamer:
             self.close()
             raise CodecError(f"out of memory on {device} while placing the streamed model "
                              f"(planned {sum(self.device_bytes.values())} bytes): {e}") from None
+        for m in model.modules():  # the experts' forward announces the routed experts to it
+            if isinstance(m, CompressedExperts):
+                m.streamer = self
         model.pycodec_stream = self
 
     def _place(self, compressed, tables, slot_bytes, pin) -> None:
@@ -243,11 +259,21 @@ class Streamer:
                 torch.cuda.current_stream(self.device).wait_event(self._ready[s.slot_id])
             for name, view in s.views.items():
                 module._buffers[name] = view
-            for ahead in range(1, min(self.prefetch, self.slots - 1) + 1):
-                nxt = self.streamed[(s.index + ahead) % len(self.streamed)]
-                if not self._present(nxt) and self._owner[self._cursor] != s.index:
-                    self._upload(nxt)
+            if s.order is not None:
+                for ahead in range(1, min(self.prefetch, self.slots - 1) + 1):
+                    nxt = self.in_order[(s.order + ahead) % len(self.in_order)]
+                    if not self._present(nxt) and self._owner[self._cursor] != s.index:
+                        self._upload(nxt)
         return pre_hook
+
+    @torch.compiler.disable
+    def expect(self, modules: list) -> None:
+        """Uploads the streamed ones among ``modules`` (experts about to run, in that order),
+        as many as the ring holds: the experts' forward calls this once it knows the routing."""
+        wanted = [self._by_module[id(m)] for m in modules if id(m) in self._by_module]
+        for s in wanted[:self.slots]:
+            if not self._present(s):
+                self._upload(s)
 
     def _make_post_hook(self, s: _Streamed):
         @torch.compiler.disable
@@ -284,6 +310,9 @@ class Streamer:
                 s.module._buffers[name] = t
         for s in self.streamed:
             s.blob = None
+        for m in self.model.modules():
+            if isinstance(m, CompressedExperts) and m.streamer is self:
+                m.streamer = None
         self.ring = None
         if getattr(self.model, "pycodec_stream", None) is self:
             self.model.pycodec_stream = None

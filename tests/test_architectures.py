@@ -626,3 +626,38 @@ def test_calibration_rounds_each_expert_for_the_tokens_routed_to_it(family, tmp_
     assert calibrated < 0.6 * error(alone)
     pycodec.save_pretrained(model, tmp_path / "out")
     assert bits_equal(logits(pycodec.from_pretrained(tmp_path / "out"), unseen), logits(model, unseen))
+
+
+def test_streamed_experts_are_uploaded_only_when_routed_to(tmp_path):
+    """pycodec.stream uploads an expert when the experts' forward knows it was routed to, never
+    in registration order: each upload of an expert is followed by its run."""
+    from pycodec.experts import CompressedExperts
+
+    cfg = dict(MOE["mixtral"], num_local_experts=8, intermediate_size=256)
+    torch.manual_seed(0)
+    dense = transformers.AutoModelForCausalLM.from_config(transformers.MixtralConfig(**cfg)).eval()
+    for p in dense.parameters():
+        if p.dim() == 3:
+            torch.nn.init.normal_(p, std=0.05)
+    ids = MOE_IDS[:1, :8]
+    ref = dense.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    pycodec.compress_(dense, CompressionConfig(mode="lossless"), progress=False)
+    pycodec.save_pretrained(dense, tmp_path / "out")
+    model = pycodec.from_pretrained(tmp_path / "out")
+    experts = {id(e): n for n, m in model.named_modules() if isinstance(m, CompressedExperts)
+               for n, e in m.named_children()}
+    runs, uploads = [], []
+    for m in model.modules():
+        if id(m) in experts:
+            m.register_forward_pre_hook(lambda module, args: runs.append(id(module)))
+    streamer = pycodec.stream(model, "cpu", resident_bytes=600_000, prefetch=4)
+    upload = streamer._upload
+    streamer._upload = lambda s: (uploads.append(id(s.module)), upload(s))
+    try:
+        assert any(s.routed for s in streamer.streamed)
+        assert torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0), ref)
+    finally:
+        streamer.close()
+    expert_uploads = [u for u in uploads if u in experts]
+    assert expert_uploads and len(expert_uploads) <= len([r for r in runs if r in experts])
+    assert set(expert_uploads) <= set(runs)  # no expert that never ran was uploaded
