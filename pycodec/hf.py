@@ -18,8 +18,8 @@ from transformers.quantizers.auto import register_quantization_config, register_
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .config import CompressionConfig
-from .hub import QUANT_METHOD, _read_state, check_tensor, install_modules, retie_shared, verify_streams
 from .experts import CompressedExperts
+from .hub import QUANT_METHOD, _read_state, check_tensor, install_modules, retie_shared, verify_streams
 from .nn import COMPRESSED_MODULES
 
 

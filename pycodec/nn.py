@@ -797,7 +797,8 @@ def _checked_scale(scale) -> tuple[str, float] | None:
         return None
     if (not isinstance(scale, (tuple, list)) or len(scale) != 2 or scale[0] not in ("tensor", "float")
             or isinstance(scale[1], bool) or not isinstance(scale[1], (int, float)) or not math.isfinite(scale[1])):
-        raise CodecError(f"an embedding's output scale must be ('tensor' or 'float', a finite number), got {scale!r:.100}")
+        raise CodecError("an embedding's output scale must be ('tensor' or 'float', a finite number), "
+                         f"got {scale!r:.100}")
     return (scale[0], float(scale[1]))
 
 
