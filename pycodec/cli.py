@@ -86,7 +86,10 @@ def _save_converted(model, tok, target: str) -> None:
 
 
 def load_source(src: str, gguf_file: str | None = None, dtype: str = "bfloat16"):
-    """A dense transformers causal LM and its tokenizer; src may be 'smollm2' for the packaged model.
+    """A dense transformers model and its tokenizer; src may be 'smollm2' for the packaged model.
+    A folder's model is the class its config.json names (a BertModel stays one: loaded as a
+    causal LM it gained a random head and saved a checkpoint no loader could fill), else a
+    causal LM.
 
     The packaged model is a GGUF file, which transformers parses three times a load (config,
     tokenizer, weights: 16-20 s on the 2-core machine). Its first load also writes a plain
@@ -107,8 +110,14 @@ def load_source(src: str, gguf_file: str | None = None, dtype: str = "bfloat16")
     elif not gguf_file:
         check_model_folder(src)
     kw = {"gguf_file": gguf_file} if gguf_file else {}
+    cls = AutoModelForCausalLM
+    if not gguf_file:
+        from .hub import saved_model_class
+
+        with open(os.path.join(src, "config.json")) as f:
+            cls = saved_model_class(json.load(f))
     with _library_output():
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype), **kw)
+        model = cls.from_pretrained(src, dtype=getattr(torch, dtype), **kw)
     try:
         tok = AutoTokenizer.from_pretrained(src, **kw)
     except (OSError, ValueError, TypeError):

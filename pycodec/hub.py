@@ -497,6 +497,17 @@ class _ParametersOnMeta:
         nn.Module.register_parameter = self._register
 
 
+def saved_model_class(cfg_dict: dict):
+    """The class a config.json names ("architectures", as transformers writes it) when
+    transformers has it; a causal LM when the config does not say."""
+    import transformers
+
+    names = cfg_dict.get("architectures") or []
+    saved = getattr(transformers, names[0], None) if isinstance(names, list) and names and isinstance(names[0], str) \
+        else None
+    return saved if isinstance(saved, type) else transformers.AutoModelForCausalLM
+
+
 def from_pretrained(src: str, device: str | torch.device = "cpu", verify: bool = True, model_cls=None,
                     mmap: bool = False, stream_to: str | torch.device | None = None,
                     resident_bytes: int | None = None):
@@ -535,11 +546,7 @@ def from_pretrained(src: str, device: str | torch.device = "cpu", verify: bool =
     state, pending, checked = _read_state(src, mmap=mmap, lazy=compressed_keys if mmap else frozenset())
     if verify and not mmap:
         verify_streams(state, checked)
-    # The class that was saved (config.json "architectures", as transformers writes it), unless
-    # the caller names one; a causal LM when the config does not say.
-    architectures = cfg_dict.get("architectures") or []
-    saved = getattr(transformers, architectures[0], None) if architectures else None
-    cls = model_cls or (saved if isinstance(saved, type) else transformers.AutoModelForCausalLM)
+    cls = model_cls or saved_model_class(cfg_dict)
     build = cls.from_config if hasattr(cls, "from_config") else cls._from_config  # Auto* or a model class
     with _ParametersOnMeta():
         model = build(hf_config, dtype=getattr(hf_config, "dtype", None) or torch.float32)

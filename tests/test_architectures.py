@@ -661,3 +661,21 @@ def test_streamed_experts_are_uploaded_only_when_routed_to(tmp_path):
     expert_uploads = [u for u in uploads if u in experts]
     assert expert_uploads and len(expert_uploads) <= len([r for r in runs if r in experts])
     assert set(expert_uploads) <= set(runs)  # no expert that never ran was uploaded
+
+
+def test_the_cli_compresses_a_model_as_the_class_its_folder_names(tmp_path, capsys):
+    """`pycodec compress` of all-MiniLM-L6-v2 (a BertModel): loaded as a causal LM it gained a
+    random head and wrote a checkpoint that no loader could fill."""
+    from pycodec import cli
+    from pycodec._weights import minilm_safetensors_path
+
+    src = minilm_safetensors_path().parent
+    cli.main(["compress", str(src), str(tmp_path / "out"), "--mode", "lossless", "--json"])
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == ["BertModel"]
+    loaded = pycodec.from_pretrained(tmp_path / "out")
+    dense = transformers.AutoModel.from_pretrained(str(src)).eval()  # fp32 in the folder; the CLI's bf16
+    ids = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert type(loaded) is type(dense)
+    with torch.no_grad():
+        ref = dense.to(torch.bfloat16)(input_ids=ids).last_hidden_state
+        assert bits_equal(loaded(input_ids=ids).last_hidden_state, ref)
