@@ -369,7 +369,11 @@ class _DecodedWeight:
         """The weight for code that reads a module's ``.weight`` instead of calling it
         (pycodec.weight_view): its shape, dtype and device, decoded by each operation on it."""
         stand_in = self.__dict__.get("_load_stand_in")  # hf.py, while transformers loads
-        return stand_in if stand_in is not None else DecodedOnUse(self)
+        if stand_in is not None:
+            return stand_in
+        if self.meta.is_meta:  # a skeleton not yet loaded: its dtype is in the tensors to come
+            return torch.empty(self._weight_shape(), device="meta")
+        return DecodedOnUse(self)
 
     def _weight_meta(self) -> tuple[tuple, torch.dtype, torch.device]:
         return self._weight_shape(), self.weight_dtype, self.meta.device

@@ -288,6 +288,14 @@ def test_a_compressed_weight_reads_as_a_tensor_and_is_read_only():
         assert model[0]._weight_in_use() is model[0]._decoded  # the kept weight, not a new decode
 
 
+def test_a_skeletons_weight_reads_on_meta_without_decoding():
+    """A module built empty for a loader (meta tensors) still answers .weight: a meta tensor of
+    the weight's shape, not an error (hasattr would let a RuntimeError through)."""
+    packed = {n: torch.empty(0, device="meta") for n in ("meta", "symbols", "values", "raw")}
+    module = pycodec.CompressedLinear(8, 4, packed)
+    assert hasattr(module, "weight") and module.weight.shape == (4, 8) and module.weight.is_meta
+
+
 def test_conv1d_and_embedding_weights_read_in_their_own_layouts():
     dense = gpt2()
     model = gpt2()
