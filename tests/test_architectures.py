@@ -687,3 +687,14 @@ def test_the_cli_compresses_a_model_as_the_class_its_folder_names(tmp_path, caps
     with torch.no_grad():
         ref = dense.to(torch.bfloat16)(input_ids=ids).last_hidden_state
         assert bits_equal(loaded(input_ids=ids).last_hidden_state, ref)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "gpt2"])
+def test_compressed_families_run_under_torch_compile(family):
+    """torch.compile traces the "pycodec" experts implementation (with graph breaks at the
+    routing's host reads) and CompressedConv1D; outputs within fp32 rounding of eager."""
+    model = (moe("mixtral") if family == "mixtral" else gpt2()).eval().requires_grad_(False)
+    ids = MOE_IDS if family == "mixtral" else IDS
+    pycodec.compress_(model, CompressionConfig(mode="rate", bits=4), progress=False)
+    ref = logits(model, ids)
+    torch.testing.assert_close(logits(torch.compile(model), ids), ref, rtol=1e-4, atol=1e-5)
