@@ -437,6 +437,9 @@ def test_moe_experts_lossless_are_bit_exact_through_save_and_load(family, tmp_pa
     bank_name, bank = next(iter(banks.items()))
     assert bits_equal(bank[2], eager.get_parameter(bank_name)[2].detach())
     assert bits_equal(bank[torch.tensor([3, 1])], eager.get_parameter(bank_name)[[3, 1]].detach())
+    with pycodec.cache_decoded(model) as cache:  # each routed expert decoded once, kept
+        assert bits_equal(logits(model, MOE_IDS), ref)
+        assert cache.report()["layers_cached"] > 0
     for loaded in reloads(model, tmp_path):
         assert bits_equal(logits(loaded, MOE_IDS), ref)
     model.set_experts_implementation("eager")  # the model's own forward, through bank[e]
