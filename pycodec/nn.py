@@ -995,7 +995,9 @@ def stored_bytes(model: nn.Module) -> int:
 def compression_plan(model: nn.Module, config, skip=None) -> list:
     """(name, module, config, shares) for each module ``compress_`` replaces, in model order.
 
-    Every nn.Linear and nn.Embedding whose name is not in ``skip``. Embeddings and the output
+    Every nn.Linear, transformers Conv1D and nn.Embedding whose name is not in ``skip`` and
+    whose forward a compressed module keeps (dense_reason). Expert banks are not modules:
+    pycodec.experts compresses them after these. Embeddings and the output
     head (``get_output_embeddings()``) take ``config.for_embeddings()``. A module whose weight
     is an earlier planned module's (a tied lm_head) is not coded again: ``shares`` names that
     module, whose packed tensors it uses. A weight that a module staying dense also holds is
