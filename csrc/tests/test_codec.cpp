@@ -1529,6 +1529,14 @@ static void test_split_decode_emulation() {
   }
 }
 
+// A copy of a stream with `count` bytes of its payload (from payload_offset on) set at random:
+// what the mutated-payload checks feed the emulations.
+static std::vector<uint8_t> with_random_payload_bytes(std::vector<uint8_t> blob, uint64_t payload_offset, int count,
+                                                      std::mt19937& rng) {
+  for (int j = 0; j < count; ++j) blob[payload_offset + rng() % (blob.size() - payload_offset)] = uint8_t(rng());
+  return blob;
+}
+
 // The staged lossless GEMV's emulation against the fused one's on valid streams (the same
 // weights, summed in another order: within a few ulps of each other), and both on mutated
 // payloads: they stay inside their buffers (ASan) and refuse or return rows, never crash.
@@ -1564,9 +1572,7 @@ static void test_staged_split_gemv_emulation() {
       StreamInfo info;
       CHECK(parse_header(blob.data(), blob.size(), &info) == Status::Ok);
       for (int trial = 0; trial < 40; ++trial) {
-        std::vector<uint8_t> bad = blob;
-        for (int j = 0; j < 1 + trial % 4; ++j)
-          bad[info.payload_offset + rng() % (bad.size() - info.payload_offset)] = uint8_t(rng());
+        const std::vector<uint8_t> bad = with_random_payload_bytes(blob, info.payload_offset, 1 + trial % 4, rng);
         const Status st = run(bad, true, ys);
         CHECK((st == Status::Ok || st == Status::CorruptPayload) && ys.back() == 7.f);
       }
@@ -1662,9 +1668,7 @@ static void test_byte_split() {
     StreamInfo info;
     CHECK(parse_header(sp.blob.data(), sp.blob.size(), &info) == Status::Ok);
     for (int trial = 0; trial < 20; ++trial) {
-      std::vector<uint8_t> bad = sp.blob;
-      for (int j = 0; j < 1 + trial % 3; ++j)
-        bad[info.payload_offset + rng() % (bad.size() - info.payload_offset)] = uint8_t(rng());
+      const std::vector<uint8_t> bad = with_random_payload_bytes(sp.blob, info.payload_offset, 1 + trial % 3, rng);
       std::vector<float> yb(size_t(batch) * n_rows + 1, 7.f);  // canary at the end
       SplitArgs a{x.data(), sp.raw.data(), split::raw_words(n, 8), n_rows, k, 8, yb.data()};
       const Status st = emulate_gemv_split(bad.data(), bad.size(), sp.plan.values, sp.plan.n_values, a, batch, true);
@@ -1710,9 +1714,9 @@ static void test_word_stage_stores() {
       lane_stream(sym, lanes, chunk, &ls);
       const StreamInfo& info = ls.info;
       for (int trial = 0; trial < 25; ++trial) {
-        std::vector<uint8_t> b = ls.blob;
-        for (int k = 0; trial > 0 && k < 1 + trial % 3; ++k)  // trial 0: the valid stream
-          b[info.payload_offset + rng() % (b.size() - info.payload_offset)] = uint8_t(rng());
+        // trial 0: the valid stream
+        const std::vector<uint8_t> b = with_random_payload_bytes(ls.blob, info.payload_offset,
+                                                                 trial > 0 ? 1 + trial % 3 : 0, rng);
         KernelStream ks;
         kernel_stream(b, info, &ks);
         for (uint64_t c = 0; c < info.n_chunks; ++c) {
@@ -1767,9 +1771,7 @@ static void test_staged_affine_gemv_emulation() {
     }
     CHECK(close && differ == (batch == 1) && ys.back() == 7.f);  // batch > 1: the fused route both times
     for (int trial = 0; trial < 30; ++trial) {
-      std::vector<uint8_t> bad = blob;
-      for (int j = 0; j < 1 + trial % 3; ++j)
-        bad[info.payload_offset + rng() % (bad.size() - info.payload_offset)] = uint8_t(rng());
+      const std::vector<uint8_t> bad = with_random_payload_bytes(blob, info.payload_offset, 1 + trial % 3, rng);
       const Status st = run(bad, true, ys);
       CHECK((st == Status::Ok || st == Status::CorruptPayload) && ys.back() == 7.f);
     }
