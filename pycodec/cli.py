@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from .codec import CODERS, DEFAULT_CODER, SPLITS
+from .codec import CODERS, DEFAULT_CODER, SPLITS, CodecError
 from .config import BIT_ALLOCATIONS, DEFAULT_CALIBRATION_TOKENS
 
 DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
@@ -290,7 +290,7 @@ def _bits_range(report: dict) -> str:
 
 
 def cmd_inspect(a) -> None:
-    from .hub import _read_state
+    from .hub import _read_state, packed_modules
 
     with open(os.path.join(a.path, "config.json")) as f:
         qcfg = json.load(f)["quantization_config"]
@@ -300,9 +300,9 @@ def cmd_inspect(a) -> None:
         if entry.get("shares"):  # a tied module: its owner's row counts its weight
             rows[name] = {"shares": entry["shares"]}
             continue
-        # An experts bank holds one packed weight per expert, under <bank>.<expert>.
-        parts = ([(f"{name}.{e}", shapes) for e, shapes in enumerate(entry["experts"])]
-                 if entry.get("class") == "CompressedExperts" else [(name, entry["buffers"])])
+        parts = packed_modules({name: entry})  # an experts bank: one packed weight per expert
+        if not parts:
+            raise CodecError(f"quantization_config entry for {name!r} is malformed: {entry!r:.200}")
         nbytes = n_weights = 0
         for prefix, shapes in parts:
             keys = [f"{prefix}.{b}" for b in shapes]
@@ -529,8 +529,6 @@ def main(argv=None) -> None:
     d.set_defaults(fn=cmd_demo)
 
     a = p.parse_args(argv)
-    from .codec import CodecError
-
     if not a.verbose:
         quiet_other_libraries()
 

@@ -665,8 +665,7 @@ class CompressedConv1D(CompressedLinear):
             return super().forward(x)  # (no _info: loaded by transformers, which sets tensors itself)
         if self._unchecked:
             self.verify()
-        w = self._weight_for(x.device) if self._uses_decoded(x.device) else None
-        w = self.decoded_weight() if w is None else w
+        w = super()._weight_in_use()  # kept or decoded now: [out, in], a view of Conv1D's [in, out]
         return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def dense(self) -> nn.Module:
