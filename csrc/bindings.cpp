@@ -206,6 +206,12 @@ struct CudaKernels {
     return cuda::windowed_decode_split(s, t, a, st, cs);
   }
   static uint32_t split_decode_max_chunk() { return cuda::split_decode_max_chunk(); }
+  static Status fixed12_gemv(const fixed12::GemvArgs& a, uint32_t batch_pad, uintptr_t cs) {
+    return cuda::fixed12_gemv(a, batch_pad, cs);
+  }
+  static Status fixed12_decode(const uint32_t* c, const uint32_t* l, uint64_t p, uint32_t b4, uint16_t* o, uintptr_t cs) {
+    return cuda::fixed12_decode(c, l, p, b4, o, cs);
+  }
   static Status tile(const windowed::StreamView& s, const uint32_t* t, const windowed::TileArgs& a, uint32_t b,
                      uintptr_t cs) {
     return cuda::windowed_tile_affine(s, t, a, b, cs);
@@ -233,6 +239,12 @@ struct HostKernels {
     return host::windowed_decode_split(s, t, a, st);
   }
   static uint32_t split_decode_max_chunk() { return windowed::kMaxChunkSymbols; }  // host memory: any chunk
+  static Status fixed12_gemv(const fixed12::GemvArgs& a, uint32_t batch_pad, uintptr_t) {
+    return host::fixed12_gemv(a, batch_pad);
+  }
+  static Status fixed12_decode(const uint32_t* c, const uint32_t* l, uint64_t p, uint32_t b4, uint16_t* o, uintptr_t) {
+    return host::fixed12_decode(c, l, p, b4, o);
+  }
   static Status tile(const windowed::StreamView& s, const uint32_t* t, const windowed::TileArgs& a, uint32_t b,
                      uintptr_t) {
     return host::windowed_tile_affine(s, t, a, b);
@@ -314,6 +326,45 @@ void bind_windowed(py::module_& m, const std::string& prefix) {
       py::arg("view"), py::arg("value_table_dev"), py::arg("table_dev"), py::arg("x_dev"), py::arg("raw_dev"),
       py::arg("raw_words"), py::arg("low"), py::arg("n_rows"), py::arg("k"), py::arg("batch"), py::arg("y_dev"),
       py::arg("stream"), "Fused decode + GEMV of a lossless split bf16 weight (windowed_gemv.h: SplitArgs).");
+
+  m.def(
+      (prefix + "fixed12_gemv").c_str(),
+      [prefix](uintptr_t codes_dev, uintptr_t low_dev, uint64_t pieces, uint32_t base, uintptr_t x_dev,
+               uint32_t batch_pad, uint32_t batch, uint32_t n_rows, uint32_t k, uintptr_t y_dev, uintptr_t escape_row_dev,
+               uintptr_t escape_col_dev, uintptr_t escape_value_dev, uint32_t n_escapes, uintptr_t stream) {
+        if (base > fixed12::kMaxBase) throw CodecException(prefix + "fixed12_gemv: base out of range");
+        fixed12::GemvArgs a;
+        a.codes = reinterpret_cast<const uint32_t*>(codes_dev);
+        a.low = reinterpret_cast<const uint32_t*>(low_dev);
+        a.pieces = pieces;
+        a.base4 = base * 0x01010101u;
+        a.x = reinterpret_cast<const float*>(x_dev);
+        a.batch = batch;
+        a.n_rows = n_rows;
+        a.k = k;
+        a.escape_row = reinterpret_cast<const int32_t*>(escape_row_dev);
+        a.escape_col = reinterpret_cast<const int32_t*>(escape_col_dev);
+        a.escape_value = reinterpret_cast<const float*>(escape_value_dev);
+        a.n_escapes = n_escapes;
+        a.y = reinterpret_cast<float*>(y_dev);
+        check(K::fixed12_gemv(a, batch_pad, stream), (prefix + "fixed12_gemv").c_str());
+      },
+      py::arg("codes_dev"), py::arg("low_dev"), py::arg("pieces"), py::arg("base"), py::arg("x_dev"),
+      py::arg("batch_pad"), py::arg("batch"), py::arg("n_rows"), py::arg("k"), py::arg("y_dev"),
+      py::arg("escape_row_dev"), py::arg("escape_col_dev"), py::arg("escape_value_dev"), py::arg("n_escapes"),
+      py::arg("stream"), "y = x W^T for a fixed12 bf16 weight (fixed12.h: GemvArgs), batch 1..16.");
+
+  m.def(
+      (prefix + "fixed12_decode").c_str(),
+      [prefix](uintptr_t codes_dev, uintptr_t low_dev, uint64_t pieces, uint32_t base, uintptr_t out_dev,
+               uintptr_t stream) {
+        if (base > fixed12::kMaxBase) throw CodecException(prefix + "fixed12_decode: base out of range");
+        check(K::fixed12_decode(reinterpret_cast<const uint32_t*>(codes_dev), reinterpret_cast<const uint32_t*>(low_dev),
+                                pieces, base * 0x01010101u, reinterpret_cast<uint16_t*>(out_dev), stream),
+              (prefix + "fixed12_decode").c_str());
+      },
+      py::arg("codes_dev"), py::arg("low_dev"), py::arg("pieces"), py::arg("base"), py::arg("out_dev"),
+      py::arg("stream"), "The bf16 bits of a fixed12 weight's pieces (8 a piece; escapes as code 0's value).");
 
   m.def(
       (prefix + "split_merge").c_str(),
@@ -635,6 +686,61 @@ PYBIND11_MODULE(_C, m) {
       py::arg("coder"), py::arg("n_symbols"), py::arg("chunk_symbols"), py::arg("n_chunks"), py::arg("index_dev"),
       py::arg("payload_dev"), py::arg("payload_words"), py::arg("table_dev"), py::arg("out_dev"), py::arg("stream"),
       "Decode a stream held in device memory (raw pointers) on a CUDA stream.");
+
+  // ---- the fixed-width lossless layout (fixed12.h)
+  m.def(
+      "fixed12_encode",
+      [](py::array_t<uint16_t, py::array::c_style> bits) {
+        const uint16_t* in = bits.data();
+        const uint64_t n = uint64_t(bits.size());
+        const uint64_t pieces = fixed12::pieces_of(n);
+        uint64_t count[128];
+        uint32_t base;
+        {
+          py::gil_scoped_release release;
+          fixed12::count_tops(in, n, count);
+          base = fixed12::best_base(count);
+        }
+        uint64_t held = 0;
+        for (uint32_t e = base; e < base + fixed12::kWindow; ++e) held += count[e];
+        py::array_t<uint8_t> codes(py::ssize_t(4 * pieces)), low(py::ssize_t(8 * pieces));
+        py::array_t<int64_t> escapes(py::ssize_t(n - held));
+        uint8_t* c = codes.mutable_data();
+        uint8_t* l = low.mutable_data();
+        int64_t* e = escapes.mutable_data();
+        uint64_t n_escapes;
+        {
+          py::gil_scoped_release release;
+          n_escapes = fixed12::encode(in, n, base, c, l, e, n - held);
+        }
+        if (n_escapes != n - held) throw CodecException("fixed12_encode: escape count mismatch");
+        return py::make_tuple(base, codes, low, escapes);
+      },
+      py::arg("bits"),
+      "(base, codes uint8 [4 * pieces], low uint8 [8 * pieces], escape indices int64) of bf16 bits (fixed12.h).");
+  m.def(
+      "fixed12_decode_rows",
+      [](py::buffer codes, py::buffer low, uint32_t base, uint64_t k, py::array_t<int64_t, py::array::c_style> rows,
+         py::array_t<uint16_t, py::array::c_style> out) {
+        const py::buffer_info c = contiguous_bytes(codes, false, "codes"), l = contiguous_bytes(low, false, "low");
+        if (base > fixed12::kMaxBase) throw CodecException("fixed12_decode_rows: base out of range");
+        const uint64_t pieces = uint64_t(l.size) / 8;
+        if (uint64_t(l.size) != 8 * pieces || uint64_t(c.size) != 4 * pieces)
+          throw CodecException("fixed12_decode_rows: codes and low must hold the same whole pieces (4 and 8 bytes each)");
+        const uint64_t n_rows = uint64_t(rows.size());
+        if (uint64_t(out.size()) != n_rows * k) throw CodecException("fixed12_decode_rows: out must hold rows x k values");
+        const int64_t* r = rows.data();
+        for (uint64_t i = 0; i < n_rows; ++i)
+          if (r[i] < 0 || (uint64_t(r[i]) + 1) * k > 8 * pieces)
+            throw CodecException("fixed12_decode_rows: a row lies outside the weight");
+        uint16_t* o = out.mutable_data();
+        py::gil_scoped_release release;
+        for (uint64_t i = 0; i < n_rows; ++i)
+          fixed12::decode(static_cast<const uint8_t*>(c.ptr), static_cast<const uint8_t*>(l.ptr), base,
+                          uint64_t(r[i]) * k, k, o + i * k);
+      },
+      py::arg("codes"), py::arg("low"), py::arg("base"), py::arg("k"), py::arg("rows"), py::arg("out"),
+      "Rows of a fixed12 weight of k columns as bf16 bits (uint16 [len(rows) * k]); escapes as code 0's value.");
 
   // ---- format v2 kernels, and their host emulation behind the same arguments (tests)
   bind_windowed<CudaKernels>(m, "cuda_");

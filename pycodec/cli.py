@@ -8,8 +8,8 @@ import os
 import sys
 import time
 
-from .codec import CODERS, DEFAULT_CODER, SPLITS, CodecError
-from .config import BIT_ALLOCATIONS, DEFAULT_CALIBRATION_TOKENS
+from .codec import CODERS, DEFAULT_CODER, CodecError
+from .config import BIT_ALLOCATIONS, DEFAULT_CALIBRATION_TOKENS, LOSSLESS_SPLITS
 
 DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
 
@@ -473,10 +473,11 @@ def main(argv=None) -> None:
     c.add_argument("--coder", choices=CODERS, default=DEFAULT_CODER,
                    help="entropy coder: huffman writes stream format v2 (what the GPU kernels decode); "
                         "rans writes v1 (slightly smaller, CPU decode)")
-    c.add_argument("--lossless-split", choices=SPLITS, default="smallest",
+    c.add_argument("--lossless-split", choices=LOSSLESS_SPLITS, default="smallest",
                    help="lossless mode: 'smallest' cuts each 16-bit weight at the top bits that make it smallest; "
                         "'byte' at its top byte: ~0.15 bits a weight more, about half the instructions per weight "
-                        "in the GPU's lossless kernels")
+                        "in the GPU's lossless kernels; 'fixed12': no entropy coder, ~12 bits a bf16 weight, the "
+                        "fastest on a GPU")
     c.add_argument("--calibration", default=None, metavar="FILE|default",
                    help="int and rate modes: round each layer for its outputs on this text (GPTQ; rate mode also "
                         "rate-distortion optimized); 'default': licence texts that ship with Debian "

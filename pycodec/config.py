@@ -9,6 +9,8 @@ from .codec import CODERS, SPLITS, CodecError
 
 CONFIG_VERSION = 1
 MODES = ("lossless", "int", "rate")
+# lossless_split: encode_split's cuts, and the fixed-width layout (quant.pack_fixed12)
+LOSSLESS_SPLITS = SPLITS + ("fixed12",)
 # Calibration defaults (pycodec.calibrate). Up to 8192 tokens: the second moments of 576..1536-wide
 # inputs need several times their width (2048 calibrated measurably worse), and SmolLM2-135M
 # still calibrates in about a minute on 2 cores.
@@ -45,8 +47,12 @@ class CompressionConfig:
     lossless_split: lossless mode: ``"smallest"`` cuts each 16-bit float weight at the top bits
       that make it smallest; ``"byte"`` at its top byte, every top byte its own symbol: ~0.15
       bits a weight more (SmolLM2 bf16 10.78 against 10.63), about half the instructions per
-      weight in the GPU's lossless kernels (bench/sass_count.py). Saved configs without it read
-      ``"smallest"``, as they were made.
+      weight in the GPU's lossless kernels (bench/sass_count.py); ``"fixed12"``: no entropy coder,
+      each bf16 weight's low byte raw and its top byte a 4-bit code into a window of 8 exponent
+      values per tensor (the rest, ~1e-4 of real weights, kept exactly aside): ~12.03 bits a weight
+      (SmolLM2 and MiniLM bf16), ~4.3 GPU instructions a weight in the batch-1 GEMV, so it can run
+      at memory speed (fp16 and fp32 weights take the byte split, fp32 then the smallest). Saved
+      configs without it read ``"smallest"``, as they were made.
     exact_outputs: on a GPU, lossless weights are rebuilt and multiplied by cuBLAS, so outputs
     are bitwise those of the uncompressed model; by default they go through the fused GEMV
     (weights bit-exact, accumulation order different, faster).
@@ -95,8 +101,8 @@ class CompressionConfig:
             raise CodecError(f"int mode needs an integer bit width in 2..8, got {self.bits}")
         if self.mode == "rate" and not (0.5 <= self.bits <= 8):
             raise CodecError(f"rate mode needs a target of 0.5..8 bits per weight, got {self.bits}")
-        if self.lossless_split not in SPLITS:
-            raise CodecError(f"lossless_split must be one of {SPLITS}, got {self.lossless_split!r}")
+        if self.lossless_split not in LOSSLESS_SPLITS:
+            raise CodecError(f"lossless_split must be one of {LOSSLESS_SPLITS}, got {self.lossless_split!r}")
         if self.lossless_split != "smallest" and self.mode != "lossless":
             raise CodecError("lossless_split applies to lossless mode only")
         if self.group_size < 1:

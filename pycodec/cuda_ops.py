@@ -22,6 +22,8 @@ lossless weight without bounds tests: those tensors must sit in storage with tha
   split_merge           the exact bf16 (or fp16) bits of a split weight from its decoded symbols
   windowed_decode_split both in one kernel: a split weight's exact bits from its stream and raw bits
   decode_symbols        legacy format-v1 streams (pycodec <= 0.1 checkpoints)
+  fixed12_gemv          y = x W^T for a fixed-width lossless bf16 weight (quant.KIND_FIXED), batch 1..16
+  fixed12_decode        its exact bf16 bits
 
 Importing this module needs neither a GPU nor a CUDA build of torch.
 """
@@ -37,7 +39,8 @@ import torch
 from . import _C
 from .codec import CodecError, _as_buffer
 
-__all__ = ["CODER_IDS", "StreamLayout", "decode_cuda", "decode_symbols", "gemv_inputs", "gemv_supported",
+__all__ = ["CODER_IDS", "StreamLayout", "decode_cuda", "decode_symbols", "fixed12_decode", "fixed12_escapes",
+           "fixed12_gemv", "gemv_inputs", "gemv_supported",
            "kernel_tables", "split_decode_max_chunk", "split_merge", "stream_layout", "tile_supported",
            "windowed_decode", "windowed_decode_split", "windowed_gemv_affine", "windowed_gemv_split",
            "windowed_tile_affine", "with_slack"]
@@ -612,3 +615,99 @@ def _cpu_refusal(name: str):
 for _op in (windowed_decode, windowed_gemv_affine, windowed_gemv_split, split_merge, windowed_decode_split,
             decode_symbols):
     _op.register_kernel("cpu")(_cpu_refusal(_op._name.split("::")[-1]))
+
+
+# ---------------------------------------------------------------------------- fixed12 (csrc/codec/fixed12.h)
+
+def fixed12_escapes(escape_index: torch.Tensor, escape_bits: torch.Tensor, base: int, low: torch.Tensor,
+                    n_rows: int, k: int) -> dict[str, torch.Tensor]:
+    """The escapes of a fixed12 weight (CPU tensors) as its GEMV reads them: ``escape_row`` int32
+    [n_rows + 1] (CSR offsets), ``escape_col`` int32 [E] and ``escape_value`` fp32 [E, 2]: each
+    weight's value and the value its code 0 decodes to (top byte ``base``, its own low byte)."""
+    idx = escape_index.reshape(-1).to(torch.int64)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_rows * k):
+        raise CodecError("fixed12: escape index outside the weight")
+    order = torch.argsort(idx)
+    idx = idx[order]
+    value = escape_bits.reshape(-1)[order].view(torch.int16).to(torch.int32) & 0xFFFF
+    decoded = (base << 8) | low.reshape(-1)[idx].to(torch.int32)
+    as_float = lambda bits: (bits << 16).view(torch.float32)  # noqa: E731 (bf16 is fp32's top half)
+    row_ptr = torch.zeros(n_rows + 1, dtype=torch.int64)
+    row_ptr[1:] = torch.cumsum(torch.bincount(idx // max(k, 1), minlength=n_rows), 0)
+    return {"escape_row": row_ptr.to(torch.int32), "escape_col": (idx % max(k, 1)).to(torch.int32),
+            "escape_value": torch.stack([as_float(value), as_float(decoded)], dim=1).contiguous()}
+
+
+def _check_fixed12(op: str, codes: torch.Tensor, low: torch.Tensor, base: int, n: int) -> int:
+    """The pieces of a fixed12 weight of n weights, once its buffers are checked to hold them."""
+    pieces = -(-n // 8)
+    if (codes.dtype != torch.uint8 or low.dtype != torch.uint8 or codes.numel() != 4 * pieces or
+            low.numel() != 8 * pieces or not codes.is_contiguous() or not low.is_contiguous()):
+        raise CodecError(f"{op}: codes and low must be contiguous uint8 [{4 * pieces}] and [{8 * pieces}]")
+    if codes.data_ptr() % 4 or low.data_ptr() % 8:
+        raise CodecError(f"{op}: codes must be 4-byte and low 8-byte aligned")
+    if not 0 <= base <= 120:
+        raise CodecError(f"{op}: base {base} outside 0..120")
+    return pieces
+
+
+@torch.library.custom_op("pycodec::fixed12_gemv", mutates_args=(), device_types="cuda")
+def fixed12_gemv(x: torch.Tensor, codes: torch.Tensor, low: torch.Tensor, escape_row: torch.Tensor,
+                 escape_col: torch.Tensor, escape_value: torch.Tensor, base: int, n_rows: int, k: int) -> torch.Tensor:
+    """y = x W^T in fp32 [B, n_rows] for a fixed12 bf16 weight [n_rows, k] (quant.KIND_FIXED), B 1..16,
+    K % 8 == 0; escapes as fixed12_escapes gives them (empty tensors: none)."""
+    return _fixed12_gemv(x, codes, low, escape_row, escape_col, escape_value, base, n_rows, k)
+
+
+def _fixed12_gemv(x, codes, low, escape_row, escape_col, escape_value, base, n_rows, k):
+    op = "fixed12_gemv"
+    device = _same_device(op, x, codes, low, escape_row, escape_col, escape_value)
+    if x.dim() != 2 or x.shape[1] != k or not 1 <= x.shape[0] <= MAX_BATCH or k % 8 or n_rows < 1:
+        raise CodecError(f"{op}: unsupported shape: x {tuple(x.shape)}, weight [{n_rows}, {k}] (batch 1..16, K % 8 == 0)")
+    pieces = _check_fixed12(op, codes, low, base, n_rows * k)
+    n_escapes = escape_col.numel()
+    if n_escapes and (escape_row.dtype != torch.int32 or escape_row.numel() != n_rows + 1 or
+                      escape_col.dtype != torch.int32 or escape_value.dtype != torch.float32 or
+                      escape_value.numel() != 2 * n_escapes or not escape_value.is_contiguous()):
+        raise CodecError(f"{op}: escapes must be fixed12_escapes' int32 [n_rows + 1], int32 [E], fp32 [E, 2]")
+    batch = x.shape[0]
+    padded = batch if batch <= 8 else MAX_BATCH
+    x32 = torch.zeros((padded, k), dtype=torch.float32, device=device)
+    x32[:batch] = x
+    y = torch.empty((batch, n_rows), dtype=torch.float32, device=device)
+    with _guard(device):
+        _launch(op, codes.data_ptr(), low.data_ptr(), pieces, base, x32.data_ptr(), padded, batch, n_rows, k,
+                y.data_ptr(), escape_row.data_ptr() if n_escapes else 0, escape_col.data_ptr() if n_escapes else 0,
+                escape_value.data_ptr() if n_escapes else 0, n_escapes, _stream())
+    return y
+
+
+@fixed12_gemv.register_fake
+def _(x, codes, low, escape_row, escape_col, escape_value, base, n_rows, k):
+    return x.new_empty((x.shape[0], n_rows), dtype=torch.float32)
+
+
+@torch.library.custom_op("pycodec::fixed12_decode", mutates_args=(), device_types="cuda")
+def fixed12_decode(codes: torch.Tensor, low: torch.Tensor, escape_index: torch.Tensor, escape_bits: torch.Tensor,
+                   base: int, n: int) -> torch.Tensor:
+    """The bf16 bits (int16 [n]) of a fixed12 weight of n weights, escapes included: exact."""
+    return _fixed12_decode(codes, low, escape_index, escape_bits, base, n)
+
+
+def _fixed12_decode(codes, low, escape_index, escape_bits, base, n):
+    op = "fixed12_decode"
+    device = _same_device(op, codes, low, escape_index, escape_bits)
+    pieces = _check_fixed12(op, codes, low, base, n)
+    out = torch.empty(8 * pieces, dtype=torch.int16, device=device)
+    if pieces:
+        with _guard(device):
+            _launch(op, codes.data_ptr(), low.data_ptr(), pieces, base, out.data_ptr(), _stream())
+    out = out[:n]
+    if escape_index.numel():  # indices checked on the host when the weight was packed or loaded
+        out[escape_index] = escape_bits
+    return out
+
+
+@fixed12_decode.register_fake
+def _(codes, low, escape_index, escape_bits, base, n):
+    return codes.new_empty((n,), dtype=torch.int16)

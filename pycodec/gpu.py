@@ -8,7 +8,7 @@ CUDA graphs capture it):
                   stream layout (cuda_ops.StreamLayout.ints), the exact_outputs choice
   kernel_buffers  the stream's decode tables (with its lane starts: cuda_ops.LANE_STARTS), the value
                   entries the fused GEMVs decode through, escapes as CSR by row, each symbol's
-                  16-bit value for the exact lossless path
+                  16-bit value for the exact lossless path; a fixed12 weight's escapes only
 
 Dispatch (one place, ``linear``):
   affine (int / rate), v2 stream, batch 1..16, chunks of whole rows
@@ -28,6 +28,10 @@ Dispatch (one place, ``linear``):
         tensor-core MMA in x's type, escapes in its epilogue
   affine otherwise (fp32 x, larger batches, v1 streams)
         decode the symbols on the GPU, then Triton's affine GEMV (M <= 16) or matmul (tensor cores)
+  fixed12 bf16 (lossless_split="fixed12"), batch 1..16, K % 8 == 0, not exact_outputs
+        pycodec::fixed12_gemv: one warp a row, each weight two nibble ops and a byte permute
+        (csrc/codec/fixed12.h), escapes in its epilogue; otherwise pycodec::fixed12_decode, then
+        cuBLAS F.linear (bitwise nn.Linear)
   anything else (fp32 lossless, v1 byte-plane checkpoints)
         the CPU decoder, then F.linear (correct, slow: re-compress for the GPU path)
 """
@@ -41,7 +45,7 @@ import torch.nn.functional as F
 
 from . import _C, cuda_ops
 from .codec import CodecError
-from .quant import CODE_DTYPES, KIND_AFFINE, KIND_LOSSLESS, KIND_SPLIT, unpack
+from .quant import CODE_DTYPES, KIND_AFFINE, KIND_FIXED, KIND_LOSSLESS, KIND_SPLIT, fixed12_parts, unpack
 
 MAX_FUSED_BATCH = 16
 # Batches the tile kernel takes (above the GEMVs'). A module setting, so that bench/gpu_suite.py
@@ -59,7 +63,7 @@ class WeightInfo:
     k: int
     group_size: int
     dtype_code: int
-    top: int            # KIND_SPLIT: coded top bits
+    top: int            # KIND_SPLIT: coded top bits; KIND_FIXED: the window's base
     exact_outputs: int  # 1: lossless outputs bitwise equal to nn.Linear (no fused GEMV)
     zero_in_values: int  # affine: the constant zero point folded into the value entries
     version: int        # the symbol stream's format version (0: no stream)
@@ -110,6 +114,9 @@ def kernel_buffers(packed: dict, info: WeightInfo, lane_starts: np.ndarray | Non
     empty = {"table": torch.zeros(0, dtype=torch.int32), "values": torch.zeros(0, dtype=torch.int64),
              "value16": torch.zeros(0, dtype=torch.int16), "escape_row": torch.zeros(0, dtype=torch.int32),
              "escape_col": torch.zeros(0, dtype=torch.int32), "escape_value": torch.zeros(0, dtype=torch.float32)}
+    if info.kind == KIND_FIXED:  # checked here, on the host: the kernels trust sizes and indices
+        _, low, idx, bits = fixed12_parts(packed, info.n, info.k, info.top, info.dtype)
+        return dict(empty, **cuda_ops.fixed12_escapes(idx, bits, info.top, low, info.n, info.k))
     if info.version == 0:
         return empty
     blob = packed["symbols"].numpy()
@@ -160,6 +167,10 @@ def linear(x: torch.Tensor, packed: dict, kernel: dict, bias: torch.Tensor | Non
                                               layout, float(info.zero_in_values), info.group_size, info.n, info.k)
         else:  # the Triton kernels take whole groups only
             y = _affine_decoded(x2, packed, kernel, info)
+    elif (info.kind == KIND_FIXED and 1 <= batch <= MAX_FUSED_BATCH and info.k % 8 == 0 and info.n > 0 and
+          not info.exact_outputs):
+        y = cuda_ops.fixed12_gemv(x2, packed["codes"], packed["low"], kernel["escape_row"], kernel["escape_col"],
+                                  kernel["escape_value"], info.top, info.n, info.k)
     elif (info.kind == KIND_SPLIT and info.version == 2 and fused and info.dtype == torch.bfloat16 and
           not info.exact_outputs):
         y = cuda_ops.windowed_gemv_split(x2, packed["symbols"], kernel["table"], kernel["values"], packed["raw"],
@@ -176,7 +187,8 @@ def linear(x: torch.Tensor, packed: dict, kernel: dict, bias: torch.Tensor | Non
 
 def dense_weight(packed: dict, kernel: dict, info: WeightInfo, device: torch.device) -> torch.Tensor:
     """The [n, k] weight in its dtype on `device`: a 16-bit lossless split weight rebuilt there
-    (decode + split merge in one kernel, bit-exact), anything else decoded by the CPU decoder."""
+    (decode + split merge in one kernel, bit-exact), a fixed12 one by its decode kernel, anything
+    else decoded by the CPU decoder."""
     if info.kind == KIND_SPLIT and info.version == 2 and info.dtype in (torch.bfloat16, torch.float16):
         layout = list(info.layout)
         if layout[5] <= cuda_ops.split_decode_max_chunk():
@@ -185,6 +197,9 @@ def dense_weight(packed: dict, kernel: dict, info: WeightInfo, device: torch.dev
         else:  # a chunk longer than a block's shared memory holds
             q = cuda_ops.windowed_decode(packed["symbols"], kernel["table"], layout)
             w = cuda_ops.split_merge(q, kernel["value16"], packed["raw"], info.top).view(info.dtype)
+    elif info.kind == KIND_FIXED:
+        w = cuda_ops.fixed12_decode(packed["codes"], packed["low"], packed["escape_index"], packed["escape_bits"],
+                                    info.top, info.n * info.k).view(info.dtype)
     else:  # fp32 lossless, v1 byte planes
         w = unpack({name: t.cpu() for name, t in packed.items()}).to(device)
     return w.view(info.n, info.k)

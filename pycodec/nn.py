@@ -27,16 +27,18 @@ from torch import nn
 from . import _C, cuda_ops, gpu
 from .codec import CodecError
 from .experts import CompressedExperts, compress_experts
-from .quant import KIND_AFFINE, KIND_LOSSLESS, KIND_SPLIT, LayerStats, compress_weight, unpack
+from .quant import KIND_AFFINE, KIND_FIXED, KIND_LOSSLESS, KIND_SPLIT, LayerStats, compress_weight, unpack
 from .weight_view import DecodedOnUse
 
 AFFINE_BUFFERS = ("meta", "symbols", "scale", "zero", "escape_index", "escape_value")
 SPLIT_BUFFERS = ("meta", "symbols", "values", "raw")
+FIXED_BUFFERS = ("meta", "codes", "low", "escape_index", "escape_bits")
 # dtype of every packed buffer, by name (planes are plane0..plane3): lets a loader build
 # empty modules from shapes alone, before any tensor is read.
 BUFFER_DTYPES = {"meta": torch.int64, "symbols": torch.uint8, "scale": torch.float16, "zero": torch.float16,
                  "escape_index": torch.int64, "escape_value": torch.float32, "plane_coded": torch.uint8,
-                 "values": torch.int32, "raw": torch.uint8}
+                 "values": torch.int32, "raw": torch.uint8, "codes": torch.uint8, "low": torch.uint8,
+                 "escape_bits": torch.int16}
 
 
 def buffer_dtype(name: str) -> torch.dtype:
@@ -53,6 +55,8 @@ def names_for(kind: int, n_planes: int) -> tuple[str, ...]:
         return AFFINE_BUFFERS
     if kind == KIND_SPLIT:
         return SPLIT_BUFFERS
+    if kind == KIND_FIXED:
+        return FIXED_BUFFERS
     if kind == KIND_LOSSLESS:
         return ("meta", "plane_coded") + tuple(f"plane{i}" for i in range(n_planes))
     raise CodecError(f"unknown packed weight kind {kind}")
@@ -699,7 +703,7 @@ class CompressedEmbedding(_DecodedWeight, nn.Module):
         if meta.is_meta:
             self._names = tuple(packed)
         else:
-            if int(meta[1]) not in (KIND_LOSSLESS, KIND_SPLIT, KIND_AFFINE):
+            if int(meta[1]) not in (KIND_LOSSLESS, KIND_SPLIT, KIND_AFFINE, KIND_FIXED):
                 raise CodecError(f"CompressedEmbedding: unknown packed weight kind {int(meta[1])}")
             if (int(meta[2]), int(meta[3])) != (num_embeddings, embedding_dim):
                 raise CodecError(f"packed weight is {int(meta[2])}x{int(meta[3])}, "

@@ -20,6 +20,14 @@ plain dtypes (so it lives in registered buffers, ``state_dict`` and safetensors)
     dependence, and leaves near-uniform bits raw. The byte split (lossless_split="byte") is the same layout
     with top = 8 and values = 0..255 (every top byte its own symbol, counted or not): a 16-bit weight is
     then its symbol byte and its raw byte, which the GPU kernels join by byte permutes.
+  kind = KIND_FIXED (bit-exact bf16 at 12 bits a weight, no entropy coder; lossless_split="fixed12"),
+  csrc/codec/fixed12.h: each weight's low byte raw, its top byte a 4-bit code (sign, 3 bits of exponent
+  in a window of 8 per tensor), any weight outside the window an escape:
+    codes         uint8 [4 P]  P = ceil(N K / 8) pieces of 8 weights (row-major), one 32-bit code word each
+    low           uint8 [8 P]  each weight's low byte (the tail past N K zero)
+    escape_index  int64 [E]   flat indices, ascending, of weights outside the window (their code is 0)
+    escape_bits   int16 [E]   their bf16 bits
+    meta[6] = base: the window's first exponent value (bits 14..8 of the weight), 0..120.
   kind = KIND_LOSSLESS (bit-exact floats, pycodec <= 0.1 checkpoints; still read), byte planes:
     plane{i}      uint8 [B_i] a pycodec stream, or the plane's raw bytes when coding does not pay
     plane_coded   uint8 [P]   1 = plane{i} is a stream, 0 = raw
@@ -46,6 +54,8 @@ LAYOUT_VERSION = 1
 KIND_LOSSLESS = 0
 KIND_AFFINE = 1
 KIND_SPLIT = 2
+KIND_FIXED = 3
+FIXED12_MAX_BASE = 120   # fixed12.h: kMaxBase
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
 RATE_ZERO = 128          # rate-mode zero point: symbols 1..255 hold q in [-127, 127]
@@ -193,6 +203,55 @@ def pack_lossless(w: torch.Tensor, coder: str = "huffman", chunk_symbols: int | 
     }
     entropy = entropy_bits(counts.astype(np.int64)) * w.numel() + w.numel() * (width - top) + 32 * len(values)
     return packed, LayerStats(w.numel(), packed_bits(packed), entropy, math.inf)
+
+
+def pack_fixed12(w: torch.Tensor) -> tuple[dict, LayerStats]:
+    """Bit-exact packing of a bf16 weight in the fixed-width layout (KIND_FIXED, csrc/codec/fixed12.h)."""
+    w = w.detach().cpu()
+    if w.dim() != 2:
+        raise CodecError(f"expected a 2-D weight, got shape {tuple(w.shape)}")
+    if w.dtype != torch.bfloat16:
+        raise CodecError(f"the fixed12 layout holds bfloat16 weights, got {w.dtype}")
+    bits = w.contiguous().view(torch.int16).numpy().view(np.uint16).reshape(-1)
+    base, codes, low, escapes = _C.fixed12_encode(bits)
+    index = torch.from_numpy(escapes)
+    packed = {
+        "meta": _meta(KIND_FIXED, w.shape[0], w.shape[1], 0, w.dtype, base),
+        "codes": torch.from_numpy(codes),
+        "low": torch.from_numpy(low),
+        "escape_index": index,
+        "escape_bits": torch.from_numpy(bits[escapes].view(np.int16).copy()),
+    }
+    bits_total = packed_bits(packed)
+    return packed, LayerStats(w.numel(), bits_total, float(bits_total), math.inf)
+
+
+def fixed12_parts(packed: dict, n: int, k: int, base: int, dtype: torch.dtype) -> tuple:
+    """(codes, low, escape_index, escape_bits) of a KIND_FIXED weight, checked to fit its shape."""
+    if dtype != torch.bfloat16:
+        raise CodecError(f"packed weight: the fixed12 layout holds bfloat16 weights, not {dtype}")
+    if not 0 <= base <= FIXED12_MAX_BASE:
+        raise CodecError(f"packed weight: fixed12 base {base} outside 0..{FIXED12_MAX_BASE}")
+    pieces = -(-n * k // 8)
+    codes, low = packed["codes"].contiguous(), packed["low"].contiguous()
+    if codes.numel() != 4 * pieces or low.numel() != 8 * pieces:
+        raise CodecError(f"packed weight: fixed12 codes / low hold {codes.numel()} / {low.numel()} bytes, expected "
+                         f"{4 * pieces} / {8 * pieces} for {n} x {k} weights")
+    idx, bits = packed["escape_index"], packed["escape_bits"]
+    if idx.numel() != bits.numel():
+        raise CodecError("packed weight: escape_index and escape_bits differ in length")
+    _escape_index(packed, n * k)
+    return codes, low, idx, bits
+
+
+def _unpack_fixed12(packed: dict, n: int, k: int, base: int, dtype: torch.dtype) -> torch.Tensor:
+    codes, low, idx, bits = fixed12_parts(packed, n, k, base, dtype)
+    out = np.empty(n * k, dtype=np.uint16)
+    _C.fixed12_decode_rows(codes.numpy(), low.numpy(), base, n * k, np.zeros(1 if n * k else 0, np.int64), out)
+    w = torch.from_numpy(out.view(np.int16))
+    if idx.numel():
+        w[idx] = bits
+    return w.view(torch.bfloat16).view(n, k)
 
 
 def _unpack_split(packed: dict, n: int, k: int, top: int, dtype: torch.dtype) -> torch.Tensor:
@@ -527,6 +586,11 @@ def pack_affine(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_
 def compress_weight(w: torch.Tensor, config) -> tuple[dict, LayerStats]:
     """Compress one 2-D weight according to a CompressionConfig."""
     if config.mode == "lossless":
+        if config.lossless_split == "fixed12":
+            if w.dtype == torch.bfloat16:
+                return pack_fixed12(w)
+            # fixed12 codes bf16's top byte; an fp16 top byte holds mantissa bits, an fp32 weight 24 raw
+            return pack_lossless(w, config.coder, config.chunk_symbols, "byte")
         return pack_lossless(w, config.coder, config.chunk_symbols, config.lossless_split)
     dtype = w.dtype
     w32 = w.detach().float().cpu()  # once: the bf16 -> fp32 copy of a large layer is not free
@@ -566,6 +630,8 @@ def unpack(packed: dict, dtype: torch.dtype | None = None) -> torch.Tensor:
         raise CodecError(f"packed weight has unknown dtype code {dtype_code}")
     if kind == KIND_SPLIT:
         return _unpack_split(packed, n, k, n_planes, CODE_DTYPES[dtype_code])
+    if kind == KIND_FIXED:
+        return _unpack_fixed12(packed, n, k, n_planes, CODE_DTYPES[dtype_code])
     if kind == KIND_LOSSLESS:
         flags = packed["plane_coded"].tolist()
         if len(flags) != n_planes:
@@ -616,10 +682,17 @@ def unpack_rows(packed: dict, rows: torch.Tensor) -> torch.Tensor:
     rows = rows.reshape(-1).to(torch.int64)
     if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n):
         raise IndexError(f"row index out of range for a weight of {n} rows")
-    if kind not in (KIND_SPLIT, KIND_AFFINE):
+    if kind not in (KIND_SPLIT, KIND_AFFINE, KIND_FIXED):
         return unpack(packed)[rows]
     if dtype_code not in CODE_DTYPES:
         raise CodecError(f"packed weight has unknown dtype code {dtype_code}")
+    if kind == KIND_FIXED:
+        codes, low, idx, bits = fixed12_parts(packed, n, k, top, CODE_DTYPES[dtype_code])
+        out = np.empty(rows.numel() * k, dtype=np.uint16)
+        _C.fixed12_decode_rows(codes.numpy(), low.numpy(), top, k, rows.contiguous().numpy(), out)
+        w = torch.from_numpy(out.view(np.int16)).view(rows.numel(), k)
+        _patch_row_escapes(w, rows, k, idx, bits)
+        return w.view(torch.bfloat16)
     blob, chunk = _chunked_stream(packed, n, k)
     # Flat symbol positions of the rows, the chunks that hold them, and where each position
     # lands in the buffer of those chunks decoded one after another.
@@ -640,20 +713,25 @@ def unpack_rows(packed: dict, rows: torch.Tensor) -> torch.Tensor:
     scale, zero = packed["scale"][rows], packed["zero"]
     zero = zero[rows] if zero.shape[0] == n else zero
     w = dequantize_affine(q, scale, zero, group_size)
-    idx = _escape_index(packed, n * k)
-    if idx.numel():
-        order = torch.argsort(idx)
-        sorted_idx, values = idx[order], packed["escape_value"][order].float()
-        # Escapes of each requested row: the sorted flat indices in [row * k, row * k + k).
-        lo = torch.searchsorted(sorted_idx, rows * k)
-        hi = torch.searchsorted(sorted_idx, rows * k + k)
-        counts = hi - lo
-        if int(counts.sum()):
-            out_row = torch.repeat_interleave(torch.arange(rows.numel()), counts)
-            starts = torch.repeat_interleave(lo - torch.cumsum(counts, 0) + counts, counts)
-            pick = starts + torch.arange(int(counts.sum()))
-            w[out_row, sorted_idx[pick] % k] = values[pick]
+    _patch_row_escapes(w, rows, k, _escape_index(packed, n * k), packed["escape_value"].float())
     return w
+
+
+def _patch_row_escapes(w: torch.Tensor, rows: torch.Tensor, k: int, idx: torch.Tensor, values: torch.Tensor) -> None:
+    """w[i] = the escape values of rows[i] (w: [len(rows), k]; idx: flat indices into the weight)."""
+    if not idx.numel():
+        return
+    order = torch.argsort(idx)
+    sorted_idx, values = idx[order], values[order]
+    # Escapes of each requested row: the sorted flat indices in [row * k, row * k + k).
+    lo = torch.searchsorted(sorted_idx, rows * k)
+    hi = torch.searchsorted(sorted_idx, rows * k + k)
+    counts = hi - lo
+    if int(counts.sum()):
+        out_row = torch.repeat_interleave(torch.arange(rows.numel()), counts)
+        starts = torch.repeat_interleave(lo - torch.cumsum(counts, 0) + counts, counts)
+        pick = starts + torch.arange(int(counts.sum()))
+        w[out_row, sorted_idx[pick] % k] = values[pick]
 
 
 def matvec_args(packed: dict) -> tuple | None:

@@ -221,5 +221,60 @@ Status windowed_tile_affine(const windowed::StreamView& s, const uint32_t* table
   return ok ? Status::Ok : Status::CorruptPayload;
 }
 
+Status fixed12_decode(const uint32_t* codes, const uint32_t* low, uint64_t pieces, uint32_t base4, uint16_t* out) {
+  const Status st = fixed12::check_decode(codes, low, pieces, base4, out);
+  if (st != Status::Ok) return st;
+  for (uint64_t p = 0; p < pieces; ++p) {
+    uint32_t lo, hi, pair[4];
+    fixed12::load_low8(low, p, lo, hi);
+    fixed12::piece_pairs(codes[p], lo, hi, base4, pair);
+    std::memcpy(out + fixed12::kPieceWeights * p, pair, sizeof pair);
+  }
+  return Status::Ok;
+}
+
+namespace {
+template <int B>
+Status run_fixed12_gemv(const fixed12::GemvArgs& a) {
+  float lanes[fixed12::kWarpLanes][B];
+  for (uint32_t row = 0; row < a.n_rows; ++row) {
+    for (uint32_t lane = 0; lane < fixed12::kWarpLanes; ++lane) {
+      for (int b = 0; b < B; ++b) lanes[lane][b] = 0.f;
+      fixed12::gemv_lane<B>(a, row, lane, lanes[lane]);
+      fixed12::escape_lane<B>(a, row, lane, lanes[lane]);
+    }
+    for (int b = 0; b < B; ++b) {  // the kernel's xor butterfly (__shfl_xor_sync), lane by lane
+      float v[fixed12::kWarpLanes];
+      for (uint32_t lane = 0; lane < fixed12::kWarpLanes; ++lane) v[lane] = lanes[lane][b];
+      for (uint32_t off = fixed12::kWarpLanes / 2; off; off >>= 1) {
+        float next[fixed12::kWarpLanes];
+        for (uint32_t lane = 0; lane < fixed12::kWarpLanes; ++lane) next[lane] = v[lane] + v[lane ^ off];
+        std::memcpy(v, next, sizeof v);
+      }
+      if (uint32_t(b) < a.batch) a.y[size_t(b) * a.n_rows + row] = v[0];
+    }
+  }
+  return Status::Ok;
+}
+}  // namespace
+
+Status fixed12_gemv(const fixed12::GemvArgs& a, uint32_t batch_pad) {
+  const Status st = fixed12::check_gemv(a, batch_pad);
+  if (st != Status::Ok) return st;
+  if (!fixed12::escapes_ok(a)) return Status::BadArgument;
+  switch (batch_pad) {
+    case 1: return run_fixed12_gemv<1>(a);
+    case 2: return run_fixed12_gemv<2>(a);
+    case 3: return run_fixed12_gemv<3>(a);
+    case 4: return run_fixed12_gemv<4>(a);
+    case 5: return run_fixed12_gemv<5>(a);
+    case 6: return run_fixed12_gemv<6>(a);
+    case 7: return run_fixed12_gemv<7>(a);
+    case 8: return run_fixed12_gemv<8>(a);
+    case 16: return run_fixed12_gemv<16>(a);
+    default: return Status::BadArgument;
+  }
+}
+
 }  // namespace host
 }  // namespace pycodec

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../codec/fixed12.h"
 #include "../codec/status.h"
 #include "../codec/windowed_gemv.h"
 #include "../codec/windowed_tile.h"
@@ -135,6 +136,15 @@ Status split_merge(const uint8_t* symbols_dev, uint64_t n, const uint16_t* value
 // multi-symbol table (table_dev) and multiplies them on tensor cores. sm_80 or newer.
 Status windowed_tile_affine(const windowed::StreamView& s, const uint32_t* table_dev, const windowed::TileArgs& a,
                             uint32_t batch, uintptr_t stream);
+
+// ---- the fixed-width lossless layout (csrc/codec/fixed12.h, csrc/cuda/fixed12_cuda.cu)
+//
+// y = x W^T for a fixed12 bf16 weight, batch 1..16 (batch_pad: the instance, 1..8 or 16, with x
+// zero-padded to it); escapes added in the epilogue (their CSR lists checked by the caller).
+Status fixed12_gemv(const fixed12::GemvArgs& a, uint32_t batch_pad, uintptr_t stream);
+// The weight's bf16 bits, 8 * pieces of them (16-byte aligned out_dev), escapes as code 0's value.
+Status fixed12_decode(const uint32_t* codes_dev, const uint32_t* low_dev, uint64_t pieces, uint32_t base4,
+                      uint16_t* out_dev, uintptr_t stream);
 
 }  // namespace cuda
 }  // namespace pycodec

@@ -60,5 +60,9 @@ Status windowed_tile_affine(const windowed::StreamView&, const uint32_t*, const 
                             uintptr_t) {
   return Status::BadArgument;
 }
+Status fixed12_gemv(const fixed12::GemvArgs&, uint32_t, uintptr_t) { return Status::BadArgument; }
+Status fixed12_decode(const uint32_t*, const uint32_t*, uint64_t, uint32_t, uint16_t*, uintptr_t) {
+  return Status::BadArgument;
+}
 }  // namespace cuda
 }  // namespace pycodec

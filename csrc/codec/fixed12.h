@@ -1,0 +1,253 @@
+// pycodec codec core: the fixed-width lossless layout of bf16 weights ("fixed12": 12 bits a
+// weight plus rare escapes), its encoder and decoder, and the GEMV lane code that the CUDA kernels
+// (csrc/cuda/fixed12_cuda.cu) and their CPU emulation (emulate.cpp) both run.
+//
+// Read me first
+// - Why a fixed width: the entropy-coded layouts (windowed.h) reach ~10.6-10.8 bits a bf16 weight,
+//   but a GPU pays ~12-14 instructions a weight to decode them (bench/sass_count.py), so a batch-1
+//   GEMV is bound by issue, not by memory. Here a weight costs ~3 integer instructions and no
+//   serial dependence: the GEMV reads 12/16 of bf16's bytes and should run at memory speed.
+// - A bf16 weight is its top byte h (sign, exponent bits 7..1) and its low byte l (exponent bit 0,
+//   7 mantissa bits). l is stored raw. Trained weights use few top bytes: per tensor, 8
+//   consecutive values of e' = h & 0x7F, [base, base + 7], hold all but 1.5e-4 (all-MiniLM-L6-v2)
+//   and 3.4e-4 (SmolLM2-135M) of the weights, so h is stored as a 4-bit code:
+//        code c = sign << 3 | (e' - base)
+// - Any other weight (zeros, tiny values, infinities, NaNs, rare outliers) is an escape: code 0
+//   (so it decodes to e' = base, positive), its low byte stored as for any weight, and its 16 bits
+//   in a side list of (flat index, bits). Decoders write code 0's value, then patch the escapes;
+//   the GEMV adds each escape's product and takes away the decoded one's, in its epilogue.
+// - Pieces: weights 8p .. 8p + 7 of the flat row-major weight are piece p. Its codes are one
+//   32-bit little-endian word, byte j = c(8p + j) | c(8p + 4 + j) << 4, and its low bytes are the 8
+//   bytes low[8p .. 8p + 7]. One 32-bit and one 64-bit load give 8 weights, and
+//        h4 = ((n | n << 4) & 0x87878787) + base * 0x01010101     (n: four codes, a byte each)
+//   builds four top bytes at once (code bit 3 to bit 7, bits 2..0 plus base: base + 7 <= 127, so
+//   no byte carries into the next); a byte permute then joins two top and two low bytes into two
+//   bf16s.
+//
+//     codes word of piece p (bits):
+//       31..28   27..24   23..20   19..16   15..12   11..8    7..4     3..0
+//       c(8p+7)  c(8p+3)  c(8p+6)  c(8p+2)  c(8p+5)  c(8p+1)  c(8p+4)  c(8p+0)
+//
+// - Buffers hold whole pieces: codes 4 * ceil(n / 8) bytes, low 8 * ceil(n / 8) bytes; the
+//   weights past n in the last piece are code 0, low 0 (nothing reads them as weights).
+// - The GEMV needs K % 8 == 0, so that a piece never straddles two rows: one warp a row; lane j
+//   multiplies pieces j, j + 32, ... of the row (so a warp's loads are contiguous: 128 bytes of
+//   codes, 256 of low bytes, 1 KiB of x per batch row), then its share of the row's escapes; the
+//   warp then adds its 32 sums by an xor butterfly. The emulation runs the same lane code lane by
+//   lane and the same butterfly, so its outputs are the kernel's, bit for bit.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "status.h"
+#include "windowed_gemv.h"  // byte_perm, bits_float, PYCODEC_LOAD
+
+namespace pycodec {
+namespace fixed12 {
+
+constexpr uint32_t kPieceWeights = 8;  // one 32-bit code word, one 64-bit low word
+constexpr uint32_t kWindow = 8;        // top-byte values a code holds: 3 bits
+constexpr uint32_t kMaxBase = 127 - (kWindow - 1);  // base + 7 <= 127: a byte's sum never carries
+constexpr uint32_t kWarpLanes = 32;
+constexpr int kMaxBatch = 16;
+static_assert(kPieceWeights == 2 * 4, "a code word is 4 bytes of two codes each");
+static_assert(kMaxBase + kWindow - 1 == 0x7F, "the window lies inside the top byte's 7 exponent bits");
+
+PYCODEC_HD uint64_t pieces_of(uint64_t n) { return (n + kPieceWeights - 1) / kPieceWeights; }
+
+// Four top bytes from four codes, one code in the low nibble of each byte of n4.
+PYCODEC_HD uint32_t top_bytes4(uint32_t n4, uint32_t base4) { return ((n4 | (n4 << 4)) & 0x87878787u) + base4; }
+
+// The 8 weights of a piece as four words of two bf16s (pair[i] = w(2i + 1) << 16 | w(2i)), from its
+// code word and its low bytes (low_lo: weights 0-3, low_hi: 4-7, little-endian). base4 = base * 0x01010101.
+PYCODEC_HD void piece_pairs(uint32_t code_word, uint32_t low_lo, uint32_t low_hi, uint32_t base4, uint32_t pair[4]) {
+  const uint32_t h_lo = top_bytes4(code_word & 0x0F0F0F0Fu, base4);
+  const uint32_t h_hi = top_bytes4((code_word >> 4) & 0x0F0F0F0Fu, base4);
+  pair[0] = windowed::byte_perm(low_lo, h_lo, 0x5140u);  // h1 l1 h0 l0, from the top byte down
+  pair[1] = windowed::byte_perm(low_lo, h_lo, 0x7362u);  // h3 l3 h2 l2
+  pair[2] = windowed::byte_perm(low_hi, h_hi, 0x5140u);
+  pair[3] = windowed::byte_perm(low_hi, h_hi, 0x7362u);
+}
+
+// A bf16 pair's two weights as floats (exact: bf16 is fp32's top half).
+PYCODEC_HD float pair_low(uint32_t pair) { return windowed::bits_float(pair << 16); }
+PYCODEC_HD float pair_high(uint32_t pair) { return windowed::bits_float(pair & 0xFFFF0000u); }
+
+// ---------------------------------------------------------------------------- host: encode, decode
+
+// The code of one bf16 weight, or kEscape when its top byte lies outside the window.
+constexpr uint32_t kEscape = 0x100;
+inline uint32_t code_of(uint16_t bits, uint32_t base) {
+  const uint32_t h = bits >> 8, d = (h & 0x7Fu) - base;  // unsigned: below base wraps high
+  return d < kWindow ? ((h >> 7) << 3) | d : kEscape;
+}
+
+// The base whose window holds the most weights, from the count of each e' = (bits >> 8) & 0x7F;
+// the lowest such base on ties.
+inline uint32_t best_base(const uint64_t count[128]) {
+  uint64_t held = 0, best = 0;
+  for (uint32_t e = 0; e < kWindow; ++e) held += count[e];
+  uint32_t base = 0;
+  best = held;
+  for (uint32_t b = 1; b <= kMaxBase; ++b) {
+    held += count[b + kWindow - 1] - count[b - 1];
+    if (held > best) best = held, base = b;
+  }
+  return base;
+}
+
+inline void count_tops(const uint16_t* bits, uint64_t n, uint64_t count[128]) {
+  for (uint32_t e = 0; e < 128; ++e) count[e] = 0;
+  for (uint64_t i = 0; i < n; ++i) ++count[(bits[i] >> 8) & 0x7Fu];
+}
+
+// Fills codes (4 * pieces_of(n) bytes) and low (8 * pieces_of(n) bytes) and writes the escapes'
+// flat indices, ascending, to escapes (room for `cap`). Returns the number of escapes, or more
+// than cap if they did not fit (then escapes holds the first cap).
+inline uint64_t encode(const uint16_t* bits, uint64_t n, uint32_t base, uint8_t* codes, uint8_t* low,
+                       int64_t* escapes, uint64_t cap) {
+  const uint64_t pieces = pieces_of(n);
+  std::memset(codes, 0, 4 * pieces);
+  std::memset(low, 0, 8 * pieces);
+  uint64_t n_escapes = 0;
+  for (uint64_t i = 0; i < n; ++i) {
+    uint32_t c = code_of(bits[i], base);
+    if (c == kEscape) {
+      if (n_escapes < cap) escapes[n_escapes] = int64_t(i);
+      ++n_escapes;
+      c = 0;
+    }
+    const uint64_t p = i / kPieceWeights;
+    const uint32_t j = uint32_t(i % kPieceWeights);
+    codes[4 * p + (j & 3u)] |= uint8_t(c << (j & 4u));
+    low[i] = uint8_t(bits[i]);
+  }
+  return n_escapes;
+}
+
+// The bits of weights [first, first + count) as code 0's value for escapes (the caller patches
+// them). codes / low hold whole pieces for at least first + count weights (the caller checks).
+inline void decode(const uint8_t* codes, const uint8_t* low, uint32_t base, uint64_t first, uint64_t count,
+                   uint16_t* out) {
+  for (uint64_t i = first; i < first + count; ++i) {
+    const uint32_t j = uint32_t(i % kPieceWeights);
+    const uint32_t c = (codes[4 * (i / kPieceWeights) + (j & 3u)] >> (j & 4u)) & 0xFu;
+    const uint32_t h = ((c & 8u) << 4) | (base + (c & 7u));
+    *out++ = uint16_t(h << 8 | low[i]);
+  }
+}
+
+// ---------------------------------------------------------------------------- GEMV and decode kernels
+
+// What the kernels read and write (device pointers, or host pointers in the emulation).
+struct GemvArgs {
+  const uint32_t* codes;       // pieces words
+  const uint32_t* low;         // 2 * pieces words (8-byte aligned)
+  uint64_t pieces;
+  uint32_t base4;              // base * 0x01010101
+  const float* x;              // [batch_pad][k] fp32, 16-byte aligned; rows past batch are zeros
+  uint32_t batch;              // rows of y written
+  uint32_t n_rows;
+  uint32_t k;                  // a multiple of kPieceWeights
+  const int32_t* escape_row;   // [n_rows + 1] CSR offsets into escape_col / escape_value; null: none
+  const int32_t* escape_col;   // [n_escapes]
+  const float* escape_value;   // [n_escapes][2]: the weight's value, and the value code 0 decodes to
+  uint32_t n_escapes;
+  float* y;                    // [batch][n_rows]
+};
+
+// Argument checks shared by the kernels' entry points and the emulation.
+inline Status check_gemv(const GemvArgs& a, uint32_t batch_pad) {
+  if (a.k == 0 || a.k % kPieceWeights || a.n_rows == 0 || !a.codes || !a.low || !a.x || !a.y) return Status::BadArgument;
+  if (a.batch < 1 || a.batch > batch_pad || batch_pad > uint32_t(kMaxBatch)) return Status::BadArgument;
+  if (uint64_t(a.n_rows) * a.k / kPieceWeights != a.pieces) return Status::BadArgument;
+  if ((a.base4 & 0xFFu) > kMaxBase || a.base4 != (a.base4 & 0xFFu) * 0x01010101u)
+    return Status::BadArgument;
+  if ((reinterpret_cast<uintptr_t>(a.low) & 7u) || (reinterpret_cast<uintptr_t>(a.x) & 15u) ||
+      (reinterpret_cast<uintptr_t>(a.codes) & 3u))
+    return Status::BadArgument;
+  if (a.n_escapes && (!a.escape_row || !a.escape_col || !a.escape_value)) return Status::BadArgument;
+  return Status::Ok;
+}
+
+// A piece's 8 low bytes: one 64-bit load on a GPU (low is 8-byte aligned).
+PYCODEC_HD void load_low8(const uint32_t* low, uint64_t piece, uint32_t& lo, uint32_t& hi) {
+#if defined(__CUDA_ARCH__)
+  const uint2 v = __ldg(reinterpret_cast<const uint2*>(low) + piece);
+  lo = v.x, hi = v.y;
+#else
+  lo = low[2 * piece], hi = low[2 * piece + 1];
+#endif
+}
+
+inline Status check_decode(const uint32_t* codes, const uint32_t* low, uint64_t pieces, uint32_t base4,
+                           const uint16_t* out) {
+  if (pieces && (!codes || !low || !out)) return Status::BadArgument;
+  if ((base4 & 0xFFu) > kMaxBase || base4 != (base4 & 0xFFu) * 0x01010101u) return Status::BadArgument;
+  if ((reinterpret_cast<uintptr_t>(low) & 7u) || (reinterpret_cast<uintptr_t>(out) & 15u) ||
+      (reinterpret_cast<uintptr_t>(codes) & 3u))
+    return Status::BadArgument;
+  return Status::Ok;
+}
+
+// Lane `lane`'s sums of row `row` over its pieces, added to acc[0..B).
+template <int B>
+PYCODEC_HD void gemv_lane(const GemvArgs& a, uint32_t row, uint32_t lane, float acc[B]) {
+  const uint32_t row_pieces = a.k / kPieceWeights;
+  const uint64_t first = uint64_t(row) * row_pieces;
+#pragma unroll 4
+  for (uint32_t p = lane; p < row_pieces; p += kWarpLanes) {
+    const uint32_t code_word = PYCODEC_LOAD(a.codes + first + p);
+    uint32_t low_lo, low_hi;
+    load_low8(a.low, first + p, low_lo, low_hi);
+    uint32_t pair[4];
+    piece_pairs(code_word, low_lo, low_hi, a.base4, pair);
+    float w[8];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[2 * i] = pair_low(pair[i]), w[2 * i + 1] = pair_high(pair[i]);
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      float x[8];
+      const float* xp = a.x + size_t(b) * a.k + size_t(p) * kPieceWeights;
+      windowed::XGlobal::load4(xp, x);
+      windowed::XGlobal::load4(xp + 4, x + 4);
+      float s = acc[b];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s = fmaf(w[i], x[i], s);
+      acc[b] = s;
+    }
+  }
+}
+
+// Lane `lane`'s share of row `row`'s escapes: each takes its decoded product away and adds its own.
+template <int B>
+PYCODEC_HD void escape_lane(const GemvArgs& a, uint32_t row, uint32_t lane, float acc[B]) {
+  if (!a.n_escapes) return;
+  const int32_t begin = PYCODEC_LOAD(a.escape_row + row), end = PYCODEC_LOAD(a.escape_row + row + 1);
+  for (int32_t e = begin + int32_t(lane); e < end; e += int32_t(kWarpLanes)) {
+    const uint32_t col = uint32_t(PYCODEC_LOAD(a.escape_col + e));
+    const float value = PYCODEC_LOAD(a.escape_value + 2 * size_t(e));
+    const float decoded = PYCODEC_LOAD(a.escape_value + 2 * size_t(e) + 1);
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      const float xv = PYCODEC_LOAD(a.x + size_t(b) * a.k + col);
+      acc[b] = fmaf(value, xv, fmaf(-decoded, xv, acc[b]));
+    }
+  }
+}
+
+// Escape lists are checked on the host before they reach a kernel (the Python op builds them):
+// offsets ascending within [0, n_escapes], columns inside the row.
+inline bool escapes_ok(const GemvArgs& a) {
+  if (!a.n_escapes) return true;
+  if (a.escape_row[0] != 0 || uint32_t(a.escape_row[a.n_rows]) != a.n_escapes) return false;
+  for (uint32_t r = 0; r < a.n_rows; ++r)
+    if (a.escape_row[r + 1] < a.escape_row[r]) return false;
+  for (uint32_t e = 0; e < a.n_escapes; ++e)
+    if (a.escape_col[e] < 0 || uint32_t(a.escape_col[e]) >= a.k) return false;
+  return true;
+}
+
+}  // namespace fixed12
+}  // namespace pycodec
