@@ -701,8 +701,7 @@ PYBIND11_MODULE(_C, m) {
           fixed12::count_tops(in, n, count);
           base = fixed12::best_base(count);
         }
-        uint64_t held = 0;
-        for (uint32_t e = base; e < base + fixed12::kWindow; ++e) held += count[e];
+        const uint64_t held = fixed12::held_by(count, base);
         py::array_t<uint8_t> codes(py::ssize_t(4 * pieces)), low(py::ssize_t(8 * pieces));
         py::array_t<int64_t> escapes(py::ssize_t(n - held));
         uint8_t* c = codes.mutable_data();

@@ -48,10 +48,10 @@ class CompressionConfig:
       that make it smallest; ``"byte"`` at its top byte, every top byte its own symbol: ~0.15
       bits a weight more (SmolLM2 bf16 10.78 against 10.63), about half the instructions per
       weight in the GPU's lossless kernels (bench/sass_count.py); ``"fixed12"``: no entropy coder,
-      each bf16 weight's low byte raw and its top byte a 4-bit code into a window of 8 exponent
-      values per tensor (the rest, ~1e-4 of real weights, kept exactly aside): ~12.03 bits a weight
-      (SmolLM2 and MiniLM bf16), ~4.3 GPU instructions a weight in the batch-1 GEMV, so it can run
-      at memory speed (fp16 and fp32 weights take the byte split, fp32 then the smallest). Saved
+      each bf16 weight's low byte raw and its top byte a 4-bit code: its sign and one of 7 exponent
+      values per tensor, or zero (the rest, ~5e-4 of real weights, kept exactly aside): ~12.04 bits
+      a weight (SmolLM2 and MiniLM bf16), ~5 GPU instructions a weight in the batch-1 GEMV, so that
+      it can run at memory speed (fp16 weights take the byte split, fp32 the smallest). Saved
       configs without it read ``"smallest"``, as they were made.
     exact_outputs: on a GPU, lossless weights are rebuilt and multiplied by cuBLAS, so outputs
     are bitwise those of the uncompressed model; by default they go through the fused GEMV

@@ -619,18 +619,18 @@ for _op in (windowed_decode, windowed_gemv_affine, windowed_gemv_split, split_me
 
 # ---------------------------------------------------------------------------- fixed12 (csrc/codec/fixed12.h)
 
-def fixed12_escapes(escape_index: torch.Tensor, escape_bits: torch.Tensor, base: int, low: torch.Tensor,
-                    n_rows: int, k: int) -> dict[str, torch.Tensor]:
+def fixed12_escapes(escape_index: torch.Tensor, escape_bits: torch.Tensor, low: torch.Tensor, n_rows: int,
+                    k: int) -> dict[str, torch.Tensor]:
     """The escapes of a fixed12 weight (CPU tensors) as its GEMV reads them: ``escape_row`` int32
     [n_rows + 1] (CSR offsets), ``escape_col`` int32 [E] and ``escape_value`` fp32 [E, 2]: each
-    weight's value and the value its code 0 decodes to (top byte ``base``, its own low byte)."""
+    weight's value and the value its code 0 decodes to (top byte 0, its own low byte)."""
     idx = escape_index.reshape(-1).to(torch.int64)
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_rows * k):
         raise CodecError("fixed12: escape index outside the weight")
     order = torch.argsort(idx)
     idx = idx[order]
     value = escape_bits.reshape(-1)[order].view(torch.int16).to(torch.int32) & 0xFFFF
-    decoded = (base << 8) | low.reshape(-1)[idx].to(torch.int32)
+    decoded = low.reshape(-1)[idx].to(torch.int32)
     as_float = lambda bits: (bits << 16).view(torch.float32)  # noqa: E731 (bf16 is fp32's top half)
     row_ptr = torch.zeros(n_rows + 1, dtype=torch.int64)
     row_ptr[1:] = torch.cumsum(torch.bincount(idx // max(k, 1), minlength=n_rows), 0)

@@ -116,7 +116,7 @@ def kernel_buffers(packed: dict, info: WeightInfo, lane_starts: np.ndarray | Non
              "escape_col": torch.zeros(0, dtype=torch.int32), "escape_value": torch.zeros(0, dtype=torch.float32)}
     if info.kind == KIND_FIXED:  # checked here, on the host: the kernels trust sizes and indices
         _, low, idx, bits = fixed12_parts(packed, info.n, info.k, info.top, info.dtype)
-        return dict(empty, **cuda_ops.fixed12_escapes(idx, bits, info.top, low, info.n, info.k))
+        return dict(empty, **cuda_ops.fixed12_escapes(idx, bits, low, info.n, info.k))
     if info.version == 0:
         return empty
     blob = packed["symbols"].numpy()

@@ -21,13 +21,13 @@ plain dtypes (so it lives in registered buffers, ``state_dict`` and safetensors)
     with top = 8 and values = 0..255 (every top byte its own symbol, counted or not): a 16-bit weight is
     then its symbol byte and its raw byte, which the GPU kernels join by byte permutes.
   kind = KIND_FIXED (bit-exact bf16 at 12 bits a weight, no entropy coder; lossless_split="fixed12"),
-  csrc/codec/fixed12.h: each weight's low byte raw, its top byte a 4-bit code (sign, 3 bits of exponent
-  in a window of 8 per tensor), any weight outside the window an escape:
+  csrc/codec/fixed12.h: each weight's low byte raw, its top byte a 4-bit code (sign, and t: 0 for
+  exponent bits 14..8 all zero, else their value - base, 1..7), any weight outside that an escape:
     codes         uint8 [4 P]  P = ceil(N K / 8) pieces of 8 weights (row-major), one 32-bit code word each
     low           uint8 [8 P]  each weight's low byte (the tail past N K zero)
     escape_index  int64 [E]   flat indices, ascending, of weights outside the window (their code is 0)
     escape_bits   int16 [E]   their bf16 bits
-    meta[6] = base: the window's first exponent value (bits 14..8 of the weight), 0..120.
+    meta[6] = base, 0..120: bits 14..8 of a weight of code t > 0 are base + t.
   kind = KIND_LOSSLESS (bit-exact floats, pycodec <= 0.1 checkpoints; still read), byte planes:
     plane{i}      uint8 [B_i] a pycodec stream, or the plane's raw bytes when coding does not pay
     plane_coded   uint8 [P]   1 = plane{i} is a stream, 0 = raw
@@ -214,13 +214,13 @@ def pack_fixed12(w: torch.Tensor) -> tuple[dict, LayerStats]:
         raise CodecError(f"the fixed12 layout holds bfloat16 weights, got {w.dtype}")
     bits = w.contiguous().view(torch.int16).numpy().view(np.uint16).reshape(-1)
     base, codes, low, escapes = _C.fixed12_encode(bits)
-    index = torch.from_numpy(escapes)
+    # (torch gives an empty numpy array stride 0, which a byte view of it, as a checksum takes, refuses)
     packed = {
         "meta": _meta(KIND_FIXED, w.shape[0], w.shape[1], 0, w.dtype, base),
         "codes": torch.from_numpy(codes),
         "low": torch.from_numpy(low),
-        "escape_index": index,
-        "escape_bits": torch.from_numpy(bits[escapes].view(np.int16).copy()),
+        "escape_index": torch.from_numpy(escapes) if escapes.size else torch.zeros(0, dtype=torch.int64),
+        "escape_bits": torch.from_numpy(bits[escapes].view(np.int16)) if escapes.size else torch.zeros(0, dtype=torch.int16),
     }
     bits_total = packed_bits(packed)
     return packed, LayerStats(w.numel(), bits_total, float(bits_total), math.inf)

@@ -8,21 +8,25 @@
 //   GEMV is bound by issue, not by memory. Here a weight costs ~3 integer instructions and no
 //   serial dependence: the GEMV reads 12/16 of bf16's bytes and should run at memory speed.
 // - A bf16 weight is its top byte h (sign, exponent bits 7..1) and its low byte l (exponent bit 0,
-//   7 mantissa bits). l is stored raw. Trained weights use few top bytes: per tensor, 8
-//   consecutive values of e' = h & 0x7F, [base, base + 7], hold all but 1.5e-4 (all-MiniLM-L6-v2)
-//   and 3.4e-4 (SmolLM2-135M) of the weights, so h is stored as a 4-bit code:
-//        code c = sign << 3 | (e' - base)
-// - Any other weight (zeros, tiny values, infinities, NaNs, rare outliers) is an escape: code 0
-//   (so it decodes to e' = base, positive), its low byte stored as for any weight, and its 16 bits
-//   in a side list of (flat index, bits). Decoders write code 0's value, then patch the escapes;
-//   the GEMV adds each escape's product and takes away the decoded one's, in its epilogue.
+//   7 mantissa bits). l is stored raw. Trained weights use few top bytes: per tensor, e' = h & 0x7F
+//   in [base + 1, base + 7] or 0 (zeros and the tiniest values, exact) holds all but 5.2e-4
+//   (all-MiniLM-L6-v2) and 4.7e-4 (SmolLM2-135M) of the weights, so h is stored as a 4-bit code:
+//        code c = sign << 3 | t,   t = 0 for e' = 0, t = e' - base for e' in [base + 1, base + 7]
+//   (A window of 8 nonzero values would escape fewer, 1.5e-4 and 3.4e-4, but a weight of 0, as in
+//   pruned or padded rows, would then be an escape that the GEMV decodes to an ordinary value and
+//   takes away again: not exactly 0, and 2-3 instructions a weight dearer, not cheaper, to avoid.)
+// - Any other weight (rare outliers, infinities, NaNs, rare tiny values) is an escape: code 0, its
+//   low byte stored as for any weight (so it decodes to e' = 0, |w| < 2^-125), and its 16 bits in a
+//   side list of (flat index, bits). Decoders write code 0's value, then patch the escapes; the
+//   GEMV adds each escape's product and takes away the decoded one's, in its epilogue.
 // - Pieces: weights 8p .. 8p + 7 of the flat row-major weight are piece p. Its codes are one
 //   32-bit little-endian word, byte j = c(8p + j) | c(8p + 4 + j) << 4, and its low bytes are the 8
-//   bytes low[8p .. 8p + 7]. One 32-bit and one 64-bit load give 8 weights, and
-//        h4 = ((n | n << 4) & 0x87878787) + base * 0x01010101     (n: four codes, a byte each)
-//   builds four top bytes at once (code bit 3 to bit 7, bits 2..0 plus base: base + 7 <= 127, so
-//   no byte carries into the next); a byte permute then joins two top and two low bytes into two
-//   bf16s.
+//   bytes low[8p .. 8p + 7]. One 32-bit and one 64-bit load give 8 weights, and four top bytes
+//   come from four codes (one a byte, n) at once, no byte carrying into the next (base + 7 <= 127):
+//        t   = n & 0x07070707
+//        e'  = t + base * (1 where t != 0)      the 1s: ((t + 0x7F7F7F7F) >> 7) & 0x01010101
+//        h   = e' | (n << 4) & 0x80808080       the sign, code bit 3 to bit 7
+//   then a byte permute joins two top and two low bytes into two bf16s.
 //
 //     codes word of piece p (bits):
 //       31..28   27..24   23..20   19..16   15..12   11..8    7..4     3..0
@@ -47,7 +51,7 @@ namespace pycodec {
 namespace fixed12 {
 
 constexpr uint32_t kPieceWeights = 8;  // one 32-bit code word, one 64-bit low word
-constexpr uint32_t kWindow = 8;        // top-byte values a code holds: 3 bits
+constexpr uint32_t kWindow = 8;        // values of t: 3 bits, 0 (e' = 0) and base + 1 .. base + 7
 constexpr uint32_t kMaxBase = 127 - (kWindow - 1);  // base + 7 <= 127: a byte's sum never carries
 constexpr uint32_t kWarpLanes = 32;
 constexpr int kMaxBatch = 16;
@@ -56,8 +60,12 @@ static_assert(kMaxBase + kWindow - 1 == 0x7F, "the window lies inside the top by
 
 PYCODEC_HD uint64_t pieces_of(uint64_t n) { return (n + kPieceWeights - 1) / kPieceWeights; }
 
-// Four top bytes from four codes, one code in the low nibble of each byte of n4.
-PYCODEC_HD uint32_t top_bytes4(uint32_t n4, uint32_t base4) { return ((n4 | (n4 << 4)) & 0x87878787u) + base4; }
+// Four top bytes from four codes, one code in the low nibble of each byte of n4 (base4 = base * 0x01010101).
+PYCODEC_HD uint32_t top_bytes4(uint32_t n4, uint32_t base4) {
+  const uint32_t t = n4 & 0x07070707u;
+  const uint32_t nonzero = ((t + 0x7F7F7F7Fu) >> 7) & 0x01010101u;  // 1 in each byte whose t != 0
+  return (nonzero * (base4 & 0xFFu) + t) | ((n4 << 4) & 0x80808080u);
+}
 
 // The 8 weights of a piece as four words of two bf16s (pair[i] = w(2i + 1) << 16 | w(2i)), from its
 // code word and its low bytes (low_lo: weights 0-3, low_hi: 4-7, little-endian). base4 = base * 0x01010101.
@@ -79,22 +87,30 @@ PYCODEC_HD float pair_high(uint32_t pair) { return windowed::bits_float(pair & 0
 // The code of one bf16 weight, or kEscape when its top byte lies outside the window.
 constexpr uint32_t kEscape = 0x100;
 inline uint32_t code_of(uint16_t bits, uint32_t base) {
-  const uint32_t h = bits >> 8, d = (h & 0x7Fu) - base;  // unsigned: below base wraps high
-  return d < kWindow ? ((h >> 7) << 3) | d : kEscape;
+  const uint32_t h = bits >> 8, e = h & 0x7Fu, d = e - base;  // unsigned: below base wraps high
+  if (e == 0) return (h >> 7) << 3;
+  return d - 1 < kWindow - 1 ? ((h >> 7) << 3) | d : kEscape;
 }
 
-// The base whose window holds the most weights, from the count of each e' = (bits >> 8) & 0x7F;
-// the lowest such base on ties.
+// The base whose window [base + 1, base + 7] holds the most weights, from the count of each
+// e' = (bits >> 8) & 0x7F (e' = 0 is held whatever the base); the lowest such base on ties.
 inline uint32_t best_base(const uint64_t count[128]) {
-  uint64_t held = 0, best = 0;
-  for (uint32_t e = 0; e < kWindow; ++e) held += count[e];
+  uint64_t held = 0;
+  for (uint32_t e = 1; e < kWindow; ++e) held += count[e];
+  uint64_t best = held;
   uint32_t base = 0;
-  best = held;
   for (uint32_t b = 1; b <= kMaxBase; ++b) {
-    held += count[b + kWindow - 1] - count[b - 1];
+    held += count[b + kWindow - 1] - count[b];
     if (held > best) best = held, base = b;
   }
   return base;
+}
+
+// The weights a base's window holds (every weight but the escapes).
+inline uint64_t held_by(const uint64_t count[128], uint32_t base) {
+  uint64_t held = count[0];
+  for (uint32_t e = base + 1; e < base + kWindow; ++e) held += count[e];
+  return held;
 }
 
 inline void count_tops(const uint16_t* bits, uint64_t n, uint64_t count[128]) {
@@ -133,7 +149,7 @@ inline void decode(const uint8_t* codes, const uint8_t* low, uint32_t base, uint
   for (uint64_t i = first; i < first + count; ++i) {
     const uint32_t j = uint32_t(i % kPieceWeights);
     const uint32_t c = (codes[4 * (i / kPieceWeights) + (j & 3u)] >> (j & 4u)) & 0xFu;
-    const uint32_t h = ((c & 8u) << 4) | (base + (c & 7u));
+    const uint32_t h = ((c & 8u) << 4) | ((c & 7u) ? base + (c & 7u) : 0u);
     *out++ = uint16_t(h << 8 | low[i]);
   }
 }
@@ -152,7 +168,7 @@ struct GemvArgs {
   uint32_t k;                  // a multiple of kPieceWeights
   const int32_t* escape_row;   // [n_rows + 1] CSR offsets into escape_col / escape_value; null: none
   const int32_t* escape_col;   // [n_escapes]
-  const float* escape_value;   // [n_escapes][2]: the weight's value, and the value code 0 decodes to
+  const float* escape_value;   // [n_escapes][2]: the weight's value, and the value code 0 decodes to (its low byte)
   uint32_t n_escapes;
   float* y;                    // [batch][n_rows]
 };
