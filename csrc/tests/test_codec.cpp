@@ -17,6 +17,7 @@
 #include "../codec/cpu_vbmi.h"
 #include "../codec/dequant.h"
 #include "../codec/emulate.h"
+#include "../codec/fixed12.h"
 #include "../codec/hash.h"
 #include "../codec/huffman.h"
 #include "../codec/quantize.h"
@@ -1799,6 +1800,57 @@ static void test_tables_with_too_many_codes_are_refused() {
   }
 }
 
+// fixed12.h: every code word's piece, built four top bytes at a time (the kernels' SWAR and byte
+// permutes), equals the scalar decoder's weights, for every base; the encoder round-trips every
+// bf16 pattern and lists exactly the weights outside its window.
+static void test_fixed12_layout() {
+  std::mt19937 rng(12);
+  for (uint32_t base = 0; base <= fixed12::kMaxBase; ++base) {
+    for (int trial = 0; trial < 64; ++trial) {
+      const uint32_t code_word = trial == 0 ? 0u : trial == 1 ? 0xFFFFFFFFu : uint32_t(rng());
+      const uint32_t lo = uint32_t(rng()), hi = uint32_t(rng());
+      uint32_t pair[4];
+      fixed12::piece_pairs(code_word, lo, hi, base * 0x01010101u, pair);
+      uint8_t codes[4], low[8];
+      std::memcpy(codes, &code_word, 4);
+      std::memcpy(low, &lo, 4);
+      std::memcpy(low + 4, &hi, 4);
+      uint16_t scalar[8], vector[8];
+      fixed12::decode(codes, low, base, 0, 8, scalar);
+      std::memcpy(vector, pair, sizeof vector);
+      CHECK(std::memcmp(scalar, vector, sizeof scalar) == 0);
+    }
+  }
+  std::vector<uint16_t> bits(65536 + 3);  // every pattern, then a partial piece
+  for (uint32_t i = 0; i < bits.size(); ++i) bits[i] = uint16_t((i * 40503u) ^ (i >> 16));
+  uint64_t count[128];
+  fixed12::count_tops(bits.data(), bits.size(), count);
+  const uint32_t base = fixed12::best_base(count);
+  const uint64_t n = bits.size(), pieces = fixed12::pieces_of(n), held = fixed12::held_by(count, base);
+  std::vector<uint8_t> codes(4 * pieces), low(8 * pieces);
+  std::vector<int64_t> escapes(n - held + 1, -1);
+  CHECK(fixed12::encode(bits.data(), n, base, codes.data(), low.data(), escapes.data(), escapes.size()) == n - held);
+  CHECK(escapes[n - held] == -1);  // nothing written past the count
+  std::vector<uint16_t> out(n);
+  fixed12::decode(codes.data(), low.data(), base, 0, n, out.data());
+  uint64_t e = 0, mismatched = 0;
+  for (uint64_t i = 0; i < n; ++i) {
+    const bool escaped = e < n - held && escapes[e] == int64_t(i);
+    if (escaped) {
+      ++e;
+      CHECK(fixed12::code_of(bits[i], base) == fixed12::kEscape);
+      CHECK((out[i] & 0x7F00u) == 0);  // code 0: |w| < 2^-125
+    } else if (out[i] != bits[i]) {
+      ++mismatched;
+    }
+  }
+  CHECK(e == n - held && mismatched == 0);
+  // a range that starts inside a piece decodes the same weights
+  std::vector<uint16_t> part(1001);
+  fixed12::decode(codes.data(), low.data(), base, 5, part.size(), part.data());
+  CHECK(std::memcmp(part.data(), out.data() + 5, part.size() * 2) == 0);
+}
+
 int main() {
   test_package_merge_limits_lengths();
   test_package_merge_optimal_on_dyadic();
@@ -1835,6 +1887,7 @@ int main() {
   test_affine_matvec();
   test_quantizers();
   test_host_openmp_team();
+  test_fixed12_layout();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures ? 1 : 0;
 }
