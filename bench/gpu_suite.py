@@ -11,6 +11,7 @@ Measured on the CUDA device at hand, everything in the same run:
     and with lane ranges from the count pass instead of
     the lane starts ("counted": cuda_ops.LANE_STARTS off), beside bf16, outputs checked equal;
     "lossless byte" rows: the byte split (lossless_split="byte"), the kernels' byte instances;
+    "lossless fixed12" rows: the fixed-width layout (lossless_split="fixed12"), its own GEMV;
   * decode: GB/s of decoded symbols of the v2 decode kernel on a 4096 x 14336 rate-3.5 stream and its
     lossless symbols, over layout variants (lanes per chunk, rows per chunk), beside the legacy v1
     decoders on the same symbols;
@@ -18,17 +19,17 @@ Measured on the CUDA device at hand, everything in the same run:
     (fused GEMV up to batch 16, the tile kernel to 128) and, above 16, the same weight through
     decode + Triton matmul (the route the tile kernel replaced: which is faster decides the
     dispatch), lossless (fused GEMV up to batch 16, decode + matmul above), lossless with
-    exact_outputs (decode + split merge + cuBLAS), both again in the byte split, DFloat11
+    exact_outputs (decode + split merge + cuBLAS), both again in the byte split and in fixed12, DFloat11
     (bench/dfloat11_peer.py: decode to a buffer + cuBLAS, as its forward hook does) and the
     int4-g128 peers that run (torchao's tinygemm layout, gemlite); kernel time under CUDA
     graphs (triton.testing.do_bench_cudagraph) and module time in eager mode (do_bench); the batch at
     which each method stops beating bf16;
-  * lossless decode: GB/s of bf16 weights rebuilt, pycodec (smallest and byte split) beside
+  * lossless decode: GB/s of bf16 weights rebuilt, pycodec (smallest and byte split, fixed12) beside
     DFloat11, on a 4096 x 14336 layer and a Llama-7B-shaped block, each checked bit-exact;
   * --e2e (or --only): compiled, module time under torch.compile(mode="reduce-overhead") on a
     4096 x 4096 layer at batch 1; end_to_end, tokens/s and peak memory of a ~1.1B-parameter Llama
     with random weights (speed does not depend on the values) at batch 1 and 8: bf16, pycodec
-    lossless (smallest and byte split), pycodec rate 3.5 (median of three generate runs).
+    lossless (smallest and byte split, fixed12), pycodec rate 3.5 (median of three generate runs).
 Layers and decodes are also timed with other pycodec GPU kernel settings (x global, unstaged:
 shared-memory staging off; 16 warps a block instead of 4): the same bits, side by side.
 Nothing asserts on time. Without a CUDA device it exits with status 2.
@@ -166,8 +167,9 @@ SETTING_VARIANTS = {"x global": ({"gemv_x_shared_bytes": 0}, (1, 4)), "16 warps"
 # Lossless only: the fused GEMV beside the staged one (the default), at the GEMVs' batches.
 LOSSLESS_VARIANTS = {"fused GEMV": ({"split_gemv_staged": 0}, (1, 16))}
 # The byte split's layers at fewer batches (the layers section is the one a time limit cuts): its
-# GEMV where it may beat bf16, its exact route (decode + cuBLAS) at a few.
-BYTE_SPLIT_BATCHES = {"pycodec lossless byte": (1, 2, 4, 8, 16, 32), "pycodec lossless byte exact": (1, 16, 64)}
+# GEMV where it may beat bf16, its exact route (decode + cuBLAS) at a few; fixed12's exact route too.
+FEWER_BATCHES = {"pycodec lossless byte": (1, 2, 4, 8, 16, 32), "pycodec lossless byte exact": (1, 16, 64),
+                 "pycodec lossless fixed12 exact": (1, 16, 64)}
 DEVICE = "cuda"  # the settings and layers sections' activations; tests/test_bench_harness.py runs them on the CPU
 
 
@@ -287,6 +289,10 @@ def layer_suite(shapes, batches, peak, rows: list | None = None) -> list[dict]:
         variants["pycodec lossless byte"] = (m, m.compressed_bytes())
         m = lossless_layer(dense, exact=True, split="byte")
         variants["pycodec lossless byte exact"] = (m, m.compressed_bytes())
+        m = lossless_layer(dense, split="fixed12")
+        variants["pycodec lossless fixed12"] = (m, m.compressed_bytes())
+        m = lossless_layer(dense, exact=True, split="fixed12")
+        variants["pycodec lossless fixed12 exact"] = (m, m.compressed_bytes())
         if not isinstance(df11, str):
             try:
                 m = df11.DF11Linear(dense)
@@ -311,7 +317,7 @@ def layer_suite(shapes, batches, peak, rows: list | None = None) -> list[dict]:
                     if any(label.endswith(suffix) and batch not in at
                            for suffix, (_, at) in {**SETTING_VARIANTS, **LOSSLESS_VARIANTS}.items()):
                         continue
-                    if batch not in BYTE_SPLIT_BATCHES.get(label, (batch,)):
+                    if batch not in FEWER_BATCHES.get(label, (batch,)):
                         continue
                     try:
                         y = mod(x).float()
@@ -360,15 +366,17 @@ def settings_suite(rows: list | None = None, shapes=((4096, 4096), (14336, 4096)
                   "lossless counted": (lossless_counted, {"split_gemv_staged": 1}),
                   "lossless fused": (lossless, {"split_gemv_staged": 0}),
                   "lossless fused counted": (lossless_counted, {"split_gemv_staged": 0}),
-                  "lossless byte": (lossless_layer(dense, split="byte"), {"split_gemv_staged": 1})}
+                  "lossless byte": (lossless_layer(dense, split="byte"), {"split_gemv_staged": 1}),
+                  "lossless fixed12": (lossless_layer(dense, split="fixed12"), {})}
         for batch in batches:
             x = torch.randn(batch, in_f, device=DEVICE, dtype=torch.bfloat16)
             with torch.no_grad():
                 base = graph_ms(lambda: bf16(x))
                 refs = {}  # per layer without " counted": every variant of it must give the same bits
                 for label, (layer, route) in layers.items():
-                    # counted layers beside the default settings only: the lane starts' gain, not a sweep
-                    for settings in combos[:1] if label.endswith("counted") else combos:
+                    # counted layers beside the default settings only: the lane starts' gain, not a sweep;
+                    # fixed12's kernel reads none of the settings
+                    for settings in combos[:1] if label.endswith(("counted", "fixed12")) else combos:
                         run = with_settings({**settings, **route}, layer)
                         y = run(x)
                         # the rate GEMV's two routes add in different orders: each its own reference
@@ -488,6 +496,7 @@ def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
         flat = torch.cat([w.reshape(-1) for w in weights]).view(torch.int16)
         layers = [lossless_layer(dense_linear(w)) for w in weights]
         byte_layers = [lossless_layer(dense_linear(w), split="byte") for w in weights]
+        fixed_layers = [lossless_layer(dense_linear(w), split="fixed12") for w in weights]
         rebuild = [lossless_weight_fn(m) for m in layers]
         two = [lossless_weight_fn(m, two_kernels=True) for m in layers]
 
@@ -504,6 +513,7 @@ def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
                    "pycodec lossless byte, byte stores": rebuilt([lossless_weight_fn(m) for m in byte_layers],
                                                                  {"stage_word_stores": 0}, of=byte_layers),
                    "pycodec lossless, byte stores": rebuilt(rebuild, {"stage_word_stores": 0}),
+                   "pycodec lossless fixed12": rebuilt([lossless_weight_fn(m) for m in fixed_layers], of=fixed_layers),
                    "pycodec decode + merge": rebuilt(two),
                    "pycodec decode + merge, unstaged": rebuilt(two, {"decode_stage_symbols": 0})}
         if isinstance(df11, str):
@@ -529,7 +539,7 @@ def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
                          "ms": ms, "decoded_GBps": gbs, "pct_hbm_of_bytes_moved": moved_pct, "bit_exact": exact})
             print(f"lossless decode {subject:17s} {method:32s} {8 * nbytes / n:6.2f} b/w {ms * 1e3:9.1f} us "
                   f"{gbs:8.1f} GB/s of bf16  exact={exact}", flush=True)
-        del layers, rebuild, two, methods
+        del layers, byte_layers, fixed_layers, rebuild, two, methods
         torch.cuda.empty_cache()
     return rows
 
@@ -543,7 +553,8 @@ def compiled_suite(rows: list | None = None, shape=(4096, 4096), batches=(1,)) -
     out_f, in_f = shape
     dense = random_linear(out_f, in_f)
     modules = {"bf16 cuBLAS": copy.deepcopy(dense).cuda(), "pycodec rate 3.5": rate_layer(dense),
-               "pycodec lossless": lossless_layer(dense), "pycodec lossless byte": lossless_layer(dense, split="byte")}
+               "pycodec lossless": lossless_layer(dense), "pycodec lossless byte": lossless_layer(dense, split="byte"),
+               "pycodec lossless fixed12": lossless_layer(dense, split="fixed12")}
     for batch in batches:
         x = torch.randn(batch, in_f, device="cuda", dtype=torch.bfloat16)
         with torch.no_grad():
@@ -589,6 +600,7 @@ def end_to_end(tokens: int, batches=(1, 8), rows: list | None = None) -> list[di
     rows = [] if rows is None else rows
     for label, c in (("bf16", None), ("pycodec lossless", CompressionConfig(mode="lossless")),
                      ("pycodec lossless byte", CompressionConfig(mode="lossless", lossless_split="byte")),
+                     ("pycodec lossless fixed12", CompressionConfig(mode="lossless", lossless_split="fixed12")),
                      ("pycodec rate 3.5", CompressionConfig(mode="rate", bits=3.5))):
         m = copy.deepcopy(base)
         t0 = time.perf_counter()

@@ -31,6 +31,7 @@ def launches() -> list[tuple[str, object]]:
     dense.weight.data.normal_(0, 0.02)
     lossless = CompressedLinear.from_linear(dense, CompressionConfig(mode="lossless")).cuda()
     lossless_byte = CompressedLinear.from_linear(dense, CompressionConfig(mode="lossless", lossless_split="byte")).cuda()
+    lossless_fixed = CompressedLinear.from_linear(dense, CompressionConfig(mode="lossless", lossless_split="fixed12")).cuda()
     rate = CompressedLinear.from_linear(dense, CompressionConfig(mode="rate", bits=3.5)).cuda()
     bf16 = dense.cuda()
     wide = torch.nn.Linear(14336, 4096, bias=False, dtype=torch.bfloat16)
@@ -39,6 +40,8 @@ def launches() -> list[tuple[str, object]]:
     packed, kernel = exact.packed(), dict(zip(gpu.KERNEL_BUFFERS, exact.kernel()))
     exact_byte = CompressedLinear.from_linear(wide, CompressionConfig(mode="lossless", lossless_split="byte")).cuda()
     byte_packed, byte_kernel = exact_byte.packed(), dict(zip(gpu.KERNEL_BUFFERS, exact_byte.kernel()))
+    wide_fixed = CompressedLinear.from_linear(wide, CompressionConfig(mode="lossless", lossless_split="fixed12")).cuda()
+    x_wide = torch.randn(1, 14336, device="cuda", dtype=torch.bfloat16)
 
     def with_settings(fn, **settings):
         def run():
@@ -57,6 +60,8 @@ def launches() -> list[tuple[str, object]]:
         ("lossless byte split staged GEMV, 4096x4096, batch 1", lambda: lossless_byte(x1)),
         ("lossless byte split staged GEMV, stage stored byte by byte, 4096x4096, batch 1",
          with_settings(lambda: lossless_byte(x1), stage_word_stores=0)),
+        ("lossless fixed12 GEMV, 4096x4096, batch 1", lambda: lossless_fixed(x1)),
+        ("lossless fixed12 GEMV, 4096x14336, batch 1", lambda: wide_fixed(x_wide)),
         ("rate 3.5 staged GEMV, 4096x4096, batch 1", lambda: rate(x1)),
         ("rate 3.5 fused GEMV, 4096x4096, batch 1", with_settings(lambda: rate(x1), affine_gemv_staged=0)),
         ("rate 3.5 fused GEMV, stream read in place, 4096x4096, batch 1",
@@ -66,6 +71,9 @@ def launches() -> list[tuple[str, object]]:
         ("lossless decode + split_merge (two kernels), 4096x14336", two_kernels),
         ("lossless byte split decode to bf16 in one kernel, 4096x14336",
          lambda: gpu.dense_weight(byte_packed, byte_kernel, exact_byte._info, torch.device("cuda"))),
+        ("lossless fixed12 decode to bf16, 4096x14336",
+         lambda: gpu.dense_weight(wide_fixed.packed(), dict(zip(gpu.KERNEL_BUFFERS, wide_fixed.kernel())),
+                                  wide_fixed._info, torch.device("cuda"))),
     ]
 
 

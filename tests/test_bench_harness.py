@@ -266,8 +266,9 @@ def test_settings_section_runs_every_combination(monkeypatch):
     monkeypatch.setattr(suite, "graph_ms", lambda fn: (fn(), 1e-3)[1])
     rows = suite.settings_suite(shapes=((64, 128),), batches=(1, 2))
     methods = {r["method"] for r in rows}
-    assert {"pycodec rate 3.5", "pycodec lossless byte", "pycodec lossless fused counted"} <= methods
-    assert len(rows) == 2 * (4 * 9 + 3) and all(r["same_bits"] for r in rows)
+    assert {"pycodec rate 3.5", "pycodec lossless byte", "pycodec lossless fused counted",
+            "pycodec lossless fixed12"} <= methods
+    assert len(rows) == 2 * (4 * 9 + 4) and all(r["same_bits"] for r in rows)
     assert {r["affine_gemv_staged"] for r in rows} == {0, 1} and {r["stage_word_stores"] for r in rows} == {0, 1}
 
 
@@ -289,8 +290,13 @@ def test_layers_section_runs_on_the_cpu(monkeypatch):
     assert byte == {("pycodec lossless byte", 1), ("pycodec lossless byte", 16),
                     ("pycodec lossless byte exact", 1), ("pycodec lossless byte exact", 16),
                     ("pycodec lossless byte exact", 64)}
+    fixed = {(r["method"], r["batch"]) for r in timed if "fixed12" in r["method"]}
+    assert fixed == {("pycodec lossless fixed12", 1), ("pycodec lossless fixed12", 16), ("pycodec lossless fixed12", 64),
+                     ("pycodec lossless fixed12 exact", 1), ("pycodec lossless fixed12 exact", 16),
+                     ("pycodec lossless fixed12 exact", 64)}
     assert all("error" not in r for r in timed), [r for r in timed if "error" in r]
     assert all(r["rel_err_vs_bf16"] < 0.2 for r in timed)
+    assert all(r["rel_err_vs_bf16"] == 0 for r in timed if "lossless" in r["method"])  # the CPU forward: nn.Linear's bits
 
 
 def test_bench_moe_runs_every_row_on_a_tiny_model(tmp_path, monkeypatch):
