@@ -33,6 +33,8 @@ permutes, no value lookups; nvcc unrolls them, so their weights per iteration ar
 over the batch, two per permute in the write-out); its rows are "lossless bf16, byte split".
 With lane starts (a GPU stream's tables carry them by default: cuda_ops.LANE_STARTS) the kernels
 skip the count pass: the "with lane starts" figures are the totals without it.
+The fixed12 layout (lossless_split="fixed12", csrc/cuda/fixed12_cuda.cu) has no entropy decode: its GEMV's
+one loop over pieces of 8 weights, and its decode kernel's 8 weights a thread ("fixed12" rows).
 For comparison, the legacy v1 decoders' round loops (decode_cuda.cu): instructions per round over
 the symbols a lane decodes per round (Huffman 2, rANS 1).
 """
@@ -398,6 +400,26 @@ def main() -> None:
                     "lane_instructions_per_weight": sum(parts.values()), **parts,
                     "with_lane_starts_byte_stores": k["decode_loop_byte_stores"] and
                     k["decode_loop_byte_stores"] / (2 * y["symbols_per_entry"]) + parts["merge_pass"]}
+    # The fixed12 GEMV (fixed12_cuda.cu): no decode passes, one loop of pieces (8 weights each, nvcc
+    # unrolls it 4 times): per weight = loop / (FFMAs / batch); its decode kernel has no loop: a
+    # thread's 8 weights (a piece) are the whole kernel, its exits and bounds test included.
+    fixed = functions(sass_of(ROOT / "csrc/cuda/fixed12_cuda.cu", a.arch, usage))
+    result["fixed12"] = {}
+    for batch in (1, 4, 16):
+        found = [lp for lp in loops(kernel(fixed, f"fixed12_gemv_kernelILi{batch}E")) if count(lp["ops"], "FFMA")]
+        main_loop = max(found, key=lambda lp: count(lp["ops"], "FFMA"), default=None)
+        if main_loop:
+            weights = count(main_loop["ops"], "FFMA") // batch
+            result["fixed12"][f"gemv B={batch}"] = {
+                "loop": main_loop["instructions"], "weights_per_iteration": weights,
+                "lane_instructions_per_weight": main_loop["instructions"] / weights}
+    decode = kernel(fixed, "fixed12_decode_kernel")
+    result["fixed12"]["decode to bf16"] = {"kernel": len(decode), "weights": 8,
+                                           "lane_instructions_per_weight": len(decode) / 8}
+    regs = [u["registers"] for u in usage.values()]
+    result["resources"].update({"kernels": len(usage), "registers_min": min(regs), "registers_max": max(regs),
+                                "stack_bytes_max": max(u["stack_bytes"] for u in usage.values()),
+                                "local_bytes_max": max(u["local_bytes"] for u in usage.values())})
     print(f"SASS of csrc/cuda/*.cu for {a.arch}: inner-loop instructions per iteration")
     for label, k in result["kernels"].items():
         print(f"  {label:28s} " + ", ".join(f"{key} {val}" for key, val in k.items() if val is not None))
@@ -418,6 +440,8 @@ def main() -> None:
         print(f"  {label:42s} {r['lane_instructions_per_weight']:5.2f}  "
               f"({r['count_pass']:.2f} + {r['decode_pass']:.2f} + {r['merge_pass']:.2f});  "
               f"{r['with_lane_starts']:5.2f}{byte_stores}")
+    print("\nfixed12 (lane-instructions per weight): " + ", ".join(
+        f"{label} {r['lane_instructions_per_weight']:.2f}" for label, r in result["fixed12"].items()))
     if a.json:
         path = Path(a.json)
         path.parent.mkdir(parents=True, exist_ok=True)
