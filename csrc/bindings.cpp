@@ -329,16 +329,18 @@ void bind_windowed(py::module_& m, const std::string& prefix) {
 
   m.def(
       (prefix + "fixed12_gemv").c_str(),
-      [prefix](uintptr_t codes_dev, uintptr_t low_dev, uint64_t pieces, uint32_t base, uintptr_t x_dev,
-               uint32_t batch_pad, uint32_t batch, uint32_t n_rows, uint32_t k, uintptr_t y_dev, uintptr_t escape_row_dev,
-               uintptr_t escape_col_dev, uintptr_t escape_value_dev, uint32_t n_escapes, uintptr_t stream) {
+      [prefix](uintptr_t codes_dev, uintptr_t low_dev, uint64_t pieces, uint32_t base, uintptr_t x_dev, bool x_bf16,
+               uint32_t batch_pad, uint32_t batch, uint32_t n_rows, uint32_t k, uintptr_t bias_dev, uintptr_t y_dev,
+               uintptr_t escape_row_dev, uintptr_t escape_col_dev, uintptr_t escape_value_dev, uint32_t n_escapes,
+               uintptr_t stream) {
         if (base > fixed12::kMaxBase) throw CodecException(prefix + "fixed12_gemv: base out of range");
         fixed12::GemvArgs a;
         a.codes = reinterpret_cast<const uint32_t*>(codes_dev);
         a.low = reinterpret_cast<const uint32_t*>(low_dev);
         a.pieces = pieces;
         a.base4 = base * 0x01010101u;
-        a.x = reinterpret_cast<const float*>(x_dev);
+        a.x = reinterpret_cast<const void*>(x_dev);
+        a.x_bf16 = x_bf16;
         a.batch = batch;
         a.n_rows = n_rows;
         a.k = k;
@@ -346,13 +348,15 @@ void bind_windowed(py::module_& m, const std::string& prefix) {
         a.escape_col = reinterpret_cast<const int32_t*>(escape_col_dev);
         a.escape_value = reinterpret_cast<const float*>(escape_value_dev);
         a.n_escapes = n_escapes;
-        a.y = reinterpret_cast<float*>(y_dev);
+        a.bias = reinterpret_cast<const void*>(bias_dev);
+        a.y = reinterpret_cast<void*>(y_dev);
         check(K::fixed12_gemv(a, batch_pad, stream), (prefix + "fixed12_gemv").c_str());
       },
       py::arg("codes_dev"), py::arg("low_dev"), py::arg("pieces"), py::arg("base"), py::arg("x_dev"),
-      py::arg("batch_pad"), py::arg("batch"), py::arg("n_rows"), py::arg("k"), py::arg("y_dev"),
-      py::arg("escape_row_dev"), py::arg("escape_col_dev"), py::arg("escape_value_dev"), py::arg("n_escapes"),
-      py::arg("stream"), "y = x W^T for a fixed12 bf16 weight (fixed12.h: GemvArgs), batch 1..16.");
+      py::arg("x_bf16"), py::arg("batch_pad"), py::arg("batch"), py::arg("n_rows"), py::arg("k"), py::arg("bias_dev"),
+      py::arg("y_dev"), py::arg("escape_row_dev"), py::arg("escape_col_dev"), py::arg("escape_value_dev"),
+      py::arg("n_escapes"), py::arg("stream"),
+      "y = x W^T + bias for a fixed12 bf16 weight (fixed12.h: GemvArgs), batch 1..16, x / bias / y bf16 or fp32.");
 
   m.def(
       (prefix + "fixed12_decode").c_str(),

@@ -653,38 +653,45 @@ def _check_fixed12(op: str, codes: torch.Tensor, low: torch.Tensor, base: int, n
 
 @torch.library.custom_op("pycodec::fixed12_gemv", mutates_args=(), device_types="cuda")
 def fixed12_gemv(x: torch.Tensor, codes: torch.Tensor, low: torch.Tensor, escape_row: torch.Tensor,
-                 escape_col: torch.Tensor, escape_value: torch.Tensor, base: int, n_rows: int, k: int) -> torch.Tensor:
-    """y = x W^T in fp32 [B, n_rows] for a fixed12 bf16 weight [n_rows, k] (quant.KIND_FIXED), B 1..16,
-    K % 8 == 0; escapes as fixed12_escapes gives them (empty tensors: none)."""
-    return _fixed12_gemv(x, codes, low, escape_row, escape_col, escape_value, base, n_rows, k)
+                 escape_col: torch.Tensor, escape_value: torch.Tensor, bias: torch.Tensor | None, base: int, n_rows: int,
+                 k: int) -> torch.Tensor:
+    """y = x W^T + bias [B, n_rows] in x's dtype for a fixed12 bf16 weight [n_rows, k] (quant.KIND_FIXED),
+    B 1..16, K % 8 == 0; escapes as fixed12_escapes gives them (empty tensors: none). bf16 and fp32 x
+    are read as they are and y written in one launch (fp16 x: through fp32)."""
+    return _fixed12_gemv(x, codes, low, escape_row, escape_col, escape_value, bias, base, n_rows, k)
 
 
-def _fixed12_gemv(x, codes, low, escape_row, escape_col, escape_value, base, n_rows, k):
+def _fixed12_gemv(x, codes, low, escape_row, escape_col, escape_value, bias, base, n_rows, k):
     op = "fixed12_gemv"
-    device = _same_device(op, x, codes, low, escape_row, escape_col, escape_value)
+    device = _same_device(op, x, codes, low, escape_row, escape_col, escape_value, *([] if bias is None else [bias]))
     if x.dim() != 2 or x.shape[1] != k or not 1 <= x.shape[0] <= MAX_BATCH or k % 8 or n_rows < 1:
         raise CodecError(f"{op}: unsupported shape: x {tuple(x.shape)}, weight [{n_rows}, {k}] (batch 1..16, K % 8 == 0)")
+    if bias is not None and bias.numel() != n_rows:
+        raise CodecError(f"{op}: bias must have {n_rows} values, has {bias.numel()}")
     pieces = _check_fixed12(op, codes, low, base, n_rows * k)
     n_escapes = escape_col.numel()
     if n_escapes and (escape_row.dtype != torch.int32 or escape_row.numel() != n_rows + 1 or
                       escape_col.dtype != torch.int32 or escape_value.dtype != torch.float32 or
                       escape_value.numel() != 2 * n_escapes or not escape_value.is_contiguous()):
         raise CodecError(f"{op}: escapes must be fixed12_escapes' int32 [n_rows + 1], int32 [E], fp32 [E, 2]")
+    work = x if x.dtype in (torch.bfloat16, torch.float32) else x.float()
+    if not work.is_contiguous() or work.data_ptr() % 16:  # rows are read 16 bytes at a time
+        work = work.clone(memory_format=torch.contiguous_format)
+    if bias is not None:
+        bias = bias.to(work.dtype).contiguous()
     batch = x.shape[0]
-    padded = batch if batch <= 8 else MAX_BATCH
-    x32 = torch.zeros((padded, k), dtype=torch.float32, device=device)
-    x32[:batch] = x
-    y = torch.empty((batch, n_rows), dtype=torch.float32, device=device)
+    y = torch.empty((batch, n_rows), dtype=work.dtype, device=device)
     with _guard(device):
-        _launch(op, codes.data_ptr(), low.data_ptr(), pieces, base, x32.data_ptr(), padded, batch, n_rows, k,
+        _launch(op, codes.data_ptr(), low.data_ptr(), pieces, base, work.data_ptr(), work.dtype == torch.bfloat16,
+                batch if batch <= 8 else MAX_BATCH, batch, n_rows, k, 0 if bias is None else bias.data_ptr(),
                 y.data_ptr(), escape_row.data_ptr() if n_escapes else 0, escape_col.data_ptr() if n_escapes else 0,
                 escape_value.data_ptr() if n_escapes else 0, n_escapes, _stream())
-    return y
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 @fixed12_gemv.register_fake
-def _(x, codes, low, escape_row, escape_col, escape_value, base, n_rows, k):
-    return x.new_empty((x.shape[0], n_rows), dtype=torch.float32)
+def _(x, codes, low, escape_row, escape_col, escape_value, bias, base, n_rows, k):
+    return x.new_empty((x.shape[0], n_rows))
 
 
 @torch.library.custom_op("pycodec::fixed12_decode", mutates_args=(), device_types="cuda")

@@ -168,9 +168,10 @@ def linear(x: torch.Tensor, packed: dict, kernel: dict, bias: torch.Tensor | Non
         else:  # the Triton kernels take whole groups only
             y = _affine_decoded(x2, packed, kernel, info)
     elif (info.kind == KIND_FIXED and 1 <= batch <= MAX_FUSED_BATCH and info.k % 8 == 0 and info.n > 0 and
-          not info.exact_outputs):
+          not info.exact_outputs):  # one launch: x read in its dtype, the bias added, y written in it
         y = cuda_ops.fixed12_gemv(x2, packed["codes"], packed["low"], kernel["escape_row"], kernel["escape_col"],
-                                  kernel["escape_value"], info.top, info.n, info.k)
+                                  kernel["escape_value"], bias, info.top, info.n, info.k)
+        return y.reshape(*lead, info.n)
     elif (info.kind == KIND_SPLIT and info.version == 2 and fused and info.dtype == torch.bfloat16 and
           not info.exact_outputs):
         y = cuda_ops.windowed_gemv_split(x2, packed["symbols"], kernel["table"], kernel["values"], packed["raw"],

@@ -138,12 +138,12 @@ def test_other_dtypes_take_the_byte_split():
 
 # ---------------------------------------------------------------------------- kernels (CPU emulation)
 
-def host_gemv(x: torch.Tensor, packed: dict) -> torch.Tensor:
+def host_gemv(x: torch.Tensor, packed: dict, bias: torch.Tensor | None = None) -> torch.Tensor:
     n, k, base = (int(v) for v in packed["meta"][[2, 3, 6]])
     esc = cuda_ops.fixed12_escapes(packed["escape_index"], packed["escape_bits"], packed["low"], n, k)
     with cuda_ops.host_kernels():
         return cuda_ops._fixed12_gemv(x, packed["codes"], packed["low"], esc["escape_row"], esc["escape_col"],
-                                      esc["escape_value"], base, n, k)
+                                      esc["escape_value"], bias, base, n, k)
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 8, 9, 16])
@@ -169,6 +169,23 @@ def test_gemv_emulation_matches_float64(batch, shape):
     assert torch.equal(host_gemv(x, packed), y)  # deterministic
 
 
+@pytest.mark.parametrize("batch", [1, 5, 12])
+def test_gemv_reads_bf16_x_and_adds_the_bias_before_rounding(batch):
+    """bf16 activations are read as they are and y is written in bf16 once, the bias added first (as
+    cuBLAS's epilogue does): the fp32 route's sums, bias added, rounded once; an unaligned x is copied."""
+    w = weight_like(24, 64)
+    packed, _ = pack_fixed12(w)
+    x = torch.randn(batch, 64, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    bias = torch.randn(24, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    y = host_gemv(x, packed, bias)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, (host_gemv(x.float(), packed) + bias.float()).to(torch.bfloat16))
+    assert torch.equal(host_gemv(x, packed), host_gemv(x.float(), packed).to(torch.bfloat16))
+    unaligned = torch.cat([torch.zeros(1, dtype=torch.bfloat16), x.reshape(-1)])[1:].view(batch, 64)
+    assert unaligned.data_ptr() % 16 and torch.equal(host_gemv(unaligned, packed, bias), y)
+    assert host_gemv(x.half(), packed).dtype == torch.float16
+
+
 def test_gemv_escape_epilogue_is_needed():
     """Escapes decode as code 0 in the loop; without the epilogue's correction (escape lists
     emptied) the outlier's row is far off: the test sees the correction."""
@@ -179,7 +196,7 @@ def test_gemv_escape_epilogue_is_needed():
     with cuda_ops.host_kernels():
         empty = torch.zeros(0, dtype=torch.int32)
         y_no = cuda_ops._fixed12_gemv(x, packed["codes"], packed["low"], empty, empty,
-                                      torch.zeros(0), int(packed["meta"][6]), 4, 64)
+                                      torch.zeros(0), None, int(packed["meta"][6]), 4, 64)
     y = host_gemv(x, packed)
     ref = (x.double() @ w.double().t())[0]
     assert abs(float(y[0, 1]) - float(ref[1])) < 1e-3
@@ -204,7 +221,7 @@ def test_kernel_ops_refuse_bad_arguments():
                                (torch.randn(1, 12), 8, 12, packed["codes"]),    # K % 8
                                (torch.randn(1, 16), 8, 16, packed["codes"][:-4])):
             with pytest.raises(CodecError):
-                cuda_ops._fixed12_gemv(x, codes, packed["low"], e, e, torch.zeros(0), base, n, k)
+                cuda_ops._fixed12_gemv(x, codes, packed["low"], e, e, torch.zeros(0), None, base, n, k)
         with pytest.raises(CodecError):
             cuda_ops._fixed12_decode(packed["codes"], packed["low"], packed["escape_index"], packed["escape_bits"],
                                      121, 128)

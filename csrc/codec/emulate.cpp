@@ -234,14 +234,14 @@ Status fixed12_decode(const uint32_t* codes, const uint32_t* low, uint64_t piece
 }
 
 namespace {
-template <int B>
+template <int B, class X>
 Status run_fixed12_gemv(const fixed12::GemvArgs& a) {
   float lanes[fixed12::kWarpLanes][B];
   for (uint32_t row = 0; row < a.n_rows; ++row) {
     for (uint32_t lane = 0; lane < fixed12::kWarpLanes; ++lane) {
       for (int b = 0; b < B; ++b) lanes[lane][b] = 0.f;
-      fixed12::gemv_lane<B>(a, row, lane, lanes[lane]);
-      fixed12::escape_lane<B>(a, row, lane, lanes[lane]);
+      fixed12::gemv_lane<B, X>(a, row, lane, lanes[lane]);
+      fixed12::escape_lane<B, X>(a, row, lane, lanes[lane]);
     }
     for (int b = 0; b < B; ++b) {  // the kernel's xor butterfly (__shfl_xor_sync), lane by lane
       float v[fixed12::kWarpLanes];
@@ -251,10 +251,15 @@ Status run_fixed12_gemv(const fixed12::GemvArgs& a) {
         for (uint32_t lane = 0; lane < fixed12::kWarpLanes; ++lane) next[lane] = v[lane] + v[lane ^ off];
         std::memcpy(v, next, sizeof v);
       }
-      if (uint32_t(b) < a.batch) a.y[size_t(b) * a.n_rows + row] = v[0];
+      if (uint32_t(b) < a.batch) fixed12::store_output<X>(a, row, b, v[0]);
     }
   }
   return Status::Ok;
+}
+
+template <int B>
+Status run_fixed12_gemv_of(const fixed12::GemvArgs& a) {
+  return a.x_bf16 ? run_fixed12_gemv<B, fixed12::XBf16>(a) : run_fixed12_gemv<B, fixed12::XFloat>(a);
 }
 }  // namespace
 
@@ -263,15 +268,15 @@ Status fixed12_gemv(const fixed12::GemvArgs& a, uint32_t batch_pad) {
   if (st != Status::Ok) return st;
   if (!fixed12::escapes_ok(a)) return Status::BadArgument;
   switch (batch_pad) {
-    case 1: return run_fixed12_gemv<1>(a);
-    case 2: return run_fixed12_gemv<2>(a);
-    case 3: return run_fixed12_gemv<3>(a);
-    case 4: return run_fixed12_gemv<4>(a);
-    case 5: return run_fixed12_gemv<5>(a);
-    case 6: return run_fixed12_gemv<6>(a);
-    case 7: return run_fixed12_gemv<7>(a);
-    case 8: return run_fixed12_gemv<8>(a);
-    case 16: return run_fixed12_gemv<16>(a);
+    case 1: return run_fixed12_gemv_of<1>(a);
+    case 2: return run_fixed12_gemv_of<2>(a);
+    case 3: return run_fixed12_gemv_of<3>(a);
+    case 4: return run_fixed12_gemv_of<4>(a);
+    case 5: return run_fixed12_gemv_of<5>(a);
+    case 6: return run_fixed12_gemv_of<6>(a);
+    case 7: return run_fixed12_gemv_of<7>(a);
+    case 8: return run_fixed12_gemv_of<8>(a);
+    case 16: return run_fixed12_gemv_of<16>(a);
     default: return Status::BadArgument;
   }
 }

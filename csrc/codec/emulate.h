@@ -57,7 +57,7 @@ Status split_merge(const uint8_t* symbols, uint64_t n, const uint16_t* values, c
 Status windowed_tile_affine(const windowed::StreamView& s, const uint32_t* table, const windowed::TileArgs& a,
                             uint32_t batch);
 // The fixed-width lossless layout (fixed12.h): its decode kernel (out: 8 * pieces bf16 bits, code
-// 0's value at escapes) and its GEMV (batch_pad: the kernel instance, 1..8 or 16).
+// 0's value at escapes) and its GEMV (batch_pad: the kernel instance, 1..8 or 16; x, bias and y bf16 or fp32).
 Status fixed12_decode(const uint32_t* codes, const uint32_t* low, uint64_t pieces, uint32_t base4, uint16_t* out);
 Status fixed12_gemv(const fixed12::GemvArgs& a, uint32_t batch_pad);
 }  // namespace host

@@ -193,21 +193,26 @@ inline void decode(const uint8_t* codes, const uint8_t* low, uint32_t base, uint
 
 // ---------------------------------------------------------------------------- GEMV and decode kernels
 
-// What the kernels read and write (device pointers, or host pointers in the emulation).
+// What the kernels read and write (device pointers, or host pointers in the emulation). x, bias
+// and y are in the activations' type: bf16 (x_bf16) or fp32, so that a batch-1 forward is this
+// one launch (no copy of x, no cast of y, the bias added before y's one rounding, as cuBLAS's
+// epilogue adds it).
 struct GemvArgs {
   const uint32_t* codes;       // pieces words
   const uint32_t* low;         // 2 * pieces words (8-byte aligned)
   uint64_t pieces;
   uint32_t base4;              // base * 0x01010101
-  const float* x;              // [batch_pad][k] fp32, 16-byte aligned; rows past batch are zeros
-  uint32_t batch;              // rows of y written
+  const void* x;               // [batch][k], 16-byte aligned rows
+  bool x_bf16;                 // x, bias and y are bf16 bits; else fp32
+  uint32_t batch;              // rows of x and y; the kernel instance's B >= batch
   uint32_t n_rows;
   uint32_t k;                  // a multiple of kPieceWeights
   const int32_t* escape_row;   // [n_rows + 1] CSR offsets into escape_col / escape_value; null: none
   const int32_t* escape_col;   // [n_escapes]
   const float* escape_value;   // [n_escapes][2]: the weight's value, and the value code 0 decodes to (its low byte)
   uint32_t n_escapes;
-  float* y;                    // [batch][n_rows]
+  const void* bias;            // [n_rows] or null
+  void* y;                     // [batch][n_rows]
 };
 
 // Argument checks shared by the kernels' entry points and the emulation.
@@ -224,16 +229,6 @@ inline Status check_gemv(const GemvArgs& a, uint32_t batch_pad) {
   return Status::Ok;
 }
 
-// A piece's 8 low bytes: one 64-bit load on a GPU (low is 8-byte aligned).
-PYCODEC_HD void load_low8(const uint32_t* low, uint64_t piece, uint32_t& lo, uint32_t& hi) {
-#if defined(__CUDA_ARCH__)
-  const uint2 v = __ldg(reinterpret_cast<const uint2*>(low) + piece);
-  lo = v.x, hi = v.y;
-#else
-  lo = low[2 * piece], hi = low[2 * piece + 1];
-#endif
-}
-
 inline Status check_decode(const uint32_t* codes, const uint32_t* low, uint64_t pieces, uint32_t base4,
                            const uint16_t* out) {
   if (pieces && (!codes || !low || !out)) return Status::BadArgument;
@@ -244,8 +239,59 @@ inline Status check_decode(const uint32_t* codes, const uint32_t* low, uint64_t 
   return Status::Ok;
 }
 
-// Lane `lane`'s sums of row `row` over its pieces, added to acc[0..B).
-template <int B>
+// A piece's 8 low bytes: one 64-bit load on a GPU (low is 8-byte aligned).
+PYCODEC_HD void load_low8(const uint32_t* low, uint64_t piece, uint32_t& lo, uint32_t& hi) {
+#if defined(__CUDA_ARCH__)
+  const uint2 v = __ldg(reinterpret_cast<const uint2*>(low) + piece);
+  lo = v.x, hi = v.y;
+#else
+  lo = low[2 * piece], hi = low[2 * piece + 1];
+#endif
+}
+
+// How the kernels read x and write y, by the activations' type.
+struct XFloat {
+  using T = float;
+  PYCODEC_HD static void load8(const void* x, size_t at, float out[8]) {
+    const float* p = static_cast<const float*>(x) + at;
+    windowed::XGlobal::load4(p, out);
+    windowed::XGlobal::load4(p + 4, out + 4);
+  }
+  PYCODEC_HD static float load(const void* x, size_t at) { return PYCODEC_LOAD(static_cast<const float*>(x) + at); }
+  PYCODEC_HD static void store(void* y, size_t at, float v) { static_cast<float*>(y)[at] = v; }
+};
+struct XBf16 {
+  using T = uint16_t;
+  PYCODEC_HD static void load8(const void* x, size_t at, float out[8]) {  // one 16-byte load
+    uint32_t w[4];
+#if defined(__CUDA_ARCH__)
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(x) + at));
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+#else
+    std::memcpy(w, static_cast<const uint16_t*>(x) + at, 16);
+#endif
+    for (int i = 0; i < 4; ++i) out[2 * i] = pair_low(w[i]), out[2 * i + 1] = pair_high(w[i]);
+  }
+  PYCODEC_HD static float load(const void* x, size_t at) {
+    return windowed::bits_float(uint32_t(PYCODEC_LOAD(static_cast<const uint16_t*>(x) + at)) << 16);
+  }
+  // fp32 to bf16, rounding to nearest even (NaN kept a quiet NaN): integer arithmetic, the same bits
+  // on host and device.
+  PYCODEC_HD static void store(void* y, size_t at, float v) {
+    uint32_t u;
+#if defined(__CUDA_ARCH__)
+    u = __float_as_uint(v);
+#else
+    std::memcpy(&u, &v, 4);
+#endif
+    const uint16_t h = (u & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t((u >> 16) | 0x40u)
+                                                         : uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    static_cast<uint16_t*>(y)[at] = h;
+  }
+};
+
+// Lane `lane`'s sums of row `row` over its pieces, added to acc[0..B) (x rows past a.batch read as 0).
+template <int B, class X>
 PYCODEC_HD void gemv_lane(const GemvArgs& a, uint32_t row, uint32_t lane, float acc[B]) {
   const uint32_t row_pieces = a.k / kPieceWeights;
   const uint64_t first = uint64_t(row) * row_pieces;
@@ -261,10 +307,9 @@ PYCODEC_HD void gemv_lane(const GemvArgs& a, uint32_t row, uint32_t lane, float 
     for (int i = 0; i < 4; ++i) w[2 * i] = pair_low(pair[i]), w[2 * i + 1] = pair_high(pair[i]);
 #pragma unroll
     for (int b = 0; b < B; ++b) {
+      if (b >= int(a.batch)) break;  // instances past 8 serve batches 9..16
       float x[8];
-      const float* xp = a.x + size_t(b) * a.k + size_t(p) * kPieceWeights;
-      windowed::XGlobal::load4(xp, x);
-      windowed::XGlobal::load4(xp + 4, x + 4);
+      X::load8(a.x, size_t(b) * a.k + size_t(p) * kPieceWeights, x);
       float s = acc[b];
 #pragma unroll
       for (int i = 0; i < 8; ++i) s = fmaf(w[i], x[i], s);
@@ -273,8 +318,15 @@ PYCODEC_HD void gemv_lane(const GemvArgs& a, uint32_t row, uint32_t lane, float 
   }
 }
 
+// Lane 0's output of row `row`, batch row b: the warp's sum, plus the bias, rounded once to y's type.
+template <class X>
+PYCODEC_HD void store_output(const GemvArgs& a, uint32_t row, int b, float sum) {
+  const float bias = a.bias ? X::load(a.bias, row) : 0.f;
+  X::store(a.y, size_t(b) * a.n_rows + row, a.bias ? sum + bias : sum);
+}
+
 // Lane `lane`'s share of row `row`'s escapes: each takes its decoded product away and adds its own.
-template <int B>
+template <int B, class X>
 PYCODEC_HD void escape_lane(const GemvArgs& a, uint32_t row, uint32_t lane, float acc[B]) {
   if (!a.n_escapes) return;
   const int32_t begin = PYCODEC_LOAD(a.escape_row + row), end = PYCODEC_LOAD(a.escape_row + row + 1);
@@ -284,7 +336,8 @@ PYCODEC_HD void escape_lane(const GemvArgs& a, uint32_t row, uint32_t lane, floa
     const float decoded = PYCODEC_LOAD(a.escape_value + 2 * size_t(e) + 1);
 #pragma unroll
     for (int b = 0; b < B; ++b) {
-      const float xv = PYCODEC_LOAD(a.x + size_t(b) * a.k + col);
+      if (b >= int(a.batch)) break;
+      const float xv = X::load(a.x, size_t(b) * a.k + col);
       acc[b] = fmaf(value, xv, fmaf(-decoded, xv, acc[b]));
     }
   }

@@ -139,8 +139,9 @@ Status windowed_tile_affine(const windowed::StreamView& s, const uint32_t* table
 
 // ---- the fixed-width lossless layout (csrc/codec/fixed12.h, csrc/cuda/fixed12_cuda.cu)
 //
-// y = x W^T for a fixed12 bf16 weight, batch 1..16 (batch_pad: the instance, 1..8 or 16, with x
-// zero-padded to it); escapes added in the epilogue (their CSR lists checked by the caller).
+// y = x W^T + bias for a fixed12 bf16 weight, batch 1..16, x, bias and y bf16 or fp32 (fixed12.h:
+// GemvArgs); batch_pad: the instance, 1..8 or 16 (batches 9..15 read only their rows); escapes
+// added in the epilogue (their CSR lists checked by the caller).
 Status fixed12_gemv(const fixed12::GemvArgs& a, uint32_t batch_pad, uintptr_t stream);
 // The weight's bf16 bits, 8 * pieces of them (16-byte aligned out_dev), escapes as code 0's value.
 Status fixed12_decode(const uint32_t* codes_dev, const uint32_t* low_dev, uint64_t pieces, uint32_t base4,

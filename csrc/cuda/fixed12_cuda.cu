@@ -25,21 +25,21 @@ namespace {
 constexpr unsigned kFixed12Warps = 8;  // rows a block: 256 threads, ~40 registers each at batch 1
 constexpr unsigned kDecodeThreads = 256;
 
-template <int B>
+template <int B, class X>
 __global__ void __launch_bounds__(kFixed12Warps * 32) fixed12_gemv_kernel(const fixed12::GemvArgs a) {
   const uint32_t row = blockIdx.x * kFixed12Warps + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= a.n_rows) return;  // whole warps: the butterfly below has every lane of the warp
   float acc[B];
 #pragma unroll
   for (int b = 0; b < B; ++b) acc[b] = 0.f;
-  fixed12::gemv_lane<B>(a, row, lane, acc);
-  fixed12::escape_lane<B>(a, row, lane, acc);
+  fixed12::gemv_lane<B, X>(a, row, lane, acc);
+  fixed12::escape_lane<B, X>(a, row, lane, acc);
 #pragma unroll
   for (int b = 0; b < B; ++b) {
     float v = acc[b];
 #pragma unroll
     for (uint32_t off = 16; off; off >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, off);
-    if (lane == 0 && uint32_t(b) < a.batch) a.y[size_t(b) * a.n_rows + row] = v;
+    if (lane == 0 && uint32_t(b) < a.batch) fixed12::store_output<X>(a, row, b, v);
   }
 }
 
@@ -56,7 +56,10 @@ __global__ void fixed12_decode_kernel(const uint32_t* __restrict__ codes, const 
 template <int B>
 Status launch_gemv(const fixed12::GemvArgs& a, cudaStream_t cs) {
   const unsigned blocks = unsigned((a.n_rows + kFixed12Warps - 1) / kFixed12Warps);
-  fixed12_gemv_kernel<B><<<blocks, kFixed12Warps * 32, 0, cs>>>(a);
+  if (a.x_bf16)
+    fixed12_gemv_kernel<B, fixed12::XBf16><<<blocks, kFixed12Warps * 32, 0, cs>>>(a);
+  else
+    fixed12_gemv_kernel<B, fixed12::XFloat><<<blocks, kFixed12Warps * 32, 0, cs>>>(a);
   return from_cuda(cudaGetLastError());
 }
 
@@ -65,10 +68,10 @@ Status launch_gemv(const fixed12::GemvArgs& a, cudaStream_t cs) {
 Status fixed12_gemv(const fixed12::GemvArgs& a, uint32_t batch_pad, uintptr_t stream) {
   Status st = fixed12::check_gemv(a, batch_pad);
   if (st != Status::Ok) return st;
-  const void* ptrs[7] = {a.codes, a.low, a.x, a.y, a.escape_row, a.escape_col, a.escape_value};
-  if ((st = check_device_pointers(ptrs, a.n_escapes ? 7 : 4)) != Status::Ok) return st;
+  const void* ptrs[8] = {a.codes, a.low, a.x, a.y, a.bias, a.escape_row, a.escape_col, a.escape_value};
+  if ((st = check_device_pointers(ptrs, a.n_escapes ? 8 : 5)) != Status::Ok) return st;
   const cudaStream_t cs = reinterpret_cast<cudaStream_t>(stream);
-  switch (batch_pad) {  // the instances that exist: x is padded to the next one
+  switch (batch_pad) {  // the instances that exist: batches 9..15 take 16's, reading only their rows
     case 1: return launch_gemv<1>(a, cs);
     case 2: return launch_gemv<2>(a, cs);
     case 3: return launch_gemv<3>(a, cs);

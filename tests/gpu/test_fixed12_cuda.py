@@ -16,17 +16,19 @@ pytestmark = pytest.mark.gpu
 FIXED12 = CompressionConfig(mode="lossless", lossless_split="fixed12")
 
 
-def cuda_gemv(x: torch.Tensor, packed: dict) -> torch.Tensor:
+def cuda_gemv(x: torch.Tensor, packed: dict, bias: torch.Tensor | None = None) -> torch.Tensor:
     n, k, base = (int(v) for v in packed["meta"][[2, 3, 6]])
     esc = {name: t.cuda() for name, t in cuda_ops.fixed12_escapes(packed["escape_index"], packed["escape_bits"],
                                                                     packed["low"], n, k).items()}
     return cuda_ops.fixed12_gemv(x.cuda(), packed["codes"].cuda(), packed["low"].cuda(), esc["escape_row"],
-                                 esc["escape_col"], esc["escape_value"], base, n, k)
+                                 esc["escape_col"], esc["escape_value"], None if bias is None else bias.cuda(), base,
+                                 n, k)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch", [1, 2, 3, 5, 8, 9, 16])
 @pytest.mark.parametrize("shape", [(40, 8), (33, 264), (7, 4096), (300, 1536)])
-def test_gemv_equals_emulation_bitwise(batch, shape):
+def test_gemv_equals_emulation_bitwise(batch, shape, dtype):
     n, k = shape
     w = weight_like(n, k, seed=batch)
     flat = w.view(-1)
@@ -34,8 +36,10 @@ def test_gemv_equals_emulation_bitwise(batch, shape):
     flat[1], flat[2] = 3.0e4, -1e-30
     w[n // 2, :] = torch.where(torch.arange(k) % 2 == 0, 0.0, 1.0e-20).to(torch.bfloat16)  # a row of escapes
     packed, _ = pack_fixed12(w)
-    x = torch.randn(batch, k, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(batch, k, generator=torch.Generator().manual_seed(3)).to(dtype)
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(4)).to(dtype)
     assert torch.equal(cuda_gemv(x, packed).cpu(), host_gemv(x, packed))
+    assert torch.equal(cuda_gemv(x, packed, bias).cpu(), host_gemv(x, packed, bias))
 
 
 @pytest.mark.parametrize("shape", [(256, 256), (9, 7), (1, 8), (4096, 1000)])
