@@ -11,7 +11,8 @@ Measured on the CUDA device at hand, everything in the same run:
     and with lane ranges from the count pass instead of
     the lane starts ("counted": cuda_ops.LANE_STARTS off), beside bf16, outputs checked equal;
     "lossless byte" rows: the byte split (lossless_split="byte"), the kernels' byte instances;
-    "lossless fixed12" rows: the fixed-width layout (lossless_split="fixed12"), its own GEMV;
+    "lossless fixed12" rows: the fixed-width layout (lossless_split="fixed12"), its tensor-core GEMV
+    and its CUDA-core one ("cuda cores": fixed12_tensor_cores=0);
   * decode: GB/s of decoded symbols of the v2 decode kernel on a 4096 x 14336 rate-3.5 stream and its
     lossless symbols, over layout variants (lanes per chunk, rows per chunk), beside the legacy v1
     decoders on the same symbols;
@@ -367,7 +368,8 @@ def settings_suite(rows: list | None = None, shapes=((4096, 4096), (14336, 4096)
                   "lossless fused": (lossless, {"split_gemv_staged": 0}),
                   "lossless fused counted": (lossless_counted, {"split_gemv_staged": 0}),
                   "lossless byte": (lossless_layer(dense, split="byte"), {"split_gemv_staged": 1}),
-                  "lossless fixed12": (lossless_layer(dense, split="fixed12"), {})}
+                  "lossless fixed12": (lossless_layer(dense, split="fixed12"), {"fixed12_tensor_cores": 1}),
+                  "lossless fixed12 cuda cores": (lossless_layer(dense, split="fixed12"), {"fixed12_tensor_cores": 0})}
         for batch in batches:
             x = torch.randn(batch, in_f, device=DEVICE, dtype=torch.bfloat16)
             with torch.no_grad():
@@ -376,7 +378,7 @@ def settings_suite(rows: list | None = None, shapes=((4096, 4096), (14336, 4096)
                 for label, (layer, route) in layers.items():
                     # counted layers beside the default settings only: the lane starts' gain, not a sweep;
                     # fixed12's kernel reads none of the settings
-                    for settings in combos[:1] if label.endswith(("counted", "fixed12")) else combos:
+                    for settings in combos[:1] if label.endswith(("counted", "fixed12", "cuda cores")) else combos:
                         run = with_settings({**settings, **route}, layer)
                         y = run(x)
                         # the rate GEMV's two routes add in different orders: each its own reference

@@ -33,8 +33,9 @@ permutes, no value lookups; nvcc unrolls them, so their weights per iteration ar
 over the batch, two per permute in the write-out); its rows are "lossless bf16, byte split".
 With lane starts (a GPU stream's tables carry them by default: cuda_ops.LANE_STARTS) the kernels
 skip the count pass: the "with lane starts" figures are the totals without it.
-The fixed12 layout (lossless_split="fixed12", csrc/cuda/fixed12_cuda.cu) has no entropy decode: its GEMV's
-one loop over pieces of 8 weights, and its decode kernel's 8 weights a thread ("fixed12" rows).
+The fixed12 layout (lossless_split="fixed12", csrc/cuda/fixed12_cuda.cu) has no entropy decode: its
+CUDA-core GEMV's one loop over pieces of 8 weights, its tensor-core GEMV's loop over 64-column blocks
+of 16 rows, and its decode kernel's 8 weights a thread ("fixed12" rows).
 For comparison, the legacy v1 decoders' round loops (decode_cuda.cu): instructions per round over
 the symbols a lane decodes per round (Huffman 2, rANS 1).
 """
@@ -405,12 +406,23 @@ def main() -> None:
     # thread's 8 weights (a piece) are the whole kernel, its exits and bounds test included.
     fixed = functions(sass_of(ROOT / "csrc/cuda/fixed12_cuda.cu", a.arch, usage))
     result["fixed12"] = {}
-    for batch in (1, 4, 16):
-        found = [lp for lp in loops(kernel(fixed, f"fixed12_gemv_kernelILi{batch}E")) if count(lp["ops"], "FFMA")]
+    for batch in (1, 4, 16):  # the fp32-x instances (bf16 x adds a conversion of x per weight and batch row)
+        found = [lp for lp in loops(kernel(fixed, f"fixed12_gemv_kernelILi{batch}ENS_7fixed126XFloat"))
+                 if count(lp["ops"], "FFMA")]
         main_loop = max(found, key=lambda lp: count(lp["ops"], "FFMA"), default=None)
         if main_loop:
             weights = count(main_loop["ops"], "FFMA") // batch
             result["fixed12"][f"gemv B={batch}"] = {
+                "loop": main_loop["instructions"], "weights_per_iteration": weights,
+                "lane_instructions_per_weight": main_loop["instructions"] / weights}
+    # The tensor-core GEMV (bf16 x): a warp's iteration is a 64-column block of 16 rows, 32 weights a
+    # lane, four HMMAs per n-tile of 8 batch rows (nvcc unrolls it twice).
+    for tiles, batches in ((1, "1-8"), (2, "9-16")):
+        found = [lp for lp in loops(kernel(fixed, f"fixed12_tile_kernelILi{tiles}E")) if count(lp["ops"], "HMMA")]
+        main_loop = max(found, key=lambda lp: count(lp["ops"], "HMMA"), default=None)
+        if main_loop:
+            weights = count(main_loop["ops"], "HMMA") // (4 * tiles) * 32
+            result["fixed12"][f"tensor-core gemv B={batches}"] = {
                 "loop": main_loop["instructions"], "weights_per_iteration": weights,
                 "lane_instructions_per_weight": main_loop["instructions"] / weights}
     decode = kernel(fixed, "fixed12_decode_kernel")

@@ -240,7 +240,7 @@ struct HostKernels {
   }
   static uint32_t split_decode_max_chunk() { return windowed::kMaxChunkSymbols; }  // host memory: any chunk
   static Status fixed12_gemv(const fixed12::GemvArgs& a, uint32_t batch_pad, uintptr_t) {
-    return host::fixed12_gemv(a, batch_pad);
+    return host::fixed12_gemv(a, batch_pad, cuda::fixed12_tensor_cores() != 0);
   }
   static Status fixed12_decode(const uint32_t* c, const uint32_t* l, uint64_t p, uint32_t b4, uint16_t* o, uintptr_t) {
     return host::fixed12_decode(c, l, p, b4, o);
@@ -1240,6 +1240,12 @@ PYBIND11_MODULE(_C, m) {
       "memory, then multiplied 8 columns a lane); 0: always the fused kernel. on sets it (clamped to 0..1); "
       "returns the value in use. The two add in different orders, so their outputs may differ in the last bits; "
       "the CPU emulation follows the setting.");
+  def_kernel_setting(
+      m, "fixed12_tensor_cores", "on", cuda::set_fixed12_tensor_cores, cuda::fixed12_tensor_cores,
+      "1 (default): fixed12 GEMVs with bf16 activations take the tensor-core kernel (16 rows a block, "
+      "mma.m16n8k16 on the decoded pairs); 0: the CUDA-core kernel (one warp a row, one FMA a weight a batch row). "
+      "on sets it (clamped to 0..1); returns the value in use. The two add in different orders; the CPU emulation "
+      "follows the setting.");
   def_kernel_setting(
       m, "stream_shared", "on", cuda::set_stream_shared, cuda::stream_shared,
       "1 (default): each warp of the GPU's v2 decodes and GEMVs (not the tile kernel) copies its chunk's words "

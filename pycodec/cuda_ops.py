@@ -121,15 +121,15 @@ def kernel_tables(blob: Any, value16: np.ndarray | None = None, lane_starts: np.
 
 
 KERNEL_SETTINGS = ("warps_per_block", "gemv_x_shared_bytes", "decode_stage_symbols", "split_gemv_staged",
-                   "affine_gemv_staged", "stream_shared", "stage_word_stores")
+                   "affine_gemv_staged", "stream_shared", "stage_word_stores", "fixed12_tensor_cores")
 
 
 @contextlib.contextmanager
 def kernel_settings(**settings: int):
     """The GPU kernels' launch settings (KERNEL_SETTINGS: _C functions of those names, which
     clamp) set for a block, and restored after it, also when it raises. Results are the same bits
-    with any setting but split_gemv_staged and affine_gemv_staged (each picks between two GEMVs that
-    add in different orders): they are for tuning and side-by-side timings. Set while a CUDA graph is
+    with any setting but split_gemv_staged, affine_gemv_staged and fixed12_tensor_cores (each picks
+    between two GEMVs that add in different orders): they are for tuning and side-by-side timings. Set while a CUDA graph is
     captured, they hold in its replays."""
     unknown = sorted(set(settings) - set(KERNEL_SETTINGS))
     if unknown:

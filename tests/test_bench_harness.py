@@ -268,7 +268,7 @@ def test_settings_section_runs_every_combination(monkeypatch):
     methods = {r["method"] for r in rows}
     assert {"pycodec rate 3.5", "pycodec lossless byte", "pycodec lossless fused counted",
             "pycodec lossless fixed12"} <= methods
-    assert len(rows) == 2 * (4 * 9 + 4) and all(r["same_bits"] for r in rows)
+    assert len(rows) == 2 * (4 * 9 + 5) and all(r["same_bits"] for r in rows)
     assert {r["affine_gemv_staged"] for r in rows} == {0, 1} and {r["stage_word_stores"] for r in rows} == {0, 1}
 
 

@@ -172,18 +172,42 @@ def test_gemv_emulation_matches_float64(batch, shape):
 @pytest.mark.parametrize("batch", [1, 5, 12])
 def test_gemv_reads_bf16_x_and_adds_the_bias_before_rounding(batch):
     """bf16 activations are read as they are and y is written in bf16 once, the bias added first (as
-    cuBLAS's epilogue does): the fp32 route's sums, bias added, rounded once; an unaligned x is copied."""
+    cuBLAS's epilogue does): on CUDA cores, the fp32 route's sums, bias added, rounded once; an
+    unaligned x is copied."""
     w = weight_like(24, 64)
     packed, _ = pack_fixed12(w)
     x = torch.randn(batch, 64, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
     bias = torch.randn(24, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
-    y = host_gemv(x, packed, bias)
-    assert y.dtype == torch.bfloat16
-    assert torch.equal(y, (host_gemv(x.float(), packed) + bias.float()).to(torch.bfloat16))
-    assert torch.equal(host_gemv(x, packed), host_gemv(x.float(), packed).to(torch.bfloat16))
-    unaligned = torch.cat([torch.zeros(1, dtype=torch.bfloat16), x.reshape(-1)])[1:].view(batch, 64)
-    assert unaligned.data_ptr() % 16 and torch.equal(host_gemv(unaligned, packed, bias), y)
+    with cuda_ops.kernel_settings(fixed12_tensor_cores=0):
+        y = host_gemv(x, packed, bias)
+        assert y.dtype == torch.bfloat16
+        assert torch.equal(y, (host_gemv(x.float(), packed) + bias.float()).to(torch.bfloat16))
+        assert torch.equal(host_gemv(x, packed), host_gemv(x.float(), packed).to(torch.bfloat16))
+        unaligned = torch.cat([torch.zeros(1, dtype=torch.bfloat16), x.reshape(-1)])[1:].view(batch, 64)
+        assert unaligned.data_ptr() % 16 and torch.equal(host_gemv(unaligned, packed, bias), y)
     assert host_gemv(x.half(), packed).dtype == torch.float16
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8, 9, 16])
+@pytest.mark.parametrize("shape", [(16, 64), (40, 264), (7, 1000), (33, 8)])
+def test_tensor_core_route_matches_float64(batch, shape):
+    """bf16 x takes the tensor-core kernel (fixed12_tensor_cores, the default): its emulation, MMA in
+    the PTX fragment layout, within bf16 output rounding of a float64 product; row tiles past N and
+    64-column blocks past K read zeros; escapes and the bias in the epilogue. A wrong fragment
+    (a column or batch row misplaced) is off by far more."""
+    n, k = shape
+    w = weight_like(n, k, seed=batch)
+    w.view(-1)[1] = 3.0e3
+    w.view(-1)[::9] = 0.0
+    packed, _ = pack_fixed12(w)
+    x = torch.randn(batch, k, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(6)).to(torch.bfloat16)
+    y = host_gemv(x, packed, bias).double()
+    ref = x.double() @ w.double().t() + bias.double()
+    scale = x.double().abs() @ w.double().abs().t() + bias.double().abs()
+    assert bool(((y - ref).abs() <= 2 ** -8 * ref.abs() + 1e-5 * scale).all())
+    with cuda_ops.kernel_settings(fixed12_tensor_cores=0):  # the CUDA-core route agrees
+        assert bool(((host_gemv(x, packed, bias).double() - y).abs() <= 2 ** -7 * y.abs() + 1e-5 * scale).all())
 
 
 def test_gemv_escape_epilogue_is_needed():

@@ -257,16 +257,59 @@ Status run_fixed12_gemv(const fixed12::GemvArgs& a) {
   return Status::Ok;
 }
 
+// The tensor-core kernel block by block: every warp's lanes' fragments, the MMA in the PTX fragment
+// layout (windowed_emulate.h), the warps' sums in shared-memory order, then each thread's output.
+Status run_fixed12_tile(const fixed12::GemvArgs& a, uint32_t n_tiles) {
+  using namespace fixed12;
+  std::vector<float> partial(kTileWarps * kTileRows * 16);
+  for (uint32_t r0 = 0; r0 < a.n_rows; r0 += kTileRows) {
+    for (uint32_t warp = 0; warp < kTileWarps; ++warp) {
+      float c[2][32][4] = {};
+      const uint32_t whole = a.k / kTileCols;
+      for (uint32_t blk = tile_block_begin(a, warp); blk < tile_block_begin(a, warp + 1); ++blk) {
+        uint32_t fa[32][4][4], fb[2][32][4][2];
+        for (uint32_t lane = 0; lane < 32; ++lane) {
+          TileLane l = tile_lane(a, r0, lane);
+          tile_advance(l, blk);
+          if (blk < whole) {
+            tile_a_fragments<false>(l, 0, a.base4, fa[lane]);
+            for (uint32_t j = 0; j < n_tiles; ++j) tile_b_fragments<false>(l, j, 0, fb[j][lane]);
+          } else {
+            const int32_t left = tile_tail_pieces(a, whole, lane);
+            tile_a_fragments<true>(l, left, a.base4, fa[lane]);
+            for (uint32_t j = 0; j < n_tiles; ++j) tile_b_fragments<true>(l, j, left, fb[j][lane]);
+          }
+        }
+        for (uint32_t j = 0; j < n_tiles; ++j)
+          for (int s = 0; s < 4; ++s) {
+            uint32_t am[32][4], bm[32][2];
+            for (uint32_t lane = 0; lane < 32; ++lane) {
+              std::memcpy(am[lane], fa[lane][s], sizeof am[lane]);
+              std::memcpy(bm[lane], fb[j][lane][s], sizeof bm[lane]);
+            }
+            windowed::mma_m16n8k16<false>(am, bm, c[j]);
+          }
+      }
+      for (uint32_t j = 0; j < n_tiles; ++j)
+        for (uint32_t lane = 0; lane < 32; ++lane)
+          for (int i = 0; i < 4; ++i) partial[tile_partial_slot(warp, j, lane, i)] = c[j][lane][i];
+    }
+    for (uint32_t tid = 0; tid < kTileWarps * 32; ++tid) tile_output<XBf16>(a, r0, tid, partial.data());
+  }
+  return Status::Ok;
+}
+
 template <int B>
 Status run_fixed12_gemv_of(const fixed12::GemvArgs& a) {
   return a.x_bf16 ? run_fixed12_gemv<B, fixed12::XBf16>(a) : run_fixed12_gemv<B, fixed12::XFloat>(a);
 }
 }  // namespace
 
-Status fixed12_gemv(const fixed12::GemvArgs& a, uint32_t batch_pad) {
+Status fixed12_gemv(const fixed12::GemvArgs& a, uint32_t batch_pad, bool tensor_cores) {
   const Status st = fixed12::check_gemv(a, batch_pad);
   if (st != Status::Ok) return st;
   if (!fixed12::escapes_ok(a)) return Status::BadArgument;
+  if (fixed12::tile_route(a, tensor_cores)) return run_fixed12_tile(a, a.batch <= 8 ? 1 : 2);
   switch (batch_pad) {
     case 1: return run_fixed12_gemv_of<1>(a);
     case 2: return run_fixed12_gemv_of<2>(a);

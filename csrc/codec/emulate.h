@@ -59,7 +59,9 @@ Status windowed_tile_affine(const windowed::StreamView& s, const uint32_t* table
 // The fixed-width lossless layout (fixed12.h): its decode kernel (out: 8 * pieces bf16 bits, code
 // 0's value at escapes) and its GEMV (batch_pad: the kernel instance, 1..8 or 16; x, bias and y bf16 or fp32).
 Status fixed12_decode(const uint32_t* codes, const uint32_t* low, uint64_t pieces, uint32_t base4, uint16_t* out);
-Status fixed12_gemv(const fixed12::GemvArgs& a, uint32_t batch_pad);
+// tensor_cores: the route the kernel takes with its setting on (bf16 x: the tensor-core kernel, its
+// MMA emulated in k order, which a tensor core need not match bit for bit).
+Status fixed12_gemv(const fixed12::GemvArgs& a, uint32_t batch_pad, bool tensor_cores);
 }  // namespace host
 
 }  // namespace pycodec

@@ -218,7 +218,9 @@ struct GemvArgs {
 // Argument checks shared by the kernels' entry points and the emulation.
 inline Status check_gemv(const GemvArgs& a, uint32_t batch_pad) {
   if (a.k == 0 || a.k % kPieceWeights || a.n_rows == 0 || !a.codes || !a.low || !a.x || !a.y) return Status::BadArgument;
-  if (a.batch < 1 || a.batch > batch_pad || batch_pad > uint32_t(kMaxBatch)) return Status::BadArgument;
+  // instances 1..8 take exactly their batch (no test per row), 16 takes 9..16
+  if (a.batch < 1 || (batch_pad <= 8 ? a.batch != batch_pad : batch_pad != uint32_t(kMaxBatch) || a.batch > batch_pad))
+    return Status::BadArgument;
   if (uint64_t(a.n_rows) * a.k / kPieceWeights != a.pieces) return Status::BadArgument;
   if ((a.base4 & 0xFFu) > kMaxBase || a.base4 != (a.base4 & 0xFFu) * 0x01010101u)
     return Status::BadArgument;
@@ -290,7 +292,7 @@ struct XBf16 {
   }
 };
 
-// Lane `lane`'s sums of row `row` over its pieces, added to acc[0..B) (x rows past a.batch read as 0).
+// Lane `lane`'s sums of row `row` over its pieces, added to acc[0..B): B is the batch, or 16 for 9..16.
 template <int B, class X>
 PYCODEC_HD void gemv_lane(const GemvArgs& a, uint32_t row, uint32_t lane, float acc[B]) {
   const uint32_t row_pieces = a.k / kPieceWeights;
@@ -307,7 +309,7 @@ PYCODEC_HD void gemv_lane(const GemvArgs& a, uint32_t row, uint32_t lane, float 
     for (int i = 0; i < 4; ++i) w[2 * i] = pair_low(pair[i]), w[2 * i + 1] = pair_high(pair[i]);
 #pragma unroll
     for (int b = 0; b < B; ++b) {
-      if (b >= int(a.batch)) break;  // instances past 8 serve batches 9..16
+      if (B == kMaxBatch && b >= int(a.batch)) break;  // the 16 instance serves batches 9..16
       float x[8];
       X::load8(a.x, size_t(b) * a.k + size_t(p) * kPieceWeights, x);
       float s = acc[b];
@@ -336,12 +338,142 @@ PYCODEC_HD void escape_lane(const GemvArgs& a, uint32_t row, uint32_t lane, floa
     const float decoded = PYCODEC_LOAD(a.escape_value + 2 * size_t(e) + 1);
 #pragma unroll
     for (int b = 0; b < B; ++b) {
-      if (b >= int(a.batch)) break;
+      if (B == kMaxBatch && b >= int(a.batch)) break;
       const float xv = X::load(a.x, size_t(b) * a.k + col);
       acc[b] = fmaf(value, xv, fmaf(-decoded, xv, acc[b]));
     }
   }
 }
+
+// ---------------------------------------------------------------------------- tensor-core GEMV (bf16 x)
+//
+// With bf16 activations the decoded pairs are already mma.m16n8k16 operands, so a warp multiplies
+// 16 rows at a time on tensor cores: ~2.3 lane-instructions a weight at any batch up to 16, where
+// the CUDA-core GEMV spends one FMA per weight per batch row. A block of kTileWarps warps owns a
+// tile of 16 rows and splits its K among its warps in blocks of 64 columns. In a block, lane
+// (g = lane / 4, t = lane % 4) decodes pieces 2t and 2t + 1 (columns 16t .. 16t + 15) of rows
+// g and g + 8: 16 weights, the A fragments of the block's four k-steps. Only the tail block (K %
+// 64 != 0) tests bounds. The MMA's k order is free
+// (the same permutation of a step's 16 columns on both operands gives the same sum), so k-step s
+// takes the lane's columns 16t + 4s .. + 3 as fragment columns 2t, 2t + 1, 2t + 8, 2t + 9: two
+// decoded pairs, no shuffle. Its B fragment is x's same columns, from one 32-byte read of x row
+// g (batch rows 8 .. 15: a second n-tile). The warps' sums meet in shared memory and are added in
+// warp order (deterministic); then one thread per (row, batch row) adds the escapes and the bias
+// and rounds once.
+constexpr uint32_t kTileRows = 16, kTileCols = 64, kTileWarps = 8;
+
+// What a lane reads in one 64-column block: its first code word and low bytes in each of its two
+// rows, and its first x value in x's row for each n-tile (tile_lane: block 0; tile_advance moves
+// it a block on, so a warp's loop only adds to pointers). Rows past N and batch rows past the
+// batch read the last ones instead: an MMA's output rows and columns do not mix, and tile_output
+// drops theirs.
+struct TileLane {
+  const uint32_t* codes[2];
+  const uint32_t* low[2];
+  const uint16_t* x[2];
+};
+
+PYCODEC_HD TileLane tile_lane(const GemvArgs& a, uint32_t r0, uint32_t lane) {
+  TileLane l;
+  const uint32_t g = lane / 4, t = lane % 4, row_pieces = a.k / kPieceWeights;
+  for (uint32_t h = 0; h < 2; ++h) {
+    const uint32_t row = r0 + g + 8 * h < a.n_rows ? r0 + g + 8 * h : a.n_rows - 1;
+    l.codes[h] = a.codes + uint64_t(row) * row_pieces + 2 * t;
+    l.low[h] = a.low + 2 * (uint64_t(row) * row_pieces + 2 * t);
+  }
+  for (uint32_t j = 0; j < 2; ++j) {
+    const uint32_t b = 8 * j + g < a.batch ? 8 * j + g : a.batch - 1;
+    l.x[j] = static_cast<const uint16_t*>(a.x) + size_t(b) * a.k + 16 * t;
+  }
+  return l;
+}
+
+PYCODEC_HD void tile_advance(TileLane& l, uint32_t blocks) {
+  constexpr uint32_t kBlockPieces = kTileCols / kPieceWeights;
+  for (uint32_t h = 0; h < 2; ++h) l.codes[h] += size_t(blocks) * kBlockPieces, l.low[h] += 2 * size_t(blocks) * kBlockPieces;
+  for (uint32_t j = 0; j < 2; ++j) l.x[j] += size_t(blocks) * kTileCols;
+}
+
+// The lane's A fragments of its block: frag[step][4]. kTail: the row's last, partial block, of
+// which the lane has `pieces_left` pieces inside the row (its pieces past K read as the weight +0:
+// code 0, low 0).
+template <bool kTail>
+PYCODEC_HD void tile_a_fragments(const TileLane& l, int32_t pieces_left, uint32_t base4, uint32_t frag[4][4]) {
+  for (uint32_t h = 0; h < 2; ++h) {
+    for (uint32_t q = 0; q < 2; ++q) {
+      uint32_t code_word = 0, lo = 0, hi = 0;
+      if (!kTail || int32_t(q) < pieces_left) {
+        code_word = PYCODEC_LOAD(l.codes[h] + q);
+        load_low8(l.low[h], q, lo, hi);
+      }
+      uint32_t pair[4];
+      piece_pairs(code_word, lo, hi, base4, pair);
+      frag[2 * q][h] = pair[0];
+      frag[2 * q][2 + h] = pair[1];
+      frag[2 * q + 1][h] = pair[2];
+      frag[2 * q + 1][2 + h] = pair[3];
+    }
+  }
+}
+
+// The lane's B fragments of n-tile j: frag[step][2] (kTail: its x values past K, of which it has
+// `pieces_left` pieces of 8 inside the row, read as 0).
+template <bool kTail>
+PYCODEC_HD void tile_b_fragments(const TileLane& l, uint32_t j, int32_t pieces_left, uint32_t frag[4][2]) {
+  uint32_t w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (uint32_t q = 0; q < 2; ++q) {
+    if (!kTail || int32_t(q) < pieces_left) {
+#if defined(__CUDA_ARCH__)
+      const uint4 v = __ldg(reinterpret_cast<const uint4*>(l.x[j] + 8 * q));
+      w[4 * q] = v.x, w[4 * q + 1] = v.y, w[4 * q + 2] = v.z, w[4 * q + 3] = v.w;
+#else
+      std::memcpy(w + 4 * q, l.x[j] + 8 * q, 16);
+#endif
+    }
+  }
+  for (uint32_t s = 0; s < 4; ++s) frag[s][0] = w[2 * s], frag[s][1] = w[2 * s + 1];
+}
+
+// The lane's pieces inside the row in the tail block `whole` (K % 64 != 0): at most 2, maybe none.
+PYCODEC_HD int32_t tile_tail_pieces(const GemvArgs& a, uint32_t whole, uint32_t lane) {
+  return int32_t(a.k / kPieceWeights) - int32_t(whole * (kTileCols / kPieceWeights) + 2 * (lane % 4));
+}
+
+// Warp w's 64-column blocks of a row tile: [tile_block_begin(w), tile_block_begin(w + 1)); the
+// blocks before a.k / kTileCols are whole, the one after (K % 64 != 0) the tail.
+PYCODEC_HD uint32_t tile_block_begin(const GemvArgs& a, uint32_t warp) {
+  const uint32_t blocks = (a.k + kTileCols - 1) / kTileCols;
+  return uint32_t(uint64_t(blocks) * warp / kTileWarps);
+}
+
+// Where a warp leaves lane's accumulator element i of n-tile j in the block's partial sums
+// [warp][row 16][batch 16] (C fragment: row g + 8 (i / 2), batch 8j + 2t + i % 2).
+PYCODEC_HD uint32_t tile_partial_slot(uint32_t warp, uint32_t j, uint32_t lane, int i) {
+  const uint32_t row = lane / 4 + 8 * uint32_t(i / 2), batch = 8 * j + 2 * (lane % 4) + uint32_t(i % 2);
+  return (warp * kTileRows + row) * 16 + batch;
+}
+
+// Thread `tid`'s output of the row tile at r0 (tid = batch * 16 + row): the warps' sums in warp order,
+// then its row's escapes, the bias and y's one rounding.
+template <class X>
+PYCODEC_HD void tile_output(const GemvArgs& a, uint32_t r0, uint32_t tid, const float* partial) {
+  const uint32_t r = tid % kTileRows, b = tid / kTileRows, row = r0 + r;
+  if (row >= a.n_rows || b >= a.batch) return;
+  float sum = 0.f;
+  for (uint32_t w = 0; w < kTileWarps; ++w) sum += partial[(w * kTileRows + r) * 16 + b];
+  if (a.n_escapes) {
+    const int32_t end = PYCODEC_LOAD(a.escape_row + row + 1);
+    for (int32_t e = PYCODEC_LOAD(a.escape_row + row); e < end; ++e) {
+      const float xv = X::load(a.x, size_t(b) * a.k + uint32_t(PYCODEC_LOAD(a.escape_col + e)));
+      sum = fmaf(PYCODEC_LOAD(a.escape_value + 2 * size_t(e)), xv,
+                 fmaf(-PYCODEC_LOAD(a.escape_value + 2 * size_t(e) + 1), xv, sum));
+    }
+  }
+  store_output<X>(a, row, int(b), sum);
+}
+
+// Whether a GEMV takes the tensor-core kernel: bf16 x and the setting on (batch 1..16 either way).
+PYCODEC_HD bool tile_route(const GemvArgs& a, bool tensor_cores) { return tensor_cores && a.x_bf16; }
 
 // Escape lists are checked on the host before they reach a kernel (the Python op builds them):
 // offsets ascending within [0, n_escapes], columns inside the row.

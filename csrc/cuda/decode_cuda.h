@@ -142,7 +142,12 @@ Status windowed_tile_affine(const windowed::StreamView& s, const uint32_t* table
 // y = x W^T + bias for a fixed12 bf16 weight, batch 1..16, x, bias and y bf16 or fp32 (fixed12.h:
 // GemvArgs); batch_pad: the instance, 1..8 or 16 (batches 9..15 read only their rows); escapes
 // added in the epilogue (their CSR lists checked by the caller).
+// bf16 x takes the tensor-core kernel when the setting is on (the default), else the CUDA-core one.
 Status fixed12_gemv(const fixed12::GemvArgs& a, uint32_t batch_pad, uintptr_t stream);
+// fixed12 tensor cores: 1 (default) sends bf16 fixed12 GEMVs to the tensor-core kernel, 0 to the
+//   CUDA-core one; the two add in different orders. The host twin takes the setting as an argument.
+uint32_t set_fixed12_tensor_cores(uint32_t on);
+uint32_t fixed12_tensor_cores();
 // The weight's bf16 bits, 8 * pieces of them (16-byte aligned out_dev), escapes as code 0's value.
 Status fixed12_decode(const uint32_t* codes_dev, const uint32_t* low_dev, uint64_t pieces, uint32_t base4,
                       uint16_t* out_dev, uintptr_t stream);

@@ -61,6 +61,9 @@ Status windowed_tile_affine(const windowed::StreamView&, const uint32_t*, const 
   return Status::BadArgument;
 }
 Status fixed12_gemv(const fixed12::GemvArgs&, uint32_t, uintptr_t) { return Status::BadArgument; }
+static uint32_t fixed12_tensor_cores_on = 1;
+uint32_t set_fixed12_tensor_cores(uint32_t on) { return exchange(fixed12_tensor_cores_on, clamp_setting(on, 0, 1)); }
+uint32_t fixed12_tensor_cores() { return fixed12_tensor_cores_on; }
 Status fixed12_decode(const uint32_t*, const uint32_t*, uint64_t, uint32_t, uint16_t*, uintptr_t) {
   return Status::BadArgument;
 }

@@ -1851,6 +1851,74 @@ static void test_fixed12_layout() {
   CHECK(std::memcmp(part.data(), out.data() + 5, part.size() * 2) == 0);
 }
 
+// The fixed12 GEMV emulations (CUDA cores, tensor cores) on buffers of exactly their sizes (ASan sees
+// any read past them: the tail block, rows and batch rows past the ends), against a double product.
+static void test_fixed12_gemv_emulation() {
+  std::mt19937 rng(21);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  auto bf16 = [](float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  };
+  auto value = [](uint16_t h) {
+    const uint32_t u = uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  };
+  const uint32_t shapes[][2] = {{7, 1000}, {33, 8}, {16, 64}, {40, 264}};
+  for (const auto& shape : shapes) {
+    const uint32_t n = shape[0], k = shape[1];
+    for (uint32_t batch : {1u, 3u, 8u, 9u, 16u}) {
+      std::vector<uint16_t> w(size_t(n) * k), x(size_t(batch) * k);
+      for (auto& v : w) v = bf16(0.02f * normal(rng));
+      w[1] = bf16(3000.f);
+      for (size_t i = 0; i < w.size(); i += 9) w[i] = 0;
+      for (auto& v : x) v = bf16(normal(rng));
+      uint64_t count[128];
+      fixed12::count_tops(w.data(), w.size(), count);
+      const uint32_t base = fixed12::best_base(count);
+      const uint64_t pieces = fixed12::pieces_of(w.size()), n_esc = w.size() - fixed12::held_by(count, base);
+      std::vector<uint32_t> codes(pieces), low(2 * pieces);
+      std::vector<int64_t> esc(n_esc);
+      fixed12::encode(w.data(), w.size(), base, reinterpret_cast<uint8_t*>(codes.data()),
+                      reinterpret_cast<uint8_t*>(low.data()), esc.data(), n_esc);
+      std::vector<int32_t> row_ptr(n + 1, 0), col(n_esc);
+      std::vector<float> val(2 * n_esc);
+      for (uint64_t e = 0; e < n_esc; ++e) {
+        ++row_ptr[esc[e] / k + 1];
+        col[e] = int32_t(esc[e] % k);
+        val[2 * e] = value(w[esc[e]]);
+        val[2 * e + 1] = value(uint16_t(reinterpret_cast<const uint8_t*>(low.data())[esc[e]]));
+      }
+      for (uint32_t r = 0; r < n; ++r) row_ptr[r + 1] += row_ptr[r];
+      for (bool tensor_cores : {true, false}) {
+        std::vector<uint16_t> y(size_t(batch) * n);
+        fixed12::GemvArgs a{};
+        a.codes = codes.data(), a.low = low.data(), a.pieces = pieces, a.base4 = base * 0x01010101u;
+        a.x = x.data(), a.x_bf16 = true, a.batch = batch, a.n_rows = n, a.k = k;
+        a.escape_row = n_esc ? row_ptr.data() : nullptr, a.escape_col = col.data(), a.escape_value = val.data();
+        a.n_escapes = uint32_t(n_esc), a.y = y.data();
+        // x is a vector's data: 16-byte aligned by the allocator here, as torch's are
+        CHECK(host::fixed12_gemv(a, batch <= 8 ? batch : 16, tensor_cores) == Status::Ok);
+        uint32_t bad = 0;
+        for (uint32_t b = 0; b < batch; ++b)
+          for (uint32_t r = 0; r < n; ++r) {
+            double ref = 0, scale = 0;
+            for (uint32_t c = 0; c < k; ++c) {
+              ref += double(value(w[size_t(r) * k + c])) * value(x[size_t(b) * k + c]);
+              scale += std::fabs(double(value(w[size_t(r) * k + c])) * value(x[size_t(b) * k + c]));
+            }
+            const double got = value(y[size_t(b) * n + r]);
+            if (std::fabs(got - ref) > std::fabs(ref) / 128 + 1e-5 * scale) ++bad;
+          }
+        CHECK(bad == 0);
+      }
+    }
+  }
+}
+
 int main() {
   test_package_merge_limits_lengths();
   test_package_merge_optimal_on_dyadic();
@@ -1888,6 +1956,7 @@ int main() {
   test_quantizers();
   test_host_openmp_team();
   test_fixed12_layout();
+  test_fixed12_gemv_emulation();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures ? 1 : 0;
 }
