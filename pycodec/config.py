@@ -50,8 +50,8 @@ class CompressionConfig:
       weight in the GPU's lossless kernels (bench/sass_count.py); ``"fixed12"``: no entropy coder,
       each bf16 weight's low byte raw and its top byte a 4-bit code: its sign and one of 7 exponent
       values per tensor, or zero (the rest, ~5e-4 of real weights, kept exactly aside): ~12.04 bits
-      a weight (SmolLM2 and MiniLM bf16), ~5 GPU instructions a weight in the batch-1 GEMV, so that
-      it can run at memory speed (fp16 weights take the byte split, fp32 the smallest). Saved
+      a weight (SmolLM2 and MiniLM bf16), ~3 GPU instructions a weight in its GEMV (tensor cores,
+      batch 1-16), so that it can run at memory speed (fp16 weights take the byte split, fp32 the smallest). Saved
       configs without it read ``"smallest"``, as they were made.
     exact_outputs: on a GPU, lossless weights are rebuilt and multiplied by cuBLAS, so outputs
     are bitwise those of the uncompressed model; by default they go through the fused GEMV

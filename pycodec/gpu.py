@@ -29,9 +29,9 @@ Dispatch (one place, ``linear``):
   affine otherwise (fp32 x, larger batches, v1 streams)
         decode the symbols on the GPU, then Triton's affine GEMV (M <= 16) or matmul (tensor cores)
   fixed12 bf16 (lossless_split="fixed12"), batch 1..16, K % 8 == 0, not exact_outputs
-        pycodec::fixed12_gemv: one warp a row, each weight two nibble ops and a byte permute
-        (csrc/codec/fixed12.h), escapes in its epilogue; otherwise pycodec::fixed12_decode, then
-        cuBLAS F.linear (bitwise nn.Linear)
+        pycodec::fixed12_gemv (csrc/codec/fixed12.h): bf16 x on tensor cores (16 rows a block, MMA on
+        the decoded pairs), fp32 x on CUDA cores (a warp a row); escapes and the bias in its
+        epilogue, one launch; otherwise pycodec::fixed12_decode, then cuBLAS F.linear (bitwise nn.Linear)
   anything else (fp32 lossless, v1 byte-plane checkpoints)
         the CPU decoder, then F.linear (correct, slow: re-compress for the GPU path)
 """
