@@ -3,7 +3,7 @@
 Decode, fused affine and lossless GEMVs at batch 1, 3 and 16, the tile kernel (shared-memory
 phases: racecheck's main subject) and the lossless split decode (exact path) at 40 and 128, on a
 few shapes and layouts, including a constant stream, many lanes on a short chunk, and escapes;
-lossless weights in the byte split too. The decode and GEMVs run under each kernel setting whose
+lossless weights in the byte split too; fixed12 weights' GEMVs (both routes) and decode. The decode and GEMVs run under each kernel setting whose
 shared memory differs (staged decode, x in shared memory, the GEMVs' stream stage, the staged lossless
 and affine GEMVs, on and off; stages stored by words, whose last bytes follow a __syncwarp, and by
 bytes; blocks of 4, 16 and 1 warps), with lane starts and (the last setting) with the count pass.
@@ -64,6 +64,20 @@ def run_subset() -> None:
     m = CompressedLinear.from_linear(lin, CompressionConfig(mode="lossless", lossless_split="byte")).cuda()
     for batch in (1, 3, 16, 40):
         m(torch.randn(batch, 576, dtype=torch.bfloat16, device="cuda"))
+    # fixed12: both GEMVs (tensor cores for bf16 x, CUDA cores for fp32 x and with the setting off)
+    # with escapes and a bias, on a shape whose rows and columns leave partial row tiles and a tail
+    # block, and its decode (batch 40)
+    lin = torch.nn.Linear(264, 37).to(torch.bfloat16)
+    lin.weight.data[3, 5] = 0.0
+    lin.weight.data[4, 6] = 3.0e3
+    m = CompressedLinear.from_linear(lin, CompressionConfig(mode="lossless", lossless_split="fixed12")).cuda()
+    for batch in (1, 3, 16, 40):
+        x = torch.randn(batch, 264, dtype=torch.bfloat16, device="cuda")
+        m(x)
+        if batch <= 16:
+            m.float()(x.float())
+            with cuda_ops.kernel_settings(fixed12_tensor_cores=0):
+                m(x)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_fixed12 import every_bf16, host_gemv, weight_like
+from test_windowed_cuda import graph_replay_matches_eager
 
 import pycodec
 from pycodec import CompressedLinear, CompressionConfig, cuda_ops, gpu
@@ -85,19 +86,7 @@ def test_no_sync_graph_capture_and_compile():
         m(x)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            m(x)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        y = m(x)
-    x.copy_(torch.randn_like(x))
-    g.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(y, m(x))
+    assert graph_replay_matches_eager(m, x)
     assert torch.equal(torch.compile(m, fullgraph=True)(x), m(x))
 
 
