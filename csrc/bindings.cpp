@@ -459,6 +459,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("GEMV_X_PAD_ROWS") = windowed::kXPadRows;
   m.attr("GEMV_MAX_SLOTS") = windowed::kGemvMaxSlots;
   m.attr("SLACK_WORDS") = windowed::kSlackWords;
+  m.attr("FIXED12_MAX_BASE") = fixed12::kMaxBase;
   m.attr("LANES") = kLanes;
   m.attr("MAX_CHUNK_SYMBOLS") = kMaxChunkSymbols;
   m.attr("DEFAULT_CHUNK_SYMBOLS") = py::dict(py::arg("huffman") = kDefaultHuffmanChunk, py::arg("rans") = kDefaultRansChunk);
@@ -733,8 +734,8 @@ PYBIND11_MODULE(_C, m) {
         const uint64_t n_rows = uint64_t(rows.size());
         if (uint64_t(out.size()) != n_rows * k) throw CodecException("fixed12_decode_rows: out must hold rows x k values");
         const int64_t* r = rows.data();
-        for (uint64_t i = 0; i < n_rows; ++i)
-          if (r[i] < 0 || (uint64_t(r[i]) + 1) * k > 8 * pieces)
+        for (uint64_t i = 0; i < n_rows; ++i)  // (row + 1) * k <= 8 * pieces, without overflow
+          if (r[i] < 0 || (k && uint64_t(r[i]) >= 8 * pieces / k))
             throw CodecException("fixed12_decode_rows: a row lies outside the weight");
         uint16_t* o = out.mutable_data();
         py::gil_scoped_release release;

@@ -335,7 +335,9 @@ def cmd_inspect(a) -> None:
             print(f"{name:60s} {'shares ' + r['shares']:>27s}")
         else:
             print(f"{name:60s} {str(tuple(r['shape'])):>14s} {r['bits_per_weight']:12.3f}")
-    print(f"{'compressed (' + qcfg['mode'] + ', ' + qcfg['coder'] + ')':60s} {total_w:>14d} {out['bits_per_weight']:12.3f}")
+    # the fixed12 layout has no coder: its split names what the weights are
+    how = qcfg.get("lossless_split") if qcfg.get("lossless_split") == "fixed12" else qcfg["coder"]
+    print(f"{'compressed (' + qcfg['mode'] + ', ' + how + ')':60s} {total_w:>14d} {out['bits_per_weight']:12.3f}")
     print(f"{'whole checkpoint, bits per parameter':60s} {n_params:>14d} {out['bits_per_parameter']:12.3f}")
 
 

@@ -646,8 +646,8 @@ def _check_fixed12(op: str, codes: torch.Tensor, low: torch.Tensor, base: int, n
         raise CodecError(f"{op}: codes and low must be contiguous uint8 [{4 * pieces}] and [{8 * pieces}]")
     if codes.data_ptr() % 4 or low.data_ptr() % 8:
         raise CodecError(f"{op}: codes must be 4-byte and low 8-byte aligned")
-    if not 0 <= base <= 120:
-        raise CodecError(f"{op}: base {base} outside 0..120")
+    if not 0 <= base <= _C.FIXED12_MAX_BASE:
+        raise CodecError(f"{op}: base {base} outside 0..{_C.FIXED12_MAX_BASE}")
     return pieces
 
 

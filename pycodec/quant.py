@@ -55,7 +55,6 @@ KIND_LOSSLESS = 0
 KIND_AFFINE = 1
 KIND_SPLIT = 2
 KIND_FIXED = 3
-FIXED12_MAX_BASE = 120   # fixed12.h: kMaxBase
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
 RATE_ZERO = 128          # rate-mode zero point: symbols 1..255 hold q in [-127, 127]
@@ -230,16 +229,16 @@ def fixed12_parts(packed: dict, n: int, k: int, base: int, dtype: torch.dtype) -
     """(codes, low, escape_index, escape_bits) of a KIND_FIXED weight, checked to fit its shape."""
     if dtype != torch.bfloat16:
         raise CodecError(f"packed weight: the fixed12 layout holds bfloat16 weights, not {dtype}")
-    if not 0 <= base <= FIXED12_MAX_BASE:
-        raise CodecError(f"packed weight: fixed12 base {base} outside 0..{FIXED12_MAX_BASE}")
+    if not 0 <= base <= _C.FIXED12_MAX_BASE:
+        raise CodecError(f"packed weight: fixed12 base {base} outside 0..{_C.FIXED12_MAX_BASE}")
     pieces = -(-n * k // 8)
     codes, low = packed["codes"].contiguous(), packed["low"].contiguous()
     if codes.numel() != 4 * pieces or low.numel() != 8 * pieces:
         raise CodecError(f"packed weight: fixed12 codes / low hold {codes.numel()} / {low.numel()} bytes, expected "
                          f"{4 * pieces} / {8 * pieces} for {n} x {k} weights")
     idx, bits = packed["escape_index"], packed["escape_bits"]
-    if idx.numel() != bits.numel():
-        raise CodecError("packed weight: escape_index and escape_bits differ in length")
+    if idx.numel() != bits.numel() or bits.dtype != torch.int16 or codes.dtype != torch.uint8 or low.dtype != torch.uint8:
+        raise CodecError("packed weight: fixed12 escape_bits must be int16 as long as escape_index, codes and low uint8")
     _escape_index(packed, n * k)
     return codes, low, idx, bits
 

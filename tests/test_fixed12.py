@@ -117,12 +117,20 @@ def test_malformed_buffers_raise_codec_error():
         "dtype": dict(packed, meta=torch.tensor([1, KIND_FIXED, 16, 24, 0, 1, 60, 0])),
         "escape index": dict(packed, escape_index=torch.tensor([16 * 24]), escape_bits=torch.tensor([1], dtype=torch.int16)),
         "escape lengths": dict(packed, escape_index=torch.tensor([3]), escape_bits=torch.zeros(0, dtype=torch.int16)),
+        "escape dtype": dict(packed, escape_index=torch.tensor([3]), escape_bits=torch.ones(1)),
+        "codes dtype": dict(packed, codes=packed["codes"].view(torch.int16)),
     }
     for name, bad in cases.items():
         with pytest.raises(CodecError):
             unpack(bad)
         with pytest.raises(CodecError):
             unpack_rows(bad, torch.tensor([0]))
+    from pycodec import _C
+
+    out = np.empty(24, np.uint16)
+    for row in (16, -1, 2**62):  # past the weight, negative, and one whose end overflows 64 bits
+        with pytest.raises(CodecError, match="outside the weight"):
+            _C.fixed12_decode_rows(packed["codes"].numpy(), packed["low"].numpy(), 60, 24, np.array([row]), out)
 
 
 def test_other_dtypes_take_the_byte_split():
@@ -274,6 +282,19 @@ def test_model_bit_exact_saved_and_loaded(tmp_path):
     assert torch.equal(pycodec.from_pretrained(str(tmp_path))(ids).logits, ref)
     assert torch.equal(pycodec.from_pretrained(str(tmp_path), mmap=True)(ids).logits, ref)
     assert CompressionConfig.from_json(FIXED12.to_json()) == FIXED12
+
+
+def test_cli_inspects_a_fixed12_checkpoint(tmp_path, capsys):
+    from test_models import tiny_llama
+
+    from pycodec import cli
+
+    model = tiny_llama()
+    pycodec.compress_(model, FIXED12, progress=False)
+    pycodec.save_pretrained(model, tmp_path)
+    cli.main(["inspect", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "compressed (lossless, fixed12)" in out and "model.layers.1.mlp.down_proj" in out
 
 
 def test_cli_takes_fixed12(tmp_path, monkeypatch, capsys):
