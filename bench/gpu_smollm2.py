@@ -10,8 +10,8 @@ package and takes at most 64 MiB a call: `make gpu-smollm2` here writes the file
 and a manifest (name, sha256) to .carry/, two calls carry one part each, and --parts .carry
 joins them there (checking the sha256) before the run.
 
-Each mode (lossless, lossless with exact_outputs, rate 3.5) is compressed on the CPU and saved
-once, then loaded three times, greedy decoding from the same prompts:
+Each mode (lossless, lossless with exact_outputs, lossless in the fixed12 layout, rate 3.5) is
+compressed on the CPU and saved once, then loaded three times, greedy decoding from the same prompts:
   cpu          on the CPU, each weight decoded once (cache_decoded): what the CPU computes;
   gpu          on the GPU through pycodec's kernels (no cached weights);
   gpu_decoded  on the GPU with the decoded weights and cuBLAS: the same weights in the GPU's
@@ -42,6 +42,7 @@ PROMPTS = ["The GNU General Public License is a free, copyleft license for",
            "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
            "Question: What is the capital of France?\nAnswer:"]
 MODES = {"lossless": {"mode": "lossless"}, "lossless exact": {"mode": "lossless", "exact_outputs": True},
+         "lossless fixed12": {"mode": "lossless", "lossless_split": "fixed12"},
          "rate 3.5": {"mode": "rate", "bits": 3.5}}
 # The runs of each mode: (key, device, whether each weight is decoded once and kept).
 RUNS = (("cpu", "cpu", True), ("gpu", None, False), ("gpu_decoded", None, True))
