@@ -4,17 +4,17 @@
 //
 // Read me first
 // - Why a fixed width: the entropy-coded layouts (windowed.h) reach ~10.6-10.8 bits a bf16 weight,
-//   but a GPU pays ~12-14 instructions a weight to decode them (bench/sass_count.py), so a batch-1
-//   GEMV is bound by issue, not by memory. Here a weight costs ~3 integer instructions and no
-//   serial dependence: the GEMV reads 12/16 of bf16's bytes and should run at memory speed.
+//   but their GEMVs spend 14-27 lane-instructions a weight (bench/sass_count.py), so at batch 1
+//   they are bound by issue, not by memory. Here decoding a weight takes ~2 integer instructions
+//   and no serial dependence: the GEMV reads 12/16 of bf16's bytes and should run at memory speed.
 // - A bf16 weight is its top byte h (sign, exponent bits 7..1) and its low byte l (exponent bit 0,
 //   7 mantissa bits). l is stored raw. Trained weights use few top bytes: per tensor, e' = h & 0x7F
 //   in [base + 1, base + 7] or 0 (zeros and the tiniest values, exact) holds all but 5.2e-4
 //   (all-MiniLM-L6-v2) and 4.7e-4 (SmolLM2-135M) of the weights, so h is stored as a 4-bit code:
 //        code c = sign << 3 | t,   t = 0 for e' = 0, t = e' - base for e' in [base + 1, base + 7]
-//   (A window of 8 nonzero values would escape fewer, 1.5e-4 and 3.4e-4, but a weight of 0, as in
-//   pruned or padded rows, would then be an escape that the GEMV decodes to an ordinary value and
-//   takes away again: not exactly 0, and 2-3 instructions a weight dearer, not cheaper, to avoid.)
+//   (A window of 8 nonzero values would escape fewer, 1.5e-4 and 3.4e-4, and save an instruction
+//   or two a piece; but zeros, as in pruned or padded rows, would then be escapes, which the GEMV
+//   decodes to an ordinary value and takes away again: their rows' outputs not exactly 0.)
 // - Any other weight (rare outliers, infinities, NaNs, rare tiny values) is an escape: code 0, its
 //   low byte stored as for any weight (so it decodes to e' = 0, |w| < 2^-125), and its 16 bits in a
 //   side list of (flat index, bits). Decoders write code 0's value, then patch the escapes; the
@@ -34,11 +34,12 @@
 //
 // - Buffers hold whole pieces: codes 4 * ceil(n / 8) bytes, low 8 * ceil(n / 8) bytes; the
 //   weights past n in the last piece are code 0, low 0 (nothing reads them as weights).
-// - The GEMV needs K % 8 == 0, so that a piece never straddles two rows: one warp a row; lane j
-//   multiplies pieces j, j + 32, ... of the row (so a warp's loads are contiguous: 128 bytes of
-//   codes, 256 of low bytes, 1 KiB of x per batch row), then its share of the row's escapes; the
-//   warp then adds its 32 sums by an xor butterfly. The emulation runs the same lane code lane by
-//   lane and the same butterfly, so its outputs are the kernel's, bit for bit.
+// - The GEMVs need K % 8 == 0, so that a piece never straddles two rows. On CUDA cores: one warp a
+//   row; lane j multiplies pieces j, j + 32, ... of the row (so a warp's loads are contiguous: 128
+//   bytes of codes, 256 of low bytes, 1 KiB of x per batch row), then its share of the row's
+//   escapes; the warp then adds its 32 sums by an xor butterfly. The emulation runs the same lane
+//   code lane by lane and the same butterfly, so its outputs are the kernel's, bit for bit. On
+//   tensor cores (bf16 x): the tile section below.
 #pragma once
 
 #include <cstdint>
