@@ -128,20 +128,25 @@ inline void count_tops(const uint16_t* bits, uint64_t n, uint64_t count[128]) {
 inline uint64_t encode(const uint16_t* bits, uint64_t n, uint32_t base, uint8_t* codes, uint8_t* low,
                        int64_t* escapes, uint64_t cap) {
   const uint64_t pieces = pieces_of(n);
-  std::memset(codes, 0, 4 * pieces);
-  std::memset(low, 0, 8 * pieces);
   uint64_t n_escapes = 0;
-  for (uint64_t i = 0; i < n; ++i) {
-    uint32_t c = code_of(bits[i], base);
-    if (c == kEscape) {
-      if (n_escapes < cap) escapes[n_escapes] = int64_t(i);
-      ++n_escapes;
-      c = 0;
+  // a piece at a time, its code word built in a register (one store, not eight read-modify-writes)
+  for (uint64_t p = 0; p < pieces; ++p) {
+    uint32_t word = 0;
+    for (uint32_t j = 0; j < kPieceWeights; ++j) {
+      const uint64_t i = p * kPieceWeights + j;
+      uint32_t c = 0;
+      if (i < n) {
+        c = code_of(bits[i], base);
+        if (c == kEscape) {
+          if (n_escapes < cap) escapes[n_escapes] = int64_t(i);
+          ++n_escapes;
+          c = 0;
+        }
+      }
+      word |= c << (8 * (j & 3u) + (j & 4u));
+      low[i] = i < n ? uint8_t(bits[i]) : 0;
     }
-    const uint64_t p = i / kPieceWeights;
-    const uint32_t j = uint32_t(i % kPieceWeights);
-    codes[4 * p + (j & 3u)] |= uint8_t(c << (j & 4u));
-    low[i] = uint8_t(bits[i]);
+    std::memcpy(codes + 4 * p, &word, 4);  // little-endian: byte j = c(j) | c(j + 4) << 4
   }
   return n_escapes;
 }
