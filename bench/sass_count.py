@@ -236,6 +236,7 @@ def main() -> None:
     usage: dict = {}
     v2 = functions(sass_of(ROOT / "csrc/cuda/windowed_cuda.cu", a.arch, usage))
     v1 = functions(sass_of(ROOT / "csrc/cuda/decode_cuda.cu", a.arch, usage))
+    fixed = functions(sass_of(ROOT / "csrc/cuda/fixed12_cuda.cu", a.arch, usage))
     nvcc_version = subprocess.run([find_tool("nvcc"), "--version"], capture_output=True, text=True).stdout
     regs = [u["registers"] for u in usage.values()]
     result = {"arch": a.arch, "machine": f"{platform.machine()}, compiled here (no GPU needed)",
@@ -404,7 +405,6 @@ def main() -> None:
     # The fixed12 GEMV (fixed12_cuda.cu): no decode passes, one loop of pieces (8 weights each, nvcc
     # unrolls it 4 times): per weight = loop / (FFMAs / batch); its decode kernel has no loop: a
     # thread's 8 weights (a piece) are the whole kernel, its exits and bounds test included.
-    fixed = functions(sass_of(ROOT / "csrc/cuda/fixed12_cuda.cu", a.arch, usage))
     result["fixed12"] = {}
     for batch in (1, 4, 16):  # the fp32-x instances (bf16 x adds a conversion of x per weight and batch row)
         found = [lp for lp in loops(kernel(fixed, f"fixed12_gemv_kernelILi{batch}ENS_7fixed126XFloat"))
@@ -428,10 +428,6 @@ def main() -> None:
     decode = kernel(fixed, "fixed12_decode_kernel")
     result["fixed12"]["decode to bf16"] = {"kernel": len(decode), "weights": 8,
                                            "lane_instructions_per_weight": len(decode) / 8}
-    regs = [u["registers"] for u in usage.values()]
-    result["resources"].update({"kernels": len(usage), "registers_min": min(regs), "registers_max": max(regs),
-                                "stack_bytes_max": max(u["stack_bytes"] for u in usage.values()),
-                                "local_bytes_max": max(u["local_bytes"] for u in usage.values())})
     print(f"SASS of csrc/cuda/*.cu for {a.arch}: inner-loop instructions per iteration")
     for label, k in result["kernels"].items():
         print(f"  {label:28s} " + ", ".join(f"{key} {val}" for key, val in k.items() if val is not None))

@@ -261,7 +261,7 @@ Status run_fixed12_gemv(const fixed12::GemvArgs& a) {
 // layout (windowed_emulate.h), the warps' sums in shared-memory order, then each thread's output.
 Status run_fixed12_tile(const fixed12::GemvArgs& a, uint32_t n_tiles) {
   using namespace fixed12;
-  std::vector<float> partial(kTileWarps * kTileRows * 16);
+  std::vector<float> partial(kTilePartials);
   for (uint32_t r0 = 0; r0 < a.n_rows; r0 += kTileRows) {
     for (uint32_t warp = 0; warp < kTileWarps; ++warp) {
       float c[2][32][4] = {};
@@ -294,7 +294,7 @@ Status run_fixed12_tile(const fixed12::GemvArgs& a, uint32_t n_tiles) {
         for (uint32_t lane = 0; lane < 32; ++lane)
           for (int i = 0; i < 4; ++i) partial[tile_partial_slot(warp, j, lane, i)] = c[j][lane][i];
     }
-    for (uint32_t tid = 0; tid < kTileWarps * 32; ++tid) tile_output<XBf16>(a, r0, tid, partial.data());
+    for (uint32_t tid = 0; tid < kTileWarps * kWarpLanes; ++tid) tile_output<XBf16>(a, r0, tid, partial.data());
   }
   return Status::Ok;
 }

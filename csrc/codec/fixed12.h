@@ -51,6 +51,13 @@
 #include "status.h"
 #include "windowed_gemv.h"  // byte_perm, bits_float, PYCODEC_LOAD
 
+// nvcc's loop unrolling, spelled so that host compilers (which warn of unknown pragmas) see nothing.
+#if defined(__CUDACC__)
+#define FIXED12_PRAGMA(x) _Pragma(#x)
+#else
+#define FIXED12_PRAGMA(x)
+#endif
+
 namespace pycodec {
 namespace fixed12 {
 
@@ -303,7 +310,7 @@ template <int B, class X>
 PYCODEC_HD void gemv_lane(const GemvArgs& a, uint32_t row, uint32_t lane, float acc[B]) {
   const uint32_t row_pieces = a.k / kPieceWeights;
   const uint64_t first = uint64_t(row) * row_pieces;
-#pragma unroll 4
+FIXED12_PRAGMA(unroll 4)
   for (uint32_t p = lane; p < row_pieces; p += kWarpLanes) {
     const uint32_t code_word = PYCODEC_LOAD(a.codes + first + p);
     uint32_t low_lo, low_hi;
@@ -311,15 +318,15 @@ PYCODEC_HD void gemv_lane(const GemvArgs& a, uint32_t row, uint32_t lane, float 
     uint32_t pair[4];
     piece_pairs(code_word, low_lo, low_hi, a.base4, pair);
     float w[8];
-#pragma unroll
+FIXED12_PRAGMA(unroll)
     for (int i = 0; i < 4; ++i) w[2 * i] = pair_low(pair[i]), w[2 * i + 1] = pair_high(pair[i]);
-#pragma unroll
+FIXED12_PRAGMA(unroll)
     for (int b = 0; b < B; ++b) {
       if (B == kMaxBatch && b >= int(a.batch)) break;  // the 16 instance serves batches 9..16
       float x[8];
       X::load8(a.x, size_t(b) * a.k + size_t(p) * kPieceWeights, x);
       float s = acc[b];
-#pragma unroll
+FIXED12_PRAGMA(unroll)
       for (int i = 0; i < 8; ++i) s = fmaf(w[i], x[i], s);
       acc[b] = s;
     }
@@ -342,7 +349,7 @@ PYCODEC_HD void escape_lane(const GemvArgs& a, uint32_t row, uint32_t lane, floa
     const uint32_t col = uint32_t(PYCODEC_LOAD(a.escape_col + e));
     const float value = PYCODEC_LOAD(a.escape_value + 2 * size_t(e));
     const float decoded = PYCODEC_LOAD(a.escape_value + 2 * size_t(e) + 1);
-#pragma unroll
+FIXED12_PRAGMA(unroll)
     for (int b = 0; b < B; ++b) {
       if (B == kMaxBatch && b >= int(a.batch)) break;
       const float xv = X::load(a.x, size_t(b) * a.k + col);
@@ -367,6 +374,8 @@ PYCODEC_HD void escape_lane(const GemvArgs& a, uint32_t row, uint32_t lane, floa
 // warp order (deterministic); then one thread per (row, batch row) adds the escapes and the bias
 // and rounds once.
 constexpr uint32_t kTileRows = 16, kTileCols = 64, kTileWarps = 8;
+constexpr uint32_t kTilePartials = kTileWarps * kTileRows * kMaxBatch;  // the warps' sums: [warp][row][batch row]
+static_assert(kTileWarps * kWarpLanes == kTileRows * kMaxBatch, "one thread per (row, batch row) of a tile's outputs");
 
 // What a lane reads in one 64-column block: its first code word and low bytes in each of its two
 // rows, and its first x value in x's row for each n-tile (tile_lane: block 0; tile_advance moves
@@ -456,7 +465,7 @@ PYCODEC_HD uint32_t tile_block_begin(const GemvArgs& a, uint32_t warp) {
 // [warp][row 16][batch 16] (C fragment: row g + 8 (i / 2), batch 8j + 2t + i % 2).
 PYCODEC_HD uint32_t tile_partial_slot(uint32_t warp, uint32_t j, uint32_t lane, int i) {
   const uint32_t row = lane / 4 + 8 * uint32_t(i / 2), batch = 8 * j + 2 * (lane % 4) + uint32_t(i % 2);
-  return (warp * kTileRows + row) * 16 + batch;
+  return (warp * kTileRows + row) * kMaxBatch + batch;
 }
 
 // Thread `tid`'s output of the row tile at r0 (tid = batch * 16 + row): the warps' sums in warp order,
@@ -466,7 +475,7 @@ PYCODEC_HD void tile_output(const GemvArgs& a, uint32_t r0, uint32_t tid, const 
   const uint32_t r = tid % kTileRows, b = tid / kTileRows, row = r0 + r;
   if (row >= a.n_rows || b >= a.batch) return;
   float sum = 0.f;
-  for (uint32_t w = 0; w < kTileWarps; ++w) sum += partial[(w * kTileRows + r) * 16 + b];
+  for (uint32_t w = 0; w < kTileWarps; ++w) sum += partial[(w * kTileRows + r) * kMaxBatch + b];
   if (a.n_escapes) {
     const int32_t end = PYCODEC_LOAD(a.escape_row + row + 1);
     for (int32_t e = PYCODEC_LOAD(a.escape_row + row); e < end; ++e) {

@@ -73,7 +73,7 @@ __device__ __forceinline__ void tile_step(const fixed12::TileLane& l, int32_t pi
 // NT n-tiles of 8 batch rows: 1 (batch <= 8) or 2.
 template <int NT>
 __global__ void __launch_bounds__(fixed12::kTileWarps * 32) fixed12_tile_kernel(const fixed12::GemvArgs a) {
-  __shared__ float partial[fixed12::kTileWarps * fixed12::kTileRows * 16];
+  __shared__ float partial[fixed12::kTilePartials];
   const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, r0 = blockIdx.x * fixed12::kTileRows;
   float c[NT][4];
 #pragma unroll
@@ -103,8 +103,6 @@ __global__ void fixed12_decode_kernel(const uint32_t* __restrict__ codes, const 
   fixed12::piece_pairs(__ldg(codes + p), lo, hi, base4, pair);
   out[p] = make_uint4(pair[0], pair[1], pair[2], pair[3]);
 }
-
-static_assert(fixed12::kTileWarps * 32 == fixed12::kTileRows * 16, "one thread per (row, batch row) of a tile's outputs");
 
 std::atomic<uint32_t> tensor_cores_setting{1};
 
