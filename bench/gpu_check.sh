@@ -6,12 +6,19 @@
 #   bench/results). Peer wheels in .whl (make gpu-peers, carried along) are installed first.
 #   First run on an H200 on 2026-11-30: bench/results/gpu_h200_20261130.md.
 #
-# Device time is scarce (one short lease a task, if any, and at most 10 minutes a command):
-# - The whole run ends within DEADLINE seconds (default 540). Each stage gets its own limit or
+# Device time is scarce: a lease, when a task draws one, is 15 minutes in all, the machine's start
+# (a minute or two) and its idle waits counted, and at most 10 minutes a command. So one call of
+# about 8 minutes does what matters most, in this order, and a second, short call on the still-warm
+# machine takes what is left (STAGES below):
+#   1. build, then the target rows (bench/gpu_suite.py --quick --only targets,lossless_decode,end_to_end:
+#      every shape at batch 1 first, beside bf16, DFloat11 and the int4 peers), then the GPU tests, then
+#      compute-sanitizer: DEADLINE=470, timeout_s 540;
+#   2. STAGES="smollm2 gpu-suite" with what time is left (the SmolLM2 GGUF's second part carried).
+# - The whole run ends within DEADLINE seconds (default 470). Each stage gets its own limit or
 #   what is left, whichever is less; a stage with under 20 s left is skipped.
 # - A stage that fails or overruns is recorded and the next one still runs, so failing tests
 #   never cost the benchmarks. Only a failed build stops the run.
-# - STAGES picks the stages (default: build gpu-tests smollm2 gpu-suite sanitizer streaming; also
+# - STAGES picks the stages (default: build targets gpu-tests sanitizer smollm2 gpu-suite streaming; also
 #   profile: ncu over bench/profile_kernels.py). A second call on the still-warm machine can run
 #   what the first had no time for, e.g. STAGES="smollm2 profile streaming" make gpu-check (the
 #   build from the first call is kept there).
@@ -24,8 +31,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 OUT=${OUT:-bench/results}
-DEADLINE=${DEADLINE:-540}
-STAGES=${STAGES:-"build gpu-tests smollm2 gpu-suite sanitizer streaming"}
+DEADLINE=${DEADLINE:-470}
+STAGES=${STAGES:-"build targets gpu-tests sanitizer smollm2 gpu-suite streaming"}
 WHEELS=${WHEELS:-.whl}
 CARRY=${CARRY:-.carry}
 PEER_SITE=${PEER_SITE:-/tmp/site}
@@ -82,6 +89,13 @@ if ! stage cuda-kernels-in 60 "$OUT/gpu_cuda_compiled.log" "$PY" -c \
   exit 2
 fi
 
+if wanted targets; then
+  # The issue's target rows, first: a lease cut short still has them (bench/gpu_suite.py, targets).
+  # shellcheck disable=SC2086
+  stage targets 200 "$OUT/gpu_targets.log" "$PY" bench/gpu_suite.py --out "$OUT" \
+    ${TARGETS_ARGS:---quick --only targets,lossless_decode,end_to_end}
+fi
+
 if wanted gpu-tests; then
   # --confcutdir: tests/conftest.py turns on the Triton interpreter for the CPU suite, which the
   # GPU tests must not inherit (seen on an H200: every test errored at setup without it).
@@ -90,6 +104,17 @@ if wanted gpu-tests; then
   for f in tests/gpu/test_*.py; do [ "$f" = tests/gpu/test_windowed_cuda.py ] || gpu_test_files+=("$f"); done
   stage gpu-tests 240 "$OUT/gpu_tests.log" "$PY" -m pytest -q -p no:cacheprovider --confcutdir=tests/gpu -rfE \
     --durations=15 "${gpu_test_files[@]}"
+fi
+
+if wanted sanitizer; then
+  if command -v compute-sanitizer >/dev/null; then
+    for tool in memcheck racecheck; do
+      stage "sanitizer-$tool" 120 "$OUT/sanitizer_$tool.log" \
+        compute-sanitizer --tool "$tool" --error-exitcode 3 "$PY" bench/sanitize_subset.py
+    done
+  else
+    echo "compute-sanitizer not found: skipped" | tee -a "$SUMMARY"
+  fi
 fi
 
 if wanted smollm2; then
@@ -107,18 +132,11 @@ if wanted smollm2; then
 fi
 
 if wanted gpu-suite; then
+  # Without the targets section when the targets stage ran it (GPU_SUITE_ARGS overrides).
+  if wanted targets; then suite_args=${GPU_SUITE_ARGS:---only settings,decode,lossless_decode,layers}
+  else suite_args=${GPU_SUITE_ARGS:-}; fi
   # shellcheck disable=SC2086  # the *_ARGS are word lists on purpose
-  stage gpu-suite 300 "$OUT/gpu_suite.log" "$PY" bench/gpu_suite.py --out "$OUT" ${GPU_SUITE_ARGS:-}
-fi
-if wanted sanitizer; then
-  if command -v compute-sanitizer >/dev/null; then
-    for tool in memcheck racecheck; do
-      stage "sanitizer-$tool" 120 "$OUT/sanitizer_$tool.log" \
-        compute-sanitizer --tool "$tool" --error-exitcode 3 "$PY" bench/sanitize_subset.py
-    done
-  else
-    echo "compute-sanitizer not found: skipped" | tee -a "$SUMMARY"
-  fi
+  stage gpu-suite 300 "$OUT/gpu_suite.log" "$PY" bench/gpu_suite.py --out "$OUT" $suite_args
 fi
 
 if wanted profile; then

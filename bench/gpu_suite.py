@@ -1,9 +1,13 @@
 """The GPU benchmark suite: one command, one JSON + PNG under --out (default $OUT or bench/results).
 
-    python bench/gpu_suite.py [--out DIR] [--quick] [--e2e] [--only settings,decode,lossless_decode,layers,compiled,end_to_end]
+    python bench/gpu_suite.py [--out DIR] [--quick] [--e2e] [--only targets,settings,decode,lossless_decode,layers,compiled,end_to_end]
+    python bench/gpu_suite.py --quick --only targets,lossless_decode,end_to_end   # a short lease: the target rows
 
 Measured on the CUDA device at hand, everything in the same run:
-  * settings (first: a lease cut short still has it): the fused GEMVs at batch 1 and 4 on
+  * targets (first): the issue's target rows, each method at its default route (pycodec lossless,
+    lossless fixed12, rate 3.5) beside bf16 cuBLAS, DFloat11 and the int4-g128 peers; every shape at
+    batch 1 before any larger batch, the layers built once; rows as the layers section's;
+  * settings (first of the sweeps: a lease cut short still has it): the fused GEMVs at batch 1 and 4 on
     4096 x 4096 and 14336 x 4096, rate 3.5 and lossless, under each pycodec GPU kernel setting
     (x in shared memory or not; 4, 8 or 16 warps a block; each warp's chunk copied into shared
     memory or read in place: stream_shared; staged stages stored a word at a time or byte by byte:
@@ -264,83 +268,138 @@ def int4_peers() -> dict:
     return peers
 
 
-def layer_suite(shapes, batches, peak, rows: list | None = None) -> list[dict]:
-    """Rows are appended to `rows` as they are measured (an interrupted run keeps them)."""
-    rows = [] if rows is None else rows
+def layer_variants(dense: torch.nn.Linear, wanted, df11, peers: dict) -> tuple[dict, object]:
+    """{label: (module, weight bytes)} of the methods `wanted(label)` keeps, built from `dense`
+    (only those: a compressed layer takes seconds to build on the largest shapes), and df11, or why
+    DFloat11 failed to build. peers' entries become strings where a peer failed."""
+    in_f, out_f = dense.in_features, dense.out_features
+    variants = {"bf16 cuBLAS": (copy.deepcopy(dense).cuda(), 2 * in_f * out_f)}
+
+    def add(label, build, *also):
+        """variants[label] = build(), and each (suffix, wrap) of `also` over the same layer."""
+        labels = [label] + [f"{label} {suffix}" for suffix, _ in also]
+        if not any(wanted(lb) for lb in labels):
+            return
+        m = build()
+        if wanted(label):
+            variants[label] = (m, m.compressed_bytes())
+        for suffix, wrap in also:
+            if wanted(f"{label} {suffix}"):
+                variants[f"{label} {suffix}"] = (wrap(m), m.compressed_bytes())
+
+    def settings_of(table):
+        return [(suffix, lambda m, s=settings: WithSettings(m, **s)) for suffix, (settings, _) in table.items()]
+
+    add("pycodec rate 3.5", lambda: rate_layer(dense), ("decoded", WithoutTileKernel), *settings_of(SETTING_VARIANTS))
+    add("pycodec lossless", lambda: lossless_layer(dense), *settings_of({**SETTING_VARIANTS, **LOSSLESS_VARIANTS}))
+    add("pycodec lossless exact", lambda: lossless_layer(dense, exact=True))
+    add("pycodec lossless byte", lambda: lossless_layer(dense, split="byte"))
+    add("pycodec lossless byte exact", lambda: lossless_layer(dense, exact=True, split="byte"))
+    add("pycodec lossless fixed12", lambda: lossless_layer(dense, split="fixed12"))
+    add("pycodec lossless fixed12 exact", lambda: lossless_layer(dense, exact=True, split="fixed12"))
+    if not isinstance(df11, str) and wanted("DFloat11"):
+        try:
+            m = df11.DF11Linear(dense)
+            variants["DFloat11"] = (m, m.compressed_bytes())
+        except Exception as e:
+            df11 = f"failed: {type(e).__name__}: {e}"
+    for label, make in peers.items():
+        if callable(make) and wanted(label):
+            try:
+                variants[label] = (make(copy.deepcopy(dense).cuda()), in_f * out_f // 2 + 4 * in_f * out_f // 128)
+            except Exception as e:
+                peers[label] = f"unavailable: {type(e).__name__}: {e}"
+                print(f"peer {label}: {peers[label]}", flush=True)
+    return variants, df11
+
+
+def announced_peers() -> tuple[dict, object]:
+    """(int4 peers, DFloat11 or why not), each unavailable one said at once: an interrupted run never
+    reaches the summary row."""
     peers = int4_peers()
     df11 = dfloat11_peer()
     for label, why in list(peers.items()) + [("DFloat11", df11)]:
-        if isinstance(why, str):  # said now: an interrupted run never reaches the summary row
+        if isinstance(why, str):
             print(f"peer {label}: {why}", flush=True)
-    for out_f, in_f in shapes:
-        dense = random_linear(out_f, in_f)
-        variants = {"bf16 cuBLAS": (copy.deepcopy(dense).cuda(), 2 * in_f * out_f)}
-        m = rate_layer(dense)
-        variants["pycodec rate 3.5"] = (m, m.compressed_bytes())
-        variants["pycodec rate 3.5 decoded"] = (WithoutTileKernel(m), m.compressed_bytes())
-        for suffix, (settings, _) in SETTING_VARIANTS.items():
-            variants[f"pycodec rate 3.5 {suffix}"] = (WithSettings(m, **settings), m.compressed_bytes())
-        m = lossless_layer(dense)
-        variants["pycodec lossless"] = (m, m.compressed_bytes())
-        for suffix, (settings, _) in {**SETTING_VARIANTS, **LOSSLESS_VARIANTS}.items():
-            variants[f"pycodec lossless {suffix}"] = (WithSettings(m, **settings), m.compressed_bytes())
-        m = lossless_layer(dense, exact=True)
-        variants["pycodec lossless exact"] = (m, m.compressed_bytes())
-        m = lossless_layer(dense, split="byte")
-        variants["pycodec lossless byte"] = (m, m.compressed_bytes())
-        m = lossless_layer(dense, exact=True, split="byte")
-        variants["pycodec lossless byte exact"] = (m, m.compressed_bytes())
-        m = lossless_layer(dense, split="fixed12")
-        variants["pycodec lossless fixed12"] = (m, m.compressed_bytes())
-        m = lossless_layer(dense, exact=True, split="fixed12")
-        variants["pycodec lossless fixed12 exact"] = (m, m.compressed_bytes())
-        if not isinstance(df11, str):
+    return peers, df11
+
+
+def peers_row(peers: dict, df11) -> dict:
+    return {"peers": {**{k: (v if isinstance(v, str) else "measured") for k, v in peers.items()},
+                      "DFloat11": df11 if isinstance(df11, str) else "measured"}}
+
+
+def measure_batch(variants: dict, shape, batch: int, peak, rows: list) -> None:
+    """One row per variant at this batch (those timed at it): graph and eager time, error against bf16."""
+    out_f, in_f = shape
+    x = torch.randn(batch, in_f, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        ref = variants["bf16 cuBLAS"][0](x).float()
+        base = None
+        for label, (mod, weight_bytes) in variants.items():
+            if label.endswith("decoded") and batch <= 16:  # the same fused GEMV below 17
+                continue
+            if any(label.endswith(suffix) and batch not in at
+                   for suffix, (_, at) in {**SETTING_VARIANTS, **LOSSLESS_VARIANTS}.items()):
+                continue
+            if batch not in FEWER_BATCHES.get(label, (batch,)):
+                continue
             try:
-                m = df11.DF11Linear(dense)
-                variants["DFloat11"] = (m, m.compressed_bytes())
+                y = mod(x).float()
+                err = float((y - ref).norm() / ref.norm())
+                ms, gms = eager_ms(lambda: mod(x)), graph_ms(lambda: mod(x))
             except Exception as e:
-                df11 = f"failed: {type(e).__name__}: {e}"
-        for label, make in peers.items():
-            if callable(make):
-                try:
-                    variants[label] = (make(copy.deepcopy(dense).cuda()), in_f * out_f // 2 + 4 * in_f * out_f // 128)
-                except Exception as e:
-                    peers[label] = f"unavailable: {type(e).__name__}: {e}"
-                    print(f"peer {label}: {peers[label]}", flush=True)
+                rows.append({"shape": [out_f, in_f], "batch": batch, "method": label,
+                             "error": f"{type(e).__name__}: {e}"})
+                continue
+            t = gms if gms is not None else ms
+            base = t if label == "bf16 cuBLAS" else base
+            gbs = (weight_bytes + 2 * batch * (in_f + out_f)) / t / 1e6
+            rows.append({"shape": [out_f, in_f], "batch": batch, "method": label, "eager_ms": ms,
+                         "graph_ms": gms, "weight_bytes": weight_bytes,
+                         "bits_per_weight": 8 * weight_bytes / (in_f * out_f), "GBps": gbs,
+                         "pct_hbm": 100 * gbs / peak if peak else None,
+                         "speedup_vs_bf16": base / t if base else None, "rel_err_vs_bf16": err})
+            print(f"{out_f:6d}x{in_f:<6d} b={batch:<4d} {label:24s} graph {1e3 * (gms or math.nan):8.1f} us "
+                  f"eager {1e3 * ms:8.1f} us  {gbs:7.0f} GB/s  x{(base / t if base else 0):.2f}  "
+                  f"err {err:.1e}", flush=True)
+
+
+def layer_suite(shapes, batches, peak, rows: list | None = None, methods=None) -> list[dict]:
+    """Rows are appended to `rows` as they are measured (an interrupted run keeps them). methods: the
+    labels to measure (bf16 cuBLAS always), default all."""
+    rows = [] if rows is None else rows
+    wanted = (lambda label: True) if methods is None else (lambda label: label in methods)
+    peers, df11 = announced_peers()
+    for shape in shapes:
+        variants, df11 = layer_variants(random_linear(*shape), wanted, df11, peers)
         for batch in batches:
-            x = torch.randn(batch, in_f, device=DEVICE, dtype=torch.bfloat16)
-            with torch.no_grad():
-                ref = variants["bf16 cuBLAS"][0](x).float()
-                base = None
-                for label, (mod, weight_bytes) in variants.items():
-                    if label.endswith("decoded") and batch <= 16:  # the same fused GEMV below 17
-                        continue
-                    if any(label.endswith(suffix) and batch not in at
-                           for suffix, (_, at) in {**SETTING_VARIANTS, **LOSSLESS_VARIANTS}.items()):
-                        continue
-                    if batch not in FEWER_BATCHES.get(label, (batch,)):
-                        continue
-                    try:
-                        y = mod(x).float()
-                        err = float((y - ref).norm() / ref.norm())
-                        ms, gms = eager_ms(lambda: mod(x)), graph_ms(lambda: mod(x))
-                    except Exception as e:
-                        rows.append({"shape": [out_f, in_f], "batch": batch, "method": label,
-                                     "error": f"{type(e).__name__}: {e}"})
-                        continue
-                    t = gms if gms is not None else ms
-                    base = t if label == "bf16 cuBLAS" else base
-                    gbs = (weight_bytes + 2 * batch * (in_f + out_f)) / t / 1e6
-                    rows.append({"shape": [out_f, in_f], "batch": batch, "method": label, "eager_ms": ms,
-                                 "graph_ms": gms, "weight_bytes": weight_bytes,
-                                 "bits_per_weight": 8 * weight_bytes / (in_f * out_f), "GBps": gbs,
-                                 "pct_hbm": 100 * gbs / peak if peak else None,
-                                 "speedup_vs_bf16": base / t if base else None, "rel_err_vs_bf16": err})
-                    print(f"{out_f:6d}x{in_f:<6d} b={batch:<4d} {label:24s} graph {1e3 * (gms or math.nan):8.1f} us "
-                          f"eager {1e3 * ms:8.1f} us  {gbs:7.0f} GB/s  x{(base / t if base else 0):.2f}  "
-                          f"err {err:.1e}", flush=True)
-    peers["DFloat11"] = df11
-    rows.append({"peers": {k: (v if isinstance(v, str) else "measured") for k, v in peers.items()}})
+            measure_batch(variants, shape, batch, peak, rows)
+    rows.append(peers_row(peers, df11))
+    return rows
+
+
+# The issue's target rows: each method at its default route, beside bf16 and the peers.
+TARGET_METHODS = ("pycodec lossless", "pycodec lossless fixed12", "pycodec rate 3.5", "DFloat11",
+                  "torchao int4-g128", "gemlite int4-g128")
+
+
+def targets_suite(peak, rows: list | None = None, shapes=None, batches=None) -> list[dict]:
+    """The target rows first, for a short lease: every shape at batch 1, then the larger batches
+    (where each method stops beating bf16), the layers built once. Rows as the layers section's."""
+    rows = [] if rows is None else rows
+    shapes = LLAMA_SHAPES + SMOLLM2_SHAPES[:2] if shapes is None else shapes
+    batches = BATCHES if batches is None else batches
+    peers, df11 = announced_peers()
+    built = []
+    for shape in shapes:
+        variants, df11 = layer_variants(random_linear(*shape), lambda label: label in TARGET_METHODS, df11, peers)
+        built.append((shape, variants))
+        measure_batch(variants, shape, batches[0], peak, rows)
+    for batch in batches[1:]:
+        for shape, variants in built:
+            measure_batch(variants, shape, batch, peak, rows)
+    rows.append(peers_row(peers, df11))
     return rows
 
 
@@ -484,11 +543,12 @@ def lossless_weight_fn(layer, two_kernels: bool = False):
     return lambda: gpu.dense_weight(packed, kernel, info, torch.device("cuda"))
 
 
-def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
+def lossless_decode_suite(peak, rows: list | None = None, quick: bool = False) -> list[dict]:
     """Standalone lossless decode to bf16, GB/s of decoded weights: pycodec (one stream a matrix;
     the split decode in one kernel, and the two-kernel decode + merge before it) beside DFloat11
     (one stream for all, as it compresses a block), on one 4096 x 14336 layer and on a
-    Llama-7B-shaped block; bit-exactness checked on each."""
+    Llama-7B-shaped block; bit-exactness checked on each. quick: the default layouts' decodes and
+    DFloat11 alone (the target rows)."""
     df11 = dfloat11_peer()
     rows = [] if rows is None else rows
     for subject, shapes in (("4096x14336 layer", [(4096, 14336)]), ("Llama-7B block", LLAMA7B_BLOCK)):
@@ -497,7 +557,7 @@ def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
         n = sum(w.numel() for w in weights)
         flat = torch.cat([w.reshape(-1) for w in weights]).view(torch.int16)
         layers = [lossless_layer(dense_linear(w)) for w in weights]
-        byte_layers = [lossless_layer(dense_linear(w), split="byte") for w in weights]
+        byte_layers = [] if quick else [lossless_layer(dense_linear(w), split="byte") for w in weights]
         fixed_layers = [lossless_layer(dense_linear(w), split="fixed12") for w in weights]
         rebuild = [lossless_weight_fn(m) for m in layers]
         two = [lossless_weight_fn(m, two_kernels=True) for m in layers]
@@ -510,14 +570,16 @@ def lossless_decode_suite(peak, rows: list | None = None) -> list[dict]:
 
         # 16 warps: one table copy for up to 16 chunks (long rows' stages leave room for few blocks an SM)
         methods = {"pycodec lossless": rebuilt(rebuild),
-                   "pycodec lossless, 16 warps": rebuilt(rebuild, {"warps_per_block": 16}),
-                   "pycodec lossless byte": rebuilt([lossless_weight_fn(m) for m in byte_layers], of=byte_layers),
-                   "pycodec lossless byte, byte stores": rebuilt([lossless_weight_fn(m) for m in byte_layers],
-                                                                 {"stage_word_stores": 0}, of=byte_layers),
-                   "pycodec lossless, byte stores": rebuilt(rebuild, {"stage_word_stores": 0}),
-                   "pycodec lossless fixed12": rebuilt([lossless_weight_fn(m) for m in fixed_layers], of=fixed_layers),
-                   "pycodec decode + merge": rebuilt(two),
-                   "pycodec decode + merge, unstaged": rebuilt(two, {"decode_stage_symbols": 0})}
+                   "pycodec lossless fixed12": rebuilt([lossless_weight_fn(m) for m in fixed_layers], of=fixed_layers)}
+        if not quick:
+            methods.update({
+                "pycodec lossless, 16 warps": rebuilt(rebuild, {"warps_per_block": 16}),
+                "pycodec lossless byte": rebuilt([lossless_weight_fn(m) for m in byte_layers], of=byte_layers),
+                "pycodec lossless byte, byte stores": rebuilt([lossless_weight_fn(m) for m in byte_layers],
+                                                              {"stage_word_stores": 0}, of=byte_layers),
+                "pycodec lossless, byte stores": rebuilt(rebuild, {"stage_word_stores": 0}),
+                "pycodec decode + merge": rebuilt(two),
+                "pycodec decode + merge, unstaged": rebuilt(two, {"decode_stage_symbols": 0})})
         if isinstance(df11, str):
             rows.append({"subject": subject, "method": "DFloat11", "error": df11})
         else:
@@ -588,9 +650,10 @@ def compiled_suite(rows: list | None = None, shape=(4096, 4096), batches=(1,)) -
 E2E_REPEATS = 3
 
 
-def end_to_end(tokens: int, batches=(1, 8), rows: list | None = None) -> list[dict]:
+def end_to_end(tokens: int, batches=(1, 8), rows: list | None = None, quick: bool = False) -> list[dict]:
     """Tokens/s and peak memory generating from a ~1.1B Llama with random weights (speed does not
-    depend on the values), bf16 beside pycodec lossless and rate 3.5, at each batch."""
+    depend on the values), bf16 beside pycodec lossless and rate 3.5, at each batch. quick: without
+    the byte split (the target rows)."""
     import transformers
 
     from pycodec import CompressionConfig, compress_
@@ -600,10 +663,13 @@ def end_to_end(tokens: int, batches=(1, 8), rows: list | None = None) -> list[di
     torch.manual_seed(0)
     base = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
     rows = [] if rows is None else rows
-    for label, c in (("bf16", None), ("pycodec lossless", CompressionConfig(mode="lossless")),
-                     ("pycodec lossless byte", CompressionConfig(mode="lossless", lossless_split="byte")),
-                     ("pycodec lossless fixed12", CompressionConfig(mode="lossless", lossless_split="fixed12")),
-                     ("pycodec rate 3.5", CompressionConfig(mode="rate", bits=3.5))):
+    configs = (("bf16", None), ("pycodec lossless", CompressionConfig(mode="lossless")),
+               ("pycodec lossless byte", CompressionConfig(mode="lossless", lossless_split="byte")),
+               ("pycodec lossless fixed12", CompressionConfig(mode="lossless", lossless_split="fixed12")),
+               ("pycodec rate 3.5", CompressionConfig(mode="rate", bits=3.5)))
+    for label, c in configs:
+        if quick and label == "pycodec lossless byte":
+            continue
         m = copy.deepcopy(base)
         t0 = time.perf_counter()
         if c is not None:
@@ -660,14 +726,15 @@ def plot(result: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-SECTIONS = ("settings", "decode", "lossless_decode", "layers", "compiled", "end_to_end")
+SECTIONS = ("targets", "settings", "decode", "lossless_decode", "layers", "compiled", "end_to_end")
 SLOW_SECTIONS = ("compiled", "end_to_end")  # run with --e2e or --only
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT", os.path.join(os.path.dirname(__file__), "results")))
-    p.add_argument("--quick", action="store_true", help="fewer shapes and batches")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer shapes, batches and methods (lossless_decode and end_to_end: the target rows)")
     p.add_argument("--e2e", action="store_true",
                    help="also torch.compile'd layers and tokens/s of a random ~1.1B Llama (compiled, end_to_end)")
     p.add_argument("--only", default=None, help=f"comma-separated sections to run, of {', '.join(SECTIONS)}")
@@ -692,12 +759,13 @@ def main() -> int:
         with open(os.path.join(a.out, stem + ".json"), "w") as f:
             json.dump(result, f, indent=2, default=str)
 
-    run = {"settings": lambda rows: settings_suite(rows),
+    run = {"targets": lambda rows: targets_suite(peak, rows),
+           "settings": lambda rows: settings_suite(rows),
            "decode": lambda rows: decode_suite(peak, a.quick, rows),
-           "lossless_decode": lambda rows: lossless_decode_suite(peak, rows),
+           "lossless_decode": lambda rows: lossless_decode_suite(peak, rows, quick=a.quick),
            "layers": lambda rows: layer_suite(shapes, batches, peak, rows),
            "compiled": lambda rows: compiled_suite(rows),
-           "end_to_end": lambda rows: end_to_end(64, rows=rows)}
+           "end_to_end": lambda rows: end_to_end(32 if a.quick else 64, rows=rows, quick=a.quick)}
     for section in wanted:
         result[section] = []
         try:
@@ -712,6 +780,8 @@ def main() -> int:
             result.setdefault("errors", {})[section] = repr(e)
         if section == "layers":
             result["faster_than_bf16_up_to_batch"] = crossover(result["layers"])
+        if section == "targets":
+            result["targets_faster_than_bf16_up_to_batch"] = crossover(result["targets"])
         save()
     if result.get("layers"):
         plot(result, os.path.join(a.out, stem + ".png"))

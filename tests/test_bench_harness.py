@@ -40,7 +40,9 @@ def _fake_device(suite, monkeypatch, layers):
     monkeypatch.setattr(suite.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(suite, "environment", lambda: {"device": "Test GPU"})
     monkeypatch.setattr(suite, "decode_suite", lambda peak, quick, rows: rows.append({"decoded_GBps": 1.0}))
-    monkeypatch.setattr(suite, "lossless_decode_suite", lambda peak, rows: rows.append({"decoded_GBps": 2.0}))
+    monkeypatch.setattr(suite, "lossless_decode_suite",
+                        lambda peak, rows, quick=False: rows.append({"decoded_GBps": 2.0}))
+    monkeypatch.setattr(suite, "targets_suite", lambda peak, rows: rows.append({"method": "bf16 cuBLAS"}))
     monkeypatch.setattr(suite, "layer_suite", layers)
     monkeypatch.setattr(suite, "settings_suite", lambda rows: rows.append({"graph_ms": 0.5}))
 
@@ -74,7 +76,7 @@ def test_a_section_that_raises_costs_only_itself(tmp_path, monkeypatch):
         raise RuntimeError("a peer's API moved")
 
     _fake_device(suite, monkeypatch, layers)
-    monkeypatch.setattr(suite, "end_to_end", lambda tokens, rows: rows.append({"tokens_per_s": 3.0}))
+    monkeypatch.setattr(suite, "end_to_end", lambda tokens, rows, quick=False: rows.append({"tokens_per_s": 3.0}))
     monkeypatch.setattr("sys.argv", ["gpu_suite.py", "--out", str(tmp_path), "--only", "layers,end_to_end,decode"])
     assert suite.main() == 1
     (path,) = tmp_path.glob("gpu_Test_GPU_*.json")
@@ -149,9 +151,10 @@ def test_slow_sections_run_only_when_asked(tmp_path, monkeypatch):
     suite = load_suite()
     _fake_device(suite, monkeypatch, lambda shapes, batches, peak, rows: rows.append({"method": "bf16 cuBLAS"}))
     monkeypatch.setattr(suite, "compiled_suite", lambda rows: rows.append({"compiled_ms": 1.0}))
-    monkeypatch.setattr(suite, "end_to_end", lambda tokens, rows: rows.append({"tokens_per_s": 3.0}))
+    monkeypatch.setattr(suite, "end_to_end", lambda tokens, rows, quick=False: rows.append({"tokens_per_s": 3.0}))
     monkeypatch.setattr(suite, "plot", lambda result, path: None)
-    for argv, sections in ((["--out", str(tmp_path / "a")], ["settings", "decode", "lossless_decode", "layers"]),
+    for argv, sections in ((["--out", str(tmp_path / "a")],
+                            ["targets", "settings", "decode", "lossless_decode", "layers"]),
                            (["--out", str(tmp_path / "b"), "--e2e"], list(suite.SECTIONS))):
         monkeypatch.setattr("sys.argv", ["gpu_suite.py", *argv])
         assert suite.main() == 0
@@ -297,6 +300,37 @@ def test_layers_section_runs_on_the_cpu(monkeypatch):
     assert all("error" not in r for r in timed), [r for r in timed if "error" in r]
     assert all(r["rel_err_vs_bf16"] < 0.2 for r in timed)
     assert all(r["rel_err_vs_bf16"] == 0 for r in timed if "lossless" in r["method"])  # the CPU forward: nn.Linear's bits
+
+
+def test_targets_section_measures_batch_1_everywhere_first(monkeypatch):
+    """gpu_suite's targets section on the CPU: the target methods alone (no setting variants, no
+    exact routes), every shape at batch 1 before any shape at a larger batch, each layer built once."""
+    import torch
+
+    suite = load_suite()
+    monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
+    monkeypatch.setattr(suite, "DEVICE", "cpu")
+    monkeypatch.setattr(suite, "graph_ms", lambda fn: (fn(), 1e-3)[1])
+    monkeypatch.setattr(suite, "eager_ms", lambda fn: (fn(), 2e-3)[1])
+    monkeypatch.setattr(suite, "int4_peers", lambda: {"gemlite int4-g128": "unavailable: not here"})
+    monkeypatch.setattr(suite, "dfloat11_peer", lambda: "unavailable: not on this machine")
+    builds = []
+    lossless_layer, rate_layer = suite.lossless_layer, suite.rate_layer
+    monkeypatch.setattr(suite, "lossless_layer", lambda dense, **kw: (builds.append(("lossless", kw)),
+                                                                        lossless_layer(dense, **kw))[1])
+    monkeypatch.setattr(suite, "rate_layer", lambda dense: (builds.append(("rate", {})), rate_layer(dense))[1])
+    rows = suite.targets_suite(None, shapes=[(64, 128), (32, 64)], batches=[1, 4, 32])
+    timed = [r for r in rows if "method" in r]
+    assert all("error" not in r for r in timed), [r for r in timed if "error" in r]
+    methods = ["bf16 cuBLAS", "pycodec rate 3.5", "pycodec lossless", "pycodec lossless fixed12"]
+    order = [(tuple(r["shape"]), r["batch"]) for r in timed]
+    assert order == [(shape, b) for b in (1, 4, 32) for shape in ((64, 128), (32, 64)) for _ in methods]
+    assert [r["method"] for r in timed[:4]] == methods
+    assert sorted(builds, key=str) == sorted([("rate", {}), ("lossless", {}), ("lossless", {"split": "fixed12"})] * 2,
+                                             key=str)
+    assert rows[-1] == {"peers": {"gemlite int4-g128": "unavailable: not here",
+                                  "DFloat11": "unavailable: not on this machine"}}
+    assert all(r["rel_err_vs_bf16"] == 0 for r in timed if "lossless" in r["method"])
 
 
 def test_bench_moe_runs_every_row_on_a_tiny_model(tmp_path, monkeypatch):

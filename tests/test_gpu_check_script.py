@@ -65,7 +65,12 @@ def test_every_stage_runs_and_passes(tmp_path):
     for what in ("pip install", "cuda_compiled", "-m pytest", "--tool memcheck", "--tool racecheck", "gpu_suite.py",
                  "bench_stream.py"):
         assert ran(calls, what), (what, calls)
-    assert summary.count("rc=0") == 7, summary
+    assert summary.count("rc=0") == 8, summary
+    # the target rows first after the build (a short lease), the suite's sweeps later without them
+    suites = [c for c in calls if "gpu_suite.py" in c]
+    assert len(suites) == 2 and "--only targets,lossless_decode,end_to_end" in suites[0]
+    assert calls.index(suites[0]) < next(i for i, c in enumerate(calls) if "-m pytest" in c)
+    assert "--only settings,decode,lossless_decode,layers" in suites[1]
     assert "smollm2" in summary and "skipped" in summary and not ran(calls, "gpu_smollm2.py")  # no parts carried
     # every GPU test file, the v2 kernels' first (a time limit cuts the last ones)
     (tests,) = [c for c in calls if "-m pytest" in c]
