@@ -691,18 +691,13 @@ def compress_bank_calibrated(weight: torch.Tensor, transposed: bool, param: str,
                              config) -> CompressedExperts:
     """A CompressedExperts of ``weight`` [experts, rows, columns], each expert rounded for its
     outputs on the inputs routed to it (an expert no token reached: as if all inputs were alike)."""
-    from .nn import CompressedConv1D, CompressedLinear
 
-    experts = []
-    for e in range(weight.shape[0]):
-        w = (weight[e].t() if transposed else weight[e]).contiguous()  # [out, in]
-        (packed, stats), = compress_weights_calibrated([w], inputs.hessian(param, e, w.shape[1]), config)
-        cls = CompressedConv1D if transposed else CompressedLinear
-        m = cls(w.shape[1], w.shape[0], {k: v.to(weight.device) for k, v in packed.items()}, None, False,
-                config.exact_outputs)
-        m.stats = stats
-        experts.append(m)
-    return CompressedExperts(experts, transposed)
+    def code(e, w):  # w: expert e's [out, in]
+        w = w.contiguous()
+        (packed_stats,) = compress_weights_calibrated([w], inputs.hessian(param, e, w.shape[1]), config)
+        return packed_stats
+
+    return CompressedExperts.from_parameter(weight, transposed, config, code)
 
 
 def _max_positions(model: nn.Module) -> int | None:
@@ -726,7 +721,7 @@ def compress_calibrated(model: nn.Module, config, tokenizer=None, skip=None, pro
     by output_sensitivity, measured first on the dense model. Returns compress_'s report, plus
     "calibration": {"texts": the files read, "tokens", "sequences", "bit_allocation"}."""
     from .nn import (CompressedConv1D, CompressedEmbedding, CompressedLinear, _compressed, _layer_report, _plan,
-                     _set_submodule, is_conv1d, whole_model_report)
+                     _set_submodule, is_conv1d, skip_names, whole_model_report)
 
     layers = decoder_layers(model)
     paths, text = calibration_text(config.calibration)
@@ -764,13 +759,13 @@ def compress_calibrated(model: nn.Module, config, tokenizer=None, skip=None, pro
 
     hidden, args, kwargs = capture_layer_inputs(model, layers, ids)
     hidden, args, kwargs = hidden.float(), _as_float32(args), _as_float32(kwargs)
-    skip_names = tuple(config.skip if skip is None else skip)
+    skipped = skip_names(config, skip)
     iterator = _progress(layers, f"pycodec {config.mode} calibrated", "layer") if progress else layers
     for layer in iterator:
         dtype = next(layer.parameters()).dtype
         layer.float()  # computed in float32, as H is accumulated; cast back below
         linears = {calibrated[id(m)][0]: m for m in layer.modules() if id(m) in calibrated}
-        banks = expert_targets(model, skip_names, within=layer)
+        banks = expert_targets(model, skipped, within=layer)
         inputs = ExpertInputs()
         for _, module, _ in banks:  # the pass below gathers each expert's inputs, routed as they come
             use_implementation(module)
@@ -808,7 +803,7 @@ def compress_calibrated(model: nn.Module, config, tokenizer=None, skip=None, pro
             install(name, module, _compressed(module, cfg or config, done[shares].packed() if shares else None), shares)
 
     # Expert banks outside the decoder layers, if any, from their weights alone.
-    reports.update(compress_experts(model, config, skip_names, progress))
+    reports.update(compress_experts(model, config, skipped, progress))
     model.pycodec_config = config
     report = whole_model_report(model, {name: reports[name] for name, *_ in plan} | {
         name: r for name, r in reports.items() if "experts" in r}, config, n_parameters, kept_dense, skip)

@@ -67,17 +67,22 @@ class CompressedExperts(nn.Module):
         self.shape = torch.Size((len(experts), rows, cols))
 
     @classmethod
-    def from_parameter(cls, weight: torch.Tensor, transposed: bool, config) -> "CompressedExperts":
+    def from_parameter(cls, weight: torch.Tensor, transposed: bool, config, code=None) -> "CompressedExperts":
+        """The bank of ``weight`` [experts, rows, columns], each expert coded by ``config`` from its
+        weight alone, or by ``code(e, w)`` -> (packed, stats) of expert e's [out, in] weight w."""
         from .nn import CompressedConv1D, CompressedLinear
+        from .quant import compress_weight
 
+        kind = CompressedConv1D if transposed else CompressedLinear
         experts = []
         for e in range(weight.shape[0]):
-            w = weight[e].detach()
             # A transposed slice is a Conv1D's [in, out]; the stream codes it as [out, in].
-            in_features, out_features = (w.shape[0], w.shape[1]) if transposed else (w.shape[1], w.shape[0])
-            linear = nn.Linear(in_features, out_features, bias=False, device="meta")
-            linear.weight = nn.Parameter(w.t() if transposed else w, requires_grad=False)
-            experts.append((CompressedConv1D if transposed else CompressedLinear).from_linear(linear, config))
+            w = weight[e].detach().t() if transposed else weight[e].detach()
+            packed, stats = compress_weight(w, config) if code is None else code(e, w)
+            m = kind(w.shape[1], w.shape[0], {k: v.to(weight.device) for k, v in packed.items()}, None, False,
+                     getattr(config, "exact_outputs", False))
+            m.stats = stats
+            experts.append(m)
         return cls(experts, transposed)
 
     def __len__(self) -> int:

@@ -715,6 +715,7 @@ class CompressedEmbedding(_DecodedWeight, nn.Module):
         for name in self._names:
             self.register_buffer(name, packed[name])
         self.stats: LayerStats | None = None
+        self._keep_host_copy(self.packed())
 
     @classmethod
     def from_embedding(cls, emb: nn.Embedding, config) -> "CompressedEmbedding":
@@ -748,11 +749,20 @@ class CompressedEmbedding(_DecodedWeight, nn.Module):
             rows = embedding_rows(list(packed.values()), idx, self.embedding_dim, self.weight_dtype)
         return rows if self.output_scale is None else rows * self._scale_by_dtype[rows.dtype]
 
+    # (the meta tensor, its dtype code): a lookup reads the code without a tensor read, which would
+    # sync a GPU and break torch.compile's graph. Kept only while that tensor is the module's own
+    # (a load or an assignment puts in another).
+    _dtype_code: tuple | None = None
+
     @property
     def weight_dtype(self) -> torch.dtype:
         from .quant import CODE_DTYPES
 
-        return CODE_DTYPES[int(self.meta[5])]
+        meta = self._buffers["meta"]
+        kept = self._dtype_code
+        if kept is None or kept[0] is not meta:
+            kept = self._dtype_code = (meta, int(meta[5]))
+        return CODE_DTYPES[kept[1]]
 
     # Lookups decode on the host: off the CPU, the module keeps a host copy of its packed
     # tensors (compressed bytes) so that a lookup does not copy the table back each time.
@@ -776,6 +786,9 @@ class CompressedEmbedding(_DecodedWeight, nn.Module):
         on_device = self.meta.device.type not in ("cpu", "meta")
         usable = not any(t.is_meta for t in tensors.values())
         self._host = {n: t.detach().cpu() for n, t in tensors.items()} if on_device and usable else None
+        meta = self._buffers["meta"]
+        if not meta.is_meta:
+            self._dtype_code = (meta, int((self._host or {"meta": meta})["meta"][5]))
 
     def extra_repr(self) -> str:
         nbytes = sum(t.numel() * t.element_size() for n, t in self.packed().items() if n != "meta")
@@ -905,6 +918,11 @@ def _skipped(name: str, skip) -> bool:
     return any(name == s or name.endswith("." + s) for s in skip)
 
 
+def skip_names(config, skip=None) -> tuple:
+    """The module names compress_ leaves alone: ``skip`` when given, else the config's."""
+    return tuple(config.skip if skip is None else skip)
+
+
 def compress_(model: nn.Module, config, skip=None, progress: bool = True, tokenizer=None) -> dict:
     """Replace every nn.Linear of ``model`` (except ``skip`` names) by a CompressedLinear, in place.
 
@@ -935,7 +953,7 @@ def compress_(model: nn.Module, config, skip=None, progress: bool = True, tokeni
         _set_submodule(model, name, new)
         done[name] = new
         layers[name] = _layer_report(module, new, shares)
-    layers.update(compress_experts(model, config, tuple(config.skip if skip is None else skip), progress))
+    layers.update(compress_experts(model, config, skip_names(config, skip), progress))
     model.pycodec_config = config
     return whole_model_report(model, layers, config, n_parameters, kept_dense, skip)
 
@@ -953,7 +971,7 @@ def whole_model_report(model: nn.Module, layers: dict, config, n_parameters: int
     report = summarize(layers, config)
     report["checkpoint_bytes"] = stored_bytes(model)
     report["bits_per_parameter"] = 8 * report["checkpoint_bytes"] / n_parameters if n_parameters else math.nan
-    report["dense_weights"] = dense_weights(model, kept_dense or {}, tuple(config.skip if skip is None else skip))
+    report["dense_weights"] = dense_weights(model, kept_dense or {}, skip_names(config, skip))
     left = sum(n for n, _ in report["dense_weights"].values())
     if n_parameters and left > DENSE_WARNING_SHARE * n_parameters:
         import warnings
@@ -1012,7 +1030,7 @@ def compression_plan(model: nn.Module, config, skip=None) -> list:
 def _plan(model: nn.Module, config, skip=None) -> tuple[list, dict]:
     """compression_plan, and {name: reason} of the nn.Linear / nn.Embedding modules not in
     ``skip`` that stay dense (dense_reason)."""
-    skip = tuple(config.skip if skip is None else skip)
+    skip = skip_names(config, skip)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     candidates, kept_dense = [], {}
     for n, m in model.named_modules():

@@ -555,6 +555,30 @@ def test_compressed_linear_op_compiles_fullgraph():
     assert torch.equal(torch.compile(m, fullgraph=True)(x), m(x))
 
 
+@pytest.mark.parametrize("mode", ["lossless", "rate"])
+def test_compressed_embedding_compiles_fullgraph(mode):
+    """A lookup reads the table's dtype without a tensor read (which breaks the graph, and syncs
+    a GPU): compiled before any eager call, after a deep copy, and after a load of a table of
+    another dtype, whose code the module must then take."""
+    from pycodec.nn import CompressedEmbedding
+
+    torch.manual_seed(0)
+    config = CompressionConfig(mode=mode, bits=4)
+    emb = CompressedEmbedding.from_embedding(torch.nn.Embedding(64, 32, dtype=torch.bfloat16), config)
+    idx = torch.tensor([[1, 5, 63], [0, 0, 7]])
+    torch._dynamo.reset()
+    got = torch.compile(emb, fullgraph=True)(idx)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, emb(idx))
+    twin = copy.deepcopy(emb)
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(twin, fullgraph=True)(idx), got)
+    other = CompressedEmbedding.from_embedding(torch.nn.Embedding(64, 32, dtype=torch.float16), config)
+    twin.load_state_dict(other.state_dict())
+    assert twin.weight_dtype == torch.float16
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(twin, fullgraph=True)(idx), other(idx))
+
+
 # ---------------------------------------------------------------------------- save / load
 
 @pytest.mark.parametrize("mode", ["lossless", "int", "rate"])
