@@ -355,3 +355,26 @@ def test_bench_moe_runs_every_row_on_a_tiny_model(tmp_path, monkeypatch):
         ["pycodec rate 3.5"] * 2
     assert all(r["seconds_per_token_batch1"] > 0 and r["seconds_per_token_batch8"] > 0 for r in result["rows"])
     assert result["rows"][2]["logits_bitwise_eager"] is True and result["rows"][2]["expert_banks"] == 2
+
+
+def test_nibble_window_counts_what_a_row_window_leaves_out():
+    """bench_nibble_window: the symbols outside each row's best window of 16, and a quantizer
+    whose escapes are exact (so a row of nothing but escapes has no error)."""
+    import numpy as np
+    import torch
+
+    if os.path.join(ROOT, "bench") not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import bench_nibble_window as bench
+
+    q = np.array([list(range(100, 116)) + [0, 255],  # 16 in a window, two far out
+                  [7] * 18,                          # all in one value
+                  list(range(0, 180, 10))], dtype=np.uint8)  # spread: two values a window at most
+    assert bench.window_misses(q) == 2 + 0 + 16
+    torch.manual_seed(0)
+    w = torch.randn(4, 256)
+    (row,) = bench.nibble_quantizer({"w": w}, factors=(0.4,))
+    assert 0 < row["outside"] < 0.05 and row["bits_per_weight"] == 4 + bench.ESCAPE_BITS * row["outside"]
+    assert row["sqnr_db"] > 15
+    int4 = bench.int4_g128({"w": w})
+    assert int4["bits_per_weight"] == 4.25 and 15 < int4["sqnr_db"] < 30
