@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .attention import compress_attention
 from .codec import CodecError
 from .experts import (CompressedExperts, ExpertInputs, bank_report, compress_experts, expert_targets, install_bank,
                       use_implementation)
@@ -802,11 +803,13 @@ def compress_calibrated(model: nn.Module, config, tokenizer=None, skip=None, pro
         if name not in done:
             install(name, module, _compressed(module, cfg or config, done[shares].packed() if shares else None), shares)
 
-    # Expert banks outside the decoder layers, if any, from their weights alone.
+    # Expert banks outside the decoder layers, if any, and attentions' packed projections (not
+    # modules, so not calibrated), from their weights alone.
     reports.update(compress_experts(model, config, skipped, progress))
+    attention = compress_attention(model, config, skipped)
     model.pycodec_config = config
     report = whole_model_report(model, {name: reports[name] for name, *_ in plan} | {
-        name: r for name, r in reports.items() if "experts" in r}, config, n_parameters, kept_dense, skip)
+        name: r for name, r in reports.items() if "experts" in r} | attention, config, n_parameters, kept_dense, skip)
     report["calibration"] = {"texts": paths, "tokens": int(ids.numel()), "sequences": ids.shape[0],
                              "bit_allocation": allocation}
     return report

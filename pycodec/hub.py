@@ -18,6 +18,7 @@ from torch import nn
 
 from .codec import CodecError, _C
 from .config import CompressionConfig
+from .attention import IN_PROJ, CompressedMultiheadAttention, install_attention, is_packed_attention
 from .experts import CompressedExperts, install_bank
 from .nn import (COMPRESSED_MODULES, CompressedConv1D, CompressedEmbedding, CompressedLinear, _packed_key,
                  _set_submodule, buffer_dtype, embedding_scale, is_conv1d)
@@ -45,6 +46,9 @@ def _quantization_config(model: nn.Module) -> dict:
             continue
         if isinstance(m, tuple(COMPRESSED_MODULES.values())):
             entry = {"class": type(m).__name__, "buffers": {b: list(t.shape) for b, t in m.packed().items()}}
+            parent_name, _, child = name.rpartition(".")
+            if child == IN_PROJ and isinstance(model.get_submodule(parent_name), CompressedMultiheadAttention):
+                entry["attention_in_proj"] = True  # the attention's own parameters, not a module of the model
             if getattr(m, "output_scale", None) is not None:
                 entry["output_scale"] = list(m.output_scale)
             key = _packed_key(m)
@@ -400,6 +404,12 @@ def install_modules(model: nn.Module, qcfg: dict, state: dict | None = None, dev
                 raise CodecError(f"quantization_config lists {name!r}, which the model does not have") from None
             install_bank(model, name, parent, attr, build_experts(parent, attr, entry, name, state, device, exact))
     modules = {n: e for n, e in modules.items() if not (isinstance(e, dict) and e.get("class") == "CompressedExperts")}
+    for name, entry in modules.items():
+        if isinstance(entry, dict) and entry.get("attention_in_proj") is True:
+            attention = attention_of(model, name)
+            in_proj = build_module(in_proj_stand_in(attention), entry, name, state, device, exact)
+            install_attention(model, name.rpartition(".")[0], attention, in_proj)
+    modules = {n: e for n, e in modules.items() if not (isinstance(e, dict) and e.get("attention_in_proj") is True)}
     built = {}
     for name, entry in sorted(modules.items(), key=lambda kv: "shares" in kv[1]):  # owners first
         try:
@@ -418,6 +428,27 @@ def install_modules(model: nn.Module, qcfg: dict, state: dict | None = None, dev
         built[name] = new
         _set_submodule(model, name, new)
     _drop_tied_parameter_keys(model, set(built))
+
+
+def attention_of(model: nn.Module, name: str) -> nn.Module:
+    """The nn.MultiheadAttention whose packed projection the config lists as ``name``
+    ("<attention>.in_proj")."""
+    parent_name, _, child = name.rpartition(".")
+    try:
+        attention = model.get_submodule(parent_name)
+    except AttributeError:
+        attention = None
+    if child != IN_PROJ or not is_packed_attention(attention):
+        have = "nothing" if attention is None else f"a {type(attention).__name__}"
+        raise CodecError(f"quantization_config lists {name!r} as an attention's projection; the model holds "
+                         f"{have} at {parent_name!r}, not an nn.MultiheadAttention with a packed in_proj_weight")
+    return attention
+
+
+def in_proj_stand_in(attention: nn.Module) -> nn.Linear:
+    """An nn.Linear on the meta device shaped as ``attention``'s projection, for build_module."""
+    weight, bias = attention._parameters["in_proj_weight"], attention._parameters.get("in_proj_bias")
+    return nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
 
 
 def tie_packed(module: nn.Module, owner: nn.Module) -> None:

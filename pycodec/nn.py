@@ -26,6 +26,7 @@ from torch import nn
 
 from . import _C, cuda_ops, gpu
 from .codec import CodecError
+from .attention import CompressedMultiheadAttention, compress_attention
 from .experts import CompressedExperts, compress_experts
 from .quant import KIND_AFFINE, KIND_FIXED, KIND_LOSSLESS, KIND_SPLIT, LayerStats, compress_weight, unpack
 from .weight_view import DecodedOnUse
@@ -954,6 +955,7 @@ def compress_(model: nn.Module, config, skip=None, progress: bool = True, tokeni
         done[name] = new
         layers[name] = _layer_report(module, new, shares)
     layers.update(compress_experts(model, config, skip_names(config, skip), progress))
+    layers.update(compress_attention(model, config, skip_names(config, skip)))
     model.pycodec_config = config
     return whole_model_report(model, layers, config, n_parameters, kept_dense, skip)
 
@@ -997,9 +999,22 @@ def dense_weights(model: nn.Module, kept_dense: dict, skip: tuple) -> dict:
                 continue
             seen.add(id(p))
             full = f"{mod_name}.{p_name}" if mod_name else p_name
-            why = kept_dense.get(mod_name) or f"held by a {type(m).__name__}, which pycodec does not compress"
+            if isinstance(m, nn.MultiheadAttention) and p_name == "in_proj_weight" and \
+                    _skipped(f"{mod_name}.in_proj" if mod_name else "in_proj", skip):
+                continue  # its projection named in skip
+            why = kept_dense.get(mod_name) or _dense_parameter_reason(m, p_name)
             out[full] = (p.numel(), why)
     return out
+
+
+def _dense_parameter_reason(module: nn.Module, name: str) -> str:
+    if isinstance(module, nn.MultiheadAttention) and name in ("in_proj_weight", "q_proj_weight", "k_proj_weight",
+                                                              "v_proj_weight"):
+        if not module._qkv_same_embed_dim:
+            return "an attention with separate q, k, v weights (kdim or vdim unlike embed_dim), which pycodec " \
+                   "does not compress"
+        return "an attention's projection that another module also holds"
+    return f"held by a {type(module).__name__}, which pycodec does not compress"
 
 
 def stored_bytes(model: nn.Module) -> int:
@@ -1111,7 +1126,8 @@ def summarize(layers: dict, config) -> dict:
 
 def decompress_(model: nn.Module) -> nn.Module:
     """Replace every CompressedLinear / CompressedEmbedding by the plain module holding the
-    decoded weight (modules that shared a packed weight share the decoded parameter)."""
+    decoded weight (modules that shared a packed weight share the decoded parameter), every
+    expert bank by its parameter, every CompressedMultiheadAttention by nn.MultiheadAttention."""
     decoded: dict[tuple, nn.Parameter] = {}
 
     def weight_of(m) -> nn.Parameter:
@@ -1120,6 +1136,9 @@ def decompress_(model: nn.Module) -> nn.Module:
             decoded[key] = nn.Parameter(m.decoded_weight().to(m.meta.device), requires_grad=False)
         return decoded[key]
 
+    for name, m in list(model.named_modules()):  # before the linears: its in_proj is one
+        if isinstance(m, CompressedMultiheadAttention) and name:
+            _set_submodule(model, name, m.dense())
     banks = [name for name, m in model.named_modules() if isinstance(m, CompressedExperts)]
     for name in banks:  # each back to one [experts, rows, columns] parameter
         parent_name, _, attr = name.rpartition(".")

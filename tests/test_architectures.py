@@ -236,9 +236,9 @@ def test_modules_that_read_their_linears_weights_run_compressed():
     encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2).eval()
     encoder.requires_grad_(False)
     ref = encoder(x)
-    with pytest.warns(UserWarning, match="in_proj_weight"):  # a parameter of the attention itself
-        report = pycodec.compress_(encoder, CompressionConfig(mode="lossless"), progress=False)
-    assert "layers.1.linear2" in report["layers"]
+    report = pycodec.compress_(encoder, CompressionConfig(mode="lossless"), progress=False)
+    assert "layers.1.linear2" in report["layers"] and "layers.1.self_attn.in_proj" in report["layers"]
+    assert not report["dense_weights"]  # the attention's own projection too (tests/test_attention.py)
     assert torch.equal(encoder.requires_grad_(False)(x), ref)
 
 

@@ -251,6 +251,20 @@ def test_an_encoder_calibrates_with_uniform_bits(tok, calibration_file):
     assert calibrated_error < 0.8 * plain_error, (calibrated_error, plain_error)
 
 
+def test_calibration_codes_an_attentions_packed_projection_from_its_weight(tok, calibration_file):
+    """nn.MultiheadAttention's in_proj_weight is no module's weight, so no calibration pass sees it:
+    compress_ with calibration codes it from its weight alone, as without."""
+    from pycodec.attention import CompressedMultiheadAttention
+
+    model = small_llama()
+    model.model.pooler = torch.nn.MultiheadAttention(128, 4)  # off the forward path
+    config = CompressionConfig(mode="rate", bits=3.0, calibration=calibration_file, calibration_tokens=256)
+    report = pycodec.compress_(model, config, progress=False, tokenizer=tok)
+    assert isinstance(model.model.pooler, CompressedMultiheadAttention)
+    assert report["layers"]["model.pooler.in_proj"]["shape"] == [384, 128]
+    assert not [k for k in report["dense_weights"] if "pooler" in k]
+
+
 # ---------------------------------------------------------------------------- whole models
 
 @pytest.mark.parametrize("mode,bits", [("rate", 3.0), ("int", 4)])
