@@ -108,11 +108,12 @@ class CompressedMultiheadAttention(nn.MultiheadAttention):
         if (query is not key or key is not value or need_weights or self.bias_k is not None or self.add_zero_attn
                 or query.is_nested or query.dim() not in (2, 3)):
             return False
+        if query.is_cuda:
+            return True
         from .quant import KIND_AFFINE
 
         in_proj = self._modules[IN_PROJ]
-        kind = in_proj._info.kind if in_proj._info is not None else int(in_proj.meta[1])
-        return query.is_cuda or kind == KIND_AFFINE
+        return (in_proj._info.kind if in_proj._info is not None else int(in_proj.meta[1])) == KIND_AFFINE
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):

@@ -43,3 +43,35 @@ def test_weight_read_on_gpu_is_the_decoded_weight(mode):
     w = model[0].weight
     assert w.device.type == "cuda" and w.shape == want.shape and w.dtype == want.dtype
     assert torch.equal((w * 1).cpu(), want)
+
+
+@pytest.mark.parametrize("mode", ["lossless", "rate"])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_multihead_attention_on_gpu_runs_its_projections_as_modules(mode, batch_first):
+    """A CompressedMultiheadAttention on the GPU: self-attention calls in_proj and out_proj (their
+    fused GEMVs) and matches nn.MultiheadAttention's forward on the same decoded weights; cross
+    attention takes that forward itself."""
+    from pycodec.attention import CompressedMultiheadAttention
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.MultiheadAttention(256, 4, batch_first=batch_first)).to(torch.bfloat16)
+    pycodec.compress_(model, CompressionConfig(mode=mode, bits=4), progress=False)
+    attn = model[0].cuda().eval().requires_grad_(False)
+    assert isinstance(attn, CompressedMultiheadAttention)
+    called = []
+    for child in (attn.in_proj, attn.out_proj):
+        child.register_forward_hook(lambda m, a, out: called.append(m))
+    x = torch.randn((3, 7, 256) if batch_first else (7, 3, 256), device="cuda", dtype=torch.bfloat16)
+    pad = torch.zeros(3, 7, dtype=torch.bool, device="cuda")
+    pad[1, 5:] = True
+    with torch.no_grad():
+        for kw in ({}, {"key_padding_mask": pad}):
+            called.clear()
+            got = attn(x, x, x, need_weights=False, **kw)[0]
+            assert called == [attn.in_proj, attn.out_proj]
+            want = torch.nn.MultiheadAttention.forward(attn, x, x, x, need_weights=True, **kw)[0]
+            torch.testing.assert_close(got.float(), want.float(), rtol=0.03, atol=0.03)
+        called.clear()
+        other = torch.randn_like(x)
+        attn(x, other, other, need_weights=False)
+        assert called == []
